@@ -1,0 +1,1 @@
+"""Producer side: dataset loading, prompt extraction and enqueueing of generation jobs."""

@@ -1,0 +1,88 @@
+"""Reading dataset rows from a local file or the Hugging Face Hub.
+
+Local JSONL is read line by line so that one malformed line (bad JSON, invalid UTF-8) becomes a
+counted skip with its line number instead of failing the whole file, as Arrow schema inference would.
+Everything else goes through `datasets.load_dataset`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from producer.prompts import RowSkip
+from workers.config import DataSelection
+from workers.errors import RsampleError
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+PROMPT_COLUMNS = ("messages", "prompt")
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).suffix in FILE_BUILDERS
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open("rb") as handle:
+        row_index = 0
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path.name} line {line_number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield row_index, RowSkip(row_index, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
+            else:
+                try:
+                    yield row_index, json.loads(text)
+                except json.JSONDecodeError as exc:
+                    yield row_index, RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg} at column {exc.colno}")
+            row_index += 1
+
+
+def _load_with_datasets(source: str, split: str, data_files: str | None = None):
+    import datasets
+
+    try:
+        if data_files:
+            dataset = datasets.load_dataset(FILE_BUILDERS[Path(data_files).suffix], data_files=data_files, split="train")
+        else:
+            dataset = datasets.load_dataset(source, split=split)
+    except Exception as exc:  # datasets raises many types; the user needs the message, not the type
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RsampleError(f"cannot load dataset {source!r} (split {split!r}): {first_line}") from None
+    if not any(column in dataset.column_names for column in PROMPT_COLUMNS):
+        raise RsampleError(
+            f"dataset {source!r} has neither a 'messages' nor a 'prompt' column (columns: {', '.join(dataset.column_names)})"
+        )
+    return dataset
+
+
+def iter_rows(selection: DataSelection) -> Iterator[tuple[int, Any]]:
+    """Yields (row index, row or RowSkip) for the selected slice of the dataset."""
+    source = selection.dataset
+    path = Path(source).expanduser()
+    stop = selection.end
+    if selection.num_prompts is not None:
+        limit = selection.start + selection.num_prompts
+        stop = limit if stop is None else min(stop, limit)
+    if path.is_file():
+        if path.suffix not in FILE_BUILDERS:
+            raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)})")
+        if path.suffix == ".jsonl":
+            yield from itertools.islice(_jsonl_rows(path), selection.start, stop)
+            return
+        dataset = _load_with_datasets(source, selection.split, data_files=str(path))
+    elif path.is_dir():
+        dataset = _load_with_datasets(str(path), selection.split)
+    elif _looks_like_path(source):
+        raise RsampleError(f"dataset file not found: {source}")
+    else:
+        dataset = _load_with_datasets(source, selection.split)
+    end = len(dataset) if stop is None else min(stop, len(dataset))
+    for index in range(selection.start, end):
+        yield index, dataset[index]

@@ -1,0 +1,94 @@
+"""Turning one dataset row into a prompt, or into a counted skip with its reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from workers.messages import Conversation, PromptRecord
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class RowSkip:
+    """A row that yields no prompt: `reason` is the counted category, `detail` says where and what."""
+
+    row_index: int
+    reason: str
+    detail: str
+
+
+def prompt_id_of(messages: Conversation) -> str:
+    """A stable id from the prompt's text alone, so the same prompt gets the same id in every run."""
+    canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
+
+
+def _check_messages(value: Any, row_index: int) -> Conversation | RowSkip:
+    if not isinstance(value, list) or not value:
+        return RowSkip(row_index, "messages is not a non-empty list", f"row {row_index}: 'messages' is {type(value).__name__}")
+    conversation: Conversation = []
+    for turn, message in enumerate(value):
+        where = f"row {row_index}, message {turn}"
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            return RowSkip(row_index, "message without role/content", f"{where}: {str(message)[:80]!r}")
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            return RowSkip(row_index, "unknown role", f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            return RowSkip(row_index, "non-string content", f"{where}: content is {type(content).__name__}")
+        if not content.strip():
+            return RowSkip(row_index, "empty content", f"{where}: {role} content is empty")
+        conversation.append({"role": role, "content": content})
+    return conversation
+
+
+def _with_system_prompt(messages: Conversation, system_prompt: str | None) -> Conversation:
+    """Prepends a steering system prompt; an existing system message keeps its text after it."""
+    if not system_prompt:
+        return messages
+    if messages[0]["role"] == "system":
+        merged = f"{system_prompt}\n\n{messages[0]['content']}"
+        return [{"role": "system", "content": merged}, *messages[1:]]
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None) -> PromptRecord | RowSkip:
+    """Reads the open-instruct `messages` shape or a plain `prompt` string.
+
+    With `messages`, a final assistant turn is the dataset's reference completion and the prompt is
+    everything before it; the prompt must end with a user turn.
+    """
+    if not isinstance(row, dict):
+        return RowSkip(row_index, "row is not an object", f"row {row_index}: {type(row).__name__}")
+    reference = None
+    if row.get("messages") is not None:
+        checked = _check_messages(row["messages"], row_index)
+        if isinstance(checked, RowSkip):
+            return checked
+        if checked[-1]["role"] == "assistant":
+            reference = checked[-1]["content"]
+            checked = checked[:-1]
+        messages = checked
+    elif row.get("prompt") is not None:
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            checked = _check_messages(prompt, row_index)
+            if isinstance(checked, RowSkip):
+                return checked
+            messages = checked
+        elif not isinstance(prompt, str):
+            return RowSkip(row_index, "non-string content", f"row {row_index}: 'prompt' is {type(prompt).__name__}")
+        elif not prompt.strip():
+            return RowSkip(row_index, "empty content", f"row {row_index}: 'prompt' is empty")
+        else:
+            messages = [{"role": "user", "content": prompt}]
+    else:
+        return RowSkip(row_index, "no messages or prompt field", f"row {row_index}: fields are {', '.join(map(str, row)) or 'none'}")
+    if not messages or messages[-1]["role"] != "user":
+        return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: last prompt role is {messages[-1]['role'] if messages else 'none'}")
+    messages = _with_system_prompt(messages, system_prompt)
+    return PromptRecord(prompt_id_of(messages), messages, reference, row_index)

@@ -1,0 +1,1 @@
+"""Worker side of rsample: generation and reward workers, the aggregator, and what they share."""
