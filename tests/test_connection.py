@@ -1,0 +1,24 @@
+import pytest
+
+from workers.connection import connect, redact_url
+from workers.embedded_redis import free_port
+from workers.errors import RsampleError
+
+
+def test_redact_url_hides_only_the_password():
+    assert redact_url("redis://:s3cret@host:6380/2") == "redis://:***@host:6380/2"
+    assert redact_url("rediss://user:s3cret@host/0") == "rediss://user:***@host/0"
+    assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_unreachable_redis_names_the_url_without_password():
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    with pytest.raises(RsampleError) as info:
+        connect(url)
+    message = str(info.value)
+    assert message.startswith("cannot reach Redis at redis://:***@127.0.0.1:")
+    assert "hunter2" not in message
+
+
+def test_connect_to_a_real_server(redis_server):
+    assert connect(redis_server.url).ping()

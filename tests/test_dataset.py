@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from producer.dataset import iter_rows
+from producer.prompts import RowSkip
+from workers.config import DataSelection
+from workers.errors import RsampleError
+
+
+def _rows(path, **selection):
+    return list(iter_rows(DataSelection(str(path), **selection)))
+
+
+def test_jsonl_bad_lines_become_skips_with_line_numbers(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        b'{"prompt": "one"}\n'
+        b"\n"
+        b"{not json\n"
+        b'{"prompt": "bad \xff\xfe bytes"}\n'
+        b'{"prompt": "four"}\n'
+    )
+    rows = _rows(path)
+    assert [index for index, _ in rows] == [0, 1, 2, 3]
+    assert rows[0][1] == {"prompt": "one"}
+    assert isinstance(rows[1][1], RowSkip) and rows[1][1].reason == "invalid JSON" and "line 3" in rows[1][1].detail
+    assert isinstance(rows[2][1], RowSkip) and rows[2][1].reason == "invalid UTF-8" and "line 4" in rows[2][1].detail
+    assert rows[3][1] == {"prompt": "four"}
+
+
+def test_slice_with_start_end_and_num_prompts(tmp_path):
+    path = tmp_path / "ten.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(10)))
+    assert [i for i, _ in _rows(path, start=2, end=6)] == [2, 3, 4, 5]
+    assert [i for i, _ in _rows(path, start=3, num_prompts=2)] == [3, 4]
+    assert [i for i, _ in _rows(path, start=8, num_prompts=5)] == [8, 9]
+
+
+def test_parquet_through_datasets(tmp_path):
+    import datasets
+
+    path = tmp_path / "prompts.parquet"
+    datasets.Dataset.from_list([{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]).to_parquet(str(path))
+    assert [row["prompt"] for _, row in _rows(path, start=1)] == ["b", "c"]
+
+
+def test_missing_file_is_one_clear_error(tmp_path):
+    with pytest.raises(RsampleError, match="dataset file not found: .*nope.jsonl"):
+        _rows(tmp_path / "nope.jsonl")
+
+
+def test_dataset_without_prompt_columns_names_its_columns(tmp_path):
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps([{"question": "q", "answer": "a"}]))
+    with pytest.raises(RsampleError, match=r"neither a 'messages' nor a 'prompt' column \(columns: question, answer\)"):
+        _rows(path)
+
+
+def test_unknown_hub_dataset_fails_offline_in_one_line():
+    with pytest.raises(RsampleError, match="cannot load dataset 'nobody/no-such-dataset'") as info:
+        _rows("nobody/no-such-dataset")
+    assert "\n" not in str(info.value)

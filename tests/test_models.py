@@ -1,0 +1,88 @@
+"""Real tiny models: loading errors, chat templates, skipping too-long prompts, reward scores."""
+
+import shutil
+
+import pytest
+import torch
+
+from workers.config import SamplingConfig
+from workers.errors import RsampleError
+from workers.generation_backends import TransformersGenerator
+from workers.models import check_policy, check_reward_model
+from workers.reward_backends import TransformersRewardModel
+
+
+def test_wrong_model_paths_fail_in_one_line(tmp_path):
+    with pytest.raises(RsampleError, match="policy model not found: /no/such/model"):
+        check_policy("/no/such/model")
+    with pytest.raises(RsampleError, match="cannot load reward model 'nobody/no-such-rm'") as info:
+        check_reward_model("nobody/no-such-rm")
+    assert "\n" not in str(info.value)
+
+
+def test_a_causal_lm_is_refused_as_reward_model(tiny_models):
+    with pytest.raises(RsampleError, match="is not a sequence classifier .*LlamaForCausalLM"):
+        check_reward_model(tiny_models["policy"])
+
+
+def test_tokenizer_without_chat_template_is_refused(tiny_models, tmp_path):
+    copy = tmp_path / "no-template"
+    shutil.copytree(tiny_models["policy"], copy)
+    config = (copy / "tokenizer_config.json")
+    config.write_text(config.read_text().replace('"chat_template"', '"unused_template"'))
+    for leftover in copy.glob("chat_template.*"):
+        leftover.unlink()
+    with pytest.raises(RsampleError, match="has no chat template"):
+        TransformersGenerator(str(copy))
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_models):
+    return TransformersGenerator(tiny_models["policy"])
+
+
+def test_n_samples_per_prompt_with_policy_chat_template(generator):
+    prompt = [{"role": "user", "content": "write a poem"}]
+    assert "<|im_start|>assistant" in generator.tokenizer.decode(generator.render(prompt))
+    results = generator.generate([prompt, [{"role": "user", "content": "name a city"}]], SamplingConfig(n=5, temperature=1.0, max_new_tokens=12), seed=0)
+    assert [len(r.completions) for r in results] == [5, 5]
+    assert len({c.text for c in results[0].completions}) > 1  # sampled, not copied
+    assert all(1 <= c.num_tokens <= 12 for r in results for c in r.completions)
+
+
+def test_too_long_prompt_is_skipped_without_shifting_the_others(generator):
+    short_a = [{"role": "user", "content": "name a city"}]
+    short_b = [{"role": "user", "content": "write code"}]
+    too_long = [{"role": "user", "content": "river city " * 200}]
+    greedy = SamplingConfig(n=2, temperature=1.0, top_p=1e-6, max_new_tokens=8)  # nucleus of one token: deterministic
+    alone = generator.generate([short_a, short_b], greedy, seed=0)
+    mixed = generator.generate([short_a, too_long, short_b], greedy, seed=0)
+    assert mixed[1].skip_reason == "prompt longer than the policy context" and mixed[1].completions == []
+    assert [c.text for c in mixed[0].completions] == [c.text for c in alone[0].completions]
+    assert [c.text for c in mixed[2].completions] == [c.text for c in alone[1].completions]
+
+
+def test_reward_scores_match_a_direct_forward_pass_with_its_own_template(tiny_models):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    reward = TransformersRewardModel(tiny_models["reward"], micro_batch=2)
+    conversations = [
+        [{"role": "user", "content": "q" * k}, {"role": "assistant", "content": f"answer {k} " * k}] for k in range(1, 6)
+    ]
+    scores = reward.score(conversations)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["reward"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["reward"], dtype=torch.float32).eval()
+    for conversation, score in zip(conversations, scores):
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+        assert text.startswith("<s>[USER]: ")  # the reward model's template, not the policy's
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            expected = model(**ids).logits[0, 0].item()
+        assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_conversation_longer_than_reward_context_gets_no_score(tiny_models):
+    reward = TransformersRewardModel(tiny_models["reward"])
+    scores = reward.score([[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+                           [{"role": "user", "content": "river " * 600}, {"role": "assistant", "content": "ok"}]])
+    assert scores[0] is not None and scores[1] is None

@@ -1,0 +1,64 @@
+from producer.prompts import RowSkip, extract_prompt, prompt_id_of
+
+
+def test_messages_row_keeps_last_assistant_turn_as_reference():
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    record = extract_prompt(row, 3)
+    assert record.messages == [{"role": "user", "content": "hi"}]
+    assert record.reference_completion == "hello"
+    assert record.row_index == 3
+
+
+def test_multi_turn_prompt_is_everything_before_the_last_assistant_turn():
+    turns = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ]
+    record = extract_prompt({"messages": turns}, 0)
+    assert record.messages == turns[:3]
+    assert record.reference_completion == "d"
+
+
+def test_conversation_ending_with_user_has_no_reference():
+    record = extract_prompt({"messages": [{"role": "user", "content": "q"}]}, 0)
+    assert record.reference_completion is None
+
+
+def test_plain_prompt_column():
+    record = extract_prompt({"prompt": "tell me"}, 0)
+    assert record.messages == [{"role": "user", "content": "tell me"}]
+
+
+def test_system_prompt_is_prepended_or_merged():
+    plain = extract_prompt({"prompt": "q"}, 0, system_prompt="steer")
+    assert plain.messages[0] == {"role": "system", "content": "steer"}
+    merged = extract_prompt({"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "q"}]}, 0, "steer")
+    assert merged.messages[0] == {"role": "system", "content": "steer\n\nown"}
+    assert len(merged.messages) == 2
+
+
+def test_prompt_id_is_stable_and_depends_on_content_only():
+    a = extract_prompt({"prompt": "same"}, 0)
+    b = extract_prompt({"messages": [{"role": "user", "content": "same"}, {"role": "assistant", "content": "x"}]}, 9)
+    assert a.prompt_id == b.prompt_id == prompt_id_of([{"role": "user", "content": "same"}])
+    assert extract_prompt({"prompt": "other"}, 0).prompt_id != a.prompt_id
+
+
+def test_bad_rows_become_skips_with_reason_and_location():
+    cases = {
+        "empty content": {"prompt": "   "},
+        "non-string content": {"messages": [{"role": "user", "content": ["part"]}]},
+        "unknown role": {"messages": [{"role": "robot", "content": "x"}]},
+        "no messages or prompt field": {"text": "x"},
+        "prompt does not end with a user turn": {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
+        "messages is not a non-empty list": {"messages": []},
+        "message without role/content": {"messages": [{"content": "x"}]},
+        "row is not an object": ["a list"],
+    }
+    for reason, row in cases.items():
+        skip = extract_prompt(row, 7)
+        assert isinstance(skip, RowSkip), reason
+        assert skip.reason == reason
+        assert "row 7" in skip.detail
