@@ -1,0 +1,47 @@
+"""`rsample dashboard` starts rq-dashboard with the JSON serializer, so job views work on our JSON jobs."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+from conftest import REPO, rsample
+from workers.embedded_redis import free_port
+from workers.keys import RunKeys
+from workers.queues import generation_job_id
+
+
+def fetch(url, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def test_dashboard_shows_queues_and_job_details(redis_server, chat_dataset):
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), "--policy", "p",
+                     "--reward-model", "r", "--backend", "echo", "--reward-backend", "length").stdout.strip()
+    port = free_port()
+    dashboard = subprocess.Popen([sys.executable, "-m", "workers.cli", "dashboard", "--redis-url", redis_server.url, "--port", str(port)],
+                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        status, body = fetch(f"{base}/0/data/queues.json")
+        queues = {q["name"]: q["count"] for q in json.loads(body)["queues"]}
+        assert queues[RunKeys(run_id).generate_queue] == 1
+        status, body = fetch(f"{base}/0/data/job/{generation_job_id(run_id, 0)}.json")
+        job = json.loads(body)
+        assert status == 200
+        assert "generate batch 0" in job["description"]
+        assert job["status"] == "queued"
+        status, page = fetch(f"{base}/0/view/job/{generation_job_id(run_id, 0)}")
+        assert status == 200 and "UnpicklingError" not in page
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)

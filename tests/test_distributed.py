@@ -1,0 +1,60 @@
+"""The distributed shape: enqueue, two generation workers, a reward worker and the aggregator as separate processes."""
+
+import json
+import signal
+import subprocess
+import sys
+import zlib
+
+from conftest import REPO, read_jsonl, rsample
+from workers.keys import RunKeys
+
+
+def start_worker(*args):
+    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_enqueue_workers_aggregate_and_status(redis_server, redis_client, tiny_models, chat_dataset, tmp_path):
+    url = redis_server.url
+    enqueued = rsample("enqueue", "--redis-url", url, "--dataset", str(chat_dataset), "--policy", tiny_models["policy"],
+                       "--reward-model", tiny_models["reward"], "--n", "3", "--max-new-tokens", "8", "--batch-size", "2")
+    run_id = enqueued.stdout.strip().splitlines()[-1]
+    keys = RunKeys(run_id)
+
+    # every queued payload is JSON: nothing on the wire a worker would unpickle
+    queued = redis_client.lrange(f"rq:queue:{keys.generate_queue}", 0, -1)
+    assert len(queued) == 4  # 7 unique prompts in jobs of 2
+    for job_id in queued:
+        payload = json.loads(zlib.decompress(redis_client.hget(f"rq:job:{job_id.decode()}", "data")))
+        assert payload[0] == "workers.generate.generate_batch"
+
+    workers = [start_worker("generate", "--redis-url", url), start_worker("generate", "--redis-url", url, "--run", run_id),
+               start_worker("reward", "--redis-url", url)]
+    try:
+        out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+        result = rsample("aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--scores-out", str(scores), "--no-progress")
+        assert "pairs written        7" in result.stdout
+        rows = read_jsonl(out)
+        assert len(rows) == len({r["prompt_id"] for r in rows}) == 7
+        status = json.loads(rsample("status", "--redis-url", url, "--run", run_id, "--json").stdout)[0]
+        assert status["complete"] and status["prompts"] == status["generated"] == status["written"] == 7
+        assert status["summary"]["completions_generated"] == 21
+        assert {q["name"]: q["workers"] for q in status["queues"]} == {keys.generate_queue: 2, keys.score_queue(0): 1}
+        assert all(q["queued"] == 0 and q["failed"] == 0 for q in status["queues"])
+        # payloads are deleted once written: Redis keeps counters, not data
+        assert redis_client.keys(f"rsample:run:{run_id}:batch:*") == []
+        assert redis_client.keys(f"rsample:run:{run_id}:scores:*") == []
+    finally:
+        for process in workers:
+            process.send_signal(signal.SIGTERM)
+        logs = [process.communicate(timeout=30)[0] for process in workers]
+    assert [p.returncode for p in workers] == [0, 0, 0], logs
+    assert f"serving run {run_id}" in logs[0]  # attached to the latest run without --run
+
+
+def test_worker_for_a_run_that_does_not_exist_says_so(redis_server):
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "worker", "generate", "--redis-url", redis_server.url, "--run", "nope"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("error: no run 'nope' in this Redis (see `rsample status` for the runs it holds)")

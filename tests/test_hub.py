@@ -1,0 +1,65 @@
+"""Publishing to the Hub through the narrow seam: the API object is replaced, the files and card are real."""
+
+import pytest
+
+from workers.cli import redacted_command
+from workers.config import DataSelection, RunConfig
+from workers.errors import RsampleError
+from workers.hub import push_to_hub
+from workers.summary import Summary
+
+
+class RecordingApi:
+    def __init__(self, fail: Exception | None = None):
+        self.calls = []
+        self.fail = fail
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        if self.fail:
+            raise self.fail
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self.calls.append(("create_commit", repo_id, operations, kwargs))
+
+
+def make_run(tmp_path):
+    config = RunConfig(
+        run_id="abc123", data=DataSelection("allenai/tulu-v2-sft-mixture"), policy="org/policy", reward_models=("org/rm",),
+        command=redacted_command(["run", "--redis-url", "redis://:topsecret@db:6379/0", "--n", "8"]),
+    )
+    summary = Summary(10, 1, 9, {"empty content": 1}, 2, 0, 7, 72, 9000, 12.0)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt_id": "x"}\n')
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text('{"prompt_id": "x", "completion_index": 0}\n')
+    return config, summary, {"pairs": pairs, "scores": scores}
+
+
+def test_push_uploads_both_files_and_a_card_in_one_commit(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    config, summary, files = make_run(tmp_path)
+    api = RecordingApi()
+    url = push_to_hub("me/pairs", config, summary, files, api=api)
+    assert url == "https://huggingface.co/datasets/me/pairs"
+    assert api.calls[0] == ("create_repo", "me/pairs", {"repo_type": "dataset", "private": True, "exist_ok": True})
+    _, repo, operations, kwargs = api.calls[1]
+    assert kwargs["repo_type"] == "dataset"
+    uploaded = {op.path_in_repo: op for op in operations}
+    assert set(uploaded) == {"pairs.jsonl", "scores.jsonl", "README.md"}
+    assert uploaded["pairs.jsonl"].path_or_fileobj == str(files["pairs"])
+    card = uploaded["README.md"].path_or_fileobj.decode()
+    assert card.startswith("---\n")
+    assert "path: pairs.jsonl" in card and "path: scores.jsonl" in card
+    assert "Best-of-4 sampling from `org/policy` on `allenai/tulu-v2-sft-mixture`" in card
+    assert "\"run_id\": \"abc123\"" in card
+    assert "| pairs_written | 7 |" in card and '"empty content": 1' in card
+    assert "redis://:***@db:6379/0" in card
+    assert "topsecret" not in card and "hf_secret_token_value" not in card
+
+
+def test_a_failed_push_is_one_line_and_keeps_the_files(tmp_path):
+    config, summary, files = make_run(tmp_path)
+    with pytest.raises(RsampleError, match="could not push to the Hub dataset me/pairs .*kept locally.*401 Unauthorized"):
+        push_to_hub("me/pairs", config, summary, files, api=RecordingApi(fail=RuntimeError("401 Unauthorized\nmore")))
+    assert files["pairs"].exists()
