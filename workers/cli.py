@@ -243,7 +243,7 @@ def make_tiny_models(directory: Path) -> None:
 
     started = time.perf_counter()
     click.echo(build_policy(directory / "policy"))
-    click.echo(build_reward_model(directory / "reward"))
+    click.echo(build_reward_model(directory / "reward", max_position_embeddings=2048))
     click.echo(f"built in {time.perf_counter() - started:.1f} s", err=True)
 
 
