@@ -62,27 +62,48 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None):
     return dataset
 
 
-def iter_rows(selection: DataSelection) -> Iterator[tuple[int, Any]]:
-    """Yields (row index, row or RowSkip) for the selected slice of the dataset."""
-    source = selection.dataset
+def _open(source: str, split: str):
+    """A local JSONL path (read line by line) or a `datasets.Dataset` for everything else."""
     path = Path(source).expanduser()
-    stop = selection.end
-    if selection.num_prompts is not None:
-        limit = selection.start + selection.num_prompts
-        stop = limit if stop is None else min(stop, limit)
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
             raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)})")
         if path.suffix == ".jsonl":
-            yield from itertools.islice(_jsonl_rows(path), selection.start, stop)
-            return
-        dataset = _load_with_datasets(source, selection.split, data_files=str(path))
-    elif path.is_dir():
-        dataset = _load_with_datasets(str(path), selection.split)
-    elif _looks_like_path(source):
+            return path
+        return _load_with_datasets(source, split, data_files=str(path))
+    if path.is_dir():
+        return _load_with_datasets(str(path), split)
+    if _looks_like_path(source):
         raise RsampleError(f"dataset file not found: {source}")
+    return _load_with_datasets(source, split)
+
+
+def _stop(selection: DataSelection, total: int | None) -> int | None:
+    stop = selection.end
+    if selection.num_prompts is not None:
+        limit = selection.start + selection.num_prompts
+        stop = limit if stop is None else min(stop, limit)
+    if total is not None:
+        stop = total if stop is None else min(stop, total)
+    return stop
+
+
+def iter_rows(selection: DataSelection) -> Iterator[tuple[int, Any]]:
+    """Yields (row index, row or RowSkip) for the selected slice of the dataset."""
+    source = _open(selection.dataset, selection.split)
+    if isinstance(source, Path):
+        yield from itertools.islice(_jsonl_rows(source), selection.start, _stop(selection, None))
+        return
+    for index in range(selection.start, _stop(selection, len(source))):
+        yield index, source[index]
+
+
+def count_rows(selection: DataSelection) -> int:
+    """Rows in the selected slice, counted without parsing them; also proves the dataset can be opened."""
+    source = _open(selection.dataset, selection.split)
+    if isinstance(source, Path):
+        with source.open("rb") as handle:
+            total = sum(1 for line in handle if line.strip())
     else:
-        dataset = _load_with_datasets(source, selection.split)
-    end = len(dataset) if stop is None else min(stop, len(dataset))
-    for index in range(selection.start, end):
-        yield index, dataset[index]
+        total = len(source)
+    return max(0, _stop(selection, total) - selection.start)

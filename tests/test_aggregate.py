@@ -2,7 +2,11 @@
 
 from workers.aggregator import aggregate_batch
 from workers.config import DataSelection, RunConfig
+from workers.ledger import DROPPED_IDENTICAL, DROPPED_MARGIN, PAIR, SKIPPED, Outcome
 from workers.messages import Candidate, GeneratedBatch, GeneratedPrompt, PromptRecord
+
+
+ROWS = {"pair": 0, "same": 1, "long": 2, "close": 3, "rm-skip": 4, "a": 5, "b": 6}
 
 
 def config(**overrides):
@@ -10,7 +14,7 @@ def config(**overrides):
 
 
 def prompt(pid, texts, skip=None):
-    record = PromptRecord(pid, [{"role": "user", "content": pid}])
+    record = PromptRecord(pid, [{"role": "user", "content": pid}], row_index=ROWS[pid])
     return GeneratedPrompt(record, [Candidate(t, [i]) for i, t in enumerate(texts)], len(texts), skip)
 
 
@@ -20,7 +24,7 @@ def verdicts(scores_a, scores_b, skip_b=None):
 
 
 def test_each_prompt_ends_as_exactly_one_outcome():
-    batch = GeneratedBatch(0, [
+    batch = GeneratedBatch("r0", [
         prompt("pair", ["x", "y", "z"]),
         prompt("same", ["only"]),
         prompt("long", [], skip="prompt longer than the policy context"),
@@ -37,14 +41,21 @@ def test_each_prompt_ends_as_exactly_one_outcome():
     assert outcome.rows[0]["chosen"][-1]["content"] == "y"
     assert outcome.rows[0]["rejected"][-1]["content"] == "z"
     assert outcome.rows[0]["chosen_score"] == {"rm-a": 5.0, "rm-b": 4.0}
-    assert outcome.counters == {"prompts_aggregated": 5, "pairs_written": 1, "dropped_identical": 1, "dropped_margin": 1}
-    assert outcome.skips == {"prompt longer than the policy context": 1, "conversation longer than reward model 1's context": 1}
+    assert outcome.outcomes == [
+        Outcome(0, "pair", PAIR),
+        Outcome(1, "same", DROPPED_IDENTICAL),
+        Outcome(2, "long", SKIPPED, "prompt longer than the policy context"),
+        Outcome(3, "close", DROPPED_MARGIN),
+        Outcome(4, "rm-skip", SKIPPED, "conversation longer than reward model 1's context"),
+    ]
     assert {row["prompt_id"] for row in outcome.score_rows} == {"pair", "close"}
 
 
 def test_a_failed_scoring_job_skips_only_the_prompts_it_had_to_score():
-    batch = GeneratedBatch(3, [prompt("a", ["x", "y"]), prompt("b", ["same"])])
+    batch = GeneratedBatch("r5", [prompt("a", ["x", "y"]), prompt("b", ["same"])])
     outcome = aggregate_batch(config(), batch, [], failure="scoring with reward model 0 failed: RuntimeError: boom")
     assert outcome.rows == []
-    assert outcome.skips == {"scoring with reward model 0 failed: RuntimeError: boom": 1}
-    assert outcome.counters["dropped_identical"] == 1
+    assert outcome.outcomes == [
+        Outcome(5, "a", SKIPPED, "scoring with reward model 0 failed: RuntimeError: boom"),
+        Outcome(6, "b", DROPPED_IDENTICAL),
+    ]

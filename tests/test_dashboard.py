@@ -7,6 +7,9 @@ import time
 import urllib.request
 
 from conftest import REPO, rsample
+from producer.feeder import Feeder
+from workers.ledger import Ledger
+from workers.runs import load_run
 from workers.embedded_redis import free_port
 from workers.keys import RunKeys
 from workers.queues import generation_job_id
@@ -24,9 +27,11 @@ def fetch(url, timeout=60):
             time.sleep(0.3)
 
 
-def test_dashboard_shows_queues_and_job_details(redis_server, chat_dataset):
+def test_dashboard_shows_queues_and_job_details(redis_server, redis_client, chat_dataset, tmp_path):
     run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), "--policy", "p",
                      "--reward-model", "r", "--backend", "echo", "--reward-backend", "length").stdout.strip()
+    config = load_run(redis_client, run_id)
+    Feeder(redis_client, config, Ledger(tmp_path / "pairs.jsonl", None, run_id)).top_up()  # what `rsample aggregate` does first
     port = free_port()
     dashboard = subprocess.Popen([sys.executable, "-m", "workers.cli", "dashboard", "--redis-url", redis_server.url, "--port", str(port)],
                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -34,13 +39,13 @@ def test_dashboard_shows_queues_and_job_details(redis_server, chat_dataset):
         base = f"http://127.0.0.1:{port}"
         status, body = fetch(f"{base}/0/data/queues.json")
         queues = {q["name"]: q["count"] for q in json.loads(body)["queues"]}
-        assert queues[RunKeys(run_id).generate_queue] == 1
-        status, body = fetch(f"{base}/0/data/job/{generation_job_id(run_id, 0)}.json")
+        assert queues[RunKeys(run_id).generate_queue] == 1  # 7 distinct prompts, one job of 16
+        status, body = fetch(f"{base}/0/data/job/{generation_job_id(run_id, 'r0')}.json")
         job = json.loads(body)
         assert status == 200
-        assert "generate batch 0" in job["description"]
+        assert "generate batch r0 (7 prompts)" in job["description"]
         assert job["status"] == "queued"
-        status, page = fetch(f"{base}/0/view/job/{generation_job_id(run_id, 0)}")
+        status, page = fetch(f"{base}/0/view/job/{generation_job_id(run_id, 'r0')}")
         assert status == 200 and "UnpicklingError" not in page
     finally:
         dashboard.terminate()

@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 import sys
-import zlib
 
 from conftest import REPO, read_jsonl, rsample
 from workers.keys import RunKeys
@@ -22,24 +21,19 @@ def test_enqueue_workers_aggregate_and_status(redis_server, redis_client, tiny_m
     run_id = enqueued.stdout.strip().splitlines()[-1]
     keys = RunKeys(run_id)
 
-    # every queued payload is JSON: nothing on the wire a worker would unpickle
-    queued = redis_client.lrange(f"rq:queue:{keys.generate_queue}", 0, -1)
-    assert len(queued) == 4  # 7 unique prompts in jobs of 2
-    for job_id in queued:
-        payload = json.loads(zlib.decompress(redis_client.hget(f"rq:job:{job_id.decode()}", "data")))
-        assert payload[0] == "workers.generate.generate_batch"
-
     workers = [start_worker("generate", "--redis-url", url), start_worker("generate", "--redis-url", url, "--run", run_id),
                start_worker("reward", "--redis-url", url)]
     try:
         out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
         result = rsample("aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--scores-out", str(scores), "--no-progress")
-        assert "pairs written        7" in result.stdout
+        assert "pairs written        7" in result.stdout and "duplicate rows       1" in result.stdout
         rows = read_jsonl(out)
         assert len(rows) == len({r["prompt_id"] for r in rows}) == 7
         status = json.loads(rsample("status", "--redis-url", url, "--run", run_id, "--json").stdout)[0]
-        assert status["complete"] and status["prompts"] == status["generated"] == status["written"] == 7
-        assert status["summary"]["completions_generated"] == 21
+        assert status["complete"] and status["rows"] == status["generated"] == status["written"] == 8
+        assert status["in_flight"] == 0
+        assert status["completions"] == 21
+        assert status["outcomes"] == {"pair": 7, "duplicate": 1}
         assert {q["name"]: q["workers"] for q in status["queues"]} == {keys.generate_queue: 2, keys.score_queue(0): 1}
         assert all(q["queued"] == 0 and q["failed"] == 0 for q in status["queues"])
         # payloads are deleted once written: Redis keeps counters, not data

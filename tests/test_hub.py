@@ -28,7 +28,8 @@ def make_run(tmp_path):
         run_id="abc123", data=DataSelection("allenai/tulu-v2-sft-mixture"), policy="org/policy", reward_models=("org/rm",),
         command=redacted_command(["run", "--redis-url", "redis://:topsecret@db:6379/0", "--n", "8"]),
     )
-    summary = Summary(10, 1, 9, {"empty content": 1}, 2, 0, 7, 72, 9000, 12.0)
+    summary = Summary(rows=11, duplicate_rows=1, skipped={"empty content": 1}, dropped_identical=2, dropped_margin=0,
+                      pairs_written=7, completions_generated=72, tokens_generated=9000, seconds=12.0)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"prompt_id": "x"}\n')
     scores = tmp_path / "scores.jsonl"

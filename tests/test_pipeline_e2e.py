@@ -89,14 +89,21 @@ def test_scores_match_a_direct_forward_pass_of_each_reward_model(finished_run, t
             assert row["scores"][path] == pytest.approx(expected, abs=1e-3)
 
 
-def test_summary_accounts_for_every_row(finished_run):
+def test_summary_and_ledger_account_for_every_row(finished_run):
     out = finished_run["stdout"]
-    assert "rows read            11" in out
-    assert "unique prompts       8 (1 duplicate rows merged)" in out
+    assert "rows                 11" in out
+    assert "pairs written        7" in out
+    assert "duplicate rows       1" in out
     assert "prompt longer than the policy context: 1" in out
     assert "invalid JSON: 1" in out and "empty content: 1" in out
-    assert "pairs written        7" in out
-    assert "completions          28 in" in out  # 7 prompts that fit x n=4
+    assert "completions          28 in" in out  # the 7 prompts that fit x n=4
+    ledger = read_jsonl(finished_run["root"] / "pairs.outcomes.jsonl")[1:]
+    assert sorted(row["row_index"] for row in ledger) == list(range(11))
+    by_outcome = {}
+    for row in ledger:
+        by_outcome.setdefault(row["outcome"], []).append(row)
+    assert {row["prompt_id"] for row in by_outcome["pair"]} == {row["prompt_id"] for row in finished_run["pairs"]}
+    assert [row["row_index"] for row in by_outcome["duplicate"]] == [4]
 
 
 def test_prompts_whose_samples_are_all_identical_are_dropped(tiny_models, chat_dataset, tmp_path):

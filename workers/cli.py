@@ -18,7 +18,9 @@ from pathlib import Path
 import click
 
 from workers import defaults
-from workers.config import COMBINE_METHODS, GENERATION_BACKENDS, REWARD_BACKENDS, DataSelection, ModelSettings, RunConfig, SamplingConfig
+from workers.config import (
+    COMBINE_METHODS, GENERATION_BACKENDS, REWARD_BACKENDS, DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig,
+)
 from workers.connection import redact_url
 from workers.errors import RsampleError
 
@@ -54,6 +56,11 @@ def run_options(command):
         click.option("--reward-backend", type=click.Choice(REWARD_BACKENDS), default="transformers", show_default=True, help="Reward backend (length: zero-cost, for benchmarks)."),
         click.option("--reward-batch-size", type=int, default=defaults.REWARD_MICRO_BATCH, show_default=True, help="Conversations per reward forward pass."),
         click.option("--run-id", default="", help="Name the run (default: a hash of its settings)."),
+        click.option("--max-in-flight", type=int, default=defaults.MAX_IN_FLIGHT, show_default=True, help="Prompts handed to workers and not yet written: bounds Redis memory."),
+        click.option("--retries", type=int, default=defaults.JOB_RETRIES, show_default=True, help="Retries of a failed job before its prompts are skipped."),
+        click.option("--heartbeat-ttl", type=int, default=defaults.JOB_HEARTBEAT_TTL, show_default=True, help="Seconds after which a silent worker's job is requeued."),
+        click.option("--generation-timeout", type=int, default=defaults.GENERATION_JOB_TIMEOUT, show_default=True, help="Seconds a generation job may run."),
+        click.option("--score-timeout", type=int, default=defaults.SCORE_JOB_TIMEOUT, show_default=True, help="Seconds a scoring job may run."),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
@@ -66,6 +73,7 @@ def build_config(params: dict) -> RunConfig:
         reward_models=tuple(params["reward_models"]),
         sampling=SamplingConfig(params["n"], params["temperature"], params["top_p"], params["max_new_tokens"], params["seed"]),
         models=ModelSettings(params["dtype"], params["backend"], params["reward_backend"], params["reward_batch_size"]),
+        jobs=JobSettings(params["generation_timeout"], params["score_timeout"], params["retries"], params["heartbeat_ttl"], params["max_in_flight"]),
         prompts_per_job=params["batch_size"],
         include_reference=params["include_reference"],
         combine=params["combine"],
@@ -117,7 +125,10 @@ def main(verbose: bool) -> None:
 @click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 def run(out, scores_out, generate_workers, push_repo, public, no_progress, redis_url, **params) -> None:
-    """Run the whole job on this machine (embedded Redis unless --redis-url) and exit when it is done."""
+    """Run the whole job on this machine (embedded Redis unless --redis-url) and exit when it is done.
+
+    Re-running the same command after a crash resumes: rows already in the output are not generated again.
+    """
     from workers.local_run import LocalRunOptions, run_locally
 
     config = build_config(params)
@@ -130,11 +141,16 @@ def run(out, scores_out, generate_workers, push_repo, public, no_progress, redis
 @run_options
 @redis_url_option(required=True)
 def enqueue(redis_url, **params) -> None:
-    """Create a run in a shared Redis and enqueue its prompts; prints the run id."""
-    from producer.enqueue import create_run
+    """Register a run in a shared Redis (or find it again) and print its id.
+
+    Prompts are fed to the workers, a bounded window at a time, by `rsample aggregate`.
+    """
+    from producer.runs import register_run
     from workers.connection import connect
 
-    config = create_run(connect(redis_url), build_config(params))
+    config, existed = register_run(connect(redis_url, patient=False), build_config(params))
+    if existed:
+        click.echo(f"run {config.run_id} already exists in this Redis: workers and `rsample aggregate` resume it", err=True)
     click.echo(config.run_id)
 
 
@@ -161,31 +177,56 @@ def worker(role, redis_url, run_id, gpu, indices, burst) -> None:
 @click.option("--public", is_flag=True)
 @click.option("--no-progress", is_flag=True)
 def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress) -> None:
-    """Write the run's pairs as batches complete; exits when the whole run is written."""
+    """Coordinate a run: feed its prompts to the workers and write the results; exits when every row is written.
+
+    Run it where the dataset and the output live. Restarting it resumes from the output files.
+    """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from workers.aggregator import Aggregator
     from workers.connection import connect
+    from workers.coordinator import Coordinator
     from workers.progress import StageBars
-    from workers.runs import expire_run, load_run, read_stats
-    from workers.summary import summarize
+    from workers.runs import expire_run, load_run
 
     client = connect(redis_url)
     config = load_run(client, run_id)
+    coordinator = Coordinator(client, config, out, scores_out)
     bars = StageBars(client, config.run_id, disable=no_progress)
     try:
         with logging_redirect_tqdm():
-            Aggregator(client, config, out, scores_out).run(on_progress=bars.update)
+            coordinator.run(on_progress=bars.update)
         bars.update()
     finally:
         bars.close()
-    summary = summarize(read_stats(client, config.run_id), config.created_at)
+    summary = coordinator.summary()
     expire_run(client, config.run_id)
     _report(config, summary, out, scores_out, push_repo, public)
 
 
+@main.command()
+@redis_url_option(required=True)
+@click.option("--run", "run_id", required=True, help="Run to resume.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--generate-workers", type=int, default=1, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def resume(redis_url, run_id, out, scores_out, generate_workers, no_progress) -> None:
+    """Resume a run kept in Redis on this machine, with local workers (like `run` with its settings)."""
+    from workers.connection import connect
+    from workers.local_run import LocalRunOptions, run_locally
+    from workers.runs import load_run
+
+    config = load_run(connect(redis_url, patient=False), run_id)
+    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers, progress=not no_progress)
+    config, summary = run_locally(config, options)
+    _report(config, summary, out, scores_out, None, False)
+
+
 def _report(config, summary, out, scores_out, push_repo, public) -> None:
-    click.echo(f"run {config.run_id}: wrote {out}" + (f" and {scores_out}" if scores_out else ""))
+    from workers.ledger import outcomes_path_for
+
+    written = [str(out), *([str(scores_out)] if scores_out else []), str(outcomes_path_for(out))]
+    click.echo(f"run {config.run_id}: wrote {', '.join(written)}")
     for line in summary.lines():
         click.echo(line)
     if push_repo:
@@ -204,8 +245,9 @@ def status(redis_url, run_id, as_json) -> None:
     from workers.connection import connect
     from workers.status import run_status
 
-    client = connect(redis_url)
     from workers.runs import list_run_ids
+
+    client = connect(redis_url, patient=False)
 
     run_ids = [run_id] if run_id else list_run_ids(client)
     if not run_ids:
@@ -229,7 +271,7 @@ def dashboard(redis_url, port, bind) -> None:
 
     from workers.connection import connect
 
-    connect(redis_url)
+    connect(redis_url, patient=False)
     command = [sys.executable, "-m", "rq_dashboard", "--redis-url", redis_url, "--json", "--port", str(port), "--bind", bind]
     click.echo(f"rq-dashboard on http://{bind}:{port} for {redact_url(redis_url)}")
     sys.exit(subprocess.call(command))

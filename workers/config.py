@@ -58,6 +58,27 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """How jobs are run and watched; they change nothing in the output, so they are not part of the run id."""
+
+    generation_timeout: int = defaults.GENERATION_JOB_TIMEOUT
+    score_timeout: int = defaults.SCORE_JOB_TIMEOUT
+    retries: int = defaults.JOB_RETRIES
+    heartbeat_ttl: int = defaults.JOB_HEARTBEAT_TTL
+    max_in_flight: int = defaults.MAX_IN_FLIGHT
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise RsampleError(f"--retries must be >= 0 (got {self.retries})")
+        if self.heartbeat_ttl < 2:
+            raise RsampleError(f"--heartbeat-ttl must be at least 2 seconds (got {self.heartbeat_ttl})")
+        if self.max_in_flight < 1:
+            raise RsampleError(f"--max-in-flight must be at least 1 (got {self.max_in_flight})")
+        if min(self.generation_timeout, self.score_timeout) < 1:
+            raise RsampleError("job timeouts must be at least 1 second")
+
+
+@dataclass(frozen=True)
 class DataSelection:
     """Which rows of which dataset become prompts."""
 
@@ -87,6 +108,7 @@ class RunConfig:
     reward_models: tuple[str, ...]
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     models: ModelSettings = field(default_factory=ModelSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
     prompts_per_job: int = defaults.PROMPTS_PER_JOB
     include_reference: bool = False
     combine: str = "mean"
@@ -106,6 +128,13 @@ class RunConfig:
         if self.min_margin is not None and self.min_margin < 0:
             raise RsampleError(f"--min-margin must be >= 0 (got {self.min_margin})")
 
+    def output_settings(self) -> dict:
+        """The settings that decide what a run writes: the same ones always give the same run id."""
+        settings = dataclasses.asdict(self)
+        for volatile in ("run_id", "command", "created_at", "jobs"):
+            settings.pop(volatile)
+        return settings
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
@@ -118,6 +147,7 @@ class RunConfig:
                 "data": DataSelection(**raw["data"]),
                 "sampling": SamplingConfig(**raw["sampling"]),
                 "models": ModelSettings(**raw["models"]),
+                "jobs": JobSettings(**raw["jobs"]),
                 "reward_models": tuple(raw["reward_models"]),
             }
         )

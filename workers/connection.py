@@ -1,13 +1,18 @@
-"""Opening Redis connections with errors that name the server (never its password)."""
+"""Opening Redis connections: fail fast on a wrong URL, then ride out outages instead of dying."""
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from workers import defaults
 from workers.errors import RsampleError
+
+log = logging.getLogger(__name__)
 
 
 def redact_url(url: str) -> str:
@@ -22,15 +27,44 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for `url` that has answered a PING: an unreachable server fails here, in one line."""
+class PatientRetry(Retry):
+    """Retries connection errors forever with capped backoff; says once that it waits, and once that Redis is back."""
+
+    def __init__(self, url: str):
+        super().__init__(ExponentialBackoff(cap=defaults.REDIS_RETRY_BACKOFF_CAP, base=0.2), retries=-1)
+        self.url = redact_url(url)
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        waited = False
+
+        def announce_and_fail(error, *count):
+            nonlocal waited
+            if not waited:
+                log.warning("waiting for Redis at %s (%s)", self.url, str(error).splitlines()[0] if str(error) else type(error).__name__)
+                waited = True
+            return fail(error, *count)
+
+        result = super().call_with_retry(do, announce_and_fail, is_retryable, with_failure_count)
+        if waited:
+            log.warning("Redis at %s is back", self.url)
+        return result
+
+
+def connect(url: str, patient: bool = True) -> redis.Redis:
+    """A client for `url` that has answered a PING: an unreachable server fails here, in one line.
+
+    With `patient`, later commands wait through Redis restarts (workers, coordinator); without it they
+    fail at once (status, enqueue).
+    """
     try:
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, health_check_interval=30
-        )
-        client.ping()
-    except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
-        raise RsampleError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+        probe = redis.Redis.from_url(url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, retry=Retry(ExponentialBackoff(), 0))
+        probe.ping()
+        probe.close()
     except redis.AuthenticationError as exc:
         raise RsampleError(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
-    return client
+    except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
+        raise RsampleError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+    except redis.ResponseError as exc:
+        raise RsampleError(f"Redis at {redact_url(url)} refused the connection: {exc}") from None
+    retry = PatientRetry(url) if patient else Retry(ExponentialBackoff(), 0)
+    return redis.Redis.from_url(url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, health_check_interval=30, retry=retry)

@@ -18,8 +18,24 @@ SCORE_JOB_TIMEOUT = 3600
 JOB_RETRIES = 2
 """Retries of a failed job before it lands in RQ's failed registry and its prompts are counted as skipped."""
 
-RESULT_TTL = 600
-"""Seconds RQ keeps a finished job's (tiny) return value; payloads themselves are deleted by the aggregator."""
+RESULT_TTL = 0
+"""Finished jobs are deleted at once: their effects are in Redis already, and Redis memory must not grow with the dataset."""
+
+JOB_HEARTBEAT_TTL = 60
+"""Seconds a running job stays claimed without a heartbeat from its worker: a killed worker's job is requeued after this."""
+
+MAX_IN_FLIGHT = 4096
+"""Prompts handed to workers but not yet written: bounds Redis memory whatever the dataset size.
+Keep it above (generation workers x --batch-size x 2) so that no worker waits for work."""
+
+REAPER_INTERVAL = 5.0
+"""Seconds between the coordinator's sweeps for jobs abandoned by dead workers."""
+
+WORKER_MAINTENANCE_INTERVAL = 60
+"""Seconds between a worker's own RQ maintenance (registry and intermediate-queue cleanup)."""
+
+REDIS_RETRY_BACKOFF_CAP = 5.0
+"""Longest wait, in seconds, between two attempts to reach a Redis that went away."""
 
 FAILED_TTL = 7 * 24 * 3600
 """Seconds a failed job stays inspectable in the failed registry (and rq-dashboard)."""
@@ -27,8 +43,8 @@ FAILED_TTL = 7 * 24 * 3600
 RUN_TTL = 30 * 24 * 3600
 """Seconds a finished run's settings and counters stay in Redis for `rsample status`."""
 
-AGGREGATOR_BLOCK_MS = 1000
-"""How long the aggregator blocks on the ready stream before refreshing progress."""
+AGGREGATOR_BLOCK_MS = 500
+"""How long the aggregator blocks on the ready stream before feeding, sweeping and refreshing progress."""
 
 REDIS_CONNECT_TIMEOUT = 5
 """Seconds to wait for a Redis connection before saying it is unreachable."""

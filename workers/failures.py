@@ -1,23 +1,53 @@
-"""What happens when a job has used up its retries: its prompts are counted as skipped, the run goes on."""
+"""What happens when a job has used up its retries (an exception, a timeout, or a worker that died on it).
+
+A generation job of several prompts is split in two, each half with fresh retries, so that a poison
+prompt ends alone; a job that still fails gives its prompts up as skipped, with the error, and the run
+goes on. The failed job stays in RQ's failed registry for inspection.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 
+from rq.job import Job
+
 from workers.keys import RunKeys
+from workers.queues import enqueue_generation
+from workers.safe_job import GENERATE_FUNCTION, JOB_FUNCTIONS
 
 log = logging.getLogger(__name__)
 
 
-def on_job_failure(job, connection, exc_type, exc_value, traceback) -> None:
-    """RQ calls this after every failed attempt; only the last one (no retry left) gives the batch up."""
-    if job.should_retry:
+def _reason(stage: str, exc_type, exc_value) -> str:
+    text = str(exc_value).strip() if exc_value is not None else ""
+    detail = f"{exc_type.__name__}: {text.splitlines()[0]}" if text else exc_type.__name__
+    return f"{stage} failed: {detail}"[:300]
+
+
+def on_job_failure(job: Job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ calls this after every failed attempt; only the last one (no retry left) acts."""
+    if job.should_retry or job.func_name not in JOB_FUNCTIONS:
         return
+    from workers.runs import load_run
+
     run_id, batch_id = job.args[0], job.args[1]
-    stage = "generation" if job.func_name.endswith("generate_batch") else f"scoring with reward model {job.args[2]}"
-    reason = f"{stage} failed: {exc_type.__name__}: {str(exc_value).strip().splitlines()[0] if str(exc_value).strip() else ''}"
-    fields = {"batch_id": batch_id, "failed": reason[:300]}
-    if stage == "generation":
-        fields["num_prompts"] = len(job.args[2])
+    keys = RunKeys(run_id)
+    if job.func_name == GENERATE_FUNCTION:
+        prompts = job.args[2]
+        if len(prompts) > 1:
+            config = load_run(connection, run_id)
+            half = len(prompts) // 2
+            log.warning("generation batch %s failed for good: splitting its %d prompts in two", batch_id, len(prompts))
+            with connection.pipeline() as pipe:
+                enqueue_generation(connection, config, f"{batch_id}.0", prompts[:half], pipeline=pipe)
+                enqueue_generation(connection, config, f"{batch_id}.1", prompts[half:], pipeline=pipe)
+                pipe.execute()
+            return
+        reason = _reason("generation", exc_type, exc_value)
+        fields = {"batch_id": batch_id, "failed": reason, "prompts": json.dumps([[p["row_index"], p["prompt_id"]] for p in prompts])}
+    else:
+        reason = _reason(f"scoring with reward model {job.args[2]}", exc_type, exc_value)
+        fields = {"batch_id": batch_id, "failed": reason}
     log.error("run %s batch %s: %s (job %s is in the failed registry)", run_id, batch_id, reason, job.id)
-    connection.xadd(RunKeys(run_id).ready, fields)
+    connection.xadd(keys.ready, fields)

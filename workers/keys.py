@@ -24,31 +24,29 @@ class RunKeys:
 
     @property
     def stats(self) -> str:
-        """Hash of counters (prompts generated, completions, tokens...)."""
+        """Hash of counters (rows generated, completions, tokens, feed cursor...)."""
         return f"{self._base}:stats"
 
     @property
-    def skips(self) -> str:
-        """Hash of skip reason -> number of prompts."""
-        return f"{self._base}:skips"
-
-    @property
     def ready(self) -> str:
-        """Stream of batch ids whose every prompt is generated and scored (or failed)."""
+        """Stream of finished work for the coordinator: scored batches, failed batches, rows the feeder settled."""
         return f"{self._base}:ready"
 
     @property
-    def done(self) -> str:
-        """Set of batch ids the aggregator has written."""
-        return f"{self._base}:done"
+    def coordinator_lock(self) -> str:
+        """Held by the one process that feeds prompts and writes the output of the run."""
+        return f"{self._base}:coordinator"
 
-    def batch(self, batch_id: int) -> str:
-        """JSON of a generated batch, deleted once aggregated."""
+    def batch(self, batch_id: str) -> str:
+        """JSON of a generated batch, deleted once written."""
         return f"{self._base}:batch:{batch_id}"
 
-    def scores(self, batch_id: int) -> str:
-        """Hash of reward model index -> JSON scores of a batch, deleted once aggregated."""
+    def scores(self, batch_id: str) -> str:
+        """Hash of reward model index -> JSON scores of a batch, deleted once written."""
         return f"{self._base}:scores:{batch_id}"
+
+    def all_run_keys_pattern(self) -> str:
+        return f"{self._base}:*"
 
     @property
     def generate_queue(self) -> str:

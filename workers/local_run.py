@@ -1,7 +1,8 @@
 """`rsample run`: the whole pipeline on one machine, with the same processes a cluster would run.
 
-Starts an embedded Redis (unless given a URL), enqueues the dataset, starts one generation worker
-and one reward worker as child processes, and aggregates in this process with progress bars.
+Starts an embedded Redis (unless given a URL), registers the run, starts one generation worker and
+one reward worker as child processes, and coordinates (feeds prompts, writes results) in this process
+with progress bars. Re-running the same command resumes from the output files.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from producer.enqueue import create_run
-from workers.aggregator import Aggregator
+from producer.runs import register_run
+from workers.coordinator import Coordinator
 from workers.config import RunConfig
 from workers.connection import connect
 from workers.embedded_redis import EmbeddedRedis
 from workers.errors import RsampleError
+from workers.keys import RunKeys
 from workers.progress import StageBars
-from workers.runs import expire_run, read_stats
-from workers.summary import Summary, summarize
+from workers.runs import expire_run
+from workers.summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class WorkerProcesses:
         self.redis_url = redis_url
         self.run_id = run_id
         self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
 
     def start(self, role: str) -> None:
@@ -79,24 +82,30 @@ def last_words(log_path: Path) -> str:
 
 
 def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig, Summary]:
+    """Runs (or resumes: same settings, same output files) a whole run; returns its settings and summary."""
     with ExitStack() as stack:
         redis_url = options.redis_url
         if redis_url is None:
             redis_url = stack.enter_context(EmbeddedRedis()).url
         client = connect(redis_url)
-        config = create_run(client, config)
-        log_dir = options.out.parent / ".rsample-logs" / config.run_id
-        log_dir.mkdir(parents=True, exist_ok=True)
-        workers = WorkerProcesses(redis_url, config.run_id, log_dir)
+        config, existed = register_run(client, config)
+        coordinator = Coordinator(client, config, options.out, options.scores_out)
+        stack.callback(coordinator.close)
+        done = len(coordinator.ledger.rows)
+        if existed or done:
+            log.info("resuming run %s: %d rows already written to %s", config.run_id, done, options.out)
+        total = int(client.hget(RunKeys(config.run_id).stats, "rows_total") or 0)
+        workers = WorkerProcesses(redis_url, config.run_id, options.out.parent / ".rsample-logs" / config.run_id)
         stack.callback(workers.stop)
-        for _ in range(options.generate_workers):
-            workers.start("generate")
-        workers.start("reward")
+        if done < total:  # nothing to generate: do not load the models at all
+            for _ in range(options.generate_workers):
+                workers.start("generate")
+            workers.start("reward")
         bars = StageBars(client, config.run_id, disable=not options.progress)
         stack.callback(bars.close)
         with logging_redirect_tqdm():
-            Aggregator(client, config, options.out, options.scores_out).run(on_progress=bars.update, check=workers.check_alive)
+            coordinator.run(on_progress=bars.update, check=workers.check_alive)
         bars.update()
-        summary = summarize(read_stats(client, config.run_id), config.created_at)
+        summary = coordinator.summary()
         expire_run(client, config.run_id)
     return config, summary

@@ -68,7 +68,7 @@ class GeneratedPrompt:
 class GeneratedBatch:
     """What a generation job leaves in Redis for the reward workers and the aggregator."""
 
-    batch_id: int
+    batch_id: str
     prompts: list[GeneratedPrompt]
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,11 +1,8 @@
-"""Output rows in open-instruct's rejection-sampling shape, and the JSONL files they go to."""
+"""Output rows in open-instruct's rejection-sampling shape."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from workers.messages import GeneratedPrompt
 from workers.selection import Selection
@@ -47,28 +44,3 @@ def score_rows(prompt: GeneratedPrompt, scores_by_model: list[list[float]], mode
         }
         for index, candidate in enumerate(prompt.candidates)
     ]
-
-
-class JsonlWriter:
-    """Appends rows and makes them durable batch by batch, so a crash never leaves half a batch unflushed."""
-
-    def __init__(self, path: str | Path | None, append: bool):
-        self.path = Path(path) if path else None
-        self._handle: IO[str] | None = None
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("a" if append else "w", encoding="utf-8")
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        if self._handle and rows:
-            self._handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-    def sync(self) -> None:
-        if self._handle:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        if self._handle:
-            self._handle.close()
-            self._handle = None

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from workers.runs import read_stats
 
-STAGES = (("generated", "prompts_generated"), ("scored", "prompts_scored"), ("written", "prompts_aggregated"))
+STAGES = (("generated", "rows_generated"), ("scored", "rows_scored"), ("written", "rows_written"))
 
 
 class StageBars:
@@ -15,13 +15,13 @@ class StageBars:
         self.client = client
         self.run_id = run_id
         self.bars = [
-            tqdm(desc=f"{label:>9}", unit="prompt", position=i, leave=True, disable=disable, dynamic_ncols=True)
+            tqdm(desc=f"{label:>9}", unit="row", position=i, leave=True, disable=disable, dynamic_ncols=True)
             for i, (label, _) in enumerate(STAGES)
         ]
 
     def update(self) -> None:
         stats = read_stats(self.client, self.run_id)
-        total = int(stats.get("prompts_enqueued")) or None
+        total = int(stats.get("rows_total")) or None
         for bar, (_, counter) in zip(self.bars, STAGES):
             bar.total = total
             bar.n = int(stats.get(counter))

@@ -1,4 +1,4 @@
-"""A run's state in Redis: its settings, its counters and its skip reasons."""
+"""A run's state in Redis: its settings and its counters."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def expire_run(client: redis.Redis, run_id: str) -> None:
     """Keep a finished run's settings and counters for `rsample status`, but not forever."""
     keys = RunKeys(run_id)
     with client.pipeline() as pipe:
-        for key in (keys.config, keys.stats, keys.skips, keys.ready, keys.done):
+        for key in (keys.config, keys.stats, keys.ready):
             pipe.expire(key, defaults.RUN_TTL)
         pipe.execute()
 
@@ -53,25 +53,19 @@ def expire_run(client: redis.Redis, run_id: str) -> None:
 class RunStats:
     """A snapshot of a run's counters, as `rsample status` and the progress bars show them."""
 
-    counters: dict[str, float]
-    skips: dict[str, int]
+    counters: dict[str, str]
 
     def get(self, name: str) -> float:
-        return self.counters.get(name, 0)
+        value = self.counters.get(name)
+        try:
+            return float(value) if value is not None else 0.0
+        except ValueError:
+            return 0.0
 
-    @property
-    def num_batches(self) -> int | None:
-        """Total batches, known once the producer has enqueued everything."""
-        return int(self.counters["num_batches"]) if "num_batches" in self.counters else None
+    def text(self, name: str, default: str = "") -> str:
+        return self.counters.get(name, default)
 
 
 def read_stats(client: redis.Redis, run_id: str) -> RunStats:
-    keys = RunKeys(run_id)
-    with client.pipeline() as pipe:
-        pipe.hgetall(keys.stats)
-        pipe.hgetall(keys.skips)
-        counters, skips = pipe.execute()
-    return RunStats(
-        counters={k.decode(): float(v) for k, v in counters.items()},
-        skips={k.decode(): int(v) for k, v in skips.items()},
-    )
+    raw = client.hgetall(RunKeys(run_id).stats)
+    return RunStats({k.decode(): v.decode() for k, v in raw.items()})

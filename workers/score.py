@@ -6,47 +6,71 @@ import json
 import logging
 
 from workers import runtime
+from workers.batching import is_out_of_memory
+from workers.generate import _error_line
 from workers.keys import RunKeys
-from workers.messages import GeneratedBatch, PromptScores
+from workers.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores
+from workers.reward_backends import RewardBackend
 
 log = logging.getLogger(__name__)
 
 
-def score_batch(run_id: str, batch_id: int, model_index: int) -> dict:
+def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: list[GeneratedPrompt]) -> dict[str, dict]:
+    """Scores all prompts at once; if that raises (not out-of-memory), scores them one by one so that one
+    prompt the reward model cannot take is skipped with its error and the others keep their scores."""
+    def conversations(prompt: GeneratedPrompt) -> list[Conversation]:
+        return [[*prompt.prompt.messages, {"role": "assistant", "content": c.text}] for c in prompt.candidates]
+
+    def verdict(scores: list[float | None]) -> dict:
+        if any(s is None for s in scores):
+            return PromptScores(skip_reason=f"conversation longer than reward model {model_index}'s context").__dict__
+        return PromptScores(scores=scores).__dict__
+
+    try:
+        flat = backend.score([c for p in prompts for c in conversations(p)])
+    except Exception as exc:
+        if is_out_of_memory(exc) or len(prompts) == 1:
+            raise
+        log.warning("reward model %d failed on a batch (%s): retrying prompt by prompt", model_index, _error_line(exc))
+    else:
+        verdicts, position = {}, 0
+        for prompt in prompts:
+            verdicts[prompt.prompt.prompt_id] = verdict(flat[position:position + len(prompt.candidates)])
+            position += len(prompt.candidates)
+        return verdicts
+    verdicts = {}
+    for prompt in prompts:
+        try:
+            verdicts[prompt.prompt.prompt_id] = verdict(backend.score(conversations(prompt)))
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            verdicts[prompt.prompt.prompt_id] = PromptScores(skip_reason=f"reward model {model_index} failed: {_error_line(exc)}").__dict__
+    return verdicts
+
+
+def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
     context = runtime.current(run_id)
     client, keys = context.client, RunKeys(run_id)
     backend = context.reward_models.get(model_index)
     if backend is None:
         raise RuntimeError(f"this worker has not loaded reward model {model_index}")
     raw = client.get(keys.batch(batch_id))
-    if raw is None:  # already aggregated: this is a duplicate delivery, nothing left to do
-        log.info("batch %s of run %s is already aggregated", batch_id, run_id)
+    if raw is None:  # already written: a repeated delivery, nothing left to do
+        log.info("batch %s of run %s is already written", batch_id, run_id)
         return {"scored": 0}
     batch = GeneratedBatch.from_dict(json.loads(raw))
     to_score = [p for p in batch.prompts if p.needs_scoring]
-    conversations = [
-        [*p.prompt.messages, {"role": "assistant", "content": c.text}] for p in to_score for c in p.candidates
-    ]
-    flat = backend.score(conversations)
-    verdicts: dict[str, dict] = {}
-    position = 0
-    for prompt in to_score:
-        scores = flat[position:position + len(prompt.candidates)]
-        position += len(prompt.candidates)
-        if any(s is None for s in scores):
-            verdict = PromptScores(skip_reason=f"conversation longer than reward model {model_index}'s context")
-        else:
-            verdict = PromptScores(scores=scores)
-        verdicts[prompt.prompt.prompt_id] = verdict.__dict__
-    num_models = len(context.config.reward_models)
+    verdicts = score_isolating_failures(backend, model_index, to_score)
+    num_conversations = sum(len(p.candidates) for p in to_score)
     with client.pipeline() as pipe:  # MULTI: exactly one scorer sees the last model arrive
         pipe.hset(keys.scores(batch_id), str(model_index), json.dumps(verdicts))
         pipe.hlen(keys.scores(batch_id))
-        pipe.hincrby(keys.stats, f"completions_scored:{model_index}", len(conversations))
+        pipe.hincrby(keys.stats, f"completions_scored:{model_index}", num_conversations)
         models_done = pipe.execute()[1]
-    if models_done == num_models:
+    if models_done == len(context.config.reward_models):
         with client.pipeline() as pipe:
-            pipe.hincrby(keys.stats, "prompts_scored", len(to_score))
+            pipe.hincrby(keys.stats, "rows_scored", len(to_score))
             pipe.xadd(keys.ready, {"batch_id": batch_id})
             pipe.execute()
-    return {"scored": len(conversations)}
+    return {"scored": num_conversations}

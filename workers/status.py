@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 
@@ -11,7 +12,6 @@ from rq import Worker
 from workers.keys import RunKeys
 from workers.queues import make_queue
 from workers.runs import load_run, read_stats
-from workers.summary import summarize
 
 
 @dataclass(frozen=True)
@@ -27,30 +27,33 @@ class QueueStatus:
 class RunStatus:
     run_id: str
     policy: str
-    prompts: int
+    rows: int
     generated: int
     scored: int
     written: int
+    in_flight: int
     complete: bool
+    seconds: float
+    completions: int
+    outcomes: dict[str, int]
+    skip_reasons: dict[str, int]
     queues: list[QueueStatus]
-    summary: dict
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def lines(self) -> list[str]:
-        seconds = self.summary["seconds"]
-        rate = lambda count: f"{count / seconds:.2f}/s" if seconds > 0 else "-"  # noqa: E731
+        rate = lambda count: f"{count / self.seconds:.2f}/s" if self.seconds > 0 else "-"  # noqa: E731
         state = "complete" if self.complete else "running"
         out = [
-            f"run {self.run_id} ({state}), policy {self.policy}, {seconds:.0f} s since start",
-            f"  prompts {self.prompts}: generated {self.generated} ({rate(self.generated)}), "
-            f"scored {self.scored} ({rate(self.scored)}), written {self.written} ({rate(self.written)})",
-            f"  pairs {self.summary['pairs_written']}, dropped identical {self.summary['dropped_identical']}, "
-            f"dropped by margin {self.summary['dropped_margin']}, completions {self.summary['completions_generated']} "
-            f"({self.summary['completions_per_second']}/s)",
+            f"run {self.run_id} ({state}), policy {self.policy}, {self.seconds:.0f} s since start",
+            f"  rows {self.rows}: generated {self.generated} ({rate(self.generated)}), scored {self.scored} "
+            f"({rate(self.scored)}), written {self.written} ({rate(self.written)}); {self.in_flight} prompts in flight",
+            f"  completions {self.completions} ({rate(self.completions)})",
         ]
-        out += [f"  skipped, {reason}: {count}" for reason, count in self.summary["skipped"].items()]
+        if self.outcomes:
+            out.append("  outcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items())))
+        out += [f"  skipped, {reason}: {count}" for reason, count in self.skip_reasons.items()]
         out += [
             f"  queue {q.name}: {q.queued} queued, {q.started} running, {q.failed} failed, {q.workers} workers"
             for q in self.queues
@@ -68,17 +71,20 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         queues.append(
             QueueStatus(name, queue.count, queue.started_job_registry.count, queue.failed_job_registry.count, Worker.count(queue=queue))
         )
-    total_batches = stats.num_batches
-    complete = total_batches is not None and client.scard(keys.done) >= total_batches
-    summary = summarize(stats, config.created_at, now=time.time())
+    rows = int(stats.get("rows_total"))
+    written = int(stats.get("rows_written"))
     return RunStatus(
         run_id=config.run_id,
         policy=config.policy,
-        prompts=int(stats.get("prompts_enqueued")),
-        generated=int(stats.get("prompts_generated")),
-        scored=int(stats.get("prompts_scored")),
-        written=int(stats.get("prompts_aggregated")),
-        complete=complete,
+        rows=rows,
+        generated=int(stats.get("rows_generated")),
+        scored=int(stats.get("rows_scored")),
+        written=written,
+        in_flight=int(stats.get("prompts_enqueued") - stats.get("prompts_returned")),
+        complete=bool(stats.text("feed_done")) and written >= rows,
+        seconds=time.time() - config.created_at,
+        completions=int(stats.get("completions_generated")),
+        outcomes=json.loads(stats.text("outcomes", "{}")),
+        skip_reasons=json.loads(stats.text("skip_reasons", "{}")),
         queues=queues,
-        summary=summary.to_dict(),
     )

@@ -1,18 +1,17 @@
-"""The end-of-run summary: what came in, what was skipped and why, what was written, how fast."""
+"""The end-of-run summary: every row of the selection accounted for, and how fast completions came."""
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
-from workers.runs import RunStats
+from workers.ledger import DROPPED_IDENTICAL, DROPPED_MARGIN, DUPLICATE, PAIR
 
 
 @dataclass(frozen=True)
 class Summary:
-    rows_read: int
-    duplicate_prompts: int
-    prompts: int
+    rows: int
+    duplicate_rows: int
     skipped: dict[str, int]
     dropped_identical: int
     dropped_margin: int
@@ -33,34 +32,32 @@ class Summary:
         return {**asdict(self), "completions_per_second": round(self.completions_per_second, 2), "tokens_per_second": round(self.tokens_per_second, 2)}
 
     def lines(self) -> list[str]:
-        skipped = sum(self.skipped.values())
         out = [
-            f"rows read            {self.rows_read}",
-            f"unique prompts       {self.prompts} ({self.duplicate_prompts} duplicate rows merged)",
-            f"skipped              {skipped}",
-        ]
-        out += [f"  {reason}: {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1])]
-        out += [
+            f"rows                 {self.rows}",
+            f"pairs written        {self.pairs_written}",
             f"dropped, identical   {self.dropped_identical}",
             f"dropped, margin      {self.dropped_margin}",
-            f"pairs written        {self.pairs_written}",
-            f"completions          {self.completions_generated} in {self.seconds:.1f} s "
-            f"({self.completions_per_second:.2f}/s, {self.tokens_per_second:.1f} tokens/s)",
+            f"duplicate rows       {self.duplicate_rows}",
+            f"skipped              {sum(self.skipped.values())}",
         ]
+        out += [f"  {reason}: {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1])]
+        out.append(
+            f"completions          {self.completions_generated} in {self.seconds:.1f} s "
+            f"({self.completions_per_second:.2f}/s, {self.tokens_per_second:.1f} tokens/s)"
+        )
         return out
 
 
-def summarize(stats: RunStats, created_at: float, now: float | None = None) -> Summary:
-    get = lambda name: int(stats.get(name))  # noqa: E731
+def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int, seconds: float) -> Summary:
+    """`outcomes` and `reasons` come from the ledger (the whole run, resumes included); the rates from this session."""
     return Summary(
-        rows_read=get("rows_read"),
-        duplicate_prompts=get("duplicate_prompts"),
-        prompts=get("prompts_enqueued"),
-        skipped=dict(stats.skips),
-        dropped_identical=get("dropped_identical"),
-        dropped_margin=get("dropped_margin"),
-        pairs_written=get("pairs_written"),
-        completions_generated=get("completions_generated"),
-        tokens_generated=get("tokens_generated"),
-        seconds=(now or time.time()) - created_at,
+        rows=sum(outcomes.values()),
+        duplicate_rows=outcomes[DUPLICATE],
+        skipped=dict(reasons),
+        dropped_identical=outcomes[DROPPED_IDENTICAL],
+        dropped_margin=outcomes[DROPPED_MARGIN],
+        pairs_written=outcomes[PAIR],
+        completions_generated=completions,
+        tokens_generated=tokens,
+        seconds=seconds,
     )

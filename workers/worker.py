@@ -1,7 +1,9 @@
 """Starting a long-lived worker process: pin the GPU, load the models once, then serve RQ jobs.
 
 RQ's `SimpleWorker` runs jobs in this process (no fork): the forking worker hangs once torch has
-run in the parent, and would reload the model for every job.
+run in the parent, and would reload the model for every job. Plain `SimpleWorker` claims a job for
+its whole timeout (hours for generation), so a killed worker's job would wait that long; here a
+heartbeat thread keeps the claim short and alive only while this process is.
 """
 
 from __future__ import annotations
@@ -9,13 +11,49 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 
+from rq import SimpleWorker
+from rq.worker import WorkerStatus
+
+from workers import defaults
 from workers.errors import RsampleError
 
 log = logging.getLogger(__name__)
 
 ROLES = ("generate", "reward")
+
+
+class HeartbeatWorker(SimpleWorker):
+    """A SimpleWorker whose running job stays claimed for `heartbeat_ttl` seconds past its last heartbeat."""
+
+    heartbeat_ttl = defaults.JOB_HEARTBEAT_TTL
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        return self.heartbeat_ttl
+
+    def execute_job(self, job, queue):
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="rsample-heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job, execution, stop: threading.Event) -> None:
+        while not stop.wait(max(1.0, self.heartbeat_ttl / 4)):
+            try:
+                with self.connection.pipeline() as pipe:
+                    execution.heartbeat(job.started_job_registry, self.heartbeat_ttl, pipeline=pipe)
+                    self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
+                    pipe.execute()
+            except Exception as exc:  # Redis away: the main thread's own retries will say so
+                log.debug("heartbeat of job %s failed: %s", job.id, exc)
 
 
 def pin_gpu(gpu: str | None) -> None:
@@ -27,7 +65,6 @@ def pin_gpu(gpu: str | None) -> None:
 def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
           reward_model_indices: list[int] | None = None, burst: bool = False) -> None:
     pin_gpu(gpu)
-    from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
     from workers import runtime
@@ -36,6 +73,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     from workers.keys import RunKeys
     from workers.reward_backends import load_reward_backend
     from workers.runs import load_run
+    from workers.safe_job import SafeJob
 
     if role not in ROLES:
         raise RsampleError(f"unknown worker role {role!r} (use {' or '.join(ROLES)})")
@@ -58,6 +96,10 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
     runtime.install(context)
     name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
-    worker = SimpleWorker(queues, connection=client, serializer=JSONSerializer, name=name)
+    worker = HeartbeatWorker(
+        queues, connection=client, serializer=JSONSerializer, job_class=SafeJob, name=name,
+        maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL,
+    )
+    worker.heartbeat_ttl = config.jobs.heartbeat_ttl
     log.info("worker %s serving run %s on %s", name, config.run_id, ", ".join(queues))
     worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")

@@ -1,0 +1,118 @@
+"""The producer loop: streams dataset rows into generation jobs, a bounded window at a time.
+
+Redis holds only the prompts in flight (at most `max_in_flight`), never the dataset. The feed cursor
+(rows handed out so far) is stored in the same transaction as the jobs it enqueues, so a restarted
+feeder neither skips nor repeats a row; rows the ledger already settled are never handed out again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from producer.dataset import iter_rows
+from producer.prompts import RowSkip, extract_prompt
+from workers.config import RunConfig
+from workers.keys import RunKeys
+from workers.ledger import DUPLICATE, SKIPPED, Ledger, Outcome
+from workers.messages import PromptRecord
+from workers.queues import generation_job_data, make_queue
+
+log = logging.getLogger(__name__)
+
+
+class Feeder:
+    def __init__(self, client: redis.Redis, config: RunConfig, ledger: Ledger):
+        self.client = client
+        self.config = config
+        self.ledger = ledger
+        self.keys = RunKeys(config.run_id)
+        self.queue = make_queue(client, self.keys.generate_queue)
+        self.restart()
+
+    def restart(self) -> None:
+        """(Re)reads the dataset up to the stored cursor, remembering prompt ids for duplicate detection."""
+        self._rows: Iterator[tuple[int, Any]] = iter_rows(self.config.data)
+        self._position = 0
+        self.seen: dict[str, int] = {}
+        self.exhausted = self.client.hget(self.keys.stats, "feed_done") is not None
+        cursor = int(self.client.hget(self.keys.stats, "feed_cursor") or 0)
+        while self._position < cursor:
+            item = self._next_row()
+            if item is None:
+                break
+            index, row = item
+            record = self._to_record(index, row)
+            if isinstance(record, PromptRecord):
+                self.seen.setdefault(record.prompt_id, index)
+
+    def _next_row(self) -> tuple[int, Any] | None:
+        try:
+            item = next(self._rows)
+        except StopIteration:
+            return None
+        self._position += 1
+        return item
+
+    def _to_record(self, index: int, row: Any) -> PromptRecord | RowSkip:
+        return row if isinstance(row, RowSkip) else extract_prompt(row, index, self.config.data.system_prompt)
+
+    def in_flight(self) -> int:
+        enqueued, returned = self.client.hmget(self.keys.stats, "prompts_enqueued", "prompts_returned")
+        return int(enqueued or 0) - int(returned or 0)
+
+    def top_up(self) -> int:
+        """Enqueues whole batches while the window has room; returns how many prompts it handed out."""
+        handed = 0
+        limit = self.config.jobs.max_in_flight
+        in_flight = self.in_flight()
+        while not self.exhausted and (in_flight + self.config.prompts_per_job <= limit or in_flight == 0):
+            count = self._feed_one_batch()
+            handed += count
+            in_flight += count
+        return handed
+
+    def _feed_one_batch(self) -> int:
+        batch: list[PromptRecord] = []
+        settled: list[Outcome] = []
+        already_written = 0
+        while len(batch) < self.config.prompts_per_job:
+            item = self._next_row()
+            if item is None:
+                self.exhausted = True
+                break
+            index, row = item
+            record = self._to_record(index, row)
+            prompt_id = record.prompt_id if isinstance(record, PromptRecord) else None
+            if index in self.ledger.rows:
+                already_written += 1
+                if prompt_id:
+                    self.seen.setdefault(prompt_id, index)
+            elif isinstance(record, RowSkip):
+                log.warning("skipping %s (%s)", record.detail, record.reason)
+                settled.append(Outcome(index, None, SKIPPED, record.reason))
+            elif prompt_id in self.seen or prompt_id in self.ledger.prompt_ids:
+                settled.append(Outcome(index, prompt_id, DUPLICATE, f"same prompt as row {self.seen.get(prompt_id, '?')}"))
+            else:
+                self.seen[prompt_id] = index
+                batch.append(record)
+        with self.client.pipeline() as pipe:  # MULTI: the jobs and the cursor move together
+            if batch:
+                job = generation_job_data(self.config, f"r{batch[0].row_index}", [p.__dict__ for p in batch])
+                self.queue.enqueue_many([job], pipeline=pipe)
+                pipe.hincrby(self.keys.stats, "prompts_enqueued", len(batch))
+            if settled:
+                pipe.xadd(self.keys.ready, {"rows": json.dumps([o.__dict__ for o in settled])})
+            progressed = len(settled) + already_written
+            if progressed:
+                pipe.hincrby(self.keys.stats, "rows_generated", progressed)
+                pipe.hincrby(self.keys.stats, "rows_scored", progressed)
+            pipe.hset(self.keys.stats, "feed_cursor", self._position)
+            if self.exhausted:
+                pipe.hset(self.keys.stats, mapping={"feed_done": 1, "rows_total": self._position})
+            pipe.execute()
+        return len(batch)

@@ -1,0 +1,68 @@
+"""The ledger: each row's outcome written once, crash leftovers repaired, resumable from files alone."""
+
+import json
+
+import pytest
+
+from workers.errors import RsampleError
+from workers.ledger import DUPLICATE, PAIR, SKIPPED, Ledger, Outcome
+
+
+def pair(pid):
+    return {"prompt_id": pid, "chosen": [], "rejected": []}
+
+
+def score(pid, index):
+    return {"prompt_id": pid, "completion_index": index, "scores": {}}
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_commit_writes_each_row_once(tmp_path):
+    ledger = Ledger(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", "run1")
+    fresh = ledger.commit([Outcome(0, "a", PAIR), Outcome(1, None, SKIPPED, "empty content")], [pair("a")], [score("a", 0), score("a", 1)])
+    assert len(fresh) == 2
+    again = ledger.commit([Outcome(0, "a", PAIR)], [pair("a")], [score("a", 0)])  # a repeated delivery
+    assert again == []
+    ledger.close()
+    assert [row["prompt_id"] for row in lines(tmp_path / "pairs.jsonl")] == ["a"]
+    assert len(lines(tmp_path / "scores.jsonl")) == 2
+    assert lines(tmp_path / "pairs.outcomes.jsonl")[0] == {"rsample_run": "run1"}
+
+
+def test_reopening_repairs_what_a_crash_left(tmp_path):
+    ledger = Ledger(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", "run1")
+    ledger.commit([Outcome(0, "a", PAIR), Outcome(1, "b", DUPLICATE, "same prompt as row 0")], [pair("a")], [score("a", 0)])
+    ledger.close()
+    # a crash after the data of prompt "c" but before its outcome, in the middle of a line
+    with (tmp_path / "pairs.jsonl").open("a") as handle:
+        handle.write(json.dumps(pair("c")) + "\n" + '{"prompt_id": "d", "cho')
+    with (tmp_path / "scores.jsonl").open("a") as handle:
+        handle.write(json.dumps(score("c", 0)) + "\n" + json.dumps(score("a", 0)) + "\n")
+    with (tmp_path / "pairs.outcomes.jsonl").open("a") as handle:
+        handle.write('{"row_index": 2, "prompt_id": "c", "outc')
+    reopened = Ledger(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", "run1")
+    assert set(reopened.rows) == {0, 1}
+    assert reopened.prompt_ids == {"a"}
+    assert [row["prompt_id"] for row in lines(tmp_path / "pairs.jsonl")] == ["a"]
+    assert lines(tmp_path / "scores.jsonl") == [score("a", 0)]
+    assert len(lines(tmp_path / "pairs.outcomes.jsonl")) == 3
+    assert reopened.commit([Outcome(2, "c", PAIR)], [pair("c")], []) != []
+    reopened.close()
+    assert [row["prompt_id"] for row in lines(tmp_path / "pairs.jsonl")] == ["a", "c"]
+
+
+def test_files_of_another_run_are_not_mixed_in(tmp_path):
+    Ledger(tmp_path / "pairs.jsonl", None, "run1").close()
+    with pytest.raises(RsampleError, match="belongs to run run1, made with other settings"):
+        Ledger(tmp_path / "pairs.jsonl", None, "run2")
+
+
+def test_counts_cover_every_row(tmp_path):
+    ledger = Ledger(tmp_path / "p.jsonl", None, "r")
+    ledger.commit([Outcome(0, "a", PAIR), Outcome(1, None, SKIPPED, "invalid JSON"), Outcome(2, "a", DUPLICATE, "x")], [pair("a")], [])
+    outcomes, reasons = ledger.counts()
+    assert outcomes == {PAIR: 1, SKIPPED: 1, DUPLICATE: 1}
+    assert reasons == {"invalid JSON": 1}

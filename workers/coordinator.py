@@ -1,0 +1,122 @@
+"""The coordinator of a run: the one process that feeds prompts in and writes results out.
+
+It owns both ends of the pipeline, so it can prove exactly-once: a row is handed out only if the
+ledger has no outcome for it, and the ledger takes each row's outcome once. It also sweeps jobs
+abandoned by dead workers back into their queues, and re-creates the run if Redis lost it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from rq.registry import StartedJobRegistry
+
+from producer.feeder import Feeder
+from workers import defaults
+from workers.aggregator import Aggregator
+from workers.config import RunConfig
+from workers.errors import RsampleError
+from workers.keys import RunKeys
+from workers.ledger import Ledger
+from workers.queues import make_queue
+from workers.runs import read_stats, save_run
+from workers.summary import Summary, summarize
+from workers.safe_job import SafeJob
+
+log = logging.getLogger(__name__)
+
+LOCK_SECONDS = 30
+"""A coordinator that stops refreshing its lock for this long is taken for dead."""
+
+
+class Coordinator:
+    def __init__(self, client: redis.Redis, config: RunConfig, out: str | Path, scores_out: str | Path | None = None):
+        self.client = client
+        self.config = config
+        self.keys = RunKeys(config.run_id)
+        self._token = uuid.uuid4().hex
+        self._hold_lock()
+        self.ledger = Ledger(out, scores_out, config.run_id)
+        self.feeder = Feeder(client, config, self.ledger)
+        self.aggregator = Aggregator(client, config, self.ledger)
+        self._last_sweep = 0.0
+        self.started_at = time.time()
+        stats = read_stats(client, config.run_id)
+        self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
+
+    def _hold_lock(self) -> None:
+        holder = self.client.set(self.keys.coordinator_lock, self._token, nx=True, ex=LOCK_SECONDS)
+        if not holder and self.client.get(self.keys.coordinator_lock) != self._token.encode():
+            raise RsampleError(
+                f"run {self.config.run_id} already has a coordinator (`rsample run` or `rsample aggregate`) writing it; "
+                f"if that process is dead, retry in {LOCK_SECONDS} s"
+            )
+        self.client.expire(self.keys.coordinator_lock, LOCK_SECONDS)
+
+    def is_complete(self) -> bool:
+        total = self.client.hget(self.keys.stats, "rows_total")
+        return self.feeder.exhausted and total is not None and len(self.ledger.rows) >= int(total)
+
+    def ensure_run(self) -> None:
+        """A Redis restarted without persistence forgets the run: put it back and re-feed what is not written."""
+        if self.client.exists(self.keys.config):
+            return
+        log.warning("Redis lost run %s (restarted without persistence?): re-creating it and re-feeding the rows not yet written", self.config.run_id)
+        save_run(self.client, self.config)
+        self.feeder.restart()
+        self.aggregator.cursor = "0"
+
+    def sweep(self) -> None:
+        """Requeues (or fails, when out of retries) jobs whose worker stopped sending heartbeats."""
+        for name in self.keys.all_queues(len(self.config.reward_models)):
+            queue = make_queue(self.client, name)
+            StartedJobRegistry(queue=queue, job_class=SafeJob).cleanup()
+
+    def step(self) -> None:
+        self._hold_lock()
+        self.ensure_run()
+        self.feeder.top_up()
+        if self.aggregator.step():
+            self._publish_outcomes()
+        if time.monotonic() - self._last_sweep > defaults.REAPER_INTERVAL:
+            self.sweep()
+            self._last_sweep = time.monotonic()
+
+    def _publish_outcomes(self) -> None:
+        """Outcome counts for `rsample status`, which runs elsewhere and has no ledger."""
+        outcomes, reasons = self.ledger.counts()
+        self.client.hset(self.keys.stats, mapping={"outcomes": json.dumps(outcomes), "skip_reasons": json.dumps(reasons)})
+
+    def summary(self) -> Summary:
+        outcomes, reasons = self.ledger.counts()
+        stats = read_stats(self.client, self.config.run_id)
+        completions = max(0, int(stats.get("completions_generated") - self._baseline[0]))
+        tokens = max(0, int(stats.get("tokens_generated") - self._baseline[1]))
+        return summarize(outcomes, reasons, completions, tokens, time.time() - self.started_at)
+
+    def run(self, on_progress: Callable[[], None] | None = None, check: Callable[[], None] | None = None) -> None:
+        """Feeds and writes until every row of the selection has its outcome; `check` may raise to abort."""
+        try:
+            while not self.is_complete():
+                self.step()
+                if on_progress:
+                    on_progress()
+                if check:
+                    check()
+            self._publish_outcomes()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.ledger.close()
+        try:
+            if self.client.get(self.keys.coordinator_lock) == self._token.encode():
+                self.client.delete(self.keys.coordinator_lock)
+        except redis.RedisError:
+            pass
