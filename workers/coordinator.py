@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -35,13 +37,23 @@ LOCK_SECONDS = 30
 """A coordinator that stops refreshing its lock for this long is taken for dead."""
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Coordinator:
     def __init__(self, client: redis.Redis, config: RunConfig, out: str | Path, scores_out: str | Path | None = None):
         self.client = client
         self.config = config
         self.keys = RunKeys(config.run_id)
-        self._token = uuid.uuid4().hex
-        self._hold_lock()
+        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        self._take_lock()
         self.ledger = Ledger(out, scores_out, config.run_id)
         self.feeder = Feeder(client, config, self.ledger)
         self.aggregator = Aggregator(client, config, self.ledger)
@@ -50,14 +62,33 @@ class Coordinator:
         stats = read_stats(client, config.run_id)
         self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
 
+    def _take_lock(self) -> None:
+        """One coordinator per run. A dead one's lock is taken over at once on its own host, else when it expires."""
+        deadline = time.monotonic() + LOCK_SECONDS + 5
+        while not self.client.set(self.keys.coordinator_lock, self._token, nx=True, ex=LOCK_SECONDS):
+            holder = (self.client.get(self.keys.coordinator_lock) or b"").decode()
+            host, _, rest = holder.partition(":")
+            pid = rest.partition(":")[0]
+            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                log.warning("taking over run %s from coordinator process %s, which is gone", self.config.run_id, pid)
+                self.client.set(self.keys.coordinator_lock, self._token, ex=LOCK_SECONDS)
+                return
+            if time.monotonic() > deadline:
+                raise RsampleError(
+                    f"run {self.config.run_id} already has a live coordinator ({holder.rsplit(':', 1)[0]}): "
+                    "one `rsample run` or `rsample aggregate` per run"
+                )
+            time.sleep(1)
+
     def _hold_lock(self) -> None:
-        holder = self.client.set(self.keys.coordinator_lock, self._token, nx=True, ex=LOCK_SECONDS)
-        if not holder and self.client.get(self.keys.coordinator_lock) != self._token.encode():
-            raise RsampleError(
-                f"run {self.config.run_id} already has a coordinator (`rsample run` or `rsample aggregate`) writing it; "
-                f"if that process is dead, retry in {LOCK_SECONDS} s"
-            )
-        self.client.expire(self.keys.coordinator_lock, LOCK_SECONDS)
+        """Refreshes the lock; a Redis that forgot it (restart without persistence) gets it back."""
+        current = self.client.get(self.keys.coordinator_lock)
+        if current is None:
+            self.client.set(self.keys.coordinator_lock, self._token, nx=True, ex=LOCK_SECONDS)
+        elif current.decode() != self._token:
+            raise RsampleError(f"another coordinator ({current.decode().rsplit(':', 1)[0]}) took over run {self.config.run_id}: stopping")
+        else:
+            self.client.expire(self.keys.coordinator_lock, LOCK_SECONDS)
 
     def is_complete(self) -> bool:
         total = self.client.hget(self.keys.stats, "rows_total")
@@ -84,7 +115,7 @@ class Coordinator:
         self.feeder.top_up()
         if self.aggregator.step():
             self._publish_outcomes()
-        if time.monotonic() - self._last_sweep > defaults.REAPER_INTERVAL:
+        if time.monotonic() - self._last_sweep > min(defaults.REAPER_INTERVAL, self.config.jobs.heartbeat_ttl / 2):
             self.sweep()
             self._last_sweep = time.monotonic()
 

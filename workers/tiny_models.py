@@ -15,8 +15,10 @@ WORDS = (
     "music story poem science history simple complex step first second third final result value test"
 ).split()
 
-POLICY_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+POLICY_TEMPLATE = (  # refuses two turns of the same role in a row, as many real templates do
+    "{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+    "{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 REWARD_TEMPLATE = (
@@ -67,15 +69,18 @@ def _llama_config(vocab_size: int, tokenizer, **overrides):
     return LlamaConfig(**settings)
 
 
-def build_policy(directory: str | Path, seed: int = 0, max_position_embeddings: int = 256) -> Path:
-    """A 2-layer Llama causal LM with a ChatML template."""
+def build_policy(directory: str | Path, seed: int = 0, max_position_embeddings: int = 256, hidden_size: int = 128, layers: int = 2) -> Path:
+    """A small Llama causal LM (2 layers by default) with a ChatML template."""
     import torch
     from transformers import LlamaForCausalLM
 
     directory = Path(directory)
     tokenizer = _tokenizer(384, ["<|im_start|>", "<|im_end|>", "<pad>"], "<|im_end|>", "<pad>", POLICY_TEMPLATE, seed)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(_llama_config(len(tokenizer), tokenizer, max_position_embeddings=max_position_embeddings))
+    model = LlamaForCausalLM(_llama_config(
+        len(tokenizer), tokenizer, max_position_embeddings=max_position_embeddings, hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size, num_hidden_layers=layers, num_attention_heads=hidden_size // 64,
+    ))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(directory)
@@ -83,15 +88,18 @@ def build_policy(directory: str | Path, seed: int = 0, max_position_embeddings: 
     return directory
 
 
-def build_reward_model(directory: str | Path, seed: int = 1, max_position_embeddings: int = 512) -> Path:
-    """A 2-layer Llama sequence classifier (one logit) with its own vocabulary and chat template."""
+def build_reward_model(directory: str | Path, seed: int = 1, max_position_embeddings: int = 512, hidden_size: int = 128, layers: int = 2) -> Path:
+    """A small Llama sequence classifier (one logit) with its own vocabulary and chat template."""
     import torch
     from transformers import LlamaForSequenceClassification
 
     directory = Path(directory)
     tokenizer = _tokenizer(448, ["<s>", "</turn>", "<rpad>"], "</turn>", "<rpad>", REWARD_TEMPLATE, seed, bos="<s>")
     torch.manual_seed(seed)
-    config = _llama_config(len(tokenizer), tokenizer, num_labels=1, max_position_embeddings=max_position_embeddings)
+    config = _llama_config(
+        len(tokenizer), tokenizer, num_labels=1, max_position_embeddings=max_position_embeddings, hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size, num_hidden_layers=layers, num_attention_heads=hidden_size // 64,
+    )
     model = LlamaForSequenceClassification(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

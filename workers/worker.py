@@ -35,6 +35,7 @@ class HeartbeatWorker(SimpleWorker):
 
     def execute_job(self, job, queue):
         execution = self.prepare_execution(job)
+        self._outlive_registry(execution)
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="rsample-heartbeat", daemon=True)
         beat.start()
@@ -45,6 +46,11 @@ class HeartbeatWorker(SimpleWorker):
             beat.join()
         self.set_state(WorkerStatus.IDLE)
 
+    def _outlive_registry(self, execution) -> None:
+        """RQ lists an execution in its job's registry 60 s longer than the execution itself lives; a job
+        requeued from a dead worker within that window fails on the missing execution. Outlive the listing."""
+        self.connection.expire(execution.key, self.heartbeat_ttl + 120)
+
     def _beat(self, job, execution, stop: threading.Event) -> None:
         while not stop.wait(max(1.0, self.heartbeat_ttl / 4)):
             try:
@@ -52,6 +58,7 @@ class HeartbeatWorker(SimpleWorker):
                     execution.heartbeat(job.started_job_registry, self.heartbeat_ttl, pipeline=pipe)
                     self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
                     pipe.execute()
+                self._outlive_registry(execution)
             except Exception as exc:  # Redis away: the main thread's own retries will say so
                 log.debug("heartbeat of job %s failed: %s", job.id, exc)
 

@@ -1,0 +1,134 @@
+"""Fault injection on the real pipeline: workers, the coordinator and Redis killed or restarted mid-run.
+
+Every test ends with the exactly-once check over the whole dataset: each row has one outcome, each
+pair and score row is written once.
+"""
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import rsample, write_jsonl
+from faults import assert_exactly_once, kill, kill_mid_job, outcome_rows, processes_mentioning, start, wait_for
+from workers.embedded_redis import EmbeddedRedis
+from workers.keys import RunKeys
+
+GOOD = [{"prompt": f"write a story about the {w} river number {i}"} for i, w in enumerate("city music science poem code test".split() * 3)]
+BAD = [
+    "{not json",
+    {"prompt": ""},
+    {"messages": [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]},  # the policy template refuses it
+    {"prompt": "river city " * 150},  # longer than the policy context
+    GOOD[0],  # a duplicate
+]
+ROWS = GOOD[:9] + BAD + GOOD[9:]
+
+
+@pytest.fixture(scope="module")
+def slow_models(tmp_path_factory):
+    """Models big enough that a job lasts a fraction of a second, so that it can be killed mid-flight."""
+    from workers.tiny_models import build_policy, build_reward_model
+
+    root = tmp_path_factory.mktemp("slow-models")
+    return {"policy": str(build_policy(root / "policy", hidden_size=512, layers=6)),
+            "reward": str(build_reward_model(root / "reward", hidden_size=512, layers=6))}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return write_jsonl(tmp_path / "rows.jsonl", ROWS)
+
+
+def settings(dataset, models, *extra):
+    return ["--dataset", str(dataset), "--policy", models["policy"], "--reward-model", models["reward"], "--n", "3",
+            "--temperature", "1.0", "--max-new-tokens", "48", "--batch-size", "2", "--reward-batch-size", "1",
+            "--heartbeat-ttl", "3", "--max-in-flight", "6", *extra]
+
+
+def check_counts(counts):
+    assert counts.get("pair", 0) + counts.get("dropped_identical", 0) == len(GOOD)
+    assert counts["duplicate"] == 1
+    assert counts["skipped"] == 4  # bad JSON, empty, refused by the template, too long
+
+
+def test_workers_killed_mid_job_lose_and_duplicate_nothing(redis_server, redis_client, slow_models, dataset, tmp_path):
+    url = redis_server.url
+    run_id = rsample("enqueue", "--redis-url", url, *settings(dataset, slow_models)).stdout.strip()
+    keys = RunKeys(run_id)
+    log = tmp_path / "processes.log"
+    new_generator = lambda: start("worker", "generate", "--redis-url", url, log=log)  # noqa: E731
+    new_scorer = lambda: start("worker", "reward", "--redis-url", url, log=log)  # noqa: E731
+    generator, scorer = new_generator(), new_scorer()
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    coordinator = start("aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--scores-out", str(scores), "--no-progress", log=log)
+    try:
+        killed_generation, generator = kill_mid_job(generator, redis_client, keys.generate_queue, new_generator)
+        killed_scoring, scorer = kill_mid_job(scorer, redis_client, keys.score_queue(0), new_scorer)
+        assert coordinator.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        for process in (generator, scorer, coordinator):
+            process.kill()
+    check_counts(assert_exactly_once(out, scores, ROWS))
+    status = rsample("status", "--redis-url", url, "--run", run_id, "--json").stdout
+    assert '"failed": 0' in status and '"failed": 1' not in status  # both killed jobs were requeued and finished
+
+
+def test_coordinator_killed_and_restarted(redis_server, slow_models, dataset, tmp_path):
+    url = redis_server.url
+    run_id = rsample("enqueue", "--redis-url", url, *settings(dataset, slow_models)).stdout.strip()
+    log = tmp_path / "processes.log"
+    workers = [start("worker", "generate", "--redis-url", url, log=log), start("worker", "reward", "--redis-url", url, log=log)]
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    aggregate = ["aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--scores-out", str(scores), "--no-progress"]
+    try:
+        first = start(*aggregate, log=log)
+        wait_for(lambda: out.with_name("pairs.outcomes.jsonl").exists() and 4 <= len(outcome_rows(out)) < len(ROWS), 180, "some rows written")
+        kill(first)
+        second = start(*aggregate, log=log)  # takes over the dead coordinator's lock at once
+        assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert "taking over run" in log.read_text()
+    finally:
+        for process in workers:
+            process.kill()
+    check_counts(assert_exactly_once(out, scores, ROWS))
+
+
+@pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-persistence"])
+def test_redis_restarted_mid_run(slow_models, dataset, tmp_path, appendonly):
+    server = EmbeddedRedis(data_dir=tmp_path / "redis", appendonly=appendonly).start()
+    out, scores, log = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "run.log"
+    try:
+        run = start("run", "--redis-url", server.url, *settings(dataset, slow_models), "--out", str(out), "--scores-out", str(scores), "--no-progress", log=log)
+        wait_for(lambda: out.with_name("pairs.outcomes.jsonl").exists() and 4 <= len(outcome_rows(out)) < len(ROWS), 180, "some rows written")
+        server.stop()
+        wait_for(lambda: "waiting for Redis" in log.read_text(), 30, "the coordinator to notice", interval=0.2)
+        server.start()
+        assert run.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        server.close()
+    text = log.read_text()
+    worker_logs = "".join(p.read_text() for p in (tmp_path / ".rsample-logs").rglob("*.log"))
+    assert "waiting for Redis" in worker_logs and "is back" in worker_logs
+    assert ("Redis lost run" in text) is not appendonly  # with AOF nothing is lost; without, the run is re-fed
+    check_counts(assert_exactly_once(out, scores, ROWS))
+
+
+def test_a_killed_run_resumes_and_a_finished_run_does_nothing(slow_models, dataset, tmp_path):
+    out, scores, log = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "run.log"
+    command = ["run", *settings(dataset, slow_models), "--out", str(out), "--scores-out", str(scores), "--no-progress"]
+    first = start(*command, log=log)
+    wait_for(lambda: out.with_name("pairs.outcomes.jsonl").exists() and 6 <= len(outcome_rows(out)) < len(ROWS), 180, "some rows written")
+    written_before = {o["row_index"] for o in outcome_rows(out)}
+    kill(first)
+    wait_for(lambda: not processes_mentioning(str(out)) or None, 30, "the killed run's workers to exit with it", interval=0.2)
+    second = rsample(*command)
+    assert "resuming run" in second.stderr
+    completions = int(second.stdout.split("completions")[1].split()[0])
+    prompts_left = len([r for r in range(len(ROWS)) if r not in written_before])
+    assert completions <= 3 * prompts_left  # rows already written were not generated again
+    check_counts(assert_exactly_once(out, scores, ROWS))
+    third = rsample(*command)
+    assert "completions          0 in" in third.stdout
+    check_counts(assert_exactly_once(out, scores, ROWS))
