@@ -19,6 +19,19 @@ from workers.embedded_redis import EmbeddedRedis  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def reap_processes():
+    """Workers wait for their Redis forever by design: a failed test must not leave them behind."""
+    yield
+    from faults import STARTED
+
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     server = EmbeddedRedis(data_dir=tmp_path / "redis").start()

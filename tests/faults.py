@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -21,10 +21,16 @@ from workers.queues import make_queue
 from workers.safe_job import SafeJob
 
 
+STARTED: list[subprocess.Popen] = []
+"""Every process a test started, killed after the test whatever happened (see `conftest.reap_processes`)."""
+
+
 def start(*args: str, log: Path) -> subprocess.Popen:
     """A CLI process whose output goes to `log` (pipes could fill up and block it)."""
     handle = log.open("a")
-    return subprocess.Popen([sys.executable, "-m", "workers.cli", *args], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", *args], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    STARTED.append(process)
+    return process
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
@@ -37,9 +43,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def started_jobs(client, queue_name: str) -> list[str]:
+def running_entries(client, queue_name: str) -> list[str]:
+    """The started registry's `job_id:execution_id` entries: one per attempt of a job."""
     registry = StartedJobRegistry(queue=make_queue(client, queue_name), job_class=SafeJob)
-    return [entry.decode().split(":")[0] for entry in client.zrange(registry.key, 0, -1)]
+    return [entry.decode() for entry in client.zrange(registry.key, 0, -1)]
+
+
+def started_jobs(client, queue_name: str) -> list[str]:
+    return [entry.split(":")[0] for entry in running_entries(client, queue_name)]
 
 
 def kill(process: subprocess.Popen) -> None:
@@ -50,7 +61,7 @@ def kill(process: subprocess.Popen) -> None:
 def job_status(client, job_id: str):
     try:
         return SafeJob.fetch(job_id, connection=client, serializer=JSONSerializer).get_status()
-    except NoSuchJobError:  # finished jobs are deleted at once
+    except (NoSuchJobError, InvalidJobOperation):  # finished jobs are deleted at once
         return JobStatus.FINISHED
 
 

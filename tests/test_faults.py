@@ -4,9 +4,7 @@ Every test ends with the exactly-once check over the whole dataset: each row has
 pair and score row is written once.
 """
 
-import os
-import signal
-import subprocess
+import time
 
 import pytest
 
@@ -14,6 +12,7 @@ from conftest import rsample, write_jsonl
 from faults import assert_exactly_once, kill, kill_mid_job, outcome_rows, processes_mentioning, start, wait_for
 from workers.embedded_redis import EmbeddedRedis
 from workers.keys import RunKeys
+from workers.queues import make_queue
 
 GOOD = [{"prompt": f"write a story about the {w} river number {i}"} for i, w in enumerate("city music science poem code test".split() * 3)]
 BAD = [
@@ -132,3 +131,57 @@ def test_a_killed_run_resumes_and_a_finished_run_does_nothing(slow_models, datas
     third = rsample(*command)
     assert "completions          0 in" in third.stdout
     check_counts(assert_exactly_once(out, scores, ROWS))
+
+
+def test_a_prompt_that_kills_its_worker_ends_alone_in_the_failed_registry(redis_server, redis_client, slow_models, tmp_path):
+    """A row that crashes the model process every time: its batch is split, the healthy half is written, the poison
+    prompt is skipped with the error after bounded retries, and the run finishes."""
+    from rq.exceptions import NoSuchJobError
+    from rq.serializers import JSONSerializer
+
+    from faults import job_status, running_entries
+    from producer.prompts import extract_prompt
+    from workers.safe_job import SafeJob
+
+    poison = {"prompt": "the prompt that crashes the model"}
+    rows = GOOD[:5] + [poison] + GOOD[5:8]
+    poison_id = extract_prompt(poison, 5).prompt_id
+    dataset = write_jsonl(tmp_path / "rows.jsonl", rows)
+    url = redis_server.url
+    command = settings(dataset, slow_models, "--retries", "1")
+    command[command.index("--max-new-tokens") + 1] = "160"  # jobs of about a second: long enough to be caught running
+    run_id = rsample("enqueue", "--redis-url", url, *command).stdout.strip()
+    queue_name = RunKeys(run_id).generate_queue
+    log, out = tmp_path / "processes.log", tmp_path / "pairs.jsonl"
+    generator = start("worker", "generate", "--redis-url", url, log=log)
+    scorer = start("worker", "reward", "--redis-url", url, log=log)
+    coordinator = start("aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--no-progress", log=log)
+    killed = set()
+    try:
+        while coordinator.poll() is None:
+            for entry in running_entries(redis_client, queue_name):
+                job_id = entry.split(":")[0]
+                if entry in killed or job_status(redis_client, job_id) != "started":
+                    continue
+                try:
+                    prompts = SafeJob.fetch(job_id, connection=redis_client, serializer=JSONSerializer).args[2]
+                except NoSuchJobError:  # finished in the meantime
+                    continue
+                if poison_id in {p["prompt_id"] for p in prompts}:  # the crash this row causes
+                    kill(generator)
+                    killed.add(entry)
+                    generator = start("worker", "generate", "--redis-url", url, log=log)
+            time.sleep(0.01)
+        assert coordinator.returncode == 0, log.read_text()[-3000:]
+    finally:
+        for process in (generator, scorer, coordinator):
+            process.kill()
+    assert len(killed) == 4  # the batch twice (1 retry), then the half holding the poison prompt twice
+    counts = assert_exactly_once(out, None, rows)
+    assert counts.get("pair", 0) + counts.get("dropped_identical", 0) == len(rows) - 1
+    skipped = [o for o in outcome_rows(out) if o["outcome"] == "skipped"]
+    assert [o["row_index"] for o in skipped] == [5]
+    assert skipped[0]["reason"].startswith("generation failed: AbandonedJobError")
+    failed = make_queue(redis_client, queue_name).failed_job_registry.get_job_ids()
+    assert sorted(failed) == sorted([f"{run_id}-generate-r4", f"{run_id}-generate-r4_1"])
+    assert '"failed": 2' in rsample("status", "--redis-url", url, "--run", run_id, "--json").stdout

@@ -36,14 +36,17 @@ def on_job_failure(job: Job, connection, exc_type, exc_value, traceback) -> None
     if job.func_name == GENERATE_FUNCTION:
         prompts = job.args[2]
         if len(prompts) > 1:
-            config = load_run(connection, run_id)
-            half = len(prompts) // 2
-            log.warning("generation batch %s failed for good: splitting its %d prompts in two", batch_id, len(prompts))
-            with connection.pipeline() as pipe:
-                enqueue_generation(connection, config, f"{batch_id}.0", prompts[:half], pipeline=pipe)
-                enqueue_generation(connection, config, f"{batch_id}.1", prompts[half:], pipeline=pipe)
-                pipe.execute()
-            return
+            try:
+                config = load_run(connection, run_id)
+                half = len(prompts) // 2
+                log.warning("generation batch %s failed for good: splitting its %d prompts in two", batch_id, len(prompts))
+                with connection.pipeline() as pipe:
+                    enqueue_generation(connection, config, f"{batch_id}_0", prompts[:half], pipeline=pipe)
+                    enqueue_generation(connection, config, f"{batch_id}_1", prompts[half:], pipeline=pipe)
+                    pipe.execute()
+                return
+            except Exception:  # never lose the prompts: give them up below instead
+                log.exception("could not split batch %s", batch_id)
         reason = _reason("generation", exc_type, exc_value)
         fields = {"batch_id": batch_id, "failed": reason, "prompts": json.dumps([[p["row_index"], p["prompt_id"]] for p in prompts])}
     else:

@@ -1,0 +1,76 @@
+"""A shared Redis: passwords and TLS through the URL, secrets kept out of every output, runs kept apart."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import read_jsonl, rsample, write_jsonl
+from faults import assert_exactly_once, start
+from workers.embedded_redis import EmbeddedRedis
+
+ROWS = [{"prompt": f"question number {i}"} for i in range(12)] + [{"prompt": ""}, {"prompt": "question number 3"}]
+FAST = ["--policy", "echo-policy", "--reward-model", "length-reward", "--backend", "echo", "--reward-backend", "length", "--batch-size", "3"]
+
+
+def everything_printed(result, tmp_path: Path) -> str:
+    logs = "".join(p.read_text() for p in tmp_path.rglob("*.log"))
+    return result.stdout + result.stderr + logs
+
+
+def test_password_in_the_url_works_and_never_shows(tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    with EmbeddedRedis(data_dir=tmp_path / "redis", password="hunter2-secret") as server:
+        out = tmp_path / "pairs.jsonl"
+        result = rsample("run", "--redis-url", server.url, "--dataset", str(dataset), *FAST, "--out", str(out), "--no-progress")
+        assert "pairs written        12" in result.stdout
+        assert "hunter2-secret" not in everything_printed(result, tmp_path)
+        assert_exactly_once(out, None, ROWS)
+        status = rsample("status", "--redis-url", server.url)
+        assert "pairs 12" in status.stdout or "pair 12" in status.stdout
+        assert "hunter2-secret" not in status.stdout + status.stderr
+        wrong = rsample("status", "--redis-url", server.url.replace("hunter2-secret", "wrong-guess"), check=False)
+        assert wrong.returncode == 2
+        assert "refused the credentials" in wrong.stderr and "wrong-guess" not in wrong.stderr
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    directory.mkdir()
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "cert", "key")}
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=rsample-test-ca",
+        "-keyout", str(files["ca-key"]), "-out", str(files["ca"]))
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(files["key"]), "-out", str(directory / "req.pem"))
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", str(directory / "req.pem"), "-CA", str(files["ca"]), "-CAkey", str(files["ca-key"]),
+        "-CAcreateserial", "-days", "1", "-out", str(files["cert"]), "-extfile", str(directory / "ext.cnf"))
+    return files
+
+
+@pytest.mark.skipif(not (shutil.which("openssl") and Path("/usr/bin/redis-server").exists()), reason="needs openssl and a TLS-built redis-server")
+def test_tls_with_rediss_url(tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    tls = make_certificates(tmp_path / "certs")
+    with EmbeddedRedis(data_dir=tmp_path / "redis", password="tls-secret", tls_files=tls, binary="/usr/bin/redis-server") as server:
+        assert server.url.startswith("rediss://")
+        out = tmp_path / "pairs.jsonl"
+        result = rsample("run", "--redis-url", server.url, "--dataset", str(dataset), *FAST, "--out", str(out), "--no-progress")
+        assert "pairs written        12" in result.stdout
+        assert "tls-secret" not in everything_printed(result, tmp_path)
+        plain = rsample("status", "--redis-url", server.url.replace("rediss://", "redis://").split("?")[0], check=False)
+        assert plain.returncode == 2 and "cannot reach Redis" in plain.stderr  # TLS only: no plaintext way in
+
+
+def test_two_runs_share_one_redis_without_touching_each_other(redis_server, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    log = tmp_path / "runs.log"
+    outs = {n: tmp_path / f"pairs-n{n}.jsonl" for n in (2, 5)}
+    runs = [start("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *FAST, "--n", str(n), "--out", str(out), "--no-progress", log=log)
+            for n, out in outs.items()]
+    assert [run.wait(timeout=240) for run in runs] == [0, 0], log.read_text()[-3000:]
+    for n, out in outs.items():
+        assert_exactly_once(out, None, ROWS)
+        assert {row["num_candidates"] for row in read_jsonl(out)} == {n}
+    status = rsample("status", "--redis-url", redis_server.url, "--json").stdout
+    assert status.count('"complete": true') == 2
