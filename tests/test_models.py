@@ -7,7 +7,7 @@ import torch
 
 from workers.config import SamplingConfig
 from workers.errors import RsampleError
-from workers.generation_backends import TransformersGenerator
+from workers.generation_backends import TransformersGenerator, render
 from workers.models import check_policy, check_reward_model
 from workers.reward_backends import TransformersRewardModel
 
@@ -43,7 +43,7 @@ def generator(tiny_models):
 
 def test_n_samples_per_prompt_with_policy_chat_template(generator):
     prompt = [{"role": "user", "content": "write a poem"}]
-    assert "<|im_start|>assistant" in generator.tokenizer.decode(generator.render(prompt))
+    assert "<|im_start|>assistant" in generator.tokenizer.decode(render(generator.tokenizer, prompt))
     results = generator.generate([prompt, [{"role": "user", "content": "name a city"}]], SamplingConfig(n=5, temperature=1.0, max_new_tokens=12), seed=0)
     assert [len(r.completions) for r in results] == [5, 5]
     assert len({c.text for c in results[0].completions}) > 1  # sampled, not copied

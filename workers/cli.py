@@ -52,8 +52,11 @@ def run_options(command):
         click.option("--combine", type=click.Choice(COMBINE_METHODS), default="mean", show_default=True, help="How several reward models decide."),
         click.option("--min-margin", type=float, help="Drop pairs whose combined score gap is smaller."),
         click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
-        click.option("--backend", type=click.Choice(GENERATION_BACKENDS), default="transformers", show_default=True, help="Generation backend (echo: zero-cost, for benchmarks)."),
-        click.option("--reward-backend", type=click.Choice(REWARD_BACKENDS), default="transformers", show_default=True, help="Reward backend (length: zero-cost, for benchmarks)."),
+        click.option("--backend", type=click.Choice(GENERATION_BACKENDS), default="transformers", show_default=True, help="Generation backend (vllm: pip install 'rsample[vllm]'; echo: zero-cost, for benchmarks)."),
+        click.option("--reward-backend", type=click.Choice(REWARD_BACKENDS), default="transformers", show_default=True, help="Reward backend (vllm: pooling runner; length: zero-cost, for benchmarks)."),
+        click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="vLLM: GPUs per engine (a generation worker is pinned to that many)."),
+        click.option("--max-model-len", type=int, help="vLLM: context cap (default: the model's); smaller saves KV-cache memory."),
+        click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help="vLLM: share of each GPU's memory the engine takes."),
         click.option("--reward-batch-size", type=int, default=defaults.REWARD_MICRO_BATCH, show_default=True, help="Conversations per reward forward pass."),
         click.option("--run-id", default="", help="Name the run (default: a hash of its settings)."),
         click.option("--max-in-flight", type=int, default=defaults.MAX_IN_FLIGHT, show_default=True, help="Prompts handed to workers and not yet written: bounds Redis memory."),
@@ -72,7 +75,10 @@ def build_config(params: dict) -> RunConfig:
         policy=params["policy"],
         reward_models=tuple(params["reward_models"]),
         sampling=SamplingConfig(params["n"], params["temperature"], params["top_p"], params["max_new_tokens"], params["seed"]),
-        models=ModelSettings(params["dtype"], params["backend"], params["reward_backend"], params["reward_batch_size"]),
+        models=ModelSettings(
+            params["dtype"], params["backend"], params["reward_backend"], params["reward_batch_size"],
+            params["tensor_parallel_size"], params["max_model_len"], params["gpu_memory_utilization"],
+        ),
         jobs=JobSettings(params["generation_timeout"], params["score_timeout"], params["retries"], params["heartbeat_ttl"], params["max_in_flight"]),
         prompts_per_job=params["batch_size"],
         include_reference=params["include_reference"],
@@ -82,9 +88,9 @@ def build_config(params: dict) -> RunConfig:
     )
     from workers.models import check_policy, check_reward_model
 
-    if config.models.generation_backend == "transformers":
+    if config.models.generation_backend != "echo":
         check_policy(config.policy)
-    if config.models.reward_backend == "transformers":
+    if config.models.reward_backend != "length":
         for reward_model in config.reward_models:
             check_reward_model(reward_model)
     return config
@@ -161,11 +167,12 @@ def enqueue(redis_url, **params) -> None:
 @click.option("--gpu", help="Pin this worker to these GPU ids (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,1.")
 @click.option("--reward-model-index", "indices", type=int, multiple=True, help="Reward worker: serve only these reward models (0-based; default all).")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
-def worker(role, redis_url, run_id, gpu, indices, burst) -> None:
+@click.option("--slots", type=int, help="Jobs run at once on the loaded model (default: 2 for vLLM generation, else 1).")
+def worker(role, redis_url, run_id, gpu, indices, burst, slots) -> None:
     """Start a long-lived worker: loads its model(s) once, then serves the run's jobs."""
     from workers.worker import serve
 
-    serve(role, redis_url, run_id, gpu, list(indices) or None, burst)
+    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots)
 
 
 @main.command()

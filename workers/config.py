@@ -13,8 +13,8 @@ from workers import defaults
 from workers.errors import RsampleError
 
 COMBINE_METHODS = ("mean", "vote")
-GENERATION_BACKENDS = ("transformers", "echo")
-REWARD_BACKENDS = ("transformers", "length")
+GENERATION_BACKENDS = ("transformers", "vllm", "echo")
+REWARD_BACKENDS = ("transformers", "vllm", "length")
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,20 @@ class ModelSettings:
     generation_backend: str = "transformers"
     reward_backend: str = "transformers"
     reward_micro_batch: int = defaults.REWARD_MICRO_BATCH
+    tensor_parallel_size: int = 1
+    """GPUs per vLLM engine: a generation worker is pinned to this many GPUs."""
+    max_model_len: int | None = None
+    """vLLM's context cap (default: the model's own); a smaller one saves KV-cache memory."""
+    gpu_memory_utilization: float = 0.9
+    """Share of each GPU's memory a vLLM engine takes (weights + KV cache)."""
 
     def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise RsampleError(f"--tensor-parallel-size must be at least 1 (got {self.tensor_parallel_size})")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise RsampleError(f"--max-model-len must be at least 2 (got {self.max_model_len})")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise RsampleError(f"--gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
         if self.generation_backend not in GENERATION_BACKENDS:
             raise RsampleError(f"unknown generation backend {self.generation_backend!r} (choose from {', '.join(GENERATION_BACKENDS)})")
         if self.reward_backend not in REWARD_BACKENDS:

@@ -48,3 +48,6 @@ AGGREGATOR_BLOCK_MS = 500
 
 REDIS_CONNECT_TIMEOUT = 5
 """Seconds to wait for a Redis connection before saying it is unreachable."""
+
+SLOT_DEQUEUE_TIMEOUT = 2
+"""Seconds a worker's extra slot waits on an empty queue before it looks again: bounds how long a stop takes."""

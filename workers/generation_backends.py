@@ -32,6 +32,32 @@ class GenerationBackend(Protocol):
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]: ...
 
 
+def render(tokenizer, prompt: Conversation) -> list[int]:
+    """The prompt as the policy sees it: its own chat template, opened for the assistant's turn."""
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_fitting(tokenizer, prompts: list[Conversation], context: int, max_new_tokens: int):
+    """Renders every prompt; returns (results with the skipped prompts filled in, [(index, ids)] of the rest).
+
+    Every backend skips by this one rule, so a prompt is skipped or kept whatever the backend.
+    """
+    results: list[PromptCompletions | None] = [None] * len(prompts)
+    fitting: list[tuple[int, list[int]]] = []
+    for index, prompt in enumerate(prompts):
+        try:
+            ids = render(tokenizer, prompt)
+        except TemplateError as exc:
+            results[index] = PromptCompletions([], f"policy chat template rejected the prompt: {exc}")
+            continue
+        if len(ids) + max_new_tokens > context:
+            results[index] = PromptCompletions([], "prompt longer than the policy context")
+        else:
+            fitting.append((index, ids))
+    return results, fitting
+
+
 class TransformersGenerator:
     """Batched `generate` with `num_return_sequences=n`, prompts rendered with the policy's chat template."""
 
@@ -49,26 +75,10 @@ class TransformersGenerator:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
 
-    def render(self, prompt: Conversation) -> list[int]:
-        text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
         import torch
 
-        results: list[PromptCompletions | None] = [None] * len(prompts)
-        fitting: list[tuple[int, list[int]]] = []
-        for index, prompt in enumerate(prompts):
-            try:
-                ids = self.render(prompt)
-            except TemplateError as exc:
-                results[index] = PromptCompletions([], f"policy chat template rejected the prompt: {exc}")
-                continue
-            if len(ids) + sampling.max_new_tokens > self.context:
-                reason = "prompt longer than the policy context"
-                results[index] = PromptCompletions([], reason)
-            else:
-                fitting.append((index, ids))
+        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens)
         if fitting:
             batch = self.tokenizer.pad({"input_ids": [ids for _, ids in fitting]}, return_tensors="pt").to(self.device)
             torch.manual_seed(seed)
@@ -114,4 +124,8 @@ def load_generator(config: RunConfig) -> GenerationBackend:
     backend = config.models.generation_backend
     if backend == "echo":
         return EchoGenerator()
+    if backend == "vllm":
+        from workers.vllm_backends import VLLMGenerator
+
+        return VLLMGenerator(config.policy, config.models)
     return TransformersGenerator(config.policy, config.models.dtype)

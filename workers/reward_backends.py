@@ -16,6 +16,12 @@ class RewardBackend(Protocol):
         ...
 
 
+def render_conversation(tokenizer, conversation: Conversation) -> list[int]:
+    """The whole conversation in the reward model's own chat template: policy and reward tokenizers differ."""
+    text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 class TransformersRewardModel:
     """`AutoModelForSequenceClassification`: the score is the model's single logit for the conversation."""
 
@@ -33,12 +39,8 @@ class TransformersRewardModel:
         self.context = context_length(self.model, self.tokenizer)
         self.micro_batch = micro_batch
 
-    def tokenize(self, conversation: Conversation) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def score(self, conversations: list[Conversation]) -> list[float | None]:
-        encoded = [self.tokenize(c) for c in conversations]
+        encoded = [render_conversation(self.tokenizer, c) for c in conversations]
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
         fitting.sort(key=lambda i: len(encoded[i]))  # similar lengths together: less padding
         scores: list[float | None] = [None] * len(conversations)
@@ -66,4 +68,8 @@ class LengthReward:
 def load_reward_backend(config: RunConfig, model_index: int) -> RewardBackend:
     if config.models.reward_backend == "length":
         return LengthReward()
+    if config.models.reward_backend == "vllm":
+        from workers.vllm_backends import VLLMRewardModel
+
+        return VLLMRewardModel(config.reward_models[model_index], config.models)
     return TransformersRewardModel(config.reward_models[model_index], config.models.dtype, config.models.reward_micro_batch)

@@ -15,6 +15,8 @@ import threading
 import time
 
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from workers import defaults
@@ -63,6 +65,64 @@ class HeartbeatWorker(SimpleWorker):
                 log.debug("heartbeat of job %s failed: %s", job.id, exc)
 
 
+class SlotWorker(HeartbeatWorker):
+    """One more job loop in the same process, on its own thread, sharing the loaded models.
+
+    Only the main thread may handle signals and SIGALRM, so a slot times jobs out with a timer and is
+    stopped by the main worker; it polls the queue briefly so that a stop reaches it within seconds.
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return defaults.SLOT_DEQUEUE_TIMEOUT
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+    def heartbeat(self, *args, **kwargs):
+        if self._stop_requested and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()  # reached between two polls of the queue: the work loop ends there
+        return super().heartbeat(*args, **kwargs)
+
+
+class MainWorker(HeartbeatWorker):
+    """The main thread's job loop: a stop signal also tells the slots to stop after their current job."""
+
+    slots: list[SlotWorker] = []
+
+    def request_stop(self, signum, frame):
+        for slot in self.slots:
+            slot._stop_requested = True
+        super().request_stop(signum, frame)
+
+
+def run_slots(make_worker, slots: int, burst: bool) -> None:
+    """Runs `slots` job loops in this process: slot 0 on the main thread, the others on threads."""
+    main = make_worker(MainWorker, 0)
+    main.slots = [make_worker(SlotWorker, index) for index in range(1, slots)]
+    threads = [
+        threading.Thread(target=slot.work, kwargs={"burst": burst, "with_scheduler": False, "logging_level": "WARNING"},
+                         name=f"rsample-slot-{index}", daemon=True)
+        for index, slot in enumerate(main.slots, start=1)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        main.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+    finally:
+        for slot in main.slots:
+            slot._stop_requested = True
+        for thread in threads:  # a slot finishes its job; an idle one notices the stop at its next poll
+            thread.join()
+
+
+def default_slots(role: str, backend: str) -> int:
+    """Jobs a worker runs at once: two keep a vLLM engine fed across batch tails; other backends gain nothing."""
+    return 2 if role == "generate" and backend == "vllm" else 1
+
+
 def pin_gpu(gpu: str | None) -> None:
     """Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation."""
     if gpu is not None:
@@ -70,7 +130,7 @@ def pin_gpu(gpu: str | None) -> None:
 
 
 def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
-          reward_model_indices: list[int] | None = None, burst: bool = False) -> None:
+          reward_model_indices: list[int] | None = None, burst: bool = False, slots: int | None = None) -> None:
     pin_gpu(gpu)
     from rq.serializers import JSONSerializer
 
@@ -84,6 +144,8 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
 
     if role not in ROLES:
         raise RsampleError(f"unknown worker role {role!r} (use {' or '.join(ROLES)})")
+    if slots is not None and slots < 1:
+        raise RsampleError(f"--slots must be at least 1 (got {slots})")
     client = connect(redis_url)
     config = load_run(client, run_id)
     keys = RunKeys(config.run_id)
@@ -102,11 +164,18 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         queues = [keys.score_queue(i) for i in indices]
         log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
     runtime.install(context)
-    name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
-    worker = HeartbeatWorker(
-        queues, connection=client, serializer=JSONSerializer, job_class=SafeJob, name=name,
-        maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL,
-    )
-    worker.heartbeat_ttl = config.jobs.heartbeat_ttl
-    log.info("worker %s serving run %s on %s", name, config.run_id, ", ".join(queues))
-    worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+    backend = config.models.generation_backend if role == "generate" else config.models.reward_backend
+    slots = slots or default_slots(role, backend)
+    base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
+
+    def make_worker(worker_class, index: int) -> HeartbeatWorker:
+        worker = worker_class(
+            queues, connection=client, serializer=JSONSerializer, job_class=SafeJob,
+            name=base_name if index == 0 else f"{base_name}-slot{index}",
+            maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL,
+        )
+        worker.heartbeat_ttl = config.jobs.heartbeat_ttl
+        return worker
+
+    log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots)
+    run_slots(make_worker, slots, burst)

