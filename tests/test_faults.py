@@ -185,3 +185,22 @@ def test_a_prompt_that_kills_its_worker_ends_alone_in_the_failed_registry(redis_
     failed = make_queue(redis_client, queue_name).failed_job_registry.get_job_ids()
     assert sorted(failed) == sorted([f"{run_id}-generate-r4", f"{run_id}-generate-r4_1"])
     assert '"failed": 2' in rsample("status", "--redis-url", url, "--run", run_id, "--json").stdout
+
+
+def test_a_worker_waiting_for_a_vanished_redis_still_stops(redis_server, tmp_path):
+    """Patient workers wait for Redis forever; a second SIGTERM (a supervisor's or a user's) must still end them."""
+    import signal
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", GOOD[:4])
+    url = redis_server.url
+    rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+            "--backend", "echo", "--reward-backend", "length")
+    log = tmp_path / "worker.log"
+    worker = start("worker", "generate", "--redis-url", url, log=log)
+    wait_for(lambda: "serving run" in log.read_text(), 60, "the worker to start", interval=0.1)
+    redis_server.stop()
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(1.5)
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) is not None

@@ -23,6 +23,7 @@ from workers.config import (
 )
 from workers.connection import redact_url
 from workers.errors import RsampleError
+from workers.supervisor import workers_command
 
 REDIS_URL_ENV = "RSAMPLE_REDIS_URL"
 
@@ -282,6 +283,9 @@ def dashboard(redis_url, port, bind) -> None:
     command = [sys.executable, "-m", "rq_dashboard", "--redis-url", redis_url, "--json", "--port", str(port), "--bind", bind]
     click.echo(f"rq-dashboard on http://{bind}:{port} for {redact_url(redis_url)}")
     sys.exit(subprocess.call(command))
+
+
+main.add_command(workers_command)
 
 
 @main.command("make-tiny-models")

@@ -51,3 +51,6 @@ REDIS_CONNECT_TIMEOUT = 5
 
 SLOT_DEQUEUE_TIMEOUT = 2
 """Seconds a worker's extra slot waits on an empty queue before it looks again: bounds how long a stop takes."""
+
+HEARTBEAT_JOIN_TIMEOUT = 5.0
+"""Seconds a finished job waits for its heartbeat thread; one stuck on an absent Redis is left behind (it is a daemon)."""

@@ -50,9 +50,10 @@ class WorkerProcesses:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
 
-    def start(self, role: str) -> None:
+    def start(self, role: str, *options: str) -> None:
+        """`options` are extra `rsample worker` options, such as `--slots 2`."""
         log_path = self.log_dir / f"{role}-{len(self.processes)}.log"
-        command = [sys.executable, "-m", "workers.cli", "worker", role, "--redis-url", self.redis_url, "--run", self.run_id]
+        command = [sys.executable, "-m", "workers.cli", "worker", role, "--redis-url", self.redis_url, "--run", self.run_id, *options]
         with log_path.open("w") as log_file:
             process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -260,7 +260,7 @@ def workers_command(redis_url, run_id, gpus, role, generate_gpus, reward_gpus, g
     if gpus_per_worker is not None:
         specs = plan_workers(assignment, gpus_per_worker)
     else:
-        specs = plan_workers(assignment, getattr(config.models, "tensor_parallel_size", 1), "the run's --tensor-parallel-size")
+        specs = plan_workers(assignment, config.models.tensor_parallel_size, "the run's --tensor-parallel-size")
     role_args = {
         "generate": ["--slots", str(slots)] if slots is not None else [],
         "reward": [arg for index in indices for arg in ("--reward-model-index", str(index))],
@@ -270,10 +270,3 @@ def workers_command(redis_url, run_id, gpus, role, generate_gpus, reward_gpus, g
     supervisor.say(f"run {config.run_id} on {redact_url(redis_url)}: {len(specs)} worker(s): {plan}")
     sys.exit(supervisor.run())
 
-
-if __name__ == "__main__":  # `python -m workers.supervisor workers ...`: the same as `rsample workers ...`
-    from workers.cli import main
-
-    if "workers" not in main.commands:
-        main.add_command(workers_command)
-    main()

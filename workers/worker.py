@@ -45,7 +45,7 @@ class HeartbeatWorker(SimpleWorker):
             self.perform_job(job, queue, execution)
         finally:
             stop.set()
-            beat.join()
+            beat.join(timeout=defaults.HEARTBEAT_JOIN_TIMEOUT)  # a beat stuck waiting for Redis must not hold the job loop
         self.set_state(WorkerStatus.IDLE)
 
     def _outlive_registry(self, execution) -> None:
@@ -96,6 +96,13 @@ class MainWorker(HeartbeatWorker):
         for slot in self.slots:
             slot._stop_requested = True
         super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum, frame):
+        """A second Ctrl-C or SIGTERM ends the process at once, even while it waits for a Redis that went away
+        (RQ's own cold shutdown would wait for Redis too). A job it leaves is requeued by the heartbeat check."""
+        log.warning("worker %s: second stop signal, exiting now", self.name)
+        logging.shutdown()
+        os._exit(128 + signum)
 
 
 def run_slots(make_worker, slots: int, burst: bool) -> None:

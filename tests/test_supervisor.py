@@ -1,0 +1,173 @@
+"""`rsample workers`: GPU plans, and a real supervisor keeping real worker processes alive on a real Redis."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CHAT_ROWS, REPO, rsample
+from faults import STARTED, assert_exactly_once, processes_mentioning, wait_for
+from workers.embedded_redis import EmbeddedRedis
+from workers.errors import RsampleError
+from workers.supervisor import WorkerSpec, assign_gpus, parse_gpus, plan_workers
+
+SUPERVISOR = [sys.executable, "-m", "workers.cli", "workers"]
+"""The same command object as `rsample workers` (`python -m workers.cli workers` once cli.py registers it)."""
+ECHO = ["--policy", "echo-policy", "--reward-model", "length-reward", "--backend", "echo", "--reward-backend", "length", "--n", "3", "--batch-size", "2"]
+FAST = ["--restart-backoff", "0.1"]
+
+
+def test_gpu_lists_and_worker_plans():
+    assert parse_gpus("0,1,2") == [0, 1, 2]
+    assert parse_gpus("0-5") == [0, 1, 2, 3, 4, 5]
+    assert parse_gpus("0-3,6") == [0, 1, 2, 3, 6]
+    assert parse_gpus(" 6 , 2-3") == [6, 2, 3]
+    plan = plan_workers(assign_gpus(None, None, "0-3", "4"), 2)
+    assert plan == [WorkerSpec("generate", (0, 1)), WorkerSpec("generate", (2, 3)), WorkerSpec("reward", (4,))]
+    assert [spec.devices for spec in plan] == ["0,1", "2,3", "4"]
+    assert plan_workers(assign_gpus("0-2", "reward", None, None), 2) == [WorkerSpec("reward", (g,)) for g in range(3)]  # one GPU each
+    assert plan_workers(assign_gpus(None, None, "7", None), 1) == [WorkerSpec("generate", (7,))]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: parse_gpus("0,x", "--generate"), "--generate '0,x': 'x' is not a GPU id or a range such as 0-3"),
+    (lambda: parse_gpus("0,,1"), "--gpus '0,,1': '' is not a GPU id or a range such as 0-3"),
+    (lambda: parse_gpus("-1"), "--gpus '-1': '-1' is not a GPU id or a range such as 0-3"),
+    (lambda: parse_gpus("5-3"), "--gpus '5-3': the range 5-3 runs backwards"),
+    (lambda: parse_gpus("0-2,1"), "--gpus '0-2,1' lists GPU 1 twice"),
+    (lambda: assign_gpus(None, None, "0-3", "3-4"), "GPU 3 given to both --generate and --reward"),
+    (lambda: assign_gpus("0", "generate", None, "1"), "use either --gpus with --role, or --generate / --reward, not both"),
+    (lambda: assign_gpus("0-3", None, None, None), "--gpus and --role go together, e.g. --gpus 0-3 --role generate"),
+    (lambda: assign_gpus(None, None, None, None), "say which GPUs to use: --gpus 0-3 --role generate, or --generate 0-5 --reward 6-7"),
+    (lambda: plan_workers({"generate": [0, 1, 2]}, 2), "3 generation GPUs do not split into workers of 2 GPUs (--gpus-per-worker)"),
+    (lambda: plan_workers({"generate": [0]}, 0), "--gpus-per-worker must be at least 1 (got 0)"),
+])
+def test_bad_gpu_plans_fail_in_one_line(call, message):
+    with pytest.raises(RsampleError) as error:
+        call()
+    assert str(error.value) == message
+
+
+def test_cli_errors_and_light_imports(redis_server):
+    overlap = run_supervisor("--redis-url", redis_server.url, "--generate", "0-3", "--reward", "3")
+    assert (overlap.returncode, overlap.stderr) == (2, "error: GPU 3 given to both --generate and --reward\n")
+    missing = run_supervisor("--redis-url", redis_server.url, "--run", "nope", "--gpus", "0", "--role", "generate")
+    assert (missing.returncode, missing.stderr.splitlines()[-1]) == (2, "error: no run 'nope' in this Redis (see `rsample status` for the runs it holds)")
+    heavy = subprocess.run([sys.executable, "-c", "import sys, workers.supervisor; print(sorted({'torch', 'transformers', 'rq'} & set(sys.modules)))"],
+                           cwd=REPO, capture_output=True, text=True, check=True)
+    assert heavy.stdout.strip() == "[]"
+
+
+def test_supervised_workers_serve_a_run_restart_and_stop(chat_dataset, tmp_path):
+    secret = "supervisor-secret-pw"
+    with EmbeddedRedis(data_dir=tmp_path / "redis", password=secret) as server:
+        run_id = enqueue(server.url, chat_dataset)
+        log = tmp_path / "supervisor.log"
+        supervisor = start_supervisor("--run", run_id, "--generate", "0,1", "--reward", "2", *FAST, "--log-dir", str(tmp_path / "logs"),
+                                      log=log, redis_url=server.url)
+        try:
+            first = wait_for(lambda: pinned_workers(supervisor.pid, 3), 30, "three pinned workers")
+            assert sorted(first) == ["0", "1", "2"], log.read_text()
+            assert not any(secret.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in first.values())
+
+            os.kill(first["2"], signal.SIGKILL)  # the only reward worker: the run completes only if it comes back
+            second = wait_for(lambda: (w := pinned_workers(supervisor.pid, 3)) and w["2"] != first["2"] and w, 30, "a new reward worker on GPU 2")
+            assert (second["0"], second["1"]) == (first["0"], first["1"])
+
+            out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+            rsample("aggregate", "--redis-url", server.url, "--run", run_id, "--out", str(out), "--scores-out", str(scores), "--no-progress", timeout=60)
+            assert assert_exactly_once(out, scores, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
+
+            supervisor.send_signal(signal.SIGTERM)
+            assert supervisor.wait(timeout=10) == 0, log.read_text()
+            assert processes_mentioning(run_id) == []
+        finally:
+            kill_leftovers(run_id)
+    output = log.read_text()
+    assert f"reward worker on GPU 2 (pid {first['2']}) was killed by SIGKILL" in output
+    assert f"restarted (start 2) reward worker on GPU 2 (pid {second['2']}" in output
+    assert output.count("stopped ") == 3 and "exited with code 0" in output
+    everything = output + "".join(p.read_text() for p in (tmp_path / "logs").rglob("*.log*"))
+    assert "redis://:***@" in output and secret not in everything
+
+
+def test_a_worker_that_cannot_start_is_given_up(redis_server, chat_dataset, tmp_path):
+    run_id = enqueue(redis_server.url, chat_dataset)
+    log = tmp_path / "supervisor.log"
+    supervisor = start_supervisor("--gpus", "3", "--role", "reward", "--reward-model-index", "5", *FAST, "--give-up-after", "3",
+                                  "--log-dir", str(tmp_path / "logs"), log=log, redis_url=redis_server.url)
+    try:
+        assert supervisor.wait(timeout=30) == 1, log.read_text()
+    finally:
+        kill_leftovers(run_id)
+    output = log.read_text()
+    assert output.count("exited with code 2 after") == 3 and output.count("restarting in") == 2
+    assert f"error: run {run_id} has 1 reward models; there is no index 5; giving up after 3 failures in a row" in output
+    assert output.rstrip().endswith("every worker has been given up: exiting")
+    assert sorted(p.name for p in (tmp_path / "logs" / run_id).iterdir()) == ["reward-gpu3.log", "reward-gpu3.log.1"]
+
+
+def test_a_killed_supervisor_leaves_no_orphans(redis_server, chat_dataset, tmp_path):
+    run_id = enqueue(redis_server.url, chat_dataset)
+    supervisor = start_supervisor("--gpus", "0", "--role", "generate", "--log-dir", str(tmp_path / "logs"),
+                                  log=tmp_path / "supervisor.log", redis_url=redis_server.url)
+    try:
+        (pid,) = wait_for(lambda: pinned_workers(supervisor.pid, 1), 30, "a pinned worker").values()
+        supervisor.kill()
+        supervisor.wait(timeout=10)
+        wait_for(lambda: not alive(pid), 15, f"worker {pid} to exit after its supervisor was killed", interval=0.1)
+    finally:
+        kill_leftovers(run_id)
+
+
+def run_supervisor(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SUPERVISOR, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def start_supervisor(*args: str, log: Path, redis_url: str) -> subprocess.Popen:
+    """The URL goes through the environment, as it should in real use: a password on argv shows in `ps`."""
+    env = {**os.environ, "RSAMPLE_REDIS_URL": redis_url}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    process = subprocess.Popen([*SUPERVISOR, *args], cwd=REPO, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
+    STARTED.append(process)  # killed by conftest's reaper if the test fails
+    return process
+
+
+def enqueue(url: str, dataset: Path) -> str:
+    return rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *ECHO).stdout.strip().splitlines()[-1]
+
+
+def pinned_workers(parent: int, expected: int) -> dict[str, int] | None:
+    """CUDA_VISIBLE_DEVICES → pid of the live `rsample worker` children of `parent`, once there are `expected` of them."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or not alive(int(entry.name)):
+                continue
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != parent or b"workers.cli\0worker\0" not in (entry / "cmdline").read_bytes():
+                continue  # not a child, or a child not yet exec'd
+            environ = dict(item.partition(b"=")[::2] for item in (entry / "environ").read_bytes().split(b"\0") if item)
+            found[environ[b"CUDA_VISIBLE_DEVICES"].decode()] = int(entry.name)
+        except (OSError, KeyError):
+            continue
+    return found if len(found) == expected else None
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (an orphan's zombie may wait a while for a reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_leftovers(run_id: str) -> None:
+    for pid in processes_mentioning(run_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
