@@ -74,42 +74,29 @@ class Aggregator:
         self.cursor = "0"
 
     def step(self, block_ms: int = defaults.AGGREGATOR_BLOCK_MS) -> int:
-        """Handles what became ready since the last step; returns the number of rows newly settled."""
-        answer = self.client.xread({self.keys.ready: self.cursor}, count=64, block=block_ms)
-        settled = 0
-        for _, entries in answer or []:
-            for entry_id, raw in entries:
-                self.cursor = entry_id
-                settled += self._handle(entry_id, {k.decode(): v.decode() for k, v in raw.items()})
-        return settled
+        """Handles what became ready since the last step; returns the number of rows newly settled.
 
-    def _handle(self, entry_id: bytes, fields: dict[str, str]) -> int:
-        returned = 0  # prompts coming back from the workers, leaving the in-flight window
-        cleanup: list[str] = []
-        if "rows" in fields:  # rows the feeder settled itself: bad rows and duplicates
-            result = BatchOutcome(outcomes=[Outcome.from_dict(o) for o in json.loads(fields["rows"])])
-        else:
-            batch_id = fields["batch_id"]
-            failure = fields.get("failed")
-            cleanup = [self.keys.batch(batch_id), self.keys.scores(batch_id)]
-            raw = self.client.get(self.keys.batch(batch_id))
-            if raw is None and failure is not None and "prompts" in fields:  # generation gave up
-                prompts = json.loads(fields["prompts"])
-                result = BatchOutcome(outcomes=[Outcome(index, pid, SKIPPED, failure) for index, pid in prompts])
-                returned = len(prompts)
-            elif raw is None:  # a repeated delivery of a batch already written
-                result = BatchOutcome()
-            else:
-                batch = GeneratedBatch.from_dict(json.loads(raw))
-                verdicts = []
-                if failure is None and any(p.needs_scoring for p in batch.prompts):
-                    stored = self.client.hgetall(self.keys.scores(batch_id))
-                    verdicts = [json.loads(stored[str(m).encode()]) for m in range(len(self.config.reward_models))]
-                result = aggregate_batch(self.config, batch, verdicts, failure)
-                returned = len(batch.prompts)
-        fresh = self.ledger.commit(result.outcomes, result.rows, result.score_rows)
+        Everything read in one step is committed to the files in one go (one fsync per file), and only
+        then deleted from Redis: a crash in between leaves it in the stream, and the ledger ignores repeats.
+        """
+        answer = self.client.xread({self.keys.ready: self.cursor}, count=defaults.AGGREGATOR_READ_COUNT, block=block_ms)
+        entries = [(entry_id, {k.decode(): v.decode() for k, v in raw.items()}) for _, stream in answer or [] for entry_id, raw in stream]
+        if not entries:
+            return 0
+        self.cursor = entries[-1][0]
+        payloads = self._fetch_payloads([fields["batch_id"] for _, fields in entries if "batch_id" in fields])
+        combined, cleanup, returned = BatchOutcome(), [], 0
+        for _, fields in entries:
+            result, batch_returned = self._settle(fields, payloads)
+            combined.outcomes += result.outcomes
+            combined.rows += result.rows
+            combined.score_rows += result.score_rows
+            returned += batch_returned
+            if "batch_id" in fields:
+                cleanup += [self.keys.batch(fields["batch_id"]), self.keys.scores(fields["batch_id"])]
+        fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows)
         with self.client.pipeline() as pipe:
-            pipe.xdel(self.keys.ready, entry_id)
+            pipe.xdel(self.keys.ready, *[entry_id for entry_id, _ in entries])
             if cleanup:
                 pipe.delete(*cleanup)
             if returned:
@@ -117,3 +104,29 @@ class Aggregator:
             pipe.hset(self.keys.stats, "rows_written", len(self.ledger.rows))
             pipe.execute()
         return len(fresh)
+
+    def _fetch_payloads(self, batch_ids: list[str]) -> dict[str, tuple[bytes | None, dict]]:
+        """Each batch's generated payload and its reward scores, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.get(self.keys.batch(batch_id))
+                pipe.hgetall(self.keys.scores(batch_id))
+            answers = pipe.execute()
+        return {batch_id: (answers[2 * i], answers[2 * i + 1]) for i, batch_id in enumerate(batch_ids)}
+
+    def _settle(self, fields: dict[str, str], payloads: dict[str, tuple[bytes | None, dict]]) -> tuple[BatchOutcome, int]:
+        """One ready message's outcomes, and how many prompts it brings back from the workers (out of the window)."""
+        if "rows" in fields:  # rows the feeder settled itself: bad rows and duplicates
+            return BatchOutcome(outcomes=[Outcome.from_dict(o) for o in json.loads(fields["rows"])]), 0
+        failure = fields.get("failed")
+        raw, stored_scores = payloads[fields["batch_id"]]
+        if raw is None and failure is not None and "prompts" in fields:  # generation gave up
+            prompts = json.loads(fields["prompts"])
+            return BatchOutcome(outcomes=[Outcome(index, pid, SKIPPED, failure) for index, pid in prompts]), len(prompts)
+        if raw is None:  # a repeated delivery of a batch already written
+            return BatchOutcome(), 0
+        batch = GeneratedBatch.from_dict(json.loads(raw))
+        verdicts = []
+        if failure is None and any(p.needs_scoring for p in batch.prompts):
+            verdicts = [json.loads(stored_scores[str(m).encode()]) for m in range(len(self.config.reward_models))]
+        return aggregate_batch(self.config, batch, verdicts, failure), len(batch.prompts)

@@ -43,6 +43,9 @@ FAILED_TTL = 7 * 24 * 3600
 RUN_TTL = 30 * 24 * 3600
 """Seconds a finished run's settings and counters stay in Redis for `rsample status`."""
 
+AGGREGATOR_READ_COUNT = 64
+"""Ready messages (batches) the aggregator takes per step and commits to disk with one fsync per file."""
+
 AGGREGATOR_BLOCK_MS = 500
 """How long the aggregator blocks on the ready stream before feeding, sweeping and refreshing progress."""
 

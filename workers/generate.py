@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -79,7 +78,7 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     tokens = sum(c.num_tokens for res in results for c in res.completions)
     needs_scoring = any(p.needs_scoring for p in generated)
     with client.pipeline() as pipe:
-        pipe.set(keys.batch(batch_id), json.dumps(GeneratedBatch(batch_id, generated).to_dict()))
+        pipe.set(keys.batch(batch_id), GeneratedBatch(batch_id, generated).to_json())
         pipe.hincrby(keys.stats, "rows_generated", len(records))
         pipe.hincrby(keys.stats, "completions_generated", completions)
         pipe.hincrby(keys.stats, "tokens_generated", tokens)

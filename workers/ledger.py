@@ -58,17 +58,24 @@ def _keep_committed(path: Path | None, committed: set[str], key) -> None:
     if path is None or not path.exists():
         return
     lines = _complete_lines(path)
-    kept, seen = [], set()
-    for line in lines:
-        row = json.loads(line)
-        identity = key(row)
-        if row.get("prompt_id") in committed and identity not in seen:
-            seen.add(identity)
-            kept.append(line)
+    kept = _first_of_each([row for row in map(json.loads, lines) if row.get("prompt_id") in committed], key)
     if len(kept) != len(lines):
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        temporary.write_text(_jsonl(kept), encoding="utf-8")
         os.replace(temporary, path)
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def _first_of_each(rows: list[dict], key) -> list[dict]:
+    seen, kept = set(), []
+    for row in rows:
+        if key(row) not in seen:
+            seen.add(key(row))
+            kept.append(row)
+    return kept
 
 
 class Ledger:
@@ -79,6 +86,8 @@ class Ledger:
         self.run_id = run_id
         self.rows: dict[int, Outcome] = {}
         self.prompt_ids: set[str] = set()
+        self._outcome_counts: Counter = Counter()
+        self._skip_reasons: Counter = Counter()
         self._load()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if self.scores_out:
@@ -105,9 +114,8 @@ class Ledger:
             )
         for line in lines[1:]:
             outcome = Outcome.from_dict(json.loads(line))
-            self.rows.setdefault(outcome.row_index, outcome)
-            if outcome.prompt_id and outcome.outcome != DUPLICATE:
-                self.prompt_ids.add(outcome.prompt_id)
+            if outcome.row_index not in self.rows:
+                self._record(outcome)
         _keep_committed(self.out, self.prompt_ids, key=lambda row: row["prompt_id"])
         _keep_committed(self.scores_out, self.prompt_ids, key=lambda row: (row["prompt_id"], row["completion_index"]))
 
@@ -116,18 +124,27 @@ class Ledger:
             return True
         return outcome.outcome != DUPLICATE and outcome.prompt_id in self.prompt_ids
 
+    def _record(self, outcome: Outcome) -> None:
+        self.rows[outcome.row_index] = outcome
+        if outcome.prompt_id and outcome.outcome != DUPLICATE:
+            self.prompt_ids.add(outcome.prompt_id)
+        self._outcome_counts[outcome.outcome] += 1
+        if outcome.outcome == SKIPPED:
+            self._skip_reasons[outcome.reason] += 1
+
     def commit(self, outcomes: list[Outcome], pairs: list[dict], scores: list[dict]) -> list[Outcome]:
-        """Writes what is new, data first and outcomes last, each made durable; returns the new outcomes."""
+        """Writes what is new, data first and outcomes last, each made durable; returns the new outcomes.
+
+        The same prompt may come twice in one call (a batch delivered twice): its first rows win.
+        """
         fresh = []
         for outcome in outcomes:
             if not self.is_settled(outcome):
                 fresh.append(outcome)
-                self.rows[outcome.row_index] = outcome
-                if outcome.prompt_id and outcome.outcome != DUPLICATE:
-                    self.prompt_ids.add(outcome.prompt_id)
+                self._record(outcome)
         new_ids = {o.prompt_id for o in fresh}
-        self._append(self._scores, [row for row in scores if row["prompt_id"] in new_ids])
-        self._append(self._pairs, [row for row in pairs if row["prompt_id"] in new_ids])
+        self._append(self._scores, _first_of_each([r for r in scores if r["prompt_id"] in new_ids], lambda r: (r["prompt_id"], r["completion_index"])))
+        self._append(self._pairs, _first_of_each([r for r in pairs if r["prompt_id"] in new_ids], lambda r: r["prompt_id"]))
         self._append(self._outcomes, [asdict(o) for o in fresh])
         return fresh
 
@@ -135,18 +152,13 @@ class Ledger:
     def _append(handle, rows: list[dict]) -> None:
         if handle is None or not rows:
             return
-        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        handle.write(_jsonl(rows))
         handle.flush()
         os.fsync(handle.fileno())
 
     def counts(self) -> tuple[Counter, Counter]:
-        """(outcome -> rows, skip reason -> rows) over the whole ledger."""
-        outcomes, reasons = Counter(), Counter()
-        for outcome in self.rows.values():
-            outcomes[outcome.outcome] += 1
-            if outcome.outcome == SKIPPED:
-                reasons[outcome.reason] += 1
-        return outcomes, reasons
+        """(outcome -> rows, skip reason -> rows) over the whole ledger, kept as rows are settled."""
+        return Counter(self._outcome_counts), Counter(self._skip_reasons)
 
     def close(self) -> None:
         for handle in (self._pairs, self._scores, self._outcomes):

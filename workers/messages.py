@@ -5,7 +5,8 @@ Conversations stay plain `{"role", "content"}` dicts: that is both the wire form
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 Message = dict[str, str]
@@ -71,8 +72,9 @@ class GeneratedBatch:
     batch_id: str
     prompts: list[GeneratedPrompt]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> str:
+        """The same JSON as `asdict` would give, without its deep copies: this runs once per generation job."""
+        return json.dumps(self, default=vars)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GeneratedBatch:

