@@ -33,6 +33,8 @@ class PipelineResult:
     tokens: int
     pairs: int
     redis_peak_bytes: int
+    generation_seconds: float
+    """Time the generation workers spent inside the backend: the rest of `seconds` is the queue path's."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -86,4 +88,5 @@ def run_pipeline(config: RunConfig, workdir: Path, generate_workers: int = 1, wo
         stats = read_stats(client, config.run_id)
         outcomes, _ = coordinator.ledger.counts()
         peak = int(client.info("memory")["used_memory_peak"])
-    return PipelineResult(seconds, int(stats.get("completions_generated")), int(stats.get("tokens_generated")), outcomes["pair"], peak)
+    return PipelineResult(seconds, int(stats.get("completions_generated")), int(stats.get("tokens_generated")), outcomes["pair"], peak,
+                          stats.get("generation_seconds"))

@@ -42,8 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, help="jobs a generation worker runs at once (default: the backend's)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
-    parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)  # internal: run side (a) and print JSON
+    parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)  # internal: run side (a) in a fresh process
     parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -69,10 +70,16 @@ def direct(config: RunConfig) -> dict:
         from vllm.inputs import TokensPrompt
 
         from workers.generation_backends import render
+        from workers.vllm_backends import request_seed
 
-        prompts = [TokensPrompt(prompt_token_ids=render(generator.tokenizer, r.messages)) for r in records]
-        params = SamplingParams(n=config.sampling.n, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-                                max_tokens=config.sampling.max_new_tokens, seed=config.sampling.seed)
+        size = config.prompts_per_job
+        prompts, params = [], []
+        for position, record in enumerate(records):  # the seeds the pipeline's jobs give: the same samples
+            ids = render(generator.tokenizer, record.messages)
+            seed = request_seed(batch_seed(config, records[position // size * size].row_index), ids)
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(SamplingParams(n=config.sampling.n, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+                                         max_tokens=config.sampling.max_new_tokens, seed=seed))
         started = time.perf_counter()
         outputs = generator.llm.generate(prompts, params, use_tqdm=False)
         tokens = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
@@ -87,8 +94,8 @@ def direct(config: RunConfig) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.side == "direct":
-        print(json.dumps(direct(RunConfig.from_json(Path(args.config).read_text()))))
+    if args.side == "direct":  # a file, not stdout: engines print there too
+        Path(args.result).write_text(json.dumps(direct(RunConfig.from_json(Path(args.config).read_text()))))
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     with tempfile.TemporaryDirectory(prefix="rsample-bench-") as tmp:
@@ -103,10 +110,13 @@ def main(argv=None) -> None:
         directs, pipelines = [], []
         for attempt in range(args.repeats):  # alternating, so that a disturbance of the machine hits both sides
             side_a = subprocess.run(
-                [sys.executable, __file__, "--side", "direct", "--config", str(workdir / "config.json")],
-                check=True, capture_output=True, text=True, cwd=REPO,
+                [sys.executable, __file__, "--side", "direct", "--config", str(workdir / "config.json"),
+                 "--result", str(workdir / "direct.json")],
+                capture_output=True, text=True, cwd=REPO,
             )
-            directs.append(json.loads(side_a.stdout.strip().splitlines()[-1]))
+            if side_a.returncode:
+                sys.exit(f"side (a) failed:\n{side_a.stderr[-3000:]}")
+            directs.append(json.loads((workdir / "direct.json").read_text()))
             worker_args = ("--slots", str(args.slots)) if args.slots else ()
             pipelines.append(run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args))
     a = max(directs, key=lambda run: run["tokens"] / run["seconds"])
@@ -117,7 +127,8 @@ def main(argv=None) -> None:
     print(f"{'side':<30}{'tokens':>10}{'seconds':>10}{'tokens/s':>12}")
     print(f"{'(a) backend called directly':<30}{a['tokens']:>10}{a['seconds']:>10.2f}{a_rate:>12.1f}")
     print(f"{'(b) full pipeline':<30}{b.tokens:>10}{b.seconds:>10.2f}{b_rate:>12.1f}")
-    print(f"ratio (b)/(a): {b_rate / a_rate:.3f}  (target >= 0.95)")
+    print(f"ratio (b)/(a): {b_rate / a_rate:.3f}  (target >= 0.95); jobs spent {b.generation_seconds:.2f} s inside the "
+          f"backend (summed over jobs, which overlap when a worker has several slots)")
     print(json.dumps({"backend": args.backend, "direct_tokens_per_s": round(a_rate, 1), "pipeline_tokens_per_s": round(b_rate, 1),
                       "ratio": round(b_rate / a_rate, 3)}))
 

@@ -53,6 +53,13 @@ def test_too_long_prompt_is_skipped_and_shifts_nothing(generator):
     assert [c.text for c in mixed[2].completions] == [c.text for c in alone[1].completions]
 
 
+def test_more_prompts_than_one_step_takes_do_not_kill_the_cpu_engine(generator):
+    """Seeded requests whose prefill vLLM splits in chunks crash its CPU engine: the backend prefills whole prompts."""
+    prompts = [[{"role": "user", "content": f"write a long story about the river and the city number {i}"}] for i in range(160)]
+    results = generator.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_new_tokens=8), seed=3)
+    assert [len(r.completions) for r in results] == [4] * 160
+
+
 def test_concurrent_jobs_share_one_engine(generator):
     """What worker slots do: two jobs in flight at once on one engine, each getting its own results."""
     solo = generator.generate([CITY], SAMPLING, seed=9)

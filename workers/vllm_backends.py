@@ -14,7 +14,7 @@ from workers.config import ModelSettings, SamplingConfig
 from workers.errors import RsampleError
 from workers.generation_backends import Completion, PromptCompletions, render_fitting
 from workers.messages import Conversation
-from workers.models import _first_line, check_reward_model, load_tokenizer, resolve_device, resolve_dtype
+from workers.models import _first_line, check_reward_model, load_model_config, load_tokenizer, resolve_device, resolve_dtype
 from workers.reward_backends import render_conversation
 from workers.vllm_engine import EngineLoop
 
@@ -37,6 +37,12 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str):
     if spec.endswith(".gguf"):
         raise RsampleError(f"the vllm backend takes a Hub id or a model folder, not a .gguf file ({spec}): use --backend transformers")
     device = resolve_device()
+    cpu_only = {}
+    if device == "cpu" and runner == "generate":
+        # vLLM's CPU engine dies ("CPU Generator does not use offset") when a seeded request's prefill is split
+        # in chunks, which happens as soon as a step's prompts exceed the token budget: prefill whole prompts.
+        context = models.max_model_len or getattr(load_model_config(spec, role), "max_position_embeddings", 0)
+        cpu_only = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(8192, context)}
     try:
         return vllm.LLM(
             model=spec,
@@ -46,6 +52,7 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str):
             max_model_len=models.max_model_len,
             gpu_memory_utilization=models.gpu_memory_utilization,
             enforce_eager=device == "cpu",  # CUDA graphs pay off on GPUs; on CPU compiling only costs start-up time
+            **cpu_only,
         )
     except Exception as exc:
         raise RsampleError(f"vLLM cannot load {role} model {spec!r}: {_first_line(exc)}") from None

@@ -90,7 +90,7 @@ class SlotWorker(HeartbeatWorker):
 class MainWorker(HeartbeatWorker):
     """The main thread's job loop: a stop signal also tells the slots to stop after their current job."""
 
-    slots: list[SlotWorker] = []
+    slots: tuple[SlotWorker, ...] = ()
 
     def request_stop(self, signum, frame):
         for slot in self.slots:
@@ -108,7 +108,7 @@ class MainWorker(HeartbeatWorker):
 def run_slots(make_worker, slots: int, burst: bool) -> None:
     """Runs `slots` job loops in this process: slot 0 on the main thread, the others on threads."""
     main = make_worker(MainWorker, 0)
-    main.slots = [make_worker(SlotWorker, index) for index in range(1, slots)]
+    main.slots = tuple(make_worker(SlotWorker, index) for index in range(1, slots))
     threads = [
         threading.Thread(target=slot.work, kwargs={"burst": burst, "with_scheduler": False, "logging_level": "WARNING"},
                          name=f"rsample-slot-{index}", daemon=True)
