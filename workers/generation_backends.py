@@ -1,4 +1,5 @@
-"""Generation backends: one small interface, a real transformers implementation, and a zero-cost one.
+"""Generation backends: one small interface, a transformers implementation, and a zero-cost one
+(the vLLM implementation, an optional dependency, is in `workers.vllm_backends`).
 
 A backend receives many prompts at once and returns, for each, n completions or the reason it was
 skipped; a skipped prompt never shifts the completions of the others.
