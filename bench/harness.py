@@ -33,6 +33,8 @@ class PipelineResult:
     tokens: int
     pairs: int
     redis_peak_bytes: int
+    redis_end_bytes: int
+    """What Redis still holds once the run is written: what a run leaves behind (settings, counters)."""
     generation_seconds: float
     """Time the generation workers spent inside the backend: the rest of `seconds` is the queue path's."""
 
@@ -87,6 +89,6 @@ def run_pipeline(config: RunConfig, workdir: Path, generate_workers: int = 1, wo
             processes.stop()
         stats = read_stats(client, config.run_id)
         outcomes, _ = coordinator.ledger.counts()
-        peak = int(client.info("memory")["used_memory_peak"])
-    return PipelineResult(seconds, int(stats.get("completions_generated")), int(stats.get("tokens_generated")), outcomes["pair"], peak,
-                          stats.get("generation_seconds"))
+        memory = client.info("memory")
+    return PipelineResult(seconds, int(stats.get("completions_generated")), int(stats.get("tokens_generated")), outcomes["pair"],
+                          int(memory["used_memory_peak"]), int(memory["used_memory"]), stats.get("generation_seconds"))
