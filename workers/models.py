@@ -16,7 +16,7 @@ def split_gguf(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -33,7 +33,7 @@ def load_model_config(spec: str, role: str) -> Any:
     try:
         return AutoConfig.from_pretrained(location, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(location)
     except Exception as exc:  # OSError, ValueError, HF hub errors: all mean "cannot use this path"
-        raise RsampleError(f"cannot load {role} model {spec!r}: {_first_line(exc)}") from None
+        raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
 
 
 def check_policy(spec: str) -> None:
@@ -77,7 +77,7 @@ def load_tokenizer(spec: str, role: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(location)
     except Exception as exc:
-        raise RsampleError(f"cannot load the tokenizer of {role} model {spec!r}: {_first_line(exc)}") from None
+        raise RsampleError(f"cannot load the tokenizer of {role} model {spec!r}: {first_line(exc)}") from None
     if not tokenizer.chat_template:
         raise RsampleError(f"the tokenizer of {role} model {spec!r} has no chat template")
     if tokenizer.pad_token is None:
@@ -94,7 +94,7 @@ def load_weights(auto_class, spec: str, role: str, dtype, device: str):
     try:
         model, info = auto_class.from_pretrained(location, **kwargs)
     except Exception as exc:
-        raise RsampleError(f"cannot load {role} model {spec!r}: {_first_line(exc)}") from None
+        raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
     missing = [key for key in info.get("missing_keys", []) if "score" in key or "classifier" in key or "lm_head" in key]
     if missing:
         raise RsampleError(f"{role} model {spec!r} lacks trained weights for {', '.join(sorted(missing)[:3])}")

@@ -14,7 +14,7 @@ from workers.config import ModelSettings, SamplingConfig
 from workers.errors import RsampleError
 from workers.generation_backends import Completion, PromptCompletions, render_fitting
 from workers.messages import Conversation
-from workers.models import _first_line, check_reward_model, load_model_config, load_tokenizer, resolve_device, resolve_dtype
+from workers.models import check_reward_model, first_line, load_model_config, load_tokenizer, resolve_device, resolve_dtype
 from workers.reward_backends import render_conversation
 from workers.vllm_engine import EngineLoop
 
@@ -55,7 +55,7 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str):
             **cpu_only,
         )
     except Exception as exc:
-        raise RsampleError(f"vLLM cannot load {role} model {spec!r}: {_first_line(exc)}") from None
+        raise RsampleError(f"vLLM cannot load {role} model {spec!r}: {first_line(exc)}") from None
 
 
 def request_seed(batch_seed: int, prompt_ids: list[int]) -> int:
