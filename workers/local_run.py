@@ -21,7 +21,7 @@ from producer.runs import register_run
 from workers.coordinator import Coordinator
 from workers.config import RunConfig
 from workers.connection import connect
-from workers.embedded_redis import EmbeddedRedis, die_with_parent
+from workers.embedded_redis import EmbeddedRedis, killed_with_parent
 from workers.errors import RsampleError
 from workers.keys import RunKeys
 from workers.progress import StageBars
@@ -57,7 +57,7 @@ class WorkerProcesses:
         with log_path.open("w") as log_file:
             process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=die_with_parent,  # a killed `rsample run` leaves no orphan workers behind
+                preexec_fn=killed_with_parent,  # a killed `rsample run` leaves no orphan workers behind
             )
         self.processes.append((role, process, log_path))
 
