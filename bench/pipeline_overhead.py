@@ -63,8 +63,7 @@ def direct(config: RunConfig) -> dict:
 
     records = [extract_prompt(row, index) for index, row in iter_rows(config.data)]
     generator = load_generator(config)
-    started = time.perf_counter()
-    tokens = 0
+    size = config.prompts_per_job
     if config.models.generation_backend == "vllm":
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -72,7 +71,6 @@ def direct(config: RunConfig) -> dict:
         from workers.generation_backends import render
         from workers.vllm_backends import request_seed
 
-        size = config.prompts_per_job
         prompts, params = [], []
         for position, record in enumerate(records):  # the seeds the pipeline's jobs give: the same samples
             ids = render(generator.tokenizer, record.messages)
@@ -84,7 +82,8 @@ def direct(config: RunConfig) -> dict:
         outputs = generator.llm.generate(prompts, params, use_tqdm=False)
         tokens = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
     else:
-        size = config.prompts_per_job
+        tokens = 0
+        started = time.perf_counter()
         for start in range(0, len(records), size):
             batch = records[start:start + size]
             results = generator.generate([r.messages for r in batch], config.sampling, batch_seed(config, batch[0].row_index))

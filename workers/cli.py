@@ -19,13 +19,10 @@ import click
 
 from workers import defaults
 from workers.config import (
-    COMBINE_METHODS, GENERATION_BACKENDS, REWARD_BACKENDS, DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig,
+    COMBINE_METHODS, GENERATION_BACKENDS, REWARD_BACKENDS, WORKER_ROLES, DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig,
 )
-from workers.connection import redact_url
+from workers.connection import REDIS_URL_ENV, redact_url
 from workers.errors import RsampleError
-from workers.supervisor import workers_command
-
-REDIS_URL_ENV = "RSAMPLE_REDIS_URL"
 
 
 def redacted_command(argv: list[str]) -> str:
@@ -162,7 +159,7 @@ def enqueue(redis_url, **params) -> None:
 
 
 @main.command()
-@click.argument("role", type=click.Choice(["generate", "reward"]))
+@click.argument("role", type=click.Choice(WORKER_ROLES))
 @redis_url_option(required=True)
 @click.option("--run", "run_id", help="Run to serve (default: the latest run in this Redis).")
 @click.option("--gpu", help="Pin this worker to these GPU ids (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,1.")
@@ -285,7 +282,35 @@ def dashboard(redis_url, port, bind) -> None:
     sys.exit(subprocess.call(command))
 
 
-main.add_command(workers_command)
+@main.command("workers")
+@redis_url_option(required=True)
+@click.option("--run", "run_id", help="Run to serve (default: the latest run in this Redis); every worker serves this one.")
+@click.option("--gpus", help="GPUs for workers of --role: 0,1,2 or 0-3 or 0-3,6.")
+@click.option("--role", type=click.Choice(WORKER_ROLES), help="Role of the workers on --gpus.")
+@click.option("--generate", "generate_gpus", help="GPUs for generation workers, e.g. 0-5 (with --reward for the others).")
+@click.option("--reward", "reward_gpus", help="GPUs for reward workers, one worker per GPU, e.g. 6-7.")
+@click.option("--gpus-per-worker", type=int, help="GPUs per generation worker (default: the run's --tensor-parallel-size).")
+@click.option("--reward-model-index", "indices", type=int, multiple=True, help="Reward workers serve only these reward models (0-based; default all).")
+@click.option("--slots", type=int, help="Generation workers: jobs run at once on the loaded model (default: the worker's).")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rsample-logs/workers"), show_default=True,
+              help="Each worker's output goes to a file here, under the run id.")
+@click.option("--restart-backoff", type=click.FloatRange(min=0), default=defaults.RESTART_BACKOFF, show_default=True,
+              help=f"Seconds before restarting a dead worker; doubles with each quick failure in a row (at most {defaults.RESTART_BACKOFF_CAP:g} s).")
+@click.option("--give-up-after", type=click.IntRange(min=1), default=defaults.GIVE_UP_AFTER, show_default=True,
+              help=f"Stop restarting a worker that failed this many times in a row within {defaults.QUICK_FAILURE_SECONDS:g} s of starting.")
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=defaults.STOP_GRACE_SECONDS, show_default=True,
+              help="Seconds workers get to finish their current job after Ctrl-C / SIGTERM, before SIGKILL.")
+def workers(redis_url, run_id, gpus, role, generate_gpus, reward_gpus, gpus_per_worker, indices, slots, log_dir,
+            restart_backoff, give_up_after, stop_timeout) -> None:
+    """Start one pinned worker per GPU (or GPU group), restart any that dies, stop them all on Ctrl-C / SIGTERM."""
+    from workers.supervisor import assign_gpus, supervise
+
+    role_args = {
+        "generate": ["--slots", str(slots)] if slots is not None else [],
+        "reward": [arg for index in indices for arg in ("--reward-model-index", str(index))],
+    }
+    assignment = assign_gpus(gpus, role, generate_gpus, reward_gpus)
+    sys.exit(supervise(redis_url, run_id, assignment, gpus_per_worker, role_args, log_dir, restart_backoff, give_up_after, stop_timeout))
 
 
 @main.command("make-tiny-models")

@@ -15,6 +15,7 @@ from workers.errors import RsampleError
 COMBINE_METHODS = ("mean", "vote")
 GENERATION_BACKENDS = ("transformers", "vllm", "echo")
 REWARD_BACKENDS = ("transformers", "vllm", "length")
+WORKER_ROLES = ("generate", "reward")
 
 
 @dataclass(frozen=True)

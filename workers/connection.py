@@ -14,6 +14,10 @@ from workers.errors import RsampleError
 
 log = logging.getLogger(__name__)
 
+REDIS_URL_ENV = "RSAMPLE_REDIS_URL"
+"""Where every command finds the run's Redis when --redis-url is not given; supervised workers get it only here,
+so no password shows in `ps`."""
+
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***, for logs, status output and dataset cards."""

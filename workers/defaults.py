@@ -57,3 +57,21 @@ SLOT_DEQUEUE_TIMEOUT = 2
 
 HEARTBEAT_JOIN_TIMEOUT = 5.0
 """Seconds a finished job waits for its heartbeat thread; one stuck on an absent Redis is left behind (it is a daemon)."""
+
+RESTART_BACKOFF = 1.0
+"""Seconds before a dead worker is restarted; doubles with every quick failure in a row."""
+
+RESTART_BACKOFF_CAP = 60.0
+"""The longest wait before a supervised worker is restarted."""
+
+QUICK_FAILURE_SECONDS = 60.0
+"""A supervised worker that exits this soon after its start did not get going (wrong model path, out of memory while
+loading): such exits in a row count towards giving up. A longer life resets the count."""
+
+GIVE_UP_AFTER = 5
+"""Quick failures in a row after which a worker is no longer restarted: retrying a broken set-up forever
+would hide it."""
+
+STOP_GRACE_SECONDS = 30.0
+"""After SIGTERM, how long workers may take to finish their current job before SIGKILL. A job cut short is
+requeued by the run's heartbeat check, so killing is safe, only wasteful."""

@@ -21,30 +21,14 @@ from pathlib import Path
 import click
 from redis.backoff import ExponentialBackoff
 
-from workers.connection import connect, redact_url
+from workers import defaults
+from workers.connection import REDIS_URL_ENV, connect, redact_url
 from workers.embedded_redis import die_with_parent
 from workers.errors import RsampleError
 from workers.runs import load_run
 
-REDIS_URL_ENV = "RSAMPLE_REDIS_URL"
-"""The same variable as `rsample worker --redis-url`: children get the URL here, so no password shows in `ps`."""
-
-ROLES = ("generate", "reward")
-
-RESTART_BACKOFF = 1.0
-"""Seconds before a dead worker is restarted; doubles with every quick failure in a row."""
-RESTART_BACKOFF_CAP = 60.0
-"""The longest wait before a restart."""
-QUICK_FAILURE_SECONDS = 60.0
-"""A worker that exits this soon after its start did not get going (wrong model path, out of memory while
-loading): such exits in a row count towards giving up. A longer life resets the count."""
-GIVE_UP_AFTER = 5
-"""Quick failures in a row after which a worker is no longer restarted: retrying a broken set-up forever
-would hide it."""
-STOP_GRACE_SECONDS = 30.0
-"""After SIGTERM, how long workers may take to finish their current job before SIGKILL. A job cut short is
-requeued by the run's heartbeat check, so killing is safe, only wasteful."""
 POLL_SECONDS = 0.2
+"""How often the supervisor looks at its children: a dead worker is noticed within this."""
 
 
 def parse_gpus(text: str, option: str = "--gpus") -> list[int]:
@@ -145,12 +129,12 @@ class Supervisor:
     """
 
     def __init__(self, specs: list[WorkerSpec], redis_url: str, run_id: str, log_dir: Path,
-                 role_args: dict[str, list[str]] | None = None, restart_backoff: float = RESTART_BACKOFF,
-                 give_up_after: int = GIVE_UP_AFTER, stop_grace: float = STOP_GRACE_SECONDS):
+                 role_args: dict[str, list[str]] | None = None, restart_backoff: float = defaults.RESTART_BACKOFF,
+                 give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS):
         self.redis_url = redis_url
         self.run_id = run_id
         self.role_args = role_args or {}
-        self.backoff = ExponentialBackoff(cap=RESTART_BACKOFF_CAP, base=restart_backoff)
+        self.backoff = ExponentialBackoff(cap=defaults.RESTART_BACKOFF_CAP, base=restart_backoff)
         self.give_up_after = give_up_after
         self.stop_grace = stop_grace
         self.log_dir = log_dir / re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
@@ -184,12 +168,12 @@ class Supervisor:
         from workers.local_run import last_words
 
         lived = time.monotonic() - child.started_at
-        child.quick_failures = child.quick_failures + 1 if lived < QUICK_FAILURE_SECONDS else 0
+        child.quick_failures = child.quick_failures + 1 if lived < defaults.QUICK_FAILURE_SECONDS else 0
         said = f"{child.spec} (pid {child.process.pid}) {describe_exit(code)} after {lived:.1f} s: {last_words(child.log_path)}"
         child.process = None
         if child.quick_failures >= self.give_up_after:
             child.given_up = True
-            self.say(f"{said}; giving up after {child.quick_failures} failures in a row within {QUICK_FAILURE_SECONDS:g} s "
+            self.say(f"{said}; giving up after {child.quick_failures} failures in a row within {defaults.QUICK_FAILURE_SECONDS:g} s "
                      f"of starting (log: {child.log_path})")
             return
         delay = self.backoff.compute(max(child.quick_failures - 1, 0))
@@ -233,40 +217,16 @@ class Supervisor:
         self.signals += 1
 
 
-@click.command("workers")
-@click.option("--redis-url", envvar=REDIS_URL_ENV, required=True, show_envvar=True,
-              help="Redis shared by every process of the run (redis://, rediss:// for TLS; password in the URL).")
-@click.option("--run", "run_id", help="Run to serve (default: the latest run in this Redis); every worker serves this one.")
-@click.option("--gpus", help="GPUs for workers of --role: 0,1,2 or 0-3 or 0-3,6.")
-@click.option("--role", type=click.Choice(ROLES), help="Role of the workers on --gpus.")
-@click.option("--generate", "generate_gpus", help="GPUs for generation workers, e.g. 0-5 (with --reward for the others).")
-@click.option("--reward", "reward_gpus", help="GPUs for reward workers, one worker per GPU, e.g. 6-7.")
-@click.option("--gpus-per-worker", type=int, help="GPUs per generation worker (default: the run's --tensor-parallel-size).")
-@click.option("--reward-model-index", "indices", type=int, multiple=True, help="Reward workers serve only these reward models (0-based; default all).")
-@click.option("--slots", type=int, help="Generation workers: jobs run at once on the loaded model (default: the worker's).")
-@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rsample-logs/workers"), show_default=True,
-              help="Each worker's output goes to a file here, under the run id.")
-@click.option("--restart-backoff", type=click.FloatRange(min=0), default=RESTART_BACKOFF, show_default=True,
-              help=f"Seconds before restarting a dead worker; doubles with each quick failure in a row (at most {RESTART_BACKOFF_CAP:g} s).")
-@click.option("--give-up-after", type=click.IntRange(min=1), default=GIVE_UP_AFTER, show_default=True,
-              help=f"Stop restarting a worker that failed this many times in a row within {QUICK_FAILURE_SECONDS:g} s of starting.")
-@click.option("--stop-timeout", type=click.FloatRange(min=0), default=STOP_GRACE_SECONDS, show_default=True,
-              help="Seconds workers get to finish their current job after Ctrl-C / SIGTERM, before SIGKILL.")
-def workers_command(redis_url, run_id, gpus, role, generate_gpus, reward_gpus, gpus_per_worker, indices, slots, log_dir,
-                    restart_backoff, give_up_after, stop_timeout) -> None:
-    """Start one pinned worker per GPU (or GPU group), restart any that dies, stop them all on Ctrl-C / SIGTERM."""
-    assignment = assign_gpus(gpus, role, generate_gpus, reward_gpus)
+def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int]], gpus_per_worker: int | None,
+              role_args: dict[str, list[str]], log_dir: Path, restart_backoff: float = defaults.RESTART_BACKOFF,
+              give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS) -> int:
+    """Runs the supervisor for one run until it is stopped; returns the exit code."""
     config = load_run(connect(redis_url, patient=False), run_id)  # resolved once: every child serves the same run
     if gpus_per_worker is not None:
         specs = plan_workers(assignment, gpus_per_worker)
     else:
         specs = plan_workers(assignment, config.models.tensor_parallel_size, "the run's --tensor-parallel-size")
-    role_args = {
-        "generate": ["--slots", str(slots)] if slots is not None else [],
-        "reward": [arg for index in indices for arg in ("--reward-model-index", str(index))],
-    }
-    supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_timeout)
+    supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_grace)
     plan = "; ".join(f"{spec.role} on GPU {spec.devices}" for spec in specs)
     supervisor.say(f"run {config.run_id} on {redact_url(redis_url)}: {len(specs)} worker(s): {plan}")
-    sys.exit(supervisor.run())
-
+    return supervisor.run()

@@ -20,11 +20,10 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from workers import defaults
+from workers.config import WORKER_ROLES
 from workers.errors import RsampleError
 
 log = logging.getLogger(__name__)
-
-ROLES = ("generate", "reward")
 
 
 class HeartbeatWorker(SimpleWorker):
@@ -149,8 +148,8 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     from workers.runs import load_run
     from workers.safe_job import SafeJob
 
-    if role not in ROLES:
-        raise RsampleError(f"unknown worker role {role!r} (use {' or '.join(ROLES)})")
+    if role not in WORKER_ROLES:
+        raise RsampleError(f"unknown worker role {role!r} (use {' or '.join(WORKER_ROLES)})")
     if slots is not None and slots < 1:
         raise RsampleError(f"--slots must be at least 1 (got {slots})")
     client = connect(redis_url)
