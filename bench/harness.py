@@ -4,25 +4,23 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rq import Worker
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from rsample.producer.driver.coordinator import Coordinator
+from rsample.producer.driver.local_run import WorkerProcesses
+from rsample.producer.registration import register_run
+from rsample.workers.common.config import RunConfig
+from rsample.workers.runtime.connection import connect
+from rsample.workers.runtime.embedded_redis import EmbeddedRedis
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.run_state import read_stats
 
-from producer.runs import register_run  # noqa: E402
-from workers.config import RunConfig  # noqa: E402
-from workers.connection import connect  # noqa: E402
-from workers.coordinator import Coordinator  # noqa: E402
-from workers.embedded_redis import EmbeddedRedis  # noqa: E402
-from workers.keys import RunKeys  # noqa: E402
-from workers.local_run import WorkerProcesses  # noqa: E402
-from workers.queues import make_queue  # noqa: E402
-from workers.runs import read_stats  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

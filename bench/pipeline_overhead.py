@@ -25,10 +25,10 @@ from pathlib import Path
 
 from harness import REPO, run_pipeline, write_prompts
 
-from producer.dataset import iter_rows
-from producer.prompts import extract_prompt
-from workers.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
-from workers.generate import batch_seed
+from rsample.producer.dataset import iter_rows
+from rsample.producer.prompts import extract_prompt
+from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
+from rsample.workers.stages.generate import batch_seed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +59,7 @@ def make_config(args, dataset: Path, policy: str) -> RunConfig:
 
 def direct(config: RunConfig) -> dict:
     """Side (a), in this process: the backend alone, no Redis."""
-    from workers.generation_backends import load_generator
+    from rsample.workers.backends.registry import load_generator
 
     records = [extract_prompt(row, index) for index, row in iter_rows(config.data)]
     generator = load_generator(config)
@@ -68,8 +68,8 @@ def direct(config: RunConfig) -> dict:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from workers.generation_backends import render
-        from workers.vllm_backends import request_seed
+        from rsample.workers.backends.templates import render
+        from rsample.workers.backends.vllm_generation import request_seed
 
         prompts, params = [], []
         for position, record in enumerate(records):  # the seeds the pipeline's jobs give: the same samples
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         workdir = Path(tmp)
         policy = args.policy
         if policy is None:
-            from workers.tiny_models import build_policy
+            from rsample.workers.backends.tiny_models import build_policy
 
             policy = str(build_policy(workdir / "policy", max_position_embeddings=1024, hidden_size=256, layers=4))
         config = make_config(args, write_prompts(workdir / "prompts.jsonl", args.prompts), policy)

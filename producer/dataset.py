@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from producer.prompts import RowSkip
-from workers.config import DataSelection
-from workers.errors import RsampleError
+from rsample.producer.prompts import RowSkip
+from rsample.workers.common.config import DataSelection
+from rsample.workers.common.errors import RsampleError, first_line
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 PROMPT_COLUMNS = ("messages", "prompt")
@@ -53,8 +53,7 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None):
         else:
             dataset = datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types; the user needs the message, not the type
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RsampleError(f"cannot load dataset {source!r} (split {split!r}): {first_line}") from None
+        raise RsampleError(f"cannot load dataset {source!r} (split {split!r}): {first_line(exc)}") from None
     if not any(column in dataset.column_names for column in PROMPT_COLUMNS):
         raise RsampleError(
             f"dataset {source!r} has neither a 'messages' nor a 'prompt' column (columns: {', '.join(dataset.column_names)})"

@@ -14,13 +14,13 @@ from typing import Any
 
 import redis
 
-from producer.dataset import iter_rows
-from producer.prompts import RowSkip, extract_prompt
-from workers.config import RunConfig
-from workers.keys import RunKeys
-from workers.ledger import DUPLICATE, SKIPPED, Ledger, Outcome
-from workers.messages import PromptRecord
-from workers.queues import generation_job_data, make_queue
+from rsample.producer.dataset import iter_rows
+from rsample.producer.driver.ledger import Ledger
+from rsample.producer.prompts import RowSkip, extract_prompt
+from rsample.workers.common.config import RunConfig
+from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome, PromptRecord
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.queues import generation_job_data, make_queue
 
 log = logging.getLogger(__name__)
 

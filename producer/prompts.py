@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from workers.messages import Conversation, PromptRecord
+from rsample.workers.common.messages import Conversation, PromptRecord
 
 ROLES = ("system", "user", "assistant")
 

@@ -14,10 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import redis  # noqa: E402
 
-from workers.embedded_redis import EmbeddedRedis  # noqa: E402
+from rsample.workers.runtime.embedded_redis import EmbeddedRedis  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(autouse=True)
 def reap_processes():
@@ -49,7 +48,7 @@ def redis_client(redis_server):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """A policy, two reward models with their own vocabularies and templates, and a reward model with a short context."""
-    from workers.tiny_models import build_policy, build_reward_model
+    from rsample.workers.backends.tiny_models import build_policy, build_reward_model
 
     root = tmp_path_factory.mktemp("models")
     return {
@@ -84,7 +83,7 @@ def chat_dataset(tmp_path):
 def rsample(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     """Runs the real CLI in a child process, as a user would."""
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", "rsample.producer", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
     if check and result.returncode != 0:
         raise AssertionError(f"rsample {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

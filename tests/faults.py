@@ -9,17 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import REPO, read_jsonl
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from conftest import REPO, read_jsonl
-from producer.prompts import extract_prompt
-from workers.messages import PromptRecord
-from workers.queues import make_queue
-from workers.safe_job import SafeJob
-
+from rsample.producer.prompts import extract_prompt
+from rsample.workers.common.messages import PromptRecord
+from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.safe_job import SafeJob
 
 STARTED: list[subprocess.Popen] = []
 """Every process a test started, killed after the test whatever happened (see `conftest.reap_processes`)."""
@@ -28,7 +27,7 @@ STARTED: list[subprocess.Popen] = []
 def start(*args: str, log: Path) -> subprocess.Popen:
     """A CLI process whose output goes to `log` (pipes could fill up and block it)."""
     handle = log.open("a")
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli", *args], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", "rsample.producer", *args], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
     STARTED.append(process)
     return process
 

@@ -1,10 +1,18 @@
 """The aggregator's decisions on plain data: identical drops, margins, skips and failed batches."""
 
-from workers.aggregator import aggregate_batch
-from workers.config import DataSelection, RunConfig
-from workers.ledger import DROPPED_IDENTICAL, DROPPED_MARGIN, PAIR, SKIPPED, Outcome
-from workers.messages import Candidate, GeneratedBatch, GeneratedPrompt, PromptRecord
-
+from rsample.workers.common.config import DataSelection, RunConfig
+from rsample.workers.common.messages import (
+    DROPPED_IDENTICAL,
+    DROPPED_MARGIN,
+    PAIR,
+    SKIPPED,
+    Candidate,
+    GeneratedBatch,
+    GeneratedPrompt,
+    Outcome,
+    PromptRecord,
+)
+from rsample.workers.stages.aggregate import aggregate_batch
 
 ROWS = {"pair": 0, "same": 1, "long": 2, "close": 3, "rm-skip": 4, "a": 5, "b": 6}
 

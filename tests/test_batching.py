@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from workers.batching import run_halving_on_oom
+from rsample.workers.backends.batching import run_halving_on_oom
 
 
 def test_halves_the_batch_on_out_of_memory_and_keeps_order():

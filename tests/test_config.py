@@ -1,7 +1,7 @@
 import pytest
 
-from workers.config import DataSelection, RunConfig, SamplingConfig
-from workers.errors import RsampleError
+from rsample.workers.common.config import DataSelection, RunConfig, SamplingConfig
+from rsample.workers.common.errors import RsampleError
 
 
 def test_round_trip_through_json():

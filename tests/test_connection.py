@@ -1,8 +1,8 @@
 import pytest
 
-from workers.connection import connect, redact_url
-from workers.embedded_redis import free_port
-from workers.errors import RsampleError
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.runtime.connection import connect, redact_url
+from rsample.workers.runtime.embedded_redis import free_port
 
 
 def test_redact_url_hides_only_the_password():

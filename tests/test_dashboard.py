@@ -7,12 +7,13 @@ import time
 import urllib.request
 
 from conftest import REPO, rsample
-from producer.feeder import Feeder
-from workers.ledger import Ledger
-from workers.runs import load_run
-from workers.embedded_redis import free_port
-from workers.keys import RunKeys
-from workers.queues import generation_job_id
+
+from rsample.producer.driver.ledger import Ledger
+from rsample.producer.feeder import Feeder
+from rsample.workers.runtime.embedded_redis import free_port
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.queues import generation_job_id
+from rsample.workers.runtime.run_state import load_run
 
 
 def fetch(url, timeout=60):
@@ -33,7 +34,7 @@ def test_dashboard_shows_queues_and_job_details(redis_server, redis_client, chat
     config = load_run(redis_client, run_id)
     Feeder(redis_client, config, Ledger(tmp_path / "pairs.jsonl", None, run_id)).top_up()  # what `rsample aggregate` does first
     port = free_port()
-    dashboard = subprocess.Popen([sys.executable, "-m", "workers.cli", "dashboard", "--redis-url", redis_server.url, "--port", str(port)],
+    dashboard = subprocess.Popen([sys.executable, "-m", "rsample.producer", "dashboard", "--redis-url", redis_server.url, "--port", str(port)],
                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"

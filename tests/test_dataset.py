@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from producer.dataset import iter_rows
-from producer.prompts import RowSkip
-from workers.config import DataSelection
-from workers.errors import RsampleError
+from rsample.producer.dataset import iter_rows
+from rsample.producer.prompts import RowSkip
+from rsample.workers.common.config import DataSelection
+from rsample.workers.common.errors import RsampleError
 
 
 def _rows(path, **selection):

@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 from conftest import REPO, read_jsonl, rsample
-from workers.keys import RunKeys
+
+from rsample.workers.runtime.keys import RunKeys
 
 
 def start_worker(*args):
-    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "rsample.producer", "worker", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -48,7 +49,7 @@ def test_enqueue_workers_aggregate_and_status(redis_server, redis_client, tiny_m
 
 
 def test_worker_for_a_run_that_does_not_exist_says_so(redis_server):
-    result = subprocess.run([sys.executable, "-m", "workers.cli", "worker", "generate", "--redis-url", redis_server.url, "--run", "nope"],
+    result = subprocess.run([sys.executable, "-m", "rsample.producer", "worker", "generate", "--redis-url", redis_server.url, "--run", "nope"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("error: no run 'nope' in this Redis (see `rsample status` for the runs it holds)")

@@ -7,12 +7,12 @@ pair and score row is written once.
 import time
 
 import pytest
-
 from conftest import rsample, write_jsonl
 from faults import assert_exactly_once, kill, kill_mid_job, outcome_rows, processes_mentioning, start, wait_for
-from workers.embedded_redis import EmbeddedRedis
-from workers.keys import RunKeys
-from workers.queues import make_queue
+
+from rsample.workers.runtime.embedded_redis import EmbeddedRedis
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.queues import make_queue
 
 GOOD = [{"prompt": f"write a story about the {w} river number {i}"} for i, w in enumerate("city music science poem code test".split() * 3)]
 BAD = [
@@ -28,7 +28,7 @@ ROWS = GOOD[:9] + BAD + GOOD[9:]
 @pytest.fixture(scope="module")
 def slow_models(tmp_path_factory):
     """Models big enough that a job lasts a fraction of a second, so that it can be killed mid-flight."""
-    from workers.tiny_models import build_policy, build_reward_model
+    from rsample.workers.backends.tiny_models import build_policy, build_reward_model
 
     root = tmp_path_factory.mktemp("slow-models")
     return {"policy": str(build_policy(root / "policy", hidden_size=512, layers=6)),
@@ -138,12 +138,12 @@ def test_a_killed_run_resumes_and_a_finished_run_does_nothing(slow_models, datas
 def test_a_prompt_that_kills_its_worker_ends_alone_in_the_failed_registry(redis_server, redis_client, slow_models, tmp_path):
     """A row that crashes the model process every time: its batch is split, the healthy half is written, the poison
     prompt is skipped with the error after bounded retries, and the run finishes."""
+    from faults import job_status, running_entries
     from rq.exceptions import NoSuchJobError
     from rq.serializers import JSONSerializer
 
-    from faults import job_status, running_entries
-    from producer.prompts import extract_prompt
-    from workers.safe_job import SafeJob
+    from rsample.producer.prompts import extract_prompt
+    from rsample.workers.runtime.safe_job import SafeJob
 
     poison = {"prompt": "the prompt that crashes the model"}
     rows = GOOD[:5] + [poison] + GOOD[5:8]

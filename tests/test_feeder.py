@@ -5,11 +5,13 @@ import zlib
 from dataclasses import replace
 
 from conftest import write_jsonl
-from producer.feeder import Feeder
-from producer.runs import register_run
-from workers.config import DataSelection, JobSettings, RunConfig
-from workers.keys import RunKeys
-from workers.ledger import Ledger, Outcome, PAIR
+
+from rsample.producer.driver.ledger import Ledger
+from rsample.producer.feeder import Feeder
+from rsample.producer.registration import register_run
+from rsample.workers.common.config import DataSelection, JobSettings, RunConfig
+from rsample.workers.common.messages import PAIR, Outcome
+from rsample.workers.runtime.keys import RunKeys
 
 
 def make_config(dataset, **jobs):
@@ -31,7 +33,7 @@ def test_window_json_payloads_and_resumable_cursor(redis_client, tmp_path):
     assert feeder.top_up() == 4
     assert feeder.top_up() == 0  # the window is full until results come back
     payloads = queued_payloads(redis_client, config.run_id)  # plain JSON: nothing a worker would unpickle
-    assert [p[0] for p in payloads] == ["workers.generate.generate_batch"] * 2
+    assert [p[0] for p in payloads] == ["rsample.workers.stages.generate.generate_batch"] * 2
     assert [[prompt["row_index"] for prompt in p[2][2]] for p in payloads] == [[0, 1], [2, 3]]
 
     redis_client.hincrby(RunKeys(config.run_id).stats, "prompts_returned", 2)  # one batch written
@@ -45,7 +47,7 @@ def test_rows_already_in_the_ledger_are_not_handed_out_again(redis_client, tmp_p
     dataset = write_jsonl(tmp_path / "d.jsonl", rows)
     config, _ = register_run(redis_client, make_config(dataset))
     ledger = Ledger(tmp_path / "out.jsonl", None, config.run_id)
-    from producer.prompts import extract_prompt
+    from rsample.producer.prompts import extract_prompt
 
     ledger.commit([Outcome(0, extract_prompt(rows[0], 0).prompt_id, PAIR)], [], [])
     feeder = Feeder(redis_client, config, ledger)

@@ -2,11 +2,11 @@
 
 import pytest
 
-from workers.cli import redacted_command
-from workers.config import DataSelection, RunConfig
-from workers.errors import RsampleError
-from workers.hub import push_to_hub
-from workers.summary import Summary
+from rsample.producer.cli import redacted_command
+from rsample.producer.driver.hub import push_to_hub
+from rsample.producer.driver.summary import Summary
+from rsample.workers.common.config import DataSelection, RunConfig
+from rsample.workers.common.errors import RsampleError
 
 
 class RecordingApi:

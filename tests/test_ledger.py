@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from workers.errors import RsampleError
-from workers.ledger import DUPLICATE, PAIR, SKIPPED, Ledger, Outcome
+from rsample.producer.driver.ledger import Ledger
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.messages import DUPLICATE, PAIR, SKIPPED, Outcome
 
 
 def pair(pid):

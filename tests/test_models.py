@@ -5,11 +5,12 @@ import shutil
 import pytest
 import torch
 
-from workers.config import SamplingConfig
-from workers.errors import RsampleError
-from workers.generation_backends import TransformersGenerator, render
-from workers.models import check_policy, check_reward_model
-from workers.reward_backends import TransformersRewardModel
+from rsample.workers.backends.models import check_policy, check_reward_model
+from rsample.workers.backends.templates import render
+from rsample.workers.backends.transformers_generation import TransformersGenerator
+from rsample.workers.backends.transformers_reward import TransformersRewardModel
+from rsample.workers.common.config import SamplingConfig
+from rsample.workers.common.errors import RsampleError
 
 
 def test_wrong_model_paths_fail_in_one_line(tmp_path):

@@ -4,9 +4,9 @@ from collections import defaultdict
 
 import pytest
 import torch
-
 from conftest import CHAT_ROWS, read_jsonl, rsample, write_jsonl
-from producer.prompts import extract_prompt
+
+from rsample.producer.prompts import extract_prompt
 
 LONG_ROW = {"prompt": "river city " * 150}  # longer than the tiny policy's 256-token context
 

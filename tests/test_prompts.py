@@ -1,4 +1,4 @@
-from producer.prompts import RowSkip, extract_prompt, prompt_id_of
+from rsample.producer.prompts import RowSkip, extract_prompt, prompt_id_of
 
 
 def test_messages_row_keeps_last_assistant_turn_as_reference():

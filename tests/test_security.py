@@ -9,12 +9,13 @@ import zlib
 from datetime import datetime, timezone
 
 from conftest import REPO, write_jsonl
-from producer.runs import register_run
-from workers.config import DataSelection, RunConfig
-from workers.keys import RunKeys
-from workers.queues import make_queue
-from workers.safe_job import SafeJob
 from rq.serializers import JSONSerializer
+
+from rsample.producer.registration import register_run
+from rsample.workers.common.config import DataSelection, RunConfig
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.safe_job import SafeJob
 
 
 class Exploit:
@@ -35,7 +36,7 @@ def plant(client, queue_name, job_id, data: bytes) -> None:
 
 
 def run_burst_worker(url, run_id):
-    return subprocess.run([sys.executable, "-m", "workers.cli", "worker", "generate", "--redis-url", url, "--run", run_id, "--burst"],
+    return subprocess.run([sys.executable, "-m", "rsample.producer", "worker", "generate", "--redis-url", url, "--run", run_id, "--burst"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
@@ -48,7 +49,7 @@ def test_planted_pickle_and_foreign_functions_are_refused(redis_server, redis_cl
     plant(redis_client, queue_name, "planted-pickle", pickle.dumps(["x", None, [Exploit(pickled_marker)], {}]))
     plant(redis_client, queue_name, "planted-json", json.dumps(["os.system", None, [f"touch {json_marker}"], {}]).encode())
     make_queue(redis_client, queue_name).enqueue_call(  # a legitimate job after them: the worker must live to run it
-        "workers.generate.generate_batch", args=[config.run_id, "r0", [{"prompt_id": "p", "messages": [{"role": "user", "content": "hello"}], "reference_completion": None, "row_index": 0}]],
+        "rsample.workers.stages.generate.generate_batch", args=[config.run_id, "r0", [{"prompt_id": "p", "messages": [{"role": "user", "content": "hello"}], "reference_completion": None, "row_index": 0}]],
         job_id="legit", result_ttl=60,
     )
     result = run_burst_worker(redis_server.url, config.run_id)

@@ -1,6 +1,6 @@
 import pytest
 
-from workers.selection import select_pair
+from rsample.workers.stages.selection import select_pair
 
 
 def test_mean_picks_best_and_worst_of_the_average():

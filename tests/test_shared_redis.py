@@ -5,10 +5,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import read_jsonl, rsample, write_jsonl
 from faults import assert_exactly_once, start
-from workers.embedded_redis import EmbeddedRedis
+
+from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 
 ROWS = [{"prompt": f"question number {i}"} for i in range(12)] + [{"prompt": ""}, {"prompt": "question number 3"}]
 FAST = ["--policy", "echo-policy", "--reward-model", "length-reward", "--backend", "echo", "--reward-backend", "length", "--batch-size", "3"]

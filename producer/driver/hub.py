@@ -1,0 +1,71 @@
+"""Publishing a run to the Hugging Face Hub: the JSONL files and a dataset card, in one commit.
+
+The token comes from the environment (HF_TOKEN or the cached login) through huggingface_hub and is
+never read, printed or written here. `api` is the seam tests replace.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from rsample.producer.driver.summary import Summary
+from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import RsampleError, first_line
+
+
+def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path]) -> str:
+    settings = asdict(config)
+    config_lines = "\n".join(f"  - split: {name}\n    path: {name}.jsonl" for name in files)
+    return f"""---
+tags:
+- rejection-sampling
+- preference
+- rsample
+configs:
+- config_name: default
+  data_files:
+{config_lines}
+---
+
+# Rejection-sampling preference pairs
+
+Best-of-{config.sampling.n} sampling from `{config.policy}` on `{config.data.dataset}` (split `{config.data.split}`),
+scored by {", ".join(f"`{m}`" for m in config.reward_models)} (combined by `{config.combine}`), made with rsample.
+Each row of `pairs` has `messages` (the prompt), `chosen` and `rejected` conversations, and their scores per reward model.
+
+## Command
+
+```
+{config.command}
+```
+
+## Summary
+
+| figure | value |
+| --- | --- |
+""" + "\n".join(f"| {key} | {json.dumps(value)} |" for key, value in summary.to_dict().items()) + f"""
+
+## Settings
+
+```json
+{json.dumps(settings, indent=2)}
+```
+"""
+
+
+def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[str, Path], private: bool = True, api=None) -> str:
+    """Uploads `files` (split name -> JSONL path) and README.md; returns the dataset's URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = api or HfApi()
+    card = dataset_card(config, summary, files)
+    operations = [CommitOperationAdd(f"{name}.jsonl", str(path)) for name, path in files.items()]
+    operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.create_commit(repo_id, operations, commit_message=f"rsample run {config.run_id}", repo_type="dataset")
+    except Exception as exc:  # auth, network, permissions: one line, the files stay on disk
+        raise RsampleError(f"could not push to the Hub dataset {repo_id} (the JSONL files are kept locally): {first_line(exc)}") from None
+    return f"https://huggingface.co/datasets/{repo_id}"

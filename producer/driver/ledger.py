@@ -1,0 +1,148 @@
+"""The output files and their commit record: what became of every row of the dataset, written once.
+
+`pairs.jsonl` and `scores.jsonl` hold the data; `pairs.outcomes.jsonl` holds one line per dataset row
+(pair, dropped, skipped with its reason, or duplicate of an earlier row). A row's outcome line is written
+after its data, so it is the commit: on start-up, data rows whose outcome never made it to disk are
+removed, half-written lines are cut, and every row with an outcome is never produced again. This is what
+makes a run resumable from its files alone, even when Redis lost everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome
+
+
+def outcomes_path_for(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.outcomes.jsonl")
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """The file's complete lines; a trailing line cut by a crash is dropped from the file too."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+    return data[:end].decode("utf-8").splitlines()
+
+
+def _keep_committed(path: Path | None, committed: set[str], key) -> None:
+    """Rewrites `path` without rows of uncommitted prompts and without repeats (crash leftovers)."""
+    if path is None or not path.exists():
+        return
+    lines = _complete_lines(path)
+    kept = _first_of_each([row for row in map(json.loads, lines) if row.get("prompt_id") in committed], key)
+    if len(kept) != len(lines):
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(_jsonl(kept), encoding="utf-8")
+        os.replace(temporary, path)
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def _first_of_each(rows: list[dict], key) -> list[dict]:
+    seen, kept = set(), []
+    for row in rows:
+        if key(row) not in seen:
+            seen.add(key(row))
+            kept.append(row)
+    return kept
+
+
+class Ledger:
+    def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str):
+        self.out = Path(out)
+        self.scores_out = Path(scores_out) if scores_out else None
+        self.outcomes_path = outcomes_path_for(self.out)
+        self.run_id = run_id
+        self.rows: dict[int, Outcome] = {}
+        self.prompt_ids: set[str] = set()
+        self._outcome_counts: Counter = Counter()
+        self._skip_reasons: Counter = Counter()
+        self._load()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if self.scores_out:
+            self.scores_out.parent.mkdir(parents=True, exist_ok=True)
+        self._pairs = self.out.open("a", encoding="utf-8")
+        self._scores = self.scores_out.open("a", encoding="utf-8") if self.scores_out else None
+        self._outcomes = self.outcomes_path.open("a", encoding="utf-8")
+        if not self.rows and self._outcomes.tell() == 0:
+            self._outcomes.write(json.dumps({"rsample_run": run_id}) + "\n")
+            self._outcomes.flush()
+
+    def _load(self) -> None:
+        lines = _complete_lines(self.outcomes_path)
+        if not lines:  # a fresh run: earlier files of the same name are replaced
+            for path in (self.out, self.scores_out, self.outcomes_path):
+                if path is not None and path.exists():
+                    path.unlink()
+            return
+        header = json.loads(lines[0])
+        if header.get("rsample_run") != self.run_id:
+            raise RsampleError(
+                f"{self.outcomes_path} belongs to run {header.get('rsample_run')}, made with other settings: "
+                "use another --out, or delete the old files to start over"
+            )
+        for line in lines[1:]:
+            outcome = Outcome.from_dict(json.loads(line))
+            if outcome.row_index not in self.rows:
+                self._record(outcome)
+        _keep_committed(self.out, self.prompt_ids, key=lambda row: row["prompt_id"])
+        _keep_committed(self.scores_out, self.prompt_ids, key=lambda row: (row["prompt_id"], row["completion_index"]))
+
+    def is_settled(self, outcome: Outcome) -> bool:
+        if outcome.row_index in self.rows:
+            return True
+        return outcome.outcome != DUPLICATE and outcome.prompt_id in self.prompt_ids
+
+    def _record(self, outcome: Outcome) -> None:
+        self.rows[outcome.row_index] = outcome
+        if outcome.prompt_id and outcome.outcome != DUPLICATE:
+            self.prompt_ids.add(outcome.prompt_id)
+        self._outcome_counts[outcome.outcome] += 1
+        if outcome.outcome == SKIPPED:
+            self._skip_reasons[outcome.reason] += 1
+
+    def commit(self, outcomes: list[Outcome], pairs: list[dict], scores: list[dict]) -> list[Outcome]:
+        """Writes what is new, data first and outcomes last, each made durable; returns the new outcomes.
+
+        The same prompt may come twice in one call (a batch delivered twice): its first rows win.
+        """
+        fresh = []
+        for outcome in outcomes:
+            if not self.is_settled(outcome):
+                fresh.append(outcome)
+                self._record(outcome)
+        new_ids = {o.prompt_id for o in fresh}
+        self._append(self._scores, _first_of_each([r for r in scores if r["prompt_id"] in new_ids], lambda r: (r["prompt_id"], r["completion_index"])))
+        self._append(self._pairs, _first_of_each([r for r in pairs if r["prompt_id"] in new_ids], lambda r: r["prompt_id"]))
+        self._append(self._outcomes, [asdict(o) for o in fresh])
+        return fresh
+
+    @staticmethod
+    def _append(handle, rows: list[dict]) -> None:
+        if handle is None or not rows:
+            return
+        handle.write(_jsonl(rows))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+    def counts(self) -> tuple[Counter, Counter]:
+        """(outcome -> rows, skip reason -> rows) over the whole ledger, kept as rows are settled."""
+        return Counter(self._outcome_counts), Counter(self._skip_reasons)
+
+    def close(self) -> None:
+        for handle in (self._pairs, self._scores, self._outcomes):
+            if handle is not None:
+                handle.close()

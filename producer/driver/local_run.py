@@ -1,0 +1,110 @@
+"""`rsample run`: the whole pipeline on one machine, with the same processes a cluster would run.
+
+Starts an embedded Redis (unless given a URL), registers the run, starts one generation worker and
+one reward worker as child processes, and coordinates (feeds prompts, writes results) in this process
+with progress bars. Re-running the same command resumes from the output files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from rsample.producer.driver.coordinator import Coordinator
+from rsample.producer.driver.summary import Summary
+from rsample.producer.registration import register_run
+from rsample.workers.common import defaults
+from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.runtime.connection import connect
+from rsample.workers.runtime.embedded_redis import EmbeddedRedis
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.processes import RSAMPLE_COMMAND, killed_with_parent, last_words
+from rsample.workers.runtime.progress import StageBars
+from rsample.workers.runtime.run_state import expire_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalRunOptions:
+    out: Path
+    scores_out: Path | None = None
+    redis_url: str | None = None
+    generate_workers: int = 1
+    progress: bool = True
+
+
+class WorkerProcesses:
+    """Worker child processes with their logs in files; a dead worker stops the run with its last words."""
+
+    def __init__(self, redis_url: str, run_id: str, log_dir: Path):
+        self.redis_url = redis_url
+        self.run_id = run_id
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(self, role: str, *options: str) -> None:
+        """`options` are extra `rsample worker` options, such as `--slots 2`."""
+        log_path = self.log_dir / f"{role}-{len(self.processes)}.log"
+        command = [*RSAMPLE_COMMAND, "worker", role, "--redis-url", self.redis_url, "--run", self.run_id, *options]
+        with log_path.open("w") as log_file:
+            process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=killed_with_parent,  # a killed `rsample run` leaves no orphan workers behind
+            )
+        self.processes.append((role, process, log_path))
+
+    def check_alive(self) -> None:
+        for role, process, log_path in self.processes:
+            code = process.poll()
+            if code is not None:
+                raise RsampleError(f"the {role} worker exited with code {code}: {last_words(log_path)} (log: {log_path})")
+
+    def stop(self, timeout: float = defaults.LOCAL_WORKER_STOP_SECONDS) -> None:
+        for _, process, _ in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for _, process, _ in self.processes:
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig, Summary]:
+    """Runs (or resumes: same settings, same output files) a whole run; returns its settings and summary."""
+    with ExitStack() as stack:
+        redis_url = options.redis_url
+        if redis_url is None:
+            redis_url = stack.enter_context(EmbeddedRedis()).url
+        client = connect(redis_url)
+        config, existed = register_run(client, config)
+        coordinator = Coordinator(client, config, options.out, options.scores_out)
+        stack.callback(coordinator.close)
+        done = len(coordinator.ledger.rows)
+        if existed or done:
+            log.info("resuming run %s: %d rows already written to %s", config.run_id, done, options.out)
+        total = int(client.hget(RunKeys(config.run_id).stats, "rows_total") or 0)
+        workers = WorkerProcesses(redis_url, config.run_id, options.out.parent / ".rsample-logs" / config.run_id)
+        stack.callback(workers.stop)
+        if done < total:  # nothing to generate: do not load the models at all
+            for _ in range(options.generate_workers):
+                workers.start("generate")
+            workers.start("reward")
+        bars = StageBars(client, config.run_id, disable=not options.progress)
+        stack.callback(bars.close)
+        with logging_redirect_tqdm():
+            coordinator.run(on_progress=bars.update, check=workers.check_alive)
+        bars.update()
+        summary = coordinator.summary()
+        expire_run(client, config.run_id)
+    return config, summary

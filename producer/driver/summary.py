@@ -1,0 +1,63 @@
+"""The end-of-run summary: every row of the selection accounted for, and how fast completions came."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+from rsample.workers.common.messages import DROPPED_IDENTICAL, DROPPED_MARGIN, DUPLICATE, PAIR
+
+
+@dataclass(frozen=True)
+class Summary:
+    rows: int
+    duplicate_rows: int
+    skipped: dict[str, int]
+    dropped_identical: int
+    dropped_margin: int
+    pairs_written: int
+    completions_generated: int
+    tokens_generated: int
+    seconds: float
+
+    @property
+    def completions_per_second(self) -> float:
+        return self.completions_generated / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_generated / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "completions_per_second": round(self.completions_per_second, 2), "tokens_per_second": round(self.tokens_per_second, 2)}
+
+    def lines(self) -> list[str]:
+        out = [
+            f"rows                 {self.rows}",
+            f"pairs written        {self.pairs_written}",
+            f"dropped, identical   {self.dropped_identical}",
+            f"dropped, margin      {self.dropped_margin}",
+            f"duplicate rows       {self.duplicate_rows}",
+            f"skipped              {sum(self.skipped.values())}",
+        ]
+        out += [f"  {reason}: {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1])]
+        out.append(
+            f"completions          {self.completions_generated} in {self.seconds:.1f} s "
+            f"({self.completions_per_second:.2f}/s, {self.tokens_per_second:.1f} tokens/s)"
+        )
+        return out
+
+
+def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int, seconds: float) -> Summary:
+    """`outcomes` and `reasons` come from the ledger (the whole run, resumes included); the rates from this session."""
+    return Summary(
+        rows=sum(outcomes.values()),
+        duplicate_rows=outcomes[DUPLICATE],
+        skipped=dict(reasons),
+        dropped_identical=outcomes[DROPPED_IDENTICAL],
+        dropped_margin=outcomes[DROPPED_MARGIN],
+        pairs_written=outcomes[PAIR],
+        completions_generated=completions,
+        tokens_generated=tokens,
+        seconds=seconds,
+    )

@@ -1,0 +1,105 @@
+"""Locating and loading models: clear one-line errors for wrong paths and wrong model kinds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rsample.workers.common.errors import RsampleError, first_line
+
+
+def split_gguf(spec: str) -> tuple[str, str | None]:
+    """A `.gguf` file path loads from its folder with `gguf_file=` (transformers' GGUF support)."""
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        return str(path.parent), path.name
+    return spec, None
+
+
+def load_model_config(spec: str, role: str) -> Any:
+    """The model's transformers config, or an error that names the role and the path."""
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser()
+    looks_local = spec.startswith((".", "/", "~")) or path.suffix == ".gguf"
+    if looks_local and not path.exists():
+        raise RsampleError(f"{role} model not found: {spec}")
+    location, gguf_file = split_gguf(spec)
+    try:
+        return AutoConfig.from_pretrained(location, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(location)
+    except Exception as exc:  # OSError, ValueError, HF hub errors: all mean "cannot use this path"
+        raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
+
+
+def check_policy(spec: str) -> None:
+    load_model_config(spec, "policy")
+
+
+def check_reward_model(spec: str) -> None:
+    """Refuses a checkpoint that is not a sequence classifier: loading it would bolt on a random score head."""
+    config = load_model_config(spec, "reward")
+    architectures = getattr(config, "architectures", None) or []
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        raise RsampleError(
+            f"reward model {spec!r} is not a sequence classifier (architectures: {', '.join(architectures) or 'unknown'}); "
+            "rsample needs an AutoModelForSequenceClassification reward model"
+        )
+    if getattr(config, "num_labels", 1) != 1:
+        raise RsampleError(f"reward model {spec!r} has {config.num_labels} labels; a reward model has exactly one")
+
+
+def resolve_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise RsampleError(f"unknown --dtype {name!r} (use auto, float32, bfloat16 or float16)")
+    return dtype
+
+
+def load_tokenizer(spec: str, role: str):
+    from transformers import AutoTokenizer
+
+    location, gguf_file = split_gguf(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(location)
+    except Exception as exc:
+        raise RsampleError(f"cannot load the tokenizer of {role} model {spec!r}: {first_line(exc)}") from None
+    if not tokenizer.chat_template:
+        raise RsampleError(f"the tokenizer of {role} model {spec!r} has no chat template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_weights(auto_class, spec: str, role: str, dtype, device: str):
+    """Loads weights; refuses a checkpoint whose head would be freshly (randomly) initialised."""
+    location, gguf_file = split_gguf(spec)
+    kwargs = {"dtype": dtype, "output_loading_info": True}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        model, info = auto_class.from_pretrained(location, **kwargs)
+    except Exception as exc:
+        raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
+    missing = [key for key in info.get("missing_keys", []) if "score" in key or "classifier" in key or "lm_head" in key]
+    if missing:
+        raise RsampleError(f"{role} model {spec!r} lacks trained weights for {', '.join(sorted(missing)[:3])}")
+    return model.to(device).eval()
+
+
+def context_length(model, tokenizer) -> int:
+    """The longest sequence the model takes: its position limit, or a smaller sane tokenizer limit."""
+    limit = getattr(model.config, "max_position_embeddings", None) or 2048
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer_limit and tokenizer_limit < 10**7:
+        limit = min(limit, tokenizer_limit)
+    return int(limit)

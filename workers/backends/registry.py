@@ -1,0 +1,48 @@
+"""From a backend's name (`--backend`, `--reward-backend`) to its class: a new backend is one module plus one line here.
+
+Classes are named by dotted path and imported only when chosen, so that rsample runs without vLLM, and so that
+the run settings can check a name against these tables without importing any model code. Each class builds
+itself from the run's settings with `from_run(config)` (generation) or `from_run(config, model_index)` (reward).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the settings module imports this one for its names
+    from rsample.workers.backends.base import GenerationBackend, RewardBackend
+    from rsample.workers.common.config import RunConfig
+
+_PACKAGE = "rsample.workers.backends"
+
+GENERATION_BACKENDS = {
+    "transformers": f"{_PACKAGE}.transformers_generation:TransformersGenerator",
+    "vllm": f"{_PACKAGE}.vllm_generation:VLLMGenerator",
+    "echo": f"{_PACKAGE}.zero_cost:EchoGenerator",
+}
+"""Generation backend name -> class."""
+
+REWARD_BACKENDS = {
+    "transformers": f"{_PACKAGE}.transformers_reward:TransformersRewardModel",
+    "vllm": f"{_PACKAGE}.vllm_reward:VLLMRewardModel",
+    "length": f"{_PACKAGE}.zero_cost:LengthReward",
+}
+"""Reward backend name -> class."""
+
+ZERO_COST_GENERATION = "echo"
+ZERO_COST_REWARD = "length"
+"""Backends that load no model, so a run using them names no model that must exist."""
+
+
+def backend_class(table: dict[str, str], name: str) -> type:
+    module, _, attribute = table[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def load_generator(config: RunConfig) -> GenerationBackend:
+    return backend_class(GENERATION_BACKENDS, config.models.generation_backend).from_run(config)
+
+
+def load_reward_backend(config: RunConfig, model_index: int) -> RewardBackend:
+    return backend_class(REWARD_BACKENDS, config.models.reward_backend).from_run(config, model_index)

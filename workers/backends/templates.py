@@ -1,0 +1,44 @@
+"""Chat-template rendering shared by every backend, so that all of them skip the same prompts and score the same tokens.
+
+The policy renders prompts opened for the assistant's turn; each reward model renders the whole conversation
+with its own template, since policy and reward tokenizers differ.
+"""
+
+from __future__ import annotations
+
+from jinja2 import TemplateError
+
+from rsample.workers.backends.base import PromptCompletions
+from rsample.workers.common.messages import Conversation
+
+
+def render(tokenizer, prompt: Conversation) -> list[int]:
+    """The prompt as the policy sees it: its own chat template, opened for the assistant's turn."""
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_fitting(tokenizer, prompts: list[Conversation], context: int, max_new_tokens: int):
+    """Renders every prompt; returns (results with the skipped prompts filled in, [(index, ids)] of the rest).
+
+    Every backend skips by this one rule, so a prompt is skipped or kept whatever the backend.
+    """
+    results: list[PromptCompletions | None] = [None] * len(prompts)
+    fitting: list[tuple[int, list[int]]] = []
+    for index, prompt in enumerate(prompts):
+        try:
+            ids = render(tokenizer, prompt)
+        except TemplateError as exc:
+            results[index] = PromptCompletions([], f"policy chat template rejected the prompt: {exc}")
+            continue
+        if len(ids) + max_new_tokens > context:
+            results[index] = PromptCompletions([], "prompt longer than the policy context")
+        else:
+            fitting.append((index, ids))
+    return results, fitting
+
+
+def render_conversation(tokenizer, conversation: Conversation) -> list[int]:
+    """The whole conversation in the reward model's own chat template: policy and reward tokenizers differ."""
+    text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

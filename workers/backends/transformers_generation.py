@@ -1,0 +1,61 @@
+"""`--backend transformers`: batched `generate` with `num_return_sequences=n` on the policy's own weights."""
+
+from __future__ import annotations
+
+from rsample.workers.backends.base import Completion, PromptCompletions
+from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
+from rsample.workers.backends.templates import render_fitting
+from rsample.workers.common.config import RunConfig, SamplingConfig
+from rsample.workers.common.messages import Conversation
+
+
+class TransformersGenerator:
+    """Prompts rendered with the policy's chat template, left-padded into one batch, n samples each."""
+
+    def __init__(self, policy: str, dtype: str = "auto"):
+        from transformers import AutoModelForCausalLM
+
+        self.device = resolve_device()
+        self.tokenizer = load_tokenizer(policy, "policy")
+        self.tokenizer.padding_side = "left"
+        self.model = load_weights(AutoModelForCausalLM, policy, "policy", resolve_dtype(dtype, self.device), self.device)
+        self.context = context_length(self.model, self.tokenizer)
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    @classmethod
+    def from_run(cls, config: RunConfig) -> TransformersGenerator:
+        return cls(config.policy, config.models.dtype)
+
+    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
+        import torch
+
+        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens)
+        if fitting:
+            batch = self.tokenizer.pad({"input_ids": [ids for _, ids in fitting]}, return_tensors="pt").to(self.device)
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                output = self.model.generate(
+                    **batch,
+                    do_sample=True,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    top_k=0,
+                    max_new_tokens=sampling.max_new_tokens,
+                    num_return_sequences=sampling.n,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
+            for position, (index, _) in enumerate(fitting):
+                rows = new_tokens[position * sampling.n:(position + 1) * sampling.n]
+                results[index] = PromptCompletions([self._completion(row) for row in rows])
+        return results  # type: ignore[return-value]
+
+    def _completion(self, tokens: list[int]) -> Completion:
+        for length, token in enumerate(tokens):
+            if token in self.eos_ids:
+                text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True)
+                return Completion(text.strip(), length + 1, "stop")
+        return Completion(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), "length")

@@ -1,0 +1,97 @@
+"""One vLLM engine kept busy by several jobs at once.
+
+`LLM.generate` waits for the slowest sequence of its batch before it returns, so a worker that runs one
+job at a time leaves the GPU half idle at every batch tail. Here a single thread owns the engine: jobs
+(one per worker slot, see `rsample.workers.runtime.worker`) hand it requests from their own threads and wait for
+their results, while the engine's continuous batching mixes the head of the next job into the tail of
+the last. Only this thread touches the engine, so vLLM needs no thread safety of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Submit:
+    request_id: str
+    prompt: Any
+    params: Any
+    future: Future
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_ids: list[str]
+
+
+class EngineLoop:
+    """Drives a vLLM `LLMEngine` (`LLM.llm_engine`) from one daemon thread."""
+
+    def __init__(self, engine, name: str = "rsample-vllm-engine"):
+        self._engine = engine
+        self._inbox: queue.SimpleQueue[_Submit | _Abort] = queue.SimpleQueue()
+        self._pending: dict[str, Future] = {}
+        self._ids = itertools.count()
+        self._broken: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt: Any, params: Any) -> tuple[str, Future]:
+        """Queues one request (a vLLM prompt and its SamplingParams or PoolingParams); returns its id and future."""
+        if self._broken is not None:
+            raise RuntimeError(f"the vLLM engine stopped: {self._broken}")
+        request_id = f"rsample-{next(self._ids)}"
+        future: Future = Future()
+        self._inbox.put(_Submit(request_id, prompt, params, future))
+        return request_id, future
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Frees the engine of requests nobody waits for any more (a job that timed out or failed)."""
+        if request_ids:
+            self._inbox.put(_Abort(request_ids))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._take_inbox(block=not self._engine.has_unfinished_requests())
+                if self._engine.has_unfinished_requests():
+                    for output in self._engine.step():
+                        if output.finished:
+                            future = self._pending.pop(output.request_id, None)
+                            if future is not None:
+                                future.set_result(output)
+        except BaseException as exc:  # the engine died: fail every waiting job instead of hanging them
+            log.exception("the vLLM engine loop stopped")
+            self._broken = exc
+            for future in self._pending.values():
+                future.set_exception(RuntimeError(f"the vLLM engine stopped: {exc}"))
+            self._pending.clear()
+
+    def _take_inbox(self, block: bool) -> None:
+        """Adds every queued request; waits for one only when the engine has nothing to do."""
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if isinstance(item, _Abort):
+                live = [rid for rid in item.request_ids if self._pending.pop(rid, None) is not None]
+                if live:
+                    self._engine.abort_request(live)
+                continue
+            try:
+                self._engine.add_request(item.request_id, item.prompt, item.params)
+            except Exception as exc:  # a request vLLM refuses fails alone
+                item.future.set_exception(exc)
+            else:
+                self._pending[item.request_id] = item.future

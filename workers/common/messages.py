@@ -1,0 +1,114 @@
+"""The messages that travel between stages, as typed dataclasses with a JSON form.
+
+Conversations stay plain `{"role", "content"}` dicts: that is both the wire format and the output format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+Conversation = list[Message]
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt of the dataset, as the producer enqueues it."""
+
+    prompt_id: str
+    messages: Conversation
+    reference_completion: str | None = None
+    row_index: int = -1
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PromptRecord:
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One distinct completion of a prompt; identical samples are merged into one candidate."""
+
+    text: str
+    completion_indices: list[int]
+    is_reference: bool = False
+    num_tokens: int = 0
+    finish_reason: str = "stop"
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Candidate:
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class GeneratedPrompt:
+    """A prompt with its distinct candidates, or the reason it was skipped."""
+
+    prompt: PromptRecord
+    candidates: list[Candidate] = field(default_factory=list)
+    num_candidates: int = 0
+    skip_reason: str | None = None
+
+    @property
+    def needs_scoring(self) -> bool:
+        return self.skip_reason is None and len(self.candidates) >= 2
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> GeneratedPrompt:
+        return cls(
+            prompt=PromptRecord.from_dict(raw["prompt"]),
+            candidates=[Candidate.from_dict(c) for c in raw["candidates"]],
+            num_candidates=raw["num_candidates"],
+            skip_reason=raw["skip_reason"],
+        )
+
+
+@dataclass(frozen=True)
+class GeneratedBatch:
+    """What a generation job leaves in Redis for the reward workers and the aggregator."""
+
+    batch_id: str
+    prompts: list[GeneratedPrompt]
+
+    def to_json(self) -> str:
+        """The same JSON as `asdict` would give, without its deep copies: this runs once per generation job."""
+        return json.dumps(self, default=vars)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> GeneratedBatch:
+        return cls(batch_id=raw["batch_id"], prompts=[GeneratedPrompt.from_dict(p) for p in raw["prompts"]])
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """One reward model's verdict on one prompt: a score per candidate, or why it could not score them."""
+
+    scores: list[float] | None = None
+    skip_reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PromptScores:
+        return cls(**raw)
+
+
+PAIR = "pair"
+DROPPED_IDENTICAL = "dropped_identical"
+DROPPED_MARGIN = "dropped_margin"
+SKIPPED = "skipped"
+DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one dataset row (one of the kinds above), as the feeder and the aggregation stage settle it."""
+
+    row_index: int
+    prompt_id: str | None
+    outcome: str
+    reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Outcome:
+        return cls(raw["row_index"], raw.get("prompt_id"), raw["outcome"], raw.get("reason"))

@@ -1,0 +1,74 @@
+"""Opening Redis connections: fail fast on a wrong URL, then ride out outages instead of dying."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from rsample.workers.common import defaults
+from rsample.workers.common.errors import RsampleError, first_line
+
+log = logging.getLogger(__name__)
+
+REDIS_URL_ENV = "RSAMPLE_REDIS_URL"
+"""Where every command finds the run's Redis when --redis-url is not given; supervised workers get it only here,
+so no password shows in `ps`."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***, for logs, status output and dataset cards."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class PatientRetry(Retry):
+    """Retries connection errors forever with capped backoff; says once that it waits, and once that Redis is back."""
+
+    def __init__(self, url: str):
+        super().__init__(ExponentialBackoff(cap=defaults.REDIS_RETRY_BACKOFF_CAP, base=0.2), retries=-1)
+        self.url = redact_url(url)
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        waited = False
+
+        def announce_and_fail(error, *count):
+            nonlocal waited
+            if not waited:
+                log.warning("waiting for Redis at %s (%s)", self.url, first_line(error))
+                waited = True
+            return fail(error, *count)
+
+        result = super().call_with_retry(do, announce_and_fail, is_retryable, with_failure_count)
+        if waited:
+            log.warning("Redis at %s is back", self.url)
+        return result
+
+
+def connect(url: str, patient: bool = True) -> redis.Redis:
+    """A client for `url` that has answered a PING: an unreachable server fails here, in one line.
+
+    With `patient`, later commands wait through Redis restarts (workers, coordinator); without it they
+    fail at once (status, enqueue).
+    """
+    try:
+        probe = redis.Redis.from_url(url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, retry=Retry(ExponentialBackoff(), 0))
+        probe.ping()
+        probe.close()
+    except redis.AuthenticationError as exc:
+        raise RsampleError(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
+    except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
+        raise RsampleError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+    except redis.ResponseError as exc:
+        raise RsampleError(f"Redis at {redact_url(url)} refused the connection: {exc}") from None
+    retry = PatientRetry(url) if patient else Retry(ExponentialBackoff(), 0)
+    return redis.Redis.from_url(url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, health_check_interval=30, retry=retry)

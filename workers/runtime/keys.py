@@ -1,0 +1,59 @@
+"""Names of every Redis key and RQ queue of a run, so that runs sharing one Redis never touch each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rsample.workers.common.defaults import KEY_PREFIX
+
+RUNS_INDEX = f"{KEY_PREFIX}:runs"
+"""Sorted set of run ids by creation time: lets `rsample worker` attach to the latest run."""
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    run_id: str
+
+    @property
+    def _base(self) -> str:
+        return f"{KEY_PREFIX}:run:{self.run_id}"
+
+    @property
+    def config(self) -> str:
+        return f"{self._base}:config"
+
+    @property
+    def stats(self) -> str:
+        """Hash of counters (rows generated, completions, tokens, feed cursor...)."""
+        return f"{self._base}:stats"
+
+    @property
+    def ready(self) -> str:
+        """Stream of finished work for the coordinator: scored batches, failed batches, rows the feeder settled."""
+        return f"{self._base}:ready"
+
+    @property
+    def coordinator_lock(self) -> str:
+        """Held by the one process that feeds prompts and writes the output of the run."""
+        return f"{self._base}:coordinator"
+
+    def batch(self, batch_id: str) -> str:
+        """JSON of a generated batch, deleted once written."""
+        return f"{self._base}:batch:{batch_id}"
+
+    def scores(self, batch_id: str) -> str:
+        """Hash of reward model index -> JSON scores of a batch, deleted once written."""
+        return f"{self._base}:scores:{batch_id}"
+
+    def all_run_keys_pattern(self) -> str:
+        return f"{self._base}:*"
+
+    @property
+    def generate_queue(self) -> str:
+        return f"{KEY_PREFIX}-{self.run_id}-generate"
+
+    def score_queue(self, model_index: int) -> str:
+        return f"{KEY_PREFIX}-{self.run_id}-score-{model_index}"
+
+    def all_queues(self, num_reward_models: int) -> list[str]:
+        return [self.generate_queue] + [self.score_queue(i) for i in range(num_reward_models)]

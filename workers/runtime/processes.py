@@ -1,0 +1,39 @@
+"""Child processes that end with their parent, and the last words of one that died.
+
+Used by `rsample run` (its workers), `rsample workers` (the supervised workers) and the embedded Redis.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+RSAMPLE_COMMAND = (sys.executable, "-m", "rsample.producer")
+"""The `rsample` command as a child process runs it: this interpreter, whether or not the console script is on PATH."""
+
+
+def _on_parent_death(signum: int) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: children may outlive a killed parent
+        pass
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec: the kernel sends it SIGTERM when its parent dies, even by SIGKILL (Linux)."""
+    _on_parent_death(signal.SIGTERM)
+
+
+def killed_with_parent() -> None:
+    """Like `die_with_parent`, but SIGKILL: for children whose warm shutdown needs what the parent took with it
+    (`rsample run`'s workers lose their embedded Redis too; waiting for it would keep them alive forever)."""
+    _on_parent_death(signal.SIGKILL)
+
+
+def last_words(log_path: Path) -> str:
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["(no output)"])[-1]

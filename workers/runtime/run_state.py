@@ -1,0 +1,71 @@
+"""A run's state in Redis: its settings and its counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from rsample.workers.common import defaults
+from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.runtime.keys import RUNS_INDEX, RunKeys
+
+
+def save_run(client: redis.Redis, config: RunConfig) -> None:
+    keys = RunKeys(config.run_id)
+    with client.pipeline() as pipe:
+        pipe.set(keys.config, config.to_json())
+        pipe.zadd(RUNS_INDEX, {config.run_id: config.created_at})
+        pipe.execute()
+
+
+def load_run(client: redis.Redis, run_id: str | None) -> RunConfig:
+    """The settings of `run_id`, or of the latest run when it is None."""
+    run_id = run_id or latest_run_id(client)
+    raw = client.get(RunKeys(run_id).config)
+    if raw is None:
+        raise RsampleError(f"no run {run_id!r} in this Redis (see `rsample status` for the runs it holds)")
+    return RunConfig.from_json(raw)
+
+
+def latest_run_id(client: redis.Redis) -> str:
+    newest = client.zrevrange(RUNS_INDEX, 0, 0)
+    if not newest:
+        raise RsampleError("this Redis holds no run yet: start one with `rsample enqueue` or pass --run")
+    return newest[0].decode()
+
+
+def list_run_ids(client: redis.Redis) -> list[str]:
+    return [r.decode() for r in client.zrevrange(RUNS_INDEX, 0, -1)]
+
+
+def expire_run(client: redis.Redis, run_id: str) -> None:
+    """Keep a finished run's settings and counters for `rsample status`, but not forever."""
+    keys = RunKeys(run_id)
+    with client.pipeline() as pipe:
+        for key in (keys.config, keys.stats, keys.ready):
+            pipe.expire(key, defaults.RUN_TTL)
+        pipe.execute()
+
+
+@dataclass
+class RunStats:
+    """A snapshot of a run's counters, as `rsample status` and the progress bars show them."""
+
+    counters: dict[str, str]
+
+    def get(self, name: str) -> float:
+        value = self.counters.get(name)
+        try:
+            return float(value) if value is not None else 0.0
+        except ValueError:
+            return 0.0
+
+    def text(self, name: str, default: str = "") -> str:
+        return self.counters.get(name, default)
+
+
+def read_stats(client: redis.Redis, run_id: str) -> RunStats:
+    raw = client.hgetall(RunKeys(run_id).stats)
+    return RunStats({k.decode(): v.decode() for k, v in raw.items()})

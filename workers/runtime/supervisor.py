@@ -1,0 +1,226 @@
+"""`rsample workers`: one pinned `rsample worker` per GPU (or GPU group), restarted when it dies.
+
+    rsample workers --redis-url URL --generate 0-5 --reward 6-7
+
+The children are ordinary worker processes, so a supervised worker behaves exactly like one started by
+hand; the supervisor only starts, watches, restarts and stops them. It loads no model itself (no torch
+here): the children pin their GPUs before importing anything heavy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from redis.backoff import ExponentialBackoff
+
+from rsample.workers.common import defaults
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.runtime.connection import REDIS_URL_ENV, connect, redact_url
+from rsample.workers.runtime.processes import RSAMPLE_COMMAND, die_with_parent, last_words
+from rsample.workers.runtime.run_state import load_run
+
+
+def parse_gpus(text: str, option: str = "--gpus") -> list[int]:
+    """`0,1,2`, `0-5` or a mix such as `0-3,6`, in the order given."""
+    gpus: list[int] = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
+        if not match:
+            raise RsampleError(f"{option} {text!r}: {item.strip()!r} is not a GPU id or a range such as 0-3")
+        first = int(match[1])
+        last = first if match[2] is None else int(match[2])
+        if last < first:
+            raise RsampleError(f"{option} {text!r}: the range {item.strip()} runs backwards")
+        gpus.extend(range(first, last + 1))
+    twice = sorted({gpu for gpu in gpus if gpus.count(gpu) > 1})
+    if twice:
+        raise RsampleError(f"{option} {text!r} lists GPU {', '.join(map(str, twice))} twice")
+    return gpus
+
+
+def assign_gpus(gpus: str | None, role: str | None, generate: str | None, reward: str | None) -> dict[str, list[int]]:
+    """The GPUs of each role, from either `--gpus` with `--role` or `--generate` / `--reward`."""
+    if gpus is not None or role is not None:
+        if generate is not None or reward is not None:
+            raise RsampleError("use either --gpus with --role, or --generate / --reward, not both")
+        if gpus is None or role is None:
+            raise RsampleError("--gpus and --role go together, e.g. --gpus 0-3 --role generate")
+        return {role: parse_gpus(gpus, "--gpus")}
+    if generate is None and reward is None:
+        raise RsampleError("say which GPUs to use: --gpus 0-3 --role generate, or --generate 0-5 --reward 6-7")
+    assignment = {}
+    if generate is not None:
+        assignment["generate"] = parse_gpus(generate, "--generate")
+    if reward is not None:
+        assignment["reward"] = parse_gpus(reward, "--reward")
+    shared = sorted(set(assignment.get("generate", [])) & set(assignment.get("reward", [])))
+    if shared:
+        raise RsampleError(f"GPU {', '.join(map(str, shared))} given to both --generate and --reward")
+    return assignment
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker to keep alive: its role and the GPUs it is pinned to."""
+
+    role: str
+    gpus: tuple[int, ...]
+
+    @property
+    def devices(self) -> str:
+        """The value of CUDA_VISIBLE_DEVICES and of `rsample worker --gpu`."""
+        return ",".join(map(str, self.gpus))
+
+    def __str__(self) -> str:
+        return f"{self.role} worker on GPU {self.devices}"
+
+
+def plan_workers(assignment: dict[str, list[int]], gpus_per_worker: int, source: str = "--gpus-per-worker") -> list[WorkerSpec]:
+    """Generation workers get `gpus_per_worker` consecutive GPUs each (tensor parallelism); reward workers one."""
+    if gpus_per_worker < 1:
+        raise RsampleError(f"{source} must be at least 1 (got {gpus_per_worker})")
+    generate = assignment.get("generate", [])
+    if len(generate) % gpus_per_worker:
+        raise RsampleError(f"{len(generate)} generation GPUs do not split into workers of {gpus_per_worker} GPUs ({source})")
+    specs = [WorkerSpec("generate", tuple(generate[i:i + gpus_per_worker])) for i in range(0, len(generate), gpus_per_worker)]
+    return specs + [WorkerSpec("reward", (gpu,)) for gpu in assignment.get("reward", [])]
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class Child:
+    """A spec's current process and its restart bookkeeping."""
+
+    spec: WorkerSpec
+    log_path: Path
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    starts: int = 0
+    quick_failures: int = 0
+    restart_at: float = 0.0
+    given_up: bool = False
+
+
+class Supervisor:
+    """Keeps one child per spec alive until SIGINT / SIGTERM, then stops them all and returns 0.
+
+    Returns 1 once every worker has been given up. Children run in their own session, so a terminal's
+    Ctrl-C reaches only the supervisor, which then sends each child exactly one SIGTERM (RQ's warm
+    shutdown: finish the current job); a second Ctrl-C kills them at once.
+    """
+
+    def __init__(self, specs: list[WorkerSpec], redis_url: str, run_id: str, log_dir: Path,
+                 role_args: dict[str, list[str]] | None = None, restart_backoff: float = defaults.RESTART_BACKOFF,
+                 give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS):
+        self.redis_url = redis_url
+        self.run_id = run_id
+        self.role_args = role_args or {}
+        self.backoff = ExponentialBackoff(cap=defaults.RESTART_BACKOFF_CAP, base=restart_backoff)
+        self.give_up_after = give_up_after
+        self.stop_grace = stop_grace
+        self.log_dir = log_dir / re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+        self.children = [Child(spec, self.log_dir / f"{spec.role}-gpu{spec.devices.replace(',', '-')}.log") for spec in specs]
+        self.signals = 0
+
+    def say(self, message: str) -> None:
+        click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}")
+
+    def command(self, spec: WorkerSpec) -> list[str]:
+        return [*RSAMPLE_COMMAND, "worker", spec.role, "--run", self.run_id, "--gpu", spec.devices,
+                *self.role_args.get(spec.role, [])]
+
+    def start(self, child: Child) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if child.log_path.exists():  # keep the previous attempt's log; the new one starts empty so its last words are its own
+            child.log_path.replace(child.log_path.with_name(child.log_path.name + ".1"))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", REDIS_URL_ENV: self.redis_url, "CUDA_VISIBLE_DEVICES": child.spec.devices}
+        with child.log_path.open("w") as log_file:
+            child.process = subprocess.Popen(
+                self.command(child.spec), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True, preexec_fn=die_with_parent,  # a SIGKILLed supervisor leaves no orphans
+            )
+        child.started_at = time.monotonic()
+        child.starts += 1
+        verb = "started" if child.starts == 1 else f"restarted (start {child.starts})"
+        self.say(f"{verb} {child.spec} (pid {child.process.pid}; log {child.log_path})")
+
+    def reap(self, child: Child, code: int) -> None:
+        """A child exited by itself: schedule its restart, or give up on a worker that never gets going."""
+        lived = time.monotonic() - child.started_at
+        child.quick_failures = child.quick_failures + 1 if lived < defaults.QUICK_FAILURE_SECONDS else 0
+        said = f"{child.spec} (pid {child.process.pid}) {describe_exit(code)} after {lived:.1f} s: {last_words(child.log_path)}"
+        child.process = None
+        if child.quick_failures >= self.give_up_after:
+            child.given_up = True
+            self.say(f"{said}; giving up after {child.quick_failures} failures in a row within {defaults.QUICK_FAILURE_SECONDS:g} s "
+                     f"of starting (log: {child.log_path})")
+            return
+        delay = self.backoff.compute(max(child.quick_failures - 1, 0))
+        child.restart_at = time.monotonic() + delay
+        self.say(f"{said}; restarting in {delay:g} s")
+
+    def run(self) -> int:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+        for child in self.children:
+            self.start(child)
+        while not self.signals:
+            for child in self.children:
+                if child.process is not None:
+                    code = child.process.poll()
+                    if code is not None:
+                        self.reap(child, code)
+                elif not child.given_up and time.monotonic() >= child.restart_at:
+                    self.start(child)
+            if all(child.given_up for child in self.children):
+                self.say("every worker has been given up: exiting")
+                return 1
+            time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        live = [child for child in self.children if child.process is not None and child.process.poll() is None]
+        self.say(f"stopping {len(live)} worker(s): SIGTERM, then SIGKILL after {self.stop_grace:g} s or at a second Ctrl-C")
+        for child in live:
+            child.process.terminate()
+        deadline = time.monotonic() + self.stop_grace
+        while self.signals < 2 and time.monotonic() < deadline and any(child.process.poll() is None for child in live):
+            time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
+        for child in live:
+            if child.process.poll() is None:
+                child.process.kill()
+            self.say(f"stopped {child.spec} (pid {child.process.pid}): it {describe_exit(child.process.wait())}")
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals += 1
+
+
+def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int]], gpus_per_worker: int | None,
+              role_args: dict[str, list[str]], log_dir: Path, restart_backoff: float = defaults.RESTART_BACKOFF,
+              give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS) -> int:
+    """Runs the supervisor for one run until it is stopped; returns the exit code."""
+    config = load_run(connect(redis_url, patient=False), run_id)  # resolved once: every child serves the same run
+    if gpus_per_worker is not None:
+        specs = plan_workers(assignment, gpus_per_worker)
+    else:
+        specs = plan_workers(assignment, config.models.tensor_parallel_size, "the run's --tensor-parallel-size")
+    supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_grace)
+    plan = "; ".join(f"{spec.role} on GPU {spec.devices}" for spec in specs)
+    supervisor.say(f"run {config.run_id} on {redact_url(redis_url)}: {len(specs)} worker(s): {plan}")
+    return supervisor.run()

@@ -1,0 +1,186 @@
+"""Starting a long-lived worker process: pin the GPU, load the models once, then serve RQ jobs.
+
+RQ's `SimpleWorker` runs jobs in this process (no fork): the forking worker hangs once torch has
+run in the parent, and would reload the model for every job. Plain `SimpleWorker` claims a job for
+its whole timeout (hours for generation), so a killed worker's job would wait that long; here a
+heartbeat thread keeps the claim short and alive only while this process is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from rq import SimpleWorker
+from rq.exceptions import StopRequested
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
+
+from rsample.workers.common import defaults
+from rsample.workers.common.config import WORKER_ROLES
+from rsample.workers.common.errors import RsampleError
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatWorker(SimpleWorker):
+    """A SimpleWorker whose running job stays claimed for `heartbeat_ttl` seconds past its last heartbeat."""
+
+    heartbeat_ttl = defaults.JOB_HEARTBEAT_TTL
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        return self.heartbeat_ttl
+
+    def execute_job(self, job, queue):
+        execution = self.prepare_execution(job)
+        self._outlive_registry(execution)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="rsample-heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join(timeout=defaults.HEARTBEAT_JOIN_TIMEOUT)  # a beat stuck waiting for Redis must not hold the job loop
+        self.set_state(WorkerStatus.IDLE)
+
+    def _outlive_registry(self, execution) -> None:
+        """RQ lists an execution in its job's registry 60 s longer than the execution itself lives; a job
+        requeued from a dead worker within that window fails on the missing execution. Outlive the listing."""
+        self.connection.expire(execution.key, self.heartbeat_ttl + 120)
+
+    def _beat(self, job, execution, stop: threading.Event) -> None:
+        while not stop.wait(max(1.0, self.heartbeat_ttl / 4)):
+            try:
+                with self.connection.pipeline() as pipe:
+                    execution.heartbeat(job.started_job_registry, self.heartbeat_ttl, pipeline=pipe)
+                    self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
+                    pipe.execute()
+                self._outlive_registry(execution)
+            except Exception as exc:  # Redis away: the main thread's own retries will say so
+                log.debug("heartbeat of job %s failed: %s", job.id, exc)
+
+
+class SlotWorker(HeartbeatWorker):
+    """One more job loop in the same process, on its own thread, sharing the loaded models.
+
+    Only the main thread may handle signals and SIGALRM, so a slot times jobs out with a timer and is
+    stopped by the main worker; it polls the queue briefly so that a stop reaches it within seconds.
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return defaults.SLOT_DEQUEUE_TIMEOUT
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+    def heartbeat(self, *args, **kwargs):
+        if self._stop_requested and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()  # reached between two polls of the queue: the work loop ends there
+        return super().heartbeat(*args, **kwargs)
+
+
+class MainWorker(HeartbeatWorker):
+    """The main thread's job loop: a stop signal also tells the slots to stop after their current job."""
+
+    slots: tuple[SlotWorker, ...] = ()
+
+    def request_stop(self, signum, frame):
+        for slot in self.slots:
+            slot._stop_requested = True
+        super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum, frame):
+        """A second Ctrl-C or SIGTERM ends the process at once, even while it waits for a Redis that went away
+        (RQ's own cold shutdown would wait for Redis too). A job it leaves is requeued by the heartbeat check."""
+        log.warning("worker %s: second stop signal, exiting now", self.name)
+        logging.shutdown()
+        os._exit(128 + signum)
+
+
+def run_slots(make_worker, slots: int, burst: bool) -> None:
+    """Runs `slots` job loops in this process: slot 0 on the main thread, the others on threads."""
+    main = make_worker(MainWorker, 0)
+    main.slots = tuple(make_worker(SlotWorker, index) for index in range(1, slots))
+    threads = [
+        threading.Thread(target=slot.work, kwargs={"burst": burst, "with_scheduler": False, "logging_level": "WARNING"},
+                         name=f"rsample-slot-{index}", daemon=True)
+        for index, slot in enumerate(main.slots, start=1)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        main.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+    finally:
+        for slot in main.slots:
+            slot._stop_requested = True
+        for thread in threads:  # a slot finishes its job; an idle one notices the stop at its next poll
+            thread.join()
+
+
+def default_slots(role: str, backend: str) -> int:
+    """Jobs a worker runs at once: two keep a vLLM engine fed across batch tails; other backends gain nothing."""
+    return 2 if role == "generate" and backend == "vllm" else 1
+
+
+def pin_gpu(gpu: str | None) -> None:
+    """Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
+          reward_model_indices: list[int] | None = None, burst: bool = False, slots: int | None = None) -> None:
+    pin_gpu(gpu)
+    from rq.serializers import JSONSerializer
+
+    from rsample.workers.backends.registry import load_generator, load_reward_backend
+    from rsample.workers.runtime import worker_context
+    from rsample.workers.runtime.connection import connect
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.run_state import load_run
+    from rsample.workers.runtime.safe_job import SafeJob
+
+    if role not in WORKER_ROLES:
+        raise RsampleError(f"unknown worker role {role!r} (use {' or '.join(WORKER_ROLES)})")
+    if slots is not None and slots < 1:
+        raise RsampleError(f"--slots must be at least 1 (got {slots})")
+    client = connect(redis_url)
+    config = load_run(client, run_id)
+    keys = RunKeys(config.run_id)
+    context = worker_context.WorkerContext(client=client, config=config)
+    started = time.perf_counter()
+    if role == "generate":
+        context.generator = load_generator(config)
+        queues = [keys.generate_queue]
+        log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
+    else:
+        indices = reward_model_indices if reward_model_indices is not None else list(range(len(config.reward_models)))
+        for index in indices:
+            if not 0 <= index < len(config.reward_models):
+                raise RsampleError(f"run {config.run_id} has {len(config.reward_models)} reward models; there is no index {index}")
+            context.reward_models[index] = load_reward_backend(config, index)
+        queues = [keys.score_queue(i) for i in indices]
+        log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
+    worker_context.install(context)
+    backend = config.models.generation_backend if role == "generate" else config.models.reward_backend
+    slots = slots or default_slots(role, backend)
+    base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
+
+    def make_worker(worker_class, index: int) -> HeartbeatWorker:
+        worker = worker_class(
+            queues, connection=client, serializer=JSONSerializer, job_class=SafeJob,
+            name=base_name if index == 0 else f"{base_name}-slot{index}",
+            maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL,
+        )
+        worker.heartbeat_ttl = config.jobs.heartbeat_ttl
+        return worker
+
+    log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots)
+    run_slots(make_worker, slots, burst)

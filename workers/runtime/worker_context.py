@@ -1,0 +1,39 @@
+"""What a worker process loaded once at start-up, handed to every job it runs (arq's `ctx`, for RQ).
+
+RQ calls job functions by dotted path with JSON arguments only; the loaded models live here,
+installed by `rsample.workers.runtime.worker` before the first job, never reloaded per job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from rsample.workers.backends.base import GenerationBackend, RewardBackend
+from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import RsampleError
+
+
+@dataclass
+class WorkerContext:
+    client: redis.Redis
+    config: RunConfig
+    generator: GenerationBackend | None = None
+    reward_models: dict[int, RewardBackend] = field(default_factory=dict)
+
+
+_context: WorkerContext | None = None
+
+
+def install(context: WorkerContext) -> None:
+    global _context
+    _context = context
+
+
+def current(run_id: str) -> WorkerContext:
+    if _context is None:
+        raise RsampleError("rsample jobs run only in `rsample worker` processes, which load the models first")
+    if _context.config.run_id != run_id:
+        raise RsampleError(f"this worker serves run {_context.config.run_id}, not {run_id}")
+    return _context
