@@ -279,15 +279,13 @@ def status(redis_url, run_id, as_json) -> None:
 @click.option("--port", type=int, default=9181, show_default=True)
 @click.option("--bind", default="127.0.0.1", show_default=True)
 def dashboard(redis_url, port, bind) -> None:
-    """Start rq-dashboard on the run's Redis, with the JSON serializer its job pages need."""
-    import subprocess
-
+    """Serve rq-dashboard on the run's Redis, with the JSON serializer its job pages need, until Ctrl-C / SIGTERM."""
     from rsample.workers.runtime.connection import connect
+    from rsample.workers.runtime.dashboard import serve_dashboard
 
     connect(redis_url, patient=False)
-    command = [sys.executable, "-m", "rq_dashboard", "--redis-url", redis_url, "--json", "--port", str(port), "--bind", bind]
     click.echo(f"rq-dashboard on http://{bind}:{port} for {redact_url(redis_url)}")
-    sys.exit(subprocess.call(command))
+    serve_dashboard(redis_url, bind, port)
 
 
 @main.command("workers")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no Hub here: a missing model must fail at once, not after retries
@@ -17,6 +19,68 @@ import redis  # noqa: E402
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _children_by_parent() -> dict[int, list[tuple[int, str]]]:
+    """Live processes by parent pid, each with its state letter (Z: a zombie, already dead)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                after_name = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(after_name[1]), []).append((int(entry.name), after_name[0]))
+    return children
+
+
+def _live_descendants(pid: int) -> list[int]:
+    """Descendants that still run; zombies (reparented orphans that exited) are reaped on the way."""
+    tree, found, todo = _children_by_parent(), [], [pid]
+    while todo:
+        for child, state in tree.get(todo.pop(), []):
+            if state == "Z":
+                try:
+                    os.waitpid(child, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            else:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """The suite leaves no process behind. This process becomes the subreaper of everything the tests start, so an
+    orphan (a worker whose parent was killed, a server nobody stopped) is reparented here instead of vanishing
+    under init, and is found, killed and reported when the session ends."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    yield
+    deadline = time.monotonic() + 15  # processes that are being stopped get a moment to finish
+    while (left := _live_descendants(os.getpid())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if left:
+        described = [f"{pid}: {_cmdline(pid)}" for pid in left]
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _live_descendants(os.getpid())
+        pytest.fail("the test session left processes running:\n" + "\n".join(described), pytrace=False)
+
 
 @pytest.fixture(autouse=True)
 def reap_processes():

@@ -1,16 +1,22 @@
-"""`rsample dashboard` starts rq-dashboard with the JSON serializer, so job views work on our JSON jobs."""
+"""`rsample dashboard` serves rq-dashboard in-process with the JSON serializer, so job views work on our JSON jobs,
+and stopping it leaves nothing behind."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
+import pytest
 from conftest import REPO, rsample
 
 from rsample.producer.driver.ledger import Ledger
 from rsample.producer.feeder import Feeder
-from rsample.workers.runtime.embedded_redis import free_port
+from rsample.workers.runtime.connection import REDIS_URL_ENV
+from rsample.workers.runtime.embedded_redis import EmbeddedRedis, free_port
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import generation_job_id
 from rsample.workers.runtime.run_state import load_run
@@ -51,3 +57,42 @@ def test_dashboard_shows_queues_and_job_details(redis_server, redis_client, chat
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of live processes (other than this test's) that contain `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_dashboard_leaves_nothing_running_and_never_shows_the_password(tmp_path, stop):
+    password = "dash-Secret-9c1"
+    with EmbeddedRedis(data_dir=tmp_path / "redis", password=password) as server:
+        port = free_port()
+        dashboard = subprocess.Popen([sys.executable, "-m", "rsample.producer", "dashboard", "--port", str(port)], cwd=REPO,
+                                     env={**os.environ, REDIS_URL_ENV: server.url}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            status, body = fetch(f"http://127.0.0.1:{port}/0/data/queues.json")
+            assert status == 200 and json.loads(body)["queues"] == []  # it reached the password-protected Redis
+            assert _processes_naming(password) == []
+            assert [line for line in _processes_naming(str(port)) if "rq_dashboard" in line] == []  # in-process: no child to outlive it
+            dashboard.send_signal(stop)
+            code = dashboard.wait(timeout=30)
+            assert code == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
+        finally:
+            if dashboard.poll() is None:
+                dashboard.kill()
+                dashboard.wait()
+        output = dashboard.stdout.read().decode()
+        assert password not in output and "***" in output
+        with pytest.raises(OSError):  # the port is closed: nothing serves it any more
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
