@@ -95,6 +95,10 @@ class Coordinator:
         if self.client.exists(self.keys.config):
             return
         log.warning("Redis lost run %s (restarted without persistence?): re-creating it and re-feeding the rows not yet written", self.config.run_id)
+        # Counters written since the restart are not the run's: a feeder or worker write that reached the new, empty
+        # Redis first (a feed cursor at the end, "feed done") would stop the rows lost in flight from being fed again.
+        # Start them afresh: the ledger alone says what is written, and it ignores whatever is delivered twice.
+        self.client.delete(self.keys.stats)
         save_run(self.client, self.config)
         self.feeder.restart()
         self.collector.cursor = "0"
