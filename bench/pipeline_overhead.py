@@ -103,7 +103,7 @@ def main(argv=None) -> None:
         if policy is None:
             from rsample.workers.backends.tiny_models import build_policy
 
-            policy = str(build_policy(workdir / "policy", max_position_embeddings=1024, hidden_size=256, layers=4))
+            policy = str(build_policy(workdir / "policy", max_position_embeddings=1024, hidden_size=256, layers=4, eos_logit=None))  # fixed length
         config = make_config(args, write_prompts(workdir / "prompts.jsonl", args.prompts), policy)
         (workdir / "config.json").write_text(config.to_json())
         directs, pipelines = [], []

@@ -7,6 +7,7 @@ Heavy imports (torch, transformers) happen inside commands, after `--gpu` has pi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -27,7 +28,7 @@ from rsample.workers.common.config import (
     JobSettings,
     ModelSettings,
     RunConfig,
-    SamplingConfig,
+    resolve_sampling,
 )
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.connection import REDIS_URL_ENV, redact_url
@@ -49,14 +50,22 @@ def run_options(command):
         click.option("--policy", required=True, help="Chat model that samples completions: Hub id, folder or .gguf file."),
         click.option("--reward-model", "reward_models", multiple=True, required=True, help="Sequence-classification reward model; repeat for several."),
         click.option("--n", type=int, default=4, show_default=True, help="Completions sampled per prompt."),
-        click.option("--temperature", type=float, default=0.7, show_default=True),
-        click.option("--top-p", type=float, default=1.0, show_default=True),
+        click.option("--temperature", type=float, help="Sampling temperature (default: the policy's generation_config, else 0.7)."),
+        click.option("--top-p", type=float, help="Nucleus sampling (default: the policy's generation_config, else 1.0)."),
+        click.option("--top-k", type=int, help="Top-k cut, 0 for none (default: the policy's generation_config, else 0)."),
+        click.option("--min-p", type=float, help="Min-p cut (default: the policy's generation_config, else 0)."),
+        click.option("--repetition-penalty", type=float, help="Default: the policy's generation_config, else 1.0 (none)."),
         click.option("--max-new-tokens", type=int, default=256, show_default=True),
+        click.option("--max-prompt-tokens", type=int, default=defaults.MAX_PROMPT_TOKENS, show_default=True,
+                     help="Skip (and count) prompts longer than this many policy tokens."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--batch-size", type=int, default=defaults.PROMPTS_PER_JOB, show_default=True, help="Prompts per generation job."),
         click.option("--include-reference", is_flag=True, help="Score the dataset's reference completion as one more candidate."),
-        click.option("--combine", type=click.Choice(COMBINE_METHODS), default="mean", show_default=True, help="How several reward models decide."),
-        click.option("--min-margin", type=float, help="Drop pairs whose combined score gap is smaller."),
+        click.option("--combine", type=click.Choice(COMBINE_METHODS),
+                     help="How reward models' scores combine: mean (raw), standardized (z-scores per prompt, averaged), vote. "
+                          "Default: mean with one reward model, standardized with several."),
+        click.option("--min-margin", type=float, help="Drop pairs whose combined score gap is smaller (in the combination's units)."),
+        click.option("--keep-truncated", is_flag=True, help="Let a completion cut at --max-new-tokens (or empty) be the chosen one."),
         click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
         click.option("--backend", type=click.Choice(GENERATION_BACKENDS), default="transformers", show_default=True, help="Generation backend (vllm: pip install 'rsample[vllm]'; echo: zero-cost, for benchmarks)."),
         click.option("--reward-backend", type=click.Choice(REWARD_BACKENDS), default="transformers", show_default=True, help="Reward backend (vllm: pooling runner; length: zero-cost, for benchmarks)."),
@@ -74,13 +83,19 @@ def run_options(command):
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+"""Sampling flags whose default is the policy's own (its generation_config.json), then rsample's."""
+
+
 def build_config(params: dict) -> RunConfig:
+    """The run's settings from the command line; the policy's sampling defaults fill the sampling flags not given."""
+    plain_sampling = {name: params[name] for name in ("n", "max_new_tokens", "seed", "max_prompt_tokens")}
     config = RunConfig(
         run_id=params["run_id"],
         data=DataSelection(params["dataset"], params["split"], params["start"], params["end"], params["num_prompts"], params["system_prompt"]),
         policy=params["policy"],
         reward_models=tuple(params["reward_models"]),
-        sampling=SamplingConfig(params["n"], params["temperature"], params["top_p"], params["max_new_tokens"], params["seed"]),
+        sampling=resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, {}, **plain_sampling)[0],
         models=ModelSettings(
             params["dtype"], params["backend"], params["reward_backend"], params["reward_batch_size"],
             params["tensor_parallel_size"], params["max_model_len"], params["gpu_memory_utilization"],
@@ -90,13 +105,19 @@ def build_config(params: dict) -> RunConfig:
         include_reference=params["include_reference"],
         combine=params["combine"],
         min_margin=params["min_margin"],
+        keep_truncated=params["keep_truncated"],
         command=redacted_command(sys.argv[1:]),
     )
-    from rsample.workers.backends.models import check_policy, check_reward_model
+    from rsample.workers.backends.models import check_policy, check_reward_model, policy_sampling_defaults
     from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
 
     if config.models.generation_backend != ZERO_COST_GENERATION:
         check_policy(config.policy)
+        sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),
+                                             **plain_sampling)
+        config = dataclasses.replace(config, sampling=sampling)
+        logging.getLogger(__name__).info(
+            "sampling: %s", ", ".join(f"{name}={getattr(sampling, name)} ({sources[name]})" for name in SAMPLING_FIELDS))
     if config.models.reward_backend != ZERO_COST_REWARD:
         for reward_model in config.reward_models:
             check_reward_model(reward_model)

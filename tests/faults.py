@@ -87,6 +87,16 @@ def kill_mid_job(process: subprocess.Popen, client, queue_name: str, restart, at
     raise AssertionError(f"never caught a job of {queue_name} mid-flight")
 
 
+SCORED_OUTCOMES = ("pair", "dropped_margin", "dropped_tie", "dropped_unfinished", "dropped_disagreement")
+"""Outcomes of prompts whose candidates were all scored: each has its rows in the scores file."""
+TOO_LONG_FOR_REWARDS = "fewer than two candidates fit every reward model's context"
+
+
+def prompts_that_got_candidates(counts: dict[str, int]) -> int:
+    """Prompts that were generated and judged: a pair, or dropped for a reason of the data (identical, tie, ...)."""
+    return sum(counts.get(kind, 0) for kind in (*SCORED_OUTCOMES, "dropped_identical"))
+
+
 def outcome_rows(out: Path) -> list[dict]:
     return read_jsonl(out.with_name(f"{out.stem}.outcomes.jsonl"))[1:]
 
@@ -108,7 +118,8 @@ def assert_exactly_once(out: Path, scores: Path | None, dataset_rows: list) -> d
     if scores is not None:
         keys = [(s["prompt_id"], s["completion_index"]) for s in read_jsonl(scores)]
         assert len(keys) == len(set(keys)), "a score row is written twice"
-        assert {k[0] for k in keys} == {o["prompt_id"] for o in outcomes if o["outcome"] in ("pair", "dropped_margin")}
+        scored = {o["prompt_id"] for o in outcomes if o["outcome"] in SCORED_OUTCOMES or o.get("reason") == TOO_LONG_FOR_REWARDS}
+        assert {k[0] for k in keys} == scored
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o["outcome"]] = counts.get(o["outcome"], 0) + 1

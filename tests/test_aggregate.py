@@ -1,9 +1,12 @@
-"""The aggregator's decisions on plain data: identical drops, margins, skips and failed batches."""
+"""The aggregation stage's decisions on plain data: identical drops, margins, skips, failed batches, who may be chosen,
+ties, and candidates too long for a reward model."""
 
 from rsample.workers.common.config import DataSelection, RunConfig
 from rsample.workers.common.messages import (
     DROPPED_IDENTICAL,
     DROPPED_MARGIN,
+    DROPPED_TIE,
+    DROPPED_UNFINISHED,
     PAIR,
     SKIPPED,
     Candidate,
@@ -14,21 +17,23 @@ from rsample.workers.common.messages import (
 )
 from rsample.workers.stages.aggregate import aggregate_batch
 
-ROWS = {"pair": 0, "same": 1, "long": 2, "close": 3, "rm-skip": 4, "a": 5, "b": 6}
+ROWS = {"pair": 0, "same": 1, "long": 2, "close": 3, "rm-skip": 4, "a": 5, "b": 6, "cut": 7, "tie": 8, "three": 9}
 
 
 def config(**overrides):
     return RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm-a", "rm-b"), **overrides)
 
 
-def prompt(pid, texts, skip=None):
+def prompt(pid, texts, skip=None, finish=None):
+    """`finish`: each candidate's finish reason (default "stop")."""
     record = PromptRecord(pid, [{"role": "user", "content": pid}], row_index=ROWS[pid])
-    return GeneratedPrompt(record, [Candidate(t, [i]) for i, t in enumerate(texts)], len(texts), skip)
+    finish = finish or ["stop"] * len(texts)
+    candidates = [Candidate(t, [i], num_tokens=len(t), finish_reason=f) for i, (t, f) in enumerate(zip(texts, finish))]
+    return GeneratedPrompt(record, candidates, len(texts), skip)
 
 
-def verdicts(scores_a, scores_b, skip_b=None):
-    return [{pid: {"scores": s, "skip_reason": None} for pid, s in scores_a.items()},
-            {pid: {"scores": None if skip_b and pid in skip_b else s, "skip_reason": skip_b.get(pid) if skip_b else None} for pid, s in scores_b.items()}]
+def verdicts(scores_a, scores_b):
+    return [{pid: {"scores": s, "skip_reason": None} for pid, s in scores.items()} for scores in (scores_a, scores_b)]
 
 
 def test_each_prompt_ends_as_exactly_one_outcome():
@@ -41,10 +46,9 @@ def test_each_prompt_ends_as_exactly_one_outcome():
     ])
     scored = verdicts(
         {"pair": [1.0, 5.0, 0.0], "close": [1.0, 1.1], "rm-skip": [0.0, 1.0]},
-        {"pair": [2.0, 4.0, 1.0], "close": [1.0, 1.1], "rm-skip": [0.0, 1.0]},
-        skip_b={"rm-skip": "conversation longer than reward model 1's context"},
+        {"pair": [2.0, 4.0, 1.0], "close": [1.0, 1.1], "rm-skip": [0.0, None]},  # None: longer than model 1's context
     )
-    outcome = aggregate_batch(config(min_margin=0.5), batch, scored)
+    outcome = aggregate_batch(config(min_margin=0.5, combine="mean"), batch, scored)
     assert [row["prompt_id"] for row in outcome.rows] == ["pair"]
     assert outcome.rows[0]["chosen"][-1]["content"] == "y"
     assert outcome.rows[0]["rejected"][-1]["content"] == "z"
@@ -54,9 +58,11 @@ def test_each_prompt_ends_as_exactly_one_outcome():
         Outcome(1, "same", DROPPED_IDENTICAL),
         Outcome(2, "long", SKIPPED, "prompt longer than the policy context"),
         Outcome(3, "close", DROPPED_MARGIN),
-        Outcome(4, "rm-skip", SKIPPED, "conversation longer than reward model 1's context"),
+        Outcome(4, "rm-skip", SKIPPED, "fewer than two candidates fit every reward model's context"),
     ]
-    assert {row["prompt_id"] for row in outcome.score_rows} == {"pair", "close"}
+    assert {row["prompt_id"] for row in outcome.score_rows} == {"pair", "close", "rm-skip"}
+    too_long = [row for row in outcome.score_rows if row["prompt_id"] == "rm-skip" and row["completion_index"] == 1]
+    assert too_long[0]["scores"] == {"rm-a": 1.0, "rm-b": None}
 
 
 def test_a_failed_scoring_job_skips_only_the_prompts_it_had_to_score():
@@ -67,3 +73,38 @@ def test_a_failed_scoring_job_skips_only_the_prompts_it_had_to_score():
         Outcome(5, "a", SKIPPED, "scoring with reward model 0 failed: RuntimeError: boom"),
         Outcome(6, "b", DROPPED_IDENTICAL),
     ]
+
+
+def test_a_candidate_too_long_for_a_reward_model_drops_that_candidate_not_the_prompt():
+    batch = GeneratedBatch("r9", [prompt("three", ["x", "yy", "zzz"])])
+    scored = verdicts({"three": [0.0, 9.0, 1.0]}, {"three": [0.0, None, 1.0]})  # the best one is too long for model b
+    outcome = aggregate_batch(config(combine="mean"), batch, scored)
+    assert outcome.outcomes == [Outcome(9, "three", PAIR)]
+    assert (outcome.rows[0]["chosen"][-1]["content"], outcome.rows[0]["rejected"][-1]["content"]) == ("zzz", "x")
+
+
+def test_a_cut_off_or_empty_completion_is_never_chosen_but_may_be_rejected():
+    batch = GeneratedBatch("r7", [prompt("cut", ["finished", "cut off", "  ", "worst"], finish=["stop", "length", "stop", "stop"])])
+    scored = verdicts({"cut": [1.0, 9.0, 8.0, -5.0]}, {"cut": [1.0, 9.0, 8.0, -5.0]})
+    row = aggregate_batch(config(combine="mean"), batch, scored).rows[0]
+    assert (row["chosen"][-1]["content"], row["rejected"][-1]["content"]) == ("finished", "worst")
+    row = aggregate_batch(config(combine="mean", keep_truncated=True), batch, scored).rows[0]
+    assert row["chosen"][-1]["content"] == "cut off"  # --keep-truncated: the old behaviour
+    # the cut-off candidate is the worst one: it is rejected
+    scored = verdicts({"cut": [1.0, -9.0, 0.0, 0.5]}, {"cut": [1.0, -9.0, 0.0, 0.5]})
+    row = aggregate_batch(config(combine="mean"), batch, scored).rows[0]
+    assert (row["chosen"][-1]["content"], row["rejected"][-1]["content"]) == ("finished", "cut off")
+
+
+def test_a_prompt_without_a_finished_candidate_is_dropped_with_its_own_reason():
+    batch = GeneratedBatch("r7", [prompt("cut", ["one", "two"], finish=["length", "length"])])
+    outcome = aggregate_batch(config(), batch, verdicts({"cut": [1.0, 2.0]}, {"cut": [1.0, 2.0]}))
+    assert outcome.rows == [] and outcome.outcomes == [Outcome(7, "cut", DROPPED_UNFINISHED)]
+    assert [row["finish_reason"] for row in outcome.score_rows] == ["length", "length"]
+    assert [row["num_tokens"] for row in outcome.score_rows] == [3, 3]
+
+
+def test_a_tie_carries_no_preference_and_is_counted():
+    batch = GeneratedBatch("r8", [prompt("tie", ["a", "b"])])
+    outcome = aggregate_batch(config(), batch, verdicts({"tie": [2.0, 2.0]}, {"tie": [-1.0, -1.0]}))
+    assert outcome.rows == [] and outcome.outcomes == [Outcome(8, "tie", DROPPED_TIE)]

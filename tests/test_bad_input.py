@@ -3,7 +3,7 @@
 import json
 
 from conftest import read_jsonl, rsample
-from faults import assert_exactly_once
+from faults import assert_exactly_once, prompts_that_got_candidates
 
 GOOD = [{"prompt": f"explain step {i} of the {word} test"} for i, word in enumerate(["river", "city", "music", "code"] * 10)]
 BAD = {
@@ -42,7 +42,7 @@ def test_mixed_dataset_gives_all_good_pairs_and_counts_every_bad_row(tiny_models
 
     as_rows = [row.decode("latin-1") if isinstance(row, bytes) else row for row in rows]  # raw lines are not prompts
     counts = assert_exactly_once(out, None, as_rows)
-    assert counts.get("pair", 0) + counts.get("dropped_identical", 0) == len(GOOD)
+    assert prompts_that_got_candidates(counts) == len(GOOD)
     assert counts["duplicate"] == 3
     skipped = {}
     for outcome in read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:]:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import rsample, write_jsonl
-from faults import assert_exactly_once, kill, kill_mid_job, outcome_rows, processes_mentioning, start, wait_for
+from faults import assert_exactly_once, kill, kill_mid_job, outcome_rows, processes_mentioning, prompts_that_got_candidates, start, wait_for
 
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
@@ -47,7 +47,7 @@ def settings(dataset, models, *extra):
 
 
 def check_counts(counts):
-    assert counts.get("pair", 0) + counts.get("dropped_identical", 0) == len(GOOD)
+    assert prompts_that_got_candidates(counts) == len(GOOD)
     assert counts["duplicate"] == 1
     assert counts["skipped"] == 4  # bad JSON, empty, refused by the template, too long
 
@@ -180,7 +180,7 @@ def test_a_prompt_that_kills_its_worker_ends_alone_in_the_failed_registry(redis_
             process.kill()
     assert len(killed) == 4  # the batch twice (1 retry), then the half holding the poison prompt twice
     counts = assert_exactly_once(out, None, rows)
-    assert counts.get("pair", 0) + counts.get("dropped_identical", 0) == len(rows) - 1
+    assert prompts_that_got_candidates(counts) == len(rows) - 1
     skipped = [o for o in outcome_rows(out) if o["outcome"] == "skipped"]
     assert [o["row_index"] for o in skipped] == [5]
     assert skipped[0]["reason"].startswith("generation failed: AbandonedJobError")

@@ -64,3 +64,32 @@ def test_a_failed_push_is_one_line_and_keeps_the_files(tmp_path):
     with pytest.raises(RsampleError, match="could not push to the Hub dataset me/pairs .*kept locally.*401 Unauthorized"):
         push_to_hub("me/pairs", config, summary, files, api=RecordingApi(fail=RuntimeError("401 Unauthorized\nmore")))
     assert files["pairs"].exists()
+
+
+class FolderApi:
+    """The Hub as a folder: each commit's files land where the Hub would put them in the dataset repo."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def create_repo(self, repo_id, **kwargs):
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for operation in operations:
+            source = operation.path_or_fileobj
+            data = source if isinstance(source, bytes) else open(source, "rb").read()
+            (self.folder / operation.path_in_repo).write_bytes(data)
+
+
+def test_the_card_declares_pairs_and_scores_as_two_configs(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    config, summary, files = make_run(tmp_path)
+    push_to_hub("me/pairs", config, summary, files, api=FolderApi(tmp_path / "repo"))
+    card = DatasetCard((tmp_path / "repo" / "README.md").read_text())
+    configs = {c["config_name"]: c for c in card.data.configs}
+    assert set(configs) == {"pairs", "scores"}
+    assert configs["pairs"]["default"] is True and "default" not in configs["scores"]
+    assert configs["pairs"]["data_files"] == [{"split": "train", "path": "pairs.jsonl"}]
+    assert card.data.tags == ["rejection-sampling", "preference", "rsample"]

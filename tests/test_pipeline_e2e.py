@@ -1,10 +1,12 @@
 """`rsample run` end to end: embedded Redis, real worker processes, tiny real models, real files."""
 
+import statistics
 from collections import defaultdict
 
 import pytest
 import torch
 from conftest import CHAT_ROWS, read_jsonl, rsample, write_jsonl
+from oracles import reference_reward
 
 from rsample.producer.prompts import extract_prompt
 
@@ -29,10 +31,31 @@ def expected_prompts():
     return {r.prompt_id: r for r in records}
 
 
-def test_every_unique_prompt_gives_exactly_one_pair(finished_run):
+JUDGED = ("pair", "dropped_identical", "dropped_tie", "dropped_unfinished", "dropped_disagreement", "dropped_margin")
+
+
+def outcomes(finished_run):
+    return read_jsonl(finished_run["root"] / "pairs.outcomes.jsonl")[1:]
+
+
+def test_every_unique_prompt_is_judged_once_and_pairs_are_written_once(finished_run):
     ids = [row["prompt_id"] for row in finished_run["pairs"]]
     assert len(ids) == len(set(ids))
-    assert set(ids) == set(expected_prompts())  # 8 chat rows hold 7 distinct prompts
+    judged = [o["prompt_id"] for o in outcomes(finished_run) if o["outcome"] in JUDGED]
+    assert sorted(judged) == sorted(expected_prompts())  # 8 chat rows hold 7 distinct prompts
+    assert set(ids) == {o["prompt_id"] for o in outcomes(finished_run) if o["outcome"] == "pair"}
+    assert ids, "the tiny run wrote no pair at all: nothing below is checked"
+
+
+def test_no_chosen_completion_was_cut_off_or_empty(finished_run):
+    by_text = {(row["prompt_id"], row["completion"]): row for row in finished_run["scores"]}
+    for row in finished_run["scores"]:
+        assert row["finish_reason"] in ("stop", "length", "reference") and row["num_tokens"] >= 0
+        assert (row["finish_reason"] == "reference") == row["is_reference"]
+    for pair in finished_run["pairs"]:
+        chosen = by_text[(pair["prompt_id"], pair["chosen"][-1]["content"])]
+        assert chosen["finish_reason"] != "length" and chosen["completion"].strip()
+    assert any(row["finish_reason"] == "length" for row in finished_run["scores"])  # 12 new tokens do cut some off
 
 
 def test_pairs_have_the_open_instruct_shape(finished_run, tiny_models):
@@ -53,46 +76,58 @@ def test_pairs_have_the_open_instruct_shape(finished_run, tiny_models):
         assert 2 <= row["num_unique"] <= row["num_candidates"]
 
 
-def test_chosen_and_rejected_are_the_best_and_worst_mean_score(finished_run):
+def standardized(scored: list[dict]) -> list[float]:
+    """Two reward models: each one's scores as z-scores over the prompt's candidates, averaged (the default)."""
+    columns = []
+    for model in scored[0]["scores"]:
+        values = [c["scores"][model] for c in scored]
+        spread = statistics.pstdev(values)
+        columns.append([(v - statistics.fmean(values)) / spread if spread else 0.0 for v in values])
+    return [statistics.fmean(column) for column in zip(*columns)]
+
+
+def test_chosen_is_the_best_finished_candidate_and_rejected_the_worst(finished_run):
     candidates = defaultdict(list)
     for row in finished_run["scores"]:
         candidates[row["prompt_id"]].append(row)
-    mean = lambda scores: sum(scores.values()) / len(scores)  # noqa: E731
     for row in finished_run["pairs"]:
         scored = candidates[row["prompt_id"]]
         assert len(scored) == row["num_unique"]
-        best = max(scored, key=lambda c: mean(c["scores"]))
-        worst = min(scored, key=lambda c: mean(c["scores"]))
+        combined = standardized(scored)
+        may_be_chosen = [i for i, c in enumerate(scored) if c["finish_reason"] != "length" and c["completion"].strip()]
+        best = scored[max(may_be_chosen, key=lambda i: combined[i])]
+        worst = scored[min(range(len(scored)), key=lambda i: combined[i])]
         assert row["chosen"][-1]["content"] == best["completion"]
         assert row["rejected"][-1]["content"] == worst["completion"]
         assert row["chosen_score"] == best["scores"]
-        assert mean(row["chosen_score"]) >= mean(row["rejected_score"])
         references = [c for c in scored if c["is_reference"]]
         if row["reference_completion"] is not None:
             assert [c["completion"] for c in references] == [row["reference_completion"]]
             assert references[0]["scores"] == row["reference_completion_score"]
 
 
-def test_scores_match_a_direct_forward_pass_of_each_reward_model(finished_run, tiny_models):
+def test_scores_match_an_independent_computation_of_each_reward(finished_run, tiny_models):
+    """Each reward model's own tokenization by transformers, one unpadded sequence, the head at its last token."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    messages = {row["prompt_id"]: row["messages"] for row in finished_run["pairs"]}
+    messages = {prompt_id: record.messages for prompt_id, record in expected_prompts().items()}
+    assert finished_run["scores"]
     for key in ("reward", "reward2"):
         path = tiny_models[key]
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
         for row in finished_run["scores"]:
             conversation = [*messages[row["prompt_id"]], {"role": "assistant", "content": row["completion"]}]
-            ids = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False), add_special_tokens=False, return_tensors="pt")
-            with torch.no_grad():
-                expected = model(**ids).logits[0, 0].item()
-            assert row["scores"][path] == pytest.approx(expected, abs=1e-3)
+            assert row["scores"][path] == pytest.approx(reference_reward(model, tokenizer, conversation), abs=1e-4)
 
 
 def test_summary_and_ledger_account_for_every_row(finished_run):
     out = finished_run["stdout"]
     assert "rows                 11" in out
-    assert "pairs written        7" in out
+    counts = {kind: sum(o["outcome"] == kind for o in outcomes(finished_run)) for kind in JUDGED}
+    assert sum(counts.values()) == 7
+    assert f"pairs written        {counts['pair']}" in out
+    assert f"dropped, unfinished  {counts['dropped_unfinished']}" in out and f"dropped, tie         {counts['dropped_tie']}" in out
     assert "duplicate rows       1" in out
     assert "prompt longer than the policy context: 1" in out
     assert "invalid JSON: 1" in out and "empty content: 1" in out
@@ -143,3 +178,24 @@ def test_a_causal_lm_as_reward_model_is_refused_before_anything_runs(tiny_models
     assert result.returncode == 2
     assert "is not a sequence classifier" in result.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_what_push_to_hub_uploads_loads_with_datasets(finished_run, tmp_path):
+    """The uploaded layout, through the upload seam into a folder, loads with `datasets` as the Hub would serve it."""
+    import datasets
+    from test_hub import FolderApi
+
+    from rsample.producer.driver.hub import push_to_hub
+    from rsample.producer.driver.summary import Summary
+    from rsample.workers.common.config import DataSelection, RunConfig
+
+    root = finished_run["root"]
+    config = RunConfig(run_id="e2e", data=DataSelection(str(root / "chat.jsonl")), policy="policy", reward_models=("reward", "reward2"))
+    summary = Summary(rows=11, duplicate_rows=1, skipped={}, dropped_identical=0, dropped_margin=0, pairs_written=len(finished_run["pairs"]),
+                      completions_generated=28, tokens_generated=0, seconds=1.0)
+    push_to_hub("me/pairs", config, summary, {"pairs": root / "pairs.jsonl", "scores": root / "scores.jsonl"}, api=FolderApi(tmp_path / "repo"))
+    pairs = datasets.load_dataset(str(tmp_path / "repo"), split="train")
+    scores = datasets.load_dataset(str(tmp_path / "repo"), "scores", split="train")
+    assert pairs.num_rows == len(finished_run["pairs"]) and scores.num_rows == len(finished_run["scores"])
+    assert pairs[0]["chosen"] == finished_run["pairs"][0]["chosen"]
+    assert {"prompt_id", "completion_index", "completion", "scores"} <= set(scores.column_names)

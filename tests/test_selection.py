@@ -1,34 +1,86 @@
+"""Choosing the pair: combination methods, who may be chosen, ties and disagreements, on plain data."""
+
+import random
+
 import pytest
 
-from rsample.workers.stages.selection import select_pair
+from rsample.workers.common.config import default_combine
+from rsample.workers.stages.selection import DISAGREEMENT, TIE, UNFINISHED, select_pair, standardized_scores
 
 
 def test_mean_picks_best_and_worst_of_the_average():
     selection = select_pair([[0.1, 0.9, 0.5], [0.3, 0.7, -1.0]], "mean")
-    assert (selection.chosen, selection.rejected) == (1, 2)
+    assert (selection.chosen, selection.rejected, selection.dropped) == (1, 2, None)
     assert selection.margin == pytest.approx(0.8 - (-0.25))
 
 
-def test_mean_with_all_scores_equal_still_gives_two_different_candidates():
+def test_all_scores_equal_is_a_tie_not_a_pair():
     selection = select_pair([[1.0, 1.0, 1.0]], "mean")
+    assert selection.dropped == TIE
     assert selection.chosen != selection.rejected
-    assert selection.margin == 0
+
+
+def test_standardized_weighs_every_model_the_same_whatever_its_scale():
+    # model 0 scores in [-30, 30] and prefers candidate 0; models 1 and 2 score in [-1, 1] and prefer candidate 2
+    scores = [[30.0, 0.0, -30.0], [-1.0, 0.0, 1.0], [-0.9, 0.1, 1.0]]
+    assert select_pair(scores, "mean").chosen == 0  # the widest scale decides alone
+    selection = select_pair(scores, "standardized")
+    assert (selection.chosen, selection.rejected) == (2, 0)
+    # z-scores computed by hand for model 0: mean 0, population std sqrt(600)
+    assert standardized_scores([scores[0]]) == pytest.approx([30 / 600**0.5, 0.0, -30 / 600**0.5])
+    assert standardized_scores([[2.0, 2.0]]) == [0.0, 0.0]  # a model that cannot tell them apart says nothing
+
+
+def test_several_models_default_to_a_scale_free_combination():
+    assert default_combine(1) == "mean"
+    assert default_combine(2) == "standardized"
 
 
 def test_vote_follows_the_majority_of_models():
     # models 0 and 1 prefer candidate 0 and dislike candidate 2; model 2 disagrees strongly
     scores = [[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [-100.0, 0.0, 100.0]]
     by_vote = select_pair(scores, "vote")
-    assert (by_vote.chosen, by_vote.rejected) == (0, 2)
-    by_mean = select_pair(scores, "mean")
-    assert by_mean.chosen == 2  # the outlier dominates the mean, not the vote
+    assert (by_vote.chosen, by_vote.rejected, by_vote.dropped) == (0, 2, None)
+    assert select_pair(scores, "mean").chosen == 2  # the outlier dominates the mean, not the vote
+
+
+def test_vote_never_writes_a_chosen_with_the_lower_combined_score():
+    """Over many random panels of reward models, a voted pair always has chosen above rejected on the combined score;
+    when the vote says otherwise, the prompt is dropped as a disagreement (which does happen)."""
+    rng = random.Random(7)
+    disagreements = 0
+    for _ in range(3000):
+        scores = [[rng.gauss(0, 1) ** 3 for _ in range(rng.randint(3, 10))] for _ in range(5)]
+        scores = [row[:len(scores[0])] + [0.0] * (len(scores[0]) - len(row)) for row in scores]
+        selection = select_pair(scores, "vote")
+        if selection.dropped == DISAGREEMENT:
+            disagreements += 1
+            assert selection.combined[selection.chosen] < selection.combined[selection.rejected]
+        else:
+            assert selection.dropped is None
+            assert selection.combined[selection.chosen] > selection.combined[selection.rejected]
+    assert disagreements > 0
 
 
 def test_vote_never_rejects_the_chosen_candidate():
-    # a single model: its best and its worst are distinct; with two models that swap, ties fall back to the mean
     assert select_pair([[5.0, 1.0]], "vote").rejected == 1
     selection = select_pair([[2.0, 0.0], [0.0, 1.0]], "vote")
-    assert selection.chosen == 0 and selection.rejected == 1
+    assert selection.chosen != selection.rejected
+
+
+def test_a_candidate_that_may_not_be_chosen_can_still_be_rejected():
+    # candidate 1 scores best but was cut off: the best finished one (0) is chosen, and 1 is not rejected since 2 is worse
+    selection = select_pair([[2.0, 9.0, -1.0]], "mean", eligible=[True, False, True])
+    assert (selection.chosen, selection.rejected) == (0, 2)
+    # the cut-off candidate is the worst: it is the rejected one
+    selection = select_pair([[2.0, -9.0, 1.0]], "mean", eligible=[True, False, True])
+    assert (selection.chosen, selection.rejected) == (0, 1)
+
+
+def test_no_pair_when_no_finished_candidate_beats_another():
+    assert select_pair([[1.0, 2.0]], "mean", eligible=[False, False]).dropped == UNFINISHED
+    # the only finished candidate is the worst: choosing it would teach the opposite preference
+    assert select_pair([[5.0, 1.0]], "mean", eligible=[False, True]).dropped == UNFINISHED
 
 
 def test_fewer_than_two_candidates_is_refused():

@@ -3,7 +3,7 @@
 import signal
 
 from conftest import rsample, write_jsonl
-from faults import assert_exactly_once, running_entries, start, wait_for
+from faults import assert_exactly_once, prompts_that_got_candidates, running_entries, start, wait_for
 
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.worker import default_slots
@@ -36,7 +36,7 @@ def test_one_worker_runs_two_jobs_at_once_and_stops_on_sigterm(redis_server, red
     wait_for(two_jobs_running, 120, "two generation jobs running in the one worker")
     assert coordinator.wait(timeout=300) == 0, log.read_text()[-3000:]
     counts = assert_exactly_once(out, None, ROWS)
-    assert counts.get("pair", 0) + counts.get("dropped_identical", 0) == len(ROWS)
+    assert prompts_that_got_candidates(counts) == len(ROWS)
     workers = {w.decode() for w in redis_client.smembers("rq:workers")}
     assert sum(f"-{generator.pid}" in name for name in workers) == 2  # the main loop and one slot, one process
     generator.send_signal(signal.SIGTERM)

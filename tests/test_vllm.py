@@ -33,7 +33,9 @@ TOO_LONG = [{"role": "user", "content": "river city " * 200}]
 def generator(tiny_models):
     from rsample.workers.backends.vllm_generation import VLLMGenerator
 
-    return VLLMGenerator(tiny_models["policy"], FLOAT32)
+    generator = VLLMGenerator(tiny_models["policy"], FLOAT32)
+    yield generator
+    generator.close()
 
 
 def test_n_distinct_samples_per_prompt(generator):
@@ -82,7 +84,11 @@ def test_vllm_reward_scores_match_transformers(tiny_models):
 
     conversations = [[*WRITE, {"role": "assistant", "content": text}] for text in ("the river runs", "a city", "music " * 30)]
     conversations.append([*CITY, {"role": "assistant", "content": "river " * 600}])  # longer than the reward context
-    by_vllm = VLLMRewardModel(tiny_models["reward"], FLOAT32).score(conversations)
+    model = VLLMRewardModel(tiny_models["reward"], FLOAT32)
+    try:
+        by_vllm = model.score(conversations)
+    finally:
+        model.close()
     by_transformers = TransformersRewardModel(tiny_models["reward"], "float32").score(conversations)
     assert by_vllm[3] is None and by_transformers[3] is None
     assert by_vllm[:3] == pytest.approx(by_transformers[:3], rel=1e-4, abs=1e-5)
@@ -103,13 +109,40 @@ def test_pipeline_output_has_the_same_shape_with_vllm(tiny_models, tmp_path):
             "outcomes": read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:],
         }
     reference, fast = outputs["transformers"], outputs["vllm"]
-    assert {p["prompt_id"] for p in fast["pairs"]} == {p["prompt_id"] for p in reference["pairs"]}
-    assert [sorted(p) for p in fast["pairs"]] == [sorted(p) for p in reference["pairs"]]
-    assert {s["prompt_id"] for s in fast["scores"]} == {s["prompt_id"] for s in reference["scores"]}
-    assert [(o["row_index"], o["outcome"], o["reason"]) for o in sorted(fast["outcomes"], key=lambda o: o["row_index"])] == \
-        [(o["row_index"], o["outcome"], o["reason"]) for o in sorted(reference["outcomes"], key=lambda o: o["row_index"])]
+    # The samples differ between backends, so which prompts end as pairs (or as ties, or without a finished
+    # candidate) may differ; which prompts are judged, which are skipped and why, and the rows' shape may not.
+    def settled(outcomes):
+        return [(o["row_index"], "skipped" if o["outcome"] == "skipped" else "duplicate" if o["outcome"] == "duplicate" else "judged",
+                 o["reason"] if o["outcome"] == "skipped" else None) for o in sorted(outcomes, key=lambda o: o["row_index"])]
+
+    assert settled(fast["outcomes"]) == settled(reference["outcomes"])
+    assert fast["pairs"] and reference["pairs"]
+    assert {tuple(sorted(p)) for p in fast["pairs"]} == {tuple(sorted(p)) for p in reference["pairs"]}
+    assert {tuple(sorted(s)) for s in fast["scores"]} == {tuple(sorted(s)) for s in reference["scores"]}
     skipped = [o for o in fast["outcomes"] if o["outcome"] == "skipped"]
     assert [o["reason"] for o in skipped] == ["prompt longer than the policy context"]
+    finish = {(s["prompt_id"], s["completion"]): s["finish_reason"] for s in fast["scores"]}
     for pair in fast["pairs"]:
         assert pair["chosen"][-1]["content"] != pair["rejected"][-1]["content"]
         assert pair["num_candidates"] == 4 + (pair["reference_completion"] is not None)
+        assert finish[(pair["prompt_id"], pair["chosen"][-1]["content"])] != "length"
+
+
+def test_vllm_applies_the_same_resolved_settings_and_every_eos(tiny_models, tmp_path):
+    """What the transformers backend is held to in test_sampling.py, on the vLLM engine: the policy's defaults as
+    resolved for the run (top_k=1: greedy), and a stop at the policy's second EOS id."""
+    from test_sampling import PROMPTS, eos2_policy
+
+    from rsample.workers.backends.vllm_generation import VLLMGenerator
+    from rsample.workers.common.config import resolve_sampling
+
+    path, _ = eos2_policy(tmp_path / "policy", PROMPTS[0])
+    generator = VLLMGenerator(path, FLOAT32)
+    try:
+        stopped = generator.generate(PROMPTS[:1], SamplingConfig(n=4, temperature=1.0, max_new_tokens=10), seed=0)[0]
+        assert [(c.text, c.finish_reason) for c in stopped.completions] == [("", "stop")] * 4
+        greedy = resolve_sampling({}, {"top_k": 1}, n=4, max_new_tokens=10)[0]
+        for result in generator.generate(PROMPTS[1:], greedy, seed=1):
+            assert len({c.text for c in result.completions}) == 1
+    finally:
+        generator.close()

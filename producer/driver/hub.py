@@ -15,25 +15,30 @@ from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 
 
+def card_metadata(files: dict[str, Path]) -> str:
+    """The card's YAML: each file its own config (their columns differ, so they cannot be splits of one), pairs the
+    default, so that `load_dataset(repo)` gives the pairs and `load_dataset(repo, "scores")` the scored candidates."""
+    from huggingface_hub import DatasetCardData
+
+    configs = [
+        {"config_name": name, "data_files": [{"split": "train", "path": f"{name}.jsonl"}], **({"default": True} if name == "pairs" else {})}
+        for name in files
+    ]
+    return DatasetCardData(tags=["rejection-sampling", "preference", "rsample"], configs=configs).to_yaml()
+
+
 def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path]) -> str:
     settings = asdict(config)
-    config_lines = "\n".join(f"  - split: {name}\n    path: {name}.jsonl" for name in files)
     return f"""---
-tags:
-- rejection-sampling
-- preference
-- rsample
-configs:
-- config_name: default
-  data_files:
-{config_lines}
+{card_metadata(files)}
 ---
 
 # Rejection-sampling preference pairs
 
 Best-of-{config.sampling.n} sampling from `{config.policy}` on `{config.data.dataset}` (split `{config.data.split}`),
 scored by {", ".join(f"`{m}`" for m in config.reward_models)} (combined by `{config.combine}`), made with rsample.
-Each row of `pairs` has `messages` (the prompt), `chosen` and `rejected` conversations, and their scores per reward model.
+Each row of `pairs` (the default config) has `messages` (the prompt), `chosen` and `rejected` conversations, and their
+scores per reward model; the `scores` config, when uploaded, has every scored candidate: `load_dataset(repo, "scores")`.
 
 ## Command
 

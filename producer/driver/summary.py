@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from rsample.workers.common.messages import DROPPED_IDENTICAL, DROPPED_MARGIN, DUPLICATE, PAIR
+from rsample.workers.common.messages import (
+    DROPPED_DISAGREEMENT,
+    DROPPED_IDENTICAL,
+    DROPPED_MARGIN,
+    DROPPED_TIE,
+    DROPPED_UNFINISHED,
+    DUPLICATE,
+    PAIR,
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,9 @@ class Summary:
     completions_generated: int
     tokens_generated: int
     seconds: float
+    dropped_tie: int = 0
+    dropped_unfinished: int = 0
+    dropped_disagreement: int = 0
 
     @property
     def completions_per_second(self) -> float:
@@ -37,6 +48,9 @@ class Summary:
             f"pairs written        {self.pairs_written}",
             f"dropped, identical   {self.dropped_identical}",
             f"dropped, margin      {self.dropped_margin}",
+            f"dropped, tie         {self.dropped_tie}",
+            f"dropped, unfinished  {self.dropped_unfinished}",
+            f"dropped, disagree    {self.dropped_disagreement}",
             f"duplicate rows       {self.duplicate_rows}",
             f"skipped              {sum(self.skipped.values())}",
         ]
@@ -56,6 +70,9 @@ def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int
         skipped=dict(reasons),
         dropped_identical=outcomes[DROPPED_IDENTICAL],
         dropped_margin=outcomes[DROPPED_MARGIN],
+        dropped_tie=outcomes[DROPPED_TIE],
+        dropped_unfinished=outcomes[DROPPED_UNFINISHED],
+        dropped_disagreement=outcomes[DROPPED_DISAGREEMENT],
         pairs_written=outcomes[PAIR],
         completions_generated=completions,
         tokens_generated=tokens,

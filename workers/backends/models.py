@@ -96,6 +96,42 @@ def load_weights(auto_class, spec: str, role: str, dtype, device: str):
     return model.to(device).eval()
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+"""The sampling settings a policy's generation_config.json may carry, which both backends apply alike."""
+
+
+def load_generation_config(spec: str):
+    """The policy's `generation_config.json` as transformers reads it, or None (a GGUF file, a checkpoint without one)."""
+    from transformers import GenerationConfig
+
+    location, gguf_file = split_gguf(spec)
+    if gguf_file:
+        return None
+    try:
+        return GenerationConfig.from_pretrained(location)
+    except Exception:  # no such file: the policy declares no defaults
+        return None
+
+
+def policy_sampling_defaults(spec: str) -> dict[str, float]:
+    """The sampling settings the policy's authors ship (only those its generation_config.json sets)."""
+    generation_config = load_generation_config(spec)
+    if generation_config is None:
+        return {}
+    return {name: value for name in SAMPLING_FIELDS if (value := getattr(generation_config, name, None)) is not None}
+
+
+def policy_eos_ids(spec: str, tokenizer) -> list[int]:
+    """Every token id that ends a completion: the generation config's EOS ids (often several, as Llama 3's) and the
+    tokenizer's EOS."""
+    generation_config = load_generation_config(spec)
+    declared = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    ids = set(declared if isinstance(declared, list) else [] if declared is None else [declared])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
 def context_length(model, tokenizer) -> int:
     """The longest sequence the model takes: its position limit, or a smaller sane tokenizer limit."""
     limit = getattr(model.config, "max_position_embeddings", None) or 2048

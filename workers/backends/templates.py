@@ -18,10 +18,11 @@ def render(tokenizer, prompt: Conversation) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def render_fitting(tokenizer, prompts: list[Conversation], context: int, max_new_tokens: int):
+def render_fitting(tokenizer, prompts: list[Conversation], context: int, max_new_tokens: int, max_prompt_tokens: int):
     """Renders every prompt; returns (results with the skipped prompts filled in, [(index, ids)] of the rest).
 
-    Every backend skips by this one rule, so a prompt is skipped or kept whatever the backend.
+    Every backend skips by this one rule, so a prompt is skipped or kept whatever the backend: longer than
+    `max_prompt_tokens`, or too long to leave `max_new_tokens` within the policy's context.
     """
     results: list[PromptCompletions | None] = [None] * len(prompts)
     fitting: list[tuple[int, list[int]]] = []
@@ -31,7 +32,9 @@ def render_fitting(tokenizer, prompts: list[Conversation], context: int, max_new
         except TemplateError as exc:
             results[index] = PromptCompletions([], f"policy chat template rejected the prompt: {exc}")
             continue
-        if len(ids) + max_new_tokens > context:
+        if len(ids) > max_prompt_tokens:
+            results[index] = PromptCompletions([], f"prompt longer than --max-prompt-tokens ({max_prompt_tokens})")
+        elif len(ids) + max_new_tokens > context:
             results[index] = PromptCompletions([], "prompt longer than the policy context")
         else:
             fitting.append((index, ids))

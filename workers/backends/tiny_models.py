@@ -32,8 +32,10 @@ def _corpus(seed: int, lines: int = 400) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) for _ in range(lines)]
 
 
-def _tokenizer(vocab_size: int, special: list[str], eos: str, pad: str, template: str, seed: int, bos: str | None = None):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _tokenizer(vocab_size: int, special: list[str], eos: str, pad: str | None, template: str, seed: int, bos: str | None = None):
+    """A byte-level BPE trained on a few KB; with a `bos`, it adds that BOS to plain text as Llama's tokenizers do
+    (so rendering a template that already starts with BOS must not add another)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     raw = Tokenizer(models.BPE())
@@ -43,6 +45,10 @@ def _tokenizer(vocab_size: int, special: list[str], eos: str, pad: str, template
         vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     raw.train_from_iterator(_corpus(seed), trainer=trainer)
+    if bos is not None:
+        raw.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, raw.token_to_id(bos))]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=raw, eos_token=eos, pad_token=pad, bos_token=bos, chat_template=template, padding_side="left"
     )
@@ -69,37 +75,80 @@ def _llama_config(vocab_size: int, tokenizer, **overrides):
     return LlamaConfig(**settings)
 
 
-def build_policy(directory: str | Path, seed: int = 0, max_position_embeddings: int = 256, hidden_size: int = 128, layers: int = 2) -> Path:
-    """A small Llama causal LM (2 layers by default) with a ChatML template."""
+def build_policy(directory: str | Path, seed: int = 0, max_position_embeddings: int = 256, hidden_size: int = 128, layers: int = 2,
+                 generation_defaults: dict | None = None, eos_logit: float | None = 3.0) -> Path:
+    """A small Llama causal LM (2 layers by default) with a ChatML template and two EOS ids.
+
+    `generation_defaults` go into its generation_config.json (temperature, top_k, ...), as model authors ship them.
+    `eos_logit`: a random model practically never ends a completion by itself; this raises its EOS logit to about
+    this value (about 5% a step at temperature 1), so that some completions stop and others are cut off, as with a
+    real model. None keeps it random (fixed-length completions, for benchmarks).
+    """
     import torch
     from transformers import LlamaForCausalLM
 
     directory = Path(directory)
-    tokenizer = _tokenizer(384, ["<|im_start|>", "<|im_end|>", "<pad>"], "<|im_end|>", "<pad>", POLICY_TEMPLATE, seed)
+    tokenizer = _tokenizer(384, ["<|im_start|>", "<|im_end|>", "<pad>", "<|endoftext|>"], "<|im_end|>", "<pad>", POLICY_TEMPLATE, seed)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_llama_config(
         len(tokenizer), tokenizer, max_position_embeddings=max_position_embeddings, hidden_size=hidden_size,
         intermediate_size=2 * hidden_size, num_hidden_layers=layers, num_attention_heads=hidden_size // 64,
     ))
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # Two EOS ids, as Llama 3 declares (<|eot_id|> and <|end_of_text|>): a completion ends at either.
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    if eos_logit is not None:
+        _favour_token(model, tokenizer, tokenizer.eos_token_id, eos_logit, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if generation_defaults:
+        model.generation_config.do_sample = True  # as authors ship sampling defaults (transformers refuses them otherwise)
+        for name, value in generation_defaults.items():
+            setattr(model.generation_config, name, value)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
-def build_reward_model(directory: str | Path, seed: int = 1, max_position_embeddings: int = 512, hidden_size: int = 128, layers: int = 2) -> Path:
-    """A small Llama sequence classifier (one logit) with its own vocabulary and chat template."""
+def _favour_token(model, tokenizer, token_id: int, logit: float, seed: int) -> None:
+    """Points the token's output row along the model's mean final hidden state, scaled so its logit is about `logit`
+    wherever the hidden state looks like the average one."""
+    import torch
+
+    texts = _corpus(seed + 100, 24)
+    with torch.no_grad():
+        hidden = torch.cat([
+            model.model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).last_hidden_state[0] for text in texts
+        ])
+        mean = hidden.mean(0)
+        model.lm_head.weight[token_id] = mean / mean.norm() ** 2 * logit
+
+
+REWARD_PAD_CHOICES = ("none", "eos", "own")
+
+
+def build_reward_model(directory: str | Path, seed: int = 1, max_position_embeddings: int = 512, hidden_size: int = 128, layers: int = 2,
+                       pad: str = "none", config_pad_token: str | None = None) -> Path:
+    """A small Llama sequence classifier (one logit) with its own vocabulary and a chat template that ends every turn
+    with the EOS token, and a tokenizer that adds a BOS, as many real reward models ship.
+
+    `pad`: "none" (no pad token, like Llama 3's tokenizer), "eos" (pad token = EOS), "own" (a pad token of its own).
+    `config_pad_token`: a token whose id goes into the model config's `pad_token_id` instead of the tokenizer's pad id
+    (checkpoints whose config and tokenizer disagree exist; a common word makes the disagreement bite).
+    """
     import torch
     from transformers import LlamaForSequenceClassification
 
+    if pad not in REWARD_PAD_CHOICES:
+        raise ValueError(f"pad must be one of {REWARD_PAD_CHOICES}")
     directory = Path(directory)
-    tokenizer = _tokenizer(448, ["<s>", "</turn>", "<rpad>"], "</turn>", "<rpad>", REWARD_TEMPLATE, seed, bos="<s>")
+    pad_token = {"none": None, "eos": "</turn>", "own": "<rpad>"}[pad]
+    tokenizer = _tokenizer(448, ["<s>", "</turn>", "<rpad>"], "</turn>", pad_token, REWARD_TEMPLATE, seed, bos="<s>")
     torch.manual_seed(seed)
     config = _llama_config(
         len(tokenizer), tokenizer, num_labels=1, max_position_embeddings=max_position_embeddings, hidden_size=hidden_size,
         intermediate_size=2 * hidden_size, num_hidden_layers=layers, num_attention_heads=hidden_size // 64,
     )
+    if config_pad_token is not None:
+        config.pad_token_id = tokenizer.convert_tokens_to_ids(config_pad_token)
     model = LlamaForSequenceClassification(config)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

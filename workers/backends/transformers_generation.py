@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rsample.workers.backends.base import Completion, PromptCompletions
-from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
+from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, policy_eos_ids, resolve_device, resolve_dtype
 from rsample.workers.backends.templates import render_fitting
 from rsample.workers.common.config import RunConfig, SamplingConfig
 from rsample.workers.common.messages import Conversation
@@ -20,10 +20,7 @@ class TransformersGenerator:
         self.tokenizer.padding_side = "left"
         self.model = load_weights(AutoModelForCausalLM, policy, "policy", resolve_dtype(dtype, self.device), self.device)
         self.context = context_length(self.model, self.tokenizer)
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = set(policy_eos_ids(policy, self.tokenizer))
 
     @classmethod
     def from_run(cls, config: RunConfig) -> TransformersGenerator:
@@ -32,7 +29,7 @@ class TransformersGenerator:
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
         import torch
 
-        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens)
+        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens, sampling.max_prompt_tokens)
         if fitting:
             batch = self.tokenizer.pad({"input_ids": [ids for _, ids in fitting]}, return_tensors="pt").to(self.device)
             torch.manual_seed(seed)
@@ -42,7 +39,10 @@ class TransformersGenerator:
                     do_sample=True,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
-                    top_k=0,
+                    top_k=sampling.top_k,  # 0: off
+                    min_p=sampling.min_p or None,
+                    repetition_penalty=sampling.repetition_penalty,
+                    eos_token_id=sorted(self.eos_ids),
                     max_new_tokens=sampling.max_new_tokens,
                     num_return_sequences=sampling.n,
                     pad_token_id=self.tokenizer.pad_token_id,

@@ -1,4 +1,11 @@
-"""`--reward-backend transformers`: an `AutoModelForSequenceClassification` whose single logit is the score."""
+"""`--reward-backend transformers`: an `AutoModelForSequenceClassification` whose single logit is the score.
+
+The score is read at each conversation's true last token, found from its length, never from a pad token id:
+tokenizers without a pad token get EOS as pad, and templates that end every turn with EOS would then have
+their last token taken for padding (and configs whose `pad_token_id` is an ordinary token are worse). The
+head runs in float32 on the trunk's last hidden state, so a bf16 model's scores are not rounded to the bf16
+grid (a step of 1/16 between 8 and 16, where candidates would tie).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,20 @@ from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import Conversation
 
 
+def linear_score_head(model):
+    """The model's trunk and its one-output linear head, when it has the usual layout (`base_model` + `score`,
+    as every decoder `*ForSequenceClassification` of transformers); else None."""
+    import torch
+
+    head = getattr(model, "score", None)
+    trunk = getattr(model, "base_model", None)
+    if isinstance(head, torch.nn.Linear) and head.out_features == 1 and trunk is not None and trunk is not model:
+        return trunk, head
+    return None
+
+
 class TransformersRewardModel:
-    """Conversations rendered with the reward model's own chat template, length-sorted into padded micro-batches."""
+    """Conversations rendered with the reward model's own chat template, length-sorted into right-padded micro-batches."""
 
     def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH):
         from transformers import AutoModelForSequenceClassification
@@ -20,10 +39,12 @@ class TransformersRewardModel:
         self.device = resolve_device()
         self.tokenizer = load_tokenizer(spec, "reward")
         self.model = load_weights(AutoModelForSequenceClassification, spec, "reward", resolve_dtype(dtype, self.device), self.device)
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.context = context_length(self.model, self.tokenizer)
         self.micro_batch = micro_batch
+        self.head = linear_score_head(self.model)
+        if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
+            self.model.config.pad_token_id = None
+            self.micro_batch = 1
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> TransformersRewardModel:
@@ -42,7 +63,17 @@ class TransformersRewardModel:
     def _forward(self, batch: list[list[int]]) -> list[float]:
         import torch
 
-        padded = self.tokenizer.pad({"input_ids": list(batch)}, return_tensors="pt").to(self.device)
+        lengths = torch.tensor([len(ids) for ids in batch], device=self.device)
+        width = int(lengths.max())
+        # Right padding: every real token keeps the positions it has alone, and causal attention never lets the
+        # padding (masked, any id) reach them. The pad id is therefore irrelevant; 0 is always a valid one.
+        input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in batch], device=self.device)
+        attention_mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
         with torch.inference_mode():
-            logits = self.model(**padded).logits
-        return logits[:, 0].float().tolist()
+            if self.head is None:
+                return self.model(input_ids=input_ids).logits[:, 0].float().tolist()
+            trunk, head = self.head
+            hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            last = hidden[torch.arange(len(batch), device=self.device), lengths - 1].float()
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0].tolist()

@@ -33,6 +33,10 @@ class _Abort:
     request_ids: list[str]
 
 
+class _Stop:
+    """Ends the loop: the engine is about to be shut down."""
+
+
 class EngineLoop:
     """Drives a vLLM `LLMEngine` (`LLM.llm_engine`) from one daemon thread."""
 
@@ -59,10 +63,16 @@ class EngineLoop:
         if request_ids:
             self._inbox.put(_Abort(request_ids))
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops the loop thread; requests still waiting fail. The engine itself is its owner's to shut down."""
+        self._inbox.put(_Stop())
+        self._thread.join(timeout)
+
     def _run(self) -> None:
         try:
             while True:
-                self._take_inbox(block=not self._engine.has_unfinished_requests())
+                if self._take_inbox(block=not self._engine.has_unfinished_requests()):
+                    raise RuntimeError("closed")
                 if self._engine.has_unfinished_requests():
                     for output in self._engine.step():
                         if output.finished:
@@ -76,14 +86,16 @@ class EngineLoop:
                 future.set_exception(RuntimeError(f"the vLLM engine stopped: {exc}"))
             self._pending.clear()
 
-    def _take_inbox(self, block: bool) -> None:
-        """Adds every queued request; waits for one only when the engine has nothing to do."""
+    def _take_inbox(self, block: bool) -> bool:
+        """Adds every queued request; waits for one only when the engine has nothing to do. True: stop now."""
         while True:
             try:
                 item = self._inbox.get(block=block)
             except queue.Empty:
-                return
+                return False
             block = False
+            if isinstance(item, _Stop):
+                return True
             if isinstance(item, _Abort):
                 live = [rid for rid in item.request_ids if self._pending.pop(rid, None) is not None]
                 if live:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from rsample.workers.backends.base import Completion, PromptCompletions
-from rsample.workers.backends.models import load_tokenizer
+from rsample.workers.backends.models import load_tokenizer, policy_eos_ids
 from rsample.workers.backends.templates import render_fitting
 from rsample.workers.backends.vllm_engine import EngineLoop
 from rsample.workers.backends.vllm_llm import make_llm
@@ -17,9 +17,10 @@ from rsample.workers.common.config import ModelSettings, RunConfig, SamplingConf
 from rsample.workers.common.messages import Conversation
 
 
-def request_seed(batch_seed: int, prompt_ids: list[int]) -> int:
-    """A prompt's seed depends on the batch seed and the prompt alone: skipping or reordering others never shifts it."""
-    digest = hashlib.blake2b(f"{batch_seed}:{prompt_ids}".encode(), digest_size=7).digest()
+def request_seed(run_seed: int, prompt_ids: list[int]) -> int:
+    """A prompt's seed depends on the run's seed and the prompt alone: its batch, and skipping or reordering other
+    prompts, never shift it."""
+    digest = hashlib.blake2b(f"{run_seed}:{prompt_ids}".encode(), digest_size=7).digest()
     return int.from_bytes(digest, "big")
 
 
@@ -34,23 +35,30 @@ class VLLMGenerator:
         self.llm = make_llm(policy, "policy", models, runner="generate")
         self.context = self.llm.llm_engine.model_config.max_model_len
         self.engine = EngineLoop(self.llm.llm_engine)
+        self.eos_ids = policy_eos_ids(policy, self.tokenizer)
 
     @classmethod
     def from_run(cls, config: RunConfig) -> VLLMGenerator:
         return cls(config.policy, config.models)
+
+    def close(self) -> None:
+        """Stops the engine loop and the engine's own processes (they would otherwise live until this process ends)."""
+        self.engine.close()
+        self.llm.llm_engine.engine_core.shutdown()
 
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens)
+        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens, sampling.max_prompt_tokens)
         submitted = []
         try:
             for index, ids in fitting:
                 params = SamplingParams(
-                    n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                    max_tokens=sampling.max_new_tokens, seed=request_seed(seed, ids), output_kind=RequestOutputKind.FINAL_ONLY,
+                    n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                    min_p=sampling.min_p, repetition_penalty=sampling.repetition_penalty, stop_token_ids=self.eos_ids,
+                    max_tokens=sampling.max_new_tokens, seed=request_seed(sampling.seed, ids), output_kind=RequestOutputKind.FINAL_ONLY,
                 )
                 submitted.append((index, *self.engine.submit(TokensPrompt(prompt_token_ids=ids), params)))
             for index, _, future in submitted:

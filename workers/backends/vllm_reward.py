@@ -24,6 +24,10 @@ class VLLMRewardModel:
     def from_run(cls, config: RunConfig, model_index: int) -> VLLMRewardModel:
         return cls(config.reward_models[model_index], config.models)
 
+    def close(self) -> None:
+        """Shuts the engine's own processes down (they would otherwise live until this process ends)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt

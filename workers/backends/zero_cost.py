@@ -9,7 +9,8 @@ from rsample.workers.common.messages import Conversation
 
 
 class EchoGenerator:
-    """Completion k of a prompt is its last user message with a number appended, so all n are distinct."""
+    """Completion k of a prompt is its last user message with k+1 marks appended: all n distinct, of distinct lengths
+    (so that the zero-cost length reward ranks them without ties)."""
 
     @classmethod
     def from_run(cls, config: RunConfig) -> EchoGenerator:
@@ -17,7 +18,7 @@ class EchoGenerator:
 
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
         return [
-            PromptCompletions([Completion(f"{prompt[-1]['content']} #{k}", 1, "stop") for k in range(sampling.n)])
+            PromptCompletions([Completion(f"{prompt[-1]['content']} {'#' * (k + 1)}", 1, "stop") for k in range(sampling.n)])
             for prompt in prompts
         ]
 

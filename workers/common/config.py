@@ -13,7 +13,14 @@ from rsample.workers.backends import registry as backend_registry
 from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError
 
-COMBINE_METHODS = ("mean", "vote")
+COMBINE_METHODS = ("mean", "standardized", "vote")
+"""How several reward models' scores combine: see `rsample.workers.stages.selection`."""
+
+
+def default_combine(num_reward_models: int) -> str:
+    """Scale-free as soon as there is more than one reward model; the raw score (same order, same units) with one."""
+    return "mean" if num_reward_models == 1 else "standardized"
+
 GENERATION_BACKENDS = tuple(backend_registry.GENERATION_BACKENDS)
 REWARD_BACKENDS = tuple(backend_registry.REWARD_BACKENDS)
 WORKER_ROLES = ("generate", "reward")
@@ -21,13 +28,22 @@ WORKER_ROLES = ("generate", "reward")
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How completions are sampled from the policy."""
+    """How completions are sampled from the policy, by either backend alike.
+
+    Each sampling field is resolved once, when the run is made: the command line's value, else the policy's
+    generation_config.json, else the value here (`resolve_sampling`). Workers apply exactly these values.
+    """
 
     n: int = 4
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+    max_prompt_tokens: int = defaults.MAX_PROMPT_TOKENS
+    top_k: int = 0
+    """0: no top-k cut."""
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n < 2:
@@ -38,6 +54,30 @@ class SamplingConfig:
             raise RsampleError(f"--top-p must be in (0, 1] (got {self.top_p})")
         if self.max_new_tokens < 1:
             raise RsampleError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.max_prompt_tokens < 1:
+            raise RsampleError(f"--max-prompt-tokens must be at least 1 (got {self.max_prompt_tokens})")
+        if self.top_k < 0:
+            raise RsampleError(f"--top-k must be >= 0 (got {self.top_k}); 0 turns it off")
+        if not 0 <= self.min_p < 1:
+            raise RsampleError(f"--min-p must be in [0, 1) (got {self.min_p})")
+        if self.repetition_penalty <= 0:
+            raise RsampleError(f"--repetition-penalty must be > 0 (got {self.repetition_penalty})")
+
+
+def resolve_sampling(explicit: dict, policy_defaults: dict, **fixed) -> tuple[SamplingConfig, dict[str, str]]:
+    """Each sampling field from the command line (`explicit`, None = not given), else the policy's generation config,
+    else rsample's default; returns the settings and where each sampling field came from, for the log."""
+    values, sources = {}, {}
+    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+        if explicit.get(name) is not None:
+            values[name], sources[name] = explicit[name], "command line"
+        elif policy_defaults.get(name) is not None:
+            values[name], sources[name] = policy_defaults[name], "policy generation_config"
+        else:
+            sources[name] = "rsample default"
+    if "top_k" in values:
+        values["top_k"] = max(0, int(values["top_k"]))  # some configs write -1 for "off"
+    return SamplingConfig(**fixed, **values), sources
 
 
 @dataclass(frozen=True)
@@ -125,8 +165,11 @@ class RunConfig:
     jobs: JobSettings = field(default_factory=JobSettings)
     prompts_per_job: int = defaults.PROMPTS_PER_JOB
     include_reference: bool = False
-    combine: str = "mean"
+    combine: str | None = None
+    """None: `default_combine` for the number of reward models, resolved here so the stored run names it."""
     min_margin: float | None = None
+    keep_truncated: bool = False
+    """Let a completion cut at --max-new-tokens (or empty) be the chosen one, as before such completions were barred."""
     command: str = ""
     created_at: float = 0.0
 
@@ -135,6 +178,8 @@ class RunConfig:
             raise RsampleError("at least one --reward-model is required")
         if len(set(self.reward_models)) != len(self.reward_models):
             raise RsampleError(f"--reward-model given twice: {', '.join(self.reward_models)}")
+        if self.combine is None:
+            object.__setattr__(self, "combine", default_combine(len(self.reward_models)))
         if self.combine not in COMBINE_METHODS:
             raise RsampleError(f"--combine must be one of {', '.join(COMBINE_METHODS)} (got {self.combine!r})")
         if self.prompts_per_job < 1:

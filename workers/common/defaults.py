@@ -3,6 +3,10 @@
 KEY_PREFIX = "rsample"
 """Namespace of every Redis key and queue, so a shared Redis keeps runs apart from other apps."""
 
+MAX_PROMPT_TOKENS = 4096
+"""Longest prompt (in policy tokens) that is sampled: one 100k-token prompt would pad its whole batch into
+out-of-memory on a long-context policy. Longer prompts are skipped and counted; raise it with --max-prompt-tokens."""
+
 PROMPTS_PER_JOB = 16
 """Prompts per generation job: large enough to give the engine a real batch, small enough to retry cheaply."""
 

@@ -96,6 +96,9 @@ class PromptScores:
 PAIR = "pair"
 DROPPED_IDENTICAL = "dropped_identical"
 DROPPED_MARGIN = "dropped_margin"
+DROPPED_TIE = "dropped_tie"
+DROPPED_UNFINISHED = "dropped_unfinished"
+DROPPED_DISAGREEMENT = "dropped_disagreement"
 SKIPPED = "skipped"
 DUPLICATE = "duplicate"
 

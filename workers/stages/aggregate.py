@@ -9,9 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.messages import DROPPED_IDENTICAL, DROPPED_MARGIN, PAIR, SKIPPED, GeneratedBatch, Outcome, PromptScores
+from rsample.workers.common.messages import (
+    DROPPED_DISAGREEMENT,
+    DROPPED_IDENTICAL,
+    DROPPED_MARGIN,
+    DROPPED_TIE,
+    DROPPED_UNFINISHED,
+    PAIR,
+    SKIPPED,
+    Candidate,
+    GeneratedBatch,
+    GeneratedPrompt,
+    Outcome,
+    PromptScores,
+)
+from rsample.workers.stages import selection
 from rsample.workers.stages.output import pair_row, score_rows
-from rsample.workers.stages.selection import select_pair
+
+DROP_OUTCOMES = {selection.UNFINISHED: DROPPED_UNFINISHED, selection.TIE: DROPPED_TIE, selection.DISAGREEMENT: DROPPED_DISAGREEMENT}
 
 
 @dataclass
@@ -19,6 +34,31 @@ class BatchOutcome:
     outcomes: list[Outcome] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     score_rows: list[dict] = field(default_factory=list)
+
+
+def may_be_chosen(candidate: Candidate, keep_truncated: bool) -> bool:
+    """A completion cut at --max-new-tokens, or empty, is never the chosen one (unless --keep-truncated)."""
+    if not candidate.text.strip():
+        return False
+    return keep_truncated or candidate.finish_reason != "length"
+
+
+def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[PromptScores], result: BatchOutcome) -> str:
+    """Adds the prompt's score rows and pair (if any) to `result`; returns its outcome."""
+    scores_by_model = [v.scores for v in per_model]
+    result.score_rows.extend(score_rows(prompt, scores_by_model, config.reward_models))
+    usable = [c for c in range(len(prompt.candidates)) if all(scores[c] is not None for scores in scores_by_model)]
+    if len(usable) < 2:  # the others were longer than some reward model's context
+        return "fewer than two candidates fit every reward model's context"
+    usable_scores = [[scores[c] for c in usable] for scores in scores_by_model]
+    eligible = [may_be_chosen(prompt.candidates[c], config.keep_truncated) for c in usable]
+    picked = selection.select_pair(usable_scores, config.combine, eligible)
+    if picked.dropped is not None:
+        return DROP_OUTCOMES[picked.dropped]
+    if config.min_margin is not None and picked.margin < config.min_margin:
+        return DROPPED_MARGIN
+    result.rows.append(pair_row(prompt, usable[picked.chosen], usable[picked.rejected], scores_by_model, config.reward_models))
+    return PAIR
 
 
 def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dict[str, dict]], failure: str | None = None) -> BatchOutcome:
@@ -44,12 +84,9 @@ def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dic
         if reasons:
             settle(SKIPPED, reasons[0])
             continue
-        scores_by_model = [v.scores for v in per_model]
-        result.score_rows.extend(score_rows(prompt, scores_by_model, config.reward_models))
-        selection = select_pair(scores_by_model, config.combine)
-        if config.min_margin is not None and selection.margin < config.min_margin:
-            settle(DROPPED_MARGIN)
-            continue
-        result.rows.append(pair_row(prompt, selection, scores_by_model, config.reward_models))
-        settle(PAIR)
+        outcome = settle_prompt(config, prompt, per_model, result)
+        if outcome in (PAIR, DROPPED_MARGIN, *DROP_OUTCOMES.values()):
+            settle(outcome)
+        else:
+            settle(SKIPPED, outcome)
     return result

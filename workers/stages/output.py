@@ -5,25 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from rsample.workers.common.messages import GeneratedPrompt
-from rsample.workers.stages.selection import Selection
 
 
 def _by_model(model_names: tuple[str, ...], scores_by_model: list[list[float]], candidate: int) -> dict[str, float]:
     return {name: scores[candidate] for name, scores in zip(model_names, scores_by_model)}
 
 
-def pair_row(prompt: GeneratedPrompt, selection: Selection, scores_by_model: list[list[float]], model_names: tuple[str, ...]) -> dict[str, Any]:
+def pair_row(prompt: GeneratedPrompt, chosen_index: int, rejected_index: int, scores_by_model: list[list[float | None]],
+             model_names: tuple[str, ...]) -> dict[str, Any]:
+    """`chosen_index`, `rejected_index` index `prompt.candidates`."""
     messages = prompt.prompt.messages
-    chosen = prompt.candidates[selection.chosen]
-    rejected = prompt.candidates[selection.rejected]
+    chosen = prompt.candidates[chosen_index]
+    rejected = prompt.candidates[rejected_index]
     reference_index = next((i for i, c in enumerate(prompt.candidates) if c.is_reference), None)
     return {
         "prompt_id": prompt.prompt.prompt_id,
         "messages": messages,
         "chosen": [*messages, {"role": "assistant", "content": chosen.text}],
         "rejected": [*messages, {"role": "assistant", "content": rejected.text}],
-        "chosen_score": _by_model(model_names, scores_by_model, selection.chosen),
-        "rejected_score": _by_model(model_names, scores_by_model, selection.rejected),
+        "chosen_score": _by_model(model_names, scores_by_model, chosen_index),
+        "rejected_score": _by_model(model_names, scores_by_model, rejected_index),
         "reference_completion": prompt.prompt.reference_completion,
         "reference_completion_score": (
             _by_model(model_names, scores_by_model, reference_index) if reference_index is not None else None
@@ -41,6 +42,8 @@ def score_rows(prompt: GeneratedPrompt, scores_by_model: list[list[float]], mode
             "completion": candidate.text,
             "scores": _by_model(model_names, scores_by_model, index),
             "is_reference": candidate.is_reference,
+            "finish_reason": candidate.finish_reason,
+            "num_tokens": candidate.num_tokens,
         }
         for index, candidate in enumerate(prompt.candidates)
     ]

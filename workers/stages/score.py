@@ -22,8 +22,7 @@ def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: 
         return [[*prompt.prompt.messages, {"role": "assistant", "content": c.text}] for c in prompt.candidates]
 
     def verdict(scores: list[float | None]) -> dict:
-        if any(s is None for s in scores):
-            return PromptScores(skip_reason=f"conversation longer than reward model {model_index}'s context").__dict__
+        """None for a candidate longer than the model's context: the aggregation drops that candidate, not the prompt."""
         return PromptScores(scores=scores).__dict__
 
     try:

@@ -1,16 +1,41 @@
-"""Choosing the chosen/rejected pair among a prompt's distinct candidates: pure functions on plain data."""
+"""Choosing the chosen/rejected pair among a prompt's distinct candidates: pure functions on plain data.
+
+How several reward models combine (`--combine`):
+- `mean`: the raw mean of the models' scores. With one model, that model's score; with several, the model with
+  the widest scale decides alone (one scoring in [-30, 30] drowns one in [-1, 1]).
+- `standardized` (the default with several models): each model's scores standardised over the prompt's candidates
+  (minus their mean, over their standard deviation), then averaged: every model weighs the same, whatever its scale.
+- `vote`: open-instruct's majority vote, each model voting for its best and its worst candidate; a pair whose
+  chosen does not also have the higher standardized score is dropped (the models disagree).
+The margin (`--min-margin`) and ties are measured on the combined score: raw units with `mean`, standard
+deviations with `standardized` and `vote`.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from rsample.workers.common.config import COMBINE_METHODS
+
+UNFINISHED = "unfinished"
+"""No pair: no candidate that may be chosen scores above another (all cut at --max-new-tokens or empty, or the only
+finished ones are the worst)."""
+TIE = "tie"
+"""No pair: chosen and rejected have the same combined score, so the pair carries no preference."""
+DISAGREEMENT = "disagreement"
+"""No pair (`vote`): the candidate most models voted best has a lower combined score than the one voted worst."""
 
 
 @dataclass(frozen=True)
 class Selection:
-    chosen: int
-    rejected: int
+    """The chosen and rejected candidates (indices into the scored candidates), or why there is no pair."""
+
+    chosen: int | None
+    rejected: int | None
     combined: list[float]
-    """The mean over reward models of each candidate's score; the margin is measured on it."""
+    """Each candidate's combined score; the margin is measured on it."""
+    dropped: str | None = None
 
     @property
     def margin(self) -> float:
@@ -21,39 +46,48 @@ def mean_scores(scores_by_model: list[list[float]]) -> list[float]:
     return [sum(column) / len(column) for column in zip(*scores_by_model)]
 
 
-def _argmax(values: list[float]) -> int:
-    """First index of the largest value, as numpy's argmax (open-instruct's tie-break)."""
-    return max(range(len(values)), key=lambda i: (values[i], -i))
-
-
-def select_by_mean(scores_by_model: list[list[float]]) -> Selection:
-    combined = mean_scores(scores_by_model)
-    chosen = _argmax(combined)
-    others = [i for i in range(len(combined)) if i != chosen]
-    rejected = min(others, key=lambda i: (combined[i], i))
-    return Selection(chosen, rejected, combined)
-
-
-def select_by_vote(scores_by_model: list[list[float]]) -> Selection:
-    """open-instruct's majority vote: each model votes for its best and its worst candidate.
-
-    Ties between vote counts go to the better (for chosen) or worse (for rejected) mean score, and
-    rejected is never the chosen candidate.
-    """
-    combined = mean_scores(scores_by_model)
-    count = len(combined)
-    best_votes = [0] * count
-    worst_votes = [0] * count
+def standardized_scores(scores_by_model: list[list[float]]) -> list[float]:
+    """Each model's scores as z-scores over the candidates (0 for a model that scores them all alike), averaged."""
+    columns = []
     for scores in scores_by_model:
-        best_votes[_argmax(scores)] += 1
-        worst_votes[_argmax([-s for s in scores])] += 1
-    chosen = max(range(count), key=lambda i: (best_votes[i], combined[i], -i))
-    rejected = max((i for i in range(count) if i != chosen), key=lambda i: (worst_votes[i], -combined[i], -i))
-    return Selection(chosen, rejected, combined)
+        mean = sum(scores) / len(scores)
+        std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+        columns.append([(s - mean) / std if std > 0 else 0.0 for s in scores])
+    return mean_scores(columns)
 
 
-def select_pair(scores_by_model: list[list[float]], method: str) -> Selection:
-    """`scores_by_model[m][c]` is reward model m's score of candidate c; needs at least two candidates."""
-    if len(scores_by_model[0]) < 2:
+def _best(indices: list[int], key) -> int:
+    """The first of the indices with the largest key, as numpy's argmax (open-instruct's tie-break)."""
+    return max(indices, key=lambda i: (key(i), -i))
+
+
+def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[bool] | None = None) -> Selection:
+    """`scores_by_model[m][c]` is reward model m's score of candidate c (at least two candidates).
+
+    Only an `eligible` candidate may be chosen (by default a finished, non-empty one); any may be rejected.
+    """
+    count = len(scores_by_model[0])
+    if count < 2:
         raise ValueError("a pair needs at least two distinct candidates")
-    return select_by_vote(scores_by_model) if method == "vote" else select_by_mean(scores_by_model)
+    if method not in COMBINE_METHODS:
+        raise ValueError(f"unknown combination {method!r}")
+    eligible = eligible if eligible is not None else [True] * count
+    combined = mean_scores(scores_by_model) if method == "mean" else standardized_scores(scores_by_model)
+    candidates = [i for i in range(count) if eligible[i]]
+    if not candidates:
+        return Selection(None, None, combined, UNFINISHED)
+    if method == "vote":
+        best_votes, worst_votes = [0] * count, [0] * count
+        for scores in scores_by_model:
+            best_votes[_best(candidates, lambda i: scores[i])] += 1
+            worst_votes[_best(list(range(count)), lambda i: -scores[i])] += 1
+        chosen = _best(candidates, lambda i: (best_votes[i], combined[i]))
+        rejected = _best([i for i in range(count) if i != chosen], lambda i: (worst_votes[i], -combined[i]))
+    else:
+        chosen = _best(candidates, lambda i: combined[i])
+        rejected = _best([i for i in range(count) if i != chosen], lambda i: -combined[i])
+    if combined[chosen] == combined[rejected]:
+        return Selection(chosen, rejected, combined, TIE)
+    if combined[chosen] < combined[rejected]:
+        return Selection(chosen, rejected, combined, DISAGREEMENT if method == "vote" else UNFINISHED)
+    return Selection(chosen, rejected, combined)

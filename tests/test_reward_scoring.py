@@ -1,0 +1,76 @@
+"""Rewards are read at each conversation's true last token, whatever the reward tokenizer's padding, and in full
+precision: checked against `oracles.reference_reward`, one unpadded sequence at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from oracles import reference_reward, reward_token_ids
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rsample.workers.backends.tiny_models import build_reward_model
+from rsample.workers.backends.transformers_reward import TransformersRewardModel
+
+SHORT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+LONG = [{"role": "user", "content": "write a poem about the river " * 12}, {"role": "assistant", "content": "the river runs to the city " * 14}]
+CONVERSATIONS = [
+    SHORT,
+    LONG,
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "explain why"}, {"role": "assistant", "content": "the answer"}],
+    [{"role": "user", "content": "name a city"}, {"role": "assistant", "content": "a city"}, {"role": "user", "content": "another"},
+     {"role": "assistant", "content": "river city music"}],
+    [{"role": "user", "content": "list three numbers"}, {"role": "assistant", "content": ""}],
+    [{"role": "user", "content": "the the the"}, {"role": "assistant", "content": "the the"}],
+]
+
+VARIANTS = {
+    "no pad token": {"pad": "none"},
+    "pad is EOS": {"pad": "eos"},
+    "own pad token, saved left padding": {"pad": "own"},
+    "config pad id is an ordinary word": {"pad": "own", "config_pad_token": "the"},
+    "config pad id is EOS, tokenizer has none": {"pad": "none", "config_pad_token": "</turn>"},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def reward_model(request, tmp_path_factory):
+    path = build_reward_model(tmp_path_factory.mktemp("rm") / "reward", seed=3, **VARIANTS[request.param])
+    return str(path)
+
+
+def test_the_tiny_reward_model_looks_like_a_real_one(reward_model):
+    tokenizer = AutoTokenizer.from_pretrained(reward_model)
+    ids = reward_token_ids(tokenizer, SHORT)
+    assert ids[-1] == tokenizer.eos_token_id  # the template ends with EOS: reading one token early is a real risk
+    assert ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id  # one BOS, from the template
+    assert tokenizer("hello")["input_ids"][0] == tokenizer.bos_token_id  # the tokenizer adds one to plain text
+
+
+@pytest.mark.parametrize("micro_batch", [1, 3, 16])
+def test_scores_are_read_at_the_true_last_token(reward_model, micro_batch):
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(reward_model)
+    expected = [reference_reward(model, tokenizer, c) for c in CONVERSATIONS]
+    lengths = [len(reward_token_ids(tokenizer, c)) for c in CONVERSATIONS]
+    assert max(lengths) > 8 * min(lengths)  # very different lengths share a micro-batch
+    scores = TransformersRewardModel(reward_model, "float32", micro_batch).score(CONVERSATIONS)
+    assert scores == pytest.approx(expected, abs=1e-5)
+
+
+def test_bf16_scores_keep_full_precision(tmp_path):
+    """A bf16 model's trunk is bf16, but its head runs in float32: scores are the head of the bf16 hidden state to
+    fp32 precision, close to the fp32 model's, and not rounded to the bf16 grid."""
+    path = str(build_reward_model(tmp_path / "reward", seed=4, pad="eos"))
+    conversations = CONVERSATIONS * 3
+    bf16_scores = TransformersRewardModel(path, "bfloat16", micro_batch=1).score(conversations)  # the oracle's shapes
+    batched_bf16_scores = TransformersRewardModel(path, "bfloat16").score(conversations)
+    fp32_scores = TransformersRewardModel(path, "float32").score(conversations)
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.bfloat16).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    expected = [reference_reward(model, tokenizer, c) for c in conversations]  # bf16 trunk, float64 head
+    assert bf16_scores == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    for scores in (bf16_scores, batched_bf16_scores):
+        assert scores == pytest.approx(fp32_scores, abs=0.05)  # only the trunk's bf16 rounding separates them
+        off_grid = [s for s in scores if torch.tensor(s).to(torch.bfloat16).item() != s]
+        assert len(off_grid) >= len(scores) - 1
