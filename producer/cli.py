@@ -31,11 +31,22 @@ from rsample.workers.common.config import (
     resolve_sampling,
 )
 from rsample.workers.common.errors import RsampleError
-from rsample.workers.runtime.connection import REDIS_URL_ENV, redact_url
+from rsample.workers.runtime.connection import REDIS_URL_ENV, redact_secrets, redact_url
 
 
 def redacted_command(argv: list[str]) -> str:
-    return shlex.join(["rsample", *(redact_url(arg) if "://" in arg else arg for arg in argv)])
+    """The command as stored in the run's settings and the dataset card: no password, no token, in any form."""
+    return shlex.join(["rsample", *(redact_secrets(arg) for arg in argv)])
+
+
+def hide_secrets_from_ps(argv: list[str]) -> None:
+    """A password given on the command line (`--redis-url URL`, `--redis-url=URL`) would show in `ps` for as long
+    as the process lives: rewrite this process's title without it. (RSAMPLE_REDIS_URL never shows at all.)"""
+    redacted = [redact_secrets(arg) for arg in argv]
+    if redacted != argv:
+        import setproctitle
+
+        setproctitle.setproctitle(shlex.join([sys.executable, "-m", "rsample.producer", *redacted]))
 
 
 def run_options(command):
@@ -131,6 +142,12 @@ def redis_url_option(required: bool):
     )
 
 
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace output files that exist and are not this run's (by default rsample refuses; a run's own files are resumed).",
+)
+
+
 class RsampleGroup(click.Group):
     """Prints RsampleError as one line and exits 2, instead of a traceback."""
 
@@ -146,6 +163,7 @@ class RsampleGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def main(verbose: bool) -> None:
     """Rejection sampling (best-of-n) on Redis + RQ: sample, score, keep the best and the worst."""
+    hide_secrets_from_ps(sys.argv[1:])
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -158,7 +176,8 @@ def main(verbose: bool) -> None:
 @click.option("--push-to-hub", "push_repo", help="Hub dataset repo to upload the results to (token from HF_TOKEN).")
 @click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
-def run(out, scores_out, generate_workers, push_repo, public, no_progress, redis_url, **params) -> None:
+@overwrite_option
+def run(out, scores_out, generate_workers, push_repo, public, no_progress, overwrite, redis_url, **params) -> None:
     """Run the whole job on this machine (embedded Redis unless --redis-url) and exit when it is done.
 
     Re-running the same command after a crash resumes: rows already in the output are not generated again.
@@ -166,7 +185,8 @@ def run(out, scores_out, generate_workers, push_repo, public, no_progress, redis
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally
 
     config = build_config(params)
-    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers, progress=not no_progress)
+    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers,
+                              progress=not no_progress, overwrite=overwrite)
     config, summary = run_locally(config, options)
     _report(config, summary, out, scores_out, push_repo, public)
 
@@ -211,7 +231,8 @@ def worker(role, redis_url, run_id, gpu, indices, burst, slots) -> None:
 @click.option("--push-to-hub", "push_repo")
 @click.option("--public", is_flag=True)
 @click.option("--no-progress", is_flag=True)
-def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress) -> None:
+@overwrite_option
+def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress, overwrite) -> None:
     """Coordinate a run: feed its prompts to the workers and write the results; exits when every row is written.
 
     Run it where the dataset and the output live. Restarting it resumes from the output files.
@@ -219,13 +240,16 @@ def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from rsample.producer.driver.coordinator import Coordinator
+    from rsample.producer.driver.ledger import check_outputs
+    from rsample.producer.registration import dataset_files
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.progress import StageBars
     from rsample.workers.runtime.run_state import expire_run, load_run
 
     client = connect(redis_url)
     config = load_run(client, run_id)
-    coordinator = Coordinator(client, config, out, scores_out)
+    check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite)
+    coordinator = Coordinator(client, config, out, scores_out, overwrite)
     bars = StageBars(client, config.run_id, disable=no_progress)
     try:
         with logging_redirect_tqdm():
@@ -245,14 +269,16 @@ def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress
 @click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--generate-workers", type=int, default=1, show_default=True)
 @click.option("--no-progress", is_flag=True)
-def resume(redis_url, run_id, out, scores_out, generate_workers, no_progress) -> None:
+@overwrite_option
+def resume(redis_url, run_id, out, scores_out, generate_workers, no_progress, overwrite) -> None:
     """Resume a run kept in Redis on this machine, with local workers (like `run` with its settings)."""
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.run_state import load_run
 
     config = load_run(connect(redis_url, patient=False), run_id)
-    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers, progress=not no_progress)
+    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers,
+                              progress=not no_progress, overwrite=overwrite)
     config, summary = run_locally(config, options)
     _report(config, summary, out, scores_out, None, False)
 

@@ -39,6 +39,8 @@ class Feeder:
         self._rows: Iterator[tuple[int, Any]] = iter_rows(self.config.data)
         self._position = 0
         self.seen: dict[str, int] = {}
+        self.handed: dict[int, PromptRecord] = {}
+        """Prompts handed to the workers whose rows the ledger has not settled yet: what Redis could lose."""
         self.exhausted = self.client.hget(self.keys.stats, "feed_done") is not None
         cursor = int(self.client.hget(self.keys.stats, "feed_cursor") or 0)
         while self._position < cursor:
@@ -47,8 +49,9 @@ class Feeder:
                 break
             index, row = item
             record = self._to_record(index, row)
-            if isinstance(record, PromptRecord):
-                self.seen.setdefault(record.prompt_id, index)
+            if isinstance(record, PromptRecord) and self.seen.setdefault(record.prompt_id, index) == index:
+                if index not in self.ledger.rows and record.prompt_id not in self.ledger.prompt_ids:
+                    self.handed[index] = record
 
     def _next_row(self) -> tuple[int, Any] | None:
         try:
@@ -60,6 +63,23 @@ class Feeder:
 
     def _to_record(self, index: int, row: Any) -> PromptRecord | RowSkip:
         return row if isinstance(row, RowSkip) else extract_prompt(row, index, self.config.data.system_prompt)
+
+    def unsettled(self) -> list[PromptRecord]:
+        """The handed-out prompts whose rows are not written yet (the settled ones are forgotten on the way)."""
+        for index in [i for i, r in self.handed.items() if i in self.ledger.rows or r.prompt_id in self.ledger.prompt_ids]:
+            del self.handed[index]
+        return list(self.handed.values())
+
+    def refeed(self, records: list[PromptRecord], attempt: str) -> None:
+        """Hands lost prompts out again, in new batches (`attempt` keeps their ids apart from every earlier batch)."""
+        size = self.config.prompts_per_job
+        with self.client.pipeline() as pipe:
+            for start in range(0, len(records), size):
+                batch = records[start:start + size]
+                job = generation_job_data(self.config, f"r{batch[0].row_index}-again{attempt}", [p.__dict__ for p in batch])
+                self.queue.enqueue_many([job], pipeline=pipe)
+            pipe.hincrby(self.keys.stats, "prompts_enqueued", len(records))
+            pipe.execute()
 
     def in_flight(self) -> int:
         enqueued, returned = self.client.hmget(self.keys.stats, "prompts_enqueued", "prompts_returned")
@@ -99,6 +119,7 @@ class Feeder:
                 settled.append(Outcome(index, prompt_id, DUPLICATE, f"same prompt as row {self.seen.get(prompt_id, '?')}"))
             else:
                 self.seen[prompt_id] = index
+                self.handed[index] = record
                 batch.append(record)
         with self.client.pipeline() as pipe:  # MULTI: the jobs and the cursor move together
             if batch:

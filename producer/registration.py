@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import redis
 
@@ -18,6 +19,14 @@ from rsample.workers.runtime.run_state import load_run, save_run
 def run_id_for(config: RunConfig) -> str:
     """Same output settings, same id: re-running a command finds its run (and its output files) again."""
     return hashlib.sha256(json.dumps(config.output_settings(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dataset_files(config: RunConfig) -> tuple[Path, ...]:
+    """The local files the run reads, which no output may overwrite (a Hub dataset has none)."""
+    path = Path(config.data.dataset).expanduser()
+    if path.is_dir():
+        return tuple(p for p in path.rglob("*") if p.is_file())
+    return (path,) if path.exists() else ()
 
 
 def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, bool]:

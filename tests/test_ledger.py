@@ -57,7 +57,7 @@ def test_reopening_repairs_what_a_crash_left(tmp_path):
 
 def test_files_of_another_run_are_not_mixed_in(tmp_path):
     Ledger(tmp_path / "pairs.jsonl", None, "run1").close()
-    with pytest.raises(RsampleError, match="belongs to run run1, made with other settings"):
+    with pytest.raises(RsampleError, match="exists and is run run1.s output, made with other settings: pass --overwrite"):
         Ledger(tmp_path / "pairs.jsonl", None, "run2")
 
 
@@ -67,3 +67,12 @@ def test_counts_cover_every_row(tmp_path):
     outcomes, reasons = ledger.counts()
     assert outcomes == {PAIR: 1, SKIPPED: 1, DUPLICATE: 1}
     assert reasons == {"invalid JSON": 1}
+
+
+def test_overwrite_replaces_another_runs_files(tmp_path):
+    first = Ledger(tmp_path / "pairs.jsonl", None, "run1")
+    first.commit([Outcome(0, "a", PAIR)], [{"prompt_id": "a"}], [])
+    first.close()
+    Ledger(tmp_path / "pairs.jsonl", None, "run2", overwrite=True).close()
+    assert (tmp_path / "pairs.jsonl").read_text() == ""
+    assert json.loads((tmp_path / "pairs.outcomes.jsonl").read_text().splitlines()[0]) == {"rsample_run": "run2"}

@@ -74,3 +74,72 @@ def test_two_runs_share_one_redis_without_touching_each_other(redis_server, tmp_
         assert {row["num_candidates"] for row in read_jsonl(out)} == {n}
     status = rsample("status", "--redis-url", redis_server.url, "--json").stdout
     assert status.count('"complete": true') == 2
+
+
+def redis_contents(client) -> str:
+    """Every key and value of a Redis, as text, whatever its type."""
+    parts = []
+    for key in client.scan_iter():
+        kind = client.type(key).decode()
+        value = {"string": lambda: client.get(key), "hash": lambda: client.hgetall(key), "list": lambda: client.lrange(key, 0, -1),
+                 "set": lambda: client.smembers(key), "zset": lambda: client.zrange(key, 0, -1),
+                 "stream": lambda: client.xrange(key)}.get(kind, lambda: b"")()
+        parts.append(f"{key!r} {value!r}")
+    return "\n".join(parts)
+
+
+def command_lines_holding(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def test_a_password_in_any_form_reaches_no_key_card_log_or_process(tmp_path):
+    import redis as redis_py
+    from faults import wait_for
+
+    from rsample.producer.driver.hub import dataset_card
+    from rsample.producer.driver.summary import Summary
+    from rsample.workers.runtime.run_state import load_run
+
+    password = "pw-Zq81-sekrit"
+    dataset = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"question number {i}"} for i in range(400)])
+    log = tmp_path / "processes.log"
+    with EmbeddedRedis(data_dir=tmp_path / "redis", password=password) as server:
+        url = server.url
+        client = redis_py.Redis.from_url(url)
+        run_id = rsample("enqueue", f"--redis-url={url}", "--dataset", str(dataset), *FAST).stdout.strip()
+        workers = [start("worker", "generate", "--redis-url", url, "--run", run_id, log=log),  # flag form
+                   start("worker", "reward", f"--redis-url={url}", "--run", run_id, log=log)]  # = form
+        wait_for(lambda: len(list(client.scan_iter("rq:worker:rsample-*"))) == 2, 60, "both workers to register")
+        assert command_lines_holding(password) == []
+        out = tmp_path / "pairs.jsonl"
+        aggregated = rsample("aggregate", f"--redis-url={url}", "--run", run_id, "--out", str(out), "--no-progress")
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+        local_out = tmp_path / "local" / "pairs.jsonl"
+        local = start("run", f"--redis-url={url}", "--dataset", str(dataset), *FAST, "--batch-size", "1", "--n", "3",
+                      "--out", str(local_out), "--no-progress", log=log)
+        wait_for(lambda: local_out.with_name("pairs.outcomes.jsonl").exists() or local.poll() is not None, 60, "the run to start")
+        wait_for(lambda: len(command_lines_holding("worker generate --run")) > 0 or local.poll() is not None, 60, "the run's workers")
+        seen_while_running = command_lines_holding(password)
+        assert local.wait(timeout=120) == 0, log.read_text()[-2000:]
+        assert seen_while_running == []
+
+        status = rsample("status", f"--redis-url={url}")
+        card = dataset_card(load_run(client, run_id), Summary(1, 0, {}, 0, 0, 1, 1, 1, 1.0), {"pairs": out})
+        printed = aggregated.stdout + aggregated.stderr + status.stdout + status.stderr + log.read_text() + card
+        printed += "".join(p.read_text() for p in tmp_path.rglob("*.log") if "redis" not in p.parts)
+        assert "redis://:***@" in card
+        assert password not in printed
+        assert password not in redis_contents(client)
+        client.close()

@@ -43,3 +43,27 @@ def test_one_worker_runs_two_jobs_at_once_and_stops_on_sigterm(redis_server, red
     scorer.send_signal(signal.SIGTERM)
     assert generator.wait(timeout=20) == 0 and scorer.wait(timeout=20) == 0, log.read_text()[-3000:]
     assert not any(f"-{generator.pid}" in w.decode() for w in redis_client.smembers("rq:workers"))
+
+
+def test_a_job_timeout_reaches_a_slot_that_waits_on_the_engine():
+    """A slot's timeout is raised into its thread by a timer; a job waiting for a stuck engine must still get it."""
+    import threading
+    from concurrent.futures import Future
+
+    from rq.timeouts import JobTimeoutException, TimerDeathPenalty
+
+    from rsample.workers.backends.vllm_engine import wait_interruptibly
+
+    caught = []
+
+    def slot_job():
+        try:
+            with TimerDeathPenalty(1, JobTimeoutException):
+                wait_interruptibly(Future(), poll=0.1)  # an engine that never answers
+        except JobTimeoutException as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=slot_job, daemon=True)
+    thread.start()
+    thread.join(timeout=15)
+    assert not thread.is_alive() and len(caught) == 1

@@ -148,7 +148,10 @@ def pinned_workers(parent: int, expected: int) -> dict[str, int] | None:
             if not entry.name.isdigit() or not alive(int(entry.name)):
                 continue
             stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != parent or b"rsample.producer\0worker\0" not in (entry / "cmdline").read_bytes():
+            cmdline = (entry / "cmdline").read_bytes()
+            # a worker shows as `python -m rsample.producer worker ...`, or by the title RQ gives it once it serves
+            is_worker = b"rsample.producer\0worker\0" in cmdline or cmdline.startswith(b"rq:worker:rsample-")
+            if int(stat.rsplit(")", 1)[1].split()[1]) != parent or not is_worker:
                 continue  # not a child, or a child not yet exec'd
             environ = dict(item.partition(b"=")[::2] for item in (entry / "environ").read_bytes().split(b"\0") if item)
             found[environ[b"CUDA_VISIBLE_DEVICES"].decode()] = int(entry.name)

@@ -8,22 +8,29 @@ keeps only what is still in flight.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 
 import redis
 
 from rsample.producer.driver.ledger import Ledger
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import SKIPPED, GeneratedBatch, Outcome
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 
+log = logging.getLogger(__name__)
+
 
 class Collector:
-    def __init__(self, client: redis.Redis, config: RunConfig, ledger: Ledger):
+    def __init__(self, client: redis.Redis, config: RunConfig, ledger: Ledger, before_commit: Callable[[], None] = lambda: None):
+        """`before_commit` runs right before each write to the files and may raise to stop it (the run lock's fence)."""
         self.client = client
         self.config = config
         self.ledger = ledger
+        self.before_commit = before_commit
         self.keys = RunKeys(config.run_id)
         self.cursor = "0"
 
@@ -39,15 +46,22 @@ class Collector:
             return 0
         self.cursor = entries[-1][0]
         payloads = self._fetch_payloads([fields["batch_id"] for _, fields in entries if "batch_id" in fields])
-        combined, cleanup, returned = BatchOutcome(), [], 0
-        for _, fields in entries:
-            result, batch_returned = self._settle(fields, payloads)
+        combined, cleanup, returned, seen = BatchOutcome(), [], 0, set()
+        for entry_id, fields in entries:
+            if "batch_id" in fields and fields["batch_id"] in seen:  # delivered twice in one read: its prompts came back once
+                continue
+            seen.add(fields.get("batch_id"))
+            try:
+                result, batch_returned = self._settle(fields, payloads)
+            except Exception as exc:  # never retried forever: set aside, reported, its prompts settled when known
+                result, batch_returned = self._set_aside(entry_id, fields, payloads, exc)
             combined.outcomes += result.outcomes
             combined.rows += result.rows
             combined.score_rows += result.score_rows
             returned += batch_returned
             if "batch_id" in fields:
                 cleanup += [self.keys.batch(fields["batch_id"]), self.keys.scores(fields["batch_id"])]
+        self.before_commit()
         fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows)
         with self.client.pipeline() as pipe:
             pipe.xdel(self.keys.ready, *[entry_id for entry_id, _ in entries])
@@ -58,6 +72,25 @@ class Collector:
             pipe.hset(self.keys.stats, "rows_written", len(self.ledger.rows))
             pipe.execute()
         return len(fresh)
+
+    def _set_aside(self, entry_id, fields: dict[str, str], payloads: dict, exc: Exception) -> tuple[BatchOutcome, int]:
+        """A ready message that cannot be processed (a corrupt payload, scores that do not fit its candidates) would
+        crash every coordinator that reads it, restart after restart. It goes to the run's `unprocessable` list
+        (see `rsample status`) with its error; the prompts of a payload that can still be read are skipped with it."""
+        reason = f"unprocessable result: {first_line(exc, with_type=True)}"
+        log.error("run %s: ready message %s (%s) set aside: %s", self.config.run_id, entry_id, fields.get("batch_id", "rows"), reason)
+        record = json.dumps({"entry": entry_id.decode() if isinstance(entry_id, bytes) else entry_id, "fields": fields, "error": reason})
+        with self.client.pipeline() as pipe:
+            pipe.rpush(self.keys.unprocessable, record)
+            pipe.expire(self.keys.unprocessable, defaults.FAILED_TTL)
+            pipe.hincrby(self.keys.stats, "unprocessable", 1)
+            pipe.execute()
+        try:
+            batch = GeneratedBatch.from_dict(json.loads(payloads[fields["batch_id"]][0]))
+        except Exception:  # nothing readable: its rows stay in flight, and the run says so in `rsample status`
+            return BatchOutcome(), 0
+        outcomes = [Outcome(p.prompt.row_index, p.prompt.prompt_id, SKIPPED, reason) for p in batch.prompts]
+        return BatchOutcome(outcomes=outcomes), len(batch.prompts)
 
     def _fetch_payloads(self, batch_ids: list[str]) -> dict[str, tuple[bytes | None, dict]]:
         """Each batch's generated payload and its reward scores, in one round trip."""

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,11 +18,11 @@ from rq.registry import StartedJobRegistry
 
 from rsample.producer.driver.collector import Collector
 from rsample.producer.driver.ledger import Ledger
+from rsample.producer.driver.run_lock import RunLock
 from rsample.producer.driver.summary import Summary, summarize
 from rsample.producer.feeder import Feeder
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import make_queue
 from rsample.workers.runtime.run_state import read_stats, save_run
@@ -33,58 +30,26 @@ from rsample.workers.runtime.safe_job import SafeJob
 
 log = logging.getLogger(__name__)
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Coordinator:
-    def __init__(self, client: redis.Redis, config: RunConfig, out: str | Path, scores_out: str | Path | None = None):
+    def __init__(self, client: redis.Redis, config: RunConfig, out: str | Path, scores_out: str | Path | None = None,
+                 overwrite: bool = False):
         self.client = client
         self.config = config
         self.keys = RunKeys(config.run_id)
-        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
-        self._take_lock()
-        self.ledger = Ledger(out, scores_out, config.run_id)
-        self.feeder = Feeder(client, config, self.ledger)
-        self.collector = Collector(client, config, self.ledger)
+        self.lock = RunLock(client, self.keys.coordinator_lock, config.run_id).acquire()  # kept alive from here on
+        try:
+            self.ledger = Ledger(out, scores_out, config.run_id, overwrite)
+            self.feeder = Feeder(client, config, self.ledger)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)
         self._last_sweep = 0.0
+        self._idle_since: float | None = None
+        self._recoveries = 0
         self.started_at = time.time()
         stats = read_stats(client, config.run_id)
         self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
-
-    def _take_lock(self) -> None:
-        """One coordinator per run. A dead one's lock is taken over at once on its own host, else when it expires."""
-        deadline = time.monotonic() + defaults.COORDINATOR_LOCK_SECONDS + 5
-        while not self.client.set(self.keys.coordinator_lock, self._token, nx=True, ex=defaults.COORDINATOR_LOCK_SECONDS):
-            holder = (self.client.get(self.keys.coordinator_lock) or b"").decode()
-            host, _, rest = holder.partition(":")
-            pid = rest.partition(":")[0]
-            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
-                log.warning("taking over run %s from coordinator process %s, which is gone", self.config.run_id, pid)
-                self.client.set(self.keys.coordinator_lock, self._token, ex=defaults.COORDINATOR_LOCK_SECONDS)
-                return
-            if time.monotonic() > deadline:
-                raise RsampleError(
-                    f"run {self.config.run_id} already has a live coordinator ({holder.rsplit(':', 1)[0]}): "
-                    "one `rsample run` or `rsample aggregate` per run"
-                )
-            time.sleep(1)
-
-    def _hold_lock(self) -> None:
-        """Refreshes the lock; a Redis that forgot it (restart without persistence) gets it back."""
-        current = self.client.get(self.keys.coordinator_lock)
-        if current is None:
-            self.client.set(self.keys.coordinator_lock, self._token, nx=True, ex=defaults.COORDINATOR_LOCK_SECONDS)
-        elif current.decode() != self._token:
-            raise RsampleError(f"another coordinator ({current.decode().rsplit(':', 1)[0]}) took over run {self.config.run_id}: stopping")
-        else:
-            self.client.expire(self.keys.coordinator_lock, defaults.COORDINATOR_LOCK_SECONDS)
 
     def is_complete(self) -> bool:
         total = self.client.hget(self.keys.stats, "rows_total")
@@ -109,14 +74,52 @@ class Coordinator:
             queue = make_queue(self.client, name)
             StartedJobRegistry(queue=queue, job_class=SafeJob).cleanup()
 
+    def pipeline_is_idle(self) -> bool:
+        """No job queued, running or waiting for a retry, and nothing ready to write: nobody can finish anything."""
+        if self.client.xlen(self.keys.ready):
+            return False
+        for name in self.keys.all_queues(len(self.config.reward_models)):
+            queue = make_queue(self.client, name)
+            if queue.count or queue.started_job_registry.count or queue.scheduled_job_registry.count:
+                return False
+        return True
+
+    def recover_lost_work(self) -> None:
+        """Feeds again the prompts that are handed out but exist nowhere any more.
+
+        A Redis that comes back older than it was (restarted from an earlier snapshot, or a replica that lagged
+        behind a failover) has lost the jobs and results written since, while its counters say they are in flight:
+        the run would wait for them forever. Once the whole pipeline has been idle for longer than a worker may run
+        unseen (two heartbeat TTLs), nothing is in flight, whatever the counters say: they are set right, and the
+        prompts not yet written are fed again. Should a lost job still finish after all, the ledger keeps one result.
+        """
+        lost = self.feeder.unsettled()
+        if not lost or not self.pipeline_is_idle():
+            self._idle_since = None
+            return
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+            return
+        if now - self._idle_since < max(2 * self.config.jobs.heartbeat_ttl, 2 * defaults.REAPER_INTERVAL):
+            return
+        self._recoveries += 1
+        log.warning("run %s: %d prompts were handed out but exist nowhere in Redis any more (it came back older than it was?): "
+                    "feeding them again", self.config.run_id, len(lost))
+        enqueued = int(self.client.hget(self.keys.stats, "prompts_enqueued") or 0)
+        self.client.hset(self.keys.stats, "prompts_returned", enqueued)  # idle: nothing is in flight
+        self.feeder.refeed(lost, f"{int(time.time())}{self._recoveries}")
+        self._idle_since = None
+
     def step(self) -> None:
-        self._hold_lock()
+        self.lock.refresh()
         self.ensure_run()
         self.feeder.top_up()
         if self.collector.step():
             self._publish_outcomes()
         if time.monotonic() - self._last_sweep > min(defaults.REAPER_INTERVAL, self.config.jobs.heartbeat_ttl / 2):
             self.sweep()
+            self.recover_lost_work()
             self._last_sweep = time.monotonic()
 
     def _publish_outcomes(self) -> None:
@@ -146,8 +149,4 @@ class Coordinator:
 
     def close(self) -> None:
         self.ledger.close()
-        try:
-            if self.client.get(self.keys.coordinator_lock) == self._token.encode():
-                self.client.delete(self.keys.coordinator_lock)
-        except redis.RedisError:
-            pass
+        self.lock.release()

@@ -23,6 +23,52 @@ def outcomes_path_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}.outcomes.jsonl")
 
 
+def output_owner(out: Path) -> str | None:
+    """The run id in the header of `out`'s outcomes file: the run whose output these files are, if any."""
+    path = outcomes_path_for(out)
+    if not path.exists():
+        return None
+    with path.open("rb") as handle:
+        first = handle.readline()
+    try:
+        return json.loads(first).get("rsample_run") if first.endswith(b"\n") else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple[Path, ...] = (), overwrite: bool = False) -> None:
+    """Refuses, before any work and in one line, outputs that would destroy a file that is not this run's output.
+
+    The files may be this run's (a resume); anything else that exists and holds data is kept unless `overwrite`.
+    An input (the dataset) may never be an output, with or without `overwrite`.
+    """
+    outputs = {"--out": out, "--scores-out": scores_out, "the outcomes file": outcomes_path_for(out)}
+    outputs = {name: Path(path) for name, path in outputs.items() if path is not None}
+    for name, path in outputs.items():
+        for source in inputs:
+            if _same_file(path, source):
+                raise RsampleError(f"{name} {path} is the dataset itself: write the output to another file")
+    names = list(outputs)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if _same_file(outputs[first], outputs[second]):
+                raise RsampleError(f"{first} and {second} are the same file ({outputs[first]}): give each its own")
+    owner = output_owner(Path(out))
+    if owner == run_id or overwrite:
+        return
+    existing = [path for path in outputs.values() if path.exists() and path.stat().st_size > 0]
+    if existing:
+        whose = f"run {owner}'s output, made with other settings" if owner else "not the output of this run"
+        raise RsampleError(f"{existing[0]} exists and is {whose}: pass --overwrite to replace it, or choose another --out")
+
+
 def _complete_lines(path: Path) -> list[str]:
     """The file's complete lines; a trailing line cut by a crash is dropped from the file too."""
     if not path.exists():
@@ -61,7 +107,8 @@ def _first_of_each(rows: list[dict], key) -> list[dict]:
 
 
 class Ledger:
-    def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str):
+    def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False):
+        """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse."""
         self.out = Path(out)
         self.scores_out = Path(scores_out) if scores_out else None
         self.outcomes_path = outcomes_path_for(self.out)
@@ -70,6 +117,7 @@ class Ledger:
         self.prompt_ids: set[str] = set()
         self._outcome_counts: Counter = Counter()
         self._skip_reasons: Counter = Counter()
+        check_outputs(run_id, self.out, self.scores_out, overwrite=overwrite)
         self._load()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if self.scores_out:
@@ -82,18 +130,12 @@ class Ledger:
             self._outcomes.flush()
 
     def _load(self) -> None:
-        lines = _complete_lines(self.outcomes_path)
-        if not lines:  # a fresh run: earlier files of the same name are replaced
+        if output_owner(self.out) != self.run_id:  # a fresh run: `check_outputs` allowed replacing what is there
             for path in (self.out, self.scores_out, self.outcomes_path):
                 if path is not None and path.exists():
                     path.unlink()
             return
-        header = json.loads(lines[0])
-        if header.get("rsample_run") != self.run_id:
-            raise RsampleError(
-                f"{self.outcomes_path} belongs to run {header.get('rsample_run')}, made with other settings: "
-                "use another --out, or delete the old files to start over"
-            )
+        lines = _complete_lines(self.outcomes_path)
         for line in lines[1:]:
             outcome = Outcome.from_dict(json.loads(line))
             if outcome.row_index not in self.rows:

@@ -17,12 +17,13 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rsample.producer.driver.coordinator import Coordinator
+from rsample.producer.driver.ledger import check_outputs
 from rsample.producer.driver.summary import Summary
-from rsample.producer.registration import register_run
+from rsample.producer.registration import dataset_files, register_run, run_id_for
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
-from rsample.workers.runtime.connection import connect
+from rsample.workers.runtime.connection import REDIS_URL_ENV, connect
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.processes import RSAMPLE_COMMAND, killed_with_parent, last_words
@@ -39,6 +40,7 @@ class LocalRunOptions:
     redis_url: str | None = None
     generate_workers: int = 1
     progress: bool = True
+    overwrite: bool = False
 
 
 class WorkerProcesses:
@@ -54,10 +56,10 @@ class WorkerProcesses:
     def start(self, role: str, *options: str) -> None:
         """`options` are extra `rsample worker` options, such as `--slots 2`."""
         log_path = self.log_dir / f"{role}-{len(self.processes)}.log"
-        command = [*RSAMPLE_COMMAND, "worker", role, "--redis-url", self.redis_url, "--run", self.run_id, *options]
+        command = [*RSAMPLE_COMMAND, "worker", role, "--run", self.run_id, *options]  # the URL goes by environment: not in `ps`
         with log_path.open("w") as log_file:
             process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", REDIS_URL_ENV: self.redis_url},
                 preexec_fn=killed_with_parent,  # a killed `rsample run` leaves no orphan workers behind
             )
         self.processes.append((role, process, log_path))
@@ -82,13 +84,14 @@ class WorkerProcesses:
 
 def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig, Summary]:
     """Runs (or resumes: same settings, same output files) a whole run; returns its settings and summary."""
+    check_outputs(config.run_id or run_id_for(config), options.out, options.scores_out, dataset_files(config), options.overwrite)
     with ExitStack() as stack:
         redis_url = options.redis_url
         if redis_url is None:
             redis_url = stack.enter_context(EmbeddedRedis()).url
         client = connect(redis_url)
         config, existed = register_run(client, config)
-        coordinator = Coordinator(client, config, options.out, options.scores_out)
+        coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite)
         stack.callback(coordinator.close)
         done = len(coordinator.ledger.rows)
         if existed or done:

@@ -6,16 +6,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from rsample.workers.backends.faults import is_out_of_memory
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def run_halving_on_oom(items: Sequence[T], batch_size: int, run_batch: Callable[[Sequence[T]], list[R]]) -> list[R]:

@@ -11,7 +11,7 @@ import hashlib
 from rsample.workers.backends.base import Completion, PromptCompletions
 from rsample.workers.backends.models import load_tokenizer, policy_eos_ids
 from rsample.workers.backends.templates import render_fitting
-from rsample.workers.backends.vllm_engine import EngineLoop
+from rsample.workers.backends.vllm_engine import EngineLoop, wait_interruptibly
 from rsample.workers.backends.vllm_llm import make_llm
 from rsample.workers.common.config import ModelSettings, RunConfig, SamplingConfig
 from rsample.workers.common.messages import Conversation
@@ -64,7 +64,7 @@ class VLLMGenerator:
             for index, _, future in submitted:
                 results[index] = PromptCompletions([
                     Completion(sample.text.strip(), len(sample.token_ids), "length" if sample.finish_reason == "length" else "stop")
-                    for sample in future.result().outputs
+                    for sample in wait_interruptibly(future).outputs
                 ])
         finally:  # a job that fails or times out leaves no work behind in the engine
             self.engine.abort([request_id for _, request_id, future in submitted if not future.done()])

@@ -94,3 +94,6 @@ EMBEDDED_REDIS_START_SECONDS = 10.0
 
 ERROR_LINE_CHARS = 300
 """Longest error text kept in a skip reason or log line: one line a person reads, not a traceback."""
+
+ENGINE_WAIT_POLL_SECONDS = 1.0
+"""How often a job waiting on the vLLM engine wakes up, so that its job timeout can reach it."""

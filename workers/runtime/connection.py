@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -17,6 +18,17 @@ log = logging.getLogger(__name__)
 REDIS_URL_ENV = "RSAMPLE_REDIS_URL"
 """Where every command finds the run's Redis when --redis-url is not given; supervised workers get it only here,
 so no password shows in `ps`."""
+
+
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<password>[^\s/]*)(?P<at>@)")
+"""A password inside a URL (scheme://user:PASSWORD@host), wherever the URL stands in a longer text."""
+HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
+"""A Hugging Face access token."""
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with every URL password and Hugging Face token replaced by ***: for anything shown or stored."""
+    return HF_TOKEN.sub("hf_***", URL_PASSWORD.sub(r"\g<head>***\g<at>", text))
 
 
 def redact_url(url: str) -> str:

@@ -37,6 +37,11 @@ class RunKeys:
         """Held by the one process that feeds prompts and writes the output of the run."""
         return f"{self._base}:coordinator"
 
+    @property
+    def unprocessable(self) -> str:
+        """List of ready messages the coordinator could not process, each with its error: set aside, never retried."""
+        return f"{self._base}:unprocessable"
+
     def batch(self, batch_id: str) -> str:
         """JSON of a generated batch, deleted once written."""
         return f"{self._base}:batch:{batch_id}"

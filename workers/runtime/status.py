@@ -38,6 +38,8 @@ class RunStatus:
     outcomes: dict[str, int]
     skip_reasons: dict[str, int]
     queues: list[QueueStatus]
+    unprocessable: int = 0
+    """Ready messages the coordinator set aside (see the run's `unprocessable` list in Redis)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +56,8 @@ class RunStatus:
         if self.outcomes:
             out.append("  outcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items())))
         out += [f"  skipped, {reason}: {count}" for reason, count in self.skip_reasons.items()]
+        if self.unprocessable:
+            out.append(f"  unprocessable results set aside: {self.unprocessable} (Redis list rsample:run:{self.run_id}:unprocessable)")
         out += [
             f"  queue {q.name}: {q.queued} queued, {q.started} running, {q.failed} failed, {q.workers} workers"
             for q in self.queues
@@ -87,4 +91,5 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         outcomes=json.loads(stats.text("outcomes", "{}")),
         skip_reasons=json.loads(stats.text("skip_reasons", "{}")),
         queues=queues,
+        unprocessable=int(stats.get("unprocessable")),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from rq.worker import WorkerStatus
 from rsample.workers.common import defaults
 from rsample.workers.common.config import WORKER_ROLES
 from rsample.workers.common.errors import RsampleError
+from rsample.workers.runtime import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,15 @@ class HeartbeatWorker(SimpleWorker):
             stop.set()
             beat.join(timeout=defaults.HEARTBEAT_JOIN_TIMEOUT)  # a beat stuck waiting for Redis must not hold the job loop
         self.set_state(WorkerStatus.IDLE)
+        self._stop_if_broken()
+
+    def _stop_if_broken(self) -> None:
+        """A job met a broken device or engine: stop every slot as SIGTERM would (the failed job is retried elsewhere)."""
+        context = worker_context.installed()
+        if context is not None and context.broken and not context.stopping:
+            context.stopping = True
+            log.error("worker %s: %s; stopping", self.name, context.broken)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _outlive_registry(self, execution) -> None:
         """RQ lists an execution in its job's registry 60 s longer than the execution itself lives; a job
@@ -141,7 +152,6 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     from rq.serializers import JSONSerializer
 
     from rsample.workers.backends.registry import load_generator, load_reward_backend
-    from rsample.workers.runtime import worker_context
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.keys import RunKeys
     from rsample.workers.runtime.run_state import load_run
@@ -184,3 +194,5 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
 
     log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots)
     run_slots(make_worker, slots, burst)
+    if context.broken:
+        raise RsampleError(f"worker stopped after a fault of its device or engine: {context.broken}")

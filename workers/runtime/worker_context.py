@@ -21,14 +21,24 @@ class WorkerContext:
     config: RunConfig
     generator: GenerationBackend | None = None
     reward_models: dict[int, RewardBackend] = field(default_factory=dict)
+    broken: str | None = None
+    """Why this worker's device or engine can serve no more jobs; set by a job that met such a fault."""
+    stopping: bool = False
+
+    def mark_broken(self, reason: str) -> None:
+        self.broken = self.broken or reason
 
 
 _context: WorkerContext | None = None
 
 
-def install(context: WorkerContext) -> None:
+def install(context: WorkerContext | None) -> None:
     global _context
     _context = context
+
+
+def installed() -> WorkerContext | None:
+    return _context
 
 
 def current(run_id: str) -> WorkerContext:

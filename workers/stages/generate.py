@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
 from rsample.workers.backends.base import GenerationBackend, PromptCompletions
-from rsample.workers.backends.batching import is_out_of_memory
+from rsample.workers.backends.faults import is_device_fault
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import Conversation, GeneratedBatch, PromptRecord
@@ -14,6 +15,7 @@ from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import enqueue_scoring
 from rsample.workers.stages.dedup import merge_candidates
+from rsample.workers.stages.isolation import run_isolating_failures
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +26,14 @@ def batch_seed(config: RunConfig, first_row: int) -> int:
 
 
 def generate_isolating_failures(backend: GenerationBackend, prompts: list[Conversation], config: RunConfig, seed: int) -> list[PromptCompletions]:
-    """One prompt that breaks the backend (not out-of-memory: that is retried) is skipped with its error, alone."""
-    try:
-        return backend.generate(prompts, config.sampling, seed)
-    except Exception as exc:
-        if is_out_of_memory(exc) or len(prompts) == 1:
-            raise
-        log.warning("generation failed for a batch of %d (%s): retrying prompt by prompt", len(prompts), first_line(exc, with_type=True))
-    results = []
-    for offset, prompt in enumerate(prompts):
-        try:
-            results.extend(backend.generate([prompt], config.sampling, seed + offset))
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise
-            results.append(PromptCompletions([], f"generation failed: {first_line(exc, with_type=True)}"))
-    return results
+    """One prompt that breaks the backend is skipped with its error, alone; a broken worker fails the job instead."""
+    return run_isolating_failures(
+        prompts,
+        run_all=lambda batch: backend.generate(list(batch), config.sampling, seed),
+        run_one=lambda prompt: backend.generate([prompt], config.sampling, seed)[0],
+        skipped=lambda prompt, error: PromptCompletions([], f"generation failed: {error}"),
+        what="generation",
+    )
 
 
 def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
@@ -48,14 +42,29 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     config, client, keys = context.config, context.client, RunKeys(run_id)
     records = [PromptRecord.from_dict(p) for p in prompts]
     started = time.perf_counter()
-    results = generate_isolating_failures(context.generator, [r.messages for r in records], config, batch_seed(config, records[0].row_index))
+    try:
+        results = generate_isolating_failures(context.generator, [r.messages for r in records], config, batch_seed(config, records[0].row_index))
+    except Exception as exc:
+        if is_device_fault(exc):  # this worker is done: the job goes back to the queue, the worker stops
+            context.mark_broken(first_line(exc, with_type=True))
+        raise
     seconds = time.perf_counter() - started
     generated = [merge_candidates(r, res, config.include_reference) for r, res in zip(records, results)]
     completions = sum(len(res.completions) for res in results)
     tokens = sum(c.num_tokens for res in results for c in res.completions)
     needs_scoring = any(p.needs_scoring for p in generated)
+    if not client.set(keys.batch(batch_id), GeneratedBatch(batch_id, generated).to_json(), nx=True):
+        # This job ran before (its worker lost Redis past the heartbeat TTL, and the job was requeued). Sampling is
+        # not bit-reproducible, so this run's texts differ: the first payload wins, and scores given to it stay right.
+        log.warning("batch %s of run %s was generated before: keeping the first result", batch_id, run_id)
+        first = client.get(keys.batch(batch_id))
+        if first is not None:  # hand the first result on again, in case its run died right after writing it (idempotent)
+            if any(p.needs_scoring for p in GeneratedBatch.from_dict(json.loads(first)).prompts):
+                enqueue_scoring(client, config, batch_id)
+            else:
+                client.xadd(keys.ready, {"batch_id": batch_id})
+        return {"prompts": len(records), "completions": 0, "tokens": 0, "seconds": round(seconds, 3), "repeat": True}
     with client.pipeline() as pipe:
-        pipe.set(keys.batch(batch_id), GeneratedBatch(batch_id, generated).to_json())
         pipe.hincrby(keys.stats, "rows_generated", len(records))
         pipe.hincrby(keys.stats, "completions_generated", completions)
         pipe.hincrby(keys.stats, "tokens_generated", tokens)

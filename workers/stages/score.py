@@ -6,46 +6,41 @@ import json
 import logging
 
 from rsample.workers.backends.base import RewardBackend
-from rsample.workers.backends.batching import is_out_of_memory
+from rsample.workers.backends.faults import is_device_fault
 from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.stages.isolation import run_isolating_failures
 
 log = logging.getLogger(__name__)
 
 
 def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: list[GeneratedPrompt]) -> dict[str, dict]:
-    """Scores all prompts at once; if that raises (not out-of-memory), scores them one by one so that one
-    prompt the reward model cannot take is skipped with its error and the others keep their scores."""
+    """Scores all prompts at once; if that raises, one by one, so that a prompt the reward model cannot take is
+    skipped with its error and the others keep their scores. A broken worker fails the job instead."""
     def conversations(prompt: GeneratedPrompt) -> list[Conversation]:
         return [[*prompt.prompt.messages, {"role": "assistant", "content": c.text}] for c in prompt.candidates]
 
-    def verdict(scores: list[float | None]) -> dict:
-        """None for a candidate longer than the model's context: the aggregation drops that candidate, not the prompt."""
-        return PromptScores(scores=scores).__dict__
-
-    try:
-        flat = backend.score([c for p in prompts for c in conversations(p)])
-    except Exception as exc:
-        if is_out_of_memory(exc) or len(prompts) == 1:
-            raise
-        log.warning("reward model %d failed on a batch (%s): retrying prompt by prompt", model_index, first_line(exc, with_type=True))
-    else:
-        verdicts, position = {}, 0
-        for prompt in prompts:
-            verdicts[prompt.prompt.prompt_id] = verdict(flat[position:position + len(prompt.candidates)])
+    def score_all(batch) -> list[list[float | None]]:
+        flat, position, per_prompt = backend.score([c for p in batch for c in conversations(p)]), 0, []
+        for prompt in batch:
+            per_prompt.append(flat[position:position + len(prompt.candidates)])
             position += len(prompt.candidates)
-        return verdicts
-    verdicts = {}
-    for prompt in prompts:
-        try:
-            verdicts[prompt.prompt.prompt_id] = verdict(backend.score(conversations(prompt)))
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise
-            verdicts[prompt.prompt.prompt_id] = PromptScores(skip_reason=f"reward model {model_index} failed: {first_line(exc, with_type=True)}").__dict__
-    return verdicts
+        return per_prompt
+
+    verdicts = run_isolating_failures(
+        prompts,
+        run_all=score_all,
+        run_one=lambda prompt: backend.score(conversations(prompt)),
+        skipped=lambda prompt, error: PromptScores(skip_reason=f"reward model {model_index} failed: {error}"),
+        what=f"reward model {model_index}",
+    )
+    # None for a candidate longer than the model's context: the aggregation drops that candidate, not the prompt
+    return {
+        prompt.prompt.prompt_id: (verdict if isinstance(verdict, PromptScores) else PromptScores(scores=verdict)).__dict__
+        for prompt, verdict in zip(prompts, verdicts)
+    }
 
 
 def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
@@ -61,7 +56,12 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
         return {"scored": 0}
     batch = GeneratedBatch.from_dict(json.loads(raw))
     to_score = [p for p in batch.prompts if p.needs_scoring]
-    verdicts = score_isolating_failures(backend, model_index, to_score)
+    try:
+        verdicts = score_isolating_failures(backend, model_index, to_score)
+    except Exception as exc:
+        if is_device_fault(exc):  # this worker is done: the job goes back to the queue, the worker stops
+            context.mark_broken(first_line(exc, with_type=True))
+        raise
     num_conversations = sum(len(p.candidates) for p in to_score)
     with client.pipeline() as pipe:  # MULTI: exactly one scorer sees the last model arrive
         pipe.hset(keys.scores(batch_id), str(model_index), json.dumps(verdicts))

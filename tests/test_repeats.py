@@ -1,0 +1,109 @@
+"""A job that runs twice keeps its first result, and a ready message that cannot be processed is set aside, never
+retried forever. The job functions run in this process against a real Redis, with a generator whose texts change
+on every run (as GPU sampling is not bit-reproducible)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CHAT_ROWS, read_jsonl, write_jsonl
+
+from rsample.producer.driver.coordinator import Coordinator
+from rsample.producer.registration import register_run
+from rsample.workers.backends.base import Completion, PromptCompletions
+from rsample.workers.backends.zero_cost import LengthReward
+from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig, SamplingConfig
+from rsample.workers.common.messages import SKIPPED
+from rsample.workers.runtime import worker_context
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.queues import make_queue
+from rsample.workers.stages.generate import generate_batch
+from rsample.workers.stages.score import score_batch
+
+
+class ChangingGenerator:
+    """Different texts (of different lengths) on every run of the same job."""
+
+    def __init__(self):
+        self.runs = 0
+
+    def generate(self, prompts, sampling, seed):
+        self.runs += 1
+        return [PromptCompletions([Completion(f"run {self.runs} answer " + "x" * (k + 4 * self.runs), 3, "stop") for k in range(sampling.n)])
+                for _ in prompts]
+
+
+@pytest.fixture
+def run(redis_client, tmp_path):
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("len-a", "len-b"), prompts_per_job=16,
+                       sampling=SamplingConfig(n=3), models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl")
+    coordinator.feeder.top_up()
+    job = make_queue(redis_client, RunKeys(config.run_id).generate_queue).jobs[0]
+    worker_context.install(worker_context.WorkerContext(redis_client, config, ChangingGenerator(), {0: LengthReward(), 1: LengthReward()}))
+    yield config, coordinator, job
+    worker_context.install(None)
+    coordinator.close()
+
+
+def settle(coordinator, steps=3):
+    for _ in range(steps):
+        coordinator.collector.step(block_ms=50)
+
+
+def test_a_job_that_runs_twice_keeps_its_first_result(run, tmp_path):
+    config, coordinator, job = run
+    run_id, batch_id, prompts = job.args
+    generate_batch(run_id, batch_id, prompts)
+    score_batch(run_id, batch_id, 0)  # reward model 0 scores the first texts...
+    repeat = generate_batch(run_id, batch_id, prompts)  # ...then the job runs again (requeued after a lost heartbeat)
+    assert repeat["repeat"] is True
+    score_batch(run_id, batch_id, 1)  # ...and reward model 1 scores whatever the payload now holds
+    settle(coordinator)
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
+    assert len(pairs) == 7
+    for pair in pairs:
+        for side in ("chosen", "rejected"):
+            text = pair[side][-1]["content"]
+            assert text.startswith("run 1 ")  # the first result won
+            assert pair[f"{side}_score"] == {"len-a": len(text), "len-b": len(text)}  # each score is of its own text
+    scores = read_jsonl(tmp_path / "scores.jsonl")
+    assert all(row["scores"] == {"len-a": len(row["completion"]), "len-b": len(row["completion"])} for row in scores)
+
+
+def test_an_unprocessable_ready_message_is_set_aside_not_retried(run, redis_client, tmp_path):
+    config, coordinator, job = run
+    run_id, batch_id, prompts = job.args
+    keys = RunKeys(run_id)
+    generate_batch(run_id, batch_id, prompts)
+    score_batch(run_id, batch_id, 0)
+    redis_client.xadd(keys.ready, {"batch_id": batch_id})  # handed on before reward model 1 scored it: cannot be paired
+    redis_client.set(keys.batch("garbled"), b"{not json")
+    redis_client.xadd(keys.ready, {"batch_id": "garbled"})
+    settle(coordinator)  # does not raise, and does not stop
+    assert redis_client.xlen(keys.ready) == 0
+    aside = [json.loads(entry) for entry in redis_client.lrange(keys.unprocessable, 0, -1)]
+    assert [entry["fields"]["batch_id"] for entry in aside] == [batch_id, "garbled"]
+    assert all(entry["error"].startswith("unprocessable result: ") for entry in aside)
+    assert redis_client.hget(keys.stats, "unprocessable") == b"2"
+    skipped = [o for o in coordinator.ledger.rows.values() if o.outcome == SKIPPED and o.reason.startswith("unprocessable result")]
+    assert len(skipped) == len(prompts)  # the readable batch's prompts are accounted for, with the reason
+    settle(coordinator)
+    assert redis_client.llen(keys.unprocessable) == 2  # set aside once, not retried
+
+
+def test_a_batch_delivered_twice_in_one_read_comes_back_once(run, redis_client):
+    config, coordinator, job = run
+    run_id, batch_id, prompts = job.args
+    keys = RunKeys(run_id)
+    generate_batch(run_id, batch_id, prompts)
+    score_batch(run_id, batch_id, 0)
+    score_batch(run_id, batch_id, 1)  # the last model hands the batch on...
+    redis_client.xadd(keys.ready, {"batch_id": batch_id})  # ...and a repeated scoring job hands it on again
+    enqueued = int(redis_client.hget(keys.stats, "prompts_enqueued"))
+    settle(coordinator)
+    assert int(redis_client.hget(keys.stats, "prompts_returned")) == enqueued == len(prompts)
+    assert coordinator.feeder.in_flight() == 0

@@ -1,0 +1,111 @@
+"""A broken device is not bad data: a sticky CUDA error, a dead engine, or a batch whose prompts nearly all fail
+fails the job (to run elsewhere) and stops the worker, and skips no prompt; one prompt's own error skips it alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from breaking_backends import CUDA_FAULT, BreakingGenerator
+from conftest import CHAT_ROWS, REPO, rsample, write_jsonl
+from faults import wait_for
+
+from rsample.producer.driver.ledger import Ledger
+from rsample.producer.feeder import Feeder
+from rsample.producer.registration import register_run
+from rsample.workers.backends.faults import WorkerFault, is_device_fault
+from rsample.workers.backends.zero_cost import EchoGenerator
+from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig, SamplingConfig
+from rsample.workers.runtime import worker_context
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.run_state import load_run
+from rsample.workers.stages.generate import generate_batch
+
+PROMPTS = [{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"question {i}"}], "reference_completion": None, "row_index": i}
+           for i in range(4)]
+
+
+class FailingPrompts(EchoGenerator):
+    """Fails every call that includes one of the `bad` prompts (by their text)."""
+
+    def __init__(self, bad: set[str]):
+        self.bad = bad
+
+    def generate(self, prompts, sampling, seed):
+        if any(p[-1]["content"] in self.bad for p in prompts):
+            raise ValueError("this prompt's template is broken")
+        return super().generate(prompts, sampling, seed)
+
+
+@pytest.fixture
+def context(redis_client, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", CHAT_ROWS)
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",), sampling=SamplingConfig(n=2),
+                       models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+
+    def install(generator):
+        context = worker_context.WorkerContext(redis_client, config, generator)
+        worker_context.install(context)
+        return context
+
+    yield config, install
+    worker_context.install(None)
+
+
+def test_the_fault_classes():
+    assert is_device_fault(RuntimeError(CUDA_FAULT))
+    assert is_device_fault(RuntimeError("CUDA error: device-side assert triggered"))
+    assert is_device_fault(RuntimeError("the vLLM engine stopped: EngineDeadError"))
+    assert not is_device_fault(ValueError("Conversation roles must alternate"))
+
+
+def test_a_sticky_cuda_error_fails_the_job_and_marks_the_worker_broken(context, redis_client):
+    config, install = context
+    keys = RunKeys(config.run_id)
+    ctx = install(BreakingGenerator(works=1))
+    generate_batch(config.run_id, "r0", PROMPTS)  # the device still works
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        generate_batch(config.run_id, "r4", PROMPTS)
+    assert ctx.broken == f"RuntimeError: {CUDA_FAULT}"
+    assert not redis_client.exists(keys.batch("r4"))  # nothing written, nothing skipped: the job will run elsewhere
+    assert redis_client.xlen(keys.ready) == 0
+
+
+def test_a_batch_whose_prompts_nearly_all_fail_is_a_worker_fault(context):
+    config, install = context
+    ctx = install(FailingPrompts({"question 0", "question 1", "question 2"}))
+    with pytest.raises(WorkerFault, match="failed for 3 of 4 prompts alone"):
+        generate_batch(config.run_id, "r0", PROMPTS)
+    assert ctx.broken is not None
+
+
+def test_one_bad_prompt_is_skipped_alone(context, redis_client):
+    config, install = context
+    ctx = install(FailingPrompts({"question 2"}))
+    generate_batch(config.run_id, "r0", PROMPTS)
+    assert ctx.broken is None
+    batch = json.loads(redis_client.get(RunKeys(config.run_id).batch("r0")))
+    reasons = [p["skip_reason"] for p in batch["prompts"]]
+    assert reasons == [None, None, "generation failed: ValueError: this prompt's template is broken", None]
+
+
+def test_a_worker_whose_device_breaks_stops_and_its_job_goes_back(redis_server, redis_client, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"question number {i}"} for i in range(6)])
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+                     "--backend", "echo", "--reward-backend", "length", "--batch-size", "2").stdout.strip()
+    Feeder(redis_client, load_run(redis_client, run_id), Ledger(tmp_path / "pairs.jsonl", None, run_id)).top_up()  # 3 jobs
+    worker = subprocess.run([sys.executable, str(REPO / "tests" / "breaking_backends.py"), "worker", "generate", "--redis-url",
+                             redis_server.url, "--run", run_id], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "RSAMPLE_TEST_WORKS": "1"})
+    assert worker.returncode == 2, worker.stdout + worker.stderr
+    assert "error: worker stopped after a fault of its device or engine: RuntimeError: CUDA error" in worker.stderr
+    keys = RunKeys(run_id)
+    queue = make_queue(redis_client, keys.generate_queue)
+    wait_for(lambda: queue.count + len(queue.scheduled_job_registry.get_job_ids()) == 2, 10, "the failed job back for a retry")
+    assert len(queue.failed_job_registry.get_job_ids()) == 0  # not given up: no prompt was skipped for the device
+    assert redis_client.xlen(keys.ready) == 0 or all(b"failed" not in f for _, f in redis_client.xrange(keys.ready))
