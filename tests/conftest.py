@@ -163,4 +163,5 @@ def rsample(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    """JSONL as its readers see it: lines end at "\\n" alone (a completion may hold \\x85 or \\u2028, which splitlines() splits on)."""
+    return [json.loads(line) for line in Path(path).read_text().split("\n") if line]

@@ -18,7 +18,7 @@ def score(pid, index):
 
 
 def lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text().split("\n") if line]
 
 
 def test_commit_writes_each_row_once(tmp_path):
@@ -76,3 +76,30 @@ def test_overwrite_replaces_another_runs_files(tmp_path):
     Ledger(tmp_path / "pairs.jsonl", None, "run2", overwrite=True).close()
     assert (tmp_path / "pairs.jsonl").read_text() == ""
     assert json.loads((tmp_path / "pairs.outcomes.jsonl").read_text().splitlines()[0]) == {"rsample_run": "run2"}
+
+
+def test_a_commit_cut_between_its_outcome_lines_is_undone_whole(tmp_path):
+    ledger = Ledger(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", "run1")
+    ledger.commit([Outcome(0, "a", PAIR)], [pair("a")], [score("a", 0)])
+    ledger.close()
+    committed = {name: (tmp_path / name).read_bytes() for name in ("pairs.jsonl", "scores.jsonl", "pairs.outcomes.jsonl")}
+    # the next commit: its data made it, and the first of its two outcome lines, but not the last (which says where the data ends)
+    with (tmp_path / "pairs.jsonl").open("a") as handle:
+        handle.write(json.dumps(pair("b")) + "\n" + json.dumps(pair("c")) + "\n")
+    with (tmp_path / "pairs.outcomes.jsonl").open("a") as handle:
+        handle.write(json.dumps({"row_index": 1, "prompt_id": "b", "outcome": PAIR, "reason": None}) + "\n")
+    reopened = Ledger(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", "run1")
+    assert reopened.rows == {0} and reopened.prompt_ids == {"a"}
+    reopened.close()
+    assert {name: (tmp_path / name).read_bytes() for name in committed} == committed
+
+
+def test_outcome_files_from_before_data_end_are_still_repaired(tmp_path):
+    """Files written by a version whose outcome lines carry no `data_end`: resumed by parsing the data, as then."""
+    (tmp_path / "pairs.outcomes.jsonl").write_text(json.dumps({"rsample_run": "run1"}) + "\n" + json.dumps(
+        {"row_index": 0, "prompt_id": "a", "outcome": PAIR, "reason": None}) + "\n")
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(pair("a")) + "\n" + json.dumps(pair("x")) + "\n")  # "x": never committed
+    reopened = Ledger(tmp_path / "pairs.jsonl", None, "run1")
+    assert reopened.rows == {0}
+    reopened.close()
+    assert [row["prompt_id"] for row in lines(tmp_path / "pairs.jsonl")] == ["a"]

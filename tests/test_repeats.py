@@ -89,7 +89,8 @@ def test_an_unprocessable_ready_message_is_set_aside_not_retried(run, redis_clie
     assert [entry["fields"]["batch_id"] for entry in aside] == [batch_id, "garbled"]
     assert all(entry["error"].startswith("unprocessable result: ") for entry in aside)
     assert redis_client.hget(keys.stats, "unprocessable") == b"2"
-    skipped = [o for o in coordinator.ledger.rows.values() if o.outcome == SKIPPED and o.reason.startswith("unprocessable result")]
+    written = read_jsonl(tmp_path / "pairs.outcomes.jsonl")[1:]
+    skipped = [o for o in written if o["outcome"] == SKIPPED and o["reason"].startswith("unprocessable result")]
     assert len(skipped) == len(prompts)  # the readable batch's prompts are accounted for, with the reason
     settle(coordinator)
     assert redis_client.llen(keys.unprocessable) == 2  # set aside once, not retried

@@ -66,7 +66,7 @@ def test_a_coordinator_that_lost_its_lock_writes_nothing_more(redis_client, tmp_
         coordinator.collector.step(block_ms=100)
     with pytest.raises(RsampleError, match="took over"):
         coordinator.step()
-    assert coordinator.ledger.rows == {}
+    assert coordinator.ledger.rows == set()
     assert (tmp_path / "pairs.outcomes.jsonl").read_text().count("\n") == 1  # the header alone
     coordinator.close()
     assert redis_client.get(RunKeys(config.run_id).coordinator_lock) == b"elsewhere:1:intruder"  # not released: not ours

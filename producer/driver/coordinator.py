@@ -85,16 +85,17 @@ class Coordinator:
         return True
 
     def recover_lost_work(self) -> None:
-        """Feeds again the prompts that are handed out but exist nowhere any more.
+        """Feeds again the prompts that are handed out but exist nowhere any more, and sets the window right.
 
         A Redis that comes back older than it was (restarted from an earlier snapshot, or a replica that lagged
-        behind a failover) has lost the jobs and results written since, while its counters say they are in flight:
-        the run would wait for them forever. Once the whole pipeline has been idle for longer than a worker may run
-        unseen (two heartbeat TTLs), nothing is in flight, whatever the counters say: they are set right, and the
-        prompts not yet written are fed again. Should a lost job still finish after all, the ledger keeps one result.
+        behind a failover) has lost the jobs and results written since, and its counters are those of then: the
+        run would wait forever for prompts that no job holds, or find its window full of prompts long written. Once
+        the whole pipeline has been idle for longer than a worker may run unseen (two heartbeat TTLs), nothing is in
+        flight, whatever the counters say: they are set right, and the prompts not yet written are fed again.
+        Should a lost job still finish after all, the ledger keeps one result.
         """
         lost = self.feeder.unsettled()
-        if not lost or not self.pipeline_is_idle():
+        if (not lost and self.feeder.in_flight() == 0) or not self.pipeline_is_idle():
             self._idle_since = None
             return
         now = time.monotonic()
@@ -103,12 +104,16 @@ class Coordinator:
             return
         if now - self._idle_since < max(2 * self.config.jobs.heartbeat_ttl, 2 * defaults.REAPER_INTERVAL):
             return
-        self._recoveries += 1
-        log.warning("run %s: %d prompts were handed out but exist nowhere in Redis any more (it came back older than it was?): "
-                    "feeding them again", self.config.run_id, len(lost))
         enqueued = int(self.client.hget(self.keys.stats, "prompts_enqueued") or 0)
         self.client.hset(self.keys.stats, "prompts_returned", enqueued)  # idle: nothing is in flight
-        self.feeder.refeed(lost, f"{int(time.time())}{self._recoveries}")
+        if lost:
+            self._recoveries += 1
+            log.warning("run %s: %d prompts were handed out but exist nowhere in Redis any more (it came back older than it "
+                        "was?): feeding them again", self.config.run_id, len(lost))
+            self.feeder.refeed(lost, f"{int(time.time())}{self._recoveries}")
+        else:
+            log.warning("run %s: nothing is in flight but the counters said otherwise (Redis came back older?): set right",
+                        self.config.run_id)
         self._idle_since = None
 
     def step(self) -> None:

@@ -69,28 +69,39 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
         raise RsampleError(f"{existing[0]} exists and is {whose}: pass --overwrite to replace it, or choose another --out")
 
 
-def _complete_lines(path: Path) -> list[str]:
-    """The file's complete lines; a trailing line cut by a crash is dropped from the file too."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(end)
-    return data[:end].decode("utf-8").splitlines()
+def _fsync_directory(path: Path) -> None:
+    """Makes a rename or a new file in `path`'s folder survive a power cut, as the file's own fsync does not."""
+    handle = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _truncate(path: Path, size: int) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(size)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _keep_committed(path: Path | None, committed: set[str], key) -> None:
-    """Rewrites `path` without rows of uncommitted prompts and without repeats (crash leftovers)."""
+    """Rewrites `path` without rows of uncommitted prompts and without repeats: for outcome files written before
+    commits recorded where the data ends (`data_end`), which must be parsed row by row. Atomic: a crash leaves
+    either the old file or the new one."""
     if path is None or not path.exists():
         return
-    lines = _complete_lines(path)
+    data = path.read_bytes()
+    lines = data[:data.rfind(b"\n") + 1].decode("utf-8").split("\n")[:-1]  # not splitlines(): \x85 or \u2028 may be in a text
     kept = _first_of_each([row for row in map(json.loads, lines) if row.get("prompt_id") in committed], key)
-    if len(kept) != len(lines):
+    if len(kept) != len(lines) or len(data) != sum(len(line.encode()) + 1 for line in lines):
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(_jsonl(kept), encoding="utf-8")
+        with temporary.open("wb") as handle:
+            handle.write(_jsonl(kept).encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
+        _fsync_directory(path)
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -107,13 +118,19 @@ def _first_of_each(rows: list[dict], key) -> list[dict]:
 
 
 class Ledger:
+    """What is written, kept as an index: the settled row numbers and prompt ids (not the rows themselves), so that
+    resuming a run of a million pairs reads the small outcomes file alone. Each commit's last outcome line records
+    where the data files end (`data_end`); on resume, whatever lies beyond (data whose outcomes never made it) is
+    cut off, without parsing a single data row."""
+
     def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False):
         """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse."""
         self.out = Path(out)
         self.scores_out = Path(scores_out) if scores_out else None
         self.outcomes_path = outcomes_path_for(self.out)
         self.run_id = run_id
-        self.rows: dict[int, Outcome] = {}
+        self.rows: set[int] = set()
+        """Row numbers of the dataset that have their outcome."""
         self.prompt_ids: set[str] = set()
         self._outcome_counts: Counter = Counter()
         self._skip_reasons: Counter = Counter()
@@ -122,12 +139,12 @@ class Ledger:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if self.scores_out:
             self.scores_out.parent.mkdir(parents=True, exist_ok=True)
-        self._pairs = self.out.open("a", encoding="utf-8")
-        self._scores = self.scores_out.open("a", encoding="utf-8") if self.scores_out else None
-        self._outcomes = self.outcomes_path.open("a", encoding="utf-8")
-        if not self.rows and self._outcomes.tell() == 0:
-            self._outcomes.write(json.dumps({"rsample_run": run_id}) + "\n")
-            self._outcomes.flush()
+        self._pairs = self.out.open("ab")
+        self._scores = self.scores_out.open("ab") if self.scores_out else None
+        self._outcomes = self.outcomes_path.open("ab")
+        if self._outcomes.tell() == 0:
+            self._append(self._outcomes, [{"rsample_run": run_id}])
+            _fsync_directory(self.outcomes_path)
 
     def _load(self) -> None:
         if output_owner(self.out) != self.run_id:  # a fresh run: `check_outputs` allowed replacing what is there
@@ -135,13 +152,41 @@ class Ledger:
                 if path is not None and path.exists():
                     path.unlink()
             return
-        lines = _complete_lines(self.outcomes_path)
-        for line in lines[1:]:
-            outcome = Outcome.from_dict(json.loads(line))
-            if outcome.row_index not in self.rows:
+        data_end, committed, pending = None, 0, []
+        with self.outcomes_path.open("rb") as handle:
+            position = committed = len(handle.readline())  # the header
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # cut by a crash
+                position += len(line)
+                raw = json.loads(line)
+                pending.append(Outcome.from_dict(raw))
+                if "data_end" in raw:  # the last line of a commit: everything up to here is committed
+                    data_end, committed = raw["data_end"], position
+                    for outcome in pending:
+                        self._record(outcome)
+                    pending = []
+        legacy = data_end is None and bool(pending)
+        if legacy:  # every line is a commit of its own
+            for outcome in pending:
                 self._record(outcome)
-        _keep_committed(self.out, self.prompt_ids, key=lambda row: row["prompt_id"])
-        _keep_committed(self.scores_out, self.prompt_ids, key=lambda row: (row["prompt_id"], row["completion_index"]))
+            committed = position
+        if committed < self.outcomes_path.stat().st_size:  # a commit cut short: its lines and its data go
+            _truncate(self.outcomes_path, committed)
+        data_end = data_end or {"pairs": 0, "scores": 0}
+        if legacy:  # written before commits recorded `data_end`
+            _keep_committed(self.out, self.prompt_ids, key=lambda row: row["prompt_id"])
+            _keep_committed(self.scores_out, self.prompt_ids, key=lambda row: (row["prompt_id"], row["completion_index"]))
+            return
+        for path, end in ((self.out, data_end["pairs"]), (self.scores_out, data_end["scores"])):
+            if path is None or not path.exists():
+                continue
+            size = path.stat().st_size
+            if size < end:
+                raise RsampleError(f"{path} holds {size} bytes but its run committed {end}: it was changed since; "
+                                   "restore it, or start over with --overwrite")
+            if size > end:  # data of a commit that never finished
+                _truncate(path, end)
 
     def is_settled(self, outcome: Outcome) -> bool:
         if outcome.row_index in self.rows:
@@ -149,7 +194,9 @@ class Ledger:
         return outcome.outcome != DUPLICATE and outcome.prompt_id in self.prompt_ids
 
     def _record(self, outcome: Outcome) -> None:
-        self.rows[outcome.row_index] = outcome
+        if outcome.row_index in self.rows:
+            return
+        self.rows.add(outcome.row_index)
         if outcome.prompt_id and outcome.outcome != DUPLICATE:
             self.prompt_ids.add(outcome.prompt_id)
         self._outcome_counts[outcome.outcome] += 1
@@ -159,24 +206,29 @@ class Ledger:
     def commit(self, outcomes: list[Outcome], pairs: list[dict], scores: list[dict]) -> list[Outcome]:
         """Writes what is new, data first and outcomes last, each made durable; returns the new outcomes.
 
-        The same prompt may come twice in one call (a batch delivered twice): its first rows win.
+        The same prompt may come twice in one call (a batch delivered twice): its first rows win. The last outcome
+        line records where the data files now end: the commit point a resume cuts back to.
         """
         fresh = []
         for outcome in outcomes:
             if not self.is_settled(outcome):
                 fresh.append(outcome)
                 self._record(outcome)
+        if not fresh:
+            return fresh
         new_ids = {o.prompt_id for o in fresh}
         self._append(self._scores, _first_of_each([r for r in scores if r["prompt_id"] in new_ids], lambda r: (r["prompt_id"], r["completion_index"])))
         self._append(self._pairs, _first_of_each([r for r in pairs if r["prompt_id"] in new_ids], lambda r: r["prompt_id"]))
-        self._append(self._outcomes, [asdict(o) for o in fresh])
+        lines = [asdict(o) for o in fresh]
+        lines[-1]["data_end"] = {"pairs": self._pairs.tell(), "scores": self._scores.tell() if self._scores else 0}
+        self._append(self._outcomes, lines)
         return fresh
 
     @staticmethod
     def _append(handle, rows: list[dict]) -> None:
         if handle is None or not rows:
             return
-        handle.write(_jsonl(rows))
+        handle.write(_jsonl(rows).encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
 
