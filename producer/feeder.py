@@ -41,6 +41,8 @@ class Feeder:
         self.seen: dict[str, int] = {}
         self.handed: dict[int, PromptRecord] = {}
         """Prompts handed to the workers whose rows the ledger has not settled yet: what Redis could lose."""
+        self.batches: dict[str, list[int]] = {}
+        """The rows of each batch this feeder handed out (since its last restart) that may not be settled yet."""
         self.exhausted = self.client.hget(self.keys.stats, "feed_done") is not None
         cursor = int(self.client.hget(self.keys.stats, "feed_cursor") or 0)
         while self._position < cursor:
@@ -70,15 +72,26 @@ class Feeder:
             del self.handed[index]
         return list(self.handed.values())
 
-    def refeed(self, records: list[PromptRecord], attempt: str) -> None:
-        """Hands lost prompts out again, in new batches (`attempt` keeps their ids apart from every earlier batch)."""
+    def open_batches(self) -> dict[str, list[int]]:
+        """The handed-out batches with rows not written yet (those fully written are forgotten on the way)."""
+        for batch_id in [b for b, rows in self.batches.items() if all(row in self.ledger.rows for row in rows)]:
+            del self.batches[batch_id]
+        return dict(self.batches)
+
+    def refeed(self, records: list[PromptRecord], attempt: str, written_off: int = 0) -> None:
+        """Hands lost prompts out again, in new batches (`attempt` keeps their ids apart from every earlier batch);
+        `written_off` prompts, lost for good, leave the in-flight window in the same transaction."""
         size = self.config.prompts_per_job
         with self.client.pipeline() as pipe:
             for start in range(0, len(records), size):
                 batch = records[start:start + size]
-                job = generation_job_data(self.config, f"r{batch[0].row_index}-again{attempt}", [p.__dict__ for p in batch])
+                batch_id = f"r{batch[0].row_index}-again{attempt}"
+                job = generation_job_data(self.config, batch_id, [p.__dict__ for p in batch])
                 self.queue.enqueue_many([job], pipeline=pipe)
+                self.batches[batch_id] = [p.row_index for p in batch]
             pipe.hincrby(self.keys.stats, "prompts_enqueued", len(records))
+            if written_off:
+                pipe.hincrby(self.keys.stats, "prompts_returned", written_off)
             pipe.execute()
 
     def in_flight(self) -> int:
@@ -124,6 +137,7 @@ class Feeder:
         with self.client.pipeline() as pipe:  # MULTI: the jobs and the cursor move together
             if batch:
                 job = generation_job_data(self.config, f"r{batch[0].row_index}", [p.__dict__ for p in batch])
+                self.batches[f"r{batch[0].row_index}"] = [p.row_index for p in batch]
                 self.queue.enqueue_many([job], pipeline=pipe)
                 pipe.hincrby(self.keys.stats, "prompts_enqueued", len(batch))
             if settled:

@@ -62,3 +62,20 @@ def test_a_busy_pipeline_is_left_alone(coordinator, redis_client):
     coordinator.feeder.top_up()
     idle_long_enough(coordinator)
     assert queue.count == 2  # the jobs are still there: nothing was fed twice
+
+
+def test_a_batch_whose_job_and_payload_are_gone_is_fed_again_while_the_run_goes_on(coordinator, redis_client):
+    keys = RunKeys(coordinator.config.run_id)
+    queue = make_queue(redis_client, keys.generate_queue)
+    coordinator.feeder.top_up()
+    first, second = queue.jobs
+    queue.remove(first)
+    first.delete()  # this batch's job is gone (and it never wrote a payload); the other one is still queued
+    coordinator.recover_lost_batches()
+    assert queue.job_ids == [second.id]  # not at once
+    coordinator._missing_since = {batch: since - 3600 for batch, since in coordinator._missing_since.items()}
+    coordinator.recover_lost_batches()
+    again = [job for job in queue.jobs if job.id != second.id]
+    assert len(again) == 1 and "-again" in again[0].args[1]
+    assert [p["prompt_id"] for p in again[0].args[2]] == [p["prompt_id"] for p in first.args[2]]
+    assert coordinator.feeder.in_flight() == 4  # the lost two were written off, and fed again

@@ -24,7 +24,7 @@ from rsample.producer.feeder import Feeder
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.queues import generation_job_id, make_queue
 from rsample.workers.runtime.run_state import read_stats, save_run
 from rsample.workers.runtime.safe_job import SafeJob
 
@@ -46,6 +46,7 @@ class Coordinator:
         self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)
         self._last_sweep = 0.0
         self._idle_since: float | None = None
+        self._missing_since: dict[str, float] = {}
         self._recoveries = 0
         self.started_at = time.time()
         stats = read_stats(client, config.run_id)
@@ -84,6 +85,39 @@ class Coordinator:
                 return False
         return True
 
+    def grace_seconds(self) -> float:
+        """How long work may seem to be nowhere before it counts as lost: longer than a worker may run unseen."""
+        return max(2 * self.config.jobs.heartbeat_ttl, 2 * defaults.REAPER_INTERVAL)
+
+    def recover_lost_batches(self) -> None:
+        """Feeds again, within bounded time, the batches of which Redis holds neither the generation job nor the
+        generated payload (one of them exists from the moment the job is enqueued until its rows are written):
+        a Redis that came back older than it was, or a failover to a replica that lagged, lost them."""
+        batches = self.feeder.open_batches()
+        if not batches:
+            self._missing_since.clear()
+            return
+        ids = list(batches)
+        with self.client.pipeline(transaction=False) as pipe:
+            for batch_id in ids:
+                pipe.exists(SafeJob.key_for(generation_job_id(self.config.run_id, batch_id)), self.keys.batch(batch_id))
+            present = pipe.execute()
+        now = time.monotonic()
+        missing = {batch_id for batch_id, count in zip(ids, present) if not count}
+        self._missing_since = {batch_id: self._missing_since.get(batch_id, now) for batch_id in missing}
+        lost = [batch_id for batch_id, since in self._missing_since.items() if now - since >= self.grace_seconds()]
+        if not lost:
+            return
+        rows = {row for batch_id in lost for row in batches[batch_id] if row not in self.ledger.rows}
+        records = [record for record in self.feeder.unsettled() if record.row_index in rows]
+        for batch_id in lost:
+            del self.feeder.batches[batch_id]
+            del self._missing_since[batch_id]
+        self._recoveries += 1
+        log.warning("run %s: batches %s exist nowhere in Redis any more (it came back older than it was?): feeding their %d "
+                    "prompts again", self.config.run_id, ", ".join(sorted(lost)), len(records))
+        self.feeder.refeed(records, f"{int(time.time())}{self._recoveries}", written_off=sum(len(batches[b]) for b in lost))
+
     def recover_lost_work(self) -> None:
         """Feeds again the prompts that are handed out but exist nowhere any more, and sets the window right.
 
@@ -102,7 +136,7 @@ class Coordinator:
         if self._idle_since is None:
             self._idle_since = now
             return
-        if now - self._idle_since < max(2 * self.config.jobs.heartbeat_ttl, 2 * defaults.REAPER_INTERVAL):
+        if now - self._idle_since < self.grace_seconds():
             return
         enqueued = int(self.client.hget(self.keys.stats, "prompts_enqueued") or 0)
         self.client.hset(self.keys.stats, "prompts_returned", enqueued)  # idle: nothing is in flight
@@ -124,6 +158,7 @@ class Coordinator:
             self._publish_outcomes()
         if time.monotonic() - self._last_sweep > min(defaults.REAPER_INTERVAL, self.config.jobs.heartbeat_ttl / 2):
             self.sweep()
+            self.recover_lost_batches()
             self.recover_lost_work()
             self._last_sweep = time.monotonic()
 
