@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ class Feeder:
         self.ledger = ledger
         self.keys = RunKeys(config.run_id)
         self.queue = make_queue(client, self.keys.generate_queue)
+        self._refeeds = 0
         self.restart()
 
     def restart(self) -> None:
@@ -78,18 +80,22 @@ class Feeder:
             del self.batches[batch_id]
         return dict(self.batches)
 
-    def refeed(self, records: list[PromptRecord], attempt: str, written_off: int = 0) -> None:
-        """Hands lost prompts out again, in new batches (`attempt` keeps their ids apart from every earlier batch);
-        `written_off` prompts, lost for good, leave the in-flight window in the same transaction."""
+    def _enqueue(self, pipe, batch_id: str, batch: list[PromptRecord]) -> None:
+        """One generation job for `batch`, remembered as open until its rows are written."""
+        self.queue.enqueue_many([generation_job_data(self.config, batch_id, [p.__dict__ for p in batch])], pipeline=pipe)
+        self.batches[batch_id] = [p.row_index for p in batch]
+        pipe.hincrby(self.keys.stats, "prompts_enqueued", len(batch))
+
+    def refeed(self, records: list[PromptRecord], written_off: int = 0) -> None:
+        """Hands lost prompts out again, in batches whose ids no earlier batch had; `written_off` prompts, lost for
+        good, leave the in-flight window in the same transaction."""
+        self._refeeds += 1
+        attempt = f"{int(time.time())}{self._refeeds}"
         size = self.config.prompts_per_job
         with self.client.pipeline() as pipe:
             for start in range(0, len(records), size):
                 batch = records[start:start + size]
-                batch_id = f"r{batch[0].row_index}-again{attempt}"
-                job = generation_job_data(self.config, batch_id, [p.__dict__ for p in batch])
-                self.queue.enqueue_many([job], pipeline=pipe)
-                self.batches[batch_id] = [p.row_index for p in batch]
-            pipe.hincrby(self.keys.stats, "prompts_enqueued", len(records))
+                self._enqueue(pipe, f"r{batch[0].row_index}-again{attempt}", batch)
             if written_off:
                 pipe.hincrby(self.keys.stats, "prompts_returned", written_off)
             pipe.execute()
@@ -136,10 +142,7 @@ class Feeder:
                 batch.append(record)
         with self.client.pipeline() as pipe:  # MULTI: the jobs and the cursor move together
             if batch:
-                job = generation_job_data(self.config, f"r{batch[0].row_index}", [p.__dict__ for p in batch])
-                self.batches[f"r{batch[0].row_index}"] = [p.row_index for p in batch]
-                self.queue.enqueue_many([job], pipeline=pipe)
-                pipe.hincrby(self.keys.stats, "prompts_enqueued", len(batch))
+                self._enqueue(pipe, f"r{batch[0].row_index}", batch)
             if settled:
                 pipe.xadd(self.keys.ready, {"rows": json.dumps([o.__dict__ for o in settled])})
             progressed = len(settled) + already_written

@@ -47,7 +47,6 @@ class Coordinator:
         self._last_sweep = 0.0
         self._idle_since: float | None = None
         self._missing_since: dict[str, float] = {}
-        self._recoveries = 0
         self.started_at = time.time()
         stats = read_stats(client, config.run_id)
         self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
@@ -113,10 +112,9 @@ class Coordinator:
         for batch_id in lost:
             del self.feeder.batches[batch_id]
             del self._missing_since[batch_id]
-        self._recoveries += 1
         log.warning("run %s: batches %s exist nowhere in Redis any more (it came back older than it was?): feeding their %d "
                     "prompts again", self.config.run_id, ", ".join(sorted(lost)), len(records))
-        self.feeder.refeed(records, f"{int(time.time())}{self._recoveries}", written_off=sum(len(batches[b]) for b in lost))
+        self.feeder.refeed(records, written_off=sum(len(batches[b]) for b in lost))
 
     def recover_lost_work(self) -> None:
         """Feeds again the prompts that are handed out but exist nowhere any more, and sets the window right.
@@ -141,10 +139,9 @@ class Coordinator:
         enqueued = int(self.client.hget(self.keys.stats, "prompts_enqueued") or 0)
         self.client.hset(self.keys.stats, "prompts_returned", enqueued)  # idle: nothing is in flight
         if lost:
-            self._recoveries += 1
             log.warning("run %s: %d prompts were handed out but exist nowhere in Redis any more (it came back older than it "
                         "was?): feeding them again", self.config.run_id, len(lost))
-            self.feeder.refeed(lost, f"{int(time.time())}{self._recoveries}")
+            self.feeder.refeed(lost)
         else:
             log.warning("run %s: nothing is in flight but the counters said otherwise (Redis came back older?): set right",
                         self.config.run_id)

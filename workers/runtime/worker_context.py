@@ -6,13 +6,15 @@ installed by `rsample.workers.runtime.worker` before the first job, never reload
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
 
 from rsample.workers.backends.base import GenerationBackend, RewardBackend
+from rsample.workers.backends.faults import is_device_fault
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.errors import RsampleError, first_line
 
 
 @dataclass
@@ -27,6 +29,17 @@ class WorkerContext:
 
     def mark_broken(self, reason: str) -> None:
         self.broken = self.broken or reason
+
+    @contextmanager
+    def broken_by_device_faults(self):
+        """Around a job's backend calls: a device or engine fault marks this worker broken (the job still fails, to
+        run elsewhere, and the worker then stops); any other error passes through untouched."""
+        try:
+            yield
+        except Exception as exc:
+            if is_device_fault(exc):
+                self.mark_broken(first_line(exc, with_type=True))
+            raise
 
 
 _context: WorkerContext | None = None

@@ -7,9 +7,7 @@ import logging
 import time
 
 from rsample.workers.backends.base import GenerationBackend, PromptCompletions
-from rsample.workers.backends.faults import is_device_fault
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import Conversation, GeneratedBatch, PromptRecord
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
@@ -42,12 +40,8 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     config, client, keys = context.config, context.client, RunKeys(run_id)
     records = [PromptRecord.from_dict(p) for p in prompts]
     started = time.perf_counter()
-    try:
+    with context.broken_by_device_faults():
         results = generate_isolating_failures(context.generator, [r.messages for r in records], config, batch_seed(config, records[0].row_index))
-    except Exception as exc:
-        if is_device_fault(exc):  # this worker is done: the job goes back to the queue, the worker stops
-            context.mark_broken(first_line(exc, with_type=True))
-        raise
     seconds = time.perf_counter() - started
     generated = [merge_candidates(r, res, config.include_reference) for r, res in zip(records, results)]
     completions = sum(len(res.completions) for res in results)

@@ -6,8 +6,6 @@ import json
 import logging
 
 from rsample.workers.backends.base import RewardBackend
-from rsample.workers.backends.faults import is_device_fault
-from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
@@ -56,12 +54,8 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
         return {"scored": 0}
     batch = GeneratedBatch.from_dict(json.loads(raw))
     to_score = [p for p in batch.prompts if p.needs_scoring]
-    try:
+    with context.broken_by_device_faults():
         verdicts = score_isolating_failures(backend, model_index, to_score)
-    except Exception as exc:
-        if is_device_fault(exc):  # this worker is done: the job goes back to the queue, the worker stops
-            context.mark_broken(first_line(exc, with_type=True))
-        raise
     num_conversations = sum(len(p.candidates) for p in to_score)
     with client.pipeline() as pipe:  # MULTI: exactly one scorer sees the last model arrive
         pipe.hset(keys.scores(batch_id), str(model_index), json.dumps(verdicts))
