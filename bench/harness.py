@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,3 +93,64 @@ def run_pipeline(config: RunConfig, workdir: Path, generate_workers: int = 1, wo
         memory = client.info("memory")
     return PipelineResult(seconds, int(stats.get("completions_generated")), int(stats.get("tokens_generated")), outcomes["pair"],
                           int(memory["used_memory_peak"]), int(memory["used_memory"]), stats.get("generation_seconds"))
+
+
+def straight_line(config: RunConfig, keep_prompts: int = 0) -> dict:
+    """The baseline: one process, no Redis, generating and then scoring batch after batch with the same backends,
+    batches and seeds as the pipeline's jobs. `keep_prompts`: the conversations of that many first prompts come
+    back too (grouped by prompt), for checks that score them again."""
+    from rsample.producer.dataset import iter_rows
+    from rsample.producer.prompts import extract_prompt
+    from rsample.workers.backends.registry import load_generator, load_reward_backend
+    from rsample.workers.stages.generate import batch_seed
+
+    records = [extract_prompt(row, index) for index, row in iter_rows(config.data)]
+    generator = load_generator(config)
+    rewards = [load_reward_backend(config, index) for index in range(len(config.reward_models))]
+    generating = scoring = 0.0
+    tokens, completions, kept = 0, 0, []
+    for start in range(0, len(records), config.prompts_per_job):
+        batch = records[start:start + config.prompts_per_job]
+        began = time.perf_counter()
+        results = generator.generate([record.messages for record in batch], config.sampling, batch_seed(config, batch[0].row_index))
+        generated = time.perf_counter()
+        groups = [[[*record.messages, {"role": "assistant", "content": c.text}] for c in result.completions]
+                  for record, result in zip(batch, results)]
+        for reward in rewards:
+            reward.score([conversation for group in groups for conversation in group])
+        scoring += time.perf_counter() - generated
+        generating += generated - began
+        tokens += sum(c.num_tokens for result in results for c in result.completions)
+        completions += sum(len(result.completions) for result in results)
+        kept.extend(groups[:max(0, keep_prompts - len(kept))])
+    return {"seconds": generating + scoring, "generation_seconds": generating, "scoring_seconds": scoring,
+            "tokens": tokens, "completions": completions, "conversations": kept}
+
+
+class GpuMemoryPeak:
+    """The highest GPU memory in use (all processes, as nvidia-smi reports it) while the block runs; None without one."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.peak_mib: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> GpuMemoryPeak:
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            reading = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True)
+            if reading.returncode == 0 and reading.stdout.strip():
+                used = int(reading.stdout.split()[0])
+                self.peak_mib = max(self.peak_mib or 0, used)
+            self._stop.wait(self.interval)
