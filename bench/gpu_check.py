@@ -213,11 +213,11 @@ def main(argv=None) -> None:
 def scored_tokens(config: RunConfig, workdir: Path) -> int:
     """Tokens the reward model reads for the straight line's conversations, estimated from the kept ones."""
     from rsample.workers.backends.models import load_tokenizer
-    from rsample.workers.backends.templates import render_conversation
+    from rsample.workers.backends.templates import render_conversations
 
     tokenizer = load_tokenizer(config.reward_models[0], "reward")
     groups = json.loads((workdir / "conversations.json").read_text())
-    sample = [len(render_conversation(tokenizer, conversation)) for group in groups for conversation in group]
+    sample = [len(ids) for ids in render_conversations(tokenizer, [conversation for group in groups for conversation in group])]
     total = config.sampling.n * sum(1 for _ in (workdir / "prompts.jsonl").open())
     return round(sum(sample) / len(sample) * total)
 

@@ -38,6 +38,8 @@ class PipelineResult:
     """What Redis still holds once the run is written: what a run leaves behind (settings, counters)."""
     generation_seconds: float
     """Time the generation workers spent inside the backend: the rest of `seconds` is the queue path's."""
+    scoring_seconds: float
+    """Time the reward workers spent inside the first reward model's backend (jobs that overlap add up)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -92,7 +94,8 @@ def run_pipeline(config: RunConfig, workdir: Path, generate_workers: int = 1, wo
         outcomes, _ = coordinator.ledger.counts()
         memory = client.info("memory")
     return PipelineResult(seconds, int(stats.get("completions_generated")), int(stats.get("tokens_generated")), outcomes["pair"],
-                          int(memory["used_memory_peak"]), int(memory["used_memory"]), stats.get("generation_seconds"))
+                          int(memory["used_memory_peak"]), int(memory["used_memory"]), stats.get("generation_seconds"),
+                          stats.get("scoring_seconds:0"))
 
 
 def straight_line(config: RunConfig, keep_prompts: int = 0) -> dict:

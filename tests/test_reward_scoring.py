@@ -46,14 +46,14 @@ def test_the_tiny_reward_model_looks_like_a_real_one(reward_model):
     assert tokenizer("hello")["input_ids"][0] == tokenizer.bos_token_id  # the tokenizer adds one to plain text
 
 
-@pytest.mark.parametrize("micro_batch", [1, 3, 16])
-def test_scores_are_read_at_the_true_last_token(reward_model, micro_batch):
+@pytest.mark.parametrize("micro_batch, token_budget", [(1, 16384), (3, 16384), (16, 16384), (64, 200)])
+def test_scores_are_read_at_the_true_last_token(reward_model, micro_batch, token_budget):
     model = AutoModelForSequenceClassification.from_pretrained(reward_model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
     expected = [reference_reward(model, tokenizer, c) for c in CONVERSATIONS]
     lengths = [len(reward_token_ids(tokenizer, c)) for c in CONVERSATIONS]
     assert max(lengths) > 8 * min(lengths)  # very different lengths share a micro-batch
-    scores = TransformersRewardModel(reward_model, "float32", micro_batch).score(CONVERSATIONS)
+    scores = TransformersRewardModel(reward_model, "float32", micro_batch, token_budget).score(CONVERSATIONS)
     assert scores == pytest.approx(expected, abs=1e-5)
 
 
@@ -74,3 +74,16 @@ def test_bf16_scores_keep_full_precision(tmp_path):
         assert scores == pytest.approx(fp32_scores, abs=0.05)  # only the trunk's bf16 rounding separates them
         off_grid = [s for s in scores if torch.tensor(s).to(torch.bfloat16).item() != s]
         assert len(off_grid) >= len(scores) - 1
+
+
+def test_two_slots_scoring_at_once_get_the_scores_one_gets_alone(tmp_path):
+    """A reward worker's two slots share one model: one tokenizes while the other runs; neither disturbs the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = TransformersRewardModel(str(build_reward_model(tmp_path / "reward", seed=5, pad="own")), "float32", token_budget=256)
+    jobs = [CONVERSATIONS[k:] + CONVERSATIONS[:k] for k in range(len(CONVERSATIONS))] * 4
+    alone = [model.score(job) for job in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(model.score, jobs))
+    for expected, got in zip(alone, together):
+        assert got == pytest.approx(expected, abs=1e-6)

@@ -11,10 +11,13 @@ from rsample.workers.runtime.worker import default_slots
 ROWS = [{"prompt": f"write a long story about the river number {i}"} for i in range(12)]
 
 
-def test_default_slots_feed_vllm_and_leave_other_backends_alone():
-    assert default_slots("generate", "vllm") == 2
-    assert default_slots("generate", "transformers") == 1
-    assert default_slots("reward", "vllm") == 1
+def test_default_slots_feed_vllm_and_let_a_reward_model_prepare_the_next_job():
+    assert default_slots("generate", "vllm", on_gpu=True) == 2
+    assert default_slots("generate", "transformers", on_gpu=True) == 1
+    assert default_slots("reward", "vllm", on_gpu=True) == 1
+    assert default_slots("reward", "transformers", on_gpu=True) == 2  # one prepares while the other runs on the device
+    assert default_slots("reward", "transformers", on_gpu=False) == 1  # on a CPU the second would take the model's cores
+    assert default_slots("reward", "length", on_gpu=False) == 1
 
 
 def test_one_worker_runs_two_jobs_at_once_and_stops_on_sigterm(redis_server, redis_client, tiny_models, tmp_path):

@@ -41,7 +41,10 @@ def render_fitting(tokenizer, prompts: list[Conversation], context: int, max_new
     return results, fitting
 
 
-def render_conversation(tokenizer, conversation: Conversation) -> list[int]:
-    """The whole conversation in the reward model's own chat template: policy and reward tokenizers differ."""
-    text = tokenizer.apply_chat_template(conversation, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def render_conversations(tokenizer, conversations: list[Conversation]) -> list[list[int]]:
+    """Whole conversations in the reward model's own chat template (policy and reward tokenizers differ), tokenized
+    in one call: the tokenizer's Rust side then splits the work over its threads instead of one text at a time."""
+    if not conversations:
+        return []
+    texts = [tokenizer.apply_chat_template(conversation, tokenize=False) for conversation in conversations]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -9,9 +9,11 @@ grid (a step of 1/16 between 8 and 16, where candidates would tie).
 
 from __future__ import annotations
 
-from rsample.workers.backends.batching import run_halving_on_oom
+import threading
+
+from rsample.workers.backends.batching import TokenBudget
 from rsample.workers.backends.models import check_reward_model, context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
-from rsample.workers.backends.templates import render_conversation
+from rsample.workers.backends.templates import render_conversations
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import Conversation
@@ -30,9 +32,15 @@ def linear_score_head(model):
 
 
 class TransformersRewardModel:
-    """Conversations rendered with the reward model's own chat template, length-sorted into right-padded micro-batches."""
+    """Conversations rendered with the reward model's own chat template, length-sorted into right-padded batches that
+    fill a token budget.
 
-    def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH):
+    Thread-safe for a worker's slots: while one job's batches run on the device, another job renders and tokenizes
+    (the tokenizer and the device each take one job at a time), so the device is not left waiting for the CPU.
+    """
+
+    def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH,
+                 token_budget: int = defaults.REWARD_TOKEN_BUDGET):
         from transformers import AutoModelForSequenceClassification
 
         check_reward_model(spec)
@@ -40,22 +48,27 @@ class TransformersRewardModel:
         self.tokenizer = load_tokenizer(spec, "reward")
         self.model = load_weights(AutoModelForSequenceClassification, spec, "reward", resolve_dtype(dtype, self.device), self.device)
         self.context = context_length(self.model, self.tokenizer)
-        self.micro_batch = micro_batch
         self.head = linear_score_head(self.model)
         if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
             self.model.config.pad_token_id = None
-            self.micro_batch = 1
+            micro_batch = 1
+        self.budget = TokenBudget(token_budget, micro_batch)
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer's settings are shared state: one caller at a time
+        self._device_lock = threading.Lock()
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> TransformersRewardModel:
-        return cls(config.reward_models[model_index], config.models.dtype, config.models.reward_micro_batch)
+        models = config.models
+        return cls(config.reward_models[model_index], models.dtype, models.reward_micro_batch, models.reward_token_budget)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
-        encoded = [render_conversation(self.tokenizer, c) for c in conversations]
+        with self._tokenizer_lock:
+            encoded = render_conversations(self.tokenizer, conversations)
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
-        fitting.sort(key=lambda i: len(encoded[i]))  # similar lengths together: less padding
+        fitting.sort(key=lambda i: len(encoded[i]))  # similar lengths together: little padding
         scores: list[float | None] = [None] * len(conversations)
-        values = run_halving_on_oom([encoded[i] for i in fitting], self.micro_batch, self._forward)
+        with self._device_lock:
+            values = self.budget.run([encoded[i] for i in fitting], self._forward)
         for index, value in zip(fitting, values):
             scores[index] = value
         return scores

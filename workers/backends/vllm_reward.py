@@ -1,13 +1,13 @@
 """`--reward-backend vllm`: vLLM's pooling runner on an `*ForSequenceClassification` checkpoint.
 
-Conversations are rendered by the same code as the transformers reward backend (`render_conversation`), so both
+Conversations are rendered by the same code as the transformers reward backend (`render_conversations`), so both
 score the same token sequences; the score is the raw logit, as in transformers.
 """
 
 from __future__ import annotations
 
 from rsample.workers.backends.models import check_reward_model, load_tokenizer
-from rsample.workers.backends.templates import render_conversation
+from rsample.workers.backends.templates import render_conversations
 from rsample.workers.backends.vllm_llm import make_llm
 from rsample.workers.common.config import ModelSettings, RunConfig
 from rsample.workers.common.messages import Conversation
@@ -32,7 +32,7 @@ class VLLMRewardModel:
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
-        encoded = [render_conversation(self.tokenizer, c) for c in conversations]
+        encoded = render_conversations(self.tokenizer, conversations)
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
         outputs = self.llm.classify(
             [TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting],

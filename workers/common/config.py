@@ -89,6 +89,9 @@ class ModelSettings:
     generation_backend: str = "transformers"
     reward_backend: str = "transformers"
     reward_micro_batch: int = defaults.REWARD_MICRO_BATCH
+    """Most conversations per reward forward pass."""
+    reward_token_budget: int = defaults.REWARD_TOKEN_BUDGET
+    """Padded tokens per reward forward pass: length-sorted conversations fill it."""
     tensor_parallel_size: int = 1
     """GPUs per vLLM engine: a generation worker is pinned to this many GPUs."""
     max_model_len: int | None = None
@@ -109,6 +112,8 @@ class ModelSettings:
             raise RsampleError(f"unknown reward backend {self.reward_backend!r} (choose from {', '.join(REWARD_BACKENDS)})")
         if self.reward_micro_batch < 1:
             raise RsampleError(f"--reward-batch-size must be at least 1 (got {self.reward_micro_batch})")
+        if self.reward_token_budget < 1:
+            raise RsampleError(f"--reward-token-budget must be at least 1 (got {self.reward_token_budget})")
 
 
 @dataclass(frozen=True)

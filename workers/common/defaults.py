@@ -10,8 +10,12 @@ out-of-memory on a long-context policy. Longer prompts are skipped and counted; 
 PROMPTS_PER_JOB = 16
 """Prompts per generation job: large enough to give the engine a real batch, small enough to retry cheaply."""
 
-REWARD_MICRO_BATCH = 16
-"""Conversations per reward forward pass before out-of-memory halving kicks in."""
+REWARD_MICRO_BATCH = 128
+"""Most conversations in one reward forward pass: a cap for very short ones, which the token budget would pack by thousands."""
+
+REWARD_TOKEN_BUDGET = 16384
+"""Padded tokens in one reward forward pass (conversations times the longest of them), halved for good on out-of-memory:
+an 8B model's activations for this many tokens take a few GiB, and fewer leave a large GPU idle between launches."""
 
 GENERATION_JOB_TIMEOUT = 3 * 3600
 """Seconds a generation job may run: n x max_new_tokens x prompts can take long (RQ's 180 s default is far too short)."""

@@ -135,9 +135,13 @@ def run_slots(make_worker, slots: int, burst: bool) -> None:
             thread.join()
 
 
-def default_slots(role: str, backend: str) -> int:
-    """Jobs a worker runs at once: two keep a vLLM engine fed across batch tails; other backends gain nothing."""
-    return 2 if role == "generate" and backend == "vllm" else 1
+def default_slots(role: str, backend: str, on_gpu: bool) -> int:
+    """Jobs a worker runs at once. Two keep a vLLM engine fed across batch tails; on a GPU, two let a transformers
+    reward model prepare the next job while the current one runs (the backend lets one job at a time onto the
+    device). On a CPU the CPU is the device: a second slot would only take cores from the model."""
+    if role == "generate":
+        return 2 if backend == "vllm" else 1
+    return 2 if backend == "transformers" and on_gpu else 1
 
 
 def pin_gpu(gpu: str | None) -> None:
@@ -180,7 +184,10 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
     worker_context.install(context)
     backend = config.models.generation_backend if role == "generate" else config.models.reward_backend
-    slots = slots or default_slots(role, backend)
+    if slots is None:
+        from rsample.workers.backends.models import resolve_device
+
+        slots = default_slots(role, backend, on_gpu=backend == "transformers" and resolve_device() == "cuda")
     base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
 
     def make_worker(worker_class, index: int) -> HeartbeatWorker:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from rsample.workers.backends.base import RewardBackend
 from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores
@@ -54,13 +55,16 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
         return {"scored": 0}
     batch = GeneratedBatch.from_dict(json.loads(raw))
     to_score = [p for p in batch.prompts if p.needs_scoring]
+    started = time.perf_counter()
     with context.broken_by_device_faults():
         verdicts = score_isolating_failures(backend, model_index, to_score)
+    seconds = time.perf_counter() - started
     num_conversations = sum(len(p.candidates) for p in to_score)
     with client.pipeline() as pipe:  # MULTI: exactly one scorer sees the last model arrive
         pipe.hset(keys.scores(batch_id), str(model_index), json.dumps(verdicts))
         pipe.hlen(keys.scores(batch_id))
         pipe.hincrby(keys.stats, f"completions_scored:{model_index}", num_conversations)
+        pipe.hincrbyfloat(keys.stats, f"scoring_seconds:{model_index}", seconds)
         models_done = pipe.execute()[1]
     if models_done == len(context.config.reward_models):
         with client.pipeline() as pipe:

@@ -1,0 +1,180 @@
+"""Reward scoring throughput: tokens/s the reward worker reads, against a direct loop over the same conversations.
+
+    python bench/reward_throughput.py                           # CPU: a small random Llama reward model
+    python bench/reward_throughput.py --shape llama-3.2-1b      # a GPU: a Llama-3.2-1B-shaped random model in bf16
+
+(a) direct: one process tokenizes every conversation up front, sorts them all by length and runs token-budget
+batches through the model (transformers called directly, not rsample's backend): the hardware's best case,
+only the forward passes timed. (b) worker: the zero-cost echo generator hands conversations of the same lengths
+through Redis to a reward worker process, which renders, tokenizes, batches and scores them job by job; timed
+from the first prompt fed to the last pair written. Both read the same tokens. Target: (b)/(a) >= 0.90.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import REPO, GpuMemoryPeak, run_pipeline
+
+from rsample.workers.common import defaults
+from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=["cpu-small", "llama-3.2-1b"], default="cpu-small")
+    parser.add_argument("--prompts", type=int, default=96)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-words", type=int, default=160, help="prompt lengths are spread between 8 and this many words")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per job")
+    parser.add_argument("--token-budget", type=int, default=defaults.REWARD_TOKEN_BUDGET)
+    parser.add_argument("--max-sequences", type=int, default=defaults.REWARD_MICRO_BATCH)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
+    parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def write_prompts(path: Path, count: int, max_words: int) -> Path:
+    """Prompts of spread-out lengths (log-uniform), as real datasets have; the echo completions repeat them."""
+    from rsample.workers.backends.tiny_models import WORDS
+
+    rng = random.Random(0)
+    with path.open("w") as handle:
+        for _ in range(count):
+            words = int(round(8 * (max_words / 8) ** rng.random()))
+            handle.write(json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(words))}) + "\n")
+    return path
+
+
+def build_reward(args, workdir: Path) -> str:
+    if args.shape == "cpu-small":
+        from rsample.workers.backends.tiny_models import build_reward_model
+
+        return str(build_reward_model(workdir / "reward", hidden_size=256, layers=4, max_position_embeddings=2048))
+    import torch
+    from shaped_models import build_shaped_reward_model
+
+    return str(build_shaped_reward_model(workdir / "reward", args.shape, "cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def make_config(args, workdir: Path, reward: str) -> RunConfig:
+    return RunConfig(
+        run_id="", data=DataSelection(str(workdir / "prompts.jsonl")), policy="echo", reward_models=(reward,),
+        sampling=SamplingConfig(n=args.n),
+        models=ModelSettings(dtype=args.dtype, generation_backend="echo", reward_backend="transformers",
+                             reward_micro_batch=args.max_sequences, reward_token_budget=args.token_budget),
+        jobs=JobSettings(max_in_flight=max(4096, 4 * args.batch_size)), prompts_per_job=args.batch_size,
+    )
+
+
+def conversations(config: RunConfig) -> list[list[dict]]:
+    """What the echo generator hands the reward worker, built here from the prompts alone."""
+    from rsample.producer.dataset import iter_rows
+    from rsample.producer.prompts import extract_prompt
+    from rsample.workers.backends.zero_cost import EchoGenerator
+
+    records = [extract_prompt(row, index) for index, row in iter_rows(config.data)]
+    results = EchoGenerator().generate([record.messages for record in records], config.sampling, 0)
+    return [[*record.messages, {"role": "assistant", "content": c.text}] for record, result in zip(records, results)
+            for c in result.completions]
+
+
+def direct(args, config: RunConfig) -> dict:
+    """Side (a): transformers alone, everything tokenized and sorted before the clock starts."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32}.get(args.dtype) or getattr(torch, args.dtype)
+    reward = config.reward_models[0]
+    tokenizer = AutoTokenizer.from_pretrained(reward)
+    model = AutoModelForSequenceClassification.from_pretrained(reward, dtype=dtype).to(device).eval()
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations(config)]
+    encoded = sorted(tokenizer(texts, add_special_tokens=False)["input_ids"], key=len)
+    batches, start = [], 0
+    while start < len(encoded):  # greedy: as many as the budget (or the cap) allows
+        end = start + 1
+        while end < len(encoded) and end - start < args.max_sequences and (end + 1 - start) * len(encoded[end]) <= args.token_budget:
+            end += 1
+        batches.append(encoded[start:end])
+        start = end
+    padded = []
+    for batch in batches:
+        width = max(len(ids) for ids in batch)
+        lengths = torch.tensor([len(ids) for ids in batch], device=device)
+        padded.append((torch.tensor([ids + [0] * (width - len(ids)) for ids in batch], device=device), lengths))
+    scores = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for input_ids, lengths in padded:
+            mask = (torch.arange(input_ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
+            hidden = model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            scores.append(model.score(hidden[torch.arange(len(lengths), device=device), lengths - 1]))
+        torch.cat(scores).float().cpu()
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "tokens": sum(len(ids) for ids in encoded), "batches": len(batches)}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.side == "direct":
+        config = RunConfig.from_json((args.workdir / "config.json").read_text())
+        (args.workdir / "direct.json").write_text(json.dumps(direct(args, config)))
+        return
+    with tempfile.TemporaryDirectory(prefix="rsample-reward-bench-") as tmp:
+        workdir = Path(tmp)
+        write_prompts(workdir / "prompts.jsonl", args.prompts, args.max_words)
+        config = make_config(args, workdir, build_reward(args, workdir))
+        (workdir / "config.json").write_text(config.to_json())
+        count = len(conversations(config))
+        directs, workers = [], []
+        for attempt in range(args.repeats):  # alternating, so that a disturbance of the machine hits both sides
+            process = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", "direct", "--workdir", str(workdir)],
+                                     capture_output=True, text=True, cwd=REPO)
+            if process.returncode:
+                sys.exit(f"side (a) failed:\n{process.stderr[-3000:]}")
+            directs.append(json.loads((workdir / "direct.json").read_text()))
+            with GpuMemoryPeak() as peak:
+                result = run_pipeline(config, workdir / f"pipeline-{attempt}")
+            workers.append((result, peak.peak_mib))
+            print(f"attempt {attempt}: (a) {directs[-1]['seconds']:.2f} s, (b) {result.seconds:.2f} s", flush=True)
+    tokens = directs[0]["tokens"]
+    a = min(run["seconds"] for run in directs)
+    b, peak = min(workers, key=lambda run: run[0].seconds)
+    device = _device()
+    print(f"reward scoring on {device}: {args.shape} reward model, {args.prompts} prompts x n={args.n} "
+          f"({count} conversations, {tokens} tokens), budget {args.token_budget} padded tokens, "
+          f"at most {args.max_sequences} per batch, {args.batch_size} prompts per job")
+    print(f"{'side':<44}{'seconds':>10}{'tokens/s':>12}")
+    print(f"{'(a) direct loop, pre-tokenized, globally sorted':<44}{a:>10.2f}{tokens / a:>12.0f}")
+    print(f"{'(b) reward worker, job by job through Redis':<44}{b.seconds:>10.2f}{tokens / b.seconds:>12.0f}")
+    print(f"ratio (b)/(a): {a / b.seconds:.3f}  (target >= 0.90); the worker's jobs spent {b.scoring_seconds:.2f} s inside the "
+          "backend (summed over jobs, which overlap in its two slots)" + (f"; peak GPU memory {peak} MiB" if peak else ""))
+    figures = {"device": device, "shape": args.shape, "conversations": args.prompts * args.n, "tokens": tokens,
+               "direct_tokens_per_s": round(tokens / a, 1), "worker_tokens_per_s": round(tokens / b.seconds, 1),
+               "ratio": round(a / b.seconds, 3)}
+    print(json.dumps(figures))
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=2))
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+
+
+if __name__ == "__main__":
+    main()
