@@ -69,7 +69,6 @@ def make_config(args, workdir: Path) -> RunConfig:
 
 def side_build(args) -> dict:
     import torch
-
     from shaped_models import build_shaped_policy, build_shaped_reward_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -155,7 +154,7 @@ def report(args, device: str, directs: list[dict], pipelines: list, precision: d
     }
     print(f"\nGPU check on {device}: {args.shape}-shaped random models in bf16, transformers backend, "
           f"{args.prompts} prompts x n={args.n}, {args.max_new_tokens} new tokens, {args.batch_size} prompts per job")
-    print(f"| side | generated tokens | seconds | generated tokens/s | peak GPU memory (MiB) |")
+    print("| side | generated tokens | seconds | generated tokens/s | peak GPU memory (MiB) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     print(f"| (a) straight line: generate, then score | {a['tokens']} | {a['seconds']:.1f} | {a_rate:.0f} | {a['gpu_peak_mib'] or 'n/a'} |")
     print(f"| (a) of which generating | {a['tokens']} | {a['generation_seconds']:.1f} | {a_generation:.0f} | |")
