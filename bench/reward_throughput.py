@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per job")
     parser.add_argument("--token-budget", type=int, default=defaults.REWARD_TOKEN_BUDGET)
     parser.add_argument("--max-sequences", type=int, default=defaults.REWARD_MICRO_BATCH)
+    parser.add_argument("--worker-slots", type=int, help="jobs the reward worker runs at once (default: the worker's own choice)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
@@ -147,7 +148,8 @@ def main(argv=None) -> None:
                 sys.exit(f"side (a) failed:\n{process.stderr[-3000:]}")
             directs.append(json.loads((workdir / "direct.json").read_text()))
             with GpuMemoryPeak() as peak:
-                result = run_pipeline(config, workdir / f"pipeline-{attempt}")
+                worker_args = ("--slots", str(args.worker_slots)) if args.worker_slots else ()
+                result = run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args)
             workers.append((result, peak.peak_mib))
             print(f"attempt {attempt}: (a) {directs[-1]['seconds']:.2f} s, (b) {result.seconds:.2f} s", flush=True)
     tokens = directs[0]["tokens"]
@@ -156,7 +158,8 @@ def main(argv=None) -> None:
     device = _device()
     print(f"reward scoring on {device}: {args.shape} reward model, {args.prompts} prompts x n={args.n} "
           f"({count} conversations, {tokens} tokens), budget {args.token_budget} padded tokens, "
-          f"at most {args.max_sequences} per batch, {args.batch_size} prompts per job")
+          f"at most {args.max_sequences} per batch, {args.batch_size} prompts per job, "
+          f"{args.worker_slots or 'default'} worker slots")
     print(f"{'side':<44}{'seconds':>10}{'tokens/s':>12}")
     print(f"{'(a) direct loop, pre-tokenized, globally sorted':<44}{a:>10.2f}{tokens / a:>12.0f}")
     print(f"{'(b) reward worker, job by job through Redis':<44}{b.seconds:>10.2f}{tokens / b.seconds:>12.0f}")

@@ -16,7 +16,8 @@ def test_batches_fill_the_budget_without_passing_it_or_wasting_it_on_padding():
     lengths = sorted(random.Random(0).randint(1, 300) for _ in range(500))
     seen = []
     budget = TokenBudget(2048, 64)
-    assert budget.run(sequences(lengths), lambda batch: (seen.append([len(s) for s in batch]), [len(s) for s in batch])[1]) == lengths
+    per_batch = budget.run(sequences(lengths), lambda batch: (seen.append([len(s) for s in batch]), [len(s) for s in batch])[1])
+    assert [length for batch in per_batch for length in batch] == lengths
     assert [length for batch in seen for length in batch] == lengths  # every sequence once, in order
     position = 0
     for batch in seen:
@@ -45,7 +46,7 @@ def test_out_of_memory_halves_the_budget_for_this_and_later_jobs():
         return [len(s) for s in batch]
 
     budget = TokenBudget(1000, 100)
-    assert budget.run(sequences([10] * 40), run_batch) == [10] * 40
+    assert [x for batch in budget.run(sequences([10] * 40), run_batch) for x in batch] == [10] * 40
     assert sizes[:3] == [400, 200, 200] and budget.tokens == 200  # 400 failed: the budget is half of what failed
     sizes.clear()
     budget.run(sequences([10] * 40), run_batch)

@@ -45,8 +45,9 @@ class TokenBudget:
             end += 1
         return end
 
-    def run(self, sequences: Sequence[list[int]], run_batch: Callable[[Sequence[list[int]]], list[R]]) -> list[R]:
-        """Runs `run_batch` over consecutive batches of `sequences` (sorted by length, shortest first), in order.
+    def run(self, sequences: Sequence[list[int]], run_batch: Callable[[Sequence[list[int]]], R]) -> list[R]:
+        """Runs `run_batch` over consecutive batches of `sequences` (sorted by length, shortest first); returns what
+        each batch returned, in order (device tensors may stay unread until the end: no sync between batches).
 
         A single sequence that still runs out of memory re-raises: nothing smaller can be tried.
         """
@@ -56,7 +57,7 @@ class TokenBudget:
         while start < len(sequences):
             end = self.batch_end(lengths, start)
             try:
-                results.extend(run_batch(sequences[start:end]))
+                results.append(run_batch(sequences[start:end]))
             except Exception as exc:
                 if not is_out_of_memory(exc) or end - start == 1:
                     raise

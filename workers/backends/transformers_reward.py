@@ -62,31 +62,43 @@ class TransformersRewardModel:
         return cls(config.reward_models[model_index], models.dtype, models.reward_micro_batch, models.reward_token_budget)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
+        import torch
+
         with self._tokenizer_lock:
             encoded = render_conversations(self.tokenizer, conversations)
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
         fitting.sort(key=lambda i: len(encoded[i]))  # similar lengths together: little padding
         scores: list[float | None] = [None] * len(conversations)
+        if not fitting:
+            return scores
         with self._device_lock:
-            values = self.budget.run([encoded[i] for i in fitting], self._forward)
+            per_batch = self.budget.run([encoded[i] for i in fitting], self._forward)
+            values = torch.cat(per_batch).tolist()  # the one wait for the device: batches were queued back to back
         for index, value in zip(fitting, values):
             scores[index] = value
         return scores
 
-    def _forward(self, batch: list[list[int]]) -> list[float]:
+    def _forward(self, batch: list[list[int]]):
+        """The batch's scores as a float32 tensor on the device, not yet read (reading would wait for the device)."""
         import torch
 
-        lengths = torch.tensor([len(ids) for ids in batch], device=self.device)
-        width = int(lengths.max())
+        width = max(len(ids) for ids in batch)
         # Right padding: every real token keeps the positions it has alone, and causal attention never lets the
         # padding (masked, any id) reach them. The pad id is therefore irrelevant; 0 is always a valid one.
-        input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in batch], device=self.device)
+        host_ids = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            host_ids[row, :len(ids)] = torch.tensor(ids)
+        lengths = torch.tensor([len(ids) for ids in batch])
+        if self.device == "cuda":
+            host_ids, lengths = host_ids.pin_memory(), lengths.pin_memory()
+        input_ids = host_ids.to(self.device, non_blocking=True)
+        lengths = lengths.to(self.device, non_blocking=True)
         attention_mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
         with torch.inference_mode():
             if self.head is None:
-                return self.model(input_ids=input_ids).logits[:, 0].float().tolist()
+                return self.model(input_ids=input_ids).logits[:, 0].float()
             trunk, head = self.head
             hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             last = hidden[torch.arange(len(batch), device=self.device), lengths - 1].float()
             bias = None if head.bias is None else head.bias.float()
-            return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0].tolist()
+            return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0]
