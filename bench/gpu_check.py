@@ -145,8 +145,8 @@ def report(args, device: str, directs: list[dict], pipelines: list, precision: d
     generation_per_reward = a["generation_seconds"] / a["scoring_seconds"]
     figures = {
         "device": device, "shape": args.shape, "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
-        "direct_tokens_per_s": round(a_rate, 1), "direct_generation_tokens_per_s": round(a_generation, 1),
+        "batch_size": args.batch_size, "direct_tokens": a["tokens"], "pipeline_tokens": b["result"].tokens,
+        "pipeline_pairs": b["result"].pairs, "direct_tokens_per_s": round(a_rate, 1), "direct_generation_tokens_per_s": round(a_generation, 1),
         "direct_scoring_tokens_per_s": round(scored_rate, 1), "pipeline_tokens_per_s": round(b_rate, 1),
         "ratio": round(b_rate / a_rate, 3), "ratio_to_generation_alone": round(b_rate / a_generation, 3),
         "direct_peak_gpu_mib": a["gpu_peak_mib"], "pipeline_peak_gpu_mib": b["gpu_peak_mib"],

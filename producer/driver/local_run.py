@@ -20,10 +20,12 @@ from rsample.producer.driver.coordinator import Coordinator
 from rsample.producer.driver.ledger import check_outputs
 from rsample.producer.driver.summary import Summary
 from rsample.producer.registration import dataset_files, register_run, run_id_for
+from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.connection import REDIS_URL_ENV, connect
+from rsample.workers.runtime.cpu_share import local_worker_roles, machine_has_gpu, sharing_environment
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.processes import RSAMPLE_COMMAND, killed_with_parent, last_words
@@ -46,10 +48,12 @@ class LocalRunOptions:
 class WorkerProcesses:
     """Worker child processes with their logs in files; a dead worker stops the run with its last words."""
 
-    def __init__(self, redis_url: str, run_id: str, log_dir: Path):
+    def __init__(self, redis_url: str, run_id: str, log_dir: Path, sharing_cpu: int | None = None):
+        """`sharing_cpu`: how many workers will share this machine's cores, when it has no GPU (see `cpu_share`)."""
         self.redis_url = redis_url
         self.run_id = run_id
         self.log_dir = log_dir
+        self.sharing_cpu = sharing_cpu
         log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
 
@@ -57,12 +61,19 @@ class WorkerProcesses:
         """`options` are extra `rsample worker` options, such as `--slots 2`."""
         log_path = self.log_dir / f"{role}-{len(self.processes)}.log"
         command = [*RSAMPLE_COMMAND, "worker", role, "--run", self.run_id, *options]  # the URL goes by environment: not in `ps`
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", REDIS_URL_ENV: self.redis_url}
+        if self.sharing_cpu:
+            env.update(sharing_environment(self.sharing_cpu))
         with log_path.open("w") as log_file:
             process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", REDIS_URL_ENV: self.redis_url},
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                 preexec_fn=killed_with_parent,  # a killed `rsample run` leaves no orphan workers behind
             )
         self.processes.append((role, process, log_path))
+
+    def start_all(self, roles: list[str]) -> None:
+        for role in roles:
+            self.start(role)
 
     def check_alive(self) -> None:
         for role, process, log_path in self.processes:
@@ -80,6 +91,11 @@ class WorkerProcesses:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def loads_models(config: RunConfig) -> bool:
+    """False for the zero-cost backends alone: then no torch is imported to ask for a GPU."""
+    return config.models.generation_backend != ZERO_COST_GENERATION or config.models.reward_backend != ZERO_COST_REWARD
 
 
 def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig, Summary]:
@@ -100,9 +116,9 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         workers = WorkerProcesses(redis_url, config.run_id, options.out.parent / ".rsample-logs" / config.run_id)
         stack.callback(workers.stop)
         if done < total:  # nothing to generate: do not load the models at all
-            for _ in range(options.generate_workers):
-                workers.start("generate")
-            workers.start("reward")
+            roles = local_worker_roles(options.generate_workers, on_gpu=loads_models(config) and machine_has_gpu())
+            workers.sharing_cpu = None if "reward" in roles else len(roles)
+            workers.start_all(roles)
         bars = StageBars(client, config.run_id, disable=not options.progress)
         stack.callback(bars.close)
         with logging_redirect_tqdm():

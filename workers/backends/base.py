@@ -7,6 +7,7 @@ score per conversation, or None for one longer than its model's context.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,8 +28,13 @@ class PromptCompletions:
     skip_reason: str | None = None
 
 
+ProgressCallback = Callable[[float, int], None]
+"""How a backend tells its job how far it got: (share of this call's work done, from 0 to 1; tokens generated so far)."""
+
+
 class GenerationBackend(Protocol):
-    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]: ...
+    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int,
+                 progress: ProgressCallback | None = None) -> list[PromptCompletions]: ...
 
 
 class RewardBackend(Protocol):

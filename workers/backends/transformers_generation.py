@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rsample.workers.backends.base import Completion, PromptCompletions
+from rsample.workers.backends.base import Completion, ProgressCallback, PromptCompletions
 from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, policy_eos_ids, resolve_device, resolve_dtype
 from rsample.workers.backends.templates import render_fitting
 from rsample.workers.common.config import RunConfig, SamplingConfig
@@ -26,7 +26,8 @@ class TransformersGenerator:
     def from_run(cls, config: RunConfig) -> TransformersGenerator:
         return cls(config.policy, config.models.dtype)
 
-    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
+    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int,
+                 progress: ProgressCallback | None = None) -> list[PromptCompletions]:
         import torch
 
         results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens, sampling.max_prompt_tokens)
@@ -46,6 +47,7 @@ class TransformersGenerator:
                     max_new_tokens=sampling.max_new_tokens,
                     num_return_sequences=sampling.n,
                     pad_token_id=self.tokenizer.pad_token_id,
+                    streamer=None if progress is None else StepCounter(sampling.max_new_tokens, self.eos_ids, progress),
                 )
             new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
             for position, (index, _) in enumerate(fitting):
@@ -59,3 +61,30 @@ class TransformersGenerator:
                 text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True)
                 return Completion(text.strip(), length + 1, "stop")
         return Completion(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), "length")
+
+
+class StepCounter:
+    """A streamer for `generate` that counts the tokens of every unfinished sequence at each step, for live progress
+    (transformers hands a streamer the prompt first, then each step's new token of every sequence)."""
+
+    def __init__(self, max_new_tokens: int, eos_ids: set[int], progress: ProgressCallback):
+        self.max_new_tokens, self.eos_ids, self.progress = max_new_tokens, sorted(eos_ids), progress
+        self.finished = None
+        self.steps = self.tokens = 0
+
+    def put(self, value) -> None:
+        import torch
+
+        if self.finished is None:  # the prompts
+            self.finished = torch.zeros(0, dtype=torch.bool)
+            return
+        value = value.reshape(-1)
+        if len(self.finished) != len(value):
+            self.finished = torch.zeros(len(value), dtype=torch.bool)
+        self.tokens += int((~self.finished).sum())
+        self.finished |= torch.isin(value, torch.tensor(self.eos_ids))
+        self.steps += 1
+        self.progress(self.steps / self.max_new_tokens, self.tokens)
+
+    def end(self) -> None:
+        pass

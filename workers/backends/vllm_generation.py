@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from rsample.workers.backends.base import Completion, PromptCompletions
+from rsample.workers.backends.base import Completion, ProgressCallback, PromptCompletions
 from rsample.workers.backends.models import load_tokenizer, policy_eos_ids
 from rsample.workers.backends.templates import render_fitting
 from rsample.workers.backends.vllm_engine import EngineLoop, wait_interruptibly
@@ -46,7 +46,8 @@ class VLLMGenerator:
         self.engine.close()
         self.llm.llm_engine.engine_core.shutdown()
 
-    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
+    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int,
+                 progress: ProgressCallback | None = None) -> list[PromptCompletions]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
@@ -61,11 +62,16 @@ class VLLMGenerator:
                     max_tokens=sampling.max_new_tokens, seed=request_seed(sampling.seed, ids), output_kind=RequestOutputKind.FINAL_ONLY,
                 )
                 submitted.append((index, *self.engine.submit(TokensPrompt(prompt_token_ids=ids), params)))
-            for index, _, future in submitted:
+            tokens = 0
+            for done, (index, _, future) in enumerate(submitted, start=1):
+                samples = wait_interruptibly(future).outputs
                 results[index] = PromptCompletions([
                     Completion(sample.text.strip(), len(sample.token_ids), "length" if sample.finish_reason == "length" else "stop")
-                    for sample in wait_interruptibly(future).outputs
+                    for sample in samples
                 ])
+                tokens += sum(len(sample.token_ids) for sample in samples)
+                if progress is not None:
+                    progress(done / len(submitted), tokens)
         finally:  # a job that fails or times out leaves no work behind in the engine
             self.engine.abort([request_id for _, request_id, future in submitted if not future.done()])
         return results  # type: ignore[return-value]

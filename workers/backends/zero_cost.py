@@ -16,7 +16,7 @@ class EchoGenerator:
     def from_run(cls, config: RunConfig) -> EchoGenerator:
         return cls()
 
-    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int) -> list[PromptCompletions]:
+    def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int, progress=None) -> list[PromptCompletions]:
         return [
             PromptCompletions([Completion(f"{prompt[-1]['content']} {'#' * (k + 1)}", 1, "stop") for k in range(sampling.n)])
             for prompt in prompts

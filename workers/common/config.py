@@ -23,7 +23,8 @@ def default_combine(num_reward_models: int) -> str:
 
 GENERATION_BACKENDS = tuple(backend_registry.GENERATION_BACKENDS)
 REWARD_BACKENDS = tuple(backend_registry.REWARD_BACKENDS)
-WORKER_ROLES = ("generate", "reward")
+WORKER_ROLES = ("generate", "reward", "both")
+"""`both`: one process with the policy and the reward models, serving every queue of the run (a machine without GPU)."""
 
 
 @dataclass(frozen=True)

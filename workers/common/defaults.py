@@ -101,3 +101,9 @@ ERROR_LINE_CHARS = 300
 
 ENGINE_WAIT_POLL_SECONDS = 1.0
 """How often a job waiting on the vLLM engine wakes up, so that its job timeout can reach it."""
+
+LIVE_PROGRESS_INTERVAL = 1.0
+"""Seconds between two publications of a running job's progress: often enough for a bar, rare enough for Redis."""
+
+LIVE_PROGRESS_STALE = 120.0
+"""Seconds after which a running job's progress that was not refreshed is taken for a dead worker's and ignored."""

@@ -33,6 +33,11 @@ class RunKeys:
         return f"{self._base}:ready"
 
     @property
+    def live(self) -> str:
+        """Hash of running jobs' progress so far (batch id -> JSON), so that progress moves inside long jobs."""
+        return f"{self._base}:live"
+
+    @property
     def coordinator_lock(self) -> str:
         """Held by the one process that feeds prompts and writes the output of the run."""
         return f"{self._base}:coordinator"

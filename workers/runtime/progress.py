@@ -1,30 +1,69 @@
-"""Progress bars per stage, fed from the run's counters in Redis (so they show every worker's work)."""
+"""Progress bars per stage, fed from the run's counters in Redis (so they show every worker's work), with the
+generation bar moving inside running jobs (see `live_progress`) and showing the tokens generated per second."""
 
 from __future__ import annotations
+
+import time
+from collections import deque
 
 import redis
 from tqdm import tqdm
 
-from rsample.workers.runtime.run_state import read_stats
+from rsample.workers.runtime.live_progress import read_progress
 
 STAGES = (("generated", "rows_generated"), ("scored", "rows_scored"), ("written", "rows_written"))
+RATE_WINDOW_SECONDS = 30.0
+
+
+class TokenRate:
+    """Tokens per second over the last `window` seconds of readings (a run's start or a pause fades out of it)."""
+
+    def __init__(self, window: float = RATE_WINDOW_SECONDS):
+        self.window = window
+        self.readings: deque[tuple[float, int]] = deque()
+
+    def add(self, tokens: int, now: float | None = None) -> float | None:
+        now = time.monotonic() if now is None else now
+        self.readings.append((now, tokens))
+        while len(self.readings) > 2 and now - self.readings[1][0] >= self.window:
+            self.readings.popleft()
+        (first_time, first_tokens), (last_time, last_tokens) = self.readings[0], self.readings[-1]
+        if last_time - first_time <= 0:
+            return None
+        return max(0, last_tokens - first_tokens) / (last_time - first_time)
+
+
+def format_rate(rate: float | None) -> str:
+    if rate is None:
+        return "-"
+    return f"{rate / 1000:.1f}k" if rate >= 1000 else f"{rate:.0f}"
 
 
 class StageBars:
     def __init__(self, client: redis.Redis, run_id: str, disable: bool = False):
         self.client = client
         self.run_id = run_id
+        self.token_rate = TokenRate()
         self.bars = [
-            tqdm(desc=f"{label:>9}", unit="row", position=i, leave=True, disable=disable, dynamic_ncols=True)
+            tqdm(desc=f"{label:>9}", unit="prompt", position=i, leave=True, disable=disable, dynamic_ncols=True,
+                 bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
             for i, (label, _) in enumerate(STAGES)
         ]
 
     def update(self) -> None:
-        stats = read_stats(self.client, self.run_id)
+        stats, live = read_progress(self.client, self.run_id)
         total = int(stats.get("rows_total")) or None
-        for bar, (_, counter) in zip(self.bars, STAGES):
+        tokens = int(stats.get("tokens_generated")) + live.tokens
+        rate = self.token_rate.add(tokens)
+        for index, (bar, (_, counter)) in enumerate(zip(self.bars, STAGES)):
             bar.total = total
-            bar.n = int(stats.get(counter))
+            done = stats.get(counter) + (live.rows if index == 0 else 0.0)
+            if done > bar.n:
+                bar.update(done - bar.n)  # through update, so that tqdm's rate and time left follow the recent pace
+            else:
+                bar.n = done
+            if index == 0:
+                bar.set_postfix_str(f"{tokens:,} tokens, {format_rate(rate)} tokens/s", refresh=False)
             bar.refresh()
 
     def close(self) -> None:

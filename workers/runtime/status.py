@@ -10,8 +10,9 @@ import redis
 from rq import Worker
 
 from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.live_progress import read_progress
 from rsample.workers.runtime.queues import make_queue
-from rsample.workers.runtime.run_state import load_run, read_stats
+from rsample.workers.runtime.run_state import load_run
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,21 @@ class RunStatus:
     queues: list[QueueStatus]
     unprocessable: int = 0
     """Ready messages the coordinator set aside (see the run's `unprocessable` list in Redis)."""
+    generating: float = 0.0
+    """Rows' worth of work done so far inside running generation jobs (not yet in `generated`)."""
+    tokens: int = 0
+    """Tokens generated, running jobs' included."""
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Time left at the pace since the run started (its generation sets the pace); None before any progress."""
+        done = self.generated + self.generating
+        if self.complete or done <= 0 or self.seconds <= 0:
+            return None
+        return max(0.0, (self.rows - done) * self.seconds / done)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "eta_seconds": self.eta_seconds}
 
     def lines(self) -> list[str]:
         rate = lambda count: f"{count / self.seconds:.2f}/s" if self.seconds > 0 else "-"  # noqa: E731
@@ -51,8 +64,11 @@ class RunStatus:
             f"run {self.run_id} ({state}), policy {self.policy}, {self.seconds:.0f} s since start",
             f"  rows {self.rows}: generated {self.generated} ({rate(self.generated)}), scored {self.scored} "
             f"({rate(self.scored)}), written {self.written} ({rate(self.written)}); {self.in_flight} prompts in flight",
-            f"  completions {self.completions} ({rate(self.completions)})",
+            f"  completions {self.completions} ({rate(self.completions)}), tokens {self.tokens} ({rate(self.tokens)})"
+            + (f"; running jobs are {self.generating:.1f} rows into their work" if self.generating else ""),
         ]
+        if self.eta_seconds is not None:
+            out.append(f"  about {format_duration(self.eta_seconds)} left at the pace so far")
         if self.outcomes:
             out.append("  outcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items())))
         out += [f"  skipped, {reason}: {count}" for reason, count in self.skip_reasons.items()]
@@ -65,10 +81,16 @@ class RunStatus:
         return out
 
 
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
 def run_status(client: redis.Redis, run_id: str) -> RunStatus:
     config = load_run(client, run_id)
     keys = RunKeys(config.run_id)
-    stats = read_stats(client, config.run_id)
+    stats, live = read_progress(client, config.run_id)
     queues = []
     for name in keys.all_queues(len(config.reward_models)):
         queue = make_queue(client, name)
@@ -92,4 +114,6 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         skip_reasons=json.loads(stats.text("skip_reasons", "{}")),
         queues=queues,
         unprocessable=int(stats.get("unprocessable")),
+        generating=round(live.rows, 2),
+        tokens=int(stats.get("tokens_generated")) + live.tokens,
     )

@@ -21,9 +21,10 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from rsample.workers.common import defaults
-from rsample.workers.common.config import WORKER_ROLES
+from rsample.workers.common.config import WORKER_ROLES, ModelSettings
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime import worker_context
+from rsample.workers.runtime.cpu_share import take_cpu_share
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +136,18 @@ def run_slots(make_worker, slots: int, burst: bool) -> None:
             thread.join()
 
 
-def default_slots(role: str, backend: str, on_gpu: bool) -> int:
+def default_slots(role: str, models: ModelSettings) -> int:
     """Jobs a worker runs at once. Two keep a vLLM engine fed across batch tails; on a GPU, two let a transformers
     reward model prepare the next job while the current one runs (the backend lets one job at a time onto the
-    device). On a CPU the CPU is the device: a second slot would only take cores from the model."""
+    device). On a CPU the CPU is the device: a second slot would only take cores from the model. A worker of both
+    roles runs one job at a time: the straight line, through the queues."""
     if role == "generate":
-        return 2 if backend == "vllm" else 1
-    return 2 if backend == "transformers" and on_gpu else 1
+        return 2 if models.generation_backend == "vllm" else 1
+    if role == "reward" and models.reward_backend == "transformers":
+        from rsample.workers.backends.models import resolve_device
+
+        return 2 if resolve_device() == "cuda" else 1
+    return 1
 
 
 def pin_gpu(gpu: str | None) -> None:
@@ -165,29 +171,28 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         raise RsampleError(f"unknown worker role {role!r} (use {' or '.join(WORKER_ROLES)})")
     if slots is not None and slots < 1:
         raise RsampleError(f"--slots must be at least 1 (got {slots})")
+    take_cpu_share()
     client = connect(redis_url)
     config = load_run(client, run_id)
     keys = RunKeys(config.run_id)
     context = worker_context.WorkerContext(client=client, config=config)
     started = time.perf_counter()
-    if role == "generate":
-        context.generator = load_generator(config)
-        queues = [keys.generate_queue]
-        log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
-    else:
+    queues: list[str] = []
+    if role in ("reward", "both"):
         indices = reward_model_indices if reward_model_indices is not None else list(range(len(config.reward_models)))
         for index in indices:
             if not 0 <= index < len(config.reward_models):
                 raise RsampleError(f"run {config.run_id} has {len(config.reward_models)} reward models; there is no index {index}")
             context.reward_models[index] = load_reward_backend(config, index)
-        queues = [keys.score_queue(i) for i in indices]
+        queues += [keys.score_queue(i) for i in indices]  # first: a batch generated is scored before the next is generated
         log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
+    if role in ("generate", "both"):
+        context.generator = load_generator(config)
+        queues.append(keys.generate_queue)
+        log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
     worker_context.install(context)
-    backend = config.models.generation_backend if role == "generate" else config.models.reward_backend
     if slots is None:
-        from rsample.workers.backends.models import resolve_device
-
-        slots = default_slots(role, backend, on_gpu=backend == "transformers" and resolve_device() == "cuda")
+        slots = default_slots(role, config.models)
     base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
 
     def make_worker(worker_class, index: int) -> HeartbeatWorker:

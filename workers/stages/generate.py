@@ -6,11 +6,12 @@ import json
 import logging
 import time
 
-from rsample.workers.backends.base import GenerationBackend, PromptCompletions
+from rsample.workers.backends.base import GenerationBackend, ProgressCallback, PromptCompletions
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import Conversation, GeneratedBatch, PromptRecord
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.live_progress import LiveReporter
 from rsample.workers.runtime.queues import enqueue_scoring
 from rsample.workers.stages.dedup import merge_candidates
 from rsample.workers.stages.isolation import run_isolating_failures
@@ -23,11 +24,12 @@ def batch_seed(config: RunConfig, first_row: int) -> int:
     return config.sampling.seed * 1_000_003 + first_row
 
 
-def generate_isolating_failures(backend: GenerationBackend, prompts: list[Conversation], config: RunConfig, seed: int) -> list[PromptCompletions]:
+def generate_isolating_failures(backend: GenerationBackend, prompts: list[Conversation], config: RunConfig, seed: int,
+                                progress: ProgressCallback | None = None) -> list[PromptCompletions]:
     """One prompt that breaks the backend is skipped with its error, alone; a broken worker fails the job instead."""
     return run_isolating_failures(
         prompts,
-        run_all=lambda batch: backend.generate(list(batch), config.sampling, seed),
+        run_all=lambda batch: backend.generate(list(batch), config.sampling, seed, progress),
         run_one=lambda prompt: backend.generate([prompt], config.sampling, seed)[0],
         skipped=lambda prompt, error: PromptCompletions([], f"generation failed: {error}"),
         what="generation",
@@ -40,8 +42,10 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     config, client, keys = context.config, context.client, RunKeys(run_id)
     records = [PromptRecord.from_dict(p) for p in prompts]
     started = time.perf_counter()
+    live = LiveReporter(client, run_id, batch_id, "generate", len(records))
     with context.broken_by_device_faults():
-        results = generate_isolating_failures(context.generator, [r.messages for r in records], config, batch_seed(config, records[0].row_index))
+        results = generate_isolating_failures(context.generator, [r.messages for r in records], config,
+                                              batch_seed(config, records[0].row_index), live)
     seconds = time.perf_counter() - started
     generated = [merge_candidates(r, res, config.include_reference) for r, res in zip(records, results)]
     completions = sum(len(res.completions) for res in results)
@@ -57,8 +61,10 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
                 enqueue_scoring(client, config, batch_id)
             else:
                 client.xadd(keys.ready, {"batch_id": batch_id})
+        client.hdel(keys.live, batch_id)
         return {"prompts": len(records), "completions": 0, "tokens": 0, "seconds": round(seconds, 3), "repeat": True}
-    with client.pipeline() as pipe:
+    with client.pipeline() as pipe:  # MULTI: readers see the live entry or the final counts, never both
+        pipe.hdel(keys.live, batch_id)
         pipe.hincrby(keys.stats, "rows_generated", len(records))
         pipe.hincrby(keys.stats, "completions_generated", completions)
         pipe.hincrby(keys.stats, "tokens_generated", tokens)

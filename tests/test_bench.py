@@ -1,0 +1,37 @@
+"""The benchmarks that need a GPU or take minutes, rehearsed small on this machine: they run, and their
+figures add up."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    process = subprocess.run([sys.executable, script, *args], cwd=REPO / "bench", capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return process
+
+
+def test_the_gpu_check_rehearses_on_a_cpu(tmp_path):
+    out = tmp_path / "figures.json"
+    printed = run_bench("gpu_check.py", "--dry-run", "--out", str(out)).stdout
+    figures = json.loads(out.read_text())
+    assert figures["device"] == "CPU" and figures["prompts"] == 12 and figures["n"] == 4
+    # the same prompts, seeds and batches on both sides: the same tokens, all the way to the written pairs
+    assert figures["direct_tokens"] == figures["pipeline_tokens"] > 0
+    assert figures["pipeline_pairs"] == figures["prompts"]
+    precision = figures["precision"]
+    assert precision["conversations"] == 6 * 4 and precision["pearson"] > 0.99 and precision["same_best"] >= 5
+    assert "| (b) pipeline" in printed and "ratio (b)/(a)" in printed
+
+
+def test_reward_throughput_runs_and_counts_its_conversations(tmp_path):
+    out = tmp_path / "figures.json"
+    run_bench("reward_throughput.py", "--prompts", "8", "--n", "2", "--max-words", "40", "--batch-size", "4", "--repeats", "1",
+              "--out", str(out))
+    figures = json.loads(out.read_text())
+    assert figures["conversations"] == 16 and figures["tokens"] > 16 * 8
+    assert figures["direct_tokens_per_s"] > 0 and figures["worker_tokens_per_s"] > 0
