@@ -78,6 +78,14 @@ def test_entries_of_dead_workers_are_ignored_and_removed(redis_client):
     assert redis_client.hkeys(keys.live) == [b"b1"]
 
 
+def test_the_generation_bar_says_it_waits_for_a_model_to_load(redis_client):
+    redis_client.hset(RunKeys("r3").stats, mapping={"rows_total": 16})
+    bars = StageBars(redis_client, "r3")
+    bars.update()
+    assert "waiting for a generation worker to load its model" in str(bars.bars[0])
+    bars.close()
+
+
 def test_the_generation_bar_moves_with_running_jobs(redis_client):
     keys = RunKeys("r2")
     redis_client.hset(keys.stats, mapping={"rows_total": 16, "rows_generated": 4, "tokens_generated": 1000})

@@ -57,8 +57,13 @@ def test_too_long_prompt_is_skipped_and_shifts_nothing(generator):
 def test_more_prompts_than_one_step_takes_do_not_kill_the_cpu_engine(generator):
     """Seeded requests whose prefill vLLM splits in chunks crash its CPU engine: the backend prefills whole prompts."""
     prompts = [[{"role": "user", "content": f"write a long story about the river and the city number {i}"}] for i in range(160)]
-    results = generator.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_new_tokens=8), seed=3)
+    calls = []
+    results = generator.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_new_tokens=8), seed=3,
+                                 progress=lambda share, tokens: calls.append((share, tokens)))
     assert [len(r.completions) for r in results] == [4] * 160
+    # progress as each prompt finishes: every prompt once, the tokens adding up to what the completions hold
+    assert len(calls) == 160 and calls[-1] == (1.0, sum(c.num_tokens for r in results for c in r.completions))
+    assert all(a < b for a, b in zip(calls, calls[1:]))
 
 
 def test_concurrent_jobs_share_one_engine(generator):

@@ -7,9 +7,12 @@ import time
 from collections import deque
 
 import redis
+from rq import Worker
 from tqdm import tqdm
 
+from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
+from rsample.workers.runtime.queues import make_queue
 
 STAGES = (("generated", "rows_generated"), ("scored", "rows_scored"), ("written", "rows_written"))
 RATE_WINDOW_SECONDS = 30.0
@@ -44,6 +47,7 @@ class StageBars:
         self.client = client
         self.run_id = run_id
         self.token_rate = TokenRate()
+        self._workers_seen = 0
         self.bars = [
             tqdm(desc=f"{label:>9}", unit="prompt", position=i, leave=True, disable=disable, dynamic_ncols=True,
                  bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
@@ -63,8 +67,17 @@ class StageBars:
             else:
                 bar.n = done
             if index == 0:
-                bar.set_postfix_str(f"{tokens:,} tokens, {format_rate(rate)} tokens/s", refresh=False)
+                waiting = not tokens and not done and not self._generation_workers()
+                bar.set_postfix_str("waiting for a generation worker to load its model" if waiting
+                                    else f"{tokens:,} tokens, {format_rate(rate)} tokens/s", refresh=False)
             bar.refresh()
+
+    def _generation_workers(self) -> int:
+        """Workers register with RQ once their models are loaded: none yet means the run waits for a model to load."""
+        if self._workers_seen:
+            return self._workers_seen
+        self._workers_seen = Worker.count(queue=make_queue(self.client, RunKeys(self.run_id).generate_queue))
+        return self._workers_seen
 
     def close(self) -> None:
         for bar in self.bars:
