@@ -82,7 +82,8 @@ def run_options(command):
         click.option("--reward-backend", type=click.Choice(REWARD_BACKENDS), default="transformers", show_default=True, help="Reward backend (vllm: pooling runner; length: zero-cost, for benchmarks)."),
         click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="vLLM: GPUs per engine (a generation worker is pinned to that many)."),
         click.option("--max-model-len", type=int, help="vLLM: context cap (default: the model's); smaller saves KV-cache memory."),
-        click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help="vLLM: share of each GPU's memory the engine takes."),
+        click.option("--gpu-memory-utilization", type=float,
+                     help="vLLM: share of each GPU's memory an engine takes (default 0.9; `rsample run` on one GPU: what its reward models leave)."),
         click.option("--reward-batch-size", type=int, default=defaults.REWARD_MICRO_BATCH, show_default=True, help="Most conversations per reward forward pass."),
         click.option("--reward-token-budget", type=int, default=defaults.REWARD_TOKEN_BUDGET, show_default=True,
                      help="Padded tokens per reward forward pass (length-sorted conversations fill it; halved on out-of-memory)."),
@@ -113,7 +114,7 @@ def build_config(params: dict) -> RunConfig:
             dtype=params["dtype"], generation_backend=params["backend"], reward_backend=params["reward_backend"],
             reward_micro_batch=params["reward_batch_size"], reward_token_budget=params["reward_token_budget"],
             tensor_parallel_size=params["tensor_parallel_size"], max_model_len=params["max_model_len"],
-            gpu_memory_utilization=params["gpu_memory_utilization"],
+            gpu_memory_utilization=params["gpu_memory_utilization"] or defaults.VLLM_GPU_MEMORY_UTILIZATION,
         ),
         jobs=JobSettings(params["generation_timeout"], params["score_timeout"], params["retries"], params["heartbeat_ttl"], params["max_in_flight"]),
         prompts_per_job=params["batch_size"],
@@ -186,9 +187,9 @@ def run(out, scores_out, generate_workers, push_repo, public, no_progress, overw
 
     Re-running the same command after a crash resumes: rows already in the output are not generated again.
     """
-    from rsample.producer.driver.local_run import LocalRunOptions, run_locally
+    from rsample.producer.driver.local_run import LocalRunOptions, run_locally, share_the_gpu
 
-    config = build_config(params)
+    config = share_the_gpu(build_config(params), explicit_share=params["gpu_memory_utilization"] is not None)
     options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite)
     config, summary = run_locally(config, options)

@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -96,6 +96,18 @@ class WorkerProcesses:
 def loads_models(config: RunConfig) -> bool:
     """False for the zero-cost backends alone: then no torch is imported to ask for a GPU."""
     return config.models.generation_backend != ZERO_COST_GENERATION or config.models.reward_backend != ZERO_COST_REWARD
+
+
+def share_the_gpu(config: RunConfig, explicit_share: bool) -> RunConfig:
+    """On a GPU, `rsample run` puts the generation and the reward workers on the same one: a vLLM engine's share of
+    its memory must leave the reward models room (unless the command line sets it)."""
+    if explicit_share or config.models.generation_backend != "vllm" or not machine_has_gpu():
+        return config
+    from rsample.producer.driver.gpu_share import engine_share_beside, gpu_memory_bytes
+
+    share = engine_share_beside(config.reward_models, config.models.reward_backend, gpu_memory_bytes())
+    log.info("vLLM engine takes %.2f of the GPU's memory, leaving the reward models room (--gpu-memory-utilization)", share)
+    return replace(config, models=replace(config.models, gpu_memory_utilization=share))
 
 
 def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig, Summary]:

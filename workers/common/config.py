@@ -97,7 +97,7 @@ class ModelSettings:
     """GPUs per vLLM engine: a generation worker is pinned to this many GPUs."""
     max_model_len: int | None = None
     """vLLM's context cap (default: the model's own); a smaller one saves KV-cache memory."""
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = defaults.VLLM_GPU_MEMORY_UTILIZATION
     """Share of each GPU's memory a vLLM engine takes (weights + KV cache)."""
 
     def __post_init__(self) -> None:

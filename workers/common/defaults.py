@@ -107,3 +107,6 @@ LIVE_PROGRESS_INTERVAL = 1.0
 
 LIVE_PROGRESS_STALE = 120.0
 """Seconds after which a running job's progress that was not refreshed is taken for a dead worker's and ignored."""
+
+VLLM_GPU_MEMORY_UTILIZATION = 0.9
+"""Share of a GPU's memory a vLLM engine takes (weights and KV cache) when it has the GPU to itself: vLLM's own default."""
