@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO, GpuMemoryPeak, run_pipeline, straight_line, write_prompts
+from harness import REPO, GpuMemoryPeak, agreement, run_pipeline, straight_line, write_prompts
 
 from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
 
@@ -103,26 +103,7 @@ def side_precision(args) -> dict:
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    low = torch.tensor(scores["bfloat16"], dtype=torch.float64)
-    high = torch.tensor(scores["float32"], dtype=torch.float64)
-    same_best = same_worst = pairs = pairs_agree = 0
-    position = 0
-    for group in groups:
-        a, b = low[position:position + len(group)], high[position:position + len(group)]
-        position += len(group)
-        same_best += int(a.argmax() == b.argmax())
-        same_worst += int(a.argmin() == b.argmin())
-        for i in range(len(group)):
-            for j in range(i + 1, len(group)):
-                pairs += 1
-                pairs_agree += int((a[i] - a[j]) * (b[i] - b[j]) > 0)
-    difference = (low - high).abs()
-    return {
-        "conversations": len(flat), "prompts": len(groups),
-        "pearson": float(torch.corrcoef(torch.stack([low, high]))[0, 1]),
-        "max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean()), "fp32_std": float(high.std()),
-        "same_best": same_best, "same_worst": same_worst, "pair_order_agreement": pairs_agree / max(1, pairs),
-    }
+    return {"conversations": len(flat), **agreement(scores["bfloat16"], scores["float32"], [len(group) for group in groups])}
 
 
 def run_side(side: str, workdir: Path) -> dict:
@@ -165,7 +146,7 @@ def report(args, device: str, directs: list[dict], pipelines: list, precision: d
     print(f"ratio (b)/(a): {b_rate / a_rate:.3f} (target >= 0.95); (b) against generation alone: {b_rate / a_generation:.3f}")
     print(f"one reward GPU scores what {generation_per_reward:.1f} generation GPUs generate (n={args.n}, {args.max_new_tokens} tokens)")
     print(f"rewards bf16 vs fp32 on {precision['conversations']} conversations of {precision['prompts']} prompts: "
-          f"pearson {precision['pearson']:.4f}, max |diff| {precision['max_abs_diff']:.4f} (fp32 std {precision['fp32_std']:.4f}), "
+          f"pearson {precision['pearson']:.4f}, max |diff| {precision['max_abs_diff']:.4f} (fp32 std {precision['reference_std']:.4f}), "
           f"same best {precision['same_best']}/{precision['prompts']}, same worst {precision['same_worst']}/{precision['prompts']}, "
           f"pair order agrees {precision['pair_order_agreement']:.3f}")
     print(json.dumps(figures))

@@ -161,3 +161,29 @@ class GpuMemoryPeak:
                 used = int(reading.stdout.split()[0])
                 self.peak_mib = max(self.peak_mib or 0, used)
             self._stop.wait(self.interval)
+
+
+def agreement(first: list[float], second: list[float], group_sizes: list[int]) -> dict:
+    """How close two scorings of the same candidates are (`second` the reference), and whether they pick the same:
+    the best and the worst candidate of each prompt (`group_sizes`: candidates per prompt, in order), and the order
+    of each pair of candidates of a prompt that the reference does not tie."""
+    import torch
+
+    a_all, b_all = torch.tensor(first, dtype=torch.float64), torch.tensor(second, dtype=torch.float64)
+    same_best = same_worst = pairs = pairs_agree = position = 0
+    for size in group_sizes:
+        a, b = a_all[position:position + size], b_all[position:position + size]
+        position += size
+        same_best += int(a.argmax() == b.argmax())
+        same_worst += int(a.argmin() == b.argmin())
+        for i in range(size):
+            for j in range(i + 1, size):
+                if b[i] != b[j]:  # a tie in the reference has no order to agree with
+                    pairs += 1
+                    pairs_agree += int((a[i] - a[j]) * (b[i] - b[j]) > 0)
+    difference = (a_all - b_all).abs()
+    return {
+        "prompts": len(group_sizes), "pearson": float(torch.corrcoef(torch.stack([a_all, b_all]))[0, 1]),
+        "max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean()), "reference_std": float(b_all.std()),
+        "same_best": same_best, "same_worst": same_worst, "pair_order_agreement": pairs_agree / max(1, pairs),
+    }

@@ -84,3 +84,22 @@ def build_shaped_reward_model(directory: Path, shape: str, device: str, seed: in
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def main(argv=None) -> None:
+    """Builds both models into a folder, for benchmarks that take model paths (`pipeline_overhead.py --policy`)."""
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--shape", choices=list(SHAPES), default="llama-3.2-1b")
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(build_shaped_policy(args.directory / "policy", args.shape, device))
+    print(build_shaped_reward_model(args.directory / "reward", args.shape, device))
+
+
+if __name__ == "__main__":
+    main()

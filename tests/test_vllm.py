@@ -151,3 +151,21 @@ def test_vllm_applies_the_same_resolved_settings_and_every_eos(tiny_models, tmp_
             assert len({c.text for c in result.completions}) == 1
     finally:
         generator.close()
+
+
+def test_the_vllm_gpu_check_rehearses_on_a_cpu():
+    """bench/gpu_check_vllm.sh --dry-run: the pipeline against raw LLM.generate, and vLLM's pooling reward against the
+    transformers reward, on tiny models of the GPU check's shape family."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # its python3 is this venv's
+    process = subprocess.run(["bash", "bench/gpu_check_vllm.sh", "--dry-run"], cwd=repo, env=env, capture_output=True, text=True,
+                             timeout=900)
+    assert process.returncode == 0, process.stderr[-3000:]
+    pipeline, reward = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    assert pipeline["backend"] == "vllm" and pipeline["direct_tokens_per_s"] > 0 and pipeline["pipeline_tokens_per_s"] > 0
+    assert reward["conversations"] == 8 * 8 and reward["pearson"] > 0.999 and reward["same_best"] == reward["prompts"] == 8
