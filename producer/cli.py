@@ -30,7 +30,7 @@ from rsample.workers.common.config import (
     RunConfig,
     resolve_sampling,
 )
-from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.runtime.connection import REDIS_URL_ENV, redact_secrets, redact_url
 
 
@@ -229,6 +229,22 @@ def worker(role, redis_url, run_id, gpu, indices, burst, slots) -> None:
 
 
 @main.command()
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--scores", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The run's --scores-out file: candidates' scores, length correlation, agreement, truncation.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Where report.md and its figures go (default: beside PAIRS).")
+def report(pairs, scores, out_dir) -> None:
+    """Show what a run's data looks like: margins, length bias, agreement, diversity, truncation (report.md + PNGs)."""
+    from rsample.producer.report.document import write_report
+
+    result = write_report(pairs, scores, out_dir or default_report_dir(pairs))
+    for warning in result.warnings:
+        click.secho(f"WARNING {warning}", fg="yellow", err=True)
+    click.echo("\n".join(result.lines))
+    click.echo(f"report: {result.markdown} ({len(result.figures)} figures)")
+
+
+@main.command()
 @redis_url_option(required=True)
 @click.option("--run", "run_id", help="Run to aggregate (default: the latest run).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
@@ -288,6 +304,24 @@ def resume(redis_url, run_id, out, scores_out, generate_workers, no_progress, ov
     _report(config, summary, out, scores_out, None, False)
 
 
+def default_report_dir(pairs: Path) -> Path:
+    return pairs.parent / f"{pairs.stem}.report"
+
+
+def _write_run_report(out: Path, scores_out: Path | None) -> None:
+    """The run report beside the output; a report that fails says so and leaves the run's own result alone."""
+    from rsample.producer.report.document import write_report
+
+    try:
+        result = write_report(out, scores_out, default_report_dir(out))
+    except Exception as exc:
+        click.secho(f"WARNING no run report: {first_line(exc)} (try `rsample report {out}`)", fg="yellow", err=True)
+        return
+    for warning in result.warnings:
+        click.secho(f"WARNING {warning}", fg="yellow", err=True)
+    click.echo(f"report: {result.markdown} ({len(result.figures)} figures)")
+
+
 def _report(config, summary, out, scores_out, push_repo, public) -> None:
     from rsample.producer.driver.ledger import outcomes_path_for
 
@@ -295,6 +329,7 @@ def _report(config, summary, out, scores_out, push_repo, public) -> None:
     click.echo(f"run {config.run_id}: wrote {', '.join(written)}")
     for line in summary.lines():
         click.echo(line)
+    _write_run_report(out, scores_out)
     if push_repo:
         from rsample.producer.driver.hub import push_to_hub
 

@@ -1,0 +1,1 @@
+"""`rsample report`: what a run's pairs and scores look like, before anyone trains on them."""

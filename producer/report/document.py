@@ -1,0 +1,79 @@
+"""The report as text: the key numbers and warnings for the terminal, and `report.md` with the figures beside it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsample.producer.report.figures import draw_all
+from rsample.producer.report.stats import LOW_DIVERSITY, SMALL_MARGIN, RunNumbers, read_run
+
+
+@dataclass(frozen=True)
+class Report:
+    lines: list[str]
+    warnings: list[str]
+    markdown: Path
+    figures: dict[str, Path]
+
+
+def warnings_of(numbers: RunNumbers) -> list[str]:
+    warnings = []
+    bias = numbers.length_bias()
+    if bias:
+        warnings.append("length bias: " + "; ".join(bias))
+    low = numbers.low_diversity_share
+    if low is not None and low >= LOW_DIVERSITY:
+        warnings.append(f"low diversity: {low:.0%} of prompts have 2 or fewer distinct candidates (temperature too low?)")
+    return warnings
+
+
+def summary_lines(numbers: RunNumbers) -> list[str]:
+    def approx(sample) -> str:
+        return "" if sample.exact else f" (from a sample of {len(sample.items):,} of {sample.seen:,})"
+
+    lines = [f"pairs {numbers.pairs:,}"]
+    if numbers.outcomes:
+        lines.append("outcomes: " + ", ".join(f"{name} {count:,}" for name, count in sorted(numbers.outcomes.items())))
+        lines += [f"  skipped, {reason}: {count:,}" for reason, count in numbers.skip_reasons.most_common()]
+    for name, model in numbers.models.items():
+        lines.append(f"reward model {name}:")
+        if model.margin_moments.count:
+            small = model.small_margin_share
+            lines.append(f"  margin mean {model.margin_moments.mean:.3f}, std {model.margin_moments.std:.3f}"
+                         + (f"; {small:.0%} under {SMALL_MARGIN} score std{approx(model.margins)}" if small is not None else ""))
+        if model.candidate_moments.count:
+            lines.append(f"  candidates' scores mean {model.candidate_moments.mean:.3f}, std {model.candidate_moments.std:.3f}")
+        rho = model.length_rho
+        if rho is not None:
+            lines.append(f"  rank correlation of length and score {rho:+.2f}{approx(model.length_and_score)}")
+    if numbers.chosen_longer_share is not None:
+        lines.append(f"chosen longer than rejected in {numbers.chosen_longer_share:.0%} of pairs")
+    for (first, second), entry in sorted(numbers.agreement.items()):
+        if entry.prompts:
+            order = f", {entry.same_order / entry.pairs:.0%} of candidate pairs ordered alike" if entry.pairs else ""
+            lines.append(f"{first} and {second}: same best candidate on {entry.same_best / entry.prompts:.0%} of prompts{order}")
+    if numbers.unique_per_prompt:
+        total = sum(numbers.unique_per_prompt.values())
+        mean = sum(unique * count for unique, count in numbers.unique_per_prompt.items()) / total
+        lines.append(f"distinct candidates per prompt: mean {mean:.1f}; 2 or fewer on {numbers.low_diversity_share:.0%} of prompts")
+    if numbers.candidates:
+        lines.append(f"truncated at --max-new-tokens: {numbers.truncated / numbers.candidates:.1%} of {numbers.candidates:,} candidates")
+    elif not numbers.has_scores:
+        lines.append("no scores file: give --scores for candidates' scores, length correlation, agreement and truncation")
+    return lines
+
+
+def write_report(pairs: Path, scores: Path | None, out_dir: Path) -> Report:
+    numbers = read_run(pairs, scores)
+    figures = draw_all(numbers, out_dir)
+    warnings = warnings_of(numbers)
+    lines = summary_lines(numbers)
+    body = [f"# Run report: {pairs.name}", ""]
+    body += [f"> **Warning** — {warning}" for warning in warnings] + ([""] if warnings else [])
+    body += ["```", *lines, "```", ""]
+    for name, path in figures.items():
+        body += [f"![{name}]({path.name})", ""]
+    markdown = out_dir / "report.md"
+    markdown.write_text("\n".join(body))
+    return Report(lines, warnings, markdown, figures)

@@ -1,0 +1,177 @@
+"""One streaming pass over a run's files (pairs, scores, outcomes) into the numbers the report shows.
+
+Files may still be growing: a last line without its newline is left for the next report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+from rsample.producer.report.sample import Moments, Reservoir, spearman
+
+LENGTH_BIAS_RHO = 0.3
+"""|Spearman's rho| between a candidate's length and its score from which the report warns of length bias."""
+LENGTH_BIAS_CHOSEN_LONGER = 0.7
+"""Share of pairs whose chosen is longer than the rejected from which the report warns of length bias."""
+LOW_DIVERSITY = 0.2
+"""Share of prompts with 2 or fewer distinct candidates from which the report warns of low diversity."""
+SMALL_MARGIN = 0.1
+"""A margin under this many standard deviations of the model's candidate scores counts as small."""
+
+
+def read_rows(path: Path) -> Iterator[dict]:
+    """Complete JSON lines only: a growing file's unfinished last line is not an error."""
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                return
+            if raw.strip():
+                yield json.loads(raw)
+
+
+@dataclass
+class ModelNumbers:
+    """What one reward model's scores look like."""
+
+    candidates: Reservoir = field(default_factory=Reservoir)
+    chosen: Reservoir = field(default_factory=Reservoir)
+    rejected: Reservoir = field(default_factory=Reservoir)
+    margins: Reservoir = field(default_factory=Reservoir)
+    margin_moments: Moments = field(default_factory=Moments)
+    candidate_moments: Moments = field(default_factory=Moments)
+    length_and_score: Reservoir = field(default_factory=Reservoir)
+
+    @property
+    def length_rho(self) -> float | None:
+        return spearman(self.length_and_score.items)
+
+    @property
+    def small_margin_share(self) -> float | None:
+        if not self.margins.items or not self.candidate_moments.std:
+            return None
+        limit = SMALL_MARGIN * self.candidate_moments.std
+        return sum(1 for m in self.margins.items if abs(m) < limit) / len(self.margins.items)
+
+
+@dataclass
+class Agreement:
+    """How often two reward models pick the same best candidate, and order pairs of candidates alike."""
+
+    prompts: int = 0
+    same_best: int = 0
+    pairs: int = 0
+    same_order: int = 0
+
+
+@dataclass
+class RunNumbers:
+    models: dict[str, ModelNumbers] = field(default_factory=dict)
+    pairs: int = 0
+    chosen_longer: int = 0
+    length_pairs: Reservoir = field(default_factory=Reservoir)  # (chosen chars, rejected chars)
+    unique_per_prompt: Counter = field(default_factory=Counter)
+    candidates: int = 0
+    truncated: int = 0
+    truncated_share_per_prompt: Reservoir = field(default_factory=Reservoir)
+    agreement: dict[tuple[str, str], Agreement] = field(default_factory=dict)
+    outcomes: Counter = field(default_factory=Counter)
+    skip_reasons: Counter = field(default_factory=Counter)
+    has_scores: bool = False
+
+    def model(self, name: str) -> ModelNumbers:
+        return self.models.setdefault(name, ModelNumbers())
+
+    @property
+    def chosen_longer_share(self) -> float | None:
+        return self.chosen_longer / self.pairs if self.pairs else None
+
+    @property
+    def low_diversity_share(self) -> float | None:
+        total = sum(self.unique_per_prompt.values())
+        return sum(count for unique, count in self.unique_per_prompt.items() if unique <= 2) / total if total else None
+
+    def length_bias(self) -> list[str]:
+        """Why the report warns of length bias (empty: no warning)."""
+        reasons = [f"{name}: rank correlation between length and score {rho:+.2f}" for name, numbers in self.models.items()
+                   if (rho := numbers.length_rho) is not None and abs(rho) >= LENGTH_BIAS_RHO]
+        share = self.chosen_longer_share
+        if share is not None and share >= LENGTH_BIAS_CHOSEN_LONGER:
+            reasons.append(f"the chosen is longer than the rejected in {share:.0%} of pairs")
+        return reasons
+
+
+def read_run(pairs_path: Path, scores_path: Path | None = None) -> RunNumbers:
+    numbers = RunNumbers()
+    for row in read_rows(pairs_path):
+        _add_pair(numbers, row)
+    outcomes_path = pairs_path.with_name(f"{pairs_path.stem}.outcomes.jsonl")
+    if outcomes_path.exists():
+        for row in read_rows(outcomes_path):
+            if "outcome" in row:
+                numbers.outcomes[row["outcome"]] += 1
+                if row["outcome"] == "skipped" and row.get("reason"):
+                    numbers.skip_reasons[row["reason"]] += 1
+                if row["outcome"] == "dropped_identical":
+                    numbers.unique_per_prompt[1] += 1
+    if scores_path is not None and scores_path.exists():
+        numbers.has_scores = True
+        group: list[dict] = []
+        for row in read_rows(scores_path):
+            if group and row["prompt_id"] != group[0]["prompt_id"]:
+                _add_prompt_scores(numbers, group)
+                group = []
+            group.append(row)
+        if group:
+            _add_prompt_scores(numbers, group)
+    return numbers
+
+
+def _add_pair(numbers: RunNumbers, row: dict) -> None:
+    numbers.pairs += 1
+    chosen, rejected = len(row["chosen"][-1]["content"]), len(row["rejected"][-1]["content"])
+    numbers.chosen_longer += chosen > rejected
+    numbers.length_pairs.add((chosen, rejected))
+    if "num_unique" in row:
+        numbers.unique_per_prompt[row["num_unique"]] += 1
+    for name, chosen_score in (row.get("chosen_score") or {}).items():
+        rejected_score = (row.get("rejected_score") or {}).get(name)
+        model = numbers.model(name)
+        model.chosen.add(chosen_score)
+        if rejected_score is not None:
+            model.rejected.add(rejected_score)
+            model.margins.add(chosen_score - rejected_score)
+            model.margin_moments.add(chosen_score - rejected_score)
+
+
+def _add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
+    generated = [row for row in group if not row.get("is_reference")]
+    if generated:
+        truncated = sum(row.get("finish_reason") == "length" for row in generated)
+        numbers.candidates += len(generated)
+        numbers.truncated += truncated
+        numbers.truncated_share_per_prompt.add(truncated / len(generated))
+    for row in generated:
+        for name, score in row["scores"].items():
+            if score is not None:
+                model = numbers.model(name)
+                model.candidates.add(score)
+                model.candidate_moments.add(score)
+                model.length_and_score.add((len(row.get("completion") or ""), score))  # characters, as for pairs
+    names = sorted({name for row in generated for name in row["scores"]})
+    for first, second in combinations(names, 2):
+        both = [(row["scores"][first], row["scores"][second]) for row in generated
+                if row["scores"].get(first) is not None and row["scores"].get(second) is not None]
+        if len(both) < 2:
+            continue
+        agreement = numbers.agreement.setdefault((first, second), Agreement())
+        agreement.prompts += 1
+        agreement.same_best += max(range(len(both)), key=lambda i: both[i][0]) == max(range(len(both)), key=lambda i: both[i][1])
+        for (a1, b1), (a2, b2) in combinations(both, 2):
+            if a1 != a2 and b1 != b2:
+                agreement.pairs += 1
+                agreement.same_order += (a1 - a2) * (b1 - b2) > 0

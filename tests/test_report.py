@@ -1,0 +1,108 @@
+"""`rsample report`: numbers checked against the files themselves, warnings that fire when they should and only
+then, real PNG figures, and files that are still being written."""
+
+import json
+import random
+from collections import Counter
+from itertools import combinations
+
+import matplotlib.image
+import pytest
+from conftest import read_jsonl, rsample, write_jsonl
+
+from rsample.producer.report.document import write_report
+from rsample.producer.report.sample import Reservoir, spearman
+from rsample.workers.backends.tiny_models import build_reward_model
+
+ZERO_COST = ["--policy", "p", "--reward-model", "length", "--backend", "echo", "--reward-backend", "length", "--no-progress"]
+ROWS = [{"prompt": f"write about the river {'and the city ' * (i % 5)}number {i}"} for i in range(40)]
+
+
+def check_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < path.stat().st_size < 2_000_000
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert 300 <= width <= 2000 and 250 <= height <= 1500  # readable, not a thumbnail nor a poster
+
+
+def test_the_length_reward_is_reported_as_length_bias(tmp_path):
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS + [ROWS[0], "{not json"])
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    run = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--n", "4", "--out", str(out), "--scores-out", str(scores))
+    assert "WARNING length bias" in run.stderr and (tmp_path / "pairs.report" / "report.md").exists()  # written at the end of a run
+    result = rsample("report", str(out), "--scores", str(scores))
+    assert "WARNING length bias" in result.stderr and "rank correlation between length and score +1.00" in result.stderr
+    report_dir = tmp_path / "pairs.report"
+    assert (report_dir / "report.md").read_text().count("![") == 5  # one model: no agreement matrix
+    for name in ("scores", "margins", "lengths", "diversity", "truncation"):
+        check_png(report_dir / f"{name}.png")
+    outcomes = Counter(row["outcome"] for row in read_jsonl(tmp_path / "pairs.outcomes.jsonl")[1:])
+    assert f"outcomes: {', '.join(f'{k} {v:,}' for k, v in sorted(outcomes.items()))}" in result.stdout  # every row accounted
+    pairs = read_jsonl(out)
+    longer = sum(len(p["chosen"][-1]["content"]) > len(p["rejected"][-1]["content"]) for p in pairs)
+    assert f"chosen longer than rejected in {longer / len(pairs):.0%} of pairs" in result.stdout
+
+
+def test_a_reward_unrelated_to_length_raises_no_warning(tmp_path):
+    """Files in the documented format with scores drawn independently of lengths (and chosen the best of them)."""
+    rng = random.Random(7)
+    pairs, scores = [], []
+    for p in range(300):
+        candidates = [("word " * rng.randint(5, 200)).strip() for _ in range(6)]
+        values = [rng.gauss(0, 1) for _ in candidates]
+        for index, (text, value) in enumerate(zip(candidates, values)):
+            scores.append({"prompt_id": f"p{p}", "completion_index": index, "completion": text, "scores": {"rm": value},
+                           "is_reference": False, "finish_reason": "stop", "num_tokens": len(text.split())})
+        best, worst = max(range(6), key=values.__getitem__), min(range(6), key=values.__getitem__)
+        prompt = [{"role": "user", "content": "q"}]
+        pairs.append({"prompt_id": f"p{p}", "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": candidates[best]}],
+                      "rejected": prompt + [{"role": "assistant", "content": candidates[worst]}], "chosen_score": {"rm": values[best]},
+                      "rejected_score": {"rm": values[worst]}, "num_candidates": 6, "num_unique": 6})
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "scores.jsonl", scores)
+    report = write_report(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "report")
+    assert report.warnings == []
+    margins = [p["chosen_score"]["rm"] - p["rejected_score"]["rm"] for p in pairs]
+    assert f"margin mean {sum(margins) / len(margins):.3f}" in "\n".join(report.lines)
+
+
+def test_two_reward_models_agreement_matches_the_scores_file(tmp_path, tiny_models):
+    second = str(build_reward_model(tmp_path / "reward-2", seed=11, pad="eos"))
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS[:12])
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    rsample("run", "--dataset", str(dataset), "--policy", tiny_models["policy"], "--reward-model", tiny_models["reward"],
+            "--reward-model", second, "--n", "4", "--temperature", "1.0", "--max-new-tokens", "24", "--keep-truncated",
+            "--out", str(out), "--scores-out", str(scores), "--no-progress")
+    report = write_report(out, scores, tmp_path / "report")
+    by_prompt = {}
+    for row in read_jsonl(scores):
+        if not row["is_reference"]:
+            by_prompt.setdefault(row["prompt_id"], []).append(row["scores"])
+    first_name, second_name = sorted(by_prompt[next(iter(by_prompt))][0])
+    same_best = sum(max(range(len(c)), key=lambda i: c[i][first_name]) == max(range(len(c)), key=lambda i: c[i][second_name])
+                    for c in by_prompt.values())
+    pairs = [(a, b) for c in by_prompt.values() for a, b in combinations(c, 2)]
+    alike = sum((a[first_name] - b[first_name]) * (a[second_name] - b[second_name]) > 0 for a, b in pairs)
+    assert (f"{first_name} and {second_name}: same best candidate on {same_best / len(by_prompt):.0%} of prompts, "
+            f"{alike / len(pairs):.0%} of candidate pairs ordered alike") in report.lines
+    check_png(report.figures["agreement"])
+
+
+def test_a_growing_file_is_read_up_to_its_last_complete_line(tmp_path):
+    row = {"prompt_id": "a", "messages": [], "chosen": [{"role": "assistant", "content": "long answer"}],
+           "rejected": [{"role": "assistant", "content": "short"}], "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0},
+           "num_candidates": 2, "num_unique": 2}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row)[:40])  # the writer is in the middle of its second row
+    report = write_report(path, None, tmp_path / "report")
+    assert report.lines[0] == "pairs 1" and any("no scores file" in line for line in report.lines)
+
+
+def test_rank_correlation_and_sampling_against_hand_computed_values():
+    assert spearman([(1, 10), (2, 20), (3, 30), (4, 25)]) == pytest.approx(0.8)  # ranks 1 2 4 3: 1 - 6*2/(4*15)
+    assert spearman([(1, 5), (2, 4), (3, 3)]) == pytest.approx(-1.0)
+    assert spearman([(1, 1), (1, 2), (2, 3)]) == pytest.approx(0.8660254)  # tied x: average ranks
+    sample = Reservoir(capacity=1000)
+    for value in range(100_000):
+        sample.add(value)
+    assert len(sample.items) == 1000 and not sample.exact
+    assert 40_000 < sum(sample.items) / len(sample.items) < 60_000  # uniform over everything seen
