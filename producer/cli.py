@@ -308,7 +308,7 @@ def default_report_dir(pairs: Path) -> Path:
     return pairs.parent / f"{pairs.stem}.report"
 
 
-def _write_run_report(out: Path, scores_out: Path | None) -> None:
+def _write_run_report(out: Path, scores_out: Path | None):
     """The run report beside the output; a report that fails says so and leaves the run's own result alone."""
     from rsample.producer.report.document import write_report
 
@@ -316,10 +316,11 @@ def _write_run_report(out: Path, scores_out: Path | None) -> None:
         result = write_report(out, scores_out, default_report_dir(out))
     except Exception as exc:
         click.secho(f"WARNING no run report: {first_line(exc)} (try `rsample report {out}`)", fg="yellow", err=True)
-        return
+        return None
     for warning in result.warnings:
         click.secho(f"WARNING {warning}", fg="yellow", err=True)
     click.echo(f"report: {result.markdown} ({len(result.figures)} figures)")
+    return result
 
 
 def _report(config, summary, out, scores_out, push_repo, public) -> None:
@@ -329,12 +330,12 @@ def _report(config, summary, out, scores_out, push_repo, public) -> None:
     click.echo(f"run {config.run_id}: wrote {', '.join(written)}")
     for line in summary.lines():
         click.echo(line)
-    _write_run_report(out, scores_out)
+    report = _write_run_report(out, scores_out)
     if push_repo:
         from rsample.producer.driver.hub import push_to_hub
 
         files = {"pairs": out, **({"scores": scores_out} if scores_out else {})}
-        click.echo(f"pushed to {push_to_hub(push_repo, config, summary, files, private=not public)}")
+        click.echo(f"pushed to {push_to_hub(push_repo, config, summary, files, private=not public, report=report)}")
 
 
 @main.command()

@@ -79,6 +79,7 @@ class FolderApi:
         for operation in operations:
             source = operation.path_or_fileobj
             data = source if isinstance(source, bytes) else open(source, "rb").read()
+            (self.folder / operation.path_in_repo).parent.mkdir(parents=True, exist_ok=True)
             (self.folder / operation.path_in_repo).write_bytes(data)
 
 
@@ -93,3 +94,30 @@ def test_the_card_declares_pairs_and_scores_as_two_configs(tmp_path):
     assert configs["pairs"]["default"] is True and "default" not in configs["scores"]
     assert configs["pairs"]["data_files"] == [{"split": "train", "path": "pairs.jsonl"}]
     assert card.data.tags == ["rejection-sampling", "preference", "rsample"]
+
+
+def test_the_card_shows_the_run_report_and_the_dataset_still_loads(tmp_path):
+    """The report's figures go up in the same commit and the card shows them; `load_dataset` still reads the pairs."""
+    import json
+
+    import datasets
+
+    from rsample.producer.report.document import write_report
+
+    config, summary, files = make_run(tmp_path)
+    prompt = [{"role": "user", "content": "q"}]
+    rows = [{"prompt_id": f"p{i}", "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": "a much longer answer " * (i + 2)}],
+             "rejected": prompt + [{"role": "assistant", "content": "short"}], "chosen_score": {"org/rm": float(i + 2)},
+             "rejected_score": {"org/rm": 0.5}, "num_candidates": 4, "num_unique": 4} for i in range(30)]
+    files["pairs"].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    del files["scores"]
+    report = write_report(files["pairs"], None, tmp_path / "report")
+    repo = tmp_path / "repo"
+    push_to_hub("me/pairs", config, summary, files, api=FolderApi(repo), report=report)
+    card = (repo / "README.md").read_text()
+    assert "## Report" in card and "length bias" in card and "chosen longer than rejected in 100% of pairs" in card
+    for name, path in report.figures.items():
+        assert f"![{name}](report/{path.name})" in card
+        assert (repo / "report" / path.name).read_bytes() == path.read_bytes()
+    loaded = datasets.load_dataset(str(repo), split="train")
+    assert loaded.num_rows == 30 and loaded[0]["prompt_id"] == "p0"

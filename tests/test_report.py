@@ -106,3 +106,25 @@ def test_rank_correlation_and_sampling_against_hand_computed_values():
         sample.add(value)
     assert len(sample.items) == 1000 and not sample.exact
     assert 40_000 < sum(sample.items) / len(sample.items) < 60_000  # uniform over everything seen
+
+
+def test_status_shows_the_reports_numbers_of_a_run_being_written(redis_server, tmp_path):
+    from faults import start
+
+    url = redis_server.url
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    run_id = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *ZERO_COST[:-1], "--n", "4").stdout.strip()
+    log = tmp_path / "processes.log"
+    worker = start("worker", "both", "--redis-url", url, log=log)
+    try:
+        rsample("aggregate", "--redis-url", url, "--run", run_id, "--out", str(tmp_path / "pairs.jsonl"), "--no-progress")
+    finally:
+        worker.kill()
+        worker.wait()
+    [status] = json.loads(rsample("status", "--redis-url", url, "--run", run_id, "--json").stdout)
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
+    assert status["report"]["pairs"] == len(pairs) and status["report"]["chosen_longer"] == 1.0
+    assert status["report"]["models"]["length"]["length_rho"] == pytest.approx(1.0)
+    assert status["report"]["truncated"] == 0.0
+    text = rsample("status", "--redis-url", url, "--run", run_id).stdout
+    assert f"data so far: {len(pairs)} pairs; length: " in text and "chosen longer in 100% of pairs" in text

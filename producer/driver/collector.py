@@ -14,6 +14,7 @@ from collections.abc import Callable
 import redis
 
 from rsample.producer.driver.ledger import Ledger
+from rsample.producer.report.live import LiveNumbers
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import first_line
@@ -33,6 +34,8 @@ class Collector:
         self.before_commit = before_commit
         self.keys = RunKeys(config.run_id)
         self.cursor = "0"
+        self.live = LiveNumbers()
+        """The report's key numbers over the rows this process wrote, published for `rsample status`."""
 
     def step(self, block_ms: int = defaults.AGGREGATOR_BLOCK_MS) -> int:
         """Handles what became ready since the last step; returns the number of rows newly settled.
@@ -63,6 +66,8 @@ class Collector:
                 cleanup += [self.keys.batch(fields["batch_id"]), self.keys.scores(fields["batch_id"])]
         self.before_commit()
         fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows)
+        new_ids = {outcome.prompt_id for outcome in fresh}
+        self.live.add([r for r in combined.rows if r["prompt_id"] in new_ids], [r for r in combined.score_rows if r["prompt_id"] in new_ids])
         with self.client.pipeline() as pipe:
             pipe.xdel(self.keys.ready, *[entry_id for entry_id, _ in entries])
             if cleanup:
@@ -70,8 +75,13 @@ class Collector:
             if returned:
                 pipe.hincrby(self.keys.stats, "prompts_returned", returned)
             pipe.hset(self.keys.stats, "rows_written", len(self.ledger.rows))
+            if self.live.due():
+                pipe.hset(self.keys.stats, "report", self.live.summary())
             pipe.execute()
         return len(fresh)
+
+    def publish_live(self) -> None:
+        self.client.hset(self.keys.stats, "report", self.live.summary())
 
     def _set_aside(self, entry_id, fields: dict[str, str], payloads: dict, exc: Exception) -> tuple[BatchOutcome, int]:
         """A ready message that cannot be processed (a corrupt payload, scores that do not fit its candidates) would

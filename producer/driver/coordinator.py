@@ -181,6 +181,7 @@ class Coordinator:
                 if check:
                     check()
             self._publish_outcomes()
+            self.collector.publish_live()
         finally:
             self.close()
 

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rsample.producer.driver.summary import Summary
+from rsample.producer.report.document import Report
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 
@@ -27,7 +28,19 @@ def card_metadata(files: dict[str, Path]) -> str:
     return DatasetCardData(tags=["rejection-sampling", "preference", "rsample"], configs=configs).to_yaml()
 
 
-def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path]) -> str:
+def report_section(report: Report | None) -> str:
+    """The run report in the card: its warnings, its numbers and its figures (uploaded under report/ in the same
+    commit; the configs name the JSONL files alone, so `load_dataset` never meets the pictures)."""
+    if report is None:
+        return ""
+    lines = ["## Report", ""]
+    lines += [f"> **Warning** — {warning}" for warning in report.warnings] + ([""] if report.warnings else [])
+    lines += ["```", *report.lines, "```", ""]
+    lines += [f"![{name}](report/{path.name})" for name, path in report.figures.items()]
+    return "\n".join(lines) + "\n\n"
+
+
+def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], report: Report | None = None) -> str:
     settings = asdict(config)
     return f"""---
 {card_metadata(files)}
@@ -52,7 +65,7 @@ scores per reward model; the `scores` config, when uploaded, has every scored ca
 | --- | --- |
 """ + "\n".join(f"| {key} | {json.dumps(value)} |" for key, value in summary.to_dict().items()) + f"""
 
-## Settings
+{report_section(report)}## Settings
 
 ```json
 {json.dumps(settings, indent=2)}
@@ -60,13 +73,16 @@ scores per reward model; the `scores` config, when uploaded, has every scored ca
 """
 
 
-def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[str, Path], private: bool = True, api=None) -> str:
-    """Uploads `files` (split name -> JSONL path) and README.md; returns the dataset's URL."""
+def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[str, Path], private: bool = True, api=None,
+                report: Report | None = None) -> str:
+    """Uploads `files` (split name -> JSONL path), the report's figures and README.md; returns the dataset's URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = api or HfApi()
-    card = dataset_card(config, summary, files)
+    card = dataset_card(config, summary, files, report)
     operations = [CommitOperationAdd(f"{name}.jsonl", str(path)) for name, path in files.items()]
+    if report is not None:
+        operations += [CommitOperationAdd(f"report/{path.name}", str(path)) for path in report.figures.values()]
     operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)

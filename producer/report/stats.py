@@ -46,6 +46,11 @@ class ModelNumbers:
     candidate_moments: Moments = field(default_factory=Moments)
     length_and_score: Reservoir = field(default_factory=Reservoir)
 
+    @classmethod
+    def sized(cls, sample_size: int) -> ModelNumbers:
+        sample = lambda: Reservoir(sample_size)  # noqa: E731
+        return cls(sample(), sample(), sample(), sample(), Moments(), Moments(), sample())
+
     @property
     def length_rho(self) -> float | None:
         return spearman(self.length_and_score.items)
@@ -70,21 +75,29 @@ class Agreement:
 
 @dataclass
 class RunNumbers:
+    sample_size: int = 200_000
+    """Values kept per sample (pictures, rank correlations): memory stays bounded whatever the run's size."""
     models: dict[str, ModelNumbers] = field(default_factory=dict)
     pairs: int = 0
     chosen_longer: int = 0
-    length_pairs: Reservoir = field(default_factory=Reservoir)  # (chosen chars, rejected chars)
+    length_pairs: Reservoir = field(init=False)  # (chosen chars, rejected chars)
     unique_per_prompt: Counter = field(default_factory=Counter)
     candidates: int = 0
     truncated: int = 0
-    truncated_share_per_prompt: Reservoir = field(default_factory=Reservoir)
+    truncated_share_per_prompt: Reservoir = field(init=False)
     agreement: dict[tuple[str, str], Agreement] = field(default_factory=dict)
     outcomes: Counter = field(default_factory=Counter)
     skip_reasons: Counter = field(default_factory=Counter)
     has_scores: bool = False
 
+    def __post_init__(self) -> None:
+        self.length_pairs = Reservoir(self.sample_size)
+        self.truncated_share_per_prompt = Reservoir(self.sample_size)
+
     def model(self, name: str) -> ModelNumbers:
-        return self.models.setdefault(name, ModelNumbers())
+        if name not in self.models:
+            self.models[name] = ModelNumbers.sized(self.sample_size)
+        return self.models[name]
 
     @property
     def chosen_longer_share(self) -> float | None:
@@ -108,7 +121,7 @@ class RunNumbers:
 def read_run(pairs_path: Path, scores_path: Path | None = None) -> RunNumbers:
     numbers = RunNumbers()
     for row in read_rows(pairs_path):
-        _add_pair(numbers, row)
+        add_pair(numbers, row)
     outcomes_path = pairs_path.with_name(f"{pairs_path.stem}.outcomes.jsonl")
     if outcomes_path.exists():
         for row in read_rows(outcomes_path):
@@ -123,15 +136,15 @@ def read_run(pairs_path: Path, scores_path: Path | None = None) -> RunNumbers:
         group: list[dict] = []
         for row in read_rows(scores_path):
             if group and row["prompt_id"] != group[0]["prompt_id"]:
-                _add_prompt_scores(numbers, group)
+                add_prompt_scores(numbers, group)
                 group = []
             group.append(row)
         if group:
-            _add_prompt_scores(numbers, group)
+            add_prompt_scores(numbers, group)
     return numbers
 
 
-def _add_pair(numbers: RunNumbers, row: dict) -> None:
+def add_pair(numbers: RunNumbers, row: dict) -> None:
     numbers.pairs += 1
     chosen, rejected = len(row["chosen"][-1]["content"]), len(row["rejected"][-1]["content"])
     numbers.chosen_longer += chosen > rejected
@@ -148,7 +161,7 @@ def _add_pair(numbers: RunNumbers, row: dict) -> None:
             model.margin_moments.add(chosen_score - rejected_score)
 
 
-def _add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
+def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
     generated = [row for row in group if not row.get("is_reference")]
     if generated:
         truncated = sum(row.get("finish_reason") == "length" for row in generated)

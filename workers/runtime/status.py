@@ -45,6 +45,8 @@ class RunStatus:
     """Rows' worth of work done so far inside running generation jobs (not yet in `generated`)."""
     tokens: int = 0
     """Tokens generated, running jobs' included."""
+    report: dict | None = None
+    """The run report's key numbers over the rows the coordinator wrote (published every 10 s and at the end)."""
 
     @property
     def eta_seconds(self) -> float | None:
@@ -69,6 +71,8 @@ class RunStatus:
         ]
         if self.eta_seconds is not None:
             out.append(f"  about {format_duration(self.eta_seconds)} left at the pace so far")
+        if self.report and self.report.get("pairs"):
+            out.append("  data so far: " + "; ".join(report_numbers(self.report)))
         if self.outcomes:
             out.append("  outcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items())))
         out += [f"  skipped, {reason}: {count}" for reason, count in self.skip_reasons.items()]
@@ -79,6 +83,24 @@ class RunStatus:
             for q in self.queues
         ]
         return out
+
+
+def report_numbers(report: dict) -> list[str]:
+    """The live report's numbers as `rsample status` prints them."""
+    parts = [f"{report['pairs']} pairs"]
+    for name, model in report.get("models", {}).items():
+        figures = []
+        if model.get("margin_mean") is not None:
+            figures.append(f"mean margin {model['margin_mean']:.3f}")
+        if model.get("length_rho") is not None:
+            figures.append(f"length-score rank correlation {model['length_rho']:+.2f}")
+        if figures:
+            parts.append(f"{name}: {', '.join(figures)}")
+    if report.get("chosen_longer") is not None:
+        parts.append(f"chosen longer in {report['chosen_longer']:.0%} of pairs")
+    if report.get("truncated") is not None:
+        parts.append(f"{report['truncated']:.1%} of candidates truncated")
+    return parts
 
 
 def format_duration(seconds: float) -> str:
@@ -116,4 +138,5 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         unprocessable=int(stats.get("unprocessable")),
         generating=round(live.rows, 2),
         tokens=int(stats.get("tokens_generated")) + live.tokens,
+        report=json.loads(stats.text("report", "null")),
     )
