@@ -51,7 +51,8 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
         lines.append(f"chosen longer than rejected in {numbers.chosen_longer_share:.0%} of pairs")
     for (first, second), entry in sorted(numbers.agreement.items()):
         if entry.prompts:
-            order = f", {entry.same_order / entry.pairs:.0%} of candidate pairs ordered alike" if entry.pairs else ""
+            pairs, same = entry.pair_order
+            order = f", {same / pairs:.0%} of candidate pairs ordered alike{approx(entry.order_sample)}" if pairs else ""
             lines.append(f"{first} and {second}: same best candidate on {entry.same_best / entry.prompts:.0%} of prompts{order}")
     if numbers.unique_per_prompt:
         total = sum(numbers.unique_per_prompt.values())

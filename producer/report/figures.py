@@ -128,7 +128,8 @@ def truncation(numbers: RunNumbers, path: Path) -> Path | None:
 
 def _order_agreement(numbers: RunNumbers, a: str, b: str) -> float:
     entry = numbers.agreement.get((min(a, b), max(a, b)))
-    return entry.same_order / entry.pairs if entry and entry.pairs else float("nan")
+    pairs, same = entry.pair_order if entry else (0, 0)
+    return same / pairs if pairs else float("nan")
 
 
 def _bins(count: int) -> int:

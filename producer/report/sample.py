@@ -13,21 +13,29 @@ T = TypeVar("T")
 
 @dataclass
 class Reservoir(Generic[T]):
-    """A uniform sample of at most `capacity` of the items added (Vitter's algorithm R)."""
+    """A uniform sample of at most `capacity` of the items added (Li's algorithm L: once full, it draws how many
+    items to skip before the next replacement, so most items cost a comparison, not a random number)."""
 
     capacity: int = 200_000
     seen: int = 0
     items: list[T] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    _weight: float = 1.0
+    _next: int = 0
 
     def add(self, item: T) -> None:
         self.seen += 1
         if len(self.items) < self.capacity:
             self.items.append(item)
-        else:
-            slot = self.rng.randrange(self.seen)
-            if slot < self.capacity:
-                self.items[slot] = item
+            if len(self.items) == self.capacity:
+                self._advance()
+        elif self.seen == self._next:
+            self.items[self.rng.randrange(self.capacity)] = item
+            self._advance()
+
+    def _advance(self) -> None:
+        self._weight *= math.exp(math.log(1.0 - self.rng.random()) / self.capacity)
+        self._next = self.seen + 1 + int(math.log(1.0 - self.rng.random()) / math.log(1.0 - self._weight)) if self._weight < 1 else self.seen + 1
 
     @property
     def exact(self) -> bool:
