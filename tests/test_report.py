@@ -87,6 +87,20 @@ def test_two_reward_models_agreement_matches_the_scores_file(tmp_path, tiny_mode
     check_png(report.figures["agreement"])
 
 
+def test_few_distinct_candidates_are_reported_as_low_diversity(tmp_path):
+    prompt = [{"role": "user", "content": "q"}]
+    rows = [{"prompt_id": f"p{i}", "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": f"yes {i}"}],
+             "rejected": prompt + [{"role": "assistant", "content": f"nay {i}"}], "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0},
+             "num_candidates": 8, "num_unique": 2 if i % 2 else 8} for i in range(40)]
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    write_jsonl(tmp_path / "pairs.outcomes.jsonl", [{"rsample_run": "x"}] + [
+        {"row_index": i, "prompt_id": f"p{i}", "outcome": "pair", "reason": None} for i in range(40)] + [
+        {"row_index": 40 + i, "prompt_id": f"d{i}", "outcome": "dropped_identical", "reason": None} for i in range(10)])
+    report = write_report(tmp_path / "pairs.jsonl", None, tmp_path / "report")
+    assert report.warnings == ["low diversity: 60% of prompts have 2 or fewer distinct candidates (temperature too low?)"]  # (20 + 10) / 50
+    check_png(report.figures["diversity"])
+
+
 def test_a_growing_file_is_read_up_to_its_last_complete_line(tmp_path):
     row = {"prompt_id": "a", "messages": [], "chosen": [{"role": "assistant", "content": "long answer"}],
            "rejected": [{"role": "assistant", "content": "short"}], "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0},
