@@ -238,10 +238,8 @@ def report(pairs, scores, out_dir) -> None:
     from rsample.producer.report.document import write_report
 
     result = write_report(pairs, scores, out_dir or default_report_dir(pairs))
-    for warning in result.warnings:
-        click.secho(f"WARNING {warning}", fg="yellow", err=True)
     click.echo("\n".join(result.lines))
-    click.echo(f"report: {result.markdown} ({len(result.figures)} figures)")
+    _echo_report(result)
 
 
 @main.command()
@@ -317,10 +315,14 @@ def _write_run_report(out: Path, scores_out: Path | None):
     except Exception as exc:
         click.secho(f"WARNING no run report: {first_line(exc)} (try `rsample report {out}`)", fg="yellow", err=True)
         return None
+    _echo_report(result)
+    return result
+
+
+def _echo_report(result) -> None:
     for warning in result.warnings:
         click.secho(f"WARNING {warning}", fg="yellow", err=True)
     click.echo(f"report: {result.markdown} ({len(result.figures)} figures)")
-    return result
 
 
 def _report(config, summary, out, scores_out, push_repo, public) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from rsample.producer.report.stats import RunNumbers, add_pair, add_prompt_scores
+from rsample.producer.report.stats import RunNumbers, add_pair, add_score_rows
 
 LIVE_SAMPLE = 20_000
 """Values kept per sample while the run goes on: a rank correlation over them takes a fraction of a second."""
@@ -21,14 +21,7 @@ class LiveNumbers:
     def add(self, pairs: list[dict], score_rows: list[dict]) -> None:
         for row in pairs:
             add_pair(self.numbers, row)
-        group: list[dict] = []
-        for row in score_rows:
-            if group and row["prompt_id"] != group[0]["prompt_id"]:
-                add_prompt_scores(self.numbers, group)
-                group = []
-            group.append(row)
-        if group:
-            add_prompt_scores(self.numbers, group)
+        add_score_rows(self.numbers, score_rows)
 
     def due(self) -> bool:
         return time.monotonic() - self._published_at >= PUBLISH_EVERY_SECONDS

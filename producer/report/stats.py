@@ -6,7 +6,7 @@ Files may still be growing: a last line without its newline is left for the next
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -146,15 +146,20 @@ def read_run(pairs_path: Path, scores_path: Path | None = None) -> RunNumbers:
                     numbers.unique_per_prompt[1] += 1
     if scores_path is not None and scores_path.exists():
         numbers.has_scores = True
-        group: list[dict] = []
-        for row in read_rows(scores_path):
-            if group and row["prompt_id"] != group[0]["prompt_id"]:
-                add_prompt_scores(numbers, group)
-                group = []
-            group.append(row)
-        if group:
-            add_prompt_scores(numbers, group)
+        add_score_rows(numbers, read_rows(scores_path))
     return numbers
+
+
+def add_score_rows(numbers: RunNumbers, rows: Iterable[dict]) -> None:
+    """Score rows come prompt by prompt (a prompt's candidates are written together): each prompt's group at once."""
+    group: list[dict] = []
+    for row in rows:
+        if group and row["prompt_id"] != group[0]["prompt_id"]:
+            add_prompt_scores(numbers, group)
+            group = []
+        group.append(row)
+    if group:
+        add_prompt_scores(numbers, group)
 
 
 def add_pair(numbers: RunNumbers, row: dict) -> None:
