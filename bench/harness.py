@@ -15,11 +15,10 @@ from pathlib import Path
 from rq import Worker
 
 from rsample.producer.driver.coordinator import Coordinator
-from rsample.producer.driver.local_run import WorkerProcesses, loads_models
+from rsample.producer.driver.local_run import WorkerProcesses
 from rsample.producer.registration import register_run
 from rsample.workers.common.config import RunConfig
 from rsample.workers.runtime.connection import connect
-from rsample.workers.runtime.cpu_share import local_worker_roles, machine_has_gpu
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import make_queue
@@ -83,10 +82,7 @@ def run_pipeline(config: RunConfig, workdir: Path, generate_workers: int = 1, wo
         keys = RunKeys(config.run_id)
         processes = WorkerProcesses(server.url, config.run_id, workdir / "logs")
         try:
-            roles = local_worker_roles(generate_workers, on_gpu=loads_models(config) and machine_has_gpu())  # as `rsample run`
-            processes.sharing_cpu = None if "reward" in roles else len(roles)
-            for role in roles:
-                processes.start(role, *worker_args)
+            processes.start_for_run(config, generate_workers, *worker_args)  # as `rsample run`
             wait_until_ready(client, keys.all_queues(len(config.reward_models)), processes)
             coordinator = Coordinator(client, config, workdir / "pairs.jsonl")
             started = time.perf_counter()

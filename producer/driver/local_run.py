@@ -48,12 +48,12 @@ class LocalRunOptions:
 class WorkerProcesses:
     """Worker child processes with their logs in files; a dead worker stops the run with its last words."""
 
-    def __init__(self, redis_url: str, run_id: str, log_dir: Path, sharing_cpu: int | None = None):
-        """`sharing_cpu`: how many workers will share this machine's cores, when it has no GPU (see `cpu_share`)."""
+    def __init__(self, redis_url: str, run_id: str, log_dir: Path):
         self.redis_url = redis_url
         self.run_id = run_id
         self.log_dir = log_dir
-        self.sharing_cpu = sharing_cpu
+        self.sharing_cpu: int | None = None
+        """How many workers share this machine's cores, when it has no GPU (see `cpu_share`)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
 
@@ -71,9 +71,13 @@ class WorkerProcesses:
             )
         self.processes.append((role, process, log_path))
 
-    def start_all(self, roles: list[str]) -> None:
+    def start_for_run(self, config: RunConfig, generate_workers: int, *options: str) -> list[str]:
+        """The workers `rsample run` starts for `config` on this machine (see `local_worker_roles`); returns their roles."""
+        roles = local_worker_roles(generate_workers, on_gpu=loads_models(config) and machine_has_gpu())
+        self.sharing_cpu = None if "reward" in roles else len(roles)
         for role in roles:
-            self.start(role)
+            self.start(role, *options)
+        return roles
 
     def check_alive(self) -> None:
         for role, process, log_path in self.processes:
@@ -128,9 +132,7 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         workers = WorkerProcesses(redis_url, config.run_id, options.out.parent / ".rsample-logs" / config.run_id)
         stack.callback(workers.stop)
         if done < total:  # nothing to generate: do not load the models at all
-            roles = local_worker_roles(options.generate_workers, on_gpu=loads_models(config) and machine_has_gpu())
-            workers.sharing_cpu = None if "reward" in roles else len(roles)
-            workers.start_all(roles)
+            workers.start_for_run(config, options.generate_workers)
         bars = StageBars(client, config.run_id, disable=not options.progress)
         stack.callback(bars.close)
         with logging_redirect_tqdm():

@@ -68,21 +68,25 @@ class StepCounter:
     (transformers hands a streamer the prompt first, then each step's new token of every sequence)."""
 
     def __init__(self, max_new_tokens: int, eos_ids: set[int], progress: ProgressCallback):
-        self.max_new_tokens, self.eos_ids, self.progress = max_new_tokens, sorted(eos_ids), progress
+        import torch
+
+        self.max_new_tokens, self.progress = max_new_tokens, progress
+        self.eos_ids = torch.tensor(sorted(eos_ids))
+        self.prompts_seen = False
         self.finished = None
         self.steps = self.tokens = 0
 
     def put(self, value) -> None:
         import torch
 
-        if self.finished is None:  # the prompts
-            self.finished = torch.zeros(0, dtype=torch.bool)
+        if not self.prompts_seen:
+            self.prompts_seen = True
             return
         value = value.reshape(-1)
-        if len(self.finished) != len(value):
+        if self.finished is None:
             self.finished = torch.zeros(len(value), dtype=torch.bool)
         self.tokens += int((~self.finished).sum())
-        self.finished |= torch.isin(value, torch.tensor(self.eos_ids))
+        self.finished |= torch.isin(value, self.eos_ids)
         self.steps += 1
         self.progress(self.steps / self.max_new_tokens, self.tokens)
 

@@ -49,9 +49,6 @@ class LiveShare:
     jobs: int
 
 
-NOTHING_LIVE = LiveShare(0.0, 0, 0)
-
-
 def read_progress(client: redis.Redis, run_id: str, stale_after: float = defaults.LIVE_PROGRESS_STALE) -> tuple[RunStats, LiveShare]:
     """The run's counters and what its running generation jobs have done so far, read in one transaction (a job
     moves from one to the other atomically); live entries not refreshed for `stale_after` s are dropped."""
