@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     print(f"{'(a) direct loop, pre-tokenized, globally sorted':<44}{a:>10.2f}{tokens / a:>12.0f}")
     print(f"{'(b) reward worker, job by job through Redis':<44}{b.seconds:>10.2f}{tokens / b.seconds:>12.0f}")
     print(f"ratio (b)/(a): {a / b.seconds:.3f}  (target >= 0.90); the worker's jobs spent {b.scoring_seconds:.2f} s inside the "
-          "backend (summed over jobs, which overlap in its two slots)" + (f"; peak GPU memory {peak} MiB" if peak else ""))
+          "backend (summed over jobs, which overlap in its slots)" + (f"; peak GPU memory {peak} MiB" if peak else ""))
     figures = {"device": device, "shape": args.shape, "conversations": args.prompts * args.n, "tokens": tokens,
                "direct_tokens_per_s": round(tokens / a, 1), "worker_tokens_per_s": round(tokens / b.seconds, 1),
                "ratio": round(a / b.seconds, 3)}

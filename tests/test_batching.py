@@ -1,4 +1,4 @@
-"""Token-budget batches: full but never over budget, in order, and an out-of-memory halving that is remembered."""
+"""Token-budget batches: the cheapest split, never over budget, in order, and an out-of-memory halving that is remembered."""
 
 import random
 
@@ -12,22 +12,53 @@ def sequences(lengths):
     return [[7] * length for length in sorted(lengths)]
 
 
-def test_batches_fill_the_budget_without_passing_it_or_wasting_it_on_padding():
+def groupings(items):
+    """Every way to split `items` into groups (set partitions), order ignored."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for partition in groupings(rest):
+        yield [[first], *partition]
+        for k in range(len(partition)):
+            yield [*partition[:k], [first, *partition[k]], *partition[k + 1:]]
+
+
+def cheapest_grouping(lengths, tokens, max_sequences, pass_cost):
+    """Brute force over every grouping of the sequences, contiguous or not: an oracle for small inputs."""
+    def feasible(group):
+        return len(group) <= max_sequences and (len(group) == 1 or len(group) * max(group) <= tokens)
+
+    return min(sum(len(g) * max(g) + pass_cost for g in grouping)
+               for grouping in groupings(list(lengths)) if all(feasible(g) for g in grouping))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_split_is_the_cheapest_of_all_groupings(seed):
+    rng = random.Random(seed)
+    lengths = sorted(rng.randint(1, 60) for _ in range(rng.randint(1, 7)))
+    budget = TokenBudget(rng.choice([40, 80, 160]), rng.choice([2, 3, 8]))
+    budget.pass_cost = rng.choice([0, 10, 50])
+    ends = budget.plan(lengths)
+    batches = [lengths[start:end] for start, end in zip([0, *ends], ends)]
+    assert [x for batch in batches for x in batch] == lengths and ends[-1] == len(lengths)
+    for batch in batches:
+        assert len(batch) <= budget.max_sequences and (len(batch) == 1 or len(batch) * batch[-1] <= budget.tokens)
+    cost = sum(len(batch) * batch[-1] + budget.pass_cost for batch in batches)
+    assert cost == cheapest_grouping(lengths, budget.tokens, budget.max_sequences, budget.pass_cost)
+
+
+def test_batches_run_every_sequence_once_in_order_and_pad_little():
     lengths = sorted(random.Random(0).randint(1, 300) for _ in range(500))
     seen = []
     budget = TokenBudget(2048, 64)
     per_batch = budget.run(sequences(lengths), lambda batch: (seen.append([len(s) for s in batch]), [len(s) for s in batch])[1])
     assert [length for batch in per_batch for length in batch] == lengths
     assert [length for batch in seen for length in batch] == lengths  # every sequence once, in order
-    position = 0
-    for batch in seen:
-        position += len(batch)
-        padded = len(batch) * max(batch)
-        assert len(batch) <= 64 and (len(batch) == 1 or padded <= 2048)
-        assert padded <= 512 or sum(batch) >= 0.8 * padded  # past a quarter of the budget, padding stays under a fifth
-        if position < len(lengths) and len(batch) < 64:  # full: one more would pass the budget or pad too much
-            grown = (len(batch) + 1) * lengths[position]
-            assert grown > 2048 or (grown > 512 and sum(batch) + lengths[position] < 0.8 * grown)
+    assert all(len(batch) <= 64 and (len(batch) == 1 or len(batch) * max(batch) <= 2048) for batch in seen)
+    padded = sum(len(batch) * max(batch) for batch in seen)
+    assert sum(lengths) >= 0.9 * padded  # dense lengths: a tenth of padding at most
+    assert len(seen) <= 1.25 * padded / 2048  # and few passes: most batches near the budget
 
 
 def test_a_sequence_longer_than_the_budget_goes_alone():

@@ -76,14 +76,14 @@ def test_bf16_scores_keep_full_precision(tmp_path):
         assert len(off_grid) >= len(scores) - 1
 
 
-def test_two_slots_scoring_at_once_get_the_scores_one_gets_alone(tmp_path):
-    """A reward worker's two slots share one model: one tokenizes while the other runs; neither disturbs the other."""
+def test_slots_scoring_at_once_get_the_scores_one_gets_alone(tmp_path):
+    """A reward worker's slots share one model, whose rounds score their jobs together: none disturbs the others."""
     from concurrent.futures import ThreadPoolExecutor
 
     model = TransformersRewardModel(str(build_reward_model(tmp_path / "reward", seed=5, pad="own")), "float32", token_budget=256)
     jobs = [CONVERSATIONS[k:] + CONVERSATIONS[:k] for k in range(len(CONVERSATIONS))] * 4
     alone = [model.score(job) for job in jobs]
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(model.score, jobs))
     for expected, got in zip(alone, together):
         assert got == pytest.approx(expected, abs=1e-6)

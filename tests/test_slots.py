@@ -8,6 +8,7 @@ from faults import assert_exactly_once, prompts_that_got_candidates, running_ent
 
 from rsample.workers.common.config import ModelSettings
 from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.status import run_status
 from rsample.workers.runtime.worker import default_slots
 
 ROWS = [{"prompt": f"write a long story about the river number {i}"} for i in range(12)]
@@ -18,7 +19,7 @@ def test_default_slots_feed_vllm_and_let_a_reward_model_prepare_the_next_job_on_
     assert default_slots("generate", vllm) == 2
     assert default_slots("generate", transformers) == 1
     assert default_slots("reward", vllm) == 1
-    assert default_slots("reward", transformers) == (2 if torch.cuda.is_available() else 1)  # a CPU is the model's own device
+    assert default_slots("reward", transformers) == (8 if torch.cuda.is_available() else 1)  # a CPU is the model's own device
     assert default_slots("reward", ModelSettings(generation_backend="echo", reward_backend="length")) == 1
     assert default_slots("both", vllm) == 1  # the straight line through the queues
 
@@ -45,6 +46,8 @@ def test_one_worker_runs_two_jobs_at_once_and_stops_on_sigterm(redis_server, red
     assert prompts_that_got_candidates(counts) == len(ROWS)
     workers = {w.decode() for w in redis_client.smembers("rq:workers")}
     assert sum(f"-{generator.pid}" in name for name in workers) == 2  # the main loop and one slot, one process
+    generating = next(queue for queue in run_status(redis_client, run_id).queues if queue.name == queue_name)
+    assert generating.workers == 1  # `rsample status` counts processes, not their slots
     generator.send_signal(signal.SIGTERM)
     scorer.send_signal(signal.SIGTERM)
     assert generator.wait(timeout=20) == 0 and scorer.wait(timeout=20) == 0, log.read_text()[-3000:]
@@ -58,7 +61,7 @@ def test_a_job_timeout_reaches_a_slot_that_waits_on_the_engine():
 
     from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 
-    from rsample.workers.backends.vllm_engine import wait_interruptibly
+    from rsample.workers.backends.waiting import wait_interruptibly
 
     caught = []
 

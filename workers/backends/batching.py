@@ -16,16 +16,16 @@ log = logging.getLogger(__name__)
 class TokenBudget:
     """Padded tokens per forward pass (a batch costs its size times its longest sequence), and a cap on sequences.
 
-    Sequences sorted by length fill each batch up to the budget, so short ones travel many at a time and long ones
-    few. Past a quarter of the budget a batch also stops growing where padding would pass a fifth of it: a job's
-    conversations spread over many lengths, and padding costs as much as real tokens (a quarter of the budget still
-    keeps a GPU busy). A batch that runs out of memory halves the budget for good: the next job starts from the size
-    that fit instead of failing its way down again.
+    Over sequences sorted by length, the batches are the cheapest split that keeps every batch within the budget:
+    each costs its padded tokens plus `pass_cost` (a pass's fixed cost: kernel launches, host work, a GPU not yet
+    full). Greedy filling would either pad much (one long sequence stretches a batch of short ones) or, cut early,
+    run many small passes; the least-cost split (dynamic programming, at most `max_sequences` choices per sequence)
+    pays for neither. A batch that runs out of memory halves the budget for good: the next job starts from the
+    size that fit instead of failing its way down again.
     """
 
-    min_fill = 0.8
-    """Real tokens / padded tokens a batch keeps once it is past `free_share` of the budget."""
-    free_share = 0.25
+    pass_cost = 1024
+    """What one forward pass costs beyond its padded tokens, counted in padded tokens."""
 
     def __init__(self, tokens: int, max_sequences: int):
         if tokens < 1 or max_sequences < 1:
@@ -33,17 +33,25 @@ class TokenBudget:
         self.tokens = tokens
         self.max_sequences = max_sequences
 
-    def batch_end(self, lengths: Sequence[int], start: int) -> int:
-        """Where the batch that starts at `start` ends; `lengths` ascending. Always at least one sequence."""
-        end, real = start + 1, lengths[start]
-        limit = min(len(lengths), start + self.max_sequences)
-        while end < limit:
-            padded = (end + 1 - start) * lengths[end]
-            if padded > self.tokens or (padded > self.free_share * self.tokens and real + lengths[end] < self.min_fill * padded):
-                break
-            real += lengths[end]
-            end += 1
-        return end
+    def plan(self, lengths: Sequence[int]) -> list[int]:
+        """The end of each batch, in order, for `lengths` ascending. A sequence longer than the budget goes alone."""
+        import numpy as np
+
+        count = len(lengths)
+        cost = np.zeros(count + 1)  # cost[j]: the cheapest split of the first j sequences
+        start_of = np.zeros(count + 1, dtype=np.int64)  # where the last batch of that split starts
+        for end in range(1, count + 1):
+            width = lengths[end - 1]  # the batch's longest: sorted, its last
+            size = min(self.max_sequences, max(1, self.tokens // max(1, width)), end)
+            starts = np.arange(end - size, end)
+            candidates = cost[end - size:end] + (end - starts) * width
+            best = int(np.argmin(candidates))  # the first minimum: the largest batch among equally cheap ones
+            cost[end], start_of[end] = candidates[best] + self.pass_cost, starts[best]
+        ends, end = [], count
+        while end > 0:
+            ends.append(end)
+            end = int(start_of[end])
+        return ends[::-1]
 
     def run(self, sequences: Sequence[list[int]], run_batch: Callable[[Sequence[list[int]]], R]) -> list[R]:
         """Runs `run_batch` over consecutive batches of `sequences` (sorted by length, shortest first); returns what
@@ -53,9 +61,9 @@ class TokenBudget:
         """
         lengths = [len(sequence) for sequence in sequences]
         results: list[R] = []
-        start = 0
+        start, ends = 0, iter(self.plan(lengths))
         while start < len(sequences):
-            end = self.batch_end(lengths, start)
+            end = next(ends)
             try:
                 results.append(run_batch(sequences[start:end]))
             except Exception as exc:
@@ -65,6 +73,7 @@ class TokenBudget:
                 log.warning("out of memory on %d sequences of up to %d tokens: %d padded tokens per batch from now on",
                             end - start, lengths[end - 1], self.tokens)
                 _free_cuda_cache()
+                ends = iter([start + e for e in self.plan(lengths[start:])])  # the rest, split again under the new budget
                 continue
             start = end
         return results

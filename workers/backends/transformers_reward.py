@@ -13,6 +13,7 @@ import threading
 
 from rsample.workers.backends.batching import TokenBudget
 from rsample.workers.backends.models import check_reward_model, context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
+from rsample.workers.backends.scoring_rounds import ScoringRounds
 from rsample.workers.backends.templates import render_conversations
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
@@ -35,8 +36,9 @@ class TransformersRewardModel:
     """Conversations rendered with the reward model's own chat template, length-sorted into right-padded batches that
     fill a token budget.
 
-    Thread-safe for a worker's slots: while one job's batches run on the device, another job renders and tokenizes
-    (the tokenizer and the device each take one job at a time), so the device is not left waiting for the CPU.
+    Thread-safe for a worker's slots: each renders and tokenizes its job (one at a time: the tokenizer's settings
+    are shared state) and hands it to `ScoringRounds`, whose one thread runs every waiting job's sequences
+    together on the device, so the device is not left waiting for the CPU and short jobs do not batch badly.
     """
 
     def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH,
@@ -52,9 +54,8 @@ class TransformersRewardModel:
         if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
             self.model.config.pad_token_id = None
             micro_batch = 1
-        self.budget = TokenBudget(token_budget, micro_batch)
-        self._tokenizer_lock = threading.Lock()  # a fast tokenizer's settings are shared state: one caller at a time
-        self._device_lock = threading.Lock()
+        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch), self._forward, _read_scores)
+        self._tokenizer_lock = threading.Lock()
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> TransformersRewardModel:
@@ -62,19 +63,11 @@ class TransformersRewardModel:
         return cls(config.reward_models[model_index], models.dtype, models.reward_micro_batch, models.reward_token_budget)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
-        import torch
-
         with self._tokenizer_lock:
             encoded = render_conversations(self.tokenizer, conversations)
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
-        fitting.sort(key=lambda i: len(encoded[i]))  # similar lengths together: little padding
         scores: list[float | None] = [None] * len(conversations)
-        if not fitting:
-            return scores
-        with self._device_lock:
-            per_batch = self.budget.run([encoded[i] for i in fitting], self._forward)
-            values = torch.cat(per_batch).tolist()  # the one wait for the device: batches were queued back to back
-        for index, value in zip(fitting, values):
+        for index, value in zip(fitting, self.rounds.score([encoded[i] for i in fitting])):
             scores[index] = value
         return scores
 
@@ -102,3 +95,10 @@ class TransformersRewardModel:
             last = hidden[torch.arange(len(batch), device=self.device), lengths - 1].float()
             bias = None if head.bias is None else head.bias.float()
             return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0]
+
+
+def _read_scores(per_batch) -> list[float]:
+    """A round's scores, read from the device once: its batches were queued back to back."""
+    import torch
+
+    return torch.cat(per_batch).tolist()

@@ -14,11 +14,8 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
-
-from rsample.workers.common import defaults
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +35,6 @@ class _Abort:
 
 class _Stop:
     """Ends the loop: the engine is about to be shut down."""
-
-
-def wait_interruptibly(future: Future, poll: float = defaults.ENGINE_WAIT_POLL_SECONDS):
-    """`future.result()` in short waits: a job timeout (RQ's timer raises it into this thread) lands between two
-    waits, where one long wait on a lock would never see it, and the slot would wait forever on a stuck engine."""
-    while True:
-        try:
-            return future.result(timeout=poll)
-        except FutureTimeout:
-            continue
 
 
 class EngineLoop:

@@ -11,8 +11,9 @@ import hashlib
 from rsample.workers.backends.base import Completion, ProgressCallback, PromptCompletions
 from rsample.workers.backends.models import load_tokenizer, policy_eos_ids
 from rsample.workers.backends.templates import render_fitting
-from rsample.workers.backends.vllm_engine import EngineLoop, wait_interruptibly
+from rsample.workers.backends.vllm_engine import EngineLoop
 from rsample.workers.backends.vllm_llm import make_llm
+from rsample.workers.backends.waiting import wait_interruptibly
 from rsample.workers.common.config import ModelSettings, RunConfig, SamplingConfig
 from rsample.workers.common.messages import Conversation
 

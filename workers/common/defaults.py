@@ -60,6 +60,10 @@ AGGREGATOR_BLOCK_MS = 500
 REDIS_CONNECT_TIMEOUT = 5
 """Seconds to wait for a Redis connection before saying it is unreachable."""
 
+REWARD_SLOTS_ON_GPU = 8
+"""Jobs a transformers reward worker on a GPU holds at once: while a round of the waiting ones runs, the others
+tokenize theirs, so rounds pool about half of them (a job of 16 prompts x n=8 is only 128 sequences)."""
+
 SLOT_DEQUEUE_TIMEOUT = 2
 """Seconds a worker's extra slot waits on an empty queue before it looks again: bounds how long a stop takes."""
 
@@ -100,7 +104,8 @@ ERROR_LINE_CHARS = 300
 """Longest error text kept in a skip reason or log line: one line a person reads, not a traceback."""
 
 ENGINE_WAIT_POLL_SECONDS = 1.0
-"""How often a job waiting on the vLLM engine wakes up, so that its job timeout can reach it."""
+"""How often a job waiting on a device that another thread drives (a vLLM engine, a reward model) wakes up, so that
+its job timeout can reach it."""
 
 LIVE_PROGRESS_INTERVAL = 1.0
 """Seconds between two publications of a running job's progress: often enough for a bar, rare enough for Redis."""

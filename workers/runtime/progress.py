@@ -7,12 +7,11 @@ import time
 from collections import deque
 
 import redis
-from rq import Worker
 from tqdm import tqdm
 
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
-from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.queues import make_queue, worker_processes
 
 STAGES = (("generated", "rows_generated"), ("scored", "rows_scored"), ("written", "rows_written"))
 RATE_WINDOW_SECONDS = 30.0
@@ -76,7 +75,7 @@ class StageBars:
         """Workers register with RQ once their models are loaded: none yet means the run waits for a model to load."""
         if self._workers_seen:
             return self._workers_seen
-        self._workers_seen = Worker.count(queue=make_queue(self.client, RunKeys(self.run_id).generate_queue))
+        self._workers_seen = worker_processes(make_queue(self.client, RunKeys(self.run_id).generate_queue))
         return self._workers_seen
 
     def close(self) -> None:

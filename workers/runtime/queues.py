@@ -19,6 +19,17 @@ def make_queue(client: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=client, serializer=JSONSerializer, job_class=SafeJob)
 
 
+SLOT_SUFFIX = "-slot"
+"""A worker's extra job loops register with RQ as `<worker name>-slot<k>`: one process, several RQ workers."""
+
+
+def worker_processes(queue: Queue) -> int:
+    """Worker processes serving `queue`, each counted once however many slots (job loops) it runs."""
+    from rq import Worker
+
+    return len({worker.name.split(SLOT_SUFFIX)[0] for worker in Worker.all(queue=queue)})
+
+
 def generation_job_id(run_id: str, batch_id: str) -> str:
     return f"{run_id}-generate-{batch_id}"
 

@@ -7,11 +7,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import redis
-from rq import Worker
 
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
-from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.queues import make_queue, worker_processes
 from rsample.workers.runtime.run_state import load_run
 
 
@@ -117,7 +116,7 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
     for name in keys.all_queues(len(config.reward_models)):
         queue = make_queue(client, name)
         queues.append(
-            QueueStatus(name, queue.count, queue.started_job_registry.count, queue.failed_job_registry.count, Worker.count(queue=queue))
+            QueueStatus(name, queue.count, queue.started_job_registry.count, queue.failed_job_registry.count, worker_processes(queue))
         )
     rows = int(stats.get("rows_total"))
     written = int(stats.get("rows_written"))

@@ -25,6 +25,7 @@ from rsample.workers.common.config import WORKER_ROLES, ModelSettings
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.cpu_share import take_cpu_share
+from rsample.workers.runtime.queues import SLOT_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +138,17 @@ def run_slots(make_worker, slots: int, burst: bool) -> None:
 
 
 def default_slots(role: str, models: ModelSettings) -> int:
-    """Jobs a worker runs at once. Two keep a vLLM engine fed across batch tails; on a GPU, two let a transformers
-    reward model prepare the next job while the current one runs (the backend lets one job at a time onto the
-    device). On a CPU the CPU is the device: a second slot would only take cores from the model. A worker of both
-    roles runs one job at a time: the straight line, through the queues."""
+    """Jobs a worker runs at once. Two keep a vLLM engine fed across batch tails. On a GPU, a transformers reward
+    model's slots tokenize the next jobs while the device runs the current ones, which it pools into rounds
+    (`ScoringRounds`): more jobs waiting, fewer and fuller batches. On a CPU the CPU is the device: a second slot
+    would only take cores from the model. A worker of both roles runs one job at a time: the straight line,
+    through the queues."""
     if role == "generate":
         return 2 if models.generation_backend == "vllm" else 1
     if role == "reward" and models.reward_backend == "transformers":
         from rsample.workers.backends.models import resolve_device
 
-        return 2 if resolve_device() == "cuda" else 1
+        return defaults.REWARD_SLOTS_ON_GPU if resolve_device() == "cuda" else 1
     return 1
 
 
@@ -198,7 +200,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     def make_worker(worker_class, index: int) -> HeartbeatWorker:
         worker = worker_class(
             queues, connection=client, serializer=JSONSerializer, job_class=SafeJob,
-            name=base_name if index == 0 else f"{base_name}-slot{index}",
+            name=base_name if index == 0 else f"{base_name}{SLOT_SUFFIX}{index}",
             maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL,
         )
         worker.heartbeat_ttl = config.jobs.heartbeat_ttl

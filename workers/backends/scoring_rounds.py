@@ -1,0 +1,108 @@
+"""One thread feeds a reward model's device with every waiting job's sequences at once, sorted together.
+
+A job's own conversations sort into few well-filled batches only when it has many: a default job of 16 prompts
+with n=8 has 128, and their lengths spread over the whole range, so its batches pad much or run small. Here the
+worker's slots hand their tokenized jobs to this thread and wait; each round takes every job waiting, sorts all
+their sequences by length into one least-cost split (`TokenBudget.plan`) and runs it, while the slots prepare
+the next jobs. Only this thread touches the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from rsample.workers.backends.batching import TokenBudget
+from rsample.workers.backends.waiting import wait_interruptibly
+
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    sequences: Sequence[list[int]]
+    future: Future = field(default_factory=Future)
+
+
+class ScoringRounds(Generic[R]):
+    """`score(sequences)` from any thread: one value per sequence, computed in rounds that pool the waiting jobs.
+
+    `run_batch` runs one batch (sequences sorted by length) and may return device tensors unread; `read` turns a
+    round's per-batch results into floats, once per round (the one wait for the device). The thread ends after
+    `idle_seconds` without work and starts again with the next job, so a model that is no longer used is freed.
+    """
+
+    def __init__(self, budget: TokenBudget, run_batch: Callable[[Sequence[list[int]]], R],
+                 read: Callable[[list[R]], list[float]], idle_seconds: float = 30.0, name: str = "rsample-reward-device"):
+        self.budget = budget
+        self._run_batch = run_batch
+        self._read = read
+        self._idle_seconds = idle_seconds
+        self._name = name
+        self._waiting: list[_Job] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def score(self, sequences: Sequence[list[int]]) -> list[float]:
+        if not sequences:
+            return []
+        job = _Job(sequences)
+        with self._wake:
+            self._waiting.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        try:
+            return wait_interruptibly(job.future)
+        except BaseException:
+            job.future.cancel()  # a timed-out job: a round not yet started leaves it out
+            raise
+
+    def _serve(self) -> None:
+        while True:
+            with self._wake:
+                if not self._waiting:
+                    self._wake.wait(self._idle_seconds)
+                if not self._waiting:
+                    self._thread = None
+                    return
+                jobs, self._waiting = self._waiting, []
+            self._round([job for job in jobs if job.future.set_running_or_notify_cancel()])
+
+    def _round(self, jobs: list[_Job]) -> None:
+        """Scores `jobs` together; when that fails, each alone, so that one job's fault (a sequence that runs out of
+        memory alone, say) fails that job only."""
+        if not jobs:
+            return
+        try:
+            values = self._values([sequence for job in jobs for sequence in job.sequences])
+        except Exception as exc:
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(exc)
+                return
+            log.warning("a round of %d jobs failed (%s): scoring them one by one", len(jobs), exc)
+            for job in jobs:
+                try:
+                    job.future.set_result(self._values(job.sequences))
+                except Exception as alone:
+                    job.future.set_exception(alone)
+            return
+        position = 0
+        for job in jobs:
+            job.future.set_result(values[position:position + len(job.sequences)])
+            position += len(job.sequences)
+
+    def _values(self, sequences: Sequence[list[int]]) -> list[float]:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths together: little padding
+        sorted_values = self._read(self.budget.run([sequences[i] for i in order], self._run_batch))
+        values = [0.0] * len(sequences)
+        for position, index in enumerate(order):
+            values[index] = sorted_values[position]
+        return values
