@@ -16,7 +16,7 @@ download() {
 }
 download "$out/full" vllm==0.26.0
 download "$out/deps" pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection cbor2 msgspec pyzmq \
-  openai==3.57.0 httpx2 sniffio openai-harmony pybase64 cachetools 'llguidance>=1.7,<1.8' 'xgrammar>=0.2.1,<1.0' \
+  openai==3.57.0 httpx2 sniffio openai-harmony pybase64 cachetools 'llguidance>=1.7,<1.8' 'xgrammar>=0.2.1,<0.2.8' \
   apache-tvm-ffi==0.1.10 'fastapi>=0.133,<0.137' 'starlette>=1.0.1' partial-json-parser blake3
 wheel=$(basename "$out"/full/vllm-*.whl)
 echo "$wheel" > "$out/deps/VLLM_WHEEL_NAME"

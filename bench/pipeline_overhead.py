@@ -19,6 +19,7 @@ model on one machine, the processes `rsample run` starts share its cores: target
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -48,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tiny: a real (random, 2-layer) reward model, scored in both sides")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
+    parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no torch.compile, no CUDA graphs (both sides)")
+    parser.add_argument("--workdir", type=Path, help="keep models, prompts and every process's log here (default: a temporary folder)")
     parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)  # internal: run side (a) in a fresh process
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -58,7 +61,7 @@ def make_config(args, dataset: Path, policy: str, reward: str) -> RunConfig:
     return RunConfig(
         run_id="", data=DataSelection(str(dataset)), policy=policy, reward_models=(reward,),
         sampling=SamplingConfig(n=args.n, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens),
-        models=ModelSettings(dtype=args.dtype, generation_backend=args.backend,
+        models=ModelSettings(dtype=args.dtype, generation_backend=args.backend, enforce_eager=args.enforce_eager,
                              reward_backend="length" if reward == "length" else "transformers"),
         jobs=JobSettings(max_in_flight=max(4096, 4 * args.batch_size)), prompts_per_job=args.batch_size,
     )
@@ -110,8 +113,9 @@ def main(argv=None) -> None:
         Path(args.result).write_text(json.dumps(result))
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    with tempfile.TemporaryDirectory(prefix="rsample-bench-") as tmp:
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rsample-bench-")))
+        workdir.mkdir(parents=True, exist_ok=True)
         policy = args.policy
         if policy is None:
             from rsample.workers.backends.tiny_models import build_policy
@@ -126,13 +130,15 @@ def main(argv=None) -> None:
         (workdir / "config.json").write_text(config.to_json())
         directs, pipelines = [], []
         for attempt in range(args.repeats):  # alternating, so that a disturbance of the machine hits both sides
-            side_a = subprocess.run(
-                [sys.executable, __file__, "--side", "direct", "--config", str(workdir / "config.json"),
-                 "--result", str(workdir / "direct.json")],
-                capture_output=True, text=True, cwd=REPO,
-            )
+            side_a_log = workdir / f"direct-{attempt}.log"  # a file as it goes, not a pipe: read even if this run is killed
+            with side_a_log.open("w") as log_file:
+                side_a = subprocess.run(
+                    [sys.executable, __file__, "--side", "direct", "--config", str(workdir / "config.json"),
+                     "--result", str(workdir / "direct.json")],
+                    stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+                )
             if side_a.returncode:
-                sys.exit(f"side (a) failed:\n{side_a.stderr[-3000:]}")
+                sys.exit(f"side (a) failed:\n{side_a_log.read_text(errors='replace')[-3000:]}")
             directs.append(json.loads((workdir / "direct.json").read_text()))
             worker_args = ("--slots", str(args.slots)) if args.slots else ()
             pipelines.append(run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args))

@@ -126,7 +126,8 @@ def direct(args, config: RunConfig) -> dict:
             scores.append(model.score(hidden[torch.arange(len(lengths), device=device), lengths - 1]))
         torch.cat(scores).float().cpu()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "tokens": sum(len(ids) for ids in encoded), "batches": len(batches)}
+    tokens, padded_tokens = sum(len(ids) for ids in encoded), sum(len(batch) * len(batch[-1]) for batch in batches)
+    return {"seconds": seconds, "tokens": tokens, "batches": len(batches), "padding": 1 - tokens / padded_tokens}
 
 
 def main(argv=None) -> None:
@@ -153,6 +154,7 @@ def main(argv=None) -> None:
                 result = run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args)
             workers.append((result, peak.peak_mib))
             print(f"attempt {attempt}: (a) {directs[-1]['seconds']:.2f} s, (b) {result.seconds:.2f} s", flush=True)
+            print(f"    (a) {directs[-1]['batches']} passes, {directs[-1]['padding']:.1%} padding; (b) {rounds_line(workdir / f'pipeline-{attempt}' / 'logs')}", flush=True)
     tokens = directs[0]["tokens"]
     a = min(run["seconds"] for run in directs)
     b, peak = min(workers, key=lambda run: run[0].seconds)
@@ -172,6 +174,13 @@ def main(argv=None) -> None:
     print(json.dumps(figures))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
+
+
+def rounds_line(log_dir: Path) -> str:
+    """The reward worker's own account of how it fed the device (its last `reward rounds:` log line)."""
+    lines = [line for path in sorted(log_dir.glob("*.log")) for line in path.read_text(errors="replace").splitlines()
+             if "reward rounds:" in line]
+    return lines[-1].split("reward rounds: ", 1)[1] if lines else "no rounds logged"
 
 
 def _device() -> str:

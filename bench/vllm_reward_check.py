@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-words", type=int, default=300)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.4, help="the vLLM engine's share (the transformers model sits beside it)")
+    parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no torch.compile, no CUDA graphs")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
 
@@ -55,7 +56,8 @@ def main(argv=None) -> None:
             for prompt in prompts for k in range(args.n)]
     tokens = sum(len(ids) for ids in render_conversations(load_tokenizer(args.reward, "reward"), flat))
     reference, transformers_seconds = timed_scores(TransformersRewardModel(args.reward, args.dtype), flat)
-    engine = VLLMRewardModel(args.reward, ModelSettings(dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization))
+    engine = VLLMRewardModel(args.reward, ModelSettings(dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                                                         enforce_eager=args.enforce_eager))
     try:
         scores, vllm_seconds = timed_scores(engine, flat)
     finally:

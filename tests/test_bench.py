@@ -2,6 +2,7 @@
 figures add up."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +31,19 @@ def test_the_gpu_check_rehearses_on_a_cpu(tmp_path):
 
 def test_reward_throughput_runs_and_counts_its_conversations(tmp_path):
     out = tmp_path / "figures.json"
-    run_bench("reward_throughput.py", "--prompts", "8", "--n", "2", "--max-words", "40", "--batch-size", "4", "--repeats", "1",
-              "--out", str(out))
+    printed = run_bench("reward_throughput.py", "--prompts", "8", "--n", "2", "--max-words", "40", "--batch-size", "4", "--repeats", "1",
+                        "--out", str(out)).stdout
     figures = json.loads(out.read_text())
     assert figures["conversations"] == 16 and figures["tokens"] > 16 * 8
+    # the worker's log at exit accounts for every token the direct side read, fed in rounds
+    assert re.search(rf"\(b\) \d+ rounds of [\d.]+ jobs, \d+ passes, {figures['tokens']} tokens", printed), printed
     assert figures["direct_tokens_per_s"] > 0 and figures["worker_tokens_per_s"] > 0
+
+
+def test_batching_cost_counts_least_cost_rounds_cheaper_than_greedy_ones():
+    printed = run_bench("batching_cost.py", "--prompts", "64", "--n", "4").stdout
+    costs = {line[:44].strip(): float(line.split()[-1]) for line in printed.splitlines()[2:]}
+    assert costs["one global sort, greedy (the direct loop)"] == 1.0
+    for jobs in ("1 job", "2 jobs", "4 jobs"):
+        assert costs[f"rounds of {jobs}, least cost"] <= costs[f"rounds of {jobs}, greedy"]
+    assert costs["rounds of 4 jobs, least cost"] <= costs["rounds of 1 job, least cost"]  # pooling helps

@@ -26,3 +26,18 @@ def test_round_trip_through_json():
 def test_bad_settings_are_refused_with_the_flag_named(make, message):
     with pytest.raises(RsampleError, match=message):
         make()
+
+
+def test_settings_that_change_only_speed_keep_the_run_id_and_those_that_change_output_do_not():
+    from dataclasses import replace
+
+    from rsample.producer.registration import run_id_for
+    from rsample.workers.common.config import ModelSettings
+
+    base = RunConfig(run_id="", data=DataSelection("d.jsonl"), policy="p", reward_models=("r",))
+    faster = ModelSettings(reward_micro_batch=7, reward_token_budget=999, tensor_parallel_size=2, gpu_memory_utilization=0.4,
+                           enforce_eager=True)
+    assert run_id_for(replace(base, models=faster)) == run_id_for(base)
+    assert run_id_for(replace(base, models=ModelSettings(dtype="float32"))) != run_id_for(base)
+    assert run_id_for(replace(base, models=ModelSettings(max_model_len=512))) != run_id_for(base)  # skips longer prompts
+    assert run_id_for(replace(base, sampling=SamplingConfig(n=8))) != run_id_for(base)

@@ -157,6 +157,7 @@ def test_the_vllm_gpu_check_rehearses_on_a_cpu():
     """bench/gpu_check_vllm.sh --dry-run: the pipeline against raw LLM.generate, and vLLM's pooling reward against the
     transformers reward, on tiny models of the GPU check's shape family."""
     import json
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
@@ -165,7 +166,11 @@ def test_the_vllm_gpu_check_rehearses_on_a_cpu():
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # its python3 is this venv's
     process = subprocess.run(["bash", "bench/gpu_check_vllm.sh", "--dry-run"], cwd=repo, env=env, capture_output=True, text=True,
                              timeout=900)
-    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    logs = Path(process.stdout.rsplit("logs: ", 1)[1].strip())  # every process's log, kept for a run that goes wrong
+    names = {path.name for path in logs.iterdir()}
+    assert "eager_direct-0.log" in names and any(name.startswith("eager_pipeline-0_logs_") for name in names), names
+    shutil.rmtree(logs.parent)
     pipeline, reward = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
     assert pipeline["backend"] == "vllm" and pipeline["direct_tokens_per_s"] > 0 and pipeline["pipeline_tokens_per_s"] > 0
     assert reward["conversations"] == 8 * 8 and reward["pearson"] > 0.999 and reward["same_best"] == reward["prompts"] == 8

@@ -9,8 +9,11 @@ the next jobs. Only this thread touches the device.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -18,10 +21,32 @@ from typing import Generic, TypeVar
 
 from rsample.workers.backends.batching import TokenBudget
 from rsample.workers.backends.waiting import wait_interruptibly
+from rsample.workers.common import defaults
 
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundTotals:
+    """How well the device was fed, for the worker's log: the first thing to read when scoring is slower than it
+    should be (device idle between rounds, or rounds that pad much or run many small passes)."""
+
+    rounds: int = 0
+    jobs: int = 0
+    passes: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    busy_seconds: float = 0.0
+    first_round_at: float | None = None
+
+    def line(self) -> str:
+        since = time.monotonic() - self.first_round_at if self.first_round_at is not None else 0.0
+        padding = 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+        return (f"reward rounds: {self.rounds} rounds of {self.jobs / max(1, self.rounds):.1f} jobs, {self.passes} passes, "
+                f"{self.tokens} tokens, {padding:.1%} padding; device busy {self.busy_seconds:.1f} s of the {since:.1f} s "
+                "since the first round")
 
 
 @dataclass
@@ -48,6 +73,9 @@ class ScoringRounds(Generic[R]):
         self._waiting: list[_Job] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.totals = RoundTotals()
+        self._logged_at = time.monotonic()
+        atexit.register(_log_totals, weakref.ref(self))
 
     def score(self, sequences: Sequence[list[int]]) -> list[float]:
         if not sequences:
@@ -75,12 +103,18 @@ class ScoringRounds(Generic[R]):
                     return
                 jobs, self._waiting = self._waiting, []
             self._round([job for job in jobs if job.future.set_running_or_notify_cancel()])
+            if time.monotonic() - self._logged_at >= defaults.REWARD_ROUNDS_LOG_SECONDS:
+                self._logged_at = time.monotonic()
+                log.info(self.totals.line())
 
     def _round(self, jobs: list[_Job]) -> None:
         """Scores `jobs` together; when that fails, each alone, so that one job's fault (a sequence that runs out of
         memory alone, say) fails that job only."""
         if not jobs:
             return
+        began = time.monotonic()
+        if self.totals.first_round_at is None:
+            self.totals.first_round_at = began
         try:
             values = self._values([sequence for job in jobs for sequence in job.sequences])
         except Exception as exc:
@@ -94,6 +128,9 @@ class ScoringRounds(Generic[R]):
                 except Exception as alone:
                     job.future.set_exception(alone)
             return
+        self.totals.rounds += 1
+        self.totals.jobs += len(jobs)
+        self.totals.busy_seconds += time.monotonic() - began
         position = 0
         for job in jobs:
             job.future.set_result(values[position:position + len(job.sequences)])
@@ -101,8 +138,22 @@ class ScoringRounds(Generic[R]):
 
     def _values(self, sequences: Sequence[list[int]]) -> list[float]:
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths together: little padding
-        sorted_values = self._read(self.budget.run([sequences[i] for i in order], self._run_batch))
+        sorted_values = self._read(self.budget.run([sequences[i] for i in order], self._counted_batch))
         values = [0.0] * len(sequences)
         for position, index in enumerate(order):
             values[index] = sorted_values[position]
         return values
+
+    def _counted_batch(self, batch: Sequence[list[int]]) -> R:
+        result = self._run_batch(batch)
+        self.totals.passes += 1
+        self.totals.tokens += sum(len(ids) for ids in batch)
+        self.totals.padded_tokens += len(batch) * max(len(ids) for ids in batch)
+        return result
+
+
+def _log_totals(rounds: weakref.ref) -> None:
+    """At the worker's exit: the totals of its whole life (a weak reference: this never keeps a model alive)."""
+    live = rounds()
+    if live is not None and live.totals.rounds:
+        log.info(live.totals.line())

@@ -40,7 +40,7 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str):
             tensor_parallel_size=models.tensor_parallel_size,
             max_model_len=models.max_model_len,
             gpu_memory_utilization=models.gpu_memory_utilization,
-            enforce_eager=device == "cpu",  # CUDA graphs pay off on GPUs; on CPU compiling only costs start-up time
+            enforce_eager=models.enforce_eager or device == "cpu",  # compiling pays off on GPUs; on CPU it only costs start-up
             **cpu_only,
         )
     except Exception as exc:

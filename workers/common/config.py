@@ -81,6 +81,11 @@ def resolve_sampling(explicit: dict, policy_defaults: dict, **fixed) -> tuple[Sa
     return SamplingConfig(**fixed, **values), sources
 
 
+SPEED_ONLY_MODEL_SETTINGS = ("reward_micro_batch", "reward_token_budget", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
+"""Model settings that change how fast a run goes, not what it writes: not part of its id, so that the same command
+finds its run again on another machine (`rsample run` sizes the vLLM memory share to the GPU it finds)."""
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """Where models run: shared by the policy and the reward models of a run."""
@@ -99,6 +104,8 @@ class ModelSettings:
     """vLLM's context cap (default: the model's own); a smaller one saves KV-cache memory."""
     gpu_memory_utilization: float = defaults.VLLM_GPU_MEMORY_UTILIZATION
     """Share of each GPU's memory a vLLM engine takes (weights + KV cache)."""
+    enforce_eager: bool = False
+    """vLLM without torch.compile and CUDA graphs: starts in seconds instead of minutes, decodes slower."""
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -198,6 +205,8 @@ class RunConfig:
         settings = dataclasses.asdict(self)
         for volatile in ("run_id", "command", "created_at", "jobs"):
             settings.pop(volatile)
+        for speed_only in SPEED_ONLY_MODEL_SETTINGS:
+            settings["models"].pop(speed_only)
         return settings
 
     def to_json(self) -> str:

@@ -64,6 +64,9 @@ REWARD_SLOTS_ON_GPU = 8
 """Jobs a transformers reward worker on a GPU holds at once: while a round of the waiting ones runs, the others
 tokenize theirs, so rounds pool about half of them (a job of 16 prompts x n=8 is only 128 sequences)."""
 
+REWARD_ROUNDS_LOG_SECONDS = 60.0
+"""How often a reward worker logs how well it feeds its device (rounds, padding, busy time); once more at exit."""
+
 SLOT_DEQUEUE_TIMEOUT = 2
 """Seconds a worker's extra slot waits on an empty queue before it looks again: bounds how long a stop takes."""
 
