@@ -59,7 +59,10 @@ def run_options(command):
         click.option("--end", type=int, help="Row index to stop before."),
         click.option("--system-prompt", help="System prompt prepended to every prompt (Llama 3 style steering)."),
         click.option("--policy", required=True, help="Chat model that samples completions: Hub id, folder or .gguf file."),
-        click.option("--reward-model", "reward_models", multiple=True, required=True, help="Sequence-classification reward model; repeat for several."),
+        click.option("--reward-model", "reward_models", multiple=True, required=True,
+                     help="Sequence-classification reward model, or verify:math / verify:exact (the row's answer checked); repeat for several."),
+        click.option("--answer-column", default=defaults.ANSWER_COLUMN, show_default=True,
+                     help="Dataset column with each row's ground truth, for verify: rewards (GSM8K's '#### 42' is understood)."),
         click.option("--n", type=int, default=4, show_default=True, help="Completions sampled per prompt."),
         click.option("--temperature", type=float, help="Sampling temperature (default: the policy's generation_config, else 0.7)."),
         click.option("--top-p", type=float, help="Nucleus sampling (default: the policy's generation_config, else 1.0)."),
@@ -73,9 +76,12 @@ def run_options(command):
         click.option("--batch-size", type=int, default=defaults.PROMPTS_PER_JOB, show_default=True, help="Prompts per generation job."),
         click.option("--include-reference", is_flag=True, help="Score the dataset's reference completion as one more candidate."),
         click.option("--combine", type=click.Choice(COMBINE_METHODS),
-                     help="How reward models' scores combine: mean (raw), standardized (z-scores per prompt, averaged), vote. "
-                          "Default: mean with one reward model, standardized with several."),
+                     help="How reward models' scores combine: mean (raw), standardized (z-scores per prompt, averaged), vote, "
+                          "lexicographic (the first decides, the next break its ties). Default: mean with one reward model; with "
+                          "several, lexicographic when the first is a verify: reward, else standardized."),
         click.option("--min-margin", type=float, help="Drop pairs whose combined score gap is smaller (in the combination's units)."),
+        click.option("--sft", is_flag=True, help="Score prompts with one distinct candidate too, so that `--sft-out` (of run or aggregate) "
+                                                 "keeps every prompt's best (implied by run's --sft-out)."),
         click.option("--keep-truncated", is_flag=True, help="Let a completion cut at --max-new-tokens (or empty) be the chosen one."),
         click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
         click.option("--backend", type=click.Choice(GENERATION_BACKENDS), default="transformers", show_default=True, help="Generation backend (vllm: pip install 'rsample[vllm]'; echo: zero-cost, for benchmarks)."),
@@ -124,8 +130,11 @@ def build_config(params: dict) -> RunConfig:
         combine=params["combine"],
         min_margin=params["min_margin"],
         keep_truncated=params["keep_truncated"],
+        answer_column=params["answer_column"],
+        sft=params["sft"] or params.get("sft_out") is not None,
         command=redacted_command(sys.argv[1:]),
     )
+    from rsample.workers.backends.answers import is_verifier
     from rsample.workers.backends.models import check_policy, check_reward_model, policy_sampling_defaults
     from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
 
@@ -138,7 +147,8 @@ def build_config(params: dict) -> RunConfig:
             "sampling: %s", ", ".join(f"{name}={getattr(sampling, name)} ({sources[name]})" for name in SAMPLING_FIELDS))
     if config.models.reward_backend != ZERO_COST_REWARD:
         for reward_model in config.reward_models:
-            check_reward_model(reward_model)
+            if not is_verifier(reward_model):
+                check_reward_model(reward_model)
     return config
 
 
@@ -179,23 +189,25 @@ def main(verbose: bool) -> None:
 @redis_url_option(required=False)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL of chosen/rejected pairs.")
 @click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path), help="JSONL with every scored candidate.")
+@click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
 @click.option("--generate-workers", type=int, default=1, show_default=True, help="Generation worker processes to start.")
 @click.option("--push-to-hub", "push_repo", help="Hub dataset repo to upload the results to (token from HF_TOKEN).")
 @click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 @overwrite_option
-def run(out, scores_out, generate_workers, push_repo, public, no_progress, overwrite, redis_url, **params) -> None:
+def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progress, overwrite, redis_url, **params) -> None:
     """Run the whole job on this machine (embedded Redis unless --redis-url) and exit when it is done.
 
     Re-running the same command after a crash resumes: rows already in the output are not generated again.
     """
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally, share_the_gpu
 
-    config = share_the_gpu(build_config(params), explicit_share=params["gpu_memory_utilization"] is not None)
-    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers,
+    config = share_the_gpu(build_config({**params, "sft_out": sft_out}), explicit_share=params["gpu_memory_utilization"] is not None)
+    options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite)
     config, summary = run_locally(config, options)
-    _report(config, summary, out, scores_out, push_repo, public)
+    _report(config, summary, out, scores_out, push_repo, public, sft_out)
 
 
 @main.command()
@@ -249,11 +261,13 @@ def report(pairs, scores, out_dir) -> None:
 @click.option("--run", "run_id", help="Run to aggregate (default: the latest run).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
 @click.option("--push-to-hub", "push_repo")
 @click.option("--public", is_flag=True)
 @click.option("--no-progress", is_flag=True)
 @overwrite_option
-def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress, overwrite) -> None:
+def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no_progress, overwrite) -> None:
     """Coordinate a run: feed its prompts to the workers and write the results; exits when every row is written.
 
     Run it where the dataset and the output live. Restarting it resumes from the output files.
@@ -269,8 +283,9 @@ def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress
 
     client = connect(redis_url)
     config = load_run(client, run_id)
-    check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite)
-    coordinator = Coordinator(client, config, out, scores_out, overwrite)
+    check_sft_out(config, sft_out)
+    check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out)
+    coordinator = Coordinator(client, config, out, scores_out, overwrite, sft_out)
     bars = StageBars(client, config.run_id, disable=no_progress)
     try:
         with logging_redirect_tqdm():
@@ -280,7 +295,7 @@ def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress
         bars.close()
     summary = coordinator.summary()
     expire_run(client, config.run_id)
-    _report(config, summary, out, scores_out, push_repo, public)
+    _report(config, summary, out, scores_out, push_repo, public, sft_out)
 
 
 @main.command()
@@ -288,20 +303,29 @@ def aggregate(redis_url, run_id, out, scores_out, push_repo, public, no_progress
 @click.option("--run", "run_id", required=True, help="Run to resume.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
 @click.option("--generate-workers", type=int, default=1, show_default=True)
 @click.option("--no-progress", is_flag=True)
 @overwrite_option
-def resume(redis_url, run_id, out, scores_out, generate_workers, no_progress, overwrite) -> None:
+def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_progress, overwrite) -> None:
     """Resume a run kept in Redis on this machine, with local workers (like `run` with its settings)."""
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.run_state import load_run
 
     config = load_run(connect(redis_url, patient=False), run_id)
-    options = LocalRunOptions(out=out, scores_out=scores_out, redis_url=redis_url, generate_workers=generate_workers,
+    check_sft_out(config, sft_out)
+    options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite)
     config, summary = run_locally(config, options)
-    _report(config, summary, out, scores_out, None, False)
+    _report(config, summary, out, scores_out, None, False, sft_out)
+
+
+def check_sft_out(config, sft_out: Path | None) -> None:
+    if sft_out is not None and not config.sft:
+        raise RsampleError(f"run {config.run_id} was made without --sft: its prompts with one distinct candidate were not scored, "
+                           "so --sft-out would miss them; enqueue the run with --sft")
 
 
 def default_report_dir(pairs: Path) -> Path:
@@ -327,10 +351,10 @@ def _echo_report(result) -> None:
     click.echo(f"report: {result.markdown} ({len(result.figures)} figures)")
 
 
-def _report(config, summary, out, scores_out, push_repo, public) -> None:
+def _report(config, summary, out, scores_out, push_repo, public, sft_out=None) -> None:
     from rsample.producer.driver.ledger import outcomes_path_for
 
-    written = [str(out), *([str(scores_out)] if scores_out else []), str(outcomes_path_for(out))]
+    written = [str(out), *([str(scores_out)] if scores_out else []), *([str(sft_out)] if sft_out else []), str(outcomes_path_for(out))]
     click.echo(f"run {config.run_id}: wrote {', '.join(written)}")
     for line in summary.lines():
         click.echo(line)
@@ -338,7 +362,7 @@ def _report(config, summary, out, scores_out, push_repo, public) -> None:
     if push_repo:
         from rsample.producer.driver.hub import push_to_hub
 
-        files = {"pairs": out, **({"scores": scores_out} if scores_out else {})}
+        files = {"pairs": out, **({"scores": scores_out} if scores_out else {}), **({"sft": sft_out} if sft_out else {})}
         click.echo(f"pushed to {push_to_hub(push_repo, config, summary, files, private=not public, report=report)}")
 
 

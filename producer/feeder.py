@@ -66,7 +66,7 @@ class Feeder:
         return item
 
     def _to_record(self, index: int, row: Any) -> PromptRecord | RowSkip:
-        return row if isinstance(row, RowSkip) else extract_prompt(row, index, self.config.data.system_prompt)
+        return row if isinstance(row, RowSkip) else extract_prompt(row, index, self.config.data.system_prompt, self.config.row_columns)
 
     def unsettled(self) -> list[PromptRecord]:
         """The handed-out prompts whose rows are not written yet (the settled ones are forgotten on the way)."""

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from rsample.workers.common import defaults
 from rsample.workers.common.messages import Conversation, PromptRecord
 
 ROLES = ("system", "user", "assistant")
@@ -56,11 +57,13 @@ def _with_system_prompt(messages: Conversation, system_prompt: str | None) -> Co
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
-def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None) -> PromptRecord | RowSkip:
+def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, columns: tuple[str, ...] = ()) -> PromptRecord | RowSkip:
     """Reads the open-instruct `messages` shape or a plain `prompt` string.
 
     With `messages`, a final assistant turn is the dataset's reference completion and the prompt is
-    everything before it; the prompt must end with a user turn.
+    everything before it; the prompt must end with a user turn. `columns`: the row's columns its rewards read
+    (a ground truth, say), kept with the prompt as they are; a row without one is no skip here (the reward that
+    needs it says so), one whose columns would make too large a message is.
     """
     if not isinstance(row, dict):
         return RowSkip(row_index, "row is not an object", f"row {row_index}: {type(row).__name__}")
@@ -91,4 +94,11 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None) -
     if not messages or messages[-1]["role"] != "user":
         return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: last prompt role is {messages[-1]['role'] if messages else 'none'}")
     messages = _with_system_prompt(messages, system_prompt)
-    return PromptRecord(prompt_id_of(messages), messages, reference, row_index)
+    kept = {name: row[name] for name in columns if row.get(name) is not None} or None
+    if kept is not None:
+        size = len(json.dumps(kept, ensure_ascii=False, default=str).encode("utf-8"))
+        if size > defaults.MAX_ROW_COLUMNS_BYTES:
+            return RowSkip(row_index, "reward columns too large",
+                           f"row {row_index}: columns {', '.join(kept)} take {size} bytes (at most {defaults.MAX_ROW_COLUMNS_BYTES})")
+        kept = json.loads(json.dumps(kept, ensure_ascii=False, default=str))  # plain JSON values, as on the wire
+    return PromptRecord(prompt_id_of(messages), messages, reference, row_index, kept)

@@ -108,3 +108,37 @@ def test_a_tie_carries_no_preference_and_is_counted():
     batch = GeneratedBatch("r8", [prompt("tie", ["a", "b"])])
     outcome = aggregate_batch(config(), batch, verdicts({"tie": [2.0, 2.0]}, {"tie": [-1.0, -1.0]}))
     assert outcome.rows == [] and outcome.outcomes == [Outcome(8, "tie", DROPPED_TIE)]
+
+
+def test_the_sft_row_is_the_best_eligible_candidate_even_where_no_pair_is_written():
+    """--sft: one row per prompt with its best finished candidate: with one distinct candidate, on a tie, beside a pair."""
+    sft = config(sft=True, combine="mean")
+    batch = GeneratedBatch("r0", [
+        prompt("same", ["only answer"]),  # every sample identical: no pair, but an SFT example
+        prompt("tie", ["x", "y"]),
+        prompt("pair", ["good", "bad", "cut"], finish=["stop", "stop", "length"]),
+        prompt("cut", ["cut one"], finish=["length"]),  # cut at --max-new-tokens: never an example
+    ])
+    scores = {"same": [0.4], "tie": [1.0, 1.0], "pair": [0.5, 0.1, 0.9], "cut": [2.0]}
+    result = aggregate_batch(sft, batch, verdicts(scores, scores))
+    kinds = {o.prompt_id: o.outcome for o in result.outcomes}
+    assert kinds == {"same": DROPPED_IDENTICAL, "tie": DROPPED_TIE, "pair": PAIR, "cut": DROPPED_IDENTICAL}
+    examples = {row["prompt_id"]: row for row in result.sft_rows}
+    assert set(examples) == {"same", "tie", "pair"}
+    assert examples["same"]["messages"] == [{"role": "user", "content": "same"}, {"role": "assistant", "content": "only answer"}]
+    assert examples["same"]["score"] == {"rm-a": 0.4, "rm-b": 0.4} and examples["same"]["num_unique"] == 1
+    assert examples["tie"]["messages"][-1]["content"] == "x"  # the first of equals, as the pair's choice
+    assert examples["pair"]["messages"][-1]["content"] == "good"  # "cut" scores higher but was cut off
+    without = aggregate_batch(config(combine="mean"), GeneratedBatch("r1", [prompt("same", ["only answer"])]), [])
+    assert without.sft_rows == [] and without.outcomes[0].outcome == DROPPED_IDENTICAL  # not scored without --sft
+
+
+def test_with_a_verifier_only_a_verified_best_makes_an_sft_row():
+    verified = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("verify:math", "rm"), sft=True)
+    assert verified.combine == "lexicographic"
+    batch = GeneratedBatch("r0", [prompt("a", ["right", "wrong"]), prompt("b", ["wrong", "also wrong"])])
+    per_model = [{"a": {"scores": [1.0, 0.0], "skip_reason": None}, "b": {"scores": [0.0, 0.0], "skip_reason": None}},
+                 {"a": {"scores": [0.1, 0.9], "skip_reason": None}, "b": {"scores": [0.3, 0.2], "skip_reason": None}}]
+    result = aggregate_batch(verified, batch, per_model)
+    assert [(row["prompt_id"], row["messages"][-1]["content"]) for row in result.sft_rows] == [("a", "right")]
+    assert [(o.prompt_id, o.outcome) for o in result.outcomes] == [("a", PAIR), ("b", PAIR)]  # b: the reward model breaks the tie

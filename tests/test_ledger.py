@@ -103,3 +103,23 @@ def test_outcome_files_from_before_data_end_are_still_repaired(tmp_path):
     assert reopened.rows == {0}
     reopened.close()
     assert [row["prompt_id"] for row in lines(tmp_path / "pairs.jsonl")] == ["a"]
+
+
+def test_the_sft_file_is_committed_with_the_rest_and_cut_back_after_a_crash(tmp_path):
+    ledger = Ledger(tmp_path / "pairs.jsonl", None, "run1", sft_out=tmp_path / "sft.jsonl")
+    ledger.commit([Outcome(0, "a", PAIR)], [pair("a")], [], [{"prompt_id": "a", "messages": []}])
+    ledger.close()
+    with (tmp_path / "sft.jsonl").open("a") as handle:  # a crash after the SFT row of "b", before its outcome
+        handle.write(json.dumps({"prompt_id": "b", "messages": []}) + "\n")
+    reopened = Ledger(tmp_path / "pairs.jsonl", None, "run1", sft_out=tmp_path / "sft.jsonl")
+    assert [row["prompt_id"] for row in lines(tmp_path / "sft.jsonl")] == ["a"]
+    reopened.commit([Outcome(1, "b", PAIR), Outcome(2, "c", SKIPPED, "why")], [pair("b")], [], [{"prompt_id": "b", "messages": []}])
+    reopened.close()
+    assert [row["prompt_id"] for row in lines(tmp_path / "sft.jsonl")] == ["a", "b"]
+
+
+def test_the_sft_file_may_not_be_another_output(tmp_path):
+    from rsample.producer.driver.ledger import check_outputs
+
+    with pytest.raises(RsampleError, match="--out and --sft-out are the same file"):
+        check_outputs("r", tmp_path / "pairs.jsonl", None, sft_out=tmp_path / "pairs.jsonl")

@@ -31,9 +31,46 @@ def test_standardized_weighs_every_model_the_same_whatever_its_scale():
     assert standardized_scores([[2.0, 2.0]]) == [0.0, 0.0]  # a model that cannot tell them apart says nothing
 
 
-def test_several_models_default_to_a_scale_free_combination():
-    assert default_combine(1) == "mean"
-    assert default_combine(2) == "standardized"
+def test_several_models_default_to_a_scale_free_combination_or_to_correctness_first():
+    assert default_combine(("rm",)) == "mean"
+    assert default_combine(("rm", "rm2")) == "standardized"
+    assert default_combine(("verify:math", "rm")) == "lexicographic"  # a verifier first: the usual reasoning recipe
+    assert default_combine(("rm", "verify:math")) == "standardized"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_lexicographic_picks_the_first_and_last_candidates_of_the_tuple_order(seed):
+    """The first model decides, the next breaks its ties: against a sort of (score tuple, -index) done here."""
+    import random
+
+    rng = random.Random(seed)
+    count = rng.randint(2, 7)
+    verifier = [float(rng.random() < 0.5) for _ in range(count)]
+    reward = [float(rng.choice([1, 2, 3])) for _ in range(count)]
+    eligible = [rng.random() < 0.8 for _ in range(count)]
+    picked = select_pair([verifier, reward], "lexicographic", eligible)
+    candidates = [i for i in range(count) if eligible[i]]
+    if not candidates:
+        assert picked.dropped == "unfinished" and picked.chosen is None
+        return
+    best = max(candidates, key=lambda i: ((verifier[i], reward[i]), -i))
+    worst = max([i for i in range(count) if i != best], key=lambda i: ((-verifier[i], -reward[i]), -i))
+    assert (picked.chosen, picked.rejected) == (best, worst)
+    gaps = [a - b for a, b in zip((verifier[best], reward[best]), (verifier[worst], reward[worst])) if a != b]
+    if not gaps:
+        assert picked.dropped == "tie"
+    else:
+        assert picked.margin == gaps[0] and picked.dropped == (None if gaps[0] > 0 else "unfinished")
+    assert picked.combined == verifier  # the decider's scores
+
+
+def test_lexicographic_prefers_a_verified_answer_however_the_reward_model_rates_it():
+    verifier, reward = [0.0, 1.0, 0.0, 1.0], [9.0, -3.0, 5.0, -1.0]
+    picked = select_pair([verifier, reward], "lexicographic")
+    assert (picked.chosen, picked.rejected, picked.margin) == (3, 2, 1.0)  # verified and preferred; wrong and least preferred
+    assert select_pair([verifier, reward], "standardized").chosen == 0  # averaging lets the reward model overrule correctness
+    all_right = select_pair([[1.0, 1.0, 1.0], [2.0, 7.0, 4.0]], "lexicographic")
+    assert (all_right.chosen, all_right.rejected, all_right.margin) == (1, 0, 5.0)  # the reward model breaks the tie
 
 
 def test_vote_follows_the_majority_of_models():

@@ -61,11 +61,12 @@ class Collector:
             combined.outcomes += result.outcomes
             combined.rows += result.rows
             combined.score_rows += result.score_rows
+            combined.sft_rows += result.sft_rows
             returned += batch_returned
             if "batch_id" in fields:
                 cleanup += [self.keys.batch(fields["batch_id"]), self.keys.scores(fields["batch_id"])]
         self.before_commit()
-        fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows)
+        fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows, combined.sft_rows)
         new_ids = {outcome.prompt_id for outcome in fresh}
         self.live.add([r for r in combined.rows if r["prompt_id"] in new_ids], [r for r in combined.score_rows if r["prompt_id"] in new_ids])
         with self.client.pipeline() as pipe:
@@ -124,6 +125,6 @@ class Collector:
             return BatchOutcome(), 0
         batch = GeneratedBatch.from_dict(json.loads(raw))
         verdicts = []
-        if failure is None and any(p.needs_scoring for p in batch.prompts):
+        if failure is None and any(p.needs_scoring(self.config.min_candidates_scored) for p in batch.prompts):
             verdicts = [json.loads(stored_scores[str(m).encode()]) for m in range(len(self.config.reward_models))]
         return aggregate_batch(self.config, batch, verdicts, failure), len(batch.prompts)

@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 
 class Coordinator:
     def __init__(self, client: redis.Redis, config: RunConfig, out: str | Path, scores_out: str | Path | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, sft_out: str | Path | None = None):
         self.client = client
         self.config = config
         self.keys = RunKeys(config.run_id)
         self.lock = RunLock(client, self.keys.coordinator_lock, config.run_id).acquire()  # kept alive from here on
         try:
-            self.ledger = Ledger(out, scores_out, config.run_id, overwrite)
+            self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out)
             self.feeder = Feeder(client, config, self.ledger)
         except BaseException:
             self.lock.release()

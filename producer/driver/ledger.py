@@ -1,6 +1,6 @@
 """The output files and their commit record: what became of every row of the dataset, written once.
 
-`pairs.jsonl` and `scores.jsonl` hold the data; `pairs.outcomes.jsonl` holds one line per dataset row
+`pairs.jsonl`, `scores.jsonl` and the SFT file hold the data; `pairs.outcomes.jsonl` holds one line per dataset row
 (pair, dropped, skipped with its reason, or duplicate of an earlier row). A row's outcome line is written
 after its data, so it is the commit: on start-up, data rows whose outcome never made it to disk are
 removed, half-written lines are cut, and every row with an outcome is never produced again. This is what
@@ -43,13 +43,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple[Path, ...] = (), overwrite: bool = False) -> None:
+def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple[Path, ...] = (), overwrite: bool = False,
+                  sft_out: Path | None = None) -> None:
     """Refuses, before any work and in one line, outputs that would destroy a file that is not this run's output.
 
     The files may be this run's (a resume); anything else that exists and holds data is kept unless `overwrite`.
     An input (the dataset) may never be an output, with or without `overwrite`.
     """
-    outputs = {"--out": out, "--scores-out": scores_out, "the outcomes file": outcomes_path_for(out)}
+    outputs = {"--out": out, "--scores-out": scores_out, "--sft-out": sft_out, "the outcomes file": outcomes_path_for(out)}
     outputs = {name: Path(path) for name, path in outputs.items() if path is not None}
     for name, path in outputs.items():
         for source in inputs:
@@ -123,10 +124,12 @@ class Ledger:
     where the data files end (`data_end`); on resume, whatever lies beyond (data whose outcomes never made it) is
     cut off, without parsing a single data row."""
 
-    def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False):
+    def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False,
+                 sft_out: str | Path | None = None):
         """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse."""
         self.out = Path(out)
         self.scores_out = Path(scores_out) if scores_out else None
+        self.sft_out = Path(sft_out) if sft_out else None
         self.outcomes_path = outcomes_path_for(self.out)
         self.run_id = run_id
         self.rows: set[int] = set()
@@ -134,13 +137,14 @@ class Ledger:
         self.prompt_ids: set[str] = set()
         self._outcome_counts: Counter = Counter()
         self._skip_reasons: Counter = Counter()
-        check_outputs(run_id, self.out, self.scores_out, overwrite=overwrite)
+        check_outputs(run_id, self.out, self.scores_out, overwrite=overwrite, sft_out=self.sft_out)
         self._load()
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        if self.scores_out:
-            self.scores_out.parent.mkdir(parents=True, exist_ok=True)
+        for path in (self.out, self.scores_out, self.sft_out):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
         self._pairs = self.out.open("ab")
         self._scores = self.scores_out.open("ab") if self.scores_out else None
+        self._sft = self.sft_out.open("ab") if self.sft_out else None
         self._outcomes = self.outcomes_path.open("ab")
         if self._outcomes.tell() == 0:
             self._append(self._outcomes, [{"rsample_run": run_id}])
@@ -148,7 +152,7 @@ class Ledger:
 
     def _load(self) -> None:
         if output_owner(self.out) != self.run_id:  # a fresh run: `check_outputs` allowed replacing what is there
-            for path in (self.out, self.scores_out, self.outcomes_path):
+            for path in (self.out, self.scores_out, self.sft_out, self.outcomes_path):
                 if path is not None and path.exists():
                     path.unlink()
             return
@@ -177,8 +181,10 @@ class Ledger:
         if legacy:  # written before commits recorded `data_end`
             _keep_committed(self.out, self.prompt_ids, key=lambda row: row["prompt_id"])
             _keep_committed(self.scores_out, self.prompt_ids, key=lambda row: (row["prompt_id"], row["completion_index"]))
+            _keep_committed(self.sft_out, self.prompt_ids, key=lambda row: row["prompt_id"])
             return
-        for path, end in ((self.out, data_end["pairs"]), (self.scores_out, data_end["scores"])):
+        ends = ((self.out, data_end["pairs"]), (self.scores_out, data_end["scores"]), (self.sft_out, data_end.get("sft", 0)))
+        for path, end in ends:
             if path is None or not path.exists():
                 continue
             size = path.stat().st_size
@@ -203,7 +209,7 @@ class Ledger:
         if outcome.outcome == SKIPPED:
             self._skip_reasons[outcome.reason] += 1
 
-    def commit(self, outcomes: list[Outcome], pairs: list[dict], scores: list[dict]) -> list[Outcome]:
+    def commit(self, outcomes: list[Outcome], pairs: list[dict], scores: list[dict], sft: list[dict] = ()) -> list[Outcome]:
         """Writes what is new, data first and outcomes last, each made durable; returns the new outcomes.
 
         The same prompt may come twice in one call (a batch delivered twice): its first rows win. The last outcome
@@ -219,8 +225,10 @@ class Ledger:
         new_ids = {o.prompt_id for o in fresh}
         self._append(self._scores, _first_of_each([r for r in scores if r["prompt_id"] in new_ids], lambda r: (r["prompt_id"], r["completion_index"])))
         self._append(self._pairs, _first_of_each([r for r in pairs if r["prompt_id"] in new_ids], lambda r: r["prompt_id"]))
+        self._append(self._sft, _first_of_each([r for r in sft if r["prompt_id"] in new_ids], lambda r: r["prompt_id"]))
         lines = [asdict(o) for o in fresh]
-        lines[-1]["data_end"] = {"pairs": self._pairs.tell(), "scores": self._scores.tell() if self._scores else 0}
+        lines[-1]["data_end"] = {"pairs": self._pairs.tell(), "scores": self._scores.tell() if self._scores else 0,
+                                 "sft": self._sft.tell() if self._sft else 0}
         self._append(self._outcomes, lines)
         return fresh
 
@@ -237,6 +245,6 @@ class Ledger:
         return Counter(self._outcome_counts), Counter(self._skip_reasons)
 
     def close(self) -> None:
-        for handle in (self._pairs, self._scores, self._outcomes):
+        for handle in (self._pairs, self._scores, self._sft, self._outcomes):
             if handle is not None:
                 handle.close()

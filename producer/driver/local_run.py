@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 class LocalRunOptions:
     out: Path
     scores_out: Path | None = None
+    sft_out: Path | None = None
     redis_url: str | None = None
     generate_workers: int = 1
     progress: bool = True
@@ -116,14 +117,15 @@ def share_the_gpu(config: RunConfig, explicit_share: bool) -> RunConfig:
 
 def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig, Summary]:
     """Runs (or resumes: same settings, same output files) a whole run; returns its settings and summary."""
-    check_outputs(config.run_id or run_id_for(config), options.out, options.scores_out, dataset_files(config), options.overwrite)
+    check_outputs(config.run_id or run_id_for(config), options.out, options.scores_out, dataset_files(config), options.overwrite,
+                  options.sft_out)
     with ExitStack() as stack:
         redis_url = options.redis_url
         if redis_url is None:
             redis_url = stack.enter_context(EmbeddedRedis()).url
         client = connect(redis_url)
         config, existed = register_run(client, config)
-        coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite)
+        coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite, options.sft_out)
         stack.callback(coordinator.close)
         done = len(coordinator.ledger.rows)
         if existed or done:

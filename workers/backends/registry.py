@@ -44,5 +44,13 @@ def load_generator(config: RunConfig) -> GenerationBackend:
     return backend_class(GENERATION_BACKENDS, config.models.generation_backend).from_run(config)
 
 
+VERIFIER = f"{_PACKAGE}.verifiers:AnswerVerifier"
+"""`--reward-model verify:...`: an answer checker, whatever the run's reward backend."""
+
+
 def load_reward_backend(config: RunConfig, model_index: int) -> RewardBackend:
+    from rsample.workers.backends.answers import is_verifier
+
+    if is_verifier(config.reward_models[model_index]):
+        return backend_class({"verify": VERIFIER}, "verify").from_run(config, model_index)
     return backend_class(REWARD_BACKENDS, config.models.reward_backend).from_run(config, model_index)

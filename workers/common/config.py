@@ -10,16 +10,20 @@ import json
 from dataclasses import dataclass, field
 
 from rsample.workers.backends import registry as backend_registry
+from rsample.workers.backends.answers import check_verifier, is_verifier
 from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError
 
-COMBINE_METHODS = ("mean", "standardized", "vote")
+COMBINE_METHODS = ("mean", "standardized", "vote", "lexicographic")
 """How several reward models' scores combine: see `rsample.workers.stages.selection`."""
 
 
-def default_combine(num_reward_models: int) -> str:
-    """Scale-free as soon as there is more than one reward model; the raw score (same order, same units) with one."""
-    return "mean" if num_reward_models == 1 else "standardized"
+def default_combine(reward_models: tuple[str, ...]) -> str:
+    """The raw score (same order, same units) with one reward model; with several, correctness first when the first
+    is a verifier, else scale-free."""
+    if len(reward_models) == 1:
+        return "mean"
+    return "lexicographic" if is_verifier(reward_models[0]) else "standardized"
 
 GENERATION_BACKENDS = tuple(backend_registry.GENERATION_BACKENDS)
 REWARD_BACKENDS = tuple(backend_registry.REWARD_BACKENDS)
@@ -183,6 +187,11 @@ class RunConfig:
     min_margin: float | None = None
     keep_truncated: bool = False
     """Let a completion cut at --max-new-tokens (or empty) be the chosen one, as before such completions were barred."""
+    answer_column: str = defaults.ANSWER_COLUMN
+    """The dataset column holding each row's ground truth, for `verify:` rewards."""
+    sft: bool = False
+    """Also keep each prompt's best candidate for supervised fine-tuning (`--sft-out`): prompts with one distinct
+    candidate are scored too."""
     command: str = ""
     created_at: float = 0.0
 
@@ -191,14 +200,27 @@ class RunConfig:
             raise RsampleError("at least one --reward-model is required")
         if len(set(self.reward_models)) != len(self.reward_models):
             raise RsampleError(f"--reward-model given twice: {', '.join(self.reward_models)}")
+        for spec in self.reward_models:
+            if is_verifier(spec):
+                check_verifier(spec)
         if self.combine is None:
-            object.__setattr__(self, "combine", default_combine(len(self.reward_models)))
+            object.__setattr__(self, "combine", default_combine(self.reward_models))
         if self.combine not in COMBINE_METHODS:
             raise RsampleError(f"--combine must be one of {', '.join(COMBINE_METHODS)} (got {self.combine!r})")
         if self.prompts_per_job < 1:
             raise RsampleError(f"--batch-size must be at least 1 (got {self.prompts_per_job})")
         if self.min_margin is not None and self.min_margin < 0:
             raise RsampleError(f"--min-margin must be >= 0 (got {self.min_margin})")
+
+    @property
+    def row_columns(self) -> tuple[str, ...]:
+        """The dataset columns the rewards read, which travel with each prompt to the reward workers."""
+        return (self.answer_column,) if any(is_verifier(spec) for spec in self.reward_models) else ()
+
+    @property
+    def min_candidates_scored(self) -> int:
+        """A prompt with fewer distinct candidates is not scored: no pair (and, without --sft-out, no row) needs it."""
+        return 1 if self.sft else 2
 
     def output_settings(self) -> dict:
         """The settings that decide what a run writes: the same ones always give the same run id."""

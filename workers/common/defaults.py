@@ -118,3 +118,9 @@ LIVE_PROGRESS_STALE = 120.0
 
 VLLM_GPU_MEMORY_UTILIZATION = 0.9
 """Share of a GPU's memory a vLLM engine takes (weights and KV cache) when it has the GPU to itself: vLLM's own default."""
+
+ANSWER_COLUMN = "answer"
+"""The dataset column `verify:` rewards read the ground truth from (`--answer-column`)."""
+
+MAX_ROW_COLUMNS_BYTES = 65536
+"""Most bytes (as JSON) of the columns a row carries to the reward workers: a larger row is skipped, with its reason."""

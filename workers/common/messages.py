@@ -21,6 +21,8 @@ class PromptRecord:
     messages: Conversation
     reference_completion: str | None = None
     row_index: int = -1
+    columns: dict[str, Any] | None = None
+    """The row's columns that its rewards read (its ground truth for `verify:`), as they are in the dataset."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PromptRecord:
@@ -51,9 +53,8 @@ class GeneratedPrompt:
     num_candidates: int = 0
     skip_reason: str | None = None
 
-    @property
-    def needs_scoring(self) -> bool:
-        return self.skip_reason is None and len(self.candidates) >= 2
+    def needs_scoring(self, min_candidates: int = 2) -> bool:
+        return self.skip_reason is None and len(self.candidates) >= min_candidates
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GeneratedPrompt:

@@ -24,7 +24,8 @@ from rsample.workers.common.messages import (
     PromptScores,
 )
 from rsample.workers.stages import selection
-from rsample.workers.stages.output import pair_row, score_rows
+from rsample.workers.backends.answers import is_verifier
+from rsample.workers.stages.output import pair_row, score_rows, sft_row
 
 DROP_OUTCOMES = {selection.UNFINISHED: DROPPED_UNFINISHED, selection.TIE: DROPPED_TIE, selection.DISAGREEMENT: DROPPED_DISAGREEMENT}
 
@@ -34,6 +35,7 @@ class BatchOutcome:
     outcomes: list[Outcome] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     score_rows: list[dict] = field(default_factory=list)
+    sft_rows: list[dict] = field(default_factory=list)
 
 
 def may_be_chosen(candidate: Candidate, keep_truncated: bool) -> bool:
@@ -44,14 +46,20 @@ def may_be_chosen(candidate: Candidate, keep_truncated: bool) -> bool:
 
 
 def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[PromptScores], result: BatchOutcome) -> str:
-    """Adds the prompt's score rows and pair (if any) to `result`; returns its outcome."""
+    """Adds the prompt's score rows, its pair and its SFT row (if any) to `result`; returns its outcome."""
     scores_by_model = [v.scores for v in per_model]
     result.score_rows.extend(score_rows(prompt, scores_by_model, config.reward_models))
     usable = [c for c in range(len(prompt.candidates)) if all(scores[c] is not None for scores in scores_by_model)]
-    if len(usable) < 2:  # the others were longer than some reward model's context
-        return "fewer than two candidates fit every reward model's context"
     usable_scores = [[scores[c] for c in usable] for scores in scores_by_model]
     eligible = [may_be_chosen(prompt.candidates[c], config.keep_truncated) for c in usable]
+    if config.sft and usable:
+        best = best_for_sft(config, usable_scores, eligible)
+        if best is not None:
+            result.sft_rows.append(sft_row(prompt, usable[best], scores_by_model, config.reward_models))
+    if len(prompt.candidates) < 2:
+        return DROPPED_IDENTICAL
+    if len(usable) < 2:  # the others were longer than some reward model's context
+        return "fewer than two candidates fit every reward model's context"
     picked = selection.select_pair(usable_scores, config.combine, eligible)
     if picked.dropped is not None:
         return DROP_OUTCOMES[picked.dropped]
@@ -59,6 +67,20 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
         return DROPPED_MARGIN
     result.rows.append(pair_row(prompt, usable[picked.chosen], usable[picked.rejected], scores_by_model, config.reward_models))
     return PAIR
+
+
+def best_for_sft(config: RunConfig, scores_by_model: list[list[float]], eligible: list[bool]) -> int | None:
+    """The candidate the pair would choose (by `--combine`), among the eligible ones; with verifiers in the run, only
+    if it passed every one of them (a supervised example must be right). One candidate alone is its own best."""
+    candidates = [i for i, ok in enumerate(eligible) if ok]
+    if not candidates:
+        return None
+    if len(eligible) == 1:
+        best = 0
+    else:
+        best = selection.select_pair(scores_by_model, config.combine, eligible).chosen
+    verified = all(scores[best] == 1.0 for spec, scores in zip(config.reward_models, scores_by_model) if is_verifier(spec))
+    return best if verified else None
 
 
 def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dict[str, dict]], failure: str | None = None) -> BatchOutcome:
@@ -73,7 +95,7 @@ def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dic
         if prompt.skip_reason is not None:
             settle(SKIPPED, prompt.skip_reason)
             continue
-        if not prompt.needs_scoring:
+        if not prompt.needs_scoring(config.min_candidates_scored):
             settle(DROPPED_IDENTICAL)
             continue
         if failure is not None:
@@ -85,7 +107,7 @@ def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dic
             settle(SKIPPED, reasons[0])
             continue
         outcome = settle_prompt(config, prompt, per_model, result)
-        if outcome in (PAIR, DROPPED_MARGIN, *DROP_OUTCOMES.values()):
+        if outcome in (PAIR, DROPPED_MARGIN, DROPPED_IDENTICAL, *DROP_OUTCOMES.values()):
             settle(outcome)
         else:
             settle(SKIPPED, outcome)

@@ -50,14 +50,14 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     generated = [merge_candidates(r, res, config.include_reference) for r, res in zip(records, results)]
     completions = sum(len(res.completions) for res in results)
     tokens = sum(c.num_tokens for res in results for c in res.completions)
-    needs_scoring = any(p.needs_scoring for p in generated)
+    needs_scoring = any(p.needs_scoring(config.min_candidates_scored) for p in generated)
     if not client.set(keys.batch(batch_id), GeneratedBatch(batch_id, generated).to_json(), nx=True):
         # This job ran before (its worker lost Redis past the heartbeat TTL, and the job was requeued). Sampling is
         # not bit-reproducible, so this run's texts differ: the first payload wins, and scores given to it stay right.
         log.warning("batch %s of run %s was generated before: keeping the first result", batch_id, run_id)
         first = client.get(keys.batch(batch_id))
         if first is not None:  # hand the first result on again, in case its run died right after writing it (idempotent)
-            if any(p.needs_scoring for p in GeneratedBatch.from_dict(json.loads(first)).prompts):
+            if any(p.needs_scoring(config.min_candidates_scored) for p in GeneratedBatch.from_dict(json.loads(first)).prompts):
                 enqueue_scoring(client, config, batch_id)
             else:
                 client.xadd(keys.ready, {"batch_id": batch_id})
@@ -69,7 +69,7 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
         pipe.hincrby(keys.stats, "completions_generated", completions)
         pipe.hincrby(keys.stats, "tokens_generated", tokens)
         pipe.hincrbyfloat(keys.stats, "generation_seconds", seconds)
-        pipe.hincrby(keys.stats, "rows_scored", sum(not p.needs_scoring for p in generated))
+        pipe.hincrby(keys.stats, "rows_scored", sum(not p.needs_scoring(config.min_candidates_scored) for p in generated))
         if not needs_scoring:
             pipe.xadd(keys.ready, {"batch_id": batch_id})
         pipe.execute()

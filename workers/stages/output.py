@@ -34,6 +34,20 @@ def pair_row(prompt: GeneratedPrompt, chosen_index: int, rejected_index: int, sc
     }
 
 
+def sft_row(prompt: GeneratedPrompt, best_index: int, scores_by_model: list[list[float | None]],
+            model_names: tuple[str, ...]) -> dict[str, Any]:
+    """One supervised fine-tuning example: the prompt and its best candidate, in the `messages` shape trainers read."""
+    best = prompt.candidates[best_index]
+    return {
+        "prompt_id": prompt.prompt.prompt_id,
+        "messages": [*prompt.prompt.messages, {"role": "assistant", "content": best.text}],
+        "score": _by_model(model_names, scores_by_model, best_index),
+        "is_reference": best.is_reference,
+        "num_candidates": prompt.num_candidates,
+        "num_unique": len(prompt.candidates),
+    }
+
+
 def score_rows(prompt: GeneratedPrompt, scores_by_model: list[list[float]], model_names: tuple[str, ...]) -> list[dict[str, Any]]:
     return [
         {

@@ -17,29 +17,44 @@ log = logging.getLogger(__name__)
 
 def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: list[GeneratedPrompt]) -> dict[str, dict]:
     """Scores all prompts at once; if that raises, one by one, so that a prompt the reward model cannot take is
-    skipped with its error and the others keep their scores. A broken worker fails the job instead."""
+    skipped with its error and the others keep their scores. A broken worker fails the job instead.
+
+    A backend that reads the rows' columns (`needs_columns`, as verifiers do) gets them, and a prompt whose row
+    lacks what it needs (`missing_reason`) is skipped with that reason, unscored."""
+    needs_columns = getattr(backend, "needs_columns", False)
+    missing = {p.prompt.prompt_id: backend.missing_reason(p.prompt.columns) for p in prompts} if needs_columns else {}
+    scorable = [p for p in prompts if missing.get(p.prompt.prompt_id) is None]
+
     def conversations(prompt: GeneratedPrompt) -> list[Conversation]:
         return [[*prompt.prompt.messages, {"role": "assistant", "content": c.text}] for c in prompt.candidates]
 
+    def score(batch) -> list[float | None]:
+        flat = [c for p in batch for c in conversations(p)]
+        if needs_columns:
+            return backend.score(flat, [p.prompt.columns for p in batch for _ in p.candidates])
+        return backend.score(flat)
+
     def score_all(batch) -> list[list[float | None]]:
-        flat, position, per_prompt = backend.score([c for p in batch for c in conversations(p)]), 0, []
+        flat, position, per_prompt = score(batch), 0, []
         for prompt in batch:
             per_prompt.append(flat[position:position + len(prompt.candidates)])
             position += len(prompt.candidates)
         return per_prompt
 
-    verdicts = run_isolating_failures(
-        prompts,
+    verdicts = dict(zip((p.prompt.prompt_id for p in scorable), run_isolating_failures(
+        scorable,
         run_all=score_all,
-        run_one=lambda prompt: backend.score(conversations(prompt)),
+        run_one=lambda prompt: score([prompt]),
         skipped=lambda prompt, error: PromptScores(skip_reason=f"reward model {model_index} failed: {error}"),
         what=f"reward model {model_index}",
-    )
+    ))) if scorable else {}
     # None for a candidate longer than the model's context: the aggregation drops that candidate, not the prompt
-    return {
-        prompt.prompt.prompt_id: (verdict if isinstance(verdict, PromptScores) else PromptScores(scores=verdict)).__dict__
-        for prompt, verdict in zip(prompts, verdicts)
-    }
+    result = {}
+    for prompt in prompts:
+        prompt_id = prompt.prompt.prompt_id
+        verdict = verdicts.get(prompt_id) if prompt_id in verdicts else PromptScores(skip_reason=missing[prompt_id])
+        result[prompt_id] = (verdict if isinstance(verdict, PromptScores) else PromptScores(scores=verdict)).__dict__
+    return result
 
 
 def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
@@ -54,7 +69,7 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
         log.info("batch %s of run %s is already written", batch_id, run_id)
         return {"scored": 0}
     batch = GeneratedBatch.from_dict(json.loads(raw))
-    to_score = [p for p in batch.prompts if p.needs_scoring]
+    to_score = [p for p in batch.prompts if p.needs_scoring(context.config.min_candidates_scored)]
     started = time.perf_counter()
     with context.broken_by_device_faults():
         verdicts = score_isolating_failures(backend, model_index, to_score)

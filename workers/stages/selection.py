@@ -7,8 +7,12 @@ How several reward models combine (`--combine`):
   (minus their mean, over their standard deviation), then averaged: every model weighs the same, whatever its scale.
 - `vote`: open-instruct's majority vote, each model voting for its best and its worst candidate; a pair whose
   chosen does not also have the higher standardized score is dropped (the models disagree).
+- `lexicographic` (the default when the first reward is a verifier and there are several): the first model
+  decides, the next breaks its ties, and so on: correctness first, preference second. The chosen is the best
+  verified candidate by the reward model, the rejected the worst candidate by the same order.
 The margin (`--min-margin`) and ties are measured on the combined score: raw units with `mean`, standard
-deviations with `standardized` and `vote`.
+deviations with `standardized` and `vote`. With `lexicographic`, the combined score is the first model's, and
+the margin is measured on the first model whose scores of chosen and rejected differ (in its raw units).
 """
 
 from __future__ import annotations
@@ -34,12 +38,10 @@ class Selection:
     chosen: int | None
     rejected: int | None
     combined: list[float]
-    """Each candidate's combined score; the margin is measured on it."""
+    """Each candidate's combined score."""
     dropped: str | None = None
-
-    @property
-    def margin(self) -> float:
-        return self.combined[self.chosen] - self.combined[self.rejected]
+    margin: float = 0.0
+    """How much better the chosen is than the rejected (see the module's doc for the units)."""
 
 
 def mean_scores(scores_by_model: list[list[float]]) -> list[float]:
@@ -72,22 +74,39 @@ def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[
     if method not in COMBINE_METHODS:
         raise ValueError(f"unknown combination {method!r}")
     eligible = eligible if eligible is not None else [True] * count
-    combined = mean_scores(scores_by_model) if method == "mean" else standardized_scores(scores_by_model)
     candidates = [i for i in range(count) if eligible[i]]
+    if method == "lexicographic":
+        return _lexicographic(scores_by_model, candidates)
+    combined = mean_scores(scores_by_model) if method == "mean" else standardized_scores(scores_by_model)
     if not candidates:
         return Selection(None, None, combined, UNFINISHED)
     if method == "vote":
         best_votes, worst_votes = [0] * count, [0] * count
         for scores in scores_by_model:
-            best_votes[_best(candidates, lambda i: scores[i])] += 1
-            worst_votes[_best(list(range(count)), lambda i: -scores[i])] += 1
+            best_votes[_best(candidates, lambda i, scores=scores: scores[i])] += 1
+            worst_votes[_best(list(range(count)), lambda i, scores=scores: -scores[i])] += 1
         chosen = _best(candidates, lambda i: (best_votes[i], combined[i]))
         rejected = _best([i for i in range(count) if i != chosen], lambda i: (worst_votes[i], -combined[i]))
     else:
         chosen = _best(candidates, lambda i: combined[i])
         rejected = _best([i for i in range(count) if i != chosen], lambda i: -combined[i])
-    if combined[chosen] == combined[rejected]:
+    margin = combined[chosen] - combined[rejected]
+    if margin == 0:
         return Selection(chosen, rejected, combined, TIE)
-    if combined[chosen] < combined[rejected]:
-        return Selection(chosen, rejected, combined, DISAGREEMENT if method == "vote" else UNFINISHED)
-    return Selection(chosen, rejected, combined)
+    if margin < 0:
+        return Selection(chosen, rejected, combined, DISAGREEMENT if method == "vote" else UNFINISHED, margin)
+    return Selection(chosen, rejected, combined, margin=margin)
+
+
+def _lexicographic(scores_by_model: list[list[float]], candidates: list[int]) -> Selection:
+    count = len(scores_by_model[0])
+    order = [tuple(scores[i] for scores in scores_by_model) for i in range(count)]
+    combined = list(scores_by_model[0])
+    if not candidates:
+        return Selection(None, None, combined, UNFINISHED)
+    chosen = _best(candidates, lambda i: order[i])
+    rejected = _best([i for i in range(count) if i != chosen], lambda i: tuple(-score for score in order[i]))
+    if order[chosen] == order[rejected]:
+        return Selection(chosen, rejected, combined, TIE)
+    margin = next(better - worse for better, worse in zip(order[chosen], order[rejected]) if better != worse)
+    return Selection(chosen, rejected, combined, UNFINISHED if margin < 0 else None, margin)

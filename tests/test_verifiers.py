@@ -1,0 +1,131 @@
+"""verify:math and verify:exact: answers checked against the row's ground truth, which travels with the prompt;
+correctness first (lexicographic) and an SFT file of verified best candidates, end to end through `rsample run`."""
+
+import json
+
+import pytest
+from conftest import read_jsonl, rsample, write_jsonl
+
+from rsample.producer.prompts import RowSkip, extract_prompt
+from rsample.workers.backends.verifiers import AnswerVerifier
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.messages import Candidate, GeneratedPrompt, PromptRecord
+from rsample.workers.stages.score import score_isolating_failures
+
+
+def answer(text: str) -> list[dict]:
+    return [{"role": "user", "content": "question"}, {"role": "assistant", "content": text}]
+
+
+@pytest.mark.parametrize(
+    "gold, completion, expected",
+    [
+        ("42", "6 times 7 is \\boxed{42}.", 1.0),
+        ("42", "so the answer is 42", 1.0),
+        ("42", "\\boxed{41}", 0.0),
+        ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "In all, 48 + 24 = 72", 1.0),  # GSM8K's answer field
+        ("#### 1,234", "The total is 1234.", 1.0),
+        ("\\frac{1}{2}", "It is \\boxed{0.5}", 1.0),
+        ("0.5", "one half: \\boxed{\\frac{2}{4}}", 1.0),
+        ("$x^2+2x+1$", "\\boxed{(x+1)^2}", 1.0),  # equal as expressions, not as text
+        ("7", "I do not know", 0.0),
+        (12, "\\boxed{12}", 1.0),  # a number column, as JSON gives it
+    ],
+)
+def test_math_answers_are_equal_when_their_values_are(gold, completion, expected):
+    verifier = AnswerVerifier("verify:math", "answer")
+    assert verifier.score([answer(completion)], [{"answer": gold}]) == [expected]
+
+
+@pytest.mark.parametrize(
+    "gold, completion, expected",
+    [
+        ("Paris", "The capital is \\boxed{Paris}", 1.0),
+        ("Paris", "paris.", 1.0),  # case and trailing punctuation
+        ("New  York", "#### new york", 1.0),
+        ("1,000", "\\boxed{1000}", 1.0),  # thousands separators
+        ("Paris", "The capital is Paris", 0.0),  # exact: the final answer is the whole text here
+        ("1/2", "\\boxed{0.5}", 0.0),  # no arithmetic
+    ],
+)
+def test_exact_answers_compare_normalised_text(gold, completion, expected):
+    assert AnswerVerifier("verify:exact", "answer").score([answer(completion)], [{"answer": gold}]) == [expected]
+
+
+def test_an_unknown_verifier_is_refused_in_one_line():
+    with pytest.raises(RsampleError, match="unknown verifier 'verify:maths': choose from verify:math, verify:exact"):
+        AnswerVerifier("verify:maths", "answer")
+
+
+def test_the_answer_column_travels_with_the_prompt_and_a_huge_one_is_a_counted_skip():
+    row = {"prompt": "what is 6 x 7?", "answer": "42", "solution": "long"}
+    record = extract_prompt(row, 3, columns=("answer",))
+    assert record.columns == {"answer": "42"}  # only what a reward asks for
+    assert PromptRecord.from_dict(json.loads(json.dumps(record.__dict__))) == record  # JSON on the wire
+    assert extract_prompt({"prompt": "q"}, 0, columns=("answer",)).columns is None
+    skipped = extract_prompt({"prompt": "q", "answer": "9" * 70_000}, 5, columns=("answer",))
+    assert isinstance(skipped, RowSkip) and skipped.reason == "reward columns too large" and "row 5" in skipped.detail
+
+
+def generated(prompt_id: str, texts: list[str], columns) -> GeneratedPrompt:
+    record = PromptRecord(prompt_id, [{"role": "user", "content": "q"}], None, 0, columns)
+    return GeneratedPrompt(record, [Candidate(text, [k]) for k, text in enumerate(texts)], len(texts))
+
+
+def test_a_row_without_ground_truth_is_skipped_with_the_reason_and_the_others_are_scored():
+    prompts = [generated("a", ["\\boxed{4}", "\\boxed{5}"], {"answer": "4"}), generated("b", ["x", "y"], None),
+               generated("c", ["\\boxed{1}", "1"], {"answer": ""})]
+    verdicts = score_isolating_failures(AnswerVerifier("verify:math", "answer"), 0, prompts)
+    assert verdicts["a"] == {"scores": [1.0, 0.0], "skip_reason": None}
+    assert verdicts["b"] == {"scores": None, "skip_reason": "verify:math: the row has no ground truth in column 'answer'"}
+    assert verdicts["c"]["skip_reason"] == "verify:math: the row has no ground truth in column 'answer'"
+
+
+ROWS = [
+    {"messages": [{"role": "user", "content": "What is 6 times 7?"}, {"role": "assistant", "content": "6 times 7 is \\boxed{42}."}],
+     "answer": "42"},
+    {"messages": [{"role": "user", "content": "Half of one, as a fraction?"}, {"role": "assistant", "content": "\\boxed{\\frac{1}{2}}"}],
+     "answer": "Half of 1 is 1/2.\n#### 0.5"},
+    {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}], "answer": None},
+    {"messages": [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "It is \\boxed{5}."}],
+     "answer": "4"},
+]
+
+
+def test_verified_answers_come_first_and_the_sft_file_keeps_the_verified_best(tmp_path):
+    """Echoed prompts as candidates (the echo generator: the question + 1 to 3 '#'), plus the dataset's reference
+    answer; rewards: verify:math, then the completion's length. Expected results worked out by hand per row."""
+    dataset = write_jsonl(tmp_path / "math.jsonl", ROWS)
+    out, scores, sft = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "sft.jsonl"
+    result = rsample("run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-backend", "length",
+                     "--reward-model", "verify:math", "--reward-model", "length", "--include-reference", "--n", "3",
+                     "--out", str(out), "--scores-out", str(scores), "--sft-out", str(sft), "--no-progress")
+    pairs = {row["messages"][0]["content"]: row for row in read_jsonl(out)}
+    # rows 0 and 1: only the reference is right, so it is chosen although the echoes are longer
+    for question, reference in (("What is 6 times 7?", "6 times 7 is \\boxed{42}."), ("Half of one, as a fraction?", "\\boxed{\\frac{1}{2}}")):
+        pair = pairs[question]
+        assert pair["chosen"][-1]["content"] == reference and pair["chosen_score"]["verify:math"] == 1.0
+        assert pair["rejected"][-1]["content"] == f"{question} #" and pair["rejected_score"] == {"verify:math": 0.0, "length": len(question) + 2}
+    # row 3: nothing is right; the length breaks the tie: the longest echo against the shorter reference
+    wrong = pairs["What is 2 plus 2?"]
+    assert wrong["chosen"][-1]["content"] == "What is 2 plus 2? ###" and wrong["rejected"][-1]["content"] == "It is \\boxed{5}."
+    assert set(pairs) == {"What is 6 times 7?", "Half of one, as a fraction?", "What is 2 plus 2?"}
+    assert "verify:math: the row has no ground truth in column 'answer'" in result.stdout  # row 2: a counted skip
+    sft_rows = {row["messages"][0]["content"]: row for row in read_jsonl(sft)}
+    assert set(sft_rows) == {"What is 6 times 7?", "Half of one, as a fraction?"}  # verified best only
+    assert sft_rows["What is 6 times 7?"]["messages"][-1] == {"role": "assistant", "content": "6 times 7 is \\boxed{42}."}
+    assert sft_rows["What is 6 times 7?"]["score"] == {"verify:math": 1.0, "length": 24.0} and sft_rows["What is 6 times 7?"]["is_reference"]
+    assert len(read_jsonl(scores)) == 3 * 4  # three prompts scored, each 3 echoes + the reference
+
+
+def test_aggregate_refuses_an_sft_file_for_a_run_enqueued_without_sft(redis_server, tmp_path):
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "what is 1 + 1?", "answer": "2"}])
+    common = ["--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "echo", "--backend", "echo",
+              "--reward-backend", "length", "--reward-model", "verify:math", "--reward-model", "length"]
+    run_id = rsample("enqueue", *common).stdout.strip()
+    result = rsample("aggregate", "--redis-url", redis_server.url, "--run", run_id, "--out", str(tmp_path / "pairs.jsonl"),
+                     "--sft-out", str(tmp_path / "sft.jsonl"), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: run {run_id} was made without --sft: its prompts with one distinct candidate were "
+                                     "not scored, so --sft-out would miss them; enqueue the run with --sft")
+    assert rsample("enqueue", *common, "--sft").stdout.strip() != run_id  # a run of its own, whose aggregator may write one

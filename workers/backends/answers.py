@@ -1,0 +1,69 @@
+"""Answers: a row's ground truth, a completion's final answer, and their normalised text, for `verify:` rewards.
+
+Pure text functions, imported by the run settings (to check a `verify:` name) without any model code.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rsample.workers.common.errors import RsampleError
+
+VERIFY_PREFIX = "verify:"
+VERIFIERS = ("math", "exact")
+
+
+def is_verifier(spec: str) -> bool:
+    return spec.startswith(VERIFY_PREFIX)
+
+
+def check_verifier(spec: str) -> str:
+    """The verifier's kind, or a one-line error naming the ones there are."""
+    kind = spec[len(VERIFY_PREFIX):]
+    if kind not in VERIFIERS:
+        raise RsampleError(f"unknown verifier {spec!r}: choose from {', '.join(VERIFY_PREFIX + v for v in VERIFIERS)}")
+    return kind
+
+
+def ground_truth(value: Any) -> str | None:
+    """The row's answer as text, or None when it has none a verifier can use."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    text = str(value)
+    if "####" in text:  # GSM8K: the reasoning, then `#### <answer>`
+        text = text.rsplit("####", 1)[1]
+    text = text.strip()
+    return text or None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` (braces balanced), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, position = 0, start + len("\\boxed")
+    for index in range(position, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[position + 1:index]
+    return None
+
+
+def final_answer(completion: str) -> str:
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return boxed
+    if "####" in completion:
+        return completion.rsplit("####", 1)[1]
+    return completion
+
+
+def normalized(answer: str) -> str:
+    """Case, surrounding spaces and punctuation, `$` signs, thousands separators and inner runs of spaces ignored."""
+    text = answer.replace("$", "").lower()
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text.strip(" .,:;!\"'`")
+
+

@@ -1,0 +1,74 @@
+"""`--reward-model verify:math` and `verify:exact`: a completion scores 1.0 when its final answer equals the row's
+ground truth, else 0.0. No model, no GPU: the reward of reasoning data (sample n solutions, keep the verified).
+
+The ground truth is the row's `--answer-column` (default `answer`), carried with the prompt; GSM8K's
+`<reasoning> #### 42` gives `42`. `math` decides equality with Hugging Face's `math-verify` (LaTeX, `\\boxed{}`,
+fractions, numbers, sets, sympy-equal expressions); `exact` compares normalised strings of the final answer (the
+last `\\boxed{}`, else the text after the last `####`, else the whole completion).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rsample.workers.backends.answers import check_verifier, final_answer, ground_truth, normalized
+from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.messages import Conversation
+
+
+class AnswerVerifier:
+    """A reward backend whose scores need the row's ground truth: the scoring stage passes each conversation's
+    row columns (`needs_columns`) and skips, with its reason, a prompt whose row has none (`missing_reason`)."""
+
+    needs_columns = True
+
+    def __init__(self, spec: str, answer_column: str):
+        self.spec = spec
+        self.kind = check_verifier(spec)
+        self.answer_column = answer_column
+        if self.kind == "math":
+            try:
+                import math_verify  # noqa: F401
+            except ImportError as exc:
+                raise RsampleError(f"{spec} needs math-verify: pip install math-verify ({exc})") from None
+
+    @classmethod
+    def from_run(cls, config: RunConfig, model_index: int) -> AnswerVerifier:
+        return cls(config.reward_models[model_index], config.answer_column)
+
+    def missing_reason(self, columns: dict[str, Any] | None) -> str | None:
+        """Why this row cannot be verified, or None."""
+        if ground_truth((columns or {}).get(self.answer_column)) is None:
+            return f"{self.spec}: the row has no ground truth in column {self.answer_column!r}"
+        return None
+
+    def score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
+        scores: list[float | None] = []
+        parsed_gold: dict[str, Any] = {}  # n candidates share one row's answer: parse it once
+        for conversation, row in zip(conversations, columns):
+            gold = ground_truth((row or {}).get(self.answer_column))
+            completion = conversation[-1]["content"]
+            if gold is None:
+                raise ValueError(f"{self.spec}: the row has no ground truth in column {self.answer_column!r}")
+            if self.kind == "exact":
+                scores.append(1.0 if normalized(final_answer(completion)) == normalized(gold) else 0.0)
+                continue
+            if gold not in parsed_gold:
+                parsed_gold[gold] = _parse(gold if "$" in gold or "\\" in gold else f"${gold}$")
+            scores.append(1.0 if _verify(parsed_gold[gold], _parse(completion)) else 0.0)
+        return scores
+
+
+def _parse(text: str):
+    # math-verify's own timeouts use SIGALRM: they would cancel RQ's job timer on a worker's main thread and fail
+    # on its other slots' threads. The job timeout bounds a pathological expression instead.
+    from math_verify import parse
+
+    return parse(text, parsing_timeout=None)
+
+
+def _verify(gold, answer) -> bool:
+    from math_verify import verify
+
+    return bool(gold) and bool(answer) and verify(gold, answer, timeout_seconds=None)
