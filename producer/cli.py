@@ -63,6 +63,12 @@ def run_options(command):
                      help="Sequence-classification reward model, or verify:math / verify:exact (the row's answer checked); repeat for several."),
         click.option("--answer-column", default=defaults.ANSWER_COLUMN, show_default=True,
                      help="Dataset column with each row's ground truth, for verify: rewards (GSM8K's '#### 42' is understood)."),
+        click.option("--extra-column", "extra_columns", multiple=True,
+                     help="Another dataset column that travels with each prompt to the reward workers (for fn: rewards); repeatable."),
+        click.option("--judge-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Jinja rubric for judge: rewards, of `conversation` (the prompt's messages) and `answer` (default: a general one)."),
+        click.option("--trust-remote-code", "trust_remote_code", multiple=True, metavar="MODEL",
+                     help="Let this model (policy, reward model or judge) run its repository's code; repeatable. Off by default."),
         click.option("--n", type=int, default=4, show_default=True, help="Completions sampled per prompt."),
         click.option("--temperature", type=float, help="Sampling temperature (default: the policy's generation_config, else 0.7)."),
         click.option("--top-p", type=float, help="Nucleus sampling (default: the policy's generation_config, else 1.0)."),
@@ -131,24 +137,32 @@ def build_config(params: dict) -> RunConfig:
         min_margin=params["min_margin"],
         keep_truncated=params["keep_truncated"],
         answer_column=params["answer_column"],
+        judge_template=params["judge_template"].read_text() if params["judge_template"] else None,
+        extra_columns=tuple(params["extra_columns"]),
+        trust_remote_code=tuple(params["trust_remote_code"]),
         sft=params["sft"] or params.get("sft_out") is not None,
         command=redacted_command(sys.argv[1:]),
     )
-    from rsample.workers.backends.answers import is_verifier
-    from rsample.workers.backends.models import check_policy, check_reward_model, policy_sampling_defaults
+    from rsample.workers.backends.models import check_policy, check_reward_model, load_model_config, policy_sampling_defaults
     from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
+    from rsample.workers.backends.reward_specs import is_function, is_judge, is_verifier, model_path
 
+    trusted = set(config.trust_remote_code)
     if config.models.generation_backend != ZERO_COST_GENERATION:
-        check_policy(config.policy)
+        check_policy(config.policy, config.policy in trusted)
         sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),
                                              **plain_sampling)
         config = dataclasses.replace(config, sampling=sampling)
         logging.getLogger(__name__).info(
             "sampling: %s", ", ".join(f"{name}={getattr(sampling, name)} ({sources[name]})" for name in SAMPLING_FIELDS))
-    if config.models.reward_backend != ZERO_COST_REWARD:
-        for reward_model in config.reward_models:
-            if not is_verifier(reward_model):
-                check_reward_model(reward_model)
+    for spec in config.reward_models:
+        if is_judge(spec):
+            from rsample.workers.backends.judge import compile_template
+
+            compile_template(config.judge_template or "{{ answer }}")
+            load_model_config(model_path(spec), "judge", model_path(spec) in trusted)
+        elif not (is_verifier(spec) or is_function(spec)) and config.models.reward_backend != ZERO_COST_REWARD:
+            check_reward_model(spec, spec in trusted)
     return config
 
 
@@ -158,6 +172,17 @@ def redis_url_option(required: bool):
         help="Redis shared by every process of the run (redis://, rediss:// for TLS; password in the URL).",
     )
 
+
+allow_reward_fn_option = click.option(
+    "--allow-reward-fn", "allow_functions", multiple=True, metavar="MODULE:FUNCTION",
+    help="Let this worker import this fn: reward (repeat for several); installed `rsample.rewards` entry points are allowed too. "
+         "A run's settings alone never make a worker import code.",
+)
+
+worker_trust_option = click.option(
+    "--trust-remote-code", "trust_remote_code", multiple=True, metavar="MODEL",
+    help="Let this worker run this model's repository code, if the run names it too (repeat for several).",
+)
 
 overwrite_option = click.option(
     "--overwrite", is_flag=True,
@@ -205,7 +230,8 @@ def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progre
 
     config = share_the_gpu(build_config({**params, "sft_out": sft_out}), explicit_share=params["gpu_memory_utilization"] is not None)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
-                              progress=not no_progress, overwrite=overwrite)
+                              progress=not no_progress, overwrite=overwrite, allow_functions=functions_named(config),
+                              trust_remote_code=config.trust_remote_code)
     config, summary = run_locally(config, options)
     _report(config, summary, out, scores_out, push_repo, public, sft_out)
 
@@ -235,11 +261,13 @@ def enqueue(redis_url, **params) -> None:
 @click.option("--reward-model-index", "indices", type=int, multiple=True, help="Reward worker: serve only these reward models (0-based; default all).")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 @click.option("--slots", type=int, help="Jobs run at once on the loaded model (default: 2 for vLLM generation, else 1).")
-def worker(role, redis_url, run_id, gpu, indices, burst, slots) -> None:
+@allow_reward_fn_option
+@worker_trust_option
+def worker(role, redis_url, run_id, gpu, indices, burst, slots, allow_functions, trust_remote_code) -> None:
     """Start a long-lived worker: loads its model(s) once, then serves the run's jobs."""
     from rsample.workers.runtime.worker import serve
 
-    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots)
+    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots, allow_functions, trust_remote_code)
 
 
 @main.command()
@@ -307,8 +335,11 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
               help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
 @click.option("--generate-workers", type=int, default=1, show_default=True)
 @click.option("--no-progress", is_flag=True)
+@allow_reward_fn_option
+@worker_trust_option
 @overwrite_option
-def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_progress, overwrite) -> None:
+def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_progress, allow_functions, trust_remote_code,
+           overwrite) -> None:
     """Resume a run kept in Redis on this machine, with local workers (like `run` with its settings)."""
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally
     from rsample.workers.runtime.connection import connect
@@ -317,9 +348,17 @@ def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_pro
     config = load_run(connect(redis_url, patient=False), run_id)
     check_sft_out(config, sft_out)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
-                              progress=not no_progress, overwrite=overwrite)
+                              progress=not no_progress, overwrite=overwrite, allow_functions=allow_functions,
+                              trust_remote_code=trust_remote_code)
     config, summary = run_locally(config, options)
     _report(config, summary, out, scores_out, None, False, sft_out)
+
+
+def functions_named(config) -> tuple[str, ...]:
+    """The `fn:` rewards this command line names: `rsample run` lets the workers it starts import them."""
+    from rsample.workers.backends.reward_specs import function_name, is_function
+
+    return tuple(function_name(spec) for spec in config.reward_models if is_function(spec))
 
 
 def check_sft_out(config, sft_out: Path | None) -> None:
@@ -422,14 +461,19 @@ def dashboard(redis_url, port, bind) -> None:
               help=f"Stop restarting a worker that failed this many times in a row within {defaults.QUICK_FAILURE_SECONDS:g} s of starting.")
 @click.option("--stop-timeout", type=click.FloatRange(min=0), default=defaults.STOP_GRACE_SECONDS, show_default=True,
               help="Seconds workers get to finish their current job after Ctrl-C / SIGTERM, before SIGKILL.")
+@allow_reward_fn_option
+@worker_trust_option
 def workers(redis_url, run_id, gpus, role, generate_gpus, reward_gpus, gpus_per_worker, indices, slots, log_dir,
-            restart_backoff, give_up_after, stop_timeout) -> None:
+            restart_backoff, give_up_after, stop_timeout, allow_functions, trust_remote_code) -> None:
     """Start one pinned worker per GPU (or GPU group), restart any that dies, stop them all on Ctrl-C / SIGTERM."""
     from rsample.workers.runtime.supervisor import assign_gpus, supervise
 
+    trusted = [arg for model in trust_remote_code for arg in ("--trust-remote-code", model)]
+    allowed = [*trusted, *(arg for name in allow_functions for arg in ("--allow-reward-fn", name))]
     role_args = {
-        "generate": ["--slots", str(slots)] if slots is not None else [],
-        "reward": [arg for index in indices for arg in ("--reward-model-index", str(index))],
+        "generate": [*(["--slots", str(slots)] if slots is not None else []), *trusted],
+        "reward": [*(arg for index in indices for arg in ("--reward-model-index", str(index))), *allowed],
+        "both": allowed,
     }
     assignment = assign_gpus(gpus, role, generate_gpus, reward_gpus)
     sys.exit(supervise(redis_url, run_id, assignment, gpus_per_worker, role_args, log_dir, restart_backoff, give_up_after, stop_timeout))

@@ -89,7 +89,7 @@ def kill_mid_job(process: subprocess.Popen, client, queue_name: str, restart, at
 
 SCORED_OUTCOMES = ("pair", "dropped_margin", "dropped_tie", "dropped_unfinished", "dropped_disagreement")
 """Outcomes of prompts whose candidates were all scored: each has its rows in the scores file."""
-TOO_LONG_FOR_REWARDS = "fewer than two candidates fit every reward model's context"
+TOO_LONG_FOR_REWARDS = "fewer than two candidates scored by every reward model (too long for its context, or given no score)"
 
 
 def prompts_that_got_candidates(counts: dict[str, int]) -> int:

@@ -58,7 +58,7 @@ def test_each_prompt_ends_as_exactly_one_outcome():
         Outcome(1, "same", DROPPED_IDENTICAL),
         Outcome(2, "long", SKIPPED, "prompt longer than the policy context"),
         Outcome(3, "close", DROPPED_MARGIN),
-        Outcome(4, "rm-skip", SKIPPED, "fewer than two candidates fit every reward model's context"),
+        Outcome(4, "rm-skip", SKIPPED, "fewer than two candidates scored by every reward model (too long for its context, or given no score)"),
     ]
     assert {row["prompt_id"] for row in outcome.score_rows} == {"pair", "close", "rm-skip"}
     too_long = [row for row in outcome.score_rows if row["prompt_id"] == "rm-skip" and row["completion_index"] == 1]

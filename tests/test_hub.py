@@ -121,3 +121,20 @@ def test_the_card_shows_the_run_report_and_the_dataset_still_loads(tmp_path):
         assert (repo / "report" / path.name).read_bytes() == path.read_bytes()
     loaded = datasets.load_dataset(str(repo), split="train")
     assert loaded.num_rows == 30 and loaded[0]["prompt_id"] == "p0"
+
+
+def test_the_sft_file_is_a_config_of_its_own_and_models_with_their_own_code_are_named(tmp_path):
+    from dataclasses import replace
+
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    config, summary, files = make_run(tmp_path)
+    config = replace(config, reward_models=("verify:math", "org/armo-rm"), trust_remote_code=("org/armo-rm",), sft=True)
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text('{"prompt_id": "x", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    push_to_hub("me/pairs", config, summary, {**files, "sft": sft}, api=FolderApi(tmp_path / "repo"))
+    text = (tmp_path / "repo" / "README.md").read_text()
+    assert {c["config_name"] for c in DatasetCard(text).data.configs} == {"pairs", "scores", "sft"}
+    assert "Models that ran their repository's own code (`--trust-remote-code`): `org/armo-rm`." in text
+    assert load_dataset(str(tmp_path / "repo"), "sft", split="train")[0]["messages"][1]["content"] == "a"

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from rsample.workers.backends.answers import is_verifier
+from rsample.workers.backends.reward_specs import model_path
 from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError, first_line
 
@@ -43,8 +43,8 @@ def weights_bytes(spec: str) -> int:
 def engine_share_beside(reward_models: tuple[str, ...], reward_backend: str, gpu_bytes: int,
                         share: float = defaults.VLLM_GPU_MEMORY_UTILIZATION) -> float:
     """The share of the GPU's memory a vLLM generation engine may take with these reward models beside it (a
-    `verify:` reward takes none)."""
-    reward_models = tuple(spec for spec in reward_models if not is_verifier(spec))
+    `verify:` or `fn:` reward takes none, a judge its model's)."""
+    reward_models = tuple(path for spec in reward_models if (path := model_path(spec)) is not None)
     if not reward_models:
         return share
     if reward_backend == "vllm":  # one setting for every engine of the run: each takes an equal part

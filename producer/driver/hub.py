@@ -40,6 +40,13 @@ def report_section(report: Report | None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def remote_code_note(config: RunConfig) -> str:
+    """Which models ran code from their own repositories: a reader of the data should know."""
+    if not config.trust_remote_code:
+        return ""
+    return "\nModels that ran their repository's own code (`--trust-remote-code`): " + ", ".join(f"`{m}`" for m in config.trust_remote_code) + ".\n"
+
+
 def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], report: Report | None = None) -> str:
     settings = asdict(config)
     return f"""---
@@ -51,8 +58,9 @@ def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], re
 Best-of-{config.sampling.n} sampling from `{config.policy}` on `{config.data.dataset}` (split `{config.data.split}`),
 scored by {", ".join(f"`{m}`" for m in config.reward_models)} (combined by `{config.combine}`), made with rsample.
 Each row of `pairs` (the default config) has `messages` (the prompt), `chosen` and `rejected` conversations, and their
-scores per reward model; the `scores` config, when uploaded, has every scored candidate: `load_dataset(repo, "scores")`.
-
+scores per reward model; the `scores` config, when uploaded, has every scored candidate: `load_dataset(repo, "scores")`,
+and the `sft` config each prompt's best candidate as a supervised example: `load_dataset(repo, "sft")`.
+{remote_code_note(config)}
 ## Command
 
 ```

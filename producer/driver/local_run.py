@@ -42,6 +42,10 @@ class LocalRunOptions:
     sft_out: Path | None = None
     redis_url: str | None = None
     generate_workers: int = 1
+    allow_functions: tuple[str, ...] = ()
+    """The `fn:` rewards this machine's workers may import: named on this command line, never read from Redis."""
+    trust_remote_code: tuple[str, ...] = ()
+    """The models whose repository code this machine's workers may run: named on this command line too."""
     progress: bool = True
     overwrite: bool = False
 
@@ -134,7 +138,9 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         workers = WorkerProcesses(redis_url, config.run_id, options.out.parent / ".rsample-logs" / config.run_id)
         stack.callback(workers.stop)
         if done < total:  # nothing to generate: do not load the models at all
-            workers.start_for_run(config, options.generate_workers)
+            workers.start_for_run(config, options.generate_workers,
+                                  *(arg for name in options.allow_functions for arg in ("--allow-reward-fn", name)),
+                                  *(arg for model in options.trust_remote_code for arg in ("--trust-remote-code", model)))
         bars = StageBars(client, config.run_id, disable=not options.progress)
         stack.callback(bars.close)
         with logging_redirect_tqdm():

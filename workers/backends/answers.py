@@ -1,29 +1,9 @@
-"""Answers: a row's ground truth, a completion's final answer, and their normalised text, for `verify:` rewards.
-
-Pure text functions, imported by the run settings (to check a `verify:` name) without any model code.
-"""
+"""Answers: a row's ground truth, a completion's final answer, and their normalised text, for `verify:` rewards."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
-
-from rsample.workers.common.errors import RsampleError
-
-VERIFY_PREFIX = "verify:"
-VERIFIERS = ("math", "exact")
-
-
-def is_verifier(spec: str) -> bool:
-    return spec.startswith(VERIFY_PREFIX)
-
-
-def check_verifier(spec: str) -> str:
-    """The verifier's kind, or a one-line error naming the ones there are."""
-    kind = spec[len(VERIFY_PREFIX):]
-    if kind not in VERIFIERS:
-        raise RsampleError(f"unknown verifier {spec!r}: choose from {', '.join(VERIFY_PREFIX + v for v in VERIFIERS)}")
-    return kind
 
 
 def ground_truth(value: Any) -> str | None:

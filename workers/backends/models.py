@@ -16,7 +16,14 @@ def split_gguf(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def load_model_config(spec: str, role: str) -> Any:
+def _needs_remote_code(exc: Exception, spec: str, role: str) -> None:
+    """transformers refuses a model whose repository code must run: say how to allow it, in one line."""
+    if "trust_remote_code" in str(exc):
+        raise RsampleError(f"{role} model {spec!r} runs code from its repository: name it with --trust-remote-code {spec} "
+                           "(on the run, and on every worker that loads it)") from None
+
+
+def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> Any:
     """The model's transformers config, or an error that names the role and the path."""
     from transformers import AutoConfig
 
@@ -26,18 +33,21 @@ def load_model_config(spec: str, role: str) -> Any:
         raise RsampleError(f"{role} model not found: {spec}")
     location, gguf_file = split_gguf(spec)
     try:
-        return AutoConfig.from_pretrained(location, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(location)
+        if gguf_file:
+            return AutoConfig.from_pretrained(location, gguf_file=gguf_file)
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # OSError, ValueError, HF hub errors: all mean "cannot use this path"
+        _needs_remote_code(exc, spec, role)
         raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
 
 
-def check_policy(spec: str) -> None:
-    load_model_config(spec, "policy")
+def check_policy(spec: str, trust_remote_code: bool = False) -> None:
+    load_model_config(spec, "policy", trust_remote_code)
 
 
-def check_reward_model(spec: str) -> None:
+def check_reward_model(spec: str, trust_remote_code: bool = False) -> None:
     """Refuses a checkpoint that is not a sequence classifier: loading it would bolt on a random score head."""
-    config = load_model_config(spec, "reward")
+    config = load_model_config(spec, "reward", trust_remote_code)
     architectures = getattr(config, "architectures", None) or []
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
         raise RsampleError(
@@ -65,13 +75,17 @@ def resolve_dtype(name: str, device: str):
     return dtype
 
 
-def load_tokenizer(spec: str, role: str):
+def load_tokenizer(spec: str, role: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     location, gguf_file = split_gguf(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(location)
+        if gguf_file:
+            tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:
+        _needs_remote_code(exc, spec, role)
         raise RsampleError(f"cannot load the tokenizer of {role} model {spec!r}: {first_line(exc)}") from None
     if not tokenizer.chat_template:
         raise RsampleError(f"the tokenizer of {role} model {spec!r} has no chat template")
@@ -80,15 +94,16 @@ def load_tokenizer(spec: str, role: str):
     return tokenizer
 
 
-def load_weights(auto_class, spec: str, role: str, dtype, device: str):
+def load_weights(auto_class, spec: str, role: str, dtype, device: str, trust_remote_code: bool = False):
     """Loads weights; refuses a checkpoint whose head would be freshly (randomly) initialised."""
     location, gguf_file = split_gguf(spec)
-    kwargs = {"dtype": dtype, "output_loading_info": True}
+    kwargs = {"dtype": dtype, "output_loading_info": True, "trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
         model, info = auto_class.from_pretrained(location, **kwargs)
     except Exception as exc:
+        _needs_remote_code(exc, spec, role)
         raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
     missing = [key for key in info.get("missing_keys", []) if "score" in key or "classifier" in key or "lm_head" in key]
     if missing:

@@ -46,11 +46,21 @@ def load_generator(config: RunConfig) -> GenerationBackend:
 
 VERIFIER = f"{_PACKAGE}.verifiers:AnswerVerifier"
 """`--reward-model verify:...`: an answer checker, whatever the run's reward backend."""
+JUDGES = {"transformers": f"{_PACKAGE}.judge:TransformersJudge"}
+"""`--reward-model judge:MODEL`, by the run's reward backend."""
 
 
-def load_reward_backend(config: RunConfig, model_index: int) -> RewardBackend:
-    from rsample.workers.backends.answers import is_verifier
+def load_reward_backend(config: RunConfig, model_index: int, allowed_functions: frozenset[str] = frozenset()) -> RewardBackend:
+    """`allowed_functions`: the `fn:` rewards this worker may import (its own command line's, never the run's)."""
+    from rsample.workers.backends import reward_specs
 
-    if is_verifier(config.reward_models[model_index]):
+    spec = config.reward_models[model_index]
+    if reward_specs.is_verifier(spec):
         return backend_class({"verify": VERIFIER}, "verify").from_run(config, model_index)
+    if reward_specs.is_function(spec):
+        from rsample.workers.backends.functions import FunctionReward
+
+        return FunctionReward.load(spec, allowed_functions)
+    if reward_specs.is_judge(spec):  # a model however the other rewards are scored (the run's settings refuse vLLM judges)
+        return backend_class(JUDGES, "transformers").from_run(config, model_index)
     return backend_class(REWARD_BACKENDS, config.models.reward_backend).from_run(config, model_index)

@@ -12,19 +12,19 @@ from rsample.workers.common.messages import Conversation
 class TransformersGenerator:
     """Prompts rendered with the policy's chat template, left-padded into one batch, n samples each."""
 
-    def __init__(self, policy: str, dtype: str = "auto"):
+    def __init__(self, policy: str, dtype: str = "auto", trust_remote_code: bool = False):
         from transformers import AutoModelForCausalLM
 
         self.device = resolve_device()
-        self.tokenizer = load_tokenizer(policy, "policy")
+        self.tokenizer = load_tokenizer(policy, "policy", trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.model = load_weights(AutoModelForCausalLM, policy, "policy", resolve_dtype(dtype, self.device), self.device)
+        self.model = load_weights(AutoModelForCausalLM, policy, "policy", resolve_dtype(dtype, self.device), self.device, trust_remote_code)
         self.context = context_length(self.model, self.tokenizer)
         self.eos_ids = set(policy_eos_ids(policy, self.tokenizer))
 
     @classmethod
     def from_run(cls, config: RunConfig) -> TransformersGenerator:
-        return cls(config.policy, config.models.dtype)
+        return cls(config.policy, config.models.dtype, config.policy in config.trust_remote_code)
 
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int,
                  progress: ProgressCallback | None = None) -> list[PromptCompletions]:

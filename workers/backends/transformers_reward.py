@@ -42,25 +42,27 @@ class TransformersRewardModel:
     """
 
     def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH,
-                 token_budget: int = defaults.REWARD_TOKEN_BUDGET):
+                 token_budget: int = defaults.REWARD_TOKEN_BUDGET, trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification
 
-        check_reward_model(spec)
+        check_reward_model(spec, trust_remote_code)
         self.device = resolve_device()
-        self.tokenizer = load_tokenizer(spec, "reward")
-        self.model = load_weights(AutoModelForSequenceClassification, spec, "reward", resolve_dtype(dtype, self.device), self.device)
+        self.tokenizer = load_tokenizer(spec, "reward", trust_remote_code)
+        self.model = load_weights(AutoModelForSequenceClassification, spec, "reward", resolve_dtype(dtype, self.device), self.device,
+                                  trust_remote_code)
         self.context = context_length(self.model, self.tokenizer)
         self.head = linear_score_head(self.model)
         if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
             self.model.config.pad_token_id = None
             micro_batch = 1
-        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch), self._forward, _read_scores)
+        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch), self._forward, read_scores)
         self._tokenizer_lock = threading.Lock()
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> TransformersRewardModel:
         models = config.models
-        return cls(config.reward_models[model_index], models.dtype, models.reward_micro_batch, models.reward_token_budget)
+        spec = config.reward_models[model_index]
+        return cls(spec, models.dtype, models.reward_micro_batch, models.reward_token_budget, spec in config.trust_remote_code)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         with self._tokenizer_lock:
@@ -75,18 +77,7 @@ class TransformersRewardModel:
         """The batch's scores as a float32 tensor on the device, not yet read (reading would wait for the device)."""
         import torch
 
-        width = max(len(ids) for ids in batch)
-        # Right padding: every real token keeps the positions it has alone, and causal attention never lets the
-        # padding (masked, any id) reach them. The pad id is therefore irrelevant; 0 is always a valid one.
-        host_ids = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            host_ids[row, :len(ids)] = torch.tensor(ids)
-        lengths = torch.tensor([len(ids) for ids in batch])
-        if self.device == "cuda":
-            host_ids, lengths = host_ids.pin_memory(), lengths.pin_memory()
-        input_ids = host_ids.to(self.device, non_blocking=True)
-        lengths = lengths.to(self.device, non_blocking=True)
-        attention_mask = (torch.arange(width, device=self.device)[None, :] < lengths[:, None]).long()
+        input_ids, attention_mask, lengths = padded_on_device(batch, self.device)
         with torch.inference_mode():
             if self.head is None:
                 return self.model(input_ids=input_ids).logits[:, 0].float()
@@ -97,7 +88,28 @@ class TransformersRewardModel:
             return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0]
 
 
-def _read_scores(per_batch) -> list[float]:
+def padded_on_device(batch: list[list[int]], device: str):
+    """(input_ids, attention_mask, lengths) of right-padded sequences on the device, copied without waiting.
+
+    Right padding: every real token keeps the positions it has alone, and causal attention never lets the
+    padding (masked, any id) reach them. The pad id is therefore irrelevant; 0 is always a valid one.
+    """
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    host_ids = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        host_ids[row, :len(ids)] = torch.tensor(ids)
+    lengths = torch.tensor([len(ids) for ids in batch])
+    if device == "cuda":
+        host_ids, lengths = host_ids.pin_memory(), lengths.pin_memory()
+    input_ids = host_ids.to(device, non_blocking=True)
+    lengths = lengths.to(device, non_blocking=True)
+    attention_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    return input_ids, attention_mask, lengths
+
+
+def read_scores(per_batch) -> list[float]:
     """A round's scores, read from the device once: its batches were queued back to back."""
     import torch
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsample.workers.backends.answers import check_verifier, final_answer, ground_truth, normalized
+from rsample.workers.backends.answers import final_answer, ground_truth, normalized
+from rsample.workers.backends.reward_specs import VERIFY_PREFIX, check_spec
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import Conversation
@@ -24,8 +25,9 @@ class AnswerVerifier:
     needs_columns = True
 
     def __init__(self, spec: str, answer_column: str):
+        check_spec(spec)
         self.spec = spec
-        self.kind = check_verifier(spec)
+        self.kind = spec[len(VERIFY_PREFIX):]
         self.answer_column = answer_column
         if self.kind == "math":
             try:

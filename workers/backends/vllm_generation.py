@@ -31,16 +31,16 @@ class VLLMGenerator:
     `generate` may be called from several threads at once (one per worker slot): all calls feed one engine.
     """
 
-    def __init__(self, policy: str, models: ModelSettings):
-        self.tokenizer = load_tokenizer(policy, "policy")
-        self.llm = make_llm(policy, "policy", models, runner="generate")
+    def __init__(self, policy: str, models: ModelSettings, trust_remote_code: bool = False):
+        self.tokenizer = load_tokenizer(policy, "policy", trust_remote_code)
+        self.llm = make_llm(policy, "policy", models, runner="generate", trust_remote_code=trust_remote_code)
         self.context = self.llm.llm_engine.model_config.max_model_len
         self.engine = EngineLoop(self.llm.llm_engine)
         self.eos_ids = policy_eos_ids(policy, self.tokenizer)
 
     @classmethod
     def from_run(cls, config: RunConfig) -> VLLMGenerator:
-        return cls(config.policy, config.models)
+        return cls(config.policy, config.models, config.policy in config.trust_remote_code)
 
     def close(self) -> None:
         """Stops the engine loop and the engine's own processes (they would otherwise live until this process ends)."""

@@ -20,7 +20,7 @@ def import_vllm():
     return vllm
 
 
-def make_llm(spec: str, role: str, models: ModelSettings, runner: str):
+def make_llm(spec: str, role: str, models: ModelSettings, runner: str, trust_remote_code: bool = False):
     """`runner` is vLLM's: "generate" for the policy, "pooling" for a reward model."""
     vllm = import_vllm()
     if spec.endswith(".gguf"):
@@ -30,7 +30,7 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str):
     if device == "cpu" and runner == "generate":
         # vLLM's CPU engine dies ("CPU Generator does not use offset") when a seeded request's prefill is split
         # in chunks, which happens as soon as a step's prompts exceed the token budget: prefill whole prompts.
-        context = models.max_model_len or getattr(load_model_config(spec, role), "max_position_embeddings", 0)
+        context = models.max_model_len or getattr(load_model_config(spec, role, trust_remote_code), "max_position_embeddings", 0)
         cpu_only = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(8192, context)}
     try:
         return vllm.LLM(
@@ -40,6 +40,7 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str):
             tensor_parallel_size=models.tensor_parallel_size,
             max_model_len=models.max_model_len,
             gpu_memory_utilization=models.gpu_memory_utilization,
+            trust_remote_code=trust_remote_code,
             enforce_eager=models.enforce_eager or device == "cpu",  # compiling pays off on GPUs; on CPU it only costs start-up
             **cpu_only,
         )

@@ -14,15 +14,16 @@ from rsample.workers.common.messages import Conversation
 
 
 class VLLMRewardModel:
-    def __init__(self, spec: str, models: ModelSettings):
-        check_reward_model(spec)
-        self.tokenizer = load_tokenizer(spec, "reward")
-        self.llm = make_llm(spec, "reward", models, runner="pooling")
+    def __init__(self, spec: str, models: ModelSettings, trust_remote_code: bool = False):
+        check_reward_model(spec, trust_remote_code)
+        self.tokenizer = load_tokenizer(spec, "reward", trust_remote_code)
+        self.llm = make_llm(spec, "reward", models, runner="pooling", trust_remote_code=trust_remote_code)
         self.context = self.llm.llm_engine.model_config.max_model_len
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> VLLMRewardModel:
-        return cls(config.reward_models[model_index], config.models)
+        spec = config.reward_models[model_index]
+        return cls(spec, config.models, spec in config.trust_remote_code)
 
     def close(self) -> None:
         """Shuts the engine's own processes down (they would otherwise live until this process ends)."""

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from rsample.workers.backends import registry as backend_registry
-from rsample.workers.backends.answers import check_verifier, is_verifier
+from rsample.workers.backends.reward_specs import check_spec, is_judge, is_verifier
 from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError
 
@@ -189,6 +189,12 @@ class RunConfig:
     """Let a completion cut at --max-new-tokens (or empty) be the chosen one, as before such completions were barred."""
     answer_column: str = defaults.ANSWER_COLUMN
     """The dataset column holding each row's ground truth, for `verify:` rewards."""
+    judge_template: str | None = None
+    """The rubric `judge:` rewards fill (a Jinja template of `conversation` and `answer`); None: the one that ships."""
+    extra_columns: tuple[str, ...] = ()
+    """More dataset columns that travel with each prompt to the reward workers (for `fn:` rewards)."""
+    trust_remote_code: tuple[str, ...] = ()
+    """Models (policy, reward models, judges) whose repository code the run lets run; each worker must allow them too."""
     sft: bool = False
     """Also keep each prompt's best candidate for supervised fine-tuning (`--sft-out`): prompts with one distinct
     candidate are scored too."""
@@ -201,8 +207,9 @@ class RunConfig:
         if len(set(self.reward_models)) != len(self.reward_models):
             raise RsampleError(f"--reward-model given twice: {', '.join(self.reward_models)}")
         for spec in self.reward_models:
-            if is_verifier(spec):
-                check_verifier(spec)
+            check_spec(spec)
+            if is_judge(spec) and self.models.reward_backend == "vllm":
+                raise RsampleError(f"{spec}: a judge runs on --reward-backend transformers (vLLM judges are not supported yet)")
         if self.combine is None:
             object.__setattr__(self, "combine", default_combine(self.reward_models))
         if self.combine not in COMBINE_METHODS:
@@ -215,7 +222,8 @@ class RunConfig:
     @property
     def row_columns(self) -> tuple[str, ...]:
         """The dataset columns the rewards read, which travel with each prompt to the reward workers."""
-        return (self.answer_column,) if any(is_verifier(spec) for spec in self.reward_models) else ()
+        answers = (self.answer_column,) if any(is_verifier(spec) for spec in self.reward_models) else ()
+        return tuple(dict.fromkeys((*answers, *self.extra_columns)))
 
     @property
     def min_candidates_scored(self) -> int:
@@ -245,5 +253,7 @@ class RunConfig:
                 "models": ModelSettings(**raw["models"]),
                 "jobs": JobSettings(**raw["jobs"]),
                 "reward_models": tuple(raw["reward_models"]),
+                "extra_columns": tuple(raw.get("extra_columns", ())),
+                "trust_remote_code": tuple(raw.get("trust_remote_code", ())),
             }
         )

@@ -8,6 +8,7 @@ heartbeat thread keeps the claim short and alive only while this process is.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -159,10 +160,14 @@ def pin_gpu(gpu: str | None) -> None:
 
 
 def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
-          reward_model_indices: list[int] | None = None, burst: bool = False, slots: int | None = None) -> None:
+          reward_model_indices: list[int] | None = None, burst: bool = False, slots: int | None = None,
+          allow_functions: tuple[str, ...] = (), trust_remote_code: tuple[str, ...] = ()) -> None:
+    """`allow_functions`: the `fn:` rewards this worker may import, besides installed `rsample.rewards` entry points.
+    `trust_remote_code`: the models whose repository code this worker lets run, of those the run names."""
     pin_gpu(gpu)
     from rq.serializers import JSONSerializer
 
+    from rsample.workers.backends.functions import allowed_functions
     from rsample.workers.backends.registry import load_generator, load_reward_backend
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.keys import RunKeys
@@ -176,6 +181,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     take_cpu_share()
     client = connect(redis_url)
     config = load_run(client, run_id)
+    config = dataclasses.replace(config, trust_remote_code=tuple(m for m in config.trust_remote_code if m in trust_remote_code))
     keys = RunKeys(config.run_id)
     context = worker_context.WorkerContext(client=client, config=config)
     started = time.perf_counter()
@@ -185,7 +191,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         for index in indices:
             if not 0 <= index < len(config.reward_models):
                 raise RsampleError(f"run {config.run_id} has {len(config.reward_models)} reward models; there is no index {index}")
-            context.reward_models[index] = load_reward_backend(config, index)
+            context.reward_models[index] = load_reward_backend(config, index, allowed_functions(allow_functions))
         queues += [keys.score_queue(i) for i in indices]  # first: a batch generated is scored before the next is generated
         log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
     if role in ("generate", "both"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rsample.workers.backends.reward_specs import is_verifier
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import (
     DROPPED_DISAGREEMENT,
@@ -24,7 +25,6 @@ from rsample.workers.common.messages import (
     PromptScores,
 )
 from rsample.workers.stages import selection
-from rsample.workers.backends.answers import is_verifier
 from rsample.workers.stages.output import pair_row, score_rows, sft_row
 
 DROP_OUTCOMES = {selection.UNFINISHED: DROPPED_UNFINISHED, selection.TIE: DROPPED_TIE, selection.DISAGREEMENT: DROPPED_DISAGREEMENT}
@@ -59,7 +59,7 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
     if len(prompt.candidates) < 2:
         return DROPPED_IDENTICAL
     if len(usable) < 2:  # the others were longer than some reward model's context
-        return "fewer than two candidates fit every reward model's context"
+        return "fewer than two candidates scored by every reward model (too long for its context, or given no score)"
     picked = selection.select_pair(usable_scores, config.combine, eligible)
     if picked.dropped is not None:
         return DROP_OUTCOMES[picked.dropped]

@@ -7,6 +7,7 @@ import logging
 import time
 
 from rsample.workers.backends.base import RewardBackend
+from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
@@ -64,6 +65,9 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
     backend = context.reward_models.get(model_index)
     if backend is None:
         raise RuntimeError(f"this worker has not loaded reward model {model_index}")
+    refusal = getattr(backend, "refusal", None)
+    if refusal is not None:  # not the data's fault: the job fails whole, and a worker that allows it may take it on retry
+        raise RsampleError(refusal)
     raw = client.get(keys.batch(batch_id))
     if raw is None:  # already written: a repeated delivery, nothing left to do
         log.info("batch %s of run %s is already written", batch_id, run_id)

@@ -1,0 +1,98 @@
+"""--trust-remote-code: a model whose repository code must run loads only when the run names it and the worker
+allows it; otherwise the refusal says how to allow it, in one line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, read_jsonl, rsample, write_jsonl
+
+from rsample.workers.backends.tiny_models import build_reward_model
+from rsample.workers.backends.transformers_reward import TransformersRewardModel
+
+CONFIGURATION = '''
+from transformers import LlamaConfig
+
+
+class RemoteConfig(LlamaConfig):
+    model_type = "rsample-remote"
+'''
+MODELING = '''
+from torch import nn
+from transformers import LlamaForSequenceClassification, LlamaModel, LlamaPreTrainedModel
+
+from .configuration_remote import RemoteConfig
+
+
+class RemoteForSequenceClassification(LlamaForSequenceClassification):
+    config_class = RemoteConfig
+
+    def __init__(self, config):
+        LlamaPreTrainedModel.__init__(self, config)  # its own trunk, as remote-code models build theirs
+        self.num_labels = config.num_labels
+        self.model = LlamaModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+'''
+ROWS = [{"prompt": f"write a story about the river number {i}"} for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def remote_model(tmp_path_factory):
+    """A tiny reward model whose architecture lives in its own folder's Python files, as ArmoRM's does on the Hub."""
+    root = tmp_path_factory.mktemp("remote")
+    plain = build_reward_model(root / "plain", seed=3)
+    remote = build_reward_model(root / "remote", seed=3)
+    (remote / "configuration_remote.py").write_text(CONFIGURATION)
+    (remote / "modeling_remote.py").write_text(MODELING)
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="rsample-remote", architectures=["RemoteForSequenceClassification"],
+                  auto_map={"AutoConfig": "configuration_remote.RemoteConfig",
+                            "AutoModelForSequenceClassification": "modeling_remote.RemoteForSequenceClassification"})
+    (remote / "config.json").write_text(json.dumps(config))
+    return str(plain), str(remote)
+
+
+def run_args(dataset, remote, out):
+    return ["run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-model", remote, "--n", "3",
+            "--out", str(out), "--no-progress"]
+
+
+def test_a_model_with_its_own_code_is_refused_unless_named(remote_model, tmp_path):
+    _, remote = remote_model
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    refused = rsample(*run_args(dataset, remote, tmp_path / "pairs.jsonl"), check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"error: reward model {remote!r} runs code from its repository: name it with "
+                                      f"--trust-remote-code {remote} (on the run, and on every worker that loads it)")
+
+
+def test_named_it_loads_and_scores_as_the_same_weights_do_without_code(remote_model, tmp_path):
+    plain, remote = remote_model
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    out = tmp_path / "pairs.jsonl"
+    rsample(*run_args(dataset, remote, out), "--trust-remote-code", remote)
+    pairs = read_jsonl(out)
+    assert pairs, "no pair written"
+    reference = TransformersRewardModel(plain, "float32")
+    for pair in pairs:
+        chosen, rejected = reference.score([pair["chosen"], pair["rejected"]])
+        assert pair["chosen_score"][remote] == pytest.approx(chosen, abs=1e-5)
+        assert pair["rejected_score"][remote] == pytest.approx(rejected, abs=1e-5)
+
+
+def test_a_worker_runs_the_code_only_if_its_own_command_line_allows_it(remote_model, redis_server, tmp_path):
+    _, remote = remote_model
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "echo", "--backend", "echo",
+                     "--reward-model", remote, "--n", "3", "--trust-remote-code", remote).stdout.strip()
+    worker = subprocess.run([sys.executable, "-m", "rsample.producer", "worker", "reward", "--redis-url", redis_server.url,
+                             "--run", run_id, "--burst"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 2  # the run's settings in Redis alone never make a worker run a model's code
+    assert worker.stderr.strip().splitlines()[-1] == (f"error: reward model {remote!r} runs code from its repository: name it "
+                                                     f"with --trust-remote-code {remote} (on the run, and on every worker that loads it)")
+    allowed = subprocess.run([sys.executable, "-m", "rsample.producer", "worker", "reward", "--redis-url", redis_server.url,
+                              "--run", run_id, "--burst", "--trust-remote-code", remote], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]

@@ -1,0 +1,103 @@
+"""fn:package.module:function rewards: called with the candidates and their rows' columns, imported only where the
+worker's own command line or an installed `rsample.rewards` entry point allows; a refusing worker fails the job
+with its reason, and the prompts end as counted skips."""
+
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import REPO, read_jsonl, rsample, write_jsonl
+
+from rsample.workers.backends.functions import FunctionReward, RefusedReward, allowed_functions
+from rsample.workers.common.errors import RsampleError
+
+REWARDS = '''
+def hashes(conversations, rows):
+    """How often the row's keyword occurs in the candidate; no score for a row without one."""
+    return [float(c[-1]["content"].count(row["keyword"])) if row and "keyword" in row else None for c, row in zip(conversations, rows)]
+
+
+def broken(conversations, rows):
+    return ["high"] * len(conversations)
+'''
+ROWS = [{"prompt": "count the marks", "keyword": "#"}, {"prompt": "count the stars", "keyword": "*"}, {"prompt": "no keyword"}]
+ECHO = ["--policy", "echo", "--backend", "echo", "--reward-backend", "length", "--n", "3"]
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    """A module of reward functions on the path of this process and of every process it starts."""
+    folder = tmp_path / "user_code"
+    folder.mkdir()
+    (folder / "my_rewards.py").write_text(REWARDS)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    return folder
+
+
+def test_the_function_gets_the_candidates_and_the_rows_extra_columns(reward_module, tmp_path):
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:hashes", "--extra-column", "keyword",
+                     "--out", str(out), "--scores-out", str(scores), "--no-progress")
+    pairs = {row["messages"][0]["content"]: row for row in read_jsonl(out)}
+    assert set(pairs) == {"count the marks"}  # echoes end in 1 to 3 '#': their count ranks them
+    assert pairs["count the marks"]["chosen"][-1]["content"] == "count the marks ###"
+    assert (pairs["count the marks"]["chosen_score"], pairs["count the marks"]["rejected_score"]) == (
+        {"fn:my_rewards:hashes": 3.0}, {"fn:my_rewards:hashes": 1.0})
+    assert re.search(r"dropped, tie +1\n", result.stdout)  # no '*' in any echo: all score 0
+    assert "fewer than two candidates scored by every reward model (too long for its context, or given no score): 1" in result.stdout
+
+
+def test_a_worker_that_does_not_allow_the_function_fails_its_jobs_with_the_reason(reward_module, redis_server, tmp_path):
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS[:1])
+    url = redis_server.url
+    run_id = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:hashes",
+                     "--extra-column", "keyword", "--retries", "0").stdout.strip()
+    worker = subprocess.Popen([sys.executable, "-m", "rsample.producer", "worker", "both", "--redis-url", url], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        result = rsample("aggregate", "--redis-url", url, "--run", run_id, "--out", str(tmp_path / "pairs.jsonl"), "--no-progress")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        log = worker.communicate(timeout=30)[0]
+    assert re.search(r"skipped +1\n", result.stdout)
+    assert ("fn:my_rewards:hashes is not allowed on this worker: start it with --allow-reward-fn my_rewards:hashes" in result.stdout), result.stdout
+    assert worker.returncode == 0, log  # the worker went on serving
+    assert "my_rewards" not in log.replace("fn:my_rewards:hashes", "").replace("my_rewards:hashes", "")  # never imported
+
+
+def test_an_installed_entry_point_allows_its_function(reward_module, tmp_path):
+    """A package's `rsample.rewards` entry point, as `pip install` leaves it (a dist-info folder on the path)."""
+    info = reward_module / "my_rewards-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-rewards\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[rsample.rewards]\nhashes = my_rewards:hashes\n")
+    code = textwrap.dedent("""
+        from rsample.workers.backends.functions import allowed_functions
+        print(sorted(allowed_functions()))
+    """)
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert printed.strip() == "['my_rewards:hashes']"
+
+
+def test_results_that_are_not_scores_fail_in_one_line_and_unknown_modules_are_named(reward_module):
+    rows = [{"keyword": "#"}]
+    conversation = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a #"}]]
+    assert FunctionReward.load("fn:my_rewards:hashes", allowed_functions(["my_rewards:hashes"])).score(conversation, rows) == [1.0]
+    with pytest.raises(ValueError, match=r"fn:my_rewards:broken returned 'high': a score is a finite number or None"):
+        FunctionReward.load("fn:my_rewards:broken", frozenset({"my_rewards:broken"})).score(conversation, rows)
+    with pytest.raises(RsampleError, match="cannot import reward function nowhere:score: No module named 'nowhere'"):
+        FunctionReward.load("fn:nowhere:score", frozenset({"nowhere:score"}))
+    refused = FunctionReward.load("fn:my_rewards:hashes", frozenset())
+    assert isinstance(refused, RefusedReward) and "--allow-reward-fn my_rewards:hashes" in refused.refusal
+
+
+def test_a_name_that_is_not_module_colon_function_is_refused_before_anything_runs(tmp_path):
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my rewards", "--out", str(tmp_path / "p.jsonl"),
+                     check=False)
+    assert result.returncode == 2 and result.stderr.strip() == "error: 'fn:my rewards' is not fn:package.module:function"

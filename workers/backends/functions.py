@@ -1,0 +1,82 @@
+"""`--reward-model fn:package.module:function`: your own reward code, called as
+`function(conversations, rows) -> scores`: `conversations` are the candidates as chat messages (the prompt, then
+the candidate as the last assistant message), `rows` each candidate's row columns (`--answer-column`,
+`--extra-column`; None for a row without them), and the result one float (or None: no score) per conversation.
+
+A worker imports the function only when its own command line (`--allow-reward-fn package.module:function`) or an
+installed entry point of the group `rsample.rewards` allows that name: the run's settings come from a Redis that
+others may write to, and must never be able to make a worker import a module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import Any
+
+from rsample.workers.backends.reward_specs import function_name
+from rsample.workers.common.errors import RsampleError, first_line
+from rsample.workers.common.messages import Conversation
+
+ENTRY_POINT_GROUP = "rsample.rewards"
+
+
+def allowed_functions(named: Iterable[str] = ()) -> frozenset[str]:
+    """The names this worker may import: those its command line names, and every installed `rsample.rewards` entry
+    point's `package.module:function`."""
+    return frozenset(named) | {entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class RefusedReward:
+    """Stands for a reward this worker may not run: each of its jobs fails with the reason (another worker that
+    allows it may take the job on retry), and the worker serves its other queues as usual."""
+
+    def __init__(self, spec: str, refusal: str):
+        self.spec = spec
+        self.refusal = refusal
+
+    def score(self, conversations: list[Conversation]) -> list[float | None]:
+        raise RsampleError(self.refusal)
+
+
+class FunctionReward:
+    needs_columns = True
+
+    def __init__(self, spec: str, function):
+        self.spec = spec
+        self.function = function
+
+    @classmethod
+    def load(cls, spec: str, allowed: frozenset[str]) -> FunctionReward | RefusedReward:
+        name = function_name(spec)
+        if name not in allowed:
+            return RefusedReward(spec, f"{spec} is not allowed on this worker: start it with --allow-reward-fn {name}, "
+                                       f"or install a package that declares it as an entry point in the group {ENTRY_POINT_GROUP}")
+        module_name, _, attribute = name.partition(":")
+        try:
+            function = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise RsampleError(f"cannot import reward function {name}: {first_line(exc)}") from None
+        if not callable(function):
+            raise RsampleError(f"reward function {name} is not callable")
+        return cls(spec, function)
+
+    def missing_reason(self, columns: dict[str, Any] | None) -> str | None:
+        return None  # the function itself decides what a row without its columns scores
+
+    def score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
+        values = self.function(conversations, columns)
+        if not isinstance(values, (list, tuple)) or len(values) != len(conversations):
+            got = f"{len(values)} values" if isinstance(values, (list, tuple)) else type(values).__name__
+            raise ValueError(f"{self.spec} returned {got} for {len(conversations)} conversations")
+        scores: list[float | None] = []
+        for value in values:
+            if value is None:
+                scores.append(None)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                scores.append(float(value))
+            else:
+                raise ValueError(f"{self.spec} returned {value!r}: a score is a finite number or None")
+        return scores

@@ -1,0 +1,131 @@
+"""`--reward-model judge:MODEL`: a chat model rates each candidate against a rubric, and the score is its expected
+rating: the ratings 1 to 9 weighted by the probabilities the judge gives their tokens as the first token of its
+reply, read from one forward pass. Finer-grained than a parsed answer (two candidates the judge would both call
+"7" still differ), and never unparseable.
+
+The rubric is a Jinja template (`--judge-template FILE`; a general one ships) of `conversation` (the prompt's
+messages) and `answer` (the candidate); it becomes the judge's one user message, rendered with the judge's own
+chat template and opened for its reply. The template travels in the run's settings, so it is rendered in a
+sandbox: a shared Redis can hand workers a template, never code to run.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from rsample.workers.backends.batching import TokenBudget
+from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
+from rsample.workers.backends.reward_specs import JUDGE_PREFIX, model_path
+from rsample.workers.backends.scoring_rounds import ScoringRounds
+from rsample.workers.backends.transformers_reward import read_scores
+from rsample.workers.common import defaults
+from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import RsampleError, first_line
+from rsample.workers.common.messages import Conversation
+
+RATINGS = tuple(range(1, 10))
+"""Single digits: one token each in every common tokenizer, so that one forward pass reads them all."""
+
+DEFAULT_TEMPLATE = """Please act as an impartial judge of the response an AI assistant gave to the conversation below. \
+Consider its helpfulness, correctness, relevance, depth and clarity. Rate it from 1 (very poor) to 9 (excellent).
+
+[Conversation]
+{% for message in conversation %}{{ message.role }}: {{ message.content }}
+{% endfor %}
+[Response]
+{{ answer }}
+
+Reply with the rating alone: a single digit from 1 to 9."""
+
+
+def compile_template(text: str):
+    """The rubric, compiled in a sandbox and tried on a small conversation: a broken one fails when the run is made."""
+    try:
+        template = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(text)
+        template.render(conversation=[{"role": "user", "content": "q"}], answer="a")
+    except TemplateError as exc:
+        raise RsampleError(f"--judge-template does not render: {first_line(exc)}") from None
+    return template
+
+
+def rating_token_ids(tokenizer, spec: str) -> list[list[int]]:
+    """For each rating, the ids of the single tokens that spell it (bare, and with a leading space)."""
+    ids = []
+    for rating in RATINGS:
+        spellings = {encoded[0] for text in (str(rating), f" {rating}")
+                     if len(encoded := tokenizer.encode(text, add_special_tokens=False)) == 1}
+        if not spellings:
+            raise RsampleError(f"judge {spec!r}: its tokenizer has no single token for the rating {rating}")
+        ids.append(sorted(spellings))
+    return ids
+
+
+class TransformersJudge:
+    """A causal LM read at the last token of its rendered prompt; batched, pooled and OOM-safe like the reward models."""
+
+    def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH,
+                 token_budget: int = defaults.REWARD_TOKEN_BUDGET, template: str | None = None, trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.spec = spec
+        model_spec = spec[len(JUDGE_PREFIX):]
+        self.device = resolve_device()
+        self.tokenizer = load_tokenizer(model_spec, "judge", trust_remote_code)
+        self.model = load_weights(AutoModelForCausalLM, model_spec, "judge", resolve_dtype(dtype, self.device), self.device,
+                                  trust_remote_code)
+        self.context = context_length(self.model, self.tokenizer)
+        self.template = compile_template(template or DEFAULT_TEMPLATE)
+        self.ratings = torch.tensor(RATINGS, dtype=torch.float32, device=self.device)
+        self.rating_ids = rating_token_ids(self.tokenizer, spec)
+        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch), self._forward, read_scores)
+        self._tokenizer_lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, config: RunConfig, model_index: int) -> TransformersJudge:
+        models = config.models
+        spec = config.reward_models[model_index]
+        return cls(spec, models.dtype, models.reward_micro_batch, models.reward_token_budget, config.judge_template,
+                   model_path(spec) in config.trust_remote_code)
+
+    def judge_prompt(self, conversation: Conversation) -> Conversation:
+        """The one user message the judge reads: the rubric filled with the prompt and the candidate."""
+        return [{"role": "user", "content": self.template.render(conversation=conversation[:-1], answer=conversation[-1]["content"])}]
+
+    def score(self, conversations: list[Conversation]) -> list[float | None]:
+        prompts = [self.judge_prompt(conversation) for conversation in conversations]
+        with self._tokenizer_lock:
+            texts = [self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) for prompt in prompts]
+            encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
+        scores: list[float | None] = [None] * len(conversations)
+        for index, value in zip(fitting, self.rounds.score([encoded[i] for i in fitting])):
+            scores[index] = value
+        return scores
+
+    def _forward(self, batch: list[list[int]]):
+        """Each sequence's expected rating, as a float32 tensor on the device (not yet read).
+
+        Left padding with positions counted from each sequence's first real token, and the model's own forward
+        (its head, its final soft-capping, if any) asked for the last position's logits alone."""
+        import torch
+
+        width = max(len(ids) for ids in batch)
+        host_ids = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            host_ids[row, width - len(ids):] = torch.tensor(ids)
+        lengths = torch.tensor([len(ids) for ids in batch])
+        if self.device == "cuda":
+            host_ids, lengths = host_ids.pin_memory(), lengths.pin_memory()
+        input_ids = host_ids.to(self.device, non_blocking=True)
+        lengths = lengths.to(self.device, non_blocking=True)
+        attention_mask = (torch.arange(width, device=self.device)[None, :] >= (width - lengths)[:, None]).long()
+        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1).logits
+            probabilities = torch.softmax(logits[:, -1].float(), dim=-1)  # over the whole vocabulary
+            per_rating = torch.stack([probabilities[:, ids].sum(dim=-1) for ids in self.rating_ids], dim=-1)
+            return (per_rating * self.ratings).sum(dim=-1) / per_rating.sum(dim=-1)
