@@ -113,13 +113,14 @@ def test_workers_never_import_the_producer():
     assert any(t.startswith("rsample.workers") for m, ts in graph.items() if m.startswith("rsample.producer") for t in ts)
 
 
-def test_common_builds_on_nothing_but_the_backend_names():
+def test_common_builds_on_nothing_but_the_backend_and_reward_names():
     graph = import_graph()
-    allowed = {"rsample.workers.backends.registry"}
+    allowed = {"rsample.workers.backends.registry", "rsample.workers.backends.reward_specs"}
     for module, targets in graph.items():
         if module.startswith("rsample.workers.common"):
             assert {t for t in targets if not t.startswith("rsample.workers.common")} <= allowed, module
-    assert graph["rsample.workers.backends.registry"] == set()
+    assert graph["rsample.workers.backends.registry"] <= {"rsample.workers.backends.reward_specs", "rsample.workers.backends.functions"}
+    assert graph["rsample.workers.backends.reward_specs"] == {"rsample.workers.common.errors"}
 
 
 def test_nothing_imports_the_old_top_level_names():
