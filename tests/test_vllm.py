@@ -174,3 +174,22 @@ def test_the_vllm_gpu_check_rehearses_on_a_cpu():
     pipeline, reward = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
     assert pipeline["backend"] == "vllm" and pipeline["direct_tokens_per_s"] > 0 and pipeline["pipeline_tokens_per_s"] > 0
     assert reward["conversations"] == 8 * 8 and reward["pearson"] > 0.999 and reward["same_best"] == reward["prompts"] == 8
+
+
+def test_the_vllm_judge_gives_the_transformers_judges_expected_ratings(tiny_models):
+    """One token that may only be a rating, its logprobs renormalised over the ratings: the same expected rating as
+    the transformers judge's full softmax."""
+    from rsample.workers.backends.judge import TransformersJudge
+    from rsample.workers.backends.vllm_judge import VLLMJudge
+
+    conversations = [[*WRITE, {"role": "assistant", "content": "the river runs " * k}] for k in range(1, 6)] + [
+        [*CITY, {"role": "assistant", "content": "river city"}]]
+    spec, rubric = f"judge:{tiny_models['policy']}", "Rate: {{ conversation[-1].content }} | {{ answer }} | Rating:"
+    reference = TransformersJudge(spec, "float32", template=rubric).score(conversations)
+    judge = VLLMJudge(spec, FLOAT32, rubric)
+    try:
+        scores = judge.score(conversations)
+    finally:
+        judge.close()
+    assert None not in reference and scores == pytest.approx(reference, abs=1e-3)
+    assert len({round(s, 4) for s in scores}) == len(scores)

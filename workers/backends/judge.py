@@ -41,14 +41,26 @@ Consider its helpfulness, correctness, relevance, depth and clarity. Rate it fro
 Reply with the rating alone: a single digit from 1 to 9."""
 
 
-def compile_template(text: str):
-    """The rubric, compiled in a sandbox and tried on a small conversation: a broken one fails when the run is made."""
+def compile_template(text: str | None):
+    """The rubric (None: the one that ships), compiled in a sandbox and tried on a small conversation: a broken one
+    fails when the run is made."""
     try:
-        template = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(text)
+        template = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(text or DEFAULT_TEMPLATE)
         template.render(conversation=[{"role": "user", "content": "q"}], answer="a")
     except TemplateError as exc:
         raise RsampleError(f"--judge-template does not render: {first_line(exc)}") from None
     return template
+
+
+def judge_prompt(template, conversation: Conversation) -> Conversation:
+    """The one user message the judge reads: the rubric filled with the prompt and the candidate."""
+    return [{"role": "user", "content": template.render(conversation=conversation[:-1], answer=conversation[-1]["content"])}]
+
+
+def expected_rating(per_rating) -> float:
+    """Σ rating × p(rating) / Σ p(rating), over the ratings' probabilities (any iterable of numbers, in RATINGS order)."""
+    weights = list(per_rating)
+    return sum(rating * weight for rating, weight in zip(RATINGS, weights)) / sum(weights)
 
 
 def rating_token_ids(tokenizer, spec: str) -> list[list[int]]:
@@ -78,7 +90,7 @@ class TransformersJudge:
         self.model = load_weights(AutoModelForCausalLM, model_spec, "judge", resolve_dtype(dtype, self.device), self.device,
                                   trust_remote_code)
         self.context = context_length(self.model, self.tokenizer)
-        self.template = compile_template(template or DEFAULT_TEMPLATE)
+        self.template = compile_template(template)
         self.ratings = torch.tensor(RATINGS, dtype=torch.float32, device=self.device)
         self.rating_ids = rating_token_ids(self.tokenizer, spec)
         self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch), self._forward, read_scores)
@@ -92,15 +104,14 @@ class TransformersJudge:
                    model_path(spec) in config.trust_remote_code)
 
     def judge_prompt(self, conversation: Conversation) -> Conversation:
-        """The one user message the judge reads: the rubric filled with the prompt and the candidate."""
-        return [{"role": "user", "content": self.template.render(conversation=conversation[:-1], answer=conversation[-1]["content"])}]
+        return judge_prompt(self.template, conversation)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         prompts = [self.judge_prompt(conversation) for conversation in conversations]
         with self._tokenizer_lock:
             texts = [self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) for prompt in prompts]
             encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
+        fitting = [i for i, ids in enumerate(encoded) if len(ids) < self.context]  # room for the rating, as vLLM needs
         scores: list[float | None] = [None] * len(conversations)
         for index, value in zip(fitting, self.rounds.score([encoded[i] for i in fitting])):
             scores[index] = value

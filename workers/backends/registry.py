@@ -46,7 +46,7 @@ def load_generator(config: RunConfig) -> GenerationBackend:
 
 VERIFIER = f"{_PACKAGE}.verifiers:AnswerVerifier"
 """`--reward-model verify:...`: an answer checker, whatever the run's reward backend."""
-JUDGES = {"transformers": f"{_PACKAGE}.judge:TransformersJudge"}
+JUDGES = {"transformers": f"{_PACKAGE}.judge:TransformersJudge", "vllm": f"{_PACKAGE}.vllm_judge:VLLMJudge"}
 """`--reward-model judge:MODEL`, by the run's reward backend."""
 
 
@@ -61,6 +61,6 @@ def load_reward_backend(config: RunConfig, model_index: int, allowed_functions: 
         from rsample.workers.backends.functions import FunctionReward
 
         return FunctionReward.load(spec, allowed_functions)
-    if reward_specs.is_judge(spec):  # a model however the other rewards are scored (the run's settings refuse vLLM judges)
-        return backend_class(JUDGES, "transformers").from_run(config, model_index)
+    if reward_specs.is_judge(spec):  # a model, with vLLM or else transformers (as with the zero-cost reward backend)
+        return backend_class(JUDGES, "vllm" if config.models.reward_backend == "vllm" else "transformers").from_run(config, model_index)
     return backend_class(REWARD_BACKENDS, config.models.reward_backend).from_run(config, model_index)

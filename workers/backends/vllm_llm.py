@@ -20,8 +20,9 @@ def import_vllm():
     return vllm
 
 
-def make_llm(spec: str, role: str, models: ModelSettings, runner: str, trust_remote_code: bool = False):
-    """`runner` is vLLM's: "generate" for the policy, "pooling" for a reward model."""
+def make_llm(spec: str, role: str, models: ModelSettings, runner: str, trust_remote_code: bool = False, **engine_options):
+    """`runner` is vLLM's: "generate" for the policy and judges, "pooling" for a reward model; `engine_options` go to
+    `vllm.LLM` as they are."""
     vllm = import_vllm()
     if spec.endswith(".gguf"):
         raise RsampleError(f"the vllm backend takes a Hub id or a model folder, not a .gguf file ({spec}): use --backend transformers")
@@ -43,6 +44,7 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str, trust_rem
             trust_remote_code=trust_remote_code,
             enforce_eager=models.enforce_eager or device == "cpu",  # compiling pays off on GPUs; on CPU it only costs start-up
             **cpu_only,
+            **engine_options,
         )
     except Exception as exc:
         raise RsampleError(f"vLLM cannot load {role} model {spec!r}: {first_line(exc)}") from None

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from rsample.workers.backends import registry as backend_registry
-from rsample.workers.backends.reward_specs import check_spec, is_judge, is_verifier
+from rsample.workers.backends.reward_specs import check_spec, is_verifier
 from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError
 
@@ -208,8 +208,6 @@ class RunConfig:
             raise RsampleError(f"--reward-model given twice: {', '.join(self.reward_models)}")
         for spec in self.reward_models:
             check_spec(spec)
-            if is_judge(spec) and self.models.reward_backend == "vllm":
-                raise RsampleError(f"{spec}: a judge runs on --reward-backend transformers (vLLM judges are not supported yet)")
         if self.combine is None:
             object.__setattr__(self, "combine", default_combine(self.reward_models))
         if self.combine not in COMBINE_METHODS:

@@ -1,0 +1,53 @@
+"""`judge:MODEL` with `--reward-backend vllm`: the same rubric, rendering and expected rating as the transformers
+judge (`rsample.workers.backends.judge`), read from a one-token generation that may only pick a rating token: with
+`logprobs_mode="processed_logprobs"` its logprobs are the judge's distribution renormalised over those tokens,
+which is all the expected rating needs."""
+
+from __future__ import annotations
+
+import math
+
+from rsample.workers.backends.judge import compile_template, expected_rating, judge_prompt, rating_token_ids
+from rsample.workers.backends.models import load_tokenizer
+from rsample.workers.backends.reward_specs import model_path
+from rsample.workers.backends.vllm_llm import make_llm
+from rsample.workers.common.config import ModelSettings, RunConfig
+from rsample.workers.common.messages import Conversation
+
+
+class VLLMJudge:
+    def __init__(self, spec: str, models: ModelSettings, template: str | None = None, trust_remote_code: bool = False):
+        path = model_path(spec)
+        self.spec = spec
+        self.tokenizer = load_tokenizer(path, "judge", trust_remote_code)
+        self.template = compile_template(template)
+        self.rating_ids = rating_token_ids(self.tokenizer, spec)
+        allowed = sorted({token for ids in self.rating_ids for token in ids})
+        self.llm = make_llm(path, "judge", models, runner="generate", trust_remote_code=trust_remote_code,
+                            logprobs_mode="processed_logprobs")
+        self.context = self.llm.llm_engine.model_config.max_model_len
+        from vllm import SamplingParams
+
+        self.params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, allowed_token_ids=allowed, logprobs=len(allowed))
+
+    @classmethod
+    def from_run(cls, config: RunConfig, model_index: int) -> VLLMJudge:
+        spec = config.reward_models[model_index]
+        return cls(spec, config.models, config.judge_template, model_path(spec) in config.trust_remote_code)
+
+    def close(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def score(self, conversations: list[Conversation]) -> list[float | None]:
+        from vllm.inputs import TokensPrompt
+
+        texts = [self.tokenizer.apply_chat_template(judge_prompt(self.template, c), tokenize=False, add_generation_prompt=True)
+                 for c in conversations]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        fitting = [i for i, ids in enumerate(encoded) if len(ids) < self.context]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting], self.params, use_tqdm=False)
+        scores: list[float | None] = [None] * len(conversations)
+        for index, output in zip(fitting, outputs):
+            logprobs = output.outputs[0].logprobs[0]
+            scores[index] = expected_rating(sum(math.exp(logprobs[t].logprob) for t in ids if t in logprobs) for ids in self.rating_ids)
+        return scores
