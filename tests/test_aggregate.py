@@ -142,3 +142,13 @@ def test_with_a_verifier_only_a_verified_best_makes_an_sft_row():
     result = aggregate_batch(verified, batch, per_model)
     assert [(row["prompt_id"], row["messages"][-1]["content"]) for row in result.sft_rows] == [("a", "right")]
     assert [(o.prompt_id, o.outcome) for o in result.outcomes] == [("a", PAIR), ("b", PAIR)]  # b: the reward model breaks the tie
+
+
+def test_any_verified_answer_makes_an_sft_row_whatever_the_combination():
+    """A verifier second, combined by standardized scores: the reward model prefers the wrong answer, the SFT row
+    still takes the verified one."""
+    config_ = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm", "verify:math"), sft=True)
+    assert config_.combine == "standardized"
+    per_model = [{"a": {"scores": [9.0, 0.0, 1.0], "skip_reason": None}}, {"a": {"scores": [0.0, 1.0, 1.0], "skip_reason": None}}]
+    result = aggregate_batch(config_, GeneratedBatch("r0", [prompt("a", ["wrong", "right", "also right"])]), per_model)
+    assert [row["messages"][-1]["content"] for row in result.sft_rows] == ["also right"]  # verified, then the best of those

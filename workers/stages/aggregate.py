@@ -70,17 +70,15 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
 
 
 def best_for_sft(config: RunConfig, scores_by_model: list[list[float]], eligible: list[bool]) -> int | None:
-    """The candidate the pair would choose (by `--combine`), among the eligible ones; with verifiers in the run, only
-    if it passed every one of them (a supervised example must be right). One candidate alone is its own best."""
-    candidates = [i for i, ok in enumerate(eligible) if ok]
-    if not candidates:
+    """The candidate the pair would choose (by `--combine`) among the eligible ones; with verifiers in the run, among
+    those that passed every one of them (a supervised example must be right, and any verified answer makes one)."""
+    verifiers = [scores for spec, scores in zip(config.reward_models, scores_by_model) if is_verifier(spec)]
+    allowed = [ok and all(scores[i] == 1.0 for scores in verifiers) for i, ok in enumerate(eligible)]
+    if not any(allowed):
         return None
-    if len(eligible) == 1:
-        best = 0
-    else:
-        best = selection.select_pair(scores_by_model, config.combine, eligible).chosen
-    verified = all(scores[best] == 1.0 for spec, scores in zip(config.reward_models, scores_by_model) if is_verifier(spec))
-    return best if verified else None
+    if len(allowed) == 1:
+        return 0
+    return selection.select_pair(scores_by_model, config.combine, allowed).chosen
 
 
 def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dict[str, dict]], failure: str | None = None) -> BatchOutcome:
