@@ -159,7 +159,7 @@ def build_config(params: dict) -> RunConfig:
         if is_judge(spec):
             from rsample.workers.backends.judge import compile_template
 
-            compile_template(config.judge_template or "{{ answer }}")
+            compile_template(config.judge_template)
             load_model_config(model_path(spec), "judge", model_path(spec) in trusted)
         elif not (is_verifier(spec) or is_function(spec)) and config.models.reward_backend != ZERO_COST_REWARD:
             check_reward_model(spec, spec in trusted)

@@ -113,3 +113,16 @@ def test_the_device_thread_ends_when_idle_and_starts_again_with_the_next_job():
         time.sleep(0.05)
     assert not any(t.name == "idle-test-device" for t in threading.enumerate())
     assert rounds.score([[4]]) == [4.0] and rounds.score([]) == []
+
+
+def test_a_device_thread_that_dies_fails_its_waiting_jobs_instead_of_hanging_them():
+    class Fatal(BaseException):
+        """Not an Exception: nothing on the way catches it, as with a bug in the round itself."""
+
+    def read_or_die(per_batch):
+        raise Fatal("boom")
+
+    rounds = ScoringRounds(TokenBudget(100, 8), Device().run_batch, read_or_die, name="dying-device")
+    with pytest.raises(RuntimeError, match="the reward device thread stopped: Fatal"):
+        rounds.score([[1, 2]])
+    assert rounds._thread is None  # the next job starts a thread of its own

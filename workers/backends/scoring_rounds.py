@@ -94,18 +94,28 @@ class ScoringRounds(Generic[R]):
             raise
 
     def _serve(self) -> None:
-        while True:
+        jobs: list[_Job] = []
+        try:
+            while True:
+                with self._wake:
+                    if not self._waiting:
+                        self._wake.wait(self._idle_seconds)
+                    if not self._waiting:
+                        self._thread = None
+                        return
+                    jobs, self._waiting = self._waiting, []
+                self._round([job for job in jobs if job.future.set_running_or_notify_cancel()])
+                if time.monotonic() - self._logged_at >= defaults.REWARD_ROUNDS_LOG_SECONDS:
+                    self._logged_at = time.monotonic()
+                    log.info(self.totals.line())
+        except BaseException as exc:  # never leave a slot waiting on a thread that is gone
+            log.exception("the reward device thread stopped")
             with self._wake:
-                if not self._waiting:
-                    self._wake.wait(self._idle_seconds)
-                if not self._waiting:
-                    self._thread = None
-                    return
-                jobs, self._waiting = self._waiting, []
-            self._round([job for job in jobs if job.future.set_running_or_notify_cancel()])
-            if time.monotonic() - self._logged_at >= defaults.REWARD_ROUNDS_LOG_SECONDS:
-                self._logged_at = time.monotonic()
-                log.info(self.totals.line())
+                self._thread = None
+                jobs, self._waiting = [*jobs, *self._waiting], []
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(RuntimeError(f"the reward device thread stopped: {exc!r}"))
 
     def _round(self, jobs: list[_Job]) -> None:
         """Scores `jobs` together; when that fails, each alone, so that one job's fault (a sequence that runs out of
