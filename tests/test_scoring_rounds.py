@@ -52,12 +52,18 @@ def score_in_threads(rounds, jobs):
     return threads, results, errors
 
 
-def test_jobs_waiting_during_a_round_are_sorted_together_into_the_next_and_get_their_own_values():
+def busy_rounds():
+    """Rounds whose device holds its first job until released: the jobs sent meanwhile wait for the next round."""
     device = Device()
     rounds = ScoringRounds(TokenBudget(10_000, 1000), device.run_batch, read)
     device.hold.clear()
     first, first_result, _ = score_in_threads(rounds, [job(1, 5)])
-    assert device.holding.wait(10)  # the first round holds the device
+    assert device.holding.wait(10)
+    return device, rounds, first, first_result
+
+
+def test_jobs_waiting_during_a_round_are_sorted_together_into_the_next_and_get_their_own_values():
+    device, rounds, first, first_result = busy_rounds()
     jobs = [job(seed, 6) for seed in (2, 3, 4)]
     threads, results, errors = score_in_threads(rounds, jobs)
     time.sleep(0.5)  # all three are waiting
@@ -74,11 +80,7 @@ def test_jobs_waiting_during_a_round_are_sorted_together_into_the_next_and_get_t
 
 
 def test_a_round_that_fails_is_scored_job_by_job_so_that_only_the_faulty_job_fails():
-    device = Device()
-    rounds = ScoringRounds(TokenBudget(10_000, 1000), device.run_batch, read)
-    device.hold.clear()
-    first, _, _ = score_in_threads(rounds, [job(1, 3)])
-    assert device.holding.wait(10)
+    device, rounds, first, _ = busy_rounds()
     jobs = [job(2, 4), [[5, 5], [-1, 3]], job(3, 4)]
     threads, results, errors = score_in_threads(rounds, jobs)
     time.sleep(0.5)
@@ -90,11 +92,7 @@ def test_a_round_that_fails_is_scored_job_by_job_so_that_only_the_faulty_job_fai
 
 
 def test_a_job_that_timed_out_while_waiting_is_left_out_of_later_rounds():
-    device = Device()
-    rounds = ScoringRounds(TokenBudget(10_000, 1000), device.run_batch, read)
-    device.hold.clear()
-    first, _, _ = score_in_threads(rounds, [job(1, 3)])
-    assert device.holding.wait(10)
+    device, rounds, first, _ = busy_rounds()
     with pytest.raises(JobTimeoutException), TimerDeathPenalty(1, JobTimeoutException):  # as in a worker's slot
         rounds.score([[9] * 4])
     device.hold.set()
