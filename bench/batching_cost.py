@@ -27,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-words", type=int, default=160)
     parser.add_argument("--token-budget", type=int, default=defaults.REWARD_TOKEN_BUDGET)
     parser.add_argument("--max-sequences", type=int, default=defaults.REWARD_MICRO_BATCH)
+    parser.add_argument("--pass-cost", type=int, default=defaults.REWARD_PASS_COST)
     return parser.parse_args(argv)
 
 
@@ -63,7 +64,7 @@ def cost(all_lengths: list[int], group: int, split, budget: TokenBudget) -> tupl
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    budget = TokenBudget(args.token_budget, args.max_sequences)
+    budget = TokenBudget(args.token_budget, args.max_sequences, args.pass_cost)
     all_lengths = lengths(args)
     tokens = sum(all_lengths)
     job = args.prompts_per_job * args.n

@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per job")
     parser.add_argument("--token-budget", type=int, default=defaults.REWARD_TOKEN_BUDGET)
     parser.add_argument("--max-sequences", type=int, default=defaults.REWARD_MICRO_BATCH)
+    parser.add_argument("--pass-cost", type=int, default=defaults.REWARD_PASS_COST,
+                        help="the worker's batch split: a pass's fixed cost in padded tokens (--reward-pass-cost)")
     parser.add_argument("--worker-slots", type=int, help="jobs the reward worker runs at once (default: the worker's own choice)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
@@ -74,7 +76,8 @@ def make_config(args, workdir: Path, reward: str) -> RunConfig:
         run_id="", data=DataSelection(str(workdir / "prompts.jsonl")), policy="echo", reward_models=(reward,),
         sampling=SamplingConfig(n=args.n),
         models=ModelSettings(dtype=args.dtype, generation_backend="echo", reward_backend="transformers",
-                             reward_micro_batch=args.max_sequences, reward_token_budget=args.token_budget),
+                             reward_micro_batch=args.max_sequences, reward_token_budget=args.token_budget,
+                             reward_pass_cost=args.pass_cost),
         jobs=JobSettings(max_in_flight=max(4096, 4 * args.batch_size)), prompts_per_job=args.batch_size,
     )
 
@@ -161,14 +164,14 @@ def main(argv=None) -> None:
     device = _device()
     print(f"reward scoring on {device}: {args.shape} reward model, {args.prompts} prompts x n={args.n} "
           f"({count} conversations, {tokens} tokens), budget {args.token_budget} padded tokens, "
-          f"at most {args.max_sequences} per batch, {args.batch_size} prompts per job, "
+          f"at most {args.max_sequences} per batch, pass cost {args.pass_cost}, {args.batch_size} prompts per job, "
           f"{args.worker_slots or 'default'} worker slots")
     print(f"{'side':<44}{'seconds':>10}{'tokens/s':>12}")
     print(f"{'(a) direct loop, pre-tokenized, globally sorted':<44}{a:>10.2f}{tokens / a:>12.0f}")
     print(f"{'(b) reward worker, job by job through Redis':<44}{b.seconds:>10.2f}{tokens / b.seconds:>12.0f}")
     print(f"ratio (b)/(a): {a / b.seconds:.3f}  (target >= 0.90); the worker's jobs spent {b.scoring_seconds:.2f} s inside the "
           "backend (summed over jobs, which overlap in its slots)" + (f"; peak GPU memory {peak} MiB" if peak else ""))
-    figures = {"device": device, "shape": args.shape, "conversations": args.prompts * args.n, "tokens": tokens,
+    figures = {"device": device, "shape": args.shape, "conversations": args.prompts * args.n, "tokens": tokens, "pass_cost": args.pass_cost,
                "direct_tokens_per_s": round(tokens / a, 1), "worker_tokens_per_s": round(tokens / b.seconds, 1),
                "ratio": round(a / b.seconds, 3)}
     print(json.dumps(figures))

@@ -100,6 +100,8 @@ def run_options(command):
         click.option("--reward-batch-size", type=int, default=defaults.REWARD_MICRO_BATCH, show_default=True, help="Most conversations per reward forward pass."),
         click.option("--reward-token-budget", type=int, default=defaults.REWARD_TOKEN_BUDGET, show_default=True,
                      help="Padded tokens per reward forward pass (length-sorted conversations fill it; halved on out-of-memory)."),
+        click.option("--reward-pass-cost", type=int, default=defaults.REWARD_PASS_COST, show_default=True,
+                     help="A reward forward pass's fixed cost in padded tokens: higher, fewer and fuller batches; lower, less padding."),
         click.option("--run-id", default="", help="Name the run (default: a hash of its settings)."),
         click.option("--max-in-flight", type=int, default=defaults.MAX_IN_FLIGHT, show_default=True, help="Prompts handed to workers and not yet written: bounds Redis memory."),
         click.option("--retries", type=int, default=defaults.JOB_RETRIES, show_default=True, help="Retries of a failed job before its prompts are skipped."),
@@ -126,6 +128,7 @@ def build_config(params: dict) -> RunConfig:
         models=ModelSettings(
             dtype=params["dtype"], generation_backend=params["backend"], reward_backend=params["reward_backend"],
             reward_micro_batch=params["reward_batch_size"], reward_token_budget=params["reward_token_budget"],
+            reward_pass_cost=params["reward_pass_cost"],
             tensor_parallel_size=params["tensor_parallel_size"], max_model_len=params["max_model_len"],
             gpu_memory_utilization=params["gpu_memory_utilization"] or defaults.VLLM_GPU_MEMORY_UTILIZATION,
             enforce_eager=params["enforce_eager"],

@@ -37,8 +37,7 @@ def cheapest_grouping(lengths, tokens, max_sequences, pass_cost):
 def test_the_split_is_the_cheapest_of_all_groupings(seed):
     rng = random.Random(seed)
     lengths = sorted(rng.randint(1, 60) for _ in range(rng.randint(1, 7)))
-    budget = TokenBudget(rng.choice([40, 80, 160]), rng.choice([2, 3, 8]))
-    budget.pass_cost = rng.choice([0, 10, 50])
+    budget = TokenBudget(rng.choice([40, 80, 160]), rng.choice([2, 3, 8]), pass_cost=rng.choice([0, 10, 50]))
     ends = budget.plan(lengths)
     batches = [lengths[start:end] for start, end in zip([0, *ends], ends)]
     assert [x for batch in batches for x in batch] == lengths and ends[-1] == len(lengths)

@@ -35,7 +35,7 @@ def test_settings_that_change_only_speed_keep_the_run_id_and_those_that_change_o
     from rsample.workers.common.config import ModelSettings
 
     base = RunConfig(run_id="", data=DataSelection("d.jsonl"), policy="p", reward_models=("r",))
-    faster = ModelSettings(reward_micro_batch=7, reward_token_budget=999, tensor_parallel_size=2, gpu_memory_utilization=0.4,
+    faster = ModelSettings(reward_micro_batch=7, reward_token_budget=999, reward_pass_cost=5, tensor_parallel_size=2, gpu_memory_utilization=0.4,
                            enforce_eager=True)
     assert run_id_for(replace(base, models=faster)) == run_id_for(base)
     assert run_id_for(replace(base, models=ModelSettings(dtype="float32"))) != run_id_for(base)

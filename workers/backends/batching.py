@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from rsample.workers.backends.faults import is_out_of_memory
+from rsample.workers.common import defaults
 
 R = TypeVar("R")
 
@@ -24,14 +25,13 @@ class TokenBudget:
     size that fit instead of failing its way down again.
     """
 
-    pass_cost = 1024
-    """What one forward pass costs beyond its padded tokens, counted in padded tokens."""
-
-    def __init__(self, tokens: int, max_sequences: int):
-        if tokens < 1 or max_sequences < 1:
-            raise ValueError("a token budget and its sequence cap must be at least 1")
+    def __init__(self, tokens: int, max_sequences: int, pass_cost: int = defaults.REWARD_PASS_COST):
+        if tokens < 1 or max_sequences < 1 or pass_cost < 0:
+            raise ValueError("a token budget and its sequence cap must be at least 1, a pass's cost at least 0")
         self.tokens = tokens
         self.max_sequences = max_sequences
+        self.pass_cost = pass_cost
+        """What one forward pass costs beyond its padded tokens, counted in padded tokens."""
 
     def plan(self, lengths: Sequence[int]) -> list[int]:
         """The end of each batch, in order, for `lengths` ascending. A sequence longer than the budget goes alone."""

@@ -79,7 +79,8 @@ class TransformersJudge:
     """A causal LM read at the last token of its rendered prompt; batched, pooled and OOM-safe like the reward models."""
 
     def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH,
-                 token_budget: int = defaults.REWARD_TOKEN_BUDGET, template: str | None = None, trust_remote_code: bool = False):
+                 token_budget: int = defaults.REWARD_TOKEN_BUDGET, template: str | None = None, trust_remote_code: bool = False,
+                 pass_cost: int = defaults.REWARD_PASS_COST):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -93,7 +94,7 @@ class TransformersJudge:
         self.template = compile_template(template)
         self.ratings = torch.tensor(RATINGS, dtype=torch.float32, device=self.device)
         self.rating_ids = rating_token_ids(self.tokenizer, spec)
-        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch), self._forward, read_scores)
+        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch, pass_cost), self._forward, read_scores)
         self._tokenizer_lock = threading.Lock()
 
     @classmethod
@@ -101,7 +102,7 @@ class TransformersJudge:
         models = config.models
         spec = config.reward_models[model_index]
         return cls(spec, models.dtype, models.reward_micro_batch, models.reward_token_budget, config.judge_template,
-                   model_path(spec) in config.trust_remote_code)
+                   model_path(spec) in config.trust_remote_code, models.reward_pass_cost)
 
     def judge_prompt(self, conversation: Conversation) -> Conversation:
         return judge_prompt(self.template, conversation)

@@ -42,7 +42,8 @@ class TransformersRewardModel:
     """
 
     def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH,
-                 token_budget: int = defaults.REWARD_TOKEN_BUDGET, trust_remote_code: bool = False):
+                 token_budget: int = defaults.REWARD_TOKEN_BUDGET, trust_remote_code: bool = False,
+                 pass_cost: int = defaults.REWARD_PASS_COST):
         from transformers import AutoModelForSequenceClassification
 
         check_reward_model(spec, trust_remote_code)
@@ -55,14 +56,15 @@ class TransformersRewardModel:
         if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
             self.model.config.pad_token_id = None
             micro_batch = 1
-        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch), self._forward, read_scores)
+        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch, pass_cost), self._forward, read_scores)
         self._tokenizer_lock = threading.Lock()
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> TransformersRewardModel:
         models = config.models
         spec = config.reward_models[model_index]
-        return cls(spec, models.dtype, models.reward_micro_batch, models.reward_token_budget, spec in config.trust_remote_code)
+        return cls(spec, models.dtype, models.reward_micro_batch, models.reward_token_budget, spec in config.trust_remote_code,
+                   models.reward_pass_cost)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         with self._tokenizer_lock:

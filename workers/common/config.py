@@ -85,7 +85,8 @@ def resolve_sampling(explicit: dict, policy_defaults: dict, **fixed) -> tuple[Sa
     return SamplingConfig(**fixed, **values), sources
 
 
-SPEED_ONLY_MODEL_SETTINGS = ("reward_micro_batch", "reward_token_budget", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
+SPEED_ONLY_MODEL_SETTINGS = ("reward_micro_batch", "reward_token_budget", "reward_pass_cost", "tensor_parallel_size", "gpu_memory_utilization",
+                             "enforce_eager")
 """Model settings that change how fast a run goes, not what it writes: not part of its id, so that the same command
 finds its run again on another machine (`rsample run` sizes the vLLM memory share to the GPU it finds)."""
 
@@ -102,6 +103,8 @@ class ModelSettings:
     """Most conversations per reward forward pass."""
     reward_token_budget: int = defaults.REWARD_TOKEN_BUDGET
     """Padded tokens per reward forward pass: length-sorted conversations fill it."""
+    reward_pass_cost: int = defaults.REWARD_PASS_COST
+    """A reward forward pass's fixed cost in padded tokens, which the batch split weighs against padding."""
     tensor_parallel_size: int = 1
     """GPUs per vLLM engine: a generation worker is pinned to this many GPUs."""
     max_model_len: int | None = None
@@ -126,6 +129,8 @@ class ModelSettings:
             raise RsampleError(f"--reward-batch-size must be at least 1 (got {self.reward_micro_batch})")
         if self.reward_token_budget < 1:
             raise RsampleError(f"--reward-token-budget must be at least 1 (got {self.reward_token_budget})")
+        if self.reward_pass_cost < 0:
+            raise RsampleError(f"--reward-pass-cost must be at least 0 (got {self.reward_pass_cost})")
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,10 @@ AGGREGATOR_BLOCK_MS = 500
 REDIS_CONNECT_TIMEOUT = 5
 """Seconds to wait for a Redis connection before saying it is unreachable."""
 
+REWARD_PASS_COST = 1024
+"""What one reward forward pass costs beyond its padded tokens (kernel launches, host work, a GPU not yet full),
+counted in padded tokens: the batch split trades padding against passes by it (`--reward-pass-cost`)."""
+
 REWARD_SLOTS_ON_GPU = 8
 """Jobs a transformers reward worker on a GPU holds at once: while a round of the waiting ones runs, the others
 tokenize theirs, so rounds pool about half of them (a job of 16 prompts x n=8 is only 128 sequences)."""
