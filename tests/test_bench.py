@@ -47,3 +47,11 @@ def test_batching_cost_counts_least_cost_rounds_cheaper_than_greedy_ones():
     for jobs in ("1 job", "2 jobs", "4 jobs"):
         assert costs[f"rounds of {jobs}, least cost"] <= costs[f"rounds of {jobs}, greedy"]
     assert costs["rounds of 4 jobs, least cost"] <= costs["rounds of 1 job, least cost"]  # pooling helps
+
+
+def test_the_emulated_device_runs_the_real_worker_and_accounts_for_every_token():
+    printed = run_bench("emulated_device.py", "--prompts", "16", "--n", "2", "--rate", "2000000", "--launch-ms", "0").stdout
+    figures = json.loads(printed.strip().splitlines()[-1])
+    assert figures["tokens"] > 16 * 2 * 8 and figures["device_seconds"] > 0 and figures["worker_seconds"] > 0
+    # the reward worker's rounds read exactly the tokens the device alone reads: same rendering, same tokenizer
+    assert re.search(rf"\(b\) \d+ rounds of [\d.]+ jobs, \d+ passes, {figures['tokens']} tokens", printed), printed

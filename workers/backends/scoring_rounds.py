@@ -40,13 +40,14 @@ class RoundTotals:
     padded_tokens: int = 0
     busy_seconds: float = 0.0
     first_round_at: float | None = None
+    last_round_end: float | None = None
 
     def line(self) -> str:
-        since = time.monotonic() - self.first_round_at if self.first_round_at is not None else 0.0
+        span = (self.last_round_end or 0.0) - (self.first_round_at or 0.0)
         padding = 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
         return (f"reward rounds: {self.rounds} rounds of {self.jobs / max(1, self.rounds):.1f} jobs, {self.passes} passes, "
-                f"{self.tokens} tokens, {padding:.1%} padding; device busy {self.busy_seconds:.1f} s of the {since:.1f} s "
-                "since the first round")
+                f"{self.tokens} tokens, {padding:.1%} padding; device busy {self.busy_seconds:.1f} s of the {span:.1f} s "
+                "from the first round's start to the last one's end")
 
 
 @dataclass
@@ -140,7 +141,8 @@ class ScoringRounds(Generic[R]):
             return
         self.totals.rounds += 1
         self.totals.jobs += len(jobs)
-        self.totals.busy_seconds += time.monotonic() - began
+        self.totals.last_round_end = time.monotonic()
+        self.totals.busy_seconds += self.totals.last_round_end - began
         position = 0
         for job in jobs:
             job.future.set_result(values[position:position + len(job.sequences)])
