@@ -58,7 +58,7 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
             result.sft_rows.append(sft_row(prompt, usable[best], scores_by_model, config.reward_models))
     if len(prompt.candidates) < 2:
         return DROPPED_IDENTICAL
-    if len(usable) < 2:  # the others were longer than some reward model's context
+    if len(usable) < 2:  # the others have no score from some reward (too long for its context, or left unscored)
         return "fewer than two candidates scored by every reward model (too long for its context, or given no score)"
     picked = selection.select_pair(usable_scores, config.combine, eligible)
     if picked.dropped is not None:
