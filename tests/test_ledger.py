@@ -112,10 +112,10 @@ def test_the_sft_file_is_committed_with_the_rest_and_cut_back_after_a_crash(tmp_
     with (tmp_path / "sft.jsonl").open("a") as handle:  # a crash after the SFT row of "b", before its outcome
         handle.write(json.dumps({"prompt_id": "b", "messages": []}) + "\n")
     reopened = Ledger(tmp_path / "pairs.jsonl", None, "run1", sft_out=tmp_path / "sft.jsonl")
-    assert [row["prompt_id"] for row in lines(tmp_path / "sft.jsonl")] == ["a"]
+    assert [row["prompt_id"] for row in lines(tmp_path / "sft.jsonl")] == ["a"] and reopened.sft_written == 1
     reopened.commit([Outcome(1, "b", PAIR), Outcome(2, "c", SKIPPED, "why")], [pair("b")], [], [{"prompt_id": "b", "messages": []}])
     reopened.close()
-    assert [row["prompt_id"] for row in lines(tmp_path / "sft.jsonl")] == ["a", "b"]
+    assert [row["prompt_id"] for row in lines(tmp_path / "sft.jsonl")] == ["a", "b"] and reopened.sft_written == 2
 
 
 def test_the_sft_file_may_not_be_another_output(tmp_path):

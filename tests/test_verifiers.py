@@ -111,6 +111,7 @@ def test_verified_answers_come_first_and_the_sft_file_keeps_the_verified_best(tm
     assert wrong["chosen"][-1]["content"] == "What is 2 plus 2? ###" and wrong["rejected"][-1]["content"] == "It is \\boxed{5}."
     assert set(pairs) == {"What is 6 times 7?", "Half of one, as a fraction?", "What is 2 plus 2?"}
     assert "verify:math: the row has no ground truth in column 'answer'" in result.stdout  # row 2: a counted skip
+    assert "sft rows written     2\n" in result.stdout
     sft_rows = {row["messages"][0]["content"]: row for row in read_jsonl(sft)}
     assert set(sft_rows) == {"What is 6 times 7?", "Half of one, as a fraction?"}  # verified best only
     assert sft_rows["What is 6 times 7?"]["messages"][-1] == {"role": "assistant", "content": "6 times 7 is \\boxed{42}."}

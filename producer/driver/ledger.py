@@ -105,6 +105,15 @@ def _keep_committed(path: Path | None, committed: set[str], key) -> None:
         _fsync_directory(path)
 
 
+def _count_lines(path: Path, chunk: int = 1 << 24) -> int:
+    """Newlines in a file, read in 16 MiB chunks: a resumed SFT file of millions of rows is counted, never parsed."""
+    count = 0
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            count += block.count(b"\n")
+    return count
+
+
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
@@ -135,6 +144,8 @@ class Ledger:
         self.rows: set[int] = set()
         """Row numbers of the dataset that have their outcome."""
         self.prompt_ids: set[str] = set()
+        self.sft_written = 0
+        """Rows in the SFT file (committed ones: counted on resume, kept up as commits add more)."""
         self._outcome_counts: Counter = Counter()
         self._skip_reasons: Counter = Counter()
         check_outputs(run_id, self.out, self.scores_out, overwrite=overwrite, sft_out=self.sft_out)
@@ -145,6 +156,8 @@ class Ledger:
         self._pairs = self.out.open("ab")
         self._scores = self.scores_out.open("ab") if self.scores_out else None
         self._sft = self.sft_out.open("ab") if self.sft_out else None
+        if self._sft is not None and self._sft.tell():
+            self.sft_written = _count_lines(self.sft_out)
         self._outcomes = self.outcomes_path.open("ab")
         if self._outcomes.tell() == 0:
             self._append(self._outcomes, [{"rsample_run": run_id}])
@@ -225,7 +238,9 @@ class Ledger:
         new_ids = {o.prompt_id for o in fresh}
         self._append(self._scores, _first_of_each([r for r in scores if r["prompt_id"] in new_ids], lambda r: (r["prompt_id"], r["completion_index"])))
         self._append(self._pairs, _first_of_each([r for r in pairs if r["prompt_id"] in new_ids], lambda r: r["prompt_id"]))
-        self._append(self._sft, _first_of_each([r for r in sft if r["prompt_id"] in new_ids], lambda r: r["prompt_id"]))
+        sft_rows = _first_of_each([r for r in sft if r["prompt_id"] in new_ids], lambda r: r["prompt_id"])
+        self._append(self._sft, sft_rows)
+        self.sft_written += len(sft_rows) if self._sft is not None else 0
         lines = [asdict(o) for o in fresh]
         lines[-1]["data_end"] = {"pairs": self._pairs.tell(), "scores": self._scores.tell() if self._scores else 0,
                                  "sft": self._sft.tell() if self._sft else 0}

@@ -30,6 +30,8 @@ class Summary:
     dropped_tie: int = 0
     dropped_unfinished: int = 0
     dropped_disagreement: int = 0
+    sft_written: int | None = None
+    """Rows of the SFT file (`--sft-out`), None without one."""
 
     @property
     def completions_per_second(self) -> float:
@@ -46,6 +48,7 @@ class Summary:
         out = [
             f"rows                 {self.rows}",
             f"pairs written        {self.pairs_written}",
+            *([f"sft rows written     {self.sft_written}"] if self.sft_written is not None else []),
             f"dropped, identical   {self.dropped_identical}",
             f"dropped, margin      {self.dropped_margin}",
             f"dropped, tie         {self.dropped_tie}",
@@ -62,7 +65,8 @@ class Summary:
         return out
 
 
-def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int, seconds: float) -> Summary:
+def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int, seconds: float,
+              sft_written: int | None = None) -> Summary:
     """`outcomes` and `reasons` come from the ledger (the whole run, resumes included); the rates from this session."""
     return Summary(
         rows=sum(outcomes.values()),
@@ -77,4 +81,5 @@ def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int
         completions_generated=completions,
         tokens_generated=tokens,
         seconds=seconds,
+        sft_written=sft_written,
     )
