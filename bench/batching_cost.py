@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import random
 
+from harness import greedy_ends as harness_greedy_ends
+
 from rsample.workers.backends.batching import TokenBudget
 from rsample.workers.common import defaults
 
@@ -38,15 +40,7 @@ def lengths(args) -> list[int]:
 
 
 def greedy_ends(sorted_lengths: list[int], budget: TokenBudget) -> list[int]:
-    ends, start = [], 0
-    while start < len(sorted_lengths):
-        end = start + 1
-        while (end < len(sorted_lengths) and end - start < budget.max_sequences
-               and (end + 1 - start) * sorted_lengths[end] <= budget.tokens):
-            end += 1
-        ends.append(end)
-        start = end
-    return ends
+    return harness_greedy_ends(sorted_lengths, budget.tokens, budget.max_sequences)
 
 
 def cost(all_lengths: list[int], group: int, split, budget: TokenBudget) -> tuple[int, int]:

@@ -79,20 +79,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def device_alone(args, config) -> tuple[float, int]:
     """(seconds, tokens) of the emulated device over every conversation, globally sorted, greedy batches."""
+    from harness import greedy_ends
     from reward_throughput import conversations
 
     from rsample.workers.backends.models import load_tokenizer
     from rsample.workers.backends.templates import render_conversations
 
     encoded = sorted(render_conversations(load_tokenizer(config.reward_models[0], "reward"), conversations(config)), key=len)
-    seconds, start = 0.0, 0
-    while start < len(encoded):
-        end = start + 1
-        while end < len(encoded) and end - start < config.models.reward_micro_batch and \
-                (end + 1 - start) * len(encoded[end]) <= config.models.reward_token_budget:
-            end += 1
-        seconds += (end - start) * len(encoded[end - 1]) / args.rate + args.launch_ms / 1000
-        start = end
+    lengths = [len(ids) for ids in encoded]
+    ends = greedy_ends(lengths, config.models.reward_token_budget, config.models.reward_micro_batch)
+    seconds = sum((end - start) * lengths[end - 1] / args.rate + args.launch_ms / 1000 for start, end in zip([0, *ends], ends))
     return seconds, sum(len(ids) for ids in encoded)
 
 

@@ -74,6 +74,19 @@ def wait_until_ready(client, queue_names: list[str], processes: WorkerProcesses,
             time.sleep(0.2)
 
 
+def greedy_ends(sorted_lengths: list[int], tokens: int, max_sequences: int) -> list[int]:
+    """The end of each batch when sequences sorted by length fill a token budget in order, as many as it (or the cap)
+    allows: the baselines' batching, independent of rsample's own split."""
+    ends, start = [], 0
+    while start < len(sorted_lengths):
+        end = start + 1
+        while end < len(sorted_lengths) and end - start < max_sequences and (end + 1 - start) * sorted_lengths[end] <= tokens:
+            end += 1
+        ends.append(end)
+        start = end
+    return ends
+
+
 def run_pipeline(config: RunConfig, workdir: Path, generate_workers: int = 1, worker_args: tuple[str, ...] = ()) -> PipelineResult:
     """Runs `config` through Redis, worker processes and the coordinator; only the feeding and writing is timed."""
     with EmbeddedRedis(data_dir=workdir / "redis") as server:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO, GpuMemoryPeak, run_pipeline
+from harness import REPO, GpuMemoryPeak, greedy_ends, run_pipeline
 
 from rsample.workers.common import defaults
 from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
@@ -106,13 +106,8 @@ def direct(args, config: RunConfig) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(reward, dtype=dtype).to(device).eval()
     texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations(config)]
     encoded = sorted(tokenizer(texts, add_special_tokens=False)["input_ids"], key=len)
-    batches, start = [], 0
-    while start < len(encoded):  # greedy: as many as the budget (or the cap) allows
-        end = start + 1
-        while end < len(encoded) and end - start < args.max_sequences and (end + 1 - start) * len(encoded[end]) <= args.token_budget:
-            end += 1
-        batches.append(encoded[start:end])
-        start = end
+    ends = greedy_ends([len(ids) for ids in encoded], args.token_budget, args.max_sequences)
+    batches = [encoded[start:end] for start, end in zip([0, *ends], ends)]
     padded = []
     for batch in batches:
         width = max(len(ids) for ids in batch)

@@ -20,7 +20,7 @@ from rsample.workers.backends.batching import TokenBudget
 from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
 from rsample.workers.backends.reward_specs import JUDGE_PREFIX, model_path
 from rsample.workers.backends.scoring_rounds import ScoringRounds
-from rsample.workers.backends.transformers_reward import read_scores
+from rsample.workers.backends.transformers_reward import padded_on_device, read_scores
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
@@ -125,16 +125,7 @@ class TransformersJudge:
         (its head, its final soft-capping, if any) asked for the last position's logits alone."""
         import torch
 
-        width = max(len(ids) for ids in batch)
-        host_ids = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            host_ids[row, width - len(ids):] = torch.tensor(ids)
-        lengths = torch.tensor([len(ids) for ids in batch])
-        if self.device == "cuda":
-            host_ids, lengths = host_ids.pin_memory(), lengths.pin_memory()
-        input_ids = host_ids.to(self.device, non_blocking=True)
-        lengths = lengths.to(self.device, non_blocking=True)
-        attention_mask = (torch.arange(width, device=self.device)[None, :] >= (width - lengths)[:, None]).long()
+        input_ids, attention_mask, _ = padded_on_device(batch, self.device, left=True)
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1).logits

@@ -90,24 +90,30 @@ class TransformersRewardModel:
             return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0]
 
 
-def padded_on_device(batch: list[list[int]], device: str):
-    """(input_ids, attention_mask, lengths) of right-padded sequences on the device, copied without waiting.
+def padded_on_device(batch: list[list[int]], device: str, left: bool = False):
+    """(input_ids, attention_mask, lengths) of padded sequences on the device, copied without waiting.
 
-    Right padding: every real token keeps the positions it has alone, and causal attention never lets the
-    padding (masked, any id) reach them. The pad id is therefore irrelevant; 0 is always a valid one.
+    Right padding (the default): every real token keeps the positions it has alone, and causal attention never
+    lets the padding (masked, any id) reach them. The pad id is therefore irrelevant; 0 is always a valid one.
+    Left padding puts every sequence's last token in the last column (a caller then counts positions from each
+    sequence's first real token).
     """
     import torch
 
     width = max(len(ids) for ids in batch)
     host_ids = torch.zeros((len(batch), width), dtype=torch.long)
     for row, ids in enumerate(batch):
-        host_ids[row, :len(ids)] = torch.tensor(ids)
+        if left:
+            host_ids[row, width - len(ids):] = torch.tensor(ids)
+        else:
+            host_ids[row, :len(ids)] = torch.tensor(ids)
     lengths = torch.tensor([len(ids) for ids in batch])
     if device == "cuda":
         host_ids, lengths = host_ids.pin_memory(), lengths.pin_memory()
     input_ids = host_ids.to(device, non_blocking=True)
     lengths = lengths.to(device, non_blocking=True)
-    attention_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    columns = torch.arange(width, device=device)[None, :]
+    attention_mask = (columns >= (width - lengths)[:, None] if left else columns < lengths[:, None]).long()
     return input_ids, attention_mask, lengths
 
 

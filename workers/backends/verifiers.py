@@ -52,7 +52,7 @@ class AnswerVerifier:
             gold = ground_truth((row or {}).get(self.answer_column))
             completion = conversation[-1]["content"]
             if gold is None:
-                raise ValueError(f"{self.spec}: the row has no ground truth in column {self.answer_column!r}")
+                raise ValueError(self.missing_reason(row))
             if self.kind == "exact":
                 scores.append(1.0 if normalized(final_answer(completion)) == normalized(gold) else 0.0)
                 continue
