@@ -9,7 +9,7 @@
 # --dry-run: tiny models, few prompts, where vLLM is installed (a CPU: step 3 is skipped, vLLM is eager there anyway).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-shape=llama-3.2-1b; prompts=256; n=16; tokens=256; reward_prompts=256; dtype=bfloat16; budget=560
+shape=llama-3.2-1b; prompts=256; n=16; tokens=256; reward_prompts=256; dtype=bfloat16; budget=${GPU_CHECK_BUDGET:-560}
 if [ "${1:-}" = "--dry-run" ]; then
   shape=tiny; prompts=16; n=4; tokens=16; reward_prompts=8; dtype=float32; budget=0
 else

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from harness import REPO, GpuMemoryPeak, greedy_ends, run_pipeline
 
+from rsample.workers.backends.device_clock import pass_clock
 from rsample.workers.common import defaults
 from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
 
@@ -41,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the worker's batch split: a pass's fixed cost in padded tokens (--reward-pass-cost)")
     parser.add_argument("--worker-slots", type=int, help="jobs the reward worker runs at once (default: the worker's own choice)")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--pass-costs", action="store_true", help="also time single passes of a few shapes (the device's cost of a pass)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)
@@ -113,19 +115,50 @@ def direct(args, config: RunConfig) -> dict:
         width = max(len(ids) for ids in batch)
         lengths = torch.tensor([len(ids) for ids in batch], device=device)
         padded.append((torch.tensor([ids + [0] * (width - len(ids)) for ids in batch], device=device), lengths))
+    def forward(input_ids, lengths):
+        mask = (torch.arange(input_ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
+        hidden = model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        return model.score(hidden[torch.arange(len(lengths), device=device), lengths - 1])
+
+    clock = pass_clock(device)
     scores = []
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     with torch.inference_mode():
         for input_ids, lengths in padded:
-            mask = (torch.arange(input_ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
-            hidden = model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            scores.append(model.score(hidden[torch.arange(len(lengths), device=device), lengths - 1]))
+            if clock:
+                clock.before_pass()
+            scores.append(forward(input_ids, lengths))
+            if clock:
+                clock.after_pass()
         torch.cat(scores).float().cpu()
     seconds = time.perf_counter() - started
+    gpu_passes = clock.collect()[0] if clock else None
     tokens, padded_tokens = sum(len(ids) for ids in encoded), sum(len(batch) * len(batch[-1]) for batch in batches)
-    return {"seconds": seconds, "tokens": tokens, "batches": len(batches), "padding": 1 - tokens / padded_tokens}
+    return {"seconds": seconds, "tokens": tokens, "batches": len(batches), "padding": 1 - tokens / padded_tokens,
+            "gpu_pass_seconds": gpu_passes, "pass_costs": pass_costs(forward, device, model.config.vocab_size) if args.pass_costs else []}
+
+
+def pass_costs(forward, device: str, vocabulary: int) -> list[tuple[int, int, float]]:
+    """(sequences, width, ms) of one pass over random tokens, for a few shapes: the device's real cost of a pass
+    against its padded tokens (what `--reward-pass-cost` models as fixed cost + tokens)."""
+    import torch
+
+    shapes = [(rows, width) for width in (128, 512) for tokens in (1024, 4096, 16384, 32768) if (rows := tokens // width) >= 1]
+    costs = []
+    with torch.inference_mode():
+        for rows, width in shapes:
+            input_ids = torch.randint(0, vocabulary, (rows, width), device=device)
+            lengths = torch.full((rows,), width, device=device)
+            for repeat in range(4):  # the first is a warm-up
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                began = time.perf_counter()
+                forward(input_ids, lengths).float().cpu()
+                if repeat:
+                    costs.append((rows, width, (time.perf_counter() - began) * 1000))
+    return [(rows, width, min(ms for r, w, ms in costs if (r, w) == (rows, width))) for rows, width in shapes]
 
 
 def main(argv=None) -> None:
@@ -152,7 +185,12 @@ def main(argv=None) -> None:
                 result = run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args)
             workers.append((result, peak.peak_mib))
             print(f"attempt {attempt}: (a) {directs[-1]['seconds']:.2f} s, (b) {result.seconds:.2f} s", flush=True)
-            print(f"    (a) {directs[-1]['batches']} passes, {directs[-1]['padding']:.1%} padding; (b) {rounds_line(workdir / f'pipeline-{attempt}' / 'logs')}", flush=True)
+            gpu = directs[-1]["gpu_pass_seconds"]
+            print(f"    (a) {directs[-1]['batches']} passes, {directs[-1]['padding']:.1%} padding"
+                  + (f", GPU ran passes {gpu:.2f} s" if gpu is not None else "")
+                  + f"; (b) {rounds_line(workdir / f'pipeline-{attempt}' / 'logs')}", flush=True)
+            for rows, width, ms in directs[-1]["pass_costs"]:
+                print(f"    one pass of {rows} x {width} tokens: {ms:.1f} ms ({rows * width / ms:.0f} tokens/ms)")
     tokens = directs[0]["tokens"]
     a = min(run["seconds"] for run in directs)
     b, peak = min(workers, key=lambda run: run[0].seconds)

@@ -17,6 +17,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rsample.workers.backends.batching import TokenBudget
+from rsample.workers.backends.device_clock import pass_clock
 from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
 from rsample.workers.backends.reward_specs import JUDGE_PREFIX, model_path
 from rsample.workers.backends.scoring_rounds import ScoringRounds
@@ -94,7 +95,8 @@ class TransformersJudge:
         self.template = compile_template(template)
         self.ratings = torch.tensor(RATINGS, dtype=torch.float32, device=self.device)
         self.rating_ids = rating_token_ids(self.tokenizer, spec)
-        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch, pass_cost), self._forward, read_scores)
+        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch, pass_cost), self._forward, read_scores,
+                                   clock=pass_clock(self.device))
         self._tokenizer_lock = threading.Lock()
 
     @classmethod

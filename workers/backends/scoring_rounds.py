@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from rsample.workers.backends.batching import TokenBudget
+from rsample.workers.backends.device_clock import CudaPassClock
 from rsample.workers.backends.waiting import wait_interruptibly
 from rsample.workers.common import defaults
 
@@ -39,6 +40,9 @@ class RoundTotals:
     tokens: int = 0
     padded_tokens: int = 0
     busy_seconds: float = 0.0
+    gpu_pass_seconds: float | None = None
+    """On a GPU, by its own events: the passes' time, and the rounds' spans (passes plus the gaps between them)."""
+    gpu_round_seconds: float = 0.0
     first_round_at: float | None = None
     last_round_end: float | None = None
 
@@ -47,7 +51,9 @@ class RoundTotals:
         padding = 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
         return (f"reward rounds: {self.rounds} rounds of {self.jobs / max(1, self.rounds):.1f} jobs, {self.passes} passes, "
                 f"{self.tokens} tokens, {padding:.1%} padding; device busy {self.busy_seconds:.1f} s of the {span:.1f} s "
-                "from the first round's start to the last one's end")
+                "from the first round's start to the last one's end"
+                + ("" if self.gpu_pass_seconds is None else
+                   f"; GPU ran passes {self.gpu_pass_seconds:.1f} s of its rounds' {self.gpu_round_seconds:.1f} s"))
 
 
 @dataclass
@@ -65,12 +71,14 @@ class ScoringRounds(Generic[R]):
     """
 
     def __init__(self, budget: TokenBudget, run_batch: Callable[[Sequence[list[int]]], R],
-                 read: Callable[[list[R]], list[float]], idle_seconds: float = 30.0, name: str = "rsample-reward-device"):
+                 read: Callable[[list[R]], list[float]], idle_seconds: float = 30.0, name: str = "rsample-reward-device",
+                 clock: CudaPassClock | None = None):
         self.budget = budget
         self._run_batch = run_batch
         self._read = read
         self._idle_seconds = idle_seconds
         self._name = name
+        self._clock = clock
         self._waiting: list[_Job] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -124,6 +132,8 @@ class ScoringRounds(Generic[R]):
         if not jobs:
             return
         began = time.monotonic()
+        if self._clock is not None:
+            self._clock.discard()  # a failed round's passes: they belong to no round
         if self.totals.first_round_at is None:
             self.totals.first_round_at = began
         try:
@@ -143,6 +153,10 @@ class ScoringRounds(Generic[R]):
         self.totals.jobs += len(jobs)
         self.totals.last_round_end = time.monotonic()
         self.totals.busy_seconds += self.totals.last_round_end - began
+        if self._clock is not None:
+            passes, span = self._clock.collect()
+            self.totals.gpu_pass_seconds = (self.totals.gpu_pass_seconds or 0.0) + passes
+            self.totals.gpu_round_seconds += span
         position = 0
         for job in jobs:
             job.future.set_result(values[position:position + len(job.sequences)])
@@ -157,7 +171,11 @@ class ScoringRounds(Generic[R]):
         return values
 
     def _counted_batch(self, batch: Sequence[list[int]]) -> R:
+        if self._clock is not None:
+            self._clock.before_pass()
         result = self._run_batch(batch)
+        if self._clock is not None:
+            self._clock.after_pass()
         self.totals.passes += 1
         self.totals.tokens += sum(len(ids) for ids in batch)
         self.totals.padded_tokens += len(batch) * max(len(ids) for ids in batch)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 from rsample.workers.backends.batching import TokenBudget
+from rsample.workers.backends.device_clock import pass_clock
 from rsample.workers.backends.models import check_reward_model, context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
 from rsample.workers.backends.scoring_rounds import ScoringRounds
 from rsample.workers.backends.templates import render_conversations
@@ -56,7 +57,8 @@ class TransformersRewardModel:
         if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
             self.model.config.pad_token_id = None
             micro_batch = 1
-        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch, pass_cost), self._forward, read_scores)
+        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch, pass_cost), self._forward, read_scores,
+                                   clock=pass_clock(self.device))
         self._tokenizer_lock = threading.Lock()
 
     @classmethod
