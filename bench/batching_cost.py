@@ -72,7 +72,7 @@ def main(argv=None) -> None:
           f"budget {args.token_budget}, at most {args.max_sequences} per pass, {budget.pass_cost} tokens per pass")
     print(f"{'batching':<44}{'padding':>9}{'passes':>8}{'cost / global sort':>20}")
     rows = [("one global sort, greedy (the direct loop)", len(all_lengths), greedy_ends)]
-    for jobs in (1, 2, 4):
+    for jobs in (1, 2, 4, 8, 16):
         rows.append((f"rounds of {jobs} job{'s' if jobs > 1 else ''}, greedy", jobs * job, greedy_ends))
         rows.append((f"rounds of {jobs} job{'s' if jobs > 1 else ''}, least cost", jobs * job, least_cost))
     for name, group, split in rows:

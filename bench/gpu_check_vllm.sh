@@ -2,9 +2,12 @@
 # The vLLM part of the GPU check, the last call after `bash bench/gpu_stage.sh 1` ... `5` (carry .whl, .whl-vllm/deps
 # and .whl-vllm/part-6): joins the vLLM wheel, installs everything into a private folder, builds Llama-3.2-1B-shaped
 # random models, then measures, each step under its own time limit so that a stuck one leaves time to the next:
-#   1. the pipeline against raw LLM.generate, n=16, with --enforce-eager (an engine that starts in seconds)
-#   2. vLLM's pooling reward against the transformers reward on the same conversations (agreement, tokens/s)
-#   3. step 1 again with torch.compile and CUDA graphs (vLLM's default on a GPU), in the time left
+#   1. the pipeline against raw LLM.generate, n=16, with --enforce-eager (an engine that starts in seconds) and
+#      vLLM's V1 model runner: on 2026-11-26 (H200, vLLM 0.26) raw LLM.generate with the default runner for dense
+#      models (the "V2" runner) printed nothing for 140 s after the engine started, where vLLM pooling (V1 runner) ran
+#   2. the same with the default runner, on fewer prompts, side (a)'s progress bar and thread stacks in its log
+#   3. vLLM's pooling reward against the transformers reward on the same conversations (agreement, tokens/s)
+#   4. step 1 again with torch.compile and CUDA graphs (vLLM's default on a GPU), in the time left
 # Every process's log lands in $OUT (the device tool brings it back) or in the folder printed at the end.
 # --dry-run: tiny models, few prompts, where vLLM is installed (a CPU: step 3 is skipped, vLLM is eager there anyway).
 set -uo pipefail
@@ -41,14 +44,19 @@ cd bench
 python3 shaped_models.py "$work/models" --shape "$shape" || exit 1
 pipeline=(python3 pipeline_overhead.py --backend vllm --policy "$work/models/policy" --prompts "$prompts" --n "$n"
           --max-new-tokens "$tokens" --batch-size 64 --dtype "$dtype" --repeats 1)
-step "pipeline, eager" 200 "${pipeline[@]}" --enforce-eager --workdir "$work/eager"
-step "reward, eager" 150 python3 vllm_reward_check.py --reward "$work/models/reward" --prompts "$reward_prompts" --n 8 \
-  --dtype "$dtype" --enforce-eager
+VLLM_USE_V2_MODEL_RUNNER=0 step "pipeline, eager, V1 runner" 200 "${pipeline[@]}" --enforce-eager --workdir "$work/eager-v1"
+RSAMPLE_BENCH_STACKS_AFTER=60 step "pipeline, eager, default runner" 100 "${pipeline[@]}" --prompts $(( prompts / 4 )) \
+  --enforce-eager --workdir "$work/eager-default"
+if [ "${GPU_CHECK_REWARD:-1}" = 1 ]; then
+  step "reward, eager" 150 python3 vllm_reward_check.py --reward "$work/models/reward" --prompts "$reward_prompts" --n 8 \
+    --dtype "$dtype" --enforce-eager
+fi
 left=$(( budget - SECONDS ))
 if [ "$budget" -gt 0 ] && [ "$left" -gt 60 ]; then
-  step "pipeline, compiled" "$left" "${pipeline[@]}" --workdir "$work/compiled"
+  VLLM_USE_V2_MODEL_RUNNER=0 step "pipeline, compiled, V1 runner" "$left" "${pipeline[@]}" --workdir "$work/compiled"
 fi
-for log in $(find "$work" -name '*.log' -not -name redis.log -not -path "$logs/*" | sort | head -7); do  # the device tool returns 8 files at most
+for log in $( (find "$work" -name 'direct-*.log'; find "$work" -name '*.log' -not -name 'direct-*.log' -not -name redis.log) |
+              grep -v "^$logs/" | head -7); do  # the device tool returns 8 files at most: side (a)'s logs first
   tail -c 300000 "$log" > "$logs/$(echo "${log#"$work"/}" | tr / _)"
 done
 echo "logs: $logs"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
 import subprocess
@@ -34,6 +35,9 @@ from rsample.producer.dataset import iter_rows
 from rsample.producer.prompts import extract_prompt
 from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
 from rsample.workers.stages.generate import batch_seed
+
+STACKS_ENV = "RSAMPLE_BENCH_STACKS_AFTER"
+"""Seconds after which side (a) writes every thread's stack to its log, and again as often (a hang's diagnosis)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,7 +93,7 @@ def direct(config: RunConfig) -> dict:
             params.append(SamplingParams(n=config.sampling.n, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
                                          max_tokens=config.sampling.max_new_tokens, seed=seed))
         started = time.perf_counter()
-        outputs = generator.llm.generate(prompts, params, use_tqdm=False)
+        outputs = generator.llm.generate(prompts, params, use_tqdm=True)  # its progress, in this side's log
         tokens = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
     else:
         tokens = 0
@@ -104,6 +108,8 @@ def direct(config: RunConfig) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.side == "direct":  # a file, not stdout: engines print there too
+        if os.environ.get(STACKS_ENV):  # a side that hangs leaves its threads' stacks in its log
+            faulthandler.dump_traceback_later(float(os.environ[STACKS_ENV]), repeat=True)
         config = RunConfig.from_json(Path(args.config).read_text())
         if config.models.reward_backend == "length":
             result = direct(config)

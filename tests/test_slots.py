@@ -6,6 +6,7 @@ import torch
 from conftest import rsample, write_jsonl
 from faults import assert_exactly_once, prompts_that_got_candidates, running_entries, start, wait_for
 
+from rsample.workers.common import defaults
 from rsample.workers.common.config import ModelSettings
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.status import run_status
@@ -19,7 +20,7 @@ def test_default_slots_feed_vllm_and_let_a_reward_model_prepare_the_next_job_on_
     assert default_slots("generate", vllm) == 2
     assert default_slots("generate", transformers) == 1
     assert default_slots("reward", vllm) == 1
-    assert default_slots("reward", transformers) == (8 if torch.cuda.is_available() else 1)  # a CPU is the model's own device
+    assert default_slots("reward", transformers) == (defaults.REWARD_SLOTS_ON_GPU if torch.cuda.is_available() else 1)  # a CPU is the model's own device
     assert default_slots("reward", ModelSettings(generation_backend="echo", reward_backend="length")) == 1
     assert default_slots("both", vllm) == 1  # the straight line through the queues
 

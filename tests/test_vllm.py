@@ -169,10 +169,13 @@ def test_the_vllm_gpu_check_rehearses_on_a_cpu():
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     logs = Path(process.stdout.rsplit("logs: ", 1)[1].strip())  # every process's log, kept for a run that goes wrong
     names = {path.name for path in logs.iterdir()}
-    assert "eager_direct-0.log" in names and any(name.startswith("eager_pipeline-0_logs_") for name in names), names
+    for step in ("eager-v1", "eager-default"):
+        assert f"{step}_direct-0.log" in names and any(name.startswith(f"{step}_pipeline-0_logs_") for name in names), names
     shutil.rmtree(logs.parent)
-    pipeline, reward = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
-    assert pipeline["backend"] == "vllm" and pipeline["direct_tokens_per_s"] > 0 and pipeline["pipeline_tokens_per_s"] > 0
+    *pipelines, reward = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    assert len(pipelines) == 2
+    for pipeline in pipelines:
+        assert pipeline["backend"] == "vllm" and pipeline["direct_tokens_per_s"] > 0 and pipeline["pipeline_tokens_per_s"] > 0
     assert reward["conversations"] == 8 * 8 and reward["pearson"] > 0.999 and reward["same_best"] == reward["prompts"] == 8
 
 
