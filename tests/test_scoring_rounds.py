@@ -124,3 +124,41 @@ def test_a_device_thread_that_dies_fails_its_waiting_jobs_instead_of_hanging_the
     with pytest.raises(RuntimeError, match="the reward device thread stopped: Fatal"):
         rounds.score([[1, 2]])
     assert rounds._thread is None  # the next job starts a thread of its own
+
+
+def test_a_device_clock_brackets_every_pass_and_its_account_joins_the_rounds_line():
+    """On a GPU the rounds line adds the GPU's own account (`CudaPassClock`): here a clock with the same interface
+    that counts what the rounds ask of it, one collection per round."""
+
+    class CountingClock:
+        def __init__(self):
+            self.calls: list[str] = []
+            self.unread = 0
+
+        def before_pass(self):
+            self.calls.append("before")
+
+        def after_pass(self):
+            self.calls.append("after")
+            self.unread += 1
+
+        def discard(self):
+            self.calls.append("discard")
+            self.unread = 0
+
+        def collect(self):
+            self.calls.append(f"collected {self.unread}")
+            passes, self.unread = self.unread, 0
+            return 0.25 * passes, 1.0
+
+    clock = CountingClock()
+    rounds = ScoringRounds(TokenBudget(6, 8, pass_cost=0), Device().run_batch, read, clock=clock)
+    assert rounds.score([[1, 1, 1], [2, 2, 2], [3]]) == [3.0, 6.0, 3.0]  # two passes: 6 padded tokens at most
+    assert rounds.score([[4]]) == [4.0]
+    assert clock.calls == ["discard", "before", "after", "before", "after", "collected 2",
+                           "discard", "before", "after", "collected 1"]
+    assert rounds.totals.passes == 3 and rounds.totals.gpu_pass_seconds == 0.75 and rounds.totals.gpu_round_seconds == 2.0
+    assert rounds.totals.line().endswith("; GPU ran passes 0.8 s of its rounds' 2.0 s")
+    plain = ScoringRounds(TokenBudget(6, 8), Device().run_batch, read)
+    plain.score([[1]])
+    assert "GPU" not in plain.totals.line()  # a CPU's passes are the host's time: no second account
