@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -189,6 +190,10 @@ def main(argv=None) -> None:
             print(f"    (a) {directs[-1]['batches']} passes, {directs[-1]['padding']:.1%} padding"
                   + (f", GPU ran passes {gpu:.2f} s" if gpu is not None else "")
                   + f"; (b) {rounds_line(workdir / f'pipeline-{attempt}' / 'logs')}", flush=True)
+            efficiency = gpu_time_per_padded_token(directs[-1], rounds_line(workdir / f"pipeline-{attempt}" / "logs"))
+            if efficiency:
+                print(f"    GPU time per padded token: (a) {efficiency[0]:.3f} us, (b) {efficiency[1]:.3f} us, (b)/(a) {efficiency[1] / efficiency[0]:.3f}"
+                      " (above 1: the worker's passes run slower than their padded tokens explain)", flush=True)
             for rows, width, ms in directs[-1]["pass_costs"]:
                 print(f"    one pass of {rows} x {width} tokens: {ms:.1f} ms ({rows * width / ms:.0f} tokens/ms)")
     tokens = directs[0]["tokens"]
@@ -217,6 +222,17 @@ def rounds_line(log_dir: Path) -> str:
     lines = [line for path in sorted(log_dir.glob("*.log")) for line in path.read_text(errors="replace").splitlines()
              if "reward rounds:" in line]
     return lines[-1].split("reward rounds: ", 1)[1] if lines else "no rounds logged"
+
+
+def gpu_time_per_padded_token(direct: dict, worker_rounds: str) -> tuple[float, float] | None:
+    """Microseconds of GPU pass time per padded token, (a) and (b), where both sides timed their passes on a GPU:
+    padding alone would make them equal."""
+    match = re.search(r"(\d+) tokens, ([\d.]+)% padding.*GPU ran passes ([\d.]+) s", worker_rounds)
+    if direct.get("gpu_pass_seconds") is None or match is None:
+        return None
+    tokens, padding, seconds = int(match[1]), float(match[2]) / 100, float(match[3])
+    direct_padded = direct["tokens"] / (1 - direct["padding"])
+    return direct["gpu_pass_seconds"] / direct_padded * 1e6, seconds / (tokens / (1 - padding)) * 1e6
 
 
 def _device() -> str:
