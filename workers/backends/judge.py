@@ -17,11 +17,9 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rsample.workers.backends.batching import TokenBudget
-from rsample.workers.backends.device_clock import pass_clock
 from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
 from rsample.workers.backends.reward_specs import JUDGE_PREFIX, model_path
-from rsample.workers.backends.scoring_rounds import ScoringRounds
-from rsample.workers.backends.transformers_reward import padded_on_device, read_scores
+from rsample.workers.backends.transformers_reward import device_rounds, padded_on_device
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
@@ -95,8 +93,7 @@ class TransformersJudge:
         self.template = compile_template(template)
         self.ratings = torch.tensor(RATINGS, dtype=torch.float32, device=self.device)
         self.rating_ids = rating_token_ids(self.tokenizer, spec)
-        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch, pass_cost), self._forward, read_scores,
-                                   clock=pass_clock(self.device))
+        self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
         self._tokenizer_lock = threading.Lock()
 
     @classmethod

@@ -57,8 +57,7 @@ class TransformersRewardModel:
         if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
             self.model.config.pad_token_id = None
             micro_batch = 1
-        self.rounds = ScoringRounds(TokenBudget(token_budget, micro_batch, pass_cost), self._forward, read_scores,
-                                   clock=pass_clock(self.device))
+        self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
         self._tokenizer_lock = threading.Lock()
 
     @classmethod
@@ -117,6 +116,12 @@ def padded_on_device(batch: list[list[int]], device: str, left: bool = False):
     columns = torch.arange(width, device=device)[None, :]
     attention_mask = (columns >= (width - lengths)[:, None] if left else columns < lengths[:, None]).long()
     return input_ids, attention_mask, lengths
+
+
+def device_rounds(device: str, budget: TokenBudget, forward) -> ScoringRounds:
+    """Scoring rounds for a forward pass that returns a batch's scores as a device tensor, read once per round, and
+    timed by the GPU's own events where the device is one."""
+    return ScoringRounds(budget, forward, read_scores, clock=pass_clock(device))
 
 
 def read_scores(per_batch) -> list[float]:
