@@ -5,7 +5,8 @@
 #   1. the pipeline against raw LLM.generate, n=16, with --enforce-eager (an engine that starts in seconds) and
 #      vLLM's V1 model runner: on 2026-11-26 (H200, vLLM 0.26) raw LLM.generate with the default runner for dense
 #      models (the "V2" runner) printed nothing for 140 s after the engine started, where vLLM pooling (V1 runner) ran
-#   2. the same with the default runner, on fewer prompts, side (a)'s progress bar and thread stacks in its log
+#   2. the same with the default runner, on fewer prompts, the pipeline first (its workers' logs show whether rsample's
+#      own engine loop gets through), then side (a) with its progress bar and thread stacks in its log
 #   3. vLLM's pooling reward against the transformers reward on the same conversations (agreement, tokens/s)
 #   4. step 1 again with torch.compile and CUDA graphs (vLLM's default on a GPU), in the time left
 # Every process's log lands in $OUT (the device tool brings it back) or in the folder printed at the end.
@@ -45,8 +46,8 @@ python3 shaped_models.py "$work/models" --shape "$shape" || exit 1
 pipeline=(python3 pipeline_overhead.py --backend vllm --policy "$work/models/policy" --prompts "$prompts" --n "$n"
           --max-new-tokens "$tokens" --batch-size 64 --dtype "$dtype" --repeats 1)
 VLLM_USE_V2_MODEL_RUNNER=0 step "pipeline, eager, V1 runner" 200 "${pipeline[@]}" --enforce-eager --workdir "$work/eager-v1"
-RSAMPLE_BENCH_STACKS_AFTER=60 step "pipeline, eager, default runner" 100 "${pipeline[@]}" --prompts $(( prompts / 4 )) \
-  --enforce-eager --workdir "$work/eager-default"
+RSAMPLE_BENCH_STACKS_AFTER=60 step "pipeline, eager, default runner" 120 "${pipeline[@]}" --prompts $(( prompts / 4 )) \
+  --enforce-eager --pipeline-first --workdir "$work/eager-default"
 if [ "${GPU_CHECK_REWARD:-1}" = 1 ]; then
   step "reward, eager" 150 python3 vllm_reward_check.py --reward "$work/models/reward" --prompts "$reward_prompts" --n 8 \
     --dtype "$dtype" --enforce-eager

@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM: no torch.compile, no CUDA graphs (both sides)")
+    parser.add_argument("--pipeline-first", action="store_true",
+                        help="run side (b) before side (a) in each attempt (a side that hangs then leaves the other's figures)")
     parser.add_argument("--workdir", type=Path, help="keep models, prompts and every process's log here (default: a temporary folder)")
     parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)  # internal: run side (a) in a fresh process
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -105,6 +107,19 @@ def direct(config: RunConfig) -> dict:
     return {"seconds": time.perf_counter() - started, "tokens": tokens}
 
 
+def run_direct_side(workdir: Path, attempt: int) -> dict:
+    """Side (a) in a fresh process, its output in a file as it goes (not a pipe): read even if this run is killed."""
+    side_a_log = workdir / f"direct-{attempt}.log"
+    with side_a_log.open("w") as log_file:
+        side_a = subprocess.run(
+            [sys.executable, __file__, "--side", "direct", "--config", str(workdir / "config.json"), "--result", str(workdir / "direct.json")],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+    if side_a.returncode:
+        sys.exit(f"side (a) failed:\n{side_a_log.read_text(errors='replace')[-3000:]}")
+    return json.loads((workdir / "direct.json").read_text())
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.side == "direct":  # a file, not stdout: engines print there too
@@ -135,19 +150,19 @@ def main(argv=None) -> None:
         config = make_config(args, write_prompts(workdir / "prompts.jsonl", args.prompts), policy, reward)
         (workdir / "config.json").write_text(config.to_json())
         directs, pipelines = [], []
-        for attempt in range(args.repeats):  # alternating, so that a disturbance of the machine hits both sides
-            side_a_log = workdir / f"direct-{attempt}.log"  # a file as it goes, not a pipe: read even if this run is killed
-            with side_a_log.open("w") as log_file:
-                side_a = subprocess.run(
-                    [sys.executable, __file__, "--side", "direct", "--config", str(workdir / "config.json"),
-                     "--result", str(workdir / "direct.json")],
-                    stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
-                )
-            if side_a.returncode:
-                sys.exit(f"side (a) failed:\n{side_a_log.read_text(errors='replace')[-3000:]}")
-            directs.append(json.loads((workdir / "direct.json").read_text()))
-            worker_args = ("--slots", str(args.slots)) if args.slots else ()
+        worker_args = ("--slots", str(args.slots)) if args.slots else ()
+
+        def side_b(attempt: int) -> None:
             pipelines.append(run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args))
+            print(f"attempt {attempt}: (b) {pipelines[-1].tokens} tokens in {pipelines[-1].seconds:.2f} s", flush=True)
+
+        for attempt in range(args.repeats):  # alternating, so that a disturbance of the machine hits both sides
+            if args.pipeline_first:
+                side_b(attempt)
+            directs.append(run_direct_side(workdir, attempt))
+            print(f"attempt {attempt}: (a) {directs[-1]['tokens']} tokens in {directs[-1]['seconds']:.2f} s", flush=True)
+            if not args.pipeline_first:
+                side_b(attempt)
     a = max(directs, key=lambda run: run["tokens"] / run["seconds"])
     b = max(pipelines, key=lambda run: run.tokens_per_second)
     a_rate, b_rate = a["tokens"] / a["seconds"], b.tokens_per_second
