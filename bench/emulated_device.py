@@ -5,6 +5,7 @@ queues, rendering, tokenization and scoring rounds.
 
     python bench/emulated_device.py                       # H200-like: 114,000 tokens/s (bench/results), 5 ms per launch
     python bench/emulated_device.py --rate 30000 --launch-ms 2
+    python bench/emulated_device.py --overlap                # as a GPU's stream: launches overlap the device's work
 
 (a) the device alone: the same conversations tokenized and globally sorted into greedy token-budget batches, their
 emulated time summed (what the direct loop of `reward_throughput.py` measures on a real GPU). (b) the pipeline: the
@@ -24,7 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-RATE_ENV, LAUNCH_ENV = "RSAMPLE_EMULATED_TOKENS_PER_S", "RSAMPLE_EMULATED_LAUNCH_MS"
+RATE_ENV, LAUNCH_ENV, OVERLAP_ENV = "RSAMPLE_EMULATED_TOKENS_PER_S", "RSAMPLE_EMULATED_LAUNCH_MS", "RSAMPLE_EMULATED_OVERLAP"
+
+
+def launch_steps(seconds: float) -> int:
+    """Loop steps that take `seconds` on this machine with the GIL to themselves: launching is work, not a wait."""
+    steps = 200_000
+    began = time.perf_counter()
+    for _ in range(steps):
+        pass
+    return max(1, int(steps * seconds / (time.perf_counter() - began)))
 
 
 def emulated_reward_model_class():
@@ -39,11 +49,34 @@ def emulated_reward_model_class():
 
         def __init__(self, spec: str, models):
             self.rate, self.launch = float(os.environ[RATE_ENV]), float(os.environ[LAUNCH_ENV]) / 1000
+            self.overlap = os.environ.get(OVERLAP_ENV) == "1"
             self.tokenizer = load_tokenizer(spec, "reward")
             self.context = 10**9
             budget = TokenBudget(models.reward_token_budget, models.reward_micro_batch, models.reward_pass_cost)
-            self.rounds = ScoringRounds(budget, self._forward, lambda per_batch: [v for batch in per_batch for v in batch])
+            self.rounds = ScoringRounds(budget, self._overlapped if self.overlap else self._forward, self._read)
             self._tokenizer_lock = threading.Lock()
+            self.gpu_free_at = 0.0
+            self.launch_steps = launch_steps(self.launch)
+
+        def _read(self, per_batch):
+            self._wait_for_gpu()  # reading the scores waits for the device
+            return [v for batch in per_batch for v in batch]
+
+        def _wait_for_gpu(self):
+            wait = self.gpu_free_at - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)  # the GIL released, as while waiting for a GPU; taken back after, against the slots
+
+        def _overlapped(self, batch):
+            """A GPU's stream: the pass waits for the device once (as transformers' mask check does), then its
+            launches (Python work, stretched when other threads hold the GIL) run while the device computes; the
+            device starts with the first launch and finishes no earlier than the last."""
+            self._wait_for_gpu()
+            began = time.perf_counter()
+            for _ in range(self.launch_steps):
+                pass
+            self.gpu_free_at = max(time.perf_counter(), began + len(batch) * max(len(ids) for ids in batch) / self.rate)
+            return [0.0] * len(batch)
 
         @classmethod
         def from_run(cls, config, model_index: int):
@@ -72,6 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pass-cost", type=int, default=defaults.REWARD_PASS_COST)
     parser.add_argument("--token-budget", type=int, default=defaults.REWARD_TOKEN_BUDGET)
     parser.add_argument("--max-sequences", type=int, default=defaults.REWARD_MICRO_BATCH)
+    parser.add_argument("--overlap", action="store_true",
+                        help="a GPU's stream: launches overlap the device's work, one wait per pass and per round")
     parser.set_defaults(dtype="float32")
     parser.add_argument("--worker-slots", type=int, help="jobs the reward worker holds at once (default: 8, as on a GPU)")
     return parser.parse_args(argv)
@@ -88,7 +123,9 @@ def device_alone(args, config) -> tuple[float, int]:
     encoded = sorted(render_conversations(load_tokenizer(config.reward_models[0], "reward"), conversations(config)), key=len)
     lengths = [len(ids) for ids in encoded]
     ends = greedy_ends(lengths, config.models.reward_token_budget, config.models.reward_micro_batch)
-    seconds = sum((end - start) * lengths[end - 1] / args.rate + args.launch_ms / 1000 for start, end in zip([0, *ends], ends))
+    passes = [(end - start) * lengths[end - 1] / args.rate for start, end in zip([0, *ends], ends)]
+    launch = args.launch_ms / 1000
+    seconds = sum(max(launch, work) for work in passes) if args.overlap else sum(passes) + launch * len(passes)
     return seconds, sum(len(ids) for ids in encoded)
 
 
@@ -101,7 +138,7 @@ def main(argv=None) -> None:
     from rsample.workers.backends.tiny_models import build_reward_model
     from rsample.workers.common import defaults
 
-    os.environ[RATE_ENV], os.environ[LAUNCH_ENV] = str(args.rate), str(args.launch_ms)
+    os.environ[RATE_ENV], os.environ[LAUNCH_ENV], os.environ[OVERLAP_ENV] = str(args.rate), str(args.launch_ms), str(int(args.overlap))
     local_run.RSAMPLE_COMMAND = (sys.executable, str(Path(__file__).resolve()))  # workers with the emulated model
     local_run.machine_has_gpu = lambda: True  # the GPU layout: a generation worker and a reward worker
     slots = ("--slots", str(args.worker_slots or defaults.REWARD_SLOTS_ON_GPU))
@@ -113,7 +150,8 @@ def main(argv=None) -> None:
         a, tokens = device_alone(args, config)
         result = run_pipeline(config, workdir / "pipeline", worker_args=slots)
         rounds = rounds_line(workdir / "pipeline" / "logs")
-    print(f"emulated device: {args.rate:,.0f} padded tokens/s, {args.launch_ms} ms of Python per pass; {args.prompts} prompts "
+    print(f"emulated device: {args.rate:,.0f} padded tokens/s, {args.launch_ms} ms of Python per pass"
+          f"{' overlapping the device' if args.overlap else ''}; {args.prompts} prompts "
           f"x n={args.n} ({tokens} tokens), {args.batch_size} prompts per job, pass cost {args.pass_cost}, {slots[1]} reward slots")
     print(f"{'side':<44}{'seconds':>10}{'tokens/s':>12}")
     print(f"{'(a) the device alone, globally sorted':<44}{a:>10.2f}{tokens / a:>12.0f}")
