@@ -108,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overlap", action="store_true",
                         help="a GPU's stream: launches overlap the device's work, one wait per pass and per round")
     parser.set_defaults(dtype="float32")
-    parser.add_argument("--worker-slots", type=int, help="jobs the reward worker holds at once (default: 8, as on a GPU)")
+    parser.add_argument("--worker-slots", type=int, help=f"jobs the reward worker holds at once (default: {defaults.REWARD_SLOTS_ON_GPU}, as on a GPU)")
     return parser.parse_args(argv)
 
 

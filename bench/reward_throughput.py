@@ -152,14 +152,15 @@ def pass_costs(forward, device: str, vocabulary: int) -> list[tuple[int, int, fl
         for rows, width in shapes:
             input_ids = torch.randint(0, vocabulary, (rows, width), device=device)
             lengths = torch.full((rows,), width, device=device)
-            for repeat in range(4):  # the first is a warm-up
+            timings = []
+            for _ in range(4):
                 if device == "cuda":
                     torch.cuda.synchronize()
                 began = time.perf_counter()
                 forward(input_ids, lengths).float().cpu()
-                if repeat:
-                    costs.append((rows, width, (time.perf_counter() - began) * 1000))
-    return [(rows, width, min(ms for r, w, ms in costs if (r, w) == (rows, width))) for rows, width in shapes]
+                timings.append((time.perf_counter() - began) * 1000)
+            costs.append((rows, width, min(timings[1:])))  # the first is a warm-up
+    return costs
 
 
 def main(argv=None) -> None:
@@ -186,11 +187,10 @@ def main(argv=None) -> None:
                 result = run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args)
             workers.append((result, peak.peak_mib))
             print(f"attempt {attempt}: (a) {directs[-1]['seconds']:.2f} s, (b) {result.seconds:.2f} s", flush=True)
-            gpu = directs[-1]["gpu_pass_seconds"]
+            gpu, rounds = directs[-1]["gpu_pass_seconds"], rounds_line(workdir / f"pipeline-{attempt}" / "logs")
             print(f"    (a) {directs[-1]['batches']} passes, {directs[-1]['padding']:.1%} padding"
-                  + (f", GPU ran passes {gpu:.2f} s" if gpu is not None else "")
-                  + f"; (b) {rounds_line(workdir / f'pipeline-{attempt}' / 'logs')}", flush=True)
-            efficiency = gpu_time_per_padded_token(directs[-1], rounds_line(workdir / f"pipeline-{attempt}" / "logs"))
+                  + (f", GPU ran passes {gpu:.2f} s" if gpu is not None else "") + f"; (b) {rounds}", flush=True)
+            efficiency = gpu_time_per_padded_token(directs[-1], rounds)
             if efficiency:
                 print(f"    GPU time per padded token: (a) {efficiency[0]:.3f} us, (b) {efficiency[1]:.3f} us, (b)/(a) {efficiency[1] / efficiency[0]:.3f}"
                       " (above 1: the worker's passes run slower than their padded tokens explain)", flush=True)
