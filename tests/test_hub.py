@@ -138,3 +138,30 @@ def test_the_sft_file_is_a_config_of_its_own_and_models_with_their_own_code_are_
     assert {c["config_name"] for c in DatasetCard(text).data.configs} == {"pairs", "scores", "sft"}
     assert "Models that ran their repository's own code (`--trust-remote-code`): `org/armo-rm`." in text
     assert load_dataset(str(tmp_path / "repo"), "sft", split="train")[0]["messages"][1]["content"] == "a"
+
+
+def test_a_run_without_pairs_uploads_the_files_that_have_rows_and_the_repository_still_loads(tmp_path):
+    """`datasets` cannot read an empty JSONL config, and one such config breaks `load_dataset` on the whole
+    repository: the empty pairs file stays home, the card says so, and the scores load."""
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    config, summary, files = make_run(tmp_path)
+    files["pairs"].write_text("")
+    repo = tmp_path / "repo"
+    push_to_hub("me/pairs", config, summary, files, api=FolderApi(repo))
+    assert not (repo / "pairs.jsonl").exists()
+    text = (repo / "README.md").read_text()
+    assert [c["config_name"] for c in DatasetCard(text).data.configs] == ["scores"]
+    assert "Not uploaded, because the run wrote no rows to them: `pairs`." in text
+    assert load_dataset(str(repo), "scores", split="train")[0]["prompt_id"] == "x"
+
+
+def test_a_run_that_wrote_no_rows_at_all_is_not_pushed(tmp_path):
+    config, summary, files = make_run(tmp_path)
+    for path in files.values():
+        path.write_text("")
+    api = RecordingApi()
+    with pytest.raises(RsampleError, match="nothing to push to the Hub dataset me/pairs: the run wrote no rows to pairs, scores"):
+        push_to_hub("me/pairs", config, summary, files, api=api)
+    assert api.calls == []

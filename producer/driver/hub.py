@@ -18,7 +18,8 @@ from rsample.workers.common.errors import RsampleError, first_line
 
 def card_metadata(files: dict[str, Path]) -> str:
     """The card's YAML: each file its own config (their columns differ, so they cannot be splits of one), pairs the
-    default, so that `load_dataset(repo)` gives the pairs and `load_dataset(repo, "scores")` the scored candidates."""
+    default, so that `load_dataset(repo)` gives the pairs and `load_dataset(repo, "scores")` the scored candidates.
+    A run without pairs has no default: `load_dataset(repo)` then names the configs there are."""
     from huggingface_hub import DatasetCardData
 
     configs = [
@@ -47,7 +48,14 @@ def remote_code_note(config: RunConfig) -> str:
     return "\nModels that ran their repository's own code (`--trust-remote-code`): " + ", ".join(f"`{m}`" for m in config.trust_remote_code) + ".\n"
 
 
-def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], report: Report | None = None) -> str:
+def empty_files_note(empty: list[str]) -> str:
+    if not empty:
+        return ""
+    return "\nNot uploaded, because the run wrote no rows to them: " + ", ".join(f"`{name}`" for name in empty) + ".\n"
+
+
+def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], report: Report | None = None,
+                 empty: list[str] | None = None) -> str:
     settings = asdict(config)
     return f"""---
 {card_metadata(files)}
@@ -60,7 +68,7 @@ scored by {", ".join(f"`{m}`" for m in config.reward_models)} (combined by `{con
 Each row of `pairs` (the default config) has `messages` (the prompt), `chosen` and `rejected` conversations, and their
 scores per reward model; the `scores` config, when uploaded, has every scored candidate: `load_dataset(repo, "scores")`,
 and the `sft` config each prompt's best candidate as a supervised example: `load_dataset(repo, "sft")`.
-{remote_code_note(config)}
+{remote_code_note(config)}{empty_files_note(empty or [])}
 ## Command
 
 ```
@@ -83,11 +91,18 @@ and the `sft` config each prompt's best candidate as a supervised example: `load
 
 def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[str, Path], private: bool = True, api=None,
                 report: Report | None = None) -> str:
-    """Uploads `files` (split name -> JSONL path), the report's figures and README.md; returns the dataset's URL."""
+    """Uploads `files` (config name -> JSONL path), the report's figures and README.md; returns the dataset's URL.
+
+    An empty file is left out (and named in the card): `datasets` cannot read a config with no rows, so uploading
+    it would break `load_dataset` on the whole repository."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    empty = [name for name, path in files.items() if Path(path).stat().st_size == 0]
+    files = {name: path for name, path in files.items() if name not in empty}
+    if not files:
+        raise RsampleError(f"nothing to push to the Hub dataset {repo_id}: the run wrote no rows to {', '.join(empty)}")
     api = api or HfApi()
-    card = dataset_card(config, summary, files, report)
+    card = dataset_card(config, summary, files, report, empty)
     operations = [CommitOperationAdd(f"{name}.jsonl", str(path)) for name, path in files.items()]
     if report is not None:
         operations += [CommitOperationAdd(f"report/{path.name}", str(path)) for path in report.figures.values()]
