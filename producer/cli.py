@@ -479,7 +479,8 @@ def workers(redis_url, run_id, gpus, role, generate_gpus, reward_gpus, gpus_per_
         "both": allowed,
     }
     assignment = assign_gpus(gpus, role, generate_gpus, reward_gpus)
-    sys.exit(supervise(redis_url, run_id, assignment, gpus_per_worker, role_args, log_dir, restart_backoff, give_up_after, stop_timeout))
+    sys.exit(supervise(redis_url, run_id, assignment, gpus_per_worker, role_args, log_dir, restart_backoff, give_up_after, stop_timeout,
+                       indices))
 
 
 @main.command("make-tiny-models")

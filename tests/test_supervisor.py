@@ -1,6 +1,7 @@
 """`rsample workers`: GPU plans, and a real supervisor keeping real worker processes alive on a real Redis."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,20 +95,34 @@ def test_supervised_workers_serve_a_run_restart_and_stop(chat_dataset, tmp_path)
     assert "redis://:***@" in output and secret not in everything
 
 
-def test_a_worker_that_cannot_start_is_given_up(redis_server, chat_dataset, tmp_path):
-    run_id = enqueue(redis_server.url, chat_dataset)
+def test_a_worker_that_cannot_start_is_given_up(redis_server, chat_dataset, tiny_models, tmp_path):
+    """The run's reward model is missing on this machine (its folder went after the run was made): only the worker
+    finds out, fails at start-up every time, and is given up with its last words."""
+    reward = tmp_path / "reward"
+    shutil.copytree(tiny_models["reward"], reward)
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), *ECHO[:2], "--reward-model", str(reward),
+                     *ECHO[4:6]).stdout.strip().splitlines()[-1]
+    shutil.rmtree(reward)
     log = tmp_path / "supervisor.log"
-    supervisor = start_supervisor("--gpus", "3", "--role", "reward", "--reward-model-index", "5", *FAST, "--give-up-after", "3",
+    supervisor = start_supervisor("--gpus", "3", "--role", "reward", *FAST, "--give-up-after", "3",
                                   "--log-dir", str(tmp_path / "logs"), log=log, redis_url=redis_server.url)
     try:
-        assert supervisor.wait(timeout=30) == 1, log.read_text()
+        assert supervisor.wait(timeout=60) == 1, log.read_text()
     finally:
         kill_leftovers(run_id)
     output = log.read_text()
     assert output.count("exited with code 2 after") == 3 and output.count("restarting in") == 2
-    assert f"error: run {run_id} has 1 reward models; there is no index 5; giving up after 3 failures in a row" in output
+    assert f"error: reward model not found: {reward}; giving up after 3 failures in a row" in output
     assert output.rstrip().endswith("every worker has been given up: exiting")
     assert sorted(p.name for p in (tmp_path / "logs" / run_id).iterdir()) == ["reward-gpu3.log", "reward-gpu3.log.1"]
+
+
+def test_a_reward_model_index_the_run_lacks_fails_before_any_worker_starts(redis_server, chat_dataset, tmp_path):
+    run_id = enqueue(redis_server.url, chat_dataset)
+    done = run_supervisor("--redis-url", redis_server.url, "--gpus", "3", "--role", "reward", "--reward-model-index", "0",
+                          "--reward-model-index", "5", "--log-dir", str(tmp_path / "logs"))
+    assert (done.returncode, done.stderr) == (2, f"error: run {run_id} has 1 reward models; there is no index 5\n")
+    assert not (tmp_path / "logs").exists()
 
 
 def test_a_killed_supervisor_leaves_no_orphans(redis_server, chat_dataset, tmp_path):

@@ -222,6 +222,15 @@ class RunConfig:
         if self.min_margin is not None and self.min_margin < 0:
             raise RsampleError(f"--min-margin must be >= 0 (got {self.min_margin})")
 
+    def served_reward_models(self, indices: list[int] | tuple[int, ...] | None) -> list[int]:
+        """The reward models a worker serves (`--reward-model-index`, default all), checked before any is loaded."""
+        if not indices:
+            return list(range(len(self.reward_models)))
+        for index in indices:
+            if not 0 <= index < len(self.reward_models):
+                raise RsampleError(f"run {self.run_id} has {len(self.reward_models)} reward models; there is no index {index}")
+        return list(indices)
+
     @property
     def row_columns(self) -> tuple[str, ...]:
         """The dataset columns the rewards read, which travel with each prompt to the reward workers."""

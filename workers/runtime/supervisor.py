@@ -213,9 +213,12 @@ class Supervisor:
 
 def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int]], gpus_per_worker: int | None,
               role_args: dict[str, list[str]], log_dir: Path, restart_backoff: float = defaults.RESTART_BACKOFF,
-              give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS) -> int:
+              give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS,
+              reward_model_indices: tuple[int, ...] = ()) -> int:
     """Runs the supervisor for one run until it is stopped; returns the exit code."""
     config = load_run(connect(redis_url, patient=False), run_id)  # resolved once: every child serves the same run
+    if "reward" in assignment:
+        config.served_reward_models(reward_model_indices)  # a bad index fails here, before any worker loads a model
     if gpus_per_worker is not None:
         specs = plan_workers(assignment, gpus_per_worker)
     else:

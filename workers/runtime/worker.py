@@ -187,10 +187,8 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     started = time.perf_counter()
     queues: list[str] = []
     if role in ("reward", "both"):
-        indices = reward_model_indices if reward_model_indices is not None else list(range(len(config.reward_models)))
+        indices = config.served_reward_models(reward_model_indices)
         for index in indices:
-            if not 0 <= index < len(config.reward_models):
-                raise RsampleError(f"run {config.run_id} has {len(config.reward_models)} reward models; there is no index {index}")
             context.reward_models[index] = load_reward_backend(config, index, allowed_functions(allow_functions))
         queues += [keys.score_queue(i) for i in indices]  # first: a batch generated is scored before the next is generated
         log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
