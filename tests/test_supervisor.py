@@ -121,7 +121,7 @@ def test_a_reward_model_index_the_run_lacks_fails_before_any_worker_starts(redis
     run_id = enqueue(redis_server.url, chat_dataset)
     done = run_supervisor("--redis-url", redis_server.url, "--gpus", "3", "--role", "reward", "--reward-model-index", "0",
                           "--reward-model-index", "5", "--log-dir", str(tmp_path / "logs"))
-    assert (done.returncode, done.stderr) == (2, f"error: run {run_id} has 1 reward models; there is no index 5\n")
+    assert (done.returncode, done.stderr) == (2, f"error: run {run_id} has 1 reward model (indices 0 to 0); there is no index 5\n")
     assert not (tmp_path / "logs").exists()
 
 

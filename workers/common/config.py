@@ -228,7 +228,9 @@ class RunConfig:
             return list(range(len(self.reward_models)))
         for index in indices:
             if not 0 <= index < len(self.reward_models):
-                raise RsampleError(f"run {self.run_id} has {len(self.reward_models)} reward models; there is no index {index}")
+                count = len(self.reward_models)
+                raise RsampleError(f"run {self.run_id} has {count} reward model{'s' * (count != 1)} (indices 0 to {count - 1}); "
+                                   f"there is no index {index}")
         return list(indices)
 
     @property
