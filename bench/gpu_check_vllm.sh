@@ -6,7 +6,8 @@
 #      vLLM's V1 model runner: on 2026-11-26 (H200, vLLM 0.26) raw LLM.generate with the default runner for dense
 #      models (the "V2" runner) printed nothing for 140 s after the engine started, where vLLM pooling (V1 runner) ran
 #   2. the same with the default runner, on fewer prompts, the pipeline first (its workers' logs show whether rsample's
-#      own engine loop gets through), then side (a) with its progress bar and thread stacks in its log
+#      own engine loop gets through), then side (a) with its progress bar; every process's thread stacks go to its
+#      log after 60 s (GPU_CHECK_STACKS_AFTER), vLLM's engine core included
 #   3. vLLM's pooling reward against the transformers reward on the same conversations (agreement, tokens/s)
 #   4. step 1 again with torch.compile and CUDA graphs (vLLM's default on a GPU), in the time left
 # Every process's log lands in $OUT (the device tool brings it back) or in the folder printed at the end.
@@ -45,16 +46,20 @@ cd bench
 python3 shaped_models.py "$work/models" --shape "$shape" || exit 1
 pipeline=(python3 pipeline_overhead.py --backend vllm --policy "$work/models/policy" --prompts "$prompts" --n "$n"
           --max-new-tokens "$tokens" --batch-size 64 --dtype "$dtype" --repeats 1)
-VLLM_USE_V2_MODEL_RUNNER=0 step "pipeline, eager, V1 runner" 200 "${pipeline[@]}" --enforce-eager --workdir "$work/eager-v1"
-RSAMPLE_BENCH_STACKS_AFTER=60 step "pipeline, eager, default runner" 120 "${pipeline[@]}" --prompts $(( prompts / 4 )) \
-  --enforce-eager --pipeline-first --workdir "$work/eager-default"
+# RSAMPLE_BENCH_STACKS_AFTER: that many seconds into a step, every process of it (workers, vLLM's engine cores)
+# writes its threads' stacks to its log, and again every minute: a step that hangs shows where (bench/hang_stacks.py)
+VLLM_USE_V2_MODEL_RUNNER=0 RSAMPLE_BENCH_STACKS_AFTER=170 step "pipeline, eager, V1 runner" 200 "${pipeline[@]}" \
+  --enforce-eager --workdir "$work/eager-v1"
+RSAMPLE_BENCH_STACKS_AFTER=${GPU_CHECK_STACKS_AFTER:-60} step "pipeline, eager, default runner" 120 "${pipeline[@]}" \
+  --prompts $(( prompts / 4 )) --enforce-eager --pipeline-first --workdir "$work/eager-default"
 if [ "${GPU_CHECK_REWARD:-1}" = 1 ]; then
   step "reward, eager" 150 python3 vllm_reward_check.py --reward "$work/models/reward" --prompts "$reward_prompts" --n 8 \
     --dtype "$dtype" --enforce-eager
 fi
 left=$(( budget - SECONDS ))
 if [ "$budget" -gt 0 ] && [ "$left" -gt 60 ]; then
-  VLLM_USE_V2_MODEL_RUNNER=0 step "pipeline, compiled, V1 runner" "$left" "${pipeline[@]}" --workdir "$work/compiled"
+  VLLM_USE_V2_MODEL_RUNNER=0 RSAMPLE_BENCH_STACKS_AFTER=$(( left - 30 )) step "pipeline, compiled, V1 runner" "$left" \
+    "${pipeline[@]}" --workdir "$work/compiled"
 fi
 for log in $( (find "$work" -name 'direct-*.log'; find "$work" -name '*.log' -not -name 'direct-*.log' -not -name redis.log) |
               grep -v "^$logs/" | head -7); do  # the device tool returns 8 files at most: side (a)'s logs first

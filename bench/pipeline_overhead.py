@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import faulthandler
 import json
 import os
 import subprocess
@@ -29,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hang_stacks import dump_stacks_of_children
 from harness import REPO, run_pipeline, straight_line, write_prompts
 
 from rsample.producer.dataset import iter_rows
@@ -37,7 +37,8 @@ from rsample.workers.common.config import DataSelection, JobSettings, ModelSetti
 from rsample.workers.stages.generate import batch_seed
 
 STACKS_ENV = "RSAMPLE_BENCH_STACKS_AFTER"
-"""Seconds after which side (a) writes every thread's stack to its log, and again as often (a hang's diagnosis)."""
+"""Seconds after which every process of both sides (workers and vLLM's engine cores included) writes every thread's
+stack to its log, and again every minute (a hang's diagnosis: `hang_stacks.py`)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,8 +124,6 @@ def run_direct_side(workdir: Path, attempt: int) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.side == "direct":  # a file, not stdout: engines print there too
-        if os.environ.get(STACKS_ENV):  # a side that hangs leaves its threads' stacks in its log
-            faulthandler.dump_traceback_later(float(os.environ[STACKS_ENV]), repeat=True)
         config = RunConfig.from_json(Path(args.config).read_text())
         if config.models.reward_backend == "length":
             result = direct(config)
@@ -135,6 +134,8 @@ def main(argv=None) -> None:
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     with contextlib.ExitStack() as stack:
+        if os.environ.get(STACKS_ENV):  # a side that hangs leaves every process's stacks in its logs
+            stack.enter_context(dump_stacks_of_children(after=float(os.environ[STACKS_ENV])))
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rsample-bench-")))
         workdir.mkdir(parents=True, exist_ok=True)
         policy = args.policy

@@ -58,3 +58,55 @@ def test_the_emulated_device_runs_the_real_worker_and_accounts_for_every_token(s
     assert figures["tokens"] > 16 * 2 * 8 and figures["device_seconds"] > 0 and figures["worker_seconds"] > 0
     # the reward worker's rounds read exactly the tokens the device alone reads: same rendering, same tokenizer
     assert re.search(rf"\(b\) \d+ rounds of [\d.]+ jobs, \d+ passes, {figures['tokens']} tokens", printed), printed
+
+
+TWO_PROCESS_TREE = """
+import multiprocessing, time
+
+def engine_core_waits():
+    time.sleep(60)
+
+def frontend_waits():
+    time.sleep(60)
+
+if __name__ == "__main__":
+    multiprocessing.get_context("spawn").Process(target=engine_core_waits).start()  # as vLLM starts its engine core
+    frontend_waits()
+"""
+
+
+def test_a_hung_step_shows_the_stacks_of_every_process_it_started(tmp_path):
+    """`hang_stacks`: a process and the one it spawned (as vLLM's engine core is) both write their threads' stacks
+    to their log while they hang; a registered pid that belongs to another program now is never signalled."""
+    import os
+    import signal
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from faults import wait_for
+    from hang_stacks import PIDS_ENV, dump_stacks_of_children, registered_live_pids
+
+    script, log = tmp_path / "tree.py", tmp_path / "tree.log"
+    script.write_text(TWO_PROCESS_TREE)
+    before = os.environ.get("PYTHONPATH")
+    with dump_stacks_of_children(after=0.5, every=0.5) as folder:
+        (folder / str(os.getpid())).touch()  # this process: its start-up environment lacks the folder
+        with log.open("w") as output:
+            process = subprocess.Popen([sys.executable, str(script)], stdout=output, stderr=subprocess.STDOUT)
+        def hooked():
+            found = registered_live_pids(folder)
+            return found if len(found) >= 2 else None  # the child and the one it spawned (and multiprocessing's tracker)
+
+        def dumped():
+            return all(f"in {name}\n" in log.read_text() for name in ("engine_core_waits", "frontend_waits"))
+
+        try:
+            pids = wait_for(hooked, 30, "the hooked processes")
+            assert process.pid in pids and os.getpid() not in pids
+            wait_for(dumped, 30, "both processes' stacks in the log", interval=0.1)
+        finally:
+            wait_for(hooked, 10, "the spawned child, so that it is not left behind")
+            for pid in registered_live_pids(folder):
+                os.kill(pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    assert os.environ.get("PYTHONPATH") == before and PIDS_ENV not in os.environ
+    assert "Current thread 0x" in log.read_text() and 'File "' in log.read_text()

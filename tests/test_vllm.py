@@ -163,7 +163,8 @@ def test_the_vllm_gpu_check_rehearses_on_a_cpu():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # its python3 is this venv's
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # its python3 is this venv's
+           "GPU_CHECK_STACKS_AFTER": "15"}  # the default-runner step's processes write their stacks 15 s in, while it runs
     process = subprocess.run(["bash", "bench/gpu_check_vllm.sh", "--dry-run"], cwd=repo, env=env, capture_output=True, text=True,
                              timeout=900)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
@@ -171,6 +172,8 @@ def test_the_vllm_gpu_check_rehearses_on_a_cpu():
     names = {path.name for path in logs.iterdir()}
     for step in ("eager-v1", "eager-default"):
         assert f"{step}_direct-0.log" in names and any(name.startswith(f"{step}_pipeline-0_logs_") for name in names), names
+    stacks = [path.name for path in logs.iterdir() if path.name.startswith("eager-default") and "Current thread 0x" in path.read_text()]
+    assert stacks and "[hang_stacks] asked" in process.stdout, names
     shutil.rmtree(logs.parent)
     *pipelines, reward = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
     assert len(pipelines) == 2
