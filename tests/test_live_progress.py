@@ -65,6 +65,10 @@ def test_a_running_job_shows_its_progress_and_hands_it_over_to_the_counters(redi
             process.wait()
     [status] = json.loads(rsample("status", "--redis-url", url, "--run", run_id, "--json").stdout)
     assert status["tokens"] == tokens and status["generating"] == 0 and status["eta_seconds"] is None
+    # the coordinator sampled the counters as it went, and the run's time is the time it took, not the time since
+    assert redis_client.llen(RunKeys(run_id).pace) >= 1 and status["recent"] is None
+    [later] = json.loads(rsample("status", "--redis-url", url, "--run", run_id, "--json").stdout)
+    assert later["seconds"] == status["seconds"] > 0
 
 
 def test_entries_of_dead_workers_are_ignored_and_removed(redis_client):

@@ -24,6 +24,7 @@ from rsample.producer.feeder import Feeder
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue
 from rsample.workers.runtime.run_state import read_stats, save_run
 from rsample.workers.runtime.safe_job import SafeJob
@@ -45,6 +46,7 @@ class Coordinator:
             raise
         self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)
         self._last_sweep = 0.0
+        self._last_pace = 0.0
         self._idle_since: float | None = None
         self._missing_since: dict[str, float] = {}
         self.started_at = time.time()
@@ -158,6 +160,9 @@ class Coordinator:
             self.recover_lost_batches()
             self.recover_lost_work()
             self._last_sweep = time.monotonic()
+        if time.monotonic() - self._last_pace >= defaults.PACE_INTERVAL:
+            record_sample(self.client, self.config.run_id, take_sample(self.client, self.config.run_id))
+            self._last_pace = time.monotonic()
 
     def _publish_outcomes(self) -> None:
         """Outcome counts for `rsample status`, which runs elsewhere and has no ledger."""
@@ -183,6 +188,7 @@ class Coordinator:
                     check()
             self._publish_outcomes()
             self.collector.publish_live()
+            self.client.hsetnx(self.keys.stats, "finished_at", time.time())  # `rsample status`: how long the run took
         finally:
             self.close()
 

@@ -123,6 +123,22 @@ LIVE_PROGRESS_INTERVAL = 1.0
 LIVE_PROGRESS_STALE = 120.0
 """Seconds after which a running job's progress that was not refreshed is taken for a dead worker's and ignored."""
 
+PACE_INTERVAL = 10.0
+"""Seconds between two samples of a run's counters, taken by its coordinator for `rsample status`'s recent pace."""
+
+PACE_WINDOW = 300.0
+"""`rsample status` gives rates and the time left over this many of the last seconds (the pace now, not since the
+run was made: a run enqueued yesterday, or one that stood still for an hour, is not slow now)."""
+
+PACE_SAMPLES = 64
+"""Samples kept per run (10 min at PACE_INTERVAL): more than PACE_WINDOW needs, and a few KiB of Redis."""
+
+PACE_STALE = 60.0
+"""A newest sample older than this means no coordinator is sampling: the recent pace is unknown, not zero."""
+
+PACE_MIN_SPAN = 20.0
+"""The shortest span of samples a recent pace is computed over (two samples a moment apart say little)."""
+
 VLLM_GPU_MEMORY_UTILIZATION = 0.9
 """Share of a GPU's memory a vLLM engine takes (weights and KV cache) when it has the GPU to itself: vLLM's own default."""
 

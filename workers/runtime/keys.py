@@ -38,6 +38,11 @@ class RunKeys:
         return f"{self._base}:live"
 
     @property
+    def pace(self) -> str:
+        """List of the coordinator's samples of the counters, newest first: the recent pace `rsample status` shows."""
+        return f"{self._base}:pace"
+
+    @property
     def coordinator_lock(self) -> str:
         """Held by the one process that feeds prompts and writes the output of the run."""
         return f"{self._base}:coordinator"

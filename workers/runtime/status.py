@@ -10,6 +10,7 @@ import redis
 
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
+from rsample.workers.runtime.pace import Pace, read_samples, recent_pace
 from rsample.workers.runtime.queues import make_queue, worker_processes
 from rsample.workers.runtime.run_state import load_run
 
@@ -46,13 +47,19 @@ class RunStatus:
     """Tokens generated, running jobs' included."""
     report: dict | None = None
     """The run report's key numbers over the rows the coordinator wrote (published every 10 s and at the end)."""
+    recent: Pace | None = None
+    """Rates over the last minutes, from the coordinator's samples; None when no coordinator samples now."""
 
     @property
     def eta_seconds(self) -> float | None:
-        """Time left at the pace since the run started (its generation sets the pace); None before any progress."""
+        """Time left at the recent pace (its generation sets the pace), else at the pace since the run was made; None
+        before any progress, and while the recent pace is nil (stalled: no time left can be told)."""
         done = self.generated + self.generating
         if self.complete or done <= 0 or self.seconds <= 0:
             return None
+        if self.recent is not None:
+            rate = self.recent.generated_per_s
+            return max(0.0, (self.rows - done) / rate) if rate > 0 else None
         return max(0.0, (self.rows - done) * self.seconds / done)
 
     def to_dict(self) -> dict:
@@ -61,15 +68,22 @@ class RunStatus:
     def lines(self) -> list[str]:
         rate = lambda count: f"{count / self.seconds:.2f}/s" if self.seconds > 0 else "-"  # noqa: E731
         state = "complete" if self.complete else "running"
+        age = f"took {format_duration(self.seconds)}" if self.complete else f"{format_duration(self.seconds)} since it was made"
         out = [
-            f"run {self.run_id} ({state}), policy {self.policy}, {self.seconds:.0f} s since start",
+            f"run {self.run_id} ({state}), policy {self.policy}, {age}",
             f"  rows {self.rows}: generated {self.generated} ({rate(self.generated)}), scored {self.scored} "
             f"({rate(self.scored)}), written {self.written} ({rate(self.written)}); {self.in_flight} prompts in flight",
             f"  completions {self.completions} ({rate(self.completions)}), tokens {self.tokens} ({rate(self.tokens)})"
             + (f"; running jobs are {self.generating:.1f} rows into their work" if self.generating else ""),
         ]
+        if self.recent is not None and not self.complete:
+            window = format_duration(self.recent.seconds)
+            out.append(f"  last {window}: generated {self.recent.generated_per_s:.2f}/s, written {self.recent.written_per_s:.2f}/s, "
+                       f"tokens {self.recent.tokens_per_s:.1f}/s"
+                       + ("" if self.recent.generated_per_s > 0 else f"; nothing generated in the last {window}"))
         if self.eta_seconds is not None:
-            out.append(f"  about {format_duration(self.eta_seconds)} left at the pace so far")
+            pace = f"the last {format_duration(self.recent.seconds)}'s pace" if self.recent is not None else "the pace since it was made"
+            out.append(f"  about {format_duration(self.eta_seconds)} left at {pace}")
         if self.report and self.report.get("pairs"):
             out.append("  data so far: " + "; ".join(report_numbers(self.report)))
         if self.outcomes:
@@ -120,6 +134,9 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         )
     rows = int(stats.get("rows_total"))
     written = int(stats.get("rows_written"))
+    complete = bool(stats.text("feed_done")) and written >= rows
+    now = time.time()
+    finished_at = stats.get("finished_at")
     return RunStatus(
         run_id=config.run_id,
         policy=config.policy,
@@ -128,8 +145,8 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         scored=int(stats.get("rows_scored")),
         written=written,
         in_flight=int(stats.get("prompts_enqueued") - stats.get("prompts_returned")),
-        complete=bool(stats.text("feed_done")) and written >= rows,
-        seconds=time.time() - config.created_at,
+        complete=complete,
+        seconds=(finished_at if complete and finished_at else now) - config.created_at,
         completions=int(stats.get("completions_generated")),
         outcomes=json.loads(stats.text("outcomes", "{}")),
         skip_reasons=json.loads(stats.text("skip_reasons", "{}")),
@@ -138,4 +155,5 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         generating=round(live.rows, 2),
         tokens=int(stats.get("tokens_generated")) + live.tokens,
         report=json.loads(stats.text("report", "null")),
+        recent=None if complete else recent_pace(read_samples(client, config.run_id), now),
     )

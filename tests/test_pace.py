@@ -1,0 +1,84 @@
+"""`rsample status`'s recent pace: the coordinator's samples of the counters in Redis, rates over the last minutes,
+and the time left at that pace rather than since the run was made."""
+
+import json
+import time
+
+import pytest
+
+from rsample.workers.common.config import DataSelection, RunConfig
+from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.pace import PaceSample, read_samples, recent_pace, record_sample, take_sample
+from rsample.workers.runtime.run_state import save_run
+from rsample.workers.runtime.status import run_status
+
+
+def samples_every_10_s(now: float, generated_per_step: list[float]) -> list[PaceSample]:
+    """Newest first, one per 10 s ending at `now`; tokens 100 per row, written 2 rows behind generated."""
+    rows, out = 0.0, []
+    for step, added in enumerate(generated_per_step):
+        rows += added
+        out.append(PaceSample(at=now - 10 * (len(generated_per_step) - 1 - step), generated=rows, written=int(max(0, rows - 2)),
+                              tokens=int(100 * rows)))
+    return out[::-1]
+
+
+def test_the_pace_is_that_of_the_window_not_of_the_whole_run():
+    now = 10_000.0
+    # 40 samples (390 s): 5 rows per 10 s for the first 20 steps, then 1 per 10 s
+    samples = samples_every_10_s(now, [0] + [5] * 19 + [1] * 20)
+    pace = recent_pace(samples, now, window=100)
+    assert pace.seconds == 100 and pace.generated_per_s == pytest.approx(0.1) and pace.tokens_per_s == pytest.approx(10)
+    assert pace.written_per_s == pytest.approx(0.1)
+    everything = recent_pace(samples, now, window=10_000)
+    assert everything.seconds == 390 and everything.generated_per_s == pytest.approx((19 * 5 + 20) / 390)
+
+
+def test_no_pace_when_nobody_samples_now_or_the_samples_span_too_little():
+    now = 10_000.0
+    samples = samples_every_10_s(now - 600, [1] * 30)  # the coordinator stopped ten minutes ago
+    assert recent_pace(samples, now) is None
+    assert recent_pace(samples_every_10_s(now, [1, 1]), now) is None  # 10 s of samples
+    assert recent_pace([], now) is None
+
+
+def test_a_counter_that_went_back_ends_the_span():
+    """Redis lost the run and the coordinator started its counters afresh: the samples from before do not count."""
+    now = 10_000.0
+    before = samples_every_10_s(now - 100, [50] * 10)  # up to 500 rows, ending 100 s ago
+    after = samples_every_10_s(now, [0] + [2] * 9)  # from 0 again: 2 rows per 10 s over the last 90 s
+    pace = recent_pace(after + before, now, window=10_000)
+    assert pace.seconds == 90 and pace.generated_per_s == pytest.approx(0.2)
+
+
+def test_status_shows_the_recent_pace_and_the_time_left_at_it(redis_client):
+    config = RunConfig(run_id="pace1", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 86_400)
+    save_run(redis_client, config)
+    keys = RunKeys(config.run_id)
+    redis_client.hset(keys.stats, mapping={"rows_total": 1000, "rows_generated": 0, "rows_written": 0, "tokens_generated": 0})
+    now = time.time()
+    start = take_sample(redis_client, config.run_id, now=now - 120)
+    assert start == PaceSample(at=now - 120, generated=0, written=0, tokens=0)
+    record_sample(redis_client, config.run_id, start)
+    redis_client.hset(keys.stats, mapping={"rows_generated": 240, "rows_written": 200, "tokens_generated": 48_000})
+    record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=now))
+    assert [s.generated for s in read_samples(redis_client, config.run_id)] == [240, 0]
+    status = run_status(redis_client, config.run_id)
+    # 240 rows in 120 s: 2 rows/s, 760 rows left: 380 s; since the run was made (a day ago) it would say about 3.5 days
+    assert status.recent.generated_per_s == pytest.approx(2.0, rel=1e-3) and status.eta_seconds == pytest.approx(380, rel=1e-3)
+    text = "\n".join(status.lines())
+    assert "last 2 min 00 s: generated 2.00/s, written 1.67/s, tokens 400.0/s" in text
+    assert "about 6 min 20 s left at the last 2 min 00 s's pace" in text
+    assert json.loads(json.dumps(status.to_dict()))["recent"]["tokens_per_s"] == pytest.approx(400, rel=1e-3)
+
+
+def test_a_stalled_run_says_so_instead_of_a_time_left(redis_client):
+    config = RunConfig(run_id="pace2", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 600)
+    save_run(redis_client, config)
+    redis_client.hset(RunKeys(config.run_id).stats, mapping={"rows_total": 100, "rows_generated": 40})
+    now = time.time()
+    for at in (now - 60, now):
+        record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=at))
+    status = run_status(redis_client, config.run_id)
+    assert status.eta_seconds is None
+    assert "nothing generated in the last 1 min 00 s" in "\n".join(status.lines())
