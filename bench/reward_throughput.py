@@ -116,8 +116,8 @@ def direct(args, config: RunConfig) -> dict:
         width = max(len(ids) for ids in batch)
         lengths = torch.tensor([len(ids) for ids in batch], device=device)
         padded.append((torch.tensor([ids + [0] * (width - len(ids)) for ids in batch], device=device), lengths))
-    def forward(input_ids, lengths):
-        mask = (torch.arange(input_ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
+    def forward(input_ids, lengths, masked: bool = False):  # no mask: the padding follows the real tokens, which a decoder never sees
+        mask = (torch.arange(input_ids.shape[1], device=device)[None, :] < lengths[:, None]).long() if masked else None
         hidden = model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         return model.score(hidden[torch.arange(len(lengths), device=device), lengths - 1])
 
@@ -141,9 +141,11 @@ def direct(args, config: RunConfig) -> dict:
             "gpu_pass_seconds": gpu_passes, "pass_costs": pass_costs(forward, device, model.config.vocab_size) if args.pass_costs else []}
 
 
-def pass_costs(forward, device: str, vocabulary: int) -> list[tuple[int, int, float]]:
-    """(sequences, width, ms) of one pass over random tokens, for a few shapes: the device's real cost of a pass
-    against its padded tokens (what `--reward-pass-cost` models as fixed cost + tokens)."""
+def pass_costs(forward, device: str, vocabulary: int) -> list[tuple[int, int, float, float]]:
+    """(sequences, width, ms, ms with an attention mask) of one pass over random tokens, for a few shapes: the
+    device's real cost of a pass against its padded tokens (what `--reward-pass-cost` models as fixed cost + tokens),
+    and what the mask the reward worker no longer passes for a decoder cost (half the rows one token short, so that
+    the mask holds padding: transformers then builds it into SDPA's mask and reads it back first)."""
     import torch
 
     shapes = [(rows, width) for width in (128, 512) for tokens in (1024, 4096, 16384, 32768) if (rows := tokens // width) >= 1]
@@ -151,15 +153,16 @@ def pass_costs(forward, device: str, vocabulary: int) -> list[tuple[int, int, fl
     with torch.inference_mode():
         for rows, width in shapes:
             input_ids = torch.randint(0, vocabulary, (rows, width), device=device)
-            lengths = torch.full((rows,), width, device=device)
-            timings = []
+            lengths = width - torch.arange(rows, device=device) % 2
+            timings: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(4):
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                began = time.perf_counter()
-                forward(input_ids, lengths).float().cpu()
-                timings.append((time.perf_counter() - began) * 1000)
-            costs.append((rows, width, min(timings[1:])))  # the first is a warm-up
+                for masked in (False, True):
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    began = time.perf_counter()
+                    forward(input_ids, lengths, masked).float().cpu()
+                    timings[masked].append((time.perf_counter() - began) * 1000)
+            costs.append((rows, width, min(timings[False][1:]), min(timings[True][1:])))  # the first is a warm-up
     return costs
 
 
@@ -194,8 +197,9 @@ def main(argv=None) -> None:
             if efficiency:
                 print(f"    GPU time per padded token: (a) {efficiency[0]:.3f} us, (b) {efficiency[1]:.3f} us, (b)/(a) {efficiency[1] / efficiency[0]:.3f}"
                       " (above 1: the worker's passes run slower than their padded tokens explain)", flush=True)
-            for rows, width, ms in directs[-1]["pass_costs"]:
-                print(f"    one pass of {rows} x {width} tokens: {ms:.1f} ms ({rows * width / ms:.0f} tokens/ms)")
+            for rows, width, ms, masked_ms in directs[-1]["pass_costs"]:
+                print(f"    one pass of {rows} x {width} tokens: {ms:.1f} ms ({rows * width / ms:.0f} tokens/ms); "
+                      f"with an attention mask {masked_ms:.1f} ms")
     tokens = directs[0]["tokens"]
     a = min(run["seconds"] for run in directs)
     b, peak = min(workers, key=lambda run: run[0].seconds)

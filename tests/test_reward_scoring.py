@@ -87,3 +87,23 @@ def test_slots_scoring_at_once_get_the_scores_one_gets_alone(tmp_path):
         together = list(pool.map(model.score, jobs))
     for expected, got in zip(alone, together):
         assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_decoder_scores_its_batches_without_a_mask_and_an_encoder_keeps_it(tmp_path):
+    """Padding after a decoder's real tokens cannot reach them, so its batches need no attention mask (SDPA's causal
+    kernel, no mask read back per pass); a bidirectional trunk's real tokens see the padding, so it keeps the mask.
+    The scores of the mask-free batches are those of one unpadded sequence at a time (the oracle)."""
+    from transformers import BertConfig, BertModel
+
+    from rsample.workers.backends.transformers_reward import padding_is_invisible
+
+    encoder = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).eval()
+    assert not padding_is_invisible(encoder, "cpu")
+    path = str(build_reward_model(tmp_path / "reward", seed=6, pad="none"))
+    for dtype in ("float32", "bfloat16"):
+        model = TransformersRewardModel(path, dtype, micro_batch=16)
+        assert not model.needs_mask, dtype
+    scores = TransformersRewardModel(path, "float32", micro_batch=16).score(CONVERSATIONS)
+    oracle = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert scores == pytest.approx([reference_reward(oracle, tokenizer, c) for c in CONVERSATIONS], abs=1e-5)

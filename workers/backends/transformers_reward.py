@@ -4,11 +4,14 @@ The score is read at each conversation's true last token, found from its length,
 tokenizers without a pad token get EOS as pad, and templates that end every turn with EOS would then have
 their last token taken for padding (and configs whose `pad_token_id` is an ordinary token are worse). The
 head runs in float32 on the trunk's last hidden state, so a bf16 model's scores are not rounded to the bf16
-grid (a step of 1/16 between 8 and 16, where candidates would tie).
+grid (a step of 1/16 between 8 and 16, where candidates would tie). Batches are right-padded, and a decoder's
+(causal) trunk gets no attention mask at all: padding after a real token never reaches it, and without a mask
+SDPA runs its causal kernel and the host never waits for the device between passes (`padding_is_invisible`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from rsample.workers.backends.batching import TokenBudget
@@ -18,7 +21,10 @@ from rsample.workers.backends.scoring_rounds import ScoringRounds
 from rsample.workers.backends.templates import render_conversations
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import Conversation
+
+log = logging.getLogger(__name__)
 
 
 def linear_score_head(model):
@@ -57,6 +63,7 @@ class TransformersRewardModel:
         if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
             self.model.config.pad_token_id = None
             micro_batch = 1
+        self.needs_mask = self.head is None or not padding_is_invisible(self.head[0], self.device)
         self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
         self._tokenizer_lock = threading.Lock()
 
@@ -85,10 +92,33 @@ class TransformersRewardModel:
             if self.head is None:
                 return self.model(input_ids=input_ids).logits[:, 0].float()
             trunk, head = self.head
-            hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = trunk(input_ids=input_ids, attention_mask=attention_mask if self.needs_mask else None).last_hidden_state
             last = hidden[torch.arange(len(batch), device=self.device), lengths - 1].float()
             bias = None if head.bias is None else head.bias.float()
             return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0]
+
+
+def padding_is_invisible(trunk, device: str, prefix: int = 8, tail: int = 8) -> bool:
+    """Whether a right-padded sequence's real tokens are blind to the padding after them (a decoder's causal
+    attention): then a batch needs no attention mask, and SDPA runs its causal kernel (flash attention on a GPU)
+    without a mask to build, and without transformers reading the mask back at every pass to look for padding,
+    which waits for the device. Tried once, at load: one prefix followed by two different tails must give the same
+    hidden states over the prefix. A model that looks at later tokens (an encoder), or that fails the trial, keeps
+    its mask."""
+    import torch
+
+    try:
+        vocabulary = trunk.config.vocab_size
+        generator = torch.Generator().manual_seed(0)
+        head = torch.randint(vocabulary, (1, prefix), generator=generator).expand(2, prefix)
+        ids = torch.cat([head, torch.randint(vocabulary, (2, tail), generator=generator)], dim=1).to(device)
+        with torch.inference_mode():
+            hidden = trunk(input_ids=ids).last_hidden_state[:, :prefix].float()
+        scale = hidden.abs().max().item()
+        return scale > 0 and (hidden[0] - hidden[1]).abs().max().item() <= 1e-3 * scale
+    except Exception as exc:  # a trunk that wants a mask, or other inputs: it keeps the mask
+        log.info("reward model trunk keeps its attention mask (the causality trial failed: %s)", first_line(exc))
+        return False
 
 
 def padded_on_device(batch: list[list[int]], device: str, left: bool = False):
