@@ -13,9 +13,12 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+
+from rsample.workers.common import defaults
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +41,21 @@ class _Stop:
 
 
 class EngineLoop:
-    """Drives a vLLM `LLMEngine` (`LLM.llm_engine`) from one daemon thread."""
+    """Drives a vLLM `LLMEngine` (`LLM.llm_engine`) from one daemon thread; a second one logs a step that hangs."""
 
-    def __init__(self, engine, name: str = "rsample-vllm-engine"):
+    def __init__(self, engine, name: str = "rsample-vllm-engine", warn_after: float = defaults.ENGINE_STEP_WARN_SECONDS):
         self._engine = engine
         self._inbox: queue.SimpleQueue[_Submit | _Abort] = queue.SimpleQueue()
         self._pending: dict[str, Future] = {}
         self._ids = itertools.count()
         self._broken: BaseException | None = None
+        self._step: tuple[int, float] | None = None
+        """(number, start) of the step running now, for the watchdog."""
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch, args=(warn_after,), name=f"{name}-watchdog", daemon=True)
+        self._watchdog.start()
 
     def submit(self, prompt: Any, params: Any) -> tuple[str, Future]:
         """Queues one request (a vLLM prompt and its SamplingParams or PoolingParams); returns its id and future."""
@@ -66,15 +74,20 @@ class EngineLoop:
     def close(self, timeout: float = 10.0) -> None:
         """Stops the loop thread; requests still waiting fail. The engine itself is its owner's to shut down."""
         self._inbox.put(_Stop())
+        self._closed.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        steps = itertools.count()
         try:
             while True:
                 if self._take_inbox(block=not self._engine.has_unfinished_requests()):
                     raise RuntimeError("closed")
                 if self._engine.has_unfinished_requests():
-                    for output in self._engine.step():
+                    self._step = (next(steps), time.monotonic())
+                    outputs = self._engine.step()
+                    self._step = None
+                    for output in outputs:
                         if output.finished:
                             future = self._pending.pop(output.request_id, None)
                             if future is not None:
@@ -85,6 +98,20 @@ class EngineLoop:
             for future in self._pending.values():
                 future.set_exception(RuntimeError(f"the vLLM engine stopped: {exc}"))
             self._pending.clear()
+
+    def _watch(self, warn_after: float) -> None:
+        """Logs a step still running after `warn_after` s, and again at each multiple, with the requests waiting on it."""
+        warned: tuple[int, int] = (-1, 0)  # (step, multiples of warn_after already logged)
+        while not self._closed.wait(min(warn_after / 4, 30.0)):
+            step = self._step
+            if step is None:
+                continue
+            number, started = step
+            multiples = int((time.monotonic() - started) // warn_after)
+            if multiples > (warned[1] if warned[0] == number else 0):
+                warned = (number, multiples)
+                log.warning("the vLLM engine's step has been running for %.0f s, with %d requests waiting on it (stuck, or "
+                            "compiling for a new shape?)", time.monotonic() - started, len(self._pending))
 
     def _take_inbox(self, block: bool) -> bool:
         """Adds every queued request; waits for one only when the engine has nothing to do. True: stop now."""

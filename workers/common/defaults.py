@@ -117,6 +117,10 @@ ENGINE_WAIT_POLL_SECONDS = 1.0
 """How often a job waiting on a device that another thread drives (a vLLM engine, a reward model) wakes up, so that
 its job timeout can reach it."""
 
+ENGINE_STEP_WARN_SECONDS = 120.0
+"""A vLLM engine step (milliseconds to seconds of work) still running after this long is logged, and again at each
+multiple: stuck or compiling, it would otherwise leave its worker silent until the job timeout (hours)."""
+
 LIVE_PROGRESS_INTERVAL = 1.0
 """Seconds between two publications of a running job's progress: often enough for a bar, rare enough for Redis."""
 
