@@ -11,7 +11,8 @@ BAD = {
     "invalid UTF-8": [b'{"prompt": "caf\xe9 au lait"}', b'{"prompt": "\xff\xfe"}'],
     "no messages or prompt field": [{"question": "where is the prompt"}, {"text": "x"}],
     "empty content": [{"prompt": "   "}, {"messages": [{"role": "user", "content": ""}]}],
-    "non-string content": [{"prompt": 42}, {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}],
+    "non-string content": [{"prompt": 42}, {"messages": [{"role": "user", "content": {"text": "hi"}}]}],
+    "non-text content": [{"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image"}]}]}],
     "unknown role": [{"messages": [{"role": "robot", "content": "beep"}]}, {"messages": [{"role": "human", "content": "hi"}]}],
     "prompt does not end with a user turn": [{"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}],
     "policy chat template rejected the prompt: Conversation roles must alternate": [

@@ -46,10 +46,27 @@ def test_prompt_id_is_stable_and_depends_on_content_only():
     assert extract_prompt({"prompt": "other"}, 0).prompt_id != a.prompt_id
 
 
+def test_content_given_as_text_parts_is_read_as_its_text():
+    """OpenAI-style content parts: the text parts one after the other (as chat templates render them), the same
+    prompt (and prompt id) as the plain string; a part that is not text skips the row and says which."""
+    parts = {"messages": [{"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+                          {"role": "user", "content": [{"type": "text", "text": "name a "}, {"type": "text", "text": "river"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "the Nile"}]}]}
+    plain = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "name a river"}]}
+    record = extract_prompt(parts, 3)
+    assert record.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "name a river"}]
+    assert record.reference_completion == "the Nile" and record.prompt_id == extract_prompt(plain, 0).prompt_id
+    image = extract_prompt({"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image"}]}]}, 5)
+    assert image.reason == "non-text content" and image.detail == "row 5, message 0: content part 1 is 'image', not text"
+    assert extract_prompt({"messages": [{"role": "user", "content": [{"type": "text", "text": "  "}]}]}, 6).reason == "empty content"
+    assert extract_prompt({"messages": [{"role": "user", "content": ["bare"]}]}, 6).detail == "row 6, message 0: content part 0 is 'str', not text"
+
+
 def test_bad_rows_become_skips_with_reason_and_location():
     cases = {
         "empty content": {"prompt": "   "},
-        "non-string content": {"messages": [{"role": "user", "content": ["part"]}]},
+        "non-string content": {"messages": [{"role": "user", "content": {"text": "a dict"}}]},
+        "non-text content": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
         "unknown role": {"messages": [{"role": "robot", "content": "x"}]},
         "no messages or prompt field": {"text": "x"},
         "prompt does not end with a user turn": {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
