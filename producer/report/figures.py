@@ -11,8 +11,11 @@ DPI = 110
 
 
 def _pyplot():
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # not its font cache's first-run INFO line in a run's output
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
