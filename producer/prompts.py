@@ -39,10 +39,11 @@ def _check_messages(value: Any, row_index: int) -> Conversation | RowSkip:
         role, content = message["role"], message["content"]
         if role not in ROLES:
             return RowSkip(row_index, "unknown role", f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
-        if isinstance(content, list):  # OpenAI-style parts: text alone is read, as chat templates render parts
-            content = _text_of_parts(content)
-            if isinstance(content, tuple):
-                return RowSkip(row_index, "non-text content", f"{where}: {content[0]}")
+        if isinstance(content, list):  # OpenAI-style parts: their text, one after the other, as chat templates render them
+            problem = _non_text_part(content)
+            if problem:
+                return RowSkip(row_index, "non-text content", f"{where}: {problem}")
+            content = "".join(part["text"] for part in content)
         if not isinstance(content, str):
             return RowSkip(row_index, "non-string content", f"{where}: content is {type(content).__name__}")
         if not content.strip():
@@ -51,16 +52,14 @@ def _check_messages(value: Any, row_index: int) -> Conversation | RowSkip:
     return conversation
 
 
-def _text_of_parts(parts: list) -> str | tuple[str]:
-    """The text of a content given as parts (`[{"type": "text", "text": "..."}]`), joined as chat templates join them
-    (one after the other); a part that is not text (an image, audio) makes the message unreadable here: (why,)."""
-    texts = []
+def _non_text_part(parts: list) -> str | None:
+    """What makes content given as parts (`[{"type": "text", "text": "..."}]`) unreadable here: its first part that
+    is not text (an image, audio), described; None when every part is text."""
     for number, part in enumerate(parts):
         if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            return (f"content part {number} is {kind!r}, not text",)
-        texts.append(part["text"])
-    return "".join(texts)
+            return f"content part {number} is {kind!r}, not text"
+    return None
 
 
 def _with_system_prompt(messages: Conversation, system_prompt: str | None) -> Conversation:
