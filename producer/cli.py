@@ -49,6 +49,23 @@ def hide_secrets_from_ps(argv: list[str]) -> None:
         setproctitle.setproctitle(shlex.join([sys.executable, "-m", "rsample.producer", *redacted]))
 
 
+class JsonObject(click.ParamType):
+    """A JSON object on the command line."""
+
+    name = "JSON"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            self.fail(f"not valid JSON ({exc}): {value}", param, ctx)
+        if not isinstance(parsed, dict):
+            self.fail(f"must be a JSON object ({{...}}), got {value}", param, ctx)
+        return parsed
+
+
 def run_options(command):
     """The options that define a run, shared by `run` and `enqueue`."""
     options = [
@@ -88,7 +105,12 @@ def run_options(command):
         click.option("--min-margin", type=float, help="Drop pairs whose combined score gap is smaller (in the combination's units)."),
         click.option("--sft", is_flag=True, help="Score prompts with one distinct candidate too, so that `--sft-out` (of run or aggregate) "
                                                  "keeps every prompt's best (implied by run's --sft-out)."),
-        click.option("--keep-truncated", is_flag=True, help="Let a completion cut at --max-new-tokens (or empty) be the chosen one."),
+        click.option("--keep-truncated", is_flag=True, help="Let a completion cut at --max-new-tokens be the chosen one (an empty one never is)."),
+        click.option("--chat-template-kwargs", type=JsonObject(), default="{}",
+                     help="JSON object of more variables for the policy's chat template, e.g. '{\"enable_thinking\": false}' (Qwen3)."),
+        click.option("--reasoning-end", metavar="MARKER",
+                     help="For a reasoning policy: the marker that ends its thinking (e.g. '</think>'). Rewards read what follows it; "
+                          "a completion without it is never the chosen one; the output keeps the whole completion."),
         click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
         click.option("--backend", type=click.Choice(GENERATION_BACKENDS), default="transformers", show_default=True, help="Generation backend (vllm: pip install 'rsample[vllm]'; echo: zero-cost, for benchmarks)."),
         click.option("--reward-backend", type=click.Choice(REWARD_BACKENDS), default="transformers", show_default=True, help="Reward backend (vllm: pooling runner; length: zero-cost, for benchmarks)."),
@@ -118,7 +140,7 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty
 
 def build_config(params: dict) -> RunConfig:
     """The run's settings from the command line; the policy's sampling defaults fill the sampling flags not given."""
-    plain_sampling = {name: params[name] for name in ("n", "max_new_tokens", "seed", "max_prompt_tokens")}
+    plain_sampling = {name: params[name] for name in ("n", "max_new_tokens", "seed", "max_prompt_tokens", "chat_template_kwargs")}
     config = RunConfig(
         run_id=params["run_id"],
         data=DataSelection(params["dataset"], params["split"], params["start"], params["end"], params["num_prompts"], params["system_prompt"]),
@@ -139,6 +161,7 @@ def build_config(params: dict) -> RunConfig:
         combine=params["combine"],
         min_margin=params["min_margin"],
         keep_truncated=params["keep_truncated"],
+        reasoning_end=params["reasoning_end"],
         answer_column=params["answer_column"],
         judge_template=params["judge_template"].read_text() if params["judge_template"] else None,
         extra_columns=tuple(params["extra_columns"]),
@@ -152,7 +175,7 @@ def build_config(params: dict) -> RunConfig:
 
     trusted = set(config.trust_remote_code)
     if config.models.generation_backend != ZERO_COST_GENERATION:
-        check_policy(config.policy, config.policy in trusted)
+        check_policy(config.policy, config.policy in trusted, config.reasoning_end)
         sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),
                                              **plain_sampling)
         config = dataclasses.replace(config, sampling=sampling)
@@ -250,7 +273,8 @@ def enqueue(redis_url, **params) -> None:
     from rsample.producer.registration import register_run
     from rsample.workers.runtime.connection import connect
 
-    config, existed = register_run(connect(redis_url, patient=False), build_config(params))
+    config = build_config(params)  # the settings' errors first: they need no Redis
+    config, existed = register_run(connect(redis_url, patient=False), config)
     if existed:
         click.echo(f"run {config.run_id} already exists in this Redis: workers and `rsample aggregate` resume it", err=True)
     click.echo(config.run_id)

@@ -41,8 +41,14 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
         raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
 
 
-def check_policy(spec: str, trust_remote_code: bool = False) -> None:
+def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None) -> None:
     load_model_config(spec, "policy", trust_remote_code)
+    if reasoning_end:
+        tokenizer = load_tokenizer(spec, "policy", trust_remote_code)
+        ids = tokenizer(reasoning_end, add_special_tokens=False)["input_ids"]
+        if reasoning_end not in tokenizer.decode(ids, skip_special_tokens=True):
+            raise RsampleError(f"--reasoning-end {reasoning_end!r} is a special token of the policy's tokenizer, which decoding "
+                               "leaves out of completions: no completion would show it")
 
 
 def check_reward_model(spec: str, trust_remote_code: bool = False) -> None:

@@ -9,26 +9,29 @@ from __future__ import annotations
 from jinja2 import TemplateError
 
 from rsample.workers.backends.base import PromptCompletions
+from rsample.workers.common.config import SamplingConfig
 from rsample.workers.common.messages import Conversation
 
 
-def render(tokenizer, prompt: Conversation) -> list[int]:
-    """The prompt as the policy sees it: its own chat template, opened for the assistant's turn."""
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+def render(tokenizer, prompt: Conversation, template_kwargs: dict | None = None) -> list[int]:
+    """The prompt as the policy sees it: its own chat template, opened for the assistant's turn; `template_kwargs`
+    are the run's `--chat-template-kwargs` (Qwen3's `enable_thinking`)."""
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **(template_kwargs or {}))
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def render_fitting(tokenizer, prompts: list[Conversation], context: int, max_new_tokens: int, max_prompt_tokens: int):
+def render_fitting(tokenizer, prompts: list[Conversation], context: int, sampling: SamplingConfig):
     """Renders every prompt; returns (results with the skipped prompts filled in, [(index, ids)] of the rest).
 
     Every backend skips by this one rule, so a prompt is skipped or kept whatever the backend: longer than
     `max_prompt_tokens`, or too long to leave `max_new_tokens` within the policy's context.
     """
+    max_new_tokens, max_prompt_tokens = sampling.max_new_tokens, sampling.max_prompt_tokens
     results: list[PromptCompletions | None] = [None] * len(prompts)
     fitting: list[tuple[int, list[int]]] = []
     for index, prompt in enumerate(prompts):
         try:
-            ids = render(tokenizer, prompt)
+            ids = render(tokenizer, prompt, sampling.chat_template_kwargs)
         except TemplateError as exc:
             results[index] = PromptCompletions([], f"policy chat template rejected the prompt: {exc}")
             continue

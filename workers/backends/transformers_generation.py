@@ -30,7 +30,7 @@ class TransformersGenerator:
                  progress: ProgressCallback | None = None) -> list[PromptCompletions]:
         import torch
 
-        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens, sampling.max_prompt_tokens)
+        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling)
         if fitting:
             batch = self.tokenizer.pad({"input_ids": [ids for _, ids in fitting]}, return_tensors="pt").to(self.device)
             torch.manual_seed(seed)

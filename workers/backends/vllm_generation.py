@@ -53,7 +53,7 @@ class VLLMGenerator:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling.max_new_tokens, sampling.max_prompt_tokens)
+        results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling)
         submitted = []
         try:
             for index, ids in fitting:

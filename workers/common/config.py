@@ -6,6 +6,7 @@ Workers on other machines need only the Redis URL and the run id: everything els
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -31,6 +32,13 @@ WORKER_ROLES = ("generate", "reward", "both")
 """`both`: one process with the policy and the reward models, serving every queue of the run (a machine without GPU)."""
 
 
+TEMPLATE_CALL_ARGUMENTS = frozenset({
+    "conversation", "tokenize", "add_generation_prompt", "continue_final_message", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "padding", "truncation", "max_length", "tokenizer_kwargs", "chat_template",
+})
+"""`apply_chat_template`'s own arguments, which template variables must not override."""
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How completions are sampled from the policy, by either backend alike.
@@ -49,8 +57,13 @@ class SamplingConfig:
     """0: no top-k cut."""
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    chat_template_kwargs: dict = field(default_factory=dict)
+    """More variables for the policy's chat template when it renders a prompt (Qwen3's `enable_thinking`)."""
 
     def __post_init__(self) -> None:
+        reserved = sorted(set(self.chat_template_kwargs) & TEMPLATE_CALL_ARGUMENTS)
+        if reserved:
+            raise RsampleError(f"--chat-template-kwargs may not set {', '.join(reserved)}: rsample sets how the prompt is rendered")
         if self.n < 2:
             raise RsampleError(f"--n must be at least 2 (got {self.n}): best-of-n needs two candidates per prompt")
         if self.temperature <= 0:
@@ -84,6 +97,10 @@ def resolve_sampling(explicit: dict, policy_defaults: dict, **fixed) -> tuple[Sa
         values["top_k"] = max(0, int(values["top_k"]))  # some configs write -1 for "off"
     return SamplingConfig(**fixed, **values), sources
 
+
+ADDED_LATER = ((("sampling", "chat_template_kwargs"), {}), (("reasoning_end",), None))
+"""Settings added after runs were made, with their defaults: left out of the run id at those, so that a run made
+before them keeps its id (and its output files) when resumed."""
 
 SPEED_ONLY_MODEL_SETTINGS = ("reward_micro_batch", "reward_token_budget", "reward_pass_cost", "tensor_parallel_size", "gpu_memory_utilization",
                              "enforce_eager")
@@ -191,7 +208,7 @@ class RunConfig:
     """None: `default_combine` for the number of reward models, resolved here so the stored run names it."""
     min_margin: float | None = None
     keep_truncated: bool = False
-    """Let a completion cut at --max-new-tokens (or empty) be the chosen one, as before such completions were barred."""
+    """Let a completion cut at --max-new-tokens be the chosen one, as before such completions were barred (an empty answer never is)."""
     answer_column: str = defaults.ANSWER_COLUMN
     """The dataset column holding each row's ground truth, for `verify:` rewards."""
     judge_template: str | None = None
@@ -200,6 +217,9 @@ class RunConfig:
     """More dataset columns that travel with each prompt to the reward workers (for `fn:` rewards)."""
     trust_remote_code: tuple[str, ...] = ()
     """Models (policy, reward models, judges) whose repository code the run lets run; each worker must allow them too."""
+    reasoning_end: str | None = None
+    """The marker that ends a completion's reasoning (`</think>`): rewards read what follows its last occurrence, and a
+    completion without it is never the chosen one (see `rsample.workers.common.reasoning`)."""
     sft: bool = False
     """Also keep each prompt's best candidate for supervised fine-tuning (`--sft-out`): prompts with one distinct
     candidate are scored too."""
@@ -221,6 +241,8 @@ class RunConfig:
             raise RsampleError(f"--batch-size must be at least 1 (got {self.prompts_per_job})")
         if self.min_margin is not None and self.min_margin < 0:
             raise RsampleError(f"--min-margin must be >= 0 (got {self.min_margin})")
+        if self.reasoning_end is not None and not self.reasoning_end.strip():
+            raise RsampleError("--reasoning-end must be a marker such as '</think>' (got an empty one)")
 
     def served_reward_models(self, indices: list[int] | tuple[int, ...] | None) -> list[int]:
         """The reward models a worker serves (`--reward-model-index`, default all), checked before any is loaded."""
@@ -251,6 +273,11 @@ class RunConfig:
             settings.pop(volatile)
         for speed_only in SPEED_ONLY_MODEL_SETTINGS:
             settings["models"].pop(speed_only)
+        for path, default in ADDED_LATER:  # at its default, a setting added later leaves the id of an older run unchanged
+            *parents, name = path
+            holder = functools.reduce(dict.__getitem__, parents, settings)
+            if holder.get(name) == default:
+                holder.pop(name)
         return settings
 
     def to_json(self) -> str:

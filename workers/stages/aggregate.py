@@ -24,6 +24,7 @@ from rsample.workers.common.messages import (
     Outcome,
     PromptScores,
 )
+from rsample.workers.common.reasoning import answer_part
 from rsample.workers.stages import selection
 from rsample.workers.stages.output import pair_row, score_rows, sft_row
 
@@ -38,9 +39,12 @@ class BatchOutcome:
     sft_rows: list[dict] = field(default_factory=list)
 
 
-def may_be_chosen(candidate: Candidate, keep_truncated: bool) -> bool:
-    """A completion cut at --max-new-tokens, or empty, is never the chosen one (unless --keep-truncated)."""
-    if not candidate.text.strip():
+def may_be_chosen(candidate: Candidate, keep_truncated: bool, reasoning_end: str | None = None) -> bool:
+    """Never an empty answer, nor a completion whose reasoning never ended (the dataset's reference needs no
+    reasoning); a completion cut at --max-new-tokens only with --keep-truncated."""
+    if not answer_part(candidate.text, reasoning_end).strip():
+        return False
+    if reasoning_end and not candidate.is_reference and reasoning_end not in candidate.text:
         return False
     return keep_truncated or candidate.finish_reason != "length"
 
@@ -51,7 +55,7 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
     result.score_rows.extend(score_rows(prompt, scores_by_model, config.reward_models))
     usable = [c for c in range(len(prompt.candidates)) if all(scores[c] is not None for scores in scores_by_model)]
     usable_scores = [[scores[c] for c in usable] for scores in scores_by_model]
-    eligible = [may_be_chosen(prompt.candidates[c], config.keep_truncated) for c in usable]
+    eligible = [may_be_chosen(prompt.candidates[c], config.keep_truncated, config.reasoning_end) for c in usable]
     if config.sft and usable:
         best = best_for_sft(config, usable_scores, eligible)
         if best is not None:

@@ -9,6 +9,7 @@ import time
 from rsample.workers.backends.base import RewardBackend
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores
+from rsample.workers.common.reasoning import answer_part
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.stages.isolation import run_isolating_failures
@@ -16,18 +17,20 @@ from rsample.workers.stages.isolation import run_isolating_failures
 log = logging.getLogger(__name__)
 
 
-def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: list[GeneratedPrompt]) -> dict[str, dict]:
+def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: list[GeneratedPrompt],
+                             reasoning_end: str | None = None) -> dict[str, dict]:
     """Scores all prompts at once; if that raises, one by one, so that a prompt the reward model cannot take is
     skipped with its error and the others keep their scores. A broken worker fails the job instead.
 
     A backend that reads the rows' columns (`needs_columns`, as verifiers do) gets them, and a prompt whose row
-    lacks what it needs (`missing_reason`) is skipped with that reason, unscored."""
+    lacks what it needs (`missing_reason`) is skipped with that reason, unscored. With `reasoning_end`, every reward
+    reads a candidate's answer, not its reasoning (`answer_part`)."""
     needs_columns = getattr(backend, "needs_columns", False)
     missing = {p.prompt.prompt_id: backend.missing_reason(p.prompt.columns) for p in prompts} if needs_columns else {}
     scorable = [p for p in prompts if missing.get(p.prompt.prompt_id) is None]
 
     def conversations(prompt: GeneratedPrompt) -> list[Conversation]:
-        return [[*prompt.prompt.messages, {"role": "assistant", "content": c.text}] for c in prompt.candidates]
+        return [[*prompt.prompt.messages, {"role": "assistant", "content": answer_part(c.text, reasoning_end)}] for c in prompt.candidates]
 
     def score(batch) -> list[float | None]:
         flat = [c for p in batch for c in conversations(p)]
@@ -76,7 +79,7 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
     to_score = [p for p in batch.prompts if p.needs_scoring(context.config.min_candidates_scored)]
     started = time.perf_counter()
     with context.broken_by_device_faults():
-        verdicts = score_isolating_failures(backend, model_index, to_score)
+        verdicts = score_isolating_failures(backend, model_index, to_score, context.config.reasoning_end)
     seconds = time.perf_counter() - started
     num_conversations = sum(len(p.candidates) for p in to_score)
     with client.pipeline() as pipe:  # MULTI: exactly one scorer sees the last model arrive
