@@ -212,8 +212,12 @@ def test_compose_passes_secrets_through_from_the_environment():
             assert service["environment"]["RSAMPLE_REDIS_URL"] == "rediss://:pw@head-node:6380/1", name
 
 
-@pytest.mark.parametrize("sampling", [{}, {"RSAMPLE_TEMPERATURE": "0.6", "RSAMPLE_TOP_P": "0.9"}], ids=["unset", "set"])
-def test_enqueue_leaves_sampling_to_the_policy_unless_a_variable_sets_it(sampling):
+EXTRA_ARGS = """--top-k 20 --reasoning-end '</think>' --chat-template-kwargs '{"enable_thinking": true}'"""
+
+
+@pytest.mark.parametrize("sampling", [{}, {"RSAMPLE_TEMPERATURE": "0.6", "RSAMPLE_TOP_P": "0.9", "RSAMPLE_ENQUEUE_ARGS": EXTRA_ARGS}],
+                         ids=["unset", "set"])
+def test_enqueue_leaves_sampling_to_the_policy_unless_a_variable_sets_it(sampling, monkeypatch):
     """Compose's own interpolation: an empty RSAMPLE_TEMPERATURE / RSAMPLE_TOP_P (as in .env.example) leaves the
     flag out, so the run takes the policy's generation_config, as `rsample enqueue` does; a value goes through.
     The tests' own `expand` resolves the command as Compose does."""
@@ -227,6 +231,11 @@ def test_enqueue_leaves_sampling_to_the_policy_unless_a_variable_sets_it(samplin
             assert command[command.index(option) + 1] == sampling[name]
         else:
             assert option not in command
+    if sampling:  # any other enqueue flag, split as a shell splits it
+        assert command[-6:] == ["--top-k", "20", "--reasoning-end", "</think>", "--chat-template-kwargs", '{"enable_thinking": true}']
+        _parse_with_cli(command, monkeypatch)
+    else:
+        assert command[-1] == "64"
     assert command_args(yaml.safe_load(COMPOSE.read_text())["services"]["enqueue"], env) == command
 
 
