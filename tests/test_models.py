@@ -87,3 +87,19 @@ def test_conversation_longer_than_reward_context_gets_no_score(tiny_models):
     scores = reward.score([[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
                            [{"role": "user", "content": "river " * 600}, {"role": "assistant", "content": "ok"}]])
     assert scores[0] is not None and scores[1] is None
+
+
+def test_a_multimodal_checkpoint_keeps_its_language_models_context():
+    """Gemma 3's instruct checkpoints load as Gemma3ForConditionalGeneration, whose config holds the limit in text_config."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma3Config, GPT2Config, LlamaConfig
+
+    from rsample.workers.backends.models import context_length
+
+    gemma3 = Gemma3Config(text_config={"max_position_embeddings": 131072, "hidden_size": 64, "num_hidden_layers": 1})
+    assert getattr(gemma3, "max_position_embeddings", None) is None  # what the lookup used to read
+    unlimited = SimpleNamespace(model_max_length=int(1e30))  # transformers' "no limit" placeholder
+    assert context_length(SimpleNamespace(config=gemma3), unlimited) == 131072
+    assert context_length(SimpleNamespace(config=GPT2Config(n_positions=1024)), unlimited) == 1024
+    assert context_length(SimpleNamespace(config=LlamaConfig(max_position_embeddings=8192)), SimpleNamespace(model_max_length=4096)) == 4096

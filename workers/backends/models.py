@@ -153,9 +153,16 @@ def policy_eos_ids(spec: str, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""Names model configs give their position limit (Llama and most; GPT-2; some remote-code models)."""
+
+
 def context_length(model, tokenizer) -> int:
-    """The longest sequence the model takes: its position limit, or a smaller sane tokenizer limit."""
-    limit = getattr(model.config, "max_position_embeddings", None) or 2048
+    """The longest sequence the model takes: its position limit, or a smaller sane tokenizer limit.
+
+    A multimodal checkpoint (Gemma 3, Mistral 3, Qwen2.5-VL) keeps its language model's limit in its text config."""
+    config = model.config.get_text_config()
+    limit = next((value for name in POSITION_LIMITS if (value := getattr(config, name, None))), None) or 2048
     tokenizer_limit = getattr(tokenizer, "model_max_length", None)
     if tokenizer_limit and tokenizer_limit < 10**7:
         limit = min(limit, tokenizer_limit)
