@@ -79,3 +79,33 @@ def test_a_run_judged_by_a_chat_model_writes_its_expected_ratings(tiny_models, t
         assert pair["chosen_score"][judge] == pytest.approx(expected_rating(tiny_models["policy"], pair["chosen"]), abs=1e-5)
         assert pair["rejected_score"][judge] == pytest.approx(expected_rating(tiny_models["policy"], pair["rejected"]), abs=1e-5)
         assert pair["chosen_score"][judge] > pair["rejected_score"][judge]
+
+
+def sentencepiece_judge(directory):
+    """A judge with a Llama 2 / Mistral v0.x style tokenizer: a "▁" prefix piece before the text and digits split one
+    by one, so that encoding "7" alone gives two tokens although the model replies with the single piece "7"."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from rsample.workers.backends.tiny_models import _corpus
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    raw.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)
+    raw.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Strip(" ", 1, 0)])
+    alphabet = sorted(set("\u25810123456789[]/:.,INSTabcdefghijklmnopqrstuvwxyzR"))
+    raw.train_from_iterator(_corpus(3), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet))
+    template = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=template)
+    assert len(tokenizer.encode("7", add_special_tokens=False)) == 2  # what made such judges unusable
+    torch.manual_seed(3)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
+                                 num_key_value_heads=1, head_dim=64, bos_token_id=1, eos_token_id=2)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_a_judge_whose_tokenizer_splits_digits_off_a_prefix_piece_reads_the_digit_pieces(tmp_path):
+    path = sentencepiece_judge(tmp_path / "mistral-like")
+    scores = TransformersJudge(f"judge:{path}", "float32", template=RUBRIC).score(CONVERSATIONS)
+    assert scores == pytest.approx([expected_rating(path, c) for c in CONVERSATIONS], abs=1e-5)

@@ -26,7 +26,7 @@ from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.messages import Conversation
 
 RATINGS = tuple(range(1, 10))
-"""Single digits: one token each in every common tokenizer, so that one forward pass reads them all."""
+"""Single digits: each has a token of its own in common vocabularies, so that one forward pass reads them all."""
 
 DEFAULT_TEMPLATE = """Please act as an impartial judge of the response an AI assistant gave to the conversation below. \
 Consider its helpfulness, correctness, relevance, depth and clarity. Rate it from 1 (very poor) to 9 (excellent).
@@ -63,11 +63,16 @@ def expected_rating(per_rating) -> float:
 
 
 def rating_token_ids(tokenizer, spec: str) -> list[list[int]]:
-    """For each rating, the ids of the single tokens that spell it (bare, and with a leading space)."""
+    """For each rating, the ids of the single tokens that spell it, bare or after a space: what encoding the digit
+    alone gives, and the vocabulary's own pieces (a SentencePiece tokenizer, as Llama 2's and Mistral's, encodes "7"
+    as a prefix piece and a digit, yet the model replies with the digit's piece)."""
+    vocabulary = tokenizer.get_vocab()
     ids = []
     for rating in RATINGS:
         spellings = {encoded[0] for text in (str(rating), f" {rating}")
                      if len(encoded := tokenizer.encode(text, add_special_tokens=False)) == 1}
+        pieces = (vocabulary.get(piece) for piece in (str(rating), f"\u2581{rating}", f"\u0120{rating}"))  # bare, SentencePiece, byte-level
+        spellings |= {token for token in pieces if token is not None and tokenizer.decode([token]).strip() == str(rating)}
         if not spellings:
             raise RsampleError(f"judge {spec!r}: its tokenizer has no single token for the rating {rating}")
         ids.append(sorted(spellings))
