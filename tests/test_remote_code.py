@@ -10,6 +10,7 @@ from conftest import REPO, read_jsonl, rsample, write_jsonl
 
 from rsample.workers.backends.tiny_models import build_reward_model
 from rsample.workers.backends.transformers_reward import TransformersRewardModel
+from rsample.workers.common.errors import RsampleError
 
 CONFIGURATION = '''
 from transformers import LlamaConfig
@@ -96,3 +97,90 @@ def test_a_worker_runs_the_code_only_if_its_own_command_line_allows_it(remote_mo
                               "--run", run_id, "--burst", "--trust-remote-code", remote], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
     assert allowed.returncode == 0, allowed.stderr[-2000:]
+
+
+GATED_MODELING = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LlamaModel, LlamaPreTrainedModel
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class GatedOutput(ModelOutput):
+    rewards: torch.FloatTensor = None
+    score: torch.FloatTensor = None
+    logits: torch.FloatTensor = None
+
+
+class LlamaForRewardModelWithGating(LlamaPreTrainedModel):
+    """ArmoRM's shape: several objectives, mixed by a gate, at the last token; logits are the gated score, (batch,)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.regression_layer = nn.Linear(config.hidden_size, config.num_objectives, bias=False)
+        self.gating = nn.Linear(config.hidden_size, config.num_objectives, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        if self.config.pad_token_id is None and input_ids.shape[0] != 1:
+            raise ValueError("Cannot handle batch sizes > 1 if no padding token is defined.")
+        last = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, -1]
+        rewards = self.regression_layer(last)
+        score = (torch.softmax(self.gating(last), dim=-1) * rewards).sum(dim=1)
+        return GatedOutput(rewards=rewards, score=score, logits=rewards if self.config.every_objective else score)
+'''
+
+
+def gated_model(directory, every_objective: bool = False) -> str:
+    """A reward model of ArmoRM's kind: its own class (no `ForSequenceClassification` in its name), 4 labels."""
+    import importlib.util
+
+    import torch
+
+    plain = build_reward_model(directory, seed=4)  # its tokenizer and template; the weights are replaced
+    (plain / "modeling_gated.py").write_text(GATED_MODELING)
+    spec = importlib.util.spec_from_file_location("modeling_gated", plain / "modeling_gated.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = json.loads((plain / "config.json").read_text())
+    from transformers import LlamaConfig
+
+    llama = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "id2label", "label2id")}, num_labels=4)
+    llama.num_objectives, llama.every_objective = 4, every_objective
+    torch.manual_seed(4)
+    module.LlamaForRewardModelWithGating(llama).save_pretrained(plain)
+    config = json.loads((plain / "config.json").read_text())
+    config.update(architectures=["LlamaForRewardModelWithGating"],
+                  auto_map={"AutoModelForSequenceClassification": "modeling_gated.LlamaForRewardModelWithGating"})
+    (plain / "config.json").write_text(json.dumps(config))
+    return str(plain)
+
+
+def test_a_reward_model_of_its_own_class_scores_as_its_own_forward_does(tmp_path):
+    import torch
+    from oracles import reward_token_ids
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    gated = gated_model(tmp_path / "gated")
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    out = tmp_path / "pairs.jsonl"
+    rsample(*run_args(dataset, gated, out), "--trust-remote-code", gated)
+    model = AutoModelForSequenceClassification.from_pretrained(gated, trust_remote_code=True, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gated)
+    pairs = read_jsonl(out)
+    assert pairs, "no pair written"
+    for pair in pairs:
+        for side in ("chosen", "rejected"):
+            with torch.no_grad():
+                expected = float(model(input_ids=torch.tensor([reward_token_ids(tokenizer, pair[side])])).score[0])
+            assert pair[f"{side}_score"][gated] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_reward_model_that_returns_several_values_is_refused_at_load(tmp_path):
+    several = gated_model(tmp_path / "several", every_objective=True)
+    with pytest.raises(RsampleError, match=r"returns logits of shape \(1, 4\) for 1 conversation\(s\); rsample needs one score per conversation"):
+        TransformersRewardModel(several, "float32", trust_remote_code=True)

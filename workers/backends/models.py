@@ -52,8 +52,11 @@ def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str 
 
 
 def check_reward_model(spec: str, trust_remote_code: bool = False) -> None:
-    """Refuses a checkpoint that is not a sequence classifier: loading it would bolt on a random score head."""
+    """Refuses a checkpoint that is not a sequence classifier: loading it would bolt on a random score head. A model
+    with its own code (allowed by --trust-remote-code) that registers itself as a sequence classifier passes."""
     config = load_model_config(spec, "reward", trust_remote_code)
+    if trust_remote_code and "AutoModelForSequenceClassification" in (getattr(config, "auto_map", None) or {}):
+        return  # its own class (ArmoRM's gating model): whatever its name and label count, its output must be one score
     architectures = getattr(config, "architectures", None) or []
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
         raise RsampleError(

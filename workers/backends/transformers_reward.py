@@ -21,7 +21,7 @@ from rsample.workers.backends.scoring_rounds import ScoringRounds
 from rsample.workers.backends.templates import render_conversations
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.errors import first_line
+from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.messages import Conversation
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class TransformersRewardModel:
         from transformers import AutoModelForSequenceClassification
 
         check_reward_model(spec, trust_remote_code)
+        self.spec = spec
         self.device = resolve_device()
         self.tokenizer = load_tokenizer(spec, "reward", trust_remote_code)
         self.model = load_weights(AutoModelForSequenceClassification, spec, "reward", resolve_dtype(dtype, self.device), self.device,
@@ -63,6 +64,7 @@ class TransformersRewardModel:
         if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
             self.model.config.pad_token_id = None
             micro_batch = 1
+            self._check_output()
         self.needs_mask = self.head is None or not padding_is_invisible(self.head[0], self.device)
         self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
         self._tokenizer_lock = threading.Lock()
@@ -83,6 +85,18 @@ class TransformersRewardModel:
             scores[index] = value
         return scores
 
+    def _check_output(self) -> None:
+        """A model with its own forward must give one score per conversation: found out at load, not in every job."""
+        import torch
+
+        ids = render_conversations(self.tokenizer, [[{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hello!"}]])[0]
+        try:
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits
+        except Exception as exc:
+            raise RsampleError(f"reward model {self.spec!r} fails on a one-turn conversation: {first_line(exc)}") from None
+        one_score_each(logits, 1, self.spec)
+
     def _forward(self, batch: list[list[int]]):
         """The batch's scores as a float32 tensor on the device, not yet read (reading would wait for the device)."""
         import torch
@@ -90,12 +104,23 @@ class TransformersRewardModel:
         input_ids, attention_mask, lengths = padded_on_device(batch, self.device)
         with torch.inference_mode():
             if self.head is None:
-                return self.model(input_ids=input_ids).logits[:, 0].float()
+                return one_score_each(self.model(input_ids=input_ids).logits, len(batch), self.spec)
             trunk, head = self.head
             hidden = trunk(input_ids=input_ids, attention_mask=attention_mask if self.needs_mask else None).last_hidden_state
             last = hidden[torch.arange(len(batch), device=self.device), lengths - 1].float()
             bias = None if head.bias is None else head.bias.float()
             return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0]
+
+
+def one_score_each(logits, rows: int, spec: str):
+    """A model's own output as one float32 score per conversation: logits of shape (rows, 1), or (rows,) as ArmoRM
+    returns its gated score."""
+    if logits.dim() == 1 and len(logits) == rows:
+        return logits.float()
+    if logits.dim() == 2 and logits.shape == (rows, 1):
+        return logits[:, 0].float()
+    raise RsampleError(f"reward model {spec!r} returns logits of shape {tuple(logits.shape)} for {rows} conversation(s); "
+                       "rsample needs one score per conversation")
 
 
 def padding_is_invisible(trunk, device: str, prefix: int = 8, tail: int = 8) -> bool:
