@@ -302,11 +302,12 @@ def worker(role, redis_url, run_id, gpu, indices, burst, slots, allow_functions,
 @click.option("--scores", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The run's --scores-out file: candidates' scores, length correlation, agreement, truncation.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Where report.md and its figures go (default: beside PAIRS).")
-def report(pairs, scores, out_dir) -> None:
+@click.option("--reasoning-end", metavar="MARKER", help="The run's --reasoning-end: lengths are the answers', and unended thinking is counted.")
+def report(pairs, scores, out_dir, reasoning_end) -> None:
     """Show what a run's data looks like: margins, length bias, agreement, diversity, truncation (report.md + PNGs)."""
     from rsample.producer.report.document import write_report
 
-    result = write_report(pairs, scores, out_dir or default_report_dir(pairs))
+    result = write_report(pairs, scores, out_dir or default_report_dir(pairs), reasoning_end)
     click.echo("\n".join(result.lines))
     _echo_report(result)
 
@@ -398,12 +399,12 @@ def default_report_dir(pairs: Path) -> Path:
     return pairs.parent / f"{pairs.stem}.report"
 
 
-def _write_run_report(out: Path, scores_out: Path | None):
+def _write_run_report(out: Path, scores_out: Path | None, reasoning_end: str | None = None):
     """The run report beside the output; a report that fails says so and leaves the run's own result alone."""
     from rsample.producer.report.document import write_report
 
     try:
-        result = write_report(out, scores_out, default_report_dir(out))
+        result = write_report(out, scores_out, default_report_dir(out), reasoning_end)
     except Exception as exc:
         click.secho(f"WARNING no run report: {first_line(exc)} (try `rsample report {out}`)", fg="yellow", err=True)
         return None
@@ -424,7 +425,7 @@ def _report(config, summary, out, scores_out, push_repo, public, sft_out=None) -
     click.echo(f"run {config.run_id}: wrote {', '.join(written)}")
     for line in summary.lines():
         click.echo(line)
-    report = _write_run_report(out, scores_out)
+    report = _write_run_report(out, scores_out, config.reasoning_end)
     if push_repo:
         from rsample.producer.driver.hub import push_to_hub
 

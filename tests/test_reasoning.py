@@ -171,6 +171,8 @@ def test_a_run_scores_answers_and_writes_whole_completions(tmp_path, monkeypatch
     [pair] = read_jsonl(out)
     assert (pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]) == (f"{thought}answer ###", f"{thought}answer #")
     assert "dropped, unfinished" in result.stdout
+    report = (tmp_path / "pairs.report" / "report.md").read_text()
+    assert "thinking never ended (no '</think>'): 50.0% of 6 candidates" in report  # the run report counts them
 
 
 def test_bad_template_kwargs_fail_in_one_line(tmp_path):

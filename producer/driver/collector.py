@@ -34,7 +34,7 @@ class Collector:
         self.before_commit = before_commit
         self.keys = RunKeys(config.run_id)
         self.cursor = "0"
-        self.live = LiveNumbers()
+        self.live = LiveNumbers(config.reasoning_end)
         """The report's key numbers over the rows this process wrote, published for `rsample status`."""
 
     def step(self, block_ms: int = defaults.AGGREGATOR_BLOCK_MS) -> int:

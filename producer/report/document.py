@@ -60,13 +60,16 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
         lines.append(f"distinct candidates per prompt: mean {mean:.1f}; 2 or fewer on {numbers.low_diversity_share:.0%} of prompts")
     if numbers.candidates:
         lines.append(f"truncated at --max-new-tokens: {numbers.truncated / numbers.candidates:.1%} of {numbers.candidates:,} candidates")
+        if numbers.reasoning_end:
+            lines.append(f"thinking never ended (no {numbers.reasoning_end!r}): {numbers.unended_thinking / numbers.candidates:.1%} of "
+                         f"{numbers.candidates:,} candidates; lengths above are the answers' (after {numbers.reasoning_end!r})")
     elif not numbers.has_scores:
         lines.append("no scores file: give --scores for candidates' scores, length correlation, agreement and truncation")
     return lines
 
 
-def write_report(pairs: Path, scores: Path | None, out_dir: Path) -> Report:
-    numbers = read_run(pairs, scores)
+def write_report(pairs: Path, scores: Path | None, out_dir: Path, reasoning_end: str | None = None) -> Report:
+    numbers = read_run(pairs, scores, reasoning_end)
     figures = draw_all(numbers, out_dir)
     warnings = warnings_of(numbers)
     lines = summary_lines(numbers)

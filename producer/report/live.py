@@ -14,8 +14,8 @@ PUBLISH_EVERY_SECONDS = 10.0
 
 
 class LiveNumbers:
-    def __init__(self):
-        self.numbers = RunNumbers(sample_size=LIVE_SAMPLE)
+    def __init__(self, reasoning_end: str | None = None):
+        self.numbers = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=reasoning_end)
         self._published_at = 0.0
 
     def add(self, pairs: list[dict], score_rows: list[dict]) -> None:

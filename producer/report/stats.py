@@ -12,6 +12,7 @@ from itertools import combinations
 from pathlib import Path
 
 from rsample.producer.report.sample import Moments, Reservoir, spearman
+from rsample.workers.common.reasoning import answer_part
 
 LENGTH_BIAS_RHO = 0.3
 """|Spearman's rho| between a candidate's length and its score from which the report warns of length bias."""
@@ -99,6 +100,10 @@ class RunNumbers:
     truncated: int = 0
     truncated_share_per_prompt: Reservoir = field(init=False)
     agreement: dict[tuple[str, str], Agreement] = field(default_factory=dict)
+    reasoning_end: str | None = None
+    """The run's `--reasoning-end`: lengths are then the answers' (what the rewards read), not the thinking's."""
+    unended_thinking: int = 0
+    """Candidates whose thinking never ended (no marker), with a `reasoning_end`."""
     outcomes: Counter = field(default_factory=Counter)
     skip_reasons: Counter = field(default_factory=Counter)
     has_scores: bool = False
@@ -106,6 +111,10 @@ class RunNumbers:
     def __post_init__(self) -> None:
         self.length_pairs = Reservoir(self.sample_size)
         self.truncated_share_per_prompt = Reservoir(self.sample_size)
+
+    def length(self, text: str) -> int:
+        """Characters of what the rewards read: the answer, with a `reasoning_end`."""
+        return len(answer_part(text, self.reasoning_end))
 
     def model(self, name: str) -> ModelNumbers:
         if name not in self.models:
@@ -131,8 +140,8 @@ class RunNumbers:
         return reasons
 
 
-def read_run(pairs_path: Path, scores_path: Path | None = None) -> RunNumbers:
-    numbers = RunNumbers()
+def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: str | None = None) -> RunNumbers:
+    numbers = RunNumbers(reasoning_end=reasoning_end)
     for row in read_rows(pairs_path):
         add_pair(numbers, row)
     outcomes_path = pairs_path.with_name(f"{pairs_path.stem}.outcomes.jsonl")
@@ -164,7 +173,7 @@ def add_score_rows(numbers: RunNumbers, rows: Iterable[dict]) -> None:
 
 def add_pair(numbers: RunNumbers, row: dict) -> None:
     numbers.pairs += 1
-    chosen, rejected = len(row["chosen"][-1]["content"]), len(row["rejected"][-1]["content"])
+    chosen, rejected = numbers.length(row["chosen"][-1]["content"]), numbers.length(row["rejected"][-1]["content"])
     numbers.chosen_longer += chosen > rejected
     numbers.length_pairs.add((chosen, rejected))
     if "num_unique" in row:
@@ -186,13 +195,15 @@ def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
         numbers.candidates += len(generated)
         numbers.truncated += truncated
         numbers.truncated_share_per_prompt.add(truncated / len(generated))
+        if numbers.reasoning_end:
+            numbers.unended_thinking += sum(numbers.reasoning_end not in (row.get("completion") or "") for row in generated)
     for row in generated:
         for name, score in row["scores"].items():
             if score is not None:
                 model = numbers.model(name)
                 model.candidates.add(score)
                 model.candidate_moments.add(score)
-                model.length_and_score.add((len(row.get("completion") or ""), score))  # characters, as for pairs
+                model.length_and_score.add((numbers.length(row.get("completion") or ""), score))  # characters, as for pairs
     names = sorted({name for row in generated for name in row["scores"]})
     for first, second in combinations(names, 2):
         both = [(row["scores"][first], row["scores"][second]) for row in generated
