@@ -217,13 +217,18 @@ overwrite_option = click.option(
 
 
 class RsampleGroup(click.Group):
-    """Prints RsampleError as one line and exits 2, instead of a traceback."""
+    """Prints RsampleError, and an OSError about a path, as one line and exits 2, instead of a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except RsampleError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:  # a path the system refuses (a folder not writable, a file where a folder must be): no traceback
+            if exc.filename is None:
+                raise
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename}", err=True)
             sys.exit(2)
 
 
@@ -242,7 +247,7 @@ def main(verbose: bool) -> None:
 @click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path), help="JSONL with every scored candidate.")
 @click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
               help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
-@click.option("--generate-workers", type=int, default=1, show_default=True, help="Generation worker processes to start.")
+@click.option("--generate-workers", type=click.IntRange(min=1), default=1, show_default=True, help="Generation worker processes to start.")
 @click.option("--push-to-hub", "push_repo", help="Hub dataset repo to upload the results to (token from HF_TOKEN).")
 @click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
@@ -361,7 +366,7 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
 @click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
               help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
-@click.option("--generate-workers", type=int, default=1, show_default=True)
+@click.option("--generate-workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--no-progress", is_flag=True)
 @allow_reward_fn_option
 @worker_trust_option
@@ -447,7 +452,7 @@ def status(redis_url, run_id, as_json) -> None:
 
     run_ids = [run_id] if run_id else list_run_ids(client)
     if not run_ids:
-        click.echo(f"no runs in {redact_url(redis_url)}")
+        click.echo("[]" if as_json else f"no runs in {redact_url(redis_url)}")  # JSON either way for `| jq`
         return
     reports = [run_status(client, rid) for rid in run_ids]
     if as_json:

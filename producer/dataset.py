@@ -7,6 +7,7 @@ Everything else goes through `datasets.load_dataset`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 continue
             where = f"{path.name} line {line_number}"
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a byte-order mark may open the file
             except UnicodeDecodeError as exc:
                 yield row_index, RowSkip(row_index, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
             else:
@@ -106,3 +107,53 @@ def count_rows(selection: DataSelection) -> int:
     else:
         total = len(source)
     return max(0, _stop(selection, total) - selection.start)
+
+
+def missing_columns(selection: DataSelection, columns: tuple[str, ...], sample: int = 1000) -> tuple[list[str], list[str]]:
+    """(columns none of the dataset's rows has, the columns it has): a local JSONL file by its first `sample` rows,
+    any other dataset by its schema."""
+    source = _open(selection.dataset, selection.split)
+    if isinstance(source, Path):
+        present: set[str] = set()
+        for _, row in itertools.islice(_jsonl_rows(source), sample):
+            if isinstance(row, dict):
+                present |= set(row)
+    else:
+        present = set(source.column_names)
+    return [column for column in columns if column not in present], sorted(present)
+
+
+FINGERPRINT_HEAD = 1 << 16
+"""Bytes of each file hashed for its fingerprint: a row added, removed or moved near the start changes them."""
+
+
+def fingerprint(selection: DataSelection) -> dict[str, list] | None:
+    """A local dataset's files by name: [size, hash of its first bytes]. Output rows are matched to dataset rows by
+    number, so a resume must read the same rows; None for a Hub dataset (its revision is the Hub's business)."""
+    path = Path(selection.dataset).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        return None
+    return {str(file.relative_to(path)) if path.is_dir() else file.name: [file.stat().st_size, _head_hash(file, FINGERPRINT_HEAD)]
+            for file in files}
+
+
+def _head_hash(path: Path, size: int) -> str:
+    with path.open("rb") as handle:
+        return hashlib.sha256(handle.read(size)).hexdigest()[:16]
+
+
+def dataset_change(stored: dict[str, list], path: str) -> str | None:
+    """How the local dataset differs from its fingerprint when the run began (None: the same rows, perhaps with
+    rows appended, which leaves the numbers of the others alone)."""
+    root = Path(path).expanduser()
+    for name, (size, head) in stored.items():
+        file = root / name if root.is_dir() else root
+        if not file.is_file():
+            return f"{name} is gone"
+        now = file.stat().st_size
+        if now < size:
+            return f"{name} shrank from {size} to {now} bytes"
+        if _head_hash(file, min(size, FINGERPRINT_HEAD)) != head:
+            return f"{name} has other rows at its start"
+    return None

@@ -110,6 +110,10 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
         return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: last prompt role is {messages[-1]['role'] if messages else 'none'}")
     messages = _with_system_prompt(messages, system_prompt)
     kept = {name: row[name] for name in columns if row.get(name) is not None} or None
+    try:  # JSON may escape half of a UTF-16 pair (a cut emoji): such text can be neither hashed, sent nor written
+        json.dumps([messages, reference, kept], ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return RowSkip(row_index, "invalid text", f"row {row_index}: a lone UTF-16 surrogate {exc.object[exc.start]!r} (half of an emoji?)")
     if kept is not None:
         size = len(json.dumps(kept, ensure_ascii=False, default=str).encode("utf-8"))
         if size > defaults.MAX_ROW_COLUMNS_BYTES:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import redis
 
-from rsample.producer.dataset import count_rows
+from rsample.producer.dataset import count_rows, missing_columns
 from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.run_state import load_run, save_run
 
@@ -22,11 +23,24 @@ def run_id_for(config: RunConfig) -> str:
 
 
 def dataset_files(config: RunConfig) -> tuple[Path, ...]:
-    """The local files the run reads, which no output may overwrite (a Hub dataset has none)."""
+    """The local files the run reads, which no output may overwrite (a Hub dataset has none); a folder's own path
+    too, since no output may go inside it."""
     path = Path(config.data.dataset).expanduser()
     if path.is_dir():
-        return tuple(p for p in path.rglob("*") if p.is_file())
+        return (path, *(p for p in path.rglob("*") if p.is_file()))
     return (path,) if path.exists() else ()
+
+
+def check_reward_columns(config: RunConfig) -> None:
+    """A column the rewards read that the dataset lacks (a typo in --answer-column) is refused before any sampling,
+    instead of skipping every prompt hours later."""
+    if not config.row_columns:
+        return
+    missing, present = missing_columns(config.data, config.row_columns)
+    if missing:
+        flag = "--answer-column" if missing[0] == config.answer_column else "--extra-column"
+        raise RsampleError(f"{flag} {missing[0]!r} is not a column of dataset {config.data.dataset!r} "
+                           f"(its columns: {', '.join(present) or 'none'})")
 
 
 def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, bool]:
@@ -35,6 +49,11 @@ def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, boo
     if client.exists(RunKeys(config.run_id).config):
         return load_run(client, config.run_id), True
     rows = count_rows(config.data)  # also proves that the dataset loads and has a prompt column
+    if rows == 0:
+        data = config.data
+        chosen = f" from row {data.start}" + (f" to {data.end}" if data.end is not None else "") if data.start or data.end is not None else ""
+        raise RsampleError(f"dataset {data.dataset!r} has no rows{chosen}: nothing to sample (check --start, --end and the file)")
+    check_reward_columns(config)
     config = replace(config, created_at=time.time())
     save_run(client, config)
     client.hset(RunKeys(config.run_id).stats, "rows_total", rows)

@@ -12,6 +12,7 @@ BAD = {
     "no messages or prompt field": [{"question": "where is the prompt"}, {"text": "x"}],
     "empty content": [{"prompt": "   "}, {"messages": [{"role": "user", "content": ""}]}],
     "non-string content": [{"prompt": 42}, {"messages": [{"role": "user", "content": {"text": "hi"}}]}],
+    "invalid text": [{"prompt": "half an emoji \ud83d"}],  # JSON may escape a lone UTF-16 surrogate, which no UTF-8 can hold
     "non-text content": [{"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image"}]}]}],
     "unknown role": [{"messages": [{"role": "robot", "content": "beep"}]}, {"messages": [{"role": "human", "content": "hi"}]}],
     "prompt does not end with a user turn": [{"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}],
@@ -53,3 +54,36 @@ def test_mixed_dataset_gives_all_good_pairs_and_counts_every_bad_row(tiny_models
     for reason, items in BAD.items():
         assert f"  {reason}: {len(items)}" in result.stdout
     assert f"rows                 {len(rows)}" in result.stdout
+
+
+def test_settings_that_would_waste_a_run_are_refused_before_it(redis_server, tmp_path):
+    from conftest import write_jsonl
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "what is 6 times 7", "answer": "42"}])
+    echo = ["--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-backend", "length"]
+    cases = [
+        (["enqueue", "--redis-url", redis_server.url, *echo, "--reward-model", "verify:exact", "--answer-column", "solution"],
+         "error: --answer-column 'solution' is not a column of dataset"),  # a typo would skip every row after all the sampling
+        (["enqueue", "--redis-url", redis_server.url, *echo, "--reward-model", "r", "--start", "5"],
+         f"error: dataset {str(dataset)!r} has no rows from row 5: nothing to sample"),
+        (["run", *echo, "--reward-model", "r", "--out", str(tmp_path / "p.jsonl"), "--generate-workers", "0"],
+         "'--generate-workers': 0 is not in the range x>=1"),
+    ]
+    for args, message in cases:
+        result = rsample(*args, check=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert rsample("status", "--redis-url", redis_server.url, "--json").stdout.strip() == "[]"  # no run yet, still JSON
+
+
+def test_the_report_of_a_file_that_is_not_a_pairs_file_says_so(tmp_path):
+    from conftest import write_jsonl
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hello"}])
+    result = rsample("report", str(dataset), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {dataset} row 1 has no 'chosen': it is not a pairs file (give the run's --out file)"
+    broken = tmp_path / "broken.jsonl"
+    turn = '[{"role": "assistant", "content": "a"}]'
+    broken.write_text(f'{{"chosen": {turn}, "rejected": {turn}}}\n{{oops\n')
+    result = rsample("report", str(broken), check=False)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {broken} line 2 is not JSON")

@@ -61,3 +61,18 @@ def test_unknown_hub_dataset_fails_offline_in_one_line():
     with pytest.raises(RsampleError, match="cannot load dataset 'nobody/no-such-dataset'") as info:
         _rows("nobody/no-such-dataset")
     assert "\n" not in str(info.value)
+
+
+def test_a_byte_order_mark_and_half_an_emoji_lose_no_good_row(tmp_path):
+    from rsample.producer.prompts import extract_prompt
+
+    path = tmp_path / "exported.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "first"}\n'  # a BOM, as some editors and exports write
+                     b'{"messages": [{"role": "user", "content": "cut emoji \\ud83d"}]}\n'  # JSON's escape of half a UTF-16 pair
+                     b'{"prompt": "third"}\n')
+    rows = [row for _, row in _rows(path)]
+    assert rows[0] == {"prompt": "first"} and rows[2] == {"prompt": "third"}
+    skip = extract_prompt(rows[1], 1)
+    assert isinstance(skip, RowSkip) and skip.reason == "invalid text"
+    assert skip.detail == "row 1: a lone UTF-16 surrogate '\\ud83d' (half of an emoji?)"
+    assert extract_prompt(rows[0], 0).messages == [{"role": "user", "content": "first"}]

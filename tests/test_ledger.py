@@ -30,7 +30,7 @@ def test_commit_writes_each_row_once(tmp_path):
     ledger.close()
     assert [row["prompt_id"] for row in lines(tmp_path / "pairs.jsonl")] == ["a"]
     assert len(lines(tmp_path / "scores.jsonl")) == 2
-    assert lines(tmp_path / "pairs.outcomes.jsonl")[0] == {"rsample_run": "run1"}
+    assert lines(tmp_path / "pairs.outcomes.jsonl")[0] == {"rsample_run": "run1", "outputs": ["pairs", "scores"]}
 
 
 def test_reopening_repairs_what_a_crash_left(tmp_path):
@@ -75,7 +75,7 @@ def test_overwrite_replaces_another_runs_files(tmp_path):
     first.close()
     Ledger(tmp_path / "pairs.jsonl", None, "run2", overwrite=True).close()
     assert (tmp_path / "pairs.jsonl").read_text() == ""
-    assert json.loads((tmp_path / "pairs.outcomes.jsonl").read_text().splitlines()[0]) == {"rsample_run": "run2"}
+    assert json.loads((tmp_path / "pairs.outcomes.jsonl").read_text().splitlines()[0]) == {"rsample_run": "run2", "outputs": ["pairs"]}
 
 
 def test_a_commit_cut_between_its_outcome_lines_is_undone_whole(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import CHAT_ROWS, read_jsonl, rsample, write_jsonl
 
@@ -45,3 +47,70 @@ def test_another_runs_output_is_refused_and_outputs_must_differ(tmp_path):
     assert other.returncode == 2 and "output, made with other settings: pass --overwrite" in other.stderr
     with pytest.raises(RsampleError, match="--out and --scores-out are the same file"):
         check_outputs("r", out, out)
+
+
+def test_a_resume_never_truncates_a_file_it_did_not_write(tmp_path):
+    """A re-run that adds --scores-out pointing at an existing file: that file is not the run's (it was truncated)."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", CHAT_ROWS)
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out))
+    precious = tmp_path / "important.jsonl"
+    precious.write_text('{"keep": "me"}\n' * 50)
+    refused = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(precious), check=False)
+    assert refused.returncode == 2, refused.stdout
+    assert re.fullmatch(rf"error: {re.escape(str(precious))} exists and is not the output of this run \(run \w+ wrote no --scores-out "
+                        r"before\): pass --overwrite to replace it, or choose another path", refused.stderr.strip()), refused.stderr
+    assert precious.read_text() == '{"keep": "me"}\n' * 50
+    scores = tmp_path / "scores.jsonl"  # a new path: the run writes it from here on, and knows it as its own
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(scores))
+    assert rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(scores)).returncode == 0
+
+
+def test_a_deleted_output_is_not_reported_as_written(tmp_path):
+    dataset = write_jsonl(tmp_path / "data.jsonl", CHAT_ROWS)
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(scores))
+    size = scores.stat().st_size
+    scores.unlink()
+    result = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(scores), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {scores} is missing, but its run committed {size} bytes to it: restore it, or start over "
+                                     "with --overwrite")
+
+
+def test_outputs_must_be_writable_regular_files_outside_the_dataset(tmp_path):
+    import os
+
+    dataset = write_jsonl(tmp_path / "data.jsonl", CHAT_ROWS)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # as /dev/null: a special file, which the ledger would truncate or unlink
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    folder = tmp_path / "folder_dataset"
+    folder.mkdir()
+    write_jsonl(folder / "part.jsonl", CHAT_ROWS)
+    cases = [
+        (["--dataset", str(dataset), "--out", str(fifo)], f"error: --out {fifo} is not a regular file: give a file path"),
+        (["--dataset", str(dataset), "--out", str(a_file / "pairs.jsonl")], f"error: --out {a_file / 'pairs.jsonl'}: {a_file} is a file, not a folder"),
+        (["--dataset", str(folder), "--out", str(folder / "pairs.jsonl")],
+         f"error: --out {folder / 'pairs.jsonl'} is inside the dataset folder {folder}, which would read it as data"),
+    ]
+    for args, message in cases:
+        result = rsample("run", *ZERO_COST, *args, check=False)
+        assert result.returncode == 2 and result.stderr.strip().startswith(message), result.stderr
+    assert fifo.is_fifo() and sorted(p.name for p in folder.iterdir()) == ["part.jsonl"]
+
+
+def test_a_resume_refuses_a_dataset_whose_rows_moved_and_takes_one_that_grew(tmp_path):
+    dataset = write_jsonl(tmp_path / "data.jsonl", CHAT_ROWS)
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out))
+    original = dataset.read_text()
+    dataset.write_text(original + '{"prompt": "a row appended later"}\n')  # the numbers of the others stay
+    assert rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out)).returncode == 0
+    dataset.write_text('{"prompt": "a row put first"}\n' + original)
+    moved = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), check=False)
+    assert moved.returncode == 2
+    assert moved.stderr.strip() == ("error: the dataset changed since run " + moved.stderr.split("since run ")[1].split()[0]
+                                    + " began (data.jsonl has other rows at its start): its output rows are matched to dataset rows by "
+                                    "number; restore the dataset, or start over with --overwrite")

@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 from rq.registry import StartedJobRegistry
 
+from rsample.producer.dataset import fingerprint
 from rsample.producer.driver.collector import Collector
 from rsample.producer.driver.ledger import Ledger
 from rsample.producer.driver.run_lock import RunLock
@@ -39,7 +40,7 @@ class Coordinator:
         self.keys = RunKeys(config.run_id)
         self.lock = RunLock(client, self.keys.coordinator_lock, config.run_id).acquire()  # kept alive from here on
         try:
-            self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out)
+            self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)))
             self.feeder = Feeder(client, config, self.ledger)
         except BaseException:
             self.lock.release()

@@ -15,8 +15,11 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from rsample.producer.dataset import dataset_change
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome
+
+OUTPUT_FLAGS = {"pairs": "--out", "scores": "--scores-out", "sft": "--sft-out"}
 
 
 def outcomes_path_for(out: Path) -> Path:
@@ -54,8 +57,21 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
     outputs = {name: Path(path) for name, path in outputs.items() if path is not None}
     for name, path in outputs.items():
         for source in inputs:
+            if source.is_dir() and path.resolve().is_relative_to(source.resolve()):
+                raise RsampleError(f"{name} {path} is inside the dataset folder {source}, which would read it as data: "
+                                   "write the output elsewhere")
             if _same_file(path, source):
                 raise RsampleError(f"{name} {path} is the dataset itself: write the output to another file")
+    for name, path in outputs.items():
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise RsampleError(f"{name} {path}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RsampleError(f"{name} {path}: cannot write in {folder} (no permission, or a read-only file system)")
+        if path.exists() and not path.is_file():
+            raise RsampleError(f"{name} {path} is not a regular file: give a file path (rsample replaces and truncates its outputs)")
     names = list(outputs)
     for i, first in enumerate(names):
         for second in names[i + 1:]:
@@ -134,8 +150,10 @@ class Ledger:
     cut off, without parsing a single data row."""
 
     def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False,
-                 sft_out: str | Path | None = None):
-        """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse."""
+                 sft_out: str | Path | None = None, dataset: tuple[str, dict] | None = None):
+        """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse.
+        `dataset`: the local dataset's path and fingerprint, kept in the header; a resume refuses a dataset whose rows
+        changed (output rows are matched to dataset rows by number)."""
         self.out = Path(out)
         self.scores_out = Path(scores_out) if scores_out else None
         self.sft_out = Path(sft_out) if sft_out else None
@@ -149,6 +167,9 @@ class Ledger:
         self._outcome_counts: Counter = Counter()
         self._skip_reasons: Counter = Counter()
         check_outputs(run_id, self.out, self.scores_out, overwrite=overwrite, sft_out=self.sft_out)
+        self.overwrite = overwrite
+        self.dataset = dataset
+        self._known_outputs: set[str] = set()
         self._load()
         for path in (self.out, self.scores_out, self.sft_out):
             if path is not None:
@@ -160,8 +181,18 @@ class Ledger:
             self.sft_written = _count_lines(self.sft_out)
         self._outcomes = self.outcomes_path.open("ab")
         if self._outcomes.tell() == 0:
-            self._append(self._outcomes, [{"rsample_run": run_id}])
+            header = {"rsample_run": run_id, "outputs": list(self._outputs())}
+            if dataset is not None and dataset[1]:
+                header["dataset"] = dataset[1]
+            self._append(self._outcomes, [header])
             _fsync_directory(self.outcomes_path)
+        elif added := [kind for kind in self._outputs() if kind not in self._known_outputs]:
+            self._append(self._outcomes, [{"rsample_outputs": added}])  # before any of their rows: they are this run's now
+
+    def _outputs(self) -> dict[str, Path]:
+        """This run's data files by kind, as its header and its `rsample_outputs` lines name them."""
+        files = {"pairs": self.out, "scores": self.scores_out, "sft": self.sft_out}
+        return {kind: path for kind, path in files.items() if path is not None}
 
     def _load(self) -> None:
         if output_owner(self.out) != self.run_id:  # a fresh run: `check_outputs` allowed replacing what is there
@@ -171,12 +202,23 @@ class Ledger:
             return
         data_end, committed, pending = None, 0, []
         with self.outcomes_path.open("rb") as handle:
-            position = committed = len(handle.readline())  # the header
+            header = handle.readline()
+            position = committed = len(header)
+            header = json.loads(header)
+            self._known_outputs = set(header.get("outputs", ("pairs", "scores", "sft")))  # older headers: trusted
+            if self.dataset is not None and header.get("dataset"):
+                change = dataset_change(header["dataset"], self.dataset[0])
+                if change:
+                    raise RsampleError(f"the dataset changed since run {self.run_id} began ({change}): its output rows are matched "
+                                       "to dataset rows by number; restore the dataset, or start over with --overwrite")
             for line in handle:
                 if not line.endswith(b"\n"):
                     break  # cut by a crash
                 position += len(line)
                 raw = json.loads(line)
+                if "rsample_outputs" in raw:  # an output file a resume added
+                    self._known_outputs |= set(raw["rsample_outputs"])
+                    continue
                 pending.append(Outcome.from_dict(raw))
                 if "data_end" in raw:  # the last line of a commit: everything up to here is committed
                     data_end, committed = raw["data_end"], position
@@ -196,9 +238,20 @@ class Ledger:
             _keep_committed(self.scores_out, self.prompt_ids, key=lambda row: (row["prompt_id"], row["completion_index"]))
             _keep_committed(self.sft_out, self.prompt_ids, key=lambda row: row["prompt_id"])
             return
+        for kind, path in self._outputs().items():
+            if kind not in self._known_outputs and path.exists() and path.stat().st_size > 0:
+                if not self.overwrite:
+                    raise RsampleError(f"{path} exists and is not the output of this run (run {self.run_id} wrote no {OUTPUT_FLAGS[kind]} "
+                                       "before): pass --overwrite to replace it, or choose another path")
+                path.unlink()
         ends = ((self.out, data_end["pairs"]), (self.scores_out, data_end["scores"]), (self.sft_out, data_end.get("sft", 0)))
         for path, end in ends:
-            if path is None or not path.exists():
+            if path is None:
+                continue
+            if not path.exists():
+                if end:
+                    raise RsampleError(f"{path} is missing, but its run committed {end} bytes to it: restore it, or start over "
+                                       "with --overwrite")
                 continue
             size = path.stat().st_size
             if size < end:

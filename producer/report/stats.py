@@ -12,6 +12,7 @@ from itertools import combinations
 from pathlib import Path
 
 from rsample.producer.report.sample import Moments, Reservoir, spearman
+from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.reasoning import answer_part
 
 LENGTH_BIAS_RHO = 0.3
@@ -30,11 +31,26 @@ def read_rows(path: Path) -> Iterator[dict]:
     import orjson
 
     with path.open("rb", buffering=1 << 20) as handle:
-        for raw in handle:
+        for line_number, raw in enumerate(handle, start=1):
             if not raw.endswith(b"\n"):
                 return
             if raw.strip():
-                yield orjson.loads(raw)
+                try:
+                    row = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise RsampleError(f"{path} line {line_number} is not JSON ({exc}): is this a file rsample wrote?") from None
+                if not isinstance(row, dict):
+                    raise RsampleError(f"{path} line {line_number} is not a JSON object: is this a file rsample wrote?")
+                yield row
+
+
+def rows_of(path: Path, kind: str, flag: str, fields: tuple[str, ...]) -> Iterator[dict]:
+    """The rows of an output file of one kind; a row without that kind's fields (another file given) is refused."""
+    for number, row in enumerate(read_rows(path), start=1):
+        missing = [name for name in fields if name not in row]
+        if missing:
+            raise RsampleError(f"{path} row {number} has no {missing[0]!r}: it is not a {kind} file (give the run's {flag} file)")
+        yield row
 
 
 @dataclass
@@ -142,7 +158,7 @@ class RunNumbers:
 
 def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: str | None = None) -> RunNumbers:
     numbers = RunNumbers(reasoning_end=reasoning_end)
-    for row in read_rows(pairs_path):
+    for row in rows_of(pairs_path, "pairs", "--out", ("chosen", "rejected")):
         add_pair(numbers, row)
     outcomes_path = pairs_path.with_name(f"{pairs_path.stem}.outcomes.jsonl")
     if outcomes_path.exists():
@@ -155,7 +171,7 @@ def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: s
                     numbers.unique_per_prompt[1] += 1
     if scores_path is not None and scores_path.exists():
         numbers.has_scores = True
-        add_score_rows(numbers, read_rows(scores_path))
+        add_score_rows(numbers, rows_of(scores_path, "scores", "--scores-out", ("prompt_id", "scores")))
     return numbers
 
 
