@@ -62,6 +62,16 @@ def _non_text_part(parts: list) -> str | None:
     return None
 
 
+def _without_empty_reply(messages: Any) -> Any:
+    """A final assistant turn left empty (or null), as prompt-only datasets in the `messages` shape leave the slot for
+    the reply: no reference, and no reason to skip the prompt."""
+    if isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        content = messages[-1].get("content")
+        if content is None or (isinstance(content, str) and not content.strip()):
+            return messages[:-1]
+    return messages
+
+
 def _with_system_prompt(messages: Conversation, system_prompt: str | None) -> Conversation:
     """Prepends a steering system prompt; an existing system message keeps its text after it."""
     if not system_prompt:
@@ -84,7 +94,7 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
         return RowSkip(row_index, "row is not an object", f"row {row_index}: {type(row).__name__}")
     reference = None
     if row.get("messages") is not None:
-        checked = _check_messages(row["messages"], row_index)
+        checked = _check_messages(_without_empty_reply(row["messages"]), row_index)
         if isinstance(checked, RowSkip):
             return checked
         if checked[-1]["role"] == "assistant":

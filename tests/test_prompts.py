@@ -1,4 +1,5 @@
 from rsample.producer.prompts import RowSkip, extract_prompt, prompt_id_of
+from rsample.workers.common.messages import PromptRecord
 
 
 def test_messages_row_keeps_last_assistant_turn_as_reference():
@@ -79,3 +80,14 @@ def test_bad_rows_become_skips_with_reason_and_location():
         assert isinstance(skip, RowSkip), reason
         assert skip.reason == reason
         assert "row 7" in skip.detail
+
+
+def test_an_empty_reply_slot_is_no_reference_and_no_reason_to_skip():
+    """Prompt-only datasets in the messages shape often end with an assistant turn left empty for the reply."""
+    plain = extract_prompt({"messages": [{"role": "user", "content": "hi"}]}, 0)
+    for empty in ("", "  \n", None):
+        record = extract_prompt({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": empty}]}, 0)
+        assert isinstance(record, PromptRecord) and record.reference_completion is None
+        assert (record.messages, record.prompt_id) == (plain.messages, plain.prompt_id)
+    only_reply = extract_prompt({"messages": [{"role": "assistant", "content": ""}]}, 3)  # nothing but the slot: still a skip
+    assert isinstance(only_reply, RowSkip) and only_reply.reason == "empty content"
