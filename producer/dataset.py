@@ -1,7 +1,7 @@
 """Reading dataset rows from a local file or the Hugging Face Hub.
 
-Local JSONL is read line by line so that one malformed line (bad JSON, invalid UTF-8) becomes a
-counted skip with its line number instead of failing the whole file, as Arrow schema inference would.
+Local JSONL (and JSON Lines named .json) is read line by line so that one malformed line (bad JSON, invalid UTF-8)
+becomes a counted skip with its line number instead of failing the whole file, as Arrow schema inference would.
 Everything else goes through `datasets.load_dataset`.
 """
 
@@ -45,6 +45,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             row_index += 1
 
 
+def _json_lines(path: Path) -> bool:
+    """A `.json` file that holds one object per line (JSON Lines under another name), not one JSON array."""
+    with path.open("rb") as handle:
+        start = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return start.startswith(b"{")
+
+
 def _load_with_datasets(source: str, split: str, data_files: str | None = None):
     import datasets
 
@@ -54,7 +61,11 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None):
         else:
             dataset = datasets.load_dataset(source, split=split)
     except Exception as exc:  # datasets raises many types; the user needs the message, not the type
-        raise RsampleError(f"cannot load dataset {source!r} (split {split!r}): {first_line(exc)}") from None
+        cause = exc
+        while cause.__cause__ is not None or cause.__context__ is not None:  # "An error occurred while generating ...": why
+            cause = cause.__cause__ or cause.__context__
+        why = "" if cause is exc else f" ({first_line(cause, with_type=True)})"
+        raise RsampleError(f"cannot load dataset {source!r} (split {split!r}): {first_line(exc)}{why}") from None
     if not any(column in dataset.column_names for column in PROMPT_COLUMNS):
         raise RsampleError(
             f"dataset {source!r} has neither a 'messages' nor a 'prompt' column (columns: {', '.join(dataset.column_names)})"
@@ -68,8 +79,8 @@ def _open(source: str, split: str):
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
             raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)})")
-        if path.suffix == ".jsonl":
-            return path
+        if path.suffix == ".jsonl" or (path.suffix == ".json" and _json_lines(path)):
+            return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
     if path.is_dir():
         return _load_with_datasets(str(path), split)

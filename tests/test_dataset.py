@@ -76,3 +76,14 @@ def test_a_byte_order_mark_and_half_an_emoji_lose_no_good_row(tmp_path):
     assert isinstance(skip, RowSkip) and skip.reason == "invalid text"
     assert skip.detail == "row 1: a lone UTF-16 surrogate '\\ud83d' (half of an emoji?)"
     assert extract_prompt(rows[0], 0).messages == [{"role": "user", "content": "first"}]
+
+
+def test_json_lines_named_json_are_read_line_by_line_and_a_json_array_as_one_document(tmp_path):
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"prompt": "one"}\n{"prompt": broken\n{"prompt": "three"}\n')
+    rows = _rows(lines)
+    assert [row for _, row in rows if not isinstance(row, RowSkip)] == [{"prompt": "one"}, {"prompt": "three"}]
+    assert rows[1][1].reason == "invalid JSON" and rows[1][1].detail.startswith("lines.json line 2:")
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([{"prompt": "one"}, {"prompt": "two"}], indent=2))
+    assert [row["prompt"] for _, row in _rows(array)] == ["one", "two"]
