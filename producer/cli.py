@@ -279,6 +279,13 @@ def enqueue(redis_url, **params) -> None:
     from rsample.workers.runtime.connection import connect
 
     config = build_config(params)  # the settings' errors first: they need no Redis
+    relative = [f"{flag} {value}" for flag, value in (("--dataset", config.data.dataset), ("--policy", config.policy),
+                                                     *(("--reward-model", spec) for spec in config.reward_models))
+                if value.startswith(("./", "../")) or (not Path(value).is_absolute() and Path(value).exists())]
+    if relative:  # stored as given: every worker and the coordinator resolve it from their own folder
+        click.secho(f"WARNING relative local path{'s' * (len(relative) > 1)} ({', '.join(relative)}): every worker and "
+                    "`rsample aggregate` will look for it from the folder it runs in; give absolute paths for a shared run",
+                    fg="yellow", err=True)
     config, existed = register_run(connect(redis_url, patient=False), config)
     if existed:
         click.echo(f"run {config.run_id} already exists in this Redis: workers and `rsample aggregate` resume it", err=True)

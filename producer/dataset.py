@@ -79,6 +79,8 @@ def _open(source: str, split: str):
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
             raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)})")
+        if not path.read_bytes()[:4096].strip(b"\xef\xbb\xbf \t\r\n"):
+            raise RsampleError(f"dataset file {source} is empty")
         if path.suffix == ".jsonl" or (path.suffix == ".json" and _json_lines(path)):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))

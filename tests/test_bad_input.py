@@ -87,3 +87,20 @@ def test_the_report_of_a_file_that_is_not_a_pairs_file_says_so(tmp_path):
     broken.write_text(f'{{"chosen": {turn}, "rejected": {turn}}}\n{{oops\n')
     result = rsample("report", str(broken), check=False)
     assert result.returncode == 2 and result.stderr.startswith(f"error: {broken} line 2 is not JSON")
+
+
+def test_an_empty_file_and_a_relative_path_for_a_shared_run_are_named(redis_server, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import write_jsonl
+
+    (tmp_path / "empty.json").write_text("\n")
+    write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hello"}])
+    echo = ["--policy", "echo", "--backend", "echo", "--reward-model", "r", "--reward-backend", "length"]
+    empty = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(tmp_path / "empty.json"), *echo, check=False)
+    assert empty.returncode == 2 and empty.stderr.strip() == f"error: dataset file {tmp_path / 'empty.json'} is empty"
+    relative = subprocess.run([sys.executable, "-m", "rsample.producer", "enqueue", "--redis-url", redis_server.url, "--dataset",
+                               "rows.jsonl", *echo], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert relative.returncode == 0, relative.stderr
+    assert "WARNING relative local path (--dataset rows.jsonl): every worker and `rsample aggregate` will look for it" in relative.stderr
