@@ -175,7 +175,7 @@ def build_config(params: dict) -> RunConfig:
 
     trusted = set(config.trust_remote_code)
     if config.models.generation_backend != ZERO_COST_GENERATION:
-        check_policy(config.policy, config.policy in trusted, config.reasoning_end)
+        check_policy(config.policy, config.policy in trusted, config.reasoning_end, config.sampling.chat_template_kwargs)
         sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),
                                              **plain_sampling)
         config = dataclasses.replace(config, sampling=sampling)

@@ -157,10 +157,12 @@ def _head_hash(path: Path, size: int) -> str:
 
 
 def dataset_change(stored: dict[str, list], path: str) -> str | None:
-    """How the local dataset differs from its fingerprint when the run began (None: the same rows, perhaps with
-    rows appended, which leaves the numbers of the others alone)."""
+    """How the local dataset differs from its fingerprint (None: the same rows, perhaps with rows appended after the
+    last ones, which leaves every other row's number alone). In a folder, rows follow the files' sorted names: a file
+    that grows or appears before the last one shifts the rows after it."""
     root = Path(path).expanduser()
-    for name, (size, head) in stored.items():
+    names = list(stored)
+    for position, (name, (size, head)) in enumerate(stored.items()):
         file = root / name if root.is_dir() else root
         if not file.is_file():
             return f"{name} is gone"
@@ -169,4 +171,12 @@ def dataset_change(stored: dict[str, list], path: str) -> str | None:
             return f"{name} shrank from {size} to {now} bytes"
         if _head_hash(file, min(size, FINGERPRINT_HEAD)) != head:
             return f"{name} has other rows at its start"
+        if now > size and position < len(names) - 1:
+            return f"{name} grew, which moves the rows of {names[position + 1]} and after"
+    if root.is_dir():
+        last = names[-1]
+        early = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and str(p.relative_to(root)) not in stored
+                       and str(p.relative_to(root)) < last)
+        if early:
+            return f"{early[0]} is new and comes before {last}"
     return None

@@ -237,3 +237,40 @@ def test_redis_back_from_an_older_snapshot_loses_nothing(slow_models, dataset, t
     finally:
         server.close()
     check_counts(assert_exactly_once(out, scores, ROWS))
+
+
+def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server, redis_client, slow_models, dataset, tmp_path):
+    """Ctrl-C in `rsample run` reaches a worker twice (its own SIGINT, then its parent's SIGTERM): it exits at once,
+    and the job it leaves is requeued at the coordinator's next sweep, not after the heartbeat TTL (a minute by
+    default), during which a re-run would wait and `rsample status` would count a worker that is gone."""
+    import signal
+
+    from faults import running_entries
+    from rq.registry import StartedJobRegistry
+
+    from rsample.producer.driver.ledger import Ledger
+    from rsample.producer.feeder import Feeder
+    from rsample.workers.runtime.run_state import load_run
+    from rsample.workers.runtime.safe_job import SafeJob
+
+    url = redis_server.url
+    command = settings(dataset, slow_models, "--heartbeat-ttl", "600")  # a claim that would outlive the test by far
+    command[command.index("--max-new-tokens") + 1] = "160"  # jobs of about a second
+    run_id = rsample("enqueue", "--redis-url", url, *command).stdout.strip()
+    queue_name = RunKeys(run_id).generate_queue
+    Feeder(redis_client, load_run(redis_client, run_id), Ledger(tmp_path / "pairs.jsonl", None, run_id)).top_up()  # as aggregate does
+    log = tmp_path / "worker.log"
+    worker = start("worker", "generate", "--redis-url", url, log=log)
+    try:
+        wait_for(lambda: running_entries(redis_client, queue_name), 120, "a running job", interval=0.05)
+        [entry] = running_entries(redis_client, queue_name)
+        worker.send_signal(signal.SIGINT)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) != 0
+    finally:
+        worker.kill()
+    registry = StartedJobRegistry(queue=make_queue(redis_client, queue_name), job_class=SafeJob)
+    assert redis_client.zscore(registry.key, entry) <= time.time()  # released: expired now, not in 600 s
+    registry.cleanup()  # the coordinator's sweep
+    assert entry.split(":")[0] in make_queue(redis_client, queue_name).job_ids  # back in the queue for another worker
+    assert "second stop signal, exiting now" in log.read_text()

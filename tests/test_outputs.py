@@ -106,11 +106,49 @@ def test_a_resume_refuses_a_dataset_whose_rows_moved_and_takes_one_that_grew(tmp
     out = tmp_path / "pairs.jsonl"
     rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out))
     original = dataset.read_text()
-    dataset.write_text(original + '{"prompt": "a row appended later"}\n')  # the numbers of the others stay
+    grown = original + '{"prompt": "a row appended later"}\n'
+    dataset.write_text(grown)  # the numbers of the others stay
     assert rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out)).returncode == 0
-    dataset.write_text('{"prompt": "a row put first"}\n' + original)
+    dataset.write_text('{"prompt": "a row put first"}\n' + grown)
     moved = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), check=False)
     assert moved.returncode == 2
     assert moved.stderr.strip() == ("error: the dataset changed since run " + moved.stderr.split("since run ")[1].split()[0]
-                                    + " began (data.jsonl has other rows at its start): its output rows are matched to dataset rows by "
-                                    "number; restore the dataset, or start over with --overwrite")
+                                    + " last read it (data.jsonl has other rows at its start): its output rows are matched to dataset "
+                                    "rows by number; restore the dataset, or start over with --overwrite")
+    dataset.write_text(original)  # back to before the append: the rows the run wrote for the appended one have no row now
+    shrunk = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), check=False)
+    assert shrunk.returncode == 2 and "(data.jsonl shrank from" in shrunk.stderr
+    over = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--overwrite")  # the way out it names
+    assert "starts over" in over.stderr and len(read_jsonl(out)) == 7
+    assert rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out)).returncode == 0  # and resumes from there
+
+
+def test_rows_of_a_folder_follow_its_files_sorted_names(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_jsonl(folder / "b.jsonl", [{"prompt": f"shard b row {i}"} for i in range(3)])  # one schema: datasets reads folders whole
+    write_jsonl(folder / "c.jsonl", [{"prompt": f"shard c row {i}"} for i in range(3)])
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(folder), *ZERO_COST, "--out", str(out))
+    write_jsonl(folder / "d.jsonl", [{"prompt": "a shard added after the others"}])  # after the last: numbers unchanged
+    assert rsample("run", "--dataset", str(folder), *ZERO_COST, "--out", str(out)).returncode == 0
+    for change, message in ((lambda: write_jsonl(folder / "a.jsonl", [{"prompt": "a shard put first"}]), "a.jsonl is new and comes before d.jsonl"),
+                            (lambda: (folder / "a.jsonl").unlink() or (folder / "b.jsonl").open("a").write('{"prompt": "b grew"}\n'),
+                             "b.jsonl grew, which moves the rows of c.jsonl and after")):
+        change()
+        result = rsample("run", "--dataset", str(folder), *ZERO_COST, "--out", str(out), check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_an_output_a_resume_added_stays_the_runs_own(tmp_path):
+    dataset = write_jsonl(tmp_path / "data.jsonl", CHAT_ROWS[:4])
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out))
+    added = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(scores))
+    assert "gets the rows written from now on, not the 4 written before" in added.stderr
+    with dataset.open("a") as handle:
+        handle.write('{"prompt": "one more row"}\n')
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(scores))
+    assert len(read_jsonl(scores)) == 4  # the new row's 4 echo candidates
+    again = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(scores))
+    assert again.returncode == 0 and len(read_jsonl(scores)) == 4

@@ -97,8 +97,13 @@ def test_settings_added_later_leave_older_runs_ids_unchanged():
 
 
 def test_template_kwargs_may_not_override_how_the_prompt_is_rendered():
-    with pytest.raises(RsampleError, match="may not set add_generation_prompt, tokenize"):
-        SamplingConfig(chat_template_kwargs={"tokenize": True, "add_generation_prompt": False, "enable_thinking": False})
+    with pytest.raises(RsampleError, match="may not set add_generation_prompt, messages, tokenize"):
+        SamplingConfig(chat_template_kwargs={"tokenize": True, "add_generation_prompt": False, "messages": [], "enable_thinking": False})
+
+
+def test_a_marker_with_spaces_around_it_is_refused():
+    with pytest.raises(RsampleError, match=r"--reasoning-end ' </think>\\n' has spaces or line breaks around it.*give '</think>'"):
+        RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm",), reasoning_end=" </think>\n")
 
 
 QWEN3_LIKE = (  # the generation prompt of Qwen3's template: with enable_thinking=false, an empty thought is written for the model
@@ -188,6 +193,9 @@ def test_a_marker_that_decoding_drops_is_refused(tiny_models, redis_server, tmp_
     dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hi"}])
     common = ["enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", tiny_models["policy"],
               "--reward-model", "r", "--reward-backend", "length"]
+    broken = rsample(*common, "--chat-template-kwargs", '{"tools": 5}', check=False)  # not a list of tools: found now, not in a worker
+    assert broken.returncode == 2 and broken.stderr.startswith(
+        "error: the policy's chat template fails with --chat-template-kwargs {\"tools\": 5}: TypeError"), broken.stderr
     result = rsample(*common, "--reasoning-end", "<|im_end|>", check=False)  # a special token: skip_special_tokens drops it
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: --reasoning-end '<|im_end|>' is a special token of the policy's tokenizer, which decoding leaves out of "

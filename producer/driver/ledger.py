@@ -10,6 +10,7 @@ makes a run resumable from its files alone, even when Redis lost everything.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import asdict
@@ -18,6 +19,13 @@ from pathlib import Path
 from rsample.producer.dataset import dataset_change
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome
+
+log = logging.getLogger(__name__)
+
+
+class FilesChanged(RsampleError):
+    """The run's files or dataset changed since it wrote them: resuming would be wrong; --overwrite starts over."""
+
 
 OUTPUT_FLAGS = {"pairs": "--out", "scores": "--scores-out", "sft": "--sft-out"}
 
@@ -170,6 +178,8 @@ class Ledger:
         self.overwrite = overwrite
         self.dataset = dataset
         self._known_outputs: set[str] = set()
+        self._dataset_seen: dict | None = None
+        """The dataset's fingerprint as the run last read it (header, or a later line when rows were appended)."""
         self._load()
         for path in (self.out, self.scores_out, self.sft_out):
             if path is not None:
@@ -180,14 +190,22 @@ class Ledger:
         if self._sft is not None and self._sft.tell():
             self.sft_written = _count_lines(self.sft_out)
         self._outcomes = self.outcomes_path.open("ab")
+        fingerprint = dataset[1] if dataset is not None else None
         if self._outcomes.tell() == 0:
             header = {"rsample_run": run_id, "outputs": list(self._outputs())}
-            if dataset is not None and dataset[1]:
-                header["dataset"] = dataset[1]
+            if fingerprint:
+                header["dataset"] = fingerprint
             self._append(self._outcomes, [header])
             _fsync_directory(self.outcomes_path)
-        elif added := [kind for kind in self._outputs() if kind not in self._known_outputs]:
-            self._append(self._outcomes, [{"rsample_outputs": added}])  # before any of their rows: they are this run's now
+            return
+        added = [kind for kind in self._outputs() if kind not in self._known_outputs]
+        for kind in added:
+            if self.rows:
+                log.warning("%s %s is new to run %s: it gets the rows written from now on, not the %d written before",
+                            OUTPUT_FLAGS[kind], self._outputs()[kind], run_id, len(self.rows))
+        grown = {"rsample_dataset": fingerprint} if fingerprint and fingerprint != self._dataset_seen else {}
+        if added or grown:  # before any row of theirs: these files are this run's now, and this is the dataset it reads
+            self._append(self._outcomes, [{**({"rsample_outputs": added} if added else {}), **grown}])
 
     def _outputs(self) -> dict[str, Path]:
         """This run's data files by kind, as its header and its `rsample_outputs` lines name them."""
@@ -196,28 +214,42 @@ class Ledger:
 
     def _load(self) -> None:
         if output_owner(self.out) != self.run_id:  # a fresh run: `check_outputs` allowed replacing what is there
-            for path in (self.out, self.scores_out, self.sft_out, self.outcomes_path):
-                if path is not None and path.exists():
-                    path.unlink()
+            self._start_over()
             return
+        try:
+            self._resume()
+        except FilesChanged as exc:
+            if not self.overwrite:
+                raise
+            log.warning("%s; --overwrite: run %s starts over", exc, self.run_id)
+            self._start_over()
+
+    def _start_over(self) -> None:
+        for path in (self.out, self.scores_out, self.sft_out, self.outcomes_path):
+            if path is not None and path.exists():
+                path.unlink()
+        self.rows, self.prompt_ids = set(), set()
+        self._outcome_counts, self._skip_reasons = Counter(), Counter()
+        self._known_outputs, self._dataset_seen = set(), None
+
+    def _resume(self) -> None:
         data_end, committed, pending = None, 0, []
         with self.outcomes_path.open("rb") as handle:
             header = handle.readline()
             position = committed = len(header)
             header = json.loads(header)
             self._known_outputs = set(header.get("outputs", ("pairs", "scores", "sft")))  # older headers: trusted
-            if self.dataset is not None and header.get("dataset"):
-                change = dataset_change(header["dataset"], self.dataset[0])
-                if change:
-                    raise RsampleError(f"the dataset changed since run {self.run_id} began ({change}): its output rows are matched "
-                                       "to dataset rows by number; restore the dataset, or start over with --overwrite")
+            self._dataset_seen = header.get("dataset")
             for line in handle:
                 if not line.endswith(b"\n"):
                     break  # cut by a crash
                 position += len(line)
                 raw = json.loads(line)
-                if "rsample_outputs" in raw:  # an output file a resume added
-                    self._known_outputs |= set(raw["rsample_outputs"])
+                if "rsample_outputs" in raw or "rsample_dataset" in raw:  # what a resume added, written between commits
+                    self._known_outputs |= set(raw.get("rsample_outputs", ()))
+                    self._dataset_seen = raw.get("rsample_dataset", self._dataset_seen)
+                    if not pending:
+                        committed = position
                     continue
                 pending.append(Outcome.from_dict(raw))
                 if "data_end" in raw:  # the last line of a commit: everything up to here is committed
@@ -225,40 +257,39 @@ class Ledger:
                     for outcome in pending:
                         self._record(outcome)
                     pending = []
+        if self.dataset is not None and self._dataset_seen:
+            change = dataset_change(self._dataset_seen, self.dataset[0])
+            if change:
+                raise FilesChanged(f"the dataset changed since run {self.run_id} last read it ({change}): its output rows are "
+                                   "matched to dataset rows by number; restore the dataset, or start over with --overwrite")
         legacy = data_end is None and bool(pending)
         if legacy:  # every line is a commit of its own
             for outcome in pending:
                 self._record(outcome)
             committed = position
+        ends = {"pairs": 0, "scores": 0, "sft": 0, **(data_end or {})}
+        for kind, path in self._outputs().items():
+            if not legacy and kind in self._known_outputs and ends[kind] and not path.exists():
+                raise FilesChanged(f"{path} is missing, but its run committed {ends[kind]} bytes to it: restore it, or start over "
+                                   "with --overwrite")
+            if not legacy and path.exists() and path.stat().st_size < ends[kind]:
+                raise FilesChanged(f"{path} holds {path.stat().st_size} bytes but its run committed {ends[kind]}: it was changed "
+                                   "since; restore it, or start over with --overwrite")
+            if kind not in self._known_outputs and path.exists() and path.stat().st_size > 0:
+                if not self.overwrite:
+                    raise RsampleError(f"{path} exists and is not the output of this run (run {self.run_id} wrote no {OUTPUT_FLAGS[kind]} "
+                                       "before): pass --overwrite to replace it, or choose another path")
+                path.unlink()
         if committed < self.outcomes_path.stat().st_size:  # a commit cut short: its lines and its data go
             _truncate(self.outcomes_path, committed)
-        data_end = data_end or {"pairs": 0, "scores": 0}
         if legacy:  # written before commits recorded `data_end`
             _keep_committed(self.out, self.prompt_ids, key=lambda row: row["prompt_id"])
             _keep_committed(self.scores_out, self.prompt_ids, key=lambda row: (row["prompt_id"], row["completion_index"]))
             _keep_committed(self.sft_out, self.prompt_ids, key=lambda row: row["prompt_id"])
             return
         for kind, path in self._outputs().items():
-            if kind not in self._known_outputs and path.exists() and path.stat().st_size > 0:
-                if not self.overwrite:
-                    raise RsampleError(f"{path} exists and is not the output of this run (run {self.run_id} wrote no {OUTPUT_FLAGS[kind]} "
-                                       "before): pass --overwrite to replace it, or choose another path")
-                path.unlink()
-        ends = ((self.out, data_end["pairs"]), (self.scores_out, data_end["scores"]), (self.sft_out, data_end.get("sft", 0)))
-        for path, end in ends:
-            if path is None:
-                continue
-            if not path.exists():
-                if end:
-                    raise RsampleError(f"{path} is missing, but its run committed {end} bytes to it: restore it, or start over "
-                                       "with --overwrite")
-                continue
-            size = path.stat().st_size
-            if size < end:
-                raise RsampleError(f"{path} holds {size} bytes but its run committed {end}: it was changed since; "
-                                   "restore it, or start over with --overwrite")
-            if size > end:  # data of a commit that never finished
-                _truncate(path, end)
+            if path.exists() and path.stat().st_size > ends[kind]:  # data of a commit that never finished
+                _truncate(path, ends[kind])
 
     def is_settled(self, outcome: Outcome) -> bool:
         if outcome.row_index in self.rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,20 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
         raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
 
 
-def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None) -> None:
+def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None, template_kwargs: dict | None = None) -> None:
+    """The policy loads; a `reasoning_end` survives decoding; the template takes the run's `template_kwargs`."""
     load_model_config(spec, "policy", trust_remote_code)
+    if not (reasoning_end or template_kwargs):
+        return
+    tokenizer = load_tokenizer(spec, "policy", trust_remote_code)
+    if template_kwargs:
+        try:
+            tokenizer.apply_chat_template([{"role": "user", "content": "Hello."}], tokenize=False, add_generation_prompt=True,
+                                          **template_kwargs)
+        except Exception as exc:
+            raise RsampleError(f"the policy's chat template fails with --chat-template-kwargs {json.dumps(template_kwargs)}: "
+                               f"{first_line(exc, with_type=True)}") from None
     if reasoning_end:
-        tokenizer = load_tokenizer(spec, "policy", trust_remote_code)
         ids = tokenizer(reasoning_end, add_special_tokens=False)["input_ids"]
         if reasoning_end not in tokenizer.decode(ids, skip_special_tokens=True):
             raise RsampleError(f"--reasoning-end {reasoning_end!r} is a special token of the policy's tokenizer, which decoding "

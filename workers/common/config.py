@@ -33,7 +33,7 @@ WORKER_ROLES = ("generate", "reward", "both")
 
 
 TEMPLATE_CALL_ARGUMENTS = frozenset({
-    "conversation", "tokenize", "add_generation_prompt", "continue_final_message", "return_tensors", "return_dict",
+    "conversation", "messages", "tokenize", "add_generation_prompt", "continue_final_message", "return_tensors", "return_dict",
     "return_assistant_tokens_mask", "padding", "truncation", "max_length", "tokenizer_kwargs", "chat_template",
 })
 """`apply_chat_template`'s own arguments, which template variables must not override."""
@@ -243,6 +243,9 @@ class RunConfig:
             raise RsampleError(f"--min-margin must be >= 0 (got {self.min_margin})")
         if self.reasoning_end is not None and not self.reasoning_end.strip():
             raise RsampleError("--reasoning-end must be a marker such as '</think>' (got an empty one)")
+        if self.reasoning_end is not None and self.reasoning_end != self.reasoning_end.strip():
+            raise RsampleError(f"--reasoning-end {self.reasoning_end!r} has spaces or line breaks around it, which completions need not "
+                               f"have after the marker: give {self.reasoning_end.strip()!r}")
 
     def served_reward_models(self, indices: list[int] | tuple[int, ...] | None) -> list[int]:
         """The reward models a worker serves (`--reward-model-index`, default all), checked before any is loaded."""

@@ -151,3 +151,6 @@ ANSWER_COLUMN = "answer"
 
 MAX_ROW_COLUMNS_BYTES = 65536
 """Most bytes (as JSON) of the columns a row carries to the reward workers: a larger row is skipped, with its reason."""
+
+RELEASE_TIMEOUT = 2.0
+"""Seconds a worker stopped by a second signal spends marking its running jobs abandoned before it exits."""

@@ -112,10 +112,32 @@ class MainWorker(HeartbeatWorker):
 
     def request_force_stop(self, signum, frame):
         """A second Ctrl-C or SIGTERM ends the process at once, even while it waits for a Redis that went away
-        (RQ's own cold shutdown would wait for Redis too). A job it leaves is requeued by the heartbeat check."""
+        (RQ's own cold shutdown would wait for Redis too). The jobs it leaves are released first, so that the
+        coordinator's next sweep requeues them instead of waiting out their heartbeat TTL."""
         log.warning("worker %s: second stop signal, exiting now", self.name)
+        self._release_running_jobs()
         logging.shutdown()
         os._exit(128 + signum)
+
+    def _release_running_jobs(self, timeout: float = defaults.RELEASE_TIMEOUT) -> None:
+        """Marks this process's running jobs as abandoned now; bounded in time, since Redis may be what went away."""
+        def release() -> None:
+            with self.connection.pipeline() as pipe:
+                for worker in (self, *self.slots):
+                    execution, job = worker.execution, worker.get_current_job()
+                    if execution is not None and job is not None:
+                        job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0, xx=True)
+                pipe.execute()
+
+        def guarded() -> None:
+            try:
+                release()
+            except Exception as exc:  # Redis away: the heartbeat TTL will do it
+                log.debug("could not release the running jobs: %s", exc)
+
+        thread = threading.Thread(target=guarded, name="rsample-release", daemon=True)
+        thread.start()
+        thread.join(timeout)
 
 
 def run_slots(make_worker, slots: int, burst: bool) -> None:
