@@ -259,6 +259,7 @@ def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progre
     """
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally, share_the_gpu
 
+    check_push_options(push_repo, public)
     config = share_the_gpu(build_config({**params, "sft_out": sft_out}), explicit_share=params["gpu_memory_utilization"] is not None)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite, allow_functions=functions_named(config),
@@ -349,6 +350,7 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
     from rsample.workers.runtime.progress import StageBars
     from rsample.workers.runtime.run_state import expire_run, load_run
 
+    check_push_options(push_repo, public)
     client = connect(redis_url)
     config = load_run(client, run_id)
     check_sft_out(config, sft_out)
@@ -405,6 +407,11 @@ def check_sft_out(config, sft_out: Path | None) -> None:
     if sft_out is not None and not config.sft:
         raise RsampleError(f"run {config.run_id} was made without --sft: its prompts with one distinct candidate were not scored, "
                            "so --sft-out would miss them; enqueue the run with --sft")
+
+
+def check_push_options(push_repo: str | None, public: bool) -> None:
+    if public and not push_repo:
+        raise RsampleError("--public applies to --push-to-hub, which is not given")
 
 
 def default_report_dir(pairs: Path) -> Path:

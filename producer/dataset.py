@@ -79,6 +79,8 @@ def _open(source: str, split: str):
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
             raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)})")
+        if split != "train":
+            raise RsampleError(f"--split {split} applies to Hub datasets and folders; the file {source} is one split (leave --split out)")
         if not path.read_bytes()[:4096].strip(b"\xef\xbb\xbf \t\r\n"):
             raise RsampleError(f"dataset file {source} is empty")
         if path.suffix == ".jsonl" or (path.suffix == ".json" and _json_lines(path)):

@@ -115,7 +115,8 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
         else:
             messages = [{"role": "user", "content": prompt}]
     else:
-        return RowSkip(row_index, "no messages or prompt field", f"row {row_index}: fields are {', '.join(map(str, row)) or 'none'}")
+        fields = ", ".join(f"{name}{' (null)' if row[name] is None else ''}" for name in map(str, row)) or "none"
+        return RowSkip(row_index, "no messages or prompt field", f"row {row_index}: fields are {fields}")
     if not messages or messages[-1]["role"] != "user":
         return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: last prompt role is {messages[-1]['role'] if messages else 'none'}")
     messages = _with_system_prompt(messages, system_prompt)

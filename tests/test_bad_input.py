@@ -104,3 +104,17 @@ def test_an_empty_file_and_a_relative_path_for_a_shared_run_are_named(redis_serv
                                "rows.jsonl", *echo], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert relative.returncode == 0, relative.stderr
     assert "WARNING relative local path (--dataset rows.jsonl): every worker and `rsample aggregate` will look for it" in relative.stderr
+
+
+def test_flags_that_would_be_ignored_are_refused(tmp_path):
+    from conftest import write_jsonl
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hello"}, {"messages": None}])
+    echo = ["--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-model", "r", "--reward-backend", "length",
+            "--out", str(tmp_path / "pairs.jsonl"), "--no-progress"]
+    public = rsample("run", *echo, "--public", check=False)
+    assert public.returncode == 2 and public.stderr.strip() == "error: --public applies to --push-to-hub, which is not given"
+    split = rsample("run", *echo, "--split", "test", check=False)
+    assert split.returncode == 2 and f"error: --split test applies to Hub datasets and folders; the file {dataset} is one split" in split.stderr
+    done = rsample("run", *echo)
+    assert "row 1: fields are messages (null)" in done.stderr  # not "fields are messages", which read as if it had some
