@@ -44,7 +44,7 @@ def test_another_runs_output_is_refused_and_outputs_must_differ(tmp_path):
     out = tmp_path / "pairs.jsonl"
     rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out))
     other = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--n", "3", "--out", str(out), check=False)
-    assert other.returncode == 2 and "output, made with other settings: pass --overwrite" in other.stderr
+    assert other.returncode == 2 and "output, made with other settings (--n was 4, now 3): pass --overwrite" in other.stderr
     with pytest.raises(RsampleError, match="--out and --scores-out are the same file"):
         check_outputs("r", out, out)
 

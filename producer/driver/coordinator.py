@@ -40,7 +40,8 @@ class Coordinator:
         self.keys = RunKeys(config.run_id)
         self.lock = RunLock(client, self.keys.coordinator_lock, config.run_id).acquire()  # kept alive from here on
         try:
-            self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)))
+            self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
+                                 config.output_settings())
             self.feeder = Feeder(client, config, self.ledger)
         except BaseException:
             self.lock.release()

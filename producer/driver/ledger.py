@@ -34,17 +34,40 @@ def outcomes_path_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}.outcomes.jsonl")
 
 
-def output_owner(out: Path) -> str | None:
-    """The run id in the header of `out`'s outcomes file: the run whose output these files are, if any."""
+def output_header(out: Path) -> dict:
+    """The header of `out`'s outcomes file (the run whose output these files are, its outputs and settings), if any."""
     path = outcomes_path_for(out)
-    if not path.exists():
-        return None
+    if not path.is_file():
+        return {}
     with path.open("rb") as handle:
         first = handle.readline()
     try:
-        return json.loads(first).get("rsample_run") if first.endswith(b"\n") else None
-    except (ValueError, AttributeError):
-        return None
+        header = json.loads(first) if first.endswith(b"\n") else {}
+    except ValueError:
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def output_owner(out: Path) -> str | None:
+    """The run id in the header of `out`'s outcomes file: the run whose output these files are, if any."""
+    return output_header(out).get("rsample_run")
+
+
+FLAG_NAMES = {"generation_backend": "backend", "prompts_per_job": "batch-size", "reward_models": "reward-model",
+              "reward_micro_batch": "reward-batch-size", "extra_columns": "extra-column"}
+
+
+def first_difference(before: dict, now: dict, path: str = "") -> str | None:
+    """The first setting that differs between two runs' settings, as its flag with both values."""
+    for name in sorted(set(before) | set(now)):
+        old, new = before.get(name), now.get(name)
+        if isinstance(old, dict) and isinstance(new, dict) and name != "chat_template_kwargs":
+            found = first_difference(old, new, name)
+            if found:
+                return found
+        elif old != new:
+            return f"--{FLAG_NAMES.get(name, name.replace('_', '-'))} was {old!r}, now {new!r}"
+    return None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -55,7 +78,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple[Path, ...] = (), overwrite: bool = False,
-                  sft_out: Path | None = None) -> None:
+                  sft_out: Path | None = None, settings: dict | None = None) -> None:
     """Refuses, before any work and in one line, outputs that would destroy a file that is not this run's output.
 
     The files may be this run's (a resume); anything else that exists and holds data is kept unless `overwrite`.
@@ -90,7 +113,10 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
         return
     existing = [path for path in outputs.values() if path.exists() and path.stat().st_size > 0]
     if existing:
-        whose = f"run {owner}'s output, made with other settings" if owner else "not the output of this run"
+        before = output_header(Path(out)).get("settings")
+        difference = first_difference(before, json.loads(json.dumps(settings))) if before and settings else None  # as stored
+        whose = (f"run {owner}'s output, made with other settings{f' ({difference})' if difference else ''}" if owner
+                 else "not the output of this run")
         raise RsampleError(f"{existing[0]} exists and is {whose}: pass --overwrite to replace it, or choose another --out")
 
 
@@ -158,7 +184,7 @@ class Ledger:
     cut off, without parsing a single data row."""
 
     def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False,
-                 sft_out: str | Path | None = None, dataset: tuple[str, dict] | None = None):
+                 sft_out: str | Path | None = None, dataset: tuple[str, dict] | None = None, settings: dict | None = None):
         """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse.
         `dataset`: the local dataset's path and fingerprint, kept in the header; a resume refuses a dataset whose rows
         changed (output rows are matched to dataset rows by number)."""
@@ -195,6 +221,8 @@ class Ledger:
             header = {"rsample_run": run_id, "outputs": list(self._outputs())}
             if fingerprint:
                 header["dataset"] = fingerprint
+            if settings:
+                header["settings"] = settings  # so that a re-run with other settings is told which one differs
             self._append(self._outcomes, [header])
             _fsync_directory(self.outcomes_path)
             return
