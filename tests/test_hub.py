@@ -165,3 +165,15 @@ def test_a_run_that_wrote_no_rows_at_all_is_not_pushed(tmp_path):
     with pytest.raises(RsampleError, match="nothing to push to the Hub dataset me/pairs: the run wrote no rows to pairs, scores"):
         push_to_hub("me/pairs", config, summary, files, api=api)
     assert api.calls == []
+
+
+def test_the_card_of_a_reasoning_run_says_what_the_scores_judged(tmp_path):
+    from dataclasses import replace
+
+    from rsample.producer.driver.hub import dataset_card
+
+    config, summary, files = make_run(tmp_path)
+    assert "thinks before it answers" not in dataset_card(config, summary, files)
+    card = dataset_card(replace(config, reasoning_end="</think>"), summary, files)
+    assert ("each completion holds its thinking, then `</think>`, then its answer. The rewards scored the answer alone, and a "
+            "completion whose thinking never ended was never chosen.") in card

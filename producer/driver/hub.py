@@ -48,6 +48,14 @@ def remote_code_note(config: RunConfig) -> str:
     return "\nModels that ran their repository's own code (`--trust-remote-code`): " + ", ".join(f"`{m}`" for m in config.trust_remote_code) + ".\n"
 
 
+def reasoning_note(config: RunConfig) -> str:
+    """A reasoning policy's completions keep their thinking; a reader must know what the scores judged."""
+    if not config.reasoning_end:
+        return ""
+    return (f"\nThe policy thinks before it answers: each completion holds its thinking, then `{config.reasoning_end}`, then its "
+            "answer. The rewards scored the answer alone, and a completion whose thinking never ended was never chosen.\n")
+
+
 def empty_files_note(empty: list[str]) -> str:
     if not empty:
         return ""
@@ -68,7 +76,7 @@ scored by {", ".join(f"`{m}`" for m in config.reward_models)} (combined by `{con
 Each row of `pairs` (the default config) has `messages` (the prompt), `chosen` and `rejected` conversations, and their
 scores per reward model; the `scores` config, when uploaded, has every scored candidate: `load_dataset(repo, "scores")`,
 and the `sft` config each prompt's best candidate as a supervised example: `load_dataset(repo, "sft")`.
-{remote_code_note(config)}{empty_files_note(empty or [])}
+{remote_code_note(config)}{reasoning_note(config)}{empty_files_note(empty or [])}
 ## Command
 
 ```
