@@ -26,7 +26,16 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).suffix in FILE_BUILDERS
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any]]:
+    """Rows of JSON Lines files one after the other, numbered on across them; a bad line is a skip of its own."""
+    row_index = 0
+    for path in [paths] if isinstance(paths, Path) else paths:
+        for _, row in _file_rows(path):
+            yield row_index, (RowSkip(row_index, row.reason, row.detail) if isinstance(row, RowSkip) else row)
+            row_index += 1
+
+
+def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open("rb") as handle:
         row_index = 0
         for line_number, raw in enumerate(handle, start=1):
@@ -43,6 +52,21 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as exc:
                     yield row_index, RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg} at column {exc.colno}")
             row_index += 1
+
+
+def _split_files(folder: Path, split: str) -> list[Path] | None:
+    """The files of `split` in a local folder, in order, as datasets names splits by file names (`test.jsonl` is the
+    split 'test'; with such names, a file that matches no split is read by none); None where datasets will decide."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    except Exception:  # an empty folder, say: datasets' own error will name it
+        return None
+    by_name = {str(name): names for name, names in files.items()}
+    if split not in by_name:
+        raise RsampleError(f"dataset folder {folder} has no split {split!r} (its splits, by file names: {', '.join(sorted(by_name))})")
+    return [Path(name) for name in by_name[split]]
 
 
 def _json_lines(path: Path) -> bool:
@@ -74,7 +98,7 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None):
 
 
 def _open(source: str, split: str):
-    """A local JSONL path (read line by line) or a `datasets.Dataset` for everything else."""
+    """A local JSON Lines file, or a folder's JSON Lines files (read line by line), or a `datasets.Dataset`."""
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
@@ -87,6 +111,9 @@ def _open(source: str, split: str):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
     if path.is_dir():
+        files = _split_files(path, split)
+        if files and all(file.suffix == ".jsonl" or (file.suffix == ".json" and _json_lines(file)) for file in files):
+            return files  # the files and order datasets would read, line by line
         return _load_with_datasets(str(path), split)
     if _looks_like_path(source):
         raise RsampleError(f"dataset file not found: {source}")
@@ -106,7 +133,7 @@ def _stop(selection: DataSelection, total: int | None) -> int | None:
 def iter_rows(selection: DataSelection) -> Iterator[tuple[int, Any]]:
     """Yields (row index, row or RowSkip) for the selected slice of the dataset."""
     source = _open(selection.dataset, selection.split)
-    if isinstance(source, Path):
+    if isinstance(source, (Path, list)):
         yield from itertools.islice(_jsonl_rows(source), selection.start, _stop(selection, None))
         return
     for index in range(selection.start, _stop(selection, len(source))):
@@ -116,9 +143,11 @@ def iter_rows(selection: DataSelection) -> Iterator[tuple[int, Any]]:
 def count_rows(selection: DataSelection) -> int:
     """Rows in the selected slice, counted without parsing them; also proves the dataset can be opened."""
     source = _open(selection.dataset, selection.split)
-    if isinstance(source, Path):
-        with source.open("rb") as handle:
-            total = sum(1 for line in handle if line.strip())
+    if isinstance(source, (Path, list)):
+        total = 0
+        for path in [source] if isinstance(source, Path) else source:
+            with path.open("rb") as handle:
+                total += sum(1 for line in handle if line.strip())
     else:
         total = len(source)
     return max(0, _stop(selection, total) - selection.start)
@@ -128,7 +157,7 @@ def missing_columns(selection: DataSelection, columns: tuple[str, ...], sample: 
     """(columns none of the dataset's rows has, the columns it has): a local JSONL file by its first `sample` rows,
     any other dataset by its schema."""
     source = _open(selection.dataset, selection.split)
-    if isinstance(source, Path):
+    if isinstance(source, (Path, list)):
         present: set[str] = set()
         for _, row in itertools.islice(_jsonl_rows(source), sample):
             if isinstance(row, dict):

@@ -87,3 +87,31 @@ def test_json_lines_named_json_are_read_line_by_line_and_a_json_array_as_one_doc
     array = tmp_path / "array.json"
     array.write_text(json.dumps([{"prompt": "one"}, {"prompt": "two"}], indent=2))
     assert [row["prompt"] for _, row in _rows(array)] == ["one", "two"]
+
+
+def test_a_folder_of_json_lines_reads_the_files_datasets_would_in_its_order_and_skips_bad_lines(tmp_path):
+    import datasets
+
+    folder = tmp_path / "shards"
+    (folder / "sub").mkdir(parents=True)
+    shards = {"b.jsonl": ["b1", "b2"], "a.jsonl": ["a1"], "a10.jsonl": ["a10"], "a9.json": ["a9"], "sub/z.jsonl": ["z1"]}
+    for name, prompts in shards.items():
+        (folder / name).write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    expected = datasets.load_dataset(str(folder), split="train")["prompt"]  # datasets' own files and order
+    assert [row["prompt"] for _, row in _rows(folder)] == expected
+    with (folder / "a.jsonl").open("a") as handle:
+        handle.write('{"prompt": "cut\n{"messages": [{"role": "user", "content": "a3"}]}\n')  # a bad line amid good ones
+    rows = _rows(folder)
+    assert [index for index, _ in rows] == list(range(len(expected) + 2))
+    assert isinstance(rows[1][1], RowSkip) and rows[1][1].reason == "invalid JSON" and rows[1][1].detail.startswith("a.jsonl line 2:")
+    assert rows[2][1]["messages"][0]["content"] == "a3" and rows[3][1] == {"prompt": "a10"}
+
+
+def test_a_folder_names_its_splits_by_file_names(tmp_path):
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"prompt": "to train on"}\n')
+    (folder / "test.jsonl").write_text('{"prompt": "to test on"}\n')
+    assert [row["prompt"] for _, row in _rows(folder, split="test")] == ["to test on"]
+    with pytest.raises(RsampleError, match=r"has no split 'validation' \(its splits, by file names: test, train\)"):
+        _rows(folder, split="validation")

@@ -126,7 +126,7 @@ def test_a_resume_refuses_a_dataset_whose_rows_moved_and_takes_one_that_grew(tmp
 def test_rows_of_a_folder_follow_its_files_sorted_names(tmp_path):
     folder = tmp_path / "shards"
     folder.mkdir()
-    write_jsonl(folder / "b.jsonl", [{"prompt": f"shard b row {i}"} for i in range(3)])  # one schema: datasets reads folders whole
+    write_jsonl(folder / "b.jsonl", [{"prompt": f"shard b row {i}"} for i in range(3)])
     write_jsonl(folder / "c.jsonl", [{"prompt": f"shard c row {i}"} for i in range(3)])
     out = tmp_path / "pairs.jsonl"
     rsample("run", "--dataset", str(folder), *ZERO_COST, "--out", str(out))
