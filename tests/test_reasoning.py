@@ -201,3 +201,12 @@ def test_a_marker_that_decoding_drops_is_refused(tiny_models, redis_server, tmp_
         "error: --reasoning-end '<|im_end|>' is a special token of the policy's tokenizer, which decoding leaves out of "
         "completions: no completion would show it"), result.stderr
     assert rsample(*common, "--reasoning-end", END).stdout.strip()  # plain text in this vocabulary: the run is made
+
+
+def test_a_run_of_a_thinking_policy_without_the_marker_is_warned_about(tmp_path, monkeypatch):
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "<think>hmm</think>answer"}, {"prompt": "plain"}])
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "r", "--reward-backend", "length", "--out", str(out),
+                     "--scores-out", str(scores), "--no-progress")
+    assert ("WARNING thinking scored: 3 of 6 candidates hold '</think>', and the rewards read their thinking too; a reasoning policy "
+            "wants --reasoning-end '</think>'") in result.stderr

@@ -19,6 +19,8 @@ LENGTH_BIAS_RHO = 0.3
 """|Spearman's rho| between a candidate's length and its score from which the report warns of length bias."""
 LENGTH_BIAS_CHOSEN_LONGER = 0.7
 """Share of pairs whose chosen is longer than the rejected from which the report warns of length bias."""
+THINKING_END = "</think>"
+"""How most reasoning models end their thinking: completions holding it in a run without --reasoning-end are named."""
 LOW_DIVERSITY = 0.2
 """Share of prompts with 2 or fewer distinct candidates from which the report warns of low diversity."""
 SMALL_MARGIN = 0.1
@@ -120,6 +122,8 @@ class RunNumbers:
     """The run's `--reasoning-end`: lengths are then the answers' (what the rewards read), not the thinking's."""
     unended_thinking: int = 0
     """Candidates whose thinking never ended (no marker), with a `reasoning_end`."""
+    unsplit_thinking: int = 0
+    """Candidates holding a `</think>` in a run without `reasoning_end`: the rewards judged the thinking too."""
     outcomes: Counter = field(default_factory=Counter)
     skip_reasons: Counter = field(default_factory=Counter)
     has_scores: bool = False
@@ -213,6 +217,8 @@ def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
         numbers.truncated_share_per_prompt.add(truncated / len(generated))
         if numbers.reasoning_end:
             numbers.unended_thinking += sum(numbers.reasoning_end not in (row.get("completion") or "") for row in generated)
+        else:
+            numbers.unsplit_thinking += sum(THINKING_END in (row.get("completion") or "") for row in generated)
     for row in generated:
         for name, score in row["scores"].items():
             if score is not None:
