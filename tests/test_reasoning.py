@@ -208,5 +208,7 @@ def test_a_run_of_a_thinking_policy_without_the_marker_is_warned_about(tmp_path,
     out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
     result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "r", "--reward-backend", "length", "--out", str(out),
                      "--scores-out", str(scores), "--no-progress")
-    assert ("WARNING thinking scored: 3 of 6 candidates hold '</think>', and the rewards read their thinking too; a reasoning policy "
-            "wants --reasoning-end '</think>'") in result.stderr
+    warning = ("thinking scored: 3 of 6 candidates hold '</think>', and the rewards read their thinking too; a reasoning policy "
+               "wants --reasoning-end '</think>'")
+    assert f"WARNING {warning}" in result.stderr  # the report's, at the end
+    assert f"WARNING rsample.producer.driver.collector: {warning}" in result.stderr  # and the coordinator's, as soon as it shows

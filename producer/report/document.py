@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsample.producer.report.figures import draw_all
-from rsample.producer.report.stats import LOW_DIVERSITY, SMALL_MARGIN, THINKING_END, RunNumbers, read_run
+from rsample.producer.report.stats import LOW_DIVERSITY, SMALL_MARGIN, RunNumbers, read_run
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,8 @@ def warnings_of(numbers: RunNumbers) -> list[str]:
     bias = numbers.length_bias()
     if bias:
         warnings.append("length bias: " + "; ".join(bias))
-    if numbers.unsplit_thinking:
-        warnings.append(f"thinking scored: {numbers.unsplit_thinking:,} of {numbers.candidates:,} candidates hold {THINKING_END!r}, "
-                        f"and the rewards read their thinking too; a reasoning policy wants --reasoning-end '{THINKING_END}'")
+    if numbers.thinking_scored():
+        warnings.append(numbers.thinking_scored())
     low = numbers.low_diversity_share
     if low is not None and low >= LOW_DIVERSITY:
         warnings.append(f"low diversity: {low:.0%} of prompts have 2 or fewer distinct candidates (temperature too low?)")

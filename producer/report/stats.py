@@ -150,6 +150,13 @@ class RunNumbers:
         total = sum(self.unique_per_prompt.values())
         return sum(count for unique, count in self.unique_per_prompt.items() if unique <= 2) / total if total else None
 
+    def thinking_scored(self) -> str | None:
+        """The warning for a reasoning policy's run made without --reasoning-end (None: no sign of one)."""
+        if not self.unsplit_thinking:
+            return None
+        return (f"thinking scored: {self.unsplit_thinking:,} of {self.candidates:,} candidates hold {THINKING_END!r}, and the rewards "
+                f"read their thinking too; a reasoning policy wants --reasoning-end '{THINKING_END}'")
+
     def length_bias(self) -> list[str]:
         """Why the report warns of length bias (empty: no warning)."""
         reasons = [f"{name}: rank correlation between length and score {rho:+.2f}" for name, numbers in self.models.items()
