@@ -12,7 +12,7 @@ from faults import assert_exactly_once, kill, kill_mid_job, outcome_rows, proces
 
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.queues import make_queue, worker_processes
 
 GOOD = [{"prompt": f"write a story about the {w} river number {i}"} for i, w in enumerate("city music science poem code test".split() * 3)]
 BAD = [
@@ -274,3 +274,4 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
     registry.cleanup()  # the coordinator's sweep
     assert entry.split(":")[0] in make_queue(redis_client, queue_name).job_ids  # back in the queue for another worker
     assert "second stop signal, exiting now" in log.read_text()
+    assert worker_processes(make_queue(redis_client, queue_name)) == 0  # no worker left for `rsample status` to count

@@ -120,7 +120,8 @@ class MainWorker(HeartbeatWorker):
         os._exit(128 + signum)
 
     def _release_running_jobs(self, timeout: float = defaults.RELEASE_TIMEOUT) -> None:
-        """Marks this process's running jobs as abandoned now; bounded in time, since Redis may be what went away."""
+        """Marks this process's running jobs as abandoned and its job loops as dead, now; bounded in time, since Redis
+        may be what went away."""
         def release() -> None:
             with self.connection.pipeline() as pipe:
                 for worker in (self, *self.slots):
@@ -128,6 +129,8 @@ class MainWorker(HeartbeatWorker):
                     if execution is not None and job is not None:
                         job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0, xx=True)
                 pipe.execute()
+            for worker in (self, *self.slots):  # gone from `rsample status` and rq-dashboard at once
+                worker.register_death()
 
         def guarded() -> None:
             try:
