@@ -31,7 +31,9 @@ def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any]]:
     row_index = 0
     for path in [paths] if isinstance(paths, Path) else paths:
         for _, row in _file_rows(path):
-            yield row_index, (RowSkip(row_index, row.reason, row.detail) if isinstance(row, RowSkip) else row)
+            if isinstance(row, RowSkip):  # numbered as every other skip (row N, from 0), with the file's own line number
+                row = RowSkip(row_index, row.reason, f"row {row_index} ({row.detail.replace(': ', '): ', 1)}")
+            yield row_index, row
             row_index += 1
 
 

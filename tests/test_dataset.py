@@ -24,7 +24,7 @@ def test_jsonl_bad_lines_become_skips_with_line_numbers(tmp_path):
     rows = _rows(path)
     assert [index for index, _ in rows] == [0, 1, 2, 3]
     assert rows[0][1] == {"prompt": "one"}
-    assert isinstance(rows[1][1], RowSkip) and rows[1][1].reason == "invalid JSON" and "line 3" in rows[1][1].detail
+    assert isinstance(rows[1][1], RowSkip) and rows[1][1].reason == "invalid JSON" and rows[1][1].detail.startswith("row 1 (mixed.jsonl line 3): ")
     assert isinstance(rows[2][1], RowSkip) and rows[2][1].reason == "invalid UTF-8" and "line 4" in rows[2][1].detail
     assert rows[3][1] == {"prompt": "four"}
 
@@ -83,7 +83,7 @@ def test_json_lines_named_json_are_read_line_by_line_and_a_json_array_as_one_doc
     lines.write_text('{"prompt": "one"}\n{"prompt": broken\n{"prompt": "three"}\n')
     rows = _rows(lines)
     assert [row for _, row in rows if not isinstance(row, RowSkip)] == [{"prompt": "one"}, {"prompt": "three"}]
-    assert rows[1][1].reason == "invalid JSON" and rows[1][1].detail.startswith("lines.json line 2:")
+    assert rows[1][1].reason == "invalid JSON" and rows[1][1].detail.startswith("row 1 (lines.json line 2): ")
     array = tmp_path / "array.json"
     array.write_text(json.dumps([{"prompt": "one"}, {"prompt": "two"}], indent=2))
     assert [row["prompt"] for _, row in _rows(array)] == ["one", "two"]
@@ -103,7 +103,7 @@ def test_a_folder_of_json_lines_reads_the_files_datasets_would_in_its_order_and_
         handle.write('{"prompt": "cut\n{"messages": [{"role": "user", "content": "a3"}]}\n')  # a bad line amid good ones
     rows = _rows(folder)
     assert [index for index, _ in rows] == list(range(len(expected) + 2))
-    assert isinstance(rows[1][1], RowSkip) and rows[1][1].reason == "invalid JSON" and rows[1][1].detail.startswith("a.jsonl line 2:")
+    assert isinstance(rows[1][1], RowSkip) and rows[1][1].reason == "invalid JSON" and rows[1][1].detail.startswith("row 1 (a.jsonl line 2): ")
     assert rows[2][1]["messages"][0]["content"] == "a3" and rows[3][1] == {"prompt": "a10"}
 
 
