@@ -189,3 +189,31 @@ def kill_leftovers(run_id: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_worker_still_busy_at_the_stop_timeout_gets_a_second_sigterm_before_any_sigkill(tmp_path, capsys):
+    """The second SIGTERM lets a worker release its running jobs (requeued at the next sweep); SIGKILL would leave them
+    claimed for the heartbeat TTL. The child here is a process that, as a busy worker, outlives the first SIGTERM."""
+    import subprocess
+    import sys
+
+    from rsample.workers.runtime.supervisor import Child, Supervisor, WorkerSpec
+
+    script = ("import signal, sys, time\n"
+              "seen = []\n"
+              "def on_term(signum, frame):\n"
+              "    seen.append(signum)\n"
+              "    if len(seen) == 2:\n"
+              "        sys.exit(3)\n"
+              "signal.signal(signal.SIGTERM, on_term)\n"
+              "print('ready', flush=True)\n"
+              "while True:\n"
+              "    time.sleep(0.05)\n")
+    supervisor = Supervisor([WorkerSpec("generate", (0,))], "redis://unused", "run", tmp_path, stop_grace=0.5)
+    child = supervisor.children[0]
+    assert isinstance(child, Child)
+    child.process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.process.stdout.readline().strip() == "ready"
+    supervisor.stop()
+    assert child.process.returncode == 3  # it exited on the second SIGTERM, not by SIGKILL
+    assert "generate worker on GPU 0 (pid" in capsys.readouterr().out

@@ -120,8 +120,9 @@ class Supervisor:
     """Keeps one child per spec alive until SIGINT / SIGTERM, then stops them all and returns 0.
 
     Returns 1 once every worker has been given up. Children run in their own session, so a terminal's
-    Ctrl-C reaches only the supervisor, which then sends each child exactly one SIGTERM (RQ's warm
-    shutdown: finish the current job); a second Ctrl-C kills them at once.
+    Ctrl-C reaches only the supervisor, which then sends each child one SIGTERM (RQ's warm shutdown: finish the
+    current job); after the stop grace, or at a second Ctrl-C, a second SIGTERM (the worker releases its running jobs
+    for requeueing and exits), and SIGKILL only for a child still there after that.
     """
 
     def __init__(self, specs: list[WorkerSpec], redis_url: str, run_id: str, log_dir: Path,
@@ -196,15 +197,22 @@ class Supervisor:
 
     def stop(self) -> None:
         live = [child for child in self.children if child.process is not None and child.process.poll() is None]
-        self.say(f"stopping {len(live)} worker(s): SIGTERM, then SIGKILL after {self.stop_grace:g} s or at a second Ctrl-C")
+        self.say(f"stopping {len(live)} worker(s): SIGTERM, then after {self.stop_grace:g} s or at a second Ctrl-C a second "
+                 "SIGTERM (which releases their running jobs), then SIGKILL")
         for child in live:
             child.process.terminate()
         deadline = time.monotonic() + self.stop_grace
         while self.signals < 2 and time.monotonic() < deadline and any(child.process.poll() is None for child in live):
             time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
+        still = [child for child in live if child.process.poll() is None]
+        for child in still:  # a second SIGTERM: the worker releases its running jobs for requeueing, then exits at once
+            child.process.terminate()
+        deadline = time.monotonic() + defaults.RELEASE_TIMEOUT + 1.0
+        while time.monotonic() < deadline and any(child.process.poll() is None for child in still):
+            time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
         for child in live:
             if child.process.poll() is None:
-                child.process.kill()
+                child.process.kill()  # SIGKILL: its jobs wait out their heartbeat TTL
             self.say(f"stopped {child.spec} (pid {child.process.pid}): it {describe_exit(child.process.wait())}")
 
     def _on_signal(self, signum, frame) -> None:
