@@ -296,7 +296,7 @@ def enqueue(redis_url, **params) -> None:
 @main.command()
 @click.argument("role", type=click.Choice(WORKER_ROLES))
 @redis_url_option(required=True)
-@click.option("--run", "run_id", help="Run to serve (default: the latest run in this Redis).")
+@click.option("--run", "run_id", help="Run to serve (default: the latest unfinished run in this Redis).")
 @click.option("--gpu", help="Pin this worker to these GPU ids (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,1.")
 @click.option("--reward-model-index", "indices", type=int, multiple=True, help="Reward worker: serve only these reward models (0-based; default all).")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
@@ -327,7 +327,7 @@ def report(pairs, scores, out_dir, reasoning_end) -> None:
 
 @main.command()
 @redis_url_option(required=True)
-@click.option("--run", "run_id", help="Run to aggregate (default: the latest run).")
+@click.option("--run", "run_id", help="Run to aggregate (default: the latest unfinished run).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
@@ -492,7 +492,7 @@ def dashboard(redis_url, port, bind) -> None:
 
 @main.command("workers")
 @redis_url_option(required=True)
-@click.option("--run", "run_id", help="Run to serve (default: the latest run in this Redis); every worker serves this one.")
+@click.option("--run", "run_id", help="Run to serve (default: the latest unfinished run in this Redis); every worker serves this one.")
 @click.option("--gpus", help="GPUs for workers of --role: 0,1,2 or 0-3 or 0-3,6.")
 @click.option("--role", type=click.Choice(WORKER_ROLES), help="Role of the workers on --gpus.")
 @click.option("--generate", "generate_gpus", help="GPUs for generation workers, e.g. 0-5 (with --reward for the others).")

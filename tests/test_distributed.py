@@ -55,3 +55,18 @@ def test_worker_for_a_run_that_does_not_exist_says_so(redis_server):
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("error: no run 'nope' in this Redis (see `rsample status` for the runs it holds)")
+
+
+def test_a_worker_without_run_serves_the_newest_run_not_yet_finished(redis_client):
+    """A one-shot enqueue of a run that already finished must not draw the workers away from an older unfinished one."""
+    from rsample.workers.common.config import DataSelection, RunConfig
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.run_state import latest_run_id, save_run
+
+    for run_id, created in (("older", 1.0), ("newer", 2.0)):
+        save_run(redis_client, RunConfig(run_id=run_id, data=DataSelection("d"), policy="p", reward_models=("r",), created_at=created))
+    assert latest_run_id(redis_client) == "newer"
+    redis_client.hset(RunKeys("newer").stats, "finished_at", 3.0)
+    assert latest_run_id(redis_client) == "older"
+    redis_client.hset(RunKeys("older").stats, "finished_at", 4.0)
+    assert latest_run_id(redis_client) == "newer"  # all finished: the newest, for `rsample status` and a resume

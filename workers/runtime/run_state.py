@@ -30,10 +30,16 @@ def load_run(client: redis.Redis, run_id: str | None) -> RunConfig:
 
 
 def latest_run_id(client: redis.Redis) -> str:
-    newest = client.zrevrange(RUNS_INDEX, 0, 0)
-    if not newest:
+    """The newest run not yet finished (a worker without --run must not sit on a complete run while an older one
+    waits), else the newest run."""
+    newest_first = [raw.decode() for raw in client.zrevrange(RUNS_INDEX, 0, -1)]
+    if not newest_first:
         raise RsampleError("this Redis holds no run yet: start one with `rsample enqueue` or pass --run")
-    return newest[0].decode()
+    with client.pipeline() as pipe:
+        for run_id in newest_first:
+            pipe.hexists(RunKeys(run_id).stats, "finished_at")
+        finished = pipe.execute()
+    return next((run_id for run_id, done in zip(newest_first, finished) if not done), newest_first[0])
 
 
 def list_run_ids(client: redis.Redis) -> list[str]:
