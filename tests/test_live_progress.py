@@ -109,3 +109,23 @@ def test_token_rate_follows_the_recent_pace():
     for second in range(2, 30):
         rate.add(100 + (second - 1) * 10, now=float(second))  # the pace drops to 10 tokens/s
     assert rate.add(100 + 29 * 10, now=30.0) == pytest.approx(10, rel=0.01)
+
+
+def test_a_complete_run_shows_no_work_in_flight_whatever_redis_went_through(redis_client):
+    """After Redis lost state and the coordinator fed again, returns can outnumber handed-out prompts, and a killed
+    job's last live report lingers until it goes stale: neither is work still in flight."""
+    import json
+    import time
+
+    from rsample.workers.common.config import DataSelection, RunConfig
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.run_state import save_run
+    from rsample.workers.runtime.status import run_status
+
+    save_run(redis_client, RunConfig(run_id="done", data=DataSelection("d"), policy="p", reward_models=("r",), created_at=1.0))
+    keys = RunKeys("done")
+    redis_client.hset(keys.stats, mapping={"rows_total": 8, "rows_written": 8, "feed_done": 1, "prompts_enqueued": 8,
+                                           "prompts_returned": 12, "tokens_generated": 100})
+    redis_client.hset(keys.live, "r0", json.dumps({"stage": "generate", "rows": 4, "share": 0.5, "tokens": 40, "at": time.time()}))
+    status = run_status(redis_client, "done")
+    assert status.complete and (status.in_flight, status.generating, status.tokens) == (0, 0.0, 100)

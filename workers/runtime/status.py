@@ -144,7 +144,7 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         generated=int(stats.get("rows_generated")),
         scored=int(stats.get("rows_scored")),
         written=written,
-        in_flight=int(stats.get("prompts_enqueued") - stats.get("prompts_returned")),
+        in_flight=max(0, int(stats.get("prompts_enqueued") - stats.get("prompts_returned"))),  # a re-fed Redis can overcount returns
         complete=complete,
         seconds=(finished_at if complete and finished_at else now) - config.created_at,
         completions=int(stats.get("completions_generated")),
@@ -152,8 +152,8 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         skip_reasons=json.loads(stats.text("skip_reasons", "{}")),
         queues=queues,
         unprocessable=int(stats.get("unprocessable")),
-        generating=round(live.rows, 2),
-        tokens=int(stats.get("tokens_generated")) + live.tokens,
+        generating=0.0 if complete else round(live.rows, 2),  # a killed job's last report, until it goes stale, is no work
+        tokens=int(stats.get("tokens_generated")) + (0 if complete else live.tokens),
         report=json.loads(stats.text("report", "null")),
         recent=None if complete else recent_pace(read_samples(client, config.run_id), now),
     )
