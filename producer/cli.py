@@ -345,14 +345,14 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
 
     from rsample.producer.driver.coordinator import Coordinator
     from rsample.producer.driver.ledger import check_outputs
-    from rsample.producer.registration import dataset_files
+    from rsample.producer.registration import dataset_files, load_or_recreate
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.progress import StageBars
-    from rsample.workers.runtime.run_state import expire_run, load_run
+    from rsample.workers.runtime.run_state import expire_run
 
     check_push_options(push_repo, public)
     client = connect(redis_url)
-    config = load_run(client, run_id)
+    config = load_or_recreate(client, run_id, out)
     check_sft_out(config, sft_out)
     check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out, config.output_settings())
     coordinator = Coordinator(client, config, out, scores_out, overwrite, sft_out)
@@ -384,10 +384,10 @@ def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_pro
            overwrite) -> None:
     """Resume a run kept in Redis on this machine, with local workers (like `run` with its settings)."""
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally
+    from rsample.producer.registration import load_or_recreate
     from rsample.workers.runtime.connection import connect
-    from rsample.workers.runtime.run_state import load_run
 
-    config = load_run(connect(redis_url, patient=False), run_id)
+    config = load_or_recreate(connect(redis_url, patient=False), run_id, out)
     check_sft_out(config, sft_out)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite, allow_functions=allow_functions,

@@ -58,3 +58,23 @@ def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, boo
     save_run(client, config)
     client.hset(RunKeys(config.run_id).stats, "rows_total", rows)
     return config, False
+
+
+def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path) -> RunConfig:
+    """The run from Redis; or, when Redis lost it (restarted empty while no coordinator was there to re-create it),
+    from the settings its output files keep, registered again under its id."""
+    import logging
+
+    from rsample.producer.driver.ledger import output_header
+
+    try:
+        return load_run(client, run_id)
+    except RsampleError:
+        header = output_header(Path(out))
+        owner, settings = header.get("rsample_run"), header.get("settings")
+        if not owner or not settings or (run_id and run_id != owner):
+            raise
+    config, _ = register_run(client, RunConfig.from_output_settings(owner, settings))
+    logging.getLogger(__name__).warning("this Redis has no run %s: re-created it from the settings kept with %s (job timeouts, "
+                                        "retries and speed settings at their defaults)", owner, out)
+    return config

@@ -79,3 +79,25 @@ def test_a_batch_whose_job_and_payload_are_gone_is_fed_again_while_the_run_goes_
     assert len(again) == 1 and "-again" in again[0].args[1]
     assert [p["prompt_id"] for p in again[0].args[2]] == [p["prompt_id"] for p in first.args[2]]
     assert coordinator.feeder.in_flight() == 4  # the lost two were written off, and fed again
+
+
+def test_a_run_redis_lost_while_no_coordinator_was_up_is_recreated_from_its_output(redis_server, redis_client, tmp_path):
+    """Redis restarted empty while no coordinator ran: the output files keep the run's settings, and `resume` (or
+    `aggregate`) registers the run again under its id and goes on, here with rows appended to the dataset since."""
+    from conftest import read_jsonl, rsample
+
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    out = tmp_path / "pairs.jsonl"
+    echo = ["--policy", "echo", "--backend", "echo", "--reward-model", "r", "--reward-backend", "length", "--no-progress"]
+    rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *echo, "--run-id", "kept", "--out", str(out))
+    assert len(read_jsonl(out)) == 7
+    redis_client.flushall()  # what Redis lost
+    with dataset.open("a") as handle:
+        handle.write('{"prompt": "a row added while Redis was down"}\n')
+    result = rsample("resume", "--redis-url", redis_server.url, "--run", "kept", "--out", str(out), "--no-progress")
+    assert "this Redis has no run kept: re-created it from the settings kept with" in result.stderr
+    pairs = read_jsonl(out)
+    assert len(pairs) == len({p["prompt_id"] for p in pairs}) == 8
+    assert pairs[-1]["messages"][0]["content"] == "a row added while Redis was down"
+    other = rsample("resume", "--redis-url", redis_server.url, "--run", "another", "--out", str(out), check=False)
+    assert other.returncode == 2 and "no run 'another' in this Redis" in other.stderr  # the files are not that run's

@@ -287,6 +287,12 @@ class RunConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
+    def from_output_settings(cls, run_id: str, settings: dict) -> RunConfig:
+        """The run again from the settings its output files keep (`output_settings`): what it writes is the same;
+        how its jobs run and how fast (left out of those settings) takes the defaults."""
+        return cls.from_json(json.dumps({**settings, "run_id": run_id, "jobs": {}}))
+
+    @classmethod
     def from_json(cls, text: str | bytes) -> RunConfig:
         raw = json.loads(text)
         return cls(
