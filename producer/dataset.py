@@ -1,8 +1,8 @@
 """Reading dataset rows from a local file or the Hugging Face Hub.
 
-Local JSONL (and JSON Lines named .json) is read line by line so that one malformed line (bad JSON, invalid UTF-8)
-becomes a counted skip with its line number instead of failing the whole file, as Arrow schema inference would.
-Everything else goes through `datasets.load_dataset`.
+Local JSON Lines (`.jsonl`, or `.json` holding one object per line), alone or as a folder's files, is read line by
+line so that one malformed line (bad JSON, invalid UTF-8) becomes a counted skip with its line number instead of
+failing the whole file, as Arrow schema inference would. Everything else goes through `datasets.load_dataset`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,18 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).suffix in FILE_BUILDERS
 
 
+BLANK = b"\xef\xbb\xbf \t\r\n"
+"""What may come before a file's first row: a byte-order mark and whitespace."""
+
+
+def _files(source: Path | list[Path]) -> list[Path]:
+    return [source] if isinstance(source, Path) else source
+
+
 def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any]]:
     """Rows of JSON Lines files one after the other, numbered on across them; a bad line is a skip of its own."""
     row_index = 0
-    for path in [paths] if isinstance(paths, Path) else paths:
+    for path in _files(paths):
         for _, row in _file_rows(path):
             if isinstance(row, RowSkip):  # numbered as every other skip (row N, from 0), with the file's own line number
                 row = RowSkip(row_index, row.reason, f"row {row_index} ({row.detail.replace(': ', '): ', 1)}")
@@ -72,10 +80,12 @@ def _split_files(folder: Path, split: str) -> list[Path] | None:
 
 
 def _json_lines(path: Path) -> bool:
-    """A `.json` file that holds one object per line (JSON Lines under another name), not one JSON array."""
+    """A `.jsonl` file, or a `.json` file that holds one object per line (JSON Lines under another name) rather than
+    one JSON array: read line by line."""
+    if path.suffix != ".json":
+        return path.suffix == ".jsonl"
     with path.open("rb") as handle:
-        start = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return start.startswith(b"{")
+        return handle.read(4096).lstrip(BLANK).startswith(b"{")
 
 
 def _load_with_datasets(source: str, split: str, data_files: str | None = None):
@@ -107,14 +117,15 @@ def _open(source: str, split: str):
             raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)})")
         if split != "train":
             raise RsampleError(f"--split {split} applies to Hub datasets and folders; the file {source} is one split (leave --split out)")
-        if not path.read_bytes()[:4096].strip(b"\xef\xbb\xbf \t\r\n"):
-            raise RsampleError(f"dataset file {source} is empty")
-        if path.suffix == ".jsonl" or (path.suffix == ".json" and _json_lines(path)):
+        with path.open("rb") as handle:
+            if not handle.read(4096).strip(BLANK):
+                raise RsampleError(f"dataset file {source} is empty")
+        if _json_lines(path):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
     if path.is_dir():
         files = _split_files(path, split)
-        if files and all(file.suffix == ".jsonl" or (file.suffix == ".json" and _json_lines(file)) for file in files):
+        if files and all(_json_lines(file) for file in files):
             return files  # the files and order datasets would read, line by line
         return _load_with_datasets(str(path), split)
     if _looks_like_path(source):
@@ -147,7 +158,7 @@ def count_rows(selection: DataSelection) -> int:
     source = _open(selection.dataset, selection.split)
     if isinstance(source, (Path, list)):
         total = 0
-        for path in [source] if isinstance(source, Path) else source:
+        for path in _files(source):
             with path.open("rb") as handle:
                 total += sum(1 for line in handle if line.strip())
     else:
@@ -177,11 +188,11 @@ def fingerprint(selection: DataSelection) -> dict[str, list] | None:
     """A local dataset's files by name: [size, hash of its first bytes]. Output rows are matched to dataset rows by
     number, so a resume must read the same rows; None for a Hub dataset (its revision is the Hub's business)."""
     path = Path(selection.dataset).expanduser()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
-    if not files:
-        return None
-    return {str(file.relative_to(path)) if path.is_dir() else file.name: [file.stat().st_size, _head_hash(file, FINGERPRINT_HEAD)]
-            for file in files}
+    if path.is_dir():  # by name, as datasets orders a folder's files
+        files = {name: path / name for name in sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())}
+    else:
+        files = {path.name: path} if path.is_file() else {}
+    return {name: [file.stat().st_size, _head_hash(file, FINGERPRINT_HEAD)] for name, file in files.items()} or None
 
 
 def _head_hash(path: Path, size: int) -> str:
