@@ -57,12 +57,12 @@ FLAG_NAMES = {"generation_backend": "backend", "prompts_per_job": "batch-size", 
               "reward_micro_batch": "reward-batch-size", "extra_columns": "extra-column"}
 
 
-def first_difference(before: dict, now: dict, path: str = "") -> str | None:
+def first_difference(before: dict, now: dict) -> str | None:
     """The first setting that differs between two runs' settings, as its flag with both values."""
     for name in sorted(set(before) | set(now)):
         old, new = before.get(name), now.get(name)
         if isinstance(old, dict) and isinstance(new, dict) and name != "chat_template_kwargs":
-            found = first_difference(old, new, name)
+            found = first_difference(old, new)
             if found:
                 return found
         elif old != new:
@@ -236,7 +236,7 @@ class Ledger:
             self._append(self._outcomes, [{**({"rsample_outputs": added} if added else {}), **grown}])
 
     def _outputs(self) -> dict[str, Path]:
-        """This run's data files by kind, as its header and its `rsample_outputs` lines name them."""
+        """The data files this command gives, by kind (the header and `rsample_outputs` lines name the kinds)."""
         files = {"pairs": self.out, "scores": self.scores_out, "sft": self.sft_out}
         return {kind: path for kind, path in files.items() if path is not None}
 
