@@ -70,9 +70,9 @@ class Collector:
         fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows, combined.sft_rows)
         new_ids = {outcome.prompt_id for outcome in fresh}
         self.live.add([r for r in combined.rows if r["prompt_id"] in new_ids], [r for r in combined.score_rows if r["prompt_id"] in new_ids])
-        if not self._warned_of_thinking and self.live.numbers.thinking_scored():  # said early: a long run can still be stopped
+        if not self._warned_of_thinking and (warning := self.live.numbers.thinking_scored()):  # early: a long run can be stopped
             self._warned_of_thinking = True
-            log.warning(self.live.numbers.thinking_scored())
+            log.warning(warning)
         with self.client.pipeline() as pipe:
             pipe.xdel(self.keys.ready, *[entry_id for entry_id, _ in entries])
             if cleanup:

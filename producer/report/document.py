@@ -22,8 +22,8 @@ def warnings_of(numbers: RunNumbers) -> list[str]:
     bias = numbers.length_bias()
     if bias:
         warnings.append("length bias: " + "; ".join(bias))
-    if numbers.thinking_scored():
-        warnings.append(numbers.thinking_scored())
+    if thinking := numbers.thinking_scored():
+        warnings.append(thinking)
     low = numbers.low_diversity_share
     if low is not None and low >= LOW_DIVERSITY:
         warnings.append(f"low diversity: {low:.0%} of prompts have 2 or fewer distinct candidates (temperature too low?)")

@@ -49,9 +49,10 @@ def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str 
         return
     tokenizer = load_tokenizer(spec, "policy", trust_remote_code)
     if template_kwargs:
+        from rsample.workers.backends.templates import render
+
         try:
-            tokenizer.apply_chat_template([{"role": "user", "content": "Hello."}], tokenize=False, add_generation_prompt=True,
-                                          **template_kwargs)
+            render(tokenizer, [{"role": "user", "content": "Hello."}], template_kwargs)  # as the workers will render prompts
         except Exception as exc:
             raise RsampleError(f"the policy's chat template fails with --chat-template-kwargs {json.dumps(template_kwargs)}: "
                                f"{first_line(exc, with_type=True)}") from None
