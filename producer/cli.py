@@ -214,6 +214,11 @@ overwrite_option = click.option(
     "--overwrite", is_flag=True,
     help="Replace output files that exist and are not this run's (by default rsample refuses; a run's own files are resumed).",
 )
+retry_failed_option = click.option(
+    "--retry-failed", is_flag=True,
+    help="Resuming: produce again the rows skipped because their work failed (an error, a timeout, a worker that kept "
+         "dying); rows skipped for their content stay skipped.",
+)
 
 
 class RsampleGroup(click.Group):
@@ -252,7 +257,8 @@ def main(verbose: bool) -> None:
 @click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 @overwrite_option
-def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progress, overwrite, redis_url, **params) -> None:
+@retry_failed_option
+def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progress, overwrite, retry_failed, redis_url, **params) -> None:
     """Run the whole job on this machine (embedded Redis unless --redis-url) and exit when it is done.
 
     Re-running the same command after a crash resumes: rows already in the output are not generated again.
@@ -263,7 +269,7 @@ def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progre
     config = share_the_gpu(build_config({**params, "sft_out": sft_out}), explicit_share=params["gpu_memory_utilization"] is not None)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite, allow_functions=functions_named(config),
-                              trust_remote_code=config.trust_remote_code)
+                              trust_remote_code=config.trust_remote_code, retry_failed=retry_failed)
     config, summary = run_locally(config, options)
     _report(config, summary, out, scores_out, push_repo, public, sft_out)
 
@@ -336,7 +342,8 @@ def report(pairs, scores, out_dir, reasoning_end) -> None:
 @click.option("--public", is_flag=True)
 @click.option("--no-progress", is_flag=True)
 @overwrite_option
-def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no_progress, overwrite) -> None:
+@retry_failed_option
+def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no_progress, overwrite, retry_failed) -> None:
     """Coordinate a run: feed its prompts to the workers and write the results; exits when every row is written.
 
     Run it where the dataset and the output live. Restarting it resumes from the output files.
@@ -355,7 +362,7 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
     config = load_or_recreate(client, run_id, out)
     check_sft_out(config, sft_out)
     check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out, config.output_settings())
-    coordinator = Coordinator(client, config, out, scores_out, overwrite, sft_out)
+    coordinator = Coordinator(client, config, out, scores_out, overwrite, sft_out, retry_failed)
     bars = StageBars(client, config.run_id, disable=no_progress)
     try:
         with logging_redirect_tqdm():
@@ -380,8 +387,9 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
 @allow_reward_fn_option
 @worker_trust_option
 @overwrite_option
+@retry_failed_option
 def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_progress, allow_functions, trust_remote_code,
-           overwrite) -> None:
+           overwrite, retry_failed) -> None:
     """Resume a run kept in Redis on this machine, with local workers (like `run` with its settings)."""
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally
     from rsample.producer.registration import load_or_recreate
@@ -391,7 +399,7 @@ def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_pro
     check_sft_out(config, sft_out)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite, allow_functions=allow_functions,
-                              trust_remote_code=trust_remote_code)
+                              trust_remote_code=trust_remote_code, retry_failed=retry_failed)
     config, summary = run_locally(config, options)
     _report(config, summary, out, scores_out, None, False, sft_out)
 

@@ -123,3 +123,43 @@ def test_the_sft_file_may_not_be_another_output(tmp_path):
 
     with pytest.raises(RsampleError, match="--out and --sft-out are the same file"):
         check_outputs("r", tmp_path / "pairs.jsonl", None, sft_out=tmp_path / "pairs.jsonl")
+
+
+def test_retry_failed_opens_again_the_rows_whose_work_failed_and_only_those(tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    ledger = Ledger(out, None, "run1")
+    ledger.commit([Outcome(0, "a", PAIR), Outcome(1, "b", SKIPPED, "generation failed: AbandonedJobError: the worker died"),
+                   Outcome(2, "c", SKIPPED, "prompt longer than --max-prompt-tokens (5000 > 4096 tokens)"),
+                   Outcome(3, "d", SKIPPED, "reward model 1 failed: RuntimeError: reward server unreachable"),
+                   Outcome(4, "b", DUPLICATE, "same prompt as row 1")], [pair("a")], [])
+    ledger.commit([Outcome(5, "e", SKIPPED, "unprocessable result: ValueError: scores do not fit")], [], [])
+    ledger.close()
+
+    reopened = Ledger(out, None, "run1")
+    retried = reopened.retry_failed()
+    assert [o.row_index for o in retried] == [1, 3, 5]
+    assert reopened.rows == {0, 2, 4}
+    assert reopened.prompt_ids == {"a", "c"}  # "b" can be produced again; row 4 stays its duplicate
+    outcomes, reasons = reopened.counts()
+    assert outcomes == {PAIR: 1, SKIPPED: 1, DUPLICATE: 1}
+    assert reasons == {"prompt longer than --max-prompt-tokens (5000 > 4096 tokens)": 1}
+    assert reopened.commit([Outcome(1, "b", PAIR), Outcome(3, "d", SKIPPED, "reward model 1 failed: RuntimeError: again")],
+                           [pair("b")], []) != []
+    reopened.close()
+
+    # the file alone, read as its format says: outcome lines in order, a retry line opening its rows again
+    final = {}
+    for line in lines(tmp_path / "pairs.outcomes.jsonl")[1:]:
+        for row in line.get("rsample_retry", ()):
+            del final[row]
+        if "row_index" in line:
+            assert line["row_index"] not in final, "a row settled twice without a retry between"
+            final[line["row_index"]] = line["outcome"]
+    assert final == {0: PAIR, 1: PAIR, 2: SKIPPED, 3: SKIPPED, 4: DUPLICATE}
+    assert [row["prompt_id"] for row in lines(out)] == ["a", "b"]
+
+    resumed = Ledger(out, None, "run1")  # without --retry-failed: the retry line is history, row 5 is open
+    assert resumed.rows == {0, 1, 2, 3, 4}
+    assert resumed.counts()[0] == {PAIR: 2, SKIPPED: 2, DUPLICATE: 1}
+    assert [o.row_index for o in resumed.retry_failed()] == [3]  # failed again: another retry may take it
+    resumed.close()

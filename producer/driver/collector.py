@@ -18,7 +18,7 @@ from rsample.producer.report.live import LiveNumbers
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import first_line
-from rsample.workers.common.messages import SKIPPED, GeneratedBatch, Outcome
+from rsample.workers.common.messages import SKIPPED, UNPROCESSABLE, GeneratedBatch, Outcome
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 
@@ -92,7 +92,7 @@ class Collector:
         """A ready message that cannot be processed (a corrupt payload, scores that do not fit its candidates) would
         crash every coordinator that reads it, restart after restart. It goes to the run's `unprocessable` list
         (see `rsample status`) with its error; the prompts of a payload that can still be read are skipped with it."""
-        reason = f"unprocessable result: {first_line(exc, with_type=True)}"
+        reason = f"{UNPROCESSABLE}: {first_line(exc, with_type=True)}"
         log.error("run %s: ready message %s (%s) set aside: %s", self.config.run_id, entry_id, fields.get("batch_id", "rows"), reason)
         record = json.dumps({"entry": entry_id.decode() if isinstance(entry_id, bytes) else entry_id, "fields": fields, "error": reason})
         with self.client.pipeline() as pipe:

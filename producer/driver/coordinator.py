@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from rsample.producer.driver.summary import Summary, summarize
 from rsample.producer.feeder import Feeder
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
+from rsample.workers.common.messages import Outcome
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue
@@ -34,7 +36,8 @@ log = logging.getLogger(__name__)
 
 class Coordinator:
     def __init__(self, client: redis.Redis, config: RunConfig, out: str | Path, scores_out: str | Path | None = None,
-                 overwrite: bool = False, sft_out: str | Path | None = None):
+                 overwrite: bool = False, sft_out: str | Path | None = None, retry_failed: bool = False):
+        """`retry_failed`: rows that the output files record as skipped because their work failed are produced again."""
         self.client = client
         self.config = config
         self.keys = RunKeys(config.run_id)
@@ -42,7 +45,10 @@ class Coordinator:
         try:
             self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
                                  config.output_settings())
+            retried = self.ledger.retry_failed() if retry_failed else []
             self.feeder = Feeder(client, config, self.ledger)
+            if retried:
+                self._reopen(retried)
         except BaseException:
             self.lock.release()
             raise
@@ -54,6 +60,24 @@ class Coordinator:
         self.started_at = time.time()
         stats = read_stats(client, config.run_id)
         self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
+
+    def _reopen(self, retried: list[Outcome]) -> None:
+        """Rows that `--retry-failed` opened again: the run is unfinished again, and those the feeder had handed out
+        are fed again now (the others are still ahead of its cursor, as after a Redis that lost the run)."""
+        reasons = Counter(outcome.reason for outcome in retried)
+        log.warning("run %s: retrying %d rows skipped because their work failed (%s)", self.config.run_id, len(retried),
+                    "; ".join(f"{reason}: {count}" for reason, count in reasons.most_common(3)) + ("; ..." if len(reasons) > 3 else ""))
+        settled = len(self.ledger.rows)
+        with self.client.pipeline() as pipe:
+            for key in (self.keys.config, self.keys.stats, self.keys.ready):
+                pipe.persist(key)  # a finished run's keys expire (`expire_run`)
+            pipe.hdel(self.keys.stats, "finished_at")
+            pipe.hset(self.keys.stats, "rows_written", settled)
+            if self.feeder.in_flight() <= 0:  # nothing else moves: every settled row has passed both stages, no other
+                pipe.hset(self.keys.stats, mapping={"rows_generated": settled, "rows_scored": settled})
+            pipe.execute()
+        self.feeder.refeed([self.feeder.handed[o.row_index] for o in retried if o.row_index in self.feeder.handed])
+        self._publish_outcomes()
 
     def is_complete(self) -> bool:
         total = self.client.hget(self.keys.stats, "rows_total")

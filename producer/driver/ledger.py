@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rsample.producer.dataset import dataset_change
 from rsample.workers.common.errors import RsampleError
-from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome
+from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome, is_failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,8 @@ class Ledger:
         """Rows in the SFT file (committed ones: counted on resume, kept up as commits add more)."""
         self._outcome_counts: Counter = Counter()
         self._skip_reasons: Counter = Counter()
+        self._failed: dict[int, Outcome] = {}
+        """The settled rows skipped because their work failed (see `retry_failed`)."""
         check_outputs(run_id, self.out, self.scores_out, overwrite=overwrite, sft_out=self.sft_out)
         self.overwrite = overwrite
         self.dataset = dataset
@@ -257,7 +259,7 @@ class Ledger:
             if path is not None and path.exists():
                 path.unlink()
         self.rows, self.prompt_ids = set(), set()
-        self._outcome_counts, self._skip_reasons = Counter(), Counter()
+        self._outcome_counts, self._skip_reasons, self._failed = Counter(), Counter(), {}
         self._known_outputs, self._dataset_seen = set(), None
 
     def _resume(self) -> None:
@@ -273,6 +275,13 @@ class Ledger:
                     break  # cut by a crash
                 position += len(line)
                 raw = json.loads(line)
+                if "rsample_retry" in raw:  # rows a resume opened again (written between commits; older files: after lines
+                    for outcome in pending:  # that were each a commit of their own)
+                        self._record(outcome)
+                    pending, committed = [], position
+                    for row in raw["rsample_retry"]:
+                        self._unrecord(row)
+                    continue
                 if "rsample_outputs" in raw or "rsample_dataset" in raw:  # what a resume added, written between commits
                     self._known_outputs |= set(raw.get("rsample_outputs", ()))
                     self._dataset_seen = raw.get("rsample_dataset", self._dataset_seen)
@@ -333,6 +342,30 @@ class Ledger:
         self._outcome_counts[outcome.outcome] += 1
         if outcome.outcome == SKIPPED:
             self._skip_reasons[outcome.reason] += 1
+            if is_failure_reason(outcome.reason):
+                self._failed[outcome.row_index] = outcome
+
+    def _unrecord(self, row_index: int) -> None:
+        """Forgets a failed row's outcome: it is open again."""
+        outcome = self._failed.pop(row_index, None)
+        if outcome is None:
+            return
+        self.rows.discard(row_index)
+        self.prompt_ids.discard(outcome.prompt_id)
+        self._outcome_counts[SKIPPED] -= 1
+        self._skip_reasons[outcome.reason] -= 1
+        self._outcome_counts, self._skip_reasons = +self._outcome_counts, +self._skip_reasons  # no zero counts
+
+    def retry_failed(self) -> list[Outcome]:
+        """Opens again the rows skipped because their work failed (an error, a timeout, a worker that kept dying: see
+        `is_failure_reason`), so that the run produces them again; returns the outcomes they had. Their skips wrote no
+        data rows, so nothing is written twice. A `rsample_retry` line in the outcomes file keeps this for later resumes."""
+        failed = [self._failed[row] for row in sorted(self._failed)]
+        if failed:
+            self._append(self._outcomes, [{"rsample_retry": [outcome.row_index for outcome in failed]}])
+            for outcome in failed:
+                self._unrecord(outcome.row_index)
+        return failed
 
     def commit(self, outcomes: list[Outcome], pairs: list[dict], scores: list[dict], sft: list[dict] = ()) -> list[Outcome]:
         """Writes what is new, data first and outcomes last, each made durable; returns the new outcomes.

@@ -48,6 +48,8 @@ class LocalRunOptions:
     """The models whose repository code this machine's workers may run: named on this command line too."""
     progress: bool = True
     overwrite: bool = False
+    retry_failed: bool = False
+    """Produce again the rows that the output files record as skipped because their work failed."""
 
 
 class WorkerProcesses:
@@ -129,7 +131,8 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
             redis_url = stack.enter_context(EmbeddedRedis()).url
         client = connect(redis_url)
         config, existed = register_run(client, config)
-        coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite, options.sft_out)
+        coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite, options.sft_out,
+                                  options.retry_failed)
         stack.callback(coordinator.close)
         done = len(coordinator.ledger.rows)
         if existed or done:

@@ -6,6 +6,7 @@ Conversations stay plain `{"role", "content"}` dicts: that is both the wire form
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,20 @@ DROPPED_UNFINISHED = "dropped_unfinished"
 DROPPED_DISAGREEMENT = "dropped_disagreement"
 SKIPPED = "skipped"
 DUPLICATE = "duplicate"
+
+UNPROCESSABLE = "unprocessable result"
+_FAILURE_REASON = re.compile(rf"^(generation|scoring with reward model \d+|reward model \d+) failed: |^{UNPROCESSABLE}: ")
+
+
+def failure_reason(stage: str, detail: str) -> str:
+    """The skip reason of a row whose work failed (`stage` is "generation", "reward model N", ...), as against one
+    skipped for its content: `--retry-failed` gives the rows of such reasons another try."""
+    return f"{stage} failed: {detail}"
+
+
+def is_failure_reason(reason: str | None) -> bool:
+    """Whether a skip reason says that work failed (an error, a timeout, a dead worker), not that the row is bad."""
+    return reason is not None and _FAILURE_REASON.match(reason) is not None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import logging
 from rq.job import Job
 
 from rsample.workers.common.errors import first_line
+from rsample.workers.common.messages import failure_reason
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import enqueue_generation
 from rsample.workers.runtime.safe_job import GENERATE_FUNCTION, JOB_FUNCTIONS
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def _reason(stage: str, exc_type, exc_value) -> str:
     detail = first_line(exc_value if exc_value is not None else exc_type(), with_type=True)
-    return f"{stage} failed: {detail}"
+    return failure_reason(stage, detail)
 
 
 def on_job_failure(job: Job, connection, exc_type, exc_value, traceback) -> None:

@@ -8,7 +8,7 @@ import time
 
 from rsample.workers.backends.base import GenerationBackend, ProgressCallback, PromptCompletions
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.messages import Conversation, GeneratedBatch, PromptRecord
+from rsample.workers.common.messages import Conversation, GeneratedBatch, PromptRecord, failure_reason
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import LiveReporter
@@ -31,7 +31,7 @@ def generate_isolating_failures(backend: GenerationBackend, prompts: list[Conver
         prompts,
         run_all=lambda batch: backend.generate(list(batch), config.sampling, seed, progress),
         run_one=lambda prompt: backend.generate([prompt], config.sampling, seed)[0],
-        skipped=lambda prompt, error: PromptCompletions([], f"generation failed: {error}"),
+        skipped=lambda prompt, error: PromptCompletions([], failure_reason("generation", error)),
         what="generation",
     )
 

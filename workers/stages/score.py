@@ -8,7 +8,7 @@ import time
 
 from rsample.workers.backends.base import RewardBackend
 from rsample.workers.common.errors import RsampleError
-from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores
+from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores, failure_reason
 from rsample.workers.common.reasoning import answer_part
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
@@ -49,7 +49,7 @@ def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: 
         scorable,
         run_all=score_all,
         run_one=lambda prompt: score([prompt]),
-        skipped=lambda prompt, error: PromptScores(skip_reason=f"reward model {model_index} failed: {error}"),
+        skipped=lambda prompt, error: PromptScores(skip_reason=failure_reason(f"reward model {model_index}", error)),
         what=f"reward model {model_index}",
     ))) if scorable else {}
     # None for a candidate longer than the model's context: the aggregation drops that candidate, not the prompt

@@ -1,0 +1,88 @@
+"""`--retry-failed`: a resumed run produces again the rows skipped because their work failed, and only those, without
+writing any row twice; with the run's Redis gone (the embedded one) and with the run still in a shared Redis,
+finished, its feed cursor past those rows."""
+
+import json
+import re
+
+import pytest
+from conftest import read_jsonl, rsample, write_jsonl
+
+REWARDS = '''
+import os
+
+
+def flaky_length(conversations, rows):
+    """The answer's length; fails on the prompt about the flaky server while the marker file exists."""
+    if os.path.exists(os.environ["FLAKY_MARKER"]) and any("flaky" in c[0]["content"] for c in conversations):
+        raise RuntimeError("reward server unreachable")
+    return [float(len(c[-1]["content"])) for c in conversations]
+'''
+ROWS = [{"prompt": "name a river"}, {"prompt": "ask the flaky server"}, {"prompt": "   "}, {"prompt": "name a mountain"},
+        {"prompt": "name a lake"}, {"prompt": "ask the flaky server"}]
+FLAKY_REASON = "reward model 0 failed: RuntimeError: reward server unreachable"
+EMPTY_REASON = "empty content"
+
+
+@pytest.fixture
+def flaky(tmp_path, monkeypatch):
+    folder = tmp_path / "user_code"
+    folder.mkdir()
+    (folder / "flaky_rewards.py").write_text(REWARDS)
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    marker = tmp_path / "server-down"
+    marker.touch()
+    monkeypatch.setenv("FLAKY_MARKER", str(marker))
+    return marker
+
+
+def final_outcomes(out):
+    """Each row's outcome as the outcomes file records it, read line by line: a retry line opens its rows again."""
+    final = {}
+    for line in read_jsonl(out.with_name(f"{out.stem}.outcomes.jsonl"))[1:]:
+        for row in line.get("rsample_retry", ()):
+            del final[row]
+        if "row_index" in line:
+            assert line["row_index"] not in final, f"row {line['row_index']} settled twice"
+            final[line["row_index"]] = (line["outcome"], line.get("reason"))
+    return final
+
+
+@pytest.mark.parametrize("shared_redis", [False, True], ids=["embedded-redis", "shared-redis"])
+def test_a_resume_with_retry_failed_produces_the_failed_rows_and_nothing_twice(flaky, tmp_path, request, shared_redis):
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    url = ["--redis-url", request.getfixturevalue("redis_server").url] if shared_redis else []
+    command = ["run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--n", "3",
+               "--reward-model", "fn:flaky_rewards:flaky_length", "--out", str(out), "--scores-out", str(scores), "--no-progress", *url]
+
+    first = rsample(*command)
+    assert re.search(rf"\n +{re.escape(FLAKY_REASON)}: 1\n", first.stdout), first.stdout
+    assert final_outcomes(out)[1] == ("skipped", FLAKY_REASON)
+    flaky.unlink()  # the server is back
+
+    again = rsample(*command)  # a plain resume keeps the skip: it is the run's recorded outcome
+    assert re.search(rf"\n +{re.escape(FLAKY_REASON)}: 1\n", again.stdout), again.stdout
+    assert len(read_jsonl(out)) == 3
+
+    retried = rsample(*command, "--retry-failed")
+    assert "retrying 1 rows skipped because their work failed (reward model 0 failed: RuntimeError: reward server unreachable: 1)" in retried.stderr
+    assert FLAKY_REASON not in retried.stdout and re.search(rf"skipped +1\n +{EMPTY_REASON}: 1\n", retried.stdout), retried.stdout
+    assert final_outcomes(out) == {0: ("pair", None), 1: ("pair", None), 2: ("skipped", EMPTY_REASON), 3: ("pair", None),
+                                   4: ("pair", None), 5: ("duplicate", "same prompt as row 1")}
+    pairs = read_jsonl(out)
+    assert sorted(p["messages"][-1]["content"] for p in pairs) == sorted(r["prompt"] for r in ROWS[:2] + ROWS[3:5])
+    flaky_pair = next(p for p in pairs if p["messages"][-1]["content"] == "ask the flaky server")
+    # echo's candidates are the prompt plus 1, 2, 3 marks; the length reward prefers the longest, rejects the shortest
+    assert (flaky_pair["chosen"][-1]["content"], flaky_pair["rejected"][-1]["content"]) == ("ask the flaky server ###", "ask the flaky server #")
+    score_rows = read_jsonl(scores)
+    assert len(score_rows) == 4 * 3 and len({(r["prompt_id"], r["completion_index"]) for r in score_rows}) == 4 * 3
+
+    nothing_left = rsample(*command, "--retry-failed")  # nothing failed any more: a plain resume
+    assert "retrying" not in nothing_left.stderr and len(read_jsonl(out)) == 4
+    if shared_redis:
+        run_id = retried.stdout.split()[1].rstrip(":")
+        status = json.loads(rsample("status", *url, "--run", run_id, "--json").stdout)[0]
+        assert status["complete"] and status["rows"] == len(ROWS)
+        assert status["generated"] == status["scored"] == status["written"] == len(ROWS)
+        assert status["skip_reasons"] == {EMPTY_REASON: 1}
