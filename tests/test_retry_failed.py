@@ -59,6 +59,7 @@ def test_a_resume_with_retry_failed_produces_the_failed_rows_and_nothing_twice(f
     first = rsample(*command)
     assert re.search(rf"\n +{re.escape(FLAKY_REASON)}: 1\n", first.stdout), first.stdout
     assert final_outcomes(out)[1] == ("skipped", FLAKY_REASON)
+    assert "(1 of them because their work failed: once its cause is fixed, resume with --retry-failed)" in first.stdout
     flaky.unlink()  # the server is back
 
     again = rsample(*command)  # a plain resume keeps the skip: it is the run's recorded outcome
@@ -67,7 +68,7 @@ def test_a_resume_with_retry_failed_produces_the_failed_rows_and_nothing_twice(f
 
     retried = rsample(*command, "--retry-failed")
     assert "retrying 1 rows skipped because their work failed (reward model 0 failed: RuntimeError: reward server unreachable: 1)" in retried.stderr
-    assert FLAKY_REASON not in retried.stdout and re.search(rf"skipped +1\n +{EMPTY_REASON}: 1\n", retried.stdout), retried.stdout
+    assert FLAKY_REASON not in retried.stdout and "--retry-failed" not in retried.stdout and re.search(rf"skipped +1\n +{EMPTY_REASON}: 1\n", retried.stdout), retried.stdout
     assert final_outcomes(out) == {0: ("pair", None), 1: ("pair", None), 2: ("skipped", EMPTY_REASON), 3: ("pair", None),
                                    4: ("pair", None), 5: ("duplicate", "same prompt as row 1")}
     pairs = read_jsonl(out)

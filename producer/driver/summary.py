@@ -13,6 +13,7 @@ from rsample.workers.common.messages import (
     DROPPED_UNFINISHED,
     DUPLICATE,
     PAIR,
+    is_failure_reason,
 )
 
 
@@ -58,6 +59,9 @@ class Summary:
             f"skipped              {sum(self.skipped.values())}",
         ]
         out += [f"  {reason}: {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1])]
+        failed = sum(count for reason, count in self.skipped.items() if is_failure_reason(reason))
+        if failed:
+            out.append(f"  ({failed} of them because their work failed: once its cause is fixed, resume with --retry-failed)")
         out.append(
             f"completions          {self.completions_generated} in {self.seconds:.1f} s "
             f"({self.completions_per_second:.2f}/s, {self.tokens_per_second:.1f} tokens/s)"
