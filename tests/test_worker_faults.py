@@ -109,3 +109,28 @@ def test_a_worker_whose_device_breaks_stops_and_its_job_goes_back(redis_server, 
     wait_for(lambda: queue.count + len(queue.scheduled_job_registry.get_job_ids()) == 2, 10, "the failed job back for a retry")
     assert len(queue.failed_job_registry.get_job_ids()) == 0  # not given up: no prompt was skipped for the device
     assert redis_client.xlen(keys.ready) == 0 or all(b"failed" not in f for _, f in redis_client.xrange(keys.ready))
+
+
+def test_workers_count_again_after_redis_restarts_empty(redis_server, redis_client, tmp_path):
+    """Redis restarted without persistence forgets RQ's worker sets: `rsample status` would show no workers while they
+    work. The workers register again at their next heartbeat, which follows their reconnection."""
+    from faults import start
+
+    from rsample.workers.runtime.queues import worker_processes
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS)
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+                     "--backend", "echo", "--reward-backend", "length").stdout.strip()
+    queue = make_queue(redis_client, RunKeys(run_id).generate_queue)
+    worker = start("worker", "both", "--redis-url", redis_server.url, "--run", run_id, log=tmp_path / "worker.log")
+    wait_for(lambda: worker_processes(queue) == 1, 60, "the worker to register", interval=0.1)
+    redis_server.stop()
+    redis_server.start()  # empty: no AOF, no snapshot
+    assert worker_processes(queue) == 0
+    wait_for(lambda: worker_processes(queue) == 1, 30, "the worker to register again", interval=0.1)
+    key = f"rq:worker:{redis_client.smembers(f'rq:workers:{queue.name}').pop().decode().split(':', 2)[-1]}"
+    assert redis_client.hget(key, "queues").decode().split(",") == [RunKeys(run_id).score_queue(0), queue.name]
+    assert 0 < redis_client.ttl(key)  # it still expires if the worker dies unseen
+    worker.terminate()
+    assert worker.wait(timeout=30) == 0
+    assert worker_processes(queue) == 0  # and its death is registered as before

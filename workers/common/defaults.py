@@ -39,6 +39,11 @@ Keep it above (generation workers x --batch-size x 2) so that no worker waits fo
 REAPER_INTERVAL = 5.0
 """Seconds between the coordinator's sweeps for jobs abandoned by dead workers."""
 
+WORKER_TTL = 30
+"""RQ's worker TTL: an idle worker heartbeats every 15 s (RQ waits on its queues TTL - 15 s at a time), so that it
+registers again soon after a Redis that restarted empty, and a worker killed unseen leaves `rsample status` and
+rq-dashboard 90 s later (TTL + 60 s) instead of RQ's default 8 minutes."""
+
 WORKER_MAINTENANCE_INTERVAL = 60
 """Seconds between a worker's own RQ maintenance (registry and intermediate-queue cleanup)."""
 

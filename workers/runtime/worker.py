@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from rq import SimpleWorker
+from rq import SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
@@ -38,6 +38,16 @@ class HeartbeatWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        """Also registers the worker again, as its birth did: a Redis restarted without persistence forgot it, and
+        `rsample status`, the progress bars and rq-dashboard would count no workers while they work. Before RQ's own
+        heartbeat, whose expiry then applies to the worker's key again."""
+        if self.birth_date is not None:
+            connection = pipeline if pipeline is not None else self.connection
+            connection.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, connection)
+        return super().heartbeat(timeout, pipeline)
 
     def execute_job(self, job, queue):
         execution = self.prepare_execution(job)
@@ -230,7 +240,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         worker = worker_class(
             queues, connection=client, serializer=JSONSerializer, job_class=SafeJob,
             name=base_name if index == 0 else f"{base_name}{SLOT_SUFFIX}{index}",
-            maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL,
+            maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL, worker_ttl=defaults.WORKER_TTL,
         )
         worker.heartbeat_ttl = config.jobs.heartbeat_ttl
         return worker
