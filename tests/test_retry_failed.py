@@ -87,3 +87,19 @@ def test_a_resume_with_retry_failed_produces_the_failed_rows_and_nothing_twice(f
         assert status["complete"] and status["rows"] == len(ROWS)
         assert status["generated"] == status["scored"] == status["written"] == len(ROWS)
         assert status["skip_reasons"] == {EMPTY_REASON: 1}
+
+
+def test_a_run_written_again_to_another_output_is_fed_again_at_once(redis_server, tmp_path):
+    """The run is finished in its Redis (feed cursor at the end), and a new output holds none of its rows: they are fed
+    again from the first row, a window at a time, instead of after the wait for lost work (two heartbeat TTLs)."""
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": f"name river number {i}"} for i in range(40)])
+    command = ["run", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "echo", "--backend", "echo",
+               "--n", "3", "--reward-model", "r", "--reward-backend", "length", "--batch-size", "4", "--max-in-flight", "8",
+               "--heartbeat-ttl", "600", "--no-progress"]
+    first = tmp_path / "first" / "pairs.jsonl"
+    rsample(*command, "--out", str(first))
+    second = tmp_path / "second" / "pairs.jsonl"
+    result = rsample(*command, "--out", str(second), timeout=120)
+    assert "40 rows this Redis fed are not in" in result.stderr, result.stderr
+    assert sorted(p["prompt_id"] for p in read_jsonl(second)) == sorted(p["prompt_id"] for p in read_jsonl(first))
+    assert len(read_jsonl(second)) == 40

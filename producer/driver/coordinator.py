@@ -47,8 +47,7 @@ class Coordinator:
                                  config.output_settings())
             retried = self.ledger.retry_failed() if retry_failed else []
             self.feeder = Feeder(client, config, self.ledger)
-            if retried:
-                self._reopen(retried)
+            self._feed_what_the_output_lacks(retried)
         except BaseException:
             self.lock.release()
             raise
@@ -61,22 +60,33 @@ class Coordinator:
         stats = read_stats(client, config.run_id)
         self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
 
-    def _reopen(self, retried: list[Outcome]) -> None:
-        """Rows that `--retry-failed` opened again: the run is unfinished again, and those the feeder had handed out
-        are fed again now (the others are still ahead of its cursor, as after a Redis that lost the run)."""
-        reasons = Counter(outcome.reason for outcome in retried)
-        log.warning("run %s: retrying %d rows skipped because their work failed (%s)", self.config.run_id, len(retried),
-                    "; ".join(f"{reason}: {count}" for reason, count in reasons.most_common(3)) + ("; ..." if len(reasons) > 3 else ""))
-        settled = len(self.ledger.rows)
+    def _feed_what_the_output_lacks(self, retried: list[Outcome]) -> None:
+        """Rows this Redis fed (they are behind its feed cursor) that the output files lack: rows `--retry-failed` opened
+        again, or every row of a run whose output started over (`--overwrite`, another `--out`). With nothing in flight,
+        they exist nowhere: the feeder starts again from the first row, skipping what is written, a window at a time.
+        With prompts in flight (a coordinator restarted mid-run), the retried rows are fed again at once, and any other
+        row the output lacks is in flight, or found by the recovery of lost work."""
+        if retried:
+            reasons = Counter(outcome.reason for outcome in retried)
+            log.warning("run %s: retrying %d rows skipped because their work failed (%s)", self.config.run_id, len(retried),
+                        "; ".join(f"{reason}: {count}" for reason, count in reasons.most_common(3)) + ("; ..." if len(reasons) > 3 else ""))
+        lacking = len(self.feeder.handed)
+        if not lacking:
+            return
+        if self.feeder.in_flight() > 0:
+            self.feeder.refeed([self.feeder.handed[o.row_index] for o in retried if o.row_index in self.feeder.handed])
+            return
+        if lacking > len(retried):
+            log.warning("run %s: %d rows this Redis fed are not in %s (its files started over, or are others): feeding them again",
+                        self.config.run_id, lacking - len(retried), self.ledger.out)
         with self.client.pipeline() as pipe:
             for key in (self.keys.config, self.keys.stats, self.keys.ready):
                 pipe.persist(key)  # a finished run's keys expire (`expire_run`)
-            pipe.hdel(self.keys.stats, "finished_at")
-            pipe.hset(self.keys.stats, "rows_written", settled)
-            if self.feeder.in_flight() <= 0:  # nothing else moves: every settled row has passed both stages, no other
-                pipe.hset(self.keys.stats, mapping={"rows_generated": settled, "rows_scored": settled})
+            pipe.hdel(self.keys.stats, "finished_at", "feed_done")
+            # the feeder counts the rows already written as it passes them again, as after a Redis that lost the run
+            pipe.hset(self.keys.stats, mapping={"feed_cursor": 0, "rows_generated": 0, "rows_scored": 0, "rows_written": len(self.ledger.rows)})
             pipe.execute()
-        self.feeder.refeed([self.feeder.handed[o.row_index] for o in retried if o.row_index in self.feeder.handed])
+        self.feeder.restart()
         self._publish_outcomes()
 
     def is_complete(self) -> bool:

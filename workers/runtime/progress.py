@@ -60,7 +60,7 @@ class StageBars:
         rate = self.token_rate.add(tokens)
         for index, (bar, (_, counter)) in enumerate(zip(self.bars, STAGES)):
             bar.total = total
-            done = stats.get(counter) + (live.rows if index == 0 else 0.0)
+            done = min(total or float("inf"), stats.get(counter) + (live.rows if index == 0 else 0.0))  # see `run_status`
             if done > bar.n:
                 bar.update(done - bar.n)  # through update, so that tqdm's rate and time left follow the recent pace
             else:

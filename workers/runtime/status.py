@@ -141,8 +141,8 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         run_id=config.run_id,
         policy=config.policy,
         rows=rows,
-        generated=int(stats.get("rows_generated")),
-        scored=int(stats.get("rows_scored")),
+        generated=min(rows, int(stats.get("rows_generated"))),  # a batch in flight when Redis lost the run is counted
+        scored=min(rows, int(stats.get("rows_scored"))),  # twice when it comes back: once as it was, once fed again
         written=written,
         in_flight=max(0, int(stats.get("prompts_enqueued") - stats.get("prompts_returned"))),  # a re-fed Redis can overcount returns
         complete=complete,
