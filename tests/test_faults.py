@@ -247,6 +247,7 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
 
     from faults import running_entries
     from rq.registry import StartedJobRegistry
+    from rq.serializers import JSONSerializer
 
     from rsample.producer.driver.ledger import Ledger
     from rsample.producer.feeder import Feeder
@@ -264,6 +265,8 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
     try:
         wait_for(lambda: running_entries(redis_client, queue_name), 120, "a running job", interval=0.05)
         [entry] = running_entries(redis_client, queue_name)
+        job = SafeJob.fetch(entry.split(":")[0], connection=redis_client, serializer=JSONSerializer)
+        assert job.retries_left == 2
         worker.send_signal(signal.SIGINT)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) != 0
@@ -273,5 +276,7 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
     assert redis_client.zscore(registry.key, entry) <= time.time()  # released: expired now, not in 600 s
     registry.cleanup()  # the coordinator's sweep
     assert entry.split(":")[0] in make_queue(redis_client, queue_name).job_ids  # back in the queue for another worker
+    job.refresh()
+    assert job.get_status() == "queued" and job.retries_left == 2  # a stop is not a failure: no retry used
     assert "second stop signal, exiting now" in log.read_text()
     assert worker_processes(make_queue(redis_client, queue_name)) == 0  # no worker left for `rsample status` to count

@@ -123,7 +123,8 @@ class MainWorker(HeartbeatWorker):
     def request_force_stop(self, signum, frame):
         """A second Ctrl-C or SIGTERM ends the process at once, even while it waits for a Redis that went away
         (RQ's own cold shutdown would wait for Redis too). The jobs it leaves are released first, so that the
-        coordinator's next sweep requeues them instead of waiting out their heartbeat TTL."""
+        coordinator's next sweep requeues them instead of waiting out their heartbeat TTL, without using one of their
+        retries: being stopped is not the job's failure (a preemptible machine may stop many times)."""
         log.warning("worker %s: second stop signal, exiting now", self.name)
         self._release_running_jobs()
         logging.shutdown()
@@ -138,6 +139,8 @@ class MainWorker(HeartbeatWorker):
                     execution, job = worker.execution, worker.get_current_job()
                     if execution is not None and job is not None:
                         job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0, xx=True)
+                        job.retries_left = (job.retries_left or 0) + 1  # the one the sweep's requeue takes
+                        job.save(pipeline=pipe, include_meta=False)
                 pipe.execute()
             for worker in (self, *self.slots):  # gone from `rsample status` and rq-dashboard at once
                 worker.register_death()
