@@ -177,3 +177,51 @@ def test_the_card_of_a_reasoning_run_says_what_the_scores_judged(tmp_path):
     card = dataset_card(replace(config, reasoning_end="</think>"), summary, files)
     assert ("each completion holds its thinking, then `</think>`, then its answer. The rewards scored the answer alone, and a "
             "completion whose thinking never ended was never chosen.") in card
+
+
+def test_a_real_runs_files_load_through_the_card_as_written_even_when_the_first_megabytes_hold_no_reference(tmp_path):
+    """`datasets` types a column from a file's first block (10 MB): a run whose first prompts have no reference would
+    type `reference_completion` as null and fail on the first block with one. The card declares every column's type;
+    each config loads back exactly the rows the files hold."""
+    import json
+
+    from conftest import read_jsonl, rsample, write_jsonl
+    from datasets import load_dataset
+
+    from rsample.producer.driver.ledger import output_header
+    from rsample.workers.stages.output import features
+
+    rows = [{"prompt": f"name a river, number {i}"} for i in range(6)]
+    rows += [{"messages": [{"role": "user", "content": f"name a lake, number {i}"}, {"role": "assistant", "content": "Lake Baikal"}]}
+             for i in range(3)]
+    dataset = write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "out"
+    files = {"pairs": out / "pairs.jsonl", "scores": out / "scores.jsonl", "sft": out / "sft.jsonl"}
+    rsample("run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--n", "3", "--reward-backend", "length",
+            "--reward-model", "org/rm-a", "--reward-model", "/local/path/rm-b", "--include-reference", "--sft", "--no-progress",
+            "--out", str(files["pairs"]), "--scores-out", str(files["scores"]), "--sft-out", str(files["sft"]))
+    header = output_header(files["pairs"])
+    config = RunConfig.from_output_settings(header["rsample_run"], header["settings"])
+    summary = Summary(rows=9, duplicate_rows=0, skipped={}, dropped_identical=0, dropped_margin=0, pairs_written=9,
+                      completions_generated=27, tokens_generated=27, seconds=1.0)
+    repo = tmp_path / "repo"
+    push_to_hub("me/pairs", config, summary, files, api=FolderApi(repo))
+    for name, path in files.items():
+        loaded = load_dataset(str(repo), name, split="train")
+        assert loaded.to_list() == read_jsonl(path), name
+    pairs = read_jsonl(files["pairs"])
+    assert [p["reference_completion"] for p in pairs] == [None] * 6 + ["Lake Baikal"] * 3
+    assert {(p["chosen_finish_reason"], p["rejected_finish_reason"]) for p in pairs[6:]} <= {("stop", "reference"), ("reference", "stop"), ("stop", "stop")}
+
+    without = [p for p in pairs if p["reference_completion"] is None]
+    with_reference = [p for p in pairs if p["reference_completion"] is not None]
+    big = "".join(json.dumps(p) + "\n" for p in without) * (12_000_000 // sum(len(json.dumps(p)) + 1 for p in without) + 1)
+    folder = tmp_path / "big"  # a repository of its own: `datasets` caches what it loaded from a folder by its path
+    folder.mkdir()
+    (folder / "README.md").write_text((repo / "README.md").read_text())
+    (folder / "pairs.jsonl").write_text(big + "".join(json.dumps(p) + "\n" for p in with_reference))  # > 10 MB of nulls first
+    loaded = load_dataset(str(folder), split="train")
+    assert loaded[-1]["reference_completion"] == "Lake Baikal" and loaded[0]["reference_completion"] is None
+    assert loaded[-1]["reference_completion_score"] == with_reference[-1]["reference_completion_score"]
+    local = load_dataset("json", data_files=str(folder / "pairs.jsonl"), split="train", features=features("pairs", config.reward_models))
+    assert local.to_list() == loaded.to_list()  # the same types for a local file, as the README shows

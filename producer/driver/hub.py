@@ -14,19 +14,24 @@ from rsample.producer.driver.summary import Summary
 from rsample.producer.report.document import Report
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
+from rsample.workers.stages.output import columns
 
 
-def card_metadata(files: dict[str, Path]) -> str:
+def card_metadata(files: dict[str, Path], model_names: tuple[str, ...]) -> str:
     """The card's YAML: each file its own config (their columns differ, so they cannot be splits of one), pairs the
     default, so that `load_dataset(repo)` gives the pairs and `load_dataset(repo, "scores")` the scored candidates.
-    A run without pairs has no default: `load_dataset(repo)` then names the configs there are."""
+    A run without pairs has no default: `load_dataset(repo)` then names the configs there are. Each config declares
+    its columns' types (see `output.columns`), so that `datasets` need not guess them from a file's first rows."""
     from huggingface_hub import DatasetCardData
 
     configs = [
         {"config_name": name, "data_files": [{"split": "train", "path": f"{name}.jsonl"}], **({"default": True} if name == "pairs" else {})}
         for name in files
     ]
-    return DatasetCardData(tags=["rejection-sampling", "preference", "rsample"], configs=configs).to_yaml()
+    features = [{"config_name": name, "features": [{"name": column, **kind} for column, kind in columns(name, model_names).items()]}
+                for name in files]
+    features = json.loads(json.dumps(features))  # no object twice: YAML would write an alias, which `datasets` cannot read
+    return DatasetCardData(tags=["rejection-sampling", "preference", "rsample"], configs=configs, dataset_info=features).to_yaml()
 
 
 def report_section(report: Report | None) -> str:
@@ -66,7 +71,7 @@ def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], re
                  empty: list[str] | None = None) -> str:
     settings = asdict(config)
     return f"""---
-{card_metadata(files)}
+{card_metadata(files, config.reward_models)}
 ---
 
 # Rejection-sampling preference pairs

@@ -1,4 +1,9 @@
-"""Output rows in open-instruct's rejection-sampling shape."""
+"""Output rows in open-instruct's rejection-sampling shape, and their columns' types.
+
+The types are declared (`columns`), not left to inference: a reader that infers them from a file's first block
+(`datasets` reads 10 MB at a time) types a column that is null there (`reference_completion` of prompts without a
+reference) as null, and then fails on the first block that has a value.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ def pair_row(prompt: GeneratedPrompt, chosen_index: int, rejected_index: int, sc
         ),
         "num_candidates": prompt.num_candidates,
         "num_unique": len(prompt.candidates),
+        # `stop`, `length` (cut at --max-new-tokens) or `reference`: what a trainer cannot tell from the texts
+        "chosen_finish_reason": chosen.finish_reason,
+        "rejected_finish_reason": rejected.finish_reason,
     }
 
 
@@ -61,3 +69,39 @@ def score_rows(prompt: GeneratedPrompt, scores_by_model: list[list[float]], mode
         }
         for index, candidate in enumerate(prompt.candidates)
     ]
+
+
+_STRING, _INT, _FLOAT, _BOOL = ({"dtype": kind} for kind in ("string", "int64", "float64", "bool"))
+_MESSAGES = {"list": [{"name": "role", **_STRING}, {"name": "content", **_STRING}]}
+
+
+def columns(kind: str, model_names: tuple[str, ...]) -> dict[str, dict]:
+    """The columns of the `kind` file ("pairs", "scores" or "sft") and their types, in the notation of a dataset card's
+    `dataset_info.features` (the rows above, column for column)."""
+    scores = {"struct": [{"name": name, **_FLOAT} for name in model_names]}
+    if kind == "pairs":
+        return {"prompt_id": _STRING, "messages": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES, "chosen_score": scores,
+                "rejected_score": scores, "reference_completion": _STRING, "reference_completion_score": scores,
+                "num_candidates": _INT, "num_unique": _INT, "chosen_finish_reason": _STRING, "rejected_finish_reason": _STRING}
+    if kind == "sft":
+        return {"prompt_id": _STRING, "messages": _MESSAGES, "score": scores, "is_reference": _BOOL, "num_candidates": _INT,
+                "num_unique": _INT}
+    if kind == "scores":
+        return {"prompt_id": _STRING, "completion_index": _INT, "completion": _STRING, "scores": scores, "is_reference": _BOOL,
+                "finish_reason": _STRING, "num_tokens": _INT}
+    raise ValueError(f"no output file of kind {kind!r}")
+
+
+def features(kind: str, model_names: tuple[str, ...] | list[str]):
+    """The `kind` file's columns as `datasets.Features`, for reading a local file with their types declared:
+    `load_dataset("json", data_files="pairs.jsonl", features=features("pairs", ["org/rm"]))`."""
+    from datasets import Features, List, Value
+
+    def feature(kind: dict):
+        if "dtype" in kind:
+            return Value(kind["dtype"])
+        if "list" in kind:
+            return List({field["name"]: feature(field) for field in kind["list"]})
+        return {field["name"]: feature(field) for field in kind["struct"]}
+
+    return Features({name: feature(kind) for name, kind in columns(kind, tuple(model_names)).items()})
