@@ -64,11 +64,12 @@ def test_status_shows_the_recent_pace_and_the_time_left_at_it(redis_client):
     record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=now))
     assert [s.generated for s in read_samples(redis_client, config.run_id)] == [240, 0]
     status = run_status(redis_client, config.run_id)
-    # 240 rows in 120 s: 2 rows/s, 760 rows left: 380 s; since the run was made (a day ago) it would say about 3.5 days
-    assert status.recent.generated_per_s == pytest.approx(2.0, rel=1e-3) and status.eta_seconds == pytest.approx(380, rel=1e-3)
+    # 240 rows generated in 120 s: 2 rows/s, 760 left: 380 s; but 200 written: 1.67 rows/s, 800 left: 480 s, the slower
+    # stage's time; since the run was made (a day ago) it would say about 4.8 days
+    assert status.recent.generated_per_s == pytest.approx(2.0, rel=1e-3) and status.eta_seconds == pytest.approx(480, rel=1e-3)
     text = "\n".join(status.lines())
     assert "last 2 min 00 s: generated 2.00/s, written 1.67/s, tokens 400.0/s" in text
-    assert "about 6 min 20 s left at the last 2 min 00 s's pace" in text
+    assert "about 8 min 00 s left at the last 2 min 00 s's pace" in text
     assert json.loads(json.dumps(status.to_dict()))["recent"]["tokens_per_s"] == pytest.approx(400, rel=1e-3)
 
 
@@ -82,3 +83,17 @@ def test_a_stalled_run_says_so_instead_of_a_time_left(redis_client):
     status = run_status(redis_client, config.run_id)
     assert status.eta_seconds is None
     assert "nothing generated in the last 1 min 00 s" in "\n".join(status.lines())
+
+
+def test_a_run_whose_scoring_stalls_after_generation_ended_says_so(redis_client):
+    """Every row generated, none scored (no reward worker): no time left ("about 0 s" was wrong), and the stalled stage."""
+    config = RunConfig(run_id="pace3", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 600)
+    save_run(redis_client, config)
+    redis_client.hset(RunKeys(config.run_id).stats, mapping={"rows_total": 40, "rows_generated": 40, "feed_done": 1})
+    now = time.time()
+    for at in (now - 60, now):
+        record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=at))
+    status = run_status(redis_client, config.run_id)
+    assert status.eta_seconds is None and status.stalled_stage() == "written"
+    text = "\n".join(status.lines())
+    assert "nothing written in the last 1 min 00 s" in text and "left at" not in text

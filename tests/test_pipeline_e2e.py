@@ -190,7 +190,8 @@ def test_what_push_to_hub_uploads_loads_with_datasets(finished_run, tmp_path):
     from rsample.workers.common.config import DataSelection, RunConfig
 
     root = finished_run["root"]
-    config = RunConfig(run_id="e2e", data=DataSelection(str(root / "chat.jsonl")), policy="policy", reward_models=("reward", "reward2"))
+    models = tuple(finished_run["pairs"][0]["chosen_score"])  # the card declares the score columns by the run's model names
+    config = RunConfig(run_id="e2e", data=DataSelection(str(root / "chat.jsonl")), policy="policy", reward_models=models)
     summary = Summary(rows=11, duplicate_rows=1, skipped={}, dropped_identical=0, dropped_margin=0, pairs_written=len(finished_run["pairs"]),
                       completions_generated=28, tokens_generated=0, seconds=1.0)
     push_to_hub("me/pairs", config, summary, {"pairs": root / "pairs.jsonl", "scores": root / "scores.jsonl"}, api=FolderApi(tmp_path / "repo"))

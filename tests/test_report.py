@@ -142,3 +142,39 @@ def test_status_shows_the_reports_numbers_of_a_run_being_written(redis_server, t
     assert status["report"]["truncated"] == 0.0
     text = rsample("status", "--redis-url", url, "--run", run_id).stdout
     assert f"data so far: {len(pairs)} pairs; length: " in text and "chosen longer in 100% of pairs" in text
+
+
+def test_the_live_numbers_of_a_resumed_run_count_the_rows_written_before_once(tmp_path):
+    """A coordinator that resumes (or takes over) starts from the files: `rsample status` shows the whole run's numbers.
+    Rows the files gain after it measured them come through `add`, as commits do, and count once."""
+    from rsample.producer.report.live import LiveNumbers
+
+    def pair(i):
+        prompt = [{"role": "user", "content": f"q{i}"}]
+        return {"prompt_id": f"p{i}", "chosen": prompt + [{"role": "assistant", "content": "x" * (10 + i)}],
+                "rejected": prompt + [{"role": "assistant", "content": "y"}], "chosen_score": {"m": float(i)},
+                "rejected_score": {"m": 0.0}, "num_unique": 2}
+
+    def candidates(i):
+        return [{"prompt_id": f"p{i}", "completion_index": k, "completion": text, "scores": {"m": score},
+                 "is_reference": False, "finish_reason": "length" if k == 1 and i % 2 else "stop", "num_tokens": 3}
+                for k, (text, score) in enumerate((("x" * (10 + i), float(i)), ("y", 0.0)))]
+
+    pairs, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    write_jsonl(pairs, [pair(i) for i in range(30)])
+    write_jsonl(scores, [row for i in range(30) for row in candidates(i)])
+    live = LiveNumbers()
+    live.start_from(pairs, scores)
+    later_pairs, later_scores = [pair(i) for i in range(30, 40)], [row for i in range(30, 40) for row in candidates(i)]
+    with pairs.open("a") as handle:  # the ledger commits on, while the earlier rows are still being read
+        handle.write("".join(json.dumps(row) + "\n" for row in later_pairs))
+    with scores.open("a") as handle:
+        handle.write("".join(json.dumps(row) + "\n" for row in later_scores))
+    live.add(later_pairs, later_scores)
+    numbers = json.loads(live.summary())
+    assert numbers["pairs"] == 40
+    assert numbers["models"]["m"]["margin_mean"] == pytest.approx(sum(range(40)) / 40)
+    assert numbers["truncated"] == pytest.approx(20 / 80)  # one of the two candidates of every odd prompt
+    fresh = LiveNumbers()
+    fresh.start_from(tmp_path / "none.jsonl", None)  # a fresh run: nothing to read
+    assert json.loads(fresh.summary())["pairs"] == 0

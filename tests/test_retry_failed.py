@@ -87,6 +87,7 @@ def test_a_resume_with_retry_failed_produces_the_failed_rows_and_nothing_twice(f
         assert status["complete"] and status["rows"] == len(ROWS)
         assert status["generated"] == status["scored"] == status["written"] == len(ROWS)
         assert status["skip_reasons"] == {EMPTY_REASON: 1}
+        assert status["report"]["pairs"] == 4  # the whole run's, though this last coordinator wrote none
 
 
 def test_a_run_written_again_to_another_output_is_fed_again_at_once(redis_server, tmp_path):

@@ -35,8 +35,9 @@ class Collector:
         self.keys = RunKeys(config.run_id)
         self.cursor = "0"
         self.live = LiveNumbers(config.reasoning_end)
+        """The report's key numbers over the rows written, published for `rsample status`."""
+        self.live.start_from(ledger.out, ledger.scores_out)
         self._warned_of_thinking = False
-        """The report's key numbers over the rows this process wrote, published for `rsample status`."""
 
     def step(self, block_ms: int = defaults.AGGREGATOR_BLOCK_MS) -> int:
         """Handles what became ready since the last step; returns the number of rows newly settled.

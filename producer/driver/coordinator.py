@@ -48,6 +48,8 @@ class Coordinator:
             retried = self.ledger.retry_failed() if retry_failed else []
             self.feeder = Feeder(client, config, self.ledger)
             self._feed_what_the_output_lacks(retried)
+            client.hset(self.keys.stats, "rows_written", len(self.ledger.rows))  # a resume's bar starts where its files are
+            self._publish_outcomes()
         except BaseException:
             self.lock.release()
             raise
@@ -84,10 +86,9 @@ class Coordinator:
                 pipe.persist(key)  # a finished run's keys expire (`expire_run`)
             pipe.hdel(self.keys.stats, "finished_at", "feed_done")
             # the feeder counts the rows already written as it passes them again, as after a Redis that lost the run
-            pipe.hset(self.keys.stats, mapping={"feed_cursor": 0, "rows_generated": 0, "rows_scored": 0, "rows_written": len(self.ledger.rows)})
+            pipe.hset(self.keys.stats, mapping={"feed_cursor": 0, "rows_generated": 0, "rows_scored": 0})
             pipe.execute()
         self.feeder.restart()
-        self._publish_outcomes()
 
     def is_complete(self) -> bool:
         total = self.client.hget(self.keys.stats, "rows_total")
@@ -102,6 +103,7 @@ class Coordinator:
         # Redis first (a feed cursor at the end, "feed done") would stop the rows lost in flight from being fed again.
         # Start them afresh: the ledger alone says what is written, and it ignores whatever is delivered twice.
         self.client.delete(self.keys.stats)
+        self._baseline = (0.0, 0.0)  # this session's completions: those counted from now on
         save_run(self.client, self.config)
         self.feeder.restart()
         self.collector.cursor = "0"

@@ -46,6 +46,21 @@ def read_rows(path: Path) -> Iterator[dict]:
                 yield row
 
 
+def rows_before(path: Path, end: int) -> Iterator[dict]:
+    """The rows in a file's first `end` bytes (what was written when it was measured; a writer may append meanwhile)."""
+    import orjson
+
+    with path.open("rb", buffering=1 << 20) as handle:
+        position = 0
+        while position < end:
+            raw = handle.readline()
+            position += len(raw)
+            if not raw.endswith(b"\n") or position > end:
+                return
+            if raw.strip():
+                yield orjson.loads(raw)
+
+
 def rows_of(path: Path, kind: str, flag: str, fields: tuple[str, ...]) -> Iterator[dict]:
     """The rows of an output file of one kind; a row without that kind's fields (another file given) is refused."""
     for number, row in enumerate(read_rows(path), start=1):

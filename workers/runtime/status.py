@@ -50,17 +50,35 @@ class RunStatus:
     recent: Pace | None = None
     """Rates over the last minutes, from the coordinator's samples; None when no coordinator samples now."""
 
+    def _stages(self) -> list[tuple[str, float, float]]:
+        """(stage, rows left, rows per second) of generation and of writing, at the recent pace, else at the pace since
+        the run was made."""
+        generated = self.generated + self.generating
+        if self.recent is not None:
+            rates = (self.recent.generated_per_s, self.recent.written_per_s)
+        else:
+            rates = (generated / self.seconds, self.written / self.seconds) if self.seconds > 0 else (0.0, 0.0)
+        return [("generated", self.rows - generated, rates[0]), ("written", self.rows - self.written, rates[1])]
+
     @property
     def eta_seconds(self) -> float | None:
-        """Time left at the recent pace (its generation sets the pace), else at the pace since the run was made; None
-        before any progress, and while the recent pace is nil (stalled: no time left can be told)."""
-        done = self.generated + self.generating
-        if self.complete or done <= 0 or self.seconds <= 0:
+        """Time left at the pace of the slower stage (generation, or scoring and writing behind it); None while a stage
+        with rows left moves not at all (stalled, or not started: no time can be told)."""
+        if self.complete or self.seconds <= 0:
             return None
-        if self.recent is not None:
-            rate = self.recent.generated_per_s
-            return max(0.0, (self.rows - done) / rate) if rate > 0 else None
-        return max(0.0, (self.rows - done) * self.seconds / done)
+        times = []
+        for _, left, rate in self._stages():
+            if left > 0:
+                if rate <= 0:
+                    return None
+                times.append(left / rate)
+        return max(times, default=None)
+
+    def stalled_stage(self) -> str | None:
+        """The first stage with rows left that the recent pace shows not moving."""
+        if self.recent is None or self.complete:
+            return None
+        return next((stage for stage, left, rate in self._stages() if left > 0 and rate <= 0), None)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "eta_seconds": self.eta_seconds}
@@ -80,7 +98,7 @@ class RunStatus:
             window = format_duration(self.recent.seconds)
             out.append(f"  last {window}: generated {self.recent.generated_per_s:.2f}/s, written {self.recent.written_per_s:.2f}/s, "
                        f"tokens {self.recent.tokens_per_s:.1f}/s"
-                       + ("" if self.recent.generated_per_s > 0 else f"; nothing generated in the last {window}"))
+                       + (f"; nothing {stalled} in the last {window}" if (stalled := self.stalled_stage()) else ""))
         if self.eta_seconds is not None:
             pace = f"the last {format_duration(self.recent.seconds)}'s pace" if self.recent is not None else "the pace since it was made"
             out.append(f"  about {format_duration(self.eta_seconds)} left at {pace}")
