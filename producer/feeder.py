@@ -45,8 +45,11 @@ class Feeder:
         """Prompts handed to the workers whose rows the ledger has not settled yet: what Redis could lose."""
         self.batches: dict[str, list[int]] = {}
         """The rows of each batch this feeder handed out (since its last restart) that may not be settled yet."""
-        self.exhausted = self.client.hget(self.keys.stats, "feed_done") is not None
-        cursor = int(self.client.hget(self.keys.stats, "feed_cursor") or 0)
+        done, cursor, feed_pass = self.client.hmget(self.keys.stats, "feed_done", "feed_cursor", "feed_pass")
+        self.exhausted = done is not None
+        cursor = int(cursor or 0)
+        self._batch_suffix = f"-p{int(feed_pass)}" if feed_pass else ""
+        """Batch ids of a pass over the dataset after the first (see `Coordinator._feed_what_the_output_lacks`)."""
         while self._position < cursor:
             item = self._next_row()
             if item is None:
@@ -142,7 +145,7 @@ class Feeder:
                 batch.append(record)
         with self.client.pipeline() as pipe:  # MULTI: the jobs and the cursor move together
             if batch:
-                self._enqueue(pipe, f"r{batch[0].row_index}", batch)
+                self._enqueue(pipe, f"r{batch[0].row_index}{self._batch_suffix}", batch)
             if settled:
                 pipe.xadd(self.keys.ready, {"rows": json.dumps([o.__dict__ for o in settled])})
             progressed = len(settled) + already_written

@@ -163,3 +163,20 @@ def test_retry_failed_opens_again_the_rows_whose_work_failed_and_only_those(tmp_
     assert resumed.counts()[0] == {PAIR: 2, SKIPPED: 2, DUPLICATE: 1}
     assert [o.row_index for o in resumed.retry_failed()] == [3]  # failed again: another retry may take it
     resumed.close()
+
+
+def test_a_retry_line_in_an_older_outcomes_file_keeps_its_data(tmp_path):
+    """Files written before commits recorded `data_end`: a retry line written on them, then no commit (the resume
+    stopped at once), must not make the next resume take them for a newer file and cut its data to nothing."""
+    out = tmp_path / "pairs.jsonl"
+    out.write_text(json.dumps(pair("a")) + "\n")
+    outcomes = [{"rsample_run": "run1", "outputs": ["pairs"]}, {"row_index": 0, "prompt_id": "a", "outcome": PAIR, "reason": None},
+                {"row_index": 1, "prompt_id": "b", "outcome": SKIPPED, "reason": "generation failed: RuntimeError: boom"}]
+    (tmp_path / "pairs.outcomes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in outcomes))
+    ledger = Ledger(out, None, "run1")
+    assert [o.row_index for o in ledger.retry_failed()] == [1]
+    ledger.close()
+    again = Ledger(out, None, "run1")
+    assert again.rows == {0} and again.prompt_ids == {"a"}
+    again.close()
+    assert lines(out) == [pair("a")]

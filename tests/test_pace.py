@@ -82,7 +82,7 @@ def test_a_stalled_run_says_so_instead_of_a_time_left(redis_client):
         record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=at))
     status = run_status(redis_client, config.run_id)
     assert status.eta_seconds is None
-    assert "nothing generated in the last 1 min 00 s" in "\n".join(status.lines())
+    assert "nothing generated or written in the last 1 min 00 s" in "\n".join(status.lines())
 
 
 def test_a_run_whose_scoring_stalls_after_generation_ended_says_so(redis_client):
@@ -97,3 +97,18 @@ def test_a_run_whose_scoring_stalls_after_generation_ended_says_so(redis_client)
     assert status.eta_seconds is None and status.stalled_stage() == "written"
     text = "\n".join(status.lines())
     assert "nothing written in the last 1 min 00 s" in text and "left at" not in text
+
+
+def test_a_run_starting_up_has_a_time_left_from_its_generation_and_no_stall(redis_client):
+    """Generation moves, nothing is written yet (the first batches are being scored): that is no stall."""
+    config = RunConfig(run_id="pace4", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 120)
+    save_run(redis_client, config)
+    keys = RunKeys(config.run_id)
+    redis_client.hset(keys.stats, mapping={"rows_total": 100, "rows_generated": 0})
+    now = time.time()
+    record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=now - 60))
+    redis_client.hset(keys.stats, "rows_generated", 30)
+    record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=now))
+    status = run_status(redis_client, config.run_id)
+    assert status.stalled_stage() is None and status.eta_seconds == pytest.approx(140, rel=1e-3)  # 70 rows left at 0.5/s
+    assert "nothing" not in "\n".join(status.lines())

@@ -104,3 +104,39 @@ def test_a_run_written_again_to_another_output_is_fed_again_at_once(redis_server
     assert "40 rows this Redis fed are not in" in result.stderr, result.stderr
     assert sorted(p["prompt_id"] for p in read_jsonl(second)) == sorted(p["prompt_id"] for p in read_jsonl(first))
     assert len(read_jsonl(second)) == 40
+
+
+def test_a_failure_left_in_the_stream_by_a_dead_coordinator_does_not_settle_the_retried_row(redis_client, tmp_path):
+    """The coordinator commits a failure, then dies before deleting its message from the stream. A coordinator with
+    --retry-failed reads that message first and then opens the row: it must not settle the row as failed again."""
+    from rsample.producer.driver.coordinator import Coordinator
+    from rsample.producer.registration import register_run
+    from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig
+    from rsample.workers.common.messages import SKIPPED, Outcome
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.queues import make_queue
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS[:2])
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",),
+                       models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+    keys, out = RunKeys(config.run_id), tmp_path / "pairs.jsonl"
+    first = Coordinator(redis_client, config, out)
+    first.feeder.top_up()
+    [job] = make_queue(redis_client, keys.generate_queue).jobs
+    prompts = [[p["row_index"], p["prompt_id"]] for p in job.args[2]]
+    reason = "generation failed: RuntimeError: CUDA out of memory"
+    redis_client.xadd(keys.ready, {"batch_id": job.args[1], "failed": reason, "prompts": json.dumps(prompts)})
+    first.ledger.commit([Outcome(row, pid, SKIPPED, reason) for row, pid in prompts], [], [])  # ...and it died here
+    first.close()
+    make_queue(redis_client, keys.generate_queue).empty()
+
+    second = Coordinator(redis_client, config, out, retry_failed=True)
+    try:
+        assert redis_client.xlen(keys.ready) == 0 and second.ledger.rows == set()
+        second.feeder.top_up()
+        second.collector.step(block_ms=None)
+        assert second.ledger.rows == set()  # still open: its new job is queued
+        assert {p["row_index"] for job in make_queue(redis_client, keys.generate_queue).jobs for p in job.args[2]} == {0, 1}
+    finally:
+        second.close()

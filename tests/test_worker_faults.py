@@ -134,3 +134,42 @@ def test_workers_count_again_after_redis_restarts_empty(redis_server, redis_clie
     worker.terminate()
     assert worker.wait(timeout=30) == 0
     assert worker_processes(queue) == 0  # and its death is registered as before
+
+
+def test_worker_maintenance_leaves_abandoned_jobs_to_the_coordinators_sweep(redis_client, tmp_path):
+    """RQ's workers requeue abandoned jobs in their own maintenance (first as they start), each from its own read of the
+    job's retries: beside the coordinator's sweep, a job could be requeued twice and run twice. Only the sweep does it."""
+    from rq.executions import Execution
+    from rq.job import JobStatus
+    from rq.registry import StartedJobRegistry
+    from rq.serializers import JSONSerializer
+
+    from rsample.producer.driver.coordinator import Coordinator
+    from rsample.workers.runtime.safe_job import SafeJob
+    from rsample.workers.runtime.worker import HeartbeatWorker
+
+    config = RunConfig(run_id="", data=DataSelection(str(write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2]))), policy="p",
+                       reward_models=("r",), models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    try:
+        coordinator.feeder.top_up()
+        queue = make_queue(redis_client, RunKeys(config.run_id).generate_queue)
+        [job] = queue.jobs
+        queue.remove(job)  # taken by a worker that then died: started, its claim expired
+        with redis_client.pipeline() as pipe:
+            execution = Execution.create(job, ttl=60, pipeline=pipe)
+            job.set_status(JobStatus.STARTED, pipeline=pipe)
+            job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0)
+            pipe.execute()
+        registry = StartedJobRegistry(queue=queue, job_class=SafeJob)
+        worker = HeartbeatWorker([queue.name], connection=redis_client, serializer=JSONSerializer, job_class=SafeJob)
+        worker.clean_registries()  # as a worker starting up does
+        entries = lambda: [entry.decode().split(":")[0] for entry in redis_client.zrange(registry.key, 0, -1)]  # noqa: E731
+        assert entries() == [job.id] and queue.count == 0  # left alone
+        coordinator.sweep()
+        assert queue.job_ids == [job.id] and entries() == []
+        job.refresh()
+        assert job.retries_left == config.jobs.retries - 1  # requeued once, one retry used
+    finally:
+        coordinator.close()

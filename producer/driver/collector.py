@@ -39,16 +39,26 @@ class Collector:
         self.live.start_from(ledger.out, ledger.scores_out)
         self._warned_of_thinking = False
 
-    def step(self, block_ms: int = defaults.AGGREGATOR_BLOCK_MS) -> int:
+    def step(self, block_ms: int | None = defaults.AGGREGATOR_BLOCK_MS) -> int:
         """Handles what became ready since the last step; returns the number of rows newly settled.
 
         Everything read in one step is committed to the files in one go (one fsync per file), and only
         then deleted from Redis: a crash in between leaves it in the stream, and the ledger ignores repeats.
         """
+        return self._step(block_ms)[1]
+
+    def drain(self) -> None:
+        """Handles everything the stream holds now, without waiting for more: results a coordinator committed but died
+        before deleting from the stream are then deleted, and those finished while no coordinator ran are written."""
+        while self._step(block_ms=None)[0]:
+            pass
+
+    def _step(self, block_ms: int | None) -> tuple[int, int]:
+        """(messages read, rows newly settled); `block_ms` None: no wait."""
         answer = self.client.xread({self.keys.ready: self.cursor}, count=defaults.AGGREGATOR_READ_COUNT, block=block_ms)
         entries = [(entry_id, {k.decode(): v.decode() for k, v in raw.items()}) for _, stream in answer or [] for entry_id, raw in stream]
         if not entries:
-            return 0
+            return 0, 0
         self.cursor = entries[-1][0]
         payloads = self._fetch_payloads([fields["batch_id"] for _, fields in entries if "batch_id" in fields])
         combined, cleanup, returned, seen = BatchOutcome(), [], 0, set()
@@ -84,10 +94,13 @@ class Collector:
             if self.live.due():
                 pipe.hset(self.keys.stats, "report", self.live.summary())
             pipe.execute()
-        return len(fresh)
+        return len(entries), len(fresh)
 
     def publish_live(self) -> None:
-        self.client.hset(self.keys.stats, "report", self.live.summary())
+        """The numbers at the end; a coordinator that wrote nothing (the run was complete) does not wait to count the
+        files again, and leaves the numbers its predecessor published."""
+        if self.live.added or not self.live.reading():
+            self.client.hset(self.keys.stats, "report", self.live.summary())
 
     def _set_aside(self, entry_id, fields: dict[str, str], payloads: dict, exc: Exception) -> tuple[BatchOutcome, int]:
         """A ready message that cannot be processed (a corrupt payload, scores that do not fit its candidates) would

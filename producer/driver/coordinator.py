@@ -45,6 +45,9 @@ class Coordinator:
         try:
             self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
                                  config.output_settings())
+            self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)
+            if retry_failed:  # a failure committed but left in the stream by a coordinator that died must not settle a retried row
+                self.collector.drain()
             retried = self.ledger.retry_failed() if retry_failed else []
             self.feeder = Feeder(client, config, self.ledger)
             self._feed_what_the_output_lacks(retried)
@@ -53,7 +56,6 @@ class Coordinator:
         except BaseException:
             self.lock.release()
             raise
-        self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)
         self._last_sweep = 0.0
         self._last_pace = 0.0
         self._idle_since: float | None = None
@@ -72,6 +74,7 @@ class Coordinator:
             reasons = Counter(outcome.reason for outcome in retried)
             log.warning("run %s: retrying %d rows skipped because their work failed (%s)", self.config.run_id, len(retried),
                         "; ".join(f"{reason}: {count}" for reason, count in reasons.most_common(3)) + ("; ..." if len(reasons) > 3 else ""))
+            self._unfinish()
         lacking = len(self.feeder.handed)
         if not lacking:
             return
@@ -81,14 +84,22 @@ class Coordinator:
         if lacking > len(retried):
             log.warning("run %s: %d rows this Redis fed are not in %s (its files started over, or are others): feeding them again",
                         self.config.run_id, lacking - len(retried), self.ledger.out)
+        self._unfinish()
         with self.client.pipeline() as pipe:
-            for key in (self.keys.config, self.keys.stats, self.keys.ready):
-                pipe.persist(key)  # a finished run's keys expire (`expire_run`)
-            pipe.hdel(self.keys.stats, "finished_at", "feed_done")
+            pipe.hdel(self.keys.stats, "feed_done")
             # the feeder counts the rows already written as it passes them again, as after a Redis that lost the run
             pipe.hset(self.keys.stats, mapping={"feed_cursor": 0, "rows_generated": 0, "rows_scored": 0})
+            pipe.hincrby(self.keys.stats, "feed_pass", 1)  # new batch ids: the jobs of the earlier pass may linger in RQ's registries
             pipe.execute()
         self.feeder.restart()
+
+    def _unfinish(self) -> None:
+        """A finished run has work again: its keys no longer expire (`expire_run`), and it no longer counts as finished."""
+        with self.client.pipeline() as pipe:
+            for key in (self.keys.config, self.keys.stats, self.keys.ready):
+                pipe.persist(key)
+            pipe.hdel(self.keys.stats, "finished_at")
+            pipe.execute()
 
     def is_complete(self) -> bool:
         total = self.client.hget(self.keys.stats, "rows_total")

@@ -263,7 +263,7 @@ class Ledger:
         self._known_outputs, self._dataset_seen = set(), None
 
     def _resume(self) -> None:
-        data_end, committed, pending = None, 0, []
+        data_end, committed, pending, outcome_lines = None, 0, [], 0
         with self.outcomes_path.open("rb") as handle:
             header = handle.readline()
             position = committed = len(header)
@@ -289,6 +289,7 @@ class Ledger:
                         committed = position
                     continue
                 pending.append(Outcome.from_dict(raw))
+                outcome_lines += 1
                 if "data_end" in raw:  # the last line of a commit: everything up to here is committed
                     data_end, committed = raw["data_end"], position
                     for outcome in pending:
@@ -299,7 +300,7 @@ class Ledger:
             if change:
                 raise FilesChanged(f"the dataset changed since run {self.run_id} last read it ({change}): its output rows are "
                                    "matched to dataset rows by number; restore the dataset, or start over with --overwrite")
-        legacy = data_end is None and bool(pending)
+        legacy = data_end is None and outcome_lines > 0  # no commit recorded where the data ends: an older file
         if legacy:  # every line is a commit of its own
             for outcome in pending:
                 self._record(outcome)

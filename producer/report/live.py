@@ -26,6 +26,8 @@ class LiveNumbers:
         self._reading: threading.Thread | None = None
         self._read: RunNumbers | None = None
         self._pending: list[tuple[list[dict], list[dict]]] = []
+        self.added = False
+        """Whether rows were added (committed by this process)."""
 
     def start_from(self, pairs: Path, scores: Path | None) -> None:
         """Counts the rows the files hold already (a resumed run, a coordinator taking over), so that the numbers are the
@@ -66,12 +68,17 @@ class LiveNumbers:
         return True
 
     def add(self, pairs: list[dict], score_rows: list[dict]) -> None:
+        self.added = True
         if not self._caught_up():
             self._pending.append((pairs, score_rows))
             return
         for row in pairs:
             add_pair(self.numbers, row)
         add_score_rows(self.numbers, score_rows)
+
+    def reading(self) -> bool:
+        """Whether the rows written before are still being counted (see `start_from`)."""
+        return not self._caught_up()
 
     def due(self) -> bool:
         return self._caught_up() and time.monotonic() - self._published_at >= PUBLISH_EVERY_SECONDS

@@ -62,23 +62,23 @@ class RunStatus:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Time left at the pace of the slower stage (generation, or scoring and writing behind it); None while a stage
-        with rows left moves not at all (stalled, or not started: no time can be told)."""
-        if self.complete or self.seconds <= 0:
+        """Time left at the pace of the slower stage that moves (generation, or scoring and writing behind it); None
+        while the run stalls or before anything moved."""
+        if self.complete or self.seconds <= 0 or self.stalled_stage():
             return None
-        times = []
-        for _, left, rate in self._stages():
-            if left > 0:
-                if rate <= 0:
-                    return None
-                times.append(left / rate)
-        return max(times, default=None)
+        return max((left / rate for _, left, rate in self._stages() if left > 0 and rate > 0), default=None)
 
     def stalled_stage(self) -> str | None:
-        """The first stage with rows left that the recent pace shows not moving."""
+        """What the recent pace shows not moving though rows are left: generation, or writing once generation no longer
+        moves either (while generation moves, nothing written yet is a run starting up, or scoring behind)."""
         if self.recent is None or self.complete:
             return None
-        return next((stage for stage, left, rate in self._stages() if left > 0 and rate <= 0), None)
+        (_, generate_left, generate_rate), (_, write_left, write_rate) = self._stages()
+        generation_stalled = generate_left > 0 and generate_rate <= 0
+        writing_stalled = write_left > 0 and write_rate <= 0 and (generation_stalled or generate_left <= 0)
+        if generation_stalled:
+            return "generated or written" if writing_stalled else "generated"
+        return "written" if writing_stalled else None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "eta_seconds": self.eta_seconds}

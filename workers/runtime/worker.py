@@ -18,7 +18,9 @@ import time
 
 from rq import SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
 from rsample.workers.common import defaults
@@ -48,6 +50,22 @@ class HeartbeatWorker(SimpleWorker):
             connection.hset(self.key, mapping=self.serialize())
             worker_registration.register(self, connection)
         return super().heartbeat(timeout, pipeline)
+
+    def clean_registries(self):
+        """RQ's maintenance of the queues' registries, but for abandoned jobs, which the coordinator's sweep alone
+        requeues: two cleaners that each read a job's retries would each requeue it, and it would run twice (a worker
+        cleans as it starts, so a worker restarted after a crash met the sweep)."""
+        for queue in self.queues:
+            if not queue.acquire_maintenance_lock():  # another worker cleans it now
+                continue
+            try:
+                for registry in (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry):
+                    registry(queue=queue, job_class=self.job_class).cleanup()
+                worker_registration.clean_worker_registry(queue)
+                queue.intermediate_queue.cleanup(self, queue)
+            finally:
+                queue.release_maintenance_lock()
+        self.last_cleaned_at = rq_now()
 
     def execute_job(self, job, queue):
         execution = self.prepare_execution(job)
