@@ -60,6 +60,10 @@ def test_a_resume_with_retry_failed_produces_the_failed_rows_and_nothing_twice(f
     assert re.search(rf"\n +{re.escape(FLAKY_REASON)}: 1\n", first.stdout), first.stdout
     assert final_outcomes(out)[1] == ("skipped", FLAKY_REASON)
     assert "(1 of them because their work failed: once its cause is fixed, resume with --retry-failed)" in first.stdout
+    run_id = first.stdout.split()[1].rstrip(":")
+    if shared_redis:
+        assert ("(1 skipped because their work failed: once its cause is fixed, resume with --retry-failed)"
+                in rsample("status", *url, "--run", run_id).stdout)
     flaky.unlink()  # the server is back
 
     again = rsample(*command)  # a plain resume keeps the skip: it is the run's recorded outcome
@@ -82,12 +86,12 @@ def test_a_resume_with_retry_failed_produces_the_failed_rows_and_nothing_twice(f
     nothing_left = rsample(*command, "--retry-failed")  # nothing failed any more: a plain resume
     assert "retrying" not in nothing_left.stderr and len(read_jsonl(out)) == 4
     if shared_redis:
-        run_id = retried.stdout.split()[1].rstrip(":")
         status = json.loads(rsample("status", *url, "--run", run_id, "--json").stdout)[0]
         assert status["complete"] and status["rows"] == len(ROWS)
         assert status["generated"] == status["scored"] == status["written"] == len(ROWS)
         assert status["skip_reasons"] == {EMPTY_REASON: 1}
         assert status["report"]["pairs"] == 4  # the whole run's, though this last coordinator wrote none
+        assert "--retry-failed" not in rsample("status", *url, "--run", run_id).stdout
 
 
 def test_a_run_written_again_to_another_output_is_fed_again_at_once(redis_server, tmp_path):
