@@ -74,17 +74,16 @@ class Coordinator:
             reasons = Counter(outcome.reason for outcome in retried)
             log.warning("run %s: retrying %d rows skipped because their work failed (%s)", self.config.run_id, len(retried),
                         "; ".join(f"{reason}: {count}" for reason, count in reasons.most_common(3)) + ("; ..." if len(reasons) > 3 else ""))
-            self._unfinish()
         lacking = len(self.feeder.handed)
         if not lacking:
             return
+        self._unfinish()
         if self.feeder.in_flight() > 0:
             self.feeder.refeed([self.feeder.handed[o.row_index] for o in retried if o.row_index in self.feeder.handed])
             return
         if lacking > len(retried):
             log.warning("run %s: %d rows this Redis fed are not in %s (its files started over, or are others): feeding them again",
                         self.config.run_id, lacking - len(retried), self.ledger.out)
-        self._unfinish()
         with self.client.pipeline() as pipe:
             pipe.hdel(self.keys.stats, "feed_done")
             # the feeder counts the rows already written as it passes them again, as after a Redis that lost the run

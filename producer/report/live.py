@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from rsample.producer.report.stats import RunNumbers, add_pair, add_score_rows, rows_before
+from rsample.producer.report.stats import RunNumbers, add_pair, add_score_rows, read_rows
 
 LIVE_SAMPLE = 20_000
 """Values kept per sample while the run goes on: a rank correlation over them takes a fraction of a second."""
@@ -40,10 +40,10 @@ class LiveNumbers:
         def read() -> None:
             numbers = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=self.reasoning_end)
             try:
-                for row in rows_before(pairs, ends[0]):
+                for row in read_rows(pairs, ends[0]):
                     add_pair(numbers, row)
                 if scores is not None and ends[1]:
-                    add_score_rows(numbers, rows_before(scores, ends[1]))
+                    add_score_rows(numbers, read_rows(scores, ends[1]))
             except Exception as exc:  # the numbers are a view: without the earlier rows, they are those of this session's
                 log.warning("the live report counts only the rows written from now on: %s", exc)
                 return
