@@ -355,7 +355,6 @@ class Ledger:
         self.prompt_ids.discard(outcome.prompt_id)
         self._outcome_counts[SKIPPED] -= 1
         self._skip_reasons[outcome.reason] -= 1
-        self._outcome_counts, self._skip_reasons = +self._outcome_counts, +self._skip_reasons  # no zero counts
 
     def retry_failed(self) -> list[Outcome]:
         """Opens again the rows skipped because their work failed (an error, a timeout, a worker that kept dying: see
@@ -403,7 +402,7 @@ class Ledger:
 
     def counts(self) -> tuple[Counter, Counter]:
         """(outcome -> rows, skip reason -> rows) over the whole ledger, kept as rows are settled."""
-        return Counter(self._outcome_counts), Counter(self._skip_reasons)
+        return +self._outcome_counts, +self._skip_reasons  # copies, without the zeros retried rows leave
 
     def close(self) -> None:
         for handle in (self._pairs, self._scores, self._sft, self._outcomes):

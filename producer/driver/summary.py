@@ -13,7 +13,7 @@ from rsample.workers.common.messages import (
     DROPPED_UNFINISHED,
     DUPLICATE,
     PAIR,
-    is_failure_reason,
+    failed_skips,
 )
 
 
@@ -59,7 +59,7 @@ class Summary:
             f"skipped              {sum(self.skipped.values())}",
         ]
         out += [f"  {reason}: {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1])]
-        failed = sum(count for reason, count in self.skipped.items() if is_failure_reason(reason))
+        failed = failed_skips(self.skipped)
         if failed:
             out.append(f"  ({failed} of them because their work failed: once its cause is fixed, resume with --retry-failed)")
         out.append(

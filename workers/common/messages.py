@@ -119,6 +119,11 @@ def is_failure_reason(reason: str | None) -> bool:
     return reason is not None and _FAILURE_REASON.match(reason) is not None
 
 
+def failed_skips(skip_reasons: dict[str, int]) -> int:
+    """How many of the skipped rows (reason -> rows) were skipped because their work failed."""
+    return sum(count for reason, count in skip_reasons.items() if is_failure_reason(reason))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one dataset row (one of the kinds above), as the feeder and the aggregation stage settle it."""

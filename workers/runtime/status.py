@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from rsample.workers.common.messages import is_failure_reason
+from rsample.workers.common.messages import failed_skips
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
 from rsample.workers.runtime.pace import Pace, read_samples, recent_pace
@@ -108,7 +108,7 @@ class RunStatus:
         if self.outcomes:
             out.append("  outcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items())))
         out += [f"  skipped, {reason}: {count}" for reason, count in self.skip_reasons.items()]
-        failed = sum(count for reason, count in self.skip_reasons.items() if is_failure_reason(reason))
+        failed = failed_skips(self.skip_reasons)
         if failed:
             out.append(f"  ({failed} skipped because their work failed: once its cause is fixed, resume with --retry-failed)")
         if self.unprocessable:

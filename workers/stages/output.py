@@ -97,11 +97,11 @@ def features(kind: str, model_names: tuple[str, ...] | list[str]):
     `load_dataset("json", data_files="pairs.jsonl", features=features("pairs", ["org/rm"]))`."""
     from datasets import Features, List, Value
 
-    def feature(kind: dict):
-        if "dtype" in kind:
-            return Value(kind["dtype"])
-        if "list" in kind:
-            return List({field["name"]: feature(field) for field in kind["list"]})
-        return {field["name"]: feature(field) for field in kind["struct"]}
+    def feature(declared: dict):
+        if "dtype" in declared:
+            return Value(declared["dtype"])
+        if "list" in declared:
+            return List({field["name"]: feature(field) for field in declared["list"]})
+        return {field["name"]: feature(field) for field in declared["struct"]}
 
-    return Features({name: feature(kind) for name, kind in columns(kind, tuple(model_names)).items()})
+    return Features({name: feature(declared) for name, declared in columns(kind, tuple(model_names)).items()})
