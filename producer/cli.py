@@ -71,10 +71,15 @@ def run_options(command):
     options = [
         click.option("--dataset", required=True, help="Hub dataset id, or a local .jsonl/.json/.parquet file or folder."),
         click.option("--split", default="train", show_default=True),
+        click.option("--subset", help="A Hub dataset's configuration, for datasets that have several (GSM8K's main or socratic)."),
         click.option("--num-prompts", type=int, help="Read at most this many rows (after --start)."),
         click.option("--start", type=int, default=0, show_default=True, help="First row index."),
         click.option("--end", type=int, help="Row index to stop before."),
         click.option("--system-prompt", help="System prompt prepended to every prompt (Llama 3 style steering)."),
+        click.option("--prompt-column", help="Dataset column holding each row's prompt: a string (one user turn) or chat turns "
+                                             "(default: messages, else prompt, else ShareGPT's conversations)."),
+        click.option("--reference-column", help="Dataset column holding each row's reference answer, e.g. MATH's solution "
+                                                "(default: the final assistant turn of the prompt's chat turns)."),
         click.option("--policy", required=True, help="Chat model that samples completions: Hub id, folder or .gguf file."),
         click.option("--reward-model", "reward_models", multiple=True, required=True,
                      help="Sequence-classification reward model, or verify:math / verify:exact (the row's answer checked); repeat for several."),
@@ -143,7 +148,8 @@ def build_config(params: dict) -> RunConfig:
     plain_sampling = {name: params[name] for name in ("n", "max_new_tokens", "seed", "max_prompt_tokens", "chat_template_kwargs")}
     config = RunConfig(
         run_id=params["run_id"],
-        data=DataSelection(params["dataset"], params["split"], params["start"], params["end"], params["num_prompts"], params["system_prompt"]),
+        data=DataSelection(params["dataset"], params["split"], params["start"], params["end"], params["num_prompts"], params["system_prompt"],
+                           params["prompt_column"], params["reference_column"], params["subset"]),
         policy=params["policy"],
         reward_models=tuple(params["reward_models"]),
         sampling=resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, {}, **plain_sampling)[0],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ from rsample.workers.common.config import DataSelection
 from rsample.workers.common.errors import RsampleError, first_line
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-PROMPT_COLUMNS = ("messages", "prompt")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -88,35 +88,39 @@ def _json_lines(path: Path) -> bool:
         return handle.read(4096).lstrip(BLANK).startswith(b"{")
 
 
-def _load_with_datasets(source: str, split: str, data_files: str | None = None):
+def _load_with_datasets(source: str, split: str, data_files: str | None = None, subset: str | None = None):
     import datasets
 
     try:
         if data_files:
             dataset = datasets.load_dataset(FILE_BUILDERS[Path(data_files).suffix], data_files=data_files, split="train")
         else:
-            dataset = datasets.load_dataset(source, split=split)
+            dataset = datasets.load_dataset(source, subset, split=split)
     except Exception as exc:  # datasets raises many types; the user needs the message, not the type
         cause = exc
         while cause.__cause__ is not None or cause.__context__ is not None:  # "An error occurred while generating ...": why
             cause = cause.__cause__ or cause.__context__
         why = "" if cause is exc else f" ({first_line(cause, with_type=True)})"
-        raise RsampleError(f"cannot load dataset {source!r} (split {split!r}): {first_line(exc)}{why}") from None
-    if not any(column in dataset.column_names for column in PROMPT_COLUMNS):
-        raise RsampleError(
-            f"dataset {source!r} has neither a 'messages' nor a 'prompt' column (columns: {', '.join(dataset.column_names)})"
-        )
+        which = f"subset {subset!r}, split {split!r}" if subset else f"split {split!r}"
+        configs = re.search(r"available configs: (\[.*?\])", str(exc))
+        if configs:  # "Config name is missing": a dataset of several subsets
+            names = re.findall(r"'([^']*)'", configs.group(1))
+            why = f" (name one with --subset: {', '.join(names)})"
+        raise RsampleError(f"cannot load dataset {source!r} ({which}): {first_line(exc)}{why}") from None
     return dataset
 
 
-def _open(source: str, split: str):
+def _open(selection: DataSelection):
     """A local JSON Lines file, or a folder's JSON Lines files (read line by line), or a `datasets.Dataset`."""
+    source, split = selection.dataset, selection.split
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
             raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)})")
         if split != "train":
             raise RsampleError(f"--split {split} applies to Hub datasets and folders; the file {source} is one split (leave --split out)")
+        if selection.subset is not None:
+            raise RsampleError(f"--subset applies to Hub datasets and folders; the file {source} is one (leave --subset out)")
         with path.open("rb") as handle:
             if not handle.read(4096).strip(BLANK):
                 raise RsampleError(f"dataset file {source} is empty")
@@ -124,13 +128,13 @@ def _open(source: str, split: str):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
     if path.is_dir():
-        files = _split_files(path, split)
+        files = _split_files(path, split) if selection.subset is None else None  # subsets: the folder's README says (a Hub repo's copy)
         if files and all(_json_lines(file) for file in files):
             return files  # the files and order datasets would read, line by line
-        return _load_with_datasets(str(path), split)
+        return _load_with_datasets(str(path), split, subset=selection.subset)
     if _looks_like_path(source):
         raise RsampleError(f"dataset file not found: {source}")
-    return _load_with_datasets(source, split)
+    return _load_with_datasets(source, split, subset=selection.subset)
 
 
 def _stop(selection: DataSelection, total: int | None) -> int | None:
@@ -145,7 +149,7 @@ def _stop(selection: DataSelection, total: int | None) -> int | None:
 
 def iter_rows(selection: DataSelection) -> Iterator[tuple[int, Any]]:
     """Yields (row index, row or RowSkip) for the selected slice of the dataset."""
-    source = _open(selection.dataset, selection.split)
+    source = _open(selection)
     if isinstance(source, (Path, list)):
         yield from itertools.islice(_jsonl_rows(source), selection.start, _stop(selection, None))
         return
@@ -155,7 +159,7 @@ def iter_rows(selection: DataSelection) -> Iterator[tuple[int, Any]]:
 
 def count_rows(selection: DataSelection) -> int:
     """Rows in the selected slice, counted without parsing them; also proves the dataset can be opened."""
-    source = _open(selection.dataset, selection.split)
+    source = _open(selection)
     if isinstance(source, (Path, list)):
         total = 0
         for path in _files(source):
@@ -169,7 +173,7 @@ def count_rows(selection: DataSelection) -> int:
 def missing_columns(selection: DataSelection, columns: tuple[str, ...], sample: int = 1000) -> tuple[list[str], list[str]]:
     """(columns none of the dataset's rows has, the columns it has): a local JSONL file by its first `sample` rows,
     any other dataset by its schema."""
-    source = _open(selection.dataset, selection.split)
+    source = _open(selection)
     if isinstance(source, (Path, list)):
         present: set[str] = set()
         for _, row in itertools.islice(_jsonl_rows(source), sample):

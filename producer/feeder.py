@@ -69,7 +69,10 @@ class Feeder:
         return item
 
     def _to_record(self, index: int, row: Any) -> PromptRecord | RowSkip:
-        return row if isinstance(row, RowSkip) else extract_prompt(row, index, self.config.data.system_prompt, self.config.row_columns)
+        data = self.config.data
+        if isinstance(row, RowSkip):
+            return row
+        return extract_prompt(row, index, data.system_prompt, self.config.row_columns, data.prompt_column, data.reference_column)
 
     def unsettled(self) -> list[PromptRecord]:
         """The handed-out prompts whose rows are not written yet (the settled ones are forgotten on the way)."""

@@ -11,6 +11,10 @@ from rsample.workers.common import defaults
 from rsample.workers.common.messages import Conversation, PromptRecord
 
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+"""ShareGPT's `from` values (`{"from": "human", "value": ...}` turns, as in OpenHermes and many SFT sets) as chat roles."""
+AUTO_PROMPT_COLUMNS = ("messages", "prompt", "conversations")
+"""Where a row's prompt is looked for without --prompt-column, in this order: open-instruct's and TRL's columns, ShareGPT's."""
 
 
 @dataclass(frozen=True)
@@ -28,15 +32,22 @@ def prompt_id_of(messages: Conversation) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
 
 
-def _check_messages(value: Any, row_index: int) -> Conversation | RowSkip:
+def _check_messages(value: Any, row_index: int, column: str = "messages") -> Conversation | RowSkip:
     if not isinstance(value, list) or not value:
-        return RowSkip(row_index, "messages is not a non-empty list", f"row {row_index}: 'messages' is {type(value).__name__}")
+        kind = "an empty list" if isinstance(value, list) else type(value).__name__
+        return RowSkip(row_index, "messages is not a non-empty list", f"row {row_index}: {column!r} is {kind}")
     conversation: Conversation = []
     for turn, message in enumerate(value):
         where = f"row {row_index}, message {turn}"
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        if isinstance(message, dict) and "role" not in message and "content" not in message and {"from", "value"} <= set(message):
+            role, content = message["from"], message["value"]  # ShareGPT
+            if role not in SHAREGPT_ROLES:
+                return RowSkip(row_index, "unknown role", f"{where}: from {role!r} is not one of {', '.join(SHAREGPT_ROLES)}")
+            role = SHAREGPT_ROLES[role]
+        elif not isinstance(message, dict) or "role" not in message or "content" not in message:
             return RowSkip(row_index, "message without role/content", f"{where}: {str(message)[:80]!r}")
-        role, content = message["role"], message["content"]
+        else:
+            role, content = message["role"], message["content"]
         if role not in ROLES:
             return RowSkip(row_index, "unknown role", f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
         if isinstance(content, list):  # OpenAI-style parts: their text, one after the other, as chat templates render them
@@ -82,41 +93,77 @@ def _with_system_prompt(messages: Conversation, system_prompt: str | None) -> Co
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
-def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, columns: tuple[str, ...] = ()) -> PromptRecord | RowSkip:
-    """Reads the open-instruct `messages` shape or a plain `prompt` string.
+def _prompt_column(row: dict, row_index: int, prompt_column: str | None) -> str | RowSkip:
+    """The column that holds this row's prompt: the one named, else the first of `AUTO_PROMPT_COLUMNS` it has."""
+    if prompt_column is not None:
+        if row.get(prompt_column) is not None:
+            return prompt_column
+        return RowSkip(row_index, f"no {prompt_column} field", f"row {row_index}: {_describe_fields(row)}")
+    found = next((name for name in AUTO_PROMPT_COLUMNS if row.get(name) is not None), None)
+    if found is None:
+        return RowSkip(row_index, "no messages, prompt or conversations field",
+                       f"row {row_index}: {_describe_fields(row)} (--prompt-column names another)")
+    return found
 
-    With `messages`, a final assistant turn is the dataset's reference completion and the prompt is
-    everything before it; the prompt must end with a user turn. `columns`: the row's columns its rewards read
-    (a ground truth, say), kept with the prompt as they are; a row without one is no skip here (the reward that
-    needs it says so), one whose columns would make too large a message is.
+
+def _describe_fields(row: dict) -> str:
+    return "fields are " + (", ".join(f"{name}{' (null)' if row[name] is None else ''}" for name in map(str, row)) or "none")
+
+
+def _conversation(value: Any, row_index: int, column: str) -> tuple[Conversation, str | None] | RowSkip:
+    """A prompt column's value as (prompt messages, reference): a string is one user turn; a list of chat turns is a
+    conversation whose final assistant turn, if any, is the dataset's reference."""
+    if isinstance(value, str) and column not in ("messages", "conversations"):
+        if not value.strip():
+            return RowSkip(row_index, "empty content", f"row {row_index}: {column!r} is empty")
+        return [{"role": "user", "content": value}], None
+    if not isinstance(value, list) and column not in ("messages", "conversations"):
+        return RowSkip(row_index, "non-string content", f"row {row_index}: {column!r} is {type(value).__name__}")
+    checked = _check_messages(_without_empty_reply(value), row_index, column)
+    if isinstance(checked, RowSkip):
+        return checked
+    if checked[-1]["role"] == "assistant":
+        return checked[:-1], checked[-1]["content"]
+    return checked, None
+
+
+def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
+    """--reference-column's value: a string, or chat turns ending with the assistant's (TRL's `completion`)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        return value
+    checked = _check_messages(value, row_index, column)
+    if isinstance(checked, RowSkip):
+        return checked
+    if checked[-1]["role"] != "assistant":
+        return RowSkip(row_index, "reference is not an assistant turn", f"row {row_index}: {column!r} ends with a {checked[-1]['role']} turn")
+    return checked[-1]["content"]
+
+
+def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, columns: tuple[str, ...] = (),
+                   prompt_column: str | None = None, reference_column: str | None = None) -> PromptRecord | RowSkip:
+    """Reads a row's prompt from `prompt_column` (default: `messages`, else `prompt`, else ShareGPT's `conversations`).
+
+    A string is one user turn. Chat turns (`{role, content}`, or ShareGPT's `{from, value}`) end the prompt at its
+    last user turn: a final assistant turn is the dataset's reference completion, unless `reference_column` names
+    the column that holds it. `columns`: the row's columns its rewards read (a ground truth, say), kept with the
+    prompt as they are; a row without one is no skip here (the reward that needs it says so), one whose columns
+    would make too large a message is.
     """
     if not isinstance(row, dict):
         return RowSkip(row_index, "row is not an object", f"row {row_index}: {type(row).__name__}")
-    reference = None
-    if row.get("messages") is not None:
-        checked = _check_messages(_without_empty_reply(row["messages"]), row_index)
-        if isinstance(checked, RowSkip):
-            return checked
-        if checked[-1]["role"] == "assistant":
-            reference = checked[-1]["content"]
-            checked = checked[:-1]
-        messages = checked
-    elif row.get("prompt") is not None:
-        prompt = row["prompt"]
-        if isinstance(prompt, list):
-            checked = _check_messages(prompt, row_index)
-            if isinstance(checked, RowSkip):
-                return checked
-            messages = checked
-        elif not isinstance(prompt, str):
-            return RowSkip(row_index, "non-string content", f"row {row_index}: 'prompt' is {type(prompt).__name__}")
-        elif not prompt.strip():
-            return RowSkip(row_index, "empty content", f"row {row_index}: 'prompt' is empty")
-        else:
-            messages = [{"role": "user", "content": prompt}]
-    else:
-        fields = ", ".join(f"{name}{' (null)' if row[name] is None else ''}" for name in map(str, row)) or "none"
-        return RowSkip(row_index, "no messages or prompt field", f"row {row_index}: fields are {fields}")
+    column = _prompt_column(row, row_index, prompt_column)
+    if isinstance(column, RowSkip):
+        return column
+    read = _conversation(row[column], row_index, column)
+    if isinstance(read, RowSkip):
+        return read
+    messages, reference = read
+    if reference_column is not None:
+        reference = _reference(row.get(reference_column), row_index, reference_column)
+        if isinstance(reference, RowSkip):
+            return reference
     if not messages or messages[-1]["role"] != "user":
         return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: last prompt role is {messages[-1]['role'] if messages else 'none'}")
     messages = _with_system_prompt(messages, system_prompt)

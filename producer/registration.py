@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from rsample.producer.dataset import count_rows, missing_columns
+from rsample.producer.prompts import AUTO_PROMPT_COLUMNS
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.keys import RunKeys
@@ -31,16 +32,28 @@ def dataset_files(config: RunConfig) -> tuple[Path, ...]:
     return (path,) if path.exists() else ()
 
 
-def check_reward_columns(config: RunConfig) -> None:
-    """A column the rewards read that the dataset lacks (a typo in --answer-column) is refused before any sampling,
-    instead of skipping every prompt hours later."""
-    if not config.row_columns:
-        return
-    missing, present = missing_columns(config.data, config.row_columns)
-    if missing:
-        flag = "--answer-column" if missing[0] == config.answer_column else "--extra-column"
-        raise RsampleError(f"{flag} {missing[0]!r} is not a column of dataset {config.data.dataset!r} "
-                           f"(its columns: {', '.join(present) or 'none'})")
+PROMPT_LIKE_COLUMNS = ("question", "problem", "instruction", "query", "input", "text")
+"""Columns that hold the prompt in common datasets of other shapes (GSM8K, MATH, Alpaca): named in the refusal."""
+
+
+def check_columns(config: RunConfig) -> None:
+    """A column the run reads that the dataset lacks (a typo, a dataset of another shape) is refused before any
+    sampling, instead of skipping every row hours later."""
+    data = config.data
+    named = [(flag, column) for flag, column in (("--prompt-column", data.prompt_column), ("--reference-column", data.reference_column))
+             if column is not None]
+    named += [("--answer-column" if column == config.answer_column else "--extra-column", column) for column in config.row_columns]
+    auto = () if data.prompt_column is not None else AUTO_PROMPT_COLUMNS
+    missing, present = missing_columns(data, (*auto, *(column for _, column in named)))
+    columns = ", ".join(present) or "none"
+    if auto and all(column in missing for column in auto):
+        guess = next((column for column in PROMPT_LIKE_COLUMNS if column in present), None)
+        hint = f" (--prompt-column {guess}?)" if guess else ""
+        raise RsampleError(f"dataset {data.dataset!r} has no messages, prompt or conversations column (its columns: {columns}): "
+                           f"name the prompt's column with --prompt-column{hint}")
+    for flag, column in named:
+        if column in missing:
+            raise RsampleError(f"{flag} {column!r} is not a column of dataset {data.dataset!r} (its columns: {columns})")
 
 
 def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, bool]:
@@ -48,12 +61,12 @@ def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, boo
     config = replace(config, run_id=config.run_id or run_id_for(config))
     if client.exists(RunKeys(config.run_id).config):
         return load_run(client, config.run_id), True
-    rows = count_rows(config.data)  # also proves that the dataset loads and has a prompt column
+    rows = count_rows(config.data)  # also proves that the dataset loads
     if rows == 0:
         data = config.data
         chosen = f" from row {data.start}" + (f" to {data.end}" if data.end is not None else "") if data.start or data.end is not None else ""
         raise RsampleError(f"dataset {data.dataset!r} has no rows{chosen}: nothing to sample (check --start, --end and the file)")
-    check_reward_columns(config)
+    check_columns(config)
     config = replace(config, created_at=time.time())
     save_run(client, config)
     client.hset(RunKeys(config.run_id).stats, "rows_total", rows)

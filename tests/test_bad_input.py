@@ -9,7 +9,7 @@ GOOD = [{"prompt": f"explain step {i} of the {word} test"} for i, word in enumer
 BAD = {
     "invalid JSON": [b'{"prompt": "unterminated', b"[1, 2"],
     "invalid UTF-8": [b'{"prompt": "caf\xe9 au lait"}', b'{"prompt": "\xff\xfe"}'],
-    "no messages or prompt field": [{"question": "where is the prompt"}, {"text": "x"}],
+    "no messages, prompt or conversations field": [{"question": "where is the prompt"}, {"text": "x"}],
     "empty content": [{"prompt": "   "}, {"messages": [{"role": "user", "content": ""}]}],
     "non-string content": [{"prompt": 42}, {"messages": [{"role": "user", "content": {"text": "hi"}}]}],
     "invalid text": [{"prompt": "half an emoji \ud83d"}],  # JSON may escape a lone UTF-16 surrogate, which no UTF-8 can hold

@@ -41,3 +41,15 @@ def test_settings_that_change_only_speed_keep_the_run_id_and_those_that_change_o
     assert run_id_for(replace(base, models=ModelSettings(dtype="float32"))) != run_id_for(base)
     assert run_id_for(replace(base, models=ModelSettings(max_model_len=512))) != run_id_for(base)  # skips longer prompts
     assert run_id_for(replace(base, sampling=SamplingConfig(n=8))) != run_id_for(base)
+
+
+def test_a_run_made_before_later_settings_keeps_its_id():
+    """Its output files are found by this id: settings added since (prompt and reference columns, reasoning marker,
+    template variables) must leave it alone at their defaults. The id was computed by rsample at 57494aa."""
+    from rsample.producer.registration import run_id_for
+
+    config = RunConfig(run_id="", data=DataSelection("/data/tulu.jsonl", system_prompt="be kind"), policy="meta-llama/Llama-3.1-8B-Instruct",
+                       reward_models=("Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",), sampling=SamplingConfig(n=16, temperature=0.8))
+    assert run_id_for(config) == "c3aa978cf62d"
+    assert run_id_for(RunConfig(**{**config.__dict__, "data": DataSelection("/data/tulu.jsonl", system_prompt="be kind",
+                                                                             prompt_column="messages")})) != "c3aa978cf62d"

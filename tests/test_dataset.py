@@ -50,13 +50,6 @@ def test_missing_file_is_one_clear_error(tmp_path):
         _rows(tmp_path / "nope.jsonl")
 
 
-def test_dataset_without_prompt_columns_names_its_columns(tmp_path):
-    path = tmp_path / "wrong.json"
-    path.write_text(json.dumps([{"question": "q", "answer": "a"}]))
-    with pytest.raises(RsampleError, match=r"neither a 'messages' nor a 'prompt' column \(columns: question, answer\)"):
-        _rows(path)
-
-
 def test_unknown_hub_dataset_fails_offline_in_one_line():
     with pytest.raises(RsampleError, match="cannot load dataset 'nobody/no-such-dataset'") as info:
         _rows("nobody/no-such-dataset")
@@ -115,3 +108,23 @@ def test_a_folder_names_its_splits_by_file_names(tmp_path):
     assert [row["prompt"] for _, row in _rows(folder, split="test")] == ["to test on"]
     with pytest.raises(RsampleError, match=r"has no split 'validation' \(its splits, by file names: test, train\)"):
         _rows(folder, split="validation")
+
+
+def test_a_subset_is_read_from_a_folder_laid_out_as_a_hub_repository(tmp_path):
+    """A copy of a Hub dataset repository with several configurations (GSM8K's main and socratic): its README declares
+    them, as on the Hub, and `datasets` needs the subset's name, which --subset passes on."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "gsm8k"
+    for subset in ("main", "socratic"):
+        (repo / subset).mkdir(parents=True)
+        pq.write_table(pa.table({"question": [f"{subset} q{i}" for i in range(3)], "answer": ["#### 1"] * 3}),
+                       repo / subset / "train-00000-of-00001.parquet")
+    (repo / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {subset}\n  data_files:\n  - split: train\n    path: {subset}/train-*\n" for subset in ("main", "socratic")) + "---\n")
+    assert [row["question"] for _, row in _rows(repo, subset="socratic", start=1)] == ["socratic q1", "socratic q2"]
+    with pytest.raises(RsampleError, match=r"cannot load dataset .*gsm8k' \(split 'train'\): Config name is missing. \(name one with --subset: main, socratic\)$"):
+        _rows(repo)
+    with pytest.raises(RsampleError, match=r"--subset applies to Hub datasets and folders; the file .*main/train-00000-of-00001.parquet is one"):
+        _rows(repo / "main" / "train-00000-of-00001.parquet", subset="main")

@@ -179,6 +179,18 @@ def test_the_card_of_a_reasoning_run_says_what_the_scores_judged(tmp_path):
             "completion whose thinking never ended was never chosen.") in card
 
 
+def test_the_card_says_which_subset_and_columns_the_prompts_came_from(tmp_path):
+    from dataclasses import replace
+
+    from rsample.producer.driver.hub import dataset_card
+
+    config, summary, files = make_run(tmp_path)
+    assert f"on `{config.data.dataset}` (split `train`),\n" in dataset_card(config, summary, files)
+    data = replace(config.data, dataset="openai/gsm8k", subset="main", prompt_column="question", reference_column="answer")
+    card = dataset_card(replace(config, data=data), summary, files)
+    assert "on `openai/gsm8k` (subset `main`, split `train`, prompt column `question`, reference column `answer`),\n" in card
+
+
 def test_a_real_runs_files_load_through_the_card_as_written_even_when_the_first_megabytes_hold_no_reference(tmp_path):
     """`datasets` types a column from a file's first block (10 MB): a run whose first prompts have no reference would
     type `reference_completion` as null and fail on the first block with one. The card declares every column's type;

@@ -69,7 +69,7 @@ def test_bad_rows_become_skips_with_reason_and_location():
         "non-string content": {"messages": [{"role": "user", "content": {"text": "a dict"}}]},
         "non-text content": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
         "unknown role": {"messages": [{"role": "robot", "content": "x"}]},
-        "no messages or prompt field": {"text": "x"},
+        "no messages, prompt or conversations field": {"text": "x"},
         "prompt does not end with a user turn": {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]},
         "messages is not a non-empty list": {"messages": []},
         "message without role/content": {"messages": [{"content": "x"}]},

@@ -67,6 +67,14 @@ def empty_files_note(empty: list[str]) -> str:
     return "\nNot uploaded, because the run wrote no rows to them: " + ", ".join(f"`{name}`" for name in empty) + ".\n"
 
 
+def _which_rows(config: RunConfig) -> str:
+    data = config.data
+    subset = f"subset `{data.subset}`, " if data.subset else ""
+    columns = "".join(f", {name} column `{column}`" for name, column in (("prompt", data.prompt_column), ("reference", data.reference_column))
+                      if column)
+    return f"{subset}split `{data.split}`{columns}"
+
+
 def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], report: Report | None = None,
                  empty: list[str] | None = None) -> str:
     settings = asdict(config)
@@ -76,7 +84,7 @@ def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], re
 
 # Rejection-sampling preference pairs
 
-Best-of-{config.sampling.n} sampling from `{config.policy}` on `{config.data.dataset}` (split `{config.data.split}`),
+Best-of-{config.sampling.n} sampling from `{config.policy}` on `{config.data.dataset}` ({_which_rows(config)}),
 scored by {", ".join(f"`{m}`" for m in config.reward_models)} (combined by `{config.combine}`), made with rsample.
 Each row of `pairs` (the default config) has `messages` (the prompt), `chosen` and `rejected` conversations, and their
 scores per reward model; the `scores` config, when uploaded, has every scored candidate: `load_dataset(repo, "scores")`,

@@ -98,7 +98,8 @@ def resolve_sampling(explicit: dict, policy_defaults: dict, **fixed) -> tuple[Sa
     return SamplingConfig(**fixed, **values), sources
 
 
-ADDED_LATER = ((("sampling", "chat_template_kwargs"), {}), (("reasoning_end",), None))
+ADDED_LATER = ((("sampling", "chat_template_kwargs"), {}), (("reasoning_end",), None), (("data", "prompt_column"), None),
+               (("data", "reference_column"), None), (("data", "subset"), None))
 """Settings added after runs were made, with their defaults: left out of the run id at those, so that a run made
 before them keeps its id (and its output files) when resumed."""
 
@@ -181,8 +182,20 @@ class DataSelection:
     end: int | None = None
     num_prompts: int | None = None
     system_prompt: str | None = None
+    prompt_column: str | None = None
+    """The column holding each row's prompt (a string, or chat turns); None: `messages`, else `prompt`, else `conversations`."""
+    reference_column: str | None = None
+    """The column holding each row's reference completion; None: the final assistant turn of the prompt's chat turns."""
+    subset: str | None = None
+    """A Hub dataset's configuration (`datasets`' `name`: GSM8K's `main`), for datasets that have several."""
 
     def __post_init__(self) -> None:
+        for flag, column in (("--prompt-column", self.prompt_column), ("--reference-column", self.reference_column)):
+            if column is not None and not column.strip():
+                raise RsampleError(f"{flag} must name a column (got an empty name)")
+        if self.prompt_column is not None and self.prompt_column == self.reference_column:
+            raise RsampleError(f"--prompt-column and --reference-column both name {self.prompt_column!r}: the prompt and its reference "
+                               "come from different columns")
         if self.start < 0:
             raise RsampleError(f"--start must be >= 0 (got {self.start})")
         if self.end is not None and self.end <= self.start:

@@ -1,0 +1,126 @@
+"""Datasets of other shapes than open-instruct's: ShareGPT turns, GSM8K/MATH-style question columns, TRL's
+prompt-completion rows. Each is read as the prompt a user means, or refused before any sampling with the flag to use."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import read_jsonl, rsample, write_jsonl
+
+from rsample.producer.prompts import RowSkip, extract_prompt
+from rsample.workers.common.config import DataSelection
+from rsample.workers.common.errors import RsampleError
+
+ZERO_COST = ["--policy", "p", "--reward-model", "r", "--backend", "echo", "--reward-backend", "length", "--no-progress"]
+SHAREGPT = {"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "name a river"},
+                              {"from": "gpt", "value": "the Nile"}, {"from": "human", "value": "and a longer one?"},
+                              {"from": "gpt", "value": "the Amazon"}]}
+
+
+def test_sharegpt_turns_are_chat_messages_with_the_last_reply_as_reference():
+    record = extract_prompt(SHAREGPT, 4)
+    assert record.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "name a river"},
+                               {"role": "assistant", "content": "the Nile"}, {"role": "user", "content": "and a longer one?"}]
+    assert record.reference_completion == "the Amazon"
+    same = {"messages": [{"role": r, "content": c} for r, c in (("system", "be brief"), ("user", "name a river"),
+                                                              ("assistant", "the Nile"), ("user", "and a longer one?"))]}
+    assert record.prompt_id == extract_prompt(same, 0).prompt_id  # the same prompt, whatever its dataset's shape
+    robot = extract_prompt({"conversations": [{"from": "robot", "value": "beep"}]}, 2)
+    assert isinstance(robot, RowSkip) and robot.reason == "unknown role"
+    assert robot.detail == "row 2, message 0: from 'robot' is not one of system, human, user, gpt, assistant"
+
+
+def test_the_prompt_and_reference_columns_named_are_read_as_strings_or_turns():
+    gsm8k = {"question": "How many legs have 3 cats?", "answer": "Each cat has 4 legs, so 3 * 4 = 12.\n#### 12"}
+    record = extract_prompt(gsm8k, 0, prompt_column="question", reference_column="answer")
+    assert record.messages == [{"role": "user", "content": gsm8k["question"]}]
+    assert record.reference_completion == gsm8k["answer"]
+    trl = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}]}
+    assert extract_prompt(trl, 0, reference_column="completion").reference_completion == "hello"
+    assert extract_prompt({**SHAREGPT, "best": "the Yangtze"}, 0, reference_column="best").reference_completion == "the Yangtze"
+    assert extract_prompt({"question": "q", "answer": None}, 0, prompt_column="question", reference_column="answer").reference_completion is None
+
+    cases = {
+        "no question field": ({"prompt": "not this one"}, "row 3: fields are prompt"),
+        "empty content": ({"question": "  "}, "row 3: 'question' is empty"),
+        "non-string content": ({"question": 7}, "row 3: 'question' is int"),
+    }
+    for reason, (row, detail) in cases.items():
+        skip = extract_prompt(row, 3, prompt_column="question")
+        assert (skip.reason, skip.detail) == (reason, detail)
+    wrong = extract_prompt({"prompt": "hi", "completion": [{"role": "user", "content": "x"}]}, 5, reference_column="completion")
+    assert (wrong.reason, wrong.detail) == ("reference is not an assistant turn", "row 5: 'completion' ends with a user turn")
+    nothing = extract_prompt({"question": "q", "answer": "a"}, 1)
+    assert nothing.reason == "no messages, prompt or conversations field"
+    assert nothing.detail == "row 1: fields are question, answer (--prompt-column names another)"
+
+
+def test_a_column_named_twice_or_empty_is_refused():
+    with pytest.raises(RsampleError, match="--prompt-column and --reference-column both name 'q'"):
+        DataSelection("d.jsonl", prompt_column="q", reference_column="q")
+    with pytest.raises(RsampleError, match="--reference-column must name a column"):
+        DataSelection("d.jsonl", reference_column=" ")
+
+
+def test_a_dataset_without_the_prompt_column_is_refused_before_any_sampling(redis_server, tmp_path):
+    import datasets
+
+    rows = [{"question": "what is 6 times 7", "answer": "42"}]
+    jsonl = write_jsonl(tmp_path / "gsm8k.jsonl", rows)
+    parquet = tmp_path / "gsm8k.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(parquet))
+    for dataset in (jsonl, parquet):  # read line by line, and through datasets
+        base = ["enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *ZERO_COST[:-1]]
+        cases = [
+            ([], f"error: dataset {str(dataset)!r} has no messages, prompt or conversations column (its columns: answer, question): "
+                 "name the prompt's column with --prompt-column (--prompt-column question?)"),
+            (["--prompt-column", "questoin"], f"error: --prompt-column 'questoin' is not a column of dataset {str(dataset)!r} "
+                                              "(its columns: answer, question)"),
+            (["--prompt-column", "question", "--reference-column", "solution"],
+             f"error: --reference-column 'solution' is not a column of dataset {str(dataset)!r} (its columns: answer, question)"),
+        ]
+        for args, message in cases:
+            result = rsample(*base, *args, check=False)
+            assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == message, result.stderr  # after datasets' progress
+    assert rsample("status", "--redis-url", redis_server.url, "--json").stdout.strip() == "[]"  # nothing was registered
+
+
+def test_a_question_column_run_writes_each_rows_question_and_reference(tmp_path):
+    """GSM8K's shape through datasets (Parquet), end to end: the pairs' prompts and references are the file's own
+    columns, read back here with pyarrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    questions = [f"how many legs have {i} cats and {i + 1} birds?" for i in range(6)]
+    answers = [f"{i} cats have {4 * i} legs, {i + 1} birds {2 * (i + 1)}.\n#### {6 * i + 2}" for i in range(6)]
+    dataset = tmp_path / "gsm8k.parquet"
+    pq.write_table(pa.table({"question": questions, "answer": answers}), dataset)
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--prompt-column", "question", "--reference-column", "answer",
+            "--include-reference", "--out", str(out))
+
+    table = pq.read_table(dataset).to_pylist()
+    expected = {row["question"]: row["answer"] for row in table}
+    pairs = read_jsonl(out)
+    assert sorted(pair["messages"][0]["content"] for pair in pairs) == sorted(expected)
+    for pair in pairs:
+        assert pair["messages"] == [{"role": "user", "content": pair["messages"][0]["content"]}]
+        assert pair["reference_completion"] == expected[pair["messages"][0]["content"]]
+        assert pair["num_candidates"] == 5  # 4 samples and the reference, scored as one more candidate
+
+
+def test_a_sharegpt_file_runs_without_flags(tmp_path):
+    rows = [{"id": i, "conversations": [{"from": "human", "value": f"tell me about river {i}"}, {"from": "gpt", "value": f"river {i} is long"}]}
+            for i in range(5)]
+    dataset = write_jsonl(tmp_path / "sharegpt.jsonl", rows)
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out))
+    by_prompt = {pair["messages"][0]["content"]: pair for pair in read_jsonl(out)}
+    assert len(by_prompt) == 5
+    for row in (json.loads(line) for line in dataset.read_text().splitlines()):
+        human, gpt = row["conversations"]
+        pair = by_prompt[human["value"]]
+        assert pair["messages"] == [{"role": "user", "content": human["value"]}]
+        assert pair["reference_completion"] == gpt["value"]
+        assert pair["chosen"][:-1] == pair["messages"] and pair["chosen"][-1]["role"] == "assistant"
