@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from rsample.workers.backends.reward_specs import split_name
 from rsample.workers.common import defaults
 from rsample.workers.common.config import (
     COMBINE_METHODS,
@@ -82,7 +83,9 @@ def run_options(command):
                                                 "(default: the final assistant turn of the prompt's chat turns)."),
         click.option("--policy", required=True, help="Chat model that samples completions: Hub id, folder or .gguf file."),
         click.option("--reward-model", "reward_models", multiple=True, required=True,
-                     help="Sequence-classification reward model, or verify:math / verify:exact (the row's answer checked); repeat for several."),
+                     help="Sequence-classification reward model, or verify:math / verify:exact (the row's answer checked), judge:MODEL, "
+                          "fn:package.module:function; NAME=... names its scores in the output (default: the value as given); "
+                          "repeat for several."),
         click.option("--answer-column", default=defaults.ANSWER_COLUMN, show_default=True,
                      help="Dataset column with each row's ground truth, for verify: rewards (GSM8K's '#### 42' is understood)."),
         click.option("--extra-column", "extra_columns", multiple=True,
@@ -146,12 +149,14 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty
 def build_config(params: dict) -> RunConfig:
     """The run's settings from the command line; the policy's sampling defaults fill the sampling flags not given."""
     plain_sampling = {name: params[name] for name in ("n", "max_new_tokens", "seed", "max_prompt_tokens", "chat_template_kwargs")}
+    named_rewards = [split_name(value) for value in params["reward_models"]]
     config = RunConfig(
         run_id=params["run_id"],
         data=DataSelection(params["dataset"], params["split"], params["start"], params["end"], params["num_prompts"], params["system_prompt"],
                            params["prompt_column"], params["reference_column"], params["subset"]),
         policy=params["policy"],
-        reward_models=tuple(params["reward_models"]),
+        reward_models=tuple(spec for _, spec in named_rewards),
+        reward_names=tuple(name or spec for name, spec in named_rewards) if any(name for name, _ in named_rewards) else (),
         sampling=resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, {}, **plain_sampling)[0],
         models=ModelSettings(
             dtype=params["dtype"], generation_backend=params["backend"], reward_backend=params["reward_backend"],

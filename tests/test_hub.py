@@ -189,6 +189,9 @@ def test_the_card_says_which_subset_and_columns_the_prompts_came_from(tmp_path):
     data = replace(config.data, dataset="openai/gsm8k", subset="main", prompt_column="question", reference_column="answer")
     card = dataset_card(replace(config, data=data), summary, files)
     assert "on `openai/gsm8k` (subset `main`, split `train`, prompt column `question`, reference column `answer`),\n" in card
+    named = dataset_card(replace(config, reward_models=("/scratch/rm",), reward_names=("quality",)), summary, files)
+    assert "scored by `/scratch/rm` (as `quality`) (combined by" in named
+    assert "- name: quality\n" in named and "/scratch/rm\n" not in named.split("---")[1]  # the card's column types: the name alone
 
 
 def test_a_real_runs_files_load_through_the_card_as_written_even_when_the_first_megabytes_hold_no_reference(tmp_path):

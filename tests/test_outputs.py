@@ -152,3 +152,37 @@ def test_an_output_a_resume_added_stays_the_runs_own(tmp_path):
     assert len(read_jsonl(scores)) == 4  # the new row's 4 echo candidates
     again = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--scores-out", str(scores))
     assert again.returncode == 0 and len(read_jsonl(scores)) == 4
+
+
+def test_reward_models_named_on_the_command_line_name_their_scores_in_every_file(tmp_path):
+    """`--reward-model NAME=MODEL`: a local path need not become a column name, and runs made with the same model at
+    other paths write the same columns (so their files concatenate)."""
+    from datasets import concatenate_datasets, load_dataset
+
+    from rsample.workers.backends.reward_specs import split_name
+    from rsample.workers.stages.output import features
+
+    assert split_name("skywork=/models/Skywork-Reward-V2") == ("skywork", "/models/Skywork-Reward-V2")
+    assert split_name("correct=verify:math") == ("correct", "verify:math")
+    for unnamed in ("/models/rm=v2", "./rm=v2", "verify:math", "fn:pkg.rewards:score", "judge:org/judge", "org/rm"):
+        assert split_name(unnamed) == (None, unnamed)
+
+    dataset = write_jsonl(tmp_path / "data.jsonl", CHAT_ROWS)
+    files = {}
+    for folder in ("/cluster-a/rm", "/cluster-b/rm"):  # the same model at another path: the same score columns
+        run = tmp_path / folder.strip("/").replace("/", "-")
+        out, scores, sft = run / "pairs.jsonl", run / "scores.jsonl", run / "sft.jsonl"
+        rsample("run", "--dataset", str(dataset), "--policy", "p", "--backend", "echo", "--reward-backend", "length", "--no-progress",
+                "--reward-model", f"quality={folder}", "--reward-model", "brevity=/models/other-rm",
+                "--out", str(out), "--scores-out", str(scores), "--sft-out", str(sft))
+        files[folder] = (out, scores, sft)
+        for row in read_jsonl(out):
+            assert set(row["chosen_score"]) == set(row["rejected_score"]) == {"quality", "brevity"}
+        assert all(set(row["scores"]) == {"quality", "brevity"} for row in read_jsonl(scores))
+        assert all(set(row["score"]) == {"quality", "brevity"} for row in read_jsonl(sft))
+    pairs = [load_dataset("json", data_files=str(out), split="train", features=features("pairs", ["quality", "brevity"]))
+             for out, _, _ in files.values()]
+    assert len(concatenate_datasets(pairs)) == 2 * len(read_jsonl(files["/cluster-a/rm"][0]))
+    refused = rsample("run", "--dataset", str(dataset), *ZERO_COST[:2], "--backend", "echo", "--reward-backend", "length",
+                      "--reward-model", "rm=/a", "--reward-model", "rm=/b", "--out", str(tmp_path / "x.jsonl"), check=False)
+    assert refused.returncode == 2 and refused.stderr.strip() == "error: two reward models are named 'rm': each one's scores need a name of their own"

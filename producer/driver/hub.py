@@ -67,6 +67,11 @@ def empty_files_note(empty: list[str]) -> str:
     return "\nNot uploaded, because the run wrote no rows to them: " + ", ".join(f"`{name}`" for name in empty) + ".\n"
 
 
+def _rewards(config: RunConfig) -> str:
+    """The reward models, and the names their scores have in the files where those differ (`--reward-model NAME=MODEL`)."""
+    return ", ".join(f"`{spec}`" if name == spec else f"`{spec}` (as `{name}`)" for name, spec in zip(config.score_names, config.reward_models))
+
+
 def _which_rows(config: RunConfig) -> str:
     data = config.data
     subset = f"subset `{data.subset}`, " if data.subset else ""
@@ -79,13 +84,13 @@ def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], re
                  empty: list[str] | None = None) -> str:
     settings = asdict(config)
     return f"""---
-{card_metadata(files, config.reward_models)}
+{card_metadata(files, config.score_names)}
 ---
 
 # Rejection-sampling preference pairs
 
 Best-of-{config.sampling.n} sampling from `{config.policy}` on `{config.data.dataset}` ({_which_rows(config)}),
-scored by {", ".join(f"`{m}`" for m in config.reward_models)} (combined by `{config.combine}`), made with rsample.
+scored by {_rewards(config)} (combined by `{config.combine}`), made with rsample.
 Each row of `pairs` (the default config) has `messages` (the prompt), `chosen` and `rejected` conversations, and their
 scores per reward model; the `scores` config, when uploaded, has every scored candidate: `load_dataset(repo, "scores")`,
 and the `sft` config each prompt's best candidate as a supervised example: `load_dataset(repo, "sft")`.

@@ -53,7 +53,7 @@ def output_owner(out: Path) -> str | None:
     return output_header(out).get("rsample_run")
 
 
-FLAG_NAMES = {"generation_backend": "backend", "prompts_per_job": "batch-size", "reward_models": "reward-model",
+FLAG_NAMES = {"generation_backend": "backend", "prompts_per_job": "batch-size", "reward_models": "reward-model", "reward_names": "reward-model",
               "reward_micro_batch": "reward-batch-size", "extra_columns": "extra-column"}
 
 

@@ -6,6 +6,8 @@ Plain string functions, imported by the run settings and the producer without an
 
 from __future__ import annotations
 
+import re
+
 from rsample.workers.common.errors import RsampleError
 
 VERIFY_PREFIX = "verify:"
@@ -48,3 +50,13 @@ def model_path(spec: str) -> str | None:
 def function_name(spec: str) -> str:
     """`package.module:function`, the name a worker's allowlist holds."""
     return spec[len(FUNCTION_PREFIX):]
+
+
+_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)=(.+)")
+"""`NAME=MODEL`: a name has no `/`, `:` or `=`, so no Hub id, path or prefixed reward reads as one."""
+
+
+def split_name(value: str) -> tuple[str | None, str]:
+    """`--reward-model NAME=MODEL` as (NAME, MODEL); a value without a name as (None, value)."""
+    named = _NAME.fullmatch(value)
+    return (named.group(1), named.group(2)) if named else (None, value)

@@ -99,7 +99,7 @@ def resolve_sampling(explicit: dict, policy_defaults: dict, **fixed) -> tuple[Sa
 
 
 ADDED_LATER = ((("sampling", "chat_template_kwargs"), {}), (("reasoning_end",), None), (("data", "prompt_column"), None),
-               (("data", "reference_column"), None), (("data", "subset"), None))
+               (("data", "reference_column"), None), (("data", "subset"), None), (("reward_names",), ()))
 """Settings added after runs were made, with their defaults: left out of the run id at those, so that a run made
 before them keeps its id (and its output files) when resumed."""
 
@@ -233,6 +233,9 @@ class RunConfig:
     reasoning_end: str | None = None
     """The marker that ends a completion's reasoning (`</think>`): rewards read what follows its last occurrence, and a
     completion without it is never the chosen one (see `rsample.workers.common.reasoning`)."""
+    reward_names: tuple[str, ...] = ()
+    """The keys of the reward models' scores in the output (`--reward-model NAME=MODEL`), one per reward model; empty:
+    the `reward_models` as given."""
     sft: bool = False
     """Also keep each prompt's best candidate for supervised fine-tuning (`--sft-out`): prompts with one distinct
     candidate are scored too."""
@@ -246,6 +249,11 @@ class RunConfig:
             raise RsampleError(f"--reward-model given twice: {', '.join(self.reward_models)}")
         for spec in self.reward_models:
             check_spec(spec)
+        if self.reward_names and len(self.reward_names) != len(self.reward_models):
+            raise RsampleError(f"{len(self.reward_names)} reward names for {len(self.reward_models)} reward models")
+        twice = next((name for i, name in enumerate(self.score_names) if name in self.score_names[:i]), None)
+        if twice is not None:
+            raise RsampleError(f"two reward models are named {twice!r}: each one's scores need a name of their own")
         if self.combine is None:
             object.__setattr__(self, "combine", default_combine(self.reward_models))
         if self.combine not in COMBINE_METHODS:
@@ -270,6 +278,11 @@ class RunConfig:
                 raise RsampleError(f"run {self.run_id} has {count} reward model{'s' * (count != 1)} (indices 0 to {count - 1}); "
                                    f"there is no index {index}")
         return list(indices)
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        """Each reward model's key in the output's score columns."""
+        return self.reward_names or self.reward_models
 
     @property
     def row_columns(self) -> tuple[str, ...]:
@@ -316,6 +329,7 @@ class RunConfig:
                 "models": ModelSettings(**raw["models"]),
                 "jobs": JobSettings(**raw["jobs"]),
                 "reward_models": tuple(raw["reward_models"]),
+                "reward_names": tuple(raw.get("reward_names", ())),
                 "extra_columns": tuple(raw.get("extra_columns", ())),
                 "trust_remote_code": tuple(raw.get("trust_remote_code", ())),
             }

@@ -52,14 +52,14 @@ def may_be_chosen(candidate: Candidate, keep_truncated: bool, reasoning_end: str
 def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[PromptScores], result: BatchOutcome) -> str:
     """Adds the prompt's score rows, its pair and its SFT row (if any) to `result`; returns its outcome."""
     scores_by_model = [v.scores for v in per_model]
-    result.score_rows.extend(score_rows(prompt, scores_by_model, config.reward_models))
+    result.score_rows.extend(score_rows(prompt, scores_by_model, config.score_names))
     usable = [c for c in range(len(prompt.candidates)) if all(scores[c] is not None for scores in scores_by_model)]
     usable_scores = [[scores[c] for c in usable] for scores in scores_by_model]
     eligible = [may_be_chosen(prompt.candidates[c], config.keep_truncated, config.reasoning_end) for c in usable]
     if config.sft and usable:
         best = best_for_sft(config, usable_scores, eligible)
         if best is not None:
-            result.sft_rows.append(sft_row(prompt, usable[best], scores_by_model, config.reward_models))
+            result.sft_rows.append(sft_row(prompt, usable[best], scores_by_model, config.score_names))
     if len(prompt.candidates) < 2:
         return DROPPED_IDENTICAL
     if len(usable) < 2:  # the others have no score from some reward (too long for its context, or left unscored)
@@ -69,7 +69,7 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
         return DROP_OUTCOMES[picked.dropped]
     if config.min_margin is not None and picked.margin < config.min_margin:
         return DROPPED_MARGIN
-    result.rows.append(pair_row(prompt, usable[picked.chosen], usable[picked.rejected], scores_by_model, config.reward_models))
+    result.rows.append(pair_row(prompt, usable[picked.chosen], usable[picked.rejected], scores_by_model, config.score_names))
     return PAIR
 
 
