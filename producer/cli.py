@@ -77,8 +77,9 @@ def run_options(command):
         click.option("--start", type=int, default=0, show_default=True, help="First row index."),
         click.option("--end", type=int, help="Row index to stop before."),
         click.option("--system-prompt", help="System prompt prepended to every prompt (Llama 3 style steering)."),
-        click.option("--prompt-column", help="Dataset column holding each row's prompt: a string (one user turn) or chat turns "
-                                             "(default: messages, else prompt, else ShareGPT's conversations)."),
+        click.option("--prompt-column", "prompt_columns", multiple=True,
+                     help="Dataset column holding each row's prompt: a string (one user turn) or chat turns (default: messages, else "
+                          "prompt, else ShareGPT's conversations). Repeat to join string columns by a blank line (Alpaca's instruction, input)."),
         click.option("--reference-column", help="Dataset column holding each row's reference answer, e.g. MATH's solution "
                                                 "(default: the final assistant turn of the prompt's chat turns)."),
         click.option("--policy", required=True, help="Chat model that samples completions: Hub id, folder or .gguf file."),
@@ -153,7 +154,7 @@ def build_config(params: dict) -> RunConfig:
     config = RunConfig(
         run_id=params["run_id"],
         data=DataSelection(params["dataset"], params["split"], params["start"], params["end"], params["num_prompts"], params["system_prompt"],
-                           params["prompt_column"], params["reference_column"], params["subset"]),
+                           tuple(params["prompt_columns"]), params["reference_column"], params["subset"]),
         policy=params["policy"],
         reward_models=tuple(spec for _, spec in named_rewards),
         reward_names=tuple(name or spec for name, spec in named_rewards) if any(name for name, _ in named_rewards) else (),

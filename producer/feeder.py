@@ -72,7 +72,7 @@ class Feeder:
         data = self.config.data
         if isinstance(row, RowSkip):
             return row
-        return extract_prompt(row, index, data.system_prompt, self.config.row_columns, data.prompt_column, data.reference_column)
+        return extract_prompt(row, index, data.system_prompt, self.config.row_columns, data.prompt_columns, data.reference_column)
 
     def unsettled(self) -> list[PromptRecord]:
         """The handed-out prompts whose rows are not written yet (the settled ones are forgotten on the way)."""

@@ -93,17 +93,35 @@ def _with_system_prompt(messages: Conversation, system_prompt: str | None) -> Co
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
-def _prompt_column(row: dict, row_index: int, prompt_column: str | None) -> str | RowSkip:
-    """The column that holds this row's prompt: the one named, else the first of `AUTO_PROMPT_COLUMNS` it has."""
-    if prompt_column is not None:
-        if row.get(prompt_column) is not None:
-            return prompt_column
-        return RowSkip(row_index, f"no {prompt_column} field", f"row {row_index}: {_describe_fields(row)}")
-    found = next((name for name in AUTO_PROMPT_COLUMNS if row.get(name) is not None), None)
-    if found is None:
-        return RowSkip(row_index, "no messages, prompt or conversations field",
-                       f"row {row_index}: {_describe_fields(row)} (--prompt-column names another)")
-    return found
+def _prompt(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple[Conversation, str | None] | RowSkip:
+    """(prompt messages, reference) from the columns named, else from the first of `AUTO_PROMPT_COLUMNS` the row has."""
+    if len(prompt_columns) > 1:
+        return _joined(row, row_index, prompt_columns)
+    if prompt_columns:
+        column = prompt_columns[0]
+        if row.get(column) is None:
+            return RowSkip(row_index, f"no {column} field", f"row {row_index}: {_describe_fields(row)}")
+    else:
+        column = next((name for name in AUTO_PROMPT_COLUMNS if row.get(name) is not None), None)
+        if column is None:
+            return RowSkip(row_index, "no messages, prompt or conversations field",
+                           f"row {row_index}: {_describe_fields(row)} (--prompt-column names another)")
+    return _conversation(row[column], row_index, column)
+
+
+def _joined(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple[Conversation, None] | RowSkip:
+    """Several string columns as one user turn, a blank line between them; a null or empty one (Alpaca's `input` of an
+    instruction that needs none) is left out."""
+    texts = []
+    for column in prompt_columns:
+        value = row.get(column)
+        if value is not None and not isinstance(value, str):
+            return RowSkip(row_index, "non-string content", f"row {row_index}: {column!r} is {type(value).__name__}, and joined columns must be strings")
+        if value and value.strip():
+            texts.append(value)
+    if not texts:
+        return RowSkip(row_index, "empty content", f"row {row_index}: {' and '.join(map(repr, prompt_columns))} are empty or missing")
+    return [{"role": "user", "content": "\n\n".join(texts)}], None
 
 
 def _describe_fields(row: dict) -> str:
@@ -142,10 +160,10 @@ def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
 
 
 def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, columns: tuple[str, ...] = (),
-                   prompt_column: str | None = None, reference_column: str | None = None) -> PromptRecord | RowSkip:
-    """Reads a row's prompt from `prompt_column` (default: `messages`, else `prompt`, else ShareGPT's `conversations`).
+                   prompt_columns: tuple[str, ...] = (), reference_column: str | None = None) -> PromptRecord | RowSkip:
+    """Reads a row's prompt from `prompt_columns` (default: `messages`, else `prompt`, else ShareGPT's `conversations`).
 
-    A string is one user turn. Chat turns (`{role, content}`, or ShareGPT's `{from, value}`) end the prompt at its
+    A string is one user turn, as are several string columns joined by a blank line. Chat turns (`{role, content}`, or ShareGPT's `{from, value}`) end the prompt at its
     last user turn: a final assistant turn is the dataset's reference completion, unless `reference_column` names
     the column that holds it. `columns`: the row's columns its rewards read (a ground truth, say), kept with the
     prompt as they are; a row without one is no skip here (the reward that needs it says so), one whose columns
@@ -153,10 +171,7 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
     """
     if not isinstance(row, dict):
         return RowSkip(row_index, "row is not an object", f"row {row_index}: {type(row).__name__}")
-    column = _prompt_column(row, row_index, prompt_column)
-    if isinstance(column, RowSkip):
-        return column
-    read = _conversation(row[column], row_index, column)
+    read = _prompt(row, row_index, tuple(prompt_columns))
     if isinstance(read, RowSkip):
         return read
     messages, reference = read

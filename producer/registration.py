@@ -40,10 +40,10 @@ def check_columns(config: RunConfig) -> None:
     """A column the run reads that the dataset lacks (a typo, a dataset of another shape) is refused before any
     sampling, instead of skipping every row hours later."""
     data = config.data
-    named = [(flag, column) for flag, column in (("--prompt-column", data.prompt_column), ("--reference-column", data.reference_column))
-             if column is not None]
+    named = [("--prompt-column", column) for column in data.prompt_columns]
+    named += [("--reference-column", data.reference_column)] if data.reference_column is not None else []
     named += [("--answer-column" if column == config.answer_column else "--extra-column", column) for column in config.row_columns]
-    auto = () if data.prompt_column is not None else AUTO_PROMPT_COLUMNS
+    auto = () if data.prompt_columns else AUTO_PROMPT_COLUMNS
     missing, present = missing_columns(data, (*auto, *(column for _, column in named)))
     columns = ", ".join(present) or "none"
     if auto and all(column in missing for column in auto):

@@ -52,4 +52,4 @@ def test_a_run_made_before_later_settings_keeps_its_id():
                        reward_models=("Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",), sampling=SamplingConfig(n=16, temperature=0.8))
     assert run_id_for(config) == "c3aa978cf62d"
     assert run_id_for(RunConfig(**{**config.__dict__, "data": DataSelection("/data/tulu.jsonl", system_prompt="be kind",
-                                                                             prompt_column="messages")})) != "c3aa978cf62d"
+                                                                             prompt_columns=("messages",))})) != "c3aa978cf62d"

@@ -186,7 +186,7 @@ def test_the_card_says_which_subset_and_columns_the_prompts_came_from(tmp_path):
 
     config, summary, files = make_run(tmp_path)
     assert f"on `{config.data.dataset}` (split `train`),\n" in dataset_card(config, summary, files)
-    data = replace(config.data, dataset="openai/gsm8k", subset="main", prompt_column="question", reference_column="answer")
+    data = replace(config.data, dataset="openai/gsm8k", subset="main", prompt_columns=("question",), reference_column="answer")
     card = dataset_card(replace(config, data=data), summary, files)
     assert "on `openai/gsm8k` (subset `main`, split `train`, prompt column `question`, reference column `answer`),\n" in card
     named = dataset_card(replace(config, reward_models=("/scratch/rm",), reward_names=("quality",)), summary, files)

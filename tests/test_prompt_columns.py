@@ -33,13 +33,13 @@ def test_sharegpt_turns_are_chat_messages_with_the_last_reply_as_reference():
 
 def test_the_prompt_and_reference_columns_named_are_read_as_strings_or_turns():
     gsm8k = {"question": "How many legs have 3 cats?", "answer": "Each cat has 4 legs, so 3 * 4 = 12.\n#### 12"}
-    record = extract_prompt(gsm8k, 0, prompt_column="question", reference_column="answer")
+    record = extract_prompt(gsm8k, 0, prompt_columns=("question",), reference_column="answer")
     assert record.messages == [{"role": "user", "content": gsm8k["question"]}]
     assert record.reference_completion == gsm8k["answer"]
     trl = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}]}
     assert extract_prompt(trl, 0, reference_column="completion").reference_completion == "hello"
     assert extract_prompt({**SHAREGPT, "best": "the Yangtze"}, 0, reference_column="best").reference_completion == "the Yangtze"
-    assert extract_prompt({"question": "q", "answer": None}, 0, prompt_column="question", reference_column="answer").reference_completion is None
+    assert extract_prompt({"question": "q", "answer": None}, 0, prompt_columns=("question",), reference_column="answer").reference_completion is None
 
     cases = {
         "no question field": ({"prompt": "not this one"}, "row 3: fields are prompt"),
@@ -47,7 +47,7 @@ def test_the_prompt_and_reference_columns_named_are_read_as_strings_or_turns():
         "non-string content": ({"question": 7}, "row 3: 'question' is int"),
     }
     for reason, (row, detail) in cases.items():
-        skip = extract_prompt(row, 3, prompt_column="question")
+        skip = extract_prompt(row, 3, prompt_columns=("question",))
         assert (skip.reason, skip.detail) == (reason, detail)
     wrong = extract_prompt({"prompt": "hi", "completion": [{"role": "user", "content": "x"}]}, 5, reference_column="completion")
     assert (wrong.reason, wrong.detail) == ("reference is not an assistant turn", "row 5: 'completion' ends with a user turn")
@@ -56,9 +56,25 @@ def test_the_prompt_and_reference_columns_named_are_read_as_strings_or_turns():
     assert nothing.detail == "row 1: fields are question, answer (--prompt-column names another)"
 
 
+def test_alpaca_instruction_and_input_are_joined_into_one_user_turn():
+    joined = extract_prompt({"instruction": "Translate to French.", "input": "the river", "output": "la rivière"}, 0,
+                            prompt_columns=("instruction", "input"), reference_column="output")
+    assert joined.messages == [{"role": "user", "content": "Translate to French.\n\nthe river"}]
+    assert joined.reference_completion == "la rivière"
+    alone = extract_prompt({"instruction": "Name a river.", "input": "", "output": "the Nile"}, 1, prompt_columns=("instruction", "input"))
+    assert alone.messages == [{"role": "user", "content": "Name a river."}]  # an empty input adds no blank line
+    assert alone.prompt_id == extract_prompt({"prompt": "Name a river."}, 0).prompt_id
+    empty = extract_prompt({"instruction": " ", "input": None}, 2, prompt_columns=("instruction", "input"))
+    assert (empty.reason, empty.detail) == ("empty content", "row 2: 'instruction' and 'input' are empty or missing")
+    turns = extract_prompt({"instruction": "x", "input": [{"role": "user", "content": "y"}]}, 3, prompt_columns=("instruction", "input"))
+    assert (turns.reason, turns.detail) == ("non-string content", "row 3: 'input' is list, and joined columns must be strings")
+
+
 def test_a_column_named_twice_or_empty_is_refused():
     with pytest.raises(RsampleError, match="--prompt-column and --reference-column both name 'q'"):
-        DataSelection("d.jsonl", prompt_column="q", reference_column="q")
+        DataSelection("d.jsonl", prompt_columns=("p", "q"), reference_column="q")
+    with pytest.raises(RsampleError, match="--prompt-column names a column twice: q, q"):
+        DataSelection("d.jsonl", prompt_columns=("q", "q"))
     with pytest.raises(RsampleError, match="--reference-column must name a column"):
         DataSelection("d.jsonl", reference_column=" ")
 
@@ -108,6 +124,17 @@ def test_a_question_column_run_writes_each_rows_question_and_reference(tmp_path)
         assert pair["messages"] == [{"role": "user", "content": pair["messages"][0]["content"]}]
         assert pair["reference_completion"] == expected[pair["messages"][0]["content"]]
         assert pair["num_candidates"] == 5  # 4 samples and the reference, scored as one more candidate
+
+
+def test_an_alpaca_file_runs_with_its_two_prompt_columns(tmp_path):
+    rows = [{"instruction": f"Describe river {i}.", "input": "" if i % 2 else f"It flows through city {i}.", "output": f"River {i} is wide."}
+            for i in range(4)]
+    dataset = write_jsonl(tmp_path / "alpaca.jsonl", rows)
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--prompt-column", "instruction", "--prompt-column", "input",
+            "--reference-column", "output", "--out", str(out))
+    expected = {"\n\n".join(text for text in (row["instruction"], row["input"]) if text): row["output"] for row in rows}
+    assert {pair["messages"][0]["content"]: pair["reference_completion"] for pair in read_jsonl(out)} == expected
 
 
 def test_a_sharegpt_file_runs_without_flags(tmp_path):

@@ -75,8 +75,9 @@ def _rewards(config: RunConfig) -> str:
 def _which_rows(config: RunConfig) -> str:
     data = config.data
     subset = f"subset `{data.subset}`, " if data.subset else ""
-    columns = "".join(f", {name} column `{column}`" for name, column in (("prompt", data.prompt_column), ("reference", data.reference_column))
-                      if column)
+    prompt = ["prompt column" + "s" * (len(data.prompt_columns) > 1) + " " + " + ".join(f"`{c}`" for c in data.prompt_columns)]
+    reference = [f"reference column `{data.reference_column}`"] if data.reference_column else []
+    columns = "".join(f", {named}" for named in (prompt if data.prompt_columns else []) + reference)
     return f"{subset}split `{data.split}`{columns}"
 
 

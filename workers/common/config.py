@@ -98,7 +98,7 @@ def resolve_sampling(explicit: dict, policy_defaults: dict, **fixed) -> tuple[Sa
     return SamplingConfig(**fixed, **values), sources
 
 
-ADDED_LATER = ((("sampling", "chat_template_kwargs"), {}), (("reasoning_end",), None), (("data", "prompt_column"), None),
+ADDED_LATER = ((("sampling", "chat_template_kwargs"), {}), (("reasoning_end",), None), (("data", "prompt_columns"), ()),
                (("data", "reference_column"), None), (("data", "subset"), None), (("reward_names",), ()))
 """Settings added after runs were made, with their defaults: left out of the run id at those, so that a run made
 before them keeps its id (and its output files) when resumed."""
@@ -182,19 +182,23 @@ class DataSelection:
     end: int | None = None
     num_prompts: int | None = None
     system_prompt: str | None = None
-    prompt_column: str | None = None
-    """The column holding each row's prompt (a string, or chat turns); None: `messages`, else `prompt`, else `conversations`."""
+    prompt_columns: tuple[str, ...] = ()
+    """The columns holding each row's prompt: one, a string or chat turns; several, strings joined by a blank line
+    (Alpaca's `instruction` and `input`). Empty: `messages`, else `prompt`, else `conversations`."""
     reference_column: str | None = None
     """The column holding each row's reference completion; None: the final assistant turn of the prompt's chat turns."""
     subset: str | None = None
     """A Hub dataset's configuration (`datasets`' `name`: GSM8K's `main`), for datasets that have several."""
 
     def __post_init__(self) -> None:
-        for flag, column in (("--prompt-column", self.prompt_column), ("--reference-column", self.reference_column)):
+        object.__setattr__(self, "prompt_columns", tuple(self.prompt_columns))  # a list, read back from JSON
+        for flag, column in (*(("--prompt-column", c) for c in self.prompt_columns), ("--reference-column", self.reference_column)):
             if column is not None and not column.strip():
                 raise RsampleError(f"{flag} must name a column (got an empty name)")
-        if self.prompt_column is not None and self.prompt_column == self.reference_column:
-            raise RsampleError(f"--prompt-column and --reference-column both name {self.prompt_column!r}: the prompt and its reference "
+        if len(set(self.prompt_columns)) != len(self.prompt_columns):
+            raise RsampleError(f"--prompt-column names a column twice: {', '.join(self.prompt_columns)}")
+        if self.reference_column in self.prompt_columns:
+            raise RsampleError(f"--prompt-column and --reference-column both name {self.reference_column!r}: the prompt and its reference "
                                "come from different columns")
         if self.start < 0:
             raise RsampleError(f"--start must be >= 0 (got {self.start})")
