@@ -144,3 +144,34 @@ def test_a_failure_left_in_the_stream_by_a_dead_coordinator_does_not_settle_the_
         assert {p["row_index"] for job in make_queue(redis_client, keys.generate_queue).jobs for p in job.args[2]} == {0, 1}
     finally:
         second.close()
+
+
+def test_a_rewind_leaves_alone_rows_whose_jobs_are_queued_when_the_counters_overcount_returns(redis_client, tmp_path):
+    """A Redis fed again may count a batch's return twice, so that the counters say nothing is in flight while its
+    jobs still wait in the queue. A coordinator writing to another --out must not feed those rows a second time."""
+    from rsample.producer.driver.coordinator import Coordinator
+    from rsample.producer.registration import register_run
+    from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.queues import make_queue
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": f"name river number {i}"} for i in range(8)])
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",), prompts_per_job=2,
+                       jobs=JobSettings(max_in_flight=4), models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+    keys = RunKeys(config.run_id)
+    first = Coordinator(redis_client, config, tmp_path / "a" / "pairs.jsonl")
+    first.feeder.top_up()
+    first.close()
+    enqueued = int(redis_client.hget(keys.stats, "prompts_enqueued"))
+    assert enqueued == 4
+    redis_client.hset(keys.stats, "prompts_returned", enqueued)  # overcounted: the two jobs are still queued
+
+    second = Coordinator(redis_client, config, tmp_path / "b" / "pairs.jsonl")
+    try:
+        assert redis_client.hget(keys.stats, "feed_pass") is None  # no rewind
+        second.feeder.top_up()
+        rows = [p["row_index"] for job in make_queue(redis_client, keys.generate_queue).jobs for p in job.args[2]]
+        assert sorted(rows) == list(range(8)), rows  # rows 0-3 once, in their first jobs; 4-7 fed after them
+    finally:
+        second.close()

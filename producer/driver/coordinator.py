@@ -66,8 +66,9 @@ class Coordinator:
 
     def _feed_what_the_output_lacks(self, retried: list[Outcome]) -> None:
         """Rows this Redis fed (they are behind its feed cursor) that the output files lack: rows `--retry-failed` opened
-        again, or every row of a run whose output started over (`--overwrite`, another `--out`). With nothing in flight,
-        they exist nowhere: the feeder starts again from the first row, skipping what is written, a window at a time.
+        again, or every row of a run whose output started over (`--overwrite`, another `--out`). With nothing in flight
+        (by the counters, and no job or result in the queues: a Redis fed again may count a batch's return twice), they
+        exist nowhere: the feeder starts again from the first row, skipping what is written, a window at a time.
         With prompts in flight (a coordinator restarted mid-run), the retried rows are fed again at once, and any other
         row the output lacks is in flight, or found by the recovery of lost work."""
         if retried:
@@ -78,7 +79,7 @@ class Coordinator:
         if not lacking:
             return
         self._unfinish()
-        if self.feeder.in_flight() > 0:
+        if self.feeder.in_flight() > 0 or not self.pipeline_is_idle():  # counters that overcount returns still see the jobs
             self.feeder.refeed([self.feeder.handed[o.row_index] for o in retried if o.row_index in self.feeder.handed])
             return
         if lacking > len(retried):
