@@ -9,6 +9,8 @@ prompts registered in an embedded Redis, as if a run had written them all and th
 on disk. Each side then runs in a fresh process, so its peak memory (ru_maxrss) is its own:
 - resume: what `rsample aggregate` does before its first step: the ledger's index from the outcomes file
   (cutting the half-written commit off), and the feeder replaying the dataset up to its cursor;
+- resume+live: the same while the live report counts the rows the files hold, in a thread of the same process (as the
+  coordinator does, so that `rsample status` covers the whole run): what that thread costs the feeder's replay;
 - baseline: the ledger of before, which parsed every pair and score row to find crash leftovers (the same
   files, its repair path: `_keep_committed`).
 Target: resume under a minute and under 1 GiB on the 2-core machine.
@@ -29,6 +31,7 @@ from rsample.producer.driver.ledger import Ledger, _keep_committed
 from rsample.producer.feeder import Feeder
 from rsample.producer.prompts import extract_prompt
 from rsample.producer.registration import register_run
+from rsample.producer.report.live import LiveNumbers
 from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig
 from rsample.workers.common.messages import PAIR, Outcome
 from rsample.workers.runtime.connection import connect
@@ -81,12 +84,17 @@ def measure(side: str, workdir: Path, url: str) -> dict:
     run_id = json.loads((workdir / "pairs.outcomes.jsonl").open().readline())["rsample_run"]
     config = load_run(client, run_id)
     started = time.perf_counter()
-    if side == "resume":
+    if side in ("resume", "resume+live"):
         ledger = Ledger(workdir / "pairs.jsonl", workdir / "scores.jsonl", run_id)
         indexed = time.perf_counter()
+        live = LiveNumbers()
+        if side == "resume+live":  # as the coordinator does: the live report counts the files in a thread meanwhile
+            live.start_from(workdir / "pairs.jsonl", workdir / "scores.jsonl")
         Feeder(client, config, ledger)
-        return {"rows": len(ledger.rows), "ledger_s": indexed - started, "feeder_s": time.perf_counter() - indexed,
-                "seconds": time.perf_counter() - started, "peak_mib": peak_mib()}
+        fed = time.perf_counter()
+        live.summary()  # waits for the count
+        return {"rows": len(ledger.rows), "ledger_s": indexed - started, "feeder_s": fed - indexed, "counted_s": time.perf_counter() - indexed,
+                "seconds": fed - started, "peak_mib": peak_mib()}
     ledger_ids = set()
     with (workdir / "pairs.outcomes.jsonl").open() as handle:
         next(handle)
@@ -101,7 +109,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--candidates", type=int, default=4, help="scored candidates per pair")
     parser.add_argument("--baseline", choices=("legacy", "none"), default="legacy")
-    parser.add_argument("--measure", choices=("resume", "legacy"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=("resume", "resume+live", "legacy"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -117,10 +125,10 @@ def main(argv=None) -> None:
         print(f"wrote {args.rows:,} pairs in {time.perf_counter() - started:.0f} s: "
               + ", ".join(f"{name} {size:,.0f} MiB" for name, size in sizes.items()), flush=True)
         results = {}
-        for side in ("resume", *(["legacy"] if args.baseline == "legacy" else [])):
+        for side in ("resume", "resume+live", *(["legacy"] if args.baseline == "legacy" else [])):
             command = [sys.executable, __file__, "--measure", side, "--workdir", str(workdir), "--redis-url", server.url]
             results[side] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            if side == "resume":  # the half-written commit is cut off: put it back for the baseline to find
+            if side == "resume+live":  # the half-written commit is cut off: put it back for the baseline to find
                 with (workdir / "pairs.jsonl").open("a") as handle:
                     handle.write(json.dumps({"prompt_id": "uncommitted"}) + "\n")
 
@@ -129,6 +137,9 @@ def main(argv=None) -> None:
     resume = results["resume"]
     print(f"| index from the outcomes file + feeder replay (now) | {resume['rows']:,} | {resume['seconds']:.1f} "
           f"(ledger {resume['ledger_s']:.1f}, feeder {resume['feeder_s']:.1f}) | {resume['peak_mib']:,.0f} MiB |")
+    live = results["resume+live"]
+    print(f"| the same, the live report counting the files in a thread meanwhile | {live['rows']:,} | {live['seconds']:.1f} "
+          f"(ledger {live['ledger_s']:.1f}, feeder {live['feeder_s']:.1f}; counted after {live['counted_s']:.1f}) | {live['peak_mib']:,.0f} MiB |")
     if "legacy" in results:
         legacy = results["legacy"]
         print(f"| baseline: parse every written row (before) | {legacy['rows']:,} | {legacy['seconds']:.1f} | {legacy['peak_mib']:,.0f} MiB |")
