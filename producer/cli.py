@@ -239,6 +239,13 @@ class RsampleGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C: what is written stays, and says how to go on
+            if ctx.invoked_subcommand in ("run", "aggregate", "resume"):
+                click.echo(f"interrupted: the rows written so far are kept; the same `rsample {ctx.invoked_subcommand}` command "
+                           "resumes the run", err=True)
+            else:
+                click.echo("interrupted", err=True)
+            sys.exit(130)
         except RsampleError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -5,6 +5,7 @@ pair and score row is written once.
 """
 
 import time
+from pathlib import Path
 
 import pytest
 from conftest import rsample, write_jsonl
@@ -237,6 +238,45 @@ def test_redis_back_from_an_older_snapshot_loses_nothing(slow_models, dataset, t
     finally:
         server.close()
     check_counts(assert_exactly_once(out, scores, ROWS))
+
+
+def test_ctrl_c_in_a_terminal_stops_rsample_run_within_seconds_and_the_same_command_resumes(slow_models, dataset, tmp_path):
+    """A terminal's Ctrl-C signals its whole foreground process group: `rsample run`, its workers and its embedded
+    Redis. The Redis must outlive the coordinator's last writes (it used to die first, and the coordinator then waited
+    for it until a second Ctrl-C), the run must say how to go on, and the same command must resume it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO, _live_descendants
+    from faults import STARTED
+
+    out = tmp_path / "pairs.jsonl"
+    command = ["run", *settings(dataset, slow_models), "--out", str(out), "--no-progress"]
+    log = tmp_path / "run.log"
+    with log.open("w") as handle:  # a process group of its own, as a shell gives its foreground job
+        run = subprocess.Popen([sys.executable, "-m", "rsample.producer", *command], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    STARTED.append(run)
+    outcomes = out.with_name("pairs.outcomes.jsonl")
+    wait_for(lambda: outcomes.exists() and len(outcomes.read_text().splitlines()) > 1, 240, "a first row written", interval=0.2)
+    helpers = _live_descendants(run.pid)
+    os.killpg(run.pid, signal.SIGINT)
+    assert run.wait(timeout=60) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "interrupted: the rows written so far are kept; the same `rsample run` command resumes the run" in text, text[-3000:]
+    assert "waiting for Redis" not in text
+    wait_for(lambda: not [pid for pid in helpers if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"], 30, "its workers and Redis to exit")
+    rsample(*command)
+    check_counts(assert_exactly_once(out, None, ROWS))
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server, redis_client, slow_models, dataset, tmp_path):

@@ -107,9 +107,20 @@ class RunLock:
         if self._lost is not None:
             raise RsampleError(self._lost)
 
-    def release(self) -> None:
+    def release(self, timeout: float = defaults.LOCK_RELEASE_SECONDS) -> None:
+        """Gives the lock up for the next coordinator; at most `timeout` seconds, since the client waits for a Redis that
+        is away (a coordinator stopped with its Redis must still exit): a lock not released expires on its own."""
         self._stop.set()
-        try:
-            self._release(keys=[self.key], args=[self.token])
-        except redis.RedisError:
-            pass
+
+        def release() -> None:
+            try:
+                self._release(keys=[self.key], args=[self.token])
+            except redis.RedisError:
+                pass
+
+        releasing = threading.Thread(target=release, name="rsample-run-lock-release", daemon=True)
+        releasing.start()
+        releasing.join(timeout)
+        if releasing.is_alive():
+            log.warning("could not release the lock of run %s (Redis is away): another coordinator can take over in %d s",
+                        self.run_id, self.seconds)

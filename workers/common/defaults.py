@@ -159,3 +159,6 @@ MAX_ROW_COLUMNS_BYTES = 65536
 
 RELEASE_TIMEOUT = 2.0
 """Seconds a worker stopped by a second signal spends marking its running jobs abandoned before it exits."""
+
+LOCK_RELEASE_SECONDS = 5.0
+"""How long a stopping coordinator tries to give its run's lock up before it exits without (the lock then expires)."""

@@ -80,7 +80,10 @@ class EmbeddedRedis:
             args += ["--tls-port", str(self.port), "--tls-cert-file", str(self.tls_files["cert"]),
                      "--tls-key-file", str(self.tls_files["key"]), "--tls-ca-cert-file", str(self.tls_files["ca"]),
                      "--tls-auth-clients", "no"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+        # a session of its own: Ctrl-C in a terminal signals the whole foreground process group, and a Redis that died
+        # with it would leave the coordinator nowhere to settle its last results and give up its lock
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
+                                        start_new_session=True)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:
