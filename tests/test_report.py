@@ -101,6 +101,26 @@ def test_few_distinct_candidates_are_reported_as_low_diversity(tmp_path):
     check_png(report.figures["diversity"])
 
 
+def test_prompts_dropped_for_unfinished_candidates_do_not_raise_the_low_diversity_warning(tmp_path):
+    """A reasoning run whose thinking rarely ends writes few pairs, and one of those few has 2 distinct candidates: the
+    share is over every prompt that got candidates (6 distinct each, by the scores file), not over the pairs alone."""
+    prompt = [{"role": "user", "content": "q"}]
+    pairs = [{"prompt_id": f"p{i}", "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": "yes"}],
+              "rejected": prompt + [{"role": "assistant", "content": "no"}], "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0},
+              "num_candidates": 6, "num_unique": 6 if i else 2} for i in range(2)]
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "pairs.outcomes.jsonl", [{"rsample_run": "x"}] + [
+        {"row_index": i, "prompt_id": f"p{i}", "outcome": "pair" if i < 2 else "dropped_unfinished", "reason": None} for i in range(10)])
+    scores = [{"prompt_id": f"p{i}", "completion_index": k, "completion": f"thinking {k}", "scores": {"rm": k / 10}, "is_reference": False,
+               "finish_reason": "length", "num_tokens": 9} for i in range(10) for k in range(6 if i else 2)]
+    write_jsonl(tmp_path / "scores.jsonl", scores)
+    with_scores = write_report(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "report")
+    assert not [w for w in with_scores.warnings if w.startswith("low diversity")], with_scores.warnings
+    assert "distinct candidates per prompt: mean 5.6; 2 or fewer on 10% of prompts" in with_scores.lines  # (2 + 9 * 6) / 10
+    without = write_report(tmp_path / "pairs.jsonl", None, tmp_path / "report-pairs")
+    assert not [w for w in without.warnings if w.startswith("low diversity")], without.warnings  # 1 of 10, the 8 unknown not low
+
+
 def test_a_growing_file_is_read_up_to_its_last_complete_line(tmp_path):
     row = {"prompt_id": "a", "messages": [], "chosen": [{"role": "assistant", "content": "long answer"}],
            "rejected": [{"role": "assistant", "content": "short"}], "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0},

@@ -23,6 +23,8 @@ THINKING_END = "</think>"
 """How most reasoning models end their thinking: completions holding it in a run without --reasoning-end are named."""
 LOW_DIVERSITY = 0.2
 """Share of prompts with 2 or fewer distinct candidates from which the report warns of low diversity."""
+GENERATED_OUTCOMES = ("pair", "dropped_identical", "dropped_margin", "dropped_tie", "dropped_unfinished", "dropped_disagreement")
+"""Outcomes of the prompts that got candidates."""
 SMALL_MARGIN = 0.1
 """A margin under this many standard deviations of the model's candidate scores counts as small."""
 
@@ -117,6 +119,9 @@ class RunNumbers:
     chosen_longer: int = 0
     length_pairs: Reservoir = field(init=False)  # (chosen chars, rejected chars)
     unique_per_prompt: Counter = field(default_factory=Counter)
+    """Prompts by their distinct candidates: every scored prompt's (from the scores file, else the pairs alone), and the
+    prompts dropped as identical (1)."""
+    unique_in_scores: Counter = field(default_factory=Counter)
     candidates: int = 0
     truncated: int = 0
     truncated_share_per_prompt: Reservoir = field(init=False)
@@ -150,7 +155,9 @@ class RunNumbers:
 
     @property
     def low_diversity_share(self) -> float | None:
-        total = sum(self.unique_per_prompt.values())
+        """Over every prompt that got candidates: one whose count is unknown (no scores file, no pair: a prompt whose
+        candidates were all cut, say) is not counted as low, so that such prompts never raise the warning."""
+        total = max(sum(self.unique_per_prompt.values()), sum(self.outcomes[kind] for kind in GENERATED_OUTCOMES))
         return sum(count for unique, count in self.unique_per_prompt.items() if unique <= 2) / total if total else None
 
     def thinking_scored(self) -> str | None:
@@ -181,11 +188,12 @@ def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: s
                 numbers.outcomes[row["outcome"]] += 1
                 if row["outcome"] == "skipped" and row.get("reason"):
                     numbers.skip_reasons[row["reason"]] += 1
-                if row["outcome"] == "dropped_identical":
-                    numbers.unique_per_prompt[1] += 1
     if scores_path is not None and scores_path.exists():
         numbers.has_scores = True
         add_score_rows(numbers, rows_of(scores_path, "scores", "--scores-out", ("prompt_id", "scores")))
+        numbers.unique_per_prompt = Counter(numbers.unique_in_scores)  # every scored prompt's, not the pairs' alone
+    if numbers.outcomes["dropped_identical"]:
+        numbers.unique_per_prompt[1] += numbers.outcomes["dropped_identical"]
     return numbers
 
 
@@ -219,6 +227,7 @@ def add_pair(numbers: RunNumbers, row: dict) -> None:
 
 
 def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
+    numbers.unique_in_scores[len(group)] += 1  # one row per distinct candidate, as a pair's num_unique
     generated = [row for row in group if not row.get("is_reference")]
     if generated:
         truncated = sum(row.get("finish_reason") == "length" for row in generated)
