@@ -2,7 +2,8 @@
 # Verified answers, offline, on the embedded Redis: SmolLM2-135M-Instruct (the quickstart's policy) answers 16 small
 # arithmetic questions (examples/math.jsonl, ground truth in its `answer` column, GSM8K's "#### 42" included) n=8
 # times; verify:math checks each final answer, and the smoke-test reward model breaks the ties (lexicographic,
-# the default with a verifier first). out/math_sft.jsonl keeps each question's best verified answer.
+# the default with a verifier first). out/math_sft.jsonl keeps each question's best verified answer, and
+# out/math_pairs.jsonl sets it against the worst wrong one (a question with no right answer makes no pair).
 # Usage: bash examples/math_quickstart.sh   (from the repository root; after examples/quickstart.sh, or on its own)
 set -euo pipefail
 cd "$(dirname "$0")/.."

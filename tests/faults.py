@@ -87,7 +87,7 @@ def kill_mid_job(process: subprocess.Popen, client, queue_name: str, restart, at
     raise AssertionError(f"never caught a job of {queue_name} mid-flight")
 
 
-SCORED_OUTCOMES = ("pair", "dropped_margin", "dropped_tie", "dropped_unfinished", "dropped_disagreement")
+SCORED_OUTCOMES = ("pair", "dropped_margin", "dropped_tie", "dropped_unfinished", "dropped_disagreement", "dropped_unverified")
 """Outcomes of prompts whose candidates were all scored: each has its rows in the scores file."""
 TOO_LONG_FOR_REWARDS = "fewer than two candidates scored by every reward model (too long for its context, or given no score)"
 

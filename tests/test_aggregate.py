@@ -141,7 +141,7 @@ def test_with_a_verifier_only_a_verified_best_makes_an_sft_row():
                  {"a": {"scores": [0.1, 0.9], "skip_reason": None}, "b": {"scores": [0.3, 0.2], "skip_reason": None}}]
     result = aggregate_batch(verified, batch, per_model)
     assert [(row["prompt_id"], row["messages"][-1]["content"]) for row in result.sft_rows] == [("a", "right")]
-    assert [(o.prompt_id, o.outcome) for o in result.outcomes] == [("a", PAIR), ("b", PAIR)]  # b: the reward model breaks the tie
+    assert [(o.prompt_id, o.outcome) for o in result.outcomes] == [("a", PAIR), ("b", "dropped_unverified")]  # b: nothing right
 
 
 def test_any_verified_answer_makes_an_sft_row_whatever_the_combination():
@@ -152,3 +152,25 @@ def test_any_verified_answer_makes_an_sft_row_whatever_the_combination():
     per_model = [{"a": {"scores": [9.0, 0.0, 1.0], "skip_reason": None}}, {"a": {"scores": [0.0, 1.0, 1.0], "skip_reason": None}}]
     result = aggregate_batch(config_, GeneratedBatch("r0", [prompt("a", ["wrong", "right", "also right"])]), per_model)
     assert [row["messages"][-1]["content"] for row in result.sft_rows] == ["also right"]  # verified, then the best of those
+
+
+def test_with_a_verifier_first_a_pair_needs_a_chosen_that_passed_it():
+    """Correctness first: a prompt none of whose answers passed the verifier makes no pair of two wrong ones (the
+    reward model would rank them, and DPO would learn to prefer a wrong answer); one with a right answer pairs it with
+    the worst wrong one; all right, the reward model ranks them. Verifier second: its scores are one preference more."""
+    from rsample.workers.common.messages import DROPPED_UNVERIFIED
+
+    verified = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("verify:math", "rm"))
+    batch = GeneratedBatch("r0", [prompt("a", ["wrong 1", "wrong 2", "wrong 3"]), prompt("b", ["right", "wrong", "worse"]),
+                                  prompt("pair", ["right 1", "right 2"]), prompt("cut", ["right but cut", "wrong"], finish=["length", "stop"])])
+    scored = verdicts({"a": [0.0, 0.0, 0.0], "b": [1.0, 0.0, 0.0], "pair": [1.0, 1.0], "cut": [1.0, 0.0]},
+                      {"a": [3.0, 1.0, 2.0], "b": [0.5, 2.0, -1.0], "pair": [0.2, 0.9], "cut": [1.0, 2.0]})
+    result = aggregate_batch(verified, batch, scored)
+    assert [(o.prompt_id, o.outcome) for o in result.outcomes] == [
+        ("a", DROPPED_UNVERIFIED), ("b", PAIR), ("pair", PAIR), ("cut", DROPPED_UNVERIFIED)]  # the right one was cut: none may be chosen
+    pairs = {row["prompt_id"]: (row["chosen"][-1]["content"], row["rejected"][-1]["content"]) for row in result.rows}
+    assert pairs == {"b": ("right", "worse"), "pair": ("right 2", "right 1")}
+    second = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm", "verify:math"))
+    assert second.combine == "standardized"
+    assert [o.outcome for o in aggregate_batch(second, GeneratedBatch("r0", [prompt("a", ["w1", "w2", "w3"])]),
+                                               verdicts({"a": [3.0, 1.0, 2.0]}, {"a": [0.0, 0.0, 0.0]})).outcomes] == [PAIR]

@@ -31,7 +31,7 @@ def expected_prompts():
     return {r.prompt_id: r for r in records}
 
 
-JUDGED = ("pair", "dropped_identical", "dropped_tie", "dropped_unfinished", "dropped_disagreement", "dropped_margin")
+JUDGED = ("pair", "dropped_identical", "dropped_tie", "dropped_unfinished", "dropped_disagreement", "dropped_margin", "dropped_unverified")
 
 
 def outcomes(finished_run):

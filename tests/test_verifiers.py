@@ -106,10 +106,9 @@ def test_verified_answers_come_first_and_the_sft_file_keeps_the_verified_best(tm
         pair = pairs[question]
         assert pair["chosen"][-1]["content"] == reference and pair["chosen_score"]["verify:math"] == 1.0
         assert pair["rejected"][-1]["content"] == f"{question} #" and pair["rejected_score"] == {"verify:math": 0.0, "length": len(question) + 2}
-    # row 3: nothing is right; the length breaks the tie: the longest echo against the shorter reference
-    wrong = pairs["What is 2 plus 2?"]
-    assert wrong["chosen"][-1]["content"] == "What is 2 plus 2? ###" and wrong["rejected"][-1]["content"] == "It is \\boxed{5}."
-    assert set(pairs) == {"What is 6 times 7?", "Half of one, as a fraction?", "What is 2 plus 2?"}
+    # row 3: nothing is right: no pair of two wrong answers (the length would have chosen the longest echo)
+    assert set(pairs) == {"What is 6 times 7?", "Half of one, as a fraction?"}
+    assert "dropped, unverified  1\n" in result.stdout
     assert "verify:math: the row has no ground truth in column 'answer'" in result.stdout  # row 2: a counted skip
     assert "sft rows written     2\n" in result.stdout
     sft_rows = {row["messages"][0]["content"]: row for row in read_jsonl(sft)}

@@ -11,6 +11,7 @@ from rsample.workers.common.messages import (
     DROPPED_MARGIN,
     DROPPED_TIE,
     DROPPED_UNFINISHED,
+    DROPPED_UNVERIFIED,
     DUPLICATE,
     PAIR,
     failed_skips,
@@ -31,6 +32,7 @@ class Summary:
     dropped_tie: int = 0
     dropped_unfinished: int = 0
     dropped_disagreement: int = 0
+    dropped_unverified: int = 0
     sft_written: int | None = None
     """Rows of the SFT file (`--sft-out`), None without one."""
 
@@ -55,6 +57,7 @@ class Summary:
             f"dropped, tie         {self.dropped_tie}",
             f"dropped, unfinished  {self.dropped_unfinished}",
             f"dropped, disagree    {self.dropped_disagreement}",
+            *([f"dropped, unverified  {self.dropped_unverified}"] if self.dropped_unverified else []),
             f"duplicate rows       {self.duplicate_rows}",
             f"skipped              {sum(self.skipped.values())}",
         ]
@@ -81,6 +84,7 @@ def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int
         dropped_tie=outcomes[DROPPED_TIE],
         dropped_unfinished=outcomes[DROPPED_UNFINISHED],
         dropped_disagreement=outcomes[DROPPED_DISAGREEMENT],
+        dropped_unverified=outcomes[DROPPED_UNVERIFIED],
         pairs_written=outcomes[PAIR],
         completions_generated=completions,
         tokens_generated=tokens,

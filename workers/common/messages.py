@@ -101,6 +101,9 @@ DROPPED_MARGIN = "dropped_margin"
 DROPPED_TIE = "dropped_tie"
 DROPPED_UNFINISHED = "dropped_unfinished"
 DROPPED_DISAGREEMENT = "dropped_disagreement"
+DROPPED_UNVERIFIED = "dropped_unverified"
+"""No pair: the first reward is a verifier that decides first (`lexicographic`), and no candidate that may be chosen
+passed it: a pair of two wrong answers would teach a preference for one of them."""
 SKIPPED = "skipped"
 DUPLICATE = "duplicate"
 

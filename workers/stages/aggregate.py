@@ -16,6 +16,7 @@ from rsample.workers.common.messages import (
     DROPPED_MARGIN,
     DROPPED_TIE,
     DROPPED_UNFINISHED,
+    DROPPED_UNVERIFIED,
     PAIR,
     SKIPPED,
     Candidate,
@@ -64,6 +65,8 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
         return DROPPED_IDENTICAL
     if len(usable) < 2:  # the others have no score from some reward (too long for its context, or left unscored)
         return "fewer than two candidates scored by every reward model (too long for its context, or given no score)"
+    if verifier_decides(config) and any(eligible) and not any(ok and usable_scores[0][i] == 1.0 for i, ok in enumerate(eligible)):
+        return DROPPED_UNVERIFIED
     picked = selection.select_pair(usable_scores, config.combine, eligible)
     if picked.dropped is not None:
         return DROP_OUTCOMES[picked.dropped]
@@ -71,6 +74,11 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
         return DROPPED_MARGIN
     result.rows.append(pair_row(prompt, usable[picked.chosen], usable[picked.rejected], scores_by_model, config.score_names))
     return PAIR
+
+
+def verifier_decides(config: RunConfig) -> bool:
+    """Correctness first: the chosen of a pair must then pass the first reward, a verifier."""
+    return config.combine == "lexicographic" and is_verifier(config.reward_models[0])
 
 
 def best_for_sft(config: RunConfig, scores_by_model: list[list[float]], eligible: list[bool]) -> int | None:
@@ -109,7 +117,7 @@ def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dic
             settle(SKIPPED, reasons[0])
             continue
         outcome = settle_prompt(config, prompt, per_model, result)
-        if outcome in (PAIR, DROPPED_MARGIN, DROPPED_IDENTICAL, *DROP_OUTCOMES.values()):
+        if outcome in (PAIR, DROPPED_MARGIN, DROPPED_IDENTICAL, DROPPED_UNVERIFIED, *DROP_OUTCOMES.values()):
             settle(outcome)
         else:
             settle(SKIPPED, outcome)
