@@ -22,6 +22,10 @@ def hashes(conversations, rows):
 
 def broken(conversations, rows):
     return ["high"] * len(conversations)
+
+
+def wrong_signature(conversations):
+    return [0.0] * len(conversations)
 '''
 ROWS = [{"prompt": "count the marks", "keyword": "#"}, {"prompt": "count the stars", "keyword": "*"}, {"prompt": "no keyword"}]
 ECHO = ["--policy", "echo", "--backend", "echo", "--reward-backend", "length", "--n", "3"]
@@ -50,6 +54,21 @@ def test_the_function_gets_the_candidates_and_the_rows_extra_columns(reward_modu
         {"fn:my_rewards:hashes": 3.0}, {"fn:my_rewards:hashes": 1.0})
     assert re.search(r"dropped, tie +1\n", result.stdout)  # no '*' in any echo: all score 0
     assert "fewer than two candidates scored by every reward model (too long for its context, or given no score): 1" in result.stdout
+
+
+def test_a_function_that_fails_on_every_prompt_stops_the_run_and_says_the_error_is_in_the_function(reward_module, tmp_path):
+    """Not a device fault (which its message used to say): the run stops early rather than skip the whole dataset,
+    and its message says where the error is and that the same command goes on once it is fixed."""
+    rows = [{"prompt": f"count the marks of line {i}"} for i in range(6)]
+    dataset = write_jsonl(tmp_path / "rows.jsonl", rows)
+    result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:wrong_signature",
+                     "--out", str(tmp_path / "pairs.jsonl"), "--no-progress", check=False)
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert "worker stopped after an error in a reward function: RewardFunctionFault: reward model 0 failed for" in error, error
+    assert "(TypeError: wrong_signature() takes 1 positional argument but 2 were given): an error in the function, not in the data: " \
+           "fix it, then run the same command again (what is written is kept)" in error, error
+    assert "device or engine" not in result.stderr
 
 
 def test_a_worker_that_does_not_allow_the_function_fails_its_jobs_with_the_reason(reward_module, redis_server, tmp_path):

@@ -18,6 +18,17 @@ DEVICE_FAULT_MARKERS = (
 class WorkerFault(RuntimeError):
     """The worker, not the data, failed: the job is retried elsewhere and this worker stops."""
 
+    cause = "a fault of its device or engine"
+    blame = "a worker fault, not the data"
+
+
+class RewardFunctionFault(WorkerFault):
+    """A `fn:` reward that fails on (nearly) every prompt alone: an error in its code, not in the data. The worker
+    stops as for a broken device, so that the run stops early instead of skipping the whole dataset for it."""
+
+    cause = "an error in a reward function"
+    blame = "an error in the function, not in the data: fix it, then run the same command again (what is written is kept)"
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch

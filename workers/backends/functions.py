@@ -43,6 +43,8 @@ class RefusedReward:
 
 class FunctionReward:
     needs_columns = True
+    user_code = True
+    """Its failures on every prompt are an error in the code (`RewardFunctionFault`), not a broken device."""
 
     def __init__(self, spec: str, function):
         self.spec = spec

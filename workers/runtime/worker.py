@@ -269,4 +269,4 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots)
     run_slots(make_worker, slots, burst)
     if context.broken:
-        raise RsampleError(f"worker stopped after a fault of its device or engine: {context.broken}")
+        raise RsampleError(f"worker stopped after {context.broken_cause}: {context.broken}")

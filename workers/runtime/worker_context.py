@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import redis
 
 from rsample.workers.backends.base import GenerationBackend, RewardBackend
-from rsample.workers.backends.faults import is_device_fault
+from rsample.workers.backends.faults import WorkerFault, is_device_fault
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 
@@ -25,10 +25,13 @@ class WorkerContext:
     reward_models: dict[int, RewardBackend] = field(default_factory=dict)
     broken: str | None = None
     """Why this worker's device or engine can serve no more jobs; set by a job that met such a fault."""
+    broken_cause: str = WorkerFault.cause
+    """What kind of fault it was: a device's or engine's, or an error in a reward function."""
     stopping: bool = False
 
-    def mark_broken(self, reason: str) -> None:
-        self.broken = self.broken or reason
+    def mark_broken(self, reason: str, cause: str = WorkerFault.cause) -> None:
+        if self.broken is None:
+            self.broken, self.broken_cause = reason, cause
 
     @contextmanager
     def broken_by_device_faults(self):
@@ -38,7 +41,7 @@ class WorkerContext:
             yield
         except Exception as exc:
             if is_device_fault(exc):
-                self.mark_broken(first_line(exc, with_type=True))
+                self.mark_broken(first_line(exc, with_type=True), getattr(exc, "cause", WorkerFault.cause))
             raise
 
 

@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def run_isolating_failures(items: Sequence[T], run_all: Callable[[Sequence[T]], list[R]], run_one: Callable[[T], R],
-                           skipped: Callable[[T, str], R], what: str) -> list[R]:
+                           skipped: Callable[[T, str], R], what: str, fault: type[WorkerFault] = WorkerFault) -> list[R]:
     """`run_all(items)`; if it raises, `run_one` on each item, an item that still raises becoming `skipped(item, error)`.
 
     Out-of-memory and device or engine faults are raised at once (never a prompt's fault), and so is a batch in
-    which most items fail alone: that is a broken worker, not bad data.
+    which most items fail alone: that is a broken worker (or `fault`: reward code that fails on any input), not bad data.
     """
     try:
         return run_all(items)
@@ -39,5 +39,5 @@ def run_isolating_failures(items: Sequence[T], run_all: Callable[[Sequence[T]], 
             failures.append(first_line(exc, with_type=True))
             results.append(skipped(item, failures[-1]))
     if len(failures) * 2 > len(items):
-        raise WorkerFault(f"{what} failed for {len(failures)} of {len(items)} prompts alone ({failures[0]}): a worker fault, not the data")
+        raise fault(f"{what} failed for {len(failures)} of {len(items)} prompts alone ({failures[0]}): {fault.blame}")
     return results

@@ -7,6 +7,7 @@ import logging
 import time
 
 from rsample.workers.backends.base import RewardBackend
+from rsample.workers.backends.faults import RewardFunctionFault, WorkerFault
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores, failure_reason
 from rsample.workers.common.reasoning import answer_part
@@ -51,6 +52,7 @@ def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: 
         run_one=lambda prompt: score([prompt]),
         skipped=lambda prompt, error: PromptScores(skip_reason=failure_reason(f"reward model {model_index}", error)),
         what=f"reward model {model_index}",
+        fault=RewardFunctionFault if getattr(backend, "user_code", False) else WorkerFault,
     ))) if scorable else {}
     # None for a candidate longer than the model's context: the aggregation drops that candidate, not the prompt
     result = {}
