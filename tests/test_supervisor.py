@@ -95,6 +95,41 @@ def test_supervised_workers_serve_a_run_restart_and_stop(chat_dataset, tmp_path)
     assert "redis://:***@" in output and secret not in everything
 
 
+def test_workers_of_both_roles_serve_a_run_and_a_machine_without_gpu_is_said(redis_server, chat_dataset, tmp_path):
+    """`--role both` (a policy and its reward models in one process per GPU) starts its workers: it used to start none."""
+    assert plan_workers(assign_gpus("0-3", "both", None, None), 2) == [WorkerSpec("both", (0, 1)), WorkerSpec("both", (2, 3))]
+    run_id = enqueue(redis_server.url, chat_dataset)
+    log = tmp_path / "supervisor.log"
+    supervisor = start_supervisor("--run", run_id, "--gpus", "0", "--role", "both", *FAST, "--log-dir", str(tmp_path / "logs"),
+                                  log=log, redis_url=redis_server.url)
+    try:
+        out = tmp_path / "pairs.jsonl"
+        rsample("aggregate", "--redis-url", redis_server.url, "--run", run_id, "--out", str(out), "--no-progress", timeout=90)
+        assert assert_exactly_once(out, None, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=10) == 0, log.read_text()
+    finally:
+        kill_leftovers(run_id)
+    output = log.read_text()
+    assert "1 worker(s): both on GPU 0" in output and "WARNING this machine has no GPU: the 1 worker(s) run on its CPU" in output
+
+
+def test_a_gpu_the_machine_lacks_is_refused(monkeypatch):
+    """Its worker would run on the CPU, silently slow (CUDA_VISIBLE_DEVICES=6 on a machine of 4 GPUs shows none)."""
+    import torch
+
+    from rsample.workers.runtime.supervisor import check_devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    plan = plan_workers(assign_gpus(None, None, "0-5", "6-7"), 1)
+    with pytest.raises(RsampleError, match=r"^no GPU 4, 5, 6, 7 on this machine: it has 4 \(ids 0 to 3\)$"):
+        check_devices(plan)
+    assert check_devices(plan[:4]) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # ids are the machine's: this process's view says nothing of them
+    assert check_devices(plan) is None
+
+
 def test_a_worker_that_cannot_start_is_given_up(redis_server, chat_dataset, tiny_models, tmp_path):
     """The run's reward model is missing on this machine (its folder went after the run was made): only the worker
     finds out, fails at start-up every time, and is given up with its last words."""

@@ -83,14 +83,35 @@ class WorkerSpec:
 
 
 def plan_workers(assignment: dict[str, list[int]], gpus_per_worker: int, source: str = "--gpus-per-worker") -> list[WorkerSpec]:
-    """Generation workers get `gpus_per_worker` consecutive GPUs each (tensor parallelism); reward workers one."""
+    """Workers that generate (`generate`, `both`) get `gpus_per_worker` consecutive GPUs each (tensor parallelism);
+    reward workers one."""
     if gpus_per_worker < 1:
         raise RsampleError(f"{source} must be at least 1 (got {gpus_per_worker})")
-    generate = assignment.get("generate", [])
-    if len(generate) % gpus_per_worker:
-        raise RsampleError(f"{len(generate)} generation GPUs do not split into workers of {gpus_per_worker} GPUs ({source})")
-    specs = [WorkerSpec("generate", tuple(generate[i:i + gpus_per_worker])) for i in range(0, len(generate), gpus_per_worker)]
+    specs = []
+    for role in ("generate", "both"):
+        gpus = assignment.get(role, [])
+        if len(gpus) % gpus_per_worker:
+            kind = "generation" if role == "generate" else "both-role"
+            raise RsampleError(f"{len(gpus)} {kind} GPUs do not split into workers of {gpus_per_worker} GPUs ({source})")
+        specs += [WorkerSpec(role, tuple(gpus[i:i + gpus_per_worker])) for i in range(0, len(gpus), gpus_per_worker)]
     return specs + [WorkerSpec("reward", (gpu,)) for gpu in assignment.get("reward", [])]
+
+
+def check_devices(specs: list[WorkerSpec]) -> str | None:
+    """A GPU id the machine lacks would leave its worker on the CPU, silently slow: refused on a machine with GPUs.
+    On one without any, the workers run on the CPU: returned as a warning. Ids are the machine's, so with
+    CUDA_VISIBLE_DEVICES set here, what this process sees says nothing about them: not checked."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return None
+    import torch
+
+    count = torch.cuda.device_count()
+    missing = sorted({gpu for spec in specs for gpu in spec.gpus if gpu >= count})
+    if not missing:
+        return None
+    if count:
+        raise RsampleError(f"no GPU {', '.join(map(str, missing))} on this machine: it has {count} (ids 0 to {count - 1})")
+    return f"WARNING this machine has no GPU: the {len(specs)} worker(s) run on its CPU"
 
 
 def describe_exit(code: int) -> str:
@@ -231,7 +252,10 @@ def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int
         specs = plan_workers(assignment, gpus_per_worker)
     else:
         specs = plan_workers(assignment, config.models.tensor_parallel_size, "the run's --tensor-parallel-size")
+    warning = check_devices(specs)
     supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_grace)
+    if warning:
+        supervisor.say(warning)
     plan = "; ".join(f"{spec.role} on GPU {spec.devices}" for spec in specs)
     supervisor.say(f"run {config.run_id} on {redact_url(redis_url)}: {len(specs)} worker(s): {plan}")
     return supervisor.run()
