@@ -186,6 +186,13 @@ def build_config(params: dict) -> RunConfig:
     from rsample.workers.backends.reward_specs import is_function, is_judge, is_verifier, model_path
 
     trusted = set(config.trust_remote_code)
+    models = [config.policy, *(path for spec in config.reward_models if (path := model_path(spec)) is not None)]
+    stray = [model for model in config.trust_remote_code if model not in models]
+    if stray:  # a typo would leave the model it meant untrusted, and let nothing run
+        raise RsampleError(f"--trust-remote-code {stray[0]} names no model of this run (its models: {', '.join(models)})")
+    if config.models.tensor_parallel_size > 1 and config.models.generation_backend != "vllm":
+        raise RsampleError(f"--tensor-parallel-size {config.models.tensor_parallel_size} applies to --backend vllm: the "
+                           f"{config.models.generation_backend} backend runs a worker's model on one device")
     if config.models.generation_backend != ZERO_COST_GENERATION:
         check_policy(config.policy, config.policy in trusted, config.reasoning_end, config.sampling.chat_template_kwargs)
         sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),

@@ -68,6 +68,12 @@ def test_settings_that_would_waste_a_run_are_refused_before_it(redis_server, tmp
          f"error: dataset {str(dataset)!r} has no rows from row 5: nothing to sample"),
         (["run", *echo, "--reward-model", "r", "--out", str(tmp_path / "p.jsonl"), "--generate-workers", "0"],
          "'--generate-workers': 0 is not in the range x>=1"),
+        (["enqueue", "--redis-url", redis_server.url, *echo, "--reward-model", "r", "--dtype", "bf16"],
+         "error: unknown --dtype 'bf16' (use auto, float32, bfloat16 or float16)"),  # every worker would fail on it, after the run was made
+        (["enqueue", "--redis-url", redis_server.url, *echo, "--reward-model", "r", "--trust-remote-code", "org/rm"],
+         "error: --trust-remote-code org/rm names no model of this run (its models: echo, r)"),
+        (["enqueue", "--redis-url", redis_server.url, *echo, "--reward-model", "r", "--backend", "transformers", "--tensor-parallel-size", "2"],
+         "error: --tensor-parallel-size 2 applies to --backend vllm: the transformers backend runs a worker's model on one device"),
     ]
     for args, message in cases:
         result = rsample(*args, check=False)

@@ -26,6 +26,9 @@ def default_combine(reward_models: tuple[str, ...]) -> str:
         return "mean"
     return "lexicographic" if is_verifier(reward_models[0]) else "standardized"
 
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float", "half", "float64", "double")
+"""`--dtype` values: auto (bfloat16 on CUDA, float32 on CPU), then torch's names of floating-point types."""
+
 GENERATION_BACKENDS = tuple(backend_registry.GENERATION_BACKENDS)
 REWARD_BACKENDS = tuple(backend_registry.REWARD_BACKENDS)
 WORKER_ROLES = ("generate", "reward", "both")
@@ -133,6 +136,8 @@ class ModelSettings:
     """vLLM without torch.compile and CUDA graphs: starts in seconds instead of minutes, decodes slower."""
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise RsampleError(f"unknown --dtype {self.dtype!r} (use auto, float32, bfloat16 or float16)")
         if self.tensor_parallel_size < 1:
             raise RsampleError(f"--tensor-parallel-size must be at least 1 (got {self.tensor_parallel_size})")
         if self.max_model_len is not None and self.max_model_len < 2:
