@@ -70,7 +70,7 @@ class JsonObject(click.ParamType):
 def run_options(command):
     """The options that define a run, shared by `run` and `enqueue`."""
     options = [
-        click.option("--dataset", required=True, help="Hub dataset id, or a local .jsonl/.json/.parquet file or folder."),
+        click.option("--dataset", required=True, help="Hub dataset id, or a local .jsonl/.json/.parquet/.csv file or folder."),
         click.option("--split", default="train", show_default=True),
         click.option("--subset", help="A Hub dataset's configuration, for datasets that have several (GSM8K's main or socratic)."),
         click.option("--num-prompts", type=int, help="Read at most this many rows (after --start)."),
@@ -332,7 +332,8 @@ def enqueue(redis_url, **params) -> None:
 @click.option("--gpu", help="Pin this worker to these GPU ids (sets CUDA_VISIBLE_DEVICES), e.g. 0 or 0,1.")
 @click.option("--reward-model-index", "indices", type=int, multiple=True, help="Reward worker: serve only these reward models (0-based; default all).")
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
-@click.option("--slots", type=int, help="Jobs run at once on the loaded model (default: 2 for vLLM generation, else 1).")
+@click.option("--slots", type=int, help="Jobs run at once on the loaded model (default: 2 for vLLM generation, "
+                                         f"{defaults.REWARD_SLOTS_ON_GPU} for a transformers reward worker on a GPU, else 1).")
 @allow_reward_fn_option
 @worker_trust_option
 def worker(role, redis_url, run_id, gpu, indices, burst, slots, allow_functions, trust_remote_code) -> None:
@@ -444,8 +445,17 @@ def check_sft_out(config, sft_out: Path | None) -> None:
 
 
 def check_push_options(push_repo: str | None, public: bool) -> None:
+    """Before the run, not after hours of it: a push that cannot happen."""
     if public and not push_repo:
         raise RsampleError("--public applies to --push-to-hub, which is not given")
+    if push_repo:
+        from huggingface_hub import constants, get_token
+
+        if constants.HF_HUB_OFFLINE:
+            raise RsampleError(f"--push-to-hub {push_repo}: the Hub is switched off here (HF_HUB_OFFLINE is set); leave the flag out "
+                               "and push later with the same command and the flag, which generates nothing again")
+        if get_token() is None:
+            raise RsampleError(f"--push-to-hub {push_repo} needs a Hugging Face token that may write: set HF_TOKEN or run `hf auth login`")
 
 
 def default_report_dir(pairs: Path) -> Path:

@@ -60,7 +60,7 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield row_index, json.loads(text)
                 except json.JSONDecodeError as exc:
-                    yield row_index, RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg} at column {exc.colno}")
+                    yield row_index, RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
             row_index += 1
 
 

@@ -113,13 +113,26 @@ def test_an_empty_file_and_a_relative_path_for_a_shared_run_are_named(redis_serv
 
 
 def test_flags_that_would_be_ignored_are_refused(tmp_path):
-    from conftest import write_jsonl
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, write_jsonl
 
     dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hello"}, {"messages": None}])
     echo = ["--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-model", "r", "--reward-backend", "length",
             "--out", str(tmp_path / "pairs.jsonl"), "--no-progress"]
     public = rsample("run", *echo, "--public", check=False)
     assert public.returncode == 2 and public.stderr.strip() == "error: --public applies to --push-to-hub, which is not given"
+    offline = rsample("run", *echo, "--push-to-hub", "me/pairs", check=False)  # HF_HUB_OFFLINE=1 here
+    assert offline.returncode == 2 and offline.stderr.strip().startswith("error: --push-to-hub me/pairs: the Hub is switched off here")
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home")}  # no token anywhere
+    env.pop("HF_TOKEN", None)
+    tokenless = subprocess.run([sys.executable, "-m", "rsample.producer", "run", *echo, "--push-to-hub", "me/pairs"], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert tokenless.returncode == 2 and tokenless.stderr.strip() == (
+        "error: --push-to-hub me/pairs needs a Hugging Face token that may write: set HF_TOKEN or run `hf auth login`")
+    assert not (tmp_path / "pairs.jsonl").exists()  # refused before any work
     split = rsample("run", *echo, "--split", "test", check=False)
     assert split.returncode == 2 and f"error: --split test applies to Hub datasets and folders; the file {dataset} is one split" in split.stderr
     done = rsample("run", *echo)

@@ -128,3 +128,10 @@ def test_a_subset_is_read_from_a_folder_laid_out_as_a_hub_repository(tmp_path):
         _rows(repo)
     with pytest.raises(RsampleError, match=r"--subset applies to Hub datasets and folders; the file .*main/train-00000-of-00001.parquet is one"):
         _rows(repo / "main" / "train-00000-of-00001.parquet", subset="main")
+
+
+def test_a_bad_line_is_described_in_plain_words(tmp_path):
+    path = tmp_path / "tabs.jsonl"
+    path.write_bytes(b'{"prompt": "a\tb"}\n{"prompt": "ok"}\n')  # a raw tab: JSON wants \\t
+    [(_, skip), (_, good)] = _rows(path)
+    assert skip.detail == "row 0 (tabs.jsonl line 1): Invalid control character at column 14" and good == {"prompt": "ok"}

@@ -138,5 +138,6 @@ def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[s
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         api.create_commit(repo_id, operations, commit_message=f"rsample run {config.run_id}", repo_type="dataset")
     except Exception as exc:  # auth, network, permissions: one line, the files stay on disk
-        raise RsampleError(f"could not push to the Hub dataset {repo_id} (the JSONL files are kept locally): {first_line(exc)}") from None
+        raise RsampleError(f"could not push to the Hub dataset {repo_id} (the JSONL files are kept locally; the same command "
+                           f"pushes them again, generating nothing): {first_line(exc)}") from None
     return f"https://huggingface.co/datasets/{repo_id}"

@@ -136,7 +136,7 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         stack.callback(coordinator.close)
         done = len(coordinator.ledger.rows)
         if existed or done:
-            log.info("resuming run %s: %d rows already written to %s", config.run_id, done, options.out)
+            log.info("resuming run %s: %d rows of the dataset already have their outcome in %s", config.run_id, done, options.out)
         total = int(client.hget(RunKeys(config.run_id).stats, "rows_total") or 0)
         workers = WorkerProcesses(redis_url, config.run_id, options.out.parent / ".rsample-logs" / config.run_id)
         stack.callback(workers.stop)
