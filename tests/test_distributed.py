@@ -21,6 +21,8 @@ def test_enqueue_workers_aggregate_and_status(redis_server, redis_client, tiny_m
                        "--reward-model", tiny_models["reward"], "--n", "3", "--max-new-tokens", "8", "--batch-size", "2")
     run_id = enqueued.stdout.strip().splitlines()[-1]
     keys = RunKeys(run_id)
+    waiting = rsample("status", "--redis-url", url, "--run", run_id).stdout  # enqueued: nobody feeds it yet
+    assert f"run {run_id} (no coordinator: `rsample aggregate --run {run_id} --out ...` feeds and writes it)" in waiting
 
     workers = [start_worker("generate", "--redis-url", url), start_worker("generate", "--redis-url", url, "--run", run_id),
                start_worker("reward", "--redis-url", url)]

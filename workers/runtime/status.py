@@ -49,6 +49,8 @@ class RunStatus:
     report: dict | None = None
     """The run report's key numbers over the rows the coordinator wrote (published every 10 s and at the end)."""
     recent: Pace | None = None
+    coordinated: bool = True
+    """Whether a coordinator (`rsample run` or `rsample aggregate`) holds the run: without one, nothing is fed or written."""
     """Rates over the last minutes, from the coordinator's samples; None when no coordinator samples now."""
 
     def _stages(self) -> list[tuple[str, float, float]]:
@@ -86,7 +88,8 @@ class RunStatus:
 
     def lines(self) -> list[str]:
         rate = lambda count: f"{count / self.seconds:.2f}/s" if self.seconds > 0 else "-"  # noqa: E731
-        state = "complete" if self.complete else "running"
+        state = "complete" if self.complete else "running" if self.coordinated else (
+            f"no coordinator: `rsample aggregate --run {self.run_id} --out ...` feeds and writes it")
         age = f"took {format_duration(self.seconds)}" if self.complete else f"{format_duration(self.seconds)} since it was made"
         out = [
             f"run {self.run_id} ({state}), policy {self.policy}, {age}",
@@ -178,4 +181,5 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         tokens=int(stats.get("tokens_generated")) + (0 if complete else live.tokens),
         report=json.loads(stats.text("report", "null")),
         recent=None if complete else recent_pace(read_samples(client, config.run_id), now),
+        coordinated=complete or bool(client.exists(keys.coordinator_lock)),
     )
