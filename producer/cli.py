@@ -530,6 +530,13 @@ def dashboard(redis_url, port, bind) -> None:
     from rsample.workers.runtime.dashboard import serve_dashboard
 
     connect(redis_url, patient=False)
+    import socket
+
+    with socket.socket() as probe:  # a port in use would fail after the line below announced the dashboard there
+        try:
+            probe.bind((bind, port))
+        except OSError as exc:
+            raise RsampleError(f"cannot serve the dashboard on {bind}:{port}: {exc.strerror or exc} (--port picks another)") from None
     click.echo(f"rq-dashboard on http://{bind}:{port} for {redact_url(redis_url)}")
     serve_dashboard(redis_url, bind, port)
 

@@ -96,3 +96,15 @@ def test_a_stopped_dashboard_leaves_nothing_running_and_never_shows_the_password
         assert password not in output and "***" in output
         with pytest.raises(OSError):  # the port is closed: nothing serves it any more
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_a_port_in_use_is_refused_before_the_dashboard_is_announced(redis_server):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = rsample("dashboard", "--redis-url", redis_server.url, "--port", str(port), check=False, timeout=60)
+    assert result.returncode == 2 and "rq-dashboard on" not in result.stdout
+    assert result.stderr.strip() == f"error: cannot serve the dashboard on 127.0.0.1:{port}: Address already in use (--port picks another)"
