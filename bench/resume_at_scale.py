@@ -128,7 +128,7 @@ def main(argv=None) -> None:
         for side in ("resume", "resume+live", *(["legacy"] if args.baseline == "legacy" else [])):
             command = [sys.executable, __file__, "--measure", side, "--workdir", str(workdir), "--redis-url", server.url]
             results[side] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            if side == "resume+live":  # the half-written commit is cut off: put it back for the baseline to find
+            if side.startswith("resume"):  # the half-written commit is cut off: put it back for the next side to find
                 with (workdir / "pairs.jsonl").open("a") as handle:
                     handle.write(json.dumps({"prompt_id": "uncommitted"}) + "\n")
 

@@ -190,9 +190,9 @@ def build_config(params: dict) -> RunConfig:
     stray = [model for model in config.trust_remote_code if model not in models]
     if stray:  # a typo would leave the model it meant untrusted, and let nothing run
         raise RsampleError(f"--trust-remote-code {stray[0]} names no model of this run (its models: {', '.join(models)})")
-    if config.models.tensor_parallel_size > 1 and config.models.generation_backend != "vllm":
-        raise RsampleError(f"--tensor-parallel-size {config.models.tensor_parallel_size} applies to --backend vllm: the "
-                           f"{config.models.generation_backend} backend runs a worker's model on one device")
+    if config.models.tensor_parallel_size > 1 and "vllm" not in (config.models.generation_backend, config.models.reward_backend):
+        raise RsampleError(f"--tensor-parallel-size {config.models.tensor_parallel_size} applies to vLLM engines (--backend vllm, "
+                           "--reward-backend vllm): the other backends run a worker's model on one device")
     if config.models.generation_backend != ZERO_COST_GENERATION:
         check_policy(config.policy, config.policy in trusted, config.reasoning_end, config.sampling.chat_template_kwargs)
         sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),
@@ -532,9 +532,13 @@ def dashboard(redis_url, port, bind) -> None:
     connect(redis_url, patient=False)
     import socket
 
-    with socket.socket() as probe:  # a port in use would fail after the line below announced the dashboard there
+    from werkzeug.serving import get_sockaddr, select_address_family
+
+    family = select_address_family(bind, port)  # as the server binds: IPv6 for '::', and reusing a port left in TIME_WAIT
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # a port in use would fail after the line below announced it
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((bind, port))
+            probe.bind(get_sockaddr(bind, port, family))
         except OSError as exc:
             raise RsampleError(f"cannot serve the dashboard on {bind}:{port}: {exc.strerror or exc} (--port picks another)") from None
     click.echo(f"rq-dashboard on http://{bind}:{port} for {redact_url(redis_url)}")

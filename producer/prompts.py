@@ -151,6 +151,10 @@ def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
         return None
     if isinstance(value, str):
         return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # an answer stored as a number (AIME's)
+        return str(value)
+    if not isinstance(value, list):
+        return RowSkip(row_index, "non-string reference", f"row {row_index}: {column!r} is {type(value).__name__}")
     checked = _check_messages(value, row_index, column)
     if isinstance(checked, RowSkip):
         return checked

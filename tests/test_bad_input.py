@@ -73,7 +73,8 @@ def test_settings_that_would_waste_a_run_are_refused_before_it(redis_server, tmp
         (["enqueue", "--redis-url", redis_server.url, *echo, "--reward-model", "r", "--trust-remote-code", "org/rm"],
          "error: --trust-remote-code org/rm names no model of this run (its models: echo, r)"),
         (["enqueue", "--redis-url", redis_server.url, *echo, "--reward-model", "r", "--backend", "transformers", "--tensor-parallel-size", "2"],
-         "error: --tensor-parallel-size 2 applies to --backend vllm: the transformers backend runs a worker's model on one device"),
+         "error: --tensor-parallel-size 2 applies to vLLM engines (--backend vllm, --reward-backend vllm): the other backends run a "
+         "worker's model on one device"),
     ]
     for args, message in cases:
         result = rsample(*args, check=False)

@@ -22,7 +22,7 @@ def test_enqueue_workers_aggregate_and_status(redis_server, redis_client, tiny_m
     run_id = enqueued.stdout.strip().splitlines()[-1]
     keys = RunKeys(run_id)
     waiting = rsample("status", "--redis-url", url, "--run", run_id).stdout  # enqueued: nobody feeds it yet
-    assert f"run {run_id} (no coordinator: `rsample aggregate --run {run_id} --out ...` feeds and writes it)" in waiting
+    assert f"run {run_id} (no coordinator: `rsample aggregate --run {run_id} --out ...`, or the `rsample run` that made it, feeds and writes it)" in waiting
 
     workers = [start_worker("generate", "--redis-url", url), start_worker("generate", "--redis-url", url, "--run", run_id),
                start_worker("reward", "--redis-url", url)]

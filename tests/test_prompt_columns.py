@@ -40,6 +40,9 @@ def test_the_prompt_and_reference_columns_named_are_read_as_strings_or_turns():
     assert extract_prompt(trl, 0, reference_column="completion").reference_completion == "hello"
     assert extract_prompt({**SHAREGPT, "best": "the Yangtze"}, 0, reference_column="best").reference_completion == "the Yangtze"
     assert extract_prompt({"question": "q", "answer": None}, 0, prompt_columns=("question",), reference_column="answer").reference_completion is None
+    assert extract_prompt({"question": "q", "answer": 204}, 0, prompt_columns=("question",), reference_column="answer").reference_completion == "204"
+    odd = extract_prompt({"question": "q", "answer": {"value": 1}}, 6, prompt_columns=("question",), reference_column="answer")
+    assert (odd.reason, odd.detail) == ("non-string reference", "row 6: 'answer' is dict")
 
     cases = {
         "no question field": ({"prompt": "not this one"}, "row 3: fields are prompt"),

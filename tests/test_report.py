@@ -121,6 +121,23 @@ def test_prompts_dropped_for_unfinished_candidates_do_not_raise_the_low_diversit
     assert not [w for w in without.warnings if w.startswith("low diversity")], without.warnings  # 1 of 10, the 8 unknown not low
 
 
+def test_identical_prompts_scored_for_an_sft_file_are_counted_once(tmp_path):
+    """With --sft, a prompt of one distinct candidate is scored too: its group in the scores file is its count, and
+    its `dropped_identical` outcome must not count it a second time."""
+    prompt = [{"role": "user", "content": "q"}]
+    pairs = [{"prompt_id": f"p{i}", "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": "a longer one"}],
+              "rejected": prompt + [{"role": "assistant", "content": "short"}], "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0},
+              "num_candidates": 6, "num_unique": 6} for i in range(7)]
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "pairs.outcomes.jsonl", [{"rsample_run": "x"}] + [
+        {"row_index": i, "prompt_id": f"p{i}", "outcome": "pair" if i < 7 else "dropped_identical", "reason": None} for i in range(10)])
+    scores = [{"prompt_id": f"p{i}", "completion_index": k, "completion": f"answer {k}", "scores": {"rm": k / 10}, "is_reference": False,
+               "finish_reason": "stop", "num_tokens": 9} for i in range(10) for k in range(6 if i < 7 else 1)]
+    write_jsonl(tmp_path / "scores.jsonl", scores)
+    report = write_report(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "report")
+    assert "distinct candidates per prompt: mean 4.5; 2 or fewer on 30% of prompts" in report.lines  # (7 * 6 + 3) / 10, 3 of 10
+
+
 def test_a_growing_file_is_read_up_to_its_last_complete_line(tmp_path):
     row = {"prompt_id": "a", "messages": [], "chosen": [{"role": "assistant", "content": "long answer"}],
            "rejected": [{"role": "assistant", "content": "short"}], "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0},

@@ -173,5 +173,13 @@ def test_a_rewind_leaves_alone_rows_whose_jobs_are_queued_when_the_counters_over
         second.feeder.top_up()
         rows = [p["row_index"] for job in make_queue(redis_client, keys.generate_queue).jobs for p in job.args[2]]
         assert sorted(rows) == list(range(8)), rows  # rows 0-3 once, in their first jobs; 4-7 fed after them
+
+        make_queue(redis_client, keys.generate_queue).empty()  # the jobs are gone without a result, the counters still say none in flight
+        redis_client.hset(keys.stats, "prompts_returned", redis_client.hget(keys.stats, "prompts_enqueued"))
+        second.recover_lost_work()  # the pipeline is idle: the rows the new output lacks are fed again from the first, through the window
+        assert redis_client.hget(keys.stats, "feed_pass") == b"1"
+        second.feeder.top_up()
+        again = [p["row_index"] for job in make_queue(redis_client, keys.generate_queue).jobs for p in job.args[2]]
+        assert again == [0, 1, 2, 3], again  # a window of 4, not the 8 rows at once
     finally:
         second.close()

@@ -71,6 +71,26 @@ def test_a_function_that_fails_on_every_prompt_stops_the_run_and_says_the_error_
     assert "device or engine" not in result.stderr
 
 
+def test_a_function_that_fails_call_after_call_is_an_error_in_it_even_one_prompt_at_a_time(reward_module):
+    """Jobs of one prompt each never show a batch failing everywhere: the calls failing one after the other do."""
+    from rsample.workers.backends.faults import RewardFunctionFault
+    from rsample.workers.common import defaults
+
+    conversation = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a #"}]]
+    wrong = FunctionReward.load("fn:my_rewards:wrong_signature", frozenset({"my_rewards:wrong_signature"}))
+    for _ in range(defaults.FUNCTION_FAILURES_IN_A_ROW - 1):
+        with pytest.raises(TypeError):
+            wrong.score(conversation, [None])
+    with pytest.raises(RewardFunctionFault, match=rf"fn:my_rewards:wrong_signature failed on its last {defaults.FUNCTION_FAILURES_IN_A_ROW} "
+                                                   r"calls in a row \(TypeError: .*\): an error in the function, not in the data"):
+        wrong.score(conversation, [None])
+    flaky = FunctionReward.load("fn:my_rewards:hashes", frozenset({"my_rewards:hashes"}))
+    for _ in range(3 * defaults.FUNCTION_FAILURES_IN_A_ROW):  # failures between successes: a prompt's own, never the function's
+        with pytest.raises(TypeError):
+            flaky.score(conversation, [{"keyword": 5}])
+        assert flaky.score(conversation, [{"keyword": "#"}]) == [1.0]
+
+
 def test_a_worker_that_does_not_allow_the_function_fails_its_jobs_with_the_reason(reward_module, redis_server, tmp_path):
     dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS[:1])
     url = redis_server.url

@@ -42,6 +42,8 @@ class Coordinator:
         self.config = config
         self.keys = RunKeys(config.run_id)
         self.lock = RunLock(client, self.keys.coordinator_lock, config.run_id).acquire()  # kept alive from here on
+        self._rewind_pending = False
+        """Rows the output lacks wait for the work in flight, then the run is fed again from its first row."""
         try:
             self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
                                  config.output_settings())
@@ -79,12 +81,22 @@ class Coordinator:
         if not lacking:
             return
         self._unfinish()
+        others = lacking - len(retried)
         if self.feeder.in_flight() > 0 or not self.pipeline_is_idle():  # counters that overcount returns still see the jobs
             self.feeder.refeed([self.feeder.handed[o.row_index] for o in retried if o.row_index in self.feeder.handed])
+            if others > 0:  # fed again through the window once the work in flight is done (`recover_lost_work`)
+                self._rewind_pending = True
+                log.warning("run %s: %d rows this Redis fed are not in %s (its files started over, or are others): feeding them "
+                            "again once the work in flight is done", self.config.run_id, others, self.ledger.out)
             return
-        if lacking > len(retried):
+        if others > 0:
             log.warning("run %s: %d rows this Redis fed are not in %s (its files started over, or are others): feeding them again",
-                        self.config.run_id, lacking - len(retried), self.ledger.out)
+                        self.config.run_id, others, self.ledger.out)
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Feeds the run again from its first row, a window at a time, skipping the rows the output holds."""
+        self._rewind_pending = False
         with self.client.pipeline() as pipe:
             pipe.hdel(self.keys.stats, "feed_done")
             # the feeder counts the rows already written as it passes them again, as after a Redis that lost the run
@@ -181,6 +193,10 @@ class Coordinator:
         if (not lost and self.feeder.in_flight() == 0) or not self.pipeline_is_idle():
             self._idle_since = None
             return
+        if self._rewind_pending and self.feeder.in_flight() <= 0:  # the work in flight is done: the rows the output lacks
+            self._rewind()
+            self._idle_since = None
+            return
         now = time.monotonic()
         if self._idle_since is None:
             self._idle_since = now
@@ -189,7 +205,9 @@ class Coordinator:
             return
         enqueued = int(self.client.hget(self.keys.stats, "prompts_enqueued") or 0)
         self.client.hset(self.keys.stats, "prompts_returned", enqueued)  # idle: nothing is in flight
-        if lost:
+        if self._rewind_pending:  # every row the output lacks, through the window (not all at once)
+            self._rewind()
+        elif lost:
             log.warning("run %s: %d prompts were handed out but exist nowhere in Redis any more (it came back older than it "
                         "was?): feeding them again", self.config.run_id, len(lost))
             self.feeder.refeed(lost)

@@ -110,6 +110,8 @@ class RunLock:
     def release(self, timeout: float = defaults.LOCK_RELEASE_SECONDS) -> None:
         """Gives the lock up for the next coordinator; at most `timeout` seconds, since the client waits for a Redis that
         is away (a coordinator stopped with its Redis must still exit): a lock not released expires on its own."""
+        if self._stop.is_set():  # released already (the coordinator and its caller both release)
+            return
         self._stop.set()
 
         def release() -> None:

@@ -193,8 +193,10 @@ def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: s
         numbers.has_scores = True
         add_score_rows(numbers, rows_of(scores_path, "scores", "--scores-out", ("prompt_id", "scores")))
         numbers.unique_per_prompt = Counter(numbers.unique_in_scores)  # every scored prompt's, not the pairs' alone
-    if numbers.outcomes["dropped_identical"]:
-        numbers.unique_per_prompt[1] += numbers.outcomes["dropped_identical"]
+    # prompts dropped as identical: 1 distinct candidate; with --sft they were scored, and the scores file has them already
+    unscored_identical = numbers.outcomes["dropped_identical"] - (numbers.unique_in_scores[1] if numbers.has_scores else 0)
+    if unscored_identical > 0:
+        numbers.unique_per_prompt[1] += unscored_identical
     return numbers
 
 

@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import Any
 
+from rsample.workers.backends.faults import RewardFunctionFault
 from rsample.workers.backends.reward_specs import function_name
+from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.messages import Conversation
 
@@ -49,6 +51,7 @@ class FunctionReward:
     def __init__(self, spec: str, function):
         self.spec = spec
         self.function = function
+        self.failures_in_a_row = 0
 
     @classmethod
     def load(cls, spec: str, allowed: frozenset[str]) -> FunctionReward | RefusedReward:
@@ -69,6 +72,20 @@ class FunctionReward:
         return None  # the function itself decides what a row without its columns scores
 
     def score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
+        """A function that failed on its last calls, one after the other, has an error of its own: seen here also
+        where jobs hold one prompt each, which a batch's failures alone would never show."""
+        try:
+            scores = self._score(conversations, columns)
+        except Exception as exc:
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row >= defaults.FUNCTION_FAILURES_IN_A_ROW:
+                raise RewardFunctionFault(f"{self.spec} failed on its last {self.failures_in_a_row} calls in a row "
+                                          f"({first_line(exc, with_type=True)}): {RewardFunctionFault.blame}") from exc
+            raise
+        self.failures_in_a_row = 0
+        return scores
+
+    def _score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
         values = self.function(conversations, columns)
         if not isinstance(values, (list, tuple)) or len(values) != len(conversations):
             got = f"{len(values)} values" if isinstance(values, (list, tuple)) else type(values).__name__

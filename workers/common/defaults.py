@@ -162,3 +162,7 @@ RELEASE_TIMEOUT = 2.0
 
 LOCK_RELEASE_SECONDS = 5.0
 """How long a stopping coordinator tries to give its run's lock up before it exits without (the lock then expires)."""
+
+FUNCTION_FAILURES_IN_A_ROW = 32
+"""Calls of a `fn:` reward that fail one after the other before its worker stops for an error in the function: where
+jobs hold one prompt each, no batch shows that it fails everywhere."""

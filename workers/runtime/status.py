@@ -49,9 +49,10 @@ class RunStatus:
     report: dict | None = None
     """The run report's key numbers over the rows the coordinator wrote (published every 10 s and at the end)."""
     recent: Pace | None = None
+    """Rates over the last minutes, from the coordinator's samples; None when no coordinator samples now."""
+
     coordinated: bool = True
     """Whether a coordinator (`rsample run` or `rsample aggregate`) holds the run: without one, nothing is fed or written."""
-    """Rates over the last minutes, from the coordinator's samples; None when no coordinator samples now."""
 
     def _stages(self) -> list[tuple[str, float, float]]:
         """(stage, rows left, rows per second) of generation and of writing, at the recent pace, else at the pace since
@@ -89,7 +90,7 @@ class RunStatus:
     def lines(self) -> list[str]:
         rate = lambda count: f"{count / self.seconds:.2f}/s" if self.seconds > 0 else "-"  # noqa: E731
         state = "complete" if self.complete else "running" if self.coordinated else (
-            f"no coordinator: `rsample aggregate --run {self.run_id} --out ...` feeds and writes it")
+            f"no coordinator: `rsample aggregate --run {self.run_id} --out ...`, or the `rsample run` that made it, feeds and writes it")
         age = f"took {format_duration(self.seconds)}" if self.complete else f"{format_duration(self.seconds)} since it was made"
         out = [
             f"run {self.run_id} ({state}), policy {self.policy}, {age}",
