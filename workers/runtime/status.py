@@ -50,7 +50,6 @@ class RunStatus:
     """The run report's key numbers over the rows the coordinator wrote (published every 10 s and at the end)."""
     recent: Pace | None = None
     """Rates over the last minutes, from the coordinator's samples; None when no coordinator samples now."""
-
     coordinated: bool = True
     """Whether a coordinator (`rsample run` or `rsample aggregate`) holds the run: without one, nothing is fed or written."""
 
