@@ -79,6 +79,24 @@ def _split_files(folder: Path, split: str) -> list[Path] | None:
     return [Path(name) for name in by_name[split]]
 
 
+def _declares_configs(folder: Path) -> bool:
+    """Whether the folder's README.md declares `configs` in its YAML header, as a Hub dataset repository's does."""
+    import yaml
+
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return False
+    text = readme.read_text(errors="replace")
+    if not text.startswith("---"):
+        return False
+    header = text[3:].split("\n---", 1)[0]
+    try:
+        metadata = yaml.safe_load(header)
+    except yaml.YAMLError:
+        return False
+    return isinstance(metadata, dict) and bool(metadata.get("configs"))
+
+
 def _json_lines(path: Path) -> bool:
     """A `.jsonl` file, or a `.json` file that holds one object per line (JSON Lines under another name) rather than
     one JSON array: read line by line."""
@@ -128,7 +146,8 @@ def _open(selection: DataSelection):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
     if path.is_dir():
-        files = _split_files(path, split) if selection.subset is None else None  # subsets: the folder's README says (a Hub repo's copy)
+        # a folder whose README declares its configs (a Hub repository's copy) is read as `datasets` reads it: by them
+        files = _split_files(path, split) if selection.subset is None and not _declares_configs(path) else None
         if files and all(_json_lines(file) for file in files):
             return files  # the files and order datasets would read, line by line
         return _load_with_datasets(str(path), split, subset=selection.subset)

@@ -11,7 +11,7 @@ from rsample.workers.common import defaults
 from rsample.workers.common.messages import Conversation, PromptRecord
 
 ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "assistant": "assistant"}
 """ShareGPT's `from` values (`{"from": "human", "value": ...}` turns, as in OpenHermes and many SFT sets) as chat roles."""
 AUTO_PROMPT_COLUMNS = ("messages", "prompt", "conversations")
 """Where a row's prompt is looked for without --prompt-column, in this order: open-instruct's and TRL's columns, ShareGPT's."""
@@ -76,8 +76,9 @@ def _non_text_part(parts: list) -> str | None:
 def _without_empty_reply(messages: Any) -> Any:
     """A final assistant turn left empty (or null), as prompt-only datasets in the `messages` shape leave the slot for
     the reply: no reference, and no reason to skip the prompt."""
-    if isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-        content = messages[-1].get("content")
+    last = messages[-1] if isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict) else {}
+    if last.get("role") == "assistant" or ("role" not in last and SHAREGPT_ROLES.get(last.get("from")) == "assistant"):
+        content = last.get("content", last.get("value"))
         if content is None or (isinstance(content, str) and not content.strip()):
             return messages[:-1]
     return messages
@@ -110,17 +111,20 @@ def _prompt(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple
 
 
 def _joined(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple[Conversation, None] | RowSkip:
-    """Several string columns as one user turn, a blank line between them; a null or empty one (Alpaca's `input` of an
-    instruction that needs none) is left out."""
+    """Several string columns as one user turn, a blank line between them. The first holds the prompt itself (Alpaca's
+    `instruction`): a row without it is skipped; a later one null or empty (an `input` the instruction needs none of)
+    is left out."""
     texts = []
-    for column in prompt_columns:
+    for position, column in enumerate(prompt_columns):
         value = row.get(column)
         if value is not None and not isinstance(value, str):
             return RowSkip(row_index, "non-string content", f"row {row_index}: {column!r} is {type(value).__name__}, and joined columns must be strings")
+        if position == 0 and value is None:
+            return RowSkip(row_index, f"no {column} field", f"row {row_index}: {_describe_fields(row)}")
+        if position == 0 and not value.strip():
+            return RowSkip(row_index, "empty content", f"row {row_index}: {column!r} is empty")
         if value and value.strip():
             texts.append(value)
-    if not texts:
-        return RowSkip(row_index, "empty content", f"row {row_index}: {' and '.join(map(repr, prompt_columns))} are empty or missing")
     return [{"role": "user", "content": "\n\n".join(texts)}], None
 
 

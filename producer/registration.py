@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import replace
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import redis
 
-from rsample.producer.dataset import count_rows, missing_columns
-from rsample.producer.prompts import AUTO_PROMPT_COLUMNS
+from rsample.producer.dataset import count_rows, iter_rows, missing_columns
+from rsample.producer.prompts import AUTO_PROMPT_COLUMNS, RowSkip, extract_prompt
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.keys import RunKeys
@@ -56,6 +57,34 @@ def check_columns(config: RunConfig) -> None:
             raise RsampleError(f"{flag} {column!r} is not a column of dataset {data.dataset!r} (its columns: {columns})")
 
 
+ROWS_CHECKED = 1000
+"""Rows read when a run is made to prove that its dataset gives prompts (and references, where the run wants them)."""
+
+
+def check_rows(config: RunConfig) -> None:
+    """A dataset none of whose first rows gives a prompt (a column of another type than the settings expect) or, for
+    --include-reference, a reference, is refused with the first row's reason, instead of skipping every row."""
+    data = config.data
+    checked = prompts = references = 0
+    first_skip: RowSkip | None = None
+    for index, row in itertools.islice(iter_rows(data), ROWS_CHECKED):
+        checked += 1
+        record = row if isinstance(row, RowSkip) else extract_prompt(row, index, data.system_prompt, config.row_columns,
+                                                                     data.prompt_columns, data.reference_column)
+        if isinstance(record, RowSkip):
+            first_skip = first_skip or record
+            continue
+        prompts += 1
+        references += record.reference_completion is not None
+    if checked and not prompts and first_skip is not None:
+        raise RsampleError(f"none of the first {checked} rows of dataset {data.dataset!r} gives a prompt: {first_skip.detail} "
+                           f"({first_skip.reason})")
+    if config.include_reference and prompts and not references:
+        where = f"column {data.reference_column!r}" if data.reference_column else "a final assistant turn"
+        raise RsampleError(f"--include-reference: none of the first {checked} rows of dataset {data.dataset!r} has a reference "
+                           f"answer in {where}" + ("" if data.reference_column else " (name its column with --reference-column)"))
+
+
 def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, bool]:
     """Stores the run unless this Redis has it already; returns (config, True if it existed)."""
     config = replace(config, run_id=config.run_id or run_id_for(config))
@@ -67,6 +96,7 @@ def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, boo
         chosen = f" from row {data.start}" + (f" to {data.end}" if data.end is not None else "") if data.start or data.end is not None else ""
         raise RsampleError(f"dataset {data.dataset!r} has no rows{chosen}: nothing to sample (check --start, --end and the file)")
     check_columns(config)
+    check_rows(config)
     config = replace(config, created_at=time.time())
     save_run(client, config)
     client.hset(RunKeys(config.run_id).stats, "rows_total", rows)

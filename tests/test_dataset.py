@@ -135,3 +135,24 @@ def test_a_bad_line_is_described_in_plain_words(tmp_path):
     path.write_bytes(b'{"prompt": "a\tb"}\n{"prompt": "ok"}\n')  # a raw tab: JSON wants \\t
     [(_, skip), (_, good)] = _rows(path)
     assert skip.detail == "row 0 (tabs.jsonl line 1): Invalid control character at column 14" and good == {"prompt": "ok"}
+
+
+def test_a_folder_of_json_lines_whose_readme_declares_configs_is_read_by_them(tmp_path):
+    """As `datasets` reads a Hub repository's copy: its default config, or the files its README maps to the split,
+    not every file whose name says `train`."""
+    repo = tmp_path / "hub-copy"
+    for subset in ("main", "socratic"):
+        (repo / subset).mkdir(parents=True)
+        (repo / subset / "train.jsonl").write_text("".join(json.dumps({"question": f"{subset} {i}"}) + "\n" for i in range(3)))
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: main\n  default: true\n  data_files:\n  - split: train\n    path: main/*\n"
+                                    "- config_name: socratic\n  data_files:\n  - split: train\n    path: socratic/*\n---\n# a card\n")
+    assert [row["question"] for _, row in _rows(repo)] == ["main 0", "main 1", "main 2"]
+    assert [row["question"] for _, row in _rows(repo, subset="socratic")] == ["socratic 0", "socratic 1", "socratic 2"]
+    mapped = tmp_path / "mapped"
+    (mapped / "data").mkdir(parents=True)
+    (mapped / "data" / "learn.jsonl").write_text(json.dumps({"prompt": "learn"}) + "\n")
+    (mapped / "data" / "eval.jsonl").write_text(json.dumps({"prompt": "eval"}) + "\n")
+    (mapped / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/learn.jsonl\n"
+                                      "  - split: test\n    path: data/eval.jsonl\n---\n")
+    assert [row["prompt"] for _, row in _rows(mapped)] == ["learn"]
+    assert [row["prompt"] for _, row in _rows(mapped, split="test")] == ["eval"]

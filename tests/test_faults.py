@@ -272,6 +272,26 @@ def test_ctrl_c_in_a_terminal_stops_rsample_run_within_seconds_and_the_same_comm
     check_counts(assert_exactly_once(out, None, ROWS))
 
 
+def test_a_local_worker_stopped_from_outside_is_said_so_not_quoted(tmp_path):
+    """A worker that exits 0 (a Ctrl-C that reached it alone) or is killed ended for a reason its log does not hold."""
+    import subprocess
+    import sys
+
+    from rsample.producer.driver.local_run import WorkerProcesses
+    from rsample.workers.common.errors import RsampleError
+
+    workers = WorkerProcesses("redis://127.0.0.1:1/0", "r1", tmp_path)
+    log = tmp_path / "both-0.log"
+    log.write_text("INFO reward rounds: 4 rounds of 1.0 jobs\n")
+    for code, said in ((0, "stopped (exit code 0: a Ctrl-C or SIGTERM that reached it alone?)"), (-9, "was killed by SIGKILL")):
+        process = subprocess.Popen([sys.executable, "-c", f"import os, signal; os.kill(os.getpid(), 9) if {code} else None"])
+        process.wait()
+        workers.processes = [("both", process, log)]
+        with pytest.raises(RsampleError) as error:
+            workers.check_alive()
+        assert str(error.value) == f"the both worker {said} before the run was done; the same command resumes it (log: {log})"
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

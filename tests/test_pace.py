@@ -55,6 +55,7 @@ def test_status_shows_the_recent_pace_and_the_time_left_at_it(redis_client):
     config = RunConfig(run_id="pace1", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 86_400)
     save_run(redis_client, config)
     keys = RunKeys(config.run_id)
+    redis_client.set(keys.coordinator_lock, "a coordinator")  # the pace is a coordinator's: it holds the run
     redis_client.hset(keys.stats, mapping={"rows_total": 1000, "rows_generated": 0, "rows_written": 0, "tokens_generated": 0})
     now = time.time()
     start = take_sample(redis_client, config.run_id, now=now - 120)
@@ -104,6 +105,7 @@ def test_a_run_starting_up_has_a_time_left_from_its_generation_and_no_stall(redi
     config = RunConfig(run_id="pace4", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 120)
     save_run(redis_client, config)
     keys = RunKeys(config.run_id)
+    redis_client.set(keys.coordinator_lock, "a coordinator")  # the pace is a coordinator's: it holds the run
     redis_client.hset(keys.stats, mapping={"rows_total": 100, "rows_generated": 0})
     now = time.time()
     record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=now - 60))
@@ -112,3 +114,5 @@ def test_a_run_starting_up_has_a_time_left_from_its_generation_and_no_stall(redi
     status = run_status(redis_client, config.run_id)
     assert status.stalled_stage() is None and status.eta_seconds == pytest.approx(140, rel=1e-3)  # 70 rows left at 0.5/s
     assert "nothing" not in "\n".join(status.lines())
+    redis_client.delete(keys.coordinator_lock)  # its coordinator stopped: no time left is promised for a run nobody feeds
+    assert run_status(redis_client, config.run_id).eta_seconds is None

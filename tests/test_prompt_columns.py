@@ -4,6 +4,7 @@ prompt-completion rows. Each is read as the prompt a user means, or refused befo
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import read_jsonl, rsample, write_jsonl
@@ -26,9 +27,14 @@ def test_sharegpt_turns_are_chat_messages_with_the_last_reply_as_reference():
     same = {"messages": [{"role": r, "content": c} for r, c in (("system", "be brief"), ("user", "name a river"),
                                                               ("assistant", "the Nile"), ("user", "and a longer one?"))]}
     assert record.prompt_id == extract_prompt(same, 0).prompt_id  # the same prompt, whatever its dataset's shape
+    for empty in ("", None):  # the reply's slot left empty, as in `messages`: a prompt without reference
+        slot = extract_prompt({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": empty}]}, 0)
+        assert (slot.messages, slot.reference_completion) == ([{"role": "user", "content": "Q"}], None)
+    chatgpt = extract_prompt({"conversations": [{"from": "human", "value": "Q"}, {"from": "chatgpt", "value": "A"}]}, 0)
+    assert chatgpt.reference_completion == "A"
     robot = extract_prompt({"conversations": [{"from": "robot", "value": "beep"}]}, 2)
     assert isinstance(robot, RowSkip) and robot.reason == "unknown role"
-    assert robot.detail == "row 2, message 0: from 'robot' is not one of system, human, user, gpt, assistant"
+    assert robot.detail == "row 2, message 0: from 'robot' is not one of system, human, user, gpt, chatgpt, assistant"
 
 
 def test_the_prompt_and_reference_columns_named_are_read_as_strings_or_turns():
@@ -67,8 +73,10 @@ def test_alpaca_instruction_and_input_are_joined_into_one_user_turn():
     alone = extract_prompt({"instruction": "Name a river.", "input": "", "output": "the Nile"}, 1, prompt_columns=("instruction", "input"))
     assert alone.messages == [{"role": "user", "content": "Name a river."}]  # an empty input adds no blank line
     assert alone.prompt_id == extract_prompt({"prompt": "Name a river."}, 0).prompt_id
-    empty = extract_prompt({"instruction": " ", "input": None}, 2, prompt_columns=("instruction", "input"))
-    assert (empty.reason, empty.detail) == ("empty content", "row 2: 'instruction' and 'input' are empty or missing")
+    empty = extract_prompt({"instruction": " ", "input": "the river"}, 2, prompt_columns=("instruction", "input"))
+    assert (empty.reason, empty.detail) == ("empty content", "row 2: 'instruction' is empty")  # the input alone is no prompt
+    missing = extract_prompt({"instruction": None, "input": "the river"}, 2, prompt_columns=("instruction", "input"))
+    assert (missing.reason, missing.detail) == ("no instruction field", "row 2: fields are instruction (null), input")
     turns = extract_prompt({"instruction": "x", "input": [{"role": "user", "content": "y"}]}, 3, prompt_columns=("instruction", "input"))
     assert (turns.reason, turns.detail) == ("non-string content", "row 3: 'input' is list, and joined columns must be strings")
 
@@ -102,6 +110,16 @@ def test_a_dataset_without_the_prompt_column_is_refused_before_any_sampling(redi
         for args, message in cases:
             result = rsample(*base, *args, check=False)
             assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == message, result.stderr  # after datasets' progress
+    typed = write_jsonl(tmp_path / "numbers.jsonl", [{"question": i, "answer": "1"} for i in range(3)])
+    wrong = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(typed), *ZERO_COST[:-1], "--prompt-column", "question",
+                    check=False)
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1] == (
+        f"error: none of the first 3 rows of dataset {str(typed)!r} gives a prompt: row 0: 'question' is int (non-string content)")
+    no_reference = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(jsonl), *ZERO_COST[:-1], "--prompt-column",
+                           "question", "--include-reference", check=False)
+    assert no_reference.returncode == 2 and no_reference.stderr.strip().splitlines()[-1] == (
+        f"error: --include-reference: none of the first 1 rows of dataset {str(jsonl)!r} has a reference answer in a final assistant "
+        "turn (name its column with --reference-column)")
     assert rsample("status", "--redis-url", redis_server.url, "--json").stdout.strip() == "[]"  # nothing was registered
 
 
@@ -145,7 +163,8 @@ def test_a_sharegpt_file_runs_without_flags(tmp_path):
             for i in range(5)]
     dataset = write_jsonl(tmp_path / "sharegpt.jsonl", rows)
     out = tmp_path / "pairs.jsonl"
-    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out))
+    result = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out))
+    assert re.search(r"embedded Redis at redis://127\.0\.0\.1:\d+/0: `rsample status --redis-url", result.stderr), result.stderr[-2000:]
     by_prompt = {pair["messages"][0]["content"]: pair for pair in read_jsonl(out)}
     assert len(by_prompt) == 5
     for row in (json.loads(line) for line in dataset.read_text().splitlines()):

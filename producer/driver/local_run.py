@@ -28,7 +28,7 @@ from rsample.workers.runtime.connection import REDIS_URL_ENV, connect
 from rsample.workers.runtime.cpu_share import local_worker_roles, machine_has_gpu, sharing_environment
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.processes import RSAMPLE_COMMAND, killed_with_parent, last_words
+from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, killed_with_parent, last_words
 from rsample.workers.runtime.progress import StageBars
 from rsample.workers.runtime.run_state import expire_run
 
@@ -89,6 +89,9 @@ class WorkerProcesses:
     def check_alive(self) -> None:
         for role, process, log_path in self.processes:
             code = process.poll()
+            if code == 0 or (code is not None and code < 0):  # stopped from outside: its last log line says nothing of why
+                how = "stopped (exit code 0: a Ctrl-C or SIGTERM that reached it alone?)" if code == 0 else describe_exit(code)
+                raise RsampleError(f"the {role} worker {how} before the run was done; the same command resumes it (log: {log_path})")
             if code is not None:
                 raise RsampleError(f"the {role} worker exited with code {code}: {last_words(log_path)} (log: {log_path})")
 
@@ -129,6 +132,8 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         redis_url = options.redis_url
         if redis_url is None:
             redis_url = stack.enter_context(EmbeddedRedis()).url
+            log.info("embedded Redis at %s: `rsample status --redis-url %s` (or `rsample dashboard`) watches the run from another "
+                     "terminal", redis_url, redis_url)
         client = connect(redis_url)
         config, existed = register_run(client, config)
         coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite, options.sft_out,

@@ -67,7 +67,7 @@ class RunStatus:
     def eta_seconds(self) -> float | None:
         """Time left at the pace of the slower stage that moves (generation, or scoring and writing behind it); None
         while the run stalls or before anything moved."""
-        if self.complete or self.seconds <= 0 or self.stalled_stage():
+        if self.complete or not self.coordinated or self.seconds <= 0 or self.stalled_stage():
             return None
         return max((left / rate for _, left, rate in self._stages() if left > 0 and rate > 0), default=None)
 
@@ -181,5 +181,5 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         tokens=int(stats.get("tokens_generated")) + (0 if complete else live.tokens),
         report=json.loads(stats.text("report", "null")),
         recent=None if complete else recent_pace(read_samples(client, config.run_id), now),
-        coordinated=complete or bool(client.exists(keys.coordinator_lock)),
+        coordinated=bool(client.exists(keys.coordinator_lock)),
     )

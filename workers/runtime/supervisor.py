@@ -23,7 +23,7 @@ from redis.backoff import ExponentialBackoff
 from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.connection import REDIS_URL_ENV, connect, redact_url
-from rsample.workers.runtime.processes import RSAMPLE_COMMAND, die_with_parent, last_words
+from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, die_with_parent, last_words
 from rsample.workers.runtime.run_state import load_run
 
 
@@ -112,15 +112,6 @@ def check_devices(specs: list[WorkerSpec]) -> str | None:
     if count:
         raise RsampleError(f"no GPU {', '.join(map(str, missing))} on this machine: it has {count} (ids 0 to {count - 1})")
     return f"WARNING this machine has no GPU: the {len(specs)} worker(s) run on its CPU"
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 @dataclass
