@@ -130,10 +130,9 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
                   options.sft_out, config.output_settings())
     with ExitStack() as stack:
         redis_url = options.redis_url
-        if redis_url is None:
+        embedded = redis_url is None
+        if embedded:
             redis_url = stack.enter_context(EmbeddedRedis()).url
-            log.info("embedded Redis at %s: `rsample status --redis-url %s` (or `rsample dashboard`) watches the run from another "
-                     "terminal", redis_url, redis_url)
         client = connect(redis_url)
         config, existed = register_run(client, config)
         coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite, options.sft_out,
@@ -145,6 +144,9 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         total = int(client.hget(RunKeys(config.run_id).stats, "rows_total") or 0)
         workers = WorkerProcesses(redis_url, config.run_id, options.out.parent / ".rsample-logs" / config.run_id)
         stack.callback(workers.stop)
+        if embedded and done < total:  # once the run is settled and checked: an error stays one line
+            log.info("embedded Redis at %s: `rsample status --redis-url %s` (or `rsample dashboard`) watches the run from another "
+                     "terminal", redis_url, redis_url)
         if done < total:  # nothing to generate: do not load the models at all
             workers.start_for_run(config, options.generate_workers,
                                   *(arg for name in options.allow_functions for arg in ("--allow-reward-fn", name)),
