@@ -17,7 +17,7 @@ import redis
 
 from rsample.producer.dataset import iter_rows
 from rsample.producer.driver.ledger import Ledger
-from rsample.producer.prompts import RowSkip, extract_prompt
+from rsample.producer.prompts import RowSkip, record_of
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome, PromptRecord
 from rsample.workers.runtime.keys import RunKeys
@@ -69,10 +69,7 @@ class Feeder:
         return item
 
     def _to_record(self, index: int, row: Any) -> PromptRecord | RowSkip:
-        data = self.config.data
-        if isinstance(row, RowSkip):
-            return row
-        return extract_prompt(row, index, data.system_prompt, self.config.row_columns, data.prompt_columns, data.reference_column)
+        return record_of(self.config, index, row)
 
     def unsettled(self) -> list[PromptRecord]:
         """The handed-out prompts whose rows are not written yet (the settled ones are forgotten on the way)."""

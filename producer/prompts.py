@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rsample.workers.common import defaults
+from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import Conversation, PromptRecord
 
 ROLES = ("system", "user", "assistant")
@@ -165,6 +166,15 @@ def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
     if checked[-1]["role"] != "assistant":
         return RowSkip(row_index, "reference is not an assistant turn", f"row {row_index}: {column!r} ends with a {checked[-1]['role']} turn")
     return checked[-1]["content"]
+
+
+def record_of(config: RunConfig, row_index: int, row: Any) -> PromptRecord | RowSkip:
+    """A dataset row as the run reads it (its prompt and reference columns, its system prompt, the columns its rewards
+    read); a row that could not be read (`RowSkip`, bad JSON say) stays one."""
+    if isinstance(row, RowSkip):
+        return row
+    data = config.data
+    return extract_prompt(row, row_index, data.system_prompt, config.row_columns, data.prompt_columns, data.reference_column)
 
 
 def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, columns: tuple[str, ...] = (),

@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 
 from rsample.producer.dataset import count_rows, iter_rows, missing_columns
-from rsample.producer.prompts import AUTO_PROMPT_COLUMNS, RowSkip, extract_prompt
+from rsample.producer.prompts import AUTO_PROMPT_COLUMNS, RowSkip, record_of
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.keys import RunKeys
@@ -69,8 +69,7 @@ def check_rows(config: RunConfig) -> None:
     first_skip: RowSkip | None = None
     for index, row in itertools.islice(iter_rows(data), ROWS_CHECKED):
         checked += 1
-        record = row if isinstance(row, RowSkip) else extract_prompt(row, index, data.system_prompt, config.row_columns,
-                                                                     data.prompt_columns, data.reference_column)
+        record = record_of(config, index, row)
         if isinstance(record, RowSkip):
             first_skip = first_skip or record
             continue

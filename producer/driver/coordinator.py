@@ -71,8 +71,8 @@ class Coordinator:
         again, or every row of a run whose output started over (`--overwrite`, another `--out`). With nothing in flight
         (by the counters, and no job or result in the queues: a Redis fed again may count a batch's return twice), they
         exist nowhere: the feeder starts again from the first row, skipping what is written, a window at a time.
-        With prompts in flight (a coordinator restarted mid-run), the retried rows are fed again at once, and any other
-        row the output lacks is in flight, or found by the recovery of lost work."""
+        With work in flight (a coordinator restarted mid-run), the retried rows are fed again at once, and the others
+        from the first row once that work is done (`recover_lost_work`), a window at a time."""
         if retried:
             reasons = Counter(outcome.reason for outcome in retried)
             log.warning("run %s: retrying %d rows skipped because their work failed (%s)", self.config.run_id, len(retried),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rsample.producer.report.sample import Moments, Reservoir, spearman
 from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.messages import GENERATED_OUTCOMES
 from rsample.workers.common.reasoning import answer_part
 
 LENGTH_BIAS_RHO = 0.3
@@ -23,9 +24,6 @@ THINKING_END = "</think>"
 """How most reasoning models end their thinking: completions holding it in a run without --reasoning-end are named."""
 LOW_DIVERSITY = 0.2
 """Share of prompts with 2 or fewer distinct candidates from which the report warns of low diversity."""
-GENERATED_OUTCOMES = ("pair", "dropped_identical", "dropped_margin", "dropped_tie", "dropped_unfinished", "dropped_disagreement",
-                      "dropped_unverified")
-"""Outcomes of the prompts that got candidates."""
 SMALL_MARGIN = 0.1
 """A margin under this many standard deviations of the model's candidate scores counts as small."""
 

@@ -106,6 +106,8 @@ DROPPED_UNVERIFIED = "dropped_unverified"
 passed it: a pair of two wrong answers would teach a preference for one of them."""
 SKIPPED = "skipped"
 DUPLICATE = "duplicate"
+GENERATED_OUTCOMES = (PAIR, DROPPED_IDENTICAL, DROPPED_MARGIN, DROPPED_TIE, DROPPED_UNFINISHED, DROPPED_DISAGREEMENT, DROPPED_UNVERIFIED)
+"""The outcomes of the prompts that got candidates (the others were skipped, or duplicates)."""
 
 UNPROCESSABLE = "unprocessable result"
 _FAILURE_REASON = re.compile(rf"^(generation|scoring with reward model \d+|reward model \d+) failed: |^{UNPROCESSABLE}: ")

@@ -17,6 +17,7 @@ from rsample.workers.common.messages import (
     DROPPED_TIE,
     DROPPED_UNFINISHED,
     DROPPED_UNVERIFIED,
+    GENERATED_OUTCOMES,
     PAIR,
     SKIPPED,
     Candidate,
@@ -117,7 +118,7 @@ def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dic
             settle(SKIPPED, reasons[0])
             continue
         outcome = settle_prompt(config, prompt, per_model, result)
-        if outcome in (PAIR, DROPPED_MARGIN, DROPPED_IDENTICAL, DROPPED_UNVERIFIED, *DROP_OUTCOMES.values()):
+        if outcome in GENERATED_OUTCOMES:
             settle(outcome)
         else:
             settle(SKIPPED, outcome)
