@@ -82,19 +82,16 @@ def _split_files(folder: Path, split: str) -> list[Path] | None:
 def _declares_configs(folder: Path) -> bool:
     """Whether the folder's README.md declares `configs` in its YAML header, as a Hub dataset repository's does."""
     import yaml
+    from huggingface_hub.repocard import metadata_load
 
     readme = folder / "README.md"
     if not readme.is_file():
         return False
-    text = readme.read_text(errors="replace")
-    if not text.startswith("---"):
-        return False
-    header = text[3:].split("\n---", 1)[0]
     try:
-        metadata = yaml.safe_load(header)
-    except yaml.YAMLError:
+        metadata = metadata_load(readme)
+    except (yaml.YAMLError, ValueError):  # a README that is no dataset card (UnicodeDecodeError is a ValueError)
         return False
-    return isinstance(metadata, dict) and bool(metadata.get("configs"))
+    return bool(metadata and metadata.get("configs"))
 
 
 def _json_lines(path: Path) -> bool:

@@ -156,3 +156,13 @@ def test_a_folder_of_json_lines_whose_readme_declares_configs_is_read_by_them(tm
                                       "  - split: test\n    path: data/eval.jsonl\n---\n")
     assert [row["prompt"] for _, row in _rows(mapped)] == ["learn"]
     assert [row["prompt"] for _, row in _rows(mapped, split="test")] == ["eval"]
+
+
+@pytest.mark.parametrize("readme", ["# notes, no header\n", "---\nlicense: [unclosed\n---\n", "---\n- a list\n---\n",
+                                    "\ufeff---\nlicense: mit\n---\n", "---\nconfigs: []\n---\n"])
+def test_a_folder_whose_readme_declares_no_configs_is_read_by_file_names(tmp_path, readme):
+    """A README that is no dataset card, or a card without `configs`, leaves the folder to the split's file names."""
+    (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "kept"}) + "\n")
+    (tmp_path / "test.jsonl").write_text(json.dumps({"prompt": "other split"}) + "\n")
+    (tmp_path / "README.md").write_text(readme)
+    assert [row["prompt"] for _, row in _rows(tmp_path)] == ["kept"]
