@@ -547,7 +547,8 @@ def dashboard(redis_url, port, bind) -> None:
 
 @main.command("workers")
 @redis_url_option(required=True)
-@click.option("--run", "run_id", help="Run to serve (default: the latest unfinished run in this Redis); every worker serves this one.")
+@click.option("--run", "run_id", help="Serve this run only (default: follow the runs: wait for one, serve the newest fed run "
+              "until it is finished, then the next).")
 @click.option("--gpus", help="GPUs for workers of --role: 0,1,2 or 0-3 or 0-3,6.")
 @click.option("--role", type=click.Choice(WORKER_ROLES), help="Role of the workers on --gpus.")
 @click.option("--generate", "generate_gpus", help="GPUs for generation workers, e.g. 0-5 (with --reward for the others).")

@@ -1,5 +1,6 @@
 """`rsample workers`: GPU plans, and a real supervisor keeping real worker processes alive on a real Redis."""
 
+import json
 import os
 import shutil
 import signal
@@ -256,3 +257,69 @@ def test_a_worker_still_busy_at_the_stop_timeout_gets_a_second_sigterm_before_an
     supervisor.stop()
     assert child.process.returncode == 3  # it exited on the second SIGTERM, not by SIGKILL
     assert "generate worker on GPU 0 (pid" in capsys.readouterr().out
+
+
+def test_which_run_workers_that_follow_the_runs_serve(redis_client):
+    """The newest fed run first; a fed run keeps its workers until it is finished; a run nothing feeds gives them up
+    to one that is fed; a finished run, or one whose settings expired, to the next."""
+    from rsample.producer.driver.run_lock import RunLock
+    from rsample.workers.common.config import DataSelection, RunConfig
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.run_state import Move, list_run_ids, move_from, run_to_serve, save_run
+
+    def make(run_id: str, created_at: float) -> None:
+        save_run(redis_client, RunConfig(run_id=run_id, data=DataSelection("d"), policy="p", reward_models=("rm",), created_at=created_at))
+
+    def finish(run_id: str) -> None:
+        redis_client.hset(RunKeys(run_id).stats, "finished_at", 1.0)
+
+    assert run_to_serve(redis_client) is None
+    make("old", 1.0)
+    assert run_to_serve(redis_client) == "old" and move_from(redis_client, "old") is None
+    make("new", 2.0)
+    assert run_to_serve(redis_client) == "new"  # nothing feeds either: the newest
+    assert move_from(redis_client, "old") is None  # from one unfed run to another: no reason to reload the models
+    lock = RunLock(redis_client, RunKeys("old").coordinator_lock, "old").acquire()
+    try:
+        assert run_to_serve(redis_client) == "old"  # fed: first, though older
+        assert move_from(redis_client, "new") == Move("old", "nothing feeds run new (no coordinator holds it) while run old is fed")
+        RunLock(redis_client, RunKeys("new").coordinator_lock, "new").acquire()
+        assert move_from(redis_client, "old") is None  # fed: kept until finished, the newer run waiting
+        finish("old")
+        assert move_from(redis_client, "old") == Move("new", "run old is finished")
+    finally:
+        lock.release()
+    finish("new")
+    assert run_to_serve(redis_client) is None and move_from(redis_client, "new") is None  # nothing left: stay
+    make("later", 3.0)
+    redis_client.delete(RunKeys("new").config)  # as `expire_run` leaves it a month later: the index still names it
+    assert list_run_ids(redis_client) == ["later", "old"]
+    assert move_from(redis_client, "new") == Move("later", "run new is finished")
+
+
+def test_workers_without_a_run_wait_for_one_and_move_to_the_next_when_it_is_finished(redis_server, chat_dataset, tmp_path):
+    """Started before any run, as on a cluster: the supervisor waits, serves the first run, then the next one that is
+    enqueued, with workers started again for its models; each run is written exactly once."""
+    log = tmp_path / "supervisor.log"
+    supervisor = start_supervisor("--gpus", "0", "--role", "both", *FAST, "--log-dir", str(tmp_path / "logs"), log=log,
+                                  redis_url=redis_server.url)
+    run_ids = []
+    try:
+        wait_for(lambda: "waiting for a run" in log.read_text(), 30, "the supervisor to wait for a run", interval=0.1)
+        for n in ("3", "2"):
+            run_ids.append(rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), *ECHO, "--n", n)
+                           .stdout.strip().splitlines()[-1])
+            out = tmp_path / f"pairs-{n}.jsonl"
+            rsample("aggregate", "--redis-url", redis_server.url, "--run", run_ids[-1], "--out", str(out), "--no-progress", timeout=120)
+            assert assert_exactly_once(out, None, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
+            assert {json.loads(line)["num_candidates"] for line in out.read_text().splitlines()} == {int(n)}  # this run's own n
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=30) == 0, log.read_text()
+    finally:
+        for run_id in run_ids:
+            kill_leftovers(run_id)
+    first, second = run_ids
+    output = log.read_text()
+    assert f"run {first} is finished: moving the workers to run {second}" in output, output
+    assert output.count("started both worker on GPU 0") == 2 and output.count("stopped both worker on GPU 0") == 2
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == sorted(run_ids)

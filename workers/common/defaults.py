@@ -106,6 +106,9 @@ requeued by the run's heartbeat check, so killing is safe, only wasteful."""
 COORDINATOR_LOCK_SECONDS = 30
 """A coordinator that stops refreshing its run's lock for this long is taken for dead, and another may take over."""
 
+RUN_CHECK_SECONDS = 3.0
+"""How often `rsample workers` without --run looks for a run to serve, or for the next one once its run is finished."""
+
 SUPERVISOR_POLL_SECONDS = 0.2
 """How often `rsample workers` looks at its children: a dead worker is noticed within this."""
 

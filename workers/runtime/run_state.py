@@ -32,18 +32,63 @@ def load_run(client: redis.Redis, run_id: str | None) -> RunConfig:
 def latest_run_id(client: redis.Redis) -> str:
     """The newest run not yet finished (a worker without --run must not sit on a complete run while an older one
     waits), else the newest run."""
-    newest_first = [raw.decode() for raw in client.zrevrange(RUNS_INDEX, 0, -1)]
+    newest_first = list_run_ids(client)
     if not newest_first:
         raise RsampleError("this Redis holds no run yet: start one with `rsample enqueue` or pass --run")
-    with client.pipeline() as pipe:
+    return next(iter(unfinished_runs(client)), newest_first[0])
+
+
+def unfinished_runs(client: redis.Redis) -> dict[str, bool]:
+    """The runs not yet finished, newest first, each with whether a coordinator holds it (feeds and writes it)."""
+    newest_first = list_run_ids(client)
+    with client.pipeline(transaction=False) as pipe:
         for run_id in newest_first:
             pipe.hexists(RunKeys(run_id).stats, "finished_at")
-        finished = pipe.execute()
-    return next((run_id for run_id, done in zip(newest_first, finished) if not done), newest_first[0])
+            pipe.exists(RunKeys(run_id).coordinator_lock)
+        answers = pipe.execute()
+    return {run_id: bool(coordinated) for run_id, finished, coordinated in zip(newest_first, answers[::2], answers[1::2])
+            if not finished}
+
+
+def run_to_serve(client: redis.Redis) -> str | None:
+    """For workers that follow the runs: the newest run that a coordinator feeds, else the newest not yet finished."""
+    return _newest_fed_first(unfinished_runs(client))
+
+
+def _newest_fed_first(runs: dict[str, bool]) -> str | None:
+    return next((run_id for run_id, coordinated in runs.items() if coordinated), next(iter(runs), None))
+
+
+@dataclass(frozen=True)
+class Move:
+    """Workers that follow the runs leave their run for another: which, and why."""
+
+    run_id: str
+    reason: str
+
+
+def move_from(client: redis.Redis, current: str) -> Move | None:
+    """Workers serve their run until it is finished (or expired), or until nothing feeds it while another run is fed:
+    then they move to `run_to_serve`. A run that is fed keeps them until it is finished, newer runs waiting."""
+    runs = unfinished_runs(client)
+    target = _newest_fed_first(runs)
+    if target is None or target == current:
+        return None
+    if current not in runs:
+        return Move(target, f"run {current} is finished")
+    if not runs[current] and runs[target]:
+        return Move(target, f"nothing feeds run {current} (no coordinator holds it) while run {target} is fed")
+    return None
 
 
 def list_run_ids(client: redis.Redis) -> list[str]:
-    return [r.decode() for r in client.zrevrange(RUNS_INDEX, 0, -1)]
+    """The runs this Redis holds, newest first. The index outlives a finished run's settings (`expire_run`): such a
+    run is gone, and left out."""
+    newest_first = [raw.decode() for raw in client.zrevrange(RUNS_INDEX, 0, -1)]
+    with client.pipeline(transaction=False) as pipe:
+        for run_id in newest_first:
+            pipe.exists(RunKeys(run_id).config)
+        return [run_id for run_id, exists in zip(newest_first, pipe.execute()) if exists]
 
 
 def expire_run(client: redis.Redis, run_id: str) -> None:

@@ -4,7 +4,9 @@
 
 The children are ordinary worker processes, so a supervised worker behaves exactly like one started by
 hand; the supervisor only starts, watches, restarts and stops them. It loads no model itself (no torch
-here): the children pin their GPUs before importing anything heavy.
+here): the children pin their GPUs before importing anything heavy. Without `--run` it follows the runs: it
+waits for one, and when its run is finished it starts the workers again for the next (a worker loads the models
+of one run).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
+import redis
 from redis.backoff import ExponentialBackoff
 
 from rsample.workers.common import defaults
-from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.runtime.connection import REDIS_URL_ENV, connect, redact_url
 from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, die_with_parent, last_words
-from rsample.workers.runtime.run_state import load_run
+from rsample.workers.runtime.run_state import Move, load_run, move_from, run_to_serve
 
 
 def parse_gpus(text: str, option: str = "--gpus") -> list[int]:
@@ -114,6 +118,25 @@ def check_devices(specs: list[WorkerSpec]) -> str | None:
     return f"WARNING this machine has no GPU: the {len(specs)} worker(s) run on its CPU"
 
 
+def say(message: str) -> None:
+    click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}")
+
+
+class StopSignals:
+    """SIGINT / SIGTERM received: the first stops the supervisor, a second hurries its workers."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> StopSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        self.count += 1
+
+
 @dataclass
 class Child:
     """A spec's current process and its restart bookkeeping."""
@@ -139,7 +162,9 @@ class Supervisor:
 
     def __init__(self, specs: list[WorkerSpec], redis_url: str, run_id: str, log_dir: Path,
                  role_args: dict[str, list[str]] | None = None, restart_backoff: float = defaults.RESTART_BACKOFF,
-                 give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS):
+                 give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS,
+                 stops: StopSignals | None = None, next_run: Callable[[], Move | None] | None = None):
+        """`next_run`, when given, is asked every few seconds whether the workers should move to another run."""
         self.redis_url = redis_url
         self.run_id = run_id
         self.role_args = role_args or {}
@@ -148,10 +173,17 @@ class Supervisor:
         self.stop_grace = stop_grace
         self.log_dir = log_dir / re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
         self.children = [Child(spec, self.log_dir / f"{spec.role}-gpu{spec.devices.replace(',', '-')}.log") for spec in specs]
-        self.signals = 0
+        self.stops = stops or StopSignals()
+        self.next_run = next_run
+        self.moved: Move | None = None
+        """The run the workers were stopped for, when `run` returned to move them."""
+
+    @property
+    def signals(self) -> int:
+        return self.stops.count
 
     def say(self, message: str) -> None:
-        click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}")
+        say(message)
 
     def command(self, spec: WorkerSpec) -> list[str]:
         return [*RSAMPLE_COMMAND, "worker", spec.role, "--run", self.run_id, "--gpu", spec.devices,
@@ -188,10 +220,11 @@ class Supervisor:
         self.say(f"{said}; restarting in {delay:g} s")
 
     def run(self) -> int:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._on_signal)
+        """Until a stop signal (0), every worker given up (1), or `next_run` names a run to move to (0, `moved` set)."""
+        self.stops.install()
         for child in self.children:
             self.start(child)
+        checked = time.monotonic()
         while not self.signals:
             for child in self.children:
                 if child.process is not None:
@@ -203,6 +236,12 @@ class Supervisor:
             if all(child.given_up for child in self.children):
                 self.say("every worker has been given up: exiting")
                 return 1
+            if self.next_run is not None and time.monotonic() - checked >= defaults.RUN_CHECK_SECONDS:
+                checked = time.monotonic()
+                self.moved = self.next_run()
+                if self.moved is not None:
+                    self.say(f"{self.moved.reason}: moving the workers to run {self.moved.run_id}")
+                    break
             time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
         self.stop()
         return 0
@@ -227,26 +266,78 @@ class Supervisor:
                 child.process.kill()  # SIGKILL: its jobs wait out their heartbeat TTL
             self.say(f"stopped {child.spec} (pid {child.process.pid}): it {describe_exit(child.process.wait())}")
 
-    def _on_signal(self, signum, frame) -> None:
-        self.signals += 1
 
 
 def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int]], gpus_per_worker: int | None,
               role_args: dict[str, list[str]], log_dir: Path, restart_backoff: float = defaults.RESTART_BACKOFF,
               give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS,
               reward_model_indices: tuple[int, ...] = ()) -> int:
-    """Runs the supervisor for one run until it is stopped; returns the exit code."""
-    config = load_run(connect(redis_url, patient=False), run_id)  # resolved once: every child serves the same run
-    if "reward" in assignment:
-        config.served_reward_models(reward_model_indices)  # a bad index fails here, before any worker loads a model
-    if gpus_per_worker is not None:
-        specs = plan_workers(assignment, gpus_per_worker)
-    else:
-        specs = plan_workers(assignment, config.models.tensor_parallel_size, "the run's --tensor-parallel-size")
-    warning = check_devices(specs)
-    supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_grace)
-    if warning:
-        supervisor.say(warning)
-    plan = "; ".join(f"{spec.role} on GPU {spec.devices}" for spec in specs)
-    supervisor.say(f"run {config.run_id} on {redact_url(redis_url)}: {len(specs)} worker(s): {plan}")
-    return supervisor.run()
+    """Serves `run_id`, or without it follows the runs, until stopped; returns the exit code."""
+    client = connect(redis_url, patient=False)
+    stops = StopSignals().install()
+    follower = None if run_id is not None else RunFollower(client, stops)
+    run_id = run_id if follower is None else follower.first_run()
+    while run_id is not None:
+        config = load_run(client, run_id)  # resolved here: every child serves the same run
+        if "reward" in assignment:
+            config.served_reward_models(reward_model_indices)  # a bad index fails here, before any worker loads a model
+        if gpus_per_worker is not None:
+            specs = plan_workers(assignment, gpus_per_worker)
+        else:
+            specs = plan_workers(assignment, config.models.tensor_parallel_size, "the run's --tensor-parallel-size")
+        warning = check_devices(specs)
+        supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_grace,
+                                stops, None if follower is None else follower.mover(config.run_id))
+        if warning:
+            supervisor.say(warning)
+        plan = "; ".join(f"{spec.role} on GPU {spec.devices}" for spec in specs)
+        supervisor.say(f"run {config.run_id} on {redact_url(redis_url)}: {len(specs)} worker(s): {plan}")
+        code = supervisor.run()
+        if supervisor.moved is None or stops.count:
+            return code
+        run_id = supervisor.moved.run_id
+    return 0
+
+
+class RunFollower:
+    """Which run a supervisor without `--run` serves: see `run_state.run_to_serve` and `move_from`. Redis going away
+    is said once and waited through; the workers wait for it on their own."""
+
+    def __init__(self, client: redis.Redis, stops: StopSignals):
+        self.client = client
+        self.stops = stops
+        self.unreachable = False
+
+    def first_run(self) -> str | None:
+        """The run to serve, once there is one; None if stopped while waiting."""
+        said = False
+        while not self.stops.count:
+            run_id = self._ask(run_to_serve, self.client)
+            if run_id is not None:
+                return run_id
+            if not said and not self.unreachable:
+                say("waiting for a run: this Redis holds none that is not finished (start one with `rsample enqueue`)")
+                said = True
+            self._sleep(defaults.RUN_CHECK_SECONDS)
+        return None
+
+    def mover(self, current: str) -> Callable[[], Move | None]:
+        return lambda: self._ask(move_from, self.client, current)
+
+    def _ask(self, question, *args):
+        try:
+            answer = question(*args)
+        except redis.RedisError as exc:
+            if not self.unreachable:
+                say(f"cannot reach Redis ({first_line(exc)}): trying again every {defaults.RUN_CHECK_SECONDS:g} s")
+                self.unreachable = True
+            return None
+        if self.unreachable:
+            say("Redis is back")
+            self.unreachable = False
+        return answer
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stops.count and time.monotonic() < deadline:
+            time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
