@@ -259,7 +259,7 @@ def test_a_worker_still_busy_at_the_stop_timeout_gets_a_second_sigterm_before_an
     assert "generate worker on GPU 0 (pid" in capsys.readouterr().out
 
 
-def test_which_run_workers_that_follow_the_runs_serve(redis_client):
+def test_which_run_workers_that_follow_the_runs_serve(redis_server, redis_client):
     """The newest fed run first; a fed run keeps its workers until it is finished; a run nothing feeds gives them up
     to one that is fed; a finished run, or one whose settings expired, to the next."""
     from rsample.producer.driver.run_lock import RunLock
@@ -295,6 +295,8 @@ def test_which_run_workers_that_follow_the_runs_serve(redis_client):
     redis_client.delete(RunKeys("new").config)  # as `expire_run` leaves it a month later: the index still names it
     assert list_run_ids(redis_client) == ["later", "old"]
     assert move_from(redis_client, "new") == Move("later", "run new is finished")
+    status = json.loads(rsample("status", "--redis-url", redis_server.url, "--json").stdout)
+    assert [report["run_id"] for report in status] == ["later", "old"]  # it used to fail on the expired run
 
 
 def test_workers_without_a_run_wait_for_one_and_move_to_the_next_when_it_is_finished(redis_server, chat_dataset, tmp_path):
