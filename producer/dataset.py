@@ -1,8 +1,9 @@
 """Reading dataset rows from a local file or the Hugging Face Hub.
 
-Local JSON Lines (`.jsonl`, or `.json` holding one object per line), alone or as a folder's files, is read line by
-line so that one malformed line (bad JSON, invalid UTF-8) becomes a counted skip with its line number instead of
-failing the whole file, as Arrow schema inference would. Everything else goes through `datasets.load_dataset`.
+Local JSON Lines (`.jsonl`, or `.json` holding one object per line), alone or as a folder's files (picked by their
+names, or by the configurations the folder's README declares), is read line by line so that one malformed line (bad
+JSON, invalid UTF-8) becomes a counted skip with its line number instead of failing the whole file, as Arrow schema
+inference would. Everything else goes through `datasets.load_dataset`.
 """
 
 from __future__ import annotations
@@ -79,6 +80,26 @@ def _split_files(folder: Path, split: str) -> list[Path] | None:
     return [Path(name) for name in by_name[split]]
 
 
+def _config_files(folder: Path, subset: str | None, split: str) -> list[Path] | None:
+    """The JSON Lines files of `split` in the folder's configuration `subset` (or its default), as `datasets` resolves
+    a card's `configs`; None where datasets must read them itself (other formats, a `field` or declared features)."""
+    import datasets
+    from datasets.packaged_modules.json.json import Json
+
+    try:
+        builder = datasets.load_dataset_builder(str(folder), subset)
+    except Exception:  # an unknown subset, say: datasets' own load says why
+        return None
+    if not isinstance(builder, Json) or builder.config.field is not None or builder.config.features is not None:
+        return None
+    by_split = {str(name): files for name, files in (builder.config.data_files or {}).items()}
+    if split not in by_split:
+        raise RsampleError(f"dataset folder {folder} has no split {split!r} in its {builder.config.name!r} configuration "
+                           f"(its splits: {', '.join(sorted(by_split))})")
+    files = [Path(name) for name in by_split[split]]
+    return files if all(_json_lines(file) for file in files) else None
+
+
 def _declares_configs(folder: Path) -> bool:
     """Whether the folder's README.md declares `configs` in its YAML header, as a Hub dataset repository's does."""
     import yaml
@@ -143,8 +164,11 @@ def _open(selection: DataSelection):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
     if path.is_dir():
-        # a folder whose README declares its configs (a Hub repository's copy) is read as `datasets` reads it: by them
-        files = _split_files(path, split) if selection.subset is None and not _declares_configs(path) else None
+        # a folder whose README declares its configs (a Hub repository's copy) is read by them, as `datasets` reads it
+        if selection.subset is None and not _declares_configs(path):
+            files = _split_files(path, split)
+        else:
+            files = _config_files(path, selection.subset, split)
         if files and all(_json_lines(file) for file in files):
             return files  # the files and order datasets would read, line by line
         return _load_with_datasets(str(path), split, subset=selection.subset)

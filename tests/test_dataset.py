@@ -166,3 +166,22 @@ def test_a_folder_whose_readme_declares_no_configs_is_read_by_file_names(tmp_pat
     (tmp_path / "test.jsonl").write_text(json.dumps({"prompt": "other split"}) + "\n")
     (tmp_path / "README.md").write_text(readme)
     assert [row["prompt"] for _, row in _rows(tmp_path)] == ["kept"]
+
+
+def test_a_bad_line_in_a_folder_read_by_its_readme_configs_is_one_skip(tmp_path):
+    """The configs pick the files, as `datasets` resolves them; the files are still read line by line, so that a bad
+    line costs one row instead of the whole dataset."""
+    repo = tmp_path / "hub-copy"
+    for subset in ("main", "socratic"):
+        (repo / subset).mkdir(parents=True)
+        (repo / subset / "train.jsonl").write_text(json.dumps({"question": f"{subset} 0"}) + '\n{"question": broken\n'
+                                                   + json.dumps({"question": f"{subset} 2"}) + "\n")
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: main\n  default: true\n  data_files:\n  - split: train\n    path: main/*\n"
+                                    "- config_name: socratic\n  data_files:\n  - split: train\n    path: socratic/*\n---\n")
+    for subset in ("main", "socratic"):
+        first, skip, last = _rows(repo, subset=None if subset == "main" else subset)
+        assert (first[1], last[1]) == ({"question": f"{subset} 0"}, {"question": f"{subset} 2"})
+        assert isinstance(skip[1], RowSkip) and skip[1].detail.startswith("row 1 (train.jsonl line 2): ")
+    with pytest.raises(RsampleError) as error:
+        _rows(repo, split="test")
+    assert str(error.value) == f"dataset folder {repo} has no split 'test' in its 'main' configuration (its splits: train)"
