@@ -183,13 +183,17 @@ def build_config(params: dict) -> RunConfig:
     )
     from rsample.workers.backends.models import check_policy, check_reward_model, load_model_config, policy_sampling_defaults
     from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
-    from rsample.workers.backends.reward_specs import is_function, is_judge, is_verifier, model_path
+    from rsample.workers.backends.reward_specs import is_function, is_judge, is_verifier, model_path, same_model
 
-    trusted = set(config.trust_remote_code)
     models = [config.policy, *(path for spec in config.reward_models if (path := model_path(spec)) is not None)]
-    stray = [model for model in config.trust_remote_code if model not in models]
-    if stray:  # a typo would leave the model it meant untrusted, and let nothing run
-        raise RsampleError(f"--trust-remote-code {stray[0]} names no model of this run (its models: {', '.join(models)})")
+    spelled = []
+    for given in config.trust_remote_code:  # held as the run spells the model, which is what workers compare
+        match = next((model for model in models if same_model(model, given)), None)
+        if match is None:  # a typo would leave the model it meant untrusted, and let nothing run
+            raise RsampleError(f"--trust-remote-code {given} names no model of this run (its models: {', '.join(models)})")
+        spelled.append(match)
+    config = dataclasses.replace(config, trust_remote_code=tuple(dict.fromkeys(spelled)))
+    trusted = set(config.trust_remote_code)
     if config.models.tensor_parallel_size > 1 and "vllm" not in (config.models.generation_backend, config.models.reward_backend):
         raise RsampleError(f"--tensor-parallel-size {config.models.tensor_parallel_size} applies to vLLM engines (--backend vllm, "
                            "--reward-backend vllm): the other backends run a worker's model on one device")

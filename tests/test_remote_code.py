@@ -73,7 +73,7 @@ def test_named_it_loads_and_scores_as_the_same_weights_do_without_code(remote_mo
     plain, remote = remote_model
     dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     out = tmp_path / "pairs.jsonl"
-    rsample(*run_args(dataset, remote, out), "--trust-remote-code", remote)
+    rsample(*run_args(dataset, remote, out), "--trust-remote-code", remote + "/")  # the same folder, spelled otherwise
     pairs = read_jsonl(out)
     assert pairs, "no pair written"
     reference = TransformersRewardModel(plain, "float32")
@@ -94,7 +94,7 @@ def test_a_worker_runs_the_code_only_if_its_own_command_line_allows_it(remote_mo
     assert worker.stderr.strip().splitlines()[-1] == (f"error: reward model {remote!r} runs code from its repository: name it "
                                                      f"with --trust-remote-code {remote} (on the run, and on every worker that loads it)")
     allowed = subprocess.run([sys.executable, "-m", "rsample.producer", "worker", "reward", "--redis-url", redis_server.url,
-                              "--run", run_id, "--burst", "--trust-remote-code", remote], cwd=REPO, capture_output=True, text=True,
+                              "--run", run_id, "--burst", "--trust-remote-code", remote + "/"], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
     assert allowed.returncode == 0, allowed.stderr[-2000:]
 

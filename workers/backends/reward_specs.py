@@ -6,6 +6,7 @@ Plain string functions, imported by the run settings and the producer without an
 
 from __future__ import annotations
 
+import os
 import re
 
 from rsample.workers.common.errors import RsampleError
@@ -45,6 +46,11 @@ def model_path(spec: str) -> str | None:
     if is_verifier(spec) or is_function(spec):
         return None
     return spec[len(JUDGE_PREFIX):] if is_judge(spec) else spec
+
+
+def same_model(a: str, b: str) -> bool:
+    """`tiny/policy/` and `./tiny/policy` name the model `tiny/policy` names (a Hub id has no trailing slash either)."""
+    return os.path.normpath(a) == os.path.normpath(b)
 
 
 def function_name(spec: str) -> str:

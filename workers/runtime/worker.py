@@ -225,6 +225,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
 
     from rsample.workers.backends.functions import allowed_functions
     from rsample.workers.backends.registry import load_generator, load_reward_backend
+    from rsample.workers.backends.reward_specs import same_model
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.keys import RunKeys
     from rsample.workers.runtime.run_state import load_run
@@ -237,7 +238,8 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     take_cpu_share()
     client = connect(redis_url)
     config = load_run(client, run_id)
-    config = dataclasses.replace(config, trust_remote_code=tuple(m for m in config.trust_remote_code if m in trust_remote_code))
+    config = dataclasses.replace(config, trust_remote_code=tuple(
+        model for model in config.trust_remote_code if any(same_model(model, given) for given in trust_remote_code)))
     keys = RunKeys(config.run_id)
     context = worker_context.WorkerContext(client=client, config=config)
     started = time.perf_counter()
