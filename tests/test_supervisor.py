@@ -325,3 +325,29 @@ def test_workers_without_a_run_wait_for_one_and_move_to_the_next_when_it_is_fini
     assert f"run {first} is finished: moving the workers to run {second}" in output, output
     assert output.count("started both worker on GPU 0") == 2 and output.count("stopped both worker on GPU 0") == 2
     assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == sorted(run_ids)
+
+
+def test_a_worker_without_a_run_exits_once_its_run_is_finished_and_another_waits(redis_server, chat_dataset, tmp_path):
+    """For whatever restarts it (Docker, Kubernetes): started again, it serves the next run."""
+    first = enqueue(redis_server.url, chat_dataset)
+    command = [sys.executable, "-m", "rsample.producer", "worker", "both", "--redis-url", redis_server.url]
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    STARTED.append(worker)
+    rsample("aggregate", "--redis-url", redis_server.url, "--run", first, "--out", str(tmp_path / "first.jsonl"), "--no-progress", timeout=120)
+    second = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), *ECHO, "--n", "2").stdout.strip().splitlines()[-1]
+    out = tmp_path / "second.jsonl"
+    aggregate = subprocess.Popen([sys.executable, "-m", "rsample.producer", "aggregate", "--redis-url", redis_server.url, "--run", second,
+                                  "--out", str(out), "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    STARTED.append(aggregate)
+    assert worker.wait(timeout=60) == 0, log.read_text()
+    assert f"run {first} is finished: this worker exits, to be started again for run {second}" in log.read_text()
+    restarted = subprocess.Popen(command, cwd=REPO, stdout=(tmp_path / "restarted.log").open("w"), stderr=subprocess.STDOUT)
+    STARTED.append(restarted)
+    try:
+        assert aggregate.wait(timeout=120) == 0, aggregate.stderr.read()
+        assert assert_exactly_once(out, None, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
+        assert f"serving run {second}" in (tmp_path / "restarted.log").read_text()
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=30)

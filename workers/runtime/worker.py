@@ -209,6 +209,32 @@ def default_slots(role: str, models: ModelSettings) -> int:
     return 1
 
 
+def leave_when_the_run_moves(client, run_id: str) -> threading.Thread:
+    """A worker started without --run exits, as after SIGTERM, once `run_state.move_from` names another run (its run
+    is finished, or nothing feeds it while another run is fed): it holds the models of one run, and whatever restarts
+    it (Docker, Kubernetes, systemd) starts it again for that one. `rsample workers` does the same for its workers."""
+    import redis
+
+    from rsample.workers.runtime.run_state import move_from
+
+    def watch() -> None:
+        while True:
+            time.sleep(defaults.RUN_CHECK_SECONDS)
+            try:
+                move = move_from(client, run_id)
+            except redis.RedisError:  # Redis away: the job loop waits for it and says so
+                continue
+            if move is not None:
+                log.warning("%s: this worker exits, to be started again for run %s (a worker loads the models of one run)",
+                            move.reason, move.run_id)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    thread = threading.Thread(target=watch, name="rsample-run-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def pin_gpu(gpu: str | None) -> None:
     """Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation."""
     if gpu is not None:
@@ -228,7 +254,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     from rsample.workers.backends.reward_specs import same_model
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.keys import RunKeys
-    from rsample.workers.runtime.run_state import load_run
+    from rsample.workers.runtime.run_state import load_run, run_to_serve
     from rsample.workers.runtime.safe_job import SafeJob
 
     if role not in WORKER_ROLES:
@@ -237,7 +263,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         raise RsampleError(f"--slots must be at least 1 (got {slots})")
     take_cpu_share()
     client = connect(redis_url)
-    config = load_run(client, run_id)
+    config = load_run(client, run_id or run_to_serve(client))  # the run `leave_when_the_run_moves` would move to
     config = dataclasses.replace(config, trust_remote_code=tuple(
         model for model in config.trust_remote_code if any(same_model(model, given) for given in trust_remote_code)))
     keys = RunKeys(config.run_id)
@@ -269,6 +295,8 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         return worker
 
     log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots)
+    if run_id is None and not burst:
+        leave_when_the_run_moves(client, config.run_id)
     run_slots(make_worker, slots, burst)
     if context.broken:
         raise RsampleError(f"worker stopped after {context.broken_cause}: {context.broken}")
