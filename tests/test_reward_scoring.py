@@ -107,3 +107,40 @@ def test_a_decoder_scores_its_batches_without_a_mask_and_an_encoder_keeps_it(tmp
     oracle = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert scores == pytest.approx([reference_reward(oracle, tokenizer, c) for c in CONVERSATIONS], abs=1e-5)
+
+
+def test_a_score_that_overflows_leaves_its_candidate_unscored_and_no_pair_is_built_on_it(tmp_path, caplog):
+    """A reward model whose activations overflow (as fp16 trunks do) gives NaN: it must rank nothing, and never reach
+    the output, where strict JSON readers refuse `NaN`."""
+    import json
+    import math
+
+    from rsample.workers.common.config import DataSelection, RunConfig
+    from rsample.workers.common.messages import Candidate, GeneratedBatch, GeneratedPrompt, PromptRecord
+    from rsample.workers.stages.aggregate import aggregate_batch
+    from rsample.workers.stages.score import score_isolating_failures
+
+    path = build_reward_model(tmp_path / "rm", seed=7, pad="none")
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tokenizer.convert_tokens_to_ids("Ġmusic")] = float("inf")  # the word " music" alone
+    model.save_pretrained(tmp_path / "overflows")
+    tokenizer.save_pretrained(tmp_path / "overflows")
+    backend = TransformersRewardModel(str(tmp_path / "overflows"), "float32")
+    prompt = [{"role": "user", "content": "name a sound"}]
+    texts = ("river music", "the river", "a city")
+    raw = backend.score([[*prompt, {"role": "assistant", "content": text}] for text in texts])
+    assert math.isnan(raw[0]) and all(math.isfinite(score) for score in raw[1:])  # the model's own output
+
+    record = PromptRecord("p", prompt, row_index=0)
+    candidates = [Candidate(text, [i], num_tokens=1, finish_reason="stop") for i, text in enumerate(texts)]
+    batch = GeneratedBatch("b", [GeneratedPrompt(record, candidates, 3, None)])
+    verdicts = score_isolating_failures(backend, 0, batch.prompts)
+    assert verdicts["p"]["scores"] == [None, *raw[1:]]
+    assert "reward model 0 gave 1 candidate(s) a score that is not a finite number" in caplog.text
+    config = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm",))
+    (row,) = aggregate_batch(config, batch, [verdicts]).rows
+    best, worst = (1, 2) if raw[1] > raw[2] else (2, 1)
+    assert (row["chosen"][-1]["content"], row["rejected"][-1]["content"]) == (candidates[best].text, candidates[worst].text)
+    json.dumps(row, allow_nan=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 from rsample.workers.backends.base import RewardBackend
@@ -55,11 +56,18 @@ def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: 
         fault=RewardFunctionFault if getattr(backend, "user_code", False) else WorkerFault,
     ))) if scorable else {}
     # None for a candidate longer than the model's context: the aggregation drops that candidate, not the prompt
-    result = {}
+    result, non_finite = {}, 0
     for prompt in prompts:
         prompt_id = prompt.prompt.prompt_id
         verdict = verdicts.get(prompt_id) if prompt_id in verdicts else PromptScores(skip_reason=missing[prompt_id])
-        result[prompt_id] = (verdict if isinstance(verdict, PromptScores) else PromptScores(scores=verdict)).__dict__
+        if not isinstance(verdict, PromptScores):
+            scores = [None if score is None or not math.isfinite(score) else score for score in verdict]
+            non_finite += sum(score is not None for score in verdict) - sum(score is not None for score in scores)
+            verdict = PromptScores(scores=scores)
+        result[prompt_id] = verdict.__dict__
+    if non_finite:  # an overflow (fp16 trunks do it): such a score ranks nothing, and would make the JSON output invalid
+        log.warning("reward model %d gave %d candidate(s) a score that is not a finite number (NaN or infinity): they are "
+                    "left unscored, as candidates too long for its context are, and no pair is chosen from them", model_index, non_finite)
     return result
 
 
