@@ -109,3 +109,28 @@ def test_a_judge_whose_tokenizer_splits_digits_off_a_prefix_piece_reads_the_digi
     path = sentencepiece_judge(tmp_path / "mistral-like")
     scores = TransformersJudge(f"judge:{path}", "float32", template=RUBRIC).score(CONVERSATIONS)
     assert scores == pytest.approx([expected_rating(path, c) for c in CONVERSATIONS], abs=1e-5)
+
+
+def test_a_judge_sure_of_another_token_still_gives_its_expected_rating(tiny_models, tmp_path):
+    """A judge that puts nearly all its probability on a token that is no rating (~100 logits above the best digit):
+    the ratings' shares are still there in float64, and the score must be theirs, not 0/0."""
+    import math
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["policy"], dtype=torch.float32).eval()
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids("<|im_start|>")] *= 600
+    model.save_pretrained(tmp_path / "sure")
+    tokenizer.save_pretrained(tmp_path / "sure")
+    judge = TransformersJudge(f"judge:{tmp_path / 'sure'}", "float32", template=RUBRIC)
+    expected = []
+    for conversation in CONVERSATIONS:
+        message = f"Rate the answer to: {conversation[-2]['content']}\nAnswer: {conversation[-1]['content']}\nRating:"
+        text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+        with torch.no_grad():
+            logits = model(torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])).logits[0, -1].double()
+        digits = logits[[tokenizer.convert_tokens_to_ids(str(r)) for r in range(1, 10)]]
+        assert logits.max() - digits.max() > 90  # the case: in float32, every digit's probability is 0 or subnormal
+        weights = [math.exp(value - digits.max()) for value in digits.tolist()]
+        expected.append(sum(r * w for r, w in zip(range(1, 10), weights)) / sum(weights))
+    assert judge.score(CONVERSATIONS) == pytest.approx(expected, abs=1e-4)

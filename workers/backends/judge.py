@@ -133,6 +133,8 @@ class TransformersJudge:
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1).logits
-            probabilities = torch.softmax(logits[:, -1].float(), dim=-1)  # over the whole vocabulary
-            per_rating = torch.stack([probabilities[:, ids].sum(dim=-1) for ids in self.rating_ids], dim=-1)
-            return (per_rating * self.ratings).sum(dim=-1) / per_rating.sum(dim=-1)
+            last = logits[:, -1].float()
+            # each rating's share of the ratings' probability, from the logits: a softmax over the whole vocabulary
+            # first would round every rating to 0 where the judge prefers another token by ~100 logits (0/0 = NaN)
+            per_rating = torch.stack([torch.logsumexp(last[:, ids], dim=-1) for ids in self.rating_ids], dim=-1)
+            return (torch.softmax(per_rating, dim=-1) * self.ratings).sum(dim=-1)
