@@ -138,3 +138,37 @@ def test_flags_that_would_be_ignored_are_refused(tmp_path):
     assert split.returncode == 2 and f"error: --split test applies to Hub datasets and folders; the file {dataset} is one split" in split.stderr
     done = rsample("run", *echo)
     assert "row 1: fields are messages (null)" in done.stderr  # not "fields are messages", which read as if it had some
+
+
+NO_SYSTEM_TEMPLATE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+                      "<s>{% for m in messages %}[{{ m['role'] | upper }}]: {{ m['content'] }}</turn>{% endfor %}")
+
+
+def test_a_reward_template_that_refuses_a_system_turn_skips_those_prompts_and_the_worker_goes_on(tiny_models, tmp_path):
+    """As Gemma's template does. The refusal is the data's, not the worker's: most prompts of a batch refused used to
+    read as a broken worker, which stopped, and its batches came back skipped as failed."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    reward = tmp_path / "reward-no-system"
+    shutil.copytree(tiny_models["reward"], reward)
+    tokenizer = AutoTokenizer.from_pretrained(reward)
+    tokenizer.chat_template = NO_SYSTEM_TEMPLATE
+    tokenizer.save_pretrained(reward)
+    plain = [{"prompt": f"name a {word}"} for word in ("river", "city", "song")]
+    with_system = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"explain {word}"}]}
+                   for word in ("music", "code", "tests", "rain", "snow")]
+    rows = [*with_system[:3], plain[0], *with_system[3:], *plain[1:]]  # every batch of 4: most of it refused
+    dataset = tmp_path / "rows.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "pairs.jsonl"
+    result = rsample("run", "--dataset", str(dataset), "--policy", tiny_models["policy"], "--reward-model", str(reward), "--n", "3",
+                     "--temperature", "1.0", "--max-new-tokens", "6", "--keep-truncated", "--batch-size", "4", "--out", str(out),
+                     "--no-progress")
+    assert assert_exactly_once(out, None, rows) == {"skipped": len(with_system), "pair": len(plain)}
+    reasons = {o["row_index"]: o["reason"] for o in read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:] if o["outcome"] == "skipped"}
+    assert reasons == {index: "reward model 0 chat template rejected the conversation: System role not supported"
+                       for index, row in enumerate(rows) if "messages" in row}
+    assert "retry-failed" not in result.stdout  # the data's, so no retry would change it
+    assert "stopped" not in result.stderr, result.stderr[-2000:]

@@ -6,10 +6,11 @@ with its own template, since policy and reward tokenizers differ.
 
 from __future__ import annotations
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, TemplateSyntaxError
 
 from rsample.workers.backends.base import PromptCompletions
 from rsample.workers.common.config import SamplingConfig
+from rsample.workers.common.errors import RejectedInput, first_line
 from rsample.workers.common.messages import Conversation
 
 
@@ -49,5 +50,10 @@ def render_conversations(tokenizer, conversations: list[Conversation]) -> list[l
     in one call: the tokenizer's Rust side then splits the work over its threads instead of one text at a time."""
     if not conversations:
         return []
-    texts = [tokenizer.apply_chat_template(conversation, tokenize=False) for conversation in conversations]
+    try:
+        texts = [tokenizer.apply_chat_template(conversation, tokenize=False) for conversation in conversations]
+    except TemplateSyntaxError:  # the template itself is broken: no conversation's fault
+        raise
+    except TemplateError as exc:  # `raise_exception` in the template: it refuses this conversation
+        raise RejectedInput(f"chat template rejected the conversation: {first_line(exc)}") from exc
     return tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -9,6 +9,11 @@ class RsampleError(Exception):
     """Bad input or environment: the CLI prints it as `error: <message>` and exits 2, without a traceback."""
 
 
+class RejectedInput(Exception):
+    """A model refuses this input itself (a reward model's chat template that raises on a system turn, as Gemma's
+    does): the prompt is skipped for its content, as a prompt too long is, never taken for a failure of the worker."""
+
+
 def first_line(exc: BaseException, *, with_type: bool = False, limit: int = defaults.ERROR_LINE_CHARS) -> str:
     """The exception's first line, for a log line, a skip reason or an error message; its type name when it says nothing.
 

@@ -52,6 +52,7 @@ def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: 
         run_all=score_all,
         run_one=lambda prompt: score([prompt]),
         skipped=lambda prompt, error: PromptScores(skip_reason=failure_reason(f"reward model {model_index}", error)),
+        rejected=lambda prompt, why: PromptScores(skip_reason=f"reward model {model_index} {why}"),
         what=f"reward model {model_index}",
         fault=RewardFunctionFault if getattr(backend, "user_code", False) else WorkerFault,
     ))) if scorable else {}
