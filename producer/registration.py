@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.run_state import load_run, save_run
+
+log = logging.getLogger(__name__)
 
 
 def run_id_for(config: RunConfig) -> str:
@@ -65,7 +69,8 @@ def check_rows(config: RunConfig) -> None:
     """A dataset none of whose first rows gives a prompt (a column of another type than the settings expect) or, for
     --include-reference, a reference, is refused with the first row's reason, instead of skipping every row."""
     data = config.data
-    checked = prompts = references = 0
+    checked = references = 0
+    prompts: list[list[dict]] = []
     first_skip: RowSkip | None = None
     for index, row in itertools.islice(iter_rows(data), ROWS_CHECKED):
         checked += 1
@@ -73,7 +78,7 @@ def check_rows(config: RunConfig) -> None:
         if isinstance(record, RowSkip):
             first_skip = first_skip or record
             continue
-        prompts += 1
+        prompts.append(record.messages)
         references += record.reference_completion is not None
     if checked and not prompts and first_skip is not None:
         raise RsampleError(f"none of the first {checked} rows of dataset {data.dataset!r} gives a prompt: {first_skip.detail} "
@@ -82,6 +87,40 @@ def check_rows(config: RunConfig) -> None:
         where = f"column {data.reference_column!r}" if data.reference_column else "a final assistant turn"
         raise RsampleError(f"--include-reference: none of the first {checked} rows of dataset {data.dataset!r} has a reference "
                            f"answer in {where}" + ("" if data.reference_column else " (name its column with --reference-column)"))
+    check_reward_templates(config, prompts)
+
+
+def check_reward_templates(config: RunConfig, prompts: list[list[dict]]) -> None:
+    """A reward model's chat template that refuses the dataset's conversations (Gemma's refuses a system turn) would
+    skip those prompts after their completions were generated: refused when it refuses every prompt checked, said
+    when it refuses some."""
+    from rsample.workers.backends.models import load_tokenizer
+    from rsample.workers.backends.registry import ZERO_COST_REWARD
+    from rsample.workers.backends.reward_specs import is_function, is_judge, is_verifier
+    from rsample.workers.backends.templates import render_conversations
+    from rsample.workers.common.errors import RejectedInput
+
+    if not prompts or config.models.reward_backend == ZERO_COST_REWARD:
+        return
+    for spec in config.reward_models:
+        if is_judge(spec) or is_verifier(spec) or is_function(spec):  # a judge renders a rubric of one user turn
+            continue
+        tokenizer = load_tokenizer(spec, "reward", spec in config.trust_remote_code)
+        refusals = Counter()
+        for messages in prompts:
+            try:
+                render_conversations(tokenizer, [[*messages, {"role": "assistant", "content": "An answer."}]])
+            except RejectedInput as exc:
+                refusals[str(exc)] += 1
+        if not refusals:
+            continue
+        why = refusals.most_common(1)[0][0].partition(": ")[2]
+        count = sum(refusals.values())
+        if count == len(prompts):
+            raise RsampleError(f"reward model {spec!r}: its chat template refuses every one of the first {len(prompts)} prompts "
+                               f"of dataset {config.data.dataset!r} ({why}), so no prompt could be scored")
+        log.warning("reward model %r: its chat template refuses %d of the first %d prompts (%s): those are skipped once "
+                    "their completions are generated", spec, count, len(prompts), why)
 
 
 def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, bool]:

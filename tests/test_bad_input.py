@@ -172,3 +172,14 @@ def test_a_reward_template_that_refuses_a_system_turn_skips_those_prompts_and_th
                        for index, row in enumerate(rows) if "messages" in row}
     assert "retry-failed" not in result.stdout  # the data's, so no retry would change it
     assert "stopped" not in result.stderr, result.stderr[-2000:]
+    assert (f"reward model {str(reward)!r}: its chat template refuses 5 of the first 8 prompts (System role not supported): "
+            "those are skipped once their completions are generated") in result.stderr  # said before any sampling
+
+    only_system = tmp_path / "system.jsonl"
+    only_system.write_text("".join(json.dumps(row) + "\n" for row in with_system))
+    refused = rsample("run", "--dataset", str(only_system), "--policy", tiny_models["policy"], "--reward-model", str(reward),
+                      "--out", str(tmp_path / "refused.jsonl"), "--no-progress", check=False)
+    assert (refused.returncode, refused.stderr.strip().splitlines()[-1]) == (
+        2, f"error: reward model {str(reward)!r}: its chat template refuses every one of the first 5 prompts of dataset "
+           f"{str(only_system)!r} (System role not supported), so no prompt could be scored")
+    assert not (tmp_path / "refused.jsonl").exists()
