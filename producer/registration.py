@@ -105,7 +105,11 @@ def check_reward_templates(config: RunConfig, prompts: list[list[dict]]) -> None
     for spec in config.reward_models:
         if is_judge(spec) or is_verifier(spec) or is_function(spec):  # a judge renders a rubric of one user turn
             continue
-        tokenizer = load_tokenizer(spec, "reward", spec in config.trust_remote_code)
+        try:
+            tokenizer = load_tokenizer(spec, "reward", spec in config.trust_remote_code)
+        except RsampleError as exc:  # not loadable here (a head node offline): the workers say so if they cannot either
+            log.info("the chat template of reward model %r is not checked on the dataset: %s", spec, exc)
+            continue
         refusals = Counter()
         for messages in prompts:
             try:
