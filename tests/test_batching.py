@@ -92,3 +92,17 @@ def test_other_errors_and_a_single_sequence_out_of_memory_propagate():
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         TokenBudget(100, 4).run(sequences([1, 2, 3]), always_oom)
+
+
+def test_a_single_sequence_out_of_memory_is_left_out_when_the_caller_says_how():
+    """Too big for the device even alone: its position is named, the others are run as if it were not there."""
+    def small_device(batch):
+        if max(len(s) for s in batch) > 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [len(s) for s in batch]
+
+    too_big = []
+    budget = TokenBudget(1000, 8)
+    ran = budget.run(sequences([3, 5, 50, 60]), small_device, too_big.append)
+    assert [x for batch in ran for x in batch] == [3, 5] and too_big == [2, 3]
+    assert budget.tokens < 1000  # the batch that failed first halved the budget, as any batch does

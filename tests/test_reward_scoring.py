@@ -144,3 +144,36 @@ def test_a_score_that_overflows_leaves_its_candidate_unscored_and_no_pair_is_bui
     best, worst = (1, 2) if raw[1] > raw[2] else (2, 1)
     assert (row["chosen"][-1]["content"], row["rejected"][-1]["content"]) == (candidates[best].text, candidates[worst].text)
     json.dumps(row, allow_nan=False)
+
+
+def test_a_candidate_too_big_for_the_device_alone_costs_only_itself(tmp_path):
+    """It fits the context, not the device's memory: it is left unscored as one over the context is, and the other
+    candidates of its job keep their scores (it used to fail every prompt of the job, on every retry)."""
+    from oracles import reference_reward
+
+    from rsample.workers.common.messages import Candidate, GeneratedPrompt, PromptRecord
+    from rsample.workers.stages.score import score_isolating_failures
+
+    path = str(build_reward_model(tmp_path / "rm", seed=3))
+    backend = TransformersRewardModel(path, "float32", token_budget=4096)
+    forward = backend.rounds._run_batch
+
+    def small_device(batch):  # memory for one sequence of 60 tokens
+        if max(len(ids) for ids in batch) > 60:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(batch)
+
+    backend.rounds._run_batch = small_device
+    texts = {"a": ["river city", "a city"], "b": ["the river runs " * 30, "ok"], "c": ["x", "y"]}
+    prompts = [GeneratedPrompt(PromptRecord(pid, [{"role": "user", "content": "q"}], row_index=row),
+                               [Candidate(text, [i], num_tokens=2, finish_reason="stop") for i, text in enumerate(candidates)], 2, None)
+               for row, (pid, candidates) in enumerate(texts.items())]
+    verdicts = score_isolating_failures(backend, 0, prompts)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    for pid, candidates in texts.items():
+        expected = [None if len(text) > 100 else reference_reward(model, tokenizer, [{"role": "user", "content": "q"},
+                                                                                       {"role": "assistant", "content": text}])
+                    for text in candidates]
+        assert verdicts[pid]["skip_reason"] is None
+        assert verdicts[pid]["scores"] == pytest.approx(expected, abs=1e-5)

@@ -162,3 +162,34 @@ def test_a_device_clock_brackets_every_pass_and_its_account_joins_the_rounds_lin
     plain = ScoringRounds(TokenBudget(6, 8), Device().run_batch, read)
     plain.score([[1]])
     assert "GPU" not in plain.totals.line()  # a CPU's passes are the host's time: no second account
+
+
+def test_the_failed_rounds_tensors_are_released_before_its_jobs_run_alone():
+    """On a device, a failed pass's activations are the memory whose lack made it fail: the jobs rescored alone must
+    not run while the exception's frames still hold them. Here a plain object stands for them."""
+    import weakref
+
+    class Activations:
+        pass
+
+    held, alive_while_alone = [], []
+
+    def run_batch(batch):
+        activations = Activations()  # noqa: F841 (a local of the failing frame, as a forward pass's tensors are)
+        if any(-1 in ids for ids in batch):
+            held.append(weakref.ref(activations))
+            raise ValueError("a bad sequence")
+        alive_while_alone.append(any(ref() is not None for ref in held))
+        return [float(sum(ids)) for ids in batch]
+
+    gate = threading.Event()
+    rounds = ScoringRounds(TokenBudget(10_000, 1000), lambda batch: gate.wait(10) and [7.0] if batch == [[7]] else run_batch(batch), read)
+    threads, results, errors = score_in_threads(rounds, [[[7]]])
+    time.sleep(0.2)  # the device holds [[7]]: the next two jobs wait for one round together
+    more, more_results, more_errors = score_in_threads(rounds, [[[1, 2], [3]], [[-1] * 50]])
+    time.sleep(0.2)
+    gate.set()
+    for thread in [*threads, *more]:
+        thread.join(10)
+    assert results == [[7.0]] and more_results[0] == [3.0, 3.0] and isinstance(more_errors[1], ValueError)
+    assert alive_while_alone and not any(alive_while_alone)

@@ -53,11 +53,13 @@ class TokenBudget:
             end = int(start_of[end])
         return ends[::-1]
 
-    def run(self, sequences: Sequence[list[int]], run_batch: Callable[[Sequence[list[int]]], R]) -> list[R]:
+    def run(self, sequences: Sequence[list[int]], run_batch: Callable[[Sequence[list[int]]], R],
+            too_big_alone: Callable[[int], None] | None = None) -> list[R]:
         """Runs `run_batch` over consecutive batches of `sequences` (sorted by length, shortest first); returns what
         each batch returned, in order (device tensors may stay unread until the end: no sync between batches).
 
-        A single sequence that still runs out of memory re-raises: nothing smaller can be tried.
+        A single sequence that still runs out of memory is too big for the device: `too_big_alone(its position)`, and
+        it returns nothing; without `too_big_alone` that re-raises, since nothing smaller can be tried.
         """
         lengths = [len(sequence) for sequence in sequences]
         results: list[R] = []
@@ -66,16 +68,23 @@ class TokenBudget:
             end = next(ends)
             try:
                 results.append(run_batch(sequences[start:end]))
-            except Exception as exc:
-                if not is_out_of_memory(exc) or end - start == 1:
-                    raise
-                self.tokens = max(1, min(self.tokens, (end - start) * lengths[end - 1]) // 2)
-                log.warning("out of memory on %d sequences of up to %d tokens: %d padded tokens per batch from now on",
-                            end - start, lengths[end - 1], self.tokens)
-                _free_cuda_cache()
-                ends = iter([start + e for e in self.plan(lengths[start:])])  # the rest, split again under the new budget
+                start = end
                 continue
-            start = end
+            except Exception as exc:
+                if not is_out_of_memory(exc) or (end - start == 1 and too_big_alone is None):
+                    raise
+            # out of the `except` block: its traceback, and the failed pass's tensors, are gone before memory is freed
+            _free_cuda_cache()
+            if end - start == 1:
+                log.warning("a sequence of %d tokens runs out of memory alone: left unscored, as one longer than the model's "
+                            "context is", lengths[start])
+                too_big_alone(start)
+                start = end
+                continue
+            self.tokens = max(1, min(self.tokens, (end - start) * lengths[end - 1]) // 2)
+            log.warning("out of memory on %d sequences of up to %d tokens: %d padded tokens per batch from now on",
+                        end - start, lengths[end - 1], self.tokens)
+            ends = iter([start + e for e in self.plan(lengths[start:])])  # the rest, split again under the new budget
         return results
 
 

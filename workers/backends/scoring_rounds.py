@@ -13,6 +13,7 @@ import atexit
 import logging
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -23,6 +24,7 @@ from rsample.workers.backends.batching import TokenBudget
 from rsample.workers.backends.device_clock import CudaPassClock
 from rsample.workers.backends.waiting import wait_interruptibly
 from rsample.workers.common import defaults
+from rsample.workers.common.errors import first_line
 
 R = TypeVar("R")
 
@@ -86,7 +88,7 @@ class ScoringRounds(Generic[R]):
         self._logged_at = time.monotonic()
         atexit.register(_log_totals, weakref.ref(self))
 
-    def score(self, sequences: Sequence[list[int]]) -> list[float]:
+    def score(self, sequences: Sequence[list[int]]) -> list[float | None]:
         if not sequences:
             return []
         job = _Job(sequences)
@@ -140,14 +142,16 @@ class ScoringRounds(Generic[R]):
             values = self._values([sequence for job in jobs for sequence in job.sequences])
         except Exception as exc:
             if len(jobs) == 1:
-                jobs[0].future.set_exception(exc)
+                jobs[0].future.set_exception(_without_frames(exc))
                 return
-            log.warning("a round of %d jobs failed (%s): scoring them one by one", len(jobs), exc)
+            log.warning("a round of %d jobs failed (%s): scoring them one by one", len(jobs), first_line(exc, with_type=True))
+            values = None
+        if values is None:  # out of the `except` block: the failed round's tensors are not held while the jobs run alone
             for job in jobs:
                 try:
                     job.future.set_result(self._values(job.sequences))
                 except Exception as alone:
-                    job.future.set_exception(alone)
+                    job.future.set_exception(_without_frames(alone))
             return
         self.totals.rounds += 1
         self.totals.jobs += len(jobs)
@@ -162,12 +166,15 @@ class ScoringRounds(Generic[R]):
             job.future.set_result(values[position:position + len(job.sequences)])
             position += len(job.sequences)
 
-    def _values(self, sequences: Sequence[list[int]]) -> list[float]:
+    def _values(self, sequences: Sequence[list[int]]) -> list[float | None]:
+        """Each sequence's score; None for one too big for the device even alone (`TokenBudget.run`)."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths together: little padding
-        sorted_values = self._read(self.budget.run([sequences[i] for i in order], self._counted_batch))
-        values = [0.0] * len(sequences)
+        too_big: set[int] = set()
+        batches = self.budget.run([sequences[i] for i in order], self._counted_batch, too_big.add)
+        read = iter(self._read(batches) if batches else [])
+        values: list[float | None] = [None] * len(sequences)
         for position, index in enumerate(order):
-            values[index] = sorted_values[position]
+            values[index] = None if position in too_big else next(read)
         return values
 
     def _counted_batch(self, batch: Sequence[list[int]]) -> R:
@@ -180,6 +187,13 @@ class ScoringRounds(Generic[R]):
         self.totals.tokens += sum(len(ids) for ids in batch)
         self.totals.padded_tokens += len(batch) * max(len(ids) for ids in batch)
         return result
+
+
+def _without_frames(exc: BaseException) -> BaseException:
+    """The exception a slot re-raises, without the local variables of the frames it passed through: on a device,
+    those are a failed pass's tensors, which would stay allocated for as long as the exception lives."""
+    traceback.clear_frames(exc.__traceback__)
+    return exc
 
 
 def _log_totals(rounds: weakref.ref) -> None:
