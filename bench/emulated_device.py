@@ -52,6 +52,7 @@ def emulated_reward_model_class():
             self.overlap = os.environ.get(OVERLAP_ENV) == "1"
             self.tokenizer = load_tokenizer(spec, "reward")
             self.context = 10**9
+            self.pad_token_id = None  # the sequences as rendered
             budget = TokenBudget(models.reward_token_budget, models.reward_micro_batch, models.reward_pass_cost)
             self.rounds = ScoringRounds(budget, self._overlapped if self.overlap else self._forward, self._read)
             self._tokenizer_lock = threading.Lock()

@@ -13,10 +13,13 @@ def reward_token_ids(tokenizer, conversation: list[dict]) -> list[int]:
 
 
 def reference_reward(model, tokenizer, conversation: list[dict]) -> float:
-    """The reward at the conversation's last token: the trunk's last hidden state there, through the score head,
-    in float64; no padding, so nothing can be mistaken for it."""
+    """The reward where the model's own forward reads the unpadded conversation: its rightmost token that is not the
+    config's pad token (the last token when the config has none), the trunk's hidden state there through the score
+    head, in float64."""
     ids = reward_token_ids(tokenizer, conversation)
+    pad = model.config.pad_token_id
+    read_at = max((i for i, token in enumerate(ids) if token != pad), default=0)
     with torch.no_grad():
-        hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+        hidden = model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, read_at]
         weight = model.score.weight.double()
         return float(hidden.double() @ weight[0])

@@ -41,13 +41,13 @@ def reward_model(request, tmp_path_factory):
 def test_the_tiny_reward_model_looks_like_a_real_one(reward_model):
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
     ids = reward_token_ids(tokenizer, SHORT)
-    assert ids[-1] == tokenizer.eos_token_id  # the template ends with EOS: reading one token early is a real risk
+    assert ids[-1] == tokenizer.eos_token_id  # the template ends with EOS, which is the config's pad in some variants
     assert ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id  # one BOS, from the template
     assert tokenizer("hello")["input_ids"][0] == tokenizer.bos_token_id  # the tokenizer adds one to plain text
 
 
 @pytest.mark.parametrize("micro_batch, token_budget", [(1, 16384), (3, 16384), (16, 16384), (64, 200)])
-def test_scores_are_read_at_the_true_last_token(reward_model, micro_batch, token_budget):
+def test_scores_are_read_at_the_last_token_that_is_not_padding(reward_model, micro_batch, token_budget):
     model = AutoModelForSequenceClassification.from_pretrained(reward_model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
     expected = [reference_reward(model, tokenizer, c) for c in CONVERSATIONS]
@@ -55,6 +55,21 @@ def test_scores_are_read_at_the_true_last_token(reward_model, micro_batch, token
     assert max(lengths) > 8 * min(lengths)  # very different lengths share a micro-batch
     scores = TransformersRewardModel(reward_model, "float32", micro_batch, token_budget).score(CONVERSATIONS)
     assert scores == pytest.approx(expected, abs=1e-5)
+
+
+def test_scores_are_what_the_models_own_forward_gives_one_conversation(reward_model):
+    """transformers' forward of one unpadded conversation is how its trainers scored it, and how its card scores it:
+    with a config whose pad token is the EOS that ends every turn, that is the token before it."""
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(reward_model)
+    with torch.no_grad():
+        own = [float(model(input_ids=torch.tensor([reward_token_ids(tokenizer, c)])).logits[0, 0]) for c in CONVERSATIONS]
+    assert TransformersRewardModel(reward_model, "float32", 16).score(CONVERSATIONS) == pytest.approx(own, abs=1e-5)
+    if model.config.pad_token_id == tokenizer.eos_token_id:  # the variants where it matters: not the last token
+        with torch.no_grad():
+            at_eos = float(model.model(input_ids=torch.tensor([reward_token_ids(tokenizer, SHORT)])).last_hidden_state[0, -1]
+                           @ model.score.weight[0])
+        assert abs(at_eos - own[0]) > 1e-3
 
 
 def test_bf16_scores_keep_full_precision(tmp_path):

@@ -45,9 +45,14 @@ def render_fitting(tokenizer, prompts: list[Conversation], context: int, samplin
     return results, fitting
 
 
-def render_conversations(tokenizer, conversations: list[Conversation]) -> list[list[int]]:
+def render_conversations(tokenizer, conversations: list[Conversation], pad_token_id: int | None = None) -> list[list[int]]:
     """Whole conversations in the reward model's own chat template (policy and reward tokenizers differ), tokenized
-    in one call: the tokenizer's Rust side then splits the work over its threads instead of one text at a time."""
+    in one call: the tokenizer's Rust side then splits the work over its threads instead of one text at a time.
+
+    Each ends at its last token that is not `pad_token_id` (the model config's): that is where transformers' forward
+    of a `*ForSequenceClassification` reads a sequence's score, so where the trainers that used it taught the model
+    to score. A model whose pad token is the EOS that ends every turn (trained with pad = EOS, as TRL sets it when the
+    tokenizer has none) scores the token before it. The reward backends then read the last token of what is left."""
     if not conversations:
         return []
     try:
@@ -56,4 +61,12 @@ def render_conversations(tokenizer, conversations: list[Conversation]) -> list[l
         raise
     except TemplateError as exc:  # `raise_exception` in the template: it refuses this conversation
         raise RejectedInput(f"chat template rejected the conversation: {first_line(exc)}") from exc
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return encoded if pad_token_id is None else [_through_last_non_pad(ids, pad_token_id) for ids in encoded]
+
+
+def _through_last_non_pad(ids: list[int], pad_token_id: int) -> list[int]:
+    end = len(ids)
+    while end > 1 and ids[end - 1] == pad_token_id:
+        end -= 1
+    return ids[:end]

@@ -1,9 +1,8 @@
 """`--reward-backend transformers`: an `AutoModelForSequenceClassification` whose single logit is the score.
 
-The score is read at each conversation's true last token, found from its length, never from a pad token id:
-tokenizers without a pad token get EOS as pad, and templates that end every turn with EOS would then have
-their last token taken for padding (and configs whose `pad_token_id` is an ordinary token are worse). The
-head runs in float32 on the trunk's last hidden state, so a bf16 model's scores are not rounded to the bf16
+The score is read where the model's own forward reads an unpadded conversation: its last token that is not the
+config's pad token (`render_conversations`). In a batch, that token is found from each conversation's length,
+never by looking for pad ids in the padded batch, so the batch's padding cannot move it. The head runs in float32 on the trunk's last hidden state, so a bf16 model's scores are not rounded to the bf16
 grid (a step of 1/16 between 8 and 16, where candidates would tie). Batches are right-padded, and a decoder's
 (causal) trunk gets no attention mask at all: padding after a real token never reaches it, and without a mask
 SDPA runs its causal kernel and the host never waits for the device between passes (`padding_is_invisible`).
@@ -60,8 +59,9 @@ class TransformersRewardModel:
         self.model = load_weights(AutoModelForSequenceClassification, spec, "reward", resolve_dtype(dtype, self.device), self.device,
                                   trust_remote_code)
         self.context = context_length(self.model, self.tokenizer)
+        self.pad_token_id = self.model.config.get_text_config().pad_token_id  # where its forward stops reading
         self.head = linear_score_head(self.model)
-        if self.head is None:  # unknown layout: one unpadded sequence at a time, whose last token is the model's own pick
+        if self.head is None:  # unknown layout: one unpadded sequence at a time, cut after its last non-pad token
             self.model.config.pad_token_id = None
             micro_batch = 1
             self._check_output()
@@ -78,7 +78,7 @@ class TransformersRewardModel:
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         with self._tokenizer_lock:
-            encoded = render_conversations(self.tokenizer, conversations)
+            encoded = render_conversations(self.tokenizer, conversations, self.pad_token_id)
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
         scores: list[float | None] = [None] * len(conversations)
         for index, value in zip(fitting, self.rounds.score([encoded[i] for i in fitting])):

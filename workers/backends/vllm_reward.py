@@ -1,12 +1,13 @@
 """`--reward-backend vllm`: vLLM's pooling runner on an `*ForSequenceClassification` checkpoint.
 
-Conversations are rendered by the same code as the transformers reward backend (`render_conversations`), so both
-score the same token sequences; the score is the raw logit, as in transformers.
+Conversations are rendered by the same code as the transformers reward backend (`render_conversations`, which also
+ends each at its last token that is not the config's pad token, where transformers' forward reads it), so both score
+the same token sequences, read at their last token; the score is the raw logit, as in transformers.
 """
 
 from __future__ import annotations
 
-from rsample.workers.backends.models import check_reward_model, load_tokenizer
+from rsample.workers.backends.models import check_reward_model, load_model_config, load_tokenizer
 from rsample.workers.backends.templates import render_conversations
 from rsample.workers.backends.vllm_llm import make_llm
 from rsample.workers.common.config import ModelSettings, RunConfig
@@ -17,6 +18,7 @@ class VLLMRewardModel:
     def __init__(self, spec: str, models: ModelSettings, trust_remote_code: bool = False):
         check_reward_model(spec, trust_remote_code)
         self.tokenizer = load_tokenizer(spec, "reward", trust_remote_code)
+        self.pad_token_id = load_model_config(spec, "reward", trust_remote_code).get_text_config().pad_token_id
         self.llm = make_llm(spec, "reward", models, runner="pooling", trust_remote_code=trust_remote_code)
         self.context = self.llm.llm_engine.model_config.max_model_len
 
@@ -33,7 +35,7 @@ class VLLMRewardModel:
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
-        encoded = render_conversations(self.tokenizer, conversations)
+        encoded = render_conversations(self.tokenizer, conversations, self.pad_token_id)
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
         outputs = self.llm.classify(
             [TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting],
