@@ -59,7 +59,7 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 yield row_index, RowSkip(row_index, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
             else:
                 try:
-                    yield row_index, json.loads(text)
+                    yield row_index, json.loads(text.rstrip("\r\n"))  # without its line break, which JSON would read as text
                 except json.JSONDecodeError as exc:
                     yield row_index, RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
             row_index += 1

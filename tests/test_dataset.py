@@ -29,6 +29,13 @@ def test_jsonl_bad_lines_become_skips_with_line_numbers(tmp_path):
     assert rows[3][1] == {"prompt": "four"}
 
 
+def test_a_line_cut_short_is_said_as_json_says_it(tmp_path):
+    path = tmp_path / "cut.jsonl"
+    path.write_bytes(b'{"prompt": "one"}\r\n{"prompt": "cut off\r\n{"prompt": "three"}\n')
+    _, (_, skip), _ = _rows(path)
+    assert skip.detail == "row 1 (cut.jsonl line 2): Unterminated string starting at column 12"  # not its line break
+
+
 def test_slice_with_start_end_and_num_prompts(tmp_path):
     path = tmp_path / "ten.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(10)))
