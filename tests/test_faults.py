@@ -272,6 +272,36 @@ def test_ctrl_c_in_a_terminal_stops_rsample_run_within_seconds_and_the_same_comm
     check_counts(assert_exactly_once(out, None, ROWS))
 
 
+def test_ctrl_c_does_not_reach_rsample_run_started_in_the_background_by_a_script(slow_models, dataset, tmp_path):
+    """A script's `rsample run ... &` runs with SIGINT ignored (POSIX shells do that for background jobs): Ctrl-C at
+    the terminal is not for it. Its workers must keep ignoring it too; RQ's handlers took it, the worker stopped, and
+    the run ended with an error while its coordinator went on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from faults import STARTED
+
+    out = tmp_path / "pairs.jsonl"
+    command = [sys.executable, "-m", "rsample.producer", "run", *settings(dataset, slow_models), "--out", str(out), "--no-progress"]
+    log = tmp_path / "run.log"
+
+    def as_a_background_job():  # what bash does for `cmd &` in a script; in a process group of its own, as the script's
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    with log.open("w") as handle:
+        run = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                               preexec_fn=as_a_background_job)
+    STARTED.append(run)
+    outcomes = out.with_name("pairs.outcomes.jsonl")
+    wait_for(lambda: outcomes.exists() and len(outcomes.read_text().splitlines()) > 1, 240, "a first row written", interval=0.2)
+    os.killpg(run.pid, signal.SIGINT)  # Ctrl-C at the terminal reaches every process of the group
+    assert run.wait(timeout=240) == 0, log.read_text()[-3000:]
+    check_counts(assert_exactly_once(out, None, ROWS))
+
+
 def test_a_local_worker_stopped_from_outside_is_said_so_not_quoted(tmp_path):
     """A worker that exits 0 (a Ctrl-C that reached it alone) or is killed ended for a reason its log does not hold."""
     import subprocess

@@ -132,11 +132,23 @@ class MainWorker(HeartbeatWorker):
     """The main thread's job loop: a stop signal also tells the slots to stop after their current job."""
 
     slots: tuple[SlotWorker, ...] = ()
+    sigint_ignored = False
+    """SIGINT was ignored when this process started, as a shell's `cmd &` leaves it: Ctrl-C at the terminal is not for
+    it, and RQ's handlers must not take it (the rest of its run, which ignores it too, would go on without it)."""
+
+    def _install_signal_handlers(self):
+        super()._install_signal_handlers()
+        self._keep_sigint_ignored()
 
     def request_stop(self, signum, frame):
         for slot in self.slots:
             slot._stop_requested = True
         super().request_stop(signum, frame)
+        self._keep_sigint_ignored()
+
+    def _keep_sigint_ignored(self) -> None:
+        if self.sigint_ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def request_force_stop(self, signum, frame):
         """A second Ctrl-C or SIGTERM ends the process at once, even while it waits for a Redis that went away
@@ -261,6 +273,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         raise RsampleError(f"unknown worker role {role!r} (use {' or '.join(WORKER_ROLES)})")
     if slots is not None and slots < 1:
         raise RsampleError(f"--slots must be at least 1 (got {slots})")
+    MainWorker.sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # before anything installs a handler
     take_cpu_share()
     client = connect(redis_url)
     config = load_run(client, run_id or run_to_serve(client))  # the run `leave_when_the_run_moves` would move to
