@@ -152,6 +152,8 @@ class Feeder:
             if progressed:
                 pipe.hincrby(self.keys.stats, "rows_generated", progressed)
                 pipe.hincrby(self.keys.stats, "rows_scored", progressed)
+            if already_written:  # passed again, not generated: left out of the pace (`pace.take_sample`)
+                pipe.hincrby(self.keys.stats, "rows_replayed", already_written)
             pipe.hset(self.keys.stats, "feed_cursor", self._position)
             if self.exhausted:
                 pipe.hset(self.keys.stats, mapping={"feed_done": 1, "rows_total": self._position})

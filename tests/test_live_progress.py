@@ -129,3 +129,29 @@ def test_a_complete_run_shows_no_work_in_flight_whatever_redis_went_through(redi
     redis_client.hset(keys.live, "r0", json.dumps({"stage": "generate", "rows": 4, "share": 0.5, "tokens": 40, "at": time.time()}))
     status = run_status(redis_client, "done")
     assert status.complete and (status.in_flight, status.generating, status.tokens) == (0, 0.0, 100)
+
+
+def test_a_resumes_bars_show_the_rows_found_written_but_time_only_this_sessions_work(redis_client):
+    """A resume that found 900 of 1,000 rows written: shown at once, and its feeder's pass over them counted as
+    generated, but tqdm's rate and time left are those of the rows done since (10 in about a second here)."""
+    keys = RunKeys("r4")
+    redis_client.hset(keys.stats, mapping={"rows_total": 1000, "rows_written": 900, "rows_restored": 900})
+    bars = StageBars(redis_client, "r4")
+    for bar in bars.bars:
+        bar.mininterval = 0  # every update counts for the rate
+    bars.update()
+    redis_client.hset(keys.stats, mapping={"rows_generated": 900, "rows_scored": 900, "rows_replayed": 900})
+    bars.update()  # the feeder passed them again
+    time.sleep(1.0)
+    redis_client.hincrby(keys.stats, "rows_generated", 10)
+    redis_client.hincrby(keys.stats, "rows_scored", 10)
+    redis_client.hincrby(keys.stats, "rows_written", 10)
+    bars.update()
+    for bar in bars.bars:
+        assert bar.n == 910
+        rate = bar.format_dict["rate"] or (bar.n - bar.initial) / bar.format_dict["elapsed"]
+        assert 5 < rate < 20, (bar.desc, rate)  # not 900 rows in a second
+    bars.close()
+    hidden = StageBars(redis_client, "r4", disable=True)  # --no-progress
+    hidden.update()
+    hidden.close()

@@ -53,7 +53,9 @@ class Coordinator:
             retried = self.ledger.retry_failed() if retry_failed else []
             self.feeder = Feeder(client, config, self.ledger)
             self._feed_what_the_output_lacks(retried)
-            client.hset(self.keys.stats, "rows_written", len(self.ledger.rows))  # a resume's bar starts where its files are
+            # a resume's bar starts where its files are; its rates count this session's rows only (`rsample status`)
+            client.hset(self.keys.stats, mapping={"rows_written": len(self.ledger.rows), "rows_restored": len(self.ledger.rows),
+                                                  "session_started_at": time.time()})
             self._publish_outcomes()
         except BaseException:
             self.lock.release()
@@ -100,7 +102,7 @@ class Coordinator:
         with self.client.pipeline() as pipe:
             pipe.hdel(self.keys.stats, "feed_done")
             # the feeder counts the rows already written as it passes them again, as after a Redis that lost the run
-            pipe.hset(self.keys.stats, mapping={"feed_cursor": 0, "rows_generated": 0, "rows_scored": 0})
+            pipe.hset(self.keys.stats, mapping={"feed_cursor": 0, "rows_generated": 0, "rows_scored": 0, "rows_replayed": 0})
             pipe.hincrby(self.keys.stats, "feed_pass", 1)  # new batch ids: the jobs of the earlier pass may linger in RQ's registries
             pipe.execute()
         self.feeder.restart()

@@ -34,8 +34,11 @@ class Pace:
 
 
 def take_sample(client: redis.Redis, run_id: str, now: float | None = None) -> PaceSample:
+    """Rows a resumed run's feeder passes again because they are written already count as generated, at the speed
+    of reading them: left out, or the first minutes of a resume would promise it done in seconds."""
     stats, live = read_progress(client, run_id)
-    return PaceSample(at=time.time() if now is None else now, generated=round(stats.get("rows_generated") + live.rows, 3),
+    generated = stats.get("rows_generated") - stats.get("rows_replayed") + live.rows
+    return PaceSample(at=time.time() if now is None else now, generated=round(generated, 3),
                       written=int(stats.get("rows_written")), tokens=int(stats.get("tokens_generated")) + live.tokens)
 
 

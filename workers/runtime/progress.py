@@ -35,6 +35,15 @@ class TokenRate:
         return max(0, last_tokens - first_tokens) / (last_time - first_time)
 
 
+def _leave_out_of_rate(bar: tqdm, rows: int) -> None:
+    """Rows the bar will show that are no work: tqdm measures its rate from `initial` and from its last printed count,
+    as it does itself for a count that goes back."""
+    if bar.disable:  # --no-progress: a disabled bar has no count at all
+        return
+    bar.initial += rows
+    bar.last_print_n += rows
+
+
 def format_rate(rate: float | None) -> str:
     if rate is None:
         return "-"
@@ -47,6 +56,8 @@ class StageBars:
         self.run_id = run_id
         self.token_rate = TokenRate()
         self._workers_seen = 0
+        self._uncounted = [0, 0, 0]
+        """Per bar, the rows it shows that are no work of this session (see `update`)."""
         self.bars = [
             tqdm(desc=f"{label:>9}", unit="prompt", position=i, leave=True, disable=disable, dynamic_ncols=True,
                  bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
@@ -58,9 +69,16 @@ class StageBars:
         total = int(stats.get("rows_total")) or None
         tokens = int(stats.get("tokens_generated")) + live.tokens
         rate = self.token_rate.add(tokens)
+        # a resume's rows written before it (the written bar), and passed again by its feeder (generated, scored): shown,
+        # but left out of tqdm's rate and time left, which would otherwise promise the rest in seconds
+        replayed, restored = int(stats.get("rows_replayed")), int(stats.get("rows_restored"))
         for index, (bar, (_, counter)) in enumerate(zip(self.bars, STAGES)):
             bar.total = total
             done = min(total or float("inf"), stats.get(counter) + (live.rows if index == 0 else 0.0))  # see `run_status`
+            uncounted = restored if index == 2 else replayed
+            if uncounted > self._uncounted[index]:
+                _leave_out_of_rate(bar, uncounted - self._uncounted[index])
+                self._uncounted[index] = uncounted
             if done > bar.n:
                 bar.update(done - bar.n)  # through update, so that tqdm's rate and time left follow the recent pace
             else:

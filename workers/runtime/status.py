@@ -52,6 +52,18 @@ class RunStatus:
     """Rates over the last minutes, from the coordinator's samples; None when no coordinator samples now."""
     coordinated: bool = True
     """Whether a coordinator (`rsample run` or `rsample aggregate`) holds the run: without one, nothing is fed or written."""
+    restored: int = 0
+    """Rows its output files held when the coordinator started (a resume): written before this session."""
+    replayed: int = 0
+    """Of the rows counted as generated, those the feeder passed again because they were written already."""
+    session_seconds: float | None = None
+    """Since the coordinator started; None before one did."""
+
+    def session_rate(self, done: float, before: int) -> float:
+        """Rows per second over this coordinator's session, rows done before it left out: a resume that found most
+        rows written would otherwise seem to fly (and its time left be seconds). Since the run was made without one."""
+        seconds = self.session_seconds if self.session_seconds is not None else self.seconds
+        return max(0.0, done - before) / seconds if seconds > 0 else 0.0
 
     def _stages(self) -> list[tuple[str, float, float]]:
         """(stage, rows left, rows per second) of generation and of writing, at the recent pace, else at the pace since
@@ -60,7 +72,7 @@ class RunStatus:
         if self.recent is not None:
             rates = (self.recent.generated_per_s, self.recent.written_per_s)
         else:
-            rates = (generated / self.seconds, self.written / self.seconds) if self.seconds > 0 else (0.0, 0.0)
+            rates = (self.session_rate(generated, self.replayed), self.session_rate(self.written, self.restored))
         return [("generated", self.rows - generated, rates[0]), ("written", self.rows - self.written, rates[1])]
 
     @property
@@ -88,13 +100,15 @@ class RunStatus:
 
     def lines(self) -> list[str]:
         rate = lambda count: f"{count / self.seconds:.2f}/s" if self.seconds > 0 else "-"  # noqa: E731
+        rows_rate = lambda count, before: f"{self.session_rate(count, before):.2f}/s"  # noqa: E731
         state = "complete" if self.complete else "running" if self.coordinated else (
             f"no coordinator: `rsample aggregate --run {self.run_id} --out ...`, or the `rsample run` that made it, feeds and writes it")
         age = f"took {format_duration(self.seconds)}" if self.complete else f"{format_duration(self.seconds)} since it was made"
         out = [
             f"run {self.run_id} ({state}), policy {self.policy}, {age}",
-            f"  rows {self.rows}: generated {self.generated} ({rate(self.generated)}), scored {self.scored} "
-            f"({rate(self.scored)}), written {self.written} ({rate(self.written)}); {self.in_flight} prompts in flight",
+            f"  rows {self.rows}: generated {self.generated} ({rows_rate(self.generated, self.replayed)}), scored {self.scored} "
+            f"({rows_rate(self.scored, self.replayed)}), written {self.written} ({rows_rate(self.written, self.restored)}); "
+            f"{self.in_flight} prompts in flight" + (f"; {self.restored} rows were written before this session" if self.restored else ""),
             f"  completions {self.completions} ({rate(self.completions)}), tokens {self.tokens} ({rate(self.tokens)})"
             + (f"; running jobs are {self.generating:.1f} rows into their work" if self.generating else ""),
         ]
@@ -104,7 +118,8 @@ class RunStatus:
                        f"tokens {self.recent.tokens_per_s:.1f}/s"
                        + (f"; nothing {stalled} in the last {window}" if (stalled := self.stalled_stage()) else ""))
         if self.eta_seconds is not None:
-            pace = f"the last {format_duration(self.recent.seconds)}'s pace" if self.recent is not None else "the pace since it was made"
+            since = "its coordinator started" if self.session_seconds is not None else "it was made"
+            pace = f"the last {format_duration(self.recent.seconds)}'s pace" if self.recent is not None else f"the pace since {since}"
             out.append(f"  about {format_duration(self.eta_seconds)} left at {pace}")
         if self.report and self.report.get("pairs"):
             out.append("  data so far: " + "; ".join(report_numbers(self.report)))
@@ -182,4 +197,7 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         report=json.loads(stats.text("report", "null")),
         recent=None if complete else recent_pace(read_samples(client, config.run_id), now),
         coordinated=bool(client.exists(keys.coordinator_lock)),
+        restored=int(stats.get("rows_restored")),
+        replayed=int(stats.get("rows_replayed")),
+        session_seconds=(finished_at if complete and finished_at else now) - started if (started := stats.get("session_started_at")) else None,
     )
