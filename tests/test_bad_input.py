@@ -54,6 +54,9 @@ def test_mixed_dataset_gives_all_good_pairs_and_counts_every_bad_row(tiny_models
     for reason, items in BAD.items():
         assert f"  {reason}: {len(items)}" in result.stdout
     assert f"rows                 {len(rows)}" in result.stdout
+    too_long = [index for index, row in enumerate(rows) if row in BAD["prompt longer than the policy context"]]
+    for index in too_long:  # skipped by a worker, not by the feeder: logged all the same, once
+        assert result.stderr.count(f"skipping row {index} (prompt longer than the policy context)") == 1, result.stderr[-3000:]
 
 
 def test_settings_that_would_waste_a_run_are_refused_before_it(redis_server, tmp_path):
@@ -183,3 +186,16 @@ def test_a_reward_template_that_refuses_a_system_turn_skips_those_prompts_and_th
         2, f"error: reward model {str(reward)!r}: its chat template refuses every one of the first 5 prompts of dataset "
            f"{str(only_system)!r} (System role not supported), so no prompt could be scored")
     assert not (tmp_path / "refused.jsonl").exists()
+
+
+def test_rows_the_workers_skip_are_logged_a_few_per_reason_and_counted_beyond(caplog):
+    from rsample.producer.driver.collector import SkipLog
+    from rsample.workers.common.messages import SKIPPED, Outcome
+
+    skips = SkipLog(per_reason=2)
+    skips.say([Outcome(row, f"p{row}", SKIPPED, "prompt longer than the policy context") for row in range(5)]
+              + [Outcome(9, "p9", SKIPPED, "generation failed: boom")])
+    assert [record.getMessage() for record in caplog.records] == [
+        "skipping row 0 (prompt longer than the policy context)", "skipping row 1 (prompt longer than the policy context)",
+        "more rows skipped for this reason are counted, not logged: prompt longer than the policy context",
+        "skipping row 9 (generation failed: boom)"]

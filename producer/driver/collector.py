@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import redis
@@ -25,6 +26,23 @@ from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 log = logging.getLogger(__name__)
 
 
+class SkipLog:
+    """Rows the workers skipped (too long, refused by a template, their work failed), logged as the feeder logs the
+    rows it skips; a few of each reason, since a whole dataset may be too long for a model: the rest are counted."""
+
+    def __init__(self, per_reason: int = defaults.SKIPS_LOGGED_PER_REASON):
+        self.per_reason = per_reason
+        self.logged: Counter[str] = Counter()
+
+    def say(self, skips: list[Outcome]) -> None:
+        for outcome in skips:
+            if self.logged[outcome.reason] < self.per_reason:
+                log.warning("skipping row %d (%s)", outcome.row_index, outcome.reason)
+            elif self.logged[outcome.reason] == self.per_reason:
+                log.warning("more rows skipped for this reason are counted, not logged: %s", outcome.reason)
+            self.logged[outcome.reason] += 1
+
+
 class Collector:
     def __init__(self, client: redis.Redis, config: RunConfig, ledger: Ledger, before_commit: Callable[[], None] = lambda: None):
         """`before_commit` runs right before each write to the files and may raise to stop it (the run lock's fence)."""
@@ -38,6 +56,7 @@ class Collector:
         """The report's key numbers over the rows written, published for `rsample status`."""
         self.live.start_from(ledger.out, ledger.scores_out)
         self._warned_of_thinking = False
+        self.skips = SkipLog()
 
     def step(self, block_ms: int | None = defaults.AGGREGATOR_BLOCK_MS) -> int:
         """Handles what became ready since the last step; returns the number of rows newly settled.
@@ -61,11 +80,13 @@ class Collector:
             return 0, 0
         self.cursor = entries[-1][0]
         payloads = self._fetch_payloads([fields["batch_id"] for _, fields in entries if "batch_id" in fields])
-        combined, cleanup, returned, seen = BatchOutcome(), [], 0, set()
+        combined, cleanup, returned, seen, said = BatchOutcome(), [], 0, set(), set()
         for entry_id, fields in entries:
             if "batch_id" in fields and fields["batch_id"] in seen:  # delivered twice in one read: its prompts came back once
                 continue
             seen.add(fields.get("batch_id"))
+            if "rows" in fields:  # the feeder's own skips, which it logged as it read them
+                said |= {outcome["row_index"] for outcome in json.loads(fields["rows"])}
             try:
                 result, batch_returned = self._settle(fields, payloads)
             except Exception as exc:  # never retried forever: set aside, reported, its prompts settled when known
@@ -79,6 +100,7 @@ class Collector:
                 cleanup += [self.keys.batch(fields["batch_id"]), self.keys.scores(fields["batch_id"])]
         self.before_commit()
         fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows, combined.sft_rows)
+        self.skips.say([outcome for outcome in fresh if outcome.outcome == SKIPPED and outcome.row_index not in said])
         new_ids = {outcome.prompt_id for outcome in fresh}
         self.live.add([r for r in combined.rows if r["prompt_id"] in new_ids], [r for r in combined.score_rows if r["prompt_id"] in new_ids])
         if not self._warned_of_thinking and (warning := self.live.numbers.thinking_scored()):  # early: a long run can be stopped

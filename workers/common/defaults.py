@@ -109,6 +109,9 @@ COORDINATOR_LOCK_SECONDS = 30
 RUN_CHECK_SECONDS = 3.0
 """How often `rsample workers` without --run looks for a run to serve, or for the next one once its run is finished."""
 
+SKIPS_LOGGED_PER_REASON = 20
+"""Rows the workers skipped that the coordinator logs one by one, per reason; the others are counted in the summary."""
+
 SUPERVISOR_POLL_SECONDS = 0.2
 """How often `rsample workers` looks at its children: a dead worker is noticed within this."""
 
