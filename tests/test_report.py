@@ -82,7 +82,7 @@ def test_two_reward_models_agreement_matches_the_scores_file(tmp_path, tiny_mode
                     for c in by_prompt.values())
     pairs = [(a, b) for c in by_prompt.values() for a, b in combinations(c, 2)]
     alike = sum((a[first_name] - b[first_name]) * (a[second_name] - b[second_name]) > 0 for a, b in pairs)
-    assert (f"{first_name} and {second_name}: same best candidate on {same_best / len(by_prompt):.0%} of prompts, "
+    assert (f"{first_name} and {second_name}: same best generated candidate on {same_best / len(by_prompt):.0%} of prompts, "
             f"{alike / len(pairs):.0%} of candidate pairs ordered alike") in report.lines
     check_png(report.figures["agreement"])
 

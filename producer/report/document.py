@@ -45,7 +45,7 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
             lines.append(f"  margin mean {model.margin_moments.mean:.3f}, std {model.margin_moments.std:.3f}"
                          + (f"; {small:.0%} under {SMALL_MARGIN} score std{approx(model.margins)}" if small is not None else ""))
         if model.candidate_moments.count:
-            lines.append(f"  candidates' scores mean {model.candidate_moments.mean:.3f}, std {model.candidate_moments.std:.3f}")
+            lines.append(f"  generated candidates' scores mean {model.candidate_moments.mean:.3f}, std {model.candidate_moments.std:.3f}")
         rho = model.length_rho
         if rho is not None:
             lines.append(f"  rank correlation of length and score {rho:+.2f}{approx(model.length_and_score)}")
@@ -55,7 +55,7 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
         if entry.prompts:
             pairs, same = entry.pair_order
             order = f", {same / pairs:.0%} of candidate pairs ordered alike{approx(entry.order_sample)}" if pairs else ""
-            lines.append(f"{first} and {second}: same best candidate on {entry.same_best / entry.prompts:.0%} of prompts{order}")
+            lines.append(f"{first} and {second}: same best generated candidate on {entry.same_best / entry.prompts:.0%} of prompts{order}")
     if numbers.unique_per_prompt:
         total = sum(numbers.unique_per_prompt.values())
         mean = sum(unique * count for unique, count in numbers.unique_per_prompt.items()) / total
