@@ -243,8 +243,10 @@ class Coordinator:
         stats = read_stats(self.client, self.config.run_id)
         completions = max(0, int(stats.get("completions_generated") - self._baseline[0]))
         tokens = max(0, int(stats.get("tokens_generated") - self._baseline[1]))
+        unscored = {name: (int(stats.get(f"completions_unscored:{index}")), int(stats.get(f"completions_scored:{index}")))
+                    for index, name in enumerate(self.config.score_names)}
         return summarize(outcomes, reasons, completions, tokens, time.time() - self.started_at,
-                         self.ledger.sft_written if self.ledger.sft_out else None)
+                         self.ledger.sft_written if self.ledger.sft_out else None, unscored)
 
     def run(self, on_progress: Callable[[], None] | None = None, check: Callable[[], None] | None = None) -> None:
         """Feeds and writes until every row of the selection has its outcome; `check` may raise to abort."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from rsample.workers.common.messages import (
     DROPPED_DISAGREEMENT,
@@ -16,6 +16,9 @@ from rsample.workers.common.messages import (
     PAIR,
     failed_skips,
 )
+
+UNSCORED_WARNING = 0.05
+"""Share of candidates a reward left unscored from which the summary warns."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Summary:
     dropped_unverified: int = 0
     sft_written: int | None = None
     """Rows of the SFT file (`--sft-out`), None without one."""
+    unscored: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per reward (score name): candidates it gave no score, of those it was given, this session."""
 
     @property
     def completions_per_second(self) -> float:
@@ -69,11 +74,16 @@ class Summary:
             f"completions          {self.completions_generated} in {self.seconds:.1f} s "
             f"({self.completions_per_second:.2f}/s, {self.tokens_per_second:.1f} tokens/s)"
         )
+        for name, (unscored, given) in self.unscored.items():
+            if unscored:  # pairs come from the others only: with many, a bias towards short candidates, say
+                warning = "WARNING " if unscored >= UNSCORED_WARNING * given else ""
+                out.append(f"{warning}{name} gave no score to {unscored} of {given} candidates ({unscored / given:.1%}; longer than "
+                           "its context or its device's memory, or its function returned None): pairs are chosen among the others")
         return out
 
 
 def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int, seconds: float,
-              sft_written: int | None = None) -> Summary:
+              sft_written: int | None = None, unscored: dict[str, tuple[int, int]] | None = None) -> Summary:
     """`outcomes` and `reasons` come from the ledger (the whole run, resumes included); the rates from this session."""
     return Summary(
         rows=sum(outcomes.values()),
@@ -90,4 +100,5 @@ def summarize(outcomes: Counter, reasons: Counter, completions: int, tokens: int
         tokens_generated=tokens,
         seconds=seconds,
         sft_written=sft_written,
+        unscored=unscored or {},
     )

@@ -93,10 +93,12 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
         verdicts = score_isolating_failures(backend, model_index, to_score, context.config.reasoning_end)
     seconds = time.perf_counter() - started
     num_conversations = sum(len(p.candidates) for p in to_score)
+    unscored = sum(score is None for verdict in verdicts.values() for score in verdict["scores"] or ())
     with client.pipeline() as pipe:  # MULTI: exactly one scorer sees the last model arrive
         pipe.hset(keys.scores(batch_id), str(model_index), json.dumps(verdicts))
         pipe.hlen(keys.scores(batch_id))
         pipe.hincrby(keys.stats, f"completions_scored:{model_index}", num_conversations)
+        pipe.hincrby(keys.stats, f"completions_unscored:{model_index}", unscored)  # the end summary says how many
         pipe.hincrbyfloat(keys.stats, f"scoring_seconds:{model_index}", seconds)
         models_done = pipe.execute()[1]
     if models_done == len(context.config.reward_models):
