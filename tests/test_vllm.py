@@ -84,17 +84,20 @@ def test_concurrent_jobs_share_one_engine(generator):
         assert [c.text for c in result.completions] == [c.text for c in solo[0].completions]
 
 
-def test_vllm_reward_scores_match_transformers(tiny_models):
+@pytest.mark.parametrize("which", ["reward", "reward2"])  # reward2's config pad is the EOS that ends every turn
+def test_vllm_reward_scores_match_transformers(tiny_models, which):
+    """vLLM's pooling reads the last token; transformers' forward, the last that is not the config's pad: both read
+    the same token, since the conversations end at it."""
     from rsample.workers.backends.vllm_reward import VLLMRewardModel
 
     conversations = [[*WRITE, {"role": "assistant", "content": text}] for text in ("the river runs", "a city", "music " * 30)]
     conversations.append([*CITY, {"role": "assistant", "content": "river " * 600}])  # longer than the reward context
-    model = VLLMRewardModel(tiny_models["reward"], FLOAT32)
+    model = VLLMRewardModel(tiny_models[which], FLOAT32)
     try:
         by_vllm = model.score(conversations)
     finally:
         model.close()
-    by_transformers = TransformersRewardModel(tiny_models["reward"], "float32").score(conversations)
+    by_transformers = TransformersRewardModel(tiny_models[which], "float32").score(conversations)
     assert by_vllm[3] is None and by_transformers[3] is None
     assert by_vllm[:3] == pytest.approx(by_transformers[:3], rel=1e-4, abs=1e-5)
 
