@@ -76,3 +76,66 @@ def test_a_prompt_over_max_prompt_tokens_is_skipped_with_its_reason(greedy_polic
     short, long = generator.generate([PROMPTS[1], long_prompt], sampling, seed=0)
     assert long.completions == [] and long.skip_reason == "prompt longer than --max-prompt-tokens (30)"
     assert short.skip_reason is None and len(short.completions) == 2
+
+
+def test_what_else_the_policy_ships_in_its_generation_config_does_not_apply(tmp_path):
+    """`generate` applies a generation_config.json's every field; vLLM applies none but the sampling settings the run
+    resolved. The same weights with `no_repeat_ngram_size` and `min_new_tokens` shipped must sample the same text."""
+    plain = TransformersGenerator(str(build_policy(tmp_path / "plain")), "float32")
+    shipped = TransformersGenerator(str(build_policy(tmp_path / "shipped", generation_defaults={"no_repeat_ngram_size": 1,
+                                                                                                "min_new_tokens": 40})), "float32")
+    sampling = SamplingConfig(n=8, temperature=1.0, max_new_tokens=40)
+    texts = [[(c.text, c.finish_reason) for c in r.completions] for r in plain.generate(PROMPTS, sampling, seed=3)]
+    assert [[(c.text, c.finish_reason) for c in r.completions] for r in shipped.generate(PROMPTS, sampling, seed=3)] == texts
+    assert any(reason == "stop" for prompt in texts for _, reason in prompt)  # min_new_tokens 40 would have forbidden it
+
+
+def test_the_settings_are_applied_in_vllms_order_and_never_to_the_padding():
+    """By hand: probabilities .5, .26, .16, .08. vLLM cuts min_p .2 first (below .1: the last), then top_p .8 over the
+    rest (.543, .283, .174: the cumulative .174 from the least likely is under .2, so it goes too); transformers'
+    own order (top_p first) kept three. The repetition penalty counts the prompt's tokens, not its left padding."""
+    from rsample.workers.backends.sampling_order import vllm_order_processor
+
+    scores = torch.tensor([[0.5, 0.26, 0.16, 0.08]]).log()
+    cut = vllm_order_processor(SamplingConfig(n=2, temperature=1.0, top_p=0.8, min_p=0.2), torch.tensor([0]))(torch.tensor([[0]]), scores)
+    assert torch.isfinite(cut).tolist() == [[True, True, False, False]]
+    assert torch.allclose(cut[0, :2], scores[0, :2])  # what is kept keeps its logit: the draw renormalises
+
+    logits = torch.tensor([[2.0, 2.0, -1.0, -1.0], [2.0, 2.0, -1.0, -1.0]])
+    ids = torch.tensor([[1, 1, 0, 2], [3, 0, 0, 2]])  # row 0: two pads (id 1) before its prompt; row 1: none
+    penalized = vllm_order_processor(SamplingConfig(n=2, temperature=2.0, repetition_penalty=2.0), torch.tensor([2, 0]))(ids, logits)
+    # seen: row 0 ids 0 and 2 (not the pad 1); row 1 ids 3, 0, 2. Positive logits halve, negative double; then / 2
+    assert penalized.tolist() == [[0.5, 1.0, -1.0, -0.5], [0.5, 1.0, -1.0, -1.0]]
+    top_two = vllm_order_processor(SamplingConfig(n=2, temperature=1.0, top_k=2), torch.tensor([0]))(torch.tensor([[0]]), scores)
+    assert torch.isfinite(top_two).tolist() == [[True, True, False, False]]
+
+
+def test_a_padded_prompt_samples_as_it_would_alone(tmp_path):
+    """A policy without a pad token pads with its EOS; transformers releases before 5.2x counted that padding towards
+    the repetition penalty, so a padded prompt's EOS was penalised and its completions ran longer. top_k 1: greedy."""
+    from transformers import AutoTokenizer
+
+    path = build_policy(tmp_path / "no-pad")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(path)
+    generator = TransformersGenerator(str(path), "float32")
+    assert generator.tokenizer.pad_token_id == generator.tokenizer.eos_token_id
+    greedy = SamplingConfig(n=2, temperature=1.0, top_k=1, repetition_penalty=1.5, max_new_tokens=12)
+    short, long = [{"role": "user", "content": "hi"}], [{"role": "user", "content": "write a poem about the river and the city"}]
+    alone = generator.generate([short], greedy, seed=0)[0]
+    batched = generator.generate([long, short], greedy, seed=0)[1]
+    assert [(c.text, c.finish_reason) for c in batched.completions] == [(c.text, c.finish_reason) for c in alone.completions]
+
+
+def test_a_policy_with_neither_eos_nor_pad_token_still_generates(tmp_path):
+    from transformers import AutoTokenizer
+
+    path = build_policy(tmp_path / "bare")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = None
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(path)
+    generator = TransformersGenerator(str(path), "float32")
+    results = generator.generate(PROMPTS, SamplingConfig(n=2, temperature=1.0, max_new_tokens=5), seed=0)
+    assert [len(r.completions) for r in results] == [2, 2] and all(r.skip_reason is None for r in results)

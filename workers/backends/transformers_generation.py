@@ -1,9 +1,16 @@
-"""`--backend transformers`: batched `generate` with `num_return_sequences=n` on the policy's own weights."""
+"""`--backend transformers`: batched `generate` with `num_return_sequences=n` on the policy's own weights.
+
+The run's sampling settings are all it samples with: the policy's own `generation_config.json` (read once, when the
+run is made) is replaced at load, since `generate` would otherwise apply whatever else it holds
+(`no_repeat_ngram_size`, `min_new_tokens`, ...), which vLLM ignores; and the settings are applied as vLLM applies
+them (`sampling_order`).
+"""
 
 from __future__ import annotations
 
 from rsample.workers.backends.base import Completion, ProgressCallback, PromptCompletions
 from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, policy_eos_ids, resolve_device, resolve_dtype
+from rsample.workers.backends.sampling_order import vllm_order_processor
 from rsample.workers.backends.templates import render_fitting
 from rsample.workers.common.config import RunConfig, SamplingConfig
 from rsample.workers.common.messages import Conversation
@@ -13,7 +20,7 @@ class TransformersGenerator:
     """Prompts rendered with the policy's chat template, left-padded into one batch, n samples each."""
 
     def __init__(self, policy: str, dtype: str = "auto", trust_remote_code: bool = False):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, GenerationConfig
 
         self.device = resolve_device()
         self.tokenizer = load_tokenizer(policy, "policy", trust_remote_code)
@@ -21,6 +28,9 @@ class TransformersGenerator:
         self.model = load_weights(AutoModelForCausalLM, policy, "policy", resolve_dtype(dtype, self.device), self.device, trust_remote_code)
         self.context = context_length(self.model, self.tokenizer)
         self.eos_ids = set(policy_eos_ids(policy, self.tokenizer))
+        if self.tokenizer.pad_token_id is None:  # no pad and no EOS token: any id pads, the attention mask hides it
+            self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(min(self.eos_ids, default=0))
+        self.model.generation_config = GenerationConfig(eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id)
 
     @classmethod
     def from_run(cls, config: RunConfig) -> TransformersGenerator:
@@ -29,20 +39,23 @@ class TransformersGenerator:
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int,
                  progress: ProgressCallback | None = None) -> list[PromptCompletions]:
         import torch
+        from transformers import LogitsProcessorList
 
         results, fitting = render_fitting(self.tokenizer, prompts, self.context, sampling)
         if fitting:
             batch = self.tokenizer.pad({"input_ids": [ids for _, ids in fitting]}, return_tensors="pt").to(self.device)
+            prompt_starts = (batch["attention_mask"] == 0).sum(dim=-1).repeat_interleave(sampling.n)  # left padding
             torch.manual_seed(seed)
             with torch.inference_mode():
                 output = self.model.generate(
                     **batch,
-                    do_sample=True,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    top_k=sampling.top_k,  # 0: off
-                    min_p=sampling.min_p or None,
-                    repetition_penalty=sampling.repetition_penalty,
+                    do_sample=True,  # from the processor's scores alone: every setting of its own off
+                    logits_processor=LogitsProcessorList([vllm_order_processor(sampling, prompt_starts)]),
+                    temperature=1.0,
+                    top_p=1.0,
+                    top_k=0,
+                    min_p=None,
+                    repetition_penalty=1.0,
                     eos_token_id=sorted(self.eos_ids),
                     max_new_tokens=sampling.max_new_tokens,
                     num_return_sequences=sampling.n,
