@@ -174,3 +174,19 @@ def test_with_a_verifier_first_a_pair_needs_a_chosen_that_passed_it():
     assert second.combine == "standardized"
     assert [o.outcome for o in aggregate_batch(second, GeneratedBatch("r0", [prompt("a", ["w1", "w2", "w3"])]),
                                                verdicts({"a": [3.0, 1.0, 2.0]}, {"a": [0.0, 0.0, 0.0]})).outcomes] == [PAIR]
+
+
+def test_a_text_one_sample_ended_and_another_was_cut_in_is_an_ended_candidate():
+    """Compared stripped, "Paris." ended by EOS and "Paris.\\n" cut at --max-new-tokens are one candidate: the policy
+    ended it, so it may be chosen, whichever sample came first."""
+    from rsample.workers.backends.base import Completion, PromptCompletions
+    from rsample.workers.common.messages import PromptRecord
+    from rsample.workers.stages.dedup import merge_candidates
+
+    record = PromptRecord("p", [{"role": "user", "content": "capital of France?"}], row_index=0)
+    cut_first = PromptCompletions([Completion("Paris.", 3, "length"), Completion("Paris.", 2, "stop"), Completion("Lyon", 3, "length")])
+    merged = merge_candidates(record, cut_first, include_reference=False)
+    assert [(c.text, c.completion_indices, c.num_tokens, c.finish_reason) for c in merged.candidates] == [
+        ("Paris.", [0, 1], 2, "stop"), ("Lyon", [2], 3, "length")]
+    ended_first = PromptCompletions([Completion("Paris.", 2, "stop"), Completion("Paris.", 3, "length")])
+    assert [(c.num_tokens, c.finish_reason) for c in merge_candidates(record, ended_first, False).candidates] == [(2, "stop")]
