@@ -139,3 +139,22 @@ def test_a_policy_with_neither_eos_nor_pad_token_still_generates(tmp_path):
     generator = TransformersGenerator(str(path), "float32")
     results = generator.generate(PROMPTS, SamplingConfig(n=2, temperature=1.0, max_new_tokens=5), seed=0)
     assert [len(r.completions) for r in results] == [2, 2] and all(r.skip_reason is None for r in results)
+
+
+def test_jobs_of_a_workers_slots_sample_as_they_would_one_after_the_other(greedy_policy):
+    """Slots run jobs on threads of one process, which share torch's one random generator: a job's completions must
+    still follow from its seed alone."""
+    import threading
+
+    generator = TransformersGenerator(greedy_policy, "float32")
+    sampling = SamplingConfig(n=4, temperature=1.0, max_new_tokens=16, top_k=0)
+    texts = lambda results: [[c.text for c in r.completions] for r in results]  # noqa: E731
+    alone = {seed: texts(generator.generate(PROMPTS, sampling, seed=seed)) for seed in (1, 2)}
+    together = {}
+    threads = [threading.Thread(target=lambda s=seed: together.__setitem__(s, texts(generator.generate(PROMPTS, sampling, seed=s))))
+               for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert together == alone and alone[1] != alone[2]

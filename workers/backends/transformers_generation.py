@@ -8,10 +8,13 @@ them (`sampling_order`).
 
 from __future__ import annotations
 
+import threading
+
 from rsample.workers.backends.base import Completion, ProgressCallback, PromptCompletions
 from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, policy_eos_ids, resolve_device, resolve_dtype
 from rsample.workers.backends.sampling_order import vllm_order_processor
 from rsample.workers.backends.templates import render_fitting
+from rsample.workers.backends.waiting import holding_interruptibly
 from rsample.workers.common.config import RunConfig, SamplingConfig
 from rsample.workers.common.messages import Conversation
 
@@ -31,6 +34,9 @@ class TransformersGenerator:
         if self.tokenizer.pad_token_id is None:  # no pad and no EOS token: any id pads, the attention mask hides it
             self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(min(self.eos_ids, default=0))
         self.model.generation_config = GenerationConfig(eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id)
+        self._one_at_a_time = threading.Lock()
+        """A worker's slots share torch's one random generator: a job's completions follow from its seed only if no other
+        job draws from it meanwhile."""
 
     @classmethod
     def from_run(cls, config: RunConfig) -> TransformersGenerator:
@@ -45,8 +51,8 @@ class TransformersGenerator:
         if fitting:
             batch = self.tokenizer.pad({"input_ids": [ids for _, ids in fitting]}, return_tensors="pt").to(self.device)
             prompt_starts = (batch["attention_mask"] == 0).sum(dim=-1).repeat_interleave(sampling.n)  # left padding
-            torch.manual_seed(seed)
-            with torch.inference_mode():
+            with holding_interruptibly(self._one_at_a_time), torch.inference_mode():
+                torch.manual_seed(seed)
                 output = self.model.generate(
                     **batch,
                     do_sample=True,  # from the processor's scores alone: every setting of its own off

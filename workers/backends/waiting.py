@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from threading import Lock
 
 from rsample.workers.common import defaults
 
@@ -16,3 +19,14 @@ def wait_interruptibly(future: Future, poll: float = defaults.ENGINE_WAIT_POLL_S
             return future.result(timeout=poll)
         except FutureTimeout:
             continue
+
+
+@contextmanager
+def holding_interruptibly(lock: Lock, poll: float = defaults.ENGINE_WAIT_POLL_SECONDS) -> Iterator[None]:
+    """`with lock:`, taken in short waits for the same reason."""
+    while not lock.acquire(timeout=poll):
+        continue
+    try:
+        yield
+    finally:
+        lock.release()
