@@ -212,3 +212,16 @@ def test_a_run_of_a_thinking_policy_without_the_marker_is_warned_about(tmp_path,
                "wants --reasoning-end '</think>'")
     assert f"WARNING {warning}" in result.stderr  # the report's, at the end
     assert f"WARNING rsample.producer.driver.collector: {warning}" in result.stderr  # and the coordinator's, as soon as it shows
+
+
+def test_a_marker_the_template_already_wrote_into_the_prompt_is_refused(thinking_policy, redis_server, tmp_path):
+    """Qwen3 with enable_thinking false writes an empty thinking, closed, into the prompt: no completion holds the
+    marker, and with --reasoning-end no candidate could ever be chosen."""
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hi"}])
+    common = ["enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", thinking_policy,
+              "--reward-model", "r", "--reward-backend", "length", "--reasoning-end", "</think>"]
+    refused = rsample(*common, "--chat-template-kwargs", '{"enable_thinking": false}', check=False)
+    assert (refused.returncode, refused.stderr.strip()) == (2, (
+        "error: --reasoning-end '</think>': the policy's chat template closes the thinking in the prompt itself with these "
+        "--chat-template-kwargs, so no completion would hold the marker and none could be chosen; leave --reasoning-end out")), refused.stderr
+    assert rsample(*common, "--chat-template-kwargs", '{"enable_thinking": true}').stdout.strip()  # it thinks: the run is made

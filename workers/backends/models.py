@@ -61,6 +61,20 @@ def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str 
         if reasoning_end not in tokenizer.decode(ids, skip_special_tokens=True):
             raise RsampleError(f"--reasoning-end {reasoning_end!r} is a special token of the policy's tokenizer, which decoding "
                                "leaves out of completions: no completion would show it")
+        opened = _generation_prompt(tokenizer, template_kwargs)
+        if opened is not None and reasoning_end in opened:  # Qwen3's with {"enable_thinking": false}: an empty thinking
+            raise RsampleError(f"--reasoning-end {reasoning_end!r}: the policy's chat template closes the thinking in the prompt "
+                               f"itself{' with these --chat-template-kwargs' if template_kwargs else ''}, so no completion would "
+                               "hold the marker and none could be chosen; leave --reasoning-end out")
+
+
+def _generation_prompt(tokenizer, template_kwargs: dict | None) -> str | None:
+    """What the template adds to a conversation to open the assistant's turn (None where it cannot be told apart)."""
+    conversation = [{"role": "user", "content": "Hello."}]
+    kwargs = template_kwargs or {}
+    whole = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **kwargs)
+    bare = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False, **kwargs)
+    return whole[len(bare):] if whole.startswith(bare) else None
 
 
 def check_reward_model(spec: str, trust_remote_code: bool = False) -> None:
