@@ -124,7 +124,8 @@ def run_options(command):
         click.option("--backend", type=click.Choice(GENERATION_BACKENDS), default="transformers", show_default=True, help="Generation backend (vllm: pip install 'rsample[vllm]'; echo: zero-cost, for benchmarks)."),
         click.option("--reward-backend", type=click.Choice(REWARD_BACKENDS), default="transformers", show_default=True, help="Reward backend (vllm: pooling runner; length: zero-cost, for benchmarks)."),
         click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="vLLM: GPUs per engine (a generation worker is pinned to that many)."),
-        click.option("--max-model-len", type=int, help="vLLM: context cap (default: the model's); smaller saves KV-cache memory."),
+        click.option("--max-model-len", type=int, help="Context cap of every model of the run, on either backend (default: the model's); "
+                                                     "smaller saves vLLM's KV-cache memory."),
         click.option("--gpu-memory-utilization", type=float,
                      help="vLLM: share of each GPU's memory an engine takes (default 0.9; `rsample run` on one GPU: what its reward models leave)."),
         click.option("--enforce-eager", is_flag=True, help="vLLM: no torch.compile, no CUDA graphs (starts in seconds, decodes slower)."),

@@ -100,6 +100,8 @@ def test_a_multimodal_checkpoint_keeps_its_language_models_context():
     gemma3 = Gemma3Config(text_config={"max_position_embeddings": 131072, "hidden_size": 64, "num_hidden_layers": 1})
     assert getattr(gemma3, "max_position_embeddings", None) is None  # what the lookup used to read
     unlimited = SimpleNamespace(model_max_length=int(1e30))  # transformers' "no limit" placeholder
-    assert context_length(SimpleNamespace(config=gemma3), unlimited) == 131072
-    assert context_length(SimpleNamespace(config=GPT2Config(n_positions=1024)), unlimited) == 1024
-    assert context_length(SimpleNamespace(config=LlamaConfig(max_position_embeddings=8192)), SimpleNamespace(model_max_length=4096)) == 4096
+    assert context_length(gemma3, unlimited) == 131072
+    assert context_length(GPT2Config(n_positions=1024), unlimited) == 1024
+    assert context_length(LlamaConfig(max_position_embeddings=8192), SimpleNamespace(model_max_length=4096)) == 4096
+    assert context_length(LlamaConfig(max_position_embeddings=8192), unlimited, cap=3000) == 3000  # --max-model-len, any backend
+    assert context_length(LlamaConfig(max_position_embeddings=8192), unlimited, engine_limit=32768) == 8192  # RoPE scaled: not used

@@ -84,6 +84,36 @@ def test_concurrent_jobs_share_one_engine(generator):
         assert [c.text for c in result.completions] == [c.text for c in solo[0].completions]
 
 
+def test_both_backends_skip_a_prompt_by_one_context(tmp_path):
+    """vLLM counts RoPE scaling into its engine's limit (128 positions, linear factor 4: 512), transformers' position
+    limit does not: each backend skipped by its own, so one prompt was skipped by one and sampled by the other."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from rsample.workers.backends import tiny_models
+    from rsample.workers.backends.transformers_generation import TransformersGenerator
+    from rsample.workers.backends.vllm_generation import VLLMGenerator
+
+    tokenizer = tiny_models._tokenizer(384, ["<|im_start|>", "<|im_end|>", "<pad>", "<|endoftext|>"], "<|im_end|>", "<pad>",
+                                       tiny_models.POLICY_TEMPLATE, 0)
+    torch.manual_seed(0)
+    config = tiny_models._llama_config(len(tokenizer), tokenizer, num_attention_heads=2, max_position_embeddings=128,
+                                       rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0})
+    path = tmp_path / "rope-scaled"
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    prompt = [{"role": "user", "content": "river city music " * 30}]  # over 128 tokens, under 512
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=16)
+    by_vllm = VLLMGenerator(str(path), FLOAT32)
+    try:
+        assert by_vllm.llm.llm_engine.model_config.max_model_len == 512  # the case
+        vllm_skip = by_vllm.generate([prompt], sampling, seed=0)[0].skip_reason
+    finally:
+        by_vllm.close()
+    transformers_skip = TransformersGenerator(str(path), "float32").generate([prompt], sampling, seed=0)[0].skip_reason
+    assert vllm_skip == transformers_skip == "prompt longer than the policy context"
+
+
 @pytest.mark.parametrize("which", ["reward", "reward2"])  # reward2's config pad is the EOS that ends every turn
 def test_vllm_reward_scores_match_transformers(tiny_models, which):
     """vLLM's pooling reads the last token; transformers' forward, the last that is not the config's pad: both read

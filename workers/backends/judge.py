@@ -84,7 +84,7 @@ class TransformersJudge:
 
     def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH,
                  token_budget: int = defaults.REWARD_TOKEN_BUDGET, template: str | None = None, trust_remote_code: bool = False,
-                 pass_cost: int = defaults.REWARD_PASS_COST):
+                 pass_cost: int = defaults.REWARD_PASS_COST, max_model_len: int | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -94,7 +94,7 @@ class TransformersJudge:
         self.tokenizer = load_tokenizer(model_spec, "judge", trust_remote_code)
         self.model = load_weights(AutoModelForCausalLM, model_spec, "judge", resolve_dtype(dtype, self.device), self.device,
                                   trust_remote_code)
-        self.context = context_length(self.model, self.tokenizer)
+        self.context = context_length(self.model.config, self.tokenizer, max_model_len)
         self.template = compile_template(template)
         self.ratings = torch.tensor(RATINGS, dtype=torch.float32, device=self.device)
         self.rating_ids = rating_token_ids(self.tokenizer, spec)
@@ -106,7 +106,7 @@ class TransformersJudge:
         models = config.models
         spec = config.reward_models[model_index]
         return cls(spec, models.dtype, models.reward_micro_batch, models.reward_token_budget, config.judge_template,
-                   model_path(spec) in config.trust_remote_code, models.reward_pass_cost)
+                   model_path(spec) in config.trust_remote_code, models.reward_pass_cost, models.max_model_len)
 
     def judge_prompt(self, conversation: Conversation) -> Conversation:
         return judge_prompt(self.template, conversation)

@@ -186,13 +186,16 @@ POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_lengt
 """Names model configs give their position limit (Llama and most; GPT-2; some remote-code models)."""
 
 
-def context_length(model, tokenizer) -> int:
-    """The longest sequence the model takes: its position limit, or a smaller sane tokenizer limit.
+def context_length(config, tokenizer, cap: int | None = None, engine_limit: int | None = None) -> int:
+    """The longest sequence a model of `config` (its transformers config) takes: its position limit, or a smaller sane
+    tokenizer limit, or the run's `--max-model-len` (`cap`). Every backend skips by this one number, so that a prompt is
+    skipped or kept whatever the backend; a vLLM engine's own limit (`engine_limit`, which counts RoPE scaling) only
+    ever lowers it.
 
     A multimodal checkpoint (Gemma 3, Mistral 3, Qwen2.5-VL) keeps its language model's limit in its text config."""
-    config = model.config.get_text_config()
+    config = config.get_text_config()
     limit = next((value for name in POSITION_LIMITS if (value := getattr(config, name, None))), None) or 2048
     tokenizer_limit = getattr(tokenizer, "model_max_length", None)
     if tokenizer_limit and tokenizer_limit < 10**7:
         limit = min(limit, tokenizer_limit)
-    return int(limit)
+    return int(min([limit, *(bound for bound in (cap, engine_limit) if bound)]))

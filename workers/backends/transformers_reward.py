@@ -49,7 +49,7 @@ class TransformersRewardModel:
 
     def __init__(self, spec: str, dtype: str = "auto", micro_batch: int = defaults.REWARD_MICRO_BATCH,
                  token_budget: int = defaults.REWARD_TOKEN_BUDGET, trust_remote_code: bool = False,
-                 pass_cost: int = defaults.REWARD_PASS_COST):
+                 pass_cost: int = defaults.REWARD_PASS_COST, max_model_len: int | None = None):
         from transformers import AutoModelForSequenceClassification
 
         check_reward_model(spec, trust_remote_code)
@@ -58,7 +58,7 @@ class TransformersRewardModel:
         self.tokenizer = load_tokenizer(spec, "reward", trust_remote_code)
         self.model = load_weights(AutoModelForSequenceClassification, spec, "reward", resolve_dtype(dtype, self.device), self.device,
                                   trust_remote_code)
-        self.context = context_length(self.model, self.tokenizer)
+        self.context = context_length(self.model.config, self.tokenizer, max_model_len)
         self.pad_token_id = self.model.config.get_text_config().pad_token_id  # where its forward stops reading
         self.head = linear_score_head(self.model)
         if self.head is None:  # unknown layout: one unpadded sequence at a time, cut after its last non-pad token
@@ -74,7 +74,7 @@ class TransformersRewardModel:
         models = config.models
         spec = config.reward_models[model_index]
         return cls(spec, models.dtype, models.reward_micro_batch, models.reward_token_budget, spec in config.trust_remote_code,
-                   models.reward_pass_cost)
+                   models.reward_pass_cost, models.max_model_len)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         with self._tokenizer_lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from rsample.workers.backends.base import Completion, ProgressCallback, PromptCompletions
-from rsample.workers.backends.models import load_tokenizer, policy_eos_ids
+from rsample.workers.backends.models import context_length, load_model_config, load_tokenizer, policy_eos_ids
 from rsample.workers.backends.templates import render_fitting
 from rsample.workers.backends.vllm_engine import EngineLoop
 from rsample.workers.backends.vllm_llm import make_llm
@@ -34,7 +34,8 @@ class VLLMGenerator:
     def __init__(self, policy: str, models: ModelSettings, trust_remote_code: bool = False):
         self.tokenizer = load_tokenizer(policy, "policy", trust_remote_code)
         self.llm = make_llm(policy, "policy", models, runner="generate", trust_remote_code=trust_remote_code)
-        self.context = self.llm.llm_engine.model_config.max_model_len
+        self.context = context_length(load_model_config(policy, "policy", trust_remote_code), self.tokenizer, models.max_model_len,
+                                      self.llm.llm_engine.model_config.max_model_len)
         self.engine = EngineLoop(self.llm.llm_engine)
         self.eos_ids = policy_eos_ids(policy, self.tokenizer)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from rsample.workers.backends.judge import compile_template, expected_rating, judge_prompt, rating_token_ids
-from rsample.workers.backends.models import load_tokenizer
+from rsample.workers.backends.models import context_length, load_model_config, load_tokenizer
 from rsample.workers.backends.reward_specs import model_path
 from rsample.workers.backends.vllm_llm import make_llm
 from rsample.workers.common.config import ModelSettings, RunConfig
@@ -25,7 +25,8 @@ class VLLMJudge:
         allowed = sorted({token for ids in self.rating_ids for token in ids})
         self.llm = make_llm(path, "judge", models, runner="generate", trust_remote_code=trust_remote_code,
                             logprobs_mode="processed_logprobs")
-        self.context = self.llm.llm_engine.model_config.max_model_len
+        self.context = context_length(load_model_config(path, "judge", trust_remote_code), self.tokenizer, models.max_model_len,
+                                      self.llm.llm_engine.model_config.max_model_len)
         from vllm import SamplingParams
 
         self.params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, allowed_token_ids=allowed, logprobs=len(allowed))

@@ -7,7 +7,7 @@ the same token sequences, read at their last token; the score is the raw logit, 
 
 from __future__ import annotations
 
-from rsample.workers.backends.models import check_reward_model, load_model_config, load_tokenizer
+from rsample.workers.backends.models import check_reward_model, context_length, load_model_config, load_tokenizer
 from rsample.workers.backends.templates import render_conversations
 from rsample.workers.backends.vllm_llm import make_llm
 from rsample.workers.common.config import ModelSettings, RunConfig
@@ -18,9 +18,10 @@ class VLLMRewardModel:
     def __init__(self, spec: str, models: ModelSettings, trust_remote_code: bool = False):
         check_reward_model(spec, trust_remote_code)
         self.tokenizer = load_tokenizer(spec, "reward", trust_remote_code)
-        self.pad_token_id = load_model_config(spec, "reward", trust_remote_code).get_text_config().pad_token_id
+        model_config = load_model_config(spec, "reward", trust_remote_code)
+        self.pad_token_id = model_config.get_text_config().pad_token_id
         self.llm = make_llm(spec, "reward", models, runner="pooling", trust_remote_code=trust_remote_code)
-        self.context = self.llm.llm_engine.model_config.max_model_len
+        self.context = context_length(model_config, self.tokenizer, models.max_model_len, self.llm.llm_engine.model_config.max_model_len)
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> VLLMRewardModel:
