@@ -158,3 +158,14 @@ def test_jobs_of_a_workers_slots_sample_as_they_would_one_after_the_other(greedy
     for thread in threads:
         thread.join(timeout=120)
     assert together == alone and alone[1] != alone[2]
+
+
+def test_a_completion_cut_inside_a_character_ends_before_it_as_with_vllm(greedy_policy):
+    """Byte-level tokens spread "é" over two; cut after the first, decoding marks the half with U+FFFD, which vLLM
+    leaves out."""
+    generator = TransformersGenerator(greedy_policy, "float32")
+    first_half = generator.tokenizer.tokenize("é")[0]
+    tokens = generator.tokenizer.convert_tokens_to_ids(["a", first_half])
+    assert generator.tokenizer.decode(tokens) == "a\ufffd"  # the case
+    completion = generator._completion(tokens)
+    assert (completion.text, completion.num_tokens, completion.finish_reason) == ("a", 2, "length")

@@ -22,14 +22,14 @@ from rsample.workers.common.messages import Conversation
 class TransformersGenerator:
     """Prompts rendered with the policy's chat template, left-padded into one batch, n samples each."""
 
-    def __init__(self, policy: str, dtype: str = "auto", trust_remote_code: bool = False):
+    def __init__(self, policy: str, dtype: str = "auto", trust_remote_code: bool = False, max_model_len: int | None = None):
         from transformers import AutoModelForCausalLM, GenerationConfig
 
         self.device = resolve_device()
         self.tokenizer = load_tokenizer(policy, "policy", trust_remote_code)
         self.tokenizer.padding_side = "left"
         self.model = load_weights(AutoModelForCausalLM, policy, "policy", resolve_dtype(dtype, self.device), self.device, trust_remote_code)
-        self.context = context_length(self.model, self.tokenizer)
+        self.context = context_length(self.model.config, self.tokenizer, max_model_len)
         self.eos_ids = set(policy_eos_ids(policy, self.tokenizer))
         if self.tokenizer.pad_token_id is None:  # no pad and no EOS token: any id pads, the attention mask hides it
             self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(min(self.eos_ids, default=0))
@@ -40,7 +40,7 @@ class TransformersGenerator:
 
     @classmethod
     def from_run(cls, config: RunConfig) -> TransformersGenerator:
-        return cls(config.policy, config.models.dtype, config.policy in config.trust_remote_code)
+        return cls(config.policy, config.models.dtype, config.policy in config.trust_remote_code, config.models.max_model_len)
 
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int,
                  progress: ProgressCallback | None = None) -> list[PromptCompletions]:
@@ -79,7 +79,9 @@ class TransformersGenerator:
             if token in self.eos_ids:
                 text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True)
                 return Completion(text.strip(), length + 1, "stop")
-        return Completion(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens), "length")
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        # cut inside a character (its bytes spread over tokens): vLLM leaves the incomplete bytes out, decode marks them
+        return Completion(text.rstrip("\ufffd").strip(), len(tokens), "length")
 
 
 class StepCounter:
