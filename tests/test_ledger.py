@@ -30,7 +30,8 @@ def test_commit_writes_each_row_once(tmp_path):
     ledger.close()
     assert [row["prompt_id"] for row in lines(tmp_path / "pairs.jsonl")] == ["a"]
     assert len(lines(tmp_path / "scores.jsonl")) == 2
-    assert lines(tmp_path / "pairs.outcomes.jsonl")[0] == {"rsample_run": "run1", "outputs": ["pairs", "scores"]}
+    assert lines(tmp_path / "pairs.outcomes.jsonl")[0] == {"rsample_run": "run1", "outputs": ["pairs", "scores"],
+                                                           "paths": {"pairs": "pairs.jsonl", "scores": "scores.jsonl"}}
 
 
 def test_reopening_repairs_what_a_crash_left(tmp_path):
@@ -75,7 +76,8 @@ def test_overwrite_replaces_another_runs_files(tmp_path):
     first.close()
     Ledger(tmp_path / "pairs.jsonl", None, "run2", overwrite=True).close()
     assert (tmp_path / "pairs.jsonl").read_text() == ""
-    assert json.loads((tmp_path / "pairs.outcomes.jsonl").read_text().splitlines()[0]) == {"rsample_run": "run2", "outputs": ["pairs"]}
+    assert json.loads((tmp_path / "pairs.outcomes.jsonl").read_text().splitlines()[0]) == {"rsample_run": "run2", "outputs": ["pairs"],
+                                                                                           "paths": {"pairs": "pairs.jsonl"}}
 
 
 def test_a_commit_cut_between_its_outcome_lines_is_undone_whole(tmp_path):
@@ -180,3 +182,73 @@ def test_a_retry_line_in_an_older_outcomes_file_keeps_its_data(tmp_path):
     assert again.rows == {0} and again.prompt_ids == {"a"}
     again.close()
     assert lines(out) == [pair("a")]
+
+
+def test_an_output_left_out_for_a_session_keeps_its_rows_when_given_again(tmp_path):
+    """A session without --scores-out recorded the scores file's end as 0, and the next session that gave it again cut
+    the file to nothing: every score written before was lost."""
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    first = Ledger(out, scores, "run1")
+    first.commit([Outcome(0, "a", PAIR)], [pair("a")], [score("a", 0), score("a", 1)])
+    first.close()
+    without = Ledger(out, None, "run1")
+    without.commit([Outcome(1, "b", PAIR)], [pair("b")], [score("b", 0)])
+    without.close()
+    again = Ledger(out, scores, "run1")
+    again.commit([Outcome(2, "c", PAIR)], [pair("c")], [score("c", 0)])
+    again.close()
+    assert [(row["prompt_id"], row["completion_index"]) for row in lines(scores)] == [("a", 0), ("a", 1), ("c", 0)]
+    assert [row["prompt_id"] for row in lines(out)] == ["a", "b", "c"]
+
+
+def test_a_known_output_at_another_path_that_holds_a_file_is_refused_not_cut(tmp_path):
+    """The run wrote its SFT rows to sft.jsonl; a resume naming another, existing file would have cut that file to the
+    run's committed size and appended to it."""
+    out, sft, other = tmp_path / "pairs.jsonl", tmp_path / "sft.jsonl", tmp_path / "notes.jsonl"
+    first = Ledger(out, None, "run1", sft_out=sft)
+    first.commit([Outcome(0, "a", PAIR)], [pair("a")], [], [{"prompt_id": "a", "messages": []}])
+    first.close()
+    other.write_text("".join(json.dumps({"note": i}) + "\n" for i in range(100)))
+    before = other.read_bytes()
+    with pytest.raises(RsampleError) as error:
+        Ledger(out, None, "run1", sft_out=other)
+    assert str(error.value) == (f"{other} is not the --sft-out file of run run1, which is {tmp_path / 'sft.jsonl'}: give that path, "
+                                "or one where no file is, or --overwrite")
+    assert other.read_bytes() == before
+
+
+def test_outputs_whose_whole_folder_moved_are_still_the_runs(tmp_path):
+    """Paths are recorded from the outcomes file's folder: moving that folder moves them all alike."""
+    (tmp_path / "a").mkdir()
+    first = Ledger(tmp_path / "a" / "pairs.jsonl", None, "run1", sft_out=tmp_path / "a" / "sft.jsonl")
+    first.commit([Outcome(0, "a", PAIR)], [pair("a")], [], [{"prompt_id": "a", "messages": []}])
+    first.close()
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = Ledger(tmp_path / "b" / "pairs.jsonl", None, "run1", sft_out=tmp_path / "b" / "sft.jsonl")
+    assert moved.rows == {0}
+    moved.close()
+
+
+def test_a_coordinator_that_finds_another_s_commits_after_its_own_stops_without_writing(tmp_path):
+    """Paused past its lock (a stopped process, a machine asleep) while another coordinator took the run over and wrote
+    on: its index is stale, and its next commit would write rows twice."""
+    out = tmp_path / "pairs.jsonl"
+    paused = Ledger(out, None, "run1")
+    paused.commit([Outcome(0, "a", PAIR)], [pair("a")], [])
+    other = Ledger(out, None, "run1")
+    other.commit([Outcome(1, "b", PAIR)], [pair("b")], [])
+    other.close()
+    with pytest.raises(RsampleError) as error:
+        paused.commit([Outcome(1, "b", PAIR)], [pair("b")], [])
+    assert "another coordinator of run run1 wrote to it meanwhile" in str(error.value)
+    paused.close()
+    assert [row["prompt_id"] for row in lines(out)] == ["a", "b"]
+
+
+def test_a_duplicate_committed_with_a_repeated_delivery_of_its_prompt_writes_nothing_twice(tmp_path):
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    ledger = Ledger(out, scores, "run1")
+    ledger.commit([Outcome(0, "P", PAIR)], [pair("P")], [score("P", 0)])
+    ledger.commit([Outcome(0, "P", PAIR), Outcome(7, "P", DUPLICATE, "same prompt as row 0")], [pair("P")], [score("P", 0)])
+    ledger.close()
+    assert [row["prompt_id"] for row in lines(out)] == ["P"] and len(lines(scores)) == 1

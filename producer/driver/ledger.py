@@ -206,6 +206,11 @@ class Ledger:
         self.overwrite = overwrite
         self.dataset = dataset
         self._known_outputs: set[str] = set()
+        self._known_paths: dict[str, str] = {}
+        """Each output's path, relative to the outcomes file's folder, as the run last gave it (older files: none)."""
+        self._data_end: dict[str, int] = {"pairs": 0, "scores": 0, "sft": 0}
+        """Where each data file's committed rows end, as the last commit recorded it: an output this session does not
+        write keeps its end, so that a later session that gives it again keeps its rows."""
         self._dataset_seen: dict | None = None
         """The dataset's fingerprint as the run last read it (header, or a later line when rows were appended)."""
         self._load()
@@ -220,7 +225,7 @@ class Ledger:
         self._outcomes = self.outcomes_path.open("ab")
         fingerprint = dataset[1] if dataset is not None else None
         if self._outcomes.tell() == 0:
-            header = {"rsample_run": run_id, "outputs": list(self._outputs())}
+            header = {"rsample_run": run_id, "outputs": list(self._outputs()), "paths": self._relative_paths()}
             if fingerprint:
                 header["dataset"] = fingerprint
             if settings:
@@ -234,13 +239,19 @@ class Ledger:
                 log.warning("%s %s is new to run %s: it gets the rows written from now on, not the %d written before",
                             OUTPUT_FLAGS[kind], self._outputs()[kind], run_id, len(self.rows))
         grown = {"rsample_dataset": fingerprint} if fingerprint and fingerprint != self._dataset_seen else {}
-        if added or grown:  # before any row of theirs: these files are this run's now, and this is the dataset it reads
-            self._append(self._outcomes, [{**({"rsample_outputs": added} if added else {}), **grown}])
+        moved = {kind: path for kind, path in self._relative_paths().items() if self._known_paths.get(kind) != path}
+        if added or grown or moved:  # before any row of theirs: these files are this run's now, and this is the dataset it reads
+            self._append(self._outcomes, [{**({"rsample_outputs": added} if added else {}), **grown, **({"paths": moved} if moved else {})}])
 
     def _outputs(self) -> dict[str, Path]:
         """The data files this command gives, by kind (the header and `rsample_outputs` lines name the kinds)."""
         files = {"pairs": self.out, "scores": self.scores_out, "sft": self.sft_out}
         return {kind: path for kind, path in files.items() if path is not None}
+
+    def _relative_paths(self) -> dict[str, str]:
+        """The outputs' paths from the outcomes file's folder: the same if the whole folder moves."""
+        folder = self.outcomes_path.parent.resolve()
+        return {kind: os.path.relpath(path.resolve(), folder) for kind, path in self._outputs().items()}
 
     def _load(self) -> None:
         if output_owner(self.out) != self.run_id:  # a fresh run: `check_outputs` allowed replacing what is there
@@ -269,6 +280,7 @@ class Ledger:
             position = committed = len(header)
             header = json.loads(header)
             self._known_outputs = set(header.get("outputs", ("pairs", "scores", "sft")))  # older headers: trusted
+            self._known_paths = dict(header.get("paths", {}))
             self._dataset_seen = header.get("dataset")
             for line in handle:
                 if not line.endswith(b"\n"):
@@ -282,8 +294,9 @@ class Ledger:
                     for row in raw["rsample_retry"]:
                         self._unrecord(row)
                     continue
-                if "rsample_outputs" in raw or "rsample_dataset" in raw:  # what a resume added, written between commits
+                if "rsample_outputs" in raw or "rsample_dataset" in raw or "paths" in raw:  # a resume's, between commits
                     self._known_outputs |= set(raw.get("rsample_outputs", ()))
+                    self._known_paths.update(raw.get("paths", {}))
                     self._dataset_seen = raw.get("rsample_dataset", self._dataset_seen)
                     if not pending:
                         committed = position
@@ -306,7 +319,13 @@ class Ledger:
                 self._record(outcome)
             committed = position
         ends = {"pairs": 0, "scores": 0, "sft": 0, **(data_end or {})}
+        self._data_end = dict(ends)
+        here = self._relative_paths()
         for kind, path in self._outputs().items():
+            recorded = self._known_paths.get(kind)
+            if recorded is not None and recorded != here[kind] and path.exists() and path.stat().st_size > 0:
+                raise RsampleError(f"{path} is not the {OUTPUT_FLAGS[kind]} file of run {self.run_id}, which is "
+                                   f"{self.outcomes_path.parent / recorded}: give that path, or one where no file is, or --overwrite")
             if not legacy and kind in self._known_outputs and ends[kind] and not path.exists():
                 raise FilesChanged(f"{path} is missing, but its run committed {ends[kind]} bytes to it: restore it, or start over "
                                    "with --overwrite")
@@ -360,6 +379,7 @@ class Ledger:
         """Opens again the rows skipped because their work failed (an error, a timeout, a worker that kept dying: see
         `is_failure_reason`), so that the run produces them again; returns the outcomes they had. Their skips wrote no
         data rows, so nothing is written twice. A `rsample_retry` line in the outcomes file keeps this for later resumes."""
+        self._check_still_ours()
         failed = [self._failed[row] for row in sorted(self._failed)]
         if failed:
             self._append(self._outcomes, [{"rsample_retry": [outcome.row_index for outcome in failed]}])
@@ -373,6 +393,7 @@ class Ledger:
         The same prompt may come twice in one call (a batch delivered twice): its first rows win. The last outcome
         line records where the data files now end: the commit point a resume cuts back to.
         """
+        self._check_still_ours()
         fresh = []
         for outcome in outcomes:
             if not self.is_settled(outcome):
@@ -380,17 +401,29 @@ class Ledger:
                 self._record(outcome)
         if not fresh:
             return fresh
-        new_ids = {o.prompt_id for o in fresh}
+        new_ids = {o.prompt_id for o in fresh if o.outcome != DUPLICATE}  # a duplicate's id is its earlier row's, written already
         self._append(self._scores, _first_of_each([r for r in scores if r["prompt_id"] in new_ids], lambda r: (r["prompt_id"], r["completion_index"])))
         self._append(self._pairs, _first_of_each([r for r in pairs if r["prompt_id"] in new_ids], lambda r: r["prompt_id"]))
         sft_rows = _first_of_each([r for r in sft if r["prompt_id"] in new_ids], lambda r: r["prompt_id"])
         self._append(self._sft, sft_rows)
         self.sft_written += len(sft_rows) if self._sft is not None else 0
         lines = [asdict(o) for o in fresh]
-        lines[-1]["data_end"] = {"pairs": self._pairs.tell(), "scores": self._scores.tell() if self._scores else 0,
-                                 "sft": self._sft.tell() if self._sft else 0}
+        handles = {"pairs": self._pairs, "scores": self._scores, "sft": self._sft}
+        self._data_end = {kind: handle.tell() if handle is not None else self._data_end[kind] for kind, handle in handles.items()}
+        lines[-1]["data_end"] = dict(self._data_end)
         self._append(self._outcomes, lines)
         return fresh
+
+    def _check_still_ours(self) -> None:
+        """The outcomes file ends where this ledger last wrote it. A coordinator paused past its lock's expiry (a
+        stopped process, a machine asleep) finds another's commits after its own: its index is stale, and writing on
+        would write rows twice. The run lock alone cannot tell: it takes back a lock nobody holds, as after a Redis
+        restart."""
+        size = os.fstat(self._outcomes.fileno()).st_size
+        if size != self._outcomes.tell():
+            raise RsampleError(f"{self.outcomes_path} changed since this coordinator last wrote it ({size - self._outcomes.tell():+d} "
+                               f"bytes): another coordinator of run {self.run_id} wrote to it meanwhile (was this one paused?); this "
+                               "one stops without writing, and the same command resumes from the files")
 
     @staticmethod
     def _append(handle, rows: list[dict]) -> None:
