@@ -186,3 +186,18 @@ def test_reward_models_named_on_the_command_line_name_their_scores_in_every_file
     refused = rsample("run", "--dataset", str(dataset), *ZERO_COST[:2], "--backend", "echo", "--reward-backend", "length",
                       "--reward-model", "rm=/a", "--reward-model", "rm=/b", "--out", str(tmp_path / "x.jsonl"), check=False)
     assert refused.returncode == 2 and refused.stderr.strip() == "error: two reward models are named 'rm': each one's scores need a name of their own"
+
+
+def test_rows_appended_after_a_run_finished_on_a_shared_redis_are_produced(redis_server, tmp_path):
+    """A fresh embedded Redis counts the rows again; a shared one kept the run's count and its finished feed, and the
+    appended rows were never produced though the ledger took the grown file."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", CHAT_ROWS)
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--no-progress")
+    appended = [{"prompt": f"a row appended later, number {i}"} for i in range(3)]
+    write_jsonl(dataset, [*CHAT_ROWS, *appended])
+    result = rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--no-progress")
+    assert "3 rows were appended to its dataset since it was fed: feeding them" in result.stderr
+    outcomes = [row for row in read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:] if "row_index" in row]
+    assert sorted(row["row_index"] for row in outcomes) == list(range(len(CHAT_ROWS) + 3))
+    assert f"rows                 {len(CHAT_ROWS) + 3}" in result.stdout

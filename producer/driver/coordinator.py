@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 from rq.registry import StartedJobRegistry
 
-from rsample.producer.dataset import fingerprint
+from rsample.producer.dataset import count_rows, fingerprint
 from rsample.producer.driver.collector import Collector
 from rsample.producer.driver.ledger import Ledger
 from rsample.producer.driver.run_lock import RunLock
@@ -52,6 +52,7 @@ class Coordinator:
                 self.collector.drain()
             retried = self.ledger.retry_failed() if retry_failed else []
             self.feeder = Feeder(client, config, self.ledger)
+            self._take_appended_rows()
             self._feed_what_the_output_lacks(retried)
             # a resume's bar starts where its files are; its rates count this session's rows only (`rsample status`)
             client.hset(self.keys.stats, mapping={"rows_written": len(self.ledger.rows), "rows_restored": len(self.ledger.rows),
@@ -67,6 +68,23 @@ class Coordinator:
         self.started_at = time.time()
         stats = read_stats(client, config.run_id)
         self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
+
+    def _take_appended_rows(self) -> None:
+        """Rows appended to a local dataset after this Redis fed its last row (the ledger accepts them: they move no
+        row) are the run's too, as they are for a resume on a fresh Redis, which counts the rows again."""
+        if not self.feeder.exhausted or fingerprint(self.config.data) is None:
+            return
+        total = int(self.client.hget(self.keys.stats, "rows_total") or 0)
+        now = count_rows(self.config.data)
+        if now <= total:
+            return
+        log.warning("run %s: %d rows were appended to its dataset since it was fed: feeding them", self.config.run_id, now - total)
+        self._unfinish()
+        with self.client.pipeline() as pipe:
+            pipe.hdel(self.keys.stats, "feed_done")
+            pipe.hset(self.keys.stats, "rows_total", now)
+            pipe.execute()
+        self.feeder.exhausted = False
 
     def _feed_what_the_output_lacks(self, retried: list[Outcome]) -> None:
         """Rows this Redis fed (they are behind its feed cursor) that the output files lack: rows `--retry-failed` opened
