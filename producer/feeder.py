@@ -56,6 +56,7 @@ class Feeder:
                 break
             index, row = item
             record = self._to_record(index, row)
+            self.ledger.check_row(index, record.prompt_id if isinstance(record, PromptRecord) else None)
             if isinstance(record, PromptRecord) and self.seen.setdefault(record.prompt_id, index) == index:
                 if index not in self.ledger.rows and record.prompt_id not in self.ledger.prompt_ids:
                     self.handed[index] = record
@@ -131,6 +132,7 @@ class Feeder:
             record = self._to_record(index, row)
             prompt_id = record.prompt_id if isinstance(record, PromptRecord) else None
             if index in self.ledger.rows:
+                self.ledger.check_row(index, prompt_id)
                 already_written += 1
                 if prompt_id:
                     self.seen.setdefault(prompt_id, index)

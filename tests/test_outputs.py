@@ -201,3 +201,20 @@ def test_rows_appended_after_a_run_finished_on_a_shared_redis_are_produced(redis
     outcomes = [row for row in read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:] if "row_index" in row]
     assert sorted(row["row_index"] for row in outcomes) == list(range(len(CHAT_ROWS) + 3))
     assert f"rows                 {len(CHAT_ROWS) + 3}" in result.stdout
+
+
+def test_a_resume_refuses_a_dataset_edited_where_its_fingerprint_does_not_look(tmp_path):
+    """Two rows swapped past the first 64 KiB, the size unchanged: the fingerprint sees nothing, but the rows read again
+    give other prompts than the ones the run wrote outcomes for."""
+    rows = [{"prompt": f"question number {i:05d}"} for i in range(2000)]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    assert dataset.stat().st_size > 70_000
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--batch-size", "64", "--out", str(out))
+    rows[1900], rows[1950] = rows[1950], rows[1900]
+    write_jsonl(dataset, rows)
+    edited = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--batch-size", "64", "--out", str(out), check=False)
+    run_id = read_jsonl(out.with_name("pairs.outcomes.jsonl"))[0]["rsample_run"]
+    assert (edited.returncode, edited.stderr.strip().splitlines()[-1]) == (2, (
+        f"error: row 1900 of the dataset is not the row run {run_id} wrote an outcome for (it was edited since): output rows are "
+        "matched to dataset rows by number; restore the dataset, or start over with --overwrite"))

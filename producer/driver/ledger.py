@@ -196,6 +196,8 @@ class Ledger:
         self.rows: set[int] = set()
         """Row numbers of the dataset that have their outcome."""
         self.prompt_ids: set[str] = set()
+        self._row_prompts: dict[int, str | None] = {}
+        """Each settled row's prompt id (None: a row skipped as unreadable), to tell a row that changed since."""
         self.sft_written = 0
         """Rows in the SFT file (committed ones: counted on resume, kept up as commits add more)."""
         self._outcome_counts: Counter = Counter()
@@ -269,7 +271,7 @@ class Ledger:
         for path in (self.out, self.scores_out, self.sft_out, self.outcomes_path):
             if path is not None and path.exists():
                 path.unlink()
-        self.rows, self.prompt_ids = set(), set()
+        self.rows, self.prompt_ids, self._row_prompts = set(), set(), {}
         self._outcome_counts, self._skip_reasons, self._failed = Counter(), Counter(), {}
         self._known_outputs, self._dataset_seen = set(), None
 
@@ -348,6 +350,14 @@ class Ledger:
             if path.exists() and path.stat().st_size > ends[kind]:  # data of a commit that never finished
                 _truncate(path, ends[kind])
 
+    def check_row(self, row_index: int, prompt_id: str | None) -> None:
+        """A settled row read again must give the prompt it gave: a dataset edited where its fingerprint does not look
+        (past its first 64 KiB, its size unchanged) would otherwise leave rows matched to other prompts' outcomes."""
+        if row_index in self._row_prompts and self._row_prompts[row_index] != prompt_id:
+            raise FilesChanged(f"row {row_index} of the dataset is not the row run {self.run_id} wrote an outcome for (it was "
+                               "edited since): output rows are matched to dataset rows by number; restore the dataset, or start "
+                               "over with --overwrite")
+
     def is_settled(self, outcome: Outcome) -> bool:
         if outcome.row_index in self.rows:
             return True
@@ -357,6 +367,7 @@ class Ledger:
         if outcome.row_index in self.rows:
             return
         self.rows.add(outcome.row_index)
+        self._row_prompts[outcome.row_index] = outcome.prompt_id
         if outcome.prompt_id and outcome.outcome != DUPLICATE:
             self.prompt_ids.add(outcome.prompt_id)
         self._outcome_counts[outcome.outcome] += 1
@@ -371,6 +382,7 @@ class Ledger:
         if outcome is None:
             return
         self.rows.discard(row_index)
+        self._row_prompts.pop(row_index, None)
         self.prompt_ids.discard(outcome.prompt_id)
         self._outcome_counts[SKIPPED] -= 1
         self._skip_reasons[outcome.reason] -= 1
