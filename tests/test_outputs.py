@@ -218,3 +218,27 @@ def test_a_resume_refuses_a_dataset_edited_where_its_fingerprint_does_not_look(t
     assert (edited.returncode, edited.stderr.strip().splitlines()[-1]) == (2, (
         f"error: row 1900 of the dataset is not the row run {run_id} wrote an outcome for (it was edited since): output rows are "
         "matched to dataset rows by number; restore the dataset, or start over with --overwrite"))
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_same_command_resumes(tmp_path):
+    """A file-size limit stands for a full disk: the write fails inside a commit. It used to end in a traceback, and
+    the run lock was left for another coordinator to wait out."""
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from faults import assert_exactly_once
+
+    rows = [{"prompt": f"question number {i:05d} " + "x" * 40} for i in range(1500)]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    out, scores = tmp_path / "out" / "pairs.jsonl", tmp_path / "out" / "scores.jsonl"
+    command = [sys.executable, "-m", "rsample.producer", "run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out),
+               "--scores-out", str(scores)]
+    full = subprocess.run(["bash", "-c", f"ulimit -f 100 && exec {shlex.join(command)}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert full.returncode == 2 and full.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write {scores}: File too large; the rows committed so far are kept, and the same command resumes once "
+        "it can write"), full.stderr[-2000:]
+    rsample(*command[3:])
+    assert assert_exactly_once(out, scores, rows) == {"pair": len(rows)}

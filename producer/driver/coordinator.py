@@ -282,5 +282,7 @@ class Coordinator:
             self.close()
 
     def close(self) -> None:
-        self.ledger.close()
-        self.lock.release()
+        try:
+            self.ledger.close()
+        finally:  # another coordinator need not wait out the lock
+            self.lock.release()

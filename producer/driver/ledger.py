@@ -441,9 +441,13 @@ class Ledger:
     def _append(handle, rows: list[dict]) -> None:
         if handle is None or not rows:
             return
-        handle.write(_jsonl(rows).encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
+        try:
+            handle.write(_jsonl(rows).encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as exc:  # a full disk, a quota: what is committed stays, this commit is cut back on resume
+            raise RsampleError(f"cannot write {handle.name}: {exc.strerror or exc}; the rows committed so far are kept, and "
+                               "the same command resumes once it can write") from None
 
     def counts(self) -> tuple[Counter, Counter]:
         """(outcome -> rows, skip reason -> rows) over the whole ledger, kept as rows are settled."""
@@ -452,4 +456,7 @@ class Ledger:
     def close(self) -> None:
         for handle in (self._pairs, self._scores, self._sft, self._outcomes):
             if handle is not None:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:  # what a failed write left in its buffer was never committed: a resume cuts it anyway
+                    pass
