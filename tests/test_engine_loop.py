@@ -52,3 +52,18 @@ def test_a_step_that_hangs_is_logged_while_it_hangs_and_then_the_request_complet
     finally:
         engine.release.set()
         loop.close()
+
+
+def test_closing_the_loop_logs_no_error_and_fails_what_waits(caplog):
+    """A normal close went through the error handler: every worker's shutdown logged a traceback."""
+    caplog.set_level(logging.INFO, logger="rsample.workers.backends.vllm_engine")
+    engine = BlockingEngine()
+    loop = EngineLoop(engine, warn_after=30)
+    loop.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    try:
+        loop.submit("prompt", None)
+    except RuntimeError as exc:
+        assert str(exc) == "the vLLM engine stopped: closed"
+    else:
+        raise AssertionError("a closed loop took a request")

@@ -81,8 +81,9 @@ class EngineLoop:
         steps = itertools.count()
         try:
             while True:
-                if self._take_inbox(block=not self._engine.has_unfinished_requests()):
-                    raise RuntimeError("closed")
+                if self._take_inbox(block=not self._engine.has_unfinished_requests()):  # closed: no error to log
+                    self._stop_with(RuntimeError("closed"))
+                    return
                 if self._engine.has_unfinished_requests():
                     self._step = (next(steps), time.monotonic())
                     outputs = self._engine.step()
@@ -94,10 +95,13 @@ class EngineLoop:
                                 future.set_result(output)
         except BaseException as exc:  # the engine died: fail every waiting job instead of hanging them
             log.exception("the vLLM engine loop stopped")
-            self._broken = exc
-            for future in self._pending.values():
-                future.set_exception(RuntimeError(f"the vLLM engine stopped: {exc}"))
-            self._pending.clear()
+            self._stop_with(exc)
+
+    def _stop_with(self, exc: BaseException) -> None:
+        self._broken = exc
+        for future in self._pending.values():
+            future.set_exception(RuntimeError(f"the vLLM engine stopped: {exc}"))
+        self._pending.clear()
 
     def _watch(self, warn_after: float) -> None:
         """Logs a step still running after `warn_after` s, and again at each multiple, with the requests waiting on it."""
