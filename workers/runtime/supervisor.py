@@ -25,6 +25,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 
 from rsample.workers.common import defaults
+from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.runtime.connection import REDIS_URL_ENV, connect, redact_url
 from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, die_with_parent, last_words
@@ -278,7 +279,9 @@ def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int
     follower = None if run_id is not None else RunFollower(client, stops)
     run_id = run_id if follower is None else follower.first_run()
     while run_id is not None:
-        config = load_run(client, run_id)  # resolved here: every child serves the same run
+        config = load_run(client, run_id) if follower is None else follower.settings_of(run_id)  # every child serves this run
+        if config is None:  # stopped while Redis was away
+            return 0
         if "reward" in assignment:
             config.served_reward_models(reward_model_indices)  # a bad index fails here, before any worker loads a model
         if gpus_per_worker is not None:
@@ -318,6 +321,15 @@ class RunFollower:
             if not said and not self.unreachable:
                 say("waiting for a run: this Redis holds none that is not finished (start one with `rsample enqueue`)")
                 said = True
+            self._sleep(defaults.RUN_CHECK_SECONDS)
+        return None
+
+    def settings_of(self, run_id: str) -> RunConfig | None:
+        """The run's settings, once Redis answers; None if stopped while waiting."""
+        while not self.stops.count:
+            config = self._ask(load_run, self.client, run_id)
+            if config is not None:
+                return config
             self._sleep(defaults.RUN_CHECK_SECONDS)
         return None
 
