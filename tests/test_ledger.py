@@ -213,8 +213,31 @@ def test_a_known_output_at_another_path_that_holds_a_file_is_refused_not_cut(tmp
     with pytest.raises(RsampleError) as error:
         Ledger(out, None, "run1", sft_out=other)
     assert str(error.value) == (f"{other} is not the --sft-out file of run run1, which is {tmp_path / 'sft.jsonl'}: give that path, "
-                                "or one where no file is, or --overwrite")
+                                "or start over with --overwrite")
     assert other.read_bytes() == before
+    over = Ledger(out, None, "run1", sft_out=other, overwrite=True)  # the way out it names
+    assert over.rows == set() and other.read_bytes() == b""
+    over.commit([Outcome(0, "a", PAIR)], [pair("a")], [], [{"prompt_id": "a", "messages": []}])
+    over.close()
+    assert json.loads(other.read_text()) == {"prompt_id": "a", "messages": []}
+    assert lines(out.with_name("pairs.outcomes.jsonl"))[-1]["data_end"] == {"pairs": len(out.read_bytes()), "scores": 0,
+                                                                          "sft": len(other.read_bytes())}  # the old run's ends gone
+
+
+def test_an_output_whose_end_an_older_file_never_recorded_is_not_cut(tmp_path):
+    """An outcomes file from before commits recorded where the data ends: a session without --scores-out does not know
+    the scores file's end, and must not record it as 0, or the next session with --scores-out cuts it to nothing."""
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    out.write_text(json.dumps(pair("a")) + "\n")
+    scores.write_text(json.dumps(score("a", 0)) + "\n")
+    out.with_name("pairs.outcomes.jsonl").write_text(json.dumps({"rsample_run": "run1"}) + "\n"
+                                                      + json.dumps({"row_index": 0, "prompt_id": "a", "outcome": PAIR}) + "\n")
+    without = Ledger(out, None, "run1")
+    without.commit([Outcome(1, "b", PAIR)], [pair("b")], [])
+    without.close()
+    again = Ledger(out, scores, "run1")
+    again.close()
+    assert [row["prompt_id"] for row in lines(scores)] == ["a"]
 
 
 def test_outputs_whose_whole_folder_moved_are_still_the_runs(tmp_path):

@@ -273,7 +273,8 @@ class Ledger:
                 path.unlink()
         self.rows, self.prompt_ids, self._row_prompts = set(), set(), {}
         self._outcome_counts, self._skip_reasons, self._failed = Counter(), Counter(), {}
-        self._known_outputs, self._dataset_seen = set(), None
+        self._known_outputs, self._dataset_seen, self._known_paths = set(), None, {}
+        self._data_end = {"pairs": 0, "scores": 0, "sft": 0}
 
     def _resume(self) -> None:
         data_end, committed, pending, outcome_lines = None, 0, [], 0
@@ -321,13 +322,17 @@ class Ledger:
                 self._record(outcome)
             committed = position
         ends = {"pairs": 0, "scores": 0, "sft": 0, **(data_end or {})}
-        self._data_end = dict(ends)
+        # an end no commit recorded (a kind an older file's session left out while its end was unknown) is never cut to
+        self._data_end = {} if legacy else dict(ends) if data_end is None else dict(data_end)
+        unknown = {kind for kind in ends if data_end is not None and kind not in data_end}
         here = self._relative_paths()
         for kind, path in self._outputs().items():
             recorded = self._known_paths.get(kind)
             if recorded is not None and recorded != here[kind] and path.exists() and path.stat().st_size > 0:
-                raise RsampleError(f"{path} is not the {OUTPUT_FLAGS[kind]} file of run {self.run_id}, which is "
-                                   f"{self.outcomes_path.parent / recorded}: give that path, or one where no file is, or --overwrite")
+                raise FilesChanged(f"{path} is not the {OUTPUT_FLAGS[kind]} file of run {self.run_id}, which is "
+                                   f"{self.outcomes_path.parent / recorded}: give that path, or start over with --overwrite")
+            if kind in unknown:
+                continue
             if not legacy and kind in self._known_outputs and ends[kind] and not path.exists():
                 raise FilesChanged(f"{path} is missing, but its run committed {ends[kind]} bytes to it: restore it, or start over "
                                    "with --overwrite")
@@ -347,7 +352,7 @@ class Ledger:
             _keep_committed(self.sft_out, self.prompt_ids, key=lambda row: row["prompt_id"])
             return
         for kind, path in self._outputs().items():
-            if path.exists() and path.stat().st_size > ends[kind]:  # data of a commit that never finished
+            if kind not in unknown and path.exists() and path.stat().st_size > ends[kind]:  # data of a commit that never finished
                 _truncate(path, ends[kind])
 
     def check_row(self, row_index: int, prompt_id: str | None) -> None:
@@ -421,7 +426,8 @@ class Ledger:
         self.sft_written += len(sft_rows) if self._sft is not None else 0
         lines = [asdict(o) for o in fresh]
         handles = {"pairs": self._pairs, "scores": self._scores, "sft": self._sft}
-        self._data_end = {kind: handle.tell() if handle is not None else self._data_end[kind] for kind, handle in handles.items()}
+        self._data_end = {kind: handle.tell() if handle is not None else self._data_end[kind] for kind, handle in handles.items()
+                          if handle is not None or kind in self._data_end}  # an unknown end stays unknown, never 0
         lines[-1]["data_end"] = dict(self._data_end)
         self._append(self._outcomes, lines)
         return fresh
