@@ -218,6 +218,10 @@ def test_a_resume_refuses_a_dataset_edited_where_its_fingerprint_does_not_look(t
     assert (edited.returncode, edited.stderr.strip().splitlines()[-1]) == (2, (
         f"error: row 1900 of the dataset is not the row run {run_id} wrote an outcome for (it was edited since): output rows are "
         "matched to dataset rows by number; restore the dataset, or start over with --overwrite"))
+    over = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--batch-size", "64", "--out", str(out), "--overwrite")  # as it says
+    assert "row 1900 of the dataset is not the row run" in over.stderr and "--overwrite: the run starts over" in over.stderr
+    pairs = {row["prompt_id"]: row["messages"][0]["content"] for row in read_jsonl(out)}
+    assert sorted(pairs.values()) == sorted(row["prompt"] for row in rows) and len(pairs) == len(rows)
 
 
 def test_a_full_disk_stops_the_run_in_one_line_and_the_same_command_resumes(tmp_path):

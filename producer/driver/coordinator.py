@@ -17,15 +17,16 @@ from pathlib import Path
 import redis
 from rq.registry import StartedJobRegistry
 
-from rsample.producer.dataset import count_rows, fingerprint
+from rsample.producer.dataset import count_rows, fingerprint, iter_rows
 from rsample.producer.driver.collector import Collector
 from rsample.producer.driver.ledger import Ledger
 from rsample.producer.driver.run_lock import RunLock
 from rsample.producer.driver.summary import Summary, summarize
 from rsample.producer.feeder import Feeder
+from rsample.producer.prompts import record_of
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.messages import Outcome
+from rsample.workers.common.messages import Outcome, PromptRecord
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue
@@ -47,6 +48,12 @@ class Coordinator:
         try:
             self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
                                  config.output_settings())
+            if overwrite and self.ledger.rows and (row := self._first_changed_row()) is not None:
+                log.warning("row %d of the dataset is not the row run %s wrote an outcome for (it was edited since); --overwrite: "
+                            "the run starts over", row, config.run_id)
+                self.ledger.close()
+                self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
+                                     config.output_settings(), start_over=True)
             self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)
             if retry_failed:  # a failure committed but left in the stream by a coordinator that died must not settle a retried row
                 self.collector.drain()
@@ -68,6 +75,16 @@ class Coordinator:
         self.started_at = time.time()
         stats = read_stats(client, config.run_id)
         self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
+
+    def _first_changed_row(self) -> int | None:
+        """The first row with an outcome whose prompt is not the one it had (`Ledger.check_row`, which the feeder applies
+        as it goes; with --overwrite, looked for before: starting over is only possible before any row is fed)."""
+        for index, row in iter_rows(self.config.data):
+            if index in self.ledger.rows:
+                record = record_of(self.config, index, row)
+                if self.ledger.changed(index, record.prompt_id if isinstance(record, PromptRecord) else None):
+                    return index
+        return None
 
     def _take_appended_rows(self) -> None:
         """Rows appended to a local dataset after this Redis fed its last row (the ledger accepts them: they move no

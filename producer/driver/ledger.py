@@ -184,7 +184,8 @@ class Ledger:
     cut off, without parsing a single data row."""
 
     def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False,
-                 sft_out: str | Path | None = None, dataset: tuple[str, dict] | None = None, settings: dict | None = None):
+                 sft_out: str | Path | None = None, dataset: tuple[str, dict] | None = None, settings: dict | None = None,
+                 start_over: bool = False):
         """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse.
         `dataset`: the local dataset's path and fingerprint, kept in the header; a resume refuses a dataset whose rows
         changed (output rows are matched to dataset rows by number)."""
@@ -215,7 +216,7 @@ class Ledger:
         write keeps its end, so that a later session that gives it again keeps its rows."""
         self._dataset_seen: dict | None = None
         """The dataset's fingerprint as the run last read it (header, or a later line when rows were appended)."""
-        self._load()
+        self._load(start_over)
         for path in (self.out, self.scores_out, self.sft_out):
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,8 +256,9 @@ class Ledger:
         folder = self.outcomes_path.parent.resolve()
         return {kind: os.path.relpath(path.resolve(), folder) for kind, path in self._outputs().items()}
 
-    def _load(self) -> None:
-        if output_owner(self.out) != self.run_id:  # a fresh run: `check_outputs` allowed replacing what is there
+    def _load(self, start_over: bool = False) -> None:
+        """`start_over`: the run's own files are replaced too (`--overwrite` where a row of the dataset changed)."""
+        if start_over or output_owner(self.out) != self.run_id:  # a fresh run: `check_outputs` allowed replacing what is there
             self._start_over()
             return
         try:
@@ -355,10 +357,14 @@ class Ledger:
             if kind not in unknown and path.exists() and path.stat().st_size > ends[kind]:  # data of a commit that never finished
                 _truncate(path, ends[kind])
 
+    def changed(self, row_index: int, prompt_id: str | None) -> bool:
+        """Whether a settled row read again gives another prompt than it gave."""
+        return row_index in self._row_prompts and self._row_prompts[row_index] != prompt_id
+
     def check_row(self, row_index: int, prompt_id: str | None) -> None:
         """A settled row read again must give the prompt it gave: a dataset edited where its fingerprint does not look
         (past its first 64 KiB, its size unchanged) would otherwise leave rows matched to other prompts' outcomes."""
-        if row_index in self._row_prompts and self._row_prompts[row_index] != prompt_id:
+        if self.changed(row_index, prompt_id):
             raise FilesChanged(f"row {row_index} of the dataset is not the row run {self.run_id} wrote an outcome for (it was "
                                "edited since): output rows are matched to dataset rows by number; restore the dataset, or start "
                                "over with --overwrite")
