@@ -72,8 +72,11 @@ def _generation_prompt(tokenizer, template_kwargs: dict | None) -> str | None:
     """What the template adds to a conversation to open the assistant's turn (None where it cannot be told apart)."""
     conversation = [{"role": "user", "content": "Hello."}]
     kwargs = template_kwargs or {}
-    whole = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **kwargs)
-    bare = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False, **kwargs)
+    try:
+        whole = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **kwargs)
+        bare = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False, **kwargs)
+    except Exception:  # a template that needs more than this: the workers' rendering says what, per prompt
+        return None
     return whole[len(bare):] if whole.startswith(bare) else None
 
 
