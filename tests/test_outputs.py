@@ -201,6 +201,7 @@ def test_rows_appended_after_a_run_finished_on_a_shared_redis_are_produced(redis
     outcomes = [row for row in read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:] if "row_index" in row]
     assert sorted(row["row_index"] for row in outcomes) == list(range(len(CHAT_ROWS) + 3))
     assert f"rows                 {len(CHAT_ROWS) + 3}" in result.stdout
+    assert re.search(r"completions +12 in", result.stdout), result.stdout  # this session's: 3 rows of 4, not the run's 44
 
 
 def test_a_resume_refuses_a_dataset_edited_where_its_fingerprint_does_not_look(tmp_path):

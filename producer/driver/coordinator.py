@@ -74,7 +74,8 @@ class Coordinator:
         self._missing_since: dict[str, float] = {}
         self.started_at = time.time()
         stats = read_stats(client, config.run_id)
-        self._baseline = (stats.get("completions_generated"), stats.get("tokens_generated"))
+        self._baseline = {name: stats.get(name) for name in self._session_counters()}
+        """The counters as this session found them: its summary counts what it added (a shared Redis keeps earlier ones)."""
 
     def _first_changed_row(self) -> int | None:
         """The first row with an outcome whose prompt is not the one it had (`Ledger.check_row`, which the feeder applies
@@ -163,7 +164,7 @@ class Coordinator:
         # Redis first (a feed cursor at the end, "feed done") would stop the rows lost in flight from being fed again.
         # Start them afresh: the ledger alone says what is written, and it ignores whatever is delivered twice.
         self.client.delete(self.keys.stats)
-        self._baseline = (0.0, 0.0)  # this session's completions: those counted from now on
+        self._baseline = {}  # this session's counts: those counted from now on
         save_run(self.client, self.config)
         self.feeder.restart()
         self.collector.cursor = "0"
@@ -273,14 +274,17 @@ class Coordinator:
         outcomes, reasons = self.ledger.counts()
         self.client.hset(self.keys.stats, mapping={"outcomes": json.dumps(outcomes), "skip_reasons": json.dumps(reasons)})
 
+    def _session_counters(self) -> list[str]:
+        return ["completions_generated", "tokens_generated",
+                *(f"completions_{kind}:{index}" for index in range(len(self.config.reward_models)) for kind in ("scored", "unscored"))]
+
     def summary(self) -> Summary:
         outcomes, reasons = self.ledger.counts()
         stats = read_stats(self.client, self.config.run_id)
-        completions = max(0, int(stats.get("completions_generated") - self._baseline[0]))
-        tokens = max(0, int(stats.get("tokens_generated") - self._baseline[1]))
-        unscored = {name: (int(stats.get(f"completions_unscored:{index}")), int(stats.get(f"completions_scored:{index}")))
+        added = lambda name: max(0, int(stats.get(name) - self._baseline.get(name, 0.0)))  # noqa: E731
+        unscored = {name: (added(f"completions_unscored:{index}"), added(f"completions_scored:{index}"))
                     for index, name in enumerate(self.config.score_names)}
-        return summarize(outcomes, reasons, completions, tokens, time.time() - self.started_at,
+        return summarize(outcomes, reasons, added("completions_generated"), added("tokens_generated"), time.time() - self.started_at,
                          self.ledger.sft_written if self.ledger.sft_out else None, unscored)
 
     def run(self, on_progress: Callable[[], None] | None = None, check: Callable[[], None] | None = None) -> None:

@@ -39,7 +39,7 @@ class Summary:
     sft_written: int | None = None
     """Rows of the SFT file (`--sft-out`), None without one."""
     unscored: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Per reward (score name): candidates it gave no score, of those it was given, this session."""
+    """Per reward (score name): candidates it gave no score, of those it was given, this session (see `completions`)."""
 
     @property
     def completions_per_second(self) -> float:
@@ -78,7 +78,8 @@ class Summary:
             if unscored:  # pairs come from the others only: with many, a bias towards short candidates, say
                 warning = "WARNING " if unscored >= UNSCORED_WARNING * given else ""
                 out.append(f"{warning}{name} gave no score to {unscored} of {given} candidates ({unscored / given:.1%}; longer than "
-                           "its context or its device's memory, or its function returned None): pairs are chosen among the others")
+                           "its context or its device's memory, a score that was no number, or its function returned None): pairs are "
+                           "chosen among the others")
         return out
 
 
