@@ -135,3 +135,23 @@ def test_a_resumed_run_is_paced_by_this_sessions_work_not_by_the_rows_it_found_w
     assert "left at the pace since its coordinator started" in text
     sample = take_sample(redis_client, config.run_id, now=now)
     assert sample.generated == 16  # the rows passed again are no generation
+
+
+def test_a_run_resumed_on_a_shared_redis_is_paced_by_this_sessions_work_and_a_finished_one_by_its_whole_run(redis_client):
+    """A shared Redis keeps the counts of earlier sessions and passes nothing again: 480 rows generated before this
+    coordinator started, 2 since, in 4 s."""
+    config = RunConfig(run_id="pace6", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 3600)
+    save_run(redis_client, config)
+    keys = RunKeys(config.run_id)
+    redis_client.set(keys.coordinator_lock, "a coordinator")
+    now = time.time()
+    redis_client.hset(keys.stats, mapping={"rows_total": 1000, "rows_generated": 482, "rows_scored": 481, "rows_written": 481,
+                                           "rows_restored": 480, "session_generated_before": 480, "session_scored_before": 480,
+                                           "session_started_at": now - 4})
+    status = run_status(redis_client, config.run_id)
+    assert status.eta_seconds == pytest.approx(519 / 0.25, rel=0.02)  # writing is the slower stage: 1 row in 4 s, 519 left
+    assert "generated 482 (0.50/s), scored 481 (0.25/s), written 481 (0.25/s)" in "\n".join(status.lines())
+    redis_client.hset(keys.stats, mapping={"rows_generated": 1000, "rows_scored": 1000, "rows_written": 1000, "feed_done": 1,
+                                           "finished_at": now - 3000, "session_started_at": now})  # a no-op resume of a done run
+    done = "\n".join(run_status(redis_client, config.run_id).lines())
+    assert "generated 1000 (1.67/s), scored 1000 (1.67/s), written 1000 (1.67/s)" in done  # over the run, not a session after its end

@@ -62,8 +62,12 @@ class Coordinator:
             self._take_appended_rows()
             self._feed_what_the_output_lacks(retried)
             # a resume's bar starts where its files are; its rates count this session's rows only (`rsample status`)
-            client.hset(self.keys.stats, mapping={"rows_written": len(self.ledger.rows), "rows_restored": len(self.ledger.rows),
-                                                  "session_started_at": time.time()})
+            found = read_stats(client, config.run_id)
+            client.hset(self.keys.stats, mapping={
+                "rows_written": len(self.ledger.rows), "rows_restored": len(self.ledger.rows), "session_started_at": time.time(),
+                "session_generated_before": int(found.get("rows_generated") - found.get("rows_replayed")),  # a shared Redis's
+                "session_scored_before": int(found.get("rows_scored") - found.get("rows_replayed")),         # earlier sessions
+            })
             self._publish_outcomes()
         except BaseException:
             self.lock.release()
@@ -138,7 +142,8 @@ class Coordinator:
         with self.client.pipeline() as pipe:
             pipe.hdel(self.keys.stats, "feed_done")
             # the feeder counts the rows already written as it passes them again, as after a Redis that lost the run
-            pipe.hset(self.keys.stats, mapping={"feed_cursor": 0, "rows_generated": 0, "rows_scored": 0, "rows_replayed": 0})
+            pipe.hset(self.keys.stats, mapping={"feed_cursor": 0, "rows_generated": 0, "rows_scored": 0, "rows_replayed": 0,
+                                                "session_generated_before": 0, "session_scored_before": 0})
             pipe.hincrby(self.keys.stats, "feed_pass", 1)  # new batch ids: the jobs of the earlier pass may linger in RQ's registries
             pipe.execute()
         self.feeder.restart()

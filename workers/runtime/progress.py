@@ -56,8 +56,8 @@ class StageBars:
         self.run_id = run_id
         self.token_rate = TokenRate()
         self._workers_seen = 0
-        self._uncounted = [0, 0, 0]
-        """Per bar, the rows it shows that are no work of this session (see `update`)."""
+        self._replayed_seen: int | None = None
+        """The feeder's count of rows passed again, as `update` last saw it; None before its first look."""
         self.bars = [
             tqdm(desc=f"{label:>9}", unit="prompt", position=i, leave=True, disable=disable, dynamic_ncols=True,
                  bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
@@ -69,16 +69,19 @@ class StageBars:
         total = int(stats.get("rows_total")) or None
         tokens = int(stats.get("tokens_generated")) + live.tokens
         rate = self.token_rate.add(tokens)
-        # a resume's rows written before it (the written bar), and passed again by its feeder (generated, scored): shown,
-        # but left out of tqdm's rate and time left, which would otherwise promise the rest in seconds
-        replayed, restored = int(stats.get("rows_replayed")), int(stats.get("rows_restored"))
+        # shown, but left out of tqdm's rate and time left, which would otherwise promise the rest in seconds: the counts
+        # found at the first look (a resume's rows written before it; a shared Redis's earlier sessions), and the rows
+        # the feeder passes again later, written already (generated, scored)
+        replayed = int(stats.get("rows_replayed"))
+        first_look = self._replayed_seen is None
+        passed_again = 0 if first_look else max(0, replayed - self._replayed_seen)
+        self._replayed_seen = replayed
         for index, (bar, (_, counter)) in enumerate(zip(self.bars, STAGES)):
             bar.total = total
             done = min(total or float("inf"), stats.get(counter) + (live.rows if index == 0 else 0.0))  # see `run_status`
-            uncounted = restored if index == 2 else replayed
-            if uncounted > self._uncounted[index]:
-                _leave_out_of_rate(bar, uncounted - self._uncounted[index])
-                self._uncounted[index] = uncounted
+            uncounted = int(done) if first_look else passed_again if index < 2 else 0
+            if uncounted:
+                _leave_out_of_rate(bar, uncounted)
             if done > bar.n:
                 bar.update(done - bar.n)  # through update, so that tqdm's rate and time left follow the recent pace
             else:

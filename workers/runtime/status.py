@@ -55,15 +55,19 @@ class RunStatus:
     restored: int = 0
     """Rows its output files held when the coordinator started (a resume): written before this session."""
     replayed: int = 0
-    """Of the rows counted as generated, those the feeder passed again because they were written already."""
+    """Of the rows counted as generated and scored, those the feeder passed again because they were written already."""
+    generated_before: int = 0
+    """Rows generated (less those passed again) when the coordinator started: a shared Redis keeps earlier sessions'."""
+    scored_before: int = 0
     session_seconds: float | None = None
-    """Since the coordinator started; None before one did."""
+    """Since the coordinator started, while the run goes on; None before one did, and once it is complete."""
 
     def session_rate(self, done: float, before: int) -> float:
         """Rows per second over this coordinator's session, rows done before it left out: a resume that found most
         rows written would otherwise seem to fly (and its time left be seconds). Since the run was made without one."""
-        seconds = self.session_seconds if self.session_seconds is not None else self.seconds
-        return max(0.0, done - before) / seconds if seconds > 0 else 0.0
+        if self.session_seconds is None:
+            return done / self.seconds if self.seconds > 0 else 0.0
+        return max(0.0, done - before) / self.session_seconds if self.session_seconds > 0 else 0.0
 
     def _stages(self) -> list[tuple[str, float, float]]:
         """(stage, rows left, rows per second) of generation and of writing, at the recent pace, else at the pace since
@@ -72,7 +76,7 @@ class RunStatus:
         if self.recent is not None:
             rates = (self.recent.generated_per_s, self.recent.written_per_s)
         else:
-            rates = (self.session_rate(generated, self.replayed), self.session_rate(self.written, self.restored))
+            rates = (self.session_rate(generated, self.replayed + self.generated_before), self.session_rate(self.written, self.restored))
         return [("generated", self.rows - generated, rates[0]), ("written", self.rows - self.written, rates[1])]
 
     @property
@@ -106,8 +110,9 @@ class RunStatus:
         age = f"took {format_duration(self.seconds)}" if self.complete else f"{format_duration(self.seconds)} since it was made"
         out = [
             f"run {self.run_id} ({state}), policy {self.policy}, {age}",
-            f"  rows {self.rows}: generated {self.generated} ({rows_rate(self.generated, self.replayed)}), scored {self.scored} "
-            f"({rows_rate(self.scored, self.replayed)}), written {self.written} ({rows_rate(self.written, self.restored)}); "
+            f"  rows {self.rows}: generated {self.generated} ({rows_rate(self.generated, self.replayed + self.generated_before)}), "
+            f"scored {self.scored} ({rows_rate(self.scored, self.replayed + self.scored_before)}), written {self.written} "
+            f"({rows_rate(self.written, self.restored)}); "
             f"{self.in_flight} prompts in flight" + (f"; {self.restored} rows were written before this session" if self.restored else ""),
             f"  completions {self.completions} ({rate(self.completions)}), tokens {self.tokens} ({rate(self.tokens)})"
             + (f"; running jobs are {self.generating:.1f} rows into their work" if self.generating else ""),
@@ -199,5 +204,7 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         coordinated=bool(client.exists(keys.coordinator_lock)),
         restored=int(stats.get("rows_restored")),
         replayed=int(stats.get("rows_replayed")),
-        session_seconds=(finished_at if complete and finished_at else now) - started if (started := stats.get("session_started_at")) else None,
+        generated_before=int(stats.get("session_generated_before")),
+        scored_before=int(stats.get("session_scored_before")),
+        session_seconds=now - started if (started := stats.get("session_started_at")) and not complete else None,
     )
