@@ -81,14 +81,26 @@ def move_from(client: redis.Redis, current: str) -> Move | None:
     return None
 
 
+LIVE_RUNS = """
+local kept = {}
+for _, run_id in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
+    if redis.call('EXISTS', ARGV[1] .. run_id .. ARGV[2]) == 1 then
+        table.insert(kept, run_id)
+    else
+        redis.call('ZREM', KEYS[1], run_id)
+    end
+end
+return kept
+"""
+"""The runs whose settings exist, newest first; the others leave the index. In one step, so that a run registered again
+meanwhile (its command run again after it expired) is never dropped."""
+
+
 def list_run_ids(client: redis.Redis) -> list[str]:
-    """The runs this Redis holds, newest first. The index outlives a finished run's settings (`expire_run`): such a
-    run is gone, and left out."""
-    newest_first = [raw.decode() for raw in client.zrevrange(RUNS_INDEX, 0, -1)]
-    with client.pipeline(transaction=False) as pipe:
-        for run_id in newest_first:
-            pipe.exists(RunKeys(run_id).config)
-        return [run_id for run_id, exists in zip(newest_first, pipe.execute()) if exists]
+    """The runs this Redis holds, newest first. The index outlives a finished run's settings (`expire_run`): such a run
+    is gone, and leaves the index here, so that workers polling it do not read every run ever made."""
+    prefix, suffix = RunKeys("\0").config.split("\0")
+    return [raw.decode() for raw in client.eval(LIVE_RUNS, 1, RUNS_INDEX, prefix, suffix)]
 
 
 def expire_run(client: redis.Redis, run_id: str) -> None:
