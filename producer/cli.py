@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -245,19 +246,28 @@ retry_failed_option = click.option(
 )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`docker stop`, systemd, Kubernetes): stops a command as Ctrl-C does, its lock released and its workers
+    stopped, instead of killing it where it stands (its run then waited out its lock, and `status` said it ran)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 class RsampleGroup(click.Group):
     """Prints RsampleError, and an OSError about a path, as one line and exits 2, instead of a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:  # Ctrl-C: what is written stays, and says how to go on
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what is written stays, and says how to go on
             if ctx.invoked_subcommand in ("run", "aggregate", "resume"):
                 click.echo(f"interrupted: the rows written so far are kept; the same `rsample {ctx.invoked_subcommand}` command "
                            "resumes the run", err=True)
             else:
                 click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT))
         except RsampleError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -273,6 +283,8 @@ class RsampleGroup(click.Group):
 def main(verbose: bool) -> None:
     """Rejection sampling (best-of-n) on Redis + RQ: sample, score, keep the best and the worst."""
     hide_secrets_from_ps(sys.argv[1:])
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # commands with handlers of their own (workers) install them later
+        signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

@@ -247,3 +247,30 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_same_command_resumes(tmp_
         "it can write"), full.stderr[-2000:]
     rsample(*command[3:])
     assert assert_exactly_once(out, scores, rows) == {"pair": len(rows)}
+
+
+def test_sigterm_stops_a_coordinator_as_ctrl_c_does(redis_server, tmp_path):
+    """`docker stop`, systemd and Kubernetes send SIGTERM: the coordinator must release its run at once (it was killed
+    where it stood, and its run waited out its lock while `rsample status` said it ran)."""
+    import signal
+    import subprocess
+    import sys
+
+    import redis as redis_module
+    from conftest import REPO
+    from faults import STARTED, wait_for
+
+    from rsample.workers.runtime.keys import RunKeys
+
+    dataset = write_jsonl(tmp_path / "data.jsonl", CHAT_ROWS)
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *ZERO_COST[:-1]).stdout.strip().splitlines()[-1]
+    client = redis_module.Redis.from_url(redis_server.url)
+    coordinator = subprocess.Popen([sys.executable, "-m", "rsample.producer", "aggregate", "--redis-url", redis_server.url, "--run", run_id,
+                                    "--out", str(tmp_path / "pairs.jsonl"), "--no-progress"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    STARTED.append(coordinator)
+    wait_for(lambda: client.exists(RunKeys(run_id).coordinator_lock), 60, "the coordinator to hold its run", interval=0.1)
+    coordinator.send_signal(signal.SIGTERM)
+    assert coordinator.wait(timeout=30) == 128 + signal.SIGTERM
+    assert ("interrupted: the rows written so far are kept; the same `rsample aggregate` command resumes the run"
+            in coordinator.stderr.read())
+    assert not client.exists(RunKeys(run_id).coordinator_lock)  # released: another may take the run at once
