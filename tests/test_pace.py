@@ -114,6 +114,14 @@ def test_a_run_starting_up_has_a_time_left_from_its_generation_and_no_stall(redi
     status = run_status(redis_client, config.run_id)
     assert status.stalled_stage() is None and status.eta_seconds == pytest.approx(140, rel=1e-3)  # 70 rows left at 0.5/s
     assert "nothing" not in "\n".join(status.lines())
+    from rsample.workers.runtime.queues import make_queue
+
+    make_queue(redis_client, keys.generate_queue).enqueue("rsample.workers.stages.generate.generate_batch", "pace4", "b1", [])
+    waiting = run_status(redis_client, config.run_id)  # its workers are gone: the recent pace promises what nobody does
+    assert waiting.eta_seconds is None and waiting.to_dict()["unserved_queues"] == [keys.generate_queue]
+    assert (f"  no worker serves {keys.generate_queue}: its 1 jobs wait (start `rsample workers`, or `rsample worker`)"
+            in waiting.lines())
+    make_queue(redis_client, keys.generate_queue).empty()
     redis_client.delete(keys.coordinator_lock)  # its coordinator stopped: no time left is promised for a run nobody feeds
     assert run_status(redis_client, config.run_id).eta_seconds is None
 

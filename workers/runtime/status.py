@@ -83,9 +83,13 @@ class RunStatus:
     def eta_seconds(self) -> float | None:
         """Time left at the pace of the slower stage that moves (generation, or scoring and writing behind it); None
         while the run stalls or before anything moved."""
-        if self.complete or not self.coordinated or self.seconds <= 0 or self.stalled_stage():
+        if self.complete or not self.coordinated or self.seconds <= 0 or self.stalled_stage() or self.unserved():
             return None
         return max((left / rate for _, left, rate in self._stages() if left > 0 and rate > 0), default=None)
+
+    def unserved(self) -> list[QueueStatus]:
+        """Queues whose jobs wait with no worker to take them: the run does not move, whatever its recent pace says."""
+        return [] if self.complete else [queue for queue in self.queues if queue.queued and not queue.workers]
 
     def stalled_stage(self) -> str | None:
         """What the recent pace shows not moving though rows are left: generation, or writing once generation no longer
@@ -100,7 +104,7 @@ class RunStatus:
         return "written" if writing_stalled else None
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "eta_seconds": self.eta_seconds}
+        return {**asdict(self), "eta_seconds": self.eta_seconds, "unserved_queues": [queue.name for queue in self.unserved()]}
 
     def lines(self) -> list[str]:
         rate = lambda count: f"{count / self.seconds:.2f}/s" if self.seconds > 0 else "-"  # noqa: E731
@@ -122,6 +126,8 @@ class RunStatus:
             out.append(f"  last {window}: generated {self.recent.generated_per_s:.2f}/s, written {self.recent.written_per_s:.2f}/s, "
                        f"tokens {self.recent.tokens_per_s:.1f}/s"
                        + (f"; nothing {stalled} in the last {window}" if (stalled := self.stalled_stage()) else ""))
+        out += [f"  no worker serves {queue.name}: its {queue.queued} jobs wait (start `rsample workers`, or `rsample worker`)"
+                for queue in self.unserved()]
         if self.eta_seconds is not None:
             since = "its coordinator started" if self.session_seconds is not None else "it was made"
             pace = f"the last {format_duration(self.recent.seconds)}'s pace" if self.recent is not None else f"the pace since {since}"
