@@ -155,10 +155,13 @@ def test_a_run_resumed_on_a_shared_redis_is_paced_by_this_sessions_work_and_a_fi
     now = time.time()
     redis_client.hset(keys.stats, mapping={"rows_total": 1000, "rows_generated": 482, "rows_scored": 481, "rows_written": 481,
                                            "rows_restored": 480, "session_generated_before": 480, "session_scored_before": 480,
+                                           "completions_generated": 1928, "session_completions_before": 1920,
                                            "session_started_at": now - 4})
     status = run_status(redis_client, config.run_id)
     assert status.eta_seconds == pytest.approx(519 / 0.25, rel=0.02)  # writing is the slower stage: 1 row in 4 s, 519 left
-    assert "generated 482 (0.50/s), scored 481 (0.25/s), written 481 (0.25/s)" in "\n".join(status.lines())
+    text = "\n".join(status.lines())
+    assert "generated 482 (0.50/s), scored 481 (0.25/s), written 481 (0.25/s)" in text
+    assert "completions 1928 (2.00/s)" in text  # the same session: 8 completions of 2 rows, not since the run was made
     redis_client.hset(keys.stats, mapping={"rows_generated": 1000, "rows_scored": 1000, "rows_written": 1000, "feed_done": 1,
                                            "finished_at": now - 3000, "session_started_at": now})  # a no-op resume of a done run
     done = "\n".join(run_status(redis_client, config.run_id).lines())

@@ -67,6 +67,8 @@ class Coordinator:
                 "rows_written": len(self.ledger.rows), "rows_restored": len(self.ledger.rows), "session_started_at": time.time(),
                 "session_generated_before": int(found.get("rows_generated") - found.get("rows_replayed")),  # a shared Redis's
                 "session_scored_before": int(found.get("rows_scored") - found.get("rows_replayed")),         # earlier sessions
+                "session_completions_before": int(found.get("completions_generated")),
+                "session_tokens_before": int(found.get("tokens_generated")),
             })
             self._publish_outcomes()
         except BaseException:

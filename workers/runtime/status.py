@@ -59,6 +59,8 @@ class RunStatus:
     generated_before: int = 0
     """Rows generated (less those passed again) when the coordinator started: a shared Redis keeps earlier sessions'."""
     scored_before: int = 0
+    completions_before: int = 0
+    tokens_before: int = 0
     session_seconds: float | None = None
     """Since the coordinator started, while the run goes on; None before one did, and once it is complete."""
 
@@ -107,8 +109,7 @@ class RunStatus:
         return {**asdict(self), "eta_seconds": self.eta_seconds, "unserved_queues": [queue.name for queue in self.unserved()]}
 
     def lines(self) -> list[str]:
-        rate = lambda count: f"{count / self.seconds:.2f}/s" if self.seconds > 0 else "-"  # noqa: E731
-        rows_rate = lambda count, before: f"{self.session_rate(count, before):.2f}/s"  # noqa: E731
+        rows_rate = lambda count, before: f"{self.session_rate(count, before):.2f}/s"  # noqa: E731 (this session's)
         state = "complete" if self.complete else "running" if self.coordinated else (
             f"no coordinator: `rsample aggregate --run {self.run_id} --out ...`, or the `rsample run` that made it, feeds and writes it")
         age = f"took {format_duration(self.seconds)}" if self.complete else f"{format_duration(self.seconds)} since it was made"
@@ -118,7 +119,8 @@ class RunStatus:
             f"scored {self.scored} ({rows_rate(self.scored, self.replayed + self.scored_before)}), written {self.written} "
             f"({rows_rate(self.written, self.restored)}); "
             f"{self.in_flight} prompts in flight" + (f"; {self.restored} rows were written before this session" if self.restored else ""),
-            f"  completions {self.completions} ({rate(self.completions)}), tokens {self.tokens} ({rate(self.tokens)})"
+            f"  completions {self.completions} ({rows_rate(self.completions, self.completions_before)}), tokens {self.tokens} "
+            f"({rows_rate(self.tokens, self.tokens_before)})"
             + (f"; running jobs are {self.generating:.1f} rows into their work" if self.generating else ""),
         ]
         if self.recent is not None and not self.complete:
@@ -212,5 +214,7 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         replayed=int(stats.get("rows_replayed")),
         generated_before=int(stats.get("session_generated_before")),
         scored_before=int(stats.get("session_scored_before")),
+        completions_before=int(stats.get("session_completions_before")),
+        tokens_before=int(stats.get("session_tokens_before")),
         session_seconds=now - started if (started := stats.get("session_started_at")) and not complete else None,
     )
