@@ -130,8 +130,9 @@ class Coordinator:
             self.feeder.refeed([self.feeder.handed[o.row_index] for o in retried if o.row_index in self.feeder.handed])
             if others > 0:  # fed again through the window once the work in flight is done (`recover_lost_work`)
                 self._rewind_pending = True
-                log.warning("run %s: %d rows this Redis fed are not in %s (its files started over, or are others): feeding them "
-                            "again once the work in flight is done", self.config.run_id, others, self.ledger.out)
+                log.info("run %s: %d rows this Redis fed have no outcome in %s yet: those in flight are written as they come "
+                         "back, and any still missing then (files that started over, or others) are fed again", self.config.run_id,
+                         others, self.ledger.out)
             return
         if others > 0:
             log.warning("run %s: %d rows this Redis fed are not in %s (its files started over, or are others): feeding them again",
