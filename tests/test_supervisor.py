@@ -352,3 +352,20 @@ def test_a_worker_without_a_run_exits_once_its_run_is_finished_and_another_waits
     finally:
         restarted.terminate()
         restarted.wait(timeout=30)
+
+
+def test_a_worker_without_a_run_started_before_any_waits_for_one(redis_server, chat_dataset, tmp_path):
+    """As a container started with its Redis: it used to exit 2 ("no run yet"), a crash loop until a run came."""
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "rsample.producer", "worker", "both", "--redis-url", redis_server.url], cwd=REPO,
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+    STARTED.append(worker)
+    try:
+        wait_for(lambda: "waiting for a run" in log.read_text(), 60, "the worker to wait for a run", interval=0.1)
+        run_id = enqueue(redis_server.url, chat_dataset)
+        out = tmp_path / "pairs.jsonl"
+        rsample("aggregate", "--redis-url", redis_server.url, "--run", run_id, "--out", str(out), "--no-progress", timeout=120)
+        assert assert_exactly_once(out, None, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)

@@ -266,7 +266,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     from rsample.workers.backends.reward_specs import same_model
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.keys import RunKeys
-    from rsample.workers.runtime.run_state import load_run, run_to_serve
+    from rsample.workers.runtime.run_state import list_run_ids, load_run, run_to_serve
     from rsample.workers.runtime.safe_job import SafeJob
 
     if role not in WORKER_ROLES:
@@ -276,6 +276,10 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     MainWorker.sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # before anything installs a handler
     take_cpu_share()
     client = connect(redis_url)
+    if run_id is None and not list_run_ids(client):  # started before any run, as `rsample workers` may be: it waits
+        log.info("waiting for a run: this Redis holds none yet (start one with `rsample enqueue`)")
+        while not list_run_ids(client):
+            time.sleep(defaults.RUN_CHECK_SECONDS)
     config = load_run(client, run_id or run_to_serve(client))  # the run `leave_when_the_run_moves` would move to
     config = dataclasses.replace(config, trust_remote_code=tuple(
         model for model in config.trust_remote_code if any(same_model(model, given) for given in trust_remote_code)))
