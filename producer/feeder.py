@@ -17,7 +17,7 @@ import redis
 
 from rsample.producer.dataset import iter_rows
 from rsample.producer.driver.ledger import Ledger
-from rsample.producer.prompts import RowSkip, record_of
+from rsample.producer.prompts import RowSkip, record_of, row_prompt_id
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome, PromptRecord
 from rsample.workers.runtime.keys import RunKeys
@@ -56,7 +56,7 @@ class Feeder:
                 break
             index, row = item
             record = self._to_record(index, row)
-            self.ledger.check_row(index, record.prompt_id if isinstance(record, PromptRecord) else None)
+            self.ledger.check_row(index, row_prompt_id(record))
             if isinstance(record, PromptRecord) and self.seen.setdefault(record.prompt_id, index) == index:
                 if index not in self.ledger.rows and record.prompt_id not in self.ledger.prompt_ids:
                     self.handed[index] = record
@@ -130,7 +130,7 @@ class Feeder:
                 break
             index, row = item
             record = self._to_record(index, row)
-            prompt_id = record.prompt_id if isinstance(record, PromptRecord) else None
+            prompt_id = row_prompt_id(record)
             if index in self.ledger.rows:
                 self.ledger.check_row(index, prompt_id)
                 already_written += 1

@@ -168,6 +168,11 @@ def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
     return checked[-1]["content"]
 
 
+def row_prompt_id(record: PromptRecord | RowSkip) -> str | None:
+    """A row's prompt id; None for a row that gives no prompt."""
+    return record.prompt_id if isinstance(record, PromptRecord) else None
+
+
 def record_of(config: RunConfig, row_index: int, row: Any) -> PromptRecord | RowSkip:
     """A dataset row as the run reads it (its prompt and reference columns, its system prompt, the columns its rewards
     read); a row that could not be read (`RowSkip`, bad JSON say) stays one."""

@@ -19,7 +19,7 @@ from rsample.producer.report.live import LiveNumbers
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import first_line
-from rsample.workers.common.messages import SKIPPED, UNPROCESSABLE, GeneratedBatch, Outcome
+from rsample.workers.common.messages import DUPLICATE, SKIPPED, UNPROCESSABLE, GeneratedBatch, Outcome
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 
@@ -101,7 +101,7 @@ class Collector:
         self.before_commit()
         fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows, combined.sft_rows)
         self.skips.say([outcome for outcome in fresh if outcome.outcome == SKIPPED and outcome.row_index not in said])
-        new_ids = {outcome.prompt_id for outcome in fresh}
+        new_ids = {outcome.prompt_id for outcome in fresh if outcome.outcome != DUPLICATE}  # as the ledger wrote them
         self.live.add([r for r in combined.rows if r["prompt_id"] in new_ids], [r for r in combined.score_rows if r["prompt_id"] in new_ids])
         if not self._warned_of_thinking and (warning := self.live.numbers.thinking_scored()):  # early: a long run can be stopped
             self._warned_of_thinking = True

@@ -23,10 +23,10 @@ from rsample.producer.driver.ledger import Ledger
 from rsample.producer.driver.run_lock import RunLock
 from rsample.producer.driver.summary import Summary, summarize
 from rsample.producer.feeder import Feeder
-from rsample.producer.prompts import record_of
+from rsample.producer.prompts import record_of, row_prompt_id
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.messages import Outcome, PromptRecord
+from rsample.workers.common.messages import Outcome
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue
@@ -88,8 +88,7 @@ class Coordinator:
         as it goes; with --overwrite, looked for before: starting over is only possible before any row is fed)."""
         for index, row in iter_rows(self.config.data):
             if index in self.ledger.rows:
-                record = record_of(self.config, index, row)
-                if self.ledger.changed(index, record.prompt_id if isinstance(record, PromptRecord) else None):
+                if self.ledger.changed(index, row_prompt_id(record_of(self.config, index, row))):
                     return index
         return None
 
