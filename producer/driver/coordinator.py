@@ -70,6 +70,8 @@ class Coordinator:
                 "session_completions_before": int(found.get("completions_generated")),
                 "session_tokens_before": int(found.get("tokens_generated")),
             })
+            self._baseline = {name: found.get(name) for name in self._session_counters()}
+            """The counters as this session found them: its summary counts what it added (a shared Redis keeps earlier ones)."""
             self._publish_outcomes()
         except BaseException:
             self.lock.release()
@@ -79,17 +81,13 @@ class Coordinator:
         self._idle_since: float | None = None
         self._missing_since: dict[str, float] = {}
         self.started_at = time.time()
-        stats = read_stats(client, config.run_id)
-        self._baseline = {name: stats.get(name) for name in self._session_counters()}
-        """The counters as this session found them: its summary counts what it added (a shared Redis keeps earlier ones)."""
 
     def _first_changed_row(self) -> int | None:
         """The first row with an outcome whose prompt is not the one it had (`Ledger.check_row`, which the feeder applies
         as it goes; with --overwrite, looked for before: starting over is only possible before any row is fed)."""
         for index, row in iter_rows(self.config.data):
-            if index in self.ledger.rows:
-                if self.ledger.changed(index, row_prompt_id(record_of(self.config, index, row))):
-                    return index
+            if index in self.ledger.rows and self.ledger.changed(index, row_prompt_id(record_of(self.config, index, row))):
+                return index
         return None
 
     def _take_appended_rows(self) -> None:
