@@ -104,4 +104,15 @@ def test_a_multimodal_checkpoint_keeps_its_language_models_context():
     assert context_length(GPT2Config(n_positions=1024), unlimited) == 1024
     assert context_length(LlamaConfig(max_position_embeddings=8192), SimpleNamespace(model_max_length=4096)) == 4096
     assert context_length(LlamaConfig(max_position_embeddings=8192), unlimited, cap=3000) == 3000  # --max-model-len, any backend
-    assert context_length(LlamaConfig(max_position_embeddings=8192), unlimited, engine_limit=32768) == 8192  # RoPE scaled: not used
+    assert context_length(LlamaConfig(max_position_embeddings=8192), unlimited, engine_limit=4096) == 4096
+    # RoPE scaling: a linear or dynamic factor stretches the stated limit; yarn, llama3 and longrope configs state
+    # the stretched limit themselves (vLLM 0.32's rule, which transformers' rotary embeddings allow)
+    def scaled(limit, **rope):
+        return LlamaConfig(max_position_embeddings=limit, rope_parameters={"rope_theta": 10000.0, **rope})
+
+    assert context_length(scaled(4096, rope_type="linear", factor=4.0), unlimited) == 16384
+    assert context_length(scaled(4096, rope_type="dynamic", factor=2.0), SimpleNamespace(model_max_length=2048)) == 4096
+    assert context_length(scaled(32768, rope_type="yarn", factor=4.0, original_max_position_embeddings=8192), unlimited) == 32768
+    assert context_length(scaled(131072, rope_type="llama3", factor=8.0, original_max_position_embeddings=8192,
+                                 low_freq_factor=1.0, high_freq_factor=4.0), unlimited) == 131072
+    assert context_length(scaled(4096, rope_type="linear", factor=4.0), unlimited, cap=5000) == 5000

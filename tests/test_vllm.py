@@ -85,8 +85,9 @@ def test_concurrent_jobs_share_one_engine(generator):
 
 
 def test_both_backends_skip_a_prompt_by_one_context(tmp_path):
-    """vLLM counts RoPE scaling into its engine's limit (128 positions, linear factor 4: 512), transformers' position
-    limit does not: each backend skipped by its own, so one prompt was skipped by one and sampled by the other."""
+    """vLLM counts a linear RoPE scaling into its engine's limit (128 positions, factor 4: 512). Each backend once
+    skipped by its own limit, so one prompt was skipped by one and sampled by the other; then both by the unscaled 128,
+    though transformers, too, computes the rotary embedding at any position. Both now take what the scaling allows."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -102,16 +103,20 @@ def test_both_backends_skip_a_prompt_by_one_context(tmp_path):
     path = tmp_path / "rope-scaled"
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    prompt = [{"role": "user", "content": "river city music " * 30}]  # over 128 tokens, under 512
+    fits = [{"role": "user", "content": "river city music " * 30}]  # over 128 tokens, under 512
+    too_long = [{"role": "user", "content": "river city music " * 150}]  # over 512
     sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=16)
     by_vllm = VLLMGenerator(str(path), FLOAT32)
     try:
         assert by_vllm.llm.llm_engine.model_config.max_model_len == 512  # the case
-        vllm_skip = by_vllm.generate([prompt], sampling, seed=0)[0].skip_reason
+        vllm_results = by_vllm.generate([fits, too_long], sampling, seed=0)
     finally:
         by_vllm.close()
-    transformers_skip = TransformersGenerator(str(path), "float32").generate([prompt], sampling, seed=0)[0].skip_reason
-    assert vllm_skip == transformers_skip == "prompt longer than the policy context"
+    transformers_results = TransformersGenerator(str(path), "float32").generate([fits, too_long], sampling, seed=0)
+    for results in (vllm_results, transformers_results):
+        assert results[0].skip_reason is None and len(results[0].completions) == 2
+        assert all(completion.num_tokens > 0 for completion in results[0].completions)
+        assert results[1].skip_reason == "prompt longer than the policy context"
 
 
 @pytest.mark.parametrize("which", ["reward", "reward2"])  # reward2's config pad is the EOS that ends every turn

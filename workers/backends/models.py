@@ -201,4 +201,21 @@ def context_length(config, tokenizer, cap: int | None = None, engine_limit: int 
     tokenizer_limit = getattr(tokenizer, "model_max_length", None)
     if tokenizer_limit and tokenizer_limit < 10**7:
         limit = min(limit, tokenizer_limit)
+    limit *= rope_stretch(config)
     return int(min([limit, *(bound for bound in (cap, engine_limit) if bound)]))
+
+
+STRETCH_ALREADY_COUNTED = {"default", "llama3", "yarn", "longrope", "su", "deepseek_yarn", "deepseek_llama_scaling"}
+"""RoPE types whose config states the stretched position limit itself (transformers' convention, which vLLM follows)."""
+
+
+def rope_stretch(config) -> float:
+    """How far a linear or dynamic RoPE scaling stretches the position limit: transformers computes the rotary
+    embedding for any position, and vLLM counts the factor, so the context is the config's limit times it."""
+    if "gemma3" in getattr(config, "model_type", ""):  # its limit is stated stretched, whatever the type
+        return 1.0
+    parameters = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    per_layer_type = parameters.values() if parameters and "rope_type" not in parameters and "type" not in parameters else [parameters]
+    factors = [entry.get("factor") or 1.0 for entry in per_layer_type if isinstance(entry, dict)
+               and entry.get("rope_type", entry.get("type", "default")) not in STRETCH_ALREADY_COUNTED]
+    return float(max(factors, default=1.0))

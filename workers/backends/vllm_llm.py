@@ -5,7 +5,7 @@ vLLM is an optional dependency, imported only here and only when a vLLM backend 
 
 from __future__ import annotations
 
-from rsample.workers.backends.models import load_model_config, resolve_device, resolve_dtype
+from rsample.workers.backends.models import load_model_config, resolve_device, resolve_dtype, rope_stretch
 from rsample.workers.common.config import ModelSettings
 from rsample.workers.common.errors import RsampleError, first_line
 
@@ -31,7 +31,8 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str, trust_rem
     if device == "cpu" and runner == "generate":
         # vLLM's CPU engine dies ("CPU Generator does not use offset") when a seeded request's prefill is split
         # in chunks, which happens as soon as a step's prompts exceed the token budget: prefill whole prompts.
-        context = models.max_model_len or getattr(load_model_config(spec, role, trust_remote_code), "max_position_embeddings", 0)
+        config = load_model_config(spec, role, trust_remote_code).get_text_config()
+        context = models.max_model_len or int(getattr(config, "max_position_embeddings", 0) * rope_stretch(config))
         cpu_only = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(8192, context)}
     try:
         return vllm.LLM(
