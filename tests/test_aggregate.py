@@ -190,3 +190,15 @@ def test_a_text_one_sample_ended_and_another_was_cut_in_is_an_ended_candidate():
         ("Paris.", [0, 1], 2, "stop"), ("Lyon", [2], 3, "length")]
     ended_first = PromptCompletions([Completion("Paris.", 2, "stop"), Completion("Paris.", 3, "length")])
     assert [(c.num_tokens, c.finish_reason) for c in merge_candidates(record, ended_first, False).candidates] == [(2, "stop")]
+
+
+def test_a_verified_answer_a_reward_model_could_not_score_still_makes_an_sft_row():
+    """`--sft-out` with `verify:`: every prompt with a verified answer gets a row. The only right answer was too long for
+    the reward model's context (no score): it got none, though it passed the verifier."""
+    run = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("verify:math", "rm"), sft=True)
+    batch = GeneratedBatch("b", [prompt("pair", ["right, at length", "wrong"]), prompt("same", ["right", "also right", "wrong"])])
+    scored = [{"pair": {"scores": [1.0, 0.0], "skip_reason": None}, "same": {"scores": [1.0, 1.0, 0.0], "skip_reason": None}},
+              {"pair": {"scores": [None, 0.5], "skip_reason": None}, "same": {"scores": [None, 0.2, 0.9], "skip_reason": None}}]
+    result = aggregate_batch(run, batch, scored)
+    # the unscored right answer alone; where a right answer was scored, it is preferred to the unscored one
+    assert [row["messages"][-1]["content"] for row in result.sft_rows] == ["right, at length", "also right"]

@@ -123,3 +123,26 @@ def test_no_pair_when_no_finished_candidate_beats_another():
 def test_fewer_than_two_candidates_is_refused():
     with pytest.raises(ValueError):
         select_pair([[1.0]], "mean")
+
+
+def test_scores_alike_in_exact_arithmetic_are_a_tie_whatever_order_the_floats_are_added_in():
+    """Summed in another order, equal combined scores differ in their last bits: a pair whose margin is a rounding error
+    (1e-17) was written where there is no preference."""
+    assert sum([0.1, 0.2, 0.3]) / 3 != sum([0.3, 0.2, 0.1]) / 3  # the case: the floats differ
+    assert select_pair([[0.1, 0.3], [0.2, 0.2], [0.3, 0.1]], "mean").dropped == TIE
+    # two 0/1 rewards of opposite opinions, standardized: every candidate's mean z-score is 0 (1.41 - 1.41, -0.71 + 0.71)
+    assert select_pair([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], "standardized").dropped == TIE
+    # the same values rotated over three rewards: every candidate's mean z-score is the same
+    assert select_pair([[-2.2, 2.1, 1.6], [2.1, 1.6, -2.2], [1.6, -2.2, 2.1]], "standardized").dropped == TIE
+    assert select_pair([[-2.2, 2.1, 1.6], [2.1, 1.6, -2.2], [1.6, -2.2, 2.1]], "vote").dropped == TIE
+    # a real difference far below the scores' scale still ranks, in either unit
+    assert select_pair([[1000.0, 1000.0 + 1e-4]], "mean").chosen == 1
+    assert select_pair([[0.0, 1e-6, 1.0], [0.0, 0.0, 1.0]], "standardized").rejected == 0
+
+
+def test_vote_where_no_finished_candidate_beats_another_is_unfinished_not_a_disagreement():
+    """The only finished candidate scores lowest: `mean` and `standardized` drop the prompt as unfinished; `vote` said the
+    models disagreed, with one model, which has nothing to disagree with."""
+    finished_only_first = [True, False, False]
+    for method in ("mean", "standardized", "vote"):
+        assert select_pair([[1.0, 5.0, 3.0]], method, finished_only_first).dropped == UNFINISHED

@@ -57,11 +57,12 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
     result.score_rows.extend(score_rows(prompt, scores_by_model, config.score_names))
     usable = [c for c in range(len(prompt.candidates)) if all(scores[c] is not None for scores in scores_by_model)]
     usable_scores = [[scores[c] for c in usable] for scores in scores_by_model]
-    eligible = [may_be_chosen(prompt.candidates[c], config.keep_truncated, config.reasoning_end) for c in usable]
-    if config.sft and usable:
-        best = best_for_sft(config, usable_scores, eligible)
+    may_be = [may_be_chosen(candidate, config.keep_truncated, config.reasoning_end) for candidate in prompt.candidates]
+    eligible = [may_be[c] for c in usable]
+    if config.sft:
+        best = best_for_sft(config, scores_by_model, may_be)
         if best is not None:
-            result.sft_rows.append(sft_row(prompt, usable[best], scores_by_model, config.score_names))
+            result.sft_rows.append(sft_row(prompt, best, scores_by_model, config.score_names))
     if len(prompt.candidates) < 2:
         return DROPPED_IDENTICAL
     if len(usable) < 2:  # the others have no score from some reward (too long for its context, or left unscored)
@@ -82,16 +83,20 @@ def verifier_decides(config: RunConfig) -> bool:
     return config.combine == "lexicographic" and is_verifier(config.reward_models[0])
 
 
-def best_for_sft(config: RunConfig, scores_by_model: list[list[float]], eligible: list[bool]) -> int | None:
-    """The candidate the pair would choose (by `--combine`) among the eligible ones; with verifiers in the run, among
-    those that passed every one of them (a supervised example must be right, and any verified answer makes one)."""
+def best_for_sft(config: RunConfig, scores_by_model: list[list[float | None]], eligible: list[bool]) -> int | None:
+    """The candidate the pair would choose (by `--combine`) among the eligible ones that every reward scored; with
+    verifiers in the run, among those that passed every one of them (a supervised example must be right, and any
+    verified answer makes one: one that a reward model could not score, when no other verified answer was scored)."""
     verifiers = [scores for spec, scores in zip(config.reward_models, scores_by_model) if is_verifier(spec)]
     allowed = [ok and all(scores[i] == 1.0 for scores in verifiers) for i, ok in enumerate(eligible)]
-    if not any(allowed):
-        return None
-    if len(allowed) == 1:
-        return 0
-    return selection.select_pair(scores_by_model, config.combine, allowed).chosen
+    scored = [i for i in range(len(eligible)) if all(scores[i] is not None for scores in scores_by_model)]
+    if any(allowed[i] for i in scored):
+        if len(scored) == 1:
+            return scored[0]
+        picked = selection.select_pair([[scores[i] for i in scored] for scores in scores_by_model], config.combine,
+                                       [allowed[i] for i in scored])
+        return scored[picked.chosen]
+    return allowed.index(True) if verifiers and any(allowed) else None
 
 
 def aggregate_batch(config: RunConfig, batch: GeneratedBatch, verdicts: list[dict[str, dict]], failure: str | None = None) -> BatchOutcome:
