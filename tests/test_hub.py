@@ -55,6 +55,7 @@ def test_push_uploads_both_files_and_a_card_in_one_commit(tmp_path, monkeypatch)
     assert "Best-of-4 sampling from `org/policy` on `allenai/tulu-v2-sft-mixture`" in card
     assert "\"run_id\": \"abc123\"" in card
     assert "| pairs_written | 7 |" in card and '"empty content": 1' in card
+    assert "| completions_generated | 72 |" in card and "are the pushing session's" in card
     assert "redis://:***@db:6379/0" in card
     assert "topsecret" not in card and "hf_secret_token_value" not in card
 
@@ -240,3 +241,35 @@ def test_a_real_runs_files_load_through_the_card_as_written_even_when_the_first_
     assert loaded[-1]["reference_completion_score"] == with_reference[-1]["reference_completion_score"]
     local = load_dataset("json", data_files=str(folder / "pairs.jsonl"), split="train", features=features("pairs", config.reward_models))
     assert local.to_list() == loaded.to_list()  # the same types for a local file, as the README shows
+
+
+def test_a_push_retried_by_the_same_command_describes_the_run_not_its_own_empty_session(tmp_path, monkeypatch):
+    """A failed push says the same command pushes the files again, generating nothing. It did, with a card whose summary
+    was that session's: 0 completions, 0 tokens, 0.6 s, for files that hold 3 prompts x 4 completions."""
+    import huggingface_hub
+    import huggingface_hub.constants
+    from click.testing import CliRunner
+    from conftest import read_jsonl, write_jsonl
+
+    from rsample.producer.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": f"question {i}"} for i in range(3)])
+    out = tmp_path / "pairs.jsonl"
+    command = ["run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--n", "4", "--reward-backend", "length",
+               "--reward-model", "org/rm", "--no-progress", "--out", str(out), "--scores-out", str(tmp_path / "scores.jsonl"),
+               "--push-to-hub", "me/pairs"]
+    failing, recording = RecordingApi(fail=RuntimeError("503 Service Unavailable")), RecordingApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: failing)
+    first = CliRunner().invoke(main, command)
+    assert first.exit_code != 0 and "could not push to the Hub dataset me/pairs" in first.output
+    assert len(read_jsonl(out)) == 3  # the files stay
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: recording)
+    second = CliRunner().invoke(main, command)
+    assert second.exit_code == 0, second.output
+    card = next(op for op in recording.calls[1][2] if op.path_in_repo == "README.md").path_or_fileobj.decode()
+    assert "| pairs_written | 3 |" in card and "hf_not_a_real_token" not in card
+    assert "completions_generated" not in card and "tokens_per_second" not in card
+    assert "The session that pushed these files generated nothing" in card
+    assert "pairs 3" in card  # the report, read from the files

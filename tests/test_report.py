@@ -215,3 +215,52 @@ def test_the_live_numbers_of_a_resumed_run_count_the_rows_written_before_once(tm
     fresh = LiveNumbers()
     fresh.start_from(tmp_path / "none.jsonl", None)  # a fresh run: nothing to read
     assert json.loads(fresh.summary())["pairs"] == 0
+
+
+def test_a_row_retried_with_retry_failed_is_counted_once_by_its_new_outcome(tmp_path):
+    """The outcomes file keeps a failed row's old `skipped` line, then `rsample_retry`, then its new outcome: the report
+    counted both lines (3 outcomes for 2 rows, and a skip reason that no longer held), where the summary said 2 pairs."""
+    from rsample.producer.driver.ledger import Ledger
+    from rsample.producer.report.stats import read_run
+    from rsample.workers.common.messages import PAIR, SKIPPED, Outcome
+
+    def pair(prompt_id):
+        user = [{"role": "user", "content": prompt_id}]
+        return {"prompt_id": prompt_id, "messages": user, "chosen": [*user, {"role": "assistant", "content": "long answer"}],
+                "rejected": [*user, {"role": "assistant", "content": "no"}], "chosen_score": {"rm": 1.0},
+                "rejected_score": {"rm": 0.0}, "num_unique": 2}
+
+    out = tmp_path / "pairs.jsonl"
+    ledger = Ledger(out, None, "run1")
+    ledger.commit([Outcome(0, "p0", PAIR), Outcome(1, "p1", SKIPPED, "generation failed: worker died")], [pair("p0")], [])
+    assert [outcome.row_index for outcome in ledger.retry_failed()] == [1]
+    ledger.commit([Outcome(1, "p1", PAIR)], [pair("p1")], [])
+    ledger.close()
+    lines = [json.loads(line) for line in out.with_name("pairs.outcomes.jsonl").read_text().splitlines()]
+    assert sum("outcome" in line for line in lines) == 3  # the case: three outcome lines for two rows
+    numbers = read_run(out)
+    assert numbers.pairs == 2 and dict(numbers.outcomes) == {PAIR: 2} and not numbers.skip_reasons
+
+
+def test_a_sample_merged_with_the_reference_counts_among_the_generated_and_unscored_ones_are_counted(tmp_path):
+    """A sample identical to the reference keeps its own finish reason (`length` here) and `is_reference`: the report
+    left it out of its candidates and truncation. A candidate a reward could not score (None) is counted per reward."""
+    from rsample.producer.report.document import summary_lines
+    from rsample.producer.report.stats import read_run
+
+    pairs, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    pairs.write_text("")
+    write_jsonl(scores, [
+        {"prompt_id": "p", "completion_index": 0, "completion": "Paris", "scores": {"rm": 1.0}, "is_reference": True,
+         "finish_reason": "length", "num_tokens": 4},
+        {"prompt_id": "p", "completion_index": 1, "completion": "Lyon", "scores": {"rm": None}, "is_reference": False,
+         "finish_reason": "stop", "num_tokens": 3},
+        {"prompt_id": "p", "completion_index": 2, "completion": "Nice", "scores": {"rm": 0.0}, "is_reference": False,
+         "finish_reason": "stop", "num_tokens": 3},
+        {"prompt_id": "p", "completion_index": 3, "completion": "the capital", "scores": {"rm": 0.5}, "is_reference": True,
+         "finish_reason": "reference", "num_tokens": 0},
+    ])
+    numbers = read_run(pairs, scores)
+    assert numbers.candidates == 3 and numbers.truncated == 1  # the reference alone is left out
+    assert numbers.models["rm"].unscored == 1
+    assert "  gave no score to 1 of 3 generated candidates (33.3%): pairs are chosen among the others" in summary_lines(numbers)

@@ -81,6 +81,27 @@ def _which_rows(config: RunConfig) -> str:
     return f"{subset}split `{data.split}`{columns}"
 
 
+SESSION_FIGURES = ("completions_generated", "tokens_generated", "seconds", "completions_per_second", "tokens_per_second", "unscored")
+"""The summary's figures that are the pushing session's alone (a resumed run's earlier sessions are not in them)."""
+
+
+def card_figures(summary: Summary) -> dict:
+    """The summary's figures, less the session's when it generated nothing (a push retried once the run was written):
+    zeros there would describe that session, not the data."""
+    figures = summary.to_dict()
+    if summary.completions_generated == 0:
+        figures = {key: value for key, value in figures.items() if key not in SESSION_FIGURES}
+    return figures
+
+
+def session_note(summary: Summary) -> str:
+    if summary.completions_generated == 0:
+        return ("The session that pushed these files generated nothing (the run was written before): its rows, pairs and drops "
+                "are the whole run's; the report below is read from the files.\n\n")
+    return (f"Rows, pairs and drops are the whole run's; {', '.join(f'`{name}`' for name in SESSION_FIGURES)} are the pushing "
+            "session's (a resumed run's earlier sessions are not counted); the report below is read from the files.\n\n")
+
+
 def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], report: Report | None = None,
                  empty: list[str] | None = None) -> str:
     settings = asdict(config)
@@ -106,9 +127,9 @@ and the `sft` config each prompt's best candidate as a supervised example: `load
 
 | figure | value |
 | --- | --- |
-""" + "\n".join(f"| {key} | {json.dumps(value)} |" for key, value in summary.to_dict().items()) + f"""
+""" + "\n".join(f"| {key} | {json.dumps(value)} |" for key, value in card_figures(summary).items()) + f"""
 
-{report_section(report)}## Settings
+{session_note(summary)}{report_section(report)}## Settings
 
 ```json
 {json.dumps(settings, indent=2)}

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rsample.producer.dataset import dataset_change
@@ -177,6 +177,76 @@ def _first_of_each(rows: list[dict], key) -> list[dict]:
     return kept
 
 
+@dataclass
+class OutcomesReplay:
+    """What an outcomes file says once its commits are replayed, as a resume reads it."""
+
+    settled: dict[int, Outcome] = field(default_factory=dict)
+    """Each settled row's outcome: the first committed one, unless `--retry-failed` opened its row again since."""
+    data_end: dict | None = None
+    """Where the data files end, as the last commit recorded it (None: no commit recorded it)."""
+    committed: int = 0
+    """Bytes of the outcomes file that are committed; a commit cut short lies beyond."""
+    legacy: bool = False
+    """An older file, whose every line is a commit of its own (none records where the data ends)."""
+    known_outputs: set[str] = field(default_factory=set)
+    known_paths: dict[str, str] = field(default_factory=dict)
+    dataset_seen: dict | None = None
+
+    def settle(self, outcome: Outcome) -> None:
+        self.settled.setdefault(outcome.row_index, outcome)
+
+    def reopen(self, row_index: int) -> None:
+        """A failed row that `--retry-failed` opened again: only a skip whose work failed ever is."""
+        outcome = self.settled.get(row_index)
+        if outcome is not None and outcome.outcome == SKIPPED and is_failure_reason(outcome.reason):
+            del self.settled[row_index]
+
+
+def replay_outcomes(path: Path) -> OutcomesReplay:
+    """Replays `path`'s lines: outcomes count once their commit's last line (the one with `data_end`) is there."""
+    replay, pending, outcome_lines = OutcomesReplay(), [], 0
+    with path.open("rb") as handle:
+        header = handle.readline()
+        position = replay.committed = len(header)
+        header = json.loads(header)
+        replay.known_outputs = set(header.get("outputs", ("pairs", "scores", "sft")))  # older headers: trusted
+        replay.known_paths = dict(header.get("paths", {}))
+        replay.dataset_seen = header.get("dataset")
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # cut by a crash
+            position += len(line)
+            raw = json.loads(line)
+            if "rsample_retry" in raw:  # rows a resume opened again (written between commits; older files: after lines
+                for outcome in pending:  # that were each a commit of their own)
+                    replay.settle(outcome)
+                pending, replay.committed = [], position
+                for row in raw["rsample_retry"]:
+                    replay.reopen(row)
+                continue
+            if "rsample_outputs" in raw or "rsample_dataset" in raw or "paths" in raw:  # a resume's, between commits
+                replay.known_outputs |= set(raw.get("rsample_outputs", ()))
+                replay.known_paths.update(raw.get("paths", {}))
+                replay.dataset_seen = raw.get("rsample_dataset", replay.dataset_seen)
+                if not pending:
+                    replay.committed = position
+                continue
+            pending.append(Outcome.from_dict(raw))
+            outcome_lines += 1
+            if "data_end" in raw:  # the last line of a commit: everything up to here is committed
+                replay.data_end, replay.committed = raw["data_end"], position
+                for outcome in pending:
+                    replay.settle(outcome)
+                pending = []
+    replay.legacy = replay.data_end is None and outcome_lines > 0  # no commit recorded where the data ends
+    if replay.legacy:  # every line is a commit of its own
+        for outcome in pending:
+            replay.settle(outcome)
+        replay.committed = position
+    return replay
+
+
 class Ledger:
     """What is written, kept as an index: the settled row numbers and prompt ids (not the rows themselves), so that
     resuming a run of a million pairs reads the small outcomes file alone. Each commit's last outcome line records
@@ -279,50 +349,16 @@ class Ledger:
         self._data_end = {"pairs": 0, "scores": 0, "sft": 0}
 
     def _resume(self) -> None:
-        data_end, committed, pending, outcome_lines = None, 0, [], 0
-        with self.outcomes_path.open("rb") as handle:
-            header = handle.readline()
-            position = committed = len(header)
-            header = json.loads(header)
-            self._known_outputs = set(header.get("outputs", ("pairs", "scores", "sft")))  # older headers: trusted
-            self._known_paths = dict(header.get("paths", {}))
-            self._dataset_seen = header.get("dataset")
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break  # cut by a crash
-                position += len(line)
-                raw = json.loads(line)
-                if "rsample_retry" in raw:  # rows a resume opened again (written between commits; older files: after lines
-                    for outcome in pending:  # that were each a commit of their own)
-                        self._record(outcome)
-                    pending, committed = [], position
-                    for row in raw["rsample_retry"]:
-                        self._unrecord(row)
-                    continue
-                if "rsample_outputs" in raw or "rsample_dataset" in raw or "paths" in raw:  # a resume's, between commits
-                    self._known_outputs |= set(raw.get("rsample_outputs", ()))
-                    self._known_paths.update(raw.get("paths", {}))
-                    self._dataset_seen = raw.get("rsample_dataset", self._dataset_seen)
-                    if not pending:
-                        committed = position
-                    continue
-                pending.append(Outcome.from_dict(raw))
-                outcome_lines += 1
-                if "data_end" in raw:  # the last line of a commit: everything up to here is committed
-                    data_end, committed = raw["data_end"], position
-                    for outcome in pending:
-                        self._record(outcome)
-                    pending = []
+        replay = replay_outcomes(self.outcomes_path)
+        self._known_outputs, self._known_paths, self._dataset_seen = replay.known_outputs, replay.known_paths, replay.dataset_seen
+        for outcome in replay.settled.values():
+            self._record(outcome)
+        data_end, committed, legacy = replay.data_end, replay.committed, replay.legacy
         if self.dataset is not None and self._dataset_seen:
             change = dataset_change(self._dataset_seen, self.dataset[0])
             if change:
                 raise FilesChanged(f"the dataset changed since run {self.run_id} last read it ({change}): its output rows are "
                                    "matched to dataset rows by number; restore the dataset, or start over with --overwrite")
-        legacy = data_end is None and outcome_lines > 0  # no commit recorded where the data ends: an older file
-        if legacy:  # every line is a commit of its own
-            for outcome in pending:
-                self._record(outcome)
-            committed = position
         ends = {"pairs": 0, "scores": 0, "sft": 0, **(data_end or {})}
         # an end no commit recorded (a kind an older file's session left out while its end was unknown) is never cut to
         self._data_end = {} if legacy else dict(ends) if data_end is None else dict(data_end)

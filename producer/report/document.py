@@ -46,6 +46,10 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
                          + (f"; {small:.0%} under {SMALL_MARGIN} score std{approx(model.margins)}" if small is not None else ""))
         if model.candidate_moments.count:
             lines.append(f"  generated candidates' scores mean {model.candidate_moments.mean:.3f}, std {model.candidate_moments.std:.3f}")
+        if model.unscored:
+            given = model.unscored + model.candidate_moments.count
+            lines.append(f"  gave no score to {model.unscored:,} of {given:,} generated candidates ({model.unscored / given:.1%}): pairs "
+                         "are chosen among the others")
         rho = model.length_rho
         if rho is not None:
             lines.append(f"  rank correlation of length and score {rho:+.2f}{approx(model.length_and_score)}")

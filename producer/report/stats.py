@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
+from rsample.producer.driver.ledger import replay_outcomes
 from rsample.producer.report.sample import Moments, Reservoir, spearman
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import GENERATED_OUTCOMES
@@ -70,6 +71,8 @@ class ModelNumbers:
     margin_moments: Moments = field(default_factory=Moments)
     candidate_moments: Moments = field(default_factory=Moments)
     length_and_score: Reservoir = field(default_factory=Reservoir)
+    unscored: int = 0
+    """Generated candidates it gave no score (longer than its context, out of memory, no number): the whole run's."""
 
     @classmethod
     def sized(cls, sample_size: int) -> ModelNumbers:
@@ -181,12 +184,11 @@ def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: s
     for row in rows_of(pairs_path, "pairs", "--out", ("chosen", "rejected")):
         add_pair(numbers, row)
     outcomes_path = pairs_path.with_name(f"{pairs_path.stem}.outcomes.jsonl")
-    if outcomes_path.exists():
-        for row in read_rows(outcomes_path):
-            if "outcome" in row:
-                numbers.outcomes[row["outcome"]] += 1
-                if row["outcome"] == "skipped" and row.get("reason"):
-                    numbers.skip_reasons[row["reason"]] += 1
+    if outcomes_path.exists():  # as a resume reads it: a row retried with --retry-failed counts by its last outcome
+        for outcome in replay_outcomes(outcomes_path).settled.values():
+            numbers.outcomes[outcome.outcome] += 1
+            if outcome.outcome == "skipped" and outcome.reason:
+                numbers.skip_reasons[outcome.reason] += 1
     if scores_path is not None and scores_path.exists():
         numbers.has_scores = True
         add_score_rows(numbers, rows_of(scores_path, "scores", "--scores-out", ("prompt_id", "scores")))
@@ -229,7 +231,7 @@ def add_pair(numbers: RunNumbers, row: dict) -> None:
 
 def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
     numbers.unique_in_scores[len(group)] += 1  # one row per distinct candidate, as a pair's num_unique
-    generated = [row for row in group if not row.get("is_reference")]
+    generated = [row for row in group if row.get("finish_reason") != "reference"]  # a sample the reference merged with counts
     if generated:
         truncated = sum(row.get("finish_reason") == "length" for row in generated)
         numbers.candidates += len(generated)
@@ -241,7 +243,9 @@ def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
             numbers.unsplit_thinking += sum(THINKING_END in (row.get("completion") or "") for row in generated)
     for row in generated:
         for name, score in row["scores"].items():
-            if score is not None:
+            if score is None:
+                numbers.model(name).unscored += 1
+            else:
                 model = numbers.model(name)
                 model.candidates.add(score)
                 model.candidate_moments.add(score)
