@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from rsample.workers.backends.reward_specs import split_name
+from rsample.workers.backends.reward_specs import is_function, is_verifier, split_name
 from rsample.workers.common import defaults
 from rsample.workers.common.config import (
     COMBINE_METHODS,
@@ -149,6 +150,17 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty
 """Sampling flags whose default is the policy's own (its generation_config.json), then rsample's."""
 
 
+def answer_column_for_functions(params: dict) -> tuple[str, ...]:
+    """`--answer-column`, given with `fn:` rewards and no verifier, travels to the functions as the README says (verifiers
+    carry it themselves); its default does not, so that a dataset without an `answer` column runs `fn:` rewards."""
+    context = click.get_current_context(silent=True)
+    given = context is not None and context.get_parameter_source("answer_column") not in (None, ParameterSource.DEFAULT)
+    specs = [split_name(value)[1] for value in params["reward_models"]]
+    if given and any(is_function(spec) for spec in specs) and not any(is_verifier(spec) for spec in specs):
+        return (params["answer_column"],)
+    return ()
+
+
 def build_config(params: dict) -> RunConfig:
     """The run's settings from the command line; the policy's sampling defaults fill the sampling flags not given."""
     plain_sampling = {name: params[name] for name in ("n", "max_new_tokens", "seed", "max_prompt_tokens", "chat_template_kwargs")}
@@ -178,7 +190,7 @@ def build_config(params: dict) -> RunConfig:
         reasoning_end=params["reasoning_end"],
         answer_column=params["answer_column"],
         judge_template=params["judge_template"].read_text() if params["judge_template"] else None,
-        extra_columns=tuple(params["extra_columns"]),
+        extra_columns=tuple(params["extra_columns"]) + answer_column_for_functions(params),
         trust_remote_code=tuple(params["trust_remote_code"]),
         sft=params["sft"] or params.get("sft_out") is not None,
         command=redacted_command(sys.argv[1:]),

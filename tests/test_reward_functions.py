@@ -26,6 +26,21 @@ def broken(conversations, rows):
 
 def wrong_signature(conversations):
     return [0.0] * len(conversations)
+
+
+def as_numpy(conversations, rows):
+    import numpy
+    return numpy.array([float(len(c[-1]["content"])) for c in conversations], dtype=numpy.float32)
+
+
+def numpy_scalars(conversations, rows):
+    import numpy
+    return [numpy.float32(len(c[-1]["content"])) for c in conversations]
+
+
+def right_answer(conversations, rows):
+    """A correctness reward of one's own reads the row's answer: no score without it (the marks count otherwise)"""
+    return [float(c[-1]["content"].count("#")) if row and row.get("solution") else None for c, row in zip(conversations, rows)]
 '''
 ROWS = [{"prompt": "count the marks", "keyword": "#"}, {"prompt": "count the stars", "keyword": "*"}, {"prompt": "no keyword"}]
 ECHO = ["--policy", "echo", "--backend", "echo", "--reward-backend", "length", "--n", "3"]
@@ -142,3 +157,26 @@ def test_a_name_that_is_not_module_colon_function_is_refused_before_anything_run
     result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my rewards", "--out", str(tmp_path / "p.jsonl"),
                      check=False)
     assert result.returncode == 2 and result.stderr.strip() == "error: 'fn:my rewards' is not fn:package.module:function"
+
+
+def test_numpy_scores_are_scores(reward_module):
+    """A function that scores with numpy (an array, or numpy floats) was refused: "a score is a finite number"."""
+    conversation = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": text}] for text in ("ab", "abcd")]
+    for name in ("as_numpy", "numpy_scalars"):
+        reward = FunctionReward.load(f"fn:my_rewards:{name}", frozenset({f"my_rewards:{name}"}))
+        scores = reward.score(conversation, [None, None])
+        assert scores == [2.0, 4.0] and all(type(score) is float for score in scores)
+
+
+def test_a_function_gets_the_answer_column_it_is_given(reward_module, tmp_path):
+    """--answer-column travelled only when a verify: reward was in the run: a correctness function of one's own got
+    no row, and left every candidate unscored."""
+    rows = [{"prompt": "say 2", "solution": "2"}, {"prompt": "say 3", "solution": "3"}]
+    dataset = write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "pairs.jsonl"
+    result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:right_answer", "--answer-column", "solution",
+                     "--out", str(out), "--no-progress")
+    assert "gave no score" not in result.stdout
+    pairs = {row["messages"][0]["content"]: row for row in read_jsonl(out)}
+    assert set(pairs) == {"say 2", "say 3"}
+    assert {row["chosen_score"]["fn:my_rewards:right_answer"] for row in pairs.values()} == {3.0}  # --n 3: 1 to 3 marks

@@ -192,3 +192,26 @@ def test_a_candidate_too_big_for_the_device_alone_costs_only_itself(tmp_path):
                     for text in candidates]
         assert verdicts[pid]["skip_reason"] is None
         assert verdicts[pid]["scores"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_job_whose_time_is_up_is_not_retried_prompt_by_prompt():
+    """RQ's job timer raises JobTimeoutException in the job's thread: caught as a batch failure, the prompts were then
+    retried one by one with no timer left, and a check that never ended kept the job claimed for ever."""
+    from rq.timeouts import JobTimeoutException
+
+    from rsample.workers.stages.isolation import run_isolating_failures
+
+    retried = []
+
+    def run_all(items):
+        raise JobTimeoutException("Task exceeded maximum timeout value (60 seconds)")
+
+    with pytest.raises(JobTimeoutException):
+        run_isolating_failures([1, 2, 3], run_all, retried.append, lambda item, why: None, "scoring")
+    assert retried == []
+
+    def run_one(item):
+        raise JobTimeoutException("Task exceeded maximum timeout value (60 seconds)")
+
+    with pytest.raises(JobTimeoutException):
+        run_isolating_failures([1, 2, 3], lambda items: 1 / 0, run_one, lambda item, why: None, "scoring")

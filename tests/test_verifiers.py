@@ -17,6 +17,75 @@ def answer(text: str) -> list[dict]:
     return [{"role": "user", "content": "question"}, {"role": "assistant", "content": text}]
 
 
+@pytest.fixture(scope="module")
+def math_verifier():
+    """One verifier (one math-verify child process) for many checks."""
+    verifier = AnswerVerifier("verify:math", "answer")
+    yield verifier
+    verifier.checker.close()
+
+
+@pytest.mark.parametrize(
+    "gold, completion, expected",
+    [
+        # MATH-style answers without `$`: math-verify read nothing in `\\sqrt{2}`, and only `2` in `2\\sqrt{2}`
+        ("\\sqrt{2}", "The answer is $\\boxed{\\sqrt{2}}$.", 1.0),
+        ("2\\sqrt{2}", "\\boxed{2}", 0.0),
+        ("3\\pi", "\\boxed{3}", 0.0),
+        ("\\dfrac{9}{7}", "\\boxed{\\frac{9}{7}}", 1.0),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", 1.0),
+        ("\\(x+1\\)", "\\boxed{x+1}", 1.0),
+        # the last \\boxed{} is the answer: a completion that corrected itself was read as the set {5, 6}
+        ("6", "\\boxed{5}. Wait, that is wrong: \\boxed{6}", 1.0),
+        ("5", "\\boxed{5}. Wait, that is wrong: \\boxed{6}", 0.0),
+        ("42", "\\boxed{42}, or \\boxed{4", 1.0),  # one a length cut left open is passed over
+        # a float answer column: its repr `1e-05` was read as an expression in E
+        (0.00001, "\\boxed{0.00001}", 1.0),
+        (1e20, "\\boxed{100000000000000000000}", 1.0),
+    ],
+)
+def test_latex_answers_the_last_box_and_float_columns_are_read_as_written(math_verifier, gold, completion, expected):
+    assert math_verifier.score([answer(completion)], [{"answer": gold}]) == [expected]
+
+
+def test_a_pathological_answer_is_decided_in_bounded_time_and_the_checks_go_on(math_verifier):
+    """math-verify ran for ever on these (in C code no job timer interrupts), and the worker's job stayed claimed."""
+    import time
+
+    nested = "1"
+    for _ in range(20):
+        nested = f"\\frac{{1}}{{1+{nested}}}"
+    started = time.monotonic()
+    scores = math_verifier.score([answer("\\boxed{10^{10^{10}}}"), answer(f"\\boxed{{{nested}}}"), answer("\\boxed{1}")],
+                                 [{"answer": "1"}] * 3)
+    assert scores == [0.0, 0.0, 1.0]
+    assert time.monotonic() - started < 3 * (3 * math_verifier.checker.seconds + 1)
+
+
+def test_a_check_that_never_answers_is_killed_and_the_next_one_starts_a_new_child():
+    """The last resort where math-verify's own time limit fails: the child is killed, the candidate is not verified."""
+    import sys
+
+    from rsample.workers.backends.math_check import MathChecker
+
+    class Stuck(MathChecker):
+        def _command(self):
+            return [sys.executable, "-c", "import sys, time; print('true', flush=True); sys.stdin.readline(); time.sleep(60)"]
+
+    checker = Stuck(seconds=1)
+    assert checker.equal("1", "\\boxed{1}") is False
+    first = checker._process
+    assert first is None  # killed
+    assert checker.equal("1", "\\boxed{1}") is False  # a new child, stuck again, killed again
+    checker.close()
+
+
+def test_a_ground_truth_math_verify_cannot_read_is_a_skip_with_its_reason(math_verifier):
+    assert math_verifier.missing_reason({"answer": "\\text{}"}) == (
+        "verify:math: math-verify reads no answer in the row's ground truth '\\\\text{}'")
+    assert math_verifier.missing_reason({"answer": "42"}) is None
+
+
 @pytest.mark.parametrize(
     "gold, completion, expected",
     [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
 from typing import Any
 
 
@@ -10,7 +12,8 @@ def ground_truth(value: Any) -> str | None:
     """The row's answer as text, or None when it has none a verifier can use."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return None
-    text = str(value)
+    # a float's repr may be scientific (1e-05), which math-verify reads as an expression in E: its plain digits instead
+    text = format(Decimal(repr(value)), "f") if isinstance(value, float) and math.isfinite(value) else str(value)
     if "####" in text:  # GSM8K: the reasoning, then `#### <answer>`
         text = text.rsplit("####", 1)[1]
     text = text.strip()
@@ -18,15 +21,14 @@ def ground_truth(value: Any) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (braces balanced), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, position = 0, start + len("\\boxed")
-    for index in range(position, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[index], 0)
-        if depth == 0:
-            return text[position + 1:index]
+    """The content of the last `\\boxed{...}` whose braces close (one a length cut left open is passed over), or None."""
+    start = len(text)
+    while (start := text.rfind("\\boxed{", 0, start)) >= 0:
+        depth, position = 0, start + len("\\boxed")
+        for index in range(position, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[index], 0)
+            if depth == 0:
+                return text[position + 1:index]
     return None
 
 

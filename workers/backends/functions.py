@@ -1,6 +1,6 @@
 """`--reward-model fn:package.module:function`: your own reward code, called as
 `function(conversations, rows) -> scores`: `conversations` are the candidates as chat messages (the prompt, then
-the candidate as the last assistant message), `rows` each candidate's row columns (`--answer-column`,
+the candidate as the last assistant message), `rows` each candidate's row columns (`--answer-column` when given,
 `--extra-column`; None for a row without them), and the result one float (or None: no score) per conversation.
 
 A worker imports the function only when its own command line (`--allow-reward-fn package.module:function`) or an
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import Any
@@ -87,6 +88,8 @@ class FunctionReward:
 
     def _score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
         values = self.function(conversations, columns)
+        if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):  # a numpy array or a torch tensor
+            values = values.tolist()
         if not isinstance(values, (list, tuple)) or len(values) != len(conversations):
             got = f"{len(values)} values" if isinstance(values, (list, tuple)) else type(values).__name__
             raise ValueError(f"{self.spec} returned {got} for {len(conversations)} conversations")
@@ -94,8 +97,9 @@ class FunctionReward:
         for value in values:
             if value is None:
                 scores.append(None)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
                 scores.append(float(value))
             else:
                 raise ValueError(f"{self.spec} returned {value!r}: a score is a finite number or None")
         return scores
+

@@ -3,8 +3,9 @@ ground truth, else 0.0. No model, no GPU: the reward of reasoning data (sample n
 
 The ground truth is the row's `--answer-column` (default `answer`), carried with the prompt; GSM8K's
 `<reasoning> #### 42` gives `42`. `math` decides equality with Hugging Face's `math-verify` (LaTeX, `\\boxed{}`,
-fractions, numbers, sets, sympy-equal expressions); `exact` compares normalised strings of the final answer (the
-last `\\boxed{}`, else the text after the last `####`, else the whole completion).
+fractions, numbers, sets, sympy-equal expressions) on the last `\\boxed{}`, in a child process with a time limit
+(`math_check`); `exact` compares normalised strings of the final answer (the last `\\boxed{}`, else the text after the
+last `####`, else the whole completion).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from rsample.workers.backends.answers import final_answer, ground_truth, normalized
+from rsample.workers.backends.math_check import MathChecker
 from rsample.workers.backends.reward_specs import VERIFY_PREFIX, check_spec
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
@@ -29,11 +31,13 @@ class AnswerVerifier:
         self.spec = spec
         self.kind = spec[len(VERIFY_PREFIX):]
         self.answer_column = answer_column
+        self.checker = None
         if self.kind == "math":
             try:
                 import math_verify  # noqa: F401
             except ImportError as exc:
                 raise RsampleError(f"{spec} needs math-verify: pip install math-verify ({exc})") from None
+            self.checker = MathChecker()
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> AnswerVerifier:
@@ -41,13 +45,15 @@ class AnswerVerifier:
 
     def missing_reason(self, columns: dict[str, Any] | None) -> str | None:
         """Why this row cannot be verified, or None."""
-        if ground_truth((columns or {}).get(self.answer_column)) is None:
+        gold = ground_truth((columns or {}).get(self.answer_column))
+        if gold is None:
             return f"{self.spec}: the row has no ground truth in column {self.answer_column!r}"
+        if self.checker is not None and not self.checker.reads(gold):
+            return f"{self.spec}: math-verify reads no answer in the row's ground truth {gold[:100]!r}"
         return None
 
     def score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
         scores: list[float | None] = []
-        parsed_gold: dict[str, Any] = {}  # n candidates share one row's answer: parse it once
         for conversation, row in zip(conversations, columns):
             gold = ground_truth((row or {}).get(self.answer_column))
             completion = conversation[-1]["content"]
@@ -56,21 +62,5 @@ class AnswerVerifier:
             if self.kind == "exact":
                 scores.append(1.0 if normalized(final_answer(completion)) == normalized(gold) else 0.0)
                 continue
-            if gold not in parsed_gold:
-                parsed_gold[gold] = _parse(gold if "$" in gold or "\\" in gold else f"${gold}$")
-            scores.append(1.0 if _verify(parsed_gold[gold], _parse(completion)) else 0.0)
+            scores.append(1.0 if self.checker.equal(gold, completion) else 0.0)
         return scores
-
-
-def _parse(text: str):
-    # math-verify's own timeouts use SIGALRM: they would cancel RQ's job timer on a worker's main thread and fail
-    # on its other slots' threads. The job timeout bounds a pathological expression instead.
-    from math_verify import parse
-
-    return parse(text, parsing_timeout=None)
-
-
-def _verify(gold, answer) -> bool:
-    from math_verify import verify
-
-    return bool(gold) and bool(answer) and verify(gold, answer, timeout_seconds=None)

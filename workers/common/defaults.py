@@ -172,3 +172,9 @@ LOCK_RELEASE_SECONDS = 5.0
 FUNCTION_FAILURES_IN_A_ROW = 32
 """Calls of a `fn:` reward that fail one after the other before its worker stops for an error in the function: where
 jobs hold one prompt each, no batch shows that it fails everywhere."""
+
+MATH_CHECK_SECONDS = 5
+"""math-verify's limit for one parse or comparison of `verify:math` (its own default); its child process is killed past
+three times it."""
+MATH_CHECK_START_SECONDS = 120
+"""How long `verify:math`'s child process may take to start (importing sympy on a loaded machine)."""

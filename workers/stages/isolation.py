@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from rq.timeouts import BaseTimeoutException
+
 from rsample.workers.backends.faults import WorkerFault, is_worker_fault
 from rsample.workers.common.errors import RejectedInput, first_line
 
@@ -29,8 +31,8 @@ def run_isolating_failures(items: Sequence[T], run_all: Callable[[Sequence[T]], 
     try:
         return run_all(items)
     except Exception as exc:
-        if is_worker_fault(exc) or (len(items) == 1 and not (rejected and isinstance(exc, RejectedInput))):
-            raise
+        if is_worker_fault(exc) or isinstance(exc, BaseTimeoutException) or (len(items) == 1 and not (rejected and isinstance(exc, RejectedInput))):
+            raise  # a job's time is up: retrying its prompts one by one would run with no timer left
         log.warning("%s failed for a batch of %d (%s): retrying one by one", what, len(items), first_line(exc, with_type=True))
     results, failures, refusals = [], [], 0
     for item in items:
@@ -42,7 +44,7 @@ def run_isolating_failures(items: Sequence[T], run_all: Callable[[Sequence[T]], 
             refusals += 1
             results.append(rejected(item, first_line(exc)))
         except Exception as exc:
-            if is_worker_fault(exc):
+            if is_worker_fault(exc) or isinstance(exc, BaseTimeoutException):
                 raise
             failures.append(first_line(exc, with_type=True))
             results.append(skipped(item, failures[-1]))
