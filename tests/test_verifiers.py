@@ -84,6 +84,8 @@ def test_a_ground_truth_math_verify_cannot_read_is_a_skip_with_its_reason(math_v
     assert math_verifier.missing_reason({"answer": "\\text{}"}) == (
         "verify:math: math-verify reads no answer in the row's ground truth '\\\\text{}'")
     assert math_verifier.missing_reason({"answer": "42"}) is None
+    assert math_verifier.missing_reason({"answer": ["Paris", "paris, france"]}) == (
+        "verify:math: the row's 'answer' holds a list, not one answer (a string or a number)")
 
 
 @pytest.mark.parametrize(

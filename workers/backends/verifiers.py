@@ -45,7 +45,10 @@ class AnswerVerifier:
 
     def missing_reason(self, columns: dict[str, Any] | None) -> str | None:
         """Why this row cannot be verified, or None."""
-        gold = ground_truth((columns or {}).get(self.answer_column))
+        value = (columns or {}).get(self.answer_column)
+        gold = ground_truth(value)
+        if gold is None and isinstance(value, (list, dict)):  # TriviaQA's aliases, say
+            return f"{self.spec}: the row's {self.answer_column!r} holds a {type(value).__name__}, not one answer (a string or a number)"
         if gold is None:
             return f"{self.spec}: the row has no ground truth in column {self.answer_column!r}"
         if self.checker is not None and not self.checker.reads(gold):

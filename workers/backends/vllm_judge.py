@@ -23,8 +23,9 @@ class VLLMJudge:
         self.template = compile_template(template)
         self.rating_ids = rating_token_ids(self.tokenizer, spec)
         allowed = sorted({token for ids in self.rating_ids for token in ids})
+        # every rating token's logprob: vLLM's default cap (20) would refuse a tokenizer with three spellings of each rating
         self.llm = make_llm(path, "judge", models, runner="generate", trust_remote_code=trust_remote_code,
-                            logprobs_mode="processed_logprobs")
+                            logprobs_mode="processed_logprobs", max_logprobs=max(20, len(allowed)))
         self.context = context_length(load_model_config(path, "judge", trust_remote_code), self.tokenizer, models.max_model_len,
                                       self.llm.llm_engine.model_config.max_model_len)
         from vllm import SamplingParams
