@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import click
+import redis
 from click.core import ParameterSource
 
 from rsample.workers.backends.reward_specs import is_function, is_verifier, split_name
@@ -34,7 +35,7 @@ from rsample.workers.common.config import (
     resolve_sampling,
 )
 from rsample.workers.common.errors import RsampleError, first_line
-from rsample.workers.runtime.connection import REDIS_URL_ENV, redact_secrets, redact_url
+from rsample.workers.runtime.connection import FULL_REDIS, REDIS_URL_ENV, redact_secrets, redact_url
 
 
 def redacted_command(argv: list[str]) -> str:
@@ -282,6 +283,9 @@ class RsampleGroup(click.Group):
             sys.exit(128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT))
         except RsampleError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except redis.exceptions.OutOfMemoryError:  # a command that does not wait for Redis (enqueue, status)
+            click.echo(f"error: Redis refused a write: {FULL_REDIS}", err=True)
             sys.exit(2)
         except OSError as exc:  # a path the system refuses (a folder not writable, a file where a folder must be): no traceback
             if exc.filename is None:

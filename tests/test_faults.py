@@ -370,3 +370,31 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
     assert job.get_status() == "queued" and job.retries_left == 2  # a stop is not a failure: no retry used
     assert "second stop signal, exiting now" in log.read_text()
     assert worker_processes(make_queue(redis_client, queue_name)) == 0  # no worker left for `rsample status` to count
+
+
+def test_a_full_redis_is_waited_out_by_workers_and_coordinator_and_said_in_one_line(redis_server, redis_client, dataset, tmp_path):
+    """Other tenants filled a shared Redis (maxmemory, noeviction): it refuses writes, and the coordinator and every worker
+    died with a traceback (`OutOfMemoryError`). They now wait, say why, and go on once memory is freed; a command that
+    does not wait says it in one line."""
+    echo = ["--policy", "echo", "--backend", "echo", "--reward-model", "length", "--reward-backend", "length", "--n", "3",
+            "--batch-size", "2"]
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *echo).stdout.strip().splitlines()[-1]
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.execute_command("DEBUG", "POPULATE", 3000, "junk", 1000)  # about 3 MB of someone else's data
+    redis_client.config_set("maxmemory", "2mb")
+    refused = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *echo, "--seed", "9", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: Redis refused a write: it is full: maxmemory reached")
+
+    out, log = tmp_path / "pairs.jsonl", tmp_path / "run.log"
+    worker = start("worker", "both", "--redis-url", redis_server.url, "--run", run_id, log=log)
+    coordinator = start("aggregate", "--redis-url", redis_server.url, "--run", run_id, "--out", str(out), "--no-progress", log=log)
+    wait_for(lambda: log.read_text().count("it is full: maxmemory reached") >= 2, 60, "both processes to say that Redis is full")
+    time.sleep(2)
+    assert worker.poll() is None and coordinator.poll() is None  # waiting, not dead
+    redis_client.config_set("maxmemory", "0")  # the tenants' data stays; the limit is lifted
+    assert coordinator.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
+    assert_exactly_once(out, None, ROWS)
+    worker.terminate()
+    worker.wait(timeout=60)

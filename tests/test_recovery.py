@@ -101,3 +101,25 @@ def test_a_run_redis_lost_while_no_coordinator_was_up_is_recreated_from_its_outp
     assert pairs[-1]["messages"][0]["content"] == "a row added while Redis was down"
     other = rsample("resume", "--redis-url", redis_server.url, "--run", "another", "--out", str(out), check=False)
     assert other.returncode == 2 and "no run 'another' in this Redis" in other.stderr  # the files are not that run's
+
+
+def test_a_redis_that_evicts_is_named_as_the_cause_and_the_summary_says_what_its_completions_count(redis_client, tmp_path, caplog):
+    """Under an evicting maxmemory-policy, Redis dropped the run's keys and the coordinator blamed a restart without
+    persistence; the summary's completions (those counted since) read as the run's."""
+    redis_client.config_set("maxmemory", "1gb")
+    redis_client.config_set("maxmemory-policy", "allkeys-lru")
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",),
+                       models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+    with caplog.at_level("WARNING"):
+        coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+        try:
+            assert "Redis evicts keys when it is full (maxmemory-policy allkeys-lru)" in caplog.text
+            redis_client.delete(RunKeys(config.run_id).config)  # evicted
+            coordinator.ensure_run()
+            assert "evicted under maxmemory-policy allkeys-lru? set noeviction" in caplog.text
+            assert "restarted without persistence" not in caplog.text
+            assert "counted since Redis lost the run's counters" in "\n".join(coordinator.summary().lines())
+        finally:
+            coordinator.close()

@@ -7,6 +7,7 @@ abandoned by dead workers back into their queues, and re-creates the run if Redi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from rsample.producer.prompts import record_of, row_prompt_id
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import Outcome
+from rsample.workers.runtime.connection import eviction_policy
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue
@@ -76,6 +78,11 @@ class Coordinator:
         except BaseException:
             self.lock.release()
             raise
+        self._counters_lost = False
+        """Redis lost the run's counters this session: the summary's completions are those counted since."""
+        if policy := eviction_policy(client):
+            log.warning("Redis evicts keys when it is full (maxmemory-policy %s): it may drop run %s's queues and counters, which "
+                        "rsample then re-creates and feeds again; set maxmemory-policy noeviction", policy, config.run_id)
         self._last_sweep = 0.0
         self._last_pace = 0.0
         self._idle_since: float | None = None
@@ -164,12 +171,15 @@ class Coordinator:
         """A Redis restarted without persistence forgets the run: put it back and re-feed what is not written."""
         if self.client.exists(self.keys.config):
             return
-        log.warning("Redis lost run %s (restarted without persistence?): re-creating it and re-feeding the rows not yet written", self.config.run_id)
+        policy = eviction_policy(self.client)
+        cause = f"evicted under maxmemory-policy {policy}? set noeviction" if policy else "restarted without persistence?"
+        log.warning("Redis lost run %s (%s): re-creating it and re-feeding the rows not yet written", self.config.run_id, cause)
         # Counters written since the restart are not the run's: a feeder or worker write that reached the new, empty
         # Redis first (a feed cursor at the end, "feed done") would stop the rows lost in flight from being fed again.
         # Start them afresh: the ledger alone says what is written, and it ignores whatever is delivered twice.
         self.client.delete(self.keys.stats)
         self._baseline = {}  # this session's counts: those counted from now on
+        self._counters_lost = True
         save_run(self.client, self.config)
         self.feeder.restart()
         self.collector.cursor = "0"
@@ -289,8 +299,9 @@ class Coordinator:
         added = lambda name: max(0, int(stats.get(name) - self._baseline.get(name, 0.0)))  # noqa: E731
         unscored = {name: (added(f"completions_unscored:{index}"), added(f"completions_scored:{index}"))
                     for index, name in enumerate(self.config.score_names)}
-        return summarize(outcomes, reasons, added("completions_generated"), added("tokens_generated"), time.time() - self.started_at,
-                         self.ledger.sft_written if self.ledger.sft_out else None, unscored)
+        summary = summarize(outcomes, reasons, added("completions_generated"), added("tokens_generated"), time.time() - self.started_at,
+                            self.ledger.sft_written if self.ledger.sft_out else None, unscored)
+        return dataclasses.replace(summary, counted_since_loss=True) if self._counters_lost else summary
 
     def run(self, on_progress: Callable[[], None] | None = None, check: Callable[[], None] | None = None) -> None:
         """Feeds and writes until every row of the selection has its outcome; `check` may raise to abort."""

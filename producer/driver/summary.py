@@ -40,6 +40,9 @@ class Summary:
     """Rows of the SFT file (`--sft-out`), None without one."""
     unscored: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Per reward (score name): candidates it gave no score, of those it was given, this session (see `completions`)."""
+    counted_since_loss: bool = False
+    """Redis lost the run's counters this session (a restart without persistence, an eviction): the completions, tokens
+    and unscored counts are those since."""
 
     @property
     def completions_per_second(self) -> float:
@@ -73,6 +76,7 @@ class Summary:
         out.append(
             f"completions          {self.completions_generated} in {self.seconds:.1f} s "
             f"({self.completions_per_second:.2f}/s, {self.tokens_per_second:.1f} tokens/s)"
+            + (": counted since Redis lost the run's counters, the rates too" if self.counted_since_loss else "")
         )
         for name, (unscored, given) in self.unscored.items():
             if unscored:  # pairs come from the others only: with many, a bias towards short candidates, say

@@ -43,11 +43,24 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+FULL_REDIS = ("it is full: maxmemory reached under maxmemory-policy noeviction; free memory or raise maxmemory (rsample's "
+              "keys need noeviction: an evicting policy drops the run's queues)")
+"""What to do when Redis refuses writes for want of memory (a shared Redis that other tenants filled)."""
+
+
+def describe_redis_error(error: Exception) -> str:
+    return FULL_REDIS if isinstance(error, redis.exceptions.OutOfMemoryError) else first_line(error)
+
+
 class PatientRetry(Retry):
-    """Retries connection errors forever with capped backoff; says once that it waits, and once that Redis is back."""
+    """Retries connection errors forever with capped backoff; says once that it waits, and once that Redis is back.
+
+    A full Redis (`OutOfMemoryError`) is waited out too: it refuses a command, or a whole MULTI/EXEC, before running
+    any of it, so the retry does it once; rsample's pipelines without MULTI only read."""
 
     def __init__(self, url: str):
         super().__init__(ExponentialBackoff(cap=defaults.REDIS_RETRY_BACKOFF_CAP, base=0.2), retries=-1)
+        self.update_supported_errors([redis.exceptions.OutOfMemoryError])
         self.url = redact_url(url)
 
     def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
@@ -56,7 +69,7 @@ class PatientRetry(Retry):
         def announce_and_fail(error, *count):
             nonlocal waited
             if not waited:
-                log.warning("waiting for Redis at %s (%s)", self.url, first_line(error))
+                log.warning("waiting for Redis at %s (%s)", self.url, describe_redis_error(error))
                 waited = True
             return fail(error, *count)
 
@@ -84,3 +97,14 @@ def connect(url: str, patient: bool = True) -> redis.Redis:
         raise RsampleError(f"Redis at {redact_url(url)} refused the connection: {exc}") from None
     retry = PatientRetry(url) if patient else Retry(ExponentialBackoff(), 0)
     return redis.Redis.from_url(url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, health_check_interval=30, retry=retry)
+
+
+def eviction_policy(client: redis.Redis) -> str | None:
+    """The policy by which a memory-capped Redis drops keys when full (None: it refuses writes instead, or has no cap,
+    or does not say): an evicting one may drop a run's queues and counters."""
+    try:
+        memory = client.info("memory")
+    except redis.RedisError:  # a managed Redis may refuse INFO
+        return None
+    policy = str(memory.get("maxmemory_policy", "noeviction"))
+    return policy if int(memory.get("maxmemory", 0) or 0) > 0 and policy != "noeviction" else None
