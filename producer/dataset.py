@@ -19,12 +19,13 @@ from typing import Any
 from rsample.producer.prompts import RowSkip
 from rsample.workers.common.config import DataSelection
 from rsample.workers.common.errors import RsampleError, first_line
+from rsample.workers.common.paths import missing_here, surely_local
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).suffix in FILE_BUILDERS
+    return surely_local(source) or Path(source).suffix in FILE_BUILDERS
 
 
 BLANK = b"\xef\xbb\xbf \t\r\n"
@@ -142,7 +143,7 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None, 
         if configs:  # "Config name is missing": a dataset of several subsets
             names = re.findall(r"'([^']*)'", configs.group(1))
             why = f" (name one with --subset: {', '.join(names)})"
-        raise RsampleError(f"cannot load dataset {source!r} ({which}): {first_line(exc)}{why}") from None
+        raise RsampleError(f"cannot load dataset {source!r} ({which}): {first_line(exc)}{why}{missing_here(source)}") from None
     return dataset
 
 

@@ -21,6 +21,28 @@ def test_wrong_model_paths_fail_in_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_mistyped_relative_path_is_told_as_one_not_as_an_unreachable_hub(tmp_path, monkeypatch):
+    """`models/rewrd` beside `models/` read as a Hub id: the user was told the Hub could not be reached. The same for a
+    dataset, and for a worker started in another folder than the run's relative paths."""
+    from rsample.producer.dataset import iter_rows
+    from rsample.workers.common.config import DataSelection
+
+    (tmp_path / "models" / "reward").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RsampleError, match=r"cannot load reward model 'models/rewrd': .*\(if a local path was meant: "
+                       + str(tmp_path / "models" / "rewrd") + r" does not exist\)$"):
+        check_reward_model("models/rewrd")
+    with pytest.raises(RsampleError, match=r"cannot load dataset 'models/data' .*\(if a local path was meant: "
+                       + str(tmp_path / "models" / "data") + r" does not exist\)$"):
+        list(iter_rows(DataSelection("models/data")))
+    with pytest.raises(RsampleError, match="^reward model not found: models/reward/v2$"):  # no Hub id has two slashes
+        check_reward_model("models/reward/v2")
+    with pytest.raises(RsampleError) as hub_id:
+        check_reward_model("nobody/no-such-rm")  # no folder `nobody` here: a Hub id, said as one
+    assert "local path" not in str(hub_id.value)
+
+
 def test_a_causal_lm_is_refused_as_reward_model(tiny_models):
     with pytest.raises(RsampleError, match="is not a sequence classifier .*LlamaForCausalLM"):
         check_reward_model(tiny_models["policy"])

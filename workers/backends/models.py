@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rsample.workers.common.errors import RsampleError, first_line
+from rsample.workers.common.paths import missing_here, surely_local
 
 
 def split_gguf(spec: str) -> tuple[str, str | None]:
@@ -29,8 +30,7 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
     from transformers import AutoConfig
 
     path = Path(spec).expanduser()
-    looks_local = spec.startswith((".", "/", "~")) or path.suffix == ".gguf"
-    if looks_local and not path.exists():
+    if (surely_local(spec) or path.suffix == ".gguf") and not path.exists():
         raise RsampleError(f"{role} model not found: {spec}")
     location, gguf_file = split_gguf(spec)
     try:
@@ -39,7 +39,7 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
         return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # OSError, ValueError, HF hub errors: all mean "cannot use this path"
         _needs_remote_code(exc, spec, role)
-        raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
+        raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}{missing_here(spec)}") from None
 
 
 def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None, template_kwargs: dict | None = None) -> None:
@@ -142,7 +142,7 @@ def load_weights(auto_class, spec: str, role: str, dtype, device: str, trust_rem
         model, info = auto_class.from_pretrained(location, **kwargs)
     except Exception as exc:
         _needs_remote_code(exc, spec, role)
-        raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}") from None
+        raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}{missing_here(spec)}") from None
     missing = [key for key in info.get("missing_keys", []) if "score" in key or "classifier" in key or "lm_head" in key]
     if missing:
         raise RsampleError(f"{role} model {spec!r} lacks trained weights for {', '.join(sorted(missing)[:3])}")
