@@ -20,7 +20,7 @@ BAD = {
         {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
         {"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}, {"role": "assistant", "content": "e"}, {"role": "user", "content": "f"}]},
     ],
-    "prompt longer than the policy context": [{"prompt": "river " * 400}, {"messages": [{"role": "user", "content": "city " * 300}]}],
+    "prompt too long for the policy context (256 tokens) with --max-new-tokens 6": [{"prompt": "river " * 400}, {"messages": [{"role": "user", "content": "city " * 300}]}],
 }
 DUPLICATES = [GOOD[0], GOOD[7], GOOD[7]]
 
@@ -54,9 +54,10 @@ def test_mixed_dataset_gives_all_good_pairs_and_counts_every_bad_row(tiny_models
     for reason, items in BAD.items():
         assert f"  {reason}: {len(items)}" in result.stdout
     assert f"rows                 {len(rows)}" in result.stdout
-    too_long = [index for index, row in enumerate(rows) if row in BAD["prompt longer than the policy context"]]
+    too_long_reason = "prompt too long for the policy context (256 tokens) with --max-new-tokens 6"
+    too_long = [index for index, row in enumerate(rows) if row in BAD[too_long_reason]]
     for index in too_long:  # skipped by a worker, not by the feeder: logged all the same, once
-        assert result.stderr.count(f"skipping row {index} (prompt longer than the policy context)") == 1, result.stderr[-3000:]
+        assert result.stderr.count(f"skipping row {index} ({too_long_reason})") == 1, result.stderr[-3000:]
 
 
 def test_settings_that_would_waste_a_run_are_refused_before_it(redis_server, tmp_path):

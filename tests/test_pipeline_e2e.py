@@ -129,7 +129,7 @@ def test_summary_and_ledger_account_for_every_row(finished_run):
     assert f"pairs written        {counts['pair']}" in out
     assert f"dropped, unfinished  {counts['dropped_unfinished']}" in out and f"dropped, tie         {counts['dropped_tie']}" in out
     assert "duplicate rows       1" in out
-    assert "prompt longer than the policy context: 1" in out
+    assert "prompt too long for the policy context (256 tokens) with --max-new-tokens 12: 1" in out
     assert "invalid JSON: 1" in out and "empty content: 1" in out
     assert "completions          28 in" in out  # the 7 prompts that fit x n=4
     ledger = read_jsonl(finished_run["root"] / "pairs.outcomes.jsonl")[1:]

@@ -49,7 +49,7 @@ def test_n_distinct_samples_per_prompt(generator):
 def test_too_long_prompt_is_skipped_and_shifts_nothing(generator):
     alone = generator.generate([WRITE, CITY], SAMPLING, seed=5)
     mixed = generator.generate([WRITE, TOO_LONG, CITY], SAMPLING, seed=5)
-    assert mixed[1].skip_reason == "prompt longer than the policy context" and mixed[1].completions == []
+    assert mixed[1].skip_reason.startswith("prompt too long for the policy context (") and mixed[1].completions == []
     assert [c.text for c in mixed[0].completions] == [c.text for c in alone[0].completions]
     assert [c.text for c in mixed[2].completions] == [c.text for c in alone[1].completions]
 
@@ -116,7 +116,7 @@ def test_both_backends_skip_a_prompt_by_one_context(tmp_path):
     for results in (vllm_results, transformers_results):
         assert results[0].skip_reason is None and len(results[0].completions) == 2
         assert all(completion.num_tokens > 0 for completion in results[0].completions)
-        assert results[1].skip_reason == "prompt longer than the policy context"
+        assert results[1].skip_reason == "prompt too long for the policy context (512 tokens) with --max-new-tokens 16"
 
 
 @pytest.mark.parametrize("which", ["reward", "reward2"])  # reward2's config pad is the EOS that ends every turn
@@ -163,7 +163,7 @@ def test_pipeline_output_has_the_same_shape_with_vllm(tiny_models, tmp_path):
     assert {tuple(sorted(p)) for p in fast["pairs"]} == {tuple(sorted(p)) for p in reference["pairs"]}
     assert {tuple(sorted(s)) for s in fast["scores"]} == {tuple(sorted(s)) for s in reference["scores"]}
     skipped = [o for o in fast["outcomes"] if o["outcome"] == "skipped"]
-    assert [o["reason"] for o in skipped] == ["prompt longer than the policy context"]
+    assert [o["reason"] for o in skipped] == ["prompt too long for the policy context (256 tokens) with --max-new-tokens 12"]
     finish = {(s["prompt_id"], s["completion"]): s["finish_reason"] for s in fast["scores"]}
     for pair in fast["pairs"]:
         assert pair["chosen"][-1]["content"] != pair["rejected"][-1]["content"]

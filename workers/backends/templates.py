@@ -39,7 +39,7 @@ def render_fitting(tokenizer, prompts: list[Conversation], context: int, samplin
         if len(ids) > max_prompt_tokens:
             results[index] = PromptCompletions([], f"prompt longer than --max-prompt-tokens ({max_prompt_tokens})")
         elif len(ids) + max_new_tokens > context:
-            results[index] = PromptCompletions([], "prompt longer than the policy context")
+            results[index] = PromptCompletions([], f"prompt too long for the policy context ({context} tokens) with --max-new-tokens {max_new_tokens}")
         else:
             fitting.append((index, ids))
     return results, fitting
