@@ -101,6 +101,25 @@ def test_few_distinct_candidates_are_reported_as_low_diversity(tmp_path):
     check_png(report.figures["diversity"])
 
 
+def test_with_two_samples_a_prompt_is_of_low_diversity_only_when_they_are_alike(tmp_path):
+    """With --n 2 no prompt can have more than 2 distinct candidates: every run was warned of low diversity (100%)."""
+    prompt = [{"role": "user", "content": "q"}]
+    rows = [{"prompt_id": f"p{i}", "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": f"yes {i}"}],
+             "rejected": prompt + [{"role": "assistant", "content": f"nay {i}"}], "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0},
+             "num_candidates": 2, "num_unique": 2} for i in range(8)]
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    header = {"rsample_run": "x", "settings": {"sampling": {"n": 2}}}
+    outcomes = [{"row_index": i, "prompt_id": f"p{i}", "outcome": "pair", "reason": None} for i in range(8)]
+    write_jsonl(tmp_path / "pairs.outcomes.jsonl", [header, *outcomes])
+    report = write_report(tmp_path / "pairs.jsonl", None, tmp_path / "report")
+    assert report.warnings == []
+    assert "distinct candidates per prompt: mean 2.0; 1 on 0% of prompts" in report.lines
+    identical = [{"row_index": 8 + i, "prompt_id": f"d{i}", "outcome": "dropped_identical", "reason": None} for i in range(2)]
+    write_jsonl(tmp_path / "pairs.outcomes.jsonl", [header, *outcomes, *identical])
+    report = write_report(tmp_path / "pairs.jsonl", None, tmp_path / "report")
+    assert report.warnings == ["low diversity: 20% of prompts have 1 distinct candidates (temperature too low?)"]  # 2 / 10
+
+
 def test_prompts_dropped_for_unfinished_candidates_do_not_raise_the_low_diversity_warning(tmp_path):
     """A reasoning run whose thinking rarely ends writes few pairs, and one of those few has 2 distinct candidates: the
     share is over every prompt that got candidates (6 distinct each, by the scores file), not over the pairs alone."""

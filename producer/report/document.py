@@ -26,7 +26,7 @@ def warnings_of(numbers: RunNumbers) -> list[str]:
         warnings.append(thinking)
     low = numbers.low_diversity_share
     if low is not None and low >= LOW_DIVERSITY:
-        warnings.append(f"low diversity: {low:.0%} of prompts have 2 or fewer distinct candidates (temperature too low?)")
+        warnings.append(f"low diversity: {low:.0%} of prompts have {numbers.few_distinct_text} distinct candidates (temperature too low?)")
     return warnings
 
 
@@ -63,7 +63,7 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
     if numbers.unique_per_prompt:
         total = sum(numbers.unique_per_prompt.values())
         mean = sum(unique * count for unique, count in numbers.unique_per_prompt.items()) / total
-        lines.append(f"distinct candidates per prompt: mean {mean:.1f}; 2 or fewer on {numbers.low_diversity_share:.0%} of prompts")
+        lines.append(f"distinct candidates per prompt: mean {mean:.1f}; {numbers.few_distinct_text} on {numbers.low_diversity_share:.0%} of prompts")
     if numbers.candidates:
         lines.append(f"truncated at --max-new-tokens: {numbers.truncated / numbers.candidates:.1%} of {numbers.candidates:,} candidates")
         if numbers.reasoning_end:

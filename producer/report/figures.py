@@ -109,13 +109,13 @@ def diversity(numbers: RunNumbers, path: Path) -> Path | None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=SIZE)
     counts = sorted(numbers.unique_per_prompt.items())
-    axis.bar([c for c, _ in counts], [n for _, n in counts], color=["tab:red" if c <= 2 else "tab:blue" for c, _ in counts])
+    axis.bar([c for c, _ in counts], [n for _, n in counts], color=["tab:red" if c <= numbers.few_distinct else "tab:blue" for c, _ in counts])
     from matplotlib.ticker import MaxNLocator
 
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("distinct candidates per prompt")
     axis.set_ylabel("prompts")
-    axis.set_title("Diversity (red: 2 or fewer distinct candidates)", fontsize=11)
+    axis.set_title(f"Diversity (red: {numbers.few_distinct_text} distinct candidates)", fontsize=11)
     return _save(plt, figure, path)
 
 

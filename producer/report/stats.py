@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from rsample.producer.driver.ledger import replay_outcomes
+from rsample.producer.driver.ledger import output_header, replay_outcomes
 from rsample.producer.report.sample import Moments, Reservoir, spearman
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import GENERATED_OUTCOMES
@@ -137,6 +137,8 @@ class RunNumbers:
     outcomes: Counter = field(default_factory=Counter)
     skip_reasons: Counter = field(default_factory=Counter)
     has_scores: bool = False
+    samples_per_prompt: int | None = None
+    """The run's n (from the outcomes file's settings), which bounds how many distinct candidates a prompt can have."""
 
     def __post_init__(self) -> None:
         self.length_pairs = Reservoir(self.sample_size)
@@ -156,11 +158,20 @@ class RunNumbers:
         return self.chosen_longer / self.pairs if self.pairs else None
 
     @property
+    def few_distinct(self) -> int:
+        """Distinct candidates that make a prompt's diversity low: 2 or fewer, or with n = 2 one (all alike)."""
+        return 2 if self.samples_per_prompt is None else max(1, min(2, self.samples_per_prompt - 1))
+
+    @property
+    def few_distinct_text(self) -> str:
+        return f"{self.few_distinct} or fewer" if self.few_distinct > 1 else "1"
+
+    @property
     def low_diversity_share(self) -> float | None:
         """Over every prompt that got candidates: one whose count is unknown (no scores file, no pair: a prompt whose
         candidates were all cut, say) is not counted as low, so that such prompts never raise the warning."""
         total = max(sum(self.unique_per_prompt.values()), sum(self.outcomes[kind] for kind in GENERATED_OUTCOMES))
-        return sum(count for unique, count in self.unique_per_prompt.items() if unique <= 2) / total if total else None
+        return sum(count for unique, count in self.unique_per_prompt.items() if unique <= self.few_distinct) / total if total else None
 
     def thinking_scored(self) -> str | None:
         """The warning for a reasoning policy's run made without --reasoning-end (None: no sign of one)."""
@@ -181,6 +192,7 @@ class RunNumbers:
 
 def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: str | None = None) -> RunNumbers:
     numbers = RunNumbers(reasoning_end=reasoning_end)
+    numbers.samples_per_prompt = output_header(pairs_path).get("settings", {}).get("sampling", {}).get("n")
     for row in rows_of(pairs_path, "pairs", "--out", ("chosen", "rejected")):
         add_pair(numbers, row)
     outcomes_path = pairs_path.with_name(f"{pairs_path.stem}.outcomes.jsonl")
