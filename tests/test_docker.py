@@ -306,13 +306,19 @@ def test_enqueue_is_one_shot_and_the_coordinator_waits_for_it(services):
     assert services["enqueue"]["restart"] == "no"
     assert command_args(services["enqueue"])[0] == "enqueue"
     aggregate = services["aggregate"]
-    assert aggregate["command"][0] == "aggregate"
+    assert command_args(aggregate)[0] == "aggregate"
     assert aggregate["depends_on"]["enqueue"]["condition"] == "service_completed_successfully"
-    # --out and --scores-out land on a mount, not in the container's own layer.
+    # --out and --scores-out land on a mount, not in the container's own layer, in the run's own folder: a new run
+    # (another RSAMPLE_RUN_NAME) must not meet the files of the last one, which aggregate would refuse, restart after restart
     targets = [expand(v).split(":")[1] for v in aggregate["volumes"]]
-    for option in ("--out", "--scores-out"):
-        path = aggregate["command"][aggregate["command"].index(option) + 1]
-        assert any(path.startswith(target.rstrip("/") + "/") for target in targets), (option, path, targets)
+    for env in ({}, {"RSAMPLE_RUN_NAME": "second"}):
+        args = command_args(aggregate, env)
+        for option in ("--out", "--scores-out"):
+            path = args[args.index(option) + 1]
+            assert any(path.startswith(target.rstrip("/") + "/") for target in targets), (option, path, targets)
+            assert path.split("/")[-2] == env.get("RSAMPLE_RUN_NAME", "run"), path
+    extra = command_args(aggregate, {"RSAMPLE_AGGREGATE_ARGS": "--sft-out /data/out/run/sft.jsonl --push-to-hub me/pairs"})
+    assert extra[-4:] == ["--sft-out", "/data/out/run/sft.jsonl", "--push-to-hub", "me/pairs"]
     for name in ("generate-0", "generate-1", "reward"):
         assert services[name]["depends_on"]["enqueue"]["condition"] == "service_completed_successfully", name
 
