@@ -304,17 +304,29 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+OUT_OPTION = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL of chosen/rejected pairs.")
+SCORES_OUT_OPTION = click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path), help="JSONL with every scored candidate.")
+SFT_OUT_OPTION = click.option(
+    "--sft-out", type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
+GENERATE_WORKERS_OPTION = click.option("--generate-workers", type=click.IntRange(min=1), default=1, show_default=True,
+                                       help="Generation worker processes to start.")
+PUSH_OPTION = click.option("--push-to-hub", "push_repo", help="Hub dataset repo to upload the results to (token from HF_TOKEN).")
+PUBLIC_OPTION = click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
+NO_PROGRESS_OPTION = click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+"""Options that `run`, `aggregate` and `resume` share: one definition, one help text."""
+
+
 @main.command()
 @run_options
 @redis_url_option(required=False)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL of chosen/rejected pairs.")
-@click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path), help="JSONL with every scored candidate.")
-@click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
-@click.option("--generate-workers", type=click.IntRange(min=1), default=1, show_default=True, help="Generation worker processes to start.")
-@click.option("--push-to-hub", "push_repo", help="Hub dataset repo to upload the results to (token from HF_TOKEN).")
-@click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
-@click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+@OUT_OPTION
+@SCORES_OUT_OPTION
+@SFT_OUT_OPTION
+@GENERATE_WORKERS_OPTION
+@PUSH_OPTION
+@PUBLIC_OPTION
+@NO_PROGRESS_OPTION
 @overwrite_option
 @retry_failed_option
 def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progress, overwrite, retry_failed, redis_url, **params) -> None:
@@ -394,13 +406,12 @@ def report(pairs, scores, out_dir, reasoning_end) -> None:
 @main.command()
 @redis_url_option(required=True)
 @click.option("--run", "run_id", help="Run to aggregate (default: the latest unfinished run).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
-@click.option("--push-to-hub", "push_repo")
-@click.option("--public", is_flag=True)
-@click.option("--no-progress", is_flag=True)
+@OUT_OPTION
+@SCORES_OUT_OPTION
+@SFT_OUT_OPTION
+@PUSH_OPTION
+@PUBLIC_OPTION
+@NO_PROGRESS_OPTION
 @overwrite_option
 @retry_failed_option
 def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no_progress, overwrite, retry_failed) -> None:
@@ -438,12 +449,11 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
 @main.command()
 @redis_url_option(required=True)
 @click.option("--run", "run_id", required=True, help="Run to resume.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--scores-out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--sft-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL with each prompt's best candidate as an SFT example (messages = prompt + best completion, with its scores).")
-@click.option("--generate-workers", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--no-progress", is_flag=True)
+@OUT_OPTION
+@SCORES_OUT_OPTION
+@SFT_OUT_OPTION
+@GENERATE_WORKERS_OPTION
+@NO_PROGRESS_OPTION
 @allow_reward_fn_option
 @worker_trust_option
 @overwrite_option
@@ -596,7 +606,8 @@ def dashboard(redis_url, port, bind) -> None:
 @click.option("--give-up-after", type=click.IntRange(min=1), default=defaults.GIVE_UP_AFTER, show_default=True,
               help=f"Stop restarting a worker that failed this many times in a row within {defaults.QUICK_FAILURE_SECONDS:g} s of starting.")
 @click.option("--stop-timeout", type=click.FloatRange(min=0), default=defaults.STOP_GRACE_SECONDS, show_default=True,
-              help="Seconds workers get to finish their current job after Ctrl-C / SIGTERM, before SIGKILL.")
+              help="Seconds workers get to finish their current job after Ctrl-C / SIGTERM, before a second SIGTERM (on which they "
+                   "release their jobs and exit; SIGKILL only if they are still there).")
 @allow_reward_fn_option
 @worker_trust_option
 def workers(redis_url, run_id, gpus, role, generate_gpus, reward_gpus, gpus_per_worker, indices, slots, log_dir,
