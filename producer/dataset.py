@@ -137,7 +137,7 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None, 
         cause = exc
         while cause.__cause__ is not None or cause.__context__ is not None:  # "An error occurred while generating ...": why
             cause = cause.__cause__ or cause.__context__
-        why = "" if cause is exc else f" ({first_line(cause, with_type=True)})"
+        why = "" if cause is exc or " at 0x" in str(cause) else f" ({first_line(cause, with_type=True)})"  # no object reprs
         which = f"subset {subset!r}, split {split!r}" if subset else f"split {split!r}"
         configs = re.search(r"available configs: (\[.*?\])", str(exc))
         if configs:  # "Config name is missing": a dataset of several subsets

@@ -203,7 +203,8 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
         if isinstance(reference, RowSkip):
             return reference
     if not messages or messages[-1]["role"] != "user":
-        return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: last prompt role is {messages[-1]['role'] if messages else 'none'}")
+        detail = f"its prompt ends with the {messages[-1]['role']}'s turn" if messages else "no user turn before the final assistant turn"
+        return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: {detail}")
     messages = _with_system_prompt(messages, system_prompt)
     kept = {name: row[name] for name in columns if row.get(name) is not None} or None
     try:  # JSON may escape half of a UTF-16 pair (a cut emoji): such text can be neither hashed, sent nor written

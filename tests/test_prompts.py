@@ -80,6 +80,10 @@ def test_bad_rows_become_skips_with_reason_and_location():
         assert isinstance(skip, RowSkip), reason
         assert skip.reason == reason
         assert "row 7" in skip.detail
+    # where the prompt's turns go wrong, in words ("last prompt role is none" said nothing of an assistant turn alone)
+    assert extract_prompt({"messages": [{"role": "assistant", "content": "a"}]}, 7).detail == (
+        "row 7: no user turn before the final assistant turn")
+    assert extract_prompt(cases["prompt does not end with a user turn"], 7).detail == "row 7: its prompt ends with the system's turn"
 
 
 def test_an_empty_reply_slot_is_no_reference_and_no_reason_to_skip():
