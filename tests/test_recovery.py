@@ -123,3 +123,17 @@ def test_a_redis_that_evicts_is_named_as_the_cause_and_the_summary_says_what_its
             assert "counted since Redis lost the run's counters" in "\n".join(coordinator.summary().lines())
         finally:
             coordinator.close()
+
+
+def test_jobs_no_worker_takes_are_said_in_the_coordinators_log_and_not_at_every_step(coordinator, monkeypatch, caplog):
+    """A coordinator started before its workers (or whose workers died) waited in silence with --no-progress."""
+    from rsample.workers.common import defaults
+
+    monkeypatch.setattr(defaults, "UNSERVED_GRACE", 0.0)
+    coordinator.feeder.top_up()
+    with caplog.at_level("WARNING"):
+        coordinator._say_unserved()
+        coordinator._say_unserved()  # within UNSERVED_REPEAT: not again
+    queue = RunKeys(coordinator.config.run_id).generate_queue
+    said = [r.getMessage() for r in caplog.records if "no worker has served" in r.getMessage()]
+    assert len(said) == 1 and f"{queue} (2 jobs)" in said[0] and f"rsample worker ROLE --run {coordinator.config.run_id}" in said[0]

@@ -31,7 +31,7 @@ from rsample.workers.common.messages import Outcome
 from rsample.workers.runtime.connection import eviction_policy
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
-from rsample.workers.runtime.queues import generation_job_id, make_queue
+from rsample.workers.runtime.queues import generation_job_id, make_queue, worker_processes
 from rsample.workers.runtime.run_state import read_stats, save_run
 from rsample.workers.runtime.safe_job import SafeJob
 
@@ -78,6 +78,8 @@ class Coordinator:
         except BaseException:
             self.lock.release()
             raise
+        self._unserved_since: float | None = None
+        self._unserved_said: float | None = None
         self._counters_lost = False
         """Redis lost the run's counters this session: the summary's completions are those counted since."""
         if policy := eviction_policy(client):
@@ -283,6 +285,28 @@ class Coordinator:
         if time.monotonic() - self._last_pace >= defaults.PACE_INTERVAL:
             record_sample(self.client, self.config.run_id, take_sample(self.client, self.config.run_id))
             self._last_pace = time.monotonic()
+            self._say_unserved()
+
+    def _say_unserved(self) -> None:
+        """Jobs that wait with no worker to take them: said when first seen and every few minutes while it lasts, so that
+        a coordinator started before its workers (or whose workers died) does not wait in silence."""
+        waiting = {}
+        for name in self.keys.all_queues(len(self.config.reward_models)):
+            queue = make_queue(self.client, name)
+            if queue.count and not worker_processes(queue):
+                waiting[name] = queue.count
+        if not waiting:
+            self._unserved_since = self._unserved_said = None
+            return
+        now = time.monotonic()
+        self._unserved_since = self._unserved_since or now
+        if now - self._unserved_since >= defaults.UNSERVED_GRACE and (
+                self._unserved_said is None or now - self._unserved_said >= defaults.UNSERVED_REPEAT):
+            queues = ", ".join(f"{name} ({count} jobs)" for name, count in waiting.items())
+            log.warning("run %s: no worker has served %s for %.0f s (a worker registers once its models are loaded): start "
+                        "workers for it (`rsample workers`, or `rsample worker ROLE --run %s`)", self.config.run_id, queues,
+                        now - self._unserved_since, self.config.run_id)
+            self._unserved_said = now
 
     def _publish_outcomes(self) -> None:
         """Outcome counts for `rsample status`, which runs elsewhere and has no ledger."""

@@ -178,3 +178,9 @@ MATH_CHECK_SECONDS = 5
 three times it."""
 MATH_CHECK_START_SECONDS = 120
 """How long `verify:math`'s child process may take to start (importing sympy on a loaded machine)."""
+
+UNSERVED_GRACE = 120.0
+"""Seconds jobs may wait with no worker for their queue before the coordinator says so (a worker registers once its
+models are loaded, which takes a minute or more for large ones)."""
+UNSERVED_REPEAT = 300.0
+"""Seconds between the coordinator's reminders while no worker serves a queue that has jobs."""
