@@ -137,3 +137,24 @@ def test_jobs_no_worker_takes_are_said_in_the_coordinators_log_and_not_at_every_
     queue = RunKeys(coordinator.config.run_id).generate_queue
     said = [r.getMessage() for r in caplog.records if "no worker has served" in r.getMessage()]
     assert len(said) == 1 and f"{queue} (2 jobs)" in said[0] and f"rsample worker ROLE --run {coordinator.config.run_id}" in said[0]
+
+
+def test_after_an_outage_the_coordinator_waited_through_the_sweep_gives_workers_one_heartbeat_ttl(coordinator, monkeypatch):
+    """Redis paused past the heartbeat TTL: the sweep found every running job's heartbeat stopped, requeued them and spent
+    a retry of each, though their workers were alive and beat again as soon as Redis was back."""
+    from rsample.workers.runtime import connection
+
+    swept = []
+    monkeypatch.setattr(coordinator, "sweep", lambda: swept.append(time.monotonic()))
+    coordinator.step()
+    assert len(swept) == 1
+    coordinator._last_sweep = 0.0
+    monkeypatch.setattr(connection, "LAST_OUTAGE_ENDED", time.monotonic())  # a command of this step waited for Redis
+    coordinator.step()
+    assert len(swept) == 1  # not now
+    assert coordinator._sweep_not_before == connection.LAST_OUTAGE_ENDED + coordinator.config.jobs.heartbeat_ttl
+    coordinator.step()  # the steps that follow within the grace
+    assert len(swept) == 1
+    coordinator._sweep_not_before = time.monotonic() - 0.01  # one TTL later
+    coordinator.step()
+    assert len(swept) == 2  # a TTL later, live workers have beaten again: what still looks stopped is dead

@@ -28,7 +28,7 @@ from rsample.producer.prompts import record_of, row_prompt_id
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import Outcome
-from rsample.workers.runtime.connection import eviction_policy
+from rsample.workers.runtime.connection import eviction_policy, last_outage_ended
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue, worker_processes
@@ -78,6 +78,9 @@ class Coordinator:
         except BaseException:
             self.lock.release()
             raise
+        self._outage_seen = last_outage_ended()
+        self._sweep_not_before = 0.0
+        """After an outage of Redis that the coordinator itself waited through, when the sweep may requeue again."""
         self._unserved_since: float | None = None
         self._unserved_said: float | None = None
         self._counters_lost = False
@@ -277,7 +280,10 @@ class Coordinator:
         self.feeder.top_up()
         if self.collector.step():
             self._publish_outcomes()
-        if time.monotonic() - self._last_sweep > min(defaults.REAPER_INTERVAL, self.config.jobs.heartbeat_ttl / 2):
+        self._note_own_outage()
+        if time.monotonic() < self._sweep_not_before:
+            pass
+        elif time.monotonic() - self._last_sweep > min(defaults.REAPER_INTERVAL, self.config.jobs.heartbeat_ttl / 2):
             self.sweep()
             self.recover_lost_batches()
             self.recover_lost_work()
@@ -286,6 +292,17 @@ class Coordinator:
             record_sample(self.client, self.config.run_id, take_sample(self.client, self.config.run_id))
             self._last_pace = time.monotonic()
             self._say_unserved()
+
+    def _note_own_outage(self) -> None:
+        """After an outage of Redis that this process waited through, the workers' heartbeats could not reach it either:
+        a heartbeat that looks stopped then proves no worker dead. The sweep waits one heartbeat TTL, for live workers
+        to beat again, rather than requeue their jobs and spend a retry of each on Redis's outage."""
+        ended = last_outage_ended()
+        if ended is not None and ended != self._outage_seen:
+            self._outage_seen = ended
+            self._sweep_not_before = ended + self.config.jobs.heartbeat_ttl
+            log.info("run %s: after Redis's outage, jobs whose heartbeat stopped are requeued from %.0f s on", self.config.run_id,
+                     self.config.jobs.heartbeat_ttl)
 
     def _say_unserved(self) -> None:
         """Jobs that wait with no worker to take them: said when first seen and every few minutes while it lasts, so that
