@@ -70,7 +70,8 @@ def test_a_check_that_never_answers_is_killed_and_the_next_one_starts_a_new_chil
 
     class Stuck(MathChecker):
         def _command(self):
-            return [sys.executable, "-c", "import sys, time; print('true', flush=True); sys.stdin.readline(); time.sleep(60)"]
+            return [sys.executable, "-c", "import sys, time; print('{\"id\": 0, \"answer\": true}', flush=True); "
+                    "sys.stdin.readline(); time.sleep(60)"]
 
     checker = Stuck(seconds=1)
     assert checker.equal("1", "\\boxed{1}") is False
@@ -78,6 +79,79 @@ def test_a_check_that_never_answers_is_killed_and_the_next_one_starts_a_new_chil
     assert first is None  # killed
     assert checker.equal("1", "\\boxed{1}") is False  # a new child, stuck again, killed again
     checker.close()
+
+
+SLOW_CHILD = """
+import sys, time, rsample.workers.backends.math_check as m
+real_answer = m._answer
+def slow_answer(completion):
+    if "slow" in completion:
+        time.sleep(2)
+    return real_answer(completion.replace("slow", ""))
+m._answer = slow_answer
+m.serve(5)
+"""
+
+
+@pytest.mark.parametrize("penalty", ["TimerDeathPenalty", "UnixSignalDeathPenalty"])  # the slots' timer, the main slot's
+def test_a_job_timeout_during_a_check_leaves_no_answer_for_the_next_check(penalty):
+    """RQ's job timer fired while a check waited: the child's answer stayed in the pipe, and every later check of that
+    worker read the answer to the one before it (a wrong answer verified, a right one not)."""
+    import sys
+    import time
+
+    from rq import timeouts
+
+    from rsample.workers.backends.math_check import MathChecker
+
+    class Slow(MathChecker):
+        def _command(self):
+            return [sys.executable, "-c", SLOW_CHILD]
+
+    checker = Slow()
+    try:
+        assert checker.equal("1", "\\boxed{1}") is True
+        with pytest.raises(timeouts.JobTimeoutException):
+            with getattr(timeouts, penalty)(1, timeouts.JobTimeoutException, job_id="j"):
+                checker.equal("1", "slow \\boxed{1}")
+        time.sleep(2)  # the abandoned check's answer would be in the pipe by now
+        assert checker.equal("1", "\\boxed{7}") is False
+        assert checker.equal("1", "\\boxed{1}") is True
+    finally:
+        checker.close()
+
+
+def test_ctrl_c_in_the_workers_terminal_leaves_the_checks_alone():
+    """Ctrl-C reaches the terminal's whole process group: the child died of it, and the check in flight, a right answer,
+    was scored 0.0 while the worker's warm shutdown finished its job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent_code = """
+import signal
+from rsample.workers.backends.math_check import MathChecker
+stop = []
+signal.signal(signal.SIGINT, lambda *a: stop.append(1))  # the worker's warm shutdown: the job goes on
+checker = MathChecker()
+checker.equal("1", "\\\\boxed{1}")
+print("ready", flush=True)
+wrong = sum(not checker.equal("12", "\\\\boxed{12}") for _ in range(2000))
+print("wrong", wrong, "stopped", bool(stop), flush=True)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        os.killpg(parent.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        out = parent.stdout.read()
+        parent.wait(timeout=120)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+    assert out.strip() == "wrong 0 stopped True", out
 
 
 def test_a_ground_truth_math_verify_cannot_read_is_a_skip_with_its_reason(math_verifier):

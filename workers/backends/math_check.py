@@ -12,13 +12,16 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 
 from rsample.workers.backends.answers import last_boxed
 from rsample.workers.common import defaults
+from rsample.workers.runtime.processes import killed_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,10 @@ def _answer(completion: str) -> str:
 
 
 def serve(seconds: int) -> None:
-    """The child: one JSON request a line on stdin, one JSON answer a line on the original stdout (anything the libraries
-    print goes to stderr); the parent's end closing its stdin ends it."""
+    """The child: one JSON request a line on stdin, its answer (with the request's id) a line on the original stdout
+    (anything the libraries print goes to stderr). The parent's end closing its stdin ends it; Ctrl-C in the worker's
+    terminal is the worker's to handle, not the child's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     from math_verify import parse, verify
@@ -53,7 +58,7 @@ def serve(seconds: int) -> None:
             golds[text] = parse(_latex(text), parsing_timeout=seconds) or parse(text, parsing_timeout=seconds)
         return golds[text]
 
-    answers.write("true\n")  # ready
+    answers.write(json.dumps({"id": 0, "answer": True}) + "\n")  # ready
     for line in sys.stdin:
         request = json.loads(line)
         gold = gold_of(request["gold"])
@@ -62,7 +67,7 @@ def serve(seconds: int) -> None:
         else:
             target = parse(_answer(request["completion"]), parsing_timeout=seconds)
             answer = bool(gold) and bool(target) and bool(verify(gold, target, timeout_seconds=seconds))
-        answers.write(json.dumps(answer) + "\n")
+        answers.write(json.dumps({"id": request["id"], "answer": answer}) + "\n")
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -70,6 +75,10 @@ def _kill(process: subprocess.Popen) -> None:
     process.wait()
     for stream in (process.stdin, process.stdout):
         stream.close()
+
+
+class ChildDied(Exception):
+    """The child ended without answering (killed from outside, out of memory)."""
 
 
 class MathChecker:
@@ -80,6 +89,7 @@ class MathChecker:
         """math-verify's own limit for a parse or a comparison; the child is killed past three times it."""
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
+        self._asked = 0
 
     def equal(self, gold: str, completion: str) -> bool:
         """Whether the completion's final answer equals the ground truth; False for one that takes too long to check."""
@@ -90,31 +100,58 @@ class MathChecker:
         return self._ask({"gold": gold}, f"the ground truth {gold[:200]!r}")
 
     def _ask(self, request: dict, what: str) -> bool:
+        limit = 3 * self.seconds + 1
         with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._start()
-            limit = 3 * self.seconds + 1
-            try:
-                self._process.stdin.write(json.dumps(request) + "\n")
-                self._process.stdin.flush()
-                answer = self._answer(limit)
-            except (OSError, ValueError):  # the child died: a broken pipe, or its last answer cut short
-                answer = None
-            if answer is None:
-                log.warning("verify:math: no decision on %s within %d s: scored as not verified", what, limit)
-                self._stop()
-                return False
-            return answer
+            for attempt in (1, 2):  # a child that died (not one that took too long) gets one more try, in a new child
+                if self._process is None or self._process.poll() is not None:
+                    self._start()
+                self._asked += 1
+                try:
+                    self._process.stdin.write(json.dumps({**request, "id": self._asked}) + "\n")
+                    self._process.stdin.flush()
+                    answer = self._answer(self._asked, limit)
+                except (OSError, ValueError, ChildDied):  # a broken pipe, an answer cut short, no answer at all
+                    self._stop()
+                    if attempt == 1:
+                        continue
+                    log.warning("verify:math: math-verify's process ended while checking %s, twice: scored as not verified", what)
+                    return False
+                except BaseException:  # a job's time up, a stop signal: the answer in the pipe would be the next check's
+                    self._stop()
+                    raise
+                if answer is None:
+                    log.warning("verify:math: no decision on %s within %d s: scored as not verified", what, limit)
+                    self._stop()
+                    return False
+                return answer
+        return False
 
-    def _answer(self, seconds: float) -> bool | None:
-        readable, _, _ = select.select([self._process.stdout], [], [], seconds)
-        line = self._process.stdout.readline() if readable else ""
-        return json.loads(line) if line else None
+    def _answer(self, request_id: int, seconds: float) -> bool | None:
+        """The answer to `request_id` (an older one's, left by a check cut short, is passed over); None past `seconds`."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self._process.stdout], [], [], left)
+            if not readable:
+                return None
+            line = self._process.stdout.readline()
+            if not line:
+                raise ChildDied()
+            answer = json.loads(line)
+            if answer["id"] == request_id:
+                return bool(answer["answer"])
+        return None
 
     def _start(self) -> None:
-        self._process = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        # a session of its own, killed with the worker: a terminal's Ctrl-C and a SIGKILLed worker leave no orphan
+        self._process = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                         start_new_session=True, preexec_fn=killed_with_parent)
         self._stopping = weakref.finalize(self, _kill, self._process)  # a checker dropped unclosed ends its child
-        if self._answer(defaults.MATH_CHECK_START_SECONDS) is not True:
+        self._asked = 0
+        try:
+            ready = self._answer(0, defaults.MATH_CHECK_START_SECONDS)
+        except (OSError, ValueError, ChildDied):
+            ready = None
+        if ready is not True:
             self._stop()
             raise RuntimeError(f"verify:math: math-verify did not start within {defaults.MATH_CHECK_START_SECONDS} s")
 
