@@ -283,3 +283,16 @@ def test_a_sample_merged_with_the_reference_counts_among_the_generated_and_unsco
     assert numbers.candidates == 3 and numbers.truncated == 1  # the reference alone is left out
     assert numbers.models["rm"].unscored == 1
     assert "  gave no score to 1 of 3 generated candidates (33.3%): pairs are chosen among the others" in summary_lines(numbers)
+
+
+def test_the_report_reads_an_outcomes_file_whose_header_a_crash_cut(tmp_path):
+    """The resume's reader the report now shares failed on a header cut short (no row is settled in such a file)."""
+    from click.testing import CliRunner
+
+    from rsample.producer.cli import main
+
+    (tmp_path / "pairs.jsonl").write_text("")
+    (tmp_path / "pairs.outcomes.jsonl").write_text('{"rsample_run": "x", "outp')
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "pairs.jsonl"), "--out-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, repr(result.exception)
+    assert "pairs 0" in result.output

@@ -146,3 +146,11 @@ def test_vote_where_no_finished_candidate_beats_another_is_unfinished_not_a_disa
     finished_only_first = [True, False, False]
     for method in ("mean", "standardized", "vote"):
         assert select_pair([[1.0, 5.0, 3.0]], method, finished_only_first).dropped == UNFINISHED
+
+
+def test_a_tie_is_a_tie_even_where_its_rounding_errors_straddle_a_grid_line():
+    """Rounding the combined scores to a grid split two values a rounding error apart that fell either side of a line."""
+    a, b, c = 0.8900225798255166, -4.654741698486584, 3.7647121016379566
+    picked = select_pair([[a, c], [b, a], [c, b]], "mean")
+    assert 0 < abs(picked.combined[0] - picked.combined[1]) < 1e-15  # the case: the same scores, another order
+    assert picked.dropped == TIE

@@ -81,7 +81,8 @@ def _which_rows(config: RunConfig) -> str:
     return f"{subset}split `{data.split}`{columns}"
 
 
-SESSION_FIGURES = ("completions_generated", "tokens_generated", "seconds", "completions_per_second", "tokens_per_second", "unscored")
+SESSION_FIGURES = ("completions_generated", "tokens_generated", "seconds", "completions_per_second", "tokens_per_second", "unscored",
+                   "counted_since_loss")
 """The summary's figures that are the pushing session's alone (a resumed run's earlier sessions are not in them)."""
 
 

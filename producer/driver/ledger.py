@@ -208,6 +208,8 @@ def replay_outcomes(path: Path) -> OutcomesReplay:
     replay, pending, outcome_lines = OutcomesReplay(), [], 0
     with path.open("rb") as handle:
         header = handle.readline()
+        if not header.endswith(b"\n"):  # cut by a crash before the first commit: nothing is settled
+            return replay
         position = replay.committed = len(header)
         header = json.loads(header)
         replay.known_outputs = set(header.get("outputs", ("pairs", "scores", "sft")))  # older headers: trusted

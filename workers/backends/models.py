@@ -206,7 +206,9 @@ def context_length(config, tokenizer, cap: int | None = None, engine_limit: int 
 
 
 STRETCH_ALREADY_COUNTED = {"default", "llama3", "yarn", "longrope", "su", "deepseek_yarn", "deepseek_llama_scaling"}
-"""RoPE types whose config states the stretched position limit itself (transformers' convention, which vLLM follows)."""
+"""RoPE types whose config states the stretched position limit itself: transformers 5's convention, which vLLM 0.32
+follows (`_get_and_verify_max_len`); older vLLM releases multiplied a yarn factor too, whose larger engine limit the
+shared context then ignores (both backends take the smaller figure)."""
 
 
 def rope_stretch(config) -> float:

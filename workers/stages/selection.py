@@ -80,35 +80,30 @@ def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[
     combined = mean_scores(scores_by_model) if method == "mean" else standardized_scores(scores_by_model)
     if not candidates:
         return Selection(None, None, combined, UNFINISHED)
-    ranked = for_ranking(combined, scale=max(abs(s) for scores in scores_by_model for s in scores) if method == "mean" else 1.0)
-    chosen = _best(candidates, lambda i: ranked[i])
-    rejected = _best([i for i in range(count) if i != chosen], lambda i: -ranked[i])
-    if ranked[chosen] <= ranked[rejected]:  # no candidate that may be chosen beats another, whatever the votes
-        return Selection(chosen, rejected, combined, TIE if ranked[chosen] == ranked[rejected] else UNFINISHED,
-                         combined[chosen] - combined[rejected])
+    alike = SAME_SCORE * (max(abs(s) for scores in scores_by_model for s in scores) if method == "mean" else 1.0)
+    chosen = _best(candidates, lambda i: combined[i])
+    rejected = _best([i for i in range(count) if i != chosen], lambda i: -combined[i])
+    margin = combined[chosen] - combined[rejected]
+    if margin <= alike:  # no candidate that may be chosen beats another, whatever the votes
+        return Selection(chosen, rejected, combined, TIE if abs(margin) <= alike else UNFINISHED, margin)
     if method == "vote":
         best_votes, worst_votes = [0] * count, [0] * count
         for scores in scores_by_model:
             best_votes[_best(candidates, lambda i, scores=scores: scores[i])] += 1
             worst_votes[_best(list(range(count)), lambda i, scores=scores: -scores[i])] += 1
-        chosen = _best(candidates, lambda i: (best_votes[i], ranked[i]))
-        rejected = _best([i for i in range(count) if i != chosen], lambda i: (worst_votes[i], -ranked[i]))
-        if ranked[chosen] < ranked[rejected]:
-            return Selection(chosen, rejected, combined, DISAGREEMENT, combined[chosen] - combined[rejected])
-        if ranked[chosen] == ranked[rejected]:
+        chosen = _best(candidates, lambda i: (best_votes[i], combined[i]))
+        rejected = _best([i for i in range(count) if i != chosen], lambda i: (worst_votes[i], -combined[i]))
+        margin = combined[chosen] - combined[rejected]
+        if abs(margin) <= alike:
             return Selection(chosen, rejected, combined, TIE)
-    return Selection(chosen, rejected, combined, margin=combined[chosen] - combined[rejected])
+        if margin < 0:
+            return Selection(chosen, rejected, combined, DISAGREEMENT, margin)
+    return Selection(chosen, rejected, combined, margin=margin)
 
 
-RANKING_PRECISION = 1e-9
-"""Combined scores closer than this (relative to the scores' scale) rank alike: the same scores summed in another order
-differ in their last bits, which would turn a tie into a pair whose margin is a rounding error."""
-
-
-def for_ranking(combined: list[float], scale: float) -> list[float]:
-    """The combined scores rounded to a grid of RANKING_PRECISION x `scale`, to rank and compare them by."""
-    step = RANKING_PRECISION * scale
-    return list(combined) if step <= 0 else [round(value / step) * step for value in combined]
+SAME_SCORE = 1e-9
+"""Combined scores closer than this, relative to the scores' scale, are the same: the same scores summed in another
+order differ in their last bits, which would turn a tie into a pair whose margin is a rounding error."""
 
 
 def _lexicographic(scores_by_model: list[list[float]], candidates: list[int]) -> Selection:
