@@ -115,7 +115,7 @@ def test_a_multimodal_checkpoint_keeps_its_language_models_context():
     """Gemma 3's instruct checkpoints load as Gemma3ForConditionalGeneration, whose config holds the limit in text_config."""
     from types import SimpleNamespace
 
-    from transformers import Gemma3Config, GPT2Config, LlamaConfig
+    from transformers import Gemma3Config, GPT2Config, LlamaConfig, Phi3Config
 
     from rsample.workers.backends.models import context_length
 
@@ -138,3 +138,10 @@ def test_a_multimodal_checkpoint_keeps_its_language_models_context():
     assert context_length(scaled(131072, rope_type="llama3", factor=8.0, original_max_position_embeddings=8192,
                                  low_freq_factor=1.0, high_freq_factor=4.0), unlimited) == 131072
     assert context_length(scaled(4096, rope_type="linear", factor=4.0), unlimited, cap=5000) == 5000
+    # LongRoPE (Phi-3's 128k): its original limit unless --max-model-len says more, as vLLM's engine defaults to
+    half = 3072 // 32 // 2
+    phi3 = Phi3Config(max_position_embeddings=131072, original_max_position_embeddings=4096,
+                      rope_parameters={"rope_type": "longrope", "short_factor": [1.0] * half, "long_factor": [2.0] * half,
+                                       "rope_theta": 10000.0})
+    assert context_length(phi3, unlimited) == 4096
+    assert context_length(phi3, unlimited, cap=65536) == 65536

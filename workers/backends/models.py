@@ -202,6 +202,8 @@ def context_length(config, tokenizer, cap: int | None = None, engine_limit: int 
     if tokenizer_limit and tokenizer_limit < 10**7:
         limit = min(limit, tokenizer_limit)
     limit *= rope_stretch(config)
+    if cap is None and (short := longrope_short_limit(config)):  # vLLM's default for LongRoPE, kept on both backends
+        limit = min(limit, short)
     return int(min([limit, *(bound for bound in (cap, engine_limit) if bound)]))
 
 
@@ -211,13 +213,28 @@ follows (`_get_and_verify_max_len`); older vLLM releases multiplied a yarn facto
 shared context then ignores (both backends take the smaller figure)."""
 
 
+def _rope_entries(config) -> list[dict]:
+    """The config's RoPE parameters, one dict per layer type (Gemma 3 has two)."""
+    parameters = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    per_layer_type = parameters.values() if parameters and "rope_type" not in parameters and "type" not in parameters else [parameters]
+    return [entry for entry in per_layer_type if isinstance(entry, dict)]
+
+
+def longrope_short_limit(config) -> int | None:
+    """A LongRoPE model (Phi-3's 128k) runs within its original limit unless `--max-model-len` says more: vLLM's default
+    (its short factors, which serve short sequences better), and so the transformers backend's too."""
+    if not any(entry.get("rope_type", entry.get("type")) == "longrope" for entry in _rope_entries(config)):
+        return None
+    original = getattr(config, "original_max_position_embeddings", None) or next(
+        (entry["original_max_position_embeddings"] for entry in _rope_entries(config) if entry.get("original_max_position_embeddings")), None)
+    return int(original) if original else None
+
+
 def rope_stretch(config) -> float:
     """How far a linear or dynamic RoPE scaling stretches the position limit: transformers computes the rotary
     embedding for any position, and vLLM counts the factor, so the context is the config's limit times it."""
     if "gemma3" in getattr(config, "model_type", ""):  # its limit is stated stretched, whatever the type
         return 1.0
-    parameters = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    per_layer_type = parameters.values() if parameters and "rope_type" not in parameters and "type" not in parameters else [parameters]
-    factors = [entry.get("factor") or 1.0 for entry in per_layer_type if isinstance(entry, dict)
-               and entry.get("rope_type", entry.get("type", "default")) not in STRETCH_ALREADY_COUNTED]
+    factors = [entry.get("factor") or 1.0 for entry in _rope_entries(config)
+               if entry.get("rope_type", entry.get("type", "default")) not in STRETCH_ALREADY_COUNTED]
     return float(max(factors, default=1.0))
