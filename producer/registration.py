@@ -15,8 +15,11 @@ import redis
 
 from rsample.producer.dataset import count_rows, iter_rows, missing_columns
 from rsample.producer.prompts import AUTO_PROMPT_COLUMNS, RowSkip, record_of
+from rsample.workers.backends.reward_specs import is_verifier
+from rsample.workers.backends.verifiers import ground_truth_problem
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.messages import PromptRecord
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.run_state import load_run, save_run
 
@@ -71,6 +74,7 @@ def check_rows(config: RunConfig) -> None:
     data = config.data
     checked = references = 0
     prompts: list[list[dict]] = []
+    records: list[PromptRecord] = []
     first_skip: RowSkip | None = None
     for index, row in itertools.islice(iter_rows(data), ROWS_CHECKED):
         checked += 1
@@ -79,10 +83,16 @@ def check_rows(config: RunConfig) -> None:
             first_skip = first_skip or record
             continue
         prompts.append(record.messages)
+        records.append(record)
         references += record.reference_completion is not None
     if checked and not prompts and first_skip is not None:
         raise RsampleError(f"none of the first {checked} rows of dataset {data.dataset!r} gives a prompt: {first_skip.detail} "
                            f"({first_skip.reason})")
+    for spec in (spec for spec in config.reward_models if is_verifier(spec)):
+        problems = [ground_truth_problem(config.answer_column, (record.columns or {}).get(config.answer_column)) for record in records]
+        if records and all(problems):
+            raise RsampleError(f"none of the first {checked} rows of dataset {data.dataset!r} has a ground truth for {spec}: the first "
+                               f"row {problems[0]} (name its column with --answer-column)")
     if config.include_reference and prompts and not references:
         where = f"column {data.reference_column!r}" if data.reference_column else "a final assistant turn"
         raise RsampleError(f"--include-reference: none of the first {checked} rows of dataset {data.dataset!r} has a reference "

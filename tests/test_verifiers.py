@@ -159,7 +159,11 @@ def test_a_ground_truth_math_verify_cannot_read_is_a_skip_with_its_reason(math_v
         "verify:math: math-verify reads no answer in the row's ground truth '\\\\text{}'")
     assert math_verifier.missing_reason({"answer": "42"}) is None
     assert math_verifier.missing_reason({"answer": ["Paris", "paris, france"]}) == (
-        "verify:math: the row's 'answer' holds a list, not one answer (a string or a number)")
+        "verify:math: the row holds a list in 'answer', not one answer (a string or a number)")
+    assert math_verifier.missing_reason({"answer": float("nan")}) == "verify:math: the row has no ground truth in column 'answer'"
+    # MATH writes money with an escaped dollar, which is no math delimiter: it was skipped as unreadable
+    assert math_verifier.missing_reason({"answer": "\\$18.90"}) is None
+    assert math_verifier.score([answer("\\boxed{18.9}")], [{"answer": "\\$18.90"}]) == [1.0]
 
 
 @pytest.mark.parametrize(
@@ -274,3 +278,15 @@ def test_aggregate_refuses_an_sft_file_for_a_run_enqueued_without_sft(redis_serv
     assert result.stderr.strip() == (f"error: run {run_id} was made without --sft: its prompts with one distinct candidate were "
                                      "not scored, so --sft-out would miss them; enqueue the run with --sft")
     assert rsample("enqueue", *common, "--sft").stdout.strip() != run_id  # a run of its own, whose aggregator may write one
+
+
+def test_a_dataset_whose_answers_no_verifier_can_use_is_refused_before_any_sampling(tmp_path):
+    """TriviaQA-style alias lists in every row: every completion was generated, then every row skipped."""
+    dataset = write_jsonl(tmp_path / "lists.jsonl", [{"question": f"q{i}", "answer": ["Paris", "paris, france"]} for i in range(3)])
+    result = rsample("run", "--dataset", str(dataset), "--prompt-column", "question", "--policy", "echo", "--backend", "echo",
+                     "--reward-model", "verify:math", "--out", str(tmp_path / "pairs.jsonl"), "--no-progress", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: none of the first 3 rows of dataset {str(dataset)!r} has a ground truth for verify:math: the first row holds a "
+        "list in 'answer', not one answer (a string or a number) (name its column with --answer-column)")
+    assert not (tmp_path / "pairs.jsonl").exists()

@@ -10,10 +10,10 @@ from typing import Any
 
 def ground_truth(value: Any) -> str | None:
     """The row's answer as text, or None when it has none a verifier can use."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+        return None  # a NaN cell is no answer (as "nan" it would verify `\\boxed{nan}`)
     # a float's repr may be scientific (1e-05), which math-verify reads as an expression in E: its plain digits instead
-    text = format(Decimal(repr(value)), "f") if isinstance(value, float) and math.isfinite(value) else str(value)
+    text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value)
     if "####" in text:  # GSM8K: the reasoning, then `#### <answer>`
         text = text.rsplit("####", 1)[1]
     text = text.strip()

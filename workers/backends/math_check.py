@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import select
 import signal
 import subprocess
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 def _latex(gold: str) -> str:
     """A bare answer (`2\\sqrt{2}`, `\\frac{9}{7}`, `42`) goes in `$...$`, where math-verify reads LaTeX whole; raw, it reads
     only a leading number (`2`) or nothing."""
-    delimited = "$" in gold or "\\boxed" in gold or gold.startswith(("\\(", "\\["))
+    delimited = re.search(r"(?<!\\)\$", gold) is not None or "\\boxed" in gold or gold.startswith(("\\(", "\\["))  # `\\$18.90`: money
     return gold if delimited else f"${gold}$"
 
 
@@ -48,6 +49,8 @@ def serve(seconds: int) -> None:
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its time limits' warnings, in a worker's log, named no row
 
     golds: dict[str, list] = {}
 

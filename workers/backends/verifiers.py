@@ -46,11 +46,10 @@ class AnswerVerifier:
     def missing_reason(self, columns: dict[str, Any] | None) -> str | None:
         """Why this row cannot be verified, or None."""
         value = (columns or {}).get(self.answer_column)
+        problem = ground_truth_problem(self.answer_column, value)
+        if problem is not None:
+            return f"{self.spec}: the row {problem}"
         gold = ground_truth(value)
-        if gold is None and isinstance(value, (list, dict)):  # TriviaQA's aliases, say
-            return f"{self.spec}: the row's {self.answer_column!r} holds a {type(value).__name__}, not one answer (a string or a number)"
-        if gold is None:
-            return f"{self.spec}: the row has no ground truth in column {self.answer_column!r}"
         if self.checker is not None and not self.checker.reads(gold):
             return f"{self.spec}: math-verify reads no answer in the row's ground truth {gold[:100]!r}"
         return None
@@ -67,3 +66,13 @@ class AnswerVerifier:
                 continue
             scores.append(1.0 if self.checker.equal(gold, completion) else 0.0)
         return scores
+
+
+def ground_truth_problem(column: str, value: Any) -> str | None:
+    """Why a row whose `column` holds `value` has no ground truth for a verifier (None: it has one), without parsing it:
+    the predicate of "the row ..."."""
+    if ground_truth(value) is not None:
+        return None
+    if isinstance(value, (list, dict, bool)):  # TriviaQA's aliases, say
+        return f"holds a {type(value).__name__} in {column!r}, not one answer (a string or a number)"
+    return f"has no ground truth in column {column!r}"
