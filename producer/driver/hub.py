@@ -81,8 +81,7 @@ def _which_rows(config: RunConfig) -> str:
     return f"{subset}split `{data.split}`{columns}"
 
 
-SESSION_FIGURES = ("completions_generated", "tokens_generated", "seconds", "completions_per_second", "tokens_per_second", "unscored",
-                   "counted_since_loss")
+SESSION_FIGURES = ("completions_generated", "tokens_generated", "seconds", "completions_per_second", "tokens_per_second", "unscored")
 """The summary's figures that are the pushing session's alone (a resumed run's earlier sessions are not in them)."""
 
 
@@ -91,7 +90,7 @@ def card_figures(summary: Summary) -> dict:
     zeros there would describe that session, not the data."""
     figures = summary.to_dict()
     if summary.completions_generated == 0:
-        figures = {key: value for key, value in figures.items() if key not in SESSION_FIGURES}
+        figures = {key: value for key, value in figures.items() if key not in (*SESSION_FIGURES, "counted_since_loss")}
     return figures
 
 
