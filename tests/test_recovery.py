@@ -141,20 +141,67 @@ def test_jobs_no_worker_takes_are_said_in_the_coordinators_log_and_not_at_every_
 
 def test_after_an_outage_the_coordinator_waited_through_the_sweep_gives_workers_one_heartbeat_ttl(coordinator, monkeypatch):
     """Redis paused past the heartbeat TTL: the sweep found every running job's heartbeat stopped, requeued them and spent
-    a retry of each, though their workers were alive and beat again as soon as Redis was back."""
-    from rsample.workers.runtime import connection
-
+    a retry of each, though their workers were alive and beat again as soon as Redis was back. A flapping Redis must not
+    hold the sweep back for ever, though: never more than two TTLs in a row."""
     swept = []
     monkeypatch.setattr(coordinator, "sweep", lambda: swept.append(time.monotonic()))
+    ttl = coordinator.config.jobs.heartbeat_ttl
     coordinator.step()
     assert len(swept) == 1
     coordinator._last_sweep = 0.0
-    monkeypatch.setattr(connection, "LAST_OUTAGE_ENDED", time.monotonic())  # a command of this step waited for Redis
+    coordinator._note_own_outage(time.monotonic() - 10)  # a step whose commands waited 10 s for Redis
     coordinator.step()
     assert len(swept) == 1  # not now
-    assert coordinator._sweep_not_before == connection.LAST_OUTAGE_ENDED + coordinator.config.jobs.heartbeat_ttl
-    coordinator.step()  # the steps that follow within the grace
-    assert len(swept) == 1
+    assert coordinator._sweep_not_before > time.monotonic() + ttl / 2
     coordinator._sweep_not_before = time.monotonic() - 0.01  # one TTL later
     coordinator.step()
-    assert len(swept) == 2  # a TTL later, live workers have beaten again: what still looks stopped is dead
+    assert len(swept) == 2  # live workers have beaten again: what still looks stopped is dead
+
+    first = time.monotonic()
+    for _ in range(3):  # steps that keep waiting for Redis push the sweep back, up to two TTLs from the first
+        coordinator._note_own_outage(time.monotonic() - 10)
+        time.sleep(ttl * 0.9)
+    assert coordinator._sweep_not_before <= first + 2 * ttl + 0.1
+
+
+def test_a_job_of_a_live_worker_keeps_its_retry_through_a_paused_redis(redis_server, tmp_path):
+    """A paused Redis (SIGSTOP, a VM pause) makes commands block, not fail: the coordinator's step waits through it, and
+    the first sweep after it found the live worker's heartbeat expired and spent a retry of its job."""
+    import os
+    import signal
+    import threading
+
+    from rq.executions import Execution
+    from rq.job import JobStatus
+
+    from rsample.workers.runtime.connection import connect
+
+    client = connect(redis_server.url)
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",), prompts_per_job=2,
+                       jobs=JobSettings(max_in_flight=4, heartbeat_ttl=2),
+                       models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(client, config)
+    coordinator = Coordinator(client, config, tmp_path / "pairs.jsonl")
+    try:
+        coordinator.feeder.top_up()
+        queue = make_queue(client, RunKeys(config.run_id).generate_queue)
+        job = queue.jobs[0]
+        retries = job.retries_left
+        queue.remove(job)  # a live worker took it
+        with client.pipeline() as pipe:
+            job.set_status(JobStatus.STARTED, pipeline=pipe)
+            Execution.create(job, ttl=2, pipeline=pipe, worker_name="w")
+            pipe.execute()
+        pid = redis_server.process.pid
+        os.kill(pid, signal.SIGSTOP)  # paused past the TTL: the worker's beats block as the coordinator's commands do
+        threading.Timer(4.0, os.kill, (pid, signal.SIGCONT)).start()
+        coordinator._last_sweep = 0.0
+        coordinator.step()  # waits through the pause
+        coordinator._last_sweep = 0.0
+        coordinator.step()  # the first sweep after it: the worker's next beat is due within the TTL
+        job.refresh()
+        assert job.retries_left == retries
+    finally:
+        coordinator.close()
+        client.close()

@@ -28,7 +28,7 @@ from rsample.producer.prompts import record_of, row_prompt_id
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import Outcome
-from rsample.workers.runtime.connection import eviction_policy, last_outage_ended
+from rsample.workers.runtime.connection import eviction_policy
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue, worker_processes
@@ -78,7 +78,8 @@ class Coordinator:
         except BaseException:
             self.lock.release()
             raise
-        self._outage_seen = last_outage_ended()
+        self._last_step_wall: float | None = None
+        self._postponed_since: float | None = None
         self._sweep_not_before = 0.0
         """After an outage of Redis that the coordinator itself waited through, when the sweep may requeue again."""
         self._unserved_since: float | None = None
@@ -190,10 +191,13 @@ class Coordinator:
         self.collector.cursor = "0"
 
     def sweep(self) -> None:
-        """Requeues (or fails, when out of retries) jobs whose worker stopped sending heartbeats."""
+        """Requeues (or fails, when out of retries) jobs whose worker stopped sending heartbeats. One cutoff for every
+        queue, taken before the first command: an outage that begins during the sweep must not let the later queues
+        judge heartbeats that could not reach Redis."""
+        cutoff = time.time()
         for name in self.keys.all_queues(len(self.config.reward_models)):
             queue = make_queue(self.client, name)
-            StartedJobRegistry(queue=queue, job_class=SafeJob).cleanup()
+            StartedJobRegistry(queue=queue, job_class=SafeJob).cleanup(timestamp=cutoff)
 
     def pipeline_is_idle(self) -> bool:
         """No job queued, running or waiting for a retry, and nothing ready to write: nobody can finish anything."""
@@ -275,12 +279,13 @@ class Coordinator:
         self._idle_since = None
 
     def step(self) -> None:
+        started = time.monotonic()
         self.lock.refresh()
         self.ensure_run()
         self.feeder.top_up()
         if self.collector.step():
             self._publish_outcomes()
-        self._note_own_outage()
+        self._note_own_outage(started)
         if time.monotonic() < self._sweep_not_before:
             pass
         elif time.monotonic() - self._last_sweep > min(defaults.REAPER_INTERVAL, self.config.jobs.heartbeat_ttl / 2):
@@ -293,16 +298,24 @@ class Coordinator:
             self._last_pace = time.monotonic()
             self._say_unserved()
 
-    def _note_own_outage(self) -> None:
-        """After an outage of Redis that this process waited through, the workers' heartbeats could not reach it either:
-        a heartbeat that looks stopped then proves no worker dead. The sweep waits one heartbeat TTL, for live workers
-        to beat again, rather than requeue their jobs and spend a retry of each on Redis's outage."""
-        ended = last_outage_ended()
-        if ended is not None and ended != self._outage_seen:
-            self._outage_seen = ended
-            self._sweep_not_before = ended + self.config.jobs.heartbeat_ttl
-            log.info("run %s: after Redis's outage, jobs whose heartbeat stopped are requeued from %.0f s on", self.config.run_id,
-                     self.config.jobs.heartbeat_ttl)
+    def _note_own_outage(self, step_started: float) -> None:
+        """A step that took long (its commands waited for Redis: paused, restarted, unreachable), or a long gap since the
+        last one (this process was suspended), means the workers' heartbeats may not have reached Redis either: one that
+        looks stopped proves no worker dead. The sweep then waits one heartbeat TTL, for live workers to beat again,
+        rather than requeue their jobs and spend a retry of each; never for more than two TTLs in a row, so that a
+        flapping Redis cannot hold back the jobs of workers that did die."""
+        now, wall = time.monotonic(), time.time()
+        ttl = self.config.jobs.heartbeat_ttl
+        gap = max(now - step_started, wall - self._last_step_wall if self._last_step_wall else 0.0)
+        self._last_step_wall = wall
+        if gap < max(ttl / 4, defaults.AGGREGATOR_BLOCK_MS / 1000 + 2.0):  # a step's own wait on the ready stream is no outage
+            if now >= self._sweep_not_before:
+                self._postponed_since = None
+            return
+        self._postponed_since = self._postponed_since or now
+        self._sweep_not_before = min(now + ttl, self._postponed_since + 2 * ttl)
+        log.info("run %s: a step took %.0f s (Redis out of reach?): jobs whose heartbeat stopped are requeued from %.0f s on",
+                 self.config.run_id, gap, self._sweep_not_before - now)
 
     def _say_unserved(self) -> None:
         """Jobs that wait with no worker to take them: said when first seen and every few minutes while it lasts, so that

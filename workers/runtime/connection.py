@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -65,30 +64,19 @@ class PatientRetry(Retry):
         self.url = redact_url(url)
 
     def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
-        waited_since = None
+        waited = False
 
         def announce_and_fail(error, *count):
-            nonlocal waited_since
-            if waited_since is None:
+            nonlocal waited
+            if not waited:
                 log.warning("waiting for Redis at %s (%s)", self.url, describe_redis_error(error))
-                waited_since = time.monotonic()
+                waited = True
             return fail(error, *count)
 
         result = super().call_with_retry(do, announce_and_fail, is_retryable, with_failure_count)
-        if waited_since is not None:
+        if waited:
             log.warning("Redis at %s is back", self.url)
-            global LAST_OUTAGE_ENDED
-            LAST_OUTAGE_ENDED = time.monotonic()
         return result
-
-
-LAST_OUTAGE_ENDED: float | None = None
-"""When this process last got an answer from Redis after waiting for one (`time.monotonic()`): its connections
-copy their retry object, so the record is the process's."""
-
-
-def last_outage_ended() -> float | None:
-    return LAST_OUTAGE_ENDED
 
 
 def connect(url: str, patient: bool = True) -> redis.Redis:
