@@ -154,3 +154,14 @@ def test_a_tie_is_a_tie_even_where_its_rounding_errors_straddle_a_grid_line():
     picked = select_pair([[a, c], [b, a], [c, b]], "mean")
     assert 0 < abs(picked.combined[0] - picked.combined[1]) < 1e-15  # the case: the same scores, another order
     assert picked.dropped == TIE
+
+
+def test_the_same_scores_pick_the_same_pair_whatever_order_the_reward_models_come_in():
+    """Votes tied, the candidates' combined scores were compared as floats: summed in another order, one a rounding error
+    above the other won, and a pair became a tie in 2 of the 6 orders of the same three models."""
+    import itertools
+
+    table = [[2.0, 0.0, 0.0, 1.0], [1.0, 2.0, 1.0, 2.0], [0.0, 0.0, 2.0, 1.0]]
+    for method in ("vote", "standardized", "mean"):
+        picks = {(s.chosen, s.rejected, s.dropped) for s in (select_pair(list(order), method) for order in itertools.permutations(table))}
+        assert len(picks) == 1, (method, picks)

@@ -63,6 +63,17 @@ def _best(indices: list[int], key) -> int:
     return max(indices, key=lambda i: (key(i), -i))
 
 
+def _first_best(indices: list[int], value, alike: float, votes: list[int] | None = None) -> int:
+    """The first of the indices (with the most `votes`, if given) whose value is within `alike` of the largest: scores
+    a rounding error apart are the same, and the same scores must pick the same candidate whatever order the reward
+    models come in."""
+    if votes is not None:
+        most = max(votes[i] for i in indices)
+        indices = [i for i in indices if votes[i] == most]
+    best = max(value(i) for i in indices)
+    return next(i for i in indices if value(i) >= best - alike)
+
+
 def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[bool] | None = None) -> Selection:
     """`scores_by_model[m][c]` is reward model m's score of candidate c (at least two candidates).
 
@@ -81,8 +92,8 @@ def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[
     if not candidates:
         return Selection(None, None, combined, UNFINISHED)
     alike = SAME_SCORE * (max(abs(s) for scores in scores_by_model for s in scores) if method == "mean" else 1.0)
-    chosen = _best(candidates, lambda i: combined[i])
-    rejected = _best([i for i in range(count) if i != chosen], lambda i: -combined[i])
+    chosen = _first_best(candidates, lambda i: combined[i], alike)
+    rejected = _first_best([i for i in range(count) if i != chosen], lambda i: -combined[i], alike)
     margin = combined[chosen] - combined[rejected]
     if margin <= alike:  # no candidate that may be chosen beats another, whatever the votes
         return Selection(chosen, rejected, combined, TIE if abs(margin) <= alike else UNFINISHED, margin)
@@ -91,8 +102,8 @@ def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[
         for scores in scores_by_model:
             best_votes[_best(candidates, lambda i, scores=scores: scores[i])] += 1
             worst_votes[_best(list(range(count)), lambda i, scores=scores: -scores[i])] += 1
-        chosen = _best(candidates, lambda i: (best_votes[i], combined[i]))
-        rejected = _best([i for i in range(count) if i != chosen], lambda i: (worst_votes[i], -combined[i]))
+        chosen = _first_best(candidates, lambda i: combined[i], alike, votes=best_votes)
+        rejected = _first_best([i for i in range(count) if i != chosen], lambda i: -combined[i], alike, votes=worst_votes)
         margin = combined[chosen] - combined[rejected]
         if abs(margin) <= alike:
             return Selection(chosen, rejected, combined, TIE)
