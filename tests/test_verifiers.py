@@ -121,6 +121,26 @@ def test_a_job_timeout_during_a_check_leaves_no_answer_for_the_next_check(penalt
         checker.close()
 
 
+def test_an_older_answer_in_the_pipe_is_passed_over_without_losing_the_awaited_one():
+    """An older check's answer (one cut short) and the awaited one arrived together: a buffered reader took both, select
+    saw nothing more, and the awaited answer was waited for until the limit and scored as not verified."""
+    import json
+    import time
+
+    from rsample.workers.backends.math_check import MathChecker
+
+    checker = MathChecker()
+    try:
+        checker._start()
+        for request_id in (1, 2):  # 1: a check cut short (its answer still in the pipe); 2: the one awaited
+            checker._process.stdin.write((json.dumps({"gold": "42", "completion": "\\boxed{42}", "id": request_id}) + "\n").encode())
+        checker._process.stdin.flush()
+        time.sleep(2.0)  # both answered
+        assert checker._answer(2, 3.0) is True
+    finally:
+        checker.close()
+
+
 def test_ctrl_c_in_the_workers_terminal_leaves_the_checks_alone():
     """Ctrl-C reaches the terminal's whole process group: the child died of it, and the check in flight, a right answer,
     was scored 0.0 while the worker's warm shutdown finished its job."""

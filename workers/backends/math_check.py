@@ -93,6 +93,8 @@ class MathChecker:
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._asked = 0
+        self._unread = b""
+        """What was read from the child past its last answer taken."""
 
     def equal(self, gold: str, completion: str) -> bool:
         """Whether the completion's final answer equals the ground truth; False for one that takes too long to check."""
@@ -110,7 +112,7 @@ class MathChecker:
                     self._start()
                 self._asked += 1
                 try:
-                    self._process.stdin.write(json.dumps({**request, "id": self._asked}) + "\n")
+                    self._process.stdin.write((json.dumps({**request, "id": self._asked}) + "\n").encode())
                     self._process.stdin.flush()
                     answer = self._answer(self._asked, limit)
                 except (OSError, ValueError, ChildDied):  # a broken pipe, an answer cut short, no answer at all
@@ -130,26 +132,32 @@ class MathChecker:
         return False
 
     def _answer(self, request_id: int, seconds: float) -> bool | None:
-        """The answer to `request_id` (an older one's, left by a check cut short, is passed over); None past `seconds`."""
+        """The answer to `request_id` (an older one's, left by a check cut short, is passed over); None past `seconds`.
+        Read from the pipe's descriptor into a buffer of its own: a buffered reader could hold the awaited line after
+        an older one, where `select` no longer sees it."""
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([self._process.stdout], [], [], left)
-            if not readable:
+        while True:
+            line, newline, rest = self._unread.partition(b"\n")
+            if newline:
+                self._unread = rest
+                answer = json.loads(line)
+                if answer["id"] == request_id:
+                    return bool(answer["answer"])
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._process.stdout], [], [], left)[0]:
                 return None
-            line = self._process.stdout.readline()
-            if not line:
+            chunk = os.read(self._process.stdout.fileno(), 65536)
+            if not chunk:
                 raise ChildDied()
-            answer = json.loads(line)
-            if answer["id"] == request_id:
-                return bool(answer["answer"])
-        return None
+            self._unread += chunk
 
     def _start(self) -> None:
         # a session of its own, killed with the worker: a terminal's Ctrl-C and a SIGKILLed worker leave no orphan
-        self._process = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        self._process = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
                                          start_new_session=True, preexec_fn=killed_with_parent)
         self._stopping = weakref.finalize(self, _kill, self._process)  # a checker dropped unclosed ends its child
-        self._asked = 0
+        self._asked, self._unread = 0, b""
         try:
             ready = self._answer(0, defaults.MATH_CHECK_START_SECONDS)
         except (OSError, ValueError, ChildDied):

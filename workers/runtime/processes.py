@@ -13,13 +13,23 @@ RSAMPLE_COMMAND = (sys.executable, "-m", "rsample.producer")
 """The `rsample` command as a child process runs it: this interpreter, whether or not the console script is on PATH."""
 
 
-def _on_parent_death(signum: int) -> None:
+def _libc():
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:  # not Linux: children may outlive a killed parent
-        pass
+        return None
+
+
+LIBC = _libc()
+"""Loaded here, in the parent: a forked child of a process with threads (a worker's slots) must not dlopen before its
+exec, where another thread may have held the loader's lock at the fork."""
+
+
+def _on_parent_death(signum: int) -> None:
+    if LIBC is not None:
+        LIBC.prctl(1, signum)  # PR_SET_PDEATHSIG
 
 
 def die_with_parent() -> None:
