@@ -273,3 +273,16 @@ def test_a_push_retried_by_the_same_command_describes_the_run_not_its_own_empty_
     assert "completions_generated" not in card and "tokens_per_second" not in card
     assert "The session that pushed these files generated nothing" in card
     assert "pairs 3" in card  # the report, read from the files
+
+
+def test_a_card_whose_session_lost_its_counters_says_so_instead_of_giving_them(tmp_path):
+    """Redis lost the run's counters during the pushing session: its completions were those counted since, zero when the
+    loss came after the last generation, and the card said the session generated nothing."""
+    import dataclasses
+
+    config, summary, files = make_run(tmp_path)
+    api = RecordingApi()
+    push_to_hub("me/pairs", config, dataclasses.replace(summary, completions_generated=0, counted_since_loss=True), files, api=api)
+    card = next(op for op in api.calls[1][2] if op.path_in_repo == "README.md").path_or_fileobj.decode()
+    assert "Redis lost the run's counters during the session that pushed these files" in card
+    assert "generated nothing" not in card and "completions_generated" not in card and "| pairs_written | 7 |" in card

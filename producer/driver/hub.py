@@ -87,14 +87,17 @@ SESSION_FIGURES = ("completions_generated", "tokens_generated", "seconds", "comp
 
 def card_figures(summary: Summary) -> dict:
     """The summary's figures, less the session's when it generated nothing (a push retried once the run was written):
-    zeros there would describe that session, not the data."""
+    zeros there would describe that session, not the data; or when Redis lost the counters they come from."""
     figures = summary.to_dict()
-    if summary.completions_generated == 0:
+    if summary.completions_generated == 0 or summary.counted_since_loss:
         figures = {key: value for key, value in figures.items() if key not in (*SESSION_FIGURES, "counted_since_loss")}
     return figures
 
 
 def session_note(summary: Summary) -> str:
+    if summary.counted_since_loss:
+        return ("Redis lost the run's counters during the session that pushed these files: its generation figures are left out; "
+                "rows, pairs and drops are the whole run's; the report below is read from the files.\n\n")
     if summary.completions_generated == 0:
         return ("The session that pushed these files generated nothing (the run was written before): its rows, pairs and drops "
                 "are the whole run's; the report below is read from the files.\n\n")
