@@ -28,7 +28,8 @@ def vllm_order_processor(sampling: SamplingConfig, prompt_starts):
                 logits = scores.gather(1, seen)
                 penalty = sampling.repetition_penalty
                 scores = scores.scatter(1, seen, torch.where(logits > 0, logits / penalty, logits * penalty))
-            scores = scores / sampling.temperature
+            if sampling.temperature != 1.0:
+                scores = scores / sampling.temperature
             if sampling.min_p > 0:
                 probabilities = scores.softmax(dim=-1)
                 floor = sampling.min_p * probabilities.amax(dim=-1, keepdim=True)
