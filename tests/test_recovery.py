@@ -16,14 +16,19 @@ from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import make_queue
 
 
-@pytest.fixture
-def coordinator(redis_client, tmp_path):
+def make_coordinator(client, tmp_path) -> Coordinator:
+    """A coordinator of a small echo run with a heartbeat TTL of 2 s, on `client`."""
     dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
     config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",), prompts_per_job=2,
                        jobs=JobSettings(max_in_flight=4, heartbeat_ttl=2),
                        models=ModelSettings(generation_backend="echo", reward_backend="length"))
-    config, _ = register_run(redis_client, config)
-    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    config, _ = register_run(client, config)
+    return Coordinator(client, config, tmp_path / "pairs.jsonl")
+
+
+@pytest.fixture
+def coordinator(redis_client, tmp_path):
+    coordinator = make_coordinator(redis_client, tmp_path)
     yield coordinator
     coordinator.close()
 
@@ -177,15 +182,10 @@ def test_a_job_of_a_live_worker_keeps_its_retry_through_a_paused_redis(redis_ser
     from rsample.workers.runtime.connection import connect
 
     client = connect(redis_server.url)
-    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
-    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",), prompts_per_job=2,
-                       jobs=JobSettings(max_in_flight=4, heartbeat_ttl=2),
-                       models=ModelSettings(generation_backend="echo", reward_backend="length"))
-    config, _ = register_run(client, config)
-    coordinator = Coordinator(client, config, tmp_path / "pairs.jsonl")
+    coordinator = make_coordinator(client, tmp_path)
     try:
         coordinator.feeder.top_up()
-        queue = make_queue(client, RunKeys(config.run_id).generate_queue)
+        queue = make_queue(client, RunKeys(coordinator.config.run_id).generate_queue)
         job = queue.jobs[0]
         retries = job.retries_left
         queue.remove(job)  # a live worker took it
