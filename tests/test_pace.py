@@ -126,17 +126,19 @@ def test_a_run_starting_up_has_a_time_left_from_its_generation_and_no_stall(redi
     assert run_status(redis_client, config.run_id).eta_seconds is None
 
 
-def test_a_resumed_run_is_paced_by_this_sessions_work_not_by_the_rows_it_found_written(redis_client):
+def test_a_resumed_run_is_paced_by_this_sessions_work_not_by_the_rows_it_found_written(redis_client, monkeypatch):
     """A resume that found 699 of 1,499 rows written: its feeder passes them again at reading speed, and they are in
     the written count from the start. Counted as work, they made the time left about 5 s where 3 min were left."""
-    config = RunConfig(run_id="pace5", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 4)
+    now = time.time()
+    config = RunConfig(run_id="pace5", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=now - 4)
     save_run(redis_client, config)
     keys = RunKeys(config.run_id)
     redis_client.set(keys.coordinator_lock, "a coordinator")
-    now = time.time()
     redis_client.hset(keys.stats, mapping={"rows_total": 1499, "rows_generated": 715, "rows_replayed": 699, "rows_written": 715,
                                            "rows_restored": 699, "session_started_at": now - 4})
-    status = run_status(redis_client, config.run_id)
+    with monkeypatch.context() as frozen:  # the status is read at `now`, however slow the machine (3.99/s one run)
+        frozen.setattr(time, "time", lambda: now)
+        status = run_status(redis_client, config.run_id)
     assert status.recent is None and status.eta_seconds == pytest.approx(784 / 4, rel=0.02)  # 16 rows in 4 s; 784 left
     text = "\n".join(status.lines())
     assert "written 715 (4.00/s)" in text and "699 rows were written before this session" in text, text
