@@ -147,14 +147,15 @@ def test_a_resumed_run_is_paced_by_this_sessions_work_not_by_the_rows_it_found_w
     assert sample.generated == 16  # the rows passed again are no generation
 
 
-def test_a_run_resumed_on_a_shared_redis_is_paced_by_this_sessions_work_and_a_finished_one_by_its_whole_run(redis_client):
+def test_a_run_resumed_on_a_shared_redis_is_paced_by_this_sessions_work_and_a_finished_one_by_its_whole_run(redis_client, monkeypatch):
     """A shared Redis keeps the counts of earlier sessions and passes nothing again: 480 rows generated before this
     coordinator started, 2 since, in 4 s."""
-    config = RunConfig(run_id="pace6", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 3600)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)  # the status is read at `now`, however slow the machine
+    config = RunConfig(run_id="pace6", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=now - 3600)
     save_run(redis_client, config)
     keys = RunKeys(config.run_id)
     redis_client.set(keys.coordinator_lock, "a coordinator")
-    now = time.time()
     redis_client.hset(keys.stats, mapping={"rows_total": 1000, "rows_generated": 482, "rows_scored": 481, "rows_written": 481,
                                            "rows_restored": 480, "session_generated_before": 480, "session_scored_before": 480,
                                            "completions_generated": 1928, "session_completions_before": 1920,
