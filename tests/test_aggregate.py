@@ -133,6 +133,17 @@ def test_the_sft_row_is_the_best_eligible_candidate_even_where_no_pair_is_writte
     assert without.sft_rows == [] and without.outcomes[0].outcome == DROPPED_IDENTICAL  # not scored without --sft
 
 
+def test_an_sft_row_says_whether_its_answer_was_cut_at_max_new_tokens():
+    """With --keep-truncated the best may be a cut-off answer: its row says so, as a pair's chosen_finish_reason does,
+    so that a trainer's script can leave it out (it would learn to stop mid-answer)."""
+    batch = GeneratedBatch("r0", [prompt("pair", ["finished", "cut off mid"], finish=["stop", "length"])])
+    scores = {"pair": [0.1, 0.9]}
+    kept = aggregate_batch(config(sft=True, combine="mean", keep_truncated=True), batch, verdicts(scores, scores)).sft_rows
+    assert [(r["messages"][-1]["content"], r["finish_reason"], r["num_tokens"]) for r in kept] == [("cut off mid", "length", 11)]
+    default = aggregate_batch(config(sft=True, combine="mean"), batch, verdicts(scores, scores)).sft_rows
+    assert [(r["messages"][-1]["content"], r["finish_reason"], r["num_tokens"]) for r in default] == [("finished", "stop", 8)]
+
+
 def test_with_a_verifier_only_a_verified_best_makes_an_sft_row():
     verified = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("verify:math", "rm"), sft=True)
     assert verified.combine == "lexicographic"

@@ -53,6 +53,9 @@ def sft_row(prompt: GeneratedPrompt, best_index: int, scores_by_model: list[list
         "is_reference": best.is_reference,
         "num_candidates": prompt.num_candidates,
         "num_unique": len(prompt.candidates),
+        # with --keep-truncated the best may be cut at --max-new-tokens, which a trainer would close as if it had ended
+        "finish_reason": best.finish_reason,
+        "num_tokens": best.num_tokens,
     }
 
 
@@ -85,7 +88,7 @@ def columns(kind: str, model_names: tuple[str, ...]) -> dict[str, dict]:
                 "num_candidates": _INT, "num_unique": _INT, "chosen_finish_reason": _STRING, "rejected_finish_reason": _STRING}
     if kind == "sft":
         return {"prompt_id": _STRING, "messages": _MESSAGES, "score": scores, "is_reference": _BOOL, "num_candidates": _INT,
-                "num_unique": _INT}
+                "num_unique": _INT, "finish_reason": _STRING, "num_tokens": _INT}
     if kind == "scores":
         return {"prompt_id": _STRING, "completion_index": _INT, "completion": _STRING, "scores": scores, "is_reference": _BOOL,
                 "finish_reason": _STRING, "num_tokens": _INT}
