@@ -314,6 +314,10 @@ GENERATE_WORKERS_OPTION = click.option("--generate-workers", type=click.IntRange
 PUSH_OPTION = click.option("--push-to-hub", "push_repo", help="Hub dataset repo to upload the results to (token from HF_TOKEN).")
 PUBLIC_OPTION = click.option("--public", is_flag=True, help="Make the Hub dataset public (default: private).")
 NO_PROGRESS_OPTION = click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+PARQUET_OPTION = click.option(
+    "--parquet", is_flag=True,
+    help="Also write each output as Parquet beside it (pairs.parquet, ...) with its columns' types, for readers that infer "
+         "them from a JSONL file's first rows (open-instruct, several files at once); see `rsample parquet`.")
 """Options that `run`, `aggregate` and `resume` share: one definition, one help text."""
 
 
@@ -327,9 +331,11 @@ NO_PROGRESS_OPTION = click.option("--no-progress", is_flag=True, help="No progre
 @PUSH_OPTION
 @PUBLIC_OPTION
 @NO_PROGRESS_OPTION
+@PARQUET_OPTION
 @overwrite_option
 @retry_failed_option
-def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progress, overwrite, retry_failed, redis_url, **params) -> None:
+def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progress, parquet, overwrite, retry_failed, redis_url,
+        **params) -> None:
     """Run the whole job on this machine (embedded Redis unless --redis-url) and exit when it is done.
 
     Re-running the same command after a crash resumes: rows already in the output are not generated again.
@@ -340,9 +346,9 @@ def run(out, scores_out, sft_out, generate_workers, push_repo, public, no_progre
     config = share_the_gpu(build_config({**params, "sft_out": sft_out}), explicit_share=params["gpu_memory_utilization"] is not None)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite, allow_functions=functions_named(config),
-                              trust_remote_code=config.trust_remote_code, retry_failed=retry_failed)
+                              trust_remote_code=config.trust_remote_code, retry_failed=retry_failed, parquet=parquet)
     config, summary = run_locally(config, options)
-    _report(config, summary, out, scores_out, push_repo, public, sft_out)
+    _report(config, summary, out, scores_out, push_repo, public, sft_out, parquet)
 
 
 @main.command()
@@ -404,6 +410,19 @@ def report(pairs, scores, out_dir, reasoning_end) -> None:
 
 
 @main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def parquet(files) -> None:
+    """Write rsample JSONL outputs (pairs, scores or sft) as Parquet beside them, with their columns' types declared.
+
+    For files written without --parquet: each is typed from its first row (its kind and its score columns).
+    """
+    from rsample.producer.parquet import write_parquet
+
+    for path in files:
+        click.echo(f"wrote {write_parquet(path)}")
+
+
+@main.command()
 @redis_url_option(required=True)
 @click.option("--run", "run_id", help="Run to aggregate (default: the latest unfinished run).")
 @OUT_OPTION
@@ -412,9 +431,10 @@ def report(pairs, scores, out_dir, reasoning_end) -> None:
 @PUSH_OPTION
 @PUBLIC_OPTION
 @NO_PROGRESS_OPTION
+@PARQUET_OPTION
 @overwrite_option
 @retry_failed_option
-def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no_progress, overwrite, retry_failed) -> None:
+def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no_progress, parquet, overwrite, retry_failed) -> None:
     """Coordinate a run: feed its prompts to the workers and write the results; exits when every row is written.
 
     Run it where the dataset and the output live. Restarting it resumes from the output files.
@@ -432,7 +452,7 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
     client = connect(redis_url)
     config = load_or_recreate(client, run_id, out)
     check_sft_out(config, sft_out)
-    check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out, config.output_settings())
+    check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out, config.output_settings(), parquet)
     coordinator = Coordinator(client, config, out, scores_out, overwrite, sft_out, retry_failed)
     bars = StageBars(client, config.run_id, disable=no_progress)
     try:
@@ -443,7 +463,7 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
         bars.close()
     summary = coordinator.summary()
     expire_run(client, config.run_id)
-    _report(config, summary, out, scores_out, push_repo, public, sft_out)
+    _report(config, summary, out, scores_out, push_repo, public, sft_out, parquet)
 
 
 @main.command()
@@ -454,11 +474,12 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
 @SFT_OUT_OPTION
 @GENERATE_WORKERS_OPTION
 @NO_PROGRESS_OPTION
+@PARQUET_OPTION
 @allow_reward_fn_option
 @worker_trust_option
 @overwrite_option
 @retry_failed_option
-def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_progress, allow_functions, trust_remote_code,
+def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_progress, parquet, allow_functions, trust_remote_code,
            overwrite, retry_failed) -> None:
     """Resume a run kept in Redis on this machine, with local workers (like `run` with its settings)."""
     from rsample.producer.driver.local_run import LocalRunOptions, run_locally
@@ -469,9 +490,9 @@ def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_pro
     check_sft_out(config, sft_out)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite, allow_functions=allow_functions,
-                              trust_remote_code=trust_remote_code, retry_failed=retry_failed)
+                              trust_remote_code=trust_remote_code, retry_failed=retry_failed, parquet=parquet)
     config, summary = run_locally(config, options)
-    _report(config, summary, out, scores_out, None, False, sft_out)
+    _report(config, summary, out, scores_out, None, False, sft_out, parquet)
 
 
 def functions_named(config) -> tuple[str, ...]:
@@ -524,18 +545,21 @@ def _echo_report(result) -> None:
     click.echo(f"report: {result.markdown} ({len(result.figures)} figures)")
 
 
-def _report(config, summary, out, scores_out, push_repo, public, sft_out=None) -> None:
+def _report(config, summary, out, scores_out, push_repo, public, sft_out=None, parquet=False) -> None:
     from rsample.producer.driver.ledger import outcomes_path_for
+    from rsample.producer.parquet import write_parquet
 
-    written = [str(out), *([str(scores_out)] if scores_out else []), *([str(sft_out)] if sft_out else []), str(outcomes_path_for(out))]
-    click.echo(f"run {config.run_id}: wrote {', '.join(written)}")
+    files = {"pairs": out, **({"scores": scores_out} if scores_out else {}), **({"sft": sft_out} if sft_out else {})}
+    written = [str(path) for path in files.values()]
+    if parquet:  # typed from the run's settings, not from the rows: an empty file gets its columns too
+        written += [str(write_parquet(path, kind, config.score_names)) for kind, path in files.items()]
+    click.echo(f"run {config.run_id}: wrote {', '.join([*written, str(outcomes_path_for(out))])}")
     for line in summary.lines():
         click.echo(line)
     report = _write_run_report(out, scores_out, config.reasoning_end)
     if push_repo:
         from rsample.producer.driver.hub import push_to_hub
 
-        files = {"pairs": out, **({"scores": scores_out} if scores_out else {}), **({"sft": sft_out} if sft_out else {})}
         click.echo(f"pushed to {push_to_hub(push_repo, config, summary, files, private=not public, report=report)}")
 
 

@@ -78,15 +78,19 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple[Path, ...] = (), overwrite: bool = False,
-                  sft_out: Path | None = None, settings: dict | None = None) -> None:
+                  sft_out: Path | None = None, settings: dict | None = None, parquet: bool = False) -> None:
     """Refuses, before any work and in one line, outputs that would destroy a file that is not this run's output.
 
     The files may be this run's (a resume); anything else that exists and holds data is kept unless `overwrite`.
-    An input (the dataset) may never be an output, with or without `overwrite`.
+    An input (the dataset) may never be an output, with or without `overwrite`, nor (`parquet`) the Parquet copy of one.
     """
+    from rsample.producer.parquet import parquet_path
+
     outputs = {"--out": out, "--scores-out": scores_out, "--sft-out": sft_out, "the outcomes file": outcomes_path_for(out)}
     outputs = {name: Path(path) for name, path in outputs.items() if path is not None}
-    for name, path in outputs.items():
+    copies = {f"the Parquet copy of {flag}": parquet_path(Path(path)) for flag, path in (("--out", out), ("--scores-out", scores_out),
+                                                                                      ("--sft-out", sft_out)) if parquet and path}
+    for name, path in {**outputs, **copies}.items():
         for source in inputs:
             if source.is_dir() and path.resolve().is_relative_to(source.resolve()):
                 raise RsampleError(f"{name} {path} is inside the dataset folder {source}, which would read it as data: "

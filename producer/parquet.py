@@ -1,0 +1,70 @@
+"""Typed Parquet copies of the JSONL outputs.
+
+A JSONL reader types each column from what it sees first: `datasets` reads a file 10 MB at a time, so a column that is
+null there (`reference_completion` of prompts with no reference; `reference_completion_score` of a run without
+--include-reference) is typed null, and the file, or a list of files, fails at the first value. Readers that take
+no declared types (open-instruct's local files, a glob of several runs) need the types in the file: Parquet keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rsample.workers.common.errors import RsampleError
+from rsample.workers.stages.output import features
+
+SCORE_COLUMN = {"pairs": "chosen_score", "scores": "scores", "sft": "score"}
+KIND_OF_COLUMN = {"chosen": "pairs", "completion_index": "scores", "score": "sft"}
+"""A column only that kind of file has."""
+BLOCK_BYTES = 32 << 20
+"""Read at a time: bounds memory on files of millions of rows; one row must fit in it."""
+
+
+def parquet_path(jsonl: Path) -> Path:
+    return jsonl.with_suffix(".parquet")
+
+
+def file_shape(path: Path) -> tuple[str, tuple[str, ...]]:
+    """The kind of rsample file (pairs, scores, sft) and its score columns' names, read off its first row."""
+    with path.open(encoding="utf-8") as lines:
+        first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise RsampleError(f"{path}: no rows, so no columns to type")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError as exc:
+        raise RsampleError(f"{path}: the first row is not JSON ({exc})") from None
+    kind = next((KIND_OF_COLUMN[column] for column in KIND_OF_COLUMN if isinstance(row, dict) and column in row), None)
+    if kind is None or not isinstance(row.get(SCORE_COLUMN[kind]), dict):
+        raise RsampleError(f"{path}: not an rsample output file (pairs, scores or sft JSONL)")
+    return kind, tuple(row[SCORE_COLUMN[kind]])
+
+
+def write_parquet(path: Path, kind: str | None = None, score_names: tuple[str, ...] | None = None,
+                  block_bytes: int = BLOCK_BYTES) -> Path:
+    """`path`'s rows as Parquet beside it (`pairs.jsonl` -> `pairs.parquet`), with the columns the dataset card declares.
+
+    `kind` and `score_names` default to what the first row shows. Written to a temporary name and renamed: an existing
+    copy is replaced whole or not at all."""
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
+
+    if kind is None or score_names is None:
+        kind, score_names = file_shape(path)
+    schema = features(kind, score_names).arrow_schema  # with datasets' own metadata: `load_dataset` reads the features back
+    target = parquet_path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    try:
+        with pq.ParquetWriter(partial, schema) as writer:
+            if path.stat().st_size:
+                for batch in pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=block_bytes), parse_options=options):
+                    writer.write_batch(batch)
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        raise RsampleError(f"{path}: a row does not have the columns of an rsample {kind} file scored by "
+                           f"{', '.join(score_names)} ({str(exc).splitlines()[0]}); no Parquet copy written") from None
+    os.replace(partial, target)
+    return target

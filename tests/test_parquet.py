@@ -1,0 +1,116 @@
+"""Typed Parquet copies of the outputs (`--parquet`, `rsample parquet`): the readers that infer a JSONL file's types from
+its first rows (several runs' files at once, open-instruct's local files) read them, with every value as written."""
+
+import json
+import math
+
+import pytest
+from conftest import read_jsonl, rsample, write_jsonl
+
+ZERO_COST = ("--policy", "echo", "--backend", "echo", "--n", "3", "--reward-backend", "length", "--reward-model", "rm=org/rm",
+             "--no-progress")
+WITH_REFERENCE = [{"messages": [{"role": "user", "content": f"name a lake {i}"}, {"role": "assistant", "content": "Baikal"}]}
+                  for i in range(4)]
+PROMPT_ONLY = [{"prompt": f"name a river, number {i}"} for i in range(5)]
+
+
+def run(tmp_path, name, rows, *extra):
+    dataset = write_jsonl(tmp_path / f"{name}.data.jsonl", rows)
+    folder = tmp_path / name
+    folder.mkdir()
+    rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(folder / "pairs.jsonl"), *extra)
+    return folder
+
+
+def same_values(parquet_rows: list[dict], jsonl_rows: list[dict]) -> bool:
+    """Value for value, ints read as floats where the column is float (a reward function may return 1)."""
+    def close(a, b):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+        if isinstance(a, float) or isinstance(b, float):
+            return a is not None and b is not None and math.isclose(a, b, rel_tol=0, abs_tol=0)
+        return a == b
+    return close(parquet_rows, jsonl_rows)
+
+
+def test_every_output_gets_a_parquet_copy_with_its_rows_as_written(tmp_path):
+    from datasets import load_dataset
+
+    folder = run(tmp_path, "both", PROMPT_ONLY + WITH_REFERENCE, "--scores-out", str(tmp_path / "both" / "scores.jsonl"),
+                 "--sft-out", str(tmp_path / "both" / "sft.jsonl"), "--parquet")
+    for kind in ("pairs", "scores", "sft"):
+        written = read_jsonl(folder / f"{kind}.jsonl")
+        assert written, kind
+        loaded = load_dataset("parquet", data_files=str(folder / f"{kind}.parquet"), split="train").to_list()
+        assert same_values(loaded, written), kind
+    pairs = read_jsonl(folder / "pairs.jsonl")
+    assert {row["reference_completion"] for row in pairs} == {None, "Baikal"}  # both kinds of prompt made pairs
+
+
+def test_two_runs_files_load_together_where_their_jsonl_does_not(tmp_path):
+    """One run scored references, one did not: its `reference_completion_score` is null in every row, which a JSONL
+    reader types as null and then cannot merge with the other file's scores."""
+    from datasets import load_dataset
+
+    plain = run(tmp_path, "plain", WITH_REFERENCE, "--parquet")
+    scored = run(tmp_path, "scored", WITH_REFERENCE, "--include-reference", "--parquet")
+    assert all(row["reference_completion_score"] is None for row in read_jsonl(plain / "pairs.jsonl"))
+    with pytest.raises(Exception):  # the failure the copies exist for
+        load_dataset("json", data_files=[str(plain / "pairs.jsonl"), str(scored / "pairs.jsonl")], split="train")
+    both = load_dataset("parquet", data_files=[str(plain / "pairs.parquet"), str(scored / "pairs.parquet")], split="train")
+    expected = read_jsonl(plain / "pairs.jsonl") + read_jsonl(scored / "pairs.jsonl")
+    assert same_values(both.to_list(), expected)
+    assert {json.dumps(row["reference_completion_score"]) for row in both} >= {"null"}
+
+
+def test_a_file_read_block_by_block_keeps_its_types_where_the_first_block_has_no_reference(tmp_path):
+    """As a file of millions of rows is read: the first blocks have only prompts without a reference."""
+    from datasets import load_dataset
+
+    from rsample.producer.parquet import write_parquet
+
+    folder = run(tmp_path, "mixed", PROMPT_ONLY + WITH_REFERENCE)
+    rows = read_jsonl(folder / "pairs.jsonl")
+    ordered = sorted(rows, key=lambda row: row["reference_completion"] is not None)  # the referenced ones last
+    big = write_jsonl(tmp_path / "big.jsonl", ordered * 3)
+    block = max(len(line) for line in big.read_text().splitlines()) + 2  # about one row per block
+    copy = write_parquet(big, block_bytes=block)
+    loaded = load_dataset("parquet", data_files=str(copy), split="train").to_list()
+    assert same_values(loaded, ordered * 3)
+    assert loaded[-1]["reference_completion"] == "Baikal"
+
+
+def test_rsample_parquet_types_a_file_from_its_first_row_and_refuses_others_in_one_line(tmp_path):
+    from datasets import load_dataset
+
+    folder = run(tmp_path, "later", WITH_REFERENCE, "--scores-out", str(tmp_path / "later" / "scores.jsonl"))
+    done = rsample("parquet", str(folder / "pairs.jsonl"), str(folder / "scores.jsonl"))
+    assert done.stdout.split() == ["wrote", str(folder / "pairs.parquet"), "wrote", str(folder / "scores.parquet")]
+    scores = load_dataset("parquet", data_files=str(folder / "scores.parquet"), split="train")
+    assert scores.features["scores"].keys() == {"rm"} and same_values(scores.to_list(), read_jsonl(folder / "scores.jsonl"))
+
+    dataset = write_jsonl(tmp_path / "data.jsonl", WITH_REFERENCE)
+    refused = rsample("parquet", str(dataset), check=False)
+    assert refused.returncode == 2 and not (tmp_path / "data.parquet").exists()
+    assert refused.stderr.strip() == f"error: {dataset}: not an rsample output file (pairs, scores or sft JSONL)"
+
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [*read_jsonl(folder / "pairs.jsonl"),
+                                                   {**read_jsonl(folder / "pairs.jsonl")[0], "chosen_score": {"other": 1.0}}])
+    refused = rsample("parquet", str(mixed), check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "does not have the columns of an rsample pairs file scored by rm" in refused.stderr
+    assert not (tmp_path / "mixed.parquet").exists() and not list(tmp_path.glob(".mixed.parquet*"))
+
+
+def test_a_parquet_copy_may_never_replace_the_dataset(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dataset = tmp_path / "data.parquet"
+    pq.write_table(pa.Table.from_pylist(PROMPT_ONLY), dataset)
+    before = dataset.read_bytes()
+    refused = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(tmp_path / "data.jsonl"), "--parquet", check=False)
+    assert refused.returncode == 2 and "the Parquet copy of --out" in refused.stderr and "is the dataset itself" in refused.stderr
+    assert dataset.read_bytes() == before and not (tmp_path / "data.jsonl").exists()
