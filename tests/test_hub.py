@@ -1,5 +1,7 @@
 """Publishing to the Hub through the narrow seam: the API object is replaced, the files and card are real."""
 
+import json
+
 import pytest
 
 from rsample.producer.cli import redacted_command
@@ -10,9 +12,13 @@ from rsample.workers.common.errors import RsampleError
 
 
 class RecordingApi:
-    def __init__(self, fail: Exception | None = None):
+    def __init__(self, fail: Exception | None = None, repo_files: tuple[str, ...] = ()):
         self.calls = []
         self.fail = fail
+        self.repo_files = list(repo_files)
+
+    def list_repo_files(self, repo_id, **kwargs):
+        return self.repo_files
 
     def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
@@ -76,8 +82,16 @@ class FolderApi:
     def create_repo(self, repo_id, **kwargs):
         self.folder.mkdir(parents=True, exist_ok=True)
 
+    def list_repo_files(self, repo_id, **kwargs):
+        return sorted(str(path.relative_to(self.folder)) for path in self.folder.rglob("*") if path.is_file())
+
     def create_commit(self, repo_id, operations, **kwargs):
+        from huggingface_hub import CommitOperationDelete
+
         for operation in operations:
+            if isinstance(operation, CommitOperationDelete):
+                (self.folder / operation.path_in_repo).unlink()
+                continue
             source = operation.path_or_fileobj
             data = source if isinstance(source, bytes) else open(source, "rb").read()
             (self.folder / operation.path_in_repo).parent.mkdir(parents=True, exist_ok=True)
@@ -286,3 +300,26 @@ def test_a_card_whose_session_lost_its_counters_says_so_instead_of_giving_them(t
     card = next(op for op in api.calls[1][2] if op.path_in_repo == "README.md").path_or_fileobj.decode()
     assert "Redis lost the run's counters during the session that pushed these files" in card
     assert "generated nothing" not in card and "completions_generated" not in card and "| pairs_written | 7 |" in card
+
+
+def test_a_second_push_takes_away_what_the_first_run_wrote_and_this_one_did_not(tmp_path):
+    """The first run pushed scores and figures; the second pushes its pairs alone: the repository holds what its card
+    describes, and the user's own files stay."""
+    from rsample.producer.report.document import write_report
+
+    config, summary, files = make_run(tmp_path)
+    api = FolderApi(tmp_path / "repo")
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "NOTES.md").write_text("mine")
+    prompt = [{"role": "user", "content": "q"}]
+    files["pairs"].write_text("".join(json.dumps({
+        "prompt_id": f"p{i}", "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": "long answer " * (i + 2)}],
+        "rejected": prompt + [{"role": "assistant", "content": "no"}], "chosen_score": {"org/rm": 1.0 + i},
+        "rejected_score": {"org/rm": 0.0}, "num_candidates": 4, "num_unique": 3}) + "\n" for i in range(5)))
+    report = write_report(files["pairs"], None, tmp_path / "report")
+    push_to_hub("me/pairs", config, summary, files, api=api, report=report)
+    first = set(api.list_repo_files("me/pairs"))
+    assert {"scores.jsonl", "NOTES.md"} <= first and any(name.startswith("report/") for name in first)
+
+    push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
+    assert set(api.list_repo_files("me/pairs")) == {"pairs.jsonl", "README.md", "NOTES.md"}

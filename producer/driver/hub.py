@@ -140,13 +140,20 @@ and the `sft` config each prompt's best candidate as a supervised example: `load
 """
 
 
+def earlier_outputs(repo_files: list[str], pushed: set[str]) -> list[str]:
+    """The files an earlier push of rsample left that this one does not replace (a `scores.jsonl` this run did not write,
+    last run's figures): left, they would sit beside a card that no longer describes them. Other files are the user's."""
+    ours = {f"{name}.jsonl" for name in ("pairs", "scores", "sft")}
+    return [path for path in repo_files if path not in pushed and (path in ours or path.startswith("report/"))]
+
+
 def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[str, Path], private: bool = True, api=None,
                 report: Report | None = None) -> str:
     """Uploads `files` (config name -> JSONL path), the report's figures and README.md; returns the dataset's URL.
 
     An empty file is left out (and named in the card): `datasets` cannot read a config with no rows, so uploading
     it would break `load_dataset` on the whole repository."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     empty = [name for name, path in files.items() if Path(path).stat().st_size == 0]
     files = {name: path for name, path in files.items() if name not in empty}
@@ -160,6 +167,8 @@ def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[s
     operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        pushed = {operation.path_in_repo for operation in operations}
+        operations += [CommitOperationDelete(path) for path in earlier_outputs(api.list_repo_files(repo_id, repo_type="dataset"), pushed)]
         api.create_commit(repo_id, operations, commit_message=f"rsample run {config.run_id}", repo_type="dataset")
     except Exception as exc:  # auth, network, permissions: one line, the files stay on disk
         raise RsampleError(f"could not push to the Hub dataset {repo_id} (the JSONL files are kept locally; the same command "
