@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import rsample
 
+from rsample.workers.backends.base import Completion
 from rsample.workers.backends.tiny_models import build_policy
 from rsample.workers.backends.transformers_generation import TransformersGenerator
 from rsample.workers.common.config import SamplingConfig, resolve_sampling
@@ -67,6 +68,59 @@ def test_a_completion_ends_at_any_declared_eos(tmp_path):
     path, _ = eos2_policy(tmp_path / "policy", PROMPTS[0])
     result = TransformersGenerator(path, "float32").generate(PROMPTS[:1], SamplingConfig(n=4, temperature=1.0, max_new_tokens=10), seed=0)[0]
     assert [(c.text, c.num_tokens, c.finish_reason) for c in result.completions] == [("", 1, "stop")] * 4
+
+
+def test_a_checkpoint_without_generation_config_ends_at_the_eos_ids_of_its_config_json(tmp_path):
+    """mergekit writes no generation_config.json: the EOS ids are then config.json's (Llama 3.1: three), which
+    transformers' own `generate` and vLLM both stop at."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, second_eos = eos2_policy(tmp_path / "policy", PROMPTS[0])
+    (tmp_path / "policy" / "generation_config.json").unlink()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = json.loads((tmp_path / "policy" / "config.json").read_text())
+    (tmp_path / "policy" / "config.json").write_text(json.dumps({**config, "eos_token_id": [tokenizer.eos_token_id, second_eos]}))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ids = tokenizer(tokenizer.apply_chat_template(PROMPTS[0], tokenize=False, add_generation_prompt=True), add_special_tokens=False,
+                    return_tensors="pt")
+    torch.manual_seed(0)
+    own = model.generate(**ids, do_sample=True, max_new_tokens=10)[0, ids["input_ids"].shape[1]:].tolist()
+    assert own == [second_eos]  # transformers' own generate stops there
+    result = TransformersGenerator(path, "float32").generate(PROMPTS[:1], SamplingConfig(n=4, temperature=1.0, max_new_tokens=10), seed=0)[0]
+    assert [(c.text, c.num_tokens, c.finish_reason) for c in result.completions] == [("", 1, "stop")] * 4
+
+
+def test_any_seed_samples_and_a_small_one_samples_as_torch_seeded_with_it_does(greedy_policy):
+    """`--seed` is any int; torch takes 64 bits: a nanosecond timestamp as the seed made every transformers job fail."""
+    from rsample.workers.common.config import DataSelection, RunConfig
+    from rsample.workers.stages.generate import batch_seed
+
+    def seed_of(seed, first_row):
+        return batch_seed(RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm",),
+                                    sampling=SamplingConfig(seed=seed)), first_row)
+
+    generator = TransformersGenerator(greedy_policy, "float32")
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=4)
+    for seed in (1_764_000_000_123_456_789, 2**70, -3):
+        [result] = generator.generate(PROMPTS[:1], sampling, seed=seed_of(seed, 16))
+        assert len(result.completions) == 2
+    assert seed_of(42, 16) == 42 * 1_000_003 + 16  # unchanged where it fitted: a run resumed across versions samples alike
+
+
+def test_a_completion_that_ends_inside_a_character_leaves_its_bytes_out_whether_cut_or_stopped(greedy_policy):
+    """As vLLM writes it: `decode` marks the incomplete bytes U+FFFD; a completion of nothing else is empty (never chosen)."""
+    from transformers import AutoTokenizer
+
+    generator = TransformersGenerator(greedy_policy, "float32")
+    tokenizer = AutoTokenizer.from_pretrained(greedy_policy)
+    letter, first_byte_of_e_acute = tokenizer.convert_tokens_to_ids(["a", "Ã"])  # byte-level: "é" is C3 A9
+    eos = tokenizer.eos_token_id
+    assert tokenizer.decode([letter, first_byte_of_e_acute]) == "a\ufffd"
+    assert generator._completion([letter, first_byte_of_e_acute]) == Completion("a", 2, "length")
+    assert generator._completion([letter, first_byte_of_e_acute, eos, letter]) == Completion("a", 3, "stop")
+    assert generator._completion([first_byte_of_e_acute, eos]) == Completion("", 2, "stop")
 
 
 def test_a_prompt_over_max_prompt_tokens_is_skipped_with_its_reason(greedy_policy):

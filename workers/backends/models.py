@@ -174,11 +174,15 @@ def policy_sampling_defaults(spec: str) -> dict[str, float]:
     return {name: value for name in SAMPLING_FIELDS if (value := getattr(generation_config, name, None)) is not None}
 
 
-def policy_eos_ids(spec: str, tokenizer) -> list[int]:
+def policy_eos_ids(spec: str, tokenizer, model_config) -> list[int]:
     """Every token id that ends a completion: the generation config's EOS ids (often several, as Llama 3's) and the
-    tokenizer's EOS."""
+    tokenizer's EOS. A checkpoint without `generation_config.json` (mergekit writes none) declares them in its
+    `config.json` (`model_config`, the transformers config), where transformers' `generate` and vLLM both read them."""
     generation_config = load_generation_config(spec)
-    declared = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    if generation_config is not None:
+        declared = getattr(generation_config, "eos_token_id", None)
+    else:
+        declared = getattr(model_config.get_text_config(), "eos_token_id", None)
     ids = set(declared if isinstance(declared, list) else [] if declared is None else [declared])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)

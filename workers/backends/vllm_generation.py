@@ -34,10 +34,10 @@ class VLLMGenerator:
     def __init__(self, policy: str, models: ModelSettings, trust_remote_code: bool = False):
         self.tokenizer = load_tokenizer(policy, "policy", trust_remote_code)
         self.llm = make_llm(policy, "policy", models, runner="generate", trust_remote_code=trust_remote_code)
-        self.context = context_length(load_model_config(policy, "policy", trust_remote_code), self.tokenizer, models.max_model_len,
-                                      self.llm.llm_engine.model_config.max_model_len)
+        model_config = load_model_config(policy, "policy", trust_remote_code)
+        self.context = context_length(model_config, self.tokenizer, models.max_model_len, self.llm.llm_engine.model_config.max_model_len)
         self.engine = EngineLoop(self.llm.llm_engine)
-        self.eos_ids = policy_eos_ids(policy, self.tokenizer)
+        self.eos_ids = policy_eos_ids(policy, self.tokenizer, model_config)
 
     @classmethod
     def from_run(cls, config: RunConfig) -> VLLMGenerator:
