@@ -30,7 +30,7 @@ class TransformersGenerator:
         self.tokenizer.padding_side = "left"
         self.model = load_weights(AutoModelForCausalLM, policy, "policy", resolve_dtype(dtype, self.device), self.device, trust_remote_code)
         self.context = context_length(self.model.config, self.tokenizer, max_model_len)
-        self.eos_ids = set(policy_eos_ids(policy, self.tokenizer))
+        self.eos_ids = set(policy_eos_ids(policy, self.tokenizer, self.model.config))
         if self.tokenizer.pad_token_id is None:  # no pad and no EOS token: any id pads, the attention mask hides it
             self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(min(self.eos_ids, default=0))
         self.model.generation_config = GenerationConfig(eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id)
@@ -75,13 +75,11 @@ class TransformersGenerator:
         return results  # type: ignore[return-value]
 
     def _completion(self, tokens: list[int]) -> Completion:
-        for length, token in enumerate(tokens):
-            if token in self.eos_ids:
-                text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True)
-                return Completion(text.strip(), length + 1, "stop")
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        # cut inside a character (its bytes spread over tokens): vLLM leaves the incomplete bytes out, decode marks them
-        return Completion(text.rstrip("\ufffd").strip(), len(tokens), "length")
+        """Ended inside a character (its bytes spread over tokens; an EOS may follow the first of them too): vLLM leaves
+        the incomplete bytes out, `decode` marks them U+FFFD."""
+        end = next((length for length, token in enumerate(tokens) if token in self.eos_ids), None)
+        text = self.tokenizer.decode(tokens if end is None else tokens[:end], skip_special_tokens=True).rstrip("\ufffd").strip()
+        return Completion(text, len(tokens), "length") if end is None else Completion(text, end + 1, "stop")
 
 
 class StepCounter:

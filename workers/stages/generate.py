@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def batch_seed(config: RunConfig, first_row: int) -> int:
-    """Each batch its own seed, fixed by the run's seed and its first row: a retried batch samples the same way."""
-    return config.sampling.seed * 1_000_003 + first_row
+    """Each batch its own seed, fixed by the run's seed and its first row: a retried batch samples the same way. Within
+    the 64 bits torch takes (`--seed` is any int: a nanosecond timestamp made every job fail); the same seed as before
+    for every non-negative --seed that fitted."""
+    return (config.sampling.seed * 1_000_003 + first_row) % 2**64
 
 
 def generate_isolating_failures(backend: GenerationBackend, prompts: list[Conversation], config: RunConfig, seed: int,
