@@ -18,8 +18,9 @@ from rsample.producer.feeder import Feeder
 from rsample.workers.runtime.connection import REDIS_URL_ENV
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis, free_port
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.queues import generation_job_id
+from rsample.workers.runtime.queues import generation_job_id, make_queue
 from rsample.workers.runtime.run_state import load_run
+from rsample.workers.runtime.safe_job import SafeJob
 
 
 def fetch(url, timeout=60):
@@ -57,6 +58,57 @@ def test_dashboard_shows_queues_and_job_details(redis_server, redis_client, chat
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
+
+
+def fed_run(redis_server, redis_client, chat_dataset, tmp_path):
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), "--policy", "p",
+                     "--reward-model", "r", "--backend", "echo", "--reward-backend", "length").stdout.strip()
+    Feeder(redis_client, load_run(redis_client, run_id), Ledger(tmp_path / "pairs.jsonl", None, run_id)).top_up()
+    return run_id, make_queue(redis_client, RunKeys(run_id).generate_queue)
+
+
+def busy_worker(redis_client, queue):
+    """A worker that took the queue's job and is running it, as `rsample worker` does."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    worker = SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer, job_class=SafeJob, name="busy-worker")
+    worker.register_birth()
+    job, _ = queue.dequeue_any([queue], None, connection=redis_client, job_class=SafeJob, serializer=JSONSerializer)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    return job
+
+
+def test_the_workers_page_shows_a_worker_running_a_job(redis_server, redis_client, chat_dataset, tmp_path):
+    """rq-dashboard lists workers without its serializer setting: it unpickled the running job and answered 500."""
+    from rsample.workers.runtime.dashboard import make_app
+
+    _, queue = fed_run(redis_server, redis_client, chat_dataset, tmp_path)
+    busy_worker(redis_client, queue)
+    response = make_app(redis_server.url).test_client().get("/0/data/workers.json")
+    assert response.status_code == 200, response.data[:300]
+    [worker] = response.get_json()["workers"]
+    assert worker["name"] == "busy-worker" and "generate batch r0" in json.dumps(worker["current_job"])
+
+
+def test_rsample_status_only_reads_it_never_requeues_a_job(redis_server, redis_client, chat_dataset, tmp_path):
+    """RQ's registry `.count` also sweeps it: `rsample status` right after a Redis outage requeued a live worker's job
+    (and spent one of its retries) that the coordinator's sweep was giving one heartbeat TTL to beat again."""
+    from rq.serializers import JSONSerializer
+
+    from rsample.workers.runtime.status import run_status
+
+    run_id, queue = fed_run(redis_server, redis_client, chat_dataset, tmp_path)
+    job = busy_worker(redis_client, queue)
+    registry = queue.started_job_registry
+    [entry] = redis_client.zrange(registry.key, 0, -1)
+    redis_client.zadd(registry.key, {entry: time.time() - 1})  # its heartbeat is out of date: Redis has just come back
+    retries = SafeJob.fetch(job.id, connection=redis_client, serializer=JSONSerializer).retries_left
+    report = run_status(redis_client, run_id)
+    after = SafeJob.fetch(job.id, connection=redis_client, serializer=JSONSerializer)
+    assert (after.get_status(), after.retries_left) == ("started", retries)
+    assert [(q.queued, q.started) for q in report.queues if q.name == queue.name] == [(0, 1)]
 
 
 def _processes_naming(text: str) -> list[str]:

@@ -205,7 +205,8 @@ class Coordinator:
             return False
         for name in self.keys.all_queues(len(self.config.reward_models)):
             queue = make_queue(self.client, name)
-            if queue.count or queue.started_job_registry.count or queue.scheduled_job_registry.count:
+            # counted as they are (rq's `.count` sweeps the registry: only `sweep`, with its outage grace, may requeue)
+            if queue.count or queue.started_job_registry.get_job_count(cleanup=False) or queue.scheduled_job_registry.get_job_count(cleanup=False):
                 return False
         return True
 

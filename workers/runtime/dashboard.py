@@ -15,11 +15,23 @@ import sys
 def make_app(redis_url: str):
     """rq-dashboard's Flask blueprint on a fresh app, reading this Redis with the JSON serializer."""
     import rq_dashboard
+    import rq_dashboard.web
     from flask import Flask
+    from rq import Worker
     from rq.serializers import JSONSerializer
     from rq_dashboard.web import config as dashboard_config
     from rq_dashboard.web import setup_rq_connection
 
+    class JSONWorker(Worker):
+        """rq-dashboard (0.9) lists workers without its serializer setting: a busy worker's current job was unpickled,
+        and the Workers page failed (HTTP 500) whenever any worker ran a job."""
+
+        @classmethod
+        def all(cls, *args, **kwargs):
+            kwargs.setdefault("serializer", JSONSerializer)
+            return super().all(*args, **kwargs)
+
+    rq_dashboard.web.Worker = JSONWorker
     app = Flask("rsample.dashboard")
     app.config.from_object(rq_dashboard.default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url

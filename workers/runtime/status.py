@@ -183,7 +183,8 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
     for name in keys.all_queues(len(config.reward_models)):
         queue = make_queue(client, name)
         queues.append(
-            QueueStatus(name, queue.count, queue.started_job_registry.count, queue.failed_job_registry.count, worker_processes(queue))
+            QueueStatus(name, queue.count, queue.started_job_registry.get_job_count(cleanup=False),
+                        queue.failed_job_registry.get_job_count(cleanup=False), worker_processes(queue))
         )
     rows = int(stats.get("rows_total"))
     written = int(stats.get("rows_written"))
