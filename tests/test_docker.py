@@ -239,6 +239,26 @@ def test_enqueue_leaves_sampling_to_the_policy_unless_a_variable_sets_it(samplin
     assert command_args(yaml.safe_load(COMPOSE.read_text())["services"]["enqueue"], env) == command
 
 
+def commented_examples(name: str) -> list[str]:
+    """The values .env.example shows for `name` in its comments (`#   NAME=value`, a note in parentheses after it)."""
+    return [m.group(1) for line in ENV_EXAMPLE.read_text().splitlines()
+            if (m := re.match(rf"#\s+{name}=(.*?)(\s{{2,}}\(.*\))?$", line))]
+
+
+@pytest.mark.parametrize("example", commented_examples("RSAMPLE_ENQUEUE_ARGS"))
+def test_every_example_of_more_enqueue_flags_reaches_rsample_whole(example, monkeypatch):
+    """Compose splits the command string and stops at an unquoted `<` (`--reasoning-end </think>` lost its value, and
+    the enqueue that everything waits for failed)."""
+    import shlex
+
+    done = run_compose("--env-file", os.devnull, "config", "--format", "json", env={**env_example(), "RSAMPLE_ENQUEUE_ARGS": example})
+    assert done.returncode == 0, done.stderr
+    command = json.loads(done.stdout)["services"]["enqueue"]["command"]
+    words = shlex.split(example)
+    assert command[-len(words):] == words
+    _parse_with_cli(command, monkeypatch)
+
+
 def test_compose_matches_the_compose_spec_schema():
     """The compose-spec JSON schema as check-jsonschema vendors it (not a copy kept in this repository)."""
     checker = require("check-jsonschema", find_executable("check-jsonschema"))
