@@ -76,6 +76,31 @@ def test_two_runs_share_one_redis_without_touching_each_other(redis_server, tmp_
     assert status.count('"complete": true') == 2
 
 
+def test_a_restarted_aggregate_goes_on_with_the_run_its_output_holds_though_another_was_made_since(redis_server, tmp_path):
+    """As compose restarts it: `rsample aggregate` without --run took the latest run, someone else's made meanwhile,
+    and refused its own output ever after (suggesting --overwrite, which would have destroyed it)."""
+    from faults import kill, wait_for
+
+    from rsample.producer.driver.ledger import outcomes_path_for
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    url, out, log = redis_server.url, tmp_path / "mine" / "pairs.jsonl", tmp_path / "runs.log"
+    mine = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "2").stdout.strip()
+    first = start("aggregate", "--redis-url", url, "--out", str(out), "--no-progress", log=log)
+    wait_for(lambda: outcomes_path_for(out).exists() and outcomes_path_for(out).stat().st_size, 120, "the output's header")
+    kill(first)
+    other = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "5").stdout.strip()
+    assert other != mine
+    worker = start("worker", "both", "--redis-url", url, "--run", mine, log=log)
+    again = start("aggregate", "--redis-url", url, "--out", str(out), "--no-progress", log=log)
+    assert again.wait(timeout=240) == 0, log.read_text()[-3000:]
+    worker.terminate()
+    worker.wait(timeout=60)
+    assert_exactly_once(out, None, ROWS)
+    assert {row["num_candidates"] for row in read_jsonl(out)} == {2}
+    assert f"run {mine}: the one whose output {out} holds (the latest is {other}" in log.read_text()
+
+
 def redis_contents(client) -> str:
     """Every key and value of a Redis, as text, whatever its type."""
     parts = []
