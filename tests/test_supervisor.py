@@ -131,8 +131,42 @@ def test_a_gpu_the_machine_lacks_is_refused(monkeypatch):
     with pytest.raises(RsampleError, match=r"^no GPU 4, 5, 6, 7 on this machine: it has 4 \(ids 0 to 3\)$"):
         check_devices(plan)
     assert check_devices(plan[:4]) is None
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # ids are the machine's: this process's view says nothing of them
-    assert check_devices(plan) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # a Slurm job's allocation: ids count among its GPUs
+    with pytest.raises(RsampleError, match=r"^no GPU 4, 5, 6, 7 here: CUDA_VISIBLE_DEVICES=4,5,6,7 shows 4 GPUs \(ids 0 to 3\), "):
+        check_devices(plan)
+
+
+def test_gpu_ids_count_among_those_an_inherited_cuda_visible_devices_shows(monkeypatch):
+    """Slurm sets CUDA_VISIBLE_DEVICES=2,3 for a job given GPUs 2 and 3: `--generate 0` is GPU 2, as torch counts it
+    in the job; pinning the machine's GPU 0 would take another job's GPU."""
+    from rsample.workers.runtime.gpu_ids import pinned_devices
+    from rsample.workers.runtime.worker import pin_gpu
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert pinned_devices([0, 1]) == "0,1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,GPU-8f0e4c1a")
+    assert [pinned_devices([0]), pinned_devices([1, 2])] == ["2", "3,GPU-8f0e4c1a"]
+    pin_gpu("1")  # `rsample worker --gpu 1` in the job
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(RsampleError, match=r"^no GPU 0 here: CUDA_VISIBLE_DEVICES= shows 0 GPUs, "):
+        pin_gpu("0")
+    with pytest.raises(RsampleError, match=r"^--gpu first: give GPU ids"):
+        pin_gpu("first")
+
+
+def test_supervised_workers_in_an_allocation_are_pinned_to_its_gpus(chat_dataset, tmp_path):
+    with EmbeddedRedis(data_dir=tmp_path / "redis") as server:
+        run_id = enqueue(server.url, chat_dataset)
+        log = tmp_path / "supervisor.log"
+        supervisor = start_supervisor("--run", run_id, "--generate", "0", "--reward", "1", *FAST, "--log-dir", str(tmp_path / "logs"),
+                                      log=log, redis_url=server.url, visible="6,7")
+        try:
+            pinned = wait_for(lambda: pinned_workers(supervisor.pid, 2), 30, "two pinned workers")
+            assert sorted(pinned) == ["6", "7"], log.read_text()
+        finally:
+            supervisor.terminate()
+            supervisor.wait(timeout=60)
 
 
 def test_a_worker_that_cannot_start_is_given_up(redis_server, chat_dataset, tiny_models, tmp_path):
@@ -182,10 +216,13 @@ def run_supervisor(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*SUPERVISOR, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
-def start_supervisor(*args: str, log: Path, redis_url: str) -> subprocess.Popen:
-    """The URL goes through the environment, as it should in real use: a password on argv shows in `ps`."""
+def start_supervisor(*args: str, log: Path, redis_url: str, visible: str | None = None) -> subprocess.Popen:
+    """The URL goes through the environment, as it should in real use: a password on argv shows in `ps`. `visible`:
+    the CUDA_VISIBLE_DEVICES it inherits (none by default)."""
     env = {**os.environ, "RSAMPLE_REDIS_URL": redis_url}
     env.pop("CUDA_VISIBLE_DEVICES", None)
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
     process = subprocess.Popen([*SUPERVISOR, *args], cwd=REPO, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
     STARTED.append(process)  # killed by conftest's reaper if the test fails
     return process

@@ -28,6 +28,7 @@ from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.runtime.connection import REDIS_URL_ENV, connect, redact_url
+from rsample.workers.runtime.gpu_ids import pinned_devices
 from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, die_with_parent, last_words
 from rsample.workers.runtime.run_state import Move, load_run, move_from, run_to_serve
 
@@ -104,10 +105,9 @@ def plan_workers(assignment: dict[str, list[int]], gpus_per_worker: int, source:
 
 def check_devices(specs: list[WorkerSpec]) -> str | None:
     """A GPU id the machine lacks would leave its worker on the CPU, silently slow: refused on a machine with GPUs.
-    On one without any, the workers run on the CPU: returned as a warning. Ids are the machine's, so with
-    CUDA_VISIBLE_DEVICES set here, what this process sees says nothing about them: not checked."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        return None
+    On one without any, the workers run on the CPU: returned as a warning. Ids count the GPUs this process sees (those
+    an inherited CUDA_VISIBLE_DEVICES lists), as torch counts them."""
+    pinned_devices(sorted({gpu for spec in specs for gpu in spec.gpus}))  # inside an allocation, out of it: refused
     import torch
 
     count = torch.cuda.device_count()
@@ -187,14 +187,16 @@ class Supervisor:
         say(message)
 
     def command(self, spec: WorkerSpec) -> list[str]:
-        return [*RSAMPLE_COMMAND, "worker", spec.role, "--run", self.run_id, "--gpu", spec.devices,
-                *self.role_args.get(spec.role, [])]
+        """Pinned by its environment (`start`): its `--gpu` counts among the GPUs that shows it, all of them."""
+        among_its_own = ",".join(str(index) for index in range(len(spec.gpus)))
+        return [*RSAMPLE_COMMAND, "worker", spec.role, "--run", self.run_id, "--gpu", among_its_own, *self.role_args.get(spec.role, [])]
 
     def start(self, child: Child) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if child.log_path.exists():  # keep the previous attempt's log; the new one starts empty so its last words are its own
             child.log_path.replace(child.log_path.with_name(child.log_path.name + ".1"))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", REDIS_URL_ENV: self.redis_url, "CUDA_VISIBLE_DEVICES": child.spec.devices}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", REDIS_URL_ENV: self.redis_url,
+               "CUDA_VISIBLE_DEVICES": pinned_devices(list(child.spec.gpus))}
         with child.log_path.open("w") as log_file:
             child.process = subprocess.Popen(
                 self.command(child.spec), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

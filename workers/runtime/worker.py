@@ -250,7 +250,9 @@ def leave_when_the_run_moves(client, run_id: str) -> threading.Thread:
 def pin_gpu(gpu: str | None) -> None:
     """Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation."""
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        from rsample.workers.runtime.gpu_ids import parse_gpu_option, pinned_devices
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = pinned_devices(parse_gpu_option(gpu))
 
 
 def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
