@@ -18,7 +18,7 @@ from rsample.producer.prompts import AUTO_PROMPT_COLUMNS, RowSkip, record_of
 from rsample.workers.backends.reward_specs import is_verifier
 from rsample.workers.backends.verifiers import ground_truth_problem
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.messages import PromptRecord
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.run_state import latest_run_id, load_run, save_run
@@ -97,7 +97,47 @@ def check_rows(config: RunConfig) -> None:
         where = f"column {data.reference_column!r}" if data.reference_column else "a final assistant turn"
         raise RsampleError(f"--include-reference: none of the first {checked} rows of dataset {data.dataset!r} has a reference "
                            f"answer in {where}" + ("" if data.reference_column else " (name its column with --reference-column)"))
+    check_policy_template(config, prompts)
     check_reward_templates(config, prompts)
+
+
+def check_policy_template(config: RunConfig, prompts: list[list[dict]]) -> None:
+    """A policy chat template that refuses the dataset's prompts (Gemma 2's refuses a system turn, which --system-prompt
+    adds to every prompt) would skip every prompt once the workers have loaded the models: refused when it refuses
+    every prompt checked, said when some. One that drops the system turn (Phi-3-medium's) is said: the output's
+    messages would carry a system prompt the policy never saw."""
+    from jinja2 import TemplateError
+
+    from rsample.workers.backends.models import load_tokenizer
+    from rsample.workers.backends.registry import ZERO_COST_GENERATION
+
+    if not prompts or config.models.generation_backend == ZERO_COST_GENERATION:
+        return
+    try:
+        tokenizer = load_tokenizer(config.policy, "policy", config.policy in config.trust_remote_code)
+    except RsampleError as exc:  # not loadable here: the workers say so if they cannot either
+        log.info("the policy's chat template is not checked on the dataset: %s", exc)
+        return
+    refusals, dropped_system = Counter(), None
+    for messages in prompts:
+        try:  # as the workers render it (templates.render)
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                 **config.sampling.chat_template_kwargs)
+        except TemplateError as exc:
+            refusals[first_line(exc)] += 1
+            continue
+        system = next((m["content"] for m in messages if m["role"] == "system" and isinstance(m["content"], str)), None)
+        if dropped_system is None and system and system.strip() not in text:
+            dropped_system = system
+    if refusals:
+        why, count = refusals.most_common(1)[0][0], sum(refusals.values())
+        if count == len(prompts):
+            raise RsampleError(f"the policy's chat template refuses every one of the first {len(prompts)} prompts of dataset "
+                               f"{config.data.dataset!r} ({why}), so nothing could be generated")
+        log.warning("the policy's chat template refuses %d of the first %d prompts (%s): those are skipped", count, len(prompts), why)
+    if dropped_system is not None:
+        log.warning("the policy's chat template leaves out the system turn (%r): the policy never sees it, while the output's "
+                    "messages, chosen and rejected carry it", dropped_system[:60])
 
 
 def check_reward_templates(config: RunConfig, prompts: list[list[dict]]) -> None:

@@ -189,6 +189,47 @@ def test_a_reward_template_that_refuses_a_system_turn_skips_those_prompts_and_th
     assert not (tmp_path / "refused.jsonl").exists()
 
 
+def test_a_policy_template_that_refuses_the_system_prompt_is_refused_and_one_that_drops_it_is_said(tiny_models, tmp_path):
+    """Gemma 2's template refuses a system turn, which --system-prompt adds to every prompt: the run was made, the workers
+    loaded the models, and every prompt was skipped. Phi-3-medium's leaves it out: the output would carry a system
+    prompt the policy never saw."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    def policy_with(template: str, name: str):
+        policy = tmp_path / name
+        shutil.copytree(tiny_models["policy"], policy)
+        tokenizer = AutoTokenizer.from_pretrained(policy)
+        tokenizer.chat_template = template
+        tokenizer.save_pretrained(policy)
+        return policy
+
+    refusing = policy_with(NO_SYSTEM_TEMPLATE, "policy-no-system")
+    dataset = tmp_path / "rows.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": f"name a {word}"}) + "\n" for word in ("river", "city", "song")))
+    common = ("--dataset", str(dataset), "--reward-model", tiny_models["reward"], "--n", "2", "--max-new-tokens", "4", "--no-progress")
+    refused = rsample("run", *common, "--policy", str(refusing), "--system-prompt", "be brief", "--out", str(tmp_path / "a.jsonl"),
+                      check=False)
+    assert (refused.returncode, refused.stderr.strip().splitlines()[-1]) == (
+        2, f"error: the policy's chat template refuses every one of the first 3 prompts of dataset {str(dataset)!r} "
+           "(System role not supported), so nothing could be generated")
+    assert not (tmp_path / "a.jsonl").exists()
+
+    # the template refuses the system turn, but no prompt has one: the run goes on, nothing said
+    plain = rsample("run", *common, "--policy", str(refusing), "--out", str(tmp_path / "b.jsonl"))
+    outcomes = [o["outcome"] for o in read_jsonl(tmp_path / "b.outcomes.jsonl")[1:]]
+    assert "chat template" not in plain.stderr and len(outcomes) == 3 and "skipped" not in outcomes
+
+    dropping = policy_with("{% for m in messages %}{% if m['role'] != 'system' %}<|{{ m['role'] }}|>{{ m['content'] }}</turn>"
+                           "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}", "policy-drops-system")
+    said = rsample("run", *common, "--policy", str(dropping), "--system-prompt", "Answer in French.", "--out", str(tmp_path / "c.jsonl"))
+    assert ("the policy's chat template leaves out the system turn ('Answer in French.'): the policy never sees it, while the "
+            "output's messages, chosen and rejected carry it") in said.stderr
+    assert "leaves out the system turn" not in rsample("run", *common, "--policy", tiny_models["policy"], "--system-prompt",
+                                                       "Answer in French.", "--out", str(tmp_path / "d.jsonl")).stderr
+
+
 def test_rows_the_workers_skip_are_logged_a_few_per_reason_and_counted_beyond(caplog):
     from rsample.producer.driver.collector import SkipLog
     from rsample.workers.common.messages import SKIPPED, Outcome
