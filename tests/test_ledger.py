@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rsample.producer.driver.ledger import Ledger
+from rsample.producer.driver.ledger import Ledger, outcomes_path_for
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import DUPLICATE, PAIR, SKIPPED, Outcome
 
@@ -252,12 +252,41 @@ def test_outputs_whose_whole_folder_moved_are_still_the_runs(tmp_path):
     moved.close()
 
 
-def test_a_coordinator_that_finds_another_s_commits_after_its_own_stops_without_writing(tmp_path):
-    """Paused past its lock (a stopped process, a machine asleep) while another coordinator took the run over and wrote
-    on: its index is stale, and its next commit would write rows twice."""
+def test_a_second_coordinator_is_kept_out_while_the_first_lives_paused_or_not(tmp_path):
+    """Paused past its Redis lock (a stopped process, a machine asleep), the first still holds the output: the second,
+    which the Redis lock let in, would cut back the files under it and write the same rows again."""
+    import subprocess
+    import sys
+
     out = tmp_path / "pairs.jsonl"
     paused = Ledger(out, None, "run1")
     paused.commit([Outcome(0, "a", PAIR)], [pair("a")], [])
+    with pytest.raises(RsampleError, match=rf"^another process is writing run run1's output {out} \(a coordinator still running, or "):
+        Ledger(out, None, "run1")
+    elsewhere = subprocess.run([sys.executable, "-c", f"from rsample.producer.driver.ledger import Ledger; Ledger({str(out)!r}, None, 'run1')"],
+                               capture_output=True, text=True)
+    assert elsewhere.returncode != 0 and "another process is writing run run1's output" in elsewhere.stderr
+    paused.commit([Outcome(1, "b", PAIR)], [pair("b")], [])  # it wakes and goes on: nobody wrote under it
+    paused.close()
+    after = Ledger(out, None, "run1")  # the lock went with it
+    assert after.rows == {0, 1}
+    after.close()
+    assert [row["prompt_id"] for row in lines(out)] == ["a", "b"]
+
+
+def lose_lock(ledger: Ledger) -> None:
+    """As an NFS lease of a machine asleep lapses: the lock is gone while the process still thinks it writes alone."""
+    import os
+
+    os.close(ledger._lock)
+    ledger._lock = None
+
+
+def test_a_coordinator_whose_lock_lapsed_finds_another_s_commits_after_its_own_and_stops_without_writing(tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    paused = Ledger(out, None, "run1")
+    paused.commit([Outcome(0, "a", PAIR)], [pair("a")], [])
+    lose_lock(paused)
     other = Ledger(out, None, "run1")
     other.commit([Outcome(1, "b", PAIR)], [pair("b")], [])
     other.close()
@@ -266,6 +295,44 @@ def test_a_coordinator_that_finds_another_s_commits_after_its_own_stops_without_
     assert "another coordinator of run run1 wrote to it meanwhile" in str(error.value)
     paused.close()
     assert [row["prompt_id"] for row in lines(out)] == ["a", "b"]
+
+
+def test_a_coordinator_paused_within_a_commit_writes_nothing_after_another_took_over(tmp_path, monkeypatch):
+    """The pause falls after its scores were written: the other resumes (cutting them back) and commits; the first
+    wakes to write its pairs and outcome line, which would settle rows twice and record ends below the other's rows."""
+    out, scores, sft = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "sft.jsonl"
+
+    def commit(ledger, rows):
+        ids = [f"p{row}" for row in rows]
+        ledger.commit([Outcome(row, pid, PAIR) for row, pid in zip(rows, ids)], [pair(pid) for pid in ids],
+                      [score(pid, i) for pid in ids for i in range(3)], [{"prompt_id": pid, "messages": []} for pid in ids])
+
+    first = Ledger(out, scores, "run1", sft_out=sft)
+    commit(first, [0, 1])
+    original = Ledger._append
+
+    def pausing(ledger, handle, rows):
+        original(ledger, handle, rows)
+        if ledger is first and handle is first._scores:  # paused here; its lock lapses; another takes over
+            monkeypatch.setattr(Ledger, "_append", original)
+            lose_lock(first)
+            other = Ledger(out, scores, "run1", sft_out=sft)
+            commit(other, [2, 3])
+            commit(other, [4, 5])
+            other.close()
+
+    monkeypatch.setattr(Ledger, "_append", pausing)
+    with pytest.raises(RsampleError, match="another coordinator of run run1 wrote to it meanwhile"):
+        commit(first, [2, 3])
+    first.close()
+    resumed = Ledger(out, scores, "run1", sft_out=sft)  # the same command, again
+    assert resumed.rows == {0, 1, 2, 3, 4, 5}
+    resumed.close()
+    settled = [line["row_index"] for line in lines(outcomes_path_for(out))[1:]]
+    assert sorted(settled) == [0, 1, 2, 3, 4, 5]
+    assert [row["prompt_id"] for row in lines(out)] == [f"p{row}" for row in range(6)]
+    assert [row["prompt_id"] for row in lines(sft)] == [f"p{row}" for row in range(6)]
+    assert [(row["prompt_id"], row["completion_index"]) for row in lines(scores)] == [(f"p{row}", i) for row in range(6) for i in range(3)]
 
 
 def test_a_duplicate_committed_with_a_repeated_delivery_of_its_prompt_writes_nothing_twice(tmp_path):

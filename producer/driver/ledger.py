@@ -124,6 +124,29 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
         raise RsampleError(f"{existing[0]} exists and is {whose}: pass --overwrite to replace it, or choose another --out")
 
 
+def output_lock_path(outcomes: Path) -> Path:
+    """Hidden, beside the outcomes file: a glob of the data files never takes it in. Never deleted: a lock file
+    removed while another process waits on it would let a third lock a new file of the same name."""
+    return outcomes.with_name(f".{outcomes.name}.lock")
+
+
+def hold_output_lock(out: Path, run_id: str) -> int:
+    """An exclusive lock on the run's output for the holder's life: a coordinator paused within a commit (a stopped
+    process, a machine asleep) keeps it, so that a second one, which the Redis lock let in once the first stopped
+    refreshing it, cannot cut back or write on the files under it. The kernel lets it go with the process, however
+    it ends. Returns the descriptor that holds it."""
+    import fcntl
+
+    descriptor = os.open(output_lock_path(outcomes_path_for(out)), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise RsampleError(f"another process is writing run {run_id}'s output {out} "
+                           "(a coordinator still running, or one stopped or paused: end it or let it go on first)") from None
+    return descriptor
+
+
 def _fsync_directory(path: Path) -> None:
     """Makes a rename or a new file in `path`'s folder survive a power cut, as the file's own fsync does not."""
     handle = os.open(path.parent, os.O_RDONLY)
@@ -292,18 +315,25 @@ class Ledger:
         write keeps its end, so that a later session that gives it again keeps its rows."""
         self._dataset_seen: dict | None = None
         """The dataset's fingerprint as the run last read it (header, or a later line when rows were appended)."""
-        self._load(start_over)
         for path in (self.out, self.scores_out, self.sft_out):
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-        self._pairs = self.out.open("ab")
-        self._scores = self.scores_out.open("ab") if self.scores_out else None
-        self._sft = self.sft_out.open("ab") if self.sft_out else None
-        if self._sft is not None and self._sft.tell():
+        self._lock = hold_output_lock(self.out, run_id)  # before `_load`, which cuts files back
+        self._sizes: dict = {}
+        """Each open file's size as this ledger's last write left it: another writer shows as a difference."""
+        try:
+            self._load(start_over)
+        except BaseException:
+            os.close(self._lock)
+            raise
+        self._pairs = self._open(self.out)
+        self._scores = self._open(self.scores_out) if self.scores_out else None
+        self._sft = self._open(self.sft_out) if self.sft_out else None
+        if self._sft is not None and self._sizes[self._sft]:
             self.sft_written = _count_lines(self.sft_out)
-        self._outcomes = self.outcomes_path.open("ab")
+        self._outcomes = self._open(self.outcomes_path)
         fingerprint = dataset[1] if dataset is not None else None
-        if self._outcomes.tell() == 0:
+        if self._sizes[self._outcomes] == 0:
             header = {"rsample_run": run_id, "outputs": list(self._outputs()), "paths": self._relative_paths()}
             if fingerprint:
                 header["dataset"] = fingerprint
@@ -474,34 +504,50 @@ class Ledger:
         self.sft_written += len(sft_rows) if self._sft is not None else 0
         lines = [asdict(o) for o in fresh]
         handles = {"pairs": self._pairs, "scores": self._scores, "sft": self._sft}
-        self._data_end = {kind: handle.tell() if handle is not None else self._data_end[kind] for kind, handle in handles.items()
+        for handle in handles.values():  # the commit point below must record ends that are this ledger's data
+            self._check_unchanged(handle)
+        self._data_end = {kind: self._sizes[handle] if handle is not None else self._data_end[kind] for kind, handle in handles.items()
                           if handle is not None or kind in self._data_end}  # an unknown end stays unknown, never 0
         lines[-1]["data_end"] = dict(self._data_end)
         self._append(self._outcomes, lines)
         return fresh
 
     def _check_still_ours(self) -> None:
-        """The outcomes file ends where this ledger last wrote it. A coordinator paused past its lock's expiry (a
-        stopped process, a machine asleep) finds another's commits after its own: its index is stale, and writing on
-        would write rows twice. The run lock alone cannot tell: it takes back a lock nobody holds, as after a Redis
-        restart."""
-        size = os.fstat(self._outcomes.fileno()).st_size
-        if size != self._outcomes.tell():
-            raise RsampleError(f"{self.outcomes_path} changed since this coordinator last wrote it ({size - self._outcomes.tell():+d} "
-                               f"bytes): another coordinator of run {self.run_id} wrote to it meanwhile (was this one paused?); this "
-                               "one stops without writing, and the same command resumes from the files")
+        """The files end where this ledger last wrote them. The output lock (`hold_output_lock`) keeps a second
+        coordinator out while this one lives, paused or not; where the file system lets a lock go (an NFS lease of a
+        machine asleep), a coordinator paused past it finds another's commits after its own: its index is stale, and
+        writing on would write rows twice, or record data ends below the other's rows."""
+        for handle in (self._outcomes, self._pairs, self._scores, self._sft):
+            self._check_unchanged(handle)
 
-    @staticmethod
-    def _append(handle, rows: list[dict]) -> None:
+    def _check_unchanged(self, handle) -> None:
+        if handle is None:
+            return
+        size = os.fstat(handle.fileno()).st_size
+        if size != self._sizes[handle]:
+            raise RsampleError(f"{handle.name} changed since this coordinator last wrote it ({size - self._sizes[handle]:+d} bytes): "
+                               f"another coordinator of run {self.run_id} wrote to it meanwhile (was this one paused?); this one "
+                               "stops without writing, and the same command resumes from the files")
+
+    def _open(self, path: Path):
+        handle = path.open("ab")
+        self._sizes[handle] = os.fstat(handle.fileno()).st_size
+        return handle
+
+    def _append(self, handle, rows: list[dict]) -> None:
+        """Checked against another writer first (every file of a commit, not only the first: a pause may fall within one)."""
         if handle is None or not rows:
             return
+        self._check_unchanged(handle)
+        data = _jsonl(rows).encode("utf-8")
         try:
-            handle.write(_jsonl(rows).encode("utf-8"))
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         except OSError as exc:  # a full disk, a quota: what is committed stays, this commit is cut back on resume
             raise RsampleError(f"cannot write {handle.name}: {exc.strerror or exc}; the rows committed so far are kept, and "
                                "the same command resumes once it can write") from None
+        self._sizes[handle] += len(data)
 
     def counts(self) -> tuple[Counter, Counter]:
         """(outcome -> rows, skip reason -> rows) over the whole ledger, kept as rows are settled."""
@@ -514,3 +560,6 @@ class Ledger:
                     handle.close()
                 except OSError:  # what a failed write left in its buffer was never committed: a resume cuts it anyway
                     pass
+        if self._lock is not None:
+            os.close(self._lock)  # and with it the lock
+            self._lock = None
