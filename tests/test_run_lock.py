@@ -46,6 +46,19 @@ def test_a_second_coordinator_refuses_while_the_first_lives_and_takes_over_when_
     assert_exactly_once(out, None, CHAT_ROWS)
 
 
+def test_a_coordinator_restarted_in_its_container_takes_over_from_the_one_it_replaces(redis_client):
+    """A container restarted (docker restart, `restart: on-failure`) keeps its hostname, and its fresh PID namespace
+    gives the new coordinator the dead one's pid: that pid, alive, is ourselves, not a live coordinator."""
+    import os
+    import socket
+
+    key = "rsample:test:restarted"
+    redis_client.set(key, f"{socket.gethostname()}:{os.getpid()}:{'0' * 32}", ex=30)  # the one before the restart
+    lock = RunLock(redis_client, key, "run1").acquire()
+    assert redis_client.get(key) == lock.token.encode()
+    lock.release()
+
+
 def test_the_lock_lives_through_a_long_start_up(redis_client):
     lock = RunLock(redis_client, "rsample:test:lock", "run1", seconds=2).acquire()
     time.sleep(5)  # longer than the lock's life: only the keeper thread keeps it

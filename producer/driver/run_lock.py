@@ -75,7 +75,9 @@ class RunLock:
             host, _, rest = holder.partition(":")
             pid = rest.partition(":")[0]
             here = host == socket.gethostname() and pid.isdigit()
-            if here and not _pid_alive(int(pid)):
+            # our own pid under another token: a container restarted (same hostname, a fresh PID namespace that gave us
+            # the dead coordinator's pid), not a live coordinator
+            if here and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
                 log.warning("taking over run %s from coordinator process %s, which is gone", self.run_id, pid)
                 if self.client.set(self.key, self.token, xx=True, ex=self.seconds, get=True) == holder.encode():
                     break
