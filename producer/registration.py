@@ -180,7 +180,10 @@ def check_reward_templates(config: RunConfig, prompts: list[list[dict]]) -> None
 def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, bool]:
     """Stores the run unless this Redis has it already; returns (config, True if it existed)."""
     config = replace(config, run_id=config.run_id or run_id_for(config))
-    if client.exists(RunKeys(config.run_id).config):
+    keys = RunKeys(config.run_id)
+    if client.exists(keys.config):
+        if not client.hexists(keys.stats, "rows_total"):  # lost with its counters, or saved by an older version apart
+            client.hset(keys.stats, "rows_total", count_rows(config.data))
         return load_run(client, config.run_id), True
     rows = count_rows(config.data)  # also proves that the dataset loads
     if rows == 0:
@@ -190,8 +193,7 @@ def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, boo
     check_columns(config)
     check_rows(config)
     config = replace(config, created_at=time.time())
-    save_run(client, config)
-    client.hset(RunKeys(config.run_id).stats, "rows_total", rows)
+    save_run(client, config, rows_total=rows)
     return config, False
 
 

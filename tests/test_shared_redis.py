@@ -101,6 +101,21 @@ def test_a_restarted_aggregate_goes_on_with_the_run_its_output_holds_though_anot
     assert f"run {mine}: the one whose output {out} holds (the latest is {other}" in log.read_text()
 
 
+def test_a_run_whose_row_count_was_lost_still_gets_its_workers(redis_server, redis_client, tmp_path):
+    """Killed between saving the run and its row count (or the count lost with the run's counters), `rsample run
+    --redis-url` found 0 rows to do, started no worker, and waited for ever."""
+    from rsample.workers.runtime.keys import RunKeys
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    settings = ["--dataset", str(dataset), *FAST, "--n", "2"]
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, *settings).stdout.strip()
+    redis_client.hdel(RunKeys(run_id).stats, "rows_total")
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--redis-url", redis_server.url, *settings, "--out", str(out), "--no-progress", timeout=120)
+    assert_exactly_once(out, None, ROWS)
+    assert int(redis_client.hget(RunKeys(run_id).stats, "rows_total")) == len(ROWS)
+
+
 def redis_contents(client) -> str:
     """Every key and value of a Redis, as text, whatever its type."""
     parts = []

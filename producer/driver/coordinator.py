@@ -186,7 +186,7 @@ class Coordinator:
         self.client.delete(self.keys.stats)
         self._baseline = {}  # this session's counts: those counted from now on
         self._counters_lost = True
-        save_run(self.client, self.config)
+        save_run(self.client, self.config, rows_total=count_rows(self.config.data))  # what `rsample run` and status go by
         self.feeder.restart()
         self.collector.cursor = "0"
 

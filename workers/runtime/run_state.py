@@ -12,11 +12,14 @@ from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.keys import RUNS_INDEX, RunKeys
 
 
-def save_run(client: redis.Redis, config: RunConfig) -> None:
+def save_run(client: redis.Redis, config: RunConfig, rows_total: int | None = None) -> None:
+    """With its row count in the same transaction: a run saved without it (killed in between) was fed by nobody."""
     keys = RunKeys(config.run_id)
     with client.pipeline() as pipe:
         pipe.set(keys.config, config.to_json())
         pipe.zadd(RUNS_INDEX, {config.run_id: config.created_at})
+        if rows_total is not None:
+            pipe.hset(keys.stats, "rows_total", rows_total)
         pipe.execute()
 
 
