@@ -54,6 +54,34 @@ def settle(coordinator, steps=3):
         coordinator.collector.step(block_ms=50)
 
 
+def test_a_worker_killed_as_it_hands_its_batch_on_leaves_the_runs_counts_whole(run, redis_client, monkeypatch):
+    """Its result stored, then killed before counting it: the requeued job found the result and counted nothing, so the
+    run's completions and tokens stayed short. The result and its counts are now one Redis step."""
+    import redis
+
+    config, coordinator, job = run
+    run_id, batch_id, prompts = job.args
+    batch_key = RunKeys(run_id).batch(batch_id)
+    real_set = redis.Redis.set
+
+    def dies_after_storing_the_batch(client, name, *args, **kwargs):
+        result = real_set(client, name, *args, **kwargs)
+        if name == batch_key:
+            monkeypatch.setattr(redis.Redis, "set", real_set)  # the next worker lives
+            raise SystemExit("killed")  # as SIGKILL right after the result reached Redis
+        return result
+
+    before = int(redis_client.hget(RunKeys(run_id).stats, "rows_generated") or 0)  # the feeder's: a duplicate row
+    monkeypatch.setattr(redis.Redis, "set", dies_after_storing_the_batch)
+    try:
+        generate_batch(run_id, batch_id, prompts)
+    except SystemExit:
+        generate_batch(run_id, batch_id, prompts)  # requeued, on another worker
+    stats = redis_client.hgetall(RunKeys(run_id).stats)
+    assert (int(stats[b"rows_generated"]) - before, int(stats[b"completions_generated"])) == (len(prompts), 3 * len(prompts))
+    assert int(stats[b"tokens_generated"]) == 3 * 3 * len(prompts)
+
+
 def test_a_job_that_runs_twice_keeps_its_first_result(run, tmp_path):
     config, coordinator, job = run
     run_id, batch_id, prompts = job.args

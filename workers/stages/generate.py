@@ -19,6 +19,25 @@ from rsample.workers.stages.isolation import run_isolating_failures
 log = logging.getLogger(__name__)
 
 
+HAND_OFF = """
+if not redis.call('set', KEYS[1], ARGV[1], 'NX') then
+  return 0
+end
+redis.call('hdel', KEYS[2], ARGV[2])
+redis.call('hincrby', KEYS[3], 'rows_generated', ARGV[3])
+redis.call('hincrby', KEYS[3], 'completions_generated', ARGV[4])
+redis.call('hincrby', KEYS[3], 'tokens_generated', ARGV[5])
+redis.call('hincrbyfloat', KEYS[3], 'generation_seconds', ARGV[6])
+redis.call('hincrby', KEYS[3], 'rows_scored', ARGV[7])
+if ARGV[8] == '1' then
+  redis.call('xadd', KEYS[4], '*', 'batch_id', ARGV[2])
+end
+return 1
+"""
+"""A batch's result and its counts in one step (readers see the live entry or the final counts, never both): a worker
+killed between them left a result whose requeued job, finding it, counted nothing, and the run's figures short."""
+
+
 def batch_seed(config: RunConfig, first_row: int) -> int:
     """Each batch its own seed, fixed by the run's seed and its first row: a retried batch samples the same way. Within
     the 64 bits torch takes (`--seed` is any int: a nanosecond timestamp made every job fail); the same seed as before
@@ -53,7 +72,11 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     completions = sum(len(res.completions) for res in results)
     tokens = sum(c.num_tokens for res in results for c in res.completions)
     needs_scoring = any(p.needs_scoring(config.min_candidates_scored) for p in generated)
-    if not client.set(keys.batch(batch_id), GeneratedBatch(batch_id, generated).to_json(), nx=True):
+    handed_off = client.register_script(HAND_OFF)(
+        keys=[keys.batch(batch_id), keys.live, keys.stats, keys.ready],
+        args=[GeneratedBatch(batch_id, generated).to_json(), batch_id, len(records), completions, tokens, seconds,
+              sum(not p.needs_scoring(config.min_candidates_scored) for p in generated), int(not needs_scoring)])
+    if not handed_off:
         # This job ran before (its worker lost Redis past the heartbeat TTL, and the job was requeued). Sampling is
         # not bit-reproducible, so this run's texts differ: the first payload wins, and scores given to it stay right.
         log.warning("batch %s of run %s was generated before: keeping the first result", batch_id, run_id)
@@ -65,16 +88,6 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
                 client.xadd(keys.ready, {"batch_id": batch_id})
         client.hdel(keys.live, batch_id)
         return {"prompts": len(records), "completions": 0, "tokens": 0, "seconds": round(seconds, 3), "repeat": True}
-    with client.pipeline() as pipe:  # MULTI: readers see the live entry or the final counts, never both
-        pipe.hdel(keys.live, batch_id)
-        pipe.hincrby(keys.stats, "rows_generated", len(records))
-        pipe.hincrby(keys.stats, "completions_generated", completions)
-        pipe.hincrby(keys.stats, "tokens_generated", tokens)
-        pipe.hincrbyfloat(keys.stats, "generation_seconds", seconds)
-        pipe.hincrby(keys.stats, "rows_scored", sum(not p.needs_scoring(config.min_candidates_scored) for p in generated))
-        if not needs_scoring:
-            pipe.xadd(keys.ready, {"batch_id": batch_id})
-        pipe.execute()
     if needs_scoring:
         enqueue_scoring(client, config, batch_id)
     return {"prompts": len(records), "completions": completions, "tokens": tokens, "seconds": round(seconds, 3)}
