@@ -368,7 +368,9 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
     assert entry.split(":")[0] in make_queue(redis_client, queue_name).job_ids  # back in the queue for another worker
     job.refresh()
     assert job.get_status() == "queued" and job.retries_left == 2  # a stop is not a failure: no retry used
-    assert "second stop signal, exiting now" in log.read_text()
+    said = log.read_text()
+    assert "stopping once its running jobs are done (a second stop signal stops it now" in said  # the first Ctrl-C is said
+    assert "second stop signal, exiting now" in said
     assert worker_processes(make_queue(redis_client, queue_name)) == 0  # no worker left for `rsample status` to count
 
 

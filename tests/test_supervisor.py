@@ -136,7 +136,7 @@ def test_a_gpu_the_machine_lacks_is_refused(monkeypatch):
         check_devices(plan)
 
 
-def test_gpu_ids_count_among_those_an_inherited_cuda_visible_devices_shows(monkeypatch):
+def test_gpu_ids_count_among_those_an_inherited_cuda_visible_devices_shows(monkeypatch, caplog):
     """Slurm sets CUDA_VISIBLE_DEVICES=2,3 for a job given GPUs 2 and 3: `--generate 0` is GPU 2, as torch counts it
     in the job; pinning the machine's GPU 0 would take another job's GPU."""
     from rsample.workers.runtime.gpu_ids import pinned_devices
@@ -148,6 +148,10 @@ def test_gpu_ids_count_among_those_an_inherited_cuda_visible_devices_shows(monke
     assert [pinned_devices([0]), pinned_devices([1, 2])] == ["2", "3,GPU-8f0e4c1a"]
     pin_gpu("1")  # `rsample worker --gpu 1` in the job
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    import torch
+
+    if not torch.cuda.is_available():  # this machine: said, as `rsample workers` says it
+        assert "--gpu 1: this machine shows no GPU (CUDA_VISIBLE_DEVICES=3): the worker runs on its CPU" in caplog.text
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(RsampleError, match=r"^no GPU 0 here: CUDA_VISIBLE_DEVICES= shows 0 GPUs, "):
         pin_gpu("0")

@@ -143,6 +143,9 @@ class MainWorker(HeartbeatWorker):
     def request_stop(self, signum, frame):
         for slot in self.slots:
             slot._stop_requested = True
+        if not self._stop_requested:  # RQ says nothing at our log level: the worker seemed to ignore Ctrl-C
+            log.warning("worker %s: stopping once its running jobs are done (a second stop signal stops it now, releasing them)",
+                        self.name)
         super().request_stop(signum, frame)
         self._keep_sigint_ignored()
 
@@ -253,6 +256,11 @@ def pin_gpu(gpu: str | None) -> None:
         from rsample.workers.runtime.gpu_ids import parse_gpu_option, pinned_devices
 
         os.environ["CUDA_VISIBLE_DEVICES"] = pinned_devices(parse_gpu_option(gpu))
+        import torch
+
+        if not torch.cuda.is_available():  # as `rsample workers` says it: silently slow otherwise
+            log.warning("--gpu %s: this machine shows no GPU (CUDA_VISIBLE_DEVICES=%s): the worker runs on its CPU", gpu,
+                        os.environ["CUDA_VISIBLE_DEVICES"])
 
 
 def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
