@@ -565,6 +565,22 @@ def _report(config, summary, out, scores_out, push_repo, public, sft_out=None, p
 
 @main.command()
 @redis_url_option(required=True)
+@click.option("--run", "run_id", required=True, help="The run to take out of this Redis.")
+def forget(redis_url, run_id) -> None:
+    """Take a run out of a Redis (settings, counters, queues, jobs): workers that follow the runs go elsewhere.
+
+    For a run enqueued by mistake, or one no worker can serve. Its output files are kept, and with them its settings:
+    the same `rsample aggregate` command makes the run again. Refused while a coordinator or a worker is at work on it.
+    """
+    from rsample.producer.registration import forget_run
+    from rsample.workers.runtime.connection import connect
+
+    removed = forget_run(connect(redis_url, patient=False), run_id)
+    click.echo(f"run {run_id} is gone from this Redis ({removed} keys)")
+
+
+@main.command()
+@redis_url_option(required=True)
 @click.option("--run", "run_id", help="One run (default: every run in this Redis).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(redis_url, run_id, as_json) -> None:

@@ -20,7 +20,7 @@ from rsample.workers.backends.verifiers import ground_truth_problem
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.messages import PromptRecord
-from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.keys import RUNS_INDEX, RunKeys
 from rsample.workers.runtime.run_state import latest_run_id, load_run, save_run
 
 log = logging.getLogger(__name__)
@@ -228,3 +228,31 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
     logging.getLogger(__name__).warning("this Redis has no run %s: re-created it from the settings kept with %s (job timeouts, "
                                         "retries and speed settings at their defaults)", owner, out)
     return config
+
+
+def forget_run(client: redis.Redis, run_id: str) -> int:
+    """Takes a run out of this Redis (its settings, counters, queues and jobs), so that workers following the runs go
+    elsewhere: a run enqueued by mistake, or one no worker can serve. Its output files keep its settings: the same
+    `rsample aggregate` command makes it again. Refused while a coordinator or a worker is at work on it, whose next
+    writes would bring parts of it back. Returns how many keys went."""
+    from rsample.producer.driver.run_lock import holder_may_live
+    from rsample.workers.runtime.queues import make_queue
+
+    config = load_run(client, run_id)
+    keys = RunKeys(config.run_id)
+    holder = (client.get(keys.coordinator_lock) or b"").decode()
+    if holder and holder_may_live(holder):
+        raise RsampleError(f"run {run_id} has a coordinator ({holder.rsplit(':', 1)[0]}): stop it (Ctrl-C) first")
+    queues = [make_queue(client, name) for name in keys.all_queues(len(config.reward_models))]
+    running = sum(client.zcount(queue.started_job_registry.key, time.time(), "+inf") for queue in queues)  # live heartbeats only
+    if running:
+        raise RsampleError(f"run {run_id} has {running} running job{'s' * (running > 1)}: stop its workers first (or let them finish)")
+    doomed = {key for pattern in (keys.all_run_keys_pattern(), f"rq:*{run_id}-*") for key in client.scan_iter(pattern, count=1000)
+              if not key.startswith((b"rq:worker:", b"rq:workers"))}  # a worker's own record is the worker's
+    with client.pipeline() as pipe:
+        if doomed:
+            pipe.delete(*doomed)
+        pipe.srem(queues[0].redis_queues_keys, *(queue.key for queue in queues))
+        pipe.zrem(RUNS_INDEX, run_id)
+        pipe.execute()
+    return len(doomed)

@@ -116,6 +116,45 @@ def test_a_run_whose_row_count_was_lost_still_gets_its_workers(redis_server, red
     assert int(redis_client.hget(RunKeys(run_id).stats, "rows_total")) == len(ROWS)
 
 
+def test_a_run_made_by_mistake_is_forgotten_and_the_others_are_untouched(redis_server, redis_client, tmp_path):
+    """A run no worker can serve (vLLM not installed on the workers) drew workers that follow the runs back for ever,
+    and nothing could take it out of the Redis."""
+    from faults import kill, wait_for
+
+    from rsample.workers.runtime.keys import RunKeys
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    url, log = redis_server.url, tmp_path / "runs.log"
+    kept = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "2").stdout.strip()
+    unwanted = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "3").stdout.strip()
+    out = tmp_path / "unwanted" / "pairs.jsonl"
+    coordinator = start("aggregate", "--redis-url", url, "--run", unwanted, "--out", str(out), "--no-progress", log=log)
+    wait_for(lambda: redis_client.exists(RunKeys(unwanted).coordinator_lock) and redis_client.llen(f"rq:queue:rsample-{unwanted}-generate"),
+             120, "the unwanted run fed")
+    refused = rsample("forget", "--redis-url", url, "--run", unwanted, check=False)
+    assert refused.returncode == 2 and f"error: run {unwanted} has a coordinator (" in refused.stderr
+    kill(coordinator)
+    before = {key for key in redis_client.scan_iter() if kept.encode() in key}
+    done = rsample("forget", "--redis-url", url, "--run", unwanted)
+    assert done.stdout.startswith(f"run {unwanted} is gone from this Redis (")
+    assert [key for key in redis_client.scan_iter() if unwanted.encode() in key] == []
+    assert {key for key in redis_client.scan_iter() if kept.encode() in key} == before
+    status = rsample("status", "--redis-url", url, "--json").stdout
+    assert kept in status and unwanted not in status
+    again = rsample("forget", "--redis-url", url, "--run", unwanted, check=False)
+    assert again.returncode == 2 and f"no run '{unwanted}' in this Redis" in again.stderr
+
+    # its output kept its settings: the same command makes it again, and finishes it
+    finished = start("aggregate", "--redis-url", url, "--run", unwanted, "--out", str(out), "--no-progress", log=log)
+    wait_for(lambda: redis_client.exists(RunKeys(unwanted).config), 120, "the run made again")
+    worker = start("worker", "both", "--redis-url", url, "--run", unwanted, log=log)
+    assert finished.wait(timeout=240) == 0, log.read_text()[-3000:]
+    worker.terminate()
+    worker.wait(timeout=60)
+    assert_exactly_once(out, None, ROWS)
+    assert {row["num_candidates"] for row in read_jsonl(out)} == {3}
+
+
 def redis_contents(client) -> str:
     """Every key and value of a Redis, as text, whatever its type."""
     parts = []

@@ -51,6 +51,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def holder_may_live(holder: str) -> bool:
+    """Whether the coordinator whose token `holder` is may be alive: one on this host whose process is gone is not (nor,
+    with our own pid, one a container restart replaced by us); one elsewhere may be, until its lock expires."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return int(pid) != os.getpid() and _pid_alive(int(pid))
+
+
 class RunLock:
     def __init__(self, client: redis.Redis, key: str, run_id: str, seconds: int = defaults.COORDINATOR_LOCK_SECONDS):
         self.client = client
@@ -75,9 +85,7 @@ class RunLock:
             host, _, rest = holder.partition(":")
             pid = rest.partition(":")[0]
             here = host == socket.gethostname() and pid.isdigit()
-            # our own pid under another token: a container restarted (same hostname, a fresh PID namespace that gave us
-            # the dead coordinator's pid), not a live coordinator
-            if here and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            if here and not holder_may_live(holder):
                 log.warning("taking over run %s from coordinator process %s, which is gone", self.run_id, pid)
                 if self.client.set(self.key, self.token, xx=True, ex=self.seconds, get=True) == holder.encode():
                     break
