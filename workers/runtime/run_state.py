@@ -135,4 +135,3 @@ class RunStats:
 def read_stats(client: redis.Redis, run_id: str) -> RunStats:
     raw = client.hgetall(RunKeys(run_id).stats)
     return RunStats({k.decode(): v.decode() for k, v in raw.items()})
-
