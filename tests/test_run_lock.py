@@ -59,6 +59,31 @@ def test_a_coordinator_restarted_in_its_container_takes_over_from_the_one_it_rep
     lock.release()
 
 
+def test_status_sees_a_killed_coordinator_gone_at_once_on_its_host(redis_server, redis_client, tmp_path):
+    """Its lock outlives it by up to 30 s: `rsample status` said "(running)" all that while."""
+    import socket
+    import subprocess
+    import sys
+
+    from rsample.workers.runtime.status import run_status
+
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *ZERO_COST[:-1]).stdout.strip()
+    lock = RunKeys(run_id).coordinator_lock
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        for holder, coordinated in ((f"{socket.gethostname()}:{alive.pid}:{'a' * 32}", True),
+                                    (f"{socket.gethostname()}:{dead.pid}:{'b' * 32}", False),
+                                    (f"elsewhere:{dead.pid}:{'c' * 32}", True)):  # another host's: until its lock expires
+            redis_client.set(lock, holder, ex=30)
+            assert run_status(redis_client, run_id).coordinated is coordinated, holder
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_the_lock_lives_through_a_long_start_up(redis_client):
     lock = RunLock(redis_client, "rsample:test:lock", "run1", seconds=2).acquire()
     time.sleep(5)  # longer than the lock's life: only the keeper thread keeps it

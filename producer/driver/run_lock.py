@@ -16,6 +16,7 @@ import redis
 
 from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError
+from rsample.workers.runtime.processes import holder_may_live
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +40,6 @@ end
 return 0
 """
 """Delete the lock only if it is still ours."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def holder_may_live(holder: str) -> bool:
-    """Whether the coordinator whose token `holder` is may be alive: one on this host whose process is gone is not (nor,
-    with our own pid, one a container restart replaced by us); one elsewhere may be, until its lock expires."""
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    return int(pid) != os.getpid() and _pid_alive(int(pid))
 
 
 class RunLock:

@@ -5,7 +5,9 @@ Used by `rsample run` (its workers), `rsample workers` (the supervised workers) 
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -57,3 +59,23 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holder_may_live(holder: str) -> bool:
+    """Whether the coordinator whose token `holder` is may be alive: one on this host whose process is gone is not (nor,
+    with our own pid, one a container restart replaced by us); one elsewhere may be, until its lock expires."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return int(pid) != os.getpid() and _pid_alive(int(pid))

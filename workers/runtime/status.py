@@ -12,6 +12,7 @@ from rsample.workers.common.messages import failed_skips
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
 from rsample.workers.runtime.pace import Pace, read_samples, recent_pace
+from rsample.workers.runtime.processes import holder_may_live
 from rsample.workers.runtime.queues import make_queue, worker_processes
 from rsample.workers.runtime.run_state import load_run
 
@@ -210,7 +211,8 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         tokens=int(stats.get("tokens_generated")) + (0 if complete else live.tokens),
         report=json.loads(stats.text("report", "null")),
         recent=None if complete else recent_pace(read_samples(client, config.run_id), now),
-        coordinated=bool(client.exists(keys.coordinator_lock)),
+        # a killed coordinator's lock outlives it by up to 30 s: on its own host, its process tells at once
+        coordinated=bool((holder := client.get(keys.coordinator_lock)) and holder_may_live(holder.decode())),
         restored=int(stats.get("rows_restored")),
         replayed=int(stats.get("rows_replayed")),
         generated_before=int(stats.get("session_generated_before")),
