@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import rsample, write_jsonl
 from faults import assert_exactly_once, kill, kill_mid_job, outcome_rows, processes_mentioning, prompts_that_got_candidates, start, wait_for
 
@@ -372,6 +373,42 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
     assert "stopping once its running jobs are done (a second stop signal stops it now" in said  # the first Ctrl-C is said
     assert "second stop signal, exiting now" in said
     assert worker_processes(make_queue(redis_client, queue_name)) == 0  # no worker left for `rsample status` to count
+
+
+def test_a_script_that_meets_a_full_redis_is_waited_out_and_applied_once(redis_server, redis_client):
+    """Redis 6 (the embedded one) answers a script's write on a full Redis with a plain script error, not OOM: the
+    generation hand-off failed, and threw its batch's work away, where the `SET NX` it replaced waited."""
+    import threading
+
+    from rsample.workers.runtime.connection import connect
+    from rsample.workers.stages.generate import HAND_OFF
+
+    patient = connect(redis_server.url)
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.execute_command("DEBUG", "POPULATE", 3000, "junk", 1000)
+    redis_client.config_set("maxmemory", "1mb")
+    outcome = {}
+
+    def hand_off():
+        try:
+            outcome["result"] = patient.register_script(HAND_OFF)(keys=["b", "live", "stats", "ready"],
+                                                                  args=["{}", "b1", 2, 6, 60, 0.5, 0, 1])
+        except Exception as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=hand_off, daemon=True)
+    thread.start()
+    time.sleep(2)
+    assert outcome == {} and not redis_client.exists("b")  # waiting, nothing written
+    redis_client.config_set("maxmemory", "0")
+    thread.join(30)
+    assert outcome == {"result": 1}, outcome
+    assert redis_client.hgetall("stats") == {b"rows_generated": b"2", b"completions_generated": b"6", b"tokens_generated": b"60",
+                                             b"generation_seconds": b"0.5", b"rows_scored": b"0"}
+    assert redis_client.xlen("ready") == 1
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):  # any other error of Redis's: at once
+        redis_client.set("not-a-hash", "x")
+        patient.hincrby("not-a-hash", "field", 1)
 
 
 def test_a_full_redis_is_waited_out_by_workers_and_coordinator_and_said_in_one_line(redis_server, redis_client, dataset, tmp_path):

@@ -48,22 +48,37 @@ FULL_REDIS = ("it is full: maxmemory reached under maxmemory-policy noeviction; 
 """What to do when Redis refuses writes for want of memory (a shared Redis that other tenants filled)."""
 
 
+def is_full_redis(error: Exception) -> bool:
+    """Redis 6 reports a full Redis met inside a script as a plain script error (`... -OOM command not allowed ...`)."""
+    return isinstance(error, redis.exceptions.OutOfMemoryError) or (
+        isinstance(error, redis.exceptions.ResponseError) and "OOM command not allowed" in str(error))
+
+
 def describe_redis_error(error: Exception) -> str:
-    return FULL_REDIS if isinstance(error, redis.exceptions.OutOfMemoryError) else first_line(error)
+    return FULL_REDIS if is_full_redis(error) else first_line(error)
 
 
 class PatientRetry(Retry):
     """Retries connection errors forever with capped backoff; says once that it waits, and once that Redis is back.
 
-    A full Redis (`OutOfMemoryError`) is waited out too: it refuses a command, or a whole MULTI/EXEC, before running
-    any of it, so the retry does it once; rsample's pipelines without MULTI only read."""
+    A full Redis is waited out too: it refuses a command, or a whole MULTI/EXEC, before running any of it, and a script
+    at its first write, before any change (rsample's scripts write first what makes them once-only), so the retry does
+    it once; rsample's pipelines without MULTI only read. Other errors of Redis's are not retried."""
 
     def __init__(self, url: str):
         super().__init__(ExponentialBackoff(cap=defaults.REDIS_RETRY_BACKOFF_CAP, base=0.2), retries=-1)
-        self.update_supported_errors([redis.exceptions.OutOfMemoryError])
+        self.update_supported_errors([redis.exceptions.OutOfMemoryError, redis.exceptions.ResponseError])
         self.url = redact_url(url)
 
     def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, redis.exceptions.ResponseError) and not is_full_redis(error):
+                return False  # a wrong command, or NOSCRIPT (which redis-py's script object answers by loading it)
+            return is_retryable(error) if is_retryable is not None else True
+
+        return self._patiently(do, fail, retryable, with_failure_count)
+
+    def _patiently(self, do, fail, is_retryable, with_failure_count):
         waited = False
 
         def announce_and_fail(error, *count):
