@@ -21,7 +21,7 @@ from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.messages import PromptRecord
 from rsample.workers.runtime.keys import RUNS_INDEX, RunKeys
-from rsample.workers.runtime.run_state import latest_run_id, load_run, save_run
+from rsample.workers.runtime.run_state import load_run, save_run
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +201,17 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
     """The run from Redis; or, when Redis lost it (restarted empty while no coordinator was there to re-create it),
     from the settings its output files keep, registered again under its id.
 
-    Without `run_id`, the run whose files `out` holds (a coordinator restarted with the same command, on a Redis where
-    someone has made a run since), else the latest; `overwrite` means a new run: the latest."""
+    Without `run_id`, the unfinished run whose files `out` holds (a coordinator restarted with the same command, on a
+    Redis where someone has made a run since), else the latest; `overwrite` means a new run: the latest. A finished
+    run's files are never taken up again this way (a new run given the last one's folder is refused, as before)."""
     import logging
 
     from rsample.producer.driver.ledger import output_header
+    from rsample.workers.runtime.run_state import unfinished_runs
 
     owner = output_header(Path(out)).get("rsample_run") if run_id is None and not overwrite else None
-    if owner:
-        try:
-            latest = latest_run_id(client)
-        except RsampleError:  # no run at all: Redis lost it, re-created below
-            latest = None
+    if owner and owner in (unfinished := unfinished_runs(client)):
+        latest = next(iter(unfinished))
         if latest != owner:
             logging.getLogger(__name__).info("run %s: the one whose output %s holds (the latest is %s; --run picks another)",
                                              owner, out, latest)

@@ -100,6 +100,10 @@ def test_a_restarted_aggregate_goes_on_with_the_run_its_output_holds_though_anot
     assert {row["num_candidates"] for row in read_jsonl(out)} == {2}
     assert f"run {mine}: the one whose output {out} holds (the latest is {other}" in log.read_text()
 
+    # finished, its files are never taken up again this way: a new run given its folder is refused, as it was
+    again = rsample("aggregate", "--redis-url", url, "--out", str(out), "--no-progress", check=False)
+    assert again.returncode == 2 and f"exists and is run {mine}'s output, made with other settings (--n was 2, now 5)" in again.stderr
+
 
 def test_a_run_whose_row_count_was_lost_still_gets_its_workers(redis_server, redis_client, tmp_path):
     """Killed between saving the run and its row count (or the count lost with the run's counters), `rsample run
