@@ -46,17 +46,26 @@ def test_a_second_coordinator_refuses_while_the_first_lives_and_takes_over_when_
     assert_exactly_once(out, None, CHAT_ROWS)
 
 
-def test_a_coordinator_restarted_in_its_container_takes_over_from_the_one_it_replaces(redis_client):
-    """A container restarted (docker restart, `restart: on-failure`) keeps its hostname, and its fresh PID namespace
-    gives the new coordinator the dead one's pid: that pid, alive, is ourselves, not a live coordinator."""
+def test_a_holder_with_our_own_pid_is_waited_out_taken_over_once_its_lock_lapses_and_never_while_it_lives(redis_client):
+    """Another PID namespace of this hostname (a container restarted, or two sharing the host's network) may hold our pid:
+    the restarted one was refused at once as a live coordinator; taken over at once, a live one beside it was stopped."""
     import os
     import socket
 
-    key = "rsample:test:restarted"
-    redis_client.set(key, f"{socket.gethostname()}:{os.getpid()}:{'0' * 32}", ex=30)  # the one before the restart
+    key = "rsample:test:same-pid"
+    redis_client.set(key, f"{socket.gethostname()}:{os.getpid()}:{'0' * 32}", ex=2)  # the one before the restart
+    began = time.monotonic()
     lock = RunLock(redis_client, key, "run1").acquire()
-    assert redis_client.get(key) == lock.token.encode()
+    assert redis_client.get(key) == lock.token.encode() and time.monotonic() - began < 10  # once its lock lapsed
     lock.release()
+
+    live = RunLock(redis_client, key, "run1", seconds=3).acquire()  # our pid too, and alive: it refreshes its lock
+    try:
+        with pytest.raises(RsampleError, match="already has a live coordinator"):
+            RunLock(redis_client, key, "run1", seconds=3).acquire()
+        assert redis_client.get(key) == live.token.encode()
+    finally:
+        live.release()
 
 
 def test_status_sees_a_killed_coordinator_gone_at_once_on_its_host(redis_server, redis_client, tmp_path):

@@ -65,7 +65,9 @@ class RunLock:
             holder = (self.client.get(self.key) or b"").decode()
             host, _, rest = holder.partition(":")
             pid = rest.partition(":")[0]
-            here = host == socket.gethostname() and pid.isdigit()
+            # our own pid under another token is another PID namespace of this hostname (a container restarted, or one
+            # beside ours): only its lock tells whether it lives, so it is waited out as a holder elsewhere is
+            here = host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid()
             if here and not holder_may_live(holder):
                 log.warning("taking over run %s from coordinator process %s, which is gone", self.run_id, pid)
                 if self.client.set(self.key, self.token, xx=True, ex=self.seconds, get=True) == holder.encode():

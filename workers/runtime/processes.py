@@ -72,10 +72,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def holder_may_live(holder: str) -> bool:
-    """Whether the coordinator whose token `holder` is may be alive: one on this host whose process is gone is not (nor,
-    with our own pid, one a container restart replaced by us); one elsewhere may be, until its lock expires."""
+    """Whether the coordinator whose token `holder` is may be alive: one on this host whose process is gone is not; one
+    elsewhere may be, until its lock expires, and so may one with our own pid (another PID namespace: a container)."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return True
-    return int(pid) != os.getpid() and _pid_alive(int(pid))
+    return _pid_alive(int(pid))
