@@ -550,10 +550,7 @@ def _report(config, summary, out, scores_out, push_repo, public, sft_out=None, p
     from rsample.producer.parquet import write_parquet
 
     files = {"pairs": out, **({"scores": scores_out} if scores_out else {}), **({"sft": sft_out} if sft_out else {})}
-    written = [str(path) for path in files.values()]
-    if parquet:  # typed from the run's settings, not from the rows: an empty file gets its columns too
-        written += [str(write_parquet(path, kind, config.score_names)) for kind, path in files.items()]
-    click.echo(f"run {config.run_id}: wrote {', '.join([*written, str(outcomes_path_for(out))])}")
+    click.echo(f"run {config.run_id}: wrote {', '.join([*map(str, files.values()), str(outcomes_path_for(out))])}")
     for line in summary.lines():
         click.echo(line)
     report = _write_run_report(out, scores_out, config.reasoning_end)
@@ -561,6 +558,9 @@ def _report(config, summary, out, scores_out, push_repo, public, sft_out=None, p
         from rsample.producer.driver.hub import push_to_hub
 
         click.echo(f"pushed to {push_to_hub(push_repo, config, summary, files, private=not public, report=report)}")
+    if parquet:  # last: the copies' own trouble stops nothing else. Typed from the run's settings: an empty file too
+        copies = [write_parquet(path, kind, config.score_names) for kind, path in files.items()]
+        click.echo(f"wrote {', '.join(map(str, copies))}")
 
 
 @main.command()

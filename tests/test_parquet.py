@@ -104,6 +104,19 @@ def test_rsample_parquet_types_a_file_from_its_first_row_and_refuses_others_in_o
     assert not (tmp_path / "mixed.parquet").exists() and not list(tmp_path.glob(".mixed.parquet*"))
 
 
+def test_a_parquet_copy_replaces_no_file_that_is_not_the_runs(tmp_path):
+    """Neither one of the user's (without --overwrite) nor the JSONL output itself (`--out pairs.parquet`)."""
+    dataset = write_jsonl(tmp_path / "data.jsonl", PROMPT_ONLY)
+    (tmp_path / "out").mkdir()
+    mine = tmp_path / "out" / "pairs.parquet"
+    mine.write_bytes(b"my own file")
+    refused = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(tmp_path / "out" / "pairs.jsonl"), "--parquet", check=False)
+    assert refused.returncode == 2 and f"{mine} exists and is not the output of this run: pass --overwrite" in refused.stderr
+    assert mine.read_bytes() == b"my own file" and not (tmp_path / "out" / "pairs.jsonl").exists()
+    same = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(tmp_path / "pairs.parquet"), "--parquet", check=False)
+    assert same.returncode == 2 and "--out and the Parquet copy of --out are the same file" in same.stderr
+
+
 def test_a_parquet_copy_may_never_replace_the_dataset(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -87,10 +87,10 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
     from rsample.producer.parquet import parquet_path
 
     outputs = {"--out": out, "--scores-out": scores_out, "--sft-out": sft_out, "the outcomes file": outcomes_path_for(out)}
-    outputs = {name: Path(path) for name, path in outputs.items() if path is not None}
     copies = {f"the Parquet copy of {flag}": parquet_path(Path(path)) for flag, path in (("--out", out), ("--scores-out", scores_out),
                                                                                       ("--sft-out", sft_out)) if parquet and path}
-    for name, path in {**outputs, **copies}.items():
+    outputs = {name: Path(path) for name, path in {**outputs, **copies}.items() if path is not None}
+    for name, path in outputs.items():
         for source in inputs:
             if source.is_dir() and path.resolve().is_relative_to(source.resolve()):
                 raise RsampleError(f"{name} {path} is inside the dataset folder {source}, which would read it as data: "
