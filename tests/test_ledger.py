@@ -274,6 +274,45 @@ def test_a_second_coordinator_is_kept_out_while_the_first_lives_paused_or_not(tm
     assert [row["prompt_id"] for row in lines(out)] == ["a", "b"]
 
 
+def test_a_file_system_without_file_locks_is_said_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    """Lustre mounted noflock answers ENOSYS, NFSv3 without lockd ENOLCK: a traceback, and no run could start at all."""
+    import errno
+    import fcntl
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "pairs.jsonl"
+    ledger = Ledger(out, None, "run1")
+    ledger.commit([Outcome(0, "a", PAIR)], [pair("a")], [])
+    ledger.close()
+    assert "takes no file locks (Function not implemented)" in caplog.text
+    assert [row["prompt_id"] for row in lines(out)] == ["a"]
+
+
+def test_a_ledger_that_failed_to_open_lets_the_output_go(tmp_path, monkeypatch):
+    """A caller in one process (a notebook) that tries again must not find the output held by its own failed try."""
+    out = tmp_path / "pairs.jsonl"
+    first = Ledger(out, None, "run1")
+    first.commit([Outcome(0, "a", PAIR)], [pair("a")], [])
+    first.close()
+    opened = Ledger._open
+
+    def fails_at_the_outcomes_file(ledger, path):
+        if path == ledger.outcomes_path:
+            raise OSError(24, "Too many open files")
+        return opened(ledger, path)
+
+    monkeypatch.setattr(Ledger, "_open", fails_at_the_outcomes_file)
+    with pytest.raises(OSError):
+        Ledger(out, None, "run1")
+    monkeypatch.setattr(Ledger, "_open", opened)
+    again = Ledger(out, None, "run1")
+    assert again.rows == {0}
+    again.close()
+
+
 def lose_lock(ledger: Ledger) -> None:
     """As an NFS lease of a machine asleep lapses: the lock is gone while the process still thinks it writes alone."""
     import os

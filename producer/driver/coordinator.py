@@ -76,6 +76,8 @@ class Coordinator:
             """The counters as this session found them: its summary counts what it added (a shared Redis keeps earlier ones)."""
             self._publish_outcomes()
         except BaseException:
+            if getattr(self, "ledger", None) is not None:
+                self.ledger.close()  # and its hold on the output: a caller that tries again in this process must find it free
             self.lock.release()
             raise
         self._last_step_wall: float | None = None

@@ -130,20 +130,30 @@ def output_lock_path(outcomes: Path) -> Path:
     return outcomes.with_name(f".{outcomes.name}.lock")
 
 
-def hold_output_lock(out: Path, run_id: str) -> int:
+def hold_output_lock(out: Path, run_id: str) -> int | None:
     """An exclusive lock on the run's output for the holder's life: a coordinator paused within a commit (a stopped
     process, a machine asleep) keeps it, so that a second one, which the Redis lock let in once the first stopped
     refreshing it, cannot cut back or write on the files under it. The kernel lets it go with the process, however
-    it ends. Returns the descriptor that holds it."""
+    it ends. Returns the descriptor that holds it; None where the file system has no such locks (Lustre mounted
+    noflock, NFSv3 without lockd): the ledger's size checks are then all there is, as where a lock lapses."""
+    import errno
     import fcntl
 
-    descriptor = os.open(output_lock_path(outcomes_path_for(out)), os.O_RDWR | os.O_CREAT, 0o644)
+    path = output_lock_path(outcomes_path_for(out))
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RsampleError(f"cannot create {path}, the lock of run {run_id}'s output: {exc.strerror or exc}") from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as exc:
         os.close(descriptor)
-        raise RsampleError(f"another process is writing run {run_id}'s output {out} "
-                           "(a coordinator still running, or one stopped or paused: end it or let it go on first)") from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise RsampleError(f"another process is writing run {run_id}'s output {out} "
+                               "(a coordinator still running, or one stopped or paused: end it or let it go on first)") from None
+        log.warning("the file system of %s takes no file locks (%s): a second coordinator of run %s on these files is told "
+                    "only by their sizes", out, exc.strerror or exc, run_id)
+        return None
     return descriptor
 
 
@@ -321,11 +331,16 @@ class Ledger:
         self._lock = hold_output_lock(self.out, run_id)  # before `_load`, which cuts files back
         self._sizes: dict = {}
         """Each open file's size as this ledger's last write left it: another writer shows as a difference."""
+        self._pairs = self._scores = self._sft = self._outcomes = None
         try:
-            self._load(start_over)
+            self._open_all(start_over, settings)
         except BaseException:
-            os.close(self._lock)
+            self.close()  # the lock too: a caller that tries again in this process must not find it held
             raise
+
+    def _open_all(self, start_over: bool, settings: dict | None) -> None:
+        dataset, run_id = self.dataset, self.run_id
+        self._load(start_over)
         self._pairs = self._open(self.out)
         self._scores = self._open(self.scores_out) if self.scores_out else None
         self._sft = self._open(self.sft_out) if self.sft_out else None
