@@ -85,6 +85,9 @@ class FolderApi:
     def list_repo_files(self, repo_id, **kwargs):
         return sorted(str(path.relative_to(self.folder)) for path in self.folder.rglob("*") if path.is_file())
 
+    def hf_hub_download(self, repo_id, filename, **kwargs):
+        return str(self.folder / filename)
+
     def create_commit(self, repo_id, operations, **kwargs):
         from huggingface_hub import CommitOperationDelete
 
@@ -323,3 +326,20 @@ def test_a_second_push_takes_away_what_the_first_run_wrote_and_this_one_did_not(
 
     push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
     assert set(api.list_repo_files("me/pairs")) == {"pairs.jsonl", "README.md", "NOTES.md"}
+
+
+def test_a_push_into_a_repository_rsample_did_not_make_takes_nothing_away(tmp_path):
+    """Files named as rsample names its own, in a repository whose card is not rsample's (or one it made, in a folder
+    its card does not declare), are the user's."""
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    (repo / "report").mkdir(parents=True)
+    (repo / "README.md").write_text("---\ntags:\n- mine\n---\n# My dataset\n")
+    (repo / "sft.jsonl").write_text('{"messages": []}\n')
+    (repo / "report" / "my_notes.md").write_text("notes")
+    api = FolderApi(repo)
+    push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
+    assert {"sft.jsonl", "report/my_notes.md"} <= set(api.list_repo_files("me/pairs"))
+    (repo / "report" / "more_notes.md").write_text("notes")  # the card is rsample's now; this file is not declared in it
+    push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
+    assert {"sft.jsonl", "report/my_notes.md", "report/more_notes.md"} <= set(api.list_repo_files("me/pairs"))

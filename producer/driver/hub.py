@@ -140,11 +140,27 @@ and the `sft` config each prompt's best candidate as a supervised example: `load
 """
 
 
-def earlier_outputs(repo_files: list[str], pushed: set[str]) -> list[str]:
+def earlier_outputs(api, repo_id: str, pushed: set[str]) -> list[str]:
     """The files an earlier push of rsample left that this one does not replace (a `scores.jsonl` this run did not write,
-    last run's figures): left, they would sit beside a card that no longer describes them. Other files are the user's."""
-    ours = {f"{name}.jsonl" for name in ("pairs", "scores", "sft")}
-    return [path for path in repo_files if path not in pushed and (path in ours or path.startswith("report/"))]
+    last run's figures): left, they would sit beside a card that no longer describes them. Only what the repository's
+    card declares, and only if rsample made it: every other file is the user's."""
+    import re
+
+    from huggingface_hub import DatasetCard
+
+    files = set(api.list_repo_files(repo_id, repo_type="dataset"))
+    if "README.md" not in files:
+        return []
+    try:
+        card = DatasetCard(Path(api.hf_hub_download(repo_id, "README.md", repo_type="dataset")).read_text(encoding="utf-8"))
+    except Exception:  # no readable card: nothing is known to be rsample's
+        return []
+    if "rsample" not in (card.data.tags or []):
+        return []
+    declared = {entry["path"] for config in (card.data.configs or []) for entry in config.get("data_files", [])
+                if isinstance(entry, dict) and isinstance(entry.get("path"), str)}
+    declared |= set(re.findall(r"\(?(report/[^)\s\"']+)", card.text))
+    return sorted(path for path in declared & files if path not in pushed)
 
 
 def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[str, Path], private: bool = True, api=None,
@@ -168,7 +184,7 @@ def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[s
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         pushed = {operation.path_in_repo for operation in operations}
-        operations += [CommitOperationDelete(path) for path in earlier_outputs(api.list_repo_files(repo_id, repo_type="dataset"), pushed)]
+        operations += [CommitOperationDelete(path) for path in earlier_outputs(api, repo_id, pushed)]
         api.create_commit(repo_id, operations, commit_message=f"rsample run {config.run_id}", repo_type="dataset")
     except Exception as exc:  # auth, network, permissions: one line, the files stay on disk
         raise RsampleError(f"could not push to the Hub dataset {repo_id} (the JSONL files are kept locally; the same command "
