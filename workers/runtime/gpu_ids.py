@@ -15,9 +15,11 @@ def pinned_devices(ids: list[int]) -> str:
     if inherited is None:
         return ",".join(map(str, ids))
     visible = [device.strip() for device in inherited.split(",") if device.strip()]
+    if not visible:  # GPUs hidden on purpose: they stay hidden, and the workers run on the CPU (said where they start)
+        return ""
     beyond = sorted({gpu for gpu in ids if gpu >= len(visible)})
     if beyond:
-        shown = f"{len(visible)} GPU{'s' * (len(visible) != 1)}" + (f" (ids 0 to {len(visible) - 1})" if visible else "")
+        shown = f"{len(visible)} GPU{'s' * (len(visible) != 1)} (ids 0 to {len(visible) - 1})"
         raise RsampleError(f"no GPU {', '.join(map(str, beyond))} here: CUDA_VISIBLE_DEVICES={inherited} shows {shown}, "
                            "and rsample counts GPU ids among those")
     return ",".join(visible[gpu] for gpu in ids)
