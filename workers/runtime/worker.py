@@ -9,6 +9,7 @@ heartbeat thread keeps the claim short and alive only while this process is.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import os
 import signal
@@ -256,9 +257,9 @@ def pin_gpu(gpu: str | None) -> None:
         from rsample.workers.runtime.gpu_ids import parse_gpu_option, pinned_devices
 
         os.environ["CUDA_VISIBLE_DEVICES"] = pinned_devices(parse_gpu_option(gpu))
-        import torch
-
-        if not torch.cuda.is_available():  # as `rsample workers` says it: silently slow otherwise
+        # as `rsample workers` says it (silently slow otherwise), without asking CUDA: a process that has called into
+        # the CUDA driver cannot hand it on to the engine processes vLLM forks
+        if not os.environ["CUDA_VISIBLE_DEVICES"] or not glob.glob("/dev/nvidia[0-9]*"):
             log.warning("--gpu %s: this machine shows no GPU (CUDA_VISIBLE_DEVICES=%s): the worker runs on its CPU", gpu,
                         os.environ["CUDA_VISIBLE_DEVICES"])
 
