@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import shlex
 import signal
 import sys
@@ -68,6 +69,14 @@ class JsonObject(click.ParamType):
         if not isinstance(parsed, dict):
             self.fail(f"must be a JSON object ({{...}}), got {value}", param, ctx)
         return parsed
+
+
+def _check_run_id(ctx, param, value: str) -> str:
+    """A run's name is part of its Redis keys and its jobs' ids: no ':' (another run's keys would begin with
+    `<name>:`) and no glob characters."""
+    if value and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' only")
+    return value
 
 
 def run_options(command):
@@ -137,7 +146,8 @@ def run_options(command):
                      help="Padded tokens per reward forward pass (length-sorted conversations fill it; halved on out-of-memory)."),
         click.option("--reward-pass-cost", type=int, default=defaults.REWARD_PASS_COST, show_default=True,
                      help="A reward forward pass's fixed cost in padded tokens: higher, fewer and fuller batches; lower, less padding."),
-        click.option("--run-id", default="", help="Name the run (default: a hash of its settings)."),
+        click.option("--run-id", default="", callback=_check_run_id,
+                     help="Name the run: letters, digits, '.', '_', '-' (default: a hash of its settings)."),
         click.option("--max-in-flight", type=int, default=defaults.MAX_IN_FLIGHT, show_default=True, help="Prompts handed to workers and not yet written: bounds Redis memory."),
         click.option("--retries", type=int, default=defaults.JOB_RETRIES, show_default=True, help="Retries of a failed job before its prompts are skipped."),
         click.option("--heartbeat-ttl", type=int, default=defaults.JOB_HEARTBEAT_TTL, show_default=True, help="Seconds after which a silent worker's job is requeued."),
@@ -554,13 +564,15 @@ def _report(config, summary, out, scores_out, push_repo, public, sft_out=None, p
     for line in summary.lines():
         click.echo(line)
     report = _write_run_report(out, scores_out, config.reasoning_end)
+    if parquet:  # before a push that may fail; their own trouble stops nothing. Typed from the run's settings: an empty file too
+        try:
+            click.echo(f"wrote {', '.join(str(write_parquet(path, kind, config.score_names)) for kind, path in files.items())}")
+        except RsampleError as exc:
+            click.secho(f"WARNING no Parquet copies: {exc} (try `rsample parquet`)", fg="yellow", err=True)
     if push_repo:
         from rsample.producer.driver.hub import push_to_hub
 
         click.echo(f"pushed to {push_to_hub(push_repo, config, summary, files, private=not public, report=report)}")
-    if parquet:  # last: the copies' own trouble stops nothing else. Typed from the run's settings: an empty file too
-        copies = [write_parquet(path, kind, config.score_names) for kind, path in files.items()]
-        click.echo(f"wrote {', '.join(map(str, copies))}")
 
 
 @main.command()

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import replace
@@ -201,18 +202,24 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
     """The run from Redis; or, when Redis lost it (restarted empty while no coordinator was there to re-create it),
     from the settings its output files keep, registered again under its id.
 
-    Without `run_id`, the unfinished run whose files `out` holds (a coordinator restarted with the same command, on a
-    Redis where someone has made a run since), else the latest; `overwrite` means a new run: the latest. A finished
-    run's files are never taken up again this way (a new run given the last one's folder is refused, as before)."""
+    Without `run_id`, the run whose files `out` holds, so that the same command goes on with it (a coordinator
+    restarted on a Redis where someone has made a run since; a push to try again; a run Redis lost or `forget` took
+    out, made again) — unless that run is finished and another is not: a new run given the last one's folder, or the
+    same command for the finished one? Refused, naming both. `overwrite` means a new run: the latest."""
     import logging
 
     from rsample.producer.driver.ledger import output_header
     from rsample.workers.runtime.run_state import unfinished_runs
 
     owner = output_header(Path(out)).get("rsample_run") if run_id is None and not overwrite else None
-    if owner and owner in (unfinished := unfinished_runs(client)):
-        latest = next(iter(unfinished))
-        if latest != owner:
+    if owner:
+        unfinished = unfinished_runs(client)
+        latest = next(iter(unfinished), None)
+        if owner not in unfinished and client.exists(RunKeys(owner).config) and latest is not None:
+            raise RsampleError(f"{out} holds the output of run {owner}, which is finished, and run {latest} is not: pass "
+                               f"--run {owner} to take {owner} up again (to push it again, say), or give run {latest} an --out "
+                               "of its own")
+        if latest not in (None, owner):
             logging.getLogger(__name__).info("run %s: the one whose output %s holds (the latest is %s; --run picks another)",
                                              owner, out, latest)
         run_id = owner
@@ -234,7 +241,7 @@ def forget_run(client: redis.Redis, run_id: str) -> int:
     elsewhere: a run enqueued by mistake, or one no worker can serve. Its output files keep its settings: the same
     `rsample aggregate` command makes it again. Refused while a coordinator or a worker is at work on it, whose next
     writes would bring parts of it back. Returns how many keys went."""
-    from rsample.producer.driver.run_lock import holder_may_live
+    from rsample.workers.runtime.processes import holder_may_live
     from rsample.workers.runtime.queues import make_queue
 
     config = load_run(client, run_id)
@@ -246,8 +253,16 @@ def forget_run(client: redis.Redis, run_id: str) -> int:
     running = sum(client.zcount(queue.started_job_registry.key, time.time(), "+inf") for queue in queues)  # live heartbeats only
     if running:
         raise RsampleError(f"run {run_id} has {running} running job{'s' * (running > 1)}: stop its workers first (or let them finish)")
-    doomed = {key for pattern in (keys.all_run_keys_pattern(), f"rq:*{run_id}-*") for key in client.scan_iter(pattern, count=1000)
-              if not key.startswith((b"rq:worker:", b"rq:workers"))}  # a worker's own record is the worker's
+    doomed = set(run_keys(client, keys))
+    for queue in queues:  # RQ's keys by exact name: another run's (`<name>-v2`) or another tenant's never match
+        registries = (queue.started_job_registry, queue.failed_job_registry, queue.finished_job_registry,
+                      queue.deferred_job_registry, queue.scheduled_job_registry, queue.canceled_job_registry)
+        job_ids = set(queue.get_job_ids()) | {job_id for registry in registries for job_id in registry.get_job_ids(cleanup=False)}
+        doomed |= {queue.key, getattr(queue, "intermediate_queue_key", queue.key), *(registry.key for registry in registries)}
+        for job_id in job_ids:
+            doomed |= set(client.scan_iter(f"rq:*:{_glob_escaped(job_id)}", count=1000))
+            doomed |= set(client.scan_iter(f"rq:*:{_glob_escaped(job_id)}:*", count=1000))
+    doomed = {key for key in doomed if client.exists(key)}
     with client.pipeline() as pipe:
         if doomed:
             pipe.delete(*doomed)
@@ -255,3 +270,12 @@ def forget_run(client: redis.Redis, run_id: str) -> int:
         pipe.zrem(RUNS_INDEX, run_id)
         pipe.execute()
     return len(doomed)
+
+
+def run_keys(client: redis.Redis, keys: RunKeys) -> list:
+    """The run's own keys: a run's name holds no ':' (`--run-id`), so `<prefix>:run:<name>:` begins no other run's."""
+    return list(client.scan_iter(f"{_glob_escaped(keys.config.rsplit(':', 1)[0])}:*", count=1000))
+
+
+def _glob_escaped(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

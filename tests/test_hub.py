@@ -276,12 +276,13 @@ def test_a_push_retried_by_the_same_command_describes_the_run_not_its_own_empty_
     out = tmp_path / "pairs.jsonl"
     command = ["run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--n", "4", "--reward-backend", "length",
                "--reward-model", "org/rm", "--no-progress", "--out", str(out), "--scores-out", str(tmp_path / "scores.jsonl"),
-               "--push-to-hub", "me/pairs"]
+               "--push-to-hub", "me/pairs", "--parquet"]
     failing, recording = RecordingApi(fail=RuntimeError("503 Service Unavailable")), RecordingApi()
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: failing)
     first = CliRunner().invoke(main, command)
     assert first.exit_code != 0 and "could not push to the Hub dataset me/pairs" in first.output
     assert len(read_jsonl(out)) == 3  # the files stay
+    assert (tmp_path / "pairs.parquet").exists() and (tmp_path / "scores.parquet").exists()  # written before the push
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: recording)
     second = CliRunner().invoke(main, command)
     assert second.exit_code == 0, second.output

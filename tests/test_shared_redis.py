@@ -100,9 +100,14 @@ def test_a_restarted_aggregate_goes_on_with_the_run_its_output_holds_though_anot
     assert {row["num_candidates"] for row in read_jsonl(out)} == {2}
     assert f"run {mine}: the one whose output {out} holds (the latest is {other}" in log.read_text()
 
-    # finished, its files are never taken up again this way: a new run given its folder is refused, as it was
+    # finished, while another run is not: a new run given its folder, or the same command for it? Said, naming both
     again = rsample("aggregate", "--redis-url", url, "--out", str(out), "--no-progress", check=False)
-    assert again.returncode == 2 and f"exists and is run {mine}'s output, made with other settings (--n was 2, now 5)" in again.stderr
+    assert again.returncode == 2 and (f"holds the output of run {mine}, which is finished, and run {other} is not: pass --run {mine} "
+                                      "to take") in again.stderr
+    assert "--overwrite" not in again.stderr  # which would destroy it
+    taken_up = rsample("aggregate", "--redis-url", url, "--run", mine, "--out", str(out), "--no-progress")
+    assert f"run {mine}: wrote" in taken_up.stdout  # nothing generated again: the push of a failed one would go here
+    assert_exactly_once(out, None, ROWS)
 
 
 def test_a_run_whose_row_count_was_lost_still_gets_its_workers(redis_server, redis_client, tmp_path):
@@ -148,8 +153,8 @@ def test_a_run_made_by_mistake_is_forgotten_and_the_others_are_untouched(redis_s
     again = rsample("forget", "--redis-url", url, "--run", unwanted, check=False)
     assert again.returncode == 2 and f"no run '{unwanted}' in this Redis" in again.stderr
 
-    # its output kept its settings: the same command makes it again, and finishes it
-    finished = start("aggregate", "--redis-url", url, "--run", unwanted, "--out", str(out), "--no-progress", log=log)
+    # its output kept its settings: the same command (without --run, another run unfinished beside it) makes it again
+    finished = start("aggregate", "--redis-url", url, "--out", str(out), "--no-progress", log=log)
     wait_for(lambda: redis_client.exists(RunKeys(unwanted).config), 120, "the run made again")
     worker = start("worker", "both", "--redis-url", url, "--run", unwanted, log=log)
     assert finished.wait(timeout=240) == 0, log.read_text()[-3000:]
@@ -157,6 +162,24 @@ def test_a_run_made_by_mistake_is_forgotten_and_the_others_are_untouched(redis_s
     worker.wait(timeout=60)
     assert_exactly_once(out, None, ROWS)
     assert {row["num_candidates"] for row in read_jsonl(out)} == {3}
+
+
+def test_forgetting_a_run_takes_nothing_of_a_run_whose_name_extends_it(redis_server, redis_client, tmp_path):
+    from rsample.producer.driver.ledger import Ledger
+    from rsample.producer.feeder import Feeder
+    from rsample.workers.runtime.run_state import load_run
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    for name in ("gsm8k", "gsm8k-v2"):
+        rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *FAST, "--run-id", name)
+        Feeder(redis_client, load_run(redis_client, name), Ledger(tmp_path / name / "pairs.jsonl", None, name)).top_up()
+    before = {key: redis_client.type(key) for key in redis_client.scan_iter() if b"gsm8k-v2" in key}
+    assert any(key.startswith(b"rq:job:gsm8k-v2-") for key in before) and any(b"rq:job:gsm8k-generate" in key for key in redis_client.scan_iter())
+    rsample("forget", "--redis-url", redis_server.url, "--run", "gsm8k")
+    assert {key: redis_client.type(key) for key in redis_client.scan_iter() if b"gsm8k-v2" in key} == before
+    assert not [key for key in redis_client.scan_iter() if b"gsm8k" in key and b"gsm8k-v2" not in key and not key.startswith(b"rq:worker")]
+    refused = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *FAST, "--run-id", "exp:2", check=False)
+    assert refused.returncode == 2 and "use letters, digits, '.', '_' and '-' only" in refused.stderr
 
 
 def redis_contents(client) -> str:

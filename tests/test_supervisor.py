@@ -152,8 +152,10 @@ def test_gpu_ids_count_among_those_an_inherited_cuda_visible_devices_shows(monke
 
     if not glob.glob("/dev/nvidia[0-9]*"):  # this machine: said, as `rsample workers` says it
         assert "--gpu 1: this machine shows no GPU (CUDA_VISIBLE_DEVICES=3): the worker runs on its CPU" in caplog.text
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose: they stay hidden
-    assert pinned_devices([0, 1]) == ""
+    for hidden in ("", "-1"):  # GPUs hidden on purpose: they stay hidden
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert pinned_devices([0, 1]) == ""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     pin_gpu("0")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
     with pytest.raises(RsampleError, match=r"^--gpu first: give GPU ids"):

@@ -14,8 +14,12 @@ def pinned_devices(ids: list[int]) -> str:
     inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
     if inherited is None:
         return ",".join(map(str, ids))
-    visible = [device.strip() for device in inherited.split(",") if device.strip()]
-    if not visible:  # GPUs hidden on purpose: they stay hidden, and the workers run on the CPU (said where they start)
+    visible = []
+    for device in (entry.strip() for entry in inherited.split(",")):
+        if not device or device.startswith("-") or device == "NoDevFiles":  # CUDA reads the list up to such an entry
+            break
+        visible.append(device)
+    if not visible:  # GPUs hidden on purpose (empty, -1): they stay hidden, and the workers run on the CPU, said where they start
         return ""
     beyond = sorted({gpu for gpu in ids if gpu >= len(visible)})
     if beyond:
