@@ -158,7 +158,11 @@ signal.signal(signal.SIGINT, lambda *a: stop.append(1))  # the worker's warm shu
 checker = MathChecker()
 checker.equal("1", "\\\\boxed{1}")
 print("ready", flush=True)
-wrong = sum(not checker.equal("12", "\\\\boxed{12}") for _ in range(2000))
+wrong = checks = 0
+while not stop and checks < 200_000:  # checks in flight when the Ctrl-C comes, however fast this machine checks
+    wrong += not checker.equal("12", "\\\\boxed{12}")
+    checks += 1
+wrong += sum(not checker.equal("12", "\\\\boxed{12}") for _ in range(200))  # and after it
 print("wrong", wrong, "stopped", bool(stop), flush=True)
 """
     parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True, start_new_session=True)

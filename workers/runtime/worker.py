@@ -144,11 +144,14 @@ class MainWorker(HeartbeatWorker):
     def request_stop(self, signum, frame):
         for slot in self.slots:
             slot._stop_requested = True
-        if not self._stop_requested:  # RQ says nothing at our log level: the worker seemed to ignore Ctrl-C
-            log.warning("worker %s: stopping once its running jobs are done (a second stop signal stops it now, releasing them)",
-                        self.name)
-        super().request_stop(signum, frame)
-        self._keep_sigint_ignored()
+        first = not self._stop_requested
+        try:
+            super().request_stop(signum, frame)  # first of all, it makes a second signal the forced stop
+        finally:
+            self._keep_sigint_ignored()
+            if first:  # RQ says nothing at our log level: the worker seemed to ignore Ctrl-C
+                log.warning("worker %s: stopping once its running jobs are done (a second stop signal stops it now, releasing "
+                            "them)", self.name)
 
     def _keep_sigint_ignored(self) -> None:
         if self.sigint_ignored:
