@@ -12,6 +12,8 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no Hub here: a missing model must fail at once, not after retries
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started as a script's background job (`(... &)`): every process the
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # tests start would ignore Ctrl-C too, and its tests fail
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
