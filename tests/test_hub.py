@@ -1,5 +1,6 @@
 """Publishing to the Hub through the narrow seam: the API object is replaced, the files and card are real."""
 
+import dataclasses
 import json
 
 import pytest
@@ -344,3 +345,7 @@ def test_a_push_into_a_repository_rsample_did_not_make_takes_nothing_away(tmp_pa
     (repo / "report" / "more_notes.md").write_text("notes")  # the card is rsample's now; this file is not declared in it
     push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
     assert {"sft.jsonl", "report/my_notes.md", "report/more_notes.md"} <= set(api.list_repo_files("me/pairs"))
+    named = dataclasses.replace(config, command="run --dataset report/more_notes.md --out pairs.jsonl")  # a path in its command
+    push_to_hub("me/pairs", named, summary, {"pairs": files["pairs"]}, api=api)
+    push_to_hub("me/pairs", named, summary, {"pairs": files["pairs"]}, api=api)
+    assert "report/more_notes.md" in set(api.list_repo_files("me/pairs"))

@@ -159,7 +159,7 @@ def earlier_outputs(api, repo_id: str, pushed: set[str]) -> list[str]:
         return []
     declared = {entry["path"] for config in (card.data.configs or []) for entry in config.get("data_files", [])
                 if isinstance(entry, dict) and isinstance(entry.get("path"), str)}
-    declared |= set(re.findall(r"\(?(report/[^)\s\"']+)", card.text))
+    declared |= set(re.findall(r"!\[[^\]]*\]\((report/[^)\s]+)\)", card.text))  # the figures it shows, not a path in its command
     return sorted(path for path in declared & files if path not in pushed)
 
 
