@@ -16,7 +16,7 @@ import redis
 
 from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError
-from rsample.workers.runtime.processes import holder_may_live
+from rsample.workers.runtime.processes import holder_here, holder_may_live
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,8 @@ class RunLock:
         deadline = time.monotonic() + self.seconds + 5
         while not self.client.set(self.key, self.token, nx=True, ex=self.seconds):
             holder = (self.client.get(self.key) or b"").decode()
-            host, _, rest = holder.partition(":")
-            pid = rest.partition(":")[0]
-            # our own pid under another token is another PID namespace of this hostname (a container restarted, or one
-            # beside ours): only its lock tells whether it lives, so it is waited out as a holder elsewhere is
-            here = host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid()
+            pid = holder_here(holder)  # None: one elsewhere, or in another PID namespace, is waited out until its lock lapses
+            here = pid is not None
             if here and not holder_may_live(holder):
                 log.warning("taking over run %s from coordinator process %s, which is gone", self.run_id, pid)
                 if self.client.set(self.key, self.token, xx=True, ex=self.seconds, get=True) == holder.encode():

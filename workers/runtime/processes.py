@@ -71,11 +71,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def holder_may_live(holder: str) -> bool:
-    """Whether the coordinator whose token `holder` is may be alive: one on this host whose process is gone is not; one
-    elsewhere may be, until its lock expires, and so may one with our own pid (another PID namespace: a container)."""
+def holder_here(holder: str) -> int | None:
+    """The pid of the coordinator whose token (`host:pid:uuid`) `holder` is, when it is another process of this host,
+    whose liveness its pid tells; None for one elsewhere, or with our own pid (another PID namespace of this hostname:
+    a container restarted, or one beside ours), which only its lock tells."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return True
-    return _pid_alive(int(pid))
+        return None
+    return int(pid)
+
+
+def holder_may_live(holder: str) -> bool:
+    """Whether the coordinator whose token `holder` is may be alive: one on this host whose process is gone is not; any
+    other may be, until its lock expires."""
+    pid = holder_here(holder)
+    return pid is None or _pid_alive(pid)
