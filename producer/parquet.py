@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from rsample.workers.common.errors import RsampleError
-from rsample.workers.stages.output import features
+from rsample.workers.stages.output import features, row_has_thinking
 
 SCORE_COLUMN = {"pairs": "chosen_score", "scores": "scores", "sft": "score"}
 KIND_OF_COLUMN = {"chosen": "pairs", "completion_index": "scores", "score": "sft"}
@@ -26,34 +26,45 @@ def parquet_path(jsonl: Path) -> Path:
     return jsonl.with_suffix(".parquet")
 
 
-def file_shape(path: Path) -> tuple[str, tuple[str, ...]]:
-    """The kind of rsample file (pairs, scores, sft) and its score columns' names, read off its first row."""
+def first_row(path: Path):
+    """The first row of a JSONL file, or None for a file with none."""
     with path.open(encoding="utf-8") as lines:
         first = next((line for line in lines if line.strip()), None)
     if first is None:
-        raise RsampleError(f"{path}: no rows, so no columns to type")
+        return None
     try:
-        row = json.loads(first)
+        return json.loads(first)
     except json.JSONDecodeError as exc:
         raise RsampleError(f"{path}: the first row is not JSON ({exc})") from None
+
+
+def file_shape(path: Path) -> tuple[str, tuple[str, ...], bool]:
+    """The kind of rsample file (pairs, scores, sft), its score columns' names, and whether its assistant turns carry
+    their thinking apart (a harmony policy's run), read off its first row."""
+    row = first_row(path)
+    if row is None:
+        raise RsampleError(f"{path}: no rows, so no columns to type")
     kind = next((KIND_OF_COLUMN[column] for column in KIND_OF_COLUMN if isinstance(row, dict) and column in row), None)
     if kind is None or not isinstance(row.get(SCORE_COLUMN[kind]), dict):
         raise RsampleError(f"{path}: not an rsample output file (pairs, scores or sft JSONL)")
-    return kind, tuple(row[SCORE_COLUMN[kind]])
+    return kind, tuple(row[SCORE_COLUMN[kind]]), row_has_thinking(row)
 
 
 def write_parquet(path: Path, kind: str | None = None, score_names: tuple[str, ...] | None = None,
                   block_bytes: int = BLOCK_BYTES) -> Path:
     """`path`'s rows as Parquet beside it (`pairs.jsonl` -> `pairs.parquet`), with the columns the dataset card declares.
 
-    `kind` and `score_names` default to what the first row shows. Written to a temporary name and renamed: an existing
-    copy is replaced whole or not at all."""
+    `kind` and `score_names` default to what the first row shows, as does whether the thinking is a column of its own.
+    Written to a temporary name and renamed: an existing copy is replaced whole or not at all."""
     import pyarrow.json as pa_json
     import pyarrow.parquet as pq
 
     if kind is None or score_names is None:
-        kind, score_names = file_shape(path)
-    schema = features(kind, score_names).arrow_schema  # with datasets' own metadata: `load_dataset` reads the features back
+        kind, score_names, thinking = file_shape(path)
+    else:
+        first = first_row(path)
+        thinking = isinstance(first, dict) and row_has_thinking(first)
+    schema = features(kind, score_names, thinking).arrow_schema  # with datasets' own metadata: `load_dataset` reads the features back
     target = parquet_path(path)
     partial = target.with_name(f".{target.name}.partial")
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")

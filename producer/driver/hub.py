@@ -14,7 +14,7 @@ from rsample.producer.driver.summary import Summary
 from rsample.producer.report.document import Report
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
-from rsample.workers.stages.output import columns
+from rsample.workers.stages.output import columns, row_has_thinking
 
 
 def card_metadata(files: dict[str, Path], model_names: tuple[str, ...]) -> str:
@@ -28,10 +28,19 @@ def card_metadata(files: dict[str, Path], model_names: tuple[str, ...]) -> str:
         {"config_name": name, "data_files": [{"split": "train", "path": f"{name}.jsonl"}], **({"default": True} if name == "pairs" else {})}
         for name in files
     ]
-    features = [{"config_name": name, "features": [{"name": column, **kind} for column, kind in columns(name, model_names).items()]}
-                for name in files]
+    features = [{"config_name": name, "features": [{"name": column, **kind} for column, kind in
+                                                   columns(name, model_names, has_thinking(path)).items()]}
+                for name, path in files.items()]
     features = json.loads(json.dumps(features))  # no object twice: YAML would write an alias, which `datasets` cannot read
     return DatasetCardData(tags=["rejection-sampling", "preference", "rsample"], configs=configs, dataset_info=features).to_yaml()
+
+
+def has_thinking(path: Path) -> bool:
+    """Whether a file's assistant turns carry their thinking apart (a harmony policy's run), read off its first row."""
+    from rsample.producer.parquet import first_row
+
+    row = first_row(path) if path.exists() else None
+    return isinstance(row, dict) and row_has_thinking(row)
 
 
 def report_section(report: Report | None) -> str:
@@ -53,8 +62,12 @@ def remote_code_note(config: RunConfig) -> str:
     return "\nModels that ran their repository's own code (`--trust-remote-code`): " + ", ".join(f"`{m}`" for m in config.trust_remote_code) + ".\n"
 
 
-def reasoning_note(config: RunConfig) -> str:
+def reasoning_note(config: RunConfig, files: dict[str, Path] | None = None) -> str:
     """A reasoning policy's completions keep their thinking; a reader must know what the scores judged."""
+    if any(has_thinking(path) for path in (files or {}).values()):
+        return ("\nThe policy answers in the harmony format (gpt-oss): each assistant turn holds its answer (the final channel) "
+                "in `content` and its thinking (the other channels) in `thinking`, where gpt-oss's chat template takes it. The "
+                "rewards scored the answer alone, and a completion that never reached its answer was never chosen.\n")
     if not config.reasoning_end:
         return ""
     return (f"\nThe policy thinks before it answers: each completion holds its thinking, then `{config.reasoning_end}`, then its "
@@ -119,7 +132,7 @@ scored by {_rewards(config)} (combined by `{config.combine}`), made with rsample
 Each row of `pairs` (the default config) has `messages` (the prompt), `chosen` and `rejected` conversations, and their
 scores per reward model; the `scores` config, when uploaded, has every scored candidate: `load_dataset(repo, "scores")`,
 and the `sft` config each prompt's best candidate as a supervised example: `load_dataset(repo, "sft")`.
-{remote_code_note(config)}{reasoning_note(config)}{empty_files_note(empty or [])}
+{remote_code_note(config)}{reasoning_note(config, files)}{empty_files_note(empty or [])}
 ## Command
 
 ```

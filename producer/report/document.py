@@ -66,6 +66,9 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
         lines.append(f"distinct candidates per prompt: mean {mean:.1f}; {numbers.few_distinct_text} on {numbers.low_diversity_share:.0%} of prompts")
     if numbers.candidates:
         lines.append(f"truncated at --max-new-tokens: {numbers.truncated / numbers.candidates:.1%} of {numbers.candidates:,} candidates")
+        if numbers.unanswered_harmony is not None:
+            lines.append(f"no answer (the final channel never began): {numbers.unanswered_harmony / numbers.candidates:.1%} of "
+                         f"{numbers.candidates:,} candidates; lengths above are the answers' (the final channel), thinking apart")
         if numbers.reasoning_end:
             lines.append(f"thinking never ended (no {numbers.reasoning_end!r}): {numbers.unended_thinking / numbers.candidates:.1%} of "
                          f"{numbers.candidates:,} candidates; lengths above are the answers' (after {numbers.reasoning_end!r})")

@@ -132,6 +132,9 @@ class RunNumbers:
     """The run's `--reasoning-end`: lengths are then the answers' (what the rewards read), not the thinking's."""
     unended_thinking: int = 0
     """Candidates whose thinking never ended (no marker), with a `reasoning_end`."""
+    unanswered_harmony: int | None = None
+    """A harmony policy's candidates (their thinking a column of its own) with no answer: their final channel never
+    began. None for any other run."""
     unsplit_thinking: int = 0
     """Candidates holding a `</think>` in a run without `reasoning_end`: the rewards judged the thinking too."""
     outcomes: Counter = field(default_factory=Counter)
@@ -249,6 +252,8 @@ def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
         numbers.candidates += len(generated)
         numbers.truncated += truncated
         numbers.truncated_share_per_prompt.add(truncated / len(generated))
+        if any("thinking" in row for row in generated):
+            numbers.unanswered_harmony = (numbers.unanswered_harmony or 0) + sum(not row.get("completion") for row in generated)
         if numbers.reasoning_end:
             numbers.unended_thinking += sum(numbers.reasoning_end not in (row.get("completion") or "") for row in generated)
         else:

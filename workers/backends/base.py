@@ -20,6 +20,9 @@ class Completion:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+    reasoning: str | None = None
+    """A harmony-format policy's thinking (its channels other than the final one), `text` being its answer; None for
+    every other policy, whose thinking, if any, is part of `text` (see `rsample.workers.backends.harmony`)."""
 
 
 @dataclass(frozen=True)

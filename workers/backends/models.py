@@ -43,7 +43,8 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
 
 
 def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None, template_kwargs: dict | None = None) -> None:
-    """The policy loads; a `reasoning_end` survives decoding; the template takes the run's `template_kwargs`."""
+    """The policy loads; a `reasoning_end` survives decoding (and is not asked of a harmony policy, split by channel);
+    the template takes the run's `template_kwargs`."""
     load_model_config(spec, "policy", trust_remote_code)
     if not (reasoning_end or template_kwargs):
         return
@@ -57,6 +58,11 @@ def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str 
             raise RsampleError(f"the policy's chat template fails with --chat-template-kwargs {json.dumps(template_kwargs)}: "
                                f"{first_line(exc, with_type=True)}") from None
     if reasoning_end:
+        from rsample.workers.backends.harmony import HarmonyTokens
+
+        if HarmonyTokens.of(tokenizer) is not None:
+            raise RsampleError(f"--reasoning-end {reasoning_end!r}: the policy answers in the harmony format (gpt-oss), whose "
+                               "thinking and answer rsample splits by channel by itself; leave --reasoning-end out")
         ids = tokenizer(reasoning_end, add_special_tokens=False)["input_ids"]
         if reasoning_end not in tokenizer.decode(ids, skip_special_tokens=True):
             raise RsampleError(f"--reasoning-end {reasoning_end!r} is a special token of the policy's tokenizer, which decoding "

@@ -35,6 +35,11 @@ def _corpus(seed: int, lines: int = 400) -> list[str]:
 def _tokenizer(vocab_size: int, special: list[str], eos: str, pad: str | None, template: str, seed: int, bos: str | None = None):
     """A byte-level BPE trained on a few KB; with a `bos`, it adds that BOS to plain text as Llama's tokenizers do
     (so rendering a template that already starts with BOS must not add another)."""
+    return _tokenizer_from(vocab_size, special, eos, pad, template, _corpus(seed), bos)
+
+
+def _tokenizer_from(vocab_size: int, special: list[str], eos: str, pad: str | None, template: str, corpus: list[str],
+                    bos: str | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -44,7 +49,7 @@ def _tokenizer(vocab_size: int, special: list[str], eos: str, pad: str | None, t
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    raw.train_from_iterator(_corpus(seed), trainer=trainer)
+    raw.train_from_iterator(corpus, trainer=trainer)
     if bos is not None:
         raw.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, raw.token_to_id(bos))]
@@ -153,3 +158,85 @@ def build_reward_model(directory: str | Path, seed: int = 1, max_position_embedd
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+HARMONY_TEMPLATE = (  # gpt-oss's structure, cut down: the thinking goes in `thinking`, channel markers in a message are refused
+    "<|start|>system<|message|>A tiny test model.\nReasoning: {{ reasoning_effort | default('medium') }}<|end|>"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}<|start|>developer<|message|># Instructions\n\n{{ m['content'] }}<|end|>"
+    "{% elif m['role'] == 'user' %}<|start|>user<|message|>{{ m['content'] }}<|end|>"
+    "{% elif m['role'] == 'assistant' %}"
+    "{% if '<|channel|>' in m['content'] or ('thinking' in m and '<|channel|>' in m['thinking']) %}"
+    "{{ raise_exception('pass the analysis in thinking and the final answer in content, without channel markers') }}{% endif %}"
+    "{% if loop.last and not add_generation_prompt %}"
+    "{% if 'thinking' in m %}<|start|>assistant<|channel|>analysis<|message|>{{ m['thinking'] }}<|end|>{% endif %}"
+    "<|start|>assistant<|channel|>final<|message|>{{ m['content'] }}<|return|>"
+    "{% else %}<|start|>assistant<|channel|>final<|message|>{{ m['content'] }}<|end|>{% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|start|>assistant{% endif %}"
+)
+HARMONY_SPECIAL = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>", "<|endoftext|>"]
+HEADER_WORDS = ("assistant", "analysis", "final", "commentary")
+BODY_WORDS = ("the", "answer", "model", "good", "river", "city")
+
+
+def build_harmony_policy(directory: str | Path, seed: int = 0, answer_share: float = 0.4) -> Path:
+    """A policy that writes the harmony format of gpt-oss, as a real one does: channels whose names and texts follow
+    special markers, and three EOS ids (`<|return|>`, `<|call|>`, `<|endoftext|>`).
+
+    A random model would never write that structure, so this one is a chain over tokens: each layer adds nothing, and
+    the output head reads the current token alone (one-hot embeddings). After `<|channel|>` comes `final` with
+    probability `answer_share` (else `analysis`); a message's text is a few words, ended by `<|end|>` (another message
+    follows) or `<|return|>` (the completion ends). So completions differ, some answer, some only think."""
+    import math
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    directory = Path(directory)
+    headers = [word for word in HEADER_WORDS for _ in range(300)]  # each alone on a line: one token without a leading space
+    tokenizer = _tokenizer_from(512, HARMONY_SPECIAL, "<|return|>", "<|endoftext|>", HARMONY_TEMPLATE, _corpus(seed) + headers)
+    ids = {word: _single_token(tokenizer, word) for word in HEADER_WORDS}
+    words = [_single_token(tokenizer, f" {word}") for word in BODY_WORDS]
+    marker = {name: tokenizer.convert_tokens_to_ids(name) for name in HARMONY_SPECIAL}
+    chain = {
+        ids["assistant"]: {marker["<|channel|>"]: 1.0},
+        marker["<|start|>"]: {ids["assistant"]: 1.0},
+        marker["<|channel|>"]: {ids["final"]: answer_share, ids["analysis"]: 1 - answer_share},
+        ids["analysis"]: {marker["<|message|>"]: 1.0},
+        ids["final"]: {marker["<|message|>"]: 1.0},
+        marker["<|message|>"]: {word: 1 / len(words) for word in words},
+        **{word: {**{other: 0.7 / len(words) for other in words}, marker["<|end|>"]: 0.2, marker["<|return|>"]: 0.1} for word in words},
+        marker["<|end|>"]: {marker["<|start|>"]: 1.0},
+    }
+    hidden = 64
+    assert len(chain) < hidden
+    config = _llama_config(len(tokenizer), tokenizer, hidden_size=hidden, intermediate_size=128, num_hidden_layers=1,
+                           num_attention_heads=1, num_key_value_heads=1, head_dim=64)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:  # the layers add nothing to the stream: the head sees the token's own embedding
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, hidden - 1] = 1.0  # tokens off the chain: one state of their own
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.fill_(-40.0 / math.sqrt(hidden))
+        for state, (token, successors) in enumerate(chain.items()):
+            model.model.embed_tokens.weight[token].zero_()
+            model.model.embed_tokens.weight[token, state] = 1.0
+            for successor, probability in successors.items():  # RMS norm makes a one-hot row sqrt(hidden) long
+                model.lm_head.weight[successor, state] = math.log(probability) / math.sqrt(hidden)
+    model.generation_config.eos_token_id = [marker["<|return|>"], marker["<|call|>"], marker["<|endoftext|>"]]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _single_token(tokenizer, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{text!r} is {len(ids)} tokens in this vocabulary, not one")
+    return ids[0]

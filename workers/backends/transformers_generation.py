@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 from rsample.workers.backends.base import Completion, ProgressCallback, PromptCompletions
+from rsample.workers.backends.harmony import HarmonyTokens
 from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, policy_eos_ids, resolve_device, resolve_dtype
 from rsample.workers.backends.sampling_order import vllm_order_processor
 from rsample.workers.backends.templates import render_fitting
@@ -31,6 +32,7 @@ class TransformersGenerator:
         self.model = load_weights(AutoModelForCausalLM, policy, "policy", resolve_dtype(dtype, self.device), self.device, trust_remote_code)
         self.context = context_length(self.model.config, self.tokenizer, max_model_len)
         self.eos_ids = set(policy_eos_ids(policy, self.tokenizer, self.model.config))
+        self.harmony = HarmonyTokens.of(self.tokenizer)
         if self.tokenizer.pad_token_id is None:  # no pad and no EOS token: any id pads, the attention mask hides it
             self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(min(self.eos_ids, default=0))
         self.model.generation_config = GenerationConfig(eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id)
@@ -78,8 +80,11 @@ class TransformersGenerator:
         """Ended inside a character (its bytes spread over tokens; an EOS may follow the first of them too): vLLM leaves
         the incomplete bytes out, `decode` marks them U+FFFD."""
         end = next((length for length, token in enumerate(tokens) if token in self.eos_ids), None)
-        text = self.tokenizer.decode(tokens if end is None else tokens[:end], skip_special_tokens=True).rstrip("\ufffd").strip()
-        return Completion(text, len(tokens), "length") if end is None else Completion(text, end + 1, "stop")
+        kept, counted, finish = (tokens, len(tokens), "length") if end is None else (tokens[:end], end + 1, "stop")
+        if self.harmony is not None:
+            reply = self.harmony.split_with(self.tokenizer, kept)
+            return Completion(reply.answer or "", counted, finish, reply.thinking)
+        return Completion(self.tokenizer.decode(kept, skip_special_tokens=True).rstrip("\ufffd").strip(), counted, finish)
 
 
 class StepCounter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from rsample.workers.backends.base import Completion, ProgressCallback, PromptCompletions
+from rsample.workers.backends.harmony import HarmonyTokens
 from rsample.workers.backends.models import context_length, load_model_config, load_tokenizer, policy_eos_ids
 from rsample.workers.backends.templates import render_fitting
 from rsample.workers.backends.vllm_engine import EngineLoop
@@ -38,6 +39,7 @@ class VLLMGenerator:
         self.context = context_length(model_config, self.tokenizer, models.max_model_len, self.llm.llm_engine.model_config.max_model_len)
         self.engine = EngineLoop(self.llm.llm_engine)
         self.eos_ids = policy_eos_ids(policy, self.tokenizer, model_config)
+        self.harmony = HarmonyTokens.of(self.tokenizer)
 
     @classmethod
     def from_run(cls, config: RunConfig) -> VLLMGenerator:
@@ -67,13 +69,17 @@ class VLLMGenerator:
             tokens = 0
             for done, (index, _, future) in enumerate(submitted, start=1):
                 samples = wait_interruptibly(future).outputs
-                results[index] = PromptCompletions([
-                    Completion(sample.text.strip(), len(sample.token_ids), "length" if sample.finish_reason == "length" else "stop")
-                    for sample in samples
-                ])
+                results[index] = PromptCompletions([self._completion(sample) for sample in samples])
                 tokens += sum(len(sample.token_ids) for sample in samples)
                 if progress is not None:
                     progress(done / len(submitted), tokens)
         finally:  # a job that fails or times out leaves no work behind in the engine
             self.engine.abort([request_id for _, request_id, future in submitted if not future.done()])
         return results  # type: ignore[return-value]
+
+    def _completion(self, sample) -> Completion:
+        finish = "length" if sample.finish_reason == "length" else "stop"
+        if self.harmony is not None:  # vLLM's text has the channels' markers left out: split the tokens instead
+            reply = self.harmony.split_with(self.tokenizer, sample.token_ids, self.eos_ids)
+            return Completion(reply.answer or "", len(sample.token_ids), finish, reply.thinking)
+        return Completion(sample.text.strip(), len(sample.token_ids), finish)

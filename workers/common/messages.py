@@ -39,6 +39,12 @@ class Candidate:
     is_reference: bool = False
     num_tokens: int = 0
     finish_reason: str = "stop"
+    reasoning: str | None = None
+    """A harmony-format policy's thinking, `text` being its answer (see `rsample.workers.backends.base.Completion`)."""
+
+    def assistant_turn(self) -> Message:
+        """The candidate as the conversation's last turn: gpt-oss's chat template takes the thinking in `thinking`."""
+        return {"role": "assistant", "content": self.text, **({"thinking": self.reasoning} if self.reasoning is not None else {})}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Candidate:

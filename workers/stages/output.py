@@ -26,8 +26,8 @@ def pair_row(prompt: GeneratedPrompt, chosen_index: int, rejected_index: int, sc
     return {
         "prompt_id": prompt.prompt.prompt_id,
         "messages": messages,
-        "chosen": [*messages, {"role": "assistant", "content": chosen.text}],
-        "rejected": [*messages, {"role": "assistant", "content": rejected.text}],
+        "chosen": [*messages, chosen.assistant_turn()],
+        "rejected": [*messages, rejected.assistant_turn()],
         "chosen_score": _by_model(model_names, scores_by_model, chosen_index),
         "rejected_score": _by_model(model_names, scores_by_model, rejected_index),
         "reference_completion": prompt.prompt.reference_completion,
@@ -48,7 +48,7 @@ def sft_row(prompt: GeneratedPrompt, best_index: int, scores_by_model: list[list
     best = prompt.candidates[best_index]
     return {
         "prompt_id": prompt.prompt.prompt_id,
-        "messages": [*prompt.prompt.messages, {"role": "assistant", "content": best.text}],
+        "messages": [*prompt.prompt.messages, best.assistant_turn()],
         "score": _by_model(model_names, scores_by_model, best_index),
         "is_reference": best.is_reference,
         "num_candidates": prompt.num_candidates,
@@ -65,6 +65,7 @@ def score_rows(prompt: GeneratedPrompt, scores_by_model: list[list[float]], mode
             "prompt_id": prompt.prompt.prompt_id,
             "completion_index": candidate.completion_indices[0],
             "completion": candidate.text,
+            **({"thinking": candidate.reasoning} if candidate.reasoning is not None else {}),
             "scores": _by_model(model_names, scores_by_model, index),
             "is_reference": candidate.is_reference,
             "finish_reason": candidate.finish_reason,
@@ -76,26 +77,35 @@ def score_rows(prompt: GeneratedPrompt, scores_by_model: list[list[float]], mode
 
 _STRING, _INT, _FLOAT, _BOOL = ({"dtype": kind} for kind in ("string", "int64", "float64", "bool"))
 _MESSAGES = {"list": [{"name": "role", **_STRING}, {"name": "content", **_STRING}]}
+_MESSAGES_WITH_THINKING = {"list": [*_MESSAGES["list"], {"name": "thinking", **_STRING}]}
 
 
-def columns(kind: str, model_names: tuple[str, ...]) -> dict[str, dict]:
+def columns(kind: str, model_names: tuple[str, ...], thinking: bool = False) -> dict[str, dict]:
     """The columns of the `kind` file ("pairs", "scores" or "sft") and their types, in the notation of a dataset card's
-    `dataset_info.features` (the rows above, column for column)."""
+    `dataset_info.features` (the rows above, column for column). `thinking`: a harmony policy's run, whose assistant
+    turns carry their thinking apart (`Candidate.assistant_turn`)."""
     scores = {"struct": [{"name": name, **_FLOAT} for name in model_names]}
+    messages = _MESSAGES_WITH_THINKING if thinking else _MESSAGES
     if kind == "pairs":
-        return {"prompt_id": _STRING, "messages": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES, "chosen_score": scores,
+        return {"prompt_id": _STRING, "messages": messages, "chosen": messages, "rejected": messages, "chosen_score": scores,
                 "rejected_score": scores, "reference_completion": _STRING, "reference_completion_score": scores,
                 "num_candidates": _INT, "num_unique": _INT, "chosen_finish_reason": _STRING, "rejected_finish_reason": _STRING}
     if kind == "sft":
-        return {"prompt_id": _STRING, "messages": _MESSAGES, "score": scores, "is_reference": _BOOL, "num_candidates": _INT,
+        return {"prompt_id": _STRING, "messages": messages, "score": scores, "is_reference": _BOOL, "num_candidates": _INT,
                 "num_unique": _INT, "finish_reason": _STRING, "num_tokens": _INT}
     if kind == "scores":
-        return {"prompt_id": _STRING, "completion_index": _INT, "completion": _STRING, "scores": scores, "is_reference": _BOOL,
-                "finish_reason": _STRING, "num_tokens": _INT}
+        return {"prompt_id": _STRING, "completion_index": _INT, "completion": _STRING, **({"thinking": _STRING} if thinking else {}),
+                "scores": scores, "is_reference": _BOOL, "finish_reason": _STRING, "num_tokens": _INT}
     raise ValueError(f"no output file of kind {kind!r}")
 
 
-def features(kind: str, model_names: tuple[str, ...] | list[str]):
+def row_has_thinking(row: dict) -> bool:
+    """Whether an output row (of any kind) is a harmony policy's, with the thinking apart from the answer."""
+    last_turns = [row[column][-1] for column in ("chosen", "messages") if isinstance(row.get(column), list) and row[column]]
+    return "thinking" in row or any(isinstance(turn, dict) and "thinking" in turn for turn in last_turns)
+
+
+def features(kind: str, model_names: tuple[str, ...] | list[str], thinking: bool = False):
     """The `kind` file's columns as `datasets.Features`, for reading a local file with their types declared:
     `load_dataset("json", data_files="pairs.jsonl", features=features("pairs", ["org/rm"]))`."""
     from datasets import Features, List, Value
@@ -107,4 +117,4 @@ def features(kind: str, model_names: tuple[str, ...] | list[str]):
             return List({field["name"]: feature(field) for field in declared["list"]})
         return {field["name"]: feature(field) for field in declared["struct"]}
 
-    return Features({name: feature(declared) for name, declared in columns(kind, tuple(model_names)).items()})
+    return Features({name: feature(declared) for name, declared in columns(kind, tuple(model_names), thinking).items()})
