@@ -237,3 +237,34 @@ def test_the_vllm_judge_gives_the_transformers_judges_expected_ratings(tiny_mode
         judge.close()
     assert None not in reference and scores == pytest.approx(reference, abs=1e-3)
     assert len({round(s, 4) for s in scores}) == len(scores)
+
+
+def test_an_aborted_or_failed_sample_is_no_completion():
+    """vLLM's other finish reasons: `abort` and `error` fail the prompt (it is retried), `repetition` is a cut."""
+    from types import SimpleNamespace
+
+    from rsample.workers.backends.vllm_generation import VLLMGenerator
+
+    backend = SimpleNamespace(harmony=None)
+    for reason in ("abort", "error"):
+        with pytest.raises(RuntimeError, match=f"finish reason '{reason}'"):
+            VLLMGenerator._completion(backend, SimpleNamespace(finish_reason=reason, text="partial", token_ids=[1, 2]))
+    cut = VLLMGenerator._completion(backend, SimpleNamespace(finish_reason="repetition", text=" again again ", token_ids=[5, 5]))
+    assert (cut.text, cut.num_tokens, cut.finish_reason) == ("again again", 2, "length")
+
+
+def test_the_vllm_backend_splits_a_harmony_policys_channels(tmp_path):
+    from rsample.workers.backends.tiny_models import BODY_WORDS, build_harmony_policy
+    from rsample.workers.backends.vllm_generation import VLLMGenerator
+
+    generator = VLLMGenerator(str(build_harmony_policy(tmp_path / "gpt-oss-like")), FLOAT32)
+    try:
+        [result] = generator.generate([[{"role": "user", "content": "add 2 and 2"}]],
+                                      SamplingConfig(n=12, temperature=1.0, top_k=0, max_new_tokens=40), seed=3)
+    finally:
+        generator.close()
+    for completion in result.completions:  # a message's text can only be body words: a header word or marker would be a leak
+        assert set(completion.text.split()) <= set(BODY_WORDS) and set(completion.reasoning.split()) <= set(BODY_WORDS)
+        assert "<|" not in completion.text + completion.reasoning
+    answered = [c for c in result.completions if c.text]
+    assert answered and len(answered) < len(result.completions)

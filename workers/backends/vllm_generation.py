@@ -78,7 +78,11 @@ class VLLMGenerator:
         return results  # type: ignore[return-value]
 
     def _completion(self, sample) -> Completion:
-        finish = "length" if sample.finish_reason == "length" else "stop"
+        """A sample the engine aborted or failed is no completion (the job fails, and the prompt is retried); one it cut
+        for repeating itself did not end by the policy's choice, as one cut at --max-new-tokens."""
+        if sample.finish_reason in ("abort", "error"):
+            raise RuntimeError(f"the vLLM engine ended a sample with finish reason {sample.finish_reason!r}")
+        finish = "stop" if sample.finish_reason == "stop" else "length"
         if self.harmony is not None:  # vLLM's text has the channels' markers left out: split the tokens instead
             reply = self.harmony.split_with(self.tokenizer, sample.token_ids, self.eos_ids)
             return Completion(reply.answer or "", len(sample.token_ids), finish, reply.thinking)

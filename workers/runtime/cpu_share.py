@@ -15,6 +15,8 @@ import os
 TORCH_THREADS_ENV = "RSAMPLE_TORCH_THREADS"
 """torch threads for a worker on a machine without a GPU (set by `rsample run` for the workers it starts)."""
 
+NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,23 @@ def machine_has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def gpu_visible() -> bool:
+    """Asked through NVML, as vLLM asks: a CUDA runtime call before vLLM starts its engine process by fork (its default,
+    when CUDA is not initialised) would leave that process unable to use CUDA ("Cannot re-initialize CUDA in forked
+    subprocess")."""
+    import torch
+
+    previous = os.environ.get(NVML_CHECK_ENV)
+    os.environ[NVML_CHECK_ENV] = "1"
+    try:
+        return torch.cuda.is_available()
+    finally:
+        if previous is None:
+            del os.environ[NVML_CHECK_ENV]
+        else:
+            os.environ[NVML_CHECK_ENV] = previous
 
 
 def local_worker_roles(generate_workers: int, on_gpu: bool) -> list[str]:
@@ -51,7 +70,7 @@ def take_cpu_share() -> int | None:
         return None
     import torch
 
-    if torch.cuda.is_available():  # the model runs on the GPU: these threads only feed it
+    if gpu_visible():  # the model runs on the GPU: these threads only feed it
         return None
     torch.set_num_threads(int(value))
     log.info("sharing this machine's %d cores with other workers: %s torch thread(s)", usable_cores(), value)
