@@ -349,3 +349,29 @@ def test_a_push_into_a_repository_rsample_did_not_make_takes_nothing_away(tmp_pa
     push_to_hub("me/pairs", named, summary, {"pairs": files["pairs"]}, api=api)
     push_to_hub("me/pairs", named, summary, {"pairs": files["pairs"]}, api=api)
     assert "report/more_notes.md" in set(api.list_repo_files("me/pairs"))
+
+
+def test_a_harmony_runs_repository_loads_with_the_thinking_as_a_field_of_the_turns(tmp_path):
+    """gpt-oss's runs keep each answer's thinking apart (`thinking`): the card declares it, says it, and `datasets` reads it."""
+    import datasets
+
+    config, summary, files = make_run(tmp_path)
+    prompt = [{"role": "user", "content": "q"}]
+    rows = [{"prompt_id": f"p{i}", "messages": prompt,
+             "chosen": prompt + [{"role": "assistant", "content": f"answer {i}", "thinking": f"thought {i}"}],
+             "rejected": prompt + [{"role": "assistant", "content": "", "thinking": "never answered"}],
+             "chosen_score": {"org/rm": 1.0}, "rejected_score": {"org/rm": 0.0}, "reference_completion": None,
+             "reference_completion_score": None, "num_candidates": 2, "num_unique": 2, "chosen_finish_reason": "stop",
+             "rejected_finish_reason": "length"} for i in range(3)]
+    files["pairs"].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    files["scores"].write_text(json.dumps({"prompt_id": "p0", "completion_index": 0, "completion": "answer 0", "thinking": "thought 0",
+                                           "scores": {"org/rm": 1.0}, "is_reference": False, "finish_reason": "stop",
+                                           "num_tokens": 5}) + "\n")
+    repo = tmp_path / "repo"
+    push_to_hub("me/pairs", config, summary, files, api=FolderApi(repo))
+    card = (repo / "README.md").read_text()
+    assert "harmony format (gpt-oss)" in card and "thinking never ended" not in card
+    pairs = datasets.load_dataset(str(repo), split="train")
+    assert pairs[1]["chosen"][-1] == {"role": "assistant", "content": "answer 1", "thinking": "thought 1"}
+    assert pairs[1]["chosen"][0] == {"role": "user", "content": "q", "thinking": None}  # a struct's missing field
+    assert datasets.load_dataset(str(repo), "scores", split="train")[0]["thinking"] == "thought 0"
