@@ -37,8 +37,9 @@ class HarmonyTokens:
 
     @classmethod
     def of(cls, tokenizer) -> HarmonyTokens | None:
-        """The markers of a tokenizer that has all of them as special tokens; None for any other tokenizer."""
-        added = {str(token): token_id for token_id, token in tokenizer.added_tokens_decoder.items() if getattr(token, "special", True)}
+        """The markers of a tokenizer that has all of them as tokens of their own (gpt-oss's declares them special); None
+        for any other tokenizer."""
+        added = {str(token): token_id for token_id, token in tokenizer.added_tokens_decoder.items()}
         if not all(marker in added for marker in MARKERS):
             return None
         return cls(added["<|start|>"], added["<|message|>"], frozenset(added[m] for m in ("<|end|>", "<|return|>", "<|call|>")))
