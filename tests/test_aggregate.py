@@ -213,3 +213,16 @@ def test_a_verified_answer_a_reward_model_could_not_score_still_makes_an_sft_row
     result = aggregate_batch(run, batch, scored)
     # the unscored right answer alone; where a right answer was scored, it is preferred to the unscored one
     assert [row["messages"][-1]["content"] for row in result.sft_rows] == ["right, at length", "also right"]
+
+
+def test_a_batch_is_kept_in_utf8_not_ascii_escapes():
+    """A character of CJK text is 3 bytes of UTF-8 and 6 as a JSON escape: the batch, Redis's largest value, was twice its size."""
+    import json
+
+    text = "北京是中国的首都。" * 50
+    batch = GeneratedBatch("r1", [prompt("a", [text, text + "!"])])
+    stored = batch.to_json()
+    assert len(stored) < len(json.dumps(json.loads(stored)).encode()) * 0.6  # against the escaped form
+    assert GeneratedBatch.from_dict(json.loads(stored)) == batch
+    lone = GeneratedBatch("r2", [prompt("b", ["half an emoji \ud83d", "whole"])])  # cannot be UTF-8: escaped, never lost
+    assert GeneratedBatch.from_dict(json.loads(lone.to_json())) == lone

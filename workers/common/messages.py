@@ -80,9 +80,15 @@ class GeneratedBatch:
     batch_id: str
     prompts: list[GeneratedPrompt]
 
-    def to_json(self) -> str:
-        """The same JSON as `asdict` would give, without its deep copies: this runs once per generation job."""
-        return json.dumps(self, default=vars)
+    def to_json(self) -> bytes:
+        """The same JSON as `asdict` would give, without its deep copies: this runs once per generation job. In UTF-8,
+        not ASCII escapes, which made a batch of Chinese or Japanese completions take twice the Redis memory (6 bytes a
+        character instead of 3); escaped only where the text cannot be UTF-8 (a lone surrogate)."""
+        text = json.dumps(self, default=vars, ensure_ascii=False)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(self, default=vars).encode("ascii")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GeneratedBatch:
