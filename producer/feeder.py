@@ -17,6 +17,7 @@ import redis
 
 from rsample.producer.dataset import iter_rows
 from rsample.producer.driver.ledger import Ledger
+from rsample.producer.driver.skip_log import SkipLog
 from rsample.producer.prompts import RowSkip, record_of, row_prompt_id
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import DUPLICATE, SKIPPED, Outcome, PromptRecord
@@ -34,6 +35,7 @@ class Feeder:
         self.keys = RunKeys(config.run_id)
         self.queue = make_queue(client, self.keys.generate_queue)
         self._refeeds = 0
+        self.skip_log = SkipLog(log)
         self.restart()
 
     def restart(self) -> None:
@@ -137,7 +139,7 @@ class Feeder:
                 if prompt_id:
                     self.seen.setdefault(prompt_id, index)
             elif isinstance(record, RowSkip):
-                log.warning("skipping %s (%s)", record.detail, record.reason)
+                self.skip_log.say_one(record.reason, record.detail)
                 settled.append(Outcome(index, None, SKIPPED, record.reason))
             elif prompt_id in self.seen or prompt_id in self.ledger.prompt_ids:
                 settled.append(Outcome(index, prompt_id, DUPLICATE, f"same prompt as row {self.seen.get(prompt_id, '?')}"))

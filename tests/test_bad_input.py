@@ -231,13 +231,31 @@ def test_a_policy_template_that_refuses_the_system_prompt_is_refused_and_one_tha
 
 
 def test_rows_the_workers_skip_are_logged_a_few_per_reason_and_counted_beyond(caplog):
-    from rsample.producer.driver.collector import SkipLog
+    import logging
+
+    from rsample.producer.driver.skip_log import SkipLog
     from rsample.workers.common.messages import SKIPPED, Outcome
 
-    skips = SkipLog(per_reason=2)
+    skips = SkipLog(logging.getLogger("rsample.test"), per_reason=2)
     skips.say([Outcome(row, f"p{row}", SKIPPED, "prompt longer than the policy context") for row in range(5)]
               + [Outcome(9, "p9", SKIPPED, "generation failed: boom")])
     assert [record.getMessage() for record in caplog.records] == [
         "skipping row 0 (prompt longer than the policy context)", "skipping row 1 (prompt longer than the policy context)",
         "more rows skipped for this reason are counted, not logged: prompt longer than the policy context",
         "skipping row 9 (generation failed: boom)"]
+
+
+def test_bad_rows_are_logged_a_few_per_reason_by_the_feeder_too(tmp_path):
+    """A file of 10,000 empty rows printed 10,000 warnings; the feeder now logs as the collector does."""
+    from conftest import write_jsonl
+
+    rows = [{"prompt": f"question {i}"} for i in range(4)] + [{"prompt": ""}] * 30
+    dataset = write_jsonl(tmp_path / "rows.jsonl", rows)
+    result = rsample("run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--n", "2", "--reward-model", "r",
+                     "--reward-backend", "length", "--out", str(tmp_path / "pairs.jsonl"), "--no-progress")
+    skips = [line for line in result.stderr.splitlines() if "feeder: skipping" in line]
+    reasons = {line.rsplit("(", 1)[1].rstrip(")") for line in skips}
+    assert len(skips) == 20 and len(reasons) == 1, result.stderr  # defaults.SKIPS_LOGGED_PER_REASON
+    [reason] = reasons
+    assert result.stderr.count(f"more rows skipped for this reason are counted, not logged: {reason}") == 1
+    assert f"  {reason}: 30" in result.stdout

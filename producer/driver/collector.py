@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from collections.abc import Callable
 
 import redis
 
 from rsample.producer.driver.ledger import Ledger
+from rsample.producer.driver.skip_log import SkipLog
 from rsample.producer.report.live import LiveNumbers
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
@@ -24,23 +24,6 @@ from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 
 log = logging.getLogger(__name__)
-
-
-class SkipLog:
-    """Rows the workers skipped (too long, refused by a template, their work failed), logged as the feeder logs the
-    rows it skips; a few of each reason, since a whole dataset may be too long for a model: the rest are counted."""
-
-    def __init__(self, per_reason: int = defaults.SKIPS_LOGGED_PER_REASON):
-        self.per_reason = per_reason
-        self.logged: Counter[str] = Counter()
-
-    def say(self, skips: list[Outcome]) -> None:
-        for outcome in skips:
-            if self.logged[outcome.reason] < self.per_reason:
-                log.warning("skipping row %d (%s)", outcome.row_index, outcome.reason)
-            elif self.logged[outcome.reason] == self.per_reason:
-                log.warning("more rows skipped for this reason are counted, not logged: %s", outcome.reason)
-            self.logged[outcome.reason] += 1
 
 
 class Collector:
@@ -56,7 +39,7 @@ class Collector:
         """The report's key numbers over the rows written, published for `rsample status`."""
         self.live.start_from(ledger.out, ledger.scores_out)
         self._warned_of_thinking = False
-        self.skips = SkipLog()
+        self.skips = SkipLog(log)
 
     def step(self, block_ms: int | None = defaults.AGGREGATOR_BLOCK_MS) -> int:
         """Handles what became ready since the last step; returns the number of rows newly settled.
