@@ -237,19 +237,29 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
 
 
 def forget_run(client: redis.Redis, run_id: str) -> int:
-    """Takes a run out of this Redis (its settings, counters, queues and jobs), so that workers following the runs go
-    elsewhere: a run enqueued by mistake, or one no worker can serve. Its output files keep its settings: the same
-    `rsample aggregate` command makes it again. Refused while a coordinator or a worker is at work on it, whose next
-    writes would bring parts of it back. Returns how many keys went."""
+    """Takes a run out of this Redis (its settings, counters, queues, jobs and workers' queue entries), so that workers
+    following the runs go elsewhere: a run enqueued by mistake, or one no worker can serve; or what a run whose settings
+    expired left. Its output files keep its settings: the same `rsample aggregate` command makes it again. Refused while
+    a coordinator or a worker is at work on it, whose next writes would bring parts of it back. Returns how many keys
+    went."""
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
     from rsample.workers.runtime.processes import holder_may_live
     from rsample.workers.runtime.queues import make_queue
+    from rsample.workers.runtime.run_state import run_queue_names
 
-    config = load_run(client, run_id)
-    keys = RunKeys(config.run_id)
+    keys = RunKeys(run_id)
+    try:
+        config = load_run(client, run_id)
+    except RsampleError:  # its settings expired (30 days after it finished): what it left without an expiry still goes
+        if not (run_queue_names(client, run_id) or run_keys(client, keys)):
+            raise
+        config = None
     holder = (client.get(keys.coordinator_lock) or b"").decode()
     if holder and holder_may_live(holder):
         raise RsampleError(f"run {run_id} has a coordinator ({holder.rsplit(':', 1)[0]}): stop it (Ctrl-C) first")
-    queues = [make_queue(client, name) for name in keys.all_queues(len(config.reward_models))]
+    names = set(run_queue_names(client, run_id)) | set(keys.all_queues(len(config.reward_models)) if config else ())
+    queues = [make_queue(client, name) for name in sorted(names)]
     running = sum(client.zcount(queue.started_job_registry.key, time.time(), "+inf") for queue in queues)  # live heartbeats only
     if running:
         raise RsampleError(f"run {run_id} has {running} running job{'s' * (running > 1)}: stop its workers first (or let them finish)")
@@ -258,7 +268,8 @@ def forget_run(client: redis.Redis, run_id: str) -> int:
         registries = (queue.started_job_registry, queue.failed_job_registry, queue.finished_job_registry,
                       queue.deferred_job_registry, queue.scheduled_job_registry, queue.canceled_job_registry)
         job_ids = set(queue.get_job_ids()) | {job_id for registry in registries for job_id in registry.get_job_ids(cleanup=False)}
-        doomed |= {queue.key, getattr(queue, "intermediate_queue_key", queue.key), *(registry.key for registry in registries)}
+        doomed |= {queue.key, getattr(queue, "intermediate_queue_key", queue.key), *(registry.key for registry in registries),
+                   WORKERS_BY_QUEUE_KEY % queue.name}  # a worker killed outright stays listed there
         for job_id in job_ids:
             doomed |= set(client.scan_iter(f"rq:*:{_glob_escaped(job_id)}", count=1000))
             doomed |= set(client.scan_iter(f"rq:*:{_glob_escaped(job_id)}:*", count=1000))
@@ -266,7 +277,8 @@ def forget_run(client: redis.Redis, run_id: str) -> int:
     with client.pipeline() as pipe:
         if doomed:
             pipe.delete(*doomed)
-        pipe.srem(queues[0].redis_queues_keys, *(queue.key for queue in queues))
+        if queues:
+            pipe.srem(queues[0].redis_queues_keys, *(queue.key for queue in queues))
         pipe.zrem(RUNS_INDEX, run_id)
         pipe.execute()
     return len(doomed)

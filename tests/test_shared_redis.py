@@ -249,3 +249,36 @@ def test_a_password_in_any_form_reaches_no_key_card_log_or_process(tmp_path):
         assert password not in printed
         assert password not in redis_contents(client)
         client.close()
+
+
+def test_a_finished_run_leaves_nothing_for_ever_and_forget_takes_what_an_expired_one_left(redis_server, redis_client, tmp_path):
+    """On a Redis shared for months: a finished run's keys all expire, its empty queues leave RQ's list (rq-dashboard's
+    Queues page grew by every run ever made), and what outlives its settings (a killed worker's queue entries) can go."""
+    from faults import kill, wait_for
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+    from rsample.workers.runtime.keys import RunKeys
+
+    url = redis_server.url
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    rsample("run", "--redis-url", url, "--dataset", str(dataset), *FAST, "--run-id", "done", "--out", str(tmp_path / "a.jsonl"),
+            "--no-progress")
+    run_keys = list(redis_client.scan_iter("rsample:run:done:*"))
+    assert RunKeys("done").pace.encode() in run_keys  # the pace the coordinator sampled
+    assert {key: redis_client.ttl(key) for key in run_keys if redis_client.ttl(key) < 0} == {}
+    queues = {member.decode() for member in redis_client.smembers("rq:queues")}
+    assert not {name for name in queues if "done" in name}, queues
+
+    rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--run-id", "left")
+    worker = start("worker", "both", "--redis-url", url, "--run", "left", log=tmp_path / "worker.log")
+    generate = WORKERS_BY_QUEUE_KEY % "rsample-left-generate"
+    wait_for(lambda: redis_client.scard(generate), 120, "the worker's registration")
+    kill(worker)  # killed outright (out of memory, say): it never takes itself off its queues' worker lists
+    for key in RunKeys("left").kept_after_finish:  # as 30 days after the run finished
+        redis_client.delete(key)
+    done = rsample("forget", "--redis-url", url, "--run", "left")
+    assert done.returncode == 0
+    assert not [key for key in redis_client.scan_iter() if b"left" in key and not key.startswith(b"rq:worker:")]
+    assert not [member for member in redis_client.smembers("rq:queues") if b"left" in member]
+    again = rsample("forget", "--redis-url", url, "--run", "left", check=False)
+    assert again.returncode == 2 and "no run 'left' in this Redis" in again.stderr

@@ -166,7 +166,7 @@ class Coordinator:
     def _unfinish(self) -> None:
         """A finished run has work again: its keys no longer expire (`expire_run`), and it no longer counts as finished."""
         with self.client.pipeline() as pipe:
-            for key in (self.keys.config, self.keys.stats, self.keys.ready):
+            for key in self.keys.kept_after_finish:
                 pipe.persist(key)
             pipe.hdel(self.keys.stats, "finished_at")
             pipe.execute()

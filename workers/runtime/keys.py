@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from rsample.workers.common.defaults import KEY_PREFIX
@@ -43,6 +44,12 @@ class RunKeys:
         return f"{self._base}:pace"
 
     @property
+    def kept_after_finish(self) -> tuple[str, ...]:
+        """What a finished run keeps for `rsample status`, for `RUN_TTL` (`run_state.expire_run`): everything else of
+        it is gone by then. A key left out here outlives the run forever."""
+        return (self.config, self.stats, self.ready, self.pace, self.unprocessable)
+
+    @property
     def coordinator_lock(self) -> str:
         """Held by the one process that feeds prompts and writes the output of the run."""
         return f"{self._base}:coordinator"
@@ -64,11 +71,19 @@ class RunKeys:
         return f"{self._base}:*"
 
     @property
+    def queue_prefix(self) -> str:
+        return f"{KEY_PREFIX}-{self.run_id}-"
+
+    @property
     def generate_queue(self) -> str:
-        return f"{KEY_PREFIX}-{self.run_id}-generate"
+        return f"{self.queue_prefix}generate"
 
     def score_queue(self, model_index: int) -> str:
-        return f"{KEY_PREFIX}-{self.run_id}-score-{model_index}"
+        return f"{self.queue_prefix}score-{model_index}"
 
     def all_queues(self, num_reward_models: int) -> list[str]:
         return [self.generate_queue] + [self.score_queue(i) for i in range(num_reward_models)]
+
+    def owns_queue(self, name: str) -> bool:
+        """Whether a queue's name is one of this run's (another run's name may begin with this one's: `a` and `a-generate`)."""
+        return name == self.generate_queue or re.fullmatch(re.escape(self.queue_prefix) + r"score-\d+", name) is not None

@@ -107,12 +107,33 @@ def list_run_ids(client: redis.Redis) -> list[str]:
 
 
 def expire_run(client: redis.Redis, run_id: str) -> None:
-    """Keep a finished run's settings and counters for `rsample status`, but not forever."""
+    """Keep a finished run's settings and counters for `rsample status`, but not forever. Its queues leave RQ's list of
+    queues (rq-dashboard's Queues page, which grew by every run ever made) once nothing is left in them; one that
+    holds failed jobs stays listed, for a look at them, until `rsample forget`."""
+    from rsample.workers.runtime.queues import make_queue
+
     keys = RunKeys(run_id)
     with client.pipeline() as pipe:
-        for key in (keys.config, keys.stats, keys.ready):
+        for key in keys.kept_after_finish:
             pipe.expire(key, defaults.RUN_TTL)
         pipe.execute()
+    for name in run_queue_names(client, run_id):
+        queue = make_queue(client, name)
+        if queue.count == 0 and queue.failed_job_registry.get_job_count(cleanup=False) == 0:
+            client.srem(queue.redis_queues_keys, queue.key)
+
+
+def run_queue_names(client: redis.Redis, run_id: str) -> list[str]:
+    """The run's queues that RQ lists (`rq:queues`) or that workers listed themselves on, read off their names: a run
+    whose settings expired has no count of them."""
+    from rq import Queue
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+    keys = RunKeys(run_id)
+    names = {raw.decode().removeprefix(Queue.redis_queue_namespace_prefix) for raw in client.smembers(Queue.redis_queues_keys)}
+    workers_key = WORKERS_BY_QUEUE_KEY % ""
+    names |= {raw.decode().removeprefix(workers_key) for raw in client.scan_iter(WORKERS_BY_QUEUE_KEY % f"{keys.queue_prefix}*")}
+    return sorted(name for name in names if keys.owns_queue(name))
 
 
 @dataclass
