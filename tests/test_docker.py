@@ -24,7 +24,10 @@ from pathlib import Path
 
 import click
 import pytest
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 import yaml
 
 from rsample.producer import cli
