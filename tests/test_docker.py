@@ -24,6 +24,7 @@ from pathlib import Path
 
 import click
 import pytest
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

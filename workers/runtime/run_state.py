@@ -41,16 +41,29 @@ def latest_run_id(client: redis.Redis) -> str:
     return next(iter(unfinished_runs(client)), newest_first[0])
 
 
+UNFINISHED_RUNS = """
+local found = {}
+for _, run_id in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
+    if redis.call('EXISTS', ARGV[1] .. run_id .. ARGV[2]) == 0 then
+        redis.call('ZREM', KEYS[1], run_id)
+    elseif redis.call('HEXISTS', ARGV[1] .. run_id .. ARGV[3], 'finished_at') == 0 then
+        table.insert(found, run_id)
+        table.insert(found, redis.call('EXISTS', ARGV[1] .. run_id .. ARGV[4]))
+    end
+end
+return found
+"""
+"""The runs not yet finished, newest first, each with whether its coordinator lock is held; runs whose settings expired
+leave the index (as in `LIVE_RUNS`). In one step on the server: workers that follow the runs ask every few seconds, and
+a Redis keeps a month of finished runs (500 of them cost each follower 500 commands a second as separate reads)."""
+
+
 def unfinished_runs(client: redis.Redis) -> dict[str, bool]:
     """The runs not yet finished, newest first, each with whether a coordinator holds it (feeds and writes it)."""
-    newest_first = list_run_ids(client)
-    with client.pipeline(transaction=False) as pipe:
-        for run_id in newest_first:
-            pipe.hexists(RunKeys(run_id).stats, "finished_at")
-            pipe.exists(RunKeys(run_id).coordinator_lock)
-        answers = pipe.execute()
-    return {run_id: bool(coordinated) for run_id, finished, coordinated in zip(newest_first, answers[::2], answers[1::2])
-            if not finished}
+    prefix = RunKeys("\0").config.split("\0")[0]
+    suffixes = [name.removeprefix(prefix + "\0") for name in (RunKeys("\0").config, RunKeys("\0").stats, RunKeys("\0").coordinator_lock)]
+    found = client.eval(UNFINISHED_RUNS, 1, RUNS_INDEX, prefix, *suffixes)
+    return {raw.decode(): bool(coordinated) for raw, coordinated in zip(found[::2], found[1::2])}
 
 
 def run_to_serve(client: redis.Redis) -> str | None:
