@@ -597,7 +597,7 @@ def forget(redis_url, run_id) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(redis_url, run_id, as_json) -> None:
     """Per-stage counts and rates of the runs in a Redis, with queue and worker counts."""
-    from rsample.workers.runtime.connection import connect
+    from rsample.workers.runtime.connection import connect, memory_line
     from rsample.workers.runtime.run_state import list_run_ids
     from rsample.workers.runtime.status import run_status
 
@@ -613,6 +613,8 @@ def status(redis_url, run_id, as_json) -> None:
     else:
         for report in reports:
             click.echo("\n".join(report.lines()))
+        if (memory := memory_line(client)) is not None:
+            click.echo(memory)
 
 
 @main.command()

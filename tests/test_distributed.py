@@ -1,6 +1,7 @@
 """The distributed shape: enqueue, two generation workers, a reward worker and the aggregator as separate processes."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,11 @@ def test_enqueue_workers_aggregate_and_status(redis_server, redis_client, tiny_m
                        "--reward-model", tiny_models["reward"], "--n", "3", "--max-new-tokens", "8", "--batch-size", "2")
     run_id = enqueued.stdout.strip().splitlines()[-1]
     keys = RunKeys(run_id)
+    redis_client.config_set("maxmemory", 64 * 2**20)
     waiting = rsample("status", "--redis-url", url, "--run", run_id).stdout  # enqueued: nobody feeds it yet
+    redis_client.config_set("maxmemory", 0)
+    used = re.search(r"^redis memory: ([\d.]+) MiB used of maxmemory 64 MiB \((\d+)%, noeviction\)$", waiting, re.MULTILINE)
+    assert used and abs(float(used[1]) - redis_client.info("memory")["used_memory"] / 2**20) < 1, waiting  # what a full Redis would stall
     assert f"run {run_id} (no coordinator: `rsample aggregate --run {run_id} --out ...`, or the `rsample run` that made it, feeds and writes it)" in waiting
 
     workers = [start_worker("generate", "--redis-url", url), start_worker("generate", "--redis-url", url, "--run", run_id),

@@ -123,3 +123,18 @@ def eviction_policy(client: redis.Redis) -> str | None:
         return None
     policy = str(memory.get("maxmemory_policy", "noeviction"))
     return policy if int(memory.get("maxmemory", 0) or 0) > 0 and policy != "noeviction" else None
+
+
+def memory_line(client: redis.Redis) -> str | None:
+    """What a Redis holds against its cap, for `rsample status`: a full Redis stalls a run (the window of prompts in
+    flight is what a run needs, see `--max-in-flight`). None where the Redis does not say (a managed one may refuse INFO)."""
+    try:
+        memory = client.info("memory")
+    except redis.RedisError:
+        return None
+    used, cap = int(memory.get("used_memory", 0) or 0), int(memory.get("maxmemory", 0) or 0)
+    if not cap:
+        return f"redis memory: {used / 2**20:,.1f} MiB used (no maxmemory)"
+    return (f"redis memory: {used / 2**20:,.1f} MiB used of maxmemory {cap / 2**20:,.0f} MiB ({used / cap:.0%}, "
+            f"{memory.get('maxmemory_policy', 'noeviction')})")
+
