@@ -611,8 +611,11 @@ def status(redis_url, run_id, as_json) -> None:
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
+        brief = [report for report in reports if report.complete and not run_id]
         for report in reports:
-            click.echo("\n".join(report.lines()))
+            click.echo(report.finished_line() if report in brief else "\n".join(report.lines()))
+        if brief:
+            click.echo(f"({len(brief)} finished run{'s' * (len(brief) > 1)} in a line each: `--run ID` gives one in full)")
         if (memory := memory_line(client)) is not None:
             click.echo(memory)
 

@@ -1,5 +1,6 @@
 """A shared Redis: passwords and TLS through the URL, secrets kept out of every output, runs kept apart."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -268,6 +269,11 @@ def test_a_finished_run_leaves_nothing_for_ever_and_forget_takes_what_an_expired
     assert {key: redis_client.ttl(key) for key in run_keys if redis_client.ttl(key) < 0} == {}
     queues = {member.decode() for member in redis_client.smembers("rq:queues")}
     assert not {name for name in queues if "done" in name}, queues
+    listed = rsample("status", "--redis-url", url).stdout  # a month of finished runs, a line each
+    pairs = len(read_jsonl(tmp_path / "a.jsonl"))
+    assert re.search(rf"^run done \(complete\), policy echo-policy, took .+: {len(ROWS)} rows, {pairs} pairs$", listed, re.MULTILINE)
+    assert "(1 finished run in a line each: `--run ID` gives one in full)" in listed and "queue rsample-done" not in listed
+    assert "queue rsample-done-generate" in rsample("status", "--redis-url", url, "--run", "done").stdout
 
     rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--run-id", "left")
     worker = start("worker", "both", "--redis-url", url, "--run", "left", log=tmp_path / "worker.log")

@@ -109,6 +109,11 @@ class RunStatus:
     def to_dict(self) -> dict:
         return {**asdict(self), "eta_seconds": self.eta_seconds, "unserved_queues": [queue.name for queue in self.unserved()]}
 
+    def finished_line(self) -> str:
+        """A finished run in one line: a Redis keeps a month of them, which `rsample status` would print in full."""
+        return (f"run {self.run_id} (complete), policy {self.policy}, took {format_duration(self.seconds)}: {self.rows} rows, "
+                f"{self.outcomes.get('pair', 0)} pairs")
+
     def lines(self) -> list[str]:
         rows_rate = lambda count, before: f"{self.session_rate(count, before):.2f}/s"  # noqa: E731 (this session's)
         state = "complete" if self.complete else "running" if self.coordinated else (
