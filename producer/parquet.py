@@ -85,10 +85,10 @@ def write_parquet(path: Path, kind: str | None = None, score_names: tuple[str, .
     target = parquet_path(path)
     partial = target.with_name(f".{target.name}.partial")
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-    read = pa_json.ReadOptions(use_threads=False, block_size=max(block_bytes, 1 << 20))
     try:
         with pq.ParquetWriter(partial, schema) as writer:
-            for block in _line_blocks(path, block_bytes):
+            for block in _line_blocks(path, block_bytes):  # parsed as one block, however long a row in it
+                read = pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1)
                 writer.write_table(pa_json.read_json(io.BytesIO(block), read_options=read, parse_options=options))
     except Exception as exc:
         partial.unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """The aggregation stage's decisions on plain data: identical drops, margins, skips, failed batches, who may be chosen,
 ties, and candidates too long for a reward model."""
 
+import pytest
+
 from rsample.workers.common.config import DataSelection, RunConfig
 from rsample.workers.common.messages import (
     DROPPED_IDENTICAL,
@@ -15,7 +17,7 @@ from rsample.workers.common.messages import (
     Outcome,
     PromptRecord,
 )
-from rsample.workers.stages.aggregate import aggregate_batch
+from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 
 ROWS = {"pair": 0, "same": 1, "long": 2, "close": 3, "rm-skip": 4, "a": 5, "b": 6, "cut": 7, "tie": 8, "three": 9}
 
@@ -226,3 +228,51 @@ def test_a_batch_is_kept_in_utf8_not_ascii_escapes():
     assert GeneratedBatch.from_dict(json.loads(stored)) == batch
     lone = GeneratedBatch("r2", [prompt("b", ["half an emoji \ud83d", "whole"])])  # cannot be UTF-8: escaped, never lost
     assert GeneratedBatch.from_dict(json.loads(lone.to_json())) == lone
+
+
+@pytest.mark.parametrize("shape", ["harmony", "reasoning_end"])
+def test_samples_that_think_differently_towards_one_answer_are_one_candidate(shape):
+    """The rewards read the answer alone: two samples of one answer scored apart differ by rounding only (the tiny reward
+    model scored one answer -0.5753067 and -0.5753068 in two batches), and made a pair of that answer against itself."""
+    from rsample.workers.backends.base import Completion, PromptCompletions
+    from rsample.workers.common.messages import PromptRecord, PromptScores
+    from rsample.workers.stages.aggregate import settle_prompt
+    from rsample.workers.stages.dedup import merge_candidates
+
+    config = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm",),
+                       reasoning_end="</think>" if shape == "reasoning_end" else None)
+    record = PromptRecord("p", [{"role": "user", "content": "what is 6 x 7?"}], row_index=0)
+
+    def sample(thinking: str, answer: str, finish: str = "stop") -> Completion:
+        if shape == "harmony":
+            return Completion(answer, 30, finish, thinking)
+        return Completion(f"<think>{thinking}</think>{answer}", 30, finish)
+
+    one_answer = PromptCompletions([sample("cut short", "42", "length"), sample("6 x 7 = 42.", "42"), sample("Six sevens.", "42")])
+    merged = merge_candidates(record, one_answer, False, config.reasoning_end)
+    [candidate] = merged.candidates
+    assert candidate.completion_indices == [0, 1, 2] and candidate.finish_reason == "stop"  # the thinking of the first that ended
+    assert (candidate.reasoning, candidate.text) == (("6 x 7 = 42.", "42") if shape == "harmony" else (None, "<think>6 x 7 = 42.</think>42"))
+    result = BatchOutcome()
+    assert settle_prompt(config, merged, [PromptScores(scores=[-0.5753067135810852])], result) == DROPPED_IDENTICAL
+
+    two_answers = PromptCompletions([sample("a", "42"), sample("b", "42"), sample("c", "41")])
+    merged = merge_candidates(record, two_answers, False, config.reasoning_end)
+    result = BatchOutcome()
+    assert settle_prompt(config, merged, [PromptScores(scores=[-0.5753067135810852, -0.9])], result) == PAIR
+    [row] = result.rows
+    assert row["chosen"][-1]["content"].endswith("42") and row["rejected"][-1]["content"].endswith("41")
+
+
+def test_a_batch_reads_across_releases_on_one_run():
+    """A cluster upgraded one machine at a time: a candidate without thinking is written as the release before wrote it,
+    and a field a newer release adds is left aside, not a failed job."""
+    import json
+
+    batch = GeneratedBatch("r1", [prompt("a", ["x", "y"])])
+    written = json.loads(batch.to_json())
+    assert {frozenset(c) for c in written["prompts"][0]["candidates"]} == {
+        frozenset({"text", "completion_indices", "is_reference", "num_tokens", "finish_reason"})}
+    written["prompts"][0]["candidates"][0]["confidence"] = 0.9  # what a later release might add
+    written["prompts"][0]["prompt"]["language"] = "en"
+    assert GeneratedBatch.from_dict(written) == batch

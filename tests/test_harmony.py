@@ -97,14 +97,16 @@ def test_a_run_writes_the_answer_as_content_and_the_thinking_apart(harmony_polic
     folder.mkdir()
     (folder / "answer_words.py").write_text(REWARD)
     monkeypatch.setenv("PYTHONPATH", str(folder))
-    rows = [{"prompt": f"question {i}: the river and the city", "reference": None} for i in range(10)]
-    rows.append({"prompt": "what is it", "reference": "A reference answer."})
+    rows = [{"messages": [{"role": "user", "content": f"question {i}: the river and the city"}]} for i in range(9)]
+    rows.append({"messages": [{"role": "user", "content": "name a city"}, {"role": "assistant", "content": "the city"},
+                              {"role": "user", "content": "and a river?"}]})  # an earlier assistant turn, without thinking
+    rows.append({"messages": [{"role": "user", "content": "what is it"}, {"role": "assistant", "content": "A reference answer."}]})
     dataset = write_jsonl(tmp_path / "rows.jsonl", rows)
     out, scores, sft = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "sft.jsonl"
     reward = "fn:answer_words:words"
     result = rsample("run", "--dataset", str(dataset), "--policy", harmony_policy, "--reward-model", reward,
                      "--dtype", "float32", "--n", "6", "--max-new-tokens", "40", "--temperature", "1.0", "--top-k", "0",
-                     "--reference-column", "reference", "--include-reference", "--sft",
+                     "--include-reference", "--sft",
                      "--out", str(out), "--scores-out", str(scores), "--sft-out", str(sft), "--parquet", "--no-progress")
     candidates = read_jsonl(scores)
     generated = [c for c in candidates if c["finish_reason"] != "reference"]
@@ -137,9 +139,16 @@ def test_a_run_writes_the_answer_as_content_and_the_thinking_apart(harmony_polic
         chosen = row["chosen"][-1]
         assert rendered.endswith(f"<|start|>assistant<|channel|>analysis<|message|>{chosen['thinking']}<|end|>"
                                  f"<|start|>assistant<|channel|>final<|message|>{chosen['content']}<|return|>")
-    assert all(row["messages"][-1]["thinking"] is not None for row in read_jsonl(sft))
+    sft_rows = read_jsonl(sft)
+    assert all(row["messages"][-1]["thinking"] is not None for row in sft_rows)
+    [multi_turn] = [row for row in sft_rows if len(row["messages"]) == 4]
+    # Read with declared types, every turn has the field: None where a row lacks it, which gpt-oss's template (before
+    # transformers 5.24) cannot render on an assistant turn. So every assistant turn carries a thinking, if empty.
+    assert multi_turn["messages"][1] == {"role": "assistant", "content": "the city", "thinking": ""}
+    for row in load_dataset("json", data_files=str(sft), features=features("sft", [reward], thinking=True), split="train"):
+        assert all(isinstance(turn["thinking"], str) for turn in row["messages"] if turn["role"] == "assistant")
     first = json.loads(out.read_text().splitlines()[0])
-    assert first["chosen"][0] == {"role": "user", "content": next(r["prompt"] for r in rows if r["prompt"] in first["chosen"][0]["content"])}
+    assert first["chosen"][0] == {"role": "user", "content": first["chosen"][0]["content"]}  # a user turn gets no thinking
 
 
 def test_reasoning_end_is_refused_for_a_harmony_policy(harmony_policy, redis_server, tmp_path):

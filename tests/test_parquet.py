@@ -80,6 +80,10 @@ def test_a_file_read_block_by_block_keeps_its_types_where_the_first_block_has_no
     loaded = load_dataset("parquet", data_files=str(copy), split="train").to_list()
     assert same_values(loaded, ordered * 3)
     assert loaded[-1]["reference_completion"] == "Baikal"
+    long = {**ordered[0], "chosen": [*ordered[0]["chosen"][:-1], {"role": "assistant", "content": "river " * (2 << 18)}]}
+    huge = write_jsonl(tmp_path / "huge.jsonl", [ordered[1], long, ordered[2]])  # a row of 3 MiB, over the 1 MiB block
+    copy = write_parquet(huge, block_bytes=1 << 20)
+    assert same_values(load_dataset("parquet", data_files=str(copy), split="train").to_list(), [ordered[1], long, ordered[2]])
 
 
 def test_rsample_parquet_types_a_file_from_its_first_row_and_refuses_others_in_one_line(tmp_path):

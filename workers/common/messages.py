@@ -7,11 +7,24 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 Message = dict[str, str]
 Conversation = list[Message]
+
+
+def known_fields(cls, raw: dict[str, Any]) -> dict[str, Any]:
+    """A payload's fields that this version knows: a worker of an older or newer rsample on the same run (a cluster
+    upgraded one machine at a time) reads what it can instead of failing every job."""
+    names = {item.name for item in fields(cls)}
+    return {name: value for name, value in raw.items() if name in names}
+
+
+def _fields_set(message) -> dict[str, Any]:
+    """A message's fields as JSON, leaving out a candidate's `reasoning` where it has none (every policy but a harmony
+    one's): a payload the workers of the previous release can read."""
+    return {name: value for name, value in vars(message).items() if not (name == "reasoning" and value is None)}
 
 
 @dataclass(frozen=True)
@@ -27,7 +40,7 @@ class PromptRecord:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PromptRecord:
-        return cls(**raw)
+        return cls(**known_fields(cls, raw))
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Candidate:
-        return cls(**raw)
+        return cls(**known_fields(cls, raw))
 
 
 @dataclass(frozen=True)
@@ -84,11 +97,11 @@ class GeneratedBatch:
         """The same JSON as `asdict` would give, without its deep copies: this runs once per generation job. In UTF-8,
         not ASCII escapes, which made a batch of Chinese or Japanese completions take twice the Redis memory (6 bytes a
         character instead of 3); escaped only where the text cannot be UTF-8 (a lone surrogate)."""
-        text = json.dumps(self, default=vars, ensure_ascii=False)
+        text = json.dumps(self, default=_fields_set, ensure_ascii=False)
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
-            return json.dumps(self, default=vars).encode("ascii")
+            return json.dumps(self, default=_fields_set).encode("ascii")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GeneratedBatch:
@@ -104,7 +117,7 @@ class PromptScores:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PromptScores:
-        return cls(**raw)
+        return cls(**known_fields(cls, raw))
 
 
 PAIR = "pair"

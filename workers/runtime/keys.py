@@ -86,4 +86,4 @@ class RunKeys:
 
     def owns_queue(self, name: str) -> bool:
         """Whether a queue's name is one of this run's (another run's name may begin with this one's: `a` and `a-generate`)."""
-        return name == self.generate_queue or re.fullmatch(re.escape(self.queue_prefix) + r"score-\d+", name) is not None
+        return name == self.generate_queue or re.fullmatch(re.escape(self.queue_prefix) + r"score-[0-9]+", name) is not None

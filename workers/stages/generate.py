@@ -68,7 +68,7 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
         results = generate_isolating_failures(context.generator, [r.messages for r in records], config,
                                               batch_seed(config, records[0].row_index), live)
     seconds = time.perf_counter() - started
-    generated = [merge_candidates(r, res, config.include_reference) for r, res in zip(records, results)]
+    generated = [merge_candidates(r, res, config.include_reference, config.reasoning_end) for r, res in zip(records, results)]
     completions = sum(len(res.completions) for res in results)
     tokens = sum(c.num_tokens for res in results for c in res.completions)
     needs_scoring = any(p.needs_scoring(config.min_candidates_scored) for p in generated)

@@ -19,9 +19,9 @@ def _by_model(model_names: tuple[str, ...], scores_by_model: list[list[float]], 
 def pair_row(prompt: GeneratedPrompt, chosen_index: int, rejected_index: int, scores_by_model: list[list[float | None]],
              model_names: tuple[str, ...]) -> dict[str, Any]:
     """`chosen_index`, `rejected_index` index `prompt.candidates`."""
-    messages = prompt.prompt.messages
     chosen = prompt.candidates[chosen_index]
     rejected = prompt.candidates[rejected_index]
+    messages = prompt_turns(prompt, chosen.reasoning is not None)
     reference_index = next((i for i, c in enumerate(prompt.candidates) if c.is_reference), None)
     return {
         "prompt_id": prompt.prompt.prompt_id,
@@ -42,13 +42,22 @@ def pair_row(prompt: GeneratedPrompt, chosen_index: int, rejected_index: int, sc
     }
 
 
+def prompt_turns(prompt: GeneratedPrompt, thinking: bool) -> list[dict]:
+    """The prompt's turns; beside a harmony policy's answers, each earlier assistant turn with an empty `thinking`:
+    a file whose assistant turns carry `thinking` is read with the field on every turn, None where a row lacks it, and
+    gpt-oss's template (before transformers 5.24 dropped None keys) fails on an assistant turn whose `thinking` is None."""
+    if not thinking:
+        return prompt.prompt.messages
+    return [{**turn, "thinking": ""} if turn.get("role") == "assistant" and "thinking" not in turn else turn for turn in prompt.prompt.messages]
+
+
 def sft_row(prompt: GeneratedPrompt, best_index: int, scores_by_model: list[list[float | None]],
             model_names: tuple[str, ...]) -> dict[str, Any]:
     """One supervised fine-tuning example: the prompt and its best candidate, in the `messages` shape trainers read."""
     best = prompt.candidates[best_index]
     return {
         "prompt_id": prompt.prompt.prompt_id,
-        "messages": [*prompt.prompt.messages, best.assistant_turn()],
+        "messages": [*prompt_turns(prompt, best.reasoning is not None), best.assistant_turn()],
         "score": _by_model(model_names, scores_by_model, best_index),
         "is_reference": best.is_reference,
         "num_candidates": prompt.num_candidates,
