@@ -88,7 +88,7 @@ class Feeder:
 
     def _enqueue(self, pipe, batch_id: str, batch: list[PromptRecord]) -> None:
         """One generation job for `batch`, remembered as open until its rows are written."""
-        self.queue.enqueue_many([generation_job_data(self.config, batch_id, [p.__dict__ for p in batch])], pipeline=pipe)
+        self.queue.enqueue_many([generation_job_data(self.config, batch_id, [p.to_dict() for p in batch])], pipeline=pipe)
         self.batches[batch_id] = [p.row_index for p in batch]
         pipe.hincrby(self.keys.stats, "prompts_enqueued", len(batch))
 

@@ -168,6 +168,19 @@ def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
     return checked[-1]["content"]
 
 
+def _reference_thinking(row: dict, prompt_columns: tuple[str, ...], reference_column: str | None) -> str | None:
+    """The `thinking` of the turn the reference came from (gpt-oss's format: HuggingFaceH4/Multilingual-Thinking), when
+    it is text; not part of the prompt, so prompt ids stay as they were."""
+    if reference_column is not None:
+        turns = row.get(reference_column)
+    else:
+        column = prompt_columns[0] if len(prompt_columns) == 1 else next((name for name in AUTO_PROMPT_COLUMNS if row.get(name) is not None), None)
+        turns = row.get(column) if column is not None and not prompt_columns[1:] else None
+    last = turns[-1] if isinstance(turns, list) and turns and isinstance(turns[-1], dict) else {}
+    thinking = last.get("thinking")
+    return thinking if isinstance(thinking, str) and thinking.strip() else None
+
+
 def row_prompt_id(record: PromptRecord | RowSkip) -> str | None:
     """A row's prompt id; None for a row that gives no prompt."""
     return record.prompt_id if isinstance(record, PromptRecord) else None
@@ -206,6 +219,7 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
         detail = f"its prompt ends with the {messages[-1]['role']}'s turn" if messages else "no user turn before the final assistant turn"
         return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: {detail}")
     messages = _with_system_prompt(messages, system_prompt)
+    reference_reasoning = _reference_thinking(row, prompt_columns, reference_column) if reference is not None else None
     kept = {name: row[name] for name in columns if row.get(name) is not None} or None
     try:  # JSON may escape half of a UTF-16 pair (a cut emoji): such text can be neither hashed, sent nor written
         json.dumps([messages, reference, kept], ensure_ascii=False, default=str).encode("utf-8")
@@ -217,4 +231,4 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
             return RowSkip(row_index, "reward columns too large",
                            f"row {row_index}: columns {', '.join(kept)} take {size} bytes (at most {defaults.MAX_ROW_COLUMNS_BYTES})")
         kept = json.loads(json.dumps(kept, ensure_ascii=False, default=str))  # plain JSON values, as on the wire
-    return PromptRecord(prompt_id_of(messages), messages, reference, row_index, kept)
+    return PromptRecord(prompt_id_of(messages), messages, reference, row_index, kept, reference_reasoning)

@@ -273,6 +273,8 @@ def test_a_batch_reads_across_releases_on_one_run():
     written = json.loads(batch.to_json())
     assert {frozenset(c) for c in written["prompts"][0]["candidates"]} == {
         frozenset({"text", "completion_indices", "is_reference", "num_tokens", "finish_reason"})}
+    assert set(written["prompts"][0]["prompt"]) == {"prompt_id", "messages", "reference_completion", "row_index", "columns"}
+    assert set(batch.prompts[0].prompt.to_dict()) == set(written["prompts"][0]["prompt"])  # a generation job's prompts too
     written["prompts"][0]["candidates"][0]["confidence"] = 0.9  # what a later release might add
     written["prompts"][0]["prompt"]["language"] = "en"
     assert GeneratedBatch.from_dict(written) == batch

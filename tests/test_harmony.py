@@ -100,7 +100,8 @@ def test_a_run_writes_the_answer_as_content_and_the_thinking_apart(harmony_polic
     rows = [{"messages": [{"role": "user", "content": f"question {i}: the river and the city"}]} for i in range(9)]
     rows.append({"messages": [{"role": "user", "content": "name a city"}, {"role": "assistant", "content": "the city"},
                               {"role": "user", "content": "and a river?"}]})  # an earlier assistant turn, without thinking
-    rows.append({"messages": [{"role": "user", "content": "what is it"}, {"role": "assistant", "content": "A reference answer."}]})
+    rows.append({"messages": [{"role": "user", "content": "what is it"},  # gpt-oss's own data format: the reply's thinking apart
+                              {"role": "assistant", "content": "A reference answer.", "thinking": "The user asks what it is."}]})
     dataset = write_jsonl(tmp_path / "rows.jsonl", rows)
     out, scores, sft = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "sft.jsonl"
     reward = "fn:answer_words:words"
@@ -115,7 +116,7 @@ def test_a_run_writes_the_answer_as_content_and_the_thinking_apart(harmony_polic
         assert candidate["scores"][reward] == len(candidate["completion"].split())
         assert set(candidate["completion"].split()) <= set(BODY_WORDS) and set(candidate["thinking"].split()) <= set(BODY_WORDS)
     [reference] = [c for c in candidates if c["finish_reason"] == "reference"]
-    assert (reference["completion"], reference["thinking"]) == ("A reference answer.", "")
+    assert (reference["completion"], reference["thinking"]) == ("A reference answer.", "The user asks what it is.")
     unanswered = sum(not c["completion"] for c in generated)
     assert unanswered  # the chain thinks without answering often enough
     pairs = read_jsonl(out)

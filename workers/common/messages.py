@@ -21,10 +21,13 @@ def known_fields(cls, raw: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in raw.items() if name in names}
 
 
+ADDED_LATER = ("reasoning", "reference_reasoning")
+"""Fields added after a release, left out of a payload where they hold nothing (every run of a policy other than a
+harmony one): a payload the workers of that release can read, on a cluster upgraded one machine at a time."""
+
+
 def _fields_set(message) -> dict[str, Any]:
-    """A message's fields as JSON, leaving out a candidate's `reasoning` where it has none (every policy but a harmony
-    one's): a payload the workers of the previous release can read."""
-    return {name: value for name, value in vars(message).items() if not (name == "reasoning" and value is None)}
+    return {name: value for name, value in vars(message).items() if not (name in ADDED_LATER and value is None)}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class PromptRecord:
     row_index: int = -1
     columns: dict[str, Any] | None = None
     """The row's columns that its rewards read (its ground truth for `verify:`), as they are in the dataset."""
+    reference_reasoning: str | None = None
+    """The reference turn's own `thinking`, where the dataset gives one (gpt-oss's format): kept for a harmony policy's run."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _fields_set(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PromptRecord:

@@ -27,9 +27,10 @@ def merge_candidates(record: PromptRecord, result: PromptCompletions, include_re
     total = len(result.completions)
     if include_reference and record.reference_completion is not None:
         text = record.reference_completion.strip()
-        # Beside a harmony policy's candidates the reference has no thinking, said as an empty one: gpt-oss's template
-        # renders `thinking` whenever the key is there, and `datasets` gives a missing key as None, which it cannot render.
-        reasoning = "" if any(completion.reasoning is not None for completion in result.completions) else None
+        # Beside a harmony policy's candidates the reference has its dataset's thinking, else an empty one: gpt-oss's
+        # template renders `thinking` whenever the key is there, and `datasets` gives a missing key as None, which it cannot.
+        harmony = any(completion.reasoning is not None for completion in result.completions)
+        reasoning = (record.reference_reasoning or "") if harmony else None
         entry = by_answer.setdefault(answer_part(text, reasoning_end), _entry(Completion(text, 0, "reference", reasoning)))
         entry["completion_indices"].append(total)
         entry["is_reference"] = True
