@@ -192,18 +192,21 @@ def record_of(config: RunConfig, row_index: int, row: Any) -> PromptRecord | Row
     if isinstance(row, RowSkip):
         return row
     data = config.data
-    return extract_prompt(row, row_index, data.system_prompt, config.row_columns, data.prompt_columns, data.reference_column)
+    return extract_prompt(row, row_index, data.system_prompt, config.row_columns, data.prompt_columns, data.reference_column,
+                          reference_thinking=config.include_reference)
 
 
 def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, columns: tuple[str, ...] = (),
-                   prompt_columns: tuple[str, ...] = (), reference_column: str | None = None) -> PromptRecord | RowSkip:
+                   prompt_columns: tuple[str, ...] = (), reference_column: str | None = None,
+                   reference_thinking: bool = False) -> PromptRecord | RowSkip:
     """Reads a row's prompt from `prompt_columns` (default: `messages`, else `prompt`, else ShareGPT's `conversations`).
 
     A string is one user turn, as are several string columns joined by a blank line. Chat turns (`{role, content}`, or ShareGPT's `{from, value}`) end the prompt at its
     last user turn: a final assistant turn is the dataset's reference completion, unless `reference_column` names
     the column that holds it. `columns`: the row's columns its rewards read (a ground truth, say), kept with the
     prompt as they are; a row without one is no skip here (the reward that needs it says so), one whose columns
-    would make too large a message is.
+    would make too large a message is. `reference_thinking`: keep the reference turn's own `thinking` (for a run that
+    scores the reference: only a harmony policy's run writes it).
     """
     if not isinstance(row, dict):
         return RowSkip(row_index, "row is not an object", f"row {row_index}: {type(row).__name__}")
@@ -219,10 +222,11 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
         detail = f"its prompt ends with the {messages[-1]['role']}'s turn" if messages else "no user turn before the final assistant turn"
         return RowSkip(row_index, "prompt does not end with a user turn", f"row {row_index}: {detail}")
     messages = _with_system_prompt(messages, system_prompt)
-    reference_reasoning = _reference_thinking(row, prompt_columns, reference_column) if reference is not None else None
+    reference_reasoning = (_reference_thinking(row, prompt_columns, reference_column)
+                           if reference is not None and reference_thinking else None)
     kept = {name: row[name] for name in columns if row.get(name) is not None} or None
     try:  # JSON may escape half of a UTF-16 pair (a cut emoji): such text can be neither hashed, sent nor written
-        json.dumps([messages, reference, kept], ensure_ascii=False, default=str).encode("utf-8")
+        json.dumps([messages, reference, reference_reasoning, kept], ensure_ascii=False, default=str).encode("utf-8")
     except UnicodeEncodeError as exc:
         return RowSkip(row_index, "invalid text", f"row {row_index}: a lone UTF-16 surrogate {exc.object[exc.start]!r} (half of an emoji?)")
     if kept is not None:

@@ -200,7 +200,7 @@ def test_a_text_one_sample_ended_and_another_was_cut_in_is_an_ended_candidate():
     cut_first = PromptCompletions([Completion("Paris.", 3, "length"), Completion("Paris.", 2, "stop"), Completion("Lyon", 3, "length")])
     merged = merge_candidates(record, cut_first, include_reference=False)
     assert [(c.text, c.completion_indices, c.num_tokens, c.finish_reason) for c in merged.candidates] == [
-        ("Paris.", [0, 1], 2, "stop"), ("Lyon", [2], 3, "length")]
+        ("Paris.", [1, 0], 2, "stop"), ("Lyon", [2], 3, "length")]  # the sample it holds first: the scores row's completion_index
     ended_first = PromptCompletions([Completion("Paris.", 2, "stop"), Completion("Paris.", 3, "length")])
     assert [(c.num_tokens, c.finish_reason) for c in merge_candidates(record, ended_first, False).candidates] == [(2, "stop")]
 
@@ -251,7 +251,7 @@ def test_samples_that_think_differently_towards_one_answer_are_one_candidate(sha
     one_answer = PromptCompletions([sample("cut short", "42", "length"), sample("6 x 7 = 42.", "42"), sample("Six sevens.", "42")])
     merged = merge_candidates(record, one_answer, False, config.reasoning_end)
     [candidate] = merged.candidates
-    assert candidate.completion_indices == [0, 1, 2] and candidate.finish_reason == "stop"  # the thinking of the first that ended
+    assert candidate.completion_indices == [1, 0, 2] and candidate.finish_reason == "stop"  # the thinking of the first that ended
     assert (candidate.reasoning, candidate.text) == (("6 x 7 = 42.", "42") if shape == "harmony" else (None, "<think>6 x 7 = 42.</think>42"))
     result = BatchOutcome()
     assert settle_prompt(config, merged, [PromptScores(scores=[-0.5753067135810852])], result) == DROPPED_IDENTICAL
@@ -278,3 +278,47 @@ def test_a_batch_reads_across_releases_on_one_run():
     written["prompts"][0]["candidates"][0]["confidence"] = 0.9  # what a later release might add
     written["prompts"][0]["prompt"]["language"] = "en"
     assert GeneratedBatch.from_dict(written) == batch
+
+
+def test_a_sample_without_an_answer_is_never_merged_into_one_that_has_it():
+    """With --reasoning-end, "42" whose thinking never ended (no marker: the whole text is judged) is no answer "42"; with a
+    harmony policy, samples that never reached their final channel stay apart (each is counted, none is chosen)."""
+    from rsample.workers.backends.base import Completion, PromptCompletions
+    from rsample.workers.common.messages import PromptRecord, PromptScores
+    from rsample.workers.stages.aggregate import settle_prompt
+    from rsample.workers.stages.dedup import merge_candidates
+
+    config = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm",), reasoning_end="</think>")
+    record = PromptRecord("p", [{"role": "user", "content": "what is 6 x 7?"}], row_index=0)
+    samples = PromptCompletions([Completion("42", 9, "stop"), Completion("6 x 7 = 42.</think>42", 9, "stop"),
+                                 Completion("6 x 7 = 41.</think>41", 9, "stop")])
+    merged = merge_candidates(record, samples, False, config.reasoning_end)
+    assert [c.completion_indices for c in merged.candidates] == [[0], [1], [2]]
+    result = BatchOutcome()
+    assert settle_prompt(config, merged, [PromptScores(scores=[50.0, 42.0, 41.0])], result) == PAIR
+    assert (result.rows[0]["chosen"][-1]["content"], result.rows[0]["rejected"][-1]["content"]) == (
+        "6 x 7 = 42.</think>42", "6 x 7 = 41.</think>41")  # the unended one, scored highest, is never chosen
+
+    unanswered = PromptCompletions([Completion("", 40, "length", "still thinking"), Completion("", 40, "length", "other thoughts"),
+                                    Completion("", 12, "stop", "a tool call instead"), Completion("4", 20, "stop", "so 4")])
+    assert [c.completion_indices for c in merge_candidates(record, unanswered, False).candidates] == [[0], [1], [2], [3]]
+
+
+@pytest.mark.parametrize("shape", ["plain", "harmony"])
+def test_a_reference_whose_answer_a_cut_sample_also_wrote_may_still_be_chosen(shape):
+    """The reference is a whole answer: merged with a sample cut where it ends, the candidate is the reference's."""
+    from rsample.workers.backends.base import Completion, PromptCompletions
+    from rsample.workers.common.messages import PromptRecord, PromptScores
+    from rsample.workers.stages.aggregate import settle_prompt
+    from rsample.workers.stages.dedup import merge_candidates
+
+    config = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm",), include_reference=True)
+    record = PromptRecord("p", [{"role": "user", "content": "what is 6 x 7?"}], "42", row_index=0, reference_reasoning="Six sevens.")
+    thinking = "6 x 7 = 42." if shape == "harmony" else None
+    samples = PromptCompletions([Completion("42", 40, "length", thinking), Completion("41", 9, "stop", thinking)])
+    merged = merge_candidates(record, samples, True)
+    assert [(c.text, c.completion_indices, c.finish_reason, c.is_reference) for c in merged.candidates] == [
+        ("42", [0, 2], "reference", True), ("41", [1], "stop", False)]
+    result = BatchOutcome()
+    assert settle_prompt(config, merged, [PromptScores(scores=[42.0, 41.0])], result) == PAIR
+    assert result.rows[0]["chosen_finish_reason"] == "reference"

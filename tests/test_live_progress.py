@@ -155,3 +155,15 @@ def test_a_resumes_bars_show_the_rows_found_written_but_time_only_this_sessions_
     hidden = StageBars(redis_client, "r4", disable=True)  # --no-progress
     hidden.update()
     hidden.close()
+
+
+def test_a_finished_runs_line_still_says_what_asks_for_a_look():
+    """`rsample status` gives a finished run one line; rows whose work failed and results set aside still show there."""
+    from rsample.workers.runtime.status import RunStatus
+
+    finished = RunStatus(run_id="done", policy="org/policy", rows=1000, generated=1000, scored=1000, written=1000, in_flight=0,
+                         complete=True, seconds=3600, completions=16000, outcomes={"pair": 400, "skipped": 600},
+                         skip_reasons={"generation failed: out of memory": 597, "empty content": 3}, queues=[], unprocessable=3)
+    assert finished.finished_line() == (
+        "run done (complete), policy org/policy, took 1 h 00 min: 1000 rows, 400 pairs; 597 skipped because their work failed "
+        "(resume with --retry-failed); 3 unprocessable results set aside")

@@ -95,3 +95,22 @@ def test_an_empty_reply_slot_is_no_reference_and_no_reason_to_skip():
         assert (record.messages, record.prompt_id) == (plain.messages, plain.prompt_id)
     only_reply = extract_prompt({"messages": [{"role": "assistant", "content": ""}]}, 3)  # nothing but the slot: still a skip
     assert isinstance(only_reply, RowSkip) and only_reply.reason == "empty content"
+
+
+def test_the_reference_turns_own_thinking_is_read_only_for_a_run_that_scores_the_reference():
+    """gpt-oss's data format keeps a reply's thinking beside its content. A run without --include-reference never writes
+    it, so its payloads stay as a worker of the release before reads them."""
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "thinking": "because"}]
+    assert extract_prompt({"messages": turns}, 0).reference_reasoning is None
+    kept = extract_prompt({"messages": turns}, 0, reference_thinking=True)
+    assert (kept.reference_completion, kept.reference_reasoning) == ("a", "because")
+    assert kept.prompt_id == extract_prompt({"messages": turns[:1]}, 0).prompt_id  # the prompt is the same prompt
+    by_column = extract_prompt({"prompt": "q", "completion": [turns[1]]}, 0, reference_column="completion", reference_thinking=True)
+    assert by_column.reference_reasoning == "because"
+
+
+def test_half_an_emoji_in_the_references_thinking_skips_the_row_like_one_in_its_content():
+    """Text that cannot be UTF-8 can be neither sent nor written: it stopped the coordinator at every start."""
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "thinking": "half an emoji \ud83d here"}]
+    skipped = extract_prompt({"messages": turns}, 4, reference_thinking=True)
+    assert isinstance(skipped, RowSkip) and skipped.reason == "invalid text"

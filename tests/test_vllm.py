@@ -240,21 +240,17 @@ def test_the_vllm_judge_gives_the_transformers_judges_expected_ratings(tiny_mode
 
 
 def test_an_aborted_or_failed_sample_is_no_completion():
-    """vLLM's other finish reasons: `abort` and `error` skip the prompt as failed (--retry-failed tries it again), the
-    job's other prompts kept; `repetition` is a cut."""
+    """vLLM's other finish reasons: `abort` and `error` fail the call (its prompts are then generated one at a time,
+    and one that fails alone is skipped as failed), `repetition` is a cut."""
     from types import SimpleNamespace
 
     from rsample.workers.backends.vllm_generation import VLLMGenerator
-    from rsample.workers.common.messages import is_failure_reason
 
     backend = SimpleNamespace(harmony=None)
-    backend._completion = lambda sample: VLLMGenerator._completion(backend, sample)
     for reason in ("abort", "error"):
-        samples = [SimpleNamespace(finish_reason="stop", text="fine", token_ids=[1]),
-                   SimpleNamespace(finish_reason=reason, text="partial", token_ids=[1, 2])]
-        skipped = VLLMGenerator._prompt_completions(backend, samples)
-        assert skipped.completions == [] and is_failure_reason(skipped.skip_reason) and f"finish reason '{reason}'" in skipped.skip_reason
-    [cut] = VLLMGenerator._prompt_completions(backend, [SimpleNamespace(finish_reason="repetition", text=" again again ", token_ids=[5, 5])]).completions
+        with pytest.raises(RuntimeError, match=f"finish reason '{reason}'"):
+            VLLMGenerator._completion(backend, SimpleNamespace(finish_reason=reason, text="partial", token_ids=[1, 2]))
+    cut = VLLMGenerator._completion(backend, SimpleNamespace(finish_reason="repetition", text=" again again ", token_ids=[5, 5]))
     assert (cut.text, cut.num_tokens, cut.finish_reason) == ("again again", 2, "length")
 
 

@@ -16,7 +16,7 @@ from rsample.workers.backends.vllm_engine import EngineLoop
 from rsample.workers.backends.vllm_llm import make_llm
 from rsample.workers.backends.waiting import wait_interruptibly
 from rsample.workers.common.config import ModelSettings, RunConfig, SamplingConfig
-from rsample.workers.common.messages import Conversation, failure_reason
+from rsample.workers.common.messages import Conversation
 
 
 def request_seed(run_seed: int, prompt_ids: list[int]) -> int:
@@ -69,7 +69,7 @@ class VLLMGenerator:
             tokens = 0
             for done, (index, _, future) in enumerate(submitted, start=1):
                 samples = wait_interruptibly(future).outputs
-                results[index] = self._prompt_completions(samples)
+                results[index] = PromptCompletions([self._completion(sample) for sample in samples])
                 tokens += sum(len(sample.token_ids) for sample in samples)
                 if progress is not None:
                     progress(done / len(submitted), tokens)
@@ -77,16 +77,13 @@ class VLLMGenerator:
             self.engine.abort([request_id for _, request_id, future in submitted if not future.done()])
         return results  # type: ignore[return-value]
 
-    def _prompt_completions(self, samples) -> PromptCompletions:
-        """A sample the engine aborted or failed is no completion: its prompt is skipped as failed (`--retry-failed`
-        gives it another try), the job's other prompts kept."""
-        failed = next((sample.finish_reason for sample in samples if sample.finish_reason in ("abort", "error")), None)
-        if failed is not None:
-            return PromptCompletions([], failure_reason("generation", f"the vLLM engine ended a sample with finish reason {failed!r}"))
-        return PromptCompletions([self._completion(sample) for sample in samples])
-
     def _completion(self, sample) -> Completion:
-        """One the engine cut for repeating itself did not end by the policy's choice, as one cut at --max-new-tokens."""
+        """A sample the engine aborted or failed is no completion: the call fails, so that the job's prompts are generated
+        again one at a time (a prompt that fails alone is skipped as failed; most of them failing alone stops the worker,
+        as a fault of its engine). One it cut for repeating itself did not end by the policy's choice, as one cut at
+        --max-new-tokens."""
+        if sample.finish_reason in ("abort", "error"):
+            raise RuntimeError(f"the vLLM engine ended a sample with finish reason {sample.finish_reason!r}")
         finish = "stop" if sample.finish_reason == "stop" else "length"
         if self.harmony is not None:  # vLLM's text has the channels' markers left out: split the tokens instead
             reply = self.harmony.split_with(self.tokenizer, sample.token_ids, self.eos_ids)

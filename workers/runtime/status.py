@@ -110,9 +110,13 @@ class RunStatus:
         return {**asdict(self), "eta_seconds": self.eta_seconds, "unserved_queues": [queue.name for queue in self.unserved()]}
 
     def finished_line(self) -> str:
-        """A finished run in one line: a Redis keeps a month of them, which `rsample status` would print in full."""
+        """A finished run in one line: a Redis keeps a month of them, which `rsample status` would print in full. What
+        asks for a look at it still shows: rows whose work failed, results set aside."""
+        failed = failed_skips(self.skip_reasons)
         return (f"run {self.run_id} (complete), policy {self.policy}, took {format_duration(self.seconds)}: {self.rows} rows, "
-                f"{self.outcomes.get('pair', 0)} pairs")
+                f"{self.outcomes.get('pair', 0)} pairs"
+                + (f"; {failed} skipped because their work failed (resume with --retry-failed)" if failed else "")
+                + (f"; {self.unprocessable} unprocessable results set aside" if self.unprocessable else ""))
 
     def lines(self) -> list[str]:
         rows_rate = lambda count, before: f"{self.session_rate(count, before):.2f}/s"  # noqa: E731 (this session's)
