@@ -280,24 +280,31 @@ def test_a_batch_reads_across_releases_on_one_run():
     assert GeneratedBatch.from_dict(written) == batch
 
 
-def test_a_sample_without_an_answer_is_never_merged_into_one_that_has_it():
-    """With --reasoning-end, "42" whose thinking never ended (no marker: the whole text is judged) is no answer "42"; with a
-    harmony policy, samples that never reached their final channel stay apart (each is counted, none is chosen)."""
+def test_a_sample_whose_thinking_never_ended_is_judged_by_its_whole_text_and_held_by_none():
+    """With --reasoning-end, "42" whose thinking never ended (no marker) is judged by its whole text, "42": the same as
+    an answered sample's answer, or the reference's. They are one candidate, which holds the answered sample (or the
+    reference: may be chosen), never two of one text that rounding would make a pair of. With a harmony policy,
+    samples that never reached their final channel stay apart (each is counted, none is chosen)."""
     from rsample.workers.backends.base import Completion, PromptCompletions
     from rsample.workers.common.messages import PromptRecord, PromptScores
     from rsample.workers.stages.aggregate import settle_prompt
     from rsample.workers.stages.dedup import merge_candidates
 
     config = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm",), reasoning_end="</think>")
-    record = PromptRecord("p", [{"role": "user", "content": "what is 6 x 7?"}], row_index=0)
+    record = PromptRecord("p", [{"role": "user", "content": "what is 6 x 7?"}], "42", row_index=0)
     samples = PromptCompletions([Completion("42", 9, "stop"), Completion("6 x 7 = 42.</think>42", 9, "stop"),
                                  Completion("6 x 7 = 41.</think>41", 9, "stop")])
     merged = merge_candidates(record, samples, False, config.reasoning_end)
-    assert [c.completion_indices for c in merged.candidates] == [[0], [1], [2]]
+    assert [(c.text, c.completion_indices) for c in merged.candidates] == [("6 x 7 = 42.</think>42", [1, 0]), ("6 x 7 = 41.</think>41", [2])]
     result = BatchOutcome()
-    assert settle_prompt(config, merged, [PromptScores(scores=[50.0, 42.0, 41.0])], result) == PAIR
+    assert settle_prompt(config, merged, [PromptScores(scores=[42.0, 41.0])], result) == PAIR
     assert (result.rows[0]["chosen"][-1]["content"], result.rows[0]["rejected"][-1]["content"]) == (
-        "6 x 7 = 42.</think>42", "6 x 7 = 41.</think>41")  # the unended one, scored highest, is never chosen
+        "6 x 7 = 42.</think>42", "6 x 7 = 41.</think>41")
+
+    with_reference = merge_candidates(record, PromptCompletions([Completion("42", 3, "stop")]), True, config.reasoning_end)
+    [candidate] = with_reference.candidates  # the sample and the reference are one text: no pair of it against itself
+    assert candidate.is_reference and candidate.completion_indices == [0, 1]
+    assert settle_prompt(config, with_reference, [PromptScores(scores=[-0.5753067])], BatchOutcome()) == DROPPED_IDENTICAL
 
     unanswered = PromptCompletions([Completion("", 40, "length", "still thinking"), Completion("", 40, "length", "other thoughts"),
                                     Completion("", 12, "stop", "a tool call instead"), Completion("4", 20, "stop", "so 4")])
@@ -318,7 +325,7 @@ def test_a_reference_whose_answer_a_cut_sample_also_wrote_may_still_be_chosen(sh
     samples = PromptCompletions([Completion("42", 40, "length", thinking), Completion("41", 9, "stop", thinking)])
     merged = merge_candidates(record, samples, True)
     assert [(c.text, c.completion_indices, c.finish_reason, c.is_reference) for c in merged.candidates] == [
-        ("42", [0, 2], "reference", True), ("41", [1], "stop", False)]
+        ("42", [0, 2], "length", True), ("41", [1], "stop", False)]  # the sample's own finish reason, as the report counts it
     result = BatchOutcome()
     assert settle_prompt(config, merged, [PromptScores(scores=[42.0, 41.0])], result) == PAIR
-    assert result.rows[0]["chosen_finish_reason"] == "reference"
+    assert result.rows[0]["chosen"][-1]["content"] == "42" and result.rows[0]["rejected"][-1]["content"] == "41"

@@ -43,12 +43,13 @@ class BatchOutcome:
 
 def may_be_chosen(candidate: Candidate, keep_truncated: bool, reasoning_end: str | None = None) -> bool:
     """Never an empty answer, nor a completion whose reasoning never ended (the dataset's reference needs no
-    reasoning); a completion cut at --max-new-tokens only with --keep-truncated."""
+    reasoning); a completion cut at --max-new-tokens only with --keep-truncated, unless it is the dataset's reference
+    too (a sample cut where the reference ends: its text is a whole answer)."""
     if not answer_part(candidate.text, reasoning_end).strip():
         return False
     if reasoning_end and not candidate.is_reference and reasoning_end not in candidate.text:
         return False
-    return keep_truncated or candidate.finish_reason != "length"
+    return keep_truncated or candidate.finish_reason != "length" or candidate.is_reference
 
 
 def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[PromptScores], result: BatchOutcome) -> str:
