@@ -21,13 +21,13 @@ def known_fields(cls, raw: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in raw.items() if name in names}
 
 
-ADDED_LATER = ("reasoning", "reference_reasoning")
-"""Fields added after a release, left out of a payload where they hold nothing (every run of a policy other than a
-harmony one): a payload the workers of that release can read, on a cluster upgraded one machine at a time."""
+FIELDS_ADDED_LATER = ("reasoning", "reference_reasoning")
+"""Fields added after a release, left out of a payload where they hold nothing (all but a harmony policy's run that
+scores the reference): a payload the workers of that release can read, on a cluster upgraded one machine at a time."""
 
 
 def _fields_set(message) -> dict[str, Any]:
-    return {name: value for name, value in vars(message).items() if not (name in ADDED_LATER and value is None)}
+    return {name: value for name, value in vars(message).items() if not (name in FIELDS_ADDED_LATER and value is None)}
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,9 @@ def usable_cores() -> int:
 
 
 def machine_has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def gpu_visible() -> bool:
-    """Asked through NVML, as vLLM asks: a CUDA runtime call before vLLM starts its engine process by fork (its default,
-    when CUDA is not initialised) would leave that process unable to use CUDA ("Cannot re-initialize CUDA in forked
-    subprocess")."""
+    """Asked through NVML, as vLLM asks: a CUDA runtime call in a worker before vLLM starts its engine process by fork
+    (its default, when CUDA is not initialised) would leave that process unable to use CUDA ("Cannot re-initialize
+    CUDA in forked subprocess")."""
     import torch
 
     previous = os.environ.get(NVML_CHECK_ENV)
@@ -70,7 +64,7 @@ def take_cpu_share() -> int | None:
         return None
     import torch
 
-    if gpu_visible():  # the model runs on the GPU: these threads only feed it
+    if machine_has_gpu():  # the model runs on the GPU: these threads only feed it
         return None
     torch.set_num_threads(int(value))
     log.info("sharing this machine's %d cores with other workers: %s torch thread(s)", usable_cores(), value)

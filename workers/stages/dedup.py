@@ -21,25 +21,28 @@ def merge_candidates(record: PromptRecord, result: PromptCompletions, include_re
     a space): the candidate is then one the policy ended, and may be chosen."""
     if result.skip_reason is not None:
         return GeneratedPrompt(record, [], 0, result.skip_reason)
-    by_answer: dict[tuple, dict] = {}
+    groups: dict[tuple, tuple[Completion, list[int]]] = {}
+    """Each candidate: the sample it holds, and the completion indices it stands for (that sample's first)."""
     for index, completion in enumerate(result.completions):
-        entry = by_answer.setdefault(_key(completion, reasoning_end), _entry(completion))
-        entry["completion_indices"].append(index)
-        if _rank(completion, reasoning_end) > _rank(Completion(entry["text"], 0, entry["finish_reason"], entry["reasoning"]), reasoning_end):
-            entry.update({name: value for name, value in _entry(completion).items() if name != "completion_indices"})
-            entry["completion_indices"].insert(0, entry["completion_indices"].pop())  # the sample it now holds comes first
-    total = len(result.completions)
+        key = _key(completion, reasoning_end)
+        kept, indices = groups.get(key, (completion, []))
+        if _rank(completion, reasoning_end) > _rank(kept, reasoning_end):
+            groups[key] = (completion, [index, *indices])
+        else:
+            groups[key] = (kept, [*indices, index])
+    total, reference_key = len(result.completions), None
     if include_reference and record.reference_completion is not None:
-        text = record.reference_completion.strip()
         # Beside a harmony policy's candidates the reference has its dataset's thinking, else an empty one: gpt-oss's
         # template renders `thinking` whenever the key is there, and `datasets` gives a missing key as None, which it cannot.
         harmony = any(completion.reasoning is not None for completion in result.completions)
-        reference = Completion(text, 0, "reference", (record.reference_reasoning or "") if harmony else None)
-        entry = by_answer.setdefault(_key(reference, reasoning_end), _entry(reference))
-        entry["completion_indices"].append(total)
-        entry["is_reference"] = True
+        reference = Completion(record.reference_completion.strip(), 0, "reference", (record.reference_reasoning or "") if harmony else None)
+        reference_key = _key(reference, reasoning_end)
+        kept, indices = groups.get(reference_key, (reference, []))
+        groups[reference_key] = (kept, [*indices, total])
         total += 1
-    return GeneratedPrompt(record, [Candidate(**entry) for entry in by_answer.values()], total)
+    candidates = [Candidate(kept.text, indices, key == reference_key, kept.num_tokens, kept.finish_reason, kept.reasoning)
+                  for key, (kept, indices) in groups.items()]
+    return GeneratedPrompt(record, candidates, total)
 
 
 def _key(completion: Completion, reasoning_end: str | None) -> tuple:
@@ -55,8 +58,3 @@ def _rank(completion: Completion, reasoning_end: str | None) -> tuple[bool, bool
     policy ended rather than --max-new-tokens."""
     answered = completion.reasoning is not None or not reasoning_end or reasoning_end in completion.text
     return answered, completion.finish_reason != "length"
-
-
-def _entry(completion: Completion) -> dict:
-    return {"text": completion.text, "completion_indices": [], "num_tokens": completion.num_tokens,
-            "finish_reason": completion.finish_reason, "reasoning": completion.reasoning}
