@@ -39,6 +39,12 @@ def first_row(path: Path):
         raise RsampleError(f"{path}: the first row is not JSON ({exc})") from None
 
 
+def has_thinking(path: Path) -> bool:
+    """Whether a file's assistant turns carry their thinking apart (a harmony policy's run), read off its first row."""
+    row = first_row(path) if path.exists() else None
+    return isinstance(row, dict) and row_has_thinking(row)
+
+
 def file_shape(path: Path) -> tuple[str, tuple[str, ...], bool]:
     """The kind of rsample file (pairs, scores, sft), its score columns' names, and whether its assistant turns carry
     their thinking apart (a harmony policy's run), read off its first row."""
@@ -79,8 +85,7 @@ def write_parquet(path: Path, kind: str | None = None, score_names: tuple[str, .
     if kind is None or score_names is None:
         kind, score_names, thinking = file_shape(path)
     else:
-        first = first_row(path)
-        thinking = isinstance(first, dict) and row_has_thinking(first)
+        thinking = has_thinking(path)
     schema = features(kind, score_names, thinking).arrow_schema  # with datasets' own metadata: `load_dataset` reads the features back
     target = parquet_path(path)
     partial = target.with_name(f".{target.name}.partial")

@@ -11,10 +11,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rsample.producer.driver.summary import Summary
+from rsample.producer.parquet import has_thinking
 from rsample.producer.report.document import Report
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
-from rsample.workers.stages.output import columns, row_has_thinking
+from rsample.workers.stages.output import columns
 
 
 def card_metadata(files: dict[str, Path], model_names: tuple[str, ...]) -> str:
@@ -33,14 +34,6 @@ def card_metadata(files: dict[str, Path], model_names: tuple[str, ...]) -> str:
                 for name, path in files.items()]
     features = json.loads(json.dumps(features))  # no object twice: YAML would write an alias, which `datasets` cannot read
     return DatasetCardData(tags=["rejection-sampling", "preference", "rsample"], configs=configs, dataset_info=features).to_yaml()
-
-
-def has_thinking(path: Path) -> bool:
-    """Whether a file's assistant turns carry their thinking apart (a harmony policy's run), read off its first row."""
-    from rsample.producer.parquet import first_row
-
-    row = first_row(path) if path.exists() else None
-    return isinstance(row, dict) and row_has_thinking(row)
 
 
 def report_section(report: Report | None) -> str:
