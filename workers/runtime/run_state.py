@@ -60,8 +60,9 @@ a Redis keeps a month of finished runs (500 of them cost each follower 500 comma
 
 def unfinished_runs(client: redis.Redis) -> dict[str, bool]:
     """The runs not yet finished, newest first, each with whether a coordinator holds it (feeds and writes it)."""
-    prefix = RunKeys("\0").config.split("\0")[0]
-    suffixes = [name.removeprefix(prefix + "\0") for name in (RunKeys("\0").config, RunKeys("\0").stats, RunKeys("\0").coordinator_lock)]
+    any_run = RunKeys("\0")
+    prefix = any_run.config.split("\0")[0]
+    suffixes = [name.split("\0")[1] for name in (any_run.config, any_run.stats, any_run.coordinator_lock)]
     found = client.eval(UNFINISHED_RUNS, 1, RUNS_INDEX, prefix, *suffixes)
     return {raw.decode(): bool(coordinated) for raw, coordinated in zip(found[::2], found[1::2])}
 
