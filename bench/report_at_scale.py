@@ -35,7 +35,7 @@ def write_run(directory: Path, pairs: int, n: int) -> None:
             values = [(rng.gauss(0, 1), rng.gauss(0, 1)) for _ in range(n)]
             candidates = [texts[(p * 7 + i * 13) % len(texts)] for i in range(n)]
             score_file.write("".join(json.dumps({
-                "prompt_id": prompt_id, "completion_index": i, "completion": text, "scores": {"rm-a": a, "rm-b": b},
+                "prompt_id": prompt_id, "completion_index": i, "num_samples": 1, "completion": text, "scores": {"rm-a": a, "rm-b": b},
                 "is_reference": False, "finish_reason": "length" if i % 5 == 0 else "stop", "num_tokens": len(text.split()),
             }) + "\n" for i, (text, (a, b)) in enumerate(zip(candidates, values))))
             best = max(range(n), key=lambda i: values[i][0])

@@ -117,7 +117,11 @@ def test_a_run_writes_the_answer_as_content_and_the_thinking_apart(harmony_polic
         assert set(candidate["completion"].split()) <= set(BODY_WORDS) and set(candidate["thinking"].split()) <= set(BODY_WORDS)
     [reference] = [c for c in candidates if c["finish_reason"] == "reference"]
     assert (reference["completion"], reference["thinking"]) == ("A reference answer.", "The user asks what it is.")
-    unanswered = sum(not c["completion"] for c in generated)
+    samples_per_prompt: dict[str, int] = {}
+    for candidate in generated:
+        samples_per_prompt[candidate["prompt_id"]] = samples_per_prompt.get(candidate["prompt_id"], 0) + candidate["num_samples"]
+    assert set(samples_per_prompt.values()) == {6}  # every sample of n=6 is one candidate's, the reference none
+    unanswered = sum(c["num_samples"] for c in generated if not c["completion"])
     assert unanswered  # the chain thinks without answering often enough
     pairs = read_jsonl(out)
     assert pairs
@@ -126,7 +130,9 @@ def test_a_run_writes_the_answer_as_content_and_the_thinking_apart(harmony_polic
         assert chosen["content"] and set(chosen) == {"role", "content", "thinking"}  # no empty answer is ever chosen
         assert set(pair["rejected"][-1]) == {"role", "content", "thinking"}
     report = (tmp_path / "pairs.report" / "report.md").read_text()
-    assert f"no answer (the final channel never began): {unanswered / len(generated):.1%} of {len(generated)} candidates" in report
+    samples = 6 * len(samples_per_prompt)
+    assert (f"no answer (the final channel never began): {unanswered / samples:.1%} of {samples} samples ({len(generated)} distinct)"
+            in report)
     assert "thinking scored" not in result.stderr and "no run report" not in result.stderr
 
     # What a trainer does: load the pairs with their declared types, and render them with the policy's own template,

@@ -58,6 +58,20 @@ def test_no_chosen_completion_was_cut_off_or_empty(finished_run):
     assert any(row["finish_reason"] == "length" for row in finished_run["scores"])  # 12 new tokens do cut some off
 
 
+def test_every_sample_is_counted_by_the_candidate_it_was_merged_into(finished_run):
+    """Identical samples are one candidate: `num_samples` says how many of the n=4 each stands for, so the samples of a
+    prompt add up to 4 (the reference, not a sample, to none)."""
+    samples = defaultdict(int)
+    for row in finished_run["scores"]:
+        assert row["num_samples"] >= (row["finish_reason"] != "reference")
+        assert row["num_samples"] == 0 or row["finish_reason"] != "reference"
+        samples[row["prompt_id"]] += row["num_samples"]
+    assert set(samples.values()) == {4}
+    merged = [row for row in finished_run["scores"] if row["num_samples"] > 1]
+    for row in merged:  # a merged candidate's text occurs once among its prompt's rows
+        assert [r["completion"] for r in finished_run["scores"] if r["prompt_id"] == row["prompt_id"]].count(row["completion"]) == 1
+
+
 def test_pairs_have_the_open_instruct_shape(finished_run, tiny_models):
     prompts = expected_prompts()
     models = {tiny_models["reward"], tiny_models["reward2"]}

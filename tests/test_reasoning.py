@@ -177,7 +177,7 @@ def test_a_run_scores_answers_and_writes_whole_completions(tmp_path, monkeypatch
     assert (pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]) == (f"{thought}answer ###", f"{thought}answer #")
     assert "dropped, unfinished" in result.stdout
     report = (tmp_path / "pairs.report" / "report.md").read_text()
-    assert "thinking never ended (no '</think>'): 50.0% of 6 candidates" in report  # the run report counts them
+    assert "thinking never ended (no '</think>'): 50.0% of 6 samples (6 distinct)" in report  # the run report counts them
 
 
 def test_bad_template_kwargs_fail_in_one_line(tmp_path):
@@ -208,7 +208,7 @@ def test_a_run_of_a_thinking_policy_without_the_marker_is_warned_about(tmp_path,
     out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
     result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "r", "--reward-backend", "length", "--out", str(out),
                      "--scores-out", str(scores), "--no-progress")
-    warning = ("thinking scored: 3 of 6 candidates hold '</think>', and the rewards read their thinking too; a reasoning policy "
+    warning = ("thinking scored: 3 of 6 samples hold '</think>', and the rewards read their thinking too; a reasoning policy "
                "wants --reasoning-end '</think>'")
     assert f"WARNING {warning}" in result.stderr  # the report's, at the end
     assert f"WARNING rsample.producer.driver.collector: {warning}" in result.stderr  # and the coordinator's, as soon as it shows

@@ -285,6 +285,26 @@ def test_a_sample_merged_with_the_reference_counts_among_the_generated_and_unsco
     assert "  gave no score to 1 of 3 generated candidates (33.3%): pairs are chosen among the others" in summary_lines(numbers)
 
 
+def test_shares_count_samples_not_distinct_candidates(tmp_path):
+    """Three samples cut alike are one candidate: of 4 samples 3 were cut (75 %), not 1 of 2 candidates (50 %). A
+    file written before `num_samples` counts each row as one sample."""
+    from rsample.producer.report.document import summary_lines
+    from rsample.producer.report.stats import read_run
+
+    def row(prompt_id, index, text, finish, **extra):
+        return {"prompt_id": prompt_id, "completion_index": index, "completion": text, "scores": {"rm": float(index)},
+                "is_reference": False, "finish_reason": finish, "num_tokens": 4, **extra}
+
+    pairs, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    pairs.write_text("")
+    write_jsonl(scores, [row("p", 0, "cut alike", "length", num_samples=3), row("p", 1, "ended", "stop", num_samples=1),
+                         row("old", 0, "cut", "length"), row("old", 1, "ended", "stop")])
+    numbers = read_run(pairs, scores)
+    assert (numbers.samples, numbers.candidates, numbers.truncated) == (6, 4, 4)
+    assert sorted(numbers.truncated_share_per_prompt.items) == [0.5, 0.75]
+    assert "truncated at --max-new-tokens: 66.7% of 6 samples (4 distinct)" in summary_lines(numbers)
+
+
 def test_the_report_reads_an_outcomes_file_whose_header_a_crash_cut(tmp_path):
     """The resume's reader the report now shares failed on a header cut short (no row is settled in such a file)."""
     from click.testing import CliRunner

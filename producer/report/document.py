@@ -64,14 +64,15 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
         total = sum(numbers.unique_per_prompt.values())
         mean = sum(unique * count for unique, count in numbers.unique_per_prompt.items()) / total
         lines.append(f"distinct candidates per prompt: mean {mean:.1f}; {numbers.few_distinct_text} on {numbers.low_diversity_share:.0%} of prompts")
-    if numbers.candidates:
-        lines.append(f"truncated at --max-new-tokens: {numbers.truncated / numbers.candidates:.1%} of {numbers.candidates:,} candidates")
+    if numbers.samples:
+        of_samples = f"{numbers.samples:,} samples ({numbers.candidates:,} distinct)"
+        lines.append(f"truncated at --max-new-tokens: {numbers.truncated / numbers.samples:.1%} of {of_samples}")
         if numbers.unanswered_harmony is not None:
-            lines.append(f"no answer (the final channel never began): {numbers.unanswered_harmony / numbers.candidates:.1%} of "
-                         f"{numbers.candidates:,} candidates; lengths above are the answers' (the final channel), thinking apart")
+            lines.append(f"no answer (the final channel never began): {numbers.unanswered_harmony / numbers.samples:.1%} of "
+                         f"{of_samples}; lengths above are the answers' (the final channel), thinking apart")
         if numbers.reasoning_end:
-            lines.append(f"thinking never ended (no {numbers.reasoning_end!r}): {numbers.unended_thinking / numbers.candidates:.1%} of "
-                         f"{numbers.candidates:,} candidates; lengths above are the answers' (after {numbers.reasoning_end!r})")
+            lines.append(f"thinking never ended (no {numbers.reasoning_end!r}): {numbers.unended_thinking / numbers.samples:.1%} of "
+                         f"{of_samples}; lengths above are the answers' (after {numbers.reasoning_end!r})")
     elif not numbers.has_scores:
         lines.append("no scores file: give --scores for candidates' scores, length correlation, agreement and truncation")
     return lines

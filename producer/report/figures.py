@@ -125,10 +125,10 @@ def truncation(numbers: RunNumbers, path: Path) -> Path | None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=SIZE)
     axis.hist([100 * s for s in numbers.truncated_share_per_prompt.items], bins=20, range=(0, 100), color="tab:orange")
-    overall = numbers.truncated / numbers.candidates if numbers.candidates else 0.0
-    axis.set_xlabel("candidates cut at --max-new-tokens (% of the prompt's)")
+    overall = numbers.truncated / numbers.samples if numbers.samples else 0.0
+    axis.set_xlabel("samples cut at --max-new-tokens (% of the prompt's)")
     axis.set_ylabel("prompts")
-    axis.set_title(f"Truncation: {overall:.1%} of all candidates were cut", fontsize=11)
+    axis.set_title(f"Truncation: {overall:.1%} of all samples were cut", fontsize=11)
     return _save(plt, figure, path)
 
 

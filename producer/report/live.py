@@ -96,5 +96,5 @@ class LiveNumbers:
         return json.dumps({
             "pairs": numbers.pairs, "models": models,
             "chosen_longer": None if numbers.chosen_longer_share is None else round(numbers.chosen_longer_share, 4),
-            "truncated": round(numbers.truncated / numbers.candidates, 4) if numbers.candidates else None,
+            "truncated": round(numbers.truncated / numbers.samples, 4) if numbers.samples else None,
         })

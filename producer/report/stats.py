@@ -125,18 +125,21 @@ class RunNumbers:
     prompts dropped as identical (1)."""
     unique_in_scores: Counter = field(default_factory=Counter)
     candidates: int = 0
+    """Distinct generated candidates (the scores file's rows, the reference left out)."""
+    samples: int = 0
+    """The policy's samples they stand for: the shares below (truncated, thinking never ended, no answer) are of samples."""
     truncated: int = 0
     truncated_share_per_prompt: Reservoir = field(init=False)
     agreement: dict[tuple[str, str], Agreement] = field(default_factory=dict)
     reasoning_end: str | None = None
     """The run's `--reasoning-end`: lengths are then the answers' (what the rewards read), not the thinking's."""
     unended_thinking: int = 0
-    """Candidates whose thinking never ended (no marker), with a `reasoning_end`."""
+    """Samples whose thinking never ended (no marker), with a `reasoning_end`."""
     unanswered_harmony: int | None = None
-    """A harmony policy's candidates (their thinking a column of its own) with no answer: their final channel never
+    """A harmony policy's samples (their thinking a column of its own) with no answer: their final channel never
     began. None for any other run."""
     unsplit_thinking: int = 0
-    """Candidates holding a `</think>` in a run without `reasoning_end`: the rewards judged the thinking too."""
+    """Samples holding a `</think>` in a run without `reasoning_end`: the rewards judged the thinking too."""
     outcomes: Counter = field(default_factory=Counter)
     skip_reasons: Counter = field(default_factory=Counter)
     has_scores: bool = False
@@ -180,7 +183,7 @@ class RunNumbers:
         """The warning for a reasoning policy's run made without --reasoning-end (None: no sign of one)."""
         if not self.unsplit_thinking:
             return None
-        return (f"thinking scored: {self.unsplit_thinking:,} of {self.candidates:,} candidates hold {THINKING_END!r}, and the rewards "
+        return (f"thinking scored: {self.unsplit_thinking:,} of {self.samples:,} samples hold {THINKING_END!r}, and the rewards "
                 f"read their thinking too; a reasoning policy wants --reasoning-end '{THINKING_END}'")
 
     def length_bias(self) -> list[str]:
@@ -244,20 +247,30 @@ def add_pair(numbers: RunNumbers, row: dict) -> None:
             model.margin_moments.add(chosen_score - rejected_score)
 
 
+def samples_in(row: dict) -> int:
+    """The policy's samples a scores row stands for: identical samples (for a thinking policy, samples with one answer)
+    are one candidate. A file written before the count was (one row a sample then, as far as it can tell) gives 1."""
+    count = row.get("num_samples")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 1
+
+
 def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
     numbers.unique_in_scores[len(group)] += 1  # one row per distinct candidate, as a pair's num_unique
     generated = [row for row in group if row.get("finish_reason") != "reference"]  # a sample the reference merged with counts
     if generated:
-        truncated = sum(row.get("finish_reason") == "length" for row in generated)
         numbers.candidates += len(generated)
+        samples = sum(map(samples_in, generated))
+        numbers.samples += samples
+        truncated = sum(samples_in(row) for row in generated if row.get("finish_reason") == "length")
         numbers.truncated += truncated
-        numbers.truncated_share_per_prompt.add(truncated / len(generated))
+        if samples:
+            numbers.truncated_share_per_prompt.add(truncated / samples)
         if any("thinking" in row for row in generated):
-            numbers.unanswered_harmony = (numbers.unanswered_harmony or 0) + sum(not row.get("completion") for row in generated)
+            numbers.unanswered_harmony = (numbers.unanswered_harmony or 0) + sum(samples_in(row) for row in generated if not row.get("completion"))
         if numbers.reasoning_end:
-            numbers.unended_thinking += sum(numbers.reasoning_end not in (row.get("completion") or "") for row in generated)
+            numbers.unended_thinking += sum(samples_in(row) for row in generated if numbers.reasoning_end not in (row.get("completion") or ""))
         else:
-            numbers.unsplit_thinking += sum(THINKING_END in (row.get("completion") or "") for row in generated)
+            numbers.unsplit_thinking += sum(samples_in(row) for row in generated if THINKING_END in (row.get("completion") or ""))
     for row in generated:
         for name, score in row["scores"].items():
             if score is None:

@@ -84,6 +84,12 @@ class GeneratedPrompt:
     def needs_scoring(self, min_candidates: int = 2) -> bool:
         return self.skip_reason is None and len(self.candidates) >= min_candidates
 
+    def samples_in(self, candidate: Candidate) -> int:
+        """How many of the policy's samples `candidate` stands for (the dataset's reference, counted in `num_candidates`
+        and indexed after the samples, left out): what counts a report's shares in samples, not distinct texts."""
+        samples = self.num_candidates - any(c.is_reference for c in self.candidates)
+        return sum(index < samples for index in candidate.completion_indices)
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GeneratedPrompt:
         return cls(

@@ -175,7 +175,7 @@ def report_numbers(report: dict) -> list[str]:
     if report.get("chosen_longer") is not None:
         parts.append(f"chosen longer in {report['chosen_longer']:.0%} of pairs")
     if report.get("truncated") is not None:
-        parts.append(f"{report['truncated']:.1%} of candidates truncated")
+        parts.append(f"{report['truncated']:.1%} of samples truncated")
     return parts
 
 

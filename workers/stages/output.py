@@ -73,6 +73,7 @@ def score_rows(prompt: GeneratedPrompt, scores_by_model: list[list[float]], mode
         {
             "prompt_id": prompt.prompt.prompt_id,
             "completion_index": candidate.completion_indices[0],
+            "num_samples": prompt.samples_in(candidate),
             "completion": candidate.text,
             **({"thinking": candidate.reasoning} if candidate.reasoning is not None else {}),
             "scores": _by_model(model_names, scores_by_model, index),
@@ -103,7 +104,7 @@ def columns(kind: str, model_names: tuple[str, ...], thinking: bool = False) -> 
         return {"prompt_id": _STRING, "messages": messages, "score": scores, "is_reference": _BOOL, "num_candidates": _INT,
                 "num_unique": _INT, "finish_reason": _STRING, "num_tokens": _INT}
     if kind == "scores":
-        return {"prompt_id": _STRING, "completion_index": _INT, "completion": _STRING, **({"thinking": _STRING} if thinking else {}),
+        return {"prompt_id": _STRING, "completion_index": _INT, "num_samples": _INT, "completion": _STRING, **({"thinking": _STRING} if thinking else {}),
                 "scores": scores, "is_reference": _BOOL, "finish_reason": _STRING, "num_tokens": _INT}
     raise ValueError(f"no output file of kind {kind!r}")
 
