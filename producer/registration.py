@@ -119,7 +119,7 @@ def check_policy_template(config: RunConfig, prompts: list[list[dict]]) -> None:
     except RsampleError as exc:  # not loadable here: the workers say so if they cannot either
         log.info("the policy's chat template is not checked on the dataset: %s", exc)
         return
-    refusals, dropped_system = Counter(), None
+    refusals, dropped_system, dropped_from_rows = Counter(), None, None
     for messages in prompts:
         try:  # as the workers render it (templates.render)
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
@@ -127,9 +127,11 @@ def check_policy_template(config: RunConfig, prompts: list[list[dict]]) -> None:
         except TemplateError as exc:
             refusals[first_line(exc)] += 1
             continue
-        system = next((m["content"] for m in messages if m["role"] == "system" and isinstance(m["content"], str)), None)
-        if dropped_system is None and system and system.strip() not in text:
+        system = _system_text(messages)
+        if dropped_system is None and system and system not in text:
             dropped_system = system
+        elif dropped_from_rows is None and system and system not in _render_with_answer(tokenizer, messages, config):
+            dropped_from_rows = system
     if refusals:
         why, count = refusals.most_common(1)[0][0], sum(refusals.values())
         if count == len(prompts):
@@ -139,6 +141,27 @@ def check_policy_template(config: RunConfig, prompts: list[list[dict]]) -> None:
     if dropped_system is not None:
         log.warning("the policy's chat template leaves out the system turn (%r): the policy never sees it, while the output's "
                     "messages, chosen and rejected carry it", dropped_system[:60])
+    if dropped_from_rows is not None:
+        log.warning("the policy's chat template keeps the system turn (%r) only while a user turn is last, as Mistral v0.3's "
+                    "does: the samples are drawn with it, but a trainer that renders the output's rows (prompt and answer) with "
+                    "this template leaves it out", dropped_from_rows[:60])
+
+
+def _system_text(messages: list[dict]) -> str | None:
+    system = next((m["content"] for m in messages if m["role"] == "system" and isinstance(m["content"], str)), None)
+    return system.strip() if system and system.strip() else None
+
+
+def _render_with_answer(tokenizer, messages: list[dict], config: RunConfig) -> str:
+    """A prompt with an answer, as a trainer renders an output row; "" where the template refuses it (not a row's shape
+    this check can judge)."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": "An answer."}], tokenize=False,
+                                             **config.sampling.chat_template_kwargs)
+    except TemplateError:
+        return ""
 
 
 def check_reward_templates(config: RunConfig, prompts: list[list[dict]]) -> None:
@@ -161,12 +184,20 @@ def check_reward_templates(config: RunConfig, prompts: list[list[dict]]) -> None
         except RsampleError as exc:  # not loadable here (a head node offline): the workers say so if they cannot either
             log.info("the chat template of reward model %r is not checked on the dataset: %s", spec, exc)
             continue
-        refusals = Counter()
+        refusals, dropped_system = Counter(), None
         for messages in prompts:
+            conversation = [*messages, {"role": "assistant", "content": "An answer."}]
             try:
-                render_conversations(tokenizer, [[*messages, {"role": "assistant", "content": "An answer."}]])
+                render_conversations(tokenizer, [conversation])
             except RejectedInput as exc:
                 refusals[str(exc)] += 1
+                continue
+            system = _system_text(messages)
+            if dropped_system is None and system and system not in tokenizer.apply_chat_template(conversation, tokenize=False):
+                dropped_system = system
+        if dropped_system is not None:
+            log.warning("reward model %r: its chat template leaves out the system turn (%r) of a conversation with an answer: "
+                        "it scores the answers without it", spec, dropped_system[:60])
         if not refusals:
             continue
         why = refusals.most_common(1)[0][0].partition(": ")[2]

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import read_jsonl, rsample
+from conftest import read_jsonl, rsample, write_jsonl
 from faults import assert_exactly_once, prompts_that_got_candidates
 
 GOOD = [{"prompt": f"explain step {i} of the {word} test"} for i, word in enumerate(["river", "city", "music", "code"] * 10)]
@@ -228,6 +228,54 @@ def test_a_policy_template_that_refuses_the_system_prompt_is_refused_and_one_tha
             "output's messages, chosen and rejected carry it") in said.stderr
     assert "leaves out the system turn" not in rsample("run", *common, "--policy", tiny_models["policy"], "--system-prompt",
                                                        "Answer in French.", "--out", str(tmp_path / "d.jsonl")).stderr
+
+
+MISTRAL_V03_LIKE = (  # Mistral v0.3's (and Nemo's) structure: the system text goes into the last user turn alone
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}{%- endif %}{%- endfor %}"
+)
+
+
+def test_a_template_that_keeps_the_system_turn_only_before_the_answer_is_said(tiny_models, redis_server, tmp_path):
+    """Mistral v0.3's template writes the system text into the last user turn only: the policy samples with it, but the
+    output's rows, rendered with an answer after that turn (as a trainer does), lose it; a reward model with such a
+    template scores without it. Both are said when the run is made; the run's own templates are not."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    def with_template(model: str, name: str):
+        path = tmp_path / name
+        shutil.copytree(model, path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.chat_template = MISTRAL_V03_LIKE
+        tokenizer.save_pretrained(path)
+        rendered = tokenizer.apply_chat_template([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                                                 tokenize=False)
+        assert rendered == "[INST] be brief\n\nhi[/INST]"  # the case: with the user turn last, the system text is there
+        return str(path)
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "name a river"}, {"prompt": "name a city"}])
+    policy, reward = with_template(tiny_models["policy"], "mistral-like-policy"), with_template(tiny_models["reward"], "mistral-like-rm")
+
+    def enqueue(policy_path: str, reward_path: str, *extra: str) -> str:
+        return rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", policy_path,
+                       "--reward-model", reward_path, "--n", "2", *extra).stderr
+
+    said = enqueue(policy, reward, "--system-prompt", "be brief")
+    assert ("the policy's chat template keeps the system turn ('be brief') only while a user turn is last, as Mistral v0.3's "
+            "does: the samples are drawn with it, but a trainer that renders the output's rows (prompt and answer) with this "
+            "template leaves it out") in said
+    assert (f"reward model {reward!r}: its chat template leaves out the system turn ('be brief') of a conversation with an "
+            "answer: it scores the answers without it") in said
+    assert "leaves out the system turn" not in said.replace(f"reward model {reward!r}: its chat template leaves out", "")
+    quiet = enqueue(tiny_models["policy"], tiny_models["reward"], "--system-prompt", "be brief", "--seed", "1")
+    assert "system turn" not in quiet
+    assert "system turn" not in enqueue(policy, reward, "--seed", "2")  # no system turn in the prompts: nothing to say
 
 
 def test_rows_the_workers_skip_are_logged_a_few_per_reason_and_counted_beyond(caplog):
