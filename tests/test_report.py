@@ -1,6 +1,7 @@
 """`rsample report`: numbers checked against the files themselves, warnings that fire when they should and only
 then, real PNG figures, and files that are still being written."""
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -316,3 +317,174 @@ def test_the_report_reads_an_outcomes_file_whose_header_a_crash_cut(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path / "pairs.jsonl"), "--out-dir", str(tmp_path / "r")])
     assert result.exit_code == 0, repr(result.exception)
     assert "pairs 0" in result.output
+
+
+def test_a_coordinator_stopped_before_the_end_publishes_what_it_wrote(redis_client, tmp_path):
+    """The live numbers are published at most every 10 s: a coordinator stopped (Ctrl-C, SIGTERM) between two
+    publications left `rsample status` showing fewer pairs than the files hold, until another coordinator started."""
+    from conftest import CHAT_ROWS
+
+    from rsample.producer.driver.coordinator import Coordinator
+    from rsample.producer.registration import register_run
+    from rsample.workers.backends.zero_cost import EchoGenerator, LengthReward
+    from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig, SamplingConfig
+    from rsample.workers.runtime import worker_context
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.queues import make_queue
+    from rsample.workers.stages.generate import generate_batch
+    from rsample.workers.stages.score import score_batch
+
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("len",), prompts_per_job=4,
+                       sampling=SamplingConfig(n=3), models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+    keys = RunKeys(config.run_id)
+    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    worker_context.install(worker_context.WorkerContext(redis_client, config, EchoGenerator(), {0: LengthReward()}))
+
+    def work(job) -> None:
+        run_id, batch_id, prompts = job.args
+        generate_batch(run_id, batch_id, prompts)
+        score_batch(run_id, batch_id, 0)
+
+    class Stopped(Exception):
+        pass
+
+    def stop() -> None:
+        raise Stopped
+
+    try:
+        coordinator.feeder.top_up()
+        first, second = make_queue(redis_client, keys.generate_queue).jobs
+        work(first)
+        coordinator.collector.step(block_ms=50)  # written and published (the first publication is due at once)
+        published = json.loads(redis_client.hget(keys.stats, "report"))["pairs"]
+        assert published == len(read_jsonl(tmp_path / "pairs.jsonl")) == len(first.args[2])
+        work(second)
+        with pytest.raises(Stopped):
+            coordinator.run(check=stop)  # one step writes the second batch, then the coordinator is stopped
+    finally:
+        worker_context.install(None)
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
+    assert len(pairs) > published
+    assert json.loads(redis_client.hget(keys.stats, "report"))["pairs"] == len(pairs)
+
+
+PROMPT = [{"role": "user", "content": "q"}]
+
+
+def pair_row(pid, chosen, rejected, scores_c, scores_r, num_candidates, num_unique, **extra):
+    return {"prompt_id": pid, "messages": PROMPT, "chosen": PROMPT + [{"role": "assistant", "content": chosen}],
+            "rejected": PROMPT + [{"role": "assistant", "content": rejected}], "chosen_score": scores_c, "rejected_score": scores_r,
+            "reference_completion": None, "reference_completion_score": None, "num_candidates": num_candidates,
+            "num_unique": num_unique, "chosen_finish_reason": "stop", "rejected_finish_reason": "stop", **extra}
+
+
+def score_row(pid, index, text, scores, finish="stop", is_reference=False):
+    return {"prompt_id": pid, "completion_index": index, "num_samples": 0 if finish == "reference" else 1, "completion": text,
+            "scores": scores, "is_reference": is_reference, "finish_reason": finish, "num_tokens": 0 if finish == "reference" else 5}
+
+
+def test_the_report_of_a_reasoning_run_reads_its_marker_from_the_runs_settings(tmp_path):
+    """`rsample report pairs.jsonl --scores scores.jsonl` of a run made with --reasoning-end, without the flag: it warned
+    that the rewards read the thinking (they did not) and measured lengths on the thinking (so it said 0% where the
+    chosen answer is always the longer)."""
+    pairs, scores = [], []
+    outcomes = [{"rsample_run": "x", "settings": {"sampling": {"n": 3}, "reasoning_end": "</think>"}}]
+    for i in range(20):
+        texts = [f"<think>{'t' * (50 - k * 20)}</think>{'a' * (5 + 10 * k)}" for k in range(3)]  # longer answer, shorter thinking
+        scores += [score_row(f"p{i}", k, text, {"rm": float(k)}) for k, text in enumerate(texts)]
+        pairs.append(pair_row(f"p{i}", texts[2], texts[0], {"rm": 2.0}, {"rm": 0.0}, 3, 3))
+        outcomes.append({"row_index": i, "prompt_id": f"p{i}", "outcome": "pair", "reason": None})
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "scores.jsonl", scores)
+    write_jsonl(tmp_path / "pairs.outcomes.jsonl", outcomes)
+    report = write_report(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "report")
+    assert not [warning for warning in report.warnings if warning.startswith("thinking scored")], report.warnings
+    assert "chosen longer than rejected in 100% of pairs" in report.lines, report.lines  # answers: 25 > 5 characters
+
+
+def test_two_rewards_agree_on_the_best_when_one_of_them_ties_it_with_others(tmp_path):
+    """A verifier passes three of four answers and the reward model's best is one of them: they agree. The report took
+    the verifier's first tied index, and said 0%."""
+    pairs, scores = [], []
+    for i in range(10):
+        values = [(1.0, 0.1), (1.0, 0.5), (1.0, 0.9), (0.0, 0.0)]
+        scores += [score_row(f"p{i}", k, f"answer {k} of {i}", {"verify:math": v, "rm": r}) for k, (v, r) in enumerate(values)]
+        pairs.append(pair_row(f"p{i}", f"answer 2 of {i}", f"answer 3 of {i}", {"verify:math": 1.0, "rm": 0.9},
+                              {"verify:math": 0.0, "rm": 0.0}, 4, 4))
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "scores.jsonl", scores)
+    report = write_report(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "report")
+    line = next(line for line in report.lines if "same best generated candidate" in line)
+    assert "same best generated candidate on 100% of prompts" in line, line
+
+
+@pytest.mark.parametrize("with_scores", [True, False])
+def test_diversity_counts_the_policys_samples_not_the_reference(tmp_path, with_scores):
+    """--n 2 --include-reference, each prompt's two samples alike: every prompt has 1 distinct sample. The reference,
+    counted as a candidate, hid it (0%, no warning), from the scores file and from the pairs' num_unique alike."""
+    pairs, scores = [], []
+    outcomes = [{"rsample_run": "x", "settings": {"sampling": {"n": 2}, "include_reference": True}}]
+    for i in range(10):
+        scores += [score_row(f"p{i}", 0, f"same {i}", {"rm": 0.0}), score_row(f"p{i}", 2, f"reference {i}", {"rm": 1.0}, "reference", True)]
+        pairs.append(pair_row(f"p{i}", f"reference {i}", f"same {i}", {"rm": 1.0}, {"rm": 0.0}, 3, 2, chosen_finish_reason="reference",
+                              reference_completion=f"reference {i}", reference_completion_score={"rm": 1.0}))
+        outcomes.append({"row_index": i, "prompt_id": f"p{i}", "outcome": "pair", "reason": None})
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "scores.jsonl", scores)
+    write_jsonl(tmp_path / "pairs.outcomes.jsonl", outcomes)
+    report = write_report(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl" if with_scores else None, tmp_path / "report")
+    assert "distinct candidates per prompt: mean 1.0; 1 on 100% of prompts" in report.lines, report.lines
+    assert any(warning.startswith("low diversity") for warning in report.warnings), report.warnings
+
+
+def test_a_reference_merged_with_a_sample_is_one_of_the_samples_in_the_pairs_count():
+    from rsample.producer.report.stats import RunNumbers, add_pair
+
+    numbers = RunNumbers()
+    merged = pair_row("p", "Paris", "Lyon", {"rm": 1.0}, {"rm": 0.0}, 5, 2, reference_completion="Paris ",
+                      reference_completion_score={"rm": 1.0})  # the chosen is the reference's text, with a sample's finish
+    apart = pair_row("q", "Paris", "Lyon", {"rm": 1.0}, {"rm": 0.0}, 5, 3, reference_completion="Nice",
+                     reference_completion_score={"rm": 0.5})
+    add_pair(numbers, merged)
+    add_pair(numbers, apart)
+    assert numbers.unique_per_prompt == Counter({2: 2})
+
+
+def test_live_numbers_of_a_resume_without_a_scores_file_leave_out_the_candidates_figures(tmp_path):
+    """The earlier sessions' candidates are in no file: truncation and length correlation would be this session's alone,
+    beside the whole run's pairs and margins."""
+    from rsample.producer.report.live import LiveNumbers
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5)])
+    live = LiveNumbers()
+    live.start_from(pairs, None)
+    later = [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5, 9)]
+    live.add(later, [score_row(p["prompt_id"], k, text, {"m": float(k)}, "length" if k else "stop")
+                     for p in later for k, text in enumerate(("y", "x" * 12, "z" * 20))])
+    numbers = json.loads(live.summary())
+    assert numbers["pairs"] == 9 and numbers["models"]["m"]["margin_mean"] == pytest.approx(sum(range(9)) / 9)
+    assert numbers["truncated"] is None and numbers["models"]["m"]["length_rho"] is None
+    fresh = LiveNumbers()
+    fresh.start_from(tmp_path / "none.jsonl", None)
+    fresh.add(later, [score_row(p["prompt_id"], k, "x" * k, {"m": float(k)}, "length" if k == 1 else "stop")
+                      for p in later for k in range(3)])
+    assert json.loads(fresh.summary())["truncated"] == round(1 / 3, 4)  # a fresh run's candidates are all this session's
+
+
+def test_the_end_summary_says_when_its_counts_are_this_sessions():
+    from rsample.producer.driver.summary import summarize
+
+    summary = summarize(Counter(pair=3), Counter(), 12, 40, 2.0, unscored={"rm": (3, 12)})
+    assert "WARNING rm gave no score to 3 of 12 generated candidates (25.0%" in "\n".join(summary.lines())
+    resumed = "\n".join(dataclasses.replace(summary, resumed=True).lines())
+    assert "WARNING rm gave no score to 3 of 12 generated candidates this session (25.0%" in resumed
+    assert "completions          12 in 2.0 s (6.00/s, 20.0 tokens/s): this session's (the run was resumed)" in resumed
+
+
+def test_a_single_value_has_no_spread(tmp_path):
+    write_jsonl(tmp_path / "pairs.jsonl", [pair_row("p", "long answer", "no", {"rm": 1.0}, {"rm": 0.0}, 2, 2)])
+    report = write_report(tmp_path / "pairs.jsonl", None, tmp_path / "report")
+    assert "  margin mean 1.000, std n/a (one value)" in report.lines

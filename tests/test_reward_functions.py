@@ -69,7 +69,7 @@ def test_the_function_gets_the_candidates_and_the_rows_extra_columns(reward_modu
         {"fn:my_rewards:hashes": 3.0}, {"fn:my_rewards:hashes": 1.0})
     assert re.search(r"dropped, tie +1\n", result.stdout)  # no '*' in any echo: all score 0
     assert "fewer than two candidates scored by every reward model (too long for its context, or given no score): 1" in result.stdout
-    assert ("WARNING fn:my_rewards:hashes gave no score to 3 of 9 candidates (33.3%; longer than its context or its device's "
+    assert ("WARNING fn:my_rewards:hashes gave no score to 3 of 9 generated candidates (33.3%; longer than its context or its device's "
             "memory, a score that was no number, or its function returned None): pairs are chosen among the others") in result.stdout
 
 

@@ -72,6 +72,7 @@ class Coordinator:
                 "session_completions_before": int(found.get("completions_generated")),
                 "session_tokens_before": int(found.get("tokens_generated")),
             })
+            self._resumed = bool(self.ledger.rows) or found.get("completions_generated") > 0  # an earlier session's work
             self._baseline = {name: found.get(name) for name in self._session_counters()}
             """The counters as this session found them: its summary counts what it added (a shared Redis keeps earlier ones)."""
             self._publish_outcomes()
@@ -358,6 +359,7 @@ class Coordinator:
                     for index, name in enumerate(self.config.score_names)}
         summary = summarize(outcomes, reasons, added("completions_generated"), added("tokens_generated"), time.time() - self.started_at,
                             self.ledger.sft_written if self.ledger.sft_out else None, unscored)
+        summary = dataclasses.replace(summary, resumed=self._resumed)
         return dataclasses.replace(summary, counted_since_loss=True) if self._counters_lost else summary
 
     def run(self, on_progress: Callable[[], None] | None = None, check: Callable[[], None] | None = None) -> None:
@@ -372,8 +374,22 @@ class Coordinator:
             self._publish_outcomes()
             self.collector.publish_live()
             self.client.hsetnx(self.keys.stats, "finished_at", time.time())  # `rsample status`: how long the run took
+        except BaseException as exc:
+            if not isinstance(exc, redis.RedisError):  # stopped (Ctrl-C, SIGTERM, an abort): Redis is there to be told
+                self._publish_what_was_written()
+            raise
         finally:
             self.close()
+
+    def _publish_what_was_written(self) -> None:
+        """A coordinator stopped before the end publishes what it wrote since its last publication, so that `rsample status`
+        does not show numbers up to 10 s older than the files until another coordinator starts."""
+        try:
+            self._publish_outcomes()
+            if self.collector.live.added and not self.collector.live.reading():  # never wait for a resume's counting here
+                self.collector.publish_live()
+        except Exception as exc:
+            log.debug("run %s: the last numbers were not published: %s", self.config.run_id, exc)
 
     def close(self) -> None:
         try:

@@ -40,6 +40,8 @@ class Summary:
     """Rows of the SFT file (`--sft-out`), None without one."""
     unscored: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Per reward (score name): candidates it gave no score, of those it was given, this session (see `completions`)."""
+    resumed: bool = False
+    """Earlier sessions wrote rows of this run: the completions and unscored counts are this session's alone."""
     counted_since_loss: bool = False
     """Redis lost the run's counters this session (a restart without persistence, an eviction): the completions, tokens
     and unscored counts are those since."""
@@ -76,12 +78,14 @@ class Summary:
         out.append(
             f"completions          {self.completions_generated} in {self.seconds:.1f} s "
             f"({self.completions_per_second:.2f}/s, {self.tokens_per_second:.1f} tokens/s)"
-            + (": counted since Redis lost the run's counters, the rates too" if self.counted_since_loss else "")
+            + (": counted since Redis lost the run's counters, the rates too" if self.counted_since_loss
+               else ": this session's (the run was resumed)" if self.resumed else "")
         )
+        session = " this session" if self.resumed or self.counted_since_loss else ""
         for name, (unscored, given) in self.unscored.items():
             if unscored:  # pairs come from the others only: with many, a bias towards short candidates, say
                 warning = "WARNING " if unscored >= UNSCORED_WARNING * given else ""
-                out.append(f"{warning}{name} gave no score to {unscored} of {given} candidates ({unscored / given:.1%}; longer than "
+                out.append(f"{warning}{name} gave no score to {unscored} of {given} generated candidates{session} ({unscored / given:.1%}; longer than "
                            "its context or its device's memory, a score that was no number, or its function returned None): pairs are "
                            "chosen among the others")
         return out

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsample.producer.report.figures import draw_all
+from rsample.producer.report.sample import Moments
 from rsample.producer.report.stats import LOW_DIVERSITY, SMALL_MARGIN, RunNumbers, read_run
 
 
@@ -42,10 +43,10 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
         lines.append(f"reward model {name}:")
         if model.margin_moments.count:
             small = model.small_margin_share
-            lines.append(f"  margin mean {model.margin_moments.mean:.3f}, std {model.margin_moments.std:.3f}"
+            lines.append(f"  margin mean {model.margin_moments.mean:.3f}, std {spread(model.margin_moments)}"
                          + (f"; {small:.0%} under {SMALL_MARGIN} score std{approx(model.margins)}" if small is not None else ""))
         if model.candidate_moments.count:
-            lines.append(f"  generated candidates' scores mean {model.candidate_moments.mean:.3f}, std {model.candidate_moments.std:.3f}")
+            lines.append(f"  generated candidates' scores mean {model.candidate_moments.mean:.3f}, std {spread(model.candidate_moments)}")
         if model.unscored:
             given = model.unscored + model.candidate_moments.count
             lines.append(f"  gave no score to {model.unscored:,} of {given:,} generated candidates ({model.unscored / given:.1%}): pairs "
@@ -76,6 +77,11 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
     elif not numbers.has_scores:
         lines.append("no scores file: give --scores for candidates' scores, length correlation, agreement and truncation")
     return lines
+
+
+def spread(moments: Moments) -> str:
+    """A standard deviation, or what it is when one value cannot give one."""
+    return f"{moments.std:.3f}" if moments.count > 1 else "n/a (one value)"
 
 
 def write_report(pairs: Path, scores: Path | None, out_dir: Path, reasoning_end: str | None = None) -> Report:

@@ -28,6 +28,8 @@ class LiveNumbers:
         self._pending: list[tuple[list[dict], list[dict]]] = []
         self.added = False
         """Whether rows were added (committed by this process)."""
+        self.candidates_unknown = False
+        """The candidates of earlier sessions are not counted (a resume without a scores file): their figures are left out."""
 
     def start_from(self, pairs: Path, scores: Path | None) -> None:
         """Counts the rows the files hold already (a resumed run, a coordinator taking over), so that the numbers are the
@@ -36,6 +38,9 @@ class LiveNumbers:
         ends = [path.stat().st_size if path is not None and path.exists() else 0 for path in (pairs, scores)]
         if not any(ends):
             return
+        # with no scores file the earlier sessions' candidates cannot be counted: their figures would be this session's
+        # alone, beside the whole run's pairs and margins
+        self.candidates_unknown = scores is None and ends[0] > 0
 
         def read() -> None:
             numbers = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=self.reasoning_end)
@@ -90,11 +95,11 @@ class LiveNumbers:
         numbers = self.numbers
         models = {}
         for name, model in numbers.models.items():
-            rho = model.length_rho
+            rho = None if self.candidates_unknown else model.length_rho
             models[name] = {"margin_mean": round(model.margin_moments.mean, 4) if model.margin_moments.count else None,
                             "length_rho": None if rho is None else round(rho, 3)}
         return json.dumps({
             "pairs": numbers.pairs, "models": models,
             "chosen_longer": None if numbers.chosen_longer_share is None else round(numbers.chosen_longer_share, 4),
-            "truncated": round(numbers.truncated / numbers.samples, 4) if numbers.samples else None,
+            "truncated": round(numbers.truncated / numbers.samples, 4) if numbers.samples and not self.candidates_unknown else None,
         })

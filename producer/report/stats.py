@@ -124,6 +124,9 @@ class RunNumbers:
     """Prompts by their distinct candidates: every scored prompt's (from the scores file, else the pairs alone), and the
     prompts dropped as identical (1)."""
     unique_in_scores: Counter = field(default_factory=Counter)
+    """Prompts by their rows in the scores file (the reference's included)."""
+    distinct_samples_in_scores: Counter = field(default_factory=Counter)
+    """Prompts by their distinct generated candidates in the scores file (a reference apart from every sample left out)."""
     candidates: int = 0
     """Distinct generated candidates (the scores file's rows, the reference left out)."""
     samples: int = 0
@@ -197,8 +200,11 @@ class RunNumbers:
 
 
 def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: str | None = None) -> RunNumbers:
-    numbers = RunNumbers(reasoning_end=reasoning_end)
-    numbers.samples_per_prompt = output_header(pairs_path).get("settings", {}).get("sampling", {}).get("n")
+    settings = output_header(pairs_path).get("settings", {})
+    # the run's own marker unless one is given: without it, a reasoning run's report warned that the rewards read the
+    # thinking (they did not) and measured lengths on the thinking
+    numbers = RunNumbers(reasoning_end=reasoning_end or settings.get("reasoning_end"))
+    numbers.samples_per_prompt = settings.get("sampling", {}).get("n")
     for row in rows_of(pairs_path, "pairs", "--out", ("chosen", "rejected")):
         add_pair(numbers, row)
     outcomes_path = pairs_path.with_name(f"{pairs_path.stem}.outcomes.jsonl")
@@ -210,7 +216,7 @@ def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: s
     if scores_path is not None and scores_path.exists():
         numbers.has_scores = True
         add_score_rows(numbers, rows_of(scores_path, "scores", "--scores-out", ("prompt_id", "scores")))
-        numbers.unique_per_prompt = Counter(numbers.unique_in_scores)  # every scored prompt's, not the pairs' alone
+        numbers.unique_per_prompt = Counter(numbers.distinct_samples_in_scores)  # every scored prompt's, not the pairs' alone
     # prompts dropped as identical: 1 distinct candidate; with --sft they were scored, and the scores file has them already
     unscored_identical = numbers.outcomes["dropped_identical"] - (numbers.unique_in_scores[1] if numbers.has_scores else 0)
     if unscored_identical > 0:
@@ -230,13 +236,24 @@ def add_score_rows(numbers: RunNumbers, rows: Iterable[dict]) -> None:
         add_prompt_scores(numbers, group)
 
 
+def reference_apart(row: dict) -> bool:
+    """Whether a pair's `num_unique` counts the dataset's reference as a candidate of its own, which diversity leaves
+    out (it is no sample of the policy): it was scored, and no sample merged with it, as far as the pair shows (a side
+    that is the reference's text with a sample's finish reason)."""
+    reference = row.get("reference_completion")
+    if row.get("reference_completion_score") is None or reference is None:
+        return False
+    return not any(row[side][-1].get("content") == reference.strip() and row.get(f"{side}_finish_reason") not in (None, "reference")
+                   for side in ("chosen", "rejected"))
+
+
 def add_pair(numbers: RunNumbers, row: dict) -> None:
     numbers.pairs += 1
     chosen, rejected = numbers.length(row["chosen"][-1]["content"]), numbers.length(row["rejected"][-1]["content"])
     numbers.chosen_longer += chosen > rejected
     numbers.length_pairs.add((chosen, rejected))
     if "num_unique" in row:
-        numbers.unique_per_prompt[row["num_unique"]] += 1
+        numbers.unique_per_prompt[row["num_unique"] - reference_apart(row)] += 1
     for name, chosen_score in (row.get("chosen_score") or {}).items():
         rejected_score = (row.get("rejected_score") or {}).get(name)
         model = numbers.model(name)
@@ -254,9 +271,15 @@ def samples_in(row: dict) -> int:
     return count if isinstance(count, int) and not isinstance(count, bool) else 1
 
 
+def best_of(scored: list[tuple[float, float]], model: int) -> set[int]:
+    best = max(both[model] for both in scored)
+    return {index for index, both in enumerate(scored) if both[model] == best}
+
+
 def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
     numbers.unique_in_scores[len(group)] += 1  # one row per distinct candidate, as a pair's num_unique
     generated = [row for row in group if row.get("finish_reason") != "reference"]  # a sample the reference merged with counts
+    numbers.distinct_samples_in_scores[len(generated)] += 1
     if generated:
         numbers.candidates += len(generated)
         samples = sum(map(samples_in, generated))
@@ -288,5 +311,5 @@ def add_prompt_scores(numbers: RunNumbers, group: list[dict]) -> None:
             continue
         agreement = numbers.agreement.setdefault((first, second), Agreement())
         agreement.prompts += 1
-        agreement.same_best += max(range(len(both)), key=lambda i: both[i][0]) == max(range(len(both)), key=lambda i: both[i][1])
+        agreement.same_best += bool(best_of(both, 0) & best_of(both, 1))  # a tie (a verifier's) agrees with any of its best
         agreement.order_sample.add(both)

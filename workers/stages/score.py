@@ -93,11 +93,14 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
         verdicts = score_isolating_failures(backend, model_index, to_score, context.config.reasoning_end)
     seconds = time.perf_counter() - started
     num_conversations = sum(len(p.candidates) for p in to_score)
-    unscored = sum(score is None for verdict in verdicts.values() for score in verdict["scores"] or ())
+    # the end summary's "gave no score to N of M candidates" counts the policy's candidates, as the report does
+    generated = sum(p.samples_in(c) > 0 for p in to_score for c in p.candidates)
+    unscored = sum(score is None and prompt.samples_in(candidate) > 0 for prompt in to_score
+                   for candidate, score in zip(prompt.candidates, verdicts.get(prompt.prompt.prompt_id, {}).get("scores") or ()))
     with client.pipeline() as pipe:  # MULTI: exactly one scorer sees the last model arrive
         pipe.hset(keys.scores(batch_id), str(model_index), json.dumps(verdicts))
         pipe.hlen(keys.scores(batch_id))
-        pipe.hincrby(keys.stats, f"completions_scored:{model_index}", num_conversations)
+        pipe.hincrby(keys.stats, f"completions_scored:{model_index}", generated)
         pipe.hincrby(keys.stats, f"completions_unscored:{model_index}", unscored)  # the end summary says how many
         pipe.hincrbyfloat(keys.stats, f"scoring_seconds:{model_index}", seconds)
         models_done = pipe.execute()[1]
