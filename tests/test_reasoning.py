@@ -225,3 +225,44 @@ def test_a_marker_the_template_already_wrote_into_the_prompt_is_refused(thinking
         "error: --reasoning-end '</think>': the policy's chat template closes the thinking in the prompt itself with these "
         "--chat-template-kwargs, so no completion would hold the marker and none could be chosen; leave --reasoning-end out")), refused.stderr
     assert rsample(*common, "--chat-template-kwargs", '{"enable_thinking": true}').stdout.strip()  # it thinks: the run is made
+
+
+R1_LIKE = QWEN3_LIKE.replace("{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}",
+                             "<think>\n")  # DeepSeek-R1's generation prompt opens the thinking for the model
+
+
+def test_a_sample_starts_with_the_thinking_its_template_opened(thinking_policy, tmp_path):
+    """R1's template opens `<think>\\n` in the generation prompt: the completion holds only the closing marker, and an
+    SFT trace of it had no opening. The sample is what the template opened, then the completion."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from rsample.workers.stages.generate import with_opened_thinking
+
+    path = tmp_path / "r1-like"
+    shutil.copytree(thinking_policy, path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = R1_LIKE
+    tokenizer.save_pretrained(path)
+    prompts = [[{"role": "user", "content": "write a poem about the river"}], [{"role": "user", "content": "<think> name a city"}]]
+    config = RunConfig(run_id="r", data=DataSelection("d"), policy=str(path), reward_models=("rm",), reasoning_end=END,
+                       sampling=SamplingConfig(n=2, temperature=1.0, top_k=1, max_new_tokens=12))
+    generator = TransformersGenerator(str(path), "float32")
+    results = with_opened_thinking(generator, prompts, generator.generate(prompts, config.sampling, seed=0), config)
+    for prompt, result in zip(prompts, results):
+        expected = "<think>\n" + greedy_oracle(str(path), prompt, 12)  # the user's own "<think>" is not the template's
+        assert [c.text for c in result.completions] == [expected, expected]
+    plain = RunConfig(run_id="r", data=DataSelection("d"), policy=thinking_policy, reward_models=("rm",), reasoning_end=END,
+                      sampling=config.sampling)
+    as_is = TransformersGenerator(thinking_policy, "float32")
+    assert [c.text for c in with_opened_thinking(as_is, prompts[:1], as_is.generate(prompts[:1], config.sampling, seed=0), plain)[0].completions] == [
+        greedy_oracle(thinking_policy, prompts[0], 12)] * 2  # a template that opens nothing: the completion as it is
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": f"name a river number {i}"} for i in range(3)])
+    scores = tmp_path / "scores.jsonl"
+    rsample("run", "--dataset", str(dataset), "--policy", str(path), "--reward-model", "r", "--reward-backend", "length", "--n", "3",
+            "--temperature", "1.0", "--top-k", "0", "--max-new-tokens", "8", "--reasoning-end", END, "--sft", "--sft-out",
+            str(tmp_path / "sft.jsonl"), "--out", str(tmp_path / "pairs.jsonl"), "--scores-out", str(scores), "--no-progress")
+    rows = read_jsonl(scores)
+    assert rows and all(row["completion"].startswith("<think>\n") for row in rows)  # through the generation job, as it runs

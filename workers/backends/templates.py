@@ -12,6 +12,7 @@ from rsample.workers.backends.base import PromptCompletions
 from rsample.workers.common.config import SamplingConfig
 from rsample.workers.common.errors import RejectedInput, first_line
 from rsample.workers.common.messages import Conversation
+from rsample.workers.common.reasoning import opening_marker
 
 
 def render(tokenizer, prompt: Conversation, template_kwargs: dict | None = None) -> list[int]:
@@ -19,6 +20,25 @@ def render(tokenizer, prompt: Conversation, template_kwargs: dict | None = None)
     are the run's `--chat-template-kwargs` (Qwen3's `enable_thinking`)."""
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **(template_kwargs or {}))
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def opened_thinking(tokenizer, prompt: Conversation, template_kwargs: dict | None, reasoning_end: str | None) -> str:
+    """The thinking the policy's template opens in the generation prompt, which the completion continues: `<think>\\n`
+    (DeepSeek-R1's, QwQ's); "" where it opens none. Found in what the generation prompt adds to the conversation, never
+    in the conversation's own text. (A template that closes the thinking there too is refused with --reasoning-end.)"""
+    start = opening_marker(reasoning_end)
+    if start is None:
+        return ""
+    try:
+        opened = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **(template_kwargs or {}))
+        closed = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=False, **(template_kwargs or {}))
+    except TemplateError:
+        return ""
+    if not opened.startswith(closed):
+        return ""
+    added = opened[len(closed):]
+    at = added.rfind(start)
+    return added[at:] if at >= 0 else ""
 
 
 def render_fitting(tokenizer, prompts: list[Conversation], context: int, sampling: SamplingConfig):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 
 from rsample.workers.backends.base import GenerationBackend, ProgressCallback, PromptCompletions
+from rsample.workers.backends.templates import opened_thinking
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.messages import Conversation, GeneratedBatch, PromptRecord, failure_reason
+from rsample.workers.common.reasoning import opening_marker
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import LiveReporter
@@ -57,6 +60,26 @@ def generate_isolating_failures(backend: GenerationBackend, prompts: list[Conver
     )
 
 
+def with_opened_thinking(backend: GenerationBackend, prompts: list[Conversation], results: list[PromptCompletions],
+                         config: RunConfig) -> list[PromptCompletions]:
+    """Each sample as the policy wrote it: the thinking its template opened (`opened_thinking`), then the completion: a
+    reasoning trace without its opening marker is no whole trace for SFT. A completion that opens the thinking again
+    is left as it is."""
+    tokenizer = getattr(backend, "tokenizer", None)  # the model backends' own; the zero-cost one has none
+    if tokenizer is None or opening_marker(config.reasoning_end) is None:
+        return results
+    out = []
+    for prompt, result in zip(prompts, results):
+        opened = opened_thinking(tokenizer, prompt, config.sampling.chat_template_kwargs, config.reasoning_end) if result.completions else ""
+        if opened:
+            marker = opening_marker(config.reasoning_end)
+            result = dataclasses.replace(result, completions=[
+                c if c.reasoning is not None or c.text.startswith(marker) else dataclasses.replace(c, text=opened + c.text)
+                for c in result.completions])
+        out.append(result)
+    return out
+
+
 def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     """The generation job (RQ calls it by name with JSON arguments): the batch's candidates go to Redis, then to scoring."""
     context = worker_context.current(run_id)
@@ -68,6 +91,7 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
         results = generate_isolating_failures(context.generator, [r.messages for r in records], config,
                                               batch_seed(config, records[0].row_index), live)
     seconds = time.perf_counter() - started
+    results = with_opened_thinking(context.generator, [r.messages for r in records], results, config)
     generated = [merge_candidates(r, res, config.include_reference, config.reasoning_end) for r, res in zip(records, results)]
     completions = sum(len(res.completions) for res in results)
     tokens = sum(c.num_tokens for res in results for c in res.completions)
