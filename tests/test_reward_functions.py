@@ -38,6 +38,10 @@ def numpy_scalars(conversations, rows):
     return [numpy.float32(len(c[-1]["content"])) for c in conversations]
 
 
+def all_but_references(conversations, rows):
+    return [None if c[-1]["content"].startswith("REF") else float(len(c[-1]["content"])) for c in conversations]
+
+
 def right_answer(conversations, rows):
     """A correctness reward of one's own reads the row's answer: no score without it (the marks count otherwise)"""
     return [float(c[-1]["content"].count("#")) if row and row.get("solution") else None for c, row in zip(conversations, rows)]
@@ -180,3 +184,13 @@ def test_a_function_gets_the_answer_column_it_is_given(reward_module, tmp_path):
     pairs = {row["messages"][0]["content"]: row for row in read_jsonl(out)}
     assert set(pairs) == {"say 2", "say 3"}
     assert {row["chosen_score"]["fn:my_rewards:right_answer"] for row in pairs.values()} == {3.0}  # --n 3: 1 to 3 marks
+
+
+def test_a_reference_left_unscored_is_not_counted_among_the_generated_candidates(reward_module, tmp_path):
+    """The end summary said "gave no score to 2 of 8 candidates (25.0%)", counting the references it was given, where
+    the report (which leaves references out) counts none of the 6 samples: a warning about nothing."""
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": f"count to {i}", "completion": "REF answer"} for i in range(2)])
+    out = tmp_path / "pairs.jsonl"
+    result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:all_but_references",
+                     "--reference-column", "completion", "--include-reference", "--out", str(out), "--no-progress")
+    assert len(read_jsonl(out)) == 2 and "gave no score" not in result.stdout, result.stdout
