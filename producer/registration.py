@@ -130,7 +130,8 @@ def check_policy_template(config: RunConfig, prompts: list[list[dict]]) -> None:
         system = _system_text(messages)
         if dropped_system is None and system and system not in text:
             dropped_system = system
-        elif dropped_from_rows is None and system and system not in _render_with_answer(tokenizer, messages, config):
+        elif dropped_from_rows is None and system and (row := _render_with_answer(tokenizer, messages, config)) is not None \
+                and system not in row:
             dropped_from_rows = system
     if refusals:
         why, count = refusals.most_common(1)[0][0], sum(refusals.values())
@@ -152,16 +153,16 @@ def _system_text(messages: list[dict]) -> str | None:
     return system.strip() if system and system.strip() else None
 
 
-def _render_with_answer(tokenizer, messages: list[dict], config: RunConfig) -> str:
-    """A prompt with an answer, as a trainer renders an output row; "" where the template refuses it (not a row's shape
-    this check can judge)."""
+def _render_with_answer(tokenizer, messages: list[dict], config: RunConfig) -> str | None:
+    """A prompt with an answer, as a trainer renders an output row; None where the template refuses it (not a row's
+    shape this check can judge)."""
     from jinja2 import TemplateError
 
     try:
         return tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": "An answer."}], tokenize=False,
                                              **config.sampling.chat_template_kwargs)
     except TemplateError:
-        return ""
+        return None
 
 
 def check_reward_templates(config: RunConfig, prompts: list[list[dict]]) -> None:

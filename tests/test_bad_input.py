@@ -278,6 +278,33 @@ def test_a_template_that_keeps_the_system_turn_only_before_the_answer_is_said(ti
     assert "system turn" not in enqueue(policy, reward, "--seed", "2")  # no system turn in the prompts: nothing to say
 
 
+def test_a_template_that_refuses_an_answer_turn_is_not_said_to_drop_the_system_turn(tiny_models, tmp_path, caplog):
+    """A template that refuses a conversation ending with an answer says nothing of where it puts the system turn: it was
+    said to drop it (the check compared the system text with the empty rendering of a refusal)."""
+    import logging
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from rsample.producer.registration import check_policy_template
+    from rsample.workers.common.config import DataSelection, RunConfig
+
+    path = tmp_path / "policy"
+    shutil.copytree(tiny_models["policy"], path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = (
+        "{% if messages[-1]['role'] == 'assistant' %}{{ raise_exception('generation prompts only') }}{% endif %}"
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    tokenizer.save_pretrained(path)
+    config = RunConfig(run_id="r", data=DataSelection("d"), policy=str(path), reward_models=("rm",))
+    prompts = [[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]]
+    assert "be brief" in tokenizer.apply_chat_template(prompts[0], tokenize=False, add_generation_prompt=True)
+    with caplog.at_level(logging.WARNING):
+        check_policy_template(config, prompts)
+    assert "keeps the system turn" not in caplog.text, caplog.text
+
+
 def test_rows_the_workers_skip_are_logged_a_few_per_reason_and_counted_beyond(caplog):
     import logging
 

@@ -256,8 +256,9 @@ def test_a_sample_starts_with_the_thinking_its_template_opened(thinking_policy, 
     plain = RunConfig(run_id="r", data=DataSelection("d"), policy=thinking_policy, reward_models=("rm",), reasoning_end=END,
                       sampling=config.sampling)
     as_is = TransformersGenerator(thinking_policy, "float32")
-    assert [c.text for c in with_opened_thinking(as_is, prompts[:1], as_is.generate(prompts[:1], config.sampling, seed=0), plain)[0].completions] == [
-        greedy_oracle(thinking_policy, prompts[0], 12)] * 2  # a template that opens nothing: the completion as it is
+    unopened = with_opened_thinking(as_is, prompts, as_is.generate(prompts, config.sampling, seed=0), plain)
+    for prompt, result in zip(prompts, unopened):  # a template that opens nothing, the user's "<think>" whatever: as it is
+        assert [c.text for c in result.completions] == [greedy_oracle(thinking_policy, prompt, 12)] * 2
 
     dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": f"name a river number {i}"} for i in range(3)])
     scores = tmp_path / "scores.jsonl"

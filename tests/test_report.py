@@ -4,12 +4,13 @@ then, real PNG figures, and files that are still being written."""
 import dataclasses
 import json
 import random
+import threading
 from collections import Counter
 from itertools import combinations
 
 import matplotlib.image
 import pytest
-from conftest import read_jsonl, rsample, write_jsonl
+from conftest import CHAT_ROWS, read_jsonl, rsample, write_jsonl
 
 from rsample.producer.report.document import write_report
 from rsample.producer.report.sample import Reservoir, spearman
@@ -322,7 +323,6 @@ def test_the_report_reads_an_outcomes_file_whose_header_a_crash_cut(tmp_path):
 def test_a_coordinator_stopped_before_the_end_publishes_what_it_wrote(redis_client, tmp_path):
     """The live numbers are published at most every 10 s: a coordinator stopped (Ctrl-C, SIGTERM) between two
     publications left `rsample status` showing fewer pairs than the files hold, until another coordinator started."""
-    from conftest import CHAT_ROWS
 
     from rsample.producer.driver.coordinator import Coordinator
     from rsample.producer.registration import register_run
@@ -488,3 +488,102 @@ def test_a_single_value_has_no_spread(tmp_path):
     write_jsonl(tmp_path / "pairs.jsonl", [pair_row("p", "long answer", "no", {"rm": 1.0}, {"rm": 0.0}, 2, 2)])
     report = write_report(tmp_path / "pairs.jsonl", None, tmp_path / "report")
     assert "  margin mean 1.000, std n/a (one value)" in report.lines
+
+
+def test_diversity_from_pairs_of_a_thinking_run_with_a_merged_reference():
+    """--reasoning-end with --include-reference: a sample with the reference's answer merges with it, and the pair's
+    side holds the sample's whole text (thinking included): compared by answer, as dedup merges them, it is one of the
+    2 distinct samples (compared whole, 1: a false low diversity)."""
+    from rsample.producer.report.stats import RunNumbers, add_pair
+
+    prompt = [{"role": "user", "content": "capital of France?"}]
+    row = {"prompt_id": "p", "messages": prompt,
+           "chosen": prompt + [{"role": "assistant", "content": "<think>\nhmm</think>\n\nParis"}],
+           "rejected": prompt + [{"role": "assistant", "content": "<think>\nhmm</think>\n\nLyon"}],
+           "chosen_score": {"rm": 1.0}, "rejected_score": {"rm": 0.0}, "reference_completion": "Paris",
+           "reference_completion_score": {"rm": 1.0}, "num_candidates": 3, "num_unique": 2,
+           "chosen_finish_reason": "stop", "rejected_finish_reason": "stop"}
+    numbers = RunNumbers(reasoning_end="</think>")
+    add_pair(numbers, row)
+    assert numbers.unique_per_prompt == Counter({2: 1})
+
+
+def test_live_numbers_of_a_resume_that_adds_a_scores_file_leave_out_the_candidates_figures(tmp_path):
+    """A resume may add --scores-out: the new scores file is empty while the pairs file holds the earlier sessions' rows,
+    whose candidates are then as unknown as with no scores file at all."""
+    from rsample.producer.report.live import LiveNumbers
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5)])
+    scores = tmp_path / "scores.jsonl"  # given from this session on: not there yet (or empty)
+    live = LiveNumbers()
+    live.start_from(pairs, scores)
+    later = [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5, 9)]
+    live.add(later, [score_row(p["prompt_id"], k, text, {"m": float(k)}, "length" if k else "stop")
+                     for p in later for k, text in enumerate(("y", "x" * 12, "z" * 20))])
+    numbers = json.loads(live.summary())
+    assert numbers["pairs"] == 9
+    assert numbers["truncated"] is None, numbers  # 4 of 9 prompts' candidates known: 2/3 is not the run's share
+
+
+def test_a_coordinator_stopped_while_redis_is_away_still_exits(redis_server, tmp_path):
+    """Ctrl-C / SIGTERM while Redis is away (the coordinator waits through outages with its patient client): publishing
+    its last numbers waited for Redis forever, where the lock's release is bounded on purpose."""
+    from rsample.producer.driver.coordinator import Coordinator
+    from rsample.producer.registration import register_run
+    from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig, SamplingConfig
+    from rsample.workers.runtime.connection import connect
+
+    client = connect(redis_server.url)  # patient, as the coordinator's (`rsample run` / `rsample coordinate`)
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("len",),
+                       sampling=SamplingConfig(n=2), models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(client, config)
+    coordinator = Coordinator(client, config, tmp_path / "pairs.jsonl")
+
+    class Stopped(KeyboardInterrupt):
+        pass
+
+    def stop() -> None:
+        redis_server.stop()  # Redis goes away; then the user presses Ctrl-C
+        raise Stopped
+
+    outcome = []
+
+    def run() -> None:
+        try:
+            coordinator.run(check=stop)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)  # the last numbers and the lock's release are bounded by LOCK_RELEASE_SECONDS each
+    try:
+        assert not thread.is_alive(), "coordinator.run() still blocked 30 s after it was stopped (Redis away)"
+        assert isinstance(outcome[0], Stopped)
+    finally:
+        redis_server.start()  # lets the stuck thread finish
+
+
+def test_a_coordinator_that_lost_its_lock_does_not_overwrite_the_new_owners_numbers(redis_client, tmp_path):
+    """A coordinator stopped because another took the run over must not publish its numbers over the new owner's, which
+    `rsample status` would show until the new owner's next commit."""
+    from rsample.producer.driver.coordinator import Coordinator
+    from rsample.producer.registration import register_run
+    from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig
+    from rsample.workers.common.errors import RsampleError
+    from rsample.workers.runtime.keys import RunKeys
+
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",),
+                       models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+    keys = RunKeys(config.run_id)
+    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    redis_client.set(keys.coordinator_lock, "elsewhere:1:intruder")  # another coordinator took over...
+    theirs = json.dumps({"pair": 7})
+    redis_client.hset(keys.stats, mapping={"outcomes": theirs})  # ...and published its numbers
+    with pytest.raises(RsampleError, match="took over"):
+        coordinator.run()
+    assert redis_client.hget(keys.stats, "outcomes").decode() == theirs

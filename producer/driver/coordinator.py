@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -381,15 +382,25 @@ class Coordinator:
         finally:
             self.close()
 
-    def _publish_what_was_written(self) -> None:
+    def _publish_what_was_written(self, timeout: float = defaults.LOCK_RELEASE_SECONDS) -> None:
         """A coordinator stopped before the end publishes what it wrote since its last publication, so that `rsample status`
-        does not show numbers up to 10 s older than the files until another coordinator starts."""
-        try:
-            self._publish_outcomes()
-            if self.collector.live.added and not self.collector.live.reading():  # never wait for a resume's counting here
-                self.collector.publish_live()
-        except Exception as exc:
-            log.debug("run %s: the last numbers were not published: %s", self.config.run_id, exc)
+        does not show numbers up to 10 s older than the files until another coordinator starts. Not once another
+        coordinator took over (the numbers are its own now); at most `timeout` seconds, as the lock's release: the client
+        waits for a Redis that went away, and a stopped coordinator must still exit."""
+        if self.lock.lost:
+            return
+
+        def publish() -> None:
+            try:
+                self._publish_outcomes()
+                if self.collector.live.added and not self.collector.live.reading():  # never wait for a resume's counting
+                    self.collector.publish_live()
+            except Exception as exc:
+                log.debug("run %s: the last numbers were not published: %s", self.config.run_id, exc)
+
+        publishing = threading.Thread(target=publish, name="rsample-last-numbers", daemon=True)
+        publishing.start()
+        publishing.join(timeout)
 
     def close(self) -> None:
         try:

@@ -97,6 +97,11 @@ class RunLock:
         if self._lost is not None:
             raise RsampleError(self._lost)
 
+    @property
+    def lost(self) -> bool:
+        """Another coordinator took the run over (seen at a refresh): the run's files and numbers are its now."""
+        return self._lost is not None
+
     def release(self, timeout: float = defaults.LOCK_RELEASE_SECONDS) -> None:
         """Gives the lock up for the next coordinator; at most `timeout` seconds, since the client waits for a Redis that
         is away (a coordinator stopped with its Redis must still exit): a lock not released expires on its own."""

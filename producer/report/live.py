@@ -38,9 +38,9 @@ class LiveNumbers:
         ends = [path.stat().st_size if path is not None and path.exists() else 0 for path in (pairs, scores)]
         if not any(ends):
             return
-        # with no scores file the earlier sessions' candidates cannot be counted: their figures would be this session's
-        # alone, beside the whole run's pairs and margins
-        self.candidates_unknown = scores is None and ends[0] > 0
+        # with no scores file, or one that a resume adds (empty so far), the earlier sessions' candidates cannot be counted:
+        # their figures would be this session's alone, beside the whole run's pairs and margins
+        self.candidates_unknown = ends[0] > 0 and ends[1] == 0
 
         def read() -> None:
             numbers = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=self.reasoning_end)

@@ -236,15 +236,16 @@ def add_score_rows(numbers: RunNumbers, rows: Iterable[dict]) -> None:
         add_prompt_scores(numbers, group)
 
 
-def reference_apart(row: dict) -> bool:
+def reference_apart(row: dict, reasoning_end: str | None = None) -> bool:
     """Whether a pair's `num_unique` counts the dataset's reference as a candidate of its own, which diversity leaves
     out (it is no sample of the policy): it was scored, and no sample merged with it, as far as the pair shows (a side
-    that is the reference's text with a sample's finish reason)."""
+    with the reference's answer and a sample's finish reason; samples merge with it by what the rewards read)."""
     reference = row.get("reference_completion")
-    if row.get("reference_completion_score") is None or reference is None:
+    if row.get("reference_completion_score") is None or not isinstance(reference, str):
         return False
-    return not any(row[side][-1].get("content") == reference.strip() and row.get(f"{side}_finish_reason") not in (None, "reference")
-                   for side in ("chosen", "rejected"))
+    answer = answer_part(reference.strip(), reasoning_end)
+    return not any(answer_part(row[side][-1].get("content") or "", reasoning_end) == answer
+                   and row.get(f"{side}_finish_reason") not in (None, "reference") for side in ("chosen", "rejected"))
 
 
 def add_pair(numbers: RunNumbers, row: dict) -> None:
@@ -253,7 +254,7 @@ def add_pair(numbers: RunNumbers, row: dict) -> None:
     numbers.chosen_longer += chosen > rejected
     numbers.length_pairs.add((chosen, rejected))
     if "num_unique" in row:
-        numbers.unique_per_prompt[row["num_unique"] - reference_apart(row)] += 1
+        numbers.unique_per_prompt[row["num_unique"] - reference_apart(row, numbers.reasoning_end)] += 1
     for name, chosen_score in (row.get("chosen_score") or {}).items():
         rejected_score = (row.get("rejected_score") or {}).get(name)
         model = numbers.model(name)
