@@ -395,13 +395,16 @@ def enqueue(redis_url, **params) -> None:
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 @click.option("--slots", type=int, help="Jobs run at once on the loaded model (default: 2 for vLLM generation, "
                                          f"{defaults.REWARD_SLOTS_ON_GPU} for a transformers reward worker on a GPU, else 1).")
+@click.option("--follow", is_flag=True, hidden=True, help="With --run: then move with the runs, to runs of the same models "
+                                                           "(the workers `rsample workers` starts).")
 @allow_reward_fn_option
 @worker_trust_option
-def worker(role, redis_url, run_id, gpu, indices, burst, slots, allow_functions, trust_remote_code) -> None:
-    """Start a long-lived worker: loads its model(s) once, then serves the run's jobs."""
+def worker(role, redis_url, run_id, gpu, indices, burst, slots, follow, allow_functions, trust_remote_code) -> None:
+    """Start a long-lived worker: loads its model(s) once, then serves the run's jobs (without --run, the runs in turn:
+    the next one with the models it holds, else it exits to be started again for the next run's)."""
     from rsample.workers.runtime.worker import serve
 
-    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots, allow_functions, trust_remote_code)
+    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots, allow_functions, trust_remote_code, follow)
 
 
 @main.command()

@@ -22,6 +22,11 @@ ECHO = ["--policy", "echo-policy", "--reward-model", "length-reward", "--backend
 FAST = ["--restart-backoff", "0.1"]
 
 
+def echo_with(reward: str) -> list[str]:
+    """ECHO with another reward model: another run's models."""
+    return [reward if arg == "length-reward" else arg for arg in ECHO]
+
+
 def test_gpu_lists_and_worker_plans():
     assert parse_gpus("0,1,2") == [0, 1, 2]
     assert parse_gpus("0-5") == [0, 1, 2, 3, 4, 5]
@@ -346,53 +351,73 @@ def test_which_run_workers_that_follow_the_runs_serve(redis_server, redis_client
 
 def test_workers_without_a_run_wait_for_one_and_move_to_the_next_when_it_is_finished(redis_server, chat_dataset, tmp_path):
     """Started before any run, as on a cluster: the supervisor waits, serves the first run, then the next one that is
-    enqueued, with workers started again for its models; each run is written exactly once."""
+    enqueued: with the same models, in the same worker processes (a large model loads in minutes), with other models,
+    in workers started again for them; each run is written exactly once, with its own settings."""
     log = tmp_path / "supervisor.log"
     supervisor = start_supervisor("--gpus", "0", "--role", "both", *FAST, "--log-dir", str(tmp_path / "logs"), log=log,
                                   redis_url=redis_server.url)
     run_ids = []
     try:
         wait_for(lambda: "waiting for a run" in log.read_text(), 30, "the supervisor to wait for a run", interval=0.1)
-        for n in ("3", "2"):
-            run_ids.append(rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), *ECHO, "--n", n)
+        for n, reward in (("3", "length-reward"), ("2", "length-reward"), ("4", "other-length-reward")):
+            run_ids.append(rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), *echo_with(reward), "--n", n)
                            .stdout.strip().splitlines()[-1])
             out = tmp_path / f"pairs-{n}.jsonl"
             rsample("aggregate", "--redis-url", redis_server.url, "--run", run_ids[-1], "--out", str(out), "--no-progress", timeout=120)
             assert assert_exactly_once(out, None, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
-            assert {json.loads(line)["num_candidates"] for line in out.read_text().splitlines()} == {int(n)}  # this run's own n
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+            assert {row["num_candidates"] for row in rows} == {int(n)} and {tuple(row["chosen_score"]) for row in rows} == {(reward,)}
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=30) == 0, log.read_text()
     finally:
         for run_id in run_ids:
             kill_leftovers(run_id)
-    first, second = run_ids
+    first, second, third = run_ids
     output = log.read_text()
-    assert f"run {first} is finished: moving the workers to run {second}" in output, output
+    assert f"run {first} is finished: the workers move to run {second} with the models they hold" in output, output
+    assert f"run {second} is finished: moving the workers to run {third}" in output, output
     assert output.count("started both worker on GPU 0") == 2 and output.count("stopped both worker on GPU 0") == 2
-    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == sorted(run_ids)
+    assert sorted(path.name for path in (tmp_path / "logs").iterdir()) == sorted([first, third])  # a move keeps its logs
+    worker_log = (tmp_path / "logs" / first / "both-gpu0.log").read_text()
+    assert f"this worker moves to run {second} with the models it holds" in worker_log
+    assert f"serving run {first}" in worker_log and f"serving run {second}" in worker_log
 
 
-def test_a_worker_without_a_run_exits_once_its_run_is_finished_and_another_waits(redis_server, chat_dataset, tmp_path):
-    """For whatever restarts it (Docker, Kubernetes): started again, it serves the next run."""
+def test_a_worker_without_a_run_moves_to_a_run_of_its_models_and_exits_for_another(redis_server, chat_dataset, tmp_path):
+    """The next run of the same models is served by the same process, the models kept; for another run's models the
+    worker exits, and whatever restarts it (Docker, Kubernetes) starts it again for that run."""
     first = enqueue(redis_server.url, chat_dataset)
     command = [sys.executable, "-m", "rsample.producer", "worker", "both", "--redis-url", redis_server.url]
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
     STARTED.append(worker)
     rsample("aggregate", "--redis-url", redis_server.url, "--run", first, "--out", str(tmp_path / "first.jsonl"), "--no-progress", timeout=120)
-    second = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), *ECHO, "--n", "2").stdout.strip().splitlines()[-1]
-    out = tmp_path / "second.jsonl"
-    aggregate = subprocess.Popen([sys.executable, "-m", "rsample.producer", "aggregate", "--redis-url", redis_server.url, "--run", second,
+
+    def enqueue_with(reward: str, *args: str) -> str:
+        return rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), *echo_with(reward), *args
+                       ).stdout.strip().splitlines()[-1]
+
+    second = enqueue_with("length-reward", "--n", "2")  # sampled otherwise, by the same models
+    rsample("aggregate", "--redis-url", redis_server.url, "--run", second, "--out", str(tmp_path / "second.jsonl"), "--no-progress",
+            timeout=120)
+    assert assert_exactly_once(tmp_path / "second.jsonl", None, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
+    assert worker.poll() is None and f"run {first} is finished: this worker moves to run {second} with the models it holds" in log.read_text()
+    assert log.read_text().count("loaded policy") == 1  # once, for both runs
+
+    third = enqueue_with("another-reward", "--n", "2")
+    out = tmp_path / "third.jsonl"
+    aggregate = subprocess.Popen([sys.executable, "-m", "rsample.producer", "aggregate", "--redis-url", redis_server.url, "--run", third,
                                   "--out", str(out), "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     STARTED.append(aggregate)
     assert worker.wait(timeout=60) == 0, log.read_text()
-    assert f"run {first} is finished: this worker exits, to be started again for run {second}" in log.read_text()
+    assert f"run {second} is finished: this worker exits, to be started again for run {third} (another run's models)" in log.read_text()
     restarted = subprocess.Popen(command, cwd=REPO, stdout=(tmp_path / "restarted.log").open("w"), stderr=subprocess.STDOUT)
     STARTED.append(restarted)
     try:
         assert aggregate.wait(timeout=120) == 0, aggregate.stderr.read()
         assert assert_exactly_once(out, None, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
-        assert f"serving run {second}" in (tmp_path / "restarted.log").read_text()
+        assert {tuple(json.loads(line)["chosen_score"]) for line in out.read_text().splitlines()} == {("another-reward",)}
+        assert f"serving run {third}" in (tmp_path / "restarted.log").read_text()
     finally:
         restarted.terminate()
         restarted.wait(timeout=30)

@@ -277,6 +277,14 @@ class RunConfig:
             raise RsampleError(f"--reasoning-end {self.reasoning_end!r} has spaces or line breaks around it, which completions need not "
                                f"have after the marker: give {self.reasoning_end.strip()!r}")
 
+    def models_of(self, role: str) -> tuple:
+        """What a worker of `role` loads for this run: its backends' `from_run` read nothing else. A worker that moves to
+        a run of the same keeps its models instead of loading them again (minutes for a large model on vLLM)."""
+        generation = (self.policy,)
+        scoring = (self.reward_models, self.judge_template, self.answer_column)
+        return (role, self.models, tuple(sorted(self.trust_remote_code)), *(generation if role != "reward" else ()),
+                *(scoring if role != "generate" else ()))
+
     def served_reward_models(self, indices: list[int] | tuple[int, ...] | None) -> list[int]:
         """The reward models a worker serves (`--reward-model-index`, default all), checked before any is loaded."""
         if not indices:

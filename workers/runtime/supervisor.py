@@ -5,8 +5,8 @@
 The children are ordinary worker processes, so a supervised worker behaves exactly like one started by
 hand; the supervisor only starts, watches, restarts and stops them. It loads no model itself (no torch
 here): the children pin their GPUs before importing anything heavy. Without `--run` it follows the runs: it
-waits for one, and when its run is finished it starts the workers again for the next (a worker loads the models
-of one run).
+waits for one, and when its run is finished its workers move to the next in their processes if it uses the same
+models, else it starts them again for the next run's.
 """
 
 from __future__ import annotations
@@ -164,8 +164,11 @@ class Supervisor:
     def __init__(self, specs: list[WorkerSpec], redis_url: str, run_id: str, log_dir: Path,
                  role_args: dict[str, list[str]] | None = None, restart_backoff: float = defaults.RESTART_BACKOFF,
                  give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS,
-                 stops: StopSignals | None = None, next_run: Callable[[], Move | None] | None = None):
-        """`next_run`, when given, is asked every few seconds whether the workers should move to another run."""
+                 stops: StopSignals | None = None, next_run: Callable[[str], Move | None] | None = None,
+                 same_models: Callable[[str, str], bool] | None = None):
+        """`next_run`, when given, is asked every few seconds whether the workers should move from the run they serve to
+        another; `same_models(run, other)` whether they may move there in their processes, their models kept (they
+        follow the runs themselves, `--follow`), else they are stopped and `run` returns for the next run's workers."""
         self.redis_url = redis_url
         self.run_id = run_id
         self.role_args = role_args or {}
@@ -176,6 +179,7 @@ class Supervisor:
         self.children = [Child(spec, self.log_dir / f"{spec.role}-gpu{spec.devices.replace(',', '-')}.log") for spec in specs]
         self.stops = stops or StopSignals()
         self.next_run = next_run
+        self.same_models = same_models or (lambda run, other: False)
         self.moved: Move | None = None
         """The run the workers were stopped for, when `run` returned to move them."""
 
@@ -189,7 +193,9 @@ class Supervisor:
     def command(self, spec: WorkerSpec) -> list[str]:
         """Pinned by its environment (`start`): its `--gpu` counts among the GPUs that shows it, all of them."""
         among_its_own = ",".join(str(index) for index in range(len(spec.gpus)))
-        return [*RSAMPLE_COMMAND, "worker", spec.role, "--run", self.run_id, "--gpu", among_its_own, *self.role_args.get(spec.role, [])]
+        follow = ["--follow"] if self.next_run is not None else []
+        return [*RSAMPLE_COMMAND, "worker", spec.role, "--run", self.run_id, *follow, "--gpu", among_its_own,
+                *self.role_args.get(spec.role, [])]
 
     def start(self, child: Child) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -241,8 +247,12 @@ class Supervisor:
                 return 1
             if self.next_run is not None and time.monotonic() - checked >= defaults.RUN_CHECK_SECONDS:
                 checked = time.monotonic()
-                self.moved = self.next_run()
-                if self.moved is not None:
+                self.moved = self.next_run(self.run_id)
+                if self.moved is not None and self.same_models(self.run_id, self.moved.run_id):
+                    self.say(f"{self.moved.reason}: the workers move to run {self.moved.run_id} with the models they hold "
+                             f"(their logs stay in {self.log_dir})")
+                    self.run_id, self.moved = self.moved.run_id, None  # a worker started again from now on serves it
+                elif self.moved is not None:
                     self.say(f"{self.moved.reason}: moving the workers to run {self.moved.run_id}")
                     break
             time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
@@ -292,7 +302,8 @@ def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int
             specs = plan_workers(assignment, config.models.tensor_parallel_size, "the run's --tensor-parallel-size")
         warning = check_devices(specs)
         supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_grace,
-                                stops, None if follower is None else follower.mover(config.run_id))
+                                stops, None if follower is None else follower.mover,
+                                None if follower is None else follower.same_models_for(specs))
         if warning:
             supervisor.say(warning)
         plan = "; ".join(f"{spec.role} on GPU {spec.devices}" for spec in specs)
@@ -335,8 +346,22 @@ class RunFollower:
             self._sleep(defaults.RUN_CHECK_SECONDS)
         return None
 
-    def mover(self, current: str) -> Callable[[], Move | None]:
-        return lambda: self._ask(move_from, self.client, current)
+    def mover(self, current: str) -> Move | None:
+        return self._ask(move_from, self.client, current)
+
+    def same_models_for(self, specs: list[WorkerSpec]) -> Callable[[str, str], bool]:
+        """Whether every worker of `specs` holds the models of the other run too (`RunConfig.models_of`)."""
+        def settings(run_id: str) -> RunConfig | None:
+            try:
+                return self._ask(load_run, self.client, run_id)
+            except RsampleError:  # its settings expired: the workers are started again for the other run
+                return None
+
+        def same(run: str, other: str) -> bool:
+            current, following = settings(run), settings(other)
+            return current is not None and following is not None and all(
+                current.models_of(spec.role) == following.models_of(spec.role) for spec in specs)
+        return same
 
     def _ask(self, question, *args):
         try:

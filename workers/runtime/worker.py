@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from typing import Callable
 
 from rq import SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
@@ -25,7 +26,7 @@ from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
 from rsample.workers.common import defaults
-from rsample.workers.common.config import WORKER_ROLES, ModelSettings
+from rsample.workers.common.config import WORKER_ROLES, ModelSettings, RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.cpu_share import take_cpu_share
@@ -149,7 +150,10 @@ class MainWorker(HeartbeatWorker):
             super().request_stop(signum, frame)  # first of all, it makes a second signal the forced stop
         finally:
             self._keep_sigint_ignored()
-            if first:  # RQ says nothing at our log level: the worker seemed to ignore Ctrl-C
+            context = worker_context.installed()
+            if first and context is not None and context.moving_to is not None:
+                log.info("worker %s: moving to run %s once its running jobs are done", self.name, context.moving_to.run_id)
+            elif first:  # RQ says nothing at our log level: the worker seemed to ignore Ctrl-C
                 log.warning("worker %s: stopping once its running jobs are done (a second stop signal stops it now, releasing "
                             "them)", self.name)
 
@@ -228,26 +232,39 @@ def default_slots(role: str, models: ModelSettings) -> int:
     return 1
 
 
-def leave_when_the_run_moves(client, run_id: str) -> threading.Thread:
-    """A worker started without --run exits, as after SIGTERM, once `run_state.move_from` names another run (its run
-    is finished, or nothing feeds it while another run is fed): it holds the models of one run, and whatever restarts
-    it (Docker, Kubernetes, systemd) starts it again for that one. `rsample workers` does the same for its workers."""
+def follow_the_runs(client, context: worker_context.WorkerContext, role: str, exit_for_other_models: bool,
+                    allowed: Callable[[RunConfig], RunConfig]) -> threading.Thread:
+    """Once `run_state.move_from` names another run (this one is finished, or nothing feeds it while another run is
+    fed): to a run whose models are this worker's (`RunConfig.models_of`), the worker moves in this process, its models
+    kept (`serve` takes the run from `context.moving_to` once its running jobs are done). To one of other models a worker
+    started without --run exits, as after SIGTERM, and whatever restarts it (Docker, Kubernetes, systemd) starts it
+    again for that run; a supervised one waits for `rsample workers`, which starts its workers again."""
     import redis
 
-    from rsample.workers.runtime.run_state import move_from
+    from rsample.workers.runtime.run_state import load_run, move_from
+
+    current = context.config
 
     def watch() -> None:
         while True:
             time.sleep(defaults.RUN_CHECK_SECONDS)
             try:
-                move = move_from(client, run_id)
-            except redis.RedisError:  # Redis away: the job loop waits for it and says so
+                move = move_from(client, current.run_id)
+                following = allowed(load_run(client, move.run_id)) if move is not None else None
+            except (redis.RedisError, RsampleError):  # Redis away, or the run's settings gone meanwhile: asked again
                 continue
-            if move is not None:
-                log.warning("%s: this worker exits, to be started again for run %s (a worker loads the models of one run)",
-                            move.reason, move.run_id)
-                os.kill(os.getpid(), signal.SIGTERM)
+            if move is None:
+                continue
+            if following.models_of(role) == current.models_of(role):
+                log.warning("%s: this worker moves to run %s with the models it holds", move.reason, move.run_id)
+                context.moving_to = following
+            elif exit_for_other_models:
+                log.warning("%s: this worker exits, to be started again for run %s (another run's models)", move.reason, move.run_id)
+            else:
+                log.warning("%s: run %s needs other models; this worker waits to be started again for it", move.reason, move.run_id)
                 return
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
     thread = threading.Thread(target=watch, name="rsample-run-watch", daemon=True)
     thread.start()
@@ -269,9 +286,11 @@ def pin_gpu(gpu: str | None) -> None:
 
 def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
           reward_model_indices: list[int] | None = None, burst: bool = False, slots: int | None = None,
-          allow_functions: tuple[str, ...] = (), trust_remote_code: tuple[str, ...] = ()) -> None:
+          allow_functions: tuple[str, ...] = (), trust_remote_code: tuple[str, ...] = (), follow: bool = False) -> None:
     """`allow_functions`: the `fn:` rewards this worker may import, besides installed `rsample.rewards` entry points.
-    `trust_remote_code`: the models whose repository code this worker lets run, of those the run names."""
+    `trust_remote_code`: the models whose repository code this worker lets run, of those the run names. `follow`: with
+    `run_id`, move on with the runs afterwards as a worker without one does, to runs of the same models (the workers of
+    `rsample workers`, whose supervisor starts them again for other models)."""
     pin_gpu(gpu)
     from rq.serializers import JSONSerializer
 
@@ -294,40 +313,47 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         log.info("waiting for a run: this Redis holds none yet (start one with `rsample enqueue`)")
         while not list_run_ids(client):
             time.sleep(defaults.RUN_CHECK_SECONDS)
-    config = load_run(client, run_id or run_to_serve(client))  # the run `leave_when_the_run_moves` would move to
-    config = dataclasses.replace(config, trust_remote_code=tuple(
-        model for model in config.trust_remote_code if any(same_model(model, given) for given in trust_remote_code)))
-    keys = RunKeys(config.run_id)
+
+    def allowed(config: RunConfig) -> RunConfig:  # the models whose code runs: the run's, of those this worker allows
+        return dataclasses.replace(config, trust_remote_code=tuple(
+            model for model in config.trust_remote_code if any(same_model(model, given) for given in trust_remote_code)))
+
+    config = allowed(load_run(client, run_id or run_to_serve(client)))  # the run `follow_the_runs` would move to
     context = worker_context.WorkerContext(client=client, config=config)
     started = time.perf_counter()
-    queues: list[str] = []
-    if role in ("reward", "both"):
-        indices = config.served_reward_models(reward_model_indices)
-        for index in indices:
-            context.reward_models[index] = load_reward_backend(config, index, allowed_functions(allow_functions))
-        queues += [keys.score_queue(i) for i in indices]  # first: a batch generated is scored before the next is generated
+    indices = config.served_reward_models(reward_model_indices) if role in ("reward", "both") else []
+    for index in indices:
+        context.reward_models[index] = load_reward_backend(config, index, allowed_functions(allow_functions))
+    if indices:
         log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
     if role in ("generate", "both"):
         context.generator = load_generator(config)
-        queues.append(keys.generate_queue)
         log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
-    worker_context.install(context)
-    if slots is None:
-        slots = default_slots(role, config.models)
+    slots = slots or default_slots(role, config.models)
     base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
+    while True:
+        keys = RunKeys(config.run_id)
+        # scoring queues first: a batch generated is scored before the next is generated
+        queues = [keys.score_queue(i) for i in indices] + ([keys.generate_queue] if context.generator is not None else [])
+        worker_context.install(context)
 
-    def make_worker(worker_class, index: int) -> HeartbeatWorker:
-        worker = worker_class(
-            queues, connection=client, serializer=JSONSerializer, job_class=SafeJob,
-            name=base_name if index == 0 else f"{base_name}{SLOT_SUFFIX}{index}",
-            maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL, worker_ttl=defaults.WORKER_TTL,
-        )
-        worker.heartbeat_ttl = config.jobs.heartbeat_ttl
-        return worker
+        def make_worker(worker_class, index: int) -> HeartbeatWorker:
+            worker = worker_class(
+                queues, connection=client, serializer=JSONSerializer, job_class=SafeJob,
+                name=base_name if index == 0 else f"{base_name}{SLOT_SUFFIX}{index}",
+                maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL, worker_ttl=defaults.WORKER_TTL,
+            )
+            worker.heartbeat_ttl = context.config.jobs.heartbeat_ttl
+            return worker
 
-    log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots)
-    if run_id is None and not burst:
-        leave_when_the_run_moves(client, config.run_id)
-    run_slots(make_worker, slots, burst)
-    if context.broken:
-        raise RsampleError(f"worker stopped after {context.broken_cause}: {context.broken}")
+        log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots)
+        if (run_id is None or follow) and not burst:
+            follow_the_runs(client, context, role, exit_for_other_models=run_id is None, allowed=allowed)
+        run_slots(make_worker, slots, burst)
+        if context.broken:
+            raise RsampleError(f"worker stopped after {context.broken_cause}: {context.broken}")
+        if context.moving_to is None:  # stopped by a signal, or a burst is done
+            return
+        config = context.moving_to
+        context = worker_context.WorkerContext(client=client, config=config, generator=context.generator,
+                                               reward_models=context.reward_models)

@@ -28,6 +28,8 @@ class WorkerContext:
     broken_cause: str = WorkerFault.cause
     """What kind of fault it was: a device's or engine's, or an error in a reward function."""
     stopping: bool = False
+    moving_to: RunConfig | None = None
+    """The run this worker moves to, its models kept, once its running jobs are done (see `worker.follow_the_runs`)."""
 
     def mark_broken(self, reason: str, cause: str = WorkerFault.cause) -> None:
         if self.broken is None:
