@@ -22,3 +22,13 @@ def test_unreachable_redis_names_the_url_without_password():
 
 def test_connect_to_a_real_server(redis_server):
     assert connect(redis_server.url).ping()
+
+
+@pytest.mark.parametrize("url", [":s3cret@redis-host:6379/0", "redis:/:s3cret@redis-host:6379/0", "redis://user:s3cret@127.0.0.1:notaport/0"])
+def test_a_mistyped_url_fails_in_one_line_without_its_password(url):
+    """The scheme left out or cut, a port that is no number: the error printed the password, or a traceback from the
+    redaction itself."""
+    with pytest.raises(RsampleError) as info:
+        connect(url, patient=False)
+    assert "s3cret" not in str(info.value) and str(info.value).startswith("cannot reach Redis at ") and "***@" in str(info.value)
+    assert "s3cret" not in redact_url(url)

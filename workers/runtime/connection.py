@@ -31,16 +31,23 @@ def redact_secrets(text: str) -> str:
     return HF_TOKEN.sub("hf_***", URL_PASSWORD.sub(r"\g<head>***\g<at>", text))
 
 
+MISTYPED_URL_PASSWORD = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^/\s:@]*:)(?P<password>[^\s@/]+)(?P<at>@)")
+"""A password in a URL that does not parse: its scheme left out (`:pw@host:6379`) or cut (`redis:/:pw@host`)."""
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***, for logs, status output and dataset cards."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with its password replaced by ***, for logs, status output and dataset cards; a mistyped URL too (the
+    error that says it is wrong shows it)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            if parts.port:  # raises for a port that is no number
+                host = f"{host}:{parts.port}"
+            return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        pass
+    return MISTYPED_URL_PASSWORD.sub(r"\g<head>***\g<at>", url)
 
 
 FULL_REDIS = ("it is full: maxmemory reached under maxmemory-policy noeviction; free memory or raise maxmemory (rsample's "
