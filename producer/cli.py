@@ -206,7 +206,7 @@ def build_config(params: dict) -> RunConfig:
         sft=params["sft"] or params.get("sft_out") is not None,
         command=redacted_command(sys.argv[1:]),
     )
-    from rsample.workers.backends.models import check_policy, check_reward_model, load_model_config, policy_sampling_defaults
+    from rsample.workers.backends.models import check_judge_model, check_policy, check_reward_model, policy_sampling_defaults
     from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
     from rsample.workers.backends.reward_specs import is_function, is_judge, is_verifier, model_path, same_model
 
@@ -234,7 +234,7 @@ def build_config(params: dict) -> RunConfig:
             from rsample.workers.backends.judge import compile_template
 
             compile_template(config.judge_template)
-            load_model_config(model_path(spec), "judge", model_path(spec) in trusted)
+            check_judge_model(spec, model_path(spec) in trusted)
         elif not (is_verifier(spec) or is_function(spec)) and config.models.reward_backend != ZERO_COST_REWARD:
             check_reward_model(spec, spec in trusted)
     return config

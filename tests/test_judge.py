@@ -3,6 +3,7 @@ pass done here by hand; batched and pooled like the reward models, in fp32 and b
 
 import pytest
 import torch
+from chain_judges import bytelevel_tokenizer, chain_model, greedy_reply, one
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rsample.workers.backends.judge import DEFAULT_TEMPLATE, TransformersJudge, compile_template
@@ -134,3 +135,181 @@ def test_a_judge_sure_of_another_token_still_gives_its_expected_rating(tiny_mode
         weights = [math.exp(value - digits.max()) for value in digits.tolist()]
         expected.append(sum(r * w for r, w in zip(range(1, 10), weights)) / sum(weights))
     assert judge.score(CONVERSATIONS) == pytest.approx(expected, abs=1e-4)
+
+
+# Where the rating is read, against what chain judges (whose reply is known) write.
+TRIAL_CONVERSATION = [{"role": "user", "content": "name a city"}, {"role": "assistant", "content": "the river city"}]
+TRIAL_RUBRIC = "Rate the answer to: {{ conversation[-1].content }}\nAnswer: {{ answer }}\nRating:"
+
+# Qwen3's structure, cut down: thinking unless enable_thinking is false, which closes an empty thinking in the prompt
+QWEN3_LIKE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and loop.last %}<think></think>{% endif %}"
+    "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think></think>{% endif %}{% endif %}"
+)
+# DeepSeek-R1's structure, cut down: the generation prompt opens the thinking itself
+R1_LIKE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def digits_favouring_1(tokenizer, rest):
+    """At a position where the judge writes something else, the digits' own (noise) shares: 1 ahead."""
+    return {**rest, one(tokenizer, "1"): 0.02, **{one(tokenizer, str(r)): 0.001 for r in range(2, 10)}}
+
+
+def judge_text(path, template=CHATML):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    message = f"Rate the answer to: {TRIAL_CONVERSATION[0]['content']}\nAnswer: {TRIAL_CONVERSATION[1]['content']}\nRating:"
+    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+
+
+def test_a_judge_that_thinks_by_default_is_read_after_its_thinking_not_where_it_writes_think(tmp_path):
+    """Qwen3 as judge: its template (without enable_thinking=False) makes it write <think> first. The rating must be
+    read where the judge writes it, not at the <think> position."""
+    tokenizer = bytelevel_tokenizer(QWEN3_LIKE)
+    think, end = one(tokenizer, "<think>"), one(tokenizer, "</think>")
+    path = chain_model(tokenizer, {
+        one(tokenizer, "\n"): digits_favouring_1(tokenizer, {think: 0.97}),
+        think: {end: 1.0},
+        end: {one(tokenizer, "9"): 0.9, one(tokenizer, "8"): 0.1},
+    }, tmp_path / "qwen3-like")
+    assert greedy_reply(path, judge_text(path)).startswith("<think></think>9")  # what this judge answers: 9
+    score = TransformersJudge(f"judge:{path}", "float32", template=TRIAL_RUBRIC).score([TRIAL_CONVERSATION])[0]
+    assert score == pytest.approx(8.9, abs=0.05), f"read at the <think> position: {score:.3f}"
+
+
+def test_a_judge_whose_template_opens_the_thinking_is_read_after_its_thinking(tmp_path):
+    """DeepSeek-R1 (and its distillations, QwQ) as judge: the generation prompt opens the thinking; the first token
+    of the reply is thinking, and the rating comes once the thought is closed (which the judge's prompt now does)."""
+    tokenizer = bytelevel_tokenizer(R1_LIKE.replace("<think>\n{% endif %}", "<think>{% endif %}"))
+    think, word, end, newline = one(tokenizer, "<think>"), one(tokenizer, " the"), one(tokenizer, "</think>"), one(tokenizer, "\n")
+    path = chain_model(tokenizer, {
+        think: digits_favouring_1(tokenizer, {word: 0.97}),
+        word: {end: 1.0},
+        end: {newline: 1.0},
+        newline: {one(tokenizer, "9"): 0.9, one(tokenizer, "8"): 0.1},
+    }, tmp_path / "r1-like")
+    assert greedy_reply(path, judge_text(path), steps=4) == " the</think>\n9"  # what this judge answers, once it has thought
+    score = TransformersJudge(f"judge:{path}", "float32", template=TRIAL_RUBRIC).score([TRIAL_CONVERSATION])[0]
+    assert score == pytest.approx(8.9, abs=0.05), f"read at the first thinking token: {score:.3f}"
+
+
+LLAMA2_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                   "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}")
+
+
+def llama2_tokenizer():
+    """The repo's own SentencePiece-style test tokenizer (tests/test_judge.py), with Llama 2's chat template, which
+    renders an answer as ' ' + content: "7" after [/INST] is the lone "▁" piece, then the digit."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from rsample.workers.backends.tiny_models import _corpus
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    raw.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)
+    raw.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Strip(" ", 1, 0)])
+    alphabet = sorted(set("\u25810123456789[]/:.,INSTabcdefghijklmnopqrstuvwxyzR"))
+    raw.train_from_iterator(_corpus(3), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet))
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>", chat_template=LLAMA2_TEMPLATE)
+
+
+def test_a_sentencepiece_judge_is_read_where_its_template_puts_the_digit(tmp_path):
+    tokenizer = llama2_tokenizer()
+    message = [{"role": "user", "content": "Rate it.\nRating:"}]
+    prompt = tokenizer(tokenizer.apply_chat_template(message, tokenize=False), add_special_tokens=False)["input_ids"]
+    whole = tokenizer(tokenizer.apply_chat_template([*message, {"role": "assistant", "content": "7"}], tokenize=False),
+                      add_special_tokens=False)["input_ids"]
+    assert whole[:len(prompt)] == prompt
+    first_reply_token = tokenizer.convert_ids_to_tokens(whole[len(prompt)])
+    space, seven = tokenizer.convert_tokens_to_ids("\u2581"), tokenizer.convert_tokens_to_ids("7")
+    assert whole[len(prompt):len(prompt) + 2] == [space, seven]  # the judge's trained reply "7" starts with "▁"
+    last = prompt[-1]
+    path = chain_model(tokenizer, {
+        last: {space: 0.97, seven: 0.0001, tokenizer.convert_tokens_to_ids("1"): 0.02,
+               **{tokenizer.convert_tokens_to_ids(str(r)): 0.001 for r in (2, 3, 4, 5, 6, 8, 9)}},
+        space: {seven: 1.0},
+    }, tmp_path / "llama2-like")
+    assert greedy_reply(path, tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False), steps=2).strip() == "7"
+    score = TransformersJudge(f"judge:{path}", "float32", template=TRIAL_RUBRIC).score([TRIAL_CONVERSATION])[0]
+    assert score == pytest.approx(7.0, abs=0.05), (
+        f"first reply token is {first_reply_token!r}; the digits were read before it: {score:.3f}")
+
+
+def test_a_rubric_on_another_scale_is_warned_about(caplog):
+    """A judge answering "10" puts its probability on "1" in digit-split vocabularies (Qwen's, Llama 2's): the best
+    rating read as the worst. The score is read on 1 to 9, so a rubric asking for another scale is said."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        compile_template("Rate the answer from 1 (poor) to 10 (excellent).\nAnswer: {{ answer }}\nReply with the rating alone:")
+        compile_template("Score it out of 100.\n{{ answer }}")
+    assert caplog.text.count("a judge's score is its expected rating over the single digits 1 to 9") == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        compile_template(None)
+        compile_template("Rate from 1 to 9, 10 words at most.\n{{ answer }}")
+    assert "single digits" not in caplog.text
+
+
+def test_a_rubric_that_never_shows_the_answer_is_refused():
+    """Every candidate of a prompt would get the same score: every prompt dropped as a tie."""
+    with pytest.raises(RsampleError, match=r"--judge-template never shows the candidate \(\{\{ answer \}\}\)"):
+        compile_template("Rate the answer to: {{ conversation[-1].content }}\nRating (1-9):")
+
+
+def test_a_sequence_classifier_with_tied_embeddings_is_refused_as_judge(tmp_path):
+    """A reward model (Skywork-Reward-V2-Qwen3-0.6B, Llama-3.2-1B-based RMs tie their embeddings) named as judge:
+    AutoModelForCausalLM loads its trunk with the embeddings as LM head; nothing about it is a trained judge."""
+    from transformers import LlamaForSequenceClassification
+
+    from rsample.workers.backends.tiny_models import _llama_config
+
+    tokenizer = bytelevel_tokenizer(CHATML)
+    config = _llama_config(len(tokenizer), tokenizer, num_labels=1, tie_word_embeddings=True)
+    config.architectures = ["LlamaForSequenceClassification"]
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    with pytest.raises(RsampleError, match="is a sequence classifier .*, a reward model: give it as --reward-model"):
+        TransformersJudge(f"judge:{tmp_path / 'rm'}", "float32", template=TRIAL_RUBRIC)
+
+
+BATCHED = [
+    [{"role": "user", "content": "name a city"}, {"role": "assistant", "content": "city"}],
+    [{"role": "user", "content": "write a poem about the river " * 8}, {"role": "assistant", "content": "the river runs " * 12}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "explain why"}, {"role": "assistant", "content": "because"}],
+]
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("bfloat16", 0.02)])
+def test_a_conversation_scores_the_same_alone_and_in_a_batch_with_longer_ones(tiny_models, dtype, tolerance):
+    judge = TransformersJudge(f"judge:{tiny_models['policy']}", dtype, template=TRIAL_RUBRIC)
+    together = judge.score(BATCHED)
+    alone = [judge.score([c])[0] for c in BATCHED]
+    assert together == pytest.approx(alone, abs=tolerance)
+
+
+def test_a_reward_model_named_as_judge_is_refused_when_the_run_is_made(tiny_models, tmp_path):
+    from conftest import rsample
+
+    dataset = tmp_path / "rows.jsonl"
+    dataset.write_text('{"prompt": "name a city"}\n')
+    out = tmp_path / "pairs.jsonl"
+    result = rsample("run", "--dataset", str(dataset), "--policy", "p", "--backend", "echo", "--reward-model", f"judge:{tiny_models['reward']}",
+                     "--out", str(out), "--no-progress", check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: judge 'judge:{tiny_models['reward']}' is a sequence classifier (LlamaForSequenceClassification), a reward model: "
+        f"give it as --reward-model {tiny_models['reward']}, not as a judge")
+    assert not out.exists()

@@ -11,19 +11,23 @@ sandbox: a shared Redis can hand workers a template, never code to run.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rsample.workers.backends.batching import TokenBudget
-from rsample.workers.backends.models import context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
+from rsample.workers.backends.models import check_judge_model, context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
 from rsample.workers.backends.reward_specs import JUDGE_PREFIX, model_path
 from rsample.workers.backends.transformers_reward import device_rounds, padded_on_device
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.messages import Conversation
+
+log = logging.getLogger(__name__)
 
 RATINGS = tuple(range(1, 10))
 """Single digits: each has a token of its own in common vocabularies, so that one forward pass reads them all."""
@@ -40,20 +44,74 @@ Consider its helpfulness, correctness, relevance, depth and clarity. Rate it fro
 Reply with the rating alone: a single digit from 1 to 9."""
 
 
+ANSWER_SENTINEL = "RSAMPLE-CANDIDATE-ANSWER"
+OTHER_SCALE = re.compile(r"\b(?:to|out of)\s+(?:10|100)\b|\b[01]\s*[-–]\s*(?:10|100)\b|/\s*(?:10|100)\b", re.IGNORECASE)
+"""A rubric that asks for a rating on another scale than 1 to 9 (1-10, 0-100, out of 10)."""
+
+
 def compile_template(text: str | None):
-    """The rubric (None: the one that ships), compiled in a sandbox and tried on a small conversation: a broken one
-    fails when the run is made."""
+    """The rubric (None: the one that ships), compiled in a sandbox and tried on a small conversation when the run is
+    made: a broken one fails, as does one that never shows the candidate (every candidate would get the prompt's one
+    score, and every prompt end as a tie). One that asks for another scale than 1 to 9 is warned about."""
     try:
         template = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(text or DEFAULT_TEMPLATE)
-        template.render(conversation=[{"role": "user", "content": "q"}], answer="a")
+        rendered = template.render(conversation=[{"role": "user", "content": "q"}], answer=ANSWER_SENTINEL)
     except TemplateError as exc:
         raise RsampleError(f"--judge-template does not render: {first_line(exc)}") from None
+    if ANSWER_SENTINEL not in rendered:
+        raise RsampleError("--judge-template never shows the candidate ({{ answer }}): every candidate of a prompt would get "
+                           "the same score")
+    if (other := OTHER_SCALE.search(rendered)) is not None:
+        log.warning("--judge-template asks for %r: a judge's score is its expected rating over the single digits 1 to 9 "
+                    "(\"10\" is read as \"1\" by many tokenizers); ask for a rating from 1 to 9", other.group(0))
     return template
 
 
 def judge_prompt(template, conversation: Conversation) -> Conversation:
     """The one user message the judge reads: the rubric filled with the prompt and the candidate."""
     return [{"role": "user", "content": template.render(conversation=conversation[:-1], answer=conversation[-1]["content"])}]
+
+
+THINKING_END = "</think>"
+"""How the judges that think (DeepSeek-R1's distillations, QwQ) close their thinking before they answer."""
+
+
+REPLY_OPENINGS = re.compile(r"\s+|\s*<think>\s*</think>\s*|<\|channel\|>final<\|message\|>")
+"""What a template may write before a reply's text and be taken for part of the reply's opening: a space (Llama 2's),
+an empty thought (Qwen3's), the final channel (gpt-oss's). Anything else (a template that renders replies as another
+turn) is no opening to trust."""
+
+
+def reply_opening(tokenizer, template) -> str:
+    """What the judge's chat template writes between the opened reply and the rating, appended to every judge prompt so
+    that the rating is read where the judge writes it: Qwen3's empty thought before an answer (read where the reply
+    opens, the judge is read where it writes `<think>`), the space of Llama 2's `[/INST] 7` (a lone `▁` piece, then the
+    digit), gpt-oss's final channel; or, where the generation prompt opens a thought (DeepSeek-R1's `<think>\\n`), its
+    close. Found by rendering a reply "7" to a trial prompt; "" where the rating follows the opened reply directly, or
+    where the reply's tokens spell that text with the digit (`Ġ7`: the rating tokens read it)."""
+    from rsample.workers.backends.templates import opened_thinking
+
+    probe = judge_prompt(template, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    try:
+        opened = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        replied = tokenizer.apply_chat_template([*probe, {"role": "assistant", "content": "7"}], tokenize=False)
+    except TemplateError:
+        return ""
+    if replied.startswith(opened) and (digit := replied.find("7", len(opened))) >= 0:
+        between = replied[len(opened):digit]
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        with_between = encode(opened + between)
+        if REPLY_OPENINGS.fullmatch(between) and encode(replied)[:len(with_between)] == with_between:
+            return between
+        return ""
+    return f"{THINKING_END}\n\n" if opened_thinking(tokenizer, probe, None, THINKING_END) else ""
+
+
+def judge_texts(tokenizer, template, opening: str, conversations: list[Conversation]) -> list[str]:
+    """Each candidate's judge prompt as the judge's model reads it: the rubric in its chat template, opened for its
+    reply and up to where it writes the rating (`reply_opening`)."""
+    return [tokenizer.apply_chat_template(judge_prompt(template, conversation), tokenize=False, add_generation_prompt=True) + opening
+            for conversation in conversations]
 
 
 def expected_rating(per_rating) -> float:
@@ -91,6 +149,7 @@ class TransformersJudge:
         self.spec = spec
         model_spec = spec[len(JUDGE_PREFIX):]
         self.device = resolve_device()
+        check_judge_model(spec, trust_remote_code)
         self.tokenizer = load_tokenizer(model_spec, "judge", trust_remote_code)
         self.model = load_weights(AutoModelForCausalLM, model_spec, "judge", resolve_dtype(dtype, self.device), self.device,
                                   trust_remote_code)
@@ -98,6 +157,7 @@ class TransformersJudge:
         self.template = compile_template(template)
         self.ratings = torch.tensor(RATINGS, dtype=torch.float32, device=self.device)
         self.rating_ids = rating_token_ids(self.tokenizer, spec)
+        self.opening = reply_opening(self.tokenizer, self.template)
         self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
         self._tokenizer_lock = threading.Lock()
 
@@ -112,9 +172,8 @@ class TransformersJudge:
         return judge_prompt(self.template, conversation)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
-        prompts = [self.judge_prompt(conversation) for conversation in conversations]
         with self._tokenizer_lock:
-            texts = [self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) for prompt in prompts]
+            texts = judge_texts(self.tokenizer, self.template, self.opening, conversations)
             encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         fitting = [i for i, ids in enumerate(encoded) if len(ids) < self.context]  # room for the rating, as vLLM needs
         scores: list[float | None] = [None] * len(conversations)

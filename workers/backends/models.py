@@ -102,6 +102,18 @@ def check_reward_model(spec: str, trust_remote_code: bool = False) -> None:
         raise RsampleError(f"reward model {spec!r} has {config.num_labels} labels; a reward model has exactly one")
 
 
+def check_judge_model(spec: str, trust_remote_code: bool = False) -> None:
+    """Refuses a sequence classifier (a reward model) named as a judge: one whose embeddings are tied (Llama 3.2 1B's
+    and Qwen3 0.6B's reward models) loads as a causal LM with no complaint, its "judgement" an untrained head."""
+    from rsample.workers.backends.reward_specs import model_path
+
+    config = load_model_config(model_path(spec), "judge", trust_remote_code)
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and all(name.endswith("ForSequenceClassification") for name in architectures):
+        raise RsampleError(f"judge {spec!r} is a sequence classifier ({', '.join(architectures)}), a reward model: give it as "
+                           f"--reward-model {model_path(spec)}, not as a judge")
+
+
 def resolve_device() -> str:
     import torch
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from rsample.workers.backends.judge import compile_template, expected_rating, judge_prompt, rating_token_ids
-from rsample.workers.backends.models import context_length, load_model_config, load_tokenizer
+from rsample.workers.backends.judge import compile_template, expected_rating, judge_texts, rating_token_ids, reply_opening
+from rsample.workers.backends.models import check_judge_model, context_length, load_model_config, load_tokenizer
 from rsample.workers.backends.reward_specs import model_path
 from rsample.workers.backends.vllm_llm import make_llm
 from rsample.workers.common.config import ModelSettings, RunConfig
@@ -19,9 +19,11 @@ class VLLMJudge:
     def __init__(self, spec: str, models: ModelSettings, template: str | None = None, trust_remote_code: bool = False):
         path = model_path(spec)
         self.spec = spec
+        check_judge_model(spec, trust_remote_code)
         self.tokenizer = load_tokenizer(path, "judge", trust_remote_code)
         self.template = compile_template(template)
         self.rating_ids = rating_token_ids(self.tokenizer, spec)
+        self.opening = reply_opening(self.tokenizer, self.template)
         allowed = sorted({token for ids in self.rating_ids for token in ids})
         # every rating token's logprob: vLLM's default cap (20) would refuse a tokenizer with three spellings of each rating
         self.llm = make_llm(path, "judge", models, runner="generate", trust_remote_code=trust_remote_code,
@@ -43,8 +45,7 @@ class VLLMJudge:
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         from vllm.inputs import TokensPrompt
 
-        texts = [self.tokenizer.apply_chat_template(judge_prompt(self.template, c), tokenize=False, add_generation_prompt=True)
-                 for c in conversations]
+        texts = judge_texts(self.tokenizer, self.template, self.opening, conversations)
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         fitting = [i for i, ids in enumerate(encoded) if len(ids) < self.context]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting], self.params, use_tqdm=False)
