@@ -57,9 +57,18 @@ def test_reopening_repairs_what_a_crash_left(tmp_path):
 
 
 def test_files_of_another_run_are_not_mixed_in(tmp_path):
-    Ledger(tmp_path / "pairs.jsonl", None, "run1").close()
+    first = Ledger(tmp_path / "pairs.jsonl", None, "run1")
+    first.commit([Outcome(0, "a", SKIPPED, "empty prompt")], [], [])  # a row's outcome, though no pair
+    first.close()
     with pytest.raises(RsampleError, match="exists and is run run1.s output, made with other settings: pass --overwrite"):
         Ledger(tmp_path / "pairs.jsonl", None, "run2")
+
+
+def test_files_of_a_run_that_settled_no_row_are_replaced(tmp_path):
+    """Nothing to keep: a run that stopped before its first row (its worker refused to start) left the header alone."""
+    Ledger(tmp_path / "pairs.jsonl", None, "run1").close()
+    Ledger(tmp_path / "pairs.jsonl", None, "run2").close()
+    assert json.loads((tmp_path / "pairs.outcomes.jsonl").read_text().splitlines()[0])["rsample_run"] == "run2"
 
 
 def test_counts_cover_every_row(tmp_path):

@@ -194,3 +194,19 @@ def test_a_reference_left_unscored_is_not_counted_among_the_generated_candidates
     result = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:all_but_references",
                      "--reference-column", "completion", "--include-reference", "--out", str(out), "--no-progress")
     assert len(read_jsonl(out)) == 2 and "gave no score" not in result.stdout, result.stdout
+
+
+def test_a_run_that_failed_before_its_first_row_leaves_no_file_that_refuses_the_corrected_command(reward_module, tmp_path):
+    """A mistyped function is found when the worker starts, after the run made its outcomes file (its header alone): the
+    corrected command was refused ("made with other settings: pass --overwrite") for files that held nothing."""
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    out = tmp_path / "pairs.jsonl"
+    mistyped = rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:hashs", "--out", str(out),
+                       "--no-progress", check=False)
+    assert mistyped.returncode == 2 and "cannot import reward function" in mistyped.stderr, mistyped.stderr
+    assert len(out.with_name("pairs.outcomes.jsonl").read_text().splitlines()) == 1  # the case: its header alone
+    rsample("run", "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:hashes", "--extra-column", "keyword",
+            "--out", str(out), "--no-progress")
+    assert {row["messages"][0]["content"] for row in read_jsonl(out)} == {"count the marks"}
+    written = read_jsonl(out.with_name("pairs.outcomes.jsonl"))
+    assert len(written) == 1 + len(ROWS) and written[0]["settings"]["reward_models"] == ["fn:my_rewards:hashes"]

@@ -116,12 +116,24 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
     if owner == run_id or overwrite:
         return
     existing = [path for path in outputs.values() if path.exists() and path.stat().st_size > 0]
+    if existing == [outcomes_path_for(Path(out))] and _header_alone(existing[0]):
+        # a run that failed before its first row (a reward function mistyped, found when the worker started): the
+        # corrected command was refused for files that held nothing but the header
+        log.info("%s holds no row (its run %s stopped before any): replaced", existing[0], owner)
+        return
     if existing:
         before = output_header(Path(out)).get("settings")
         difference = first_difference(before, json.loads(json.dumps(settings))) if before and settings else None  # as stored
         whose = (f"run {owner}'s output, made with other settings{f' ({difference})' if difference else ''}" if owner
                  else "not the output of this run")
         raise RsampleError(f"{existing[0]} exists and is {whose}: pass --overwrite to replace it, or choose another --out")
+
+
+def _header_alone(outcomes: Path) -> bool:
+    """Whether an outcomes file holds its header line and nothing after it."""
+    with outcomes.open("rb") as handle:
+        handle.readline()
+        return not handle.read(1)
 
 
 def output_lock_path(outcomes: Path) -> Path:
