@@ -206,7 +206,13 @@ def build_config(params: dict) -> RunConfig:
         sft=params["sft"] or params.get("sft_out") is not None,
         command=redacted_command(sys.argv[1:]),
     )
-    from rsample.workers.backends.models import check_judge_model, check_policy, check_reward_model, policy_sampling_defaults
+    from rsample.workers.backends.models import (
+        check_judge_model,
+        check_policy,
+        check_reward_model,
+        check_room_for_prompts,
+        policy_sampling_defaults,
+    )
     from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
     from rsample.workers.backends.reward_specs import is_function, is_judge, is_verifier, model_path, same_model
 
@@ -227,6 +233,7 @@ def build_config(params: dict) -> RunConfig:
         sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),
                                              **plain_sampling)
         config = dataclasses.replace(config, sampling=sampling)
+        check_room_for_prompts(config.policy, config.policy in trusted, sampling.max_new_tokens, config.models.max_model_len)
         logging.getLogger(__name__).info(
             "sampling: %s", ", ".join(f"{name}={getattr(sampling, name)} ({sources[name]})" for name in SAMPLING_FIELDS))
     for spec in config.reward_models:
@@ -437,7 +444,7 @@ def parquet(files) -> None:
 
 @main.command()
 @redis_url_option(required=True)
-@click.option("--run", "run_id", help="Run to aggregate (default: the latest unfinished run).")
+@click.option("--run", "run_id", help="Run to aggregate (default: the run whose output --out holds, else the latest unfinished run).")
 @OUT_OPTION
 @SCORES_OUT_OPTION
 @SFT_OUT_OPTION

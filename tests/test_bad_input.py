@@ -182,7 +182,7 @@ def test_a_reward_template_that_refuses_a_system_turn_skips_those_prompts_and_th
     only_system = tmp_path / "system.jsonl"
     only_system.write_text("".join(json.dumps(row) + "\n" for row in with_system))
     refused = rsample("run", "--dataset", str(only_system), "--policy", tiny_models["policy"], "--reward-model", str(reward),
-                      "--out", str(tmp_path / "refused.jsonl"), "--no-progress", check=False)
+                      "--max-new-tokens", "6", "--out", str(tmp_path / "refused.jsonl"), "--no-progress", check=False)
     assert (refused.returncode, refused.stderr.strip().splitlines()[-1]) == (
         2, f"error: reward model {str(reward)!r}: its chat template refuses every one of the first 5 prompts of dataset "
            f"{str(only_system)!r} (System role not supported), so no prompt could be scored")
@@ -264,7 +264,7 @@ def test_a_template_that_keeps_the_system_turn_only_before_the_answer_is_said(ti
 
     def enqueue(policy_path: str, reward_path: str, *extra: str) -> str:
         return rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", policy_path,
-                       "--reward-model", reward_path, "--n", "2", *extra).stderr
+                       "--reward-model", reward_path, "--n", "2", "--max-new-tokens", "8", *extra).stderr
 
     said = enqueue(policy, reward, "--system-prompt", "be brief")
     assert ("the policy's chat template keeps the system turn ('be brief') only while a user turn is last, as Mistral v0.3's "
@@ -334,3 +334,16 @@ def test_bad_rows_are_logged_a_few_per_reason_by_the_feeder_too(tmp_path):
     [reason] = reasons
     assert result.stderr.count(f"more rows skipped for this reason are counted, not logged: {reason}") == 1
     assert f"  {reason}: 30" in result.stdout
+
+
+def test_new_tokens_that_fill_the_policys_context_are_refused_when_the_run_is_made(tiny_models, tmp_path):
+    """`rsample make-tiny-models` builds a policy of 256 tokens of context, and --max-new-tokens defaults to 256: every
+    prompt was skipped as too long, after the workers had loaded the models, and the run ended with no pair."""
+    dataset = tmp_path / "rows.jsonl"
+    dataset.write_text(json.dumps({"prompt": "name a river"}) + "\n")
+    out = tmp_path / "pairs.jsonl"
+    refused = rsample("run", "--dataset", str(dataset), "--policy", tiny_models["policy"], "--reward-model", tiny_models["reward"],
+                      "--out", str(out), "--no-progress", check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "error: --max-new-tokens 256 leaves no room for a prompt in the policy's context of 256 tokens: give fewer"), refused.stderr
+    assert not out.exists()

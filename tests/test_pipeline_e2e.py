@@ -176,7 +176,8 @@ def test_prompts_whose_samples_are_all_identical_are_dropped(tiny_models, chat_d
     ],
 )
 def test_bad_input_fails_in_one_line(tiny_models, chat_dataset, tmp_path, args, message):
-    base = {"--dataset": str(chat_dataset), "--policy": tiny_models["policy"], "--reward-model": tiny_models["reward"], "--n": "2"}
+    base = {"--dataset": str(chat_dataset), "--policy": tiny_models["policy"], "--reward-model": tiny_models["reward"], "--n": "2",
+            "--max-new-tokens": "8"}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
     flat = [item for pair in base.items() for item in pair]
@@ -188,7 +189,7 @@ def test_bad_input_fails_in_one_line(tiny_models, chat_dataset, tmp_path, args, 
 
 def test_a_causal_lm_as_reward_model_is_refused_before_anything_runs(tiny_models, chat_dataset, tmp_path):
     result = rsample("run", "--dataset", str(chat_dataset), "--policy", tiny_models["policy"], "--reward-model", tiny_models["policy"],
-                     "--out", str(tmp_path / "o.jsonl"), check=False)
+                     "--max-new-tokens", "8", "--out", str(tmp_path / "o.jsonl"), check=False)
     assert result.returncode == 2
     assert "is not a sequence classifier" in result.stderr
     assert not (tmp_path / "o.jsonl").exists()

@@ -192,7 +192,7 @@ def test_bad_template_kwargs_fail_in_one_line(tmp_path):
 def test_a_marker_that_decoding_drops_is_refused(tiny_models, redis_server, tmp_path):
     dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hi"}])
     common = ["enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", tiny_models["policy"],
-              "--reward-model", "r", "--reward-backend", "length"]
+              "--reward-model", "r", "--reward-backend", "length", "--max-new-tokens", "16"]
     broken = rsample(*common, "--chat-template-kwargs", '{"tools": 5}', check=False)  # not a list of tools: found now, not in a worker
     assert broken.returncode == 2 and broken.stderr.startswith(
         "error: the policy's chat template fails with --chat-template-kwargs {\"tools\": 5}: TypeError"), broken.stderr
@@ -219,7 +219,7 @@ def test_a_marker_the_template_already_wrote_into_the_prompt_is_refused(thinking
     marker, and with --reasoning-end no candidate could ever be chosen."""
     dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "hi"}])
     common = ["enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", thinking_policy,
-              "--reward-model", "r", "--reward-backend", "length", "--reasoning-end", "</think>"]
+              "--reward-model", "r", "--reward-backend", "length", "--reasoning-end", "</think>", "--max-new-tokens", "16"]
     refused = rsample(*common, "--chat-template-kwargs", '{"enable_thinking": false}', check=False)
     assert (refused.returncode, refused.stderr.strip()) == (2, (
         "error: --reasoning-end '</think>': the policy's chat template closes the thinking in the prompt itself with these "

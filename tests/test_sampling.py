@@ -33,7 +33,7 @@ def test_flags_then_policy_defaults_then_rsample_defaults():
 
 def test_a_run_stores_the_policy_defaults_it_will_sample_with(greedy_policy, chat_dataset, redis_server, redis_client):
     run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), "--policy", greedy_policy,
-                     "--reward-model", "r", "--reward-backend", "length", "--top-p", "0.95").stdout.strip()
+                     "--reward-model", "r", "--reward-backend", "length", "--top-p", "0.95", "--max-new-tokens", "16").stdout.strip()
     sampling = load_run(redis_client, run_id).sampling
     assert (sampling.top_k, sampling.repetition_penalty, sampling.temperature, sampling.top_p) == (1, 1.3, 0.9, 0.95)
 

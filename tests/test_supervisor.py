@@ -48,7 +48,8 @@ def test_gpu_lists_and_worker_plans():
     (lambda: assign_gpus(None, None, "0-3", "3-4"), "GPU 3 given to both --generate and --reward"),
     (lambda: assign_gpus("0", "generate", None, "1"), "use either --gpus with --role, or --generate / --reward, not both"),
     (lambda: assign_gpus("0-3", None, None, None), "--gpus and --role go together, e.g. --gpus 0-3 --role generate"),
-    (lambda: assign_gpus(None, None, None, None), "say which GPUs to use: --gpus 0-3 --role generate, or --generate 0-5 --reward 6-7"),
+    (lambda: assign_gpus(None, None, None, None), "say which GPUs to use: --gpus 0-3 --role generate, or --generate 0-5 --reward 6-7 "
+                                                  "(on a machine without GPU, --gpus 0 --role both: one worker that generates and scores)"),
     (lambda: plan_workers({"generate": [0, 1, 2]}, 2), "3 generation GPUs do not split into workers of 2 GPUs (--gpus-per-worker)"),
     (lambda: plan_workers({"generate": [0]}, 0), "--gpus-per-worker must be at least 1 (got 0)"),
 ])

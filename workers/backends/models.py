@@ -86,6 +86,16 @@ def _generation_prompt(tokenizer, template_kwargs: dict | None) -> str | None:
     return whole[len(bare):] if whole.startswith(bare) else None
 
 
+def check_room_for_prompts(spec: str, trust_remote_code: bool, max_new_tokens: int, max_model_len: int | None) -> None:
+    """Refuses --max-new-tokens that fill the policy's whole context: every prompt would be skipped as too long, after
+    the workers loaded the models (the tiny models' 256 tokens against the default 256, say)."""
+    context = context_length(load_model_config(spec, "policy", trust_remote_code), load_tokenizer(spec, "policy", trust_remote_code),
+                             max_model_len)
+    if max_new_tokens >= context:
+        raise RsampleError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the policy's context of {context} tokens: "
+                           "give fewer")
+
+
 def check_reward_model(spec: str, trust_remote_code: bool = False) -> None:
     """Refuses a checkpoint that is not a sequence classifier: loading it would bolt on a random score head. A model
     with its own code (allowed by --trust-remote-code) that registers itself as a sequence classifier passes."""

@@ -60,7 +60,8 @@ def assign_gpus(gpus: str | None, role: str | None, generate: str | None, reward
             raise RsampleError("--gpus and --role go together, e.g. --gpus 0-3 --role generate")
         return {role: parse_gpus(gpus, "--gpus")}
     if generate is None and reward is None:
-        raise RsampleError("say which GPUs to use: --gpus 0-3 --role generate, or --generate 0-5 --reward 6-7")
+        raise RsampleError("say which GPUs to use: --gpus 0-3 --role generate, or --generate 0-5 --reward 6-7 (on a machine without GPU, "
+                           "--gpus 0 --role both: one worker that generates and scores)")
     assignment = {}
     if generate is not None:
         assignment["generate"] = parse_gpus(generate, "--generate")
