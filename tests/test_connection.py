@@ -32,3 +32,22 @@ def test_a_mistyped_url_fails_in_one_line_without_its_password(url):
         connect(url, patient=False)
     assert "s3cret" not in str(info.value) and str(info.value).startswith("cannot reach Redis at ") and "***@" in str(info.value)
     assert "s3cret" not in redact_url(url)
+
+
+@pytest.mark.parametrize("url", ["redis//:s3cret@redis-host:6379/0", "redis:://:s3cret@redis-host:6379/0",
+                                 "redis://:s3cret/Ab+c=@redis-host:6379/0"])
+def test_other_mistyped_urls_fail_without_their_password(url):
+    """The scheme's colon left out or doubled; a base64 password with an unencoded "/" (redis-py's own error then names
+    it as the port it could not read)."""
+    with pytest.raises(RsampleError) as info:
+        connect(url, patient=False)
+    assert "s3cret" not in str(info.value) and "Ab+c" not in str(info.value), str(info.value)
+
+
+def test_a_password_given_as_query_argument_is_redacted():
+    from rsample.producer.cli import redacted_command
+
+    url = "redis://redis-host:6379/0?password=s3cret"
+    assert redact_url(url) == "redis://redis-host:6379/0?password=***"
+    assert "s3cret" not in redacted_command(["aggregate", "--redis-url", url])
+    assert redact_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"  # an IPv6 host keeps its brackets

@@ -6,7 +6,7 @@ import torch
 from chain_judges import bytelevel_tokenizer, chain_model, greedy_reply, one
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rsample.workers.backends.judge import DEFAULT_TEMPLATE, TransformersJudge, compile_template
+from rsample.workers.backends.judge import DEFAULT_TEMPLATE, TransformersJudge, compile_template, judge_texts, reply_opening
 from rsample.workers.common.errors import RsampleError
 
 CONVERSATIONS = [
@@ -313,3 +313,36 @@ def test_a_reward_model_named_as_judge_is_refused_when_the_run_is_made(tiny_mode
         f"error: judge 'judge:{tiny_models['reward']}' is a sequence classifier (LlamaForSequenceClassification), a reward model: "
         f"give it as --reward-model {tiny_models['reward']}, not as a judge")
     assert not out.exists()
+
+
+QWEN3_THINKING_2507_LIKE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+
+def test_the_opening_of_a_template_that_opens_the_thought_and_renders_it_closed():
+    """Qwen3 Thinking-2507's: its generation prompt opens `<think>\\n`, and a rendered reply closes it before the answer."""
+    tokenizer = bytelevel_tokenizer(QWEN3_THINKING_2507_LIKE)
+    template = compile_template(TRIAL_RUBRIC)
+    opening = reply_opening(tokenizer, template)
+    text = judge_texts(tokenizer, template, opening, [TRIAL_CONVERSATION])[0]
+    # observed: opening == "" and the text ends with "<think>\n": the rating read where the judge starts thinking
+    assert "</think>" in opening, (opening, text[-40:])
+
+
+def test_a_judge_of_such_a_template_is_read_after_its_thinking(tmp_path):
+    tokenizer = bytelevel_tokenizer(QWEN3_THINKING_2507_LIKE.replace("<think>\n{% endif %}", "<think>{% endif %}"))
+    think, word, end, newline = one(tokenizer, "<think>"), one(tokenizer, " the"), one(tokenizer, "</think>"), one(tokenizer, "\n")
+    path = chain_model(tokenizer, {
+        think: {word: 0.97, one(tokenizer, "1"): 0.02, **{one(tokenizer, str(r)): 0.001 for r in range(2, 10)}},
+        word: {end: 1.0},
+        end: {newline: 1.0},
+        newline: {one(tokenizer, "9"): 0.9, one(tokenizer, "8"): 0.1},
+    }, tmp_path / "qwen3-thinking-like")
+    message = f"Rate the answer to: {TRIAL_CONVERSATION[0]['content']}\nAnswer: {TRIAL_CONVERSATION[1]['content']}\nRating:"
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+    assert greedy_reply(path, prompt, steps=4).startswith(" the</think>\n")  # it thinks, closes, then rates
+    score = TransformersJudge(f"judge:{path}", "float32", template=TRIAL_RUBRIC).score([TRIAL_CONVERSATION])[0]
+    assert score > 8.0, f"read at the first thinking token: {score:.3f}"

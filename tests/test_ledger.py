@@ -390,3 +390,11 @@ def test_a_duplicate_committed_with_a_repeated_delivery_of_its_prompt_writes_not
     ledger.commit([Outcome(0, "P", PAIR), Outcome(7, "P", DUPLICATE, "same prompt as row 0")], [pair("P")], [score("P", 0)])
     ledger.close()
     assert [row["prompt_id"] for row in lines(out)] == ["P"] and len(lines(scores)) == 1
+
+
+def test_a_one_line_file_that_is_not_an_rsample_header_is_not_replaced(tmp_path):
+    from rsample.producer.driver.ledger import check_outputs
+
+    (tmp_path / "pairs.outcomes.jsonl").write_text(json.dumps({"my": "own data " * 1000}))
+    with pytest.raises(RsampleError, match="exists and is not the output of this run"):
+        check_outputs("run2", tmp_path / "pairs.jsonl", None)

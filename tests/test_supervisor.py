@@ -1,5 +1,6 @@
 """`rsample workers`: GPU plans, and a real supervisor keeping real worker processes alive on a real Redis."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -439,3 +440,69 @@ def test_a_worker_without_a_run_started_before_any_waits_for_one(redis_server, c
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_a_supervised_worker_keeps_watching_after_a_run_of_other_models_and_moves_to_one_of_its_own(redis_client, monkeypatch):
+    """Its watcher saw a run of other models (it waits to be started again) and stopped watching: the runs then changed,
+    the supervisor saw a run of the worker's models and kept it, and the worker served the finished run for good."""
+    import time
+
+    from rsample.producer.driver.run_lock import RunLock
+    from rsample.workers.common import defaults
+    from rsample.workers.common.config import DataSelection, RunConfig
+    from rsample.workers.runtime import worker as worker_module
+    from rsample.workers.runtime import worker_context
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.run_state import save_run
+    from rsample.workers.runtime.supervisor import RunFollower, StopSignals
+
+    monkeypatch.setattr(defaults, "RUN_CHECK_SECONDS", 0.05)
+    signals = []
+    monkeypatch.setattr(worker_module.os, "kill", lambda pid, sig: signals.append(sig))
+
+    def make(run_id, policy, created_at):
+        config = RunConfig(run_id=run_id, data=DataSelection("d"), policy=policy, reward_models=("rm",), created_at=created_at)
+        save_run(redis_client, config)
+        return config
+
+    first = make("A", "p", 1.0)
+    make("B", "p", 2.0)  # the same models, not fed yet
+    make("C", "q", 3.0)  # other models, fed
+    lock = RunLock(redis_client, RunKeys("C").coordinator_lock, "C").acquire()
+    redis_client.hset(RunKeys("A").stats, "finished_at", 1.0)
+    context = worker_context.WorkerContext(client=redis_client, config=first)
+    worker_module.follow_the_runs(redis_client, context, "generate", exit_for_other_models=False, allowed=lambda config: config)
+    time.sleep(0.5)
+    assert context.moving_to is None  # run C needs other models: the supervisor starts the worker again for it...
+    lock.release()
+    redis_client.hset(RunKeys("C").stats, "finished_at", 1.0)  # ...unless C ends first
+    follower = RunFollower(redis_client, StopSignals())
+    assert follower.mover("A").run_id == "B" and follower.same_models_for([WorkerSpec("generate", (0,))])("A", "B")
+    wait_for(lambda: context.moving_to is not None, 5, "the worker to move to run B", interval=0.05)
+    assert context.moving_to.run_id == "B" and not signals  # a move sends no signal: a later SIGTERM is a first, warm stop
+
+
+def test_a_stop_wins_over_a_move_to_another_run(redis_client, monkeypatch):
+    """A worker told to stop (SIGTERM, Ctrl-C, `docker stop`) while it waits to move, or before its watcher sees the
+    move, exits: it neither moves on nor is forced out (a move is no signal, so the user's is a first, warm stop)."""
+    import signal as signals
+
+    from rq.exceptions import StopRequested
+    from rq.serializers import JSONSerializer
+
+    from rsample.workers.common.config import DataSelection, RunConfig
+    from rsample.workers.runtime import worker as worker_module
+    from rsample.workers.runtime import worker_context
+
+    config = RunConfig(run_id="A", data=DataSelection("d"), policy="p", reward_models=("rm",))
+    context = worker_context.WorkerContext(client=redis_client, config=config, moving_to=dataclasses.replace(config, run_id="B"))
+    worker_context.install(context)
+    try:
+        main = worker_module.MainWorker(["q"], connection=redis_client, serializer=JSONSerializer, name="stop-wins")
+        with pytest.raises(StopRequested):  # idle: RQ stops the loop at once
+            main.request_stop(signals.SIGTERM, None)
+        assert context.stopping and context.moving_to is None
+    finally:
+        worker_context.install(None)
+        signals.signal(signals.SIGTERM, signals.SIG_DFL)
+        signals.signal(signals.SIGINT, signals.default_int_handler)

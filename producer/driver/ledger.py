@@ -116,7 +116,7 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
     if owner == run_id or overwrite:
         return
     existing = [path for path in outputs.values() if path.exists() and path.stat().st_size > 0]
-    if existing == [outcomes_path_for(Path(out))] and _header_alone(existing[0]):
+    if owner is not None and existing == [outcomes_path_for(Path(out))] and _header_alone(existing[0]):
         # a run that failed before its first row (a reward function mistyped, found when the worker started): the
         # corrected command was refused for files that held nothing but the header
         log.info("%s holds no row (its run %s stopped before any): replaced", existing[0], owner)

@@ -44,8 +44,8 @@ Consider its helpfulness, correctness, relevance, depth and clarity. Rate it fro
 Reply with the rating alone: a single digit from 1 to 9."""
 
 
-ANSWER_SENTINEL = "RSAMPLE-CANDIDATE-ANSWER"
-OTHER_SCALE = re.compile(r"\b(?:to|out of)\s+(?:10|100)\b|\b[01]\s*[-–]\s*(?:10|100)\b|/\s*(?:10|100)\b", re.IGNORECASE)
+OTHER_SCALE = re.compile(r"\b(?:(?:from|between) (?:0|1|one|zero)\b.{0,40}?\b(?:to|and) (?:10|100|ten|a hundred)|out of (?:10|100|ten)"
+                         r"|[01]\s*[-–]\s*(?:10|100)|(?:10|100|ten)\s*=\s*(?:best|excellent|perfect|highest))\b", re.IGNORECASE | re.DOTALL)
 """A rubric that asks for a rating on another scale than 1 to 9 (1-10, 0-100, out of 10)."""
 
 
@@ -55,10 +55,11 @@ def compile_template(text: str | None):
     score, and every prompt end as a tie). One that asks for another scale than 1 to 9 is warned about."""
     try:
         template = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(text or DEFAULT_TEMPLATE)
-        rendered = template.render(conversation=[{"role": "user", "content": "q"}], answer=ANSWER_SENTINEL)
+        rendered = template.render(conversation=[{"role": "user", "content": "q"}], answer="The first answer.")
+        other = template.render(conversation=[{"role": "user", "content": "q"}], answer="Another one, 42.")
     except TemplateError as exc:
         raise RsampleError(f"--judge-template does not render: {first_line(exc)}") from None
-    if ANSWER_SENTINEL not in rendered:
+    if rendered == other:
         raise RsampleError("--judge-template never shows the candidate ({{ answer }}): every candidate of a prompt would get "
                            "the same score")
     if (other := OTHER_SCALE.search(rendered)) is not None:
@@ -76,10 +77,10 @@ THINKING_END = "</think>"
 """How the judges that think (DeepSeek-R1's distillations, QwQ) close their thinking before they answer."""
 
 
-REPLY_OPENINGS = re.compile(r"\s+|\s*<think>\s*</think>\s*|<\|channel\|>final<\|message\|>")
+REPLY_OPENINGS = re.compile(r"\s+|\s*(?:<think>)?\s*</think>\s*|<\|channel\|>final<\|message\|>")
 """What a template may write before a reply's text and be taken for part of the reply's opening: a space (Llama 2's),
-an empty thought (Qwen3's), the final channel (gpt-oss's). Anything else (a template that renders replies as another
-turn) is no opening to trust."""
+an empty thought (Qwen3's), the close of a thought its generation prompt opened (Qwen3 Thinking-2507's), the final
+channel (gpt-oss's). Anything else (a template that renders replies as another turn) is no opening to trust."""
 
 
 def reply_opening(tokenizer, template) -> str:
@@ -103,7 +104,6 @@ def reply_opening(tokenizer, template) -> str:
         with_between = encode(opened + between)
         if REPLY_OPENINGS.fullmatch(between) and encode(replied)[:len(with_between)] == with_between:
             return between
-        return ""
     return f"{THINKING_END}\n\n" if opened_thinking(tokenizer, probe, None, THINKING_END) else ""
 
 

@@ -26,28 +26,45 @@ HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
 """A Hugging Face access token."""
 
 
+QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#\s]*")
+"""A password given as a URL's query argument (`redis://host/0?password=...`), which redis-py takes."""
+
+
 def redact_secrets(text: str) -> str:
     """`text` with every URL password and Hugging Face token replaced by ***: for anything shown or stored."""
-    return HF_TOKEN.sub("hf_***", URL_PASSWORD.sub(r"\g<head>***\g<at>", text))
+    return HF_TOKEN.sub("hf_***", QUERY_PASSWORD.sub(r"\1***", URL_PASSWORD.sub(r"\g<head>***\g<at>", text)))
 
 
-MISTYPED_URL_PASSWORD = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^/\s:@]*:)(?P<password>[^\s@/]+)(?P<at>@)")
-"""A password in a URL that does not parse: its scheme left out (`:pw@host:6379`) or cut (`redis:/:pw@host`)."""
+MISTYPED_URL_PASSWORD = re.compile(r"^(?P<head>[^@\s]*?:)(?P<password>[^@\s]*)(?P<at>@)")
+"""What may be a password in a URL that does not parse (its scheme left out, cut or doubled, `:pw@host`, `redis//:pw@`,
+`redis:://:pw@`; a password with an unencoded `/`): from the first colon to the at sign."""
 
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***, for logs, status output and dataset cards; a mistyped URL too (the
     error that says it is wrong shows it)."""
+    url = QUERY_PASSWORD.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
         if parts.password is not None:
             host = parts.hostname or ""
+            host = f"[{host}]" if ":" in host else host  # IPv6
             if parts.port:  # raises for a port that is no number
                 host = f"{host}:{parts.port}"
             return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
     except ValueError:
         pass
     return MISTYPED_URL_PASSWORD.sub(r"\g<head>***\g<at>", url)
+
+
+def _without_the_password(text: str, url: str) -> str:
+    """An error's text about `url` without anything of it that `redact_url` hides (redis-py's "Port could not be cast to
+    integer value as '<the password>'")."""
+    for secret in {match.group("password") for match in (MISTYPED_URL_PASSWORD.search(url), URL_PASSWORD.search(url)) if match}:
+        for piece in {secret, *re.split(r"[/:]", secret)}:
+            if len(piece) >= 3:
+                text = text.replace(piece, "***")
+    return redact_secrets(text)
 
 
 FULL_REDIS = ("it is full: maxmemory reached under maxmemory-policy noeviction; free memory or raise maxmemory (rsample's "
@@ -114,7 +131,7 @@ def connect(url: str, patient: bool = True) -> redis.Redis:
     except redis.AuthenticationError as exc:
         raise RsampleError(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
-        raise RsampleError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+        raise RsampleError(f"cannot reach Redis at {redact_url(url)}: {_without_the_password(str(exc), url)}") from None
     except redis.ResponseError as exc:
         raise RsampleError(f"Redis at {redact_url(url)} refused the connection: {exc}") from None
     retry = PatientRetry(url) if patient else Retry(ExponentialBackoff(), 0)

@@ -53,6 +53,12 @@ class HeartbeatWorker(SimpleWorker):
             worker_registration.register(self, connection)
         return super().heartbeat(timeout, pipeline)
 
+    def _leaving(self) -> bool:
+        """This job loop should end between two jobs: it was told to stop, or its process moves to another run."""
+        context = worker_context.installed()
+        moving = context is not None and context.moving_to is not None
+        return (self._stop_requested or moving) and self.get_state() != WorkerStatus.BUSY
+
     def clean_registries(self):
         """RQ's maintenance of the queues' registries, but for abandoned jobs, which the coordinator's sweep alone
         requeues: two cleaners that each read a job's retries would each requeue it, and it would run twice (a worker
@@ -125,13 +131,24 @@ class SlotWorker(HeartbeatWorker):
         pass
 
     def heartbeat(self, *args, **kwargs):
-        if self._stop_requested and self.get_state() != WorkerStatus.BUSY:
+        if self._leaving():
             raise StopRequested()  # reached between two polls of the queue: the work loop ends there
         return super().heartbeat(*args, **kwargs)
 
 
 class MainWorker(HeartbeatWorker):
-    """The main thread's job loop: a stop signal also tells the slots to stop after their current job."""
+    """The main thread's job loop: a stop signal also tells the slots to stop after their current job. It polls the
+    queue briefly too, so that a move to another run (`follow_the_runs`, no signal) reaches it within seconds."""
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return defaults.SLOT_DEQUEUE_TIMEOUT
+
+    def heartbeat(self, *args, **kwargs):
+        context = worker_context.installed()
+        if context is not None and context.moving_to is not None and self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested()  # between two jobs: the loop ends, and `serve` takes up the next run
+        return super().heartbeat(*args, **kwargs)
 
     slots: tuple[SlotWorker, ...] = ()
     sigint_ignored = False
@@ -151,9 +168,9 @@ class MainWorker(HeartbeatWorker):
         finally:
             self._keep_sigint_ignored()
             context = worker_context.installed()
-            if first and context is not None and context.moving_to is not None:
-                log.info("worker %s: moving to run %s once its running jobs are done", self.name, context.moving_to.run_id)
-            elif first:  # RQ says nothing at our log level: the worker seemed to ignore Ctrl-C
+            if context is not None:  # a stop wins over a move to another run, asked or not yet asked
+                context.stopping, context.moving_to = True, None
+            if first:  # RQ says nothing at our log level: the worker seemed to ignore Ctrl-C
                 log.warning("worker %s: stopping once its running jobs are done (a second stop signal stops it now, releasing "
                             "them)", self.name)
 
@@ -236,9 +253,10 @@ def follow_the_runs(client, context: worker_context.WorkerContext, role: str, ex
                     allowed: Callable[[RunConfig], RunConfig]) -> threading.Thread:
     """Once `run_state.move_from` names another run (this one is finished, or nothing feeds it while another run is
     fed): to a run whose models are this worker's (`RunConfig.models_of`), the worker moves in this process, its models
-    kept (`serve` takes the run from `context.moving_to` once its running jobs are done). To one of other models a worker
-    started without --run exits, as after SIGTERM, and whatever restarts it (Docker, Kubernetes, systemd) starts it
-    again for that run; a supervised one waits for `rsample workers`, which starts its workers again."""
+    kept: `context.moving_to` ends its job loops between two jobs, and `serve` takes the run up. To one of other models
+    a worker started without --run exits, as after SIGTERM, and whatever restarts it (Docker, Kubernetes, systemd)
+    starts it again for that run; a supervised one goes on watching (the runs may change again before `rsample
+    workers`, which watches them too, starts it again). A worker told to stop never moves."""
     import redis
 
     from rsample.workers.runtime.run_state import load_run, move_from
@@ -246,25 +264,28 @@ def follow_the_runs(client, context: worker_context.WorkerContext, role: str, ex
     current = context.config
 
     def watch() -> None:
-        while True:
+        said = None
+        while not context.stopping:
             time.sleep(defaults.RUN_CHECK_SECONDS)
             try:
                 move = move_from(client, current.run_id)
                 following = allowed(load_run(client, move.run_id)) if move is not None else None
             except (redis.RedisError, RsampleError):  # Redis away, or the run's settings gone meanwhile: asked again
                 continue
-            if move is None:
+            if move is None or context.stopping:
                 continue
             if following.models_of(role) == current.models_of(role):
-                log.warning("%s: this worker moves to run %s with the models it holds", move.reason, move.run_id)
+                log.warning("%s: this worker moves to run %s with the models it holds, once its running jobs are done",
+                            move.reason, move.run_id)
                 context.moving_to = following
-            elif exit_for_other_models:
-                log.warning("%s: this worker exits, to be started again for run %s (another run's models)", move.reason, move.run_id)
-            else:
-                log.warning("%s: run %s needs other models; this worker waits to be started again for it", move.reason, move.run_id)
                 return
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+            if exit_for_other_models:
+                log.warning("%s: this worker exits, to be started again for run %s (another run's models)", move.reason, move.run_id)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            if said != move.run_id:
+                log.warning("%s: run %s needs other models; this worker waits to be started again for it", move.reason, move.run_id)
+                said = move.run_id
 
     thread = threading.Thread(target=watch, name="rsample-run-watch", daemon=True)
     thread.start()
@@ -352,7 +373,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         run_slots(make_worker, slots, burst)
         if context.broken:
             raise RsampleError(f"worker stopped after {context.broken_cause}: {context.broken}")
-        if context.moving_to is None:  # stopped by a signal, or a burst is done
+        if context.moving_to is None or context.stopping:  # stopped by a signal, or a burst is done
             return
         config = context.moving_to
         context = worker_context.WorkerContext(client=client, config=config, generator=context.generator,
