@@ -82,11 +82,10 @@ def test_a_run_judged_by_a_chat_model_writes_its_expected_ratings(tiny_models, t
         assert pair["chosen_score"][judge] > pair["rejected_score"][judge]
 
 
-def sentencepiece_judge(directory):
-    """A judge with a Llama 2 / Mistral v0.x style tokenizer: a "▁" prefix piece before the text and digits split one
-    by one, so that encoding "7" alone gives two tokens although the model replies with the single piece "7"."""
+def sentencepiece_tokenizer(template: str, **special):
+    """A Llama 2 / Mistral v0.x style tokenizer: a "▁" prefix piece before the text and digits split one by one."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from rsample.workers.backends.tiny_models import _corpus
 
@@ -96,8 +95,16 @@ def sentencepiece_judge(directory):
     raw.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Strip(" ", 1, 0)])
     alphabet = sorted(set("\u25810123456789[]/:.,INSTabcdefghijklmnopqrstuvwxyzR"))
     raw.train_from_iterator(_corpus(3), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet))
-    template = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=template)
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=template,
+                                   **special)
+
+
+def sentencepiece_judge(directory):
+    """A judge with a Llama 2 / Mistral v0.x style tokenizer, so that encoding "7" alone gives two tokens although the
+    model replies with the single piece "7"."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = sentencepiece_tokenizer("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
     assert len(tokenizer.encode("7", add_special_tokens=False)) == 2  # what made such judges unusable
     torch.manual_seed(3)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
@@ -208,21 +215,9 @@ LLAMA2_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'us
 
 
 def llama2_tokenizer():
-    """The repo's own SentencePiece-style test tokenizer (tests/test_judge.py), with Llama 2's chat template, which
-    renders an answer as ' ' + content: "7" after [/INST] is the lone "▁" piece, then the digit."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from rsample.workers.backends.tiny_models import _corpus
-
-    raw = Tokenizer(models.BPE(unk_token="<unk>"))
-    raw.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    raw.pre_tokenizer = pre_tokenizers.Digits(individual_digits=True)
-    raw.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Strip(" ", 1, 0)])
-    alphabet = sorted(set("\u25810123456789[]/:.,INSTabcdefghijklmnopqrstuvwxyzR"))
-    raw.train_from_iterator(_corpus(3), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet))
-    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="</s>", chat_template=LLAMA2_TEMPLATE)
+    """The SentencePiece-style tokenizer above, with Llama 2's chat template, which renders an answer as ' ' + content:
+    "7" after [/INST] is the lone "▁" piece, then the digit."""
+    return sentencepiece_tokenizer(LLAMA2_TEMPLATE, pad_token="</s>")
 
 
 def test_a_sentencepiece_judge_is_read_where_its_template_puts_the_digit(tmp_path):

@@ -452,15 +452,16 @@ def test_a_reference_merged_with_a_sample_is_one_of_the_samples_in_the_pairs_cou
     assert numbers.unique_per_prompt == Counter({2: 2})
 
 
-def test_live_numbers_of_a_resume_without_a_scores_file_leave_out_the_candidates_figures(tmp_path):
-    """The earlier sessions' candidates are in no file: truncation and length correlation would be this session's alone,
-    beside the whole run's pairs and margins."""
+@pytest.mark.parametrize("scores_file", [None, "scores.jsonl"])
+def test_live_numbers_of_a_resume_without_a_scores_file_leave_out_the_candidates_figures(tmp_path, scores_file):
+    """The earlier sessions' candidates are in no file (no --scores-out, or one this resume adds, empty so far):
+    truncation and length correlation would be this session's alone, beside the whole run's pairs and margins."""
     from rsample.producer.report.live import LiveNumbers
 
     pairs = tmp_path / "pairs.jsonl"
     write_jsonl(pairs, [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5)])
     live = LiveNumbers()
-    live.start_from(pairs, None)
+    live.start_from(pairs, scores_file and tmp_path / scores_file)
     later = [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5, 9)]
     live.add(later, [score_row(p["prompt_id"], k, text, {"m": float(k)}, "length" if k else "stop")
                      for p in later for k, text in enumerate(("y", "x" * 12, "z" * 20))])
@@ -506,24 +507,6 @@ def test_diversity_from_pairs_of_a_thinking_run_with_a_merged_reference():
     numbers = RunNumbers(reasoning_end="</think>")
     add_pair(numbers, row)
     assert numbers.unique_per_prompt == Counter({2: 1})
-
-
-def test_live_numbers_of_a_resume_that_adds_a_scores_file_leave_out_the_candidates_figures(tmp_path):
-    """A resume may add --scores-out: the new scores file is empty while the pairs file holds the earlier sessions' rows,
-    whose candidates are then as unknown as with no scores file at all."""
-    from rsample.producer.report.live import LiveNumbers
-
-    pairs = tmp_path / "pairs.jsonl"
-    write_jsonl(pairs, [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5)])
-    scores = tmp_path / "scores.jsonl"  # given from this session on: not there yet (or empty)
-    live = LiveNumbers()
-    live.start_from(pairs, scores)
-    later = [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5, 9)]
-    live.add(later, [score_row(p["prompt_id"], k, text, {"m": float(k)}, "length" if k else "stop")
-                     for p in later for k, text in enumerate(("y", "x" * 12, "z" * 20))])
-    numbers = json.loads(live.summary())
-    assert numbers["pairs"] == 9
-    assert numbers["truncated"] is None, numbers  # 4 of 9 prompts' candidates known: 2/3 is not the run's share
 
 
 def test_a_coordinator_stopped_while_redis_is_away_still_exits(redis_server, tmp_path):
