@@ -46,7 +46,10 @@ class HeartbeatWorker(SimpleWorker):
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         """Also registers the worker again, as its birth did: a Redis restarted without persistence forgot it, and
         `rsample status`, the progress bars and rq-dashboard would count no workers while they work. Before RQ's own
-        heartbeat, whose expiry then applies to the worker's key again."""
+        heartbeat, whose expiry then applies to the worker's key again. Between two polls of the queue, it ends the job
+        loop of a worker that is leaving (`_leaving`)."""
+        if self._leaving():
+            raise StopRequested()
         if self.birth_date is not None:
             connection = pipeline if pipeline is not None else self.connection
             connection.hset(self.key, mapping=self.serialize())
@@ -54,10 +57,15 @@ class HeartbeatWorker(SimpleWorker):
         return super().heartbeat(timeout, pipeline)
 
     def _leaving(self) -> bool:
-        """This job loop should end between two jobs: it was told to stop, or its process moves to another run."""
+        """This job loop should end between two jobs: it was told to stop, or its process moves to another run (a flag,
+        not a signal, that `follow_the_runs` sets; the loops poll the queue briefly, so they read it within seconds)."""
         context = worker_context.installed()
         moving = context is not None and context.moving_to is not None
         return (self._stop_requested or moving) and self.get_state() != WorkerStatus.BUSY
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return defaults.SLOT_DEQUEUE_TIMEOUT
 
     def clean_registries(self):
         """RQ's maintenance of the queues' registries, but for abandoned jobs, which the coordinator's sweep alone
@@ -123,32 +131,12 @@ class SlotWorker(HeartbeatWorker):
 
     death_penalty_class = TimerDeathPenalty
 
-    @property
-    def dequeue_timeout(self) -> int:
-        return defaults.SLOT_DEQUEUE_TIMEOUT
-
     def _install_signal_handlers(self) -> None:
         pass
 
-    def heartbeat(self, *args, **kwargs):
-        if self._leaving():
-            raise StopRequested()  # reached between two polls of the queue: the work loop ends there
-        return super().heartbeat(*args, **kwargs)
-
 
 class MainWorker(HeartbeatWorker):
-    """The main thread's job loop: a stop signal also tells the slots to stop after their current job. It polls the
-    queue briefly too, so that a move to another run (`follow_the_runs`, no signal) reaches it within seconds."""
-
-    @property
-    def dequeue_timeout(self) -> int:
-        return defaults.SLOT_DEQUEUE_TIMEOUT
-
-    def heartbeat(self, *args, **kwargs):
-        context = worker_context.installed()
-        if context is not None and context.moving_to is not None and self.get_state() != WorkerStatus.BUSY:
-            raise StopRequested()  # between two jobs: the loop ends, and `serve` takes up the next run
-        return super().heartbeat(*args, **kwargs)
+    """The main thread's job loop: a stop signal also tells the slots to stop after their current job."""
 
     slots: tuple[SlotWorker, ...] = ()
     sigint_ignored = False

@@ -66,13 +66,13 @@ def with_opened_thinking(backend: GenerationBackend, prompts: list[Conversation]
     reasoning trace without its opening marker is no whole trace for SFT. A completion that opens the thinking again
     is left as it is."""
     tokenizer = getattr(backend, "tokenizer", None)  # the model backends' own; the zero-cost one has none
-    if tokenizer is None or opening_marker(config.reasoning_end) is None:
+    marker = opening_marker(config.reasoning_end)
+    if tokenizer is None or marker is None:
         return results
     out = []
     for prompt, result in zip(prompts, results):
         opened = opened_thinking(tokenizer, prompt, config.sampling.chat_template_kwargs, config.reasoning_end) if result.completions else ""
         if opened:
-            marker = opening_marker(config.reasoning_end)
             result = dataclasses.replace(result, completions=[
                 c if c.reasoning is not None or c.text.startswith(marker) else dataclasses.replace(c, text=opened + c.text)
                 for c in result.completions])
