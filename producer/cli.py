@@ -210,6 +210,7 @@ def build_config(params: dict) -> RunConfig:
         check_judge_model,
         check_policy,
         check_reward_model,
+        check_room_for_prompts,
         policy_sampling_defaults,
     )
     from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
@@ -228,11 +229,11 @@ def build_config(params: dict) -> RunConfig:
         raise RsampleError(f"--tensor-parallel-size {config.models.tensor_parallel_size} applies to vLLM engines (--backend vllm, "
                            "--reward-backend vllm): the other backends run a worker's model on one device")
     if config.models.generation_backend != ZERO_COST_GENERATION:
-        check_policy(config.policy, config.policy in trusted, config.reasoning_end, config.sampling.chat_template_kwargs,
-                     config.sampling.max_new_tokens, config.models.max_model_len)
+        check_policy(config.policy, config.policy in trusted, config.reasoning_end, config.sampling.chat_template_kwargs)
         sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),
                                              **plain_sampling)
         config = dataclasses.replace(config, sampling=sampling)
+        check_room_for_prompts(config.policy, config.policy in trusted, sampling.max_new_tokens, config.models.max_model_len)
         logging.getLogger(__name__).info(
             "sampling: %s", ", ".join(f"{name}={getattr(sampling, name)} ({sources[name]})" for name in SAMPLING_FIELDS))
     for spec in config.reward_models:

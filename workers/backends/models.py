@@ -42,19 +42,13 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
         raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}{missing_here(spec)}") from None
 
 
-def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None, template_kwargs: dict | None = None,
-                 max_new_tokens: int | None = None, max_model_len: int | None = None) -> None:
+def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None, template_kwargs: dict | None = None) -> None:
     """The policy loads; a `reasoning_end` survives decoding (and is not asked of a harmony policy, split by channel);
-    the template takes the run's `template_kwargs`; `max_new_tokens` leave room for a prompt in its context (else every
-    prompt would be skipped as too long once the workers loaded the models: the tiny models' 256 tokens against the
-    default 256, say)."""
-    config = load_model_config(spec, "policy", trust_remote_code)
-    if not (reasoning_end or template_kwargs or max_new_tokens):
+    the template takes the run's `template_kwargs`."""
+    load_model_config(spec, "policy", trust_remote_code)
+    if not (reasoning_end or template_kwargs):
         return
     tokenizer = load_tokenizer(spec, "policy", trust_remote_code)
-    if max_new_tokens and max_new_tokens >= (context := context_length(config, tokenizer, max_model_len)):
-        raise RsampleError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the policy's context of {context} tokens: "
-                           "give fewer")
     if template_kwargs:
         from rsample.workers.backends.templates import render
 
@@ -90,6 +84,16 @@ def _generation_prompt(tokenizer, template_kwargs: dict | None) -> str | None:
     except Exception:  # a template that needs more than this: the workers' rendering says what, per prompt
         return None
     return whole[len(bare):] if whole.startswith(bare) else None
+
+
+def check_room_for_prompts(spec: str, trust_remote_code: bool, max_new_tokens: int, max_model_len: int | None) -> None:
+    """Refuses --max-new-tokens that fill the policy's whole context: every prompt would be skipped as too long, after
+    the workers loaded the models (the tiny models' 256 tokens against the default 256, say)."""
+    context = context_length(load_model_config(spec, "policy", trust_remote_code), load_tokenizer(spec, "policy", trust_remote_code),
+                             max_model_len)
+    if max_new_tokens >= context:
+        raise RsampleError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the policy's context of {context} tokens: "
+                           "give fewer")
 
 
 def check_reward_model(spec: str, trust_remote_code: bool = False) -> None:
