@@ -28,6 +28,7 @@ from rsample.workers.common.config import (
     COMBINE_METHODS,
     GENERATION_BACKENDS,
     REWARD_BACKENDS,
+    SAMPLING_FIELDS,
     WORKER_ROLES,
     DataSelection,
     JobSettings,
@@ -157,10 +158,6 @@ def run_options(command):
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-"""Sampling flags whose default is the policy's own (its generation_config.json), then rsample's."""
-
-
 def answer_column_for_functions(params: dict) -> tuple[str, ...]:
     """`--answer-column`, given with `fn:` rewards and no verifier, travels to the functions as the README says (verifiers
     carry it themselves); its default does not, so that a dataset without an `answer` column runs `fn:` rewards."""
@@ -210,7 +207,6 @@ def build_config(params: dict) -> RunConfig:
         check_judge_model,
         check_policy,
         check_reward_model,
-        check_room_for_prompts,
         policy_sampling_defaults,
     )
     from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
@@ -229,11 +225,11 @@ def build_config(params: dict) -> RunConfig:
         raise RsampleError(f"--tensor-parallel-size {config.models.tensor_parallel_size} applies to vLLM engines (--backend vllm, "
                            "--reward-backend vllm): the other backends run a worker's model on one device")
     if config.models.generation_backend != ZERO_COST_GENERATION:
-        check_policy(config.policy, config.policy in trusted, config.reasoning_end, config.sampling.chat_template_kwargs)
+        check_policy(config.policy, config.policy in trusted, config.reasoning_end, config.sampling.chat_template_kwargs,
+                     config.sampling.max_new_tokens, config.models.max_model_len)
         sampling, sources = resolve_sampling({name: params[name] for name in SAMPLING_FIELDS}, policy_sampling_defaults(config.policy),
                                              **plain_sampling)
         config = dataclasses.replace(config, sampling=sampling)
-        check_room_for_prompts(config.policy, config.policy in trusted, sampling.max_new_tokens, config.models.max_model_len)
         logging.getLogger(__name__).info(
             "sampling: %s", ", ".join(f"{name}={getattr(sampling, name)} ({sources[name]})" for name in SAMPLING_FIELDS))
     for spec in config.reward_models:

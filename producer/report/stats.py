@@ -15,14 +15,12 @@ from rsample.producer.driver.ledger import output_header, replay_outcomes
 from rsample.producer.report.sample import Moments, Reservoir, spearman
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.common.messages import GENERATED_OUTCOMES
-from rsample.workers.common.reasoning import answer_part
+from rsample.workers.common.reasoning import THINKING_END, answer_part
 
 LENGTH_BIAS_RHO = 0.3
 """|Spearman's rho| between a candidate's length and its score from which the report warns of length bias."""
 LENGTH_BIAS_CHOSEN_LONGER = 0.7
 """Share of pairs whose chosen is longer than the rejected from which the report warns of length bias."""
-THINKING_END = "</think>"
-"""How most reasoning models end their thinking: completions holding it in a run without --reasoning-end are named."""
 LOW_DIVERSITY = 0.2
 """Share of prompts with 2 or fewer distinct candidates from which the report warns of low diversity."""
 SMALL_MARGIN = 0.1

@@ -26,6 +26,7 @@ from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.messages import Conversation
+from rsample.workers.common.reasoning import THINKING_END
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,6 @@ def compile_template(text: str | None):
 def judge_prompt(template, conversation: Conversation) -> Conversation:
     """The one user message the judge reads: the rubric filled with the prompt and the candidate."""
     return [{"role": "user", "content": template.render(conversation=conversation[:-1], answer=conversation[-1]["content"])}]
-
-
-THINKING_END = "</think>"
-"""How the judges that think (DeepSeek-R1's distillations, QwQ) close their thinking before they answer."""
 
 
 REPLY_OPENINGS = re.compile(r"\s+|\s*(?:<think>)?\s*</think>\s*|<\|channel\|>final<\|message\|>")

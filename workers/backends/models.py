@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rsample.workers.common.config import SAMPLING_FIELDS
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.paths import missing_here, surely_local
 
@@ -42,11 +43,14 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
         raise RsampleError(f"cannot load {role} model {spec!r}: {first_line(exc)}{missing_here(spec)}") from None
 
 
-def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None, template_kwargs: dict | None = None) -> None:
+def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str | None = None, template_kwargs: dict | None = None,
+                 max_new_tokens: int | None = None, max_model_len: int | None = None) -> None:
     """The policy loads; a `reasoning_end` survives decoding (and is not asked of a harmony policy, split by channel);
-    the template takes the run's `template_kwargs`."""
-    load_model_config(spec, "policy", trust_remote_code)
-    if not (reasoning_end or template_kwargs):
+    the template takes the run's `template_kwargs`; `max_new_tokens` leave room for a prompt in its context (else every
+    prompt would be skipped as too long once the workers loaded the models: the tiny models' 256 tokens against the
+    default 256, say)."""
+    config = load_model_config(spec, "policy", trust_remote_code)
+    if not (reasoning_end or template_kwargs or max_new_tokens):
         return
     tokenizer = load_tokenizer(spec, "policy", trust_remote_code)
     if template_kwargs:
@@ -72,6 +76,9 @@ def check_policy(spec: str, trust_remote_code: bool = False, reasoning_end: str 
             raise RsampleError(f"--reasoning-end {reasoning_end!r}: the policy's chat template closes the thinking in the prompt "
                                f"itself{' with these --chat-template-kwargs' if template_kwargs else ''}, so no completion would "
                                "hold the marker and none could be chosen; leave --reasoning-end out")
+    if max_new_tokens and max_new_tokens >= (context := context_length(config, tokenizer, max_model_len)):
+        raise RsampleError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the policy's context of {context} tokens: "
+                           "give fewer")
 
 
 def _generation_prompt(tokenizer, template_kwargs: dict | None) -> str | None:
@@ -84,16 +91,6 @@ def _generation_prompt(tokenizer, template_kwargs: dict | None) -> str | None:
     except Exception:  # a template that needs more than this: the workers' rendering says what, per prompt
         return None
     return whole[len(bare):] if whole.startswith(bare) else None
-
-
-def check_room_for_prompts(spec: str, trust_remote_code: bool, max_new_tokens: int, max_model_len: int | None) -> None:
-    """Refuses --max-new-tokens that fill the policy's whole context: every prompt would be skipped as too long, after
-    the workers loaded the models (the tiny models' 256 tokens against the default 256, say)."""
-    context = context_length(load_model_config(spec, "policy", trust_remote_code), load_tokenizer(spec, "policy", trust_remote_code),
-                             max_model_len)
-    if max_new_tokens >= context:
-        raise RsampleError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the policy's context of {context} tokens: "
-                           "give fewer")
 
 
 def check_reward_model(spec: str, trust_remote_code: bool = False) -> None:
@@ -175,10 +172,6 @@ def load_weights(auto_class, spec: str, role: str, dtype, device: str, trust_rem
     if missing:
         raise RsampleError(f"{role} model {spec!r} lacks trained weights for {', '.join(sorted(missing)[:3])}")
     return model.to(device).eval()
-
-
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-"""The sampling settings a policy's generation_config.json may carry, which both backends apply alike."""
 
 
 def load_generation_config(spec: str):

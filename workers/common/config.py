@@ -85,11 +85,16 @@ class SamplingConfig:
             raise RsampleError(f"--repetition-penalty must be > 0 (got {self.repetition_penalty})")
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+"""The sampling settings whose default is the policy's own (its generation_config.json, which both backends apply alike),
+then rsample's."""
+
+
 def resolve_sampling(explicit: dict, policy_defaults: dict, **fixed) -> tuple[SamplingConfig, dict[str, str]]:
     """Each sampling field from the command line (`explicit`, None = not given), else the policy's generation config,
     else rsample's default; returns the settings and where each sampling field came from, for the log."""
     values, sources = {}, {}
-    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+    for name in SAMPLING_FIELDS:
         if explicit.get(name) is not None:
             values[name], sources[name] = explicit[name], "command line"
         elif policy_defaults.get(name) is not None:

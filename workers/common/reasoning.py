@@ -10,6 +10,9 @@ the closing marker in the completion: the sample is what the template opened fol
 
 from __future__ import annotations
 
+THINKING_END = "</think>"
+"""How most reasoning models (Qwen3, DeepSeek-R1 and their distillations, QwQ) end their thinking before they answer."""
+
 
 def answer_part(text: str, reasoning_end: str | None) -> str:
     """What the rewards read: the text after the reasoning, or the whole text when there is no marker in it (no
