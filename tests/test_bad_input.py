@@ -172,7 +172,7 @@ def test_a_reward_template_that_refuses_a_system_turn_skips_those_prompts_and_th
                      "--no-progress")
     assert assert_exactly_once(out, None, rows) == {"skipped": len(with_system), "pair": len(plain)}
     reasons = {o["row_index"]: o["reason"] for o in read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:] if o["outcome"] == "skipped"}
-    assert reasons == {index: "reward model 0 chat template rejected the conversation: System role not supported"
+    assert reasons == {index: f"reward model 0 ({reward}) chat template rejected the conversation: System role not supported"
                        for index, row in enumerate(rows) if "messages" in row}
     assert "retry-failed" not in result.stdout  # the data's, so no retry would change it
     assert "stopped" not in result.stderr, result.stderr[-2000:]

@@ -20,7 +20,7 @@ def flaky_length(conversations, rows):
 '''
 ROWS = [{"prompt": "name a river"}, {"prompt": "ask the flaky server"}, {"prompt": "   "}, {"prompt": "name a mountain"},
         {"prompt": "name a lake"}, {"prompt": "ask the flaky server"}]
-FLAKY_REASON = "reward model 0 failed: RuntimeError: reward server unreachable"
+FLAKY_REASON = "reward model 0 (fn:flaky_rewards:flaky_length) failed: RuntimeError: reward server unreachable"
 EMPTY_REASON = "empty content"
 
 
@@ -71,7 +71,7 @@ def test_a_resume_with_retry_failed_produces_the_failed_rows_and_nothing_twice(f
     assert len(read_jsonl(out)) == 3
 
     retried = rsample(*command, "--retry-failed")
-    assert "retrying 1 rows skipped because their work failed (reward model 0 failed: RuntimeError: reward server unreachable: 1)" in retried.stderr
+    assert f"retrying 1 rows skipped because their work failed ({FLAKY_REASON}: 1)" in retried.stderr
     assert FLAKY_REASON not in retried.stdout and "--retry-failed" not in retried.stdout and re.search(rf"skipped +1\n +{EMPTY_REASON}: 1\n", retried.stdout), retried.stdout
     assert final_outcomes(out) == {0: ("pair", None), 1: ("pair", None), 2: ("skipped", EMPTY_REASON), 3: ("pair", None),
                                    4: ("pair", None), 5: ("duplicate", "same prompt as row 1")}

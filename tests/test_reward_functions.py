@@ -86,7 +86,7 @@ def test_a_function_that_fails_on_every_prompt_stops_the_run_and_says_the_error_
                      "--out", str(tmp_path / "pairs.jsonl"), "--no-progress", check=False)
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
-    assert "worker stopped after an error in a reward function: RewardFunctionFault: reward model 0 failed for" in error, error
+    assert "worker stopped after an error in a reward function: RewardFunctionFault: reward model 0 (fn:my_rewards:wrong_signature) failed for" in error, error
     assert "(TypeError: wrong_signature() takes 1 positional argument but 2 were given): an error in the function, not in the data: " \
            "fix it, then run the same command again (what is written is kept)" in error, error
     assert "device or engine" not in result.stderr

@@ -149,11 +149,17 @@ GENERATED_OUTCOMES = (PAIR, DROPPED_IDENTICAL, DROPPED_MARGIN, DROPPED_TIE, DROP
 """The outcomes of the prompts that got candidates (the others were skipped, or duplicates)."""
 
 UNPROCESSABLE = "unprocessable result"
-_FAILURE_REASON = re.compile(rf"^(generation|scoring with reward model \d+|reward model \d+) failed: |^{UNPROCESSABLE}: ")
+_FAILURE_REASON = re.compile(rf"^(generation|(scoring with )?reward model \d+( \(.*?\))?) failed: |^{UNPROCESSABLE}: ")
+
+
+def reward_label(index: int, name: str | None = None) -> str:
+    """How skip reasons and logs name a reward: by its index, which `--reward-model-index` takes, and by its name
+    (`fn:...`, `verify:math`, a model id), which a run of several rewards needs to tell them apart."""
+    return f"reward model {index}" + (f" ({name})" if name else "")
 
 
 def failure_reason(stage: str, detail: str) -> str:
-    """The skip reason of a row whose work failed (`stage` is "generation", "reward model N", ...), as against one
+    """The skip reason of a row whose work failed (`stage` is "generation", a `reward_label`, ...), as against one
     skipped for its content: `--retry-failed` gives the rows of such reasons another try."""
     return f"{stage} failed: {detail}"
 

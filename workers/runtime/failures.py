@@ -13,7 +13,7 @@ import logging
 from rq.job import Job
 
 from rsample.workers.common.errors import first_line
-from rsample.workers.common.messages import failure_reason
+from rsample.workers.common.messages import failure_reason, reward_label
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import enqueue_generation
 from rsample.workers.runtime.safe_job import GENERATE_FUNCTION, JOB_FUNCTIONS
@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 def _reason(stage: str, exc_type, exc_value) -> str:
     detail = first_line(exc_value if exc_value is not None else exc_type(), with_type=True)
     return failure_reason(stage, detail)
+
+
+def _reward_label(connection, run_id: str, index: int) -> str:
+    from rsample.workers.runtime.run_state import load_run
+
+    try:
+        names = load_run(connection, run_id).score_names
+    except Exception:  # the run is gone (forgotten, Redis restarted empty): its index still says which reward it was
+        return reward_label(index)
+    return reward_label(index, names[index] if 0 <= index < len(names) else None)
 
 
 def on_job_failure(job: Job, connection, exc_type, exc_value, traceback) -> None:
@@ -51,7 +61,7 @@ def on_job_failure(job: Job, connection, exc_type, exc_value, traceback) -> None
         reason = _reason("generation", exc_type, exc_value)
         fields = {"batch_id": batch_id, "failed": reason, "prompts": json.dumps([[p["row_index"], p["prompt_id"]] for p in prompts])}
     else:
-        reason = _reason(f"scoring with reward model {job.args[2]}", exc_type, exc_value)
+        reason = _reason(f"scoring with {_reward_label(connection, run_id, job.args[2])}", exc_type, exc_value)
         fields = {"batch_id": batch_id, "failed": reason}
     log.error("run %s batch %s: %s (job %s is in the failed registry)", run_id, batch_id, reason, job.id)
     connection.xadd(keys.ready, fields)

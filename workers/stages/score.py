@@ -10,7 +10,7 @@ import time
 from rsample.workers.backends.base import RewardBackend
 from rsample.workers.backends.faults import RewardFunctionFault, WorkerFault
 from rsample.workers.common.errors import RsampleError
-from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores, failure_reason
+from rsample.workers.common.messages import Conversation, GeneratedBatch, GeneratedPrompt, PromptScores, failure_reason, reward_label
 from rsample.workers.common.reasoning import answer_part
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
@@ -20,13 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: list[GeneratedPrompt],
-                             reasoning_end: str | None = None) -> dict[str, dict]:
+                             reasoning_end: str | None = None, name: str | None = None) -> dict[str, dict]:
     """Scores all prompts at once; if that raises, one by one, so that a prompt the reward model cannot take is
     skipped with its error and the others keep their scores. A broken worker fails the job instead.
 
     A backend that reads the rows' columns (`needs_columns`, as verifiers do) gets them, and a prompt whose row
     lacks what it needs (`missing_reason`) is skipped with that reason, unscored. With `reasoning_end`, every reward
-    reads a candidate's answer, not its reasoning (`answer_part`)."""
+    reads a candidate's answer, not its reasoning (`answer_part`). Skip reasons and logs name the reward by its index
+    and its `name`."""
+    label = reward_label(model_index, name)
     needs_columns = getattr(backend, "needs_columns", False)
     missing = {p.prompt.prompt_id: backend.missing_reason(p.prompt.columns) for p in prompts} if needs_columns else {}
     scorable = [p for p in prompts if missing.get(p.prompt.prompt_id) is None]
@@ -51,9 +53,9 @@ def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: 
         scorable,
         run_all=score_all,
         run_one=lambda prompt: score([prompt]),
-        skipped=lambda prompt, error: PromptScores(skip_reason=failure_reason(f"reward model {model_index}", error)),
-        rejected=lambda prompt, why: PromptScores(skip_reason=f"reward model {model_index} {why}"),
-        what=f"reward model {model_index}",
+        skipped=lambda prompt, error: PromptScores(skip_reason=failure_reason(label, error)),
+        rejected=lambda prompt, why: PromptScores(skip_reason=f"{label} {why}"),
+        what=label,
         fault=RewardFunctionFault if getattr(backend, "user_code", False) else WorkerFault,
     ))) if scorable else {}
     # None for a candidate longer than the model's context: the aggregation drops that candidate, not the prompt
@@ -67,8 +69,8 @@ def score_isolating_failures(backend: RewardBackend, model_index: int, prompts: 
             verdict = PromptScores(scores=scores)
         result[prompt_id] = verdict.__dict__
     if non_finite:  # an overflow (fp16 trunks do it): such a score ranks nothing, and would make the JSON output invalid
-        log.warning("reward model %d gave %d candidate(s) a score that is not a finite number (NaN or infinity): they are "
-                    "left unscored, as candidates too long for its context are, and no pair is chosen from them", model_index, non_finite)
+        log.warning("%s gave %d candidate(s) a score that is not a finite number (NaN or infinity): they are "
+                    "left unscored, as candidates too long for its context are, and no pair is chosen from them", label, non_finite)
     return result
 
 
@@ -90,7 +92,8 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
     to_score = [p for p in batch.prompts if p.needs_scoring(context.config.min_candidates_scored)]
     started = time.perf_counter()
     with context.broken_by_device_faults():
-        verdicts = score_isolating_failures(backend, model_index, to_score, context.config.reasoning_end)
+        verdicts = score_isolating_failures(backend, model_index, to_score, context.config.reasoning_end,
+                                            context.config.score_names[model_index])
     seconds = time.perf_counter() - started
     num_conversations = sum(len(p.candidates) for p in to_score)
     # the end summary's "gave no score to N of M candidates" counts the policy's candidates, as the report does
