@@ -8,6 +8,7 @@ inference would. Everything else goes through `datasets.load_dataset`.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
@@ -22,13 +23,24 @@ from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.paths import missing_here, surely_local
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+"""The dataset files rsample reads, by suffix; JSON Lines and CSV may also be gzipped (`.jsonl.gz`)."""
+
+
+def _suffix(path: Path) -> str:
+    """A file's format suffix, under its compression: `.jsonl` for `rows.jsonl.gz`."""
+    return Path(path.name.removesuffix(".gz")).suffix if path.name.endswith(".gz") else path.suffix
+
+
+def _opened(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
 def _looks_like_path(source: str) -> bool:
-    return surely_local(source) or Path(source).suffix in FILE_BUILDERS
+    return surely_local(source) or _suffix(Path(source)) in FILE_BUILDERS
 
 
-BLANK = b"\xef\xbb\xbf \t\r\n"
+BOM = b"\xef\xbb\xbf"
+BLANK = BOM + b" \t\r\n"
 """What may come before a file's first row: a byte-order mark and whitespace."""
 
 
@@ -47,23 +59,31 @@ def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any]]:
             row_index += 1
 
 
-def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open("rb") as handle:
-        row_index = 0
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a JSON Lines file's rows: its lines that are not blank, the first without its byte-order
+    mark (which may stand on a line of its own)."""
+    with _opened(path) as handle:
         for line_number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path.name} line {line_number}"
+            if line_number == 1:
+                raw = raw.removeprefix(BOM)
+            if raw.strip():
+                yield line_number, raw
+
+
+def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    row_index = 0
+    for line_number, raw in _lines(path):
+        where = f"{path.name} line {line_number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield row_index, RowSkip(row_index, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
+        else:
             try:
-                text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")  # a byte-order mark may open the file
-            except UnicodeDecodeError as exc:
-                yield row_index, RowSkip(row_index, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
-            else:
-                try:
-                    yield row_index, json.loads(text.rstrip("\r\n"))  # without its line break, which JSON would read as text
-                except json.JSONDecodeError as exc:
-                    yield row_index, RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
-            row_index += 1
+                yield row_index, json.loads(text.rstrip("\r\n"))  # without its line break, which JSON would read as text
+            except json.JSONDecodeError as exc:
+                yield row_index, RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
+        row_index += 1
 
 
 def _split_files(folder: Path, split: str) -> list[Path] | None:
@@ -118,10 +138,10 @@ def _declares_configs(folder: Path) -> bool:
 
 def _json_lines(path: Path) -> bool:
     """A `.jsonl` file, or a `.json` file that holds one object per line (JSON Lines under another name) rather than
-    one JSON array: read line by line."""
-    if path.suffix != ".json":
-        return path.suffix == ".jsonl"
-    with path.open("rb") as handle:
+    one JSON array (either gzipped or not): read line by line."""
+    if _suffix(path) != ".json":
+        return _suffix(path) == ".jsonl"
+    with _opened(path) as handle:
         return handle.read(4096).lstrip(BLANK).startswith(b"{")
 
 
@@ -130,7 +150,7 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None, 
 
     try:
         if data_files:
-            dataset = datasets.load_dataset(FILE_BUILDERS[Path(data_files).suffix], data_files=data_files, split="train")
+            dataset = datasets.load_dataset(FILE_BUILDERS[_suffix(Path(data_files))], data_files=data_files, split="train")
         else:
             dataset = datasets.load_dataset(source, subset, split=split)
     except Exception as exc:  # datasets raises many types; the user needs the message, not the type
@@ -151,14 +171,19 @@ def _open(selection: DataSelection):
     """A local JSON Lines file, or a folder's JSON Lines files (read line by line), or a `datasets.Dataset`."""
     source, split = selection.dataset, selection.split
     path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix not in FILE_BUILDERS:
-            raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)})")
+    saved = path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    if path.is_file() or saved:
+        if path.is_file() and (_suffix(path) not in FILE_BUILDERS or (path.name.endswith(".gz") and _suffix(path) == ".parquet")):
+            raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)}, "
+                               "or .jsonl.gz, .json.gz, .csv.gz)")
+        kind = "file" if path.is_file() else "saved dataset (`Dataset.save_to_disk`)"
         if split != "train":
-            raise RsampleError(f"--split {split} applies to Hub datasets and folders; the file {source} is one split (leave --split out)")
+            raise RsampleError(f"--split {split} applies to Hub datasets and folders; the {kind} {source} is one split (leave --split out)")
         if selection.subset is not None:
-            raise RsampleError(f"--subset applies to Hub datasets and folders; the file {source} is one (leave --subset out)")
-        with path.open("rb") as handle:
+            raise RsampleError(f"--subset applies to Hub datasets and folders; the {kind} {source} is one (leave --subset out)")
+        if saved:
+            return _load_saved(path)
+        with _opened(path) as handle:
             if not handle.read(4096).strip(BLANK):
                 raise RsampleError(f"dataset file {source} is empty")
         if _json_lines(path):
@@ -170,12 +195,28 @@ def _open(selection: DataSelection):
             files = _split_files(path, split)
         else:
             files = _config_files(path, selection.subset, split)
+        formats = {_suffix(file).replace(".jsonl", ".json") for file in files or ()}
+        if len(formats) > 1:  # datasets would read the commonest format only, the others' rows lost without a word
+            raise RsampleError(f"dataset folder {path} mixes file formats in split {split!r} ({', '.join(sorted(formats))}): "
+                               "datasets reads only its commonest; keep one format per split (or name one file)")
         if files and all(_json_lines(file) for file in files):
             return files  # the files and order datasets would read, line by line
         return _load_with_datasets(str(path), split, subset=selection.subset)
     if _looks_like_path(source):
         raise RsampleError(f"dataset file not found: {source}")
     return _load_with_datasets(source, split, subset=selection.subset)
+
+
+def _load_saved(path: Path):
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a damaged folder: datasets says what it lacks
+        raise RsampleError(f"cannot load the saved dataset {path}: {first_line(exc)}") from None
+    if not isinstance(dataset, datasets.Dataset):  # a DatasetDict has dataset_dict.json, not state.json: never here
+        raise RsampleError(f"the saved dataset {path} is not one split")
+    return dataset
 
 
 def _stop(selection: DataSelection, total: int | None) -> int | None:
@@ -204,8 +245,7 @@ def count_rows(selection: DataSelection) -> int:
     if isinstance(source, (Path, list)):
         total = 0
         for path in _files(source):
-            with path.open("rb") as handle:
-                total += sum(1 for line in handle if line.strip())
+            total += sum(1 for _ in _lines(path))
     else:
         total = len(source)
     return max(0, _stop(selection, total) - selection.start)

@@ -14,6 +14,10 @@ from rsample.workers.common.messages import Conversation, PromptRecord
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "assistant": "assistant"}
 """ShareGPT's `from` values (`{"from": "human", "value": ...}` turns, as in OpenHermes and many SFT sets) as chat roles."""
+TOOL_ROLES = ("tool", "ipython", "function")
+"""Roles of tool results (OpenAI's, Llama 3's, the older OpenAI one): tool use, which rsample does not render."""
+TOOL_USE = "tool use (not supported)"
+"""Why a row of tool use is skipped: sent without its calls, results or schemas, its prompt would not be the one meant."""
 AUTO_PROMPT_COLUMNS = ("messages", "prompt", "conversations")
 """Where a row's prompt is looked for without --prompt-column, in this order: open-instruct's and TRL's columns, ShareGPT's."""
 
@@ -40,8 +44,14 @@ def _check_messages(value: Any, row_index: int, column: str = "messages") -> Con
     conversation: Conversation = []
     for turn, message in enumerate(value):
         where = f"row {row_index}, message {turn}"
-        if isinstance(message, dict) and "role" not in message and "content" not in message and {"from", "value"} <= set(message):
-            role, content = message["from"], message["value"]  # ShareGPT
+        present = _present(message) if isinstance(message, dict) else {}
+        speaker = present.get("role", present.get("from"))
+        if _holds(present.get("tool_calls")) or _holds(present.get("function_call")):
+            return RowSkip(row_index, TOOL_USE, f"{where}: the {speaker}'s turn calls tools")
+        if speaker in TOOL_ROLES:
+            return RowSkip(row_index, TOOL_USE, f"{where}: a tool's result (role {speaker!r})")
+        if "role" not in present and "content" not in present and {"from", "value"} <= set(present):
+            role, content = present["from"], present["value"]  # ShareGPT
             if role not in SHAREGPT_ROLES:
                 return RowSkip(row_index, "unknown role", f"{where}: from {role!r} is not one of {', '.join(SHAREGPT_ROLES)}")
             role = SHAREGPT_ROLES[role]
@@ -64,6 +74,21 @@ def _check_messages(value: Any, row_index: int, column: str = "messages") -> Con
     return conversation
 
 
+def _present(turn: dict) -> dict:
+    """A turn without its keys that hold null: Arrow gives each turn of a Parquet file the keys of every turn in it."""
+    return {key: item for key, item in turn.items() if item is not None}
+
+
+def _holds(value: Any) -> bool:
+    """Whether a tool field holds something: datasets store none as null, [] or the JSON text "[]"."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return bool(value.strip())
+    return bool(value)
+
+
 def _non_text_part(parts: list) -> str | None:
     """What makes content given as parts (`[{"type": "text", "text": "..."}]`) unreadable here: its first part that
     is not text (an image, audio), described; None when every part is text."""
@@ -77,7 +102,9 @@ def _non_text_part(parts: list) -> str | None:
 def _without_empty_reply(messages: Any) -> Any:
     """A final assistant turn left empty (or null), as prompt-only datasets in the `messages` shape leave the slot for
     the reply: no reference, and no reason to skip the prompt."""
-    last = messages[-1] if isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict) else {}
+    last = _present(messages[-1]) if isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict) else {}
+    if _holds(last.get("tool_calls")) or _holds(last.get("function_call")):
+        return messages  # a reply that calls a tool: skipped as tool use, not read as an empty reply
     if last.get("role") == "assistant" or ("role" not in last and SHAREGPT_ROLES.get(last.get("from")) == "assistant"):
         content = last.get("content", last.get("value"))
         if content is None or (isinstance(content, str) and not content.strip()):
@@ -152,7 +179,7 @@ def _conversation(value: Any, row_index: int, column: str) -> tuple[Conversation
 
 def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
     """--reference-column's value: a string, or chat turns ending with the assistant's (TRL's `completion`)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or value == [] or (isinstance(value, str) and not value.strip()):  # TRL's `completion: []` too
         return None
     if isinstance(value, str):
         return value
@@ -210,6 +237,8 @@ def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, c
     """
     if not isinstance(row, dict):
         return RowSkip(row_index, "row is not an object", f"row {row_index}: {type(row).__name__}")
+    if _holds(row.get("tools")):  # the schemas a chat template would render into the prompt (hidden, not a prompt column)
+        return RowSkip(row_index, TOOL_USE, f"row {row_index}: its 'tools' column holds tool schemas")
     read = _prompt(row, row_index, tuple(prompt_columns))
     if isinstance(read, RowSkip):
         return read

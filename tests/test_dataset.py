@@ -192,3 +192,56 @@ def test_a_bad_line_in_a_folder_read_by_its_readme_configs_is_one_skip(tmp_path)
     with pytest.raises(RsampleError) as error:
         _rows(repo, split="test")
     assert str(error.value) == f"dataset folder {repo} has no split 'test' in its 'main' configuration (its splits: train)"
+
+
+def test_a_byte_order_mark_on_a_line_of_its_own_is_no_row(tmp_path):
+    from rsample.producer.dataset import count_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf\r\n" + b'{"prompt": "q0"}\r\n{"prompt": "q1"}')
+    assert _rows(path) == [(0, {"prompt": "q0"}), (1, {"prompt": "q1"})]
+    assert count_rows(DataSelection(str(path))) == 2  # the feeder's count and the rows agree
+
+
+def test_gzipped_json_lines_are_read_line_by_line_alone_or_in_a_folder(tmp_path):
+    import gzip
+
+    from rsample.producer.dataset import count_rows
+
+    lines = b'{"prompt": "a"}\n{not json\n{"prompt": "c"}\n'
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(gzip.compress(lines))
+    rows = _rows(path)
+    assert (rows[0], rows[2]) == ((0, {"prompt": "a"}), (2, {"prompt": "c"}))
+    assert isinstance(rows[1][1], RowSkip) and rows[1][1].detail.startswith("row 1 (rows.jsonl.gz line 2): ")
+    assert count_rows(DataSelection(str(path))) == 3
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "train-0.json.gz").write_bytes(gzip.compress(lines))
+    assert [row for _, row in _rows(folder) if not isinstance(row, RowSkip)] == [{"prompt": "a"}, {"prompt": "c"}]
+    (tmp_path / "rows.parquet.gz").write_bytes(gzip.compress(b"x"))
+    with pytest.raises(RsampleError, match="unsupported dataset file type '.gz'"):
+        _rows(tmp_path / "rows.parquet.gz")
+
+
+def test_a_folder_mixing_file_formats_is_refused_rather_than_read_in_part(tmp_path):
+    """datasets reads a folder's commonest format only: the other files' rows would be lost without a word."""
+    import datasets
+
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"prompt": name}) + "\n")
+    datasets.Dataset.from_list([{"prompt": "c"}]).to_parquet(str(tmp_path / "c.parquet"))
+    with pytest.raises(RsampleError, match=r"mixes file formats in split 'train' \(.json, .parquet\)"):
+        _rows(tmp_path)
+    (tmp_path / "c.parquet").unlink()
+    (tmp_path / "c.json").write_text(json.dumps([{"prompt": "c"}]))  # a JSON array beside JSON Lines: one format
+    assert sorted(row["prompt"] for _, row in _rows(tmp_path)) == ["a.jsonl", "b.jsonl", "c"]
+
+
+def test_a_dataset_saved_to_disk_is_read_as_one_split(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([{"prompt": "a"}, {"prompt": "b"}]).save_to_disk(str(tmp_path / "saved"))
+    assert _rows(tmp_path / "saved") == [(0, {"prompt": "a"}), (1, {"prompt": "b"})]
+    with pytest.raises(RsampleError, match="the saved dataset .* is one split"):
+        _rows(tmp_path / "saved", split="test")

@@ -1,3 +1,5 @@
+import json
+
 from rsample.producer.prompts import RowSkip, extract_prompt, prompt_id_of
 from rsample.workers.common.messages import PromptRecord
 
@@ -114,3 +116,49 @@ def test_half_an_emoji_in_the_references_thinking_skips_the_row_like_one_in_its_
     turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "thinking": "half an emoji \ud83d here"}]
     skipped = extract_prompt({"messages": turns}, 4, reference_thinking=True)
     assert isinstance(skipped, RowSkip) and skipped.reason == "invalid text"
+
+
+CALL = [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]
+
+
+def test_tool_use_is_skipped_not_sent_without_its_calls_results_or_schemas():
+    """A turn's tool calls, a tool's result and a row's tool schemas are what a chat template would render into the
+    prompt: without them the policy would answer another prompt, and a calling reply would be scored as an answer."""
+    ask = {"role": "user", "content": "Weather in Paris?"}
+    calling = {"role": "assistant", "content": "Let me check.", "tool_calls": CALL}
+    cases = {
+        "an earlier turn's calls": ({"messages": [ask, calling, {"role": "user", "content": "And in Rome?"}]},
+                                    "row 4, message 1: the assistant's turn calls tools"),
+        "a reply that calls": ({"messages": [ask, calling]}, "row 4, message 1: the assistant's turn calls tools"),
+        "a call with no text": ({"messages": [ask, {**calling, "content": None}]}, "row 4, message 1: the assistant's turn calls tools"),
+        "the calls as JSON text": ({"messages": [ask, {**calling, "tool_calls": json.dumps(CALL)}, ask]},
+                                   "row 4, message 1: the assistant's turn calls tools"),
+        "a tool's result": ({"messages": [ask, {"role": "tool", "content": "18 C"}, ask]}, "row 4, message 1: a tool's result (role 'tool')"),
+        "schemas": ({"messages": [ask], "tools": [{"type": "function", "function": {"name": "get_weather"}}]},
+                    "row 4: its 'tools' column holds tool schemas"),
+    }
+    for case, (row, detail) in cases.items():
+        skip = extract_prompt(row, 4)
+        assert isinstance(skip, RowSkip) and (skip.reason, skip.detail) == ("tool use (not supported)", detail), case
+    # no calls at all, however a dataset writes "none": the row is read
+    for none in (None, [], "[]", ""):
+        row = {"messages": [ask, {"role": "assistant", "content": "Sunny.", "tool_calls": none}], "tools": none}
+        record = extract_prompt(row, 4)
+        assert isinstance(record, PromptRecord) and record.messages == [ask] and record.reference_completion == "Sunny.", none
+
+
+def test_turns_that_hold_null_for_the_other_shapes_keys_are_read_as_their_own_shape():
+    """A Parquet file of role/content turns and ShareGPT turns gives every turn both shapes' keys, the other's null."""
+    sharegpt = [{"role": None, "content": None, "from": "human", "value": "q"}, {"role": None, "content": None, "from": "gpt", "value": "a"}]
+    record = extract_prompt({"messages": sharegpt}, 0)
+    assert record.messages == [{"role": "user", "content": "q"}] and record.reference_completion == "a"
+    role_content = [{"role": "user", "content": "q", "from": None, "value": None}, {"role": "assistant", "content": "", "from": None, "value": None}]
+    record = extract_prompt({"messages": role_content}, 0)
+    assert record.messages == [{"role": "user", "content": "q"}] and record.reference_completion is None
+
+
+def test_an_empty_list_reference_is_no_reference_as_an_empty_string_is():
+    """TRL's prompt-completion shape with an empty `completion`."""
+    for empty in ([], "", None):
+        record = extract_prompt({"prompt": [{"role": "user", "content": "q"}], "completion": empty}, 0, reference_column="completion")
+        assert isinstance(record, PromptRecord) and record.reference_completion is None, empty
