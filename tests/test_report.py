@@ -452,6 +452,53 @@ def test_a_reference_merged_with_a_sample_is_one_of_the_samples_in_the_pairs_cou
     assert numbers.unique_per_prompt == Counter({2: 2})
 
 
+def test_a_resumed_coordinator_holds_no_rows_it_commits_while_it_counts_the_files(tmp_path, monkeypatch):
+    """The rows committed while a resume counts the files were held whole until the count ended: a count of minutes
+    (a scores file of tens of GB) at a high commit rate held gigabytes. They are counted from the files instead."""
+    import threading
+    import tracemalloc
+
+    from rsample.producer.report import live as live_module
+
+    release, real_read_rows = threading.Event(), live_module.read_rows
+
+    def held_read_rows(*args, **kwargs):
+        release.wait(30)  # the count of the earlier rows takes long
+        yield from real_read_rows(*args, **kwargs)
+
+    monkeypatch.setattr(live_module, "read_rows", held_read_rows)
+    pairs, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    write_jsonl(pairs, [pair_row("p0", "a", "b", {"m": 1.0}, {"m": 0.0}, 2, 2)])
+    write_jsonl(scores, [score_row("p0", k, text, {"m": 1.0 - k}, "stop") for k, text in enumerate("ab")])
+    live = live_module.LiveNumbers()
+    live.start_from(pairs, scores)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    margins = [1.0]
+    for commit in range(40):  # 40 commits of 16 prompts of 16 candidates of 1,000 characters, committed to the files
+        committed_pairs, committed_scores = [], []
+        for k in range(16):
+            prompt_id, margin = f"c{commit}-{k}", (commit * 16 + k) % 7 / 7
+            committed_pairs.append(pair_row(prompt_id, "x" * 1000, "y" * 999, {"m": margin}, {"m": 0.0}, 16, 16))
+            committed_scores += [score_row(prompt_id, i, f"{i}" + "z" * 999, {"m": float(i)}, "stop") for i in range(16)]
+            margins.append(margin)
+        with pairs.open("a") as handle:
+            handle.write("".join(json.dumps(row) + "\n" for row in committed_pairs))
+        with scores.open("a") as handle:
+            handle.write("".join(json.dumps(row) + "\n" for row in committed_scores))
+        live.add(committed_pairs, committed_scores)
+        del committed_pairs, committed_scores
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    release.set()
+    numbers = json.loads(live.summary())
+    assert held < 1 << 20, f"{held / 2**20:.1f} MiB held for 640 prompts committed during the count"  # 16 MiB before
+    assert numbers["pairs"] == 1 + 640 and numbers["models"]["m"]["margin_mean"] == pytest.approx(sum(margins) / len(margins), abs=1e-4)
+    more = [pair_row("after", "x", "y", {"m": 2.0}, {"m": 0.0}, 2, 2)]  # once counted, commits count at once
+    live.add(more, [])
+    assert json.loads(live.summary())["pairs"] == 642
+
+
 @pytest.mark.parametrize("scores_file", [None, "scores.jsonl"])
 def test_live_numbers_of_a_resume_without_a_scores_file_leave_out_the_candidates_figures(tmp_path, scores_file):
     """The earlier sessions' candidates are in no file (no --scores-out, or one this resume adds, empty so far):
@@ -463,8 +510,13 @@ def test_live_numbers_of_a_resume_without_a_scores_file_leave_out_the_candidates
     live = LiveNumbers()
     live.start_from(pairs, scores_file and tmp_path / scores_file)
     later = [pair_row(f"p{i}", "x" * (10 + i), "y", {"m": float(i)}, {"m": 0.0}, 2, 2) for i in range(5, 9)]
-    live.add(later, [score_row(p["prompt_id"], k, text, {"m": float(k)}, "length" if k else "stop")
-                     for p in later for k, text in enumerate(("y", "x" * 12, "z" * 20))])
+    later_scores = [score_row(p["prompt_id"], k, text, {"m": float(k)}, "length" if k else "stop")
+                    for p in later for k, text in enumerate(("y", "x" * 12, "z" * 20))]
+    with pairs.open("a") as handle:  # committed, as the ledger does before the live numbers count them
+        handle.write("".join(json.dumps(row) + "\n" for row in later))
+    if scores_file:
+        write_jsonl(tmp_path / scores_file, later_scores)
+    live.add(later, later_scores)
     numbers = json.loads(live.summary())
     assert numbers["pairs"] == 9 and numbers["models"]["m"]["margin_mean"] == pytest.approx(sum(range(9)) / 9)
     assert numbers["truncated"] is None and numbers["models"]["m"]["length_rho"] is None

@@ -24,8 +24,13 @@ class LiveNumbers:
         self.numbers = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=reasoning_end)
         self._published_at = 0.0
         self._reading: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._files: tuple[Path | None, Path | None] = (None, None)
+        self._written = (0, 0)
+        """Where the pairs and scores files end as last committed: the counting thread reads up to there."""
         self._read: RunNumbers | None = None
-        self._pending: list[tuple[list[dict], list[dict]]] = []
+        self._counted = False
+        """Whether the counting thread has counted every row committed (and hands its numbers over)."""
         self.added = False
         """Whether rows were added (committed by this process)."""
         self.candidates_unknown = False
@@ -33,26 +38,36 @@ class LiveNumbers:
 
     def start_from(self, pairs: Path, scores: Path | None) -> None:
         """Counts the rows the files hold already (a resumed run, a coordinator taking over), so that the numbers are the
-        whole run's. In a thread: a resume of a million rows starts feeding at once; the rows committed meanwhile wait,
-        and no number is published until both are counted."""
-        ends = [path.stat().st_size if path is not None and path.exists() else 0 for path in (pairs, scores)]
+        whole run's. In a thread: a resume of a million rows starts feeding at once. The rows committed meanwhile are
+        counted by the same thread, from the files (`add` notes where they end): held in memory, they would grow with
+        the commit rate times a count that may take minutes. No number is published until the thread is done."""
+        self._files = (pairs, scores)
+        ends = self._ends()
         if not any(ends):
             return
         # with no scores file, or one that a resume adds (empty so far), the earlier sessions' candidates cannot be counted:
         # their figures would be this session's alone, beside the whole run's pairs and margins
         self.candidates_unknown = ends[0] > 0 and ends[1] == 0
+        self._written = ends
 
         def read() -> None:
-            numbers = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=self.reasoning_end)
+            numbers, counted = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=self.reasoning_end), (0, 0)
             try:
-                for row in read_rows(pairs, ends[0]):
-                    add_pair(numbers, row)
-                if scores is not None and ends[1]:
-                    add_score_rows(numbers, read_rows(scores, ends[1]))
-            except Exception as exc:  # the numbers are a view: without the earlier rows, they are those of this session's
+                while True:
+                    with self._lock:
+                        target = self._written
+                        if target == counted:  # caught up: from now on `add` counts the rows it is given
+                            self._read, self._counted = numbers, True
+                            return
+                    for row in read_rows(pairs, target[0], counted[0]):
+                        add_pair(numbers, row)
+                    if scores is not None and target[1] > counted[1]:
+                        add_score_rows(numbers, read_rows(scores, target[1], counted[1]))
+                    counted = target
+            except Exception as exc:  # the numbers are a view: without the earlier rows, they are those added from now on
                 log.warning("the live report counts only the rows written from now on: %s", exc)
-                return
-            self._read = numbers
+                with self._lock:
+                    self._counted = True
 
         self._reading = threading.Thread(target=read, name="rsample-live-report", daemon=True)
         self._reading.start()
@@ -61,22 +76,29 @@ class LiveNumbers:
         """Whether the numbers cover the rows written before (see `start_from`); takes them over once they are read."""
         if self._reading is None:
             return True
-        self._reading.join(timeout=None if wait else 0)
-        if self._reading.is_alive():
-            return False
+        if wait:
+            self._reading.join()
+        with self._lock:
+            if not self._counted:
+                return False
         if self._read is not None:
             self.numbers = self._read
-        self._reading, self._read, pending = None, None, self._pending
-        self._pending = []
-        for pairs, score_rows in pending:
-            self.add(pairs, score_rows)
+        self._reading, self._read = None, None
         return True
 
+    def _ends(self) -> tuple[int, int]:
+        return tuple(path.stat().st_size if path is not None and path.exists() else 0 for path in self._files)
+
     def add(self, pairs: list[dict], score_rows: list[dict]) -> None:
+        """Counts a commit's rows, once the ledger made them durable: while the files are still being counted, the
+        counting thread reads them there."""
         self.added = True
-        if not self._caught_up():
-            self._pending.append((pairs, score_rows))
-            return
+        if self._reading is not None:
+            with self._lock:
+                if not self._counted:
+                    self._written = self._ends()
+                    return
+            self._caught_up()
         for row in pairs:
             add_pair(self.numbers, row)
         add_score_rows(self.numbers, score_rows)

@@ -27,14 +27,15 @@ SMALL_MARGIN = 0.1
 """A margin under this many standard deviations of the model's candidate scores counts as small."""
 
 
-def read_rows(path: Path, end: int | None = None) -> Iterator[dict]:
+def read_rows(path: Path, end: int | None = None, start: int = 0) -> Iterator[dict]:
     """Complete JSON lines only: a growing file's unfinished last line is not an error; with `end`, those in the first
-    `end` bytes (what was written when the file was measured). orjson parses several times faster than json, which is
-    most of the time of a report over millions of rows."""
+    `end` bytes (what was written when the file was measured); from byte `start` (a line's start). orjson parses
+    several times faster than json, which is most of the time of a report over millions of rows."""
     import orjson
 
-    position = 0
+    position = start
     with path.open("rb", buffering=1 << 20) as handle:
+        handle.seek(start)
         for line_number, raw in enumerate(handle, start=1):
             position += len(raw)
             if not raw.endswith(b"\n") or (end is not None and position > end):
