@@ -28,7 +28,7 @@ from rsample.producer.feeder import Feeder
 from rsample.producer.prompts import record_of, row_prompt_id
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.messages import Outcome
+from rsample.workers.common.messages import Outcome, commonest_reasons, failed_skips
 from rsample.workers.runtime.connection import eviction_policy
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
@@ -37,6 +37,11 @@ from rsample.workers.runtime.run_state import read_stats, save_run
 from rsample.workers.runtime.safe_job import SafeJob
 
 log = logging.getLogger(__name__)
+
+OUTCOMES_PUBLISH_SECONDS = 1.0
+"""The outcome counts go to `rsample status` at most this often (and at the end): publishing them costs as much as
+there are skip reasons, which may be one per row."""
+
 
 class Coordinator:
     def __init__(self, client: redis.Redis, config: RunConfig, out: str | Path, scores_out: str | Path | None = None,
@@ -48,6 +53,7 @@ class Coordinator:
         self.lock = RunLock(client, self.keys.coordinator_lock, config.run_id).acquire()  # kept alive from here on
         self._rewind_pending = False
         """Rows the output lacks wait for the work in flight, then the run is fed again from its first row."""
+        self._outcomes_due, self._outcomes_published_at = False, 0.0
         try:
             self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
                                  config.output_settings())
@@ -289,6 +295,8 @@ class Coordinator:
         self.ensure_run()
         self.feeder.top_up()
         if self.collector.step():
+            self._outcomes_due = True
+        if self._outcomes_due and time.monotonic() - self._outcomes_published_at >= OUTCOMES_PUBLISH_SECONDS:
             self._publish_outcomes()
         self._note_own_outage(started)
         if time.monotonic() < self._sweep_not_before:
@@ -344,9 +352,12 @@ class Coordinator:
             self._unserved_said = now
 
     def _publish_outcomes(self) -> None:
-        """Outcome counts for `rsample status`, which runs elsewhere and has no ledger."""
+        """Outcome counts for `rsample status`, which runs elsewhere and has no ledger: the commonest skip reasons (there
+        may be one per row) and the count of rows whose work failed, which `--retry-failed` would try again."""
         outcomes, reasons = self.ledger.counts()
-        self.client.hset(self.keys.stats, mapping={"outcomes": json.dumps(outcomes), "skip_reasons": json.dumps(reasons)})
+        self.client.hset(self.keys.stats, mapping={"outcomes": json.dumps(outcomes), "skip_reasons": json.dumps(commonest_reasons(reasons)),
+                                                   "skipped_failed": failed_skips(reasons)})
+        self._outcomes_due, self._outcomes_published_at = False, time.monotonic()
 
     def _session_counters(self) -> list[str]:
         return ["completions_generated", "tokens_generated",

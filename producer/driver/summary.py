@@ -14,6 +14,7 @@ from rsample.workers.common.messages import (
     DROPPED_UNVERIFIED,
     DUPLICATE,
     PAIR,
+    commonest_reasons,
     failed_skips,
 )
 
@@ -71,7 +72,7 @@ class Summary:
             f"duplicate rows       {self.duplicate_rows}",
             f"skipped              {sum(self.skipped.values())}",
         ]
-        out += [f"  {reason}: {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: -kv[1])]
+        out += [f"  {reason}: {count}" for reason, count in commonest_reasons(self.skipped).items()]
         failed = failed_skips(self.skipped)
         if failed:
             out.append(f"  ({failed} of them because their work failed: once its cause is fixed, resume with --retry-failed)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from rsample.producer.report.figures import draw_all
 from rsample.producer.report.sample import Moments
 from rsample.producer.report.stats import LOW_DIVERSITY, SMALL_MARGIN, RunNumbers, read_run
+from rsample.workers.common.messages import commonest_reasons
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
     lines = [f"pairs {numbers.pairs:,}"]
     if numbers.outcomes:
         lines.append("outcomes: " + ", ".join(f"{name} {count:,}" for name, count in sorted(numbers.outcomes.items())))
-        lines += [f"  skipped, {reason}: {count:,}" for reason, count in numbers.skip_reasons.most_common()]
+        lines += [f"  skipped, {reason}: {count:,}" for reason, count in commonest_reasons(numbers.skip_reasons).items()]
     for name, model in numbers.models.items():
         lines.append(f"reward model {name}:")
         if model.margin_moments.count:

@@ -5,6 +5,7 @@ Conversations stay plain `{"role", "content"}` dicts: that is both the wire form
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -172,6 +173,22 @@ def is_failure_reason(reason: str | None) -> bool:
 def failed_skips(skip_reasons: dict[str, int]) -> int:
     """How many of the skipped rows (reason -> rows) were skipped because their work failed."""
     return sum(count for reason, count in skip_reasons.items() if is_failure_reason(reason))
+
+
+REASONS_SHOWN = 20
+"""Skip reasons shown (by `rsample status`, the end summary, the report) and published, the commonest first: a reason
+may hold an error's text, which can differ on every row (a reward function's), and 20,000 lines bury the rest."""
+
+
+def commonest_reasons(skip_reasons: dict[str, int], limit: int = REASONS_SHOWN) -> dict[str, int]:
+    """The `limit` commonest skip reasons, the others' rows together under one line that counts them; every row's own
+    reason stays in the outcomes file."""
+    if len(skip_reasons) <= limit:
+        return dict(sorted(skip_reasons.items(), key=lambda item: -item[1]))
+    shown = dict(heapq.nlargest(limit, skip_reasons.items(), key=lambda item: item[1]))
+    others = len(skip_reasons) - limit
+    shown[f"{others:,} other reasons (each row's is in the outcomes file)"] = sum(skip_reasons.values()) - sum(shown.values())
+    return shown
 
 
 @dataclass(frozen=True)

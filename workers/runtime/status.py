@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from rsample.workers.common.messages import failed_skips
+from rsample.workers.common.messages import REASONS_SHOWN, commonest_reasons, failed_skips
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
 from rsample.workers.runtime.pace import Pace, read_samples, recent_pace
@@ -64,6 +64,13 @@ class RunStatus:
     tokens_before: int = 0
     session_seconds: float | None = None
     """Since the coordinator started, while the run goes on; None before one did, and once it is complete."""
+    failed_rows: int | None = None
+    """Rows skipped because their work failed, counted by the coordinator (`skip_reasons` holds the commonest reasons
+    only); None from a coordinator of an earlier version, which published every reason."""
+
+    @property
+    def failed(self) -> int:
+        return failed_skips(self.skip_reasons) if self.failed_rows is None else self.failed_rows
 
     def session_rate(self, done: float, before: int) -> float:
         """Rows per second over this coordinator's session, rows done before it left out: a resume that found most
@@ -112,7 +119,7 @@ class RunStatus:
     def finished_line(self) -> str:
         """A finished run in one line: a Redis keeps a month of them, which `rsample status` would print in full. What
         asks for a look at it still shows: rows whose work failed, results set aside."""
-        failed = failed_skips(self.skip_reasons)
+        failed = self.failed
         return (f"run {self.run_id} (complete), policy {self.policy}, took {format_duration(self.seconds)}: {self.rows} rows, "
                 f"{self.outcomes.get('pair', 0)} pairs"
                 + (f"; {failed} skipped because their work failed (resume with --retry-failed)" if failed else "")
@@ -148,8 +155,9 @@ class RunStatus:
             out.append("  data so far: " + "; ".join(report_numbers(self.report)))
         if self.outcomes:
             out.append("  outcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items())))
-        out += [f"  skipped, {reason}: {count}" for reason, count in self.skip_reasons.items()]
-        failed = failed_skips(self.skip_reasons)
+        shown = self.skip_reasons if len(self.skip_reasons) <= REASONS_SHOWN + 1 else commonest_reasons(self.skip_reasons)  # an older coordinator's: all
+        out += [f"  skipped, {reason}: {count}" for reason, count in shown.items()]
+        failed = self.failed
         if failed:
             out.append(f"  ({failed} skipped because their work failed: once its cause is fixed, resume with --retry-failed)")
         if self.unprocessable:
@@ -214,6 +222,7 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         completions=int(stats.get("completions_generated")),
         outcomes=json.loads(stats.text("outcomes", "{}")),
         skip_reasons=json.loads(stats.text("skip_reasons", "{}")),
+        failed_rows=int(stats.get("skipped_failed")) if "skipped_failed" in stats.counters else None,
         queues=queues,
         unprocessable=int(stats.get("unprocessable")),
         generating=0.0 if complete else round(live.rows, 2),  # a killed job's last report, until it goes stale, is no work
