@@ -7,12 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import CHAT_ROWS, REPO, rsample
 from faults import STARTED, assert_exactly_once, processes_mentioning, wait_for
 
+from rsample.workers.common import defaults
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.supervisor import WorkerSpec, assign_gpus, parse_gpus, plan_workers
@@ -477,7 +479,7 @@ def test_a_supervised_worker_keeps_watching_after_a_run_of_other_models_and_move
     lock.release()
     redis_client.hset(RunKeys("C").stats, "finished_at", 1.0)  # ...unless C ends first
     follower = RunFollower(redis_client, StopSignals())
-    assert follower.mover("A").run_id == "B" and follower.same_models_for([WorkerSpec("generate", (0,))])("A", "B")
+    assert follower.mover("A").run_id == "B" and follower.same_models_for([WorkerSpec("generate", (0,))], first)("A", "B")
     wait_for(lambda: context.moving_to is not None, 5, "the worker to move to run B", interval=0.05)
     assert context.moving_to.run_id == "B" and not signals  # a move sends no signal: a later SIGTERM is a first, warm stop
 
@@ -506,3 +508,120 @@ def test_a_stop_wins_over_a_move_to_another_run(redis_client, monkeypatch):
         worker_context.install(None)
         signals.signal(signals.SIGTERM, signals.SIG_DFL)
         signals.signal(signals.SIGINT, signals.default_int_handler)
+
+
+def _run(run_id: str, created_at: float, **models):
+    from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig
+
+    return RunConfig(run_id=run_id, data=DataSelection("d"), policy="p", reward_models=("rm",), models=ModelSettings(**models),
+                     created_at=created_at)
+
+
+def test_the_supervisor_and_its_workers_judge_a_move_by_the_same_models(redis_client, monkeypatch):
+    """The workers loaded run A with --reward-batch-size 64; Redis lost A, whose coordinator registered it again from its
+    output files (speed settings at their defaults). The supervisor compared Redis's copy of A with B (the same: it
+    counted on its worker to move), the worker its own (other models: it waited to be started again): B was served by
+    nobody, for ever. Both compare the settings the workers were started with now. And a forgotten run A (its settings
+    gone) made the supervisor start its workers again, loading models they held, for a B of the same."""
+    import dataclasses
+
+    from rsample.workers.common.config import ModelSettings
+    from rsample.workers.runtime import worker as worker_module
+    from rsample.workers.runtime import worker_context
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.run_state import save_run
+    from rsample.workers.runtime.supervisor import RunFollower, StopSignals, WorkerSpec
+
+    monkeypatch.setattr(defaults, "RUN_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(worker_module.os, "kill", lambda pid, sig: None)
+    specs = [WorkerSpec("both", (0,))]
+    loaded = _run("A", 1.0, reward_micro_batch=64)
+    save_run(redis_client, dataclasses.replace(loaded, models=ModelSettings()))  # as registered again from the files
+    redis_client.hset(RunKeys("A").stats, "finished_at", 2.0)
+    save_run(redis_client, _run("B", 3.0))
+    context = worker_context.WorkerContext(client=redis_client, config=loaded)
+    worker_module.follow_the_runs(redis_client, context, "both", exit_for_other_models=False, allowed=lambda config: config)
+    follower = RunFollower(redis_client, StopSignals())
+    assert follower.mover("A").run_id == "B"
+    time.sleep(0.5)
+    assert context.moving_to is None and not follower.same_models_for(specs, loaded)("A", "B")  # both: start it again
+
+    held = _run("A", 1.0)
+    redis_client.delete(RunKeys("A").config)  # `rsample forget --run A`
+    assert follower.mover("A").run_id == "B" and follower.same_models_for(specs, held)("A", "B")  # kept: no reload
+
+
+def test_a_run_forgotten_while_the_supervisor_moves_to_it_sends_it_to_the_run_to_serve(redis_client, monkeypatch):
+    """The supervisor chose run X (other models) and stopped its workers (up to --stop-timeout); X was forgotten
+    meanwhile (enqueued by mistake): `rsample workers` ended with "error: no run 'X' in this Redis"."""
+    import threading
+
+    from rsample.workers.runtime.run_state import save_run
+    from rsample.workers.runtime.supervisor import RunFollower, StopSignals
+
+    monkeypatch.setattr(defaults, "RUN_CHECK_SECONDS", 0.05)
+    stops = StopSignals()
+    save_run(redis_client, _run("B", 3.0))
+    assert RunFollower(redis_client, stops).settings_of("X").run_id == "B"
+    redis_client.flushdb()
+    threading.Timer(0.5, lambda: setattr(stops, "count", 1)).start()
+    assert RunFollower(redis_client, stops).settings_of("X") is None  # no run at all: it waits for one, until stopped
+
+
+def test_a_run_whose_settings_this_version_cannot_read_is_said_in_one_line_and_stops_no_watch(redis_client, monkeypatch):
+    """A run enqueued by another rsample version (a setting this one lacks): its TypeError killed the worker's watch,
+    which never moved again, and the supervisor's."""
+    import json
+
+    from rsample.workers.runtime import worker as worker_module
+    from rsample.workers.runtime import worker_context
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.run_state import load_run, save_run
+
+    monkeypatch.setattr(defaults, "RUN_CHECK_SECONDS", 0.05)
+    first = _run("A", 1.0)
+    save_run(redis_client, first)
+    redis_client.hset(RunKeys("A").stats, "finished_at", 2.0)
+    newer = json.loads(_run("N", 3.0).to_json())
+    newer["a_newer_setting"] = 1
+    save_run(redis_client, _run("N", 3.0))
+    redis_client.set(RunKeys("N").config, json.dumps(newer))
+    with pytest.raises(RsampleError, match=r"^run 'N' has settings this rsample version cannot read \(TypeError: .*a_newer_setting"):
+        load_run(redis_client, "N")
+    context = worker_context.WorkerContext(client=redis_client, config=first)
+    thread = worker_module.follow_the_runs(redis_client, context, "both", exit_for_other_models=False, allowed=lambda config: config)
+    time.sleep(0.3)
+    redis_client.hset(RunKeys("N").stats, "finished_at", 4.0)  # the other version's run is done: B, of A's models, comes
+    save_run(redis_client, _run("B", 5.0))
+    wait_for(lambda: context.moving_to is not None, 5, "the worker to move to run B", interval=0.05)
+    assert thread.is_alive() is False and context.moving_to.run_id == "B"
+
+
+def test_a_forgotten_run_does_not_end_the_supervisor_that_follows_the_runs(redis_server, chat_dataset, tmp_path):
+    """A run enqueued by mistake, taken out with `rsample forget` as the README says, after the supervisor started its
+    worker for it: once the worker died, the supervisor started it again with `--run <forgotten>`, which exited at
+    once, five times, and `rsample workers` gave up and exited 1 instead of waiting for the next run."""
+    import os
+    import re
+    import signal
+
+    log = tmp_path / "supervisor.log"
+    supervisor = start_supervisor("--gpus", "0", "--role", "both", *FAST, "--log-dir", str(tmp_path / "logs"), log=log,
+                                  redis_url=redis_server.url)
+    try:
+        wait_for(lambda: "waiting for a run" in log.read_text(), 30, "the supervisor to wait for a run", interval=0.1)
+        run_id = enqueue(redis_server.url, chat_dataset)
+        worker_log = tmp_path / "logs" / run_id / "both-gpu0.log"
+        wait_for(lambda: worker_log.exists() and f"serving run {run_id}" in worker_log.read_text(), 60, "the worker to serve the run")
+        rsample("forget", "--redis-url", redis_server.url, "--run", run_id)
+        os.kill(int(re.findall(r"pid (\d+)", log.read_text())[-1]), signal.SIGKILL)  # the worker dies, for any reason
+        wait_for(lambda: "it starts again once there is a run to serve" in log.read_text(), 30, "the supervisor to wait")
+        time.sleep(3 * defaults.RUN_CHECK_SECONDS)
+        assert supervisor.poll() is None and "giving up" not in log.read_text(), log.read_text()
+        second = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset),
+                         *echo_with("other-reward")).stdout.strip().splitlines()[-1]
+        second_log = tmp_path / "logs" / second / "both-gpu0.log"
+        wait_for(lambda: second_log.exists() and f"serving run {second}" in second_log.read_text(), 60, "a worker to serve the next run")
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=60)

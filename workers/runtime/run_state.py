@@ -8,7 +8,7 @@ import redis
 
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.errors import RsampleError
+from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.runtime.keys import RUNS_INDEX, RunKeys
 
 
@@ -23,13 +23,21 @@ def save_run(client: redis.Redis, config: RunConfig, rows_total: int | None = No
         pipe.execute()
 
 
+class RunGone(RsampleError):
+    """The run's settings are not in this Redis: never made here, forgotten, expired, or lost with Redis's data."""
+
+
 def load_run(client: redis.Redis, run_id: str | None) -> RunConfig:
     """The settings of `run_id`, or of the latest run when it is None."""
     run_id = run_id or latest_run_id(client)
     raw = client.get(RunKeys(run_id).config)
     if raw is None:
-        raise RsampleError(f"no run {run_id!r} in this Redis (see `rsample status` for the runs it holds)")
-    return RunConfig.from_json(raw)
+        raise RunGone(f"no run {run_id!r} in this Redis (see `rsample status` for the runs it holds)")
+    try:
+        return RunConfig.from_json(raw)
+    except (TypeError, KeyError, ValueError) as exc:  # a setting this version lacks, or lacks one it needs
+        raise RsampleError(f"run {run_id!r} has settings this rsample version cannot read ({first_line(exc, with_type=True)}): "
+                           "was it made by another version? Run the same version on every machine") from None
 
 
 def latest_run_id(client: redis.Redis) -> str:

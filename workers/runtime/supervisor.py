@@ -29,8 +29,9 @@ from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.runtime.connection import REDIS_URL_ENV, connect, redact_url
 from rsample.workers.runtime.gpu_ids import pinned_devices
+from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, die_with_parent, last_words
-from rsample.workers.runtime.run_state import Move, load_run, move_from, run_to_serve
+from rsample.workers.runtime.run_state import Move, RunGone, load_run, move_from, run_to_serve
 
 
 def parse_gpus(text: str, option: str = "--gpus") -> list[int]:
@@ -166,10 +167,12 @@ class Supervisor:
                  role_args: dict[str, list[str]] | None = None, restart_backoff: float = defaults.RESTART_BACKOFF,
                  give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS,
                  stops: StopSignals | None = None, next_run: Callable[[str], Move | None] | None = None,
-                 same_models: Callable[[str, str], bool] | None = None):
+                 same_models: Callable[[str, str], bool] | None = None, gone: Callable[[str], bool] | None = None):
         """`next_run`, when given, is asked every few seconds whether the workers should move from the run they serve to
         another; `same_models(run, other)` whether they may move there in their processes, their models kept (they
-        follow the runs themselves, `--follow`), else they are stopped and `run` returns for the next run's workers."""
+        follow the runs themselves, `--follow`), else they are stopped and `run` returns for the next run's workers.
+        `gone(run)`: whether the run left Redis (forgotten, say): a worker started again for it would exit at once, so
+        it waits for the next run instead of counting failures until it is given up."""
         self.redis_url = redis_url
         self.run_id = run_id
         self.role_args = role_args or {}
@@ -181,6 +184,8 @@ class Supervisor:
         self.stops = stops or StopSignals()
         self.next_run = next_run
         self.same_models = same_models or (lambda run, other: False)
+        self.gone = gone or (lambda run: False)
+        self._said_gone: str | None = None
         self.moved: Move | None = None
         """The run the workers were stopped for, when `run` returned to move them."""
 
@@ -220,6 +225,10 @@ class Supervisor:
         child.quick_failures = child.quick_failures + 1 if lived < defaults.QUICK_FAILURE_SECONDS else 0
         said = f"{child.spec} (pid {child.process.pid}) {describe_exit(code)} after {lived:.1f} s: {last_words(child.log_path)}"
         child.process = None
+        if self._run_gone():  # not the worker's failure: it starts again for the next run
+            child.quick_failures, child.restart_at = 0, time.monotonic()
+            self.say(f"{said}; it starts again once there is a run to serve")
+            return
         if child.quick_failures >= self.give_up_after:
             child.given_up = True
             self.say(f"{said}; giving up after {child.quick_failures} failures in a row within {defaults.QUICK_FAILURE_SECONDS:g} s "
@@ -242,7 +251,10 @@ class Supervisor:
                     if code is not None:
                         self.reap(child, code)
                 elif not child.given_up and time.monotonic() >= child.restart_at:
-                    self.start(child)
+                    if self._run_gone():
+                        child.restart_at = time.monotonic() + defaults.RUN_CHECK_SECONDS
+                    else:
+                        self.start(child)
             if all(child.given_up for child in self.children):
                 self.say("every worker has been given up: exiting")
                 return 1
@@ -259,6 +271,14 @@ class Supervisor:
             time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
         self.stop()
         return 0
+
+    def _run_gone(self) -> bool:
+        if not self.gone(self.run_id):
+            return False
+        if self._said_gone != self.run_id:
+            self.say(f"run {self.run_id} is gone from Redis (forgotten?): workers that exit start again for the next run")
+            self._said_gone = self.run_id
+        return True
 
     def stop(self) -> None:
         live = [child for child in self.children if child.process is not None and child.process.poll() is None]
@@ -304,7 +324,8 @@ def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int
         warning = check_devices(specs)
         supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_grace,
                                 stops, None if follower is None else follower.mover,
-                                None if follower is None else follower.same_models_for(specs))
+                                None if follower is None else follower.same_models_for(specs, config),
+                                None if follower is None else follower.gone)
         if warning:
             supervisor.say(warning)
         plan = "; ".join(f"{spec.role} on GPU {spec.devices}" for spec in specs)
@@ -339,29 +360,49 @@ class RunFollower:
         return None
 
     def settings_of(self, run_id: str) -> RunConfig | None:
-        """The run's settings, once Redis answers; None if stopped while waiting."""
+        """The run's settings, once Redis answers, or those of the run to serve instead where it is gone (forgotten while
+        the workers were being stopped for it) or its settings cannot be read (made by another rsample version: said
+        once, and waited through); None if stopped while waiting."""
+        unreadable = None
         while not self.stops.count:
-            config = self._ask(load_run, self.client, run_id)
+            try:
+                config = self._ask(load_run, self.client, run_id)
+            except RunGone:
+                say(f"run {run_id} is gone from Redis (forgotten?): choosing the run to serve again")
+                run_id = self.first_run()
+                if run_id is None:
+                    return None
+                continue
+            except RsampleError as exc:
+                if unreadable != run_id:
+                    say(f"{exc}; waiting for another run")
+                    unreadable = run_id
+                self._sleep(defaults.RUN_CHECK_SECONDS)
+                run_id = self._ask(run_to_serve, self.client) or run_id
+                continue
             if config is not None:
                 return config
             self._sleep(defaults.RUN_CHECK_SECONDS)
         return None
 
+    def gone(self, run_id: str) -> bool:
+        """Whether the run's settings left Redis (an unreachable Redis is no answer: not gone)."""
+        return bool(self._ask(lambda: not self.client.exists(RunKeys(run_id).config)))
+
     def mover(self, current: str) -> Move | None:
         return self._ask(move_from, self.client, current)
 
-    def same_models_for(self, specs: list[WorkerSpec]) -> Callable[[str, str], bool]:
-        """Whether every worker of `specs` holds the models of the other run too (`RunConfig.models_of`)."""
-        def settings(run_id: str) -> RunConfig | None:
-            try:
-                return self._ask(load_run, self.client, run_id)
-            except RsampleError:  # its settings expired: the workers are started again for the other run
-                return None
-
+    def same_models_for(self, specs: list[WorkerSpec], held: RunConfig) -> Callable[[str, str], bool]:
+        """Whether every worker of `specs` holds the models of the other run too (`RunConfig.models_of`): the models of
+        `held`, the settings they were started with, as each worker compares its own. Never the current run's settings
+        as Redis holds them now: gone (forgotten, expired), or registered again from its output files (its speed
+        settings at their defaults), they would make the supervisor count on a move its workers do not make."""
         def same(run: str, other: str) -> bool:
-            current, following = settings(run), settings(other)
-            return current is not None and following is not None and all(
-                current.models_of(spec.role) == following.models_of(spec.role) for spec in specs)
+            try:
+                following = self._ask(load_run, self.client, other)
+            except RsampleError:  # gone meanwhile, or unreadable here: the workers are started again for what comes
+                return False
+            return following is not None and all(held.models_of(spec.role) == following.models_of(spec.role) for spec in specs)
         return same
 
     def _ask(self, question, *args):
