@@ -35,6 +35,20 @@ def _opened(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
+def _head(path: Path, size: int = 4096) -> bytes:
+    """A file's first bytes, decompressed."""
+    try:
+        with _opened(path) as handle:
+            return handle.read(size)
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise _not_gzip(path, exc) from None
+
+
+def _not_gzip(path: Path, exc: Exception) -> RsampleError:
+    return RsampleError(f"dataset file {path} cannot be decompressed ({first_line(exc, with_type=True)}): a gzip file cut short, or "
+                        "not gzip at all?")
+
+
 def _looks_like_path(source: str) -> bool:
     return surely_local(source) or _suffix(Path(source)) in FILE_BUILDERS
 
@@ -62,12 +76,15 @@ def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any]]:
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, line) of a JSON Lines file's rows: its lines that are not blank, the first without its byte-order
     mark (which may stand on a line of its own)."""
-    with _opened(path) as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            if line_number == 1:
-                raw = raw.removeprefix(BOM)
-            if raw.strip():
-                yield line_number, raw
+    try:
+        with _opened(path) as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                if line_number == 1:
+                    raw = raw.removeprefix(BOM)
+                if raw.strip():
+                    yield line_number, raw
+    except (EOFError, gzip.BadGzipFile) as exc:  # click would take an EOFError for Ctrl-D ("Aborted!")
+        raise _not_gzip(path, exc) from None
 
 
 def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -141,8 +158,7 @@ def _json_lines(path: Path) -> bool:
     one JSON array (either gzipped or not): read line by line."""
     if _suffix(path) != ".json":
         return _suffix(path) == ".jsonl"
-    with _opened(path) as handle:
-        return handle.read(4096).lstrip(BLANK).startswith(b"{")
+    return _head(path).lstrip(BLANK).startswith(b"{")
 
 
 def _load_with_datasets(source: str, split: str, data_files: str | None = None, subset: str | None = None):
@@ -183,9 +199,8 @@ def _open(selection: DataSelection):
             raise RsampleError(f"--subset applies to Hub datasets and folders; the {kind} {source} is one (leave --subset out)")
         if saved:
             return _load_saved(path)
-        with _opened(path) as handle:
-            if not handle.read(4096).strip(BLANK):
-                raise RsampleError(f"dataset file {source} is empty")
+        if not _head(path).strip(BLANK):
+            raise RsampleError(f"dataset file {source} is empty")
         if _json_lines(path):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
@@ -195,9 +210,9 @@ def _open(selection: DataSelection):
             files = _split_files(path, split)
         else:
             files = _config_files(path, selection.subset, split)
-        formats = {_suffix(file).replace(".jsonl", ".json") for file in files or ()}
+        formats = {FILE_BUILDERS[suffix] for file in files or () if (suffix := _suffix(file)) in FILE_BUILDERS}  # not a LICENSE
         if len(formats) > 1:  # datasets would read the commonest format only, the others' rows lost without a word
-            raise RsampleError(f"dataset folder {path} mixes file formats in split {split!r} ({', '.join(sorted(formats))}): "
+            raise RsampleError(f"dataset folder {path} mixes file formats in split {split!r} ({', '.join(sorted(formats))} files): "
                                "datasets reads only its commonest; keep one format per split (or name one file)")
         if files and all(_json_lines(file) for file in files):
             return files  # the files and order datasets would read, line by line

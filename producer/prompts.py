@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,12 +81,16 @@ def _present(turn: dict) -> dict:
 
 
 def _holds(value: Any) -> bool:
-    """Whether a tool field holds something: datasets store none as null, [] or the JSON text "[]"."""
+    """Whether a tool field holds something: datasets store none as null, NaN (pandas), [] or text ("[]", "None")."""
     if isinstance(value, str):
+        if value.strip().lower() in ("", "none", "nan", "null"):
+            return False
         try:
             value = json.loads(value)
         except ValueError:
-            return bool(value.strip())
+            return True
+    if isinstance(value, float) and math.isnan(value):
+        return False
     return bool(value)
 
 

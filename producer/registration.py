@@ -241,7 +241,7 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
     import logging
 
     from rsample.producer.driver.ledger import output_header
-    from rsample.workers.runtime.run_state import unfinished_runs
+    from rsample.workers.runtime.run_state import RunGone, unfinished_runs
 
     owner = output_header(Path(out)).get("rsample_run") if run_id is None and not overwrite else None
     if owner:
@@ -257,7 +257,7 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
         run_id = owner
     try:
         return load_run(client, run_id)
-    except RsampleError:
+    except RunGone:
         header = output_header(Path(out))
         owner, settings = header.get("rsample_run"), header.get("settings")
         if not owner or not settings or (run_id and run_id != owner):

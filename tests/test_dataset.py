@@ -231,7 +231,7 @@ def test_a_folder_mixing_file_formats_is_refused_rather_than_read_in_part(tmp_pa
     for name in ("a.jsonl", "b.jsonl"):
         (tmp_path / name).write_text(json.dumps({"prompt": name}) + "\n")
     datasets.Dataset.from_list([{"prompt": "c"}]).to_parquet(str(tmp_path / "c.parquet"))
-    with pytest.raises(RsampleError, match=r"mixes file formats in split 'train' \(.json, .parquet\)"):
+    with pytest.raises(RsampleError, match=r"mixes file formats in split .train. \(json, parquet files\)"):
         _rows(tmp_path)
     (tmp_path / "c.parquet").unlink()
     (tmp_path / "c.json").write_text(json.dumps([{"prompt": "c"}]))  # a JSON array beside JSON Lines: one format
@@ -245,3 +245,24 @@ def test_a_dataset_saved_to_disk_is_read_as_one_split(tmp_path):
     assert _rows(tmp_path / "saved") == [(0, {"prompt": "a"}), (1, {"prompt": "b"})]
     with pytest.raises(RsampleError, match="the saved dataset .* is one split"):
         _rows(tmp_path / "saved", split="test")
+
+
+@pytest.mark.parametrize("other", ["LICENSE", "notes.txt", "config.yaml"])
+def test_a_folder_of_json_lines_with_a_licence_or_notes_beside_them_is_read(tmp_path, other):
+    """No data format of its own: never counted as a second format (the folder was refused)."""
+    (tmp_path / "data.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n")
+    (tmp_path / other).write_text("MIT License\n")
+    assert _rows(tmp_path) == [(0, {"prompt": "a"})]
+
+
+@pytest.mark.parametrize("damage", ["cut short", "not gzip"])
+def test_a_damaged_gzipped_file_is_one_clear_error(tmp_path, damage):
+    """A copy that did not finish raised EOFError, which the command line took for Ctrl-D ("Aborted!")."""
+    import gzip
+
+    lines = b"".join(json.dumps({"prompt": f"q{i}"}).encode() + b"\n" for i in range(2000))
+    data = gzip.compress(lines)
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2] if damage == "cut short" else lines)
+    with pytest.raises(RsampleError, match=r"dataset file .*rows.jsonl.gz cannot be decompressed \((EOFError|BadGzipFile)"):
+        _rows(path)

@@ -398,3 +398,18 @@ def test_a_one_line_file_that_is_not_an_rsample_header_is_not_replaced(tmp_path)
     (tmp_path / "pairs.outcomes.jsonl").write_text(json.dumps({"my": "own data " * 1000}))
     with pytest.raises(RsampleError, match="exists and is not the output of this run"):
         check_outputs("run2", tmp_path / "pairs.jsonl", None)
+
+
+def test_a_row_read_as_a_skip_one_time_and_as_a_prompt_the_other_is_no_edit(tmp_path):
+    """rsample reads some rows otherwise since (a `tools` column, Arrow's null keys): a run resumed across the upgrade
+    was refused as an edited dataset, and only --overwrite (every row written again) went on. A row whose prompt is
+    another is still an edit."""
+    from rsample.producer.driver.ledger import FilesChanged
+
+    ledger = Ledger(tmp_path / "pairs.jsonl", None, "run1")
+    ledger.commit([Outcome(0, None, SKIPPED, "unknown role"), Outcome(1, "b", PAIR), Outcome(2, "c", PAIR)], [pair("b"), pair("c")], [])
+    ledger.check_row(0, "a")  # was skipped, reads now: its outcome stands
+    ledger.check_row(1, None)  # was a pair, is skipped now (tool use): its pair stands
+    with pytest.raises(FilesChanged, match="row 2 of the dataset is not the row run run1 wrote an outcome for"):
+        ledger.check_row(2, "b")
+    ledger.close()

@@ -162,3 +162,10 @@ def test_an_empty_list_reference_is_no_reference_as_an_empty_string_is():
     for empty in ([], "", None):
         record = extract_prompt({"prompt": [{"role": "user", "content": "q"}], "completion": empty}, 0, reference_column="completion")
         assert isinstance(record, PromptRecord) and record.reference_completion is None, empty
+
+
+def test_a_tools_column_that_holds_none_in_any_spelling_is_no_tool_use():
+    """A DataFrame exported with astype(str) writes "None" or "nan"; pandas reads an empty cell as NaN."""
+    for none in ("None", "nan", "null", " ", float("nan")):
+        record = extract_prompt({"prompt": "q", "tools": none}, 0)
+        assert isinstance(record, PromptRecord), none

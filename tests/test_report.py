@@ -499,6 +499,32 @@ def test_a_resumed_coordinator_holds_no_rows_it_commits_while_it_counts_the_file
     assert json.loads(live.summary())["pairs"] == 642
 
 
+def test_live_numbers_count_the_rows_committed_during_a_count_that_fails(tmp_path, monkeypatch):
+    """The earlier rows cannot be read (a damaged line): the numbers are this session's, the rows committed while the
+    count ran included."""
+    import threading
+
+    from rsample.producer.report import live as live_module
+
+    release, real_read_rows = threading.Event(), live_module.read_rows
+
+    def held_read_rows(*args, **kwargs):
+        release.wait(30)
+        yield from real_read_rows(*args, **kwargs)
+
+    monkeypatch.setattr(live_module, "read_rows", held_read_rows)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("{not json\n")
+    live = live_module.LiveNumbers()
+    live.start_from(pairs, None)
+    committed = [pair_row(f"c{i}", "x", "y", {"m": 1.0}, {"m": 0.0}, 2, 2) for i in range(3)]
+    with pairs.open("a") as handle:
+        handle.write("".join(json.dumps(row) + "\n" for row in committed))
+    live.add(committed, [])
+    release.set()
+    assert json.loads(live.summary())["pairs"] == 3
+
+
 @pytest.mark.parametrize("scores_file", [None, "scores.jsonl"])
 def test_live_numbers_of_a_resume_without_a_scores_file_leave_out_the_candidates_figures(tmp_path, scores_file):
     """The earlier sessions' candidates are in no file (no --scores-out, or one this resume adds, empty so far):

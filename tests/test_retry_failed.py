@@ -225,3 +225,47 @@ def test_skip_reasons_that_differ_on_every_row_are_shown_and_published_a_few_wit
     logged = [record.getMessage() for record in caplog.records if record.getMessage().startswith("skipping row")]
     assert len(logged) == 2 * REASONS_SHOWN
     assert "more skip reasons are counted, not logged (40 logged): every row's reason is in the outcomes file" in caplog.text
+
+
+def test_status_counts_failed_rows_from_the_reasons_when_an_older_coordinator_published_them_all(redis_client, tmp_path):
+    """A newer coordinator published skipped_failed=1; an older one resumed with --retry-failed and published its
+    reasons (all of them, none failed) but never that count: status went on asking for --retry-failed."""
+    from rsample.producer.registration import register_run
+    from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.status import run_status
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "q"}])
+    config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",),
+                       models=ModelSettings(generation_backend="echo", reward_backend="length"))
+    config, _ = register_run(redis_client, config)
+    stats = RunKeys(config.run_id).stats
+    redis_client.hset(stats, mapping={"outcomes": json.dumps({"skipped": 1}), "skip_reasons": json.dumps({"reward model 0 (r) failed: boom": 1}),
+                                      "skipped_failed": 1})
+    redis_client.hset(stats, mapping={"outcomes": json.dumps({"pair": 1}), "skip_reasons": json.dumps({})})  # the older one's
+    status = run_status(redis_client, config.run_id)
+    assert status.failed == 0 and not any("--retry-failed" in line for line in status.lines())
+
+
+def test_a_content_rejection_is_no_failure_whatever_its_text_and_a_named_failure_is_one():
+    """The reward's name in parentheses let the failure pattern run over a rejection's own text up to a "failed: "."""
+    from rsample.workers.common.messages import is_failure_reason, reward_label
+
+    rejection = (reward_label(0, "judge:Qwen/Qwen3-8B") + " chat template rejected the conversation: the tool call (get_weather) "
+                 "failed: roles must alternate")
+    assert not is_failure_reason(rejection)
+    for name in (None, "fn:my.mod:score", "/models/rm (v2)"):
+        assert is_failure_reason(f"{reward_label(1, name)} failed: RuntimeError: x")
+        assert is_failure_reason(f"scoring with {reward_label(1, name)} failed: JobTimeoutException: x")
+
+
+def test_the_dataset_card_carries_the_commonest_skip_reasons_only():
+    """20,000 reasons made one 1.3 MB cell of the card's summary table."""
+    from collections import Counter
+
+    from rsample.producer.driver.hub import card_figures
+    from rsample.producer.driver.summary import summarize
+
+    reasons = Counter({f"reward model 0 (fn:m:f) failed: ValueError: bad row {i}": 1 for i in range(20_000)})
+    figures = card_figures(summarize(Counter({"skipped": 20_000, "pair": 5}), reasons, 10, 10, 1.0))
+    assert len(figures["skipped"]) == 21 and sum(figures["skipped"].values()) == 20_000

@@ -119,6 +119,20 @@ def test_both_backends_skip_a_prompt_by_one_context(tmp_path):
         assert results[1].skip_reason == "prompt too long for the policy context (512 tokens) with --max-new-tokens 16"
 
 
+def at_once(score, jobs: list) -> list:
+    """`score` of each job, called from threads at once, as a worker's slots call it."""
+    import threading
+
+    results = [None] * len(jobs)
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, score(jobs[i])), daemon=True) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "calls at once hung"
+    return results
+
+
 @pytest.mark.parametrize("which", ["reward", "reward2"])  # reward2's config pad is the EOS that ends every turn
 def test_vllm_reward_scores_match_transformers(tiny_models, which):
     """vLLM's pooling reads the last token; transformers' forward, the last that is not the config's pad: both read
@@ -130,8 +144,10 @@ def test_vllm_reward_scores_match_transformers(tiny_models, which):
     model = VLLMRewardModel(tiny_models[which], FLOAT32)
     try:
         by_vllm = model.score(conversations)
+        together = at_once(model.score, [conversations[:2], conversations[1:], conversations[::-1]])  # --slots 3
     finally:
         model.close()
+    assert together == [by_vllm[:2], by_vllm[1:], by_vllm[::-1]]  # it hung: vLLM's LLM steps every caller's requests
     by_transformers = TransformersRewardModel(tiny_models[which], "float32").score(conversations)
     assert by_vllm[3] is None and by_transformers[3] is None
     assert by_vllm[:3] == pytest.approx(by_transformers[:3], rel=1e-4, abs=1e-5)
@@ -233,8 +249,10 @@ def test_the_vllm_judge_gives_the_transformers_judges_expected_ratings(tiny_mode
     judge = VLLMJudge(spec, FLOAT32, rubric)
     try:
         scores = judge.score(conversations)
+        together = at_once(judge.score, [conversations[:3], conversations[3:]])
     finally:
         judge.close()
+    assert together[0] + together[1] == pytest.approx(scores, abs=1e-6)
     assert None not in reference and scores == pytest.approx(reference, abs=1e-3)
     assert len({round(s, 4) for s in scores}) == len(scores)
 

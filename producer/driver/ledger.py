@@ -457,8 +457,13 @@ class Ledger:
                 _truncate(path, ends[kind])
 
     def changed(self, row_index: int, prompt_id: str | None) -> bool:
-        """Whether a settled row read again gives another prompt than it gave."""
-        return row_index in self._row_prompts and self._row_prompts[row_index] != prompt_id
+        """Whether a settled row read again gives another prompt than it gave. A row read as a skip one time and as a
+        prompt the other is not counted: rsample reads some rows otherwise since (tool use, Arrow's null keys), and its
+        recorded outcome stands; a row that moved (an edit before it) changes the prompts of the rows after it."""
+        if row_index not in self._row_prompts:
+            return False
+        stored = self._row_prompts[row_index]
+        return stored is not None and prompt_id is not None and stored != prompt_id
 
     def check_row(self, row_index: int, prompt_id: str | None) -> None:
         """A settled row read again must give the prompt it gave: a dataset edited where its fingerprint does not look

@@ -56,7 +56,8 @@ class Summary:
         return self.tokens_generated / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "completions_per_second": round(self.completions_per_second, 2), "tokens_per_second": round(self.tokens_per_second, 2)}
+        return {**asdict(self), "skipped": commonest_reasons(self.skipped),  # as many as rows, at worst: the dataset card's table
+                "completions_per_second": round(self.completions_per_second, 2), "tokens_per_second": round(self.tokens_per_second, 2)}
 
     def lines(self) -> list[str]:
         out = [

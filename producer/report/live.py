@@ -50,21 +50,29 @@ class LiveNumbers:
         self.candidates_unknown = ends[0] > 0 and ends[1] == 0
         self._written = ends
 
+        def count_from(counted: tuple[int, int]) -> None:
+            numbers = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=self.reasoning_end)
+            while True:
+                with self._lock:
+                    target = self._written
+                    if target == counted:  # caught up: from now on `add` counts the rows it is given
+                        self._read, self._counted = numbers, True
+                        return
+                for row in read_rows(pairs, target[0], counted[0]):
+                    add_pair(numbers, row)
+                if scores is not None and target[1] > counted[1]:
+                    add_score_rows(numbers, read_rows(scores, target[1], counted[1]))
+                counted = target
+
         def read() -> None:
-            numbers, counted = RunNumbers(sample_size=LIVE_SAMPLE, reasoning_end=self.reasoning_end), (0, 0)
             try:
-                while True:
-                    with self._lock:
-                        target = self._written
-                        if target == counted:  # caught up: from now on `add` counts the rows it is given
-                            self._read, self._counted = numbers, True
-                            return
-                    for row in read_rows(pairs, target[0], counted[0]):
-                        add_pair(numbers, row)
-                    if scores is not None and target[1] > counted[1]:
-                        add_score_rows(numbers, read_rows(scores, target[1], counted[1]))
-                    counted = target
-            except Exception as exc:  # the numbers are a view: without the earlier rows, they are those added from now on
+                count_from((0, 0))
+                return
+            except Exception as exc:  # the numbers are a view: without the earlier rows, they are this session's
+                log.warning("the live report counts only the rows written from now on: %s", exc)
+            try:
+                count_from(ends)  # the rows committed since the start, which `add` left to this thread
+            except Exception as exc:
                 log.warning("the live report counts only the rows written from now on: %s", exc)
                 with self._lock:
                     self._counted = True

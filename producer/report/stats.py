@@ -44,10 +44,16 @@ def read_rows(path: Path, end: int | None = None, start: int = 0) -> Iterator[di
                 try:
                     row = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
-                    raise RsampleError(f"{path} line {line_number} is not JSON ({exc}): is this a file rsample wrote?") from None
+                    raise RsampleError(f"{path} {_where(line_number, start, position - len(raw))} is not JSON ({exc}): is this a "
+                                       "file rsample wrote?") from None
                 if not isinstance(row, dict):
-                    raise RsampleError(f"{path} line {line_number} is not a JSON object: is this a file rsample wrote?")
+                    raise RsampleError(f"{path} {_where(line_number, start, position - len(raw))} is not a JSON object: is this a "
+                                       "file rsample wrote?")
                 yield row
+
+
+def _where(line_number: int, start: int, offset: int) -> str:
+    return f"line {line_number}" if not start else f"the line at byte {offset}"
 
 
 def rows_of(path: Path, kind: str, flag: str, fields: tuple[str, ...]) -> Iterator[dict]:

@@ -6,6 +6,7 @@ which is all the expected rating needs."""
 from __future__ import annotations
 
 import math
+import threading
 
 from rsample.workers.backends.judge import compile_template, expected_rating, judge_texts, rating_token_ids, reply_opening
 from rsample.workers.backends.models import check_judge_model, context_length, load_model_config, load_tokenizer
@@ -33,6 +34,7 @@ class VLLMJudge:
         from vllm import SamplingParams
 
         self.params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, allowed_token_ids=allowed, logprobs=len(allowed))
+        self.engine = threading.Lock()  # one `LLM` call at a time: see VLLMRewardModel.engine
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> VLLMJudge:
@@ -48,7 +50,8 @@ class VLLMJudge:
         texts = judge_texts(self.tokenizer, self.template, self.opening, conversations)
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         fitting = [i for i, ids in enumerate(encoded) if len(ids) < self.context]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting], self.params, use_tqdm=False)
+        with self.engine:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting], self.params, use_tqdm=False)
         scores: list[float | None] = [None] * len(conversations)
         for index, output in zip(fitting, outputs):
             logprobs = output.outputs[0].logprobs[0]

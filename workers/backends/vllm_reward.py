@@ -7,6 +7,8 @@ the same token sequences, read at their last token; the score is the raw logit, 
 
 from __future__ import annotations
 
+import threading
+
 from rsample.workers.backends.models import check_reward_model, context_length, load_model_config, load_tokenizer
 from rsample.workers.backends.templates import render_conversations
 from rsample.workers.backends.vllm_llm import make_llm
@@ -22,6 +24,9 @@ class VLLMRewardModel:
         self.pad_token_id = model_config.get_text_config().pad_token_id
         self.llm = make_llm(spec, "reward", models, runner="pooling", trust_remote_code=trust_remote_code)
         self.context = context_length(model_config, self.tokenizer, models.max_model_len, self.llm.llm_engine.model_config.max_model_len)
+        self.engine = threading.Lock()
+        """vLLM's `LLM` steps its engine until no request is left, its callers' or not: one call at a time, whatever a
+        worker's --slots (their rendering goes on meanwhile)."""
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> VLLMRewardModel:
@@ -38,11 +43,12 @@ class VLLMRewardModel:
 
         encoded = render_conversations(self.tokenizer, conversations, self.pad_token_id)
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
-        outputs = self.llm.classify(
-            [TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting],
-            pooling_params=PoolingParams(use_activation=False),  # the logit itself, not its sigmoid
-            use_tqdm=False,
-        )
+        with self.engine:
+            outputs = self.llm.classify(
+                [TokensPrompt(prompt_token_ids=encoded[i]) for i in fitting],
+                pooling_params=PoolingParams(use_activation=False),  # the logit itself, not its sigmoid
+                use_tqdm=False,
+            )
         scores: list[float | None] = [None] * len(conversations)
         for index, output in zip(fitting, outputs):
             scores[index] = float(output.outputs.probs[0])

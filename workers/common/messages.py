@@ -150,7 +150,8 @@ GENERATED_OUTCOMES = (PAIR, DROPPED_IDENTICAL, DROPPED_MARGIN, DROPPED_TIE, DROP
 """The outcomes of the prompts that got candidates (the others were skipped, or duplicates)."""
 
 UNPROCESSABLE = "unprocessable result"
-_FAILURE_REASON = re.compile(rf"^(generation|(scoring with )?reward model \d+( \(.*?\))?) failed: |^{UNPROCESSABLE}: ")
+_FAILURE_REASON = re.compile(rf"^(generation|(scoring with )?reward model \d+( \((?:[^)]|\)(?! ))*\))?) failed: |^{UNPROCESSABLE}: ")
+"""A reward's name in a reason ends at its first ") ": a content skip's own text never passes for a failure's."""
 
 
 def reward_label(index: int, name: str | None = None) -> str:
@@ -180,15 +181,22 @@ REASONS_SHOWN = 20
 may hold an error's text, which can differ on every row (a reward function's), and 20,000 lines bury the rest."""
 
 
+OTHER_REASONS = " other reasons (each row's is in the outcomes file)"
+
+
 def commonest_reasons(skip_reasons: dict[str, int], limit: int = REASONS_SHOWN) -> dict[str, int]:
     """The `limit` commonest skip reasons, the others' rows together under one line that counts them; every row's own
     reason stays in the outcomes file."""
-    if len(skip_reasons) <= limit:
+    if len(skip_reasons) <= limit + 1:  # one line for one reason: itself
         return dict(sorted(skip_reasons.items(), key=lambda item: -item[1]))
     shown = dict(heapq.nlargest(limit, skip_reasons.items(), key=lambda item: item[1]))
-    others = len(skip_reasons) - limit
-    shown[f"{others:,} other reasons (each row's is in the outcomes file)"] = sum(skip_reasons.values()) - sum(shown.values())
+    shown[f"{len(skip_reasons) - limit:,}{OTHER_REASONS}"] = sum(skip_reasons.values()) - sum(shown.values())
     return shown
+
+
+def folds_reasons(skip_reasons: dict[str, int]) -> bool:
+    """Whether these reasons are `commonest_reasons`' few, the others' rows on one line (which says no reason)."""
+    return any(reason.endswith(OTHER_REASONS) for reason in skip_reasons)
 
 
 @dataclass(frozen=True)

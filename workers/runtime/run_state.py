@@ -45,7 +45,7 @@ def latest_run_id(client: redis.Redis) -> str:
     waits), else the newest run."""
     newest_first = list_run_ids(client)
     if not newest_first:
-        raise RsampleError("this Redis holds no run yet: start one with `rsample enqueue` or pass --run")
+        raise RunGone("this Redis holds no run yet: start one with `rsample enqueue` or pass --run")
     return next(iter(unfinished_runs(client)), newest_first[0])
 
 
@@ -100,7 +100,7 @@ def move_from(client: redis.Redis, current: str) -> Move | None:
     if target is None or target == current:
         return None
     if current not in runs:
-        return Move(target, f"run {current} is finished")
+        return Move(target, f"run {current} is {'finished' if client.exists(RunKeys(current).config) else 'gone (forgotten?)'}")
     if not runs[current] and runs[target]:
         return Move(target, f"nothing feeds run {current} (no coordinator holds it) while run {target} is fed")
     return None

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from rsample.workers.common.messages import REASONS_SHOWN, commonest_reasons, failed_skips
+from rsample.workers.common.messages import REASONS_SHOWN, commonest_reasons, failed_skips, folds_reasons
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
 from rsample.workers.runtime.pace import Pace, read_samples, recent_pace
@@ -70,7 +70,9 @@ class RunStatus:
 
     @property
     def failed(self) -> int:
-        return failed_skips(self.skip_reasons) if self.failed_rows is None else self.failed_rows
+        """Counted from the reasons where they are all there (an older coordinator, which leaves `failed_rows` as a
+        newer one last published it, publishes every reason)."""
+        return self.failed_rows if self.failed_rows is not None and folds_reasons(self.skip_reasons) else failed_skips(self.skip_reasons)
 
     def session_rate(self, done: float, before: int) -> float:
         """Rows per second over this coordinator's session, rows done before it left out: a resume that found most
