@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,17 @@ def _suffix(path: Path) -> str:
     return Path(path.name.removesuffix(".gz")).suffix if path.name.endswith(".gz") else path.suffix
 
 
+TABLE_FORMATS = (".json", ".parquet", ".csv", ".tsv", ".arrow")
+"""The formats of rows `datasets` reads from a folder besides rsample's own (`.jsonl` is `.json`): a folder of two is
+read in part. Text beside them (notes, a LICENSE) is no second format: `datasets` reads the rows' format."""
+
+
+def _format(path: Path) -> str | None:
+    suffix = _suffix(path).lower()
+    suffix = ".json" if suffix in (".jsonl", ".ndjson") else suffix
+    return suffix if suffix in TABLE_FORMATS else None
+
+
 def _opened(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
@@ -40,7 +52,7 @@ def _head(path: Path, size: int = 4096) -> bytes:
     try:
         with _opened(path) as handle:
             return handle.read(size)
-    except (EOFError, gzip.BadGzipFile) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise _not_gzip(path, exc) from None
 
 
@@ -83,7 +95,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                     raw = raw.removeprefix(BOM)
                 if raw.strip():
                     yield line_number, raw
-    except (EOFError, gzip.BadGzipFile) as exc:  # click would take an EOFError for Ctrl-D ("Aborted!")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # click would take an EOFError for Ctrl-D ("Aborted!")
         raise _not_gzip(path, exc) from None
 
 
@@ -210,9 +222,9 @@ def _open(selection: DataSelection):
             files = _split_files(path, split)
         else:
             files = _config_files(path, selection.subset, split)
-        formats = {FILE_BUILDERS[suffix] for file in files or () if (suffix := _suffix(file)) in FILE_BUILDERS}  # not a LICENSE
+        formats = {_format(file) for file in files or ()} - {None}  # a LICENSE is none
         if len(formats) > 1:  # datasets would read the commonest format only, the others' rows lost without a word
-            raise RsampleError(f"dataset folder {path} mixes file formats in split {split!r} ({', '.join(sorted(formats))} files): "
+            raise RsampleError(f"dataset folder {path} mixes file formats in split {split!r} ({', '.join(sorted(formats))}): "
                                "datasets reads only its commonest; keep one format per split (or name one file)")
         if files and all(_json_lines(file) for file in files):
             return files  # the files and order datasets would read, line by line

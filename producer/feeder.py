@@ -59,8 +59,11 @@ class Feeder:
             index, row = item
             record = self._to_record(index, row)
             self.ledger.check_row(index, row_prompt_id(record))
-            if isinstance(record, PromptRecord) and self.seen.setdefault(record.prompt_id, index) == index:
-                if index not in self.ledger.rows and record.prompt_id not in self.ledger.prompt_ids:
+            if index in self.ledger.rows:  # by its recorded prompt: one an older rsample skipped may read now
+                if (recorded := self.ledger.recorded_prompt(index)) is not None:
+                    self.seen.setdefault(recorded, index)
+            elif isinstance(record, PromptRecord) and self.seen.setdefault(record.prompt_id, index) == index:
+                if record.prompt_id not in self.ledger.prompt_ids:
                     self.handed[index] = record
 
     def _next_row(self) -> tuple[int, Any] | None:
@@ -136,8 +139,8 @@ class Feeder:
             if index in self.ledger.rows:
                 self.ledger.check_row(index, prompt_id)
                 already_written += 1
-                if prompt_id:
-                    self.seen.setdefault(prompt_id, index)
+                if (recorded := self.ledger.recorded_prompt(index)) is not None:  # not what it reads as now: see `restart`
+                    self.seen.setdefault(recorded, index)
             elif isinstance(record, RowSkip):
                 self.skip_log.say_one(record.reason, record.detail)
                 settled.append(Outcome(index, None, SKIPPED, record.reason))

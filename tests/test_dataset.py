@@ -231,7 +231,7 @@ def test_a_folder_mixing_file_formats_is_refused_rather_than_read_in_part(tmp_pa
     for name in ("a.jsonl", "b.jsonl"):
         (tmp_path / name).write_text(json.dumps({"prompt": name}) + "\n")
     datasets.Dataset.from_list([{"prompt": "c"}]).to_parquet(str(tmp_path / "c.parquet"))
-    with pytest.raises(RsampleError, match=r"mixes file formats in split .train. \(json, parquet files\)"):
+    with pytest.raises(RsampleError, match=r"mixes file formats in split .train. \(.json, .parquet\)"):
         _rows(tmp_path)
     (tmp_path / "c.parquet").unlink()
     (tmp_path / "c.json").write_text(json.dumps([{"prompt": "c"}]))  # a JSON array beside JSON Lines: one format
@@ -247,7 +247,7 @@ def test_a_dataset_saved_to_disk_is_read_as_one_split(tmp_path):
         _rows(tmp_path / "saved", split="test")
 
 
-@pytest.mark.parametrize("other", ["LICENSE", "notes.txt", "config.yaml"])
+@pytest.mark.parametrize("other", ["LICENSE", "notes.txt", "notes.md", "config.yaml"])
 def test_a_folder_of_json_lines_with_a_licence_or_notes_beside_them_is_read(tmp_path, other):
     """No data format of its own: never counted as a second format (the folder was refused)."""
     (tmp_path / "data.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n")
@@ -266,3 +266,36 @@ def test_a_damaged_gzipped_file_is_one_clear_error(tmp_path, damage):
     path.write_bytes(data[: len(data) // 2] if damage == "cut short" else lines)
     with pytest.raises(RsampleError, match=r"dataset file .*rows.jsonl.gz cannot be decompressed \((EOFError|BadGzipFile)"):
         _rows(path)
+
+
+def test_a_gzipped_file_damaged_inside_is_one_clear_error(tmp_path):
+    """Not cut short but damaged inside (a bad block): zlib.error went past `_lines`/`_head` as a traceback."""
+    import gzip
+
+    from rsample.producer.dataset import count_rows
+
+    rows = "".join(json.dumps({"prompt": f"question {i} " + "x" * (i % 50)}) + "\n" for i in range(2000))
+    data = bytearray(gzip.compress(rows.encode()))
+    for i in range(200, 260):
+        data[i] ^= 0x5A
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(RsampleError, match="cannot be decompressed"):
+        count_rows(DataSelection(str(path)))
+
+
+def test_a_folder_mixing_jsonl_and_tsv_is_refused(tmp_path):
+    """.tsv is a format datasets reads (as csv) but not one rsample names: datasets reads the commonest format only: the JSON Lines rows were lost without a word ."""
+    from rsample.producer.dataset import count_rows
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _write_jsonl(folder / "a.jsonl", [{"prompt": f"q{i}"} for i in range(5)])
+    for name in ("b.tsv", "c.tsv"):
+        (folder / name).write_text("prompt\n" + "".join(f"{name}{i}\n" for i in range(3)))
+    with pytest.raises(RsampleError, match="mixes file formats"):
+        count_rows(DataSelection(str(folder)))  # it counted 6 rows: the tsv files' only
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))

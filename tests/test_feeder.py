@@ -68,3 +68,30 @@ def test_the_same_settings_find_the_same_run(redis_client, tmp_path):
     assert existed and again.run_id == first.run_id
     other, existed = register_run(redis_client, replace(make_config(dataset), min_margin=1.0))
     assert not existed and other.run_id != first.run_id
+
+
+def test_a_row_skipped_by_an_older_rsample_that_reads_now_does_not_make_a_later_row_its_duplicate(redis_client, tmp_path):
+    """Row 0 ('tools': 'None') was skipped as tool use by an older rsample (outcome: prompt id None); it
+    reads now as prompt 'P' and keeps its skip (Ledger.changed tolerates it). Row 1, not fed yet, has the prompt 'P':
+    it must be generated, not settled as a duplicate of a row that has no pair."""
+    from conftest import write_jsonl
+
+    from rsample.producer.driver.ledger import Ledger
+    from rsample.producer.feeder import Feeder
+    from rsample.producer.registration import register_run
+    from rsample.workers.common.messages import SKIPPED, Outcome
+    from rsample.workers.runtime.keys import RunKeys
+
+    rows = [{"prompt": "P", "tools": "None"}, {"prompt": "P", "tools": "None"}]
+    dataset = write_jsonl(tmp_path / "d.jsonl", rows)
+    config, _ = register_run(redis_client, make_config(dataset))
+    ledger = Ledger(tmp_path / "out.jsonl", None, config.run_id)
+    ledger.commit([Outcome(0, None, SKIPPED, "tool use")], [], [])  # as the older rsample settled it
+    redis_client.hset(RunKeys(config.run_id).stats, "feed_cursor", 1)
+    feeder = Feeder(redis_client, config, ledger)
+    feeder.top_up()
+    ready = redis_client.xrange(RunKeys(config.run_id).ready)
+    settled = [(o["row_index"], o["outcome"], o["reason"]) for _, fields in ready for o in json.loads(fields[b"rows"])]
+    handed = [p["row_index"] for payload in queued_payloads(redis_client, config.run_id) for p in payload[2][2]]
+    assert settled == [] and handed == [1], settled
+    ledger.close()

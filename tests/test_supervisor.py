@@ -348,7 +348,7 @@ def test_which_run_workers_that_follow_the_runs_serve(redis_server, redis_client
     redis_client.delete(RunKeys("new").config)  # as `expire_run` leaves it a month later: the index still names it
     assert list_run_ids(redis_client) == ["later", "old"]
     assert redis_client.zrevrange("rsample:runs", 0, -1) == [b"later", b"old"]  # gone from the index that workers poll
-    assert move_from(redis_client, "new") == Move("later", "run new is finished")
+    assert move_from(redis_client, "new") == Move("later", "run new is gone (forgotten or expired)")
     status = json.loads(rsample("status", "--redis-url", redis_server.url, "--json").stdout)
     assert [report["run_id"] for report in status] == ["later", "old"]  # it used to fail on the expired run
 

@@ -465,6 +465,11 @@ class Ledger:
         stored = self._row_prompts[row_index]
         return stored is not None and prompt_id is not None and stored != prompt_id
 
+    def recorded_prompt(self, row_index: int) -> str | None:
+        """The prompt id a settled row's outcome records (None for a row skipped unread): what later rows are duplicates
+        of, whatever the row reads as now (see `changed`)."""
+        return self._row_prompts.get(row_index)
+
     def check_row(self, row_index: int, prompt_id: str | None) -> None:
         """A settled row read again must give the prompt it gave: a dataset edited where its fingerprint does not look
         (past its first 64 KiB, its size unchanged) would otherwise leave rows matched to other prompts' outcomes."""

@@ -100,7 +100,7 @@ def move_from(client: redis.Redis, current: str) -> Move | None:
     if target is None or target == current:
         return None
     if current not in runs:
-        return Move(target, f"run {current} is {'finished' if client.exists(RunKeys(current).config) else 'gone (forgotten?)'}")
+        return Move(target, f"run {current} is {'finished' if client.exists(RunKeys(current).config) else 'gone (forgotten or expired)'}")
     if not runs[current] and runs[target]:
         return Move(target, f"nothing feeds run {current} (no coordinator holds it) while run {target} is fed")
     return None

@@ -247,18 +247,23 @@ def follow_the_runs(client, context: worker_context.WorkerContext, role: str, ex
     workers`, which watches them too, starts it again). A worker told to stop never moves."""
     import redis
 
-    from rsample.workers.runtime.run_state import load_run, move_from
+    from rsample.workers.runtime.run_state import RunGone, load_run, move_from
 
     current = context.config
 
     def watch() -> None:
-        said = None
+        said = unreadable = None
         while not context.stopping:
             time.sleep(defaults.RUN_CHECK_SECONDS)
             try:
                 move = move_from(client, current.run_id)
                 following = allowed(load_run(client, move.run_id)) if move is not None else None
-            except (redis.RedisError, RsampleError):  # Redis away, or the run's settings gone meanwhile: asked again
+            except redis.RedisError:  # Redis away: asked again
+                continue
+            except RsampleError as exc:  # the run's settings gone meanwhile, or unreadable here (another version's): asked again
+                if not isinstance(exc, RunGone) and unreadable != str(exc):
+                    log.warning("%s; this worker stays where it is", exc)
+                    unreadable = str(exc)
                 continue
             if move is None or context.stopping:
                 continue
