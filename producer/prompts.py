@@ -47,7 +47,7 @@ def _check_messages(value: Any, row_index: int, column: str = "messages") -> Con
         where = f"row {row_index}, message {turn}"
         present = _present(message) if isinstance(message, dict) else {}
         speaker = present.get("role", present.get("from"))
-        if _holds(present.get("tool_calls")) or _holds(present.get("function_call")):
+        if _calls_tools(present):
             return RowSkip(row_index, TOOL_USE, f"{where}: the {speaker}'s turn calls tools")
         if speaker in TOOL_ROLES:
             return RowSkip(row_index, TOOL_USE, f"{where}: a tool's result (role {speaker!r})")
@@ -80,6 +80,10 @@ def _present(turn: dict) -> dict:
     return {key: item for key, item in turn.items() if item is not None}
 
 
+def _calls_tools(turn: dict) -> bool:
+    return _holds(turn.get("tool_calls")) or _holds(turn.get("function_call"))
+
+
 def _holds(value: Any) -> bool:
     """Whether a tool field holds something: datasets store none as null, NaN (pandas), [] or text ("[]", "None")."""
     if isinstance(value, str):
@@ -108,7 +112,7 @@ def _without_empty_reply(messages: Any) -> Any:
     """A final assistant turn left empty (or null), as prompt-only datasets in the `messages` shape leave the slot for
     the reply: no reference, and no reason to skip the prompt."""
     last = _present(messages[-1]) if isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict) else {}
-    if _holds(last.get("tool_calls")) or _holds(last.get("function_call")):
+    if _calls_tools(last):
         return messages  # a reply that calls a tool: skipped as tool use, not read as an empty reply
     if last.get("role") == "assistant" or ("role" not in last and SHAREGPT_ROLES.get(last.get("from")) == "assistant"):
         content = last.get("content", last.get("value"))
