@@ -530,6 +530,12 @@ def check_push_options(push_repo: str | None, public: bool) -> None:
         raise RsampleError("--public applies to --push-to-hub, which is not given")
     if push_repo:
         from huggingface_hub import constants, get_token
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(push_repo)
+        except HFValidationError as exc:
+            raise RsampleError(f"--push-to-hub {push_repo!r} is no Hub repository id: {first_line(exc)}") from None
 
         if constants.HF_HUB_OFFLINE:
             raise RsampleError(f"--push-to-hub {push_repo}: the Hub is switched off here (HF_HUB_OFFLINE is set); leave the flag out "

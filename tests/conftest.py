@@ -105,6 +105,16 @@ def reap_processes():
             process.wait()
 
 
+@pytest.fixture(autouse=True)
+def own_datasets_cache(tmp_path, monkeypatch):
+    """`datasets` caches a local folder whose card declares `configs` by the folder's name alone: two tests' folders
+    named `repo` would read each other's rows. Each test, and every process it starts, has a cache of its own."""
+    cache = tmp_path / "hf-datasets-cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    if "datasets" in sys.modules:  # imported by an earlier test: it read the variable then
+        monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", cache)
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     server = EmbeddedRedis(data_dir=tmp_path / "redis").start()

@@ -26,6 +26,11 @@ class RecordingApi:
         if self.fail:
             raise self.fail
 
+    def repo_info(self, repo_id, **kwargs):  # made as asked
+        from types import SimpleNamespace
+
+        return SimpleNamespace(id=repo_id, private=self.calls[0][2]["private"])
+
     def create_commit(self, repo_id, operations, **kwargs):
         self.calls.append(("create_commit", repo_id, operations, kwargs))
 
@@ -77,11 +82,19 @@ def test_a_failed_push_is_one_line_and_keeps_the_files(tmp_path):
 class FolderApi:
     """The Hub as a folder: each commit's files land where the Hub would put them in the dataset repo."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, private: bool | None = None):
         self.folder = folder
+        self.private = private
+        """The repository's visibility once it exists: `create_repo(exist_ok=True)` leaves it as it is."""
 
-    def create_repo(self, repo_id, **kwargs):
+    def create_repo(self, repo_id, private=True, **kwargs):
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.private = private if self.private is None else self.private
+
+    def repo_info(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(id=repo_id, private=self.private)
 
     def list_repo_files(self, repo_id, **kwargs):
         return sorted(str(path.relative_to(self.folder)) for path in self.folder.rglob("*") if path.is_file())
@@ -375,3 +388,65 @@ def test_a_harmony_runs_repository_loads_with_the_thinking_as_a_field_of_the_tur
     assert pairs[1]["chosen"][-1] == {"role": "assistant", "content": "answer 1", "thinking": "thought 1"}
     assert pairs[1]["chosen"][0] == {"role": "user", "content": "q", "thinking": None}  # a struct's missing field
     assert datasets.load_dataset(str(repo), "scores", split="train")[0]["thinking"] == "thought 0"
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_a_push_never_lands_in_a_repository_of_the_other_visibility(tmp_path, private):
+    """`create_repo(exist_ok=True)` leaves an existing repository as it is: a private run's data went into a public
+    one, and --public said done into a private one. Refused before any upload; the files stay."""
+    config, summary, files = make_run(tmp_path)
+    api = FolderApi(tmp_path / "repo", private=not private)
+    with pytest.raises(RsampleError, match=f"the Hub dataset me/pairs is {'public' if private else 'private'}, and "):
+        push_to_hub("me/pairs", config, summary, files, private=private, api=api)
+    assert api.list_repo_files("me/pairs") == [] and files["pairs"].exists()
+
+
+def test_a_repository_named_without_its_namespace_is_pushed_where_create_repo_made_it(tmp_path):
+    """`--push-to-hub tulu-pairs`: the Hub makes alice/tulu-pairs (the token's user) and says so in the RepoUrl;
+    every later call named `tulu-pairs`, no repository of this user, and the push failed after the whole run."""
+    from huggingface_hub import RepoUrl
+
+    class NamespacedApi(FolderApi):
+        def create_repo(self, repo_id, **kwargs):
+            super().create_repo(repo_id, **kwargs)
+            return RepoUrl(f"https://huggingface.co/datasets/{repo_id if '/' in repo_id else 'alice/' + repo_id}")
+
+        def list_repo_files(self, repo_id, **kwargs):
+            assert "/" in repo_id, f"404 Repository Not Found: {repo_id}"
+            return super().list_repo_files(repo_id, **kwargs)
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            assert "/" in repo_id, f"404 Repository Not Found: {repo_id}"
+            super().create_commit(repo_id, operations, **kwargs)
+
+    config, summary, files = make_run(tmp_path)
+    url = push_to_hub("tulu-pairs", config, summary, files, api=NamespacedApi(tmp_path / "repo"))
+    assert url == "https://huggingface.co/datasets/alice/tulu-pairs" and (tmp_path / "repo" / "pairs.jsonl").exists()
+
+
+def test_a_config_the_user_added_to_rsamples_card_keeps_its_file(tmp_path):
+    """Only rsample's own files go: a user's filtered copy declared in the card was deleted at the next push."""
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    api = FolderApi(repo)
+    push_to_hub("me/pairs", config, summary, files, api=api)
+    card = (repo / "README.md").read_text()
+    (repo / "README.md").write_text(card.replace("configs:\n", "configs:\n- config_name: filtered\n  data_files:\n"
+                                                              "  - split: train\n    path: mine/filtered.jsonl\n", 1))
+    (repo / "mine").mkdir()
+    (repo / "mine" / "filtered.jsonl").write_text('{"prompt_id": "x"}\n')
+    push_to_hub("me/pairs", config, summary, files, api=api)
+    assert (repo / "mine" / "filtered.jsonl").exists()
+
+
+def test_a_repository_id_the_hub_refuses_is_refused_before_the_run(monkeypatch):
+    import huggingface_hub.constants
+
+    from rsample.producer.cli import check_push_options
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    for bad in ("me/bad name", "a/b/c"):
+        with pytest.raises(RsampleError, match=f"--push-to-hub '{bad}' is no Hub repository id: "):
+            check_push_options(bad, False)
+    check_push_options("me/good-name_1.0", False)

@@ -21,7 +21,8 @@ from rsample.workers.stages.output import columns
 def card_metadata(files: dict[str, Path], model_names: tuple[str, ...]) -> str:
     """The card's YAML: each file its own config (their columns differ, so they cannot be splits of one), pairs the
     default, so that `load_dataset(repo)` gives the pairs and `load_dataset(repo, "scores")` the scored candidates.
-    A run without pairs has no default: `load_dataset(repo)` then names the configs there are. Each config declares
+    A run without pairs has no default: `load_dataset(repo)` then names the configs there are (or, of one alone,
+    reads it). Each config declares
     its columns' types (see `output.columns`), so that `datasets` need not guess them from a file's first rows."""
     from huggingface_hub import DatasetCardData
 
@@ -146,6 +147,10 @@ and the `sft` config each prompt's best candidate as a supervised example: `load
 """
 
 
+OUTPUT_FILES = ("pairs.jsonl", "scores.jsonl", "sft.jsonl")
+"""The files rsample pushes (one per config) beside its card and the report's figures."""
+
+
 def earlier_outputs(api, repo_id: str, pushed: set[str]) -> list[str]:
     """The files an earlier push of rsample left that this one does not replace (a `scores.jsonl` this run did not write,
     last run's figures): left, they would sit beside a card that no longer describes them. Only what the repository's
@@ -164,9 +169,22 @@ def earlier_outputs(api, repo_id: str, pushed: set[str]) -> list[str]:
     if "rsample" not in (card.data.tags or []):
         return []
     declared = {entry["path"] for config in (card.data.configs or []) for entry in config.get("data_files", [])
-                if isinstance(entry, dict) and isinstance(entry.get("path"), str)}
+                if isinstance(entry, dict) and entry.get("path") in OUTPUT_FILES}  # a config a user added is theirs
     declared |= set(re.findall(r"!\[[^\]]*\]\((report/[^)\s]+)\)", card.text))  # the figures it shows, not a path in its command
     return sorted(path for path in declared & files if path not in pushed)
+
+
+def check_visibility(api, repo_id: str, private: bool) -> None:
+    """`create_repo` leaves an existing repository as it is: a private run's data must not land in a public one (nor
+    --public be said done in a private one)."""
+    shown = getattr(api.repo_info(repo_id, repo_type="dataset"), "private", None)
+    if shown is None or shown == private:
+        return
+    if private:
+        raise RsampleError(f"the Hub dataset {repo_id} is public, and rsample pushes a run to a private one unless told --public: "
+                           "pass --public to publish it there, or push to another repository (the JSONL files are kept locally)")
+    raise RsampleError(f"the Hub dataset {repo_id} is private, and --public does not change an existing repository: make it "
+                       "public on the Hub, or push without --public (the JSONL files are kept locally)")
 
 
 def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[str, Path], private: bool = True, api=None,
@@ -188,10 +206,14 @@ def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[s
         operations += [CommitOperationAdd(f"report/{path.name}", str(path)) for path in report.figures.values()]
     operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
     try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        made = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        repo_id = getattr(made, "repo_id", None) or repo_id  # a name without namespace is made under the token's user
+        check_visibility(api, repo_id, private)
         pushed = {operation.path_in_repo for operation in operations}
         operations += [CommitOperationDelete(path) for path in earlier_outputs(api, repo_id, pushed)]
         api.create_commit(repo_id, operations, commit_message=f"rsample run {config.run_id}", repo_type="dataset")
+    except RsampleError:
+        raise
     except Exception as exc:  # auth, network, permissions: one line, the files stay on disk
         raise RsampleError(f"could not push to the Hub dataset {repo_id} (the JSONL files are kept locally; the same command "
                            f"pushes them again, generating nothing): {first_line(exc)}") from None
