@@ -106,13 +106,17 @@ def reap_processes():
 
 
 @pytest.fixture(autouse=True)
-def own_datasets_cache(tmp_path, monkeypatch):
+def own_datasets_cache(tmp_path):
     """`datasets` caches a local folder whose card declares `configs` by the folder's name alone: two tests' folders
-    named `repo` would read each other's rows. Each test, and every process it starts, has a cache of its own."""
+    named `repo` would read each other's rows. Each test, and every process it starts, has a cache of its own. A
+    patch of its own, not the test's `monkeypatch`: an autouse fixture would set that up first, so that it is undone
+    last, after `redis_server` stops its server with a patched `os.kill` that a test left (the suite hung)."""
     cache = tmp_path / "hf-datasets-cache"
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
-    if "datasets" in sys.modules:  # imported by an earlier test: it read the variable then
-        monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_DATASETS_CACHE", str(cache))
+        if "datasets" in sys.modules:  # imported by an earlier test: it read the variable then
+            patch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", cache)
+        yield
 
 
 @pytest.fixture
