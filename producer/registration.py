@@ -301,7 +301,8 @@ def forget_run(client: redis.Redis, run_id: str) -> int:
                       queue.deferred_job_registry, queue.scheduled_job_registry, queue.canceled_job_registry)
         job_ids = set(queue.get_job_ids()) | {job_id for registry in registries for job_id in registry.get_job_ids(cleanup=False)}
         doomed |= {queue.key, getattr(queue, "intermediate_queue_key", queue.key), *(registry.key for registry in registries),
-                   WORKERS_BY_QUEUE_KEY % queue.name}  # a worker killed outright stays listed there
+                   WORKERS_BY_QUEUE_KEY % queue.name,  # a worker killed outright stays listed there
+                   queue.registry_cleaning_key}  # and holds its maintenance lock for 15 minutes if killed while cleaning
         for job_id in job_ids:
             doomed |= set(client.scan_iter(f"rq:*:{_glob_escaped(job_id)}", count=1000))
             doomed |= set(client.scan_iter(f"rq:*:{_glob_escaped(job_id)}:*", count=1000))
