@@ -28,7 +28,7 @@ from rsample.producer.feeder import Feeder
 from rsample.producer.prompts import record_of, row_prompt_id
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
-from rsample.workers.common.messages import Outcome, commonest_reasons, failed_skips
+from rsample.workers.common.messages import Outcome, commonest_reasons
 from rsample.workers.runtime.connection import eviction_policy
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
@@ -356,7 +356,7 @@ class Coordinator:
         may be one per row) and the count of rows whose work failed, which `--retry-failed` would try again."""
         outcomes, reasons = self.ledger.counts()
         self.client.hset(self.keys.stats, mapping={"outcomes": json.dumps(outcomes), "skip_reasons": json.dumps(commonest_reasons(reasons)),
-                                                   "skipped_failed": failed_skips(reasons)})
+                                                   "skipped_failed": self.ledger.failed_rows})
         self._outcomes_due, self._outcomes_published_at = False, time.monotonic()
 
     def _session_counters(self) -> list[str]:

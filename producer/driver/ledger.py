@@ -586,6 +586,11 @@ class Ledger:
                                "the same command resumes once it can write") from None
         self._sizes[handle] += len(data)
 
+    @property
+    def failed_rows(self) -> int:
+        """Settled rows skipped because their work failed: what `retry_failed` would open again."""
+        return len(self._failed)
+
     def counts(self) -> tuple[Counter, Counter]:
         """(outcome -> rows, skip reason -> rows) over the whole ledger, kept as rows are settled."""
         return +self._outcome_counts, +self._skip_reasons  # copies, without the zeros retried rows leave

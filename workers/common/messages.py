@@ -187,8 +187,8 @@ OTHER_REASONS = " other reasons (each row's is in the outcomes file)"
 def commonest_reasons(skip_reasons: dict[str, int], limit: int = REASONS_SHOWN) -> dict[str, int]:
     """The `limit` commonest skip reasons, the others' rows together under one line that counts them; every row's own
     reason stays in the outcomes file."""
-    if len(skip_reasons) <= limit + 1:  # one line for one reason: itself
-        return dict(sorted(skip_reasons.items(), key=lambda item: -item[1]))
+    if len(skip_reasons) <= limit + 1:  # one line for one reason: itself; reasons folded already keep their last line last
+        return dict(sorted(skip_reasons.items(), key=lambda item: (item[0].endswith(OTHER_REASONS), -item[1])))
     shown = dict(heapq.nlargest(limit, skip_reasons.items(), key=lambda item: item[1]))
     shown[f"{len(skip_reasons) - limit:,}{OTHER_REASONS}"] = sum(skip_reasons.values()) - sum(shown.values())
     return shown

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from rsample.workers.common.messages import REASONS_SHOWN, commonest_reasons, failed_skips, folds_reasons
+from rsample.workers.common.messages import commonest_reasons, failed_skips, folds_reasons
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
 from rsample.workers.runtime.pace import Pace, read_samples, recent_pace
@@ -157,7 +157,7 @@ class RunStatus:
             out.append("  data so far: " + "; ".join(report_numbers(self.report)))
         if self.outcomes:
             out.append("  outcomes: " + ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items())))
-        shown = self.skip_reasons if len(self.skip_reasons) <= REASONS_SHOWN + 1 else commonest_reasons(self.skip_reasons)  # an older coordinator's: all
+        shown = commonest_reasons(self.skip_reasons)  # folded by the coordinator; an older one published them all
         out += [f"  skipped, {reason}: {count}" for reason, count in shown.items()]
         failed = self.failed
         if failed:
