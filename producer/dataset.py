@@ -24,7 +24,9 @@ from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.paths import missing_here, surely_local
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-"""The dataset files rsample reads, by suffix; JSON Lines and CSV may also be gzipped (`.jsonl.gz`)."""
+"""The dataset files rsample reads, by suffix."""
+GZIPPED = (".json.gz", ".jsonl.gz", ".csv.gz")
+"""The dataset files that may also come gzipped (Parquet compresses inside)."""
 
 
 def _suffix(path: Path) -> str:
@@ -201,9 +203,8 @@ def _open(selection: DataSelection):
     path = Path(source).expanduser()
     saved = path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
     if path.is_file() or saved:
-        if path.is_file() and (_suffix(path) not in FILE_BUILDERS or (path.name.endswith(".gz") and _suffix(path) == ".parquet")):
-            raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join(FILE_BUILDERS)}, "
-                               "or .jsonl.gz, .json.gz, .csv.gz)")
+        if path.is_file() and not (path.suffix in FILE_BUILDERS or path.name.endswith(GZIPPED)):
+            raise RsampleError(f"unsupported dataset file type {path.suffix!r} for {source} (use {', '.join((*FILE_BUILDERS, *GZIPPED))})")
         kind = "file" if path.is_file() else "saved dataset (`Dataset.save_to_disk`)"
         if split != "train":
             raise RsampleError(f"--split {split} applies to Hub datasets and folders; the {kind} {source} is one split (leave --split out)")
