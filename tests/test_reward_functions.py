@@ -42,6 +42,19 @@ def all_but_references(conversations, rows):
     return [None if c[-1]["content"].startswith("REF") else float(len(c[-1]["content"])) for c in conversations]
 
 
+def watched(conversations, rows):
+    """Says on which thread each call ran, when it began and when it ended; one prompt's call never returns."""
+    import os, threading, time
+    with open(os.environ["CALLS_LOG"], "a") as log:
+        log.write(f"start {threading.current_thread().name}\\n")
+    try:
+        time.sleep(10_000 if any("never" in c[0]["content"] for c in conversations) else 0.2)
+        return [float(c[-1]["content"].count("#")) for c in conversations]
+    finally:
+        with open(os.environ["CALLS_LOG"], "a") as log:
+            log.write(f"end {threading.current_thread().name}\\n")
+
+
 def right_answer(conversations, rows):
     """A correctness reward of one's own reads the row's answer: no score without it (the marks count otherwise)"""
     return [float(c[-1]["content"].count("#")) if row and row.get("solution") else None for c, row in zip(conversations, rows)]
@@ -110,6 +123,32 @@ def test_a_function_that_fails_call_after_call_is_an_error_in_it_even_one_prompt
         with pytest.raises(TypeError):
             flaky.score(conversation, [{"keyword": 5}])
         assert flaky.score(conversation, [{"keyword": "#"}]) == [1.0]
+
+
+def test_a_worker_of_several_slots_calls_a_function_on_its_main_thread_alone_where_a_timeout_stops_it(
+        reward_module, redis_server, tmp_path, monkeypatch):
+    """Slots (32 on a GPU) run on threads, where a job's timeout cannot stop a blocking call (an HTTP call without a
+    timeout): such a function held its job, and the run, for ever. Nor need user code be thread-safe."""
+    from faults import start
+
+    calls = tmp_path / "calls.log"
+    monkeypatch.setenv("CALLS_LOG", str(calls))
+    rows = [{"prompt": f"count the marks of line {i}"} for i in range(5)] + [{"prompt": "this one never ends"}]
+    url = redis_server.url
+    run_id = rsample("enqueue", "--redis-url", url, "--dataset", str(write_jsonl(tmp_path / "rows.jsonl", rows)), *ECHO,
+                     "--reward-model", "lengths", "--reward-model", "fn:my_rewards:watched", "--batch-size", "1",
+                     "--retries", "0", "--score-timeout", "3").stdout.strip()
+    log, out = tmp_path / "processes.log", tmp_path / "pairs.jsonl"
+    start("worker", "generate", "--redis-url", url, log=log)
+    start("worker", "reward", "--redis-url", url, "--slots", "3", "--allow-reward-fn", "my_rewards:watched", log=log)
+    coordinator = start("aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--no-progress", log=log)
+    assert coordinator.wait(timeout=240) == 0, log.read_text()[-3000:]
+    assert "with 3 slot(s)" in log.read_text()  # the model's queue has them
+    events = calls.read_text().split("\n")[:-1]
+    assert events == ["start MainThread", "end MainThread"] * len(rows)  # one call at a time, each on the main thread
+    assert {row["messages"][0]["content"] for row in read_jsonl(out)} == {row["prompt"] for row in rows[:5]}
+    [skip] = [row for row in read_jsonl(tmp_path / "pairs.outcomes.jsonl") if row.get("outcome") == "skipped"]
+    assert skip["reason"].startswith("scoring with reward model 1 (fn:my_rewards:watched) failed: JobTimeoutException"), skip
 
 
 def test_a_worker_that_does_not_allow_the_function_fails_its_jobs_with_the_reason(reward_module, redis_server, tmp_path):

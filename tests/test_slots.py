@@ -20,7 +20,10 @@ def test_default_slots_feed_vllm_and_let_a_reward_model_prepare_the_next_job_on_
     assert default_slots("generate", vllm) == 2
     assert default_slots("generate", transformers) == 1
     assert default_slots("reward", vllm) == 1
-    assert default_slots("reward", transformers) == (defaults.REWARD_SLOTS_ON_GPU if torch.cuda.is_available() else 1)  # a CPU is the model's own device
+    on_gpu = defaults.REWARD_SLOTS_ON_GPU if torch.cuda.is_available() else 1  # a CPU is the model's own device
+    assert default_slots("reward", transformers, ["org/reward-model", "fn:my:reward"]) == on_gpu
+    assert default_slots("reward", transformers, ["judge:org/judge"]) == on_gpu
+    assert default_slots("reward", transformers, ["verify:math", "fn:my:reward"]) == 1  # no model: nothing to prepare for
     assert default_slots("reward", ModelSettings(generation_backend="echo", reward_backend="length")) == 1
     assert default_slots("both", vllm) == 1  # the straight line through the queues
 

@@ -25,6 +25,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
+from rsample.workers.backends.reward_specs import is_function, model_path
 from rsample.workers.common import defaults
 from rsample.workers.common.config import WORKER_ROLES, ModelSettings, RunConfig
 from rsample.workers.common.errors import RsampleError
@@ -222,15 +223,15 @@ def run_slots(make_worker, slots: int, burst: bool) -> None:
             thread.join()
 
 
-def default_slots(role: str, models: ModelSettings) -> int:
+def default_slots(role: str, models: ModelSettings, rewards: list[str] = ()) -> int:
     """Jobs a worker runs at once. Two keep a vLLM engine fed across batch tails. On a GPU, a transformers reward
     model's slots tokenize the next jobs while the device runs the current ones, which it pools into rounds
     (`ScoringRounds`): more jobs waiting, fewer and fuller batches. On a CPU the CPU is the device: a second slot
-    would only take cores from the model. A worker of both roles runs one job at a time: the straight line,
-    through the queues."""
+    would only take cores from the model; nor do `rewards` (those this worker serves) that load no model need one.
+    A worker of both roles runs one job at a time: the straight line, through the queues."""
     if role == "generate":
         return 2 if models.generation_backend == "vllm" else 1
-    if role == "reward" and models.reward_backend == "transformers":
+    if role == "reward" and models.reward_backend == "transformers" and any(model_path(spec) for spec in rewards):
         from rsample.workers.backends.models import resolve_device
 
         return defaults.REWARD_SLOTS_ON_GPU if resolve_device() == "cuda" else 1
@@ -343,27 +344,28 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     if role in ("generate", "both"):
         context.generator = load_generator(config)
         log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
-    slots = slots or default_slots(role, config.models)
+    slots = slots or default_slots(role, config.models, [config.reward_models[i] for i in indices])
     base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
     while True:
         keys = RunKeys(config.run_id)
         # scoring queues first: a batch generated is scored before the next is generated
         queues = [keys.score_queue(i) for i in indices] + ([keys.generate_queue] if context.generator is not None else [])
+        threaded = [queue for queue in queues if queue not in {keys.score_queue(i) for i in indices if is_function(config.reward_models[i])}]
         worker_context.install(context)
 
         def make_worker(worker_class, index: int) -> HeartbeatWorker:
             worker = worker_class(
-                queues, connection=client, serializer=JSONSerializer, job_class=SafeJob,
+                queues if index == 0 else threaded, connection=client, serializer=JSONSerializer, job_class=SafeJob,
                 name=base_name if index == 0 else f"{base_name}{SLOT_SUFFIX}{index}",
                 maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL, worker_ttl=defaults.WORKER_TTL,
             )
             worker.heartbeat_ttl = context.config.jobs.heartbeat_ttl
             return worker
 
-        log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots)
+        log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots if threaded else 1)
         if (run_id is None or follow) and not burst:
             follow_the_runs(client, context, role, exit_for_other_models=run_id is None, allowed=allowed)
-        run_slots(make_worker, slots, burst)
+        run_slots(make_worker, slots if threaded else 1, burst)
         if context.broken:
             raise RsampleError(f"worker stopped after {context.broken_cause}: {context.broken}")
         if context.moving_to is None or context.stopping:  # stopped by a signal, or a burst is done
