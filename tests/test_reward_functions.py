@@ -55,6 +55,13 @@ def watched(conversations, rows):
             log.write(f"end {threading.current_thread().name}\\n")
 
 
+def exits(conversations, rows):
+    import sys
+    if any("line 2" in c[0]["content"] for c in conversations):
+        sys.exit("bad row")
+    return [float(c[-1]["content"].count("#")) for c in conversations]
+
+
 def right_answer(conversations, rows):
     """A correctness reward of one's own reads the row's answer: no score without it (the marks count otherwise)"""
     return [float(c[-1]["content"].count("#")) if row and row.get("solution") else None for c, row in zip(conversations, rows)]
@@ -103,6 +110,17 @@ def test_a_function_that_fails_on_every_prompt_stops_the_run_and_says_the_error_
     assert "(TypeError: wrong_signature() takes 1 positional argument but 2 were given): an error in the function, not in the data: " \
            "fix it, then run the same command again (what is written is kept)" in error, error
     assert "device or engine" not in result.stderr
+
+
+def test_a_function_that_exits_on_one_prompt_costs_that_prompt_alone(reward_module, tmp_path):
+    """SystemExit is no Exception: it passed the batch's one-by-one retry of its prompts, and skipped all of them."""
+    rows = [{"prompt": f"count the marks of line {i}"} for i in range(4)]
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(write_jsonl(tmp_path / "rows.jsonl", rows)), *ECHO, "--reward-model", "fn:my_rewards:exits",
+            "--out", str(out), "--no-progress")
+    assert sorted(row["messages"][0]["content"] for row in read_jsonl(out)) == [rows[i]["prompt"] for i in (0, 1, 3)]
+    [skip] = [row for row in read_jsonl(tmp_path / "pairs.outcomes.jsonl")[1:] if row["outcome"] == "skipped"]
+    assert skip["row_index"] == 2 and skip["reason"].endswith("RuntimeError: fn:my_rewards:exits called sys.exit('bad row')"), skip
 
 
 def test_a_function_that_fails_call_after_call_is_an_error_in_it_even_one_prompt_at_a_time(reward_module):

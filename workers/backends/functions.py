@@ -87,7 +87,10 @@ class FunctionReward:
         return scores
 
     def _score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
-        values = self.function(conversations, columns)
+        try:
+            values = self.function(conversations, columns)
+        except SystemExit as exc:  # an error like any other (the batch's prompts are tried one by one), not the worker's end
+            raise RuntimeError(f"{self.spec} called sys.exit({exc.code!r})") from None
         if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):  # a numpy array or a torch tensor
             values = values.tolist()
         if not isinstance(values, (list, tuple)) or len(values) != len(conversations):
