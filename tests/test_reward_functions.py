@@ -62,6 +62,11 @@ def exits(conversations, rows):
     return [float(c[-1]["content"].count("#")) for c in conversations]
 
 
+def rounding(conversations, rows):
+    """The same score reached by two sums: 0.1 + 0.2 and 0.3, which no histogram's bins can split."""
+    return [0.1 + 0.2 if c[-1]["content"].count("#") % 2 else 0.3 for c in conversations]
+
+
 def right_answer(conversations, rows):
     """A correctness reward of one's own reads the row's answer: no score without it (the marks count otherwise)"""
     return [float(c[-1]["content"].count("#")) if row and row.get("solution") else None for c, row in zip(conversations, rows)]
@@ -121,6 +126,18 @@ def test_a_function_that_exits_on_one_prompt_costs_that_prompt_alone(reward_modu
     assert sorted(row["messages"][0]["content"] for row in read_jsonl(out)) == [rows[i]["prompt"] for i in (0, 1, 3)]
     [skip] = [row for row in read_jsonl(tmp_path / "pairs.outcomes.jsonl")[1:] if row["outcome"] == "skipped"]
     assert skip["row_index"] == 2 and skip["reason"].endswith("RuntimeError: fn:my_rewards:exits called sys.exit('bad row')"), skip
+
+
+def test_scores_that_differ_by_rounding_alone_are_ties_and_still_get_their_report(reward_module, tmp_path):
+    """numpy refuses finer bins than their difference: the run's report was lost, and `rsample report` died."""
+    rows = [{"prompt": f"count the marks of line {i}"} for i in range(4)]
+    out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+    run = rsample("run", "--dataset", str(write_jsonl(tmp_path / "rows.jsonl", rows)), *ECHO, "--reward-model", "fn:my_rewards:rounding",
+                  "--out", str(out), "--scores-out", str(scores), "--no-progress")
+    assert re.search(r"dropped, tie +4\n", run.stdout) and "no run report" not in run.stderr, run.stderr
+    assert (tmp_path / "pairs.report" / "scores.png").stat().st_size > 5_000
+    report = rsample("report", str(out), "--scores", str(scores))
+    assert "Traceback" not in report.stderr and "not drawn" not in report.stderr, report.stderr
 
 
 def test_a_function_that_fails_call_after_call_is_an_error_in_it_even_one_prompt_at_a_time(reward_module):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from rsample.producer.report.stats import RunNumbers
+from rsample.workers.common.errors import first_line
 
 SIZE = (7.5, 4.2)
 DPI = 110
@@ -39,7 +41,7 @@ def scores(numbers: RunNumbers, path: Path) -> Path | None:
         for label, sample, color in (("all candidates", model.candidates, "0.6"), ("chosen", model.chosen, "tab:green"),
                                      ("rejected", model.rejected, "tab:red")):
             if sample.items:
-                axis.hist(sample.items, bins=_bins(len(sample.items)), density=True, histtype="step" if label != "all candidates" else "stepfilled",
+                axis.hist(sample.items, bins=_bins(sample.items), density=True, histtype="step" if label != "all candidates" else "stepfilled",
                           alpha=0.9 if label != "all candidates" else 0.4, color=color, linewidth=1.6, label=label)
         axis.set_title(_short(name), fontsize=10)
         axis.set_xlabel("score")
@@ -56,7 +58,7 @@ def margins(numbers: RunNumbers, path: Path) -> Path | None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=SIZE)
     for name, model in models.items():
-        axis.hist(model.margins.items, bins=_bins(len(model.margins.items)), histtype="step", linewidth=1.6, label=_short(name))
+        axis.hist(model.margins.items, bins=_bins(model.margins.items), histtype="step", linewidth=1.6, label=_short(name))
     axis.axvline(0, color="0.3", linewidth=0.8)
     axis.set_xlabel("margin: chosen score minus rejected score")
     axis.set_ylabel("pairs")
@@ -138,9 +140,18 @@ def _order_agreement(numbers: RunNumbers, a: str, b: str) -> float:
     return same / pairs if pairs else float("nan")
 
 
-def _bins(count: int) -> int:
-    """Enough bins to show a shape, few enough that a small run's bars are not single samples."""
-    return max(8, min(50, int(count ** 0.5) * 2))
+def _bins(values: list[float]) -> int:
+    """Enough bins to show a shape, few enough that a small run's bars are not single samples; one where the values
+    differ by rounding alone (0.1 + 0.2 and 0.3), which finer bins cannot split (numpy refuses them)."""
+    import numpy
+
+    count = max(8, min(50, int(len(values) ** 0.5) * 2))
+    with numpy.errstate(all="ignore"):
+        try:
+            edges = numpy.histogram_bin_edges(values, bins=count)
+        except ValueError:
+            return 1
+    return count if numpy.isfinite(edges).all() and (numpy.diff(edges) > 0).all() else 1
 
 
 def _short(name: str, limit: int = 32) -> str:
@@ -152,6 +163,13 @@ ALL = {"scores": scores, "margins": margins, "lengths": lengths, "agreement": ag
 
 
 def draw_all(numbers: RunNumbers, directory: Path) -> dict[str, Path]:
+    """The figures that could be drawn: one that fails (on values no one foresaw) costs itself alone, with a warning."""
     directory.mkdir(parents=True, exist_ok=True)
-    drawn = {name: draw(numbers, directory / f"{name}.png") for name, draw in ALL.items()}
+    drawn = {}
+    for name, draw in ALL.items():
+        try:
+            drawn[name] = draw(numbers, directory / f"{name}.png")
+        except Exception as exc:
+            logging.getLogger(__name__).warning("report figure %r not drawn: %s", name, first_line(exc, with_type=True))
+            _pyplot().close("all")
     return {name: path for name, path in drawn.items() if path is not None}
