@@ -251,7 +251,10 @@ def test_a_rubric_on_another_scale_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING):
         compile_template("Rate the answer from 1 (poor) to 10 (excellent).\nAnswer: {{ answer }}\nReply with the rating alone:")
         compile_template("Score it out of 100.\n{{ answer }}")
-    assert caplog.text.count("a judge's score is its expected rating over the single digits 1 to 9") == 2
+        for wording in ("Rate it on a scale of 1 to 10.", "Score: 1 to 10", "Rate it 1 to 10, 10 being best", "Rating (1 to 10):",
+                        "Give a score from 0 to 100", "Grade it 0 through 100"):
+            compile_template(f"{{{{ answer }}}}\n{wording}")
+    assert caplog.text.count("a judge's score is its expected rating over the single digits 1 to 9") == 8
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         compile_template(None)
