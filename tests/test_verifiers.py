@@ -39,6 +39,11 @@ def math_verifier():
         ("6", "\\boxed{5}. Wait, that is wrong: \\boxed{6}", 1.0),
         ("5", "\\boxed{5}. Wait, that is wrong: \\boxed{6}", 0.0),
         ("42", "\\boxed{42}, or \\boxed{4", 1.0),  # one a length cut left open is passed over
+        ("10", "\\boxed{10}\\boxed{}", 1.0),  # so is an empty one: it read as no answer
+        # GSM8K's style: what follows `####`, not the last number of the chatter after it
+        ("42", "6 times 7.\n#### 42\n\nI can answer 2 more questions.", 1.0),
+        ("-5", "The answer is \\boxed{\u22125}.", 1.0),  # a Unicode minus
+        ("-5", "The answer is \u22125.", 1.0),
         # a float answer column: its repr `1e-05` was read as an expression in E
         (0.00001, "\\boxed{0.00001}", 1.0),
         (1e20, "\\boxed{100000000000000000000}", 1.0),
@@ -219,6 +224,8 @@ def test_math_answers_are_equal_when_their_values_are(gold, completion, expected
         ("1,000", "\\boxed{1000}", 1.0),  # thousands separators
         ("Paris", "The capital is Paris", 0.0),  # exact: the final answer is the whole text here
         ("1/2", "\\boxed{0.5}", 0.0),  # no arithmetic
+        ("-5", "\\boxed{\u22125}", 1.0),
+        ("C", "\\boxed{C}\\boxed{ }", 1.0),
     ],
 )
 def test_exact_answers_compare_normalised_text(gold, completion, expected):

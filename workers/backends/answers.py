@@ -21,23 +21,29 @@ def ground_truth(value: Any) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` whose braces close (one a length cut left open is passed over), or None."""
+    """The content of the last `\\boxed{...}` whose braces close and hold something (one a length cut left open, or an
+    empty one, is passed over), or None."""
     start = len(text)
     while (start := text.rfind("\\boxed{", 0, start)) >= 0:
         depth, position = 0, start + len("\\boxed")
         for index in range(position, len(text)):
             depth += {"{": 1, "}": -1}.get(text[index], 0)
             if depth == 0:
-                return text[position + 1:index]
+                if text[position + 1:index].strip():
+                    return text[position + 1:index]
+                break
     return None
 
 
 def final_answer(completion: str) -> str:
+    """The last `\\boxed{}`, else the line that follows the last `####` (GSM8K's style, not the chatter after it), else
+    the whole completion; a Unicode minus (`−5`) read as `-`."""
+    completion = completion.replace("\u2212", "-")
     boxed = last_boxed(completion)
     if boxed is not None:
         return boxed
     if "####" in completion:
-        return completion.rsplit("####", 1)[1]
+        return completion.rsplit("####", 1)[1].strip().split("\n", 1)[0]
     return completion
 
 

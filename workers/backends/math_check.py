@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 
-from rsample.workers.backends.answers import last_boxed
+from rsample.workers.backends.answers import final_answer, last_boxed
 from rsample.workers.common import defaults
 from rsample.workers.runtime.processes import killed_with_parent
 
@@ -36,9 +36,10 @@ def _latex(gold: str) -> str:
 
 def _answer(completion: str) -> str:
     """The completion's last `\\boxed{}`, as the README promises: math-verify would read every boxed value of a
-    completion that corrected itself as one set. Without one, the whole completion (its last number or expression)."""
-    boxed = last_boxed(completion)
-    return completion if boxed is None else f"$\\boxed{{{boxed}}}$"
+    completion that corrected itself as one set. Without one, the line after its last `####`, else the whole completion
+    (its last number or expression)."""
+    boxed = last_boxed(completion.replace("\u2212", "-"))
+    return final_answer(completion) if boxed is None else f"$\\boxed{{{boxed}}}$"
 
 
 def serve(seconds: int) -> None:
