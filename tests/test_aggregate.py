@@ -170,7 +170,7 @@ def test_any_verified_answer_makes_an_sft_row_whatever_the_combination():
 def test_with_a_verifier_first_a_pair_needs_a_chosen_that_passed_it():
     """Correctness first: a prompt none of whose answers passed the verifier makes no pair of two wrong ones (the
     reward model would rank them, and DPO would learn to prefer a wrong answer); one with a right answer pairs it with
-    the worst wrong one; all right, the reward model ranks them. Verifier second: its scores are one preference more."""
+    the worst wrong one; all right, the reward model ranks them."""
     from rsample.workers.common.messages import DROPPED_UNVERIFIED
 
     verified = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("verify:math", "rm"))
@@ -183,10 +183,32 @@ def test_with_a_verifier_first_a_pair_needs_a_chosen_that_passed_it():
         ("a", DROPPED_UNVERIFIED), ("b", PAIR), ("pair", PAIR), ("cut", DROPPED_UNVERIFIED)]  # the right one was cut: none may be chosen
     pairs = {row["prompt_id"]: (row["chosen"][-1]["content"], row["rejected"][-1]["content"]) for row in result.rows}
     assert pairs == {"b": ("right", "worse"), "pair": ("right 2", "right 1")}
-    second = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm", "verify:math"))
-    assert second.combine == "standardized"
-    assert [o.outcome for o in aggregate_batch(second, GeneratedBatch("r0", [prompt("a", ["w1", "w2", "w3"])]),
-                                               verdicts({"a": [3.0, 1.0, 2.0]}, {"a": [0.0, 0.0, 0.0]})).outcomes] == [PAIR]
+
+
+@pytest.mark.parametrize("combine", ["standardized", "mean", "vote"])
+def test_with_a_verifier_anywhere_the_chosen_passed_it(combine):
+    """Named after a reward model, the verifier was one preference more: a pair of two wrong answers was written (its
+    scores all 0.0), or a wrong answer chosen over the right one the reward model rated low, while the --sft-out row
+    of the same prompt took the right one."""
+    from rsample.workers.common.messages import DROPPED_DISAGREEMENT, DROPPED_UNVERIFIED
+
+    second = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm", "verify:math"), combine=combine, sft=True)
+    batch = GeneratedBatch("r0", [prompt("a", ["wrong 1", "wrong 2", "wrong 3"]), prompt("b", ["right", "wrong", "worse"]),
+                                  prompt("tie", ["right", "wrong", "worst"]), prompt("three", ["right", "wrong 1", "wrong 2"])])
+    scored = verdicts({"a": [3.0, 1.0, 2.0], "b": [2.0, 2.5, -1.0], "tie": [-10.0, 0.0, 1.0], "three": [None, 1.0, 2.0]},
+                      {"a": [0.0, 0.0, 0.0], "b": [1.0, 0.0, 0.0], "tie": [1.0, 0.0, 0.0], "three": [1.0, 0.0, 0.0]})
+    result = aggregate_batch(second, batch, scored)
+    outcomes = dict((o.prompt_id, o.outcome) for o in result.outcomes)
+    assert outcomes["a"] == DROPPED_UNVERIFIED
+    pairs = {row["prompt_id"]: (row["chosen"][-1]["content"], row["rejected"][-1]["content"]) for row in result.rows}
+    assert outcomes["b"] == PAIR and pairs["b"] == ("right", "worse")
+    # the reward model's -10 outweighs the verifier's 1 in the mean: the one right answer rates below every wrong one
+    assert outcomes["tie"] == (DROPPED_DISAGREEMENT if combine == "mean" else PAIR)
+    assert pairs.get("tie", ("right",))[0] == "right"
+    # a right answer was there, but the reward model gave it no score (too long for it): not "unverified"
+    assert [o.reason for o in result.outcomes if o.prompt_id == "three"] == [
+        "no verified candidate scored by every reward model (too long for its context, or given no score)"]
+    assert {row["prompt_id"]: row["messages"][-1]["content"] for row in result.sft_rows} == {"b": "right", "tie": "right", "three": "right"}
 
 
 def test_a_text_one_sample_ended_and_another_was_cut_in_is_an_ended_candidate():

@@ -68,20 +68,25 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
         return DROPPED_IDENTICAL
     if len(usable) < 2:  # the others have no score from some reward (too long for its context, or left unscored)
         return "fewer than two candidates scored by every reward model (too long for its context, or given no score)"
-    if verifier_decides(config) and any(eligible) and not any(ok and usable_scores[0][i] == 1.0 for i, ok in enumerate(eligible)):
-        return DROPPED_UNVERIFIED
+    verifiers = [scores for spec, scores in zip(config.reward_models, scores_by_model) if is_verifier(spec)]
+    narrowed = False
+    if verifiers and any(eligible):  # correctness first, whatever `--combine`: the chosen passed every verifier
+        right = [all(scores[c] == 1.0 for scores in verifiers) for c in range(len(prompt.candidates))]
+        if not any(ok and right[c] for c, ok in zip(usable, eligible)):
+            if any(ok and is_right for ok, is_right in zip(may_be, right)):
+                return "no verified candidate scored by every reward model (too long for its context, or given no score)"
+            return DROPPED_UNVERIFIED
+        verified = [ok and right[c] for c, ok in zip(usable, eligible)]
+        narrowed, eligible = verified != eligible, verified
     picked = selection.select_pair(usable_scores, config.combine, eligible)
+    if picked.dropped == selection.UNFINISHED and narrowed:  # the other rewards rate every verified answer below a wrong one
+        return DROPPED_DISAGREEMENT
     if picked.dropped is not None:
         return DROP_OUTCOMES[picked.dropped]
     if config.min_margin is not None and picked.margin < config.min_margin:
         return DROPPED_MARGIN
     result.rows.append(pair_row(prompt, usable[picked.chosen], usable[picked.rejected], scores_by_model, config.score_names))
     return PAIR
-
-
-def verifier_decides(config: RunConfig) -> bool:
-    """Correctness first: the chosen of a pair must then pass the first reward, a verifier."""
-    return config.combine == "lexicographic" and is_verifier(config.reward_models[0])
 
 
 def best_for_sft(config: RunConfig, scores_by_model: list[list[float | None]], eligible: list[bool]) -> int | None:
