@@ -569,7 +569,7 @@ def _echo_report(result) -> None:
 
 def _report(config, summary, out, scores_out, push_repo, public, sft_out=None, parquet=False) -> None:
     from rsample.producer.driver.ledger import outcomes_path_for
-    from rsample.producer.parquet import write_parquet
+    from rsample.producer.parquet import drop_stale_copies, write_parquet
 
     files = {"pairs": out, **({"scores": scores_out} if scores_out else {}), **({"sft": sft_out} if sft_out else {})}
     click.echo(f"run {config.run_id}: wrote {', '.join([*map(str, files.values()), str(outcomes_path_for(out))])}")
@@ -581,6 +581,8 @@ def _report(config, summary, out, scores_out, push_repo, public, sft_out=None, p
             click.echo(f"wrote {', '.join(str(write_parquet(path, kind, config.score_names)) for kind, path in files.items())}")
         except RsampleError as exc:
             click.secho(f"WARNING no Parquet copies: {exc} (try `rsample parquet`)", fg="yellow", err=True)
+    else:
+        drop_stale_copies(files.values())
     if push_repo:
         from rsample.producer.driver.hub import push_to_hub
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from rsample.workers.common.errors import RsampleError
@@ -25,6 +27,21 @@ BLOCK_BYTES = 32 << 20
 
 def parquet_path(jsonl: Path) -> Path:
     return jsonl.with_suffix(".parquet")
+
+
+def drop_stale_copies(outputs: Iterable[Path | None]) -> list[Path]:
+    """Removes the Parquet copies older than the JSONL they copy (a resume, `--retry-failed` or `--overwrite` without
+    `--parquet` changed it since): a reader pointed at `pairs.parquet` trained on an earlier state of the run without
+    a word. Called as a session starts and as it ends; returns what went."""
+    dropped = []
+    for jsonl in filter(None, outputs):
+        copy = parquet_path(Path(jsonl))
+        if copy.is_file() and Path(jsonl).is_file() and copy.stat().st_mtime_ns < Path(jsonl).stat().st_mtime_ns:
+            copy.unlink()
+            logging.getLogger(__name__).warning("removed %s: the Parquet copy of %s as it was before (give --parquet, or run "
+                                                "`rsample parquet %s`, to write it again)", copy, jsonl, jsonl)
+            dropped.append(copy)
+    return dropped
 
 
 def first_row(path: Path):

@@ -49,6 +49,27 @@ def test_every_output_gets_a_parquet_copy_with_its_rows_as_written(tmp_path):
     assert {row["reference_completion"] for row in pairs} == {None, "Baikal"}  # both kinds of prompt made pairs
 
 
+def test_a_parquet_copy_never_outlives_the_rows_it_copied(tmp_path):
+    """Written again without --parquet (--overwrite, a resume, --retry-failed), the JSONL changed and the old copy
+    stayed: a reader pointed at pairs.parquet trained on the earlier rows without a word. A copy that still matches
+    stays."""
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "out"
+    out, scores = folder / "pairs.jsonl", folder / "scores.jsonl"
+    outputs = ("--out", str(out), "--scores-out", str(scores))
+    first = write_jsonl(tmp_path / "rivers.jsonl", PROMPT_ONLY)
+    rsample("run", "--dataset", str(first), *ZERO_COST, *outputs, "--parquet")
+    assert pq.read_table(out.with_suffix(".parquet")).num_rows == len(read_jsonl(out)) > 0
+    again = rsample("run", "--dataset", str(first), *ZERO_COST, *outputs)  # complete already: nothing changes
+    assert out.with_suffix(".parquet").exists() and "removed" not in again.stderr
+    lakes = write_jsonl(tmp_path / "lakes.jsonl", [{"prompt": f"name a lake, number {i}"} for i in range(3)])
+    result = rsample("run", "--dataset", str(lakes), *ZERO_COST, *outputs, "--overwrite")
+    assert not out.with_suffix(".parquet").exists() and not scores.with_suffix(".parquet").exists()
+    assert f"removed {out.with_suffix('.parquet')}: the Parquet copy of {out} as it was before" in result.stderr
+    assert all("lake" in row["messages"][0]["content"] for row in read_jsonl(out))
+
+
 def test_two_runs_files_load_together_where_their_jsonl_does_not(tmp_path):
     """One run scored references, one did not: its `reference_completion_score` is null in every row, which a JSONL
     reader types as null and then cannot merge with the other file's scores."""

@@ -84,7 +84,7 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
     The files may be this run's (a resume); anything else that exists and holds data is kept unless `overwrite`.
     An input (the dataset) may never be an output, with or without `overwrite`, nor (`parquet`) the Parquet copy of one.
     """
-    from rsample.producer.parquet import parquet_path
+    from rsample.producer.parquet import drop_stale_copies, parquet_path
 
     outputs = {"--out": out, "--scores-out": scores_out, "--sft-out": sft_out, "the outcomes file": outcomes_path_for(out)}
     copies = {f"the Parquet copy of {flag}": parquet_path(Path(path)) for flag, path in (("--out", out), ("--scores-out", scores_out),
@@ -114,6 +114,7 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
                 raise RsampleError(f"{first} and {second} are the same file ({outputs[first]}): give each its own")
     owner = output_owner(Path(out))
     if owner == run_id or overwrite:
+        drop_stale_copies((out, scores_out, sft_out))
         return
     existing = [path for path in outputs.values() if path.exists() and path.stat().st_size > 0]
     if owner is not None and existing == [outcomes_path_for(Path(out))] and _header_alone(existing[0]):
