@@ -53,12 +53,13 @@ def test_a_running_job_shows_its_progress_and_hands_it_over_to_the_counters(redi
             return len({round(s.rows, 3) for s in seen}) >= 2  # it moved at least once more while the job ran
 
         wait_for(moving_inside_the_job, 240, "progress moving inside the one generation job", interval=0.2)
-        assert all(0 < s.rows < len(rows) and s.tokens > 0 for s in seen)
+        # the job's last step reports all its rows until the job hands them to the counters: a slow step is polled there
+        assert all(0 < s.rows <= len(rows) and s.tokens > 0 for s in seen)
         assert processes[1].wait(timeout=300) == 0, log.read_text()[-3000:]
         stats, live = read_progress(redis_client, run_id)
         assert live.jobs == 0 and redis_client.hlen(RunKeys(run_id).live) == 0  # handed over: nothing counted twice
         tokens = int(stats.get("tokens_generated"))
-        assert stats.get("rows_generated") == len(rows) and max(s.tokens for s in seen) < tokens <= len(rows) * 4 * 300
+        assert stats.get("rows_generated") == len(rows) and max(s.tokens for s in seen) <= tokens <= len(rows) * 4 * 300
     finally:
         for process in processes:
             process.kill()

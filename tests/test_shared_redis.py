@@ -225,7 +225,7 @@ def test_a_password_in_any_form_reaches_no_key_card_log_or_process(tmp_path):
         run_id = rsample("enqueue", f"--redis-url={url}", "--dataset", str(dataset), *FAST).stdout.strip()
         workers = [start("worker", "generate", "--redis-url", url, "--run", run_id, log=log),  # flag form
                    start("worker", "reward", f"--redis-url={url}", "--run", run_id, log=log)]  # = form
-        wait_for(lambda: len(list(client.scan_iter("rq:worker:rsample-*"))) == 2, 60, "both workers to register")
+        wait_for(lambda: len(list(client.scan_iter("rq:worker:rsample-*"))) == 2, 180, "both workers to register")
         assert command_lines_holding(password) == []
         out = tmp_path / "pairs.jsonl"
         aggregated = rsample("aggregate", f"--redis-url={url}", "--run", run_id, "--out", str(out), "--no-progress")

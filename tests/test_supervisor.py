@@ -89,7 +89,7 @@ def test_supervised_workers_serve_a_run_restart_and_stop(chat_dataset, tmp_path)
             assert (second["0"], second["1"]) == (first["0"], first["1"])
 
             out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
-            rsample("aggregate", "--redis-url", server.url, "--run", run_id, "--out", str(out), "--scores-out", str(scores), "--no-progress", timeout=60)
+            rsample("aggregate", "--redis-url", server.url, "--run", run_id, "--out", str(out), "--scores-out", str(scores), "--no-progress", timeout=180)
             assert assert_exactly_once(out, scores, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
 
             supervisor.send_signal(signal.SIGTERM)
