@@ -211,13 +211,21 @@ def check_reward_templates(config: RunConfig, prompts: list[list[dict]]) -> None
 
 
 def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, bool]:
-    """Stores the run unless this Redis has it already; returns (config, True if it existed)."""
+    """Stores the run unless this Redis has it already; returns (config, True if it existed). A `--run-id` that names a
+    run of other settings is refused: that run would go on with its own, while the command said others."""
+    from rsample.producer.driver.ledger import first_difference
+
     config = replace(config, run_id=config.run_id or run_id_for(config))
     keys = RunKeys(config.run_id)
     if client.exists(keys.config):
+        existing = load_run(client, config.run_id)
+        difference = first_difference(*(json.loads(json.dumps(run.output_settings())) for run in (existing, config)))  # as stored
+        if difference:
+            raise RsampleError(f"run {config.run_id} exists in this Redis with other settings ({difference}): give another "
+                               f"--run-id, or take it out first (`rsample forget --run {config.run_id}`)")
         if not client.hexists(keys.stats, "rows_total"):  # lost with its counters, or saved by an older version apart
             client.hset(keys.stats, "rows_total", count_rows(config.data))
-        return load_run(client, config.run_id), True
+        return existing, True
     rows = count_rows(config.data)  # also proves that the dataset loads
     if rows == 0:
         data = config.data

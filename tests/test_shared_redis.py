@@ -183,6 +183,25 @@ def test_forgetting_a_run_takes_nothing_of_a_run_whose_name_extends_it(redis_ser
     assert refused.returncode == 2 and "use letters, digits, '.', '_' and '-' only" in refused.stderr
 
 
+def test_a_run_id_that_names_a_run_of_other_settings_is_refused(redis_server, redis_client, tmp_path):
+    """The run went on with its own settings (n=3) while the command said n=5 and logged them, and exited 0; the
+    same settings again are that run, resumed."""
+    from rsample.workers.runtime.run_state import load_run
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    url = redis_server.url
+    rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "3", "--run-id", "mine")
+    again = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "3", "--run-id", "mine")
+    assert "run mine already exists in this Redis" in again.stderr
+    for command in ("enqueue", "run"):
+        other = rsample(command, "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "5", "--run-id", "mine",
+                        *(("--out", str(tmp_path / "pairs.jsonl")) if command == "run" else ()), check=False)
+        assert other.returncode == 2 and other.stderr.strip().splitlines()[-1] == (
+            "error: run mine exists in this Redis with other settings (--n was 3, now 5): give another --run-id, or take "
+            "it out first (`rsample forget --run mine`)"), other.stderr
+    assert load_run(redis_client, "mine").sampling.n == 3 and not (tmp_path / "pairs.jsonl").exists()
+
+
 def redis_contents(client) -> str:
     """Every key and value of a Redis, as text, whatever its type."""
     parts = []
