@@ -20,6 +20,33 @@ def test_unreachable_redis_names_the_url_without_password():
     assert "hunter2" not in message
 
 
+def test_a_port_where_another_server_answers_fails_in_one_line():
+    """An HTTP proxy's port given by mistake: a 40-line traceback of redis-py's protocol error."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_http() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(1024)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer_http, daemon=True).start()
+    try:
+        with pytest.raises(RsampleError, match=rf"^no Redis answers at redis://:\*\*\*@127.0.0.1:{port}/0 \(another kind of server\?\): "
+                                               r".*HTTP/1.1 400 Bad Request"):
+            connect(f"redis://:hunter2@127.0.0.1:{port}/0")
+    finally:
+        listener.close()
+
+
 def test_connect_to_a_real_server(redis_server):
     assert connect(redis_server.url).ping()
 

@@ -134,6 +134,9 @@ def connect(url: str, patient: bool = True) -> redis.Redis:
         raise RsampleError(f"cannot reach Redis at {redact_url(url)}: {_without_the_password(str(exc), url)}") from None
     except redis.ResponseError as exc:
         raise RsampleError(f"Redis at {redact_url(url)} refused the connection: {exc}") from None
+    except redis.RedisError as exc:  # another server on that port (an HTTP proxy's "400 Bad Request")
+        raise RsampleError(f"no Redis answers at {redact_url(url)} (another kind of server?): "
+                           f"{_without_the_password(first_line(exc), url)}") from None
     retry = PatientRetry(url) if patient else Retry(ExponentialBackoff(), 0)
     return redis.Redis.from_url(url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, health_check_interval=30, retry=retry)
 
