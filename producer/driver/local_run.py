@@ -147,8 +147,8 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         workers = WorkerProcesses(redis_url, config.run_id, options.out.parent / ".rsample-logs" / config.run_id)
         stack.callback(workers.stop)
         if embedded and done < total:  # once the run is settled and checked: an error stays one line
-            log.info("embedded Redis at %s: `rsample status --redis-url %s` (or `rsample dashboard`) watches the run from another "
-                     "terminal", redis_url, redis_url)
+            log.info("embedded Redis at %s: `rsample status --redis-url %s` (or `rsample dashboard --redis-url %s`) watches the run "
+                     "from another terminal", redis_url, redis_url, redis_url)
         if done < total:  # nothing to generate: do not load the models at all
             workers.start_for_run(config, options.generate_workers,
                                   *(arg for name in options.allow_functions for arg in ("--allow-reward-fn", name)),
