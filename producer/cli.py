@@ -309,6 +309,7 @@ class RsampleGroup(click.Group):
 
 @click.group(cls=RsampleGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.version_option(package_name="rsample", message="rsample %(version)s")
 def main(verbose: bool) -> None:
     """Rejection sampling (best-of-n) on Redis + RQ: sample, score, keep the best and the worst."""
     hide_secrets_from_ps(sys.argv[1:])

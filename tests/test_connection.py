@@ -47,6 +47,15 @@ def test_a_port_where_another_server_answers_fails_in_one_line():
         listener.close()
 
 
+def test_the_version_is_the_installed_package_s():
+    """The README asks for one version on every machine of a run: `rsample --version` was no option."""
+    from importlib.metadata import version
+
+    from conftest import rsample
+
+    assert rsample("--version").stdout == f"rsample {version('rsample')}\n"
+
+
 def test_connect_to_a_real_server(redis_server):
     assert connect(redis_server.url).ping()
 
