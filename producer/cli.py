@@ -583,7 +583,9 @@ def _report(config, summary, out, scores_out, push_repo, public, sft_out=None, p
         except RsampleError as exc:
             click.secho(f"WARNING no Parquet copies: {exc} (try `rsample parquet`)", fg="yellow", err=True)
     else:
-        drop_stale_copies(files.values())
+        from rsample.producer.registration import dataset_files
+
+        drop_stale_copies(files.values(), dataset_files(config))
     if push_repo:
         from rsample.producer.driver.hub import push_to_hub
 

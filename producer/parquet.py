@@ -29,14 +29,33 @@ def parquet_path(jsonl: Path) -> Path:
     return jsonl.with_suffix(".parquet")
 
 
-def drop_stale_copies(outputs: Iterable[Path | None]) -> list[Path]:
-    """Removes the Parquet copies older than the JSONL they copy (a resume, `--retry-failed` or `--overwrite` without
-    `--parquet` changed it since): a reader pointed at `pairs.parquet` trained on an earlier state of the run without
-    a word. Called as a session starts and as it ends; returns what went."""
+SOURCE_KEY = b"rsample_source"
+"""A copy's Parquet metadata: the JSONL it copies (its name and size then), so that a stale copy is told apart."""
+
+
+def copied_from(copy: Path) -> dict | None:
+    """What `write_parquet` recorded of the JSONL a Parquet file copies; None for any other file."""
+    import pyarrow.parquet as pq
+
+    try:
+        return json.loads(pq.read_schema(copy).metadata[SOURCE_KEY])
+    except Exception:  # not Parquet, or not a copy rsample wrote
+        return None
+
+
+def drop_stale_copies(outputs: Iterable[Path | None], inputs: Iterable[Path] = ()) -> list[Path]:
+    """Removes the Parquet copies rsample wrote of these JSONL files that they no longer match (a resume,
+    `--retry-failed` or `--overwrite` without `--parquet` changed them since): a reader pointed at `pairs.parquet`
+    trained on an earlier state of the run without a word. A file rsample did not write as that copy, or an input,
+    stays. Called as a session starts and as it ends; returns what went."""
+    inputs = {Path(path).resolve() for path in inputs}
     dropped = []
-    for jsonl in filter(None, outputs):
-        copy = parquet_path(Path(jsonl))
-        if copy.is_file() and Path(jsonl).is_file() and copy.stat().st_mtime_ns < Path(jsonl).stat().st_mtime_ns:
+    for jsonl in map(Path, filter(None, outputs)):
+        copy = parquet_path(jsonl)
+        if not copy.is_file() or not jsonl.is_file() or copy.resolve() in inputs:
+            continue
+        source = copied_from(copy)
+        if source is not None and source.get("file") == jsonl.name and source.get("bytes") != jsonl.stat().st_size:
             copy.unlink()
             logging.getLogger(__name__).warning("removed %s: the Parquet copy of %s as it was before (give --parquet, or run "
                                                 "`rsample parquet %s`, to write it again)", copy, jsonl, jsonl)
@@ -104,6 +123,7 @@ def write_parquet(path: Path, kind: str | None = None, score_names: tuple[str, .
     else:
         thinking = has_thinking(path)
     schema = features(kind, score_names, thinking).arrow_schema  # with datasets' own metadata: `load_dataset` reads the features back
+    schema = schema.with_metadata({**(schema.metadata or {}), SOURCE_KEY: json.dumps({"file": path.name, "bytes": path.stat().st_size})})
     target = parquet_path(path)
     partial = target.with_name(f".{target.name}.partial")
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")

@@ -3,6 +3,7 @@ its first rows (several runs' files at once, open-instruct's local files) read t
 
 import json
 import math
+import os
 
 import pytest
 from conftest import read_jsonl, rsample, write_jsonl
@@ -61,6 +62,7 @@ def test_a_parquet_copy_never_outlives_the_rows_it_copied(tmp_path):
     first = write_jsonl(tmp_path / "rivers.jsonl", PROMPT_ONLY)
     rsample("run", "--dataset", str(first), *ZERO_COST, *outputs, "--parquet")
     assert pq.read_table(out.with_suffix(".parquet")).num_rows == len(read_jsonl(out)) > 0
+    os.utime(out.with_suffix(".parquet"), ns=(0, 0))  # copied with the folder, its times not kept: still the same rows
     again = rsample("run", "--dataset", str(first), *ZERO_COST, *outputs)  # complete already: nothing changes
     assert out.with_suffix(".parquet").exists() and "removed" not in again.stderr
     lakes = write_jsonl(tmp_path / "lakes.jsonl", [{"prompt": f"name a lake, number {i}"} for i in range(3)])
@@ -68,6 +70,23 @@ def test_a_parquet_copy_never_outlives_the_rows_it_copied(tmp_path):
     assert not out.with_suffix(".parquet").exists() and not scores.with_suffix(".parquet").exists()
     assert f"removed {out.with_suffix('.parquet')}: the Parquet copy of {out} as it was before" in result.stderr
     assert all("lake" in row["messages"][0]["content"] for row in read_jsonl(out))
+
+
+def test_no_parquet_file_rsample_did_not_write_as_that_copy_is_ever_removed(tmp_path):
+    """Removed by age alone, a dataset `train.parquet` went with `--out train.jsonl`, and a user's own pairs.parquet."""
+    import pandas
+
+    dataset = tmp_path / "train.parquet"
+    pandas.DataFrame(PROMPT_ONLY).to_parquet(dataset)
+    mine = tmp_path / "mine" / "pairs.parquet"
+    mine.parent.mkdir()
+    pandas.DataFrame({"note": ["my own table"]}).to_parquet(mine)
+    for out in (tmp_path / "train.jsonl", mine.with_suffix(".jsonl")):
+        os.utime(dataset, ns=(0, 0))
+        os.utime(mine, ns=(0, 0))
+        result = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--out", str(out), "--overwrite")
+        assert "removed" not in result.stderr and len(read_jsonl(out)) == len(PROMPT_ONLY)
+    assert pandas.read_parquet(dataset).to_dict("records") == PROMPT_ONLY and pandas.read_parquet(mine)["note"].tolist() == ["my own table"]
 
 
 def test_two_runs_files_load_together_where_their_jsonl_does_not(tmp_path):
