@@ -194,9 +194,10 @@ def test_with_a_verifier_anywhere_the_chosen_passed_it(combine):
 
     second = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm", "verify:math"), combine=combine, sft=True)
     batch = GeneratedBatch("r0", [prompt("a", ["wrong 1", "wrong 2", "wrong 3"]), prompt("b", ["right", "wrong", "worse"]),
-                                  prompt("tie", ["right", "wrong", "worst"]), prompt("three", ["right", "wrong 1", "wrong 2"])])
-    scored = verdicts({"a": [3.0, 1.0, 2.0], "b": [2.0, 2.5, -1.0], "tie": [-10.0, 0.0, 1.0], "three": [None, 1.0, 2.0]},
-                      {"a": [0.0, 0.0, 0.0], "b": [1.0, 0.0, 0.0], "tie": [1.0, 0.0, 0.0], "three": [1.0, 0.0, 0.0]})
+                                  prompt("tie", ["right", "wrong", "worst"]), prompt("three", ["right", "wrong 1", "wrong 2"]),
+                                  prompt("cut", ["right", "wrong 1", "wrong 2"], finish=["stop", "length", "length"])])
+    scored = verdicts({"a": [3.0, 1.0, 2.0], "b": [2.0, 2.5, -1.0], "tie": [-10.0, 0.0, 1.0], "three": [None, 1.0, 2.0], "cut": [None, 1.0, 2.0]},
+                      {"a": [0.0, 0.0, 0.0], "b": [1.0, 0.0, 0.0], "tie": [1.0, 0.0, 0.0], "three": [1.0, 0.0, 0.0], "cut": [1.0, 0.0, 0.0]})
     result = aggregate_batch(second, batch, scored)
     outcomes = dict((o.prompt_id, o.outcome) for o in result.outcomes)
     assert outcomes["a"] == DROPPED_UNVERIFIED
@@ -205,10 +206,11 @@ def test_with_a_verifier_anywhere_the_chosen_passed_it(combine):
     # the reward model's -10 outweighs the verifier's 1 in the mean: the one right answer rates below every wrong one
     assert outcomes["tie"] == (DROPPED_DISAGREEMENT if combine == "mean" else PAIR)
     assert pairs.get("tie", ("right",))[0] == "right"
-    # a right answer was there, but the reward model gave it no score (too long for it): not "unverified"
-    assert [o.reason for o in result.outcomes if o.prompt_id == "three"] == [
-        "no verified candidate scored by every reward model (too long for its context, or given no score)"]
-    assert {row["prompt_id"]: row["messages"][-1]["content"] for row in result.sft_rows} == {"b": "right", "tie": "right", "three": "right"}
+    # a right answer was there, but the reward model gave it no score (too long for it): not "unverified", nor, where
+    # the wrong ones were cut, "unfinished"
+    assert [o.reason for o in result.outcomes if o.prompt_id in ("three", "cut")] == [
+        "no verified candidate scored by every reward model (too long for its context, or given no score)"] * 2
+    assert {row["prompt_id"]: row["messages"][-1]["content"] for row in result.sft_rows} == {"b": "right", "tie": "right", "three": "right", "cut": "right"}
 
 
 def test_a_text_one_sample_ended_and_another_was_cut_in_is_an_ended_candidate():

@@ -44,6 +44,10 @@ def math_verifier():
         ("42", "6 times 7.\n#### 42\n\nI can answer 2 more questions.", 1.0),
         ("-5", "The answer is \\boxed{\u22125}.", 1.0),  # a Unicode minus
         ("-5", "The answer is \u22125.", 1.0),
+        ("\u22125", "The answer is -5.", 1.0),
+        # a markdown heading is no GSM8K answer line: the completion's last number is its answer
+        ("7", "Let me count.\n#### Final Answer\n7", 1.0),
+        ("7", "#### Conclusion\nShe has 7 apples.", 1.0),
         # a float answer column: its repr `1e-05` was read as an expression in E
         (0.00001, "\\boxed{0.00001}", 1.0),
         (1e20, "\\boxed{100000000000000000000}", 1.0),
@@ -225,6 +229,8 @@ def test_math_answers_are_equal_when_their_values_are(gold, completion, expected
         ("Paris", "The capital is Paris", 0.0),  # exact: the final answer is the whole text here
         ("1/2", "\\boxed{0.5}", 0.0),  # no arithmetic
         ("-5", "\\boxed{\u22125}", 1.0),
+        ("\u22125", "-5", 1.0),
+        ("42 #### \u22125", "#### \u22125", 1.0),
         ("C", "\\boxed{C}\\boxed{ }", 1.0),
     ],
 )

@@ -13,7 +13,7 @@ def ground_truth(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         return None  # a NaN cell is no answer (as "nan" it would verify `\\boxed{nan}`)
     # a float's repr may be scientific (1e-05), which math-verify reads as an expression in E: its plain digits instead
-    text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value)
+    text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value).replace("\u2212", "-")
     if "####" in text:  # GSM8K: the reasoning, then `#### <answer>`
         text = text.rsplit("####", 1)[1]
     text = text.strip()

@@ -69,7 +69,10 @@ def serve(seconds: int) -> None:
         if "completion" not in request:
             answer = bool(gold)
         else:
-            target = parse(_answer(request["completion"]), parsing_timeout=seconds)
+            completion = request["completion"]
+            target = parse(_answer(completion), parsing_timeout=seconds)
+            if not target and last_boxed(completion) is None:  # a `####` line that holds no answer: a markdown heading
+                target = parse(completion, parsing_timeout=seconds)
             answer = bool(gold) and bool(target) and bool(verify(gold, target, timeout_seconds=seconds))
         answers.write(json.dumps({"id": request["id"], "answer": answer}) + "\n")
 

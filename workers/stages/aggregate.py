@@ -70,14 +70,15 @@ def settle_prompt(config: RunConfig, prompt: GeneratedPrompt, per_model: list[Pr
         return "fewer than two candidates scored by every reward model (too long for its context, or given no score)"
     verifiers = [scores for spec, scores in zip(config.reward_models, scores_by_model) if is_verifier(spec)]
     narrowed = False
-    if verifiers and any(eligible):  # correctness first, whatever `--combine`: the chosen passed every verifier
+    if verifiers:  # correctness first, whatever `--combine`: the chosen passed every verifier
         right = [all(scores[c] == 1.0 for scores in verifiers) for c in range(len(prompt.candidates))]
-        if not any(ok and right[c] for c, ok in zip(usable, eligible)):
-            if any(ok and is_right for ok, is_right in zip(may_be, right)):
-                return "no verified candidate scored by every reward model (too long for its context, or given no score)"
+        if any(ok and right[c] for c, ok in zip(usable, eligible)):
+            verified = [ok and right[c] for c, ok in zip(usable, eligible)]
+            narrowed, eligible = verified != eligible, verified
+        elif any(ok and is_right for ok, is_right in zip(may_be, right)):
+            return "no verified candidate scored by every reward model (too long for its context, or given no score)"
+        elif any(eligible):
             return DROPPED_UNVERIFIED
-        verified = [ok and right[c] for c, ok in zip(usable, eligible)]
-        narrowed, eligible = verified != eligible, verified
     picked = selection.select_pair(usable_scores, config.combine, eligible)
     if picked.dropped == selection.UNFINISHED and narrowed:  # the other rewards rate every verified answer below a wrong one
         return DROPPED_DISAGREEMENT
