@@ -349,8 +349,10 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     while True:
         keys = RunKeys(config.run_id)
         # scoring queues first: a batch generated is scored before the next is generated
-        queues = [keys.score_queue(i) for i in indices] + ([keys.generate_queue] if context.generator is not None else [])
-        threaded = [queue for queue in queues if queue not in {keys.score_queue(i) for i in indices if is_function(config.reward_models[i])}]
+        functions = [keys.score_queue(i) for i in indices if is_function(config.reward_models[i])]  # the main thread's alone: first
+        queues = functions + [keys.score_queue(i) for i in indices if keys.score_queue(i) not in functions] + (
+            [keys.generate_queue] if context.generator is not None else [])
+        threaded = [queue for queue in queues if queue not in functions]
         worker_context.install(context)
 
         def make_worker(worker_class, index: int) -> HeartbeatWorker:
