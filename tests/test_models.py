@@ -59,6 +59,48 @@ def test_tokenizer_without_chat_template_is_refused(tiny_models, tmp_path):
         TransformersGenerator(str(copy))
 
 
+LLAMA_3_2_DATE = ('{%- if not date_string is defined %}{%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}'
+                  '{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}{%- endif %}'
+                  "<|start_header_id|>system<|end_header_id|>\n\nToday Date: {{ date_string }}<|eot_id|>"
+                  "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+                  "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def test_a_template_that_reads_the_clock_shows_the_run_s_date_in_every_time_zone(tiny_models, tmp_path, monkeypatch):
+    """Llama 3.2's template writes the local date of the process that renders: the same prompt became other tokens on
+    workers in other time zones (and another vLLM seed), and the same conversation another reward."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    from rsample.workers.backends.models import load_tokenizer
+    from rsample.workers.backends.template_date import pin_run_date
+
+    dated = tmp_path / "dated"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
+    tokenizer.chat_template = LLAMA_3_2_DATE
+    tokenizer.save_pretrained(dated)
+    prompt = [{"role": "user", "content": "What day is it?"}]
+    made = 1_790_000_000.0  # 2026-09-21 14:13 UTC
+    seen, plain = {}, {}
+    try:
+        for zone in ("Pacific/Kiritimati", "Etc/GMT+12"):
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            pin_run_date(made)
+            seen[zone] = (render(load_tokenizer(str(dated), "policy"), prompt, {}), render(load_tokenizer(str(dated), "policy"), prompt, {"date_string": "1 Jan 2025"}))
+            plain[zone] = AutoTokenizer.from_pretrained(dated).apply_chat_template(prompt, tokenize=False)  # transformers alone
+    finally:
+        pin_run_date(None)
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert len(set(plain.values())) == 2  # UTC+14 and UTC-12 are never on the same date
+    (kiritimati, given), (samoa, given_too) = seen.values()
+    assert kiritimati == samoa and given == given_too != kiritimati  # --chat-template-kwargs date_string still wins
+    decoded = AutoTokenizer.from_pretrained(dated).decode(kiritimati)
+    assert "Today Date: 21 Sep 2026" in decoded  # the run's date, in UTC
+
+
 @pytest.fixture(scope="module")
 def generator(tiny_models):
     return TransformersGenerator(tiny_models["policy"])

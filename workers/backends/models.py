@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rsample.workers.backends.template_date import dated
 from rsample.workers.common.config import SAMPLING_FIELDS
 from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.common.paths import missing_here, surely_local
@@ -154,7 +155,7 @@ def load_tokenizer(spec: str, role: str, trust_remote_code: bool = False):
         raise RsampleError(f"the tokenizer of {role} model {spec!r} has no chat template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return dated(tokenizer)
 
 
 def load_weights(auto_class, spec: str, role: str, dtype, device: str, trust_remote_code: bool = False):

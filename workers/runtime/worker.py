@@ -26,6 +26,7 @@ from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
 from rsample.workers.backends.reward_specs import is_function, model_path
+from rsample.workers.backends.template_date import pin_run_date
 from rsample.workers.common import defaults
 from rsample.workers.common.config import WORKER_ROLES, ModelSettings, RunConfig
 from rsample.workers.common.errors import RsampleError
@@ -334,6 +335,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
             model for model in config.trust_remote_code if any(same_model(model, given) for given in trust_remote_code)))
 
     config = allowed(load_run(client, run_id or run_to_serve(client)))  # the run `follow_the_runs` would move to
+    pin_run_date(config.created_at)
     context = worker_context.WorkerContext(client=client, config=config)
     started = time.perf_counter()
     indices = config.served_reward_models(reward_model_indices) if role in ("reward", "both") else []
@@ -373,5 +375,6 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         if context.moving_to is None or context.stopping:  # stopped by a signal, or a burst is done
             return
         config = context.moving_to
+        pin_run_date(config.created_at)
         context = worker_context.WorkerContext(client=client, config=config, generator=context.generator,
                                                reward_models=context.reward_models)
