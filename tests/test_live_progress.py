@@ -158,6 +158,23 @@ def test_a_resumes_bars_show_the_rows_found_written_but_time_only_this_sessions_
     hidden.close()
 
 
+def test_bars_going_to_a_file_are_drawn_once_a_minute(redis_client, capsys):
+    """Drawn every second into a Slurm job's log, a day's run left 33 MB of bars; the counts still follow every look."""
+    from rsample.workers.runtime.progress import FILE_REDRAW_SECONDS
+
+    keys = RunKeys("r5")
+    redis_client.hset(keys.stats, mapping={"rows_total": 100, "rows_generated": 0})
+    bars = StageBars(redis_client, "r5")  # pytest's capture: no terminal
+    assert bars.redraw_every == FILE_REDRAW_SECONDS
+    capsys.readouterr()
+    for generated in range(1, 11):
+        redis_client.hset(keys.stats, "rows_generated", generated)
+        bars.update()
+    drawn = capsys.readouterr().err
+    assert bars.bars[0].n == 10 and drawn.count("generated:") == 1  # the first look's, then none within the minute
+    bars.close()
+
+
 def test_a_finished_runs_line_still_says_what_asks_for_a_look():
     """`rsample status` gives a finished run one line; rows whose work failed and results set aside still show there."""
     from rsample.workers.runtime.status import RunStatus
