@@ -8,6 +8,7 @@ no declared types (open-instruct's local files, a glob of several runs) need the
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -30,7 +31,17 @@ def parquet_path(jsonl: Path) -> Path:
 
 
 SOURCE_KEY = b"rsample_source"
-"""A copy's Parquet metadata: the JSONL it copies (its name and size then), so that a stale copy is told apart."""
+"""A copy's Parquet metadata: the JSONL it copies (its name, size and last bytes' digest then), so that a stale copy is
+told apart."""
+TAIL_BYTES = 1 << 16
+
+
+def fingerprint(jsonl: Path) -> dict:
+    """What tells a JSONL output changed: rows are appended, cut or replaced, and its last rows change with them."""
+    with jsonl.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - TAIL_BYTES))
+        return {"file": jsonl.name, "bytes": size, "tail": hashlib.sha256(handle.read()).hexdigest()}
 
 
 def copied_from(copy: Path) -> dict | None:
@@ -43,11 +54,12 @@ def copied_from(copy: Path) -> dict | None:
         return None
 
 
-def drop_stale_copies(outputs: Iterable[Path | None], inputs: Iterable[Path] = ()) -> list[Path]:
+def drop_stale_copies(outputs: Iterable[Path | None], inputs: Iterable[Path] = (), replaced: bool = False) -> list[Path]:
     """Removes the Parquet copies rsample wrote of these JSONL files that they no longer match (a resume,
-    `--retry-failed` or `--overwrite` without `--parquet` changed them since): a reader pointed at `pairs.parquet`
-    trained on an earlier state of the run without a word. A file rsample did not write as that copy, or an input,
-    stays. Called as a session starts and as it ends; returns what went."""
+    `--retry-failed` or `--overwrite` without `--parquet` changed them since), and with `replaced` (`--overwrite`, as
+    it starts) every copy of them: a reader pointed at `pairs.parquet` trained on an earlier state of the run without
+    a word. A file rsample did not write as that copy, or an input, stays. Called as a session starts and as it ends;
+    returns what went."""
     inputs = {Path(path).resolve() for path in inputs}
     dropped = []
     for jsonl in map(Path, filter(None, outputs)):
@@ -55,7 +67,7 @@ def drop_stale_copies(outputs: Iterable[Path | None], inputs: Iterable[Path] = (
         if not copy.is_file() or not jsonl.is_file() or copy.resolve() in inputs:
             continue
         source = copied_from(copy)
-        if source is not None and source.get("file") == jsonl.name and source.get("bytes") != jsonl.stat().st_size:
+        if source is not None and source.get("file") == jsonl.name and (replaced or source != fingerprint(jsonl)):
             copy.unlink()
             logging.getLogger(__name__).warning("removed %s: the Parquet copy of %s as it was before (give --parquet, or run "
                                                 "`rsample parquet %s`, to write it again)", copy, jsonl, jsonl)
@@ -123,7 +135,7 @@ def write_parquet(path: Path, kind: str | None = None, score_names: tuple[str, .
     else:
         thinking = has_thinking(path)
     schema = features(kind, score_names, thinking).arrow_schema  # with datasets' own metadata: `load_dataset` reads the features back
-    schema = schema.with_metadata({**(schema.metadata or {}), SOURCE_KEY: json.dumps({"file": path.name, "bytes": path.stat().st_size})})
+    schema = schema.with_metadata({**(schema.metadata or {}), SOURCE_KEY: json.dumps(fingerprint(path))})
     target = parquet_path(path)
     partial = target.with_name(f".{target.name}.partial")
     options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")

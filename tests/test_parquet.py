@@ -70,6 +70,16 @@ def test_a_parquet_copy_never_outlives_the_rows_it_copied(tmp_path):
     assert not out.with_suffix(".parquet").exists() and not scores.with_suffix(".parquet").exists()
     assert f"removed {out.with_suffix('.parquet')}: the Parquet copy of {out} as it was before" in result.stderr
     assert all("lake" in row["messages"][0]["content"] for row in read_jsonl(out))
+    rsample("run", "--dataset", str(first), *ZERO_COST, *outputs, "--overwrite", "--parquet")
+    size = out.stat().st_size
+    oceans = write_jsonl(tmp_path / "oceans.jsonl", [{"prompt": row["prompt"].replace("river", "ocean")} for row in PROMPT_ONLY])
+    rsample("run", "--dataset", str(oceans), *ZERO_COST, *outputs, "--overwrite")  # other rows, the same size
+    assert out.stat().st_size == size and not out.with_suffix(".parquet").exists()
+    rsample("parquet", str(out))
+    text = out.read_text()
+    out.write_text(text.replace("ocean, number 4", "ocean, number 5"))  # changed in place, its size kept
+    rsample("run", "--dataset", str(oceans), *ZERO_COST, *outputs)
+    assert not out.with_suffix(".parquet").exists()
 
 
 def test_no_parquet_file_rsample_did_not_write_as_that_copy_is_ever_removed(tmp_path):

@@ -114,7 +114,7 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
                 raise RsampleError(f"{first} and {second} are the same file ({outputs[first]}): give each its own")
     owner = output_owner(Path(out))
     if owner == run_id or overwrite:
-        drop_stale_copies((out, scores_out, sft_out), inputs)
+        drop_stale_copies((out, scores_out, sft_out), inputs, replaced=overwrite)
         return
     existing = [path for path in outputs.values() if path.exists() and path.stat().st_size > 0]
     if owner is not None and existing == [outcomes_path_for(Path(out))] and _header_alone(existing[0]):
