@@ -9,7 +9,7 @@ import logging
 import re
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import redis
@@ -223,6 +223,12 @@ def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, boo
         if difference:
             raise RsampleError(f"run {config.run_id} exists in this Redis with other settings ({difference}): give another "
                                f"--run-id, or take it out first (`rsample forget --run {config.run_id}`)")
+        kept = {name: (value, getattr(config.jobs, name)) for name, value in asdict(existing.jobs).items()
+                 if value != getattr(config.jobs, name)}
+        if kept:  # not in its id: the same command finds the run, whose jobs go on under the settings it was made with
+            log.warning("run %s keeps the job settings it was made with (%s): to change them, `rsample forget --run %s` and "
+                        "run the command again (what is written is kept)", config.run_id, ", ".join(
+                            f"--{name.replace('_', '-')} {old}, not {new}" for name, (old, new) in kept.items()), config.run_id)
         if not client.hexists(keys.stats, "rows_total"):  # lost with its counters, or saved by an older version apart
             client.hset(keys.stats, "rows_total", count_rows(config.data))
         return existing, True

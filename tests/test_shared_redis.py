@@ -200,6 +200,11 @@ def test_a_run_id_that_names_a_run_of_other_settings_is_refused(redis_server, re
             "error: run mine exists in this Redis with other settings (--n was 3, now 5): give another --run-id, or take "
             "it out first (`rsample forget --run mine`)"), other.stderr
     assert load_run(redis_client, "mine").sampling.n == 3 and not (tmp_path / "pairs.jsonl").exists()
+    # job settings are not in a run's id: the same command finds the run, which keeps its own, and says so
+    lower = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "3", "--run-id", "mine", "--max-in-flight", "6")
+    assert ("run mine keeps the job settings it was made with (--max-in-flight 4096, not 6): to change them, `rsample forget "
+            "--run mine` and run the command again (what is written is kept)") in lower.stderr, lower.stderr
+    assert load_run(redis_client, "mine").jobs.max_in_flight == 4096
 
 
 def redis_contents(client) -> str:

@@ -54,7 +54,7 @@ def output_owner(out: Path) -> str | None:
 
 
 FLAG_NAMES = {"generation_backend": "backend", "prompts_per_job": "batch-size", "reward_models": "reward-model", "reward_names": "reward-model",
-              "reward_micro_batch": "reward-batch-size", "extra_columns": "extra-column"}
+              "reward_micro_batch": "reward-batch-size", "extra_columns": "extra-column", "prompt_columns": "prompt-column"}
 
 
 def first_difference(before: dict, now: dict) -> str | None:
@@ -66,7 +66,10 @@ def first_difference(before: dict, now: dict) -> str | None:
             if found:
                 return found
         elif old != new:
-            return f"--{FLAG_NAMES.get(name, name.replace('_', '-'))} was {old!r}, now {new!r}"
+            flag = f"--{FLAG_NAMES.get(name, name.replace('_', '-'))}"
+            if max(len(repr(old)), len(repr(new))) > 80:  # a judge's rubric, a system prompt: not printed whole
+                return f"{flag} changed"
+            return f"{flag} was {old!r}, now {new!r}"
     return None
 
 
