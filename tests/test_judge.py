@@ -259,7 +259,7 @@ def test_a_rubric_on_another_scale_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING):
         compile_template(None)
         compile_template("Rate from 1 to 9, 10 words at most.\n{{ answer }}")
-        compile_template("Apply version 2.1 to 10.5, then rate it from 1 to 9.\n{{ answer }}")
+        compile_template("Apply version 2.1 to 10.5 (or 3.0-100), then rate it from 1 to 9.\n{{ answer }}")
     assert "single digits" not in caplog.text
 
 

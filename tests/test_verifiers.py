@@ -48,6 +48,9 @@ def math_verifier():
         # a markdown heading is no GSM8K answer line: the completion's last number is its answer
         ("7", "Let me count.\n#### Final Answer\n7", 1.0),
         ("7", "#### Conclusion\nShe has 7 apples.", 1.0),
+        ("42", "#### Step 3: Final answer\nSo the total is 42.", 1.0),
+        ("-5", "#### Final Answer\nSo x = \u22125.", 1.0),
+        ("7", "She has 7 apples.\n#### Final Answer", 1.0),
         # a float answer column: its repr `1e-05` was read as an expression in E
         (0.00001, "\\boxed{0.00001}", 1.0),
         (1e20, "\\boxed{100000000000000000000}", 1.0),

@@ -35,15 +35,22 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+NUMBER_LINE = re.compile(r"[-+]?\s*\\?\$?\s*[\d.,/]+\s*%?\.?")
+"""A line that holds a number alone: `#### 42` followed by more text still gives its answer."""
+
+
 def final_answer(completion: str) -> str:
-    """The last `\\boxed{}`, else the line that follows the last `####` (GSM8K's style, not the chatter after it), else
-    the whole completion; a Unicode minus (`−5`) read as `-`."""
+    """The last `\\boxed{}`, else GSM8K's answer line, after the last `####`, else the whole completion; a Unicode minus
+    (`−5`) read as `-`. A `####` line followed by more text is a markdown heading (`#### Step 3: Final answer`) unless it
+    holds a number alone."""
     completion = completion.replace("\u2212", "-")
     boxed = last_boxed(completion)
     if boxed is not None:
         return boxed
     if "####" in completion:
-        return completion.rsplit("####", 1)[1].strip().split("\n", 1)[0]
+        line, _, rest = completion.rsplit("####", 1)[1].strip().partition("\n")
+        if not rest.strip() or NUMBER_LINE.fullmatch(line.strip()):
+            return line
     return completion
 
 

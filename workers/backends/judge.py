@@ -47,7 +47,7 @@ Reply with the rating alone: a single digit from 1 to 9."""
 
 OTHER_SCALE = re.compile(r"\b(?:(?:from|between) (?:0|1|one|zero)\b.{0,40}?\b(?:to|and) (?:10|100|ten|a hundred)|out of (?:10|100|ten)"
                          r"|(?<![\d.])(?:0|1|one|zero)\s+(?:to|through)\s+(?:10|100|ten|a hundred)(?!\.\d)"
-                         r"|[01]\s*[-–]\s*(?:10|100)|(?:10|100|ten)\s*=\s*(?:best|excellent|perfect|highest))\b", re.IGNORECASE | re.DOTALL)
+                         r"|(?<![\d.])[01]\s*[-–]\s*(?:10|100)(?!\.\d)|(?:10|100|ten)\s*=\s*(?:best|excellent|perfect|highest))\b", re.IGNORECASE | re.DOTALL)
 """A rubric that asks for a rating on another scale than 1 to 9 (1-10, 0-100, out of 10)."""
 
 

@@ -69,9 +69,10 @@ def serve(seconds: int) -> None:
         if "completion" not in request:
             answer = bool(gold)
         else:
-            completion = request["completion"]
-            target = parse(_answer(completion), parsing_timeout=seconds)
-            if not target and last_boxed(completion) is None:  # a `####` line that holds no answer: a markdown heading
+            completion = request["completion"].replace("\u2212", "-")
+            answer = _answer(completion)
+            target = parse(answer, parsing_timeout=seconds)
+            if not target and answer != completion and last_boxed(completion) is None:  # `#### Final Answer`, last: a heading
                 target = parse(completion, parsing_timeout=seconds)
             answer = bool(gold) and bool(target) and bool(verify(gold, target, timeout_seconds=seconds))
         answers.write(json.dumps({"id": request["id"], "answer": answer}) + "\n")
@@ -109,7 +110,7 @@ class MathChecker:
         return self._ask({"gold": gold}, f"the ground truth {gold[:200]!r}")
 
     def _ask(self, request: dict, what: str) -> bool:
-        limit = 3 * self.seconds + 1
+        limit = 4 * self.seconds + 1  # the ground truth, the answer (and the whole completion, where that holds none), the check
         with self._lock:
             for attempt in (1, 2):  # a child that died (not one that took too long) gets one more try, in a new child
                 if self._process is None or self._process.poll() is not None:
