@@ -307,9 +307,31 @@ class RsampleGroup(click.Group):
             sys.exit(2)
 
 
+def _version(context: click.Context, asked: bool) -> None:
+    """The package's version, and a digest of its Python files: the version alone names no commit (a checkout of main,
+    an edited copy), and the README asks for the same code on every machine of a run."""
+    if not asked or context.resilient_parsing:
+        return
+    import hashlib
+    from importlib.metadata import version
+
+    import rsample.producer
+    import rsample.workers
+
+    digest = hashlib.sha256()
+    for package in (rsample.producer, rsample.workers):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{package.__name__}/{path.relative_to(root).as_posix()}\n".encode())
+            digest.update(path.read_bytes())
+    click.echo(f"rsample {version('rsample')} (code {digest.hexdigest()[:12]})")
+    context.exit()
+
+
 @click.group(cls=RsampleGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
-@click.version_option(package_name="rsample", message="rsample %(version)s")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=lambda context, _, asked: _version(context, asked),
+              help="Show the version, and a digest of the code: machines of one run must show the same.")
 def main(verbose: bool) -> None:
     """Rejection sampling (best-of-n) on Redis + RQ: sample, score, keep the best and the worst."""
     hide_secrets_from_ps(sys.argv[1:])

@@ -49,11 +49,14 @@ def test_a_port_where_another_server_answers_fails_in_one_line():
 
 def test_the_version_is_the_installed_package_s():
     """The README asks for one version on every machine of a run: `rsample --version` was no option."""
+    import re
     from importlib.metadata import version
 
     from conftest import rsample
 
-    assert rsample("--version").stdout == f"rsample {version('rsample')}\n"
+    shown = rsample("--version").stdout
+    assert re.fullmatch(rf"rsample {re.escape(version('rsample'))} \(code [0-9a-f]{{12}}\)\n", shown), shown
+    assert rsample("--version").stdout == shown  # the same code, the same digest
 
 
 def test_connect_to_a_real_server(redis_server):
