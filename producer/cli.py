@@ -491,7 +491,8 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
     client = connect(redis_url)
     config = load_or_recreate(client, run_id, out, overwrite)
     check_sft_out(config, sft_out)
-    check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out, config.output_settings(), parquet)
+    check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out, config.output_settings(), parquet,
+                  drop_copies=True)
     coordinator = Coordinator(client, config, out, scores_out, overwrite, sft_out, retry_failed)
     bars = StageBars(client, config.run_id, disable=no_progress)
     try:

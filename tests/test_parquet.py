@@ -99,6 +99,21 @@ def test_no_parquet_file_rsample_did_not_write_as_that_copy_is_ever_removed(tmp_
     assert pandas.read_parquet(dataset).to_dict("records") == PROMPT_ONLY and pandas.read_parquet(mine)["note"].tolist() == ["my own table"]
 
 
+def test_overwrite_keeps_a_copy_that_is_the_dataset_or_still_matches(tmp_path):
+    """A second round reads the first one's copy as its prompts, `--out` the same: --overwrite removed its dataset. And
+    --overwrite on a run's own complete output is a resume with nothing to do: its current copy went."""
+    folder = tmp_path / "out"
+    out = folder / "pairs.jsonl"
+    rsample("run", "--dataset", str(write_jsonl(tmp_path / "rows.jsonl", PROMPT_ONLY)), *ZERO_COST, "--out", str(out), "--parquet")
+    copy = out.with_suffix(".parquet")
+    rows = copy.read_bytes()
+    again = rsample("run", "--dataset", str(tmp_path / "rows.jsonl"), *ZERO_COST, "--out", str(out), "--overwrite")
+    assert copy.read_bytes() == rows and "removed" not in again.stderr
+    second = rsample("run", "--dataset", str(copy), *ZERO_COST, "--prompt-column", "messages", "--out", str(out), "--overwrite",
+                     check=False)
+    assert copy.read_bytes() == rows and "removed" not in second.stderr, second.stderr
+
+
 def test_two_runs_files_load_together_where_their_jsonl_does_not(tmp_path):
     """One run scored references, one did not: its `reference_completion_score` is null in every row, which a JSONL
     reader types as null and then cannot merge with the other file's scores."""

@@ -81,11 +81,12 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple[Path, ...] = (), overwrite: bool = False,
-                  sft_out: Path | None = None, settings: dict | None = None, parquet: bool = False) -> None:
+                  sft_out: Path | None = None, settings: dict | None = None, parquet: bool = False, drop_copies: bool = False) -> None:
     """Refuses, before any work and in one line, outputs that would destroy a file that is not this run's output.
 
     The files may be this run's (a resume); anything else that exists and holds data is kept unless `overwrite`.
     An input (the dataset) may never be an output, with or without `overwrite`, nor (`parquet`) the Parquet copy of one.
+    With `drop_copies` (where `inputs` are known), the outputs' Parquet copies that no longer match go (`drop_stale_copies`).
     """
     from rsample.producer.parquet import drop_stale_copies, parquet_path
 
@@ -117,7 +118,8 @@ def check_outputs(run_id: str, out: Path, scores_out: Path | None, inputs: tuple
                 raise RsampleError(f"{first} and {second} are the same file ({outputs[first]}): give each its own")
     owner = output_owner(Path(out))
     if owner == run_id or overwrite:
-        drop_stale_copies((out, scores_out, sft_out), inputs, replaced=overwrite)
+        if drop_copies:  # where the run's inputs are known: a dataset may be a copy of an output (a second round's prompts)
+            drop_stale_copies((out, scores_out, sft_out), inputs, replaced=overwrite and owner != run_id)
         return
     existing = [path for path in outputs.values() if path.exists() and path.stat().st_size > 0]
     if owner is not None and existing == [outcomes_path_for(Path(out))] and _header_alone(existing[0]):

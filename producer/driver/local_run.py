@@ -129,7 +129,7 @@ def share_the_gpu(config: RunConfig, explicit_share: bool) -> RunConfig:
 def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig, Summary]:
     """Runs (or resumes: same settings, same output files) a whole run; returns its settings and summary."""
     check_outputs(config.run_id or run_id_for(config), options.out, options.scores_out, dataset_files(config), options.overwrite,
-                  options.sft_out, config.output_settings(), options.parquet)
+                  options.sft_out, config.output_settings(), options.parquet, drop_copies=True)
     with ExitStack() as stack:
         redis_url = options.redis_url
         embedded = redis_url is None
