@@ -51,6 +51,11 @@ def math_verifier():
         ("42", "#### Step 3: Final answer\nSo the total is 42.", 1.0),
         ("-5", "#### Final Answer\nSo x = \u22125.", 1.0),
         ("7", "She has 7 apples.\n#### Final Answer", 1.0),
+        # GSM8K's answer line with a unit, in bold or in LaTeX, followed by more text: no heading
+        ("18", "#### 18 dollars\nSo she earns 9 eggs at $2 each.", 1.0),
+        ("42", "#### **42**\n\nDone in 2 steps.", 1.0),
+        ("\\frac{3}{4}", "#### \\frac{3}{4}\n\nOf the 4 equally likely cases.", 1.0),
+        ("2\\sqrt{2}", "#### 2\\sqrt{2}", 1.0),
         # a float answer column: its repr `1e-05` was read as an expression in E
         (0.00001, "\\boxed{0.00001}", 1.0),
         (1e20, "\\boxed{100000000000000000000}", 1.0),
@@ -234,6 +239,7 @@ def test_math_answers_are_equal_when_their_values_are(gold, completion, expected
         ("-5", "\\boxed{\u22125}", 1.0),
         ("\u22125", "-5", 1.0),
         ("42 #### \u22125", "#### \u22125", 1.0),
+        ("\\frac{3}{4}", "#### \\frac{3}{4}\n\nOf the 4 equally likely cases.", 1.0),
         ("C", "\\boxed{C}\\boxed{ }", 1.0),
     ],
 )

@@ -35,21 +35,26 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-NUMBER_LINE = re.compile(r"[-+]?\s*\\?\$?\s*[\d.,/]+\s*%?\.?")
-"""A line that holds a number alone: `#### 42` followed by more text still gives its answer."""
+HEADING_WORDS = re.compile(r"(?:step|part|final|answer|conclusion|solution|summary|result|explanation|verification|check)\b",
+                           re.IGNORECASE)
+
+
+def _heading(line: str) -> bool:
+    """A markdown heading (`#### Step 3: Final answer`, `#### Conclusion`), not GSM8K's answer line (`#### 18 dollars`,
+    `#### **42**`, `#### \\frac{3}{4}`), when more text follows it."""
+    return HEADING_WORDS.match(line.strip()) is not None or re.search(r"[\d\\]", line) is None
 
 
 def final_answer(completion: str) -> str:
-    """The last `\\boxed{}`, else GSM8K's answer line, after the last `####`, else the whole completion; a Unicode minus
-    (`−5`) read as `-`. A `####` line followed by more text is a markdown heading (`#### Step 3: Final answer`) unless it
-    holds a number alone."""
+    """The last `\\boxed{}`, else GSM8K's answer line, after the last `####` (unless a markdown heading, which more text
+    follows), else the whole completion; a Unicode minus (`−5`) read as `-`."""
     completion = completion.replace("\u2212", "-")
     boxed = last_boxed(completion)
     if boxed is not None:
         return boxed
     if "####" in completion:
         line, _, rest = completion.rsplit("####", 1)[1].strip().partition("\n")
-        if not rest.strip() or NUMBER_LINE.fullmatch(line.strip()):
+        if not rest.strip() or not _heading(line):
             return line
     return completion
 

@@ -36,10 +36,15 @@ def _latex(gold: str) -> str:
 
 def _answer(completion: str) -> str:
     """The completion's last `\\boxed{}`, as the README promises: math-verify would read every boxed value of a
-    completion that corrected itself as one set. Without one, the line after its last `####`, else the whole completion
-    (its last number or expression)."""
+    completion that corrected itself as one set. Without one, GSM8K's answer line (`answers.final_answer`), else the whole
+    completion (its last number or expression)."""
     boxed = last_boxed(completion.replace("\u2212", "-"))
-    return final_answer(completion) if boxed is None else f"$\\boxed{{{boxed}}}$"
+    if boxed is not None:
+        return f"$\\boxed{{{boxed}}}$"
+    answer = final_answer(completion)
+    if answer != completion.replace("\u2212", "-") and "\\" in answer:  # a `####` line in LaTeX: read whole, as the truth is
+        return _latex(answer.strip())
+    return answer
 
 
 def serve(seconds: int) -> None:
@@ -110,7 +115,7 @@ class MathChecker:
         return self._ask({"gold": gold}, f"the ground truth {gold[:200]!r}")
 
     def _ask(self, request: dict, what: str) -> bool:
-        limit = 4 * self.seconds + 1  # the ground truth, the answer (and the whole completion, where that holds none), the check
+        limit = 5 * self.seconds + 1  # the ground truth (twice), the answer (and the whole completion, where that holds none), the check
         with self._lock:
             for attempt in (1, 2):  # a child that died (not one that took too long) gets one more try, in a new child
                 if self._process is None or self._process.poll() is not None:
