@@ -4,7 +4,8 @@ Llama 3.2's and 3.3's templates write `strftime_now("%d %b %Y")`, the local date
 prompt became other tokens on workers in other time zones, or after midnight (a vLLM sample's seed comes from the
 prompt's tokens, so re-running a job sampled other completions), and a reward model scored the same conversation
 differently. Every tokenizer rsample loads renders with `date_string` (which those templates read first) set to the
-date the run was made, unless `--chat-template-kwargs` gives one.
+date the run was registered, unless `--chat-template-kwargs` gives one. Templates that call `strftime_now` for other
+variables (Granite 3's, Mistral Small 3.1's) are not reached: transformers gives them no way to replace the clock.
 """
 
 from __future__ import annotations
