@@ -66,7 +66,7 @@ class StageBars:
         self._drawn_at = float("-inf")
         self.bars = [
             tqdm(desc=f"{label:>9}", unit="prompt", position=i, leave=True, disable=disable, dynamic_ncols=True,
-                 mininterval=self.redraw_every or 0.1,
+                 mininterval=self.redraw_every or 0.1, maxinterval=self.redraw_every or 10.0,
                  bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
             for i, (label, _) in enumerate(STAGES)
         ]
@@ -89,9 +89,9 @@ class StageBars:
             uncounted = int(done) if first_look else passed_again if index < 2 else 0
             if uncounted:
                 _leave_out_of_rate(bar, uncounted)
-            if done > bar.n:
+            if done > bar.n and not self.redraw_every:
                 bar.update(done - bar.n)  # through update, so that tqdm's rate and time left follow the recent pace
-            else:
+            else:  # into a file: drawn below, once a minute, at the pace since the start (update would draw too)
                 bar.n = done
             if index == 0:
                 waiting = not tokens and not done and not self._generation_workers()
