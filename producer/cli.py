@@ -307,7 +307,7 @@ class RsampleGroup(click.Group):
             sys.exit(2)
 
 
-def _version(context: click.Context, asked: bool) -> None:
+def _version(context: click.Context, _parameter: click.Parameter, asked: bool) -> None:
     """The package's version, and a digest of its Python files: the version alone names no commit (a checkout of main,
     an edited copy), and the README asks for the same code on every machine of a run."""
     if not asked or context.resilient_parsing:
@@ -330,7 +330,7 @@ def _version(context: click.Context, asked: bool) -> None:
 
 @click.group(cls=RsampleGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=lambda context, _, asked: _version(context, asked),
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Show the version, and a digest of the code: machines of one run must show the same.")
 def main(verbose: bool) -> None:
     """Rejection sampling (best-of-n) on Redis + RQ: sample, score, keep the best and the worst."""

@@ -38,13 +38,12 @@ def _answer(completion: str) -> str:
     """The completion's last `\\boxed{}`, as the README promises: math-verify would read every boxed value of a
     completion that corrected itself as one set. Without one, GSM8K's answer line (`answers.final_answer`), else the whole
     completion (its last number or expression)."""
-    boxed = last_boxed(completion.replace("\u2212", "-"))
+    completion = completion.replace("\u2212", "-")
+    boxed = last_boxed(completion)
     if boxed is not None:
         return f"$\\boxed{{{boxed}}}$"
     answer = final_answer(completion)
-    if answer != completion.replace("\u2212", "-") and "\\" in answer:  # a `####` line in LaTeX: read whole, as the truth is
-        return _latex(answer.strip())
-    return answer
+    return _latex(answer.strip()) if answer != completion and "\\" in answer else answer  # a `####` line in LaTeX: read whole
 
 
 def serve(seconds: int) -> None:
