@@ -118,6 +118,7 @@ def straight_line(config: RunConfig, keep_prompts: int = 0) -> dict:
     from rsample.producer.dataset import iter_rows
     from rsample.producer.prompts import extract_prompt
     from rsample.workers.backends.registry import load_generator, load_reward_backend
+    from rsample.workers.runtime.worker_context import close_models
     from rsample.workers.stages.generate import batch_seed
 
     records = [extract_prompt(row, index) for index, row in iter_rows(config.data)]
@@ -125,20 +126,23 @@ def straight_line(config: RunConfig, keep_prompts: int = 0) -> dict:
     rewards = [load_reward_backend(config, index) for index in range(len(config.reward_models))]
     generating = scoring = 0.0
     tokens, completions, kept = 0, 0, []
-    for start in range(0, len(records), config.prompts_per_job):
-        batch = records[start:start + config.prompts_per_job]
-        began = time.perf_counter()
-        results = generator.generate([record.messages for record in batch], config.sampling, batch_seed(config, batch[0].row_index))
-        generated = time.perf_counter()
-        groups = [[[*record.messages, {"role": "assistant", "content": c.text}] for c in result.completions]
-                  for record, result in zip(batch, results)]
-        for reward in rewards:
-            reward.score([conversation for group in groups for conversation in group])
-        scoring += time.perf_counter() - generated
-        generating += generated - began
-        tokens += sum(c.num_tokens for result in results for c in result.completions)
-        completions += sum(len(result.completions) for result in results)
-        kept.extend(groups[:max(0, keep_prompts - len(kept))])
+    try:
+        for start in range(0, len(records), config.prompts_per_job):
+            batch = records[start:start + config.prompts_per_job]
+            began = time.perf_counter()
+            results = generator.generate([record.messages for record in batch], config.sampling, batch_seed(config, batch[0].row_index))
+            generated = time.perf_counter()
+            groups = [[[*record.messages, {"role": "assistant", "content": c.text}] for c in result.completions]
+                      for record, result in zip(batch, results)]
+            for reward in rewards:
+                reward.score([conversation for group in groups for conversation in group])
+            scoring += time.perf_counter() - generated
+            generating += generated - began
+            tokens += sum(c.num_tokens for result in results for c in result.completions)
+            completions += sum(len(result.completions) for result in results)
+            kept.extend(groups[:max(0, keep_prompts - len(kept))])
+    finally:  # a vLLM engine left running would keep this process from exiting, and the GPU's memory taken
+        close_models([generator, *rewards])
     return {"seconds": generating + scoring, "generation_seconds": generating, "scoring_seconds": scoring,
             "tokens": tokens, "completions": completions, "conversations": kept}
 

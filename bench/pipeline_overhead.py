@@ -77,35 +77,40 @@ def make_config(args, dataset: Path, policy: str, reward: str) -> RunConfig:
 def direct(config: RunConfig) -> dict:
     """Side (a), in this process: the backend alone, no Redis."""
     from rsample.workers.backends.registry import load_generator
+    from rsample.workers.runtime.worker_context import close_models
 
     records = [extract_prompt(row, index) for index, row in iter_rows(config.data)]
     generator = load_generator(config)
     size = config.prompts_per_job
-    if config.models.generation_backend == "vllm":
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+    try:
+        if config.models.generation_backend == "vllm":
+            from vllm import SamplingParams
+            from vllm.inputs import TokensPrompt
 
-        from rsample.workers.backends.templates import render
-        from rsample.workers.backends.vllm_generation import request_seed
+            from rsample.workers.backends.templates import render
+            from rsample.workers.backends.vllm_generation import request_seed
 
-        prompts, params = [], []
-        for position, record in enumerate(records):  # the seeds the pipeline's jobs give: the same samples
-            ids = render(generator.tokenizer, record.messages)
-            seed = request_seed(batch_seed(config, records[position // size * size].row_index), ids)
-            prompts.append(TokensPrompt(prompt_token_ids=ids))
-            params.append(SamplingParams(n=config.sampling.n, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-                                         max_tokens=config.sampling.max_new_tokens, seed=seed))
-        started = time.perf_counter()
-        outputs = generator.llm.generate(prompts, params, use_tqdm=True)  # its progress, in this side's log
-        tokens = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
-    else:
-        tokens = 0
-        started = time.perf_counter()
-        for start in range(0, len(records), size):
-            batch = records[start:start + size]
-            results = generator.generate([r.messages for r in batch], config.sampling, batch_seed(config, batch[0].row_index))
-            tokens += sum(c.num_tokens for result in results for c in result.completions)
-    return {"seconds": time.perf_counter() - started, "tokens": tokens}
+            prompts, params = [], []
+            for position, record in enumerate(records):  # the seeds the pipeline's jobs give: the same samples
+                ids = render(generator.tokenizer, record.messages)
+                seed = request_seed(batch_seed(config, records[position // size * size].row_index), ids)
+                prompts.append(TokensPrompt(prompt_token_ids=ids))
+                params.append(SamplingParams(n=config.sampling.n, temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+                                             max_tokens=config.sampling.max_new_tokens, seed=seed))
+            started = time.perf_counter()
+            outputs = generator.llm.generate(prompts, params, use_tqdm=True)  # its progress, in this side's log
+            tokens = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
+        else:
+            tokens = 0
+            started = time.perf_counter()
+            for start in range(0, len(records), size):
+                batch = records[start:start + size]
+                results = generator.generate([r.messages for r in batch], config.sampling, batch_seed(config, batch[0].row_index))
+                tokens += sum(c.num_tokens for result in results for c in result.completions)
+        seconds = time.perf_counter() - started  # the engine's shutdown below is no part of it
+    finally:  # a vLLM engine left running keeps this process from exiting, and the GPU's memory taken
+        close_models([generator])
+    return {"seconds": seconds, "tokens": tokens}
 
 
 def run_direct_side(workdir: Path, attempt: int) -> dict:

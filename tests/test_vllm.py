@@ -287,3 +287,41 @@ def test_the_vllm_backend_splits_a_harmony_policys_channels(tmp_path):
         assert "<|" not in completion.text + completion.reasoning
     answered = [c for c in result.completions if c.text]
     assert answered and len(answered) < len(result.completions)
+
+
+def test_a_vllm_worker_shuts_its_engine_down_and_exits_when_its_work_is_done(tiny_models, redis_server, redis_client, tmp_path):
+    """On an H200 a vLLM generation worker never exited after its last job: nothing shut its engine down, and Python
+    waited at exit for the engine's process, which held most of the GPU's memory (the next engine could not start)."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, _live_descendants
+
+    from rsample.workers.runtime.keys import RunKeys
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2])
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", tiny_models["policy"],
+                     "--backend", "vllm", "--reward-model", "r", "--reward-backend", "length", "--dtype", "float32",
+                     "--n", "2", "--max-new-tokens", "8").stdout.strip()
+    log = tmp_path / "worker.log"
+    with log.open("w") as handle:
+        worker = subprocess.Popen([sys.executable, "-m", "rsample.producer", "worker", "generate", "--redis-url", redis_server.url,
+                                   "--run", run_id, "--burst"], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 400
+        while worker.poll() is None and time.monotonic() < deadline and int(redis_client.hget(RunKeys(run_id).stats, "rows_generated") or 0) < 2:
+            seen.update(_live_descendants(worker.pid))  # the engine's process, among others
+            time.sleep(0.2)
+        assert worker.wait(timeout=120) == 0, log.read_text()[-3000:]  # it hung here, its engine still running
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert "shut down the vLLM engine of the policy model" in log.read_text()  # by itself, not left to vLLM's exit hooks
+    assert seen, "the worker started no engine process"
+    deadline = time.monotonic() + 30
+    while (left := [pid for pid in seen if pid in _live_descendants(os.getpid())]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left

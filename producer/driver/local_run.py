@@ -28,7 +28,7 @@ from rsample.workers.runtime.connection import REDIS_URL_ENV, connect
 from rsample.workers.runtime.cpu_share import local_worker_roles, machine_has_gpu, sharing_environment
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, killed_with_parent, last_words
+from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, kill_with_descendants, killed_with_parent, last_words
 from rsample.workers.runtime.progress import StageBars
 from rsample.workers.runtime.run_state import expire_run
 
@@ -105,7 +105,7 @@ class WorkerProcesses:
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                process.kill()
+                kill_with_descendants(process)
                 process.wait()
 
 

@@ -13,7 +13,7 @@ from rsample.workers.backends.harmony import HarmonyTokens
 from rsample.workers.backends.models import context_length, load_model_config, load_tokenizer, policy_eos_ids
 from rsample.workers.backends.templates import render_fitting
 from rsample.workers.backends.vllm_engine import EngineLoop
-from rsample.workers.backends.vllm_llm import make_llm
+from rsample.workers.backends.vllm_llm import make_llm, shutdown_llm
 from rsample.workers.backends.waiting import wait_interruptibly
 from rsample.workers.common.config import ModelSettings, RunConfig, SamplingConfig
 from rsample.workers.common.messages import Conversation
@@ -48,7 +48,7 @@ class VLLMGenerator:
     def close(self) -> None:
         """Stops the engine loop and the engine's own processes (they would otherwise live until this process ends)."""
         self.engine.close()
-        self.llm.llm_engine.engine_core.shutdown()
+        shutdown_llm(self.llm, "policy")
 
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int,
                  progress: ProgressCallback | None = None) -> list[PromptCompletions]:

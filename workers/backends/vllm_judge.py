@@ -11,7 +11,7 @@ import threading
 from rsample.workers.backends.judge import compile_template, expected_rating, judge_texts, rating_token_ids, reply_opening
 from rsample.workers.backends.models import check_judge_model, context_length, load_model_config, load_tokenizer
 from rsample.workers.backends.reward_specs import model_path
-from rsample.workers.backends.vllm_llm import make_llm
+from rsample.workers.backends.vllm_llm import make_llm, shutdown_llm
 from rsample.workers.common.config import ModelSettings, RunConfig
 from rsample.workers.common.messages import Conversation
 
@@ -42,7 +42,7 @@ class VLLMJudge:
         return cls(spec, config.models, config.judge_template, model_path(spec) in config.trust_remote_code)
 
     def close(self) -> None:
-        self.llm.llm_engine.engine_core.shutdown()
+        shutdown_llm(self.llm, "judge")
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         from vllm.inputs import TokensPrompt

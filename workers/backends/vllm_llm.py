@@ -5,9 +5,13 @@ vLLM is an optional dependency, imported only here and only when a vLLM backend 
 
 from __future__ import annotations
 
+import logging
+
 from rsample.workers.backends.models import load_model_config, resolve_device, resolve_dtype, rope_stretch
 from rsample.workers.common.config import ModelSettings
 from rsample.workers.common.errors import RsampleError, first_line
+
+log = logging.getLogger(__name__)
 
 
 def import_vllm():
@@ -49,3 +53,11 @@ def make_llm(spec: str, role: str, models: ModelSettings, runner: str, trust_rem
         )
     except Exception as exc:
         raise RsampleError(f"vLLM cannot load {role} model {spec!r}: {first_line(exc)}") from None
+
+
+def shutdown_llm(llm, role: str) -> None:
+    """Stops the engine's own process now. Left to vLLM's exit hooks, it kept its worker from exiting on a GPU
+    (vLLM 0.26: Python's multiprocessing waited at exit for an engine process nobody had stopped) while it held
+    most of the GPU's memory."""
+    llm.llm_engine.engine_core.shutdown()
+    log.info("shut down the vLLM engine of the %s model", role)

@@ -11,7 +11,7 @@ import threading
 
 from rsample.workers.backends.models import check_reward_model, context_length, load_model_config, load_tokenizer
 from rsample.workers.backends.templates import render_conversations
-from rsample.workers.backends.vllm_llm import make_llm
+from rsample.workers.backends.vllm_llm import make_llm, shutdown_llm
 from rsample.workers.common.config import ModelSettings, RunConfig
 from rsample.workers.common.messages import Conversation
 
@@ -35,7 +35,7 @@ class VLLMRewardModel:
 
     def close(self) -> None:
         """Shuts the engine's own processes down (they would otherwise live until this process ends)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        shutdown_llm(self.llm, "reward")
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         from vllm import PoolingParams

@@ -30,7 +30,7 @@ from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.runtime.connection import REDIS_URL_ENV, connect, redact_url
 from rsample.workers.runtime.gpu_ids import pinned_devices
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, die_with_parent, last_words
+from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, die_with_parent, kill_with_descendants, last_words
 from rsample.workers.runtime.run_state import Move, RunGone, load_run, move_from, run_to_serve
 
 
@@ -297,7 +297,7 @@ class Supervisor:
             time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
         for child in live:
             if child.process.poll() is None:
-                child.process.kill()  # SIGKILL: its jobs wait out their heartbeat TTL
+                kill_with_descendants(child.process)  # SIGKILL: its jobs wait out their heartbeat TTL
             self.say(f"stopped {child.spec} (pid {child.process.pid}): it {describe_exit(child.process.wait())}")
 
 

@@ -32,6 +32,7 @@ from rsample.workers.common.config import WORKER_ROLES, ModelSettings, RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.cpu_share import take_cpu_share
+from rsample.workers.runtime.processes import descendant_pids, signal_pids
 from rsample.workers.runtime.queues import SLOT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class MainWorker(HeartbeatWorker):
         retries: being stopped is not the job's failure (a preemptible machine may stop many times)."""
         log.warning("worker %s: second stop signal, exiting now", self.name)
         self._release_running_jobs()
+        signal_pids(descendant_pids(os.getpid()), signal.SIGTERM)  # vLLM's engine process shuts down on it
         logging.shutdown()
         os._exit(128 + signum)
 
@@ -337,44 +339,47 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     config = allowed(load_run(client, run_id or run_to_serve(client)))  # the run `follow_the_runs` would move to
     pin_run_date(config.created_at)
     context = worker_context.WorkerContext(client=client, config=config)
-    started = time.perf_counter()
-    indices = config.served_reward_models(reward_model_indices) if role in ("reward", "both") else []
-    for index in indices:
-        context.reward_models[index] = load_reward_backend(config, index, allowed_functions(allow_functions))
-    if indices:
-        log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
-    if role in ("generate", "both"):
-        context.generator = load_generator(config)
-        log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
-    slots = slots or default_slots(role, config.models, [config.reward_models[i] for i in indices])
-    base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
-    while True:
-        keys = RunKeys(config.run_id)
-        # scoring queues first: a batch generated is scored before the next is generated
-        functions = [keys.score_queue(i) for i in indices if is_function(config.reward_models[i])]  # the main thread's alone: first
-        queues = functions + [keys.score_queue(i) for i in indices if keys.score_queue(i) not in functions] + (
-            [keys.generate_queue] if context.generator is not None else [])
-        threaded = [queue for queue in queues if queue not in functions]
-        worker_context.install(context)
+    try:
+        started = time.perf_counter()
+        indices = config.served_reward_models(reward_model_indices) if role in ("reward", "both") else []
+        for index in indices:
+            context.reward_models[index] = load_reward_backend(config, index, allowed_functions(allow_functions))
+        if indices:
+            log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
+        if role in ("generate", "both"):
+            context.generator = load_generator(config)
+            log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
+        slots = slots or default_slots(role, config.models, [config.reward_models[i] for i in indices])
+        base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
+        while True:
+            keys = RunKeys(config.run_id)
+            # scoring queues first: a batch generated is scored before the next is generated
+            functions = [keys.score_queue(i) for i in indices if is_function(config.reward_models[i])]  # the main thread's alone: first
+            queues = functions + [keys.score_queue(i) for i in indices if keys.score_queue(i) not in functions] + (
+                [keys.generate_queue] if context.generator is not None else [])
+            threaded = [queue for queue in queues if queue not in functions]
+            worker_context.install(context)
 
-        def make_worker(worker_class, index: int) -> HeartbeatWorker:
-            worker = worker_class(
-                queues if index == 0 else threaded, connection=client, serializer=JSONSerializer, job_class=SafeJob,
-                name=base_name if index == 0 else f"{base_name}{SLOT_SUFFIX}{index}",
-                maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL, worker_ttl=defaults.WORKER_TTL,
-            )
-            worker.heartbeat_ttl = context.config.jobs.heartbeat_ttl
-            return worker
+            def make_worker(worker_class, index: int) -> HeartbeatWorker:
+                worker = worker_class(
+                    queues if index == 0 else threaded, connection=client, serializer=JSONSerializer, job_class=SafeJob,
+                    name=base_name if index == 0 else f"{base_name}{SLOT_SUFFIX}{index}",
+                    maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL, worker_ttl=defaults.WORKER_TTL,
+                )
+                worker.heartbeat_ttl = context.config.jobs.heartbeat_ttl
+                return worker
 
-        log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots if threaded else 1)
-        if (run_id is None or follow) and not burst:
-            follow_the_runs(client, context, role, exit_for_other_models=run_id is None, allowed=allowed)
-        run_slots(make_worker, slots if threaded else 1, burst)
-        if context.broken:
-            raise RsampleError(f"worker stopped after {context.broken_cause}: {context.broken}")
-        if context.moving_to is None or context.stopping:  # stopped by a signal, or a burst is done
-            return
-        config = context.moving_to
-        pin_run_date(config.created_at)
-        context = worker_context.WorkerContext(client=client, config=config, generator=context.generator,
-                                               reward_models=context.reward_models)
+            log.info("worker %s serving run %s on %s with %d slot(s)", base_name, config.run_id, ", ".join(queues), slots if threaded else 1)
+            if (run_id is None or follow) and not burst:
+                follow_the_runs(client, context, role, exit_for_other_models=run_id is None, allowed=allowed)
+            run_slots(make_worker, slots if threaded else 1, burst)
+            if context.broken:
+                raise RsampleError(f"worker stopped after {context.broken_cause}: {context.broken}")
+            if context.moving_to is None or context.stopping:  # stopped by a signal, or a burst is done
+                return
+            config = context.moving_to
+            pin_run_date(config.created_at)
+            context = worker_context.WorkerContext(client=client, config=config, generator=context.generator,
+                                                   reward_models=context.reward_models)
+    finally:  # a vLLM engine nobody shuts down keeps this process from exiting, and its GPU memory held
+        context.close_models()

@@ -6,6 +6,7 @@ installed by `rsample.workers.runtime.worker` before the first job, never reload
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,6 +16,21 @@ from rsample.workers.backends.base import GenerationBackend, RewardBackend
 from rsample.workers.backends.faults import WorkerFault, is_device_fault
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import RsampleError, first_line
+
+log = logging.getLogger(__name__)
+
+
+def close_models(models) -> None:
+    """Shuts down what the models started (vLLM's engine process): a vLLM engine left running keeps its process from
+    exiting (Python waits for the engine process at exit) and the GPU's memory taken."""
+    for model in models:
+        close = getattr(model, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as exc:  # an engine that died already: nothing left to shut down
+            log.warning("could not shut down %s: %s", type(model).__name__, first_line(exc, with_type=True))
 
 
 @dataclass
@@ -34,6 +50,9 @@ class WorkerContext:
     def mark_broken(self, reason: str, cause: str = WorkerFault.cause) -> None:
         if self.broken is None:
             self.broken, self.broken_cause = reason, cause
+
+    def close_models(self) -> None:
+        close_models([self.generator, *self.reward_models.values()])
 
     @contextmanager
     def broken_by_device_faults(self):

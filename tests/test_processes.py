@@ -1,0 +1,46 @@
+"""Stopping a child stops what it started: a vLLM worker's engine process outlived its killed worker and held the
+GPU's memory (seen on an H200, 2026-11-28)."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import _live_descendants
+
+from rsample.workers.runtime.processes import descendant_pids, kill_with_descendants
+
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"])
+time.sleep(120)
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killing_a_child_kills_its_children_and_theirs():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT])
+    try:
+        deadline = time.monotonic() + 60
+        while len(_live_descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tree = _live_descendants(parent.pid)  # read from every process's /proc/PID/stat, not from the tasks' children lists
+        assert len(tree) == 2
+        assert sorted(descendant_pids(parent.pid)) == sorted(tree)
+        kill_with_descendants(parent)
+        assert parent.wait(timeout=10) == -9
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in tree) and time.monotonic() < deadline:
+            _live_descendants(parent.pid)
+            time.sleep(0.1)
+        assert not [pid for pid in tree if running(pid)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
