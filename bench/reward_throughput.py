@@ -14,12 +14,14 @@ written. Both read the same tokens. Target: (b)/(a) >= 0.90.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--worker-slots", type=int, help="jobs the reward worker runs at once (default: the worker's own choice)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--pass-costs", action="store_true", help="also time single passes of a few shapes (the device's cost of a pass)")
+    parser.add_argument("--busy-threads", type=int, default=0,
+                        help="(a) runs its passes a second time while this many threads render chat templates (GIL contention)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)
@@ -121,24 +125,56 @@ def direct(args, config: RunConfig) -> dict:
         hidden = model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         return model.score(hidden[torch.arange(len(lengths), device=device), lengths - 1])
 
-    clock = pass_clock(device)
-    scores = []
-    if device == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for input_ids, lengths in padded:
-            if clock:
-                clock.before_pass()
-            scores.append(forward(input_ids, lengths))
-            if clock:
-                clock.after_pass()
-        torch.cat(scores).float().cpu()
-    seconds = time.perf_counter() - started
-    gpu_passes = clock.collect()[0] if clock else None
+    def timed_passes() -> tuple[float, float | None]:
+        clock = pass_clock(device)
+        scores = []
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for input_ids, lengths in padded:
+                if clock:
+                    clock.before_pass()
+                scores.append(forward(input_ids, lengths))
+                if clock:
+                    clock.after_pass()
+            torch.cat(scores).float().cpu()
+        return time.perf_counter() - started, clock.collect()[0] if clock else None
+
+    seconds, gpu_passes = timed_passes()
+    contended = None
+    if args.busy_threads:  # the same passes while threads render chat templates, as the worker's slots do meanwhile
+        with rendering_meanwhile(tokenizer, conversations(config), args.busy_threads):
+            contended = timed_passes()
     tokens, padded_tokens = sum(len(ids) for ids in encoded), sum(len(batch) * len(batch[-1]) for batch in batches)
     return {"seconds": seconds, "tokens": tokens, "batches": len(batches), "padding": 1 - tokens / padded_tokens,
-            "gpu_pass_seconds": gpu_passes, "pass_costs": pass_costs(forward, device, model.config.vocab_size) if args.pass_costs else []}
+            "gpu_pass_seconds": gpu_passes, "contended": contended,
+            "pass_costs": pass_costs(forward, device, model.config.vocab_size) if args.pass_costs else []}
+
+
+@contextlib.contextmanager
+def rendering_meanwhile(tokenizer, every: list[list[dict]], threads: int, job: int = 256):
+    """`threads` threads render and tokenize `job` conversations at a time, round and round, until the block ends:
+    Python work that wants the GIL while the device thread launches its passes."""
+    from rsample.workers.backends.templates import render_conversations
+
+    stop = threading.Event()
+
+    def render(offset: int) -> None:
+        start = offset
+        while not stop.is_set():
+            render_conversations(tokenizer, every[start:start + job] or every[:job])
+            start = (start + job) % len(every)
+
+    workers = [threading.Thread(target=render, args=(index * job,), daemon=True) for index in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
 
 
 def pass_costs(forward, device: str, vocabulary: int) -> list[tuple[int, int, float, float]]:
@@ -197,6 +233,10 @@ def main(argv=None) -> None:
             if efficiency:
                 print(f"    GPU time per padded token: (a) {efficiency[0]:.3f} us, (b) {efficiency[1]:.3f} us, (b)/(a) {efficiency[1] / efficiency[0]:.3f}"
                       " (above 1: the worker's passes run slower than their padded tokens explain)", flush=True)
+            if directs[-1]["contended"]:
+                busy_seconds, busy_gpu = directs[-1]["contended"]
+                print(f"    (a) again with {args.busy_threads} threads rendering meanwhile: {busy_seconds:.2f} s"
+                      + (f", GPU ran passes {busy_gpu:.2f} s ({busy_gpu / gpu:.3f} times alone)" if busy_gpu and gpu else ""), flush=True)
             for rows, width, ms, masked_ms in directs[-1]["pass_costs"]:
                 print(f"    one pass of {rows} x {width} tokens: {ms:.1f} ms ({rows * width / ms:.0f} tokens/ms); "
                       f"with an attention mask {masked_ms:.1f} ms")

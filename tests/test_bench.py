@@ -34,12 +34,13 @@ def test_the_gpu_check_rehearses_on_a_cpu(tmp_path):
 def test_reward_throughput_runs_and_counts_its_conversations(tmp_path):
     out = tmp_path / "figures.json"
     printed = run_bench("reward_throughput.py", "--prompts", "8", "--n", "2", "--max-words", "40", "--batch-size", "4", "--repeats", "1",
-                        "--out", str(out)).stdout
+                        "--busy-threads", "2", "--out", str(out)).stdout
     figures = json.loads(out.read_text())
     assert figures["conversations"] == 16 and figures["tokens"] > 16 * 8
     # the worker's log at exit accounts for every token the direct side read, fed in rounds
     assert re.search(rf"\(b\) \d+ rounds of [\d.]+ jobs, \d+ passes, {figures['tokens']} tokens", printed), printed
     assert figures["direct_tokens_per_s"] > 0 and figures["worker_tokens_per_s"] > 0
+    assert re.search(r"\(a\) again with 2 threads rendering meanwhile: [\d.]+ s", printed), printed
 
 
 def test_batching_cost_counts_least_cost_rounds_cheaper_than_greedy_ones():
