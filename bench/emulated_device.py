@@ -69,14 +69,15 @@ def emulated_reward_model_class():
                 time.sleep(wait)  # the GIL released, as while waiting for a GPU; taken back after, against the slots
 
         def _overlapped(self, batch):
-            """A GPU's stream: the pass waits for the device once (as transformers' mask check does), then its
-            launches (Python work, stretched when other threads hold the GIL) run while the device computes; the
-            device starts with the first launch and finishes no earlier than the last."""
-            self._wait_for_gpu()
+            """A GPU's stream: the pass's launches (Python work, stretched when other threads hold the GIL) queue its
+            work behind what the device still runs, with no wait (the worker passes no attention mask to a decoder,
+            so nothing reads the device back before the round ends); the device ends the pass no earlier than its
+            last launch."""
             began = time.perf_counter()
             for _ in range(self.launch_steps):
                 pass
-            self.gpu_free_at = max(time.perf_counter(), began + len(batch) * max(len(ids) for ids in batch) / self.rate)
+            work = len(batch) * max(len(ids) for ids in batch) / self.rate
+            self.gpu_free_at = max(time.perf_counter(), max(self.gpu_free_at, began) + work)
             return [0.0] * len(batch)
 
         @classmethod
@@ -107,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--token-budget", type=int, default=defaults.REWARD_TOKEN_BUDGET)
     parser.add_argument("--max-sequences", type=int, default=defaults.REWARD_MICRO_BATCH)
     parser.add_argument("--overlap", action="store_true",
-                        help="a GPU's stream: launches overlap the device's work, one wait per pass and per round")
+                        help="a GPU's stream: launches overlap the device's work, one wait per round")
     parser.set_defaults(dtype="float32")
     parser.add_argument("--worker-slots", type=int, help=f"jobs the reward worker holds at once (default: {defaults.REWARD_SLOTS_ON_GPU}, as on a GPU)")
     return parser.parse_args(argv)
