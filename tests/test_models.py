@@ -101,6 +101,53 @@ def test_a_template_that_reads_the_clock_shows_the_run_s_date_in_every_time_zone
     assert "Today Date: 21 Sep 2026" in decoded  # the run's date, in UTC
 
 
+CLOCK_TEMPLATES = {
+    "granite 3": "{%- set today = strftime_now('%B %d, %Y') %}System: Today's Date: {{ today }}.\n"
+                 "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
+    "mistral small 3.1": '{%- set today = strftime_now("%Y-%m-%d") %}[SYSTEM_PROMPT]The current date is {{ today }}.[/SYSTEM_PROMPT]'
+                         "{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}",
+    "in a macro of its own": "{% macro stamp() %}<{{ strftime_now('%A %-d %b %y, %H:%M:%S %Z %%d') }}>{% endmacro %}"
+                             "{% for m in messages %}{{ stamp() }}{{ m['content'] }}{% endfor %}",
+    "starting with a newline": "\n{{ strftime_now('%F %T %j %U %e') }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    "starting with an indented block": "  {% if true %}{{ strftime_now('%d.%m.') }}{% endif %}\n{% for m in messages %}{{ m['content'] }}{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("name", CLOCK_TEMPLATES)
+def test_every_template_that_reads_the_clock_reads_the_run_s_moment(name, tiny_models, tmp_path, monkeypatch):
+    """Granite 3's and Mistral Small 3.1's templates put `strftime_now(...)` in their system prompt, not in `date_string`:
+    they too must render the moment the run was registered, in UTC, exactly as transformers renders that moment."""
+    import datetime
+
+    import transformers.utils.chat_template_utils as chat_template_utils
+    from transformers import AutoTokenizer
+
+    from rsample.workers.backends.models import load_tokenizer
+    from rsample.workers.backends.template_date import pin_run_date
+
+    folder = tmp_path / "clock"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["policy"])
+    tokenizer.chat_template = CLOCK_TEMPLATES[name]
+    tokenizer.save_pretrained(folder)
+    prompt = [{"role": "user", "content": "What day is it?"}]
+    made = 1_790_000_000.0  # Monday 2026-09-21 14:13:20 UTC
+    try:
+        pin_run_date(made)
+        ours = load_tokenizer(str(folder), "policy").apply_chat_template(prompt, tokenize=False)
+    finally:
+        pin_run_date(None)
+
+    class Frozen(datetime.datetime):  # transformers' own strftime_now, its clock stopped at the run's moment
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime.fromtimestamp(made, tz=datetime.timezone.utc)
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Frozen)
+    expected = AutoTokenizer.from_pretrained(folder).apply_chat_template(prompt, tokenize=False)
+    assert ours == expected
+    assert "2026" in expected or "Sep" in expected or "21" in expected  # the frozen clock did reach the template
+
+
 @pytest.fixture(scope="module")
 def generator(tiny_models):
     return TransformersGenerator(tiny_models["policy"])
