@@ -106,6 +106,9 @@ CLOCK_TEMPLATES = {
                  "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
     "mistral small 3.1": '{%- set today = strftime_now("%Y-%m-%d") %}[SYSTEM_PROMPT]The current date is {{ today }}.[/SYSTEM_PROMPT]'
                          "{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}",
+    "gpt-oss": "{%- macro build_system_message() -%}{{- 'Knowledge cutoff: 2024-06\\n' }}{{- 'Current date: ' + strftime_now('%Y-%m-%d') + '\\n\\n' }}"
+               "{%- endmacro -%}<|start|>system<|message|>{{- build_system_message() }}<|end|>"
+               "{% for m in messages %}<|start|>{{ m['role'] }}<|message|>{{ m['content'] }}<|end|>{% endfor %}",
     "in a macro of its own": "{% macro stamp() %}<{{ strftime_now('%A %-d %b %y, %H:%M:%S %Z %%d') }}>{% endmacro %}"
                              "{% for m in messages %}{{ stamp() }}{{ m['content'] }}{% endfor %}",
     "starting with a newline": "\n{{ strftime_now('%F %T %j %U %e') }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
