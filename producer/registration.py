@@ -239,9 +239,22 @@ def register_run(client: redis.Redis, config: RunConfig) -> tuple[RunConfig, boo
         raise RsampleError(f"dataset {data.dataset!r} has no rows{chosen}: nothing to sample (check --start, --end and the file)")
     check_columns(config)
     check_rows(config)
-    config = replace(config, created_at=time.time())
+    config = replace(config, created_at=config.created_at or time.time())
     save_run(client, config, rows_total=rows)
     return config, False
+
+
+def with_created_at_of(config: RunConfig, out: Path) -> RunConfig:
+    """`config`, made when the run whose output `out` holds was first made, where that is this run: registered again
+    in another Redis (`rsample run`'s embedded one is new each session; a Redis that lost the run), it keeps the moment
+    its chat templates show, so that the rows still to come render the prompts the rows before did."""
+    from rsample.producer.driver.ledger import output_header
+
+    header = output_header(Path(out))
+    created = header.get("created_at")
+    if header.get("rsample_run") == (config.run_id or run_id_for(config)) and isinstance(created, (int, float)) and created > 0:
+        return replace(config, created_at=float(created))
+    return config
 
 
 def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwrite: bool = False) -> RunConfig:
@@ -276,7 +289,7 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
         owner, settings = header.get("rsample_run"), header.get("settings")
         if not owner or not settings or (run_id and run_id != owner):
             raise
-    config, _ = register_run(client, RunConfig.from_output_settings(owner, settings))
+    config, _ = register_run(client, with_created_at_of(RunConfig.from_output_settings(owner, settings), Path(out)))
     logging.getLogger(__name__).warning("this Redis has no run %s: re-created it from the settings kept with %s (job timeouts, "
                                         "retries and speed settings at their defaults)", owner, out)
     return config

@@ -14,6 +14,7 @@ from rsample.producer.registration import register_run
 from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import make_queue
+from rsample.workers.runtime.run_state import load_run
 
 
 def make_coordinator(client, tmp_path) -> Coordinator:
@@ -96,6 +97,8 @@ def test_a_run_redis_lost_while_no_coordinator_was_up_is_recreated_from_its_outp
     echo = ["--policy", "echo", "--backend", "echo", "--reward-model", "r", "--reward-backend", "length", "--no-progress"]
     rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *echo, "--run-id", "kept", "--out", str(out))
     assert len(read_jsonl(out)) == 7
+    made = load_run(redis_client, "kept").created_at
+    assert read_jsonl(out.with_name("pairs.outcomes.jsonl"))[0]["created_at"] == made > 0
     redis_client.flushall()  # what Redis lost
     with dataset.open("a") as handle:
         handle.write('{"prompt": "a row added while Redis was down"}\n')
@@ -104,6 +107,7 @@ def test_a_run_redis_lost_while_no_coordinator_was_up_is_recreated_from_its_outp
     pairs = read_jsonl(out)
     assert len(pairs) == len({p["prompt_id"] for p in pairs}) == 8
     assert pairs[-1]["messages"][0]["content"] == "a row added while Redis was down"
+    assert load_run(redis_client, "kept").created_at == made  # the moment its chat templates show (their dates) is kept
     other = rsample("resume", "--redis-url", redis_server.url, "--run", "another", "--out", str(out), check=False)
     assert other.returncode == 2 and "no run 'another' in this Redis" in other.stderr  # the files are not that run's
 
@@ -205,3 +209,22 @@ def test_a_job_of_a_live_worker_keeps_its_retry_through_a_paused_redis(redis_ser
     finally:
         coordinator.close()
         client.close()
+
+
+def test_a_local_run_resumed_in_a_later_session_keeps_the_moment_it_was_made(redis_server, redis_client, tmp_path):
+    """`rsample run`'s embedded Redis is new at every session, so the run is registered again each time: it used to be
+    made anew, and chat templates that show the date (Llama 3.2's, gpt-oss's, ...) rendered the rows still to come
+    with the day of the resume, not the day of the rows already written."""
+    from conftest import read_jsonl, rsample
+
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    out = tmp_path / "pairs.jsonl"
+    echo = ["--policy", "echo", "--backend", "echo", "--reward-model", "r", "--reward-backend", "length", "--no-progress"]
+    rsample("run", "--dataset", str(dataset), *echo, "--out", str(out))  # the embedded Redis, gone with the session
+    header, before = read_jsonl(out.with_name("pairs.outcomes.jsonl"))[0], len(read_jsonl(out))
+    time.sleep(1.1)
+    with dataset.open("a") as handle:
+        handle.write('{"prompt": "a row added for the next session"}\n')
+    rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *echo, "--out", str(out))  # another Redis
+    assert load_run(redis_client, header["rsample_run"]).created_at == header["created_at"] < time.time() - 1
+    assert len(read_jsonl(out)) == before + 1

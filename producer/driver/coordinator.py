@@ -56,13 +56,13 @@ class Coordinator:
         self._outcomes_due, self._outcomes_published_at = False, 0.0
         try:
             self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
-                                 config.output_settings())
+                                 config.output_settings(), created_at=config.created_at)
             if overwrite and self.ledger.rows and (row := self._first_changed_row()) is not None:
                 log.warning("row %d of the dataset is not the row run %s wrote an outcome for (it was edited since); --overwrite: "
                             "the run starts over", row, config.run_id)
                 self.ledger.close()
                 self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
-                                     config.output_settings(), start_over=True)
+                                     config.output_settings(), start_over=True, created_at=config.created_at)
             self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)
             if retry_failed:  # a failure committed but left in the stream by a coordinator that died must not settle a retried row
                 self.collector.drain()

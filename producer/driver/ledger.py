@@ -312,7 +312,7 @@ class Ledger:
 
     def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False,
                  sft_out: str | Path | None = None, dataset: tuple[str, dict] | None = None, settings: dict | None = None,
-                 start_over: bool = False):
+                 start_over: bool = False, created_at: float | None = None):
         """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse.
         `dataset`: the local dataset's path and fingerprint, kept in the header; a resume refuses a dataset whose rows
         changed (output rows are matched to dataset rows by number)."""
@@ -335,6 +335,8 @@ class Ledger:
         check_outputs(run_id, self.out, self.scores_out, overwrite=overwrite, sft_out=self.sft_out)
         self.overwrite = overwrite
         self.dataset = dataset
+        self.created_at = created_at
+        """When the run was first made: kept in the header, for a session that registers the run again."""
         self._known_outputs: set[str] = set()
         self._known_paths: dict[str, str] = {}
         """Each output's path, relative to the outcomes file's folder, as the run last gave it (older files: none)."""
@@ -372,6 +374,8 @@ class Ledger:
                 header["dataset"] = fingerprint
             if settings:
                 header["settings"] = settings  # so that a re-run with other settings is told which one differs
+            if self.created_at:
+                header["created_at"] = self.created_at
             self._append(self._outcomes, [header])
             _fsync_directory(self.outcomes_path)
             return

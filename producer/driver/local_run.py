@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from rsample.producer.driver.coordinator import Coordinator
 from rsample.producer.driver.ledger import check_outputs
 from rsample.producer.driver.summary import Summary
-from rsample.producer.registration import dataset_files, register_run, run_id_for
+from rsample.producer.registration import dataset_files, register_run, run_id_for, with_created_at_of
 from rsample.workers.backends.registry import ZERO_COST_GENERATION, ZERO_COST_REWARD
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
@@ -136,7 +136,7 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         if embedded:
             redis_url = stack.enter_context(EmbeddedRedis()).url
         client = connect(redis_url)
-        config, existed = register_run(client, config)
+        config, existed = register_run(client, config if options.overwrite else with_created_at_of(config, options.out))
         coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite, options.sft_out,
                                   options.retry_failed)
         stack.callback(coordinator.close)
