@@ -215,3 +215,15 @@ def test_a_job_whose_time_is_up_is_not_retried_prompt_by_prompt():
 
     with pytest.raises(JobTimeoutException):
         run_isolating_failures([1, 2, 3], lambda items: 1 / 0, run_one, lambda item, why: None, "scoring")
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_a_padded_batch_holds_every_sequence_as_it_is_with_zeros_around_it(left):
+    from rsample.workers.backends.transformers_reward import padded_on_device
+
+    batch = [[5], [7, 8, 9, 10], [128255, 3]]
+    input_ids, attention_mask, lengths = padded_on_device(batch, "cpu", left=left)
+    padded = [[0] * (4 - len(ids)) + ids if left else ids + [0] * (4 - len(ids)) for ids in batch]
+    masks = [[int(token_index >= 4 - len(ids)) if left else int(token_index < len(ids)) for token_index in range(4)] for ids in batch]
+    assert input_ids.tolist() == padded and input_ids.dtype == torch.long
+    assert attention_mask.tolist() == masks and lengths.tolist() == [1, 4, 2]

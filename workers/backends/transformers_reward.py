@@ -154,16 +154,20 @@ def padded_on_device(batch: list[list[int]], device: str, left: bool = False):
     Left padding puts every sequence's last token in the last column (a caller then counts positions from each
     sequence's first real token).
     """
+    import numpy
     import torch
 
-    width = max(len(ids) for ids in batch)
-    host_ids = torch.zeros((len(batch), width), dtype=torch.long)
+    # numpy, not a torch tensor per row: the device thread builds this before every pass, and on a GPU its host time
+    # (a few ms a pass the torch way, a tenth of that here) is time the device may wait for
+    host_lengths = numpy.fromiter(map(len, batch), dtype=numpy.int64, count=len(batch))
+    width = int(host_lengths.max())
+    host = numpy.zeros((len(batch), width), dtype=numpy.int64)
     for row, ids in enumerate(batch):
         if left:
-            host_ids[row, width - len(ids):] = torch.tensor(ids)
+            host[row, width - len(ids):] = ids
         else:
-            host_ids[row, :len(ids)] = torch.tensor(ids)
-    lengths = torch.tensor([len(ids) for ids in batch])
+            host[row, :len(ids)] = ids
+    host_ids, lengths = torch.from_numpy(host), torch.from_numpy(host_lengths)
     if device == "cuda":
         host_ids, lengths = host_ids.pin_memory(), lengths.pin_memory()
     input_ids = host_ids.to(device, non_blocking=True)
