@@ -47,6 +47,31 @@ def test_the_split_is_the_cheapest_of_all_groupings(seed):
     assert cost == cheapest_grouping(lengths, budget.tokens, budget.max_sequences, budget.pass_cost)
 
 
+def naive_plan(lengths, tokens, max_sequences, pass_cost):
+    """The least-cost split by its definition: at each end, every allowed start tried, the first of the cheapest kept."""
+    cost, start_of = [0] * (len(lengths) + 1), [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        width = lengths[end - 1]
+        size = min(max_sequences, max(1, tokens // max(1, width)), end)
+        best = min(range(end - size, end), key=lambda start: (cost[start] + (end - start) * width, start))
+        cost[end], start_of[end] = cost[best] + (end - best) * width + pass_cost, best
+    ends, end = [], len(lengths)
+    while end > 0:
+        ends.append(end)
+        end = start_of[end]
+    return ends[::-1]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_long_inputs_split_exactly_as_the_definition_says(seed):
+    """Thousands of sequences with many equal lengths, as a round of 16 jobs holds: the same batches, ties included."""
+    rng = random.Random(seed)
+    top = rng.choice([40, 300, 3000])
+    lengths = sorted(rng.randint(1, top) for _ in range(rng.randint(1, 3000)))
+    tokens, max_sequences, pass_cost = rng.choice([64, 1024, 16384]), rng.choice([1, 7, 128]), rng.choice([0, 1024, 5000])
+    assert TokenBudget(tokens, max_sequences, pass_cost).plan(lengths) == naive_plan(lengths, tokens, max_sequences, pass_cost)
+
+
 def test_batches_run_every_sequence_once_in_order_and_pad_little():
     lengths = sorted(random.Random(0).randint(1, 300) for _ in range(500))
     seen = []
