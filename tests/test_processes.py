@@ -44,3 +44,35 @@ def test_killing_a_child_kills_its_children_and_theirs():
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+SHARED_MEMORY = """
+import sys, time
+from multiprocessing import shared_memory
+segment = shared_memory.SharedMemory(create=True, size=4096)  # starts Python's resource tracker, a child of this process
+print(segment.name, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_childs_shared_memory_is_still_cleaned_up():
+    """Python's resource tracker unlinks what a killed process left in /dev/shm (vLLM's engine leaves some): killing the
+    tracker with the process left the segments there for good."""
+    parent = subprocess.Popen([sys.executable, "-c", SHARED_MEMORY], stdout=subprocess.PIPE, text=True)
+    try:
+        segment = Path("/dev/shm") / parent.stdout.readline().strip().lstrip("/")
+        assert segment.exists()
+        deadline = time.monotonic() + 30
+        while not descendant_pids(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        kill_with_descendants(parent)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while segment.exists() and time.monotonic() < deadline:
+            _live_descendants(parent.pid)
+            time.sleep(0.2)
+        assert not segment.exists()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -65,12 +65,29 @@ def signal_pids(pids: list[int], signum: int) -> None:
             pass
 
 
+SELF_CLEANING = ("multiprocessing.resource_tracker",)
+"""Helpers that outlive their process on purpose: Python's resource tracker unlinks the shared memory a killed process
+left (vLLM's engine uses some) once that process is gone, then exits."""
+
+
+def descendants_to_stop(pid: int) -> list[int]:
+    """What `pid` started, and theirs, the self-cleaning helpers aside."""
+    return [child for child in descendant_pids(pid) if not any(helper in _cmdline(child) for helper in SELF_CLEANING)]
+
+
 def kill_with_descendants(process) -> None:
-    """SIGKILL for a child process and whatever it started: a killed vLLM worker's engine process would otherwise
-    live on, holding most of the GPU's memory."""
-    descendants = descendant_pids(process.pid)
+    """SIGKILL for a child process and whatever it started (the self-cleaning helpers aside): a killed vLLM worker's
+    engine process would otherwise live on, holding most of the GPU's memory."""
+    descendants = descendants_to_stop(process.pid)
     process.kill()
     signal_pids(descendants, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def last_words(log_path: Path) -> str:

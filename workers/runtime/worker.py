@@ -32,7 +32,7 @@ from rsample.workers.common.config import WORKER_ROLES, ModelSettings, RunConfig
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.cpu_share import take_cpu_share
-from rsample.workers.runtime.processes import descendant_pids, signal_pids
+from rsample.workers.runtime.processes import descendants_to_stop, signal_pids
 from rsample.workers.runtime.queues import SLOT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class MainWorker(HeartbeatWorker):
         retries: being stopped is not the job's failure (a preemptible machine may stop many times)."""
         log.warning("worker %s: second stop signal, exiting now", self.name)
         self._release_running_jobs()
-        signal_pids(descendant_pids(os.getpid()), signal.SIGTERM)  # vLLM's engine process shuts down on it
+        signal_pids(descendants_to_stop(os.getpid()), signal.SIGTERM)  # vLLM's engine process shuts down on it
         logging.shutdown()
         os._exit(128 + signum)
 
