@@ -122,11 +122,14 @@ def straight_line(config: RunConfig, keep_prompts: int = 0) -> dict:
     from rsample.workers.stages.generate import batch_seed
 
     records = [extract_prompt(row, index) for index, row in iter_rows(config.data)]
-    generator = load_generator(config)
-    rewards = [load_reward_backend(config, index) for index in range(len(config.reward_models))]
+    loaded: list = []  # closed whatever happens, even a model that fails to load after another loaded
     generating = scoring = 0.0
     tokens, completions, kept = 0, 0, []
     try:
+        loaded.append(generator := load_generator(config))
+        for index in range(len(config.reward_models)):
+            loaded.append(load_reward_backend(config, index))
+        rewards = loaded[1:]
         for start in range(0, len(records), config.prompts_per_job):
             batch = records[start:start + config.prompts_per_job]
             began = time.perf_counter()
@@ -142,7 +145,7 @@ def straight_line(config: RunConfig, keep_prompts: int = 0) -> dict:
             completions += sum(len(result.completions) for result in results)
             kept.extend(groups[:max(0, keep_prompts - len(kept))])
     finally:  # a vLLM engine left running would keep this process from exiting, and the GPU's memory taken
-        close_models([generator, *rewards])
+        close_models(loaded)
     return {"seconds": generating + scoring, "generation_seconds": generating, "scoring_seconds": scoring,
             "tokens": tokens, "completions": completions, "conversations": kept}
 

@@ -47,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--pass-costs", action="store_true", help="also time single passes of a few shapes (the device's cost of a pass)")
     parser.add_argument("--busy-threads", type=int, default=0,
-                        help="(a) runs its passes a second time while this many threads render chat templates (GIL contention)")
+                        help="(a) runs its passes a second time while this many threads render chat templates, as the worker's "
+                             "slots do: the host's contention (the GIL, and the cores the tokenizer takes)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)
@@ -141,6 +142,8 @@ def direct(args, config: RunConfig) -> dict:
             torch.cat(scores).float().cpu()
         return time.perf_counter() - started, clock.collect()[0] if clock else None
 
+    if args.busy_threads:  # both timed runs start warm: the one with threads is not the only one to find the device ready
+        timed_passes()
     seconds, gpu_passes = timed_passes()
     contended = None
     if args.busy_threads:  # the same passes while threads render chat templates, as the worker's slots do meanwhile
@@ -171,6 +174,8 @@ def rendering_meanwhile(tokenizer, every: list[list[dict]], threads: int, job: i
         worker.start()
     try:
         yield
+        if not all(worker.is_alive() for worker in workers):  # one that died took its load with it: the figure would lie
+            raise RuntimeError("a rendering thread stopped before the passes ended (its error is printed above)")
     finally:
         stop.set()
         for worker in workers:
@@ -256,6 +261,10 @@ def main(argv=None) -> None:
     figures = {"device": device, "shape": args.shape, "conversations": args.prompts * args.n, "tokens": tokens, "pass_cost": args.pass_cost,
                "direct_tokens_per_s": round(tokens / a, 1), "worker_tokens_per_s": round(tokens / b.seconds, 1),
                "ratio": round(a / b.seconds, 3)}
+    if args.busy_threads:
+        figures["busy_threads"] = {"threads": args.busy_threads, "seconds_alone": directs[0]["seconds"],
+                                   "seconds_with_threads": directs[0]["contended"][0], "gpu_seconds_alone": directs[0]["gpu_pass_seconds"],
+                                   "gpu_seconds_with_threads": directs[0]["contended"][1]}
     print(json.dumps(figures))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))

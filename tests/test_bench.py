@@ -41,6 +41,7 @@ def test_reward_throughput_runs_and_counts_its_conversations(tmp_path):
     assert re.search(rf"\(b\) \d+ rounds of [\d.]+ jobs, \d+ passes, {figures['tokens']} tokens", printed), printed
     assert figures["direct_tokens_per_s"] > 0 and figures["worker_tokens_per_s"] > 0
     assert re.search(r"\(a\) again with 2 threads rendering meanwhile: [\d.]+ s", printed), printed
+    assert figures["busy_threads"]["threads"] == 2 and figures["busy_threads"]["seconds_with_threads"] > 0
 
 
 def test_batching_cost_counts_least_cost_rounds_cheaper_than_greedy_ones():

@@ -76,3 +76,34 @@ def test_a_killed_childs_shared_memory_is_still_cleaned_up():
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+CLOSING = """
+import os, signal, subprocess, sys, time
+from rsample.workers.runtime.worker import stop_signals_exit_now
+engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # stands for vLLM's engine process
+print(engine.pid, flush=True)
+with stop_signals_exit_now():  # as a worker shuts its models down
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+print("the stop signal was lost", flush=True)
+"""
+
+
+def test_a_stop_signal_while_the_models_shut_down_ends_the_worker_and_its_engine():
+    """RQ's handler raised StopRequested in the middle of closing the models, leaving vLLM's engine running (and the
+    worker hanging at exit): now the worker exits at once, and tells its engine process to stop."""
+    worker = subprocess.Popen([sys.executable, "-c", CLOSING], stdout=subprocess.PIPE, text=True)
+    try:
+        engine = int(worker.stdout.readline())
+        assert worker.wait(timeout=20) == 128 + 15
+        assert "lost" not in worker.stdout.read()
+        deadline = time.monotonic() + 10
+        while running(engine) and time.monotonic() < deadline:
+            _live_descendants(worker.pid)
+            time.sleep(0.1)
+        assert not running(engine)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

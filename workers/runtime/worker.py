@@ -8,6 +8,7 @@ heartbeat thread keeps the claim short and alive only while this process is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import logging
@@ -206,6 +207,29 @@ class MainWorker(HeartbeatWorker):
         thread.join(timeout)
 
 
+@contextlib.contextmanager
+def stop_signals_exit_now():
+    """While the models shut down: RQ's handlers would raise StopRequested in the middle of it (leaving an engine
+    running, which keeps the process from exiting); a stop signal now ends the process at once, its engine told too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(signum, frame):
+        log.warning("stop signal while the models shut down: exiting now")
+        signal_pids(descendants_to_stop(os.getpid()), signal.SIGTERM)
+        logging.shutdown()
+        os._exit(128 + signum)
+
+    handled = [signal.SIGTERM] + ([] if MainWorker.sigint_ignored else [signal.SIGINT])
+    before = {signum: signal.signal(signum, exit_now) for signum in handled}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
 def run_slots(make_worker, slots: int, burst: bool) -> None:
     """Runs `slots` job loops in this process: slot 0 on the main thread, the others on threads."""
     main = make_worker(MainWorker, 0)
@@ -382,4 +406,5 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
             context = worker_context.WorkerContext(client=client, config=config, generator=context.generator,
                                                    reward_models=context.reward_models)
     finally:  # a vLLM engine nobody shuts down keeps this process from exiting, and its GPU memory held
-        context.close_models()
+        with stop_signals_exit_now():
+            context.close_models()
