@@ -1,6 +1,7 @@
 """Stopping a child stops what it started: a vLLM worker's engine process outlived its killed worker and held the
 GPU's memory (seen on an H200, 2026-11-28)."""
 
+import os
 import subprocess
 import sys
 import time
@@ -107,3 +108,68 @@ def test_a_stop_signal_while_the_models_shut_down_ends_the_worker_and_its_engine
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def test_what_a_dead_child_left_running_is_stopped_and_a_pid_taken_since_is_left_alone():
+    """A worker killed at once (an OOM kill) left its vLLM engine running with the GPU's memory: the next worker on that
+    GPU could not start."""
+    from rsample.workers.runtime.processes import Lineage
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lineage = Lineage(parent, every=0)
+        deadline = time.monotonic() + 60
+        while len(_live_descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tree = _live_descendants(parent.pid)
+        lineage.look()
+        assert lineage.stop_orphans() == []  # nothing is an orphan while its parent lives
+        lineage._seen[bystander.pid] = ("0", "not the process that runs under this number now")
+        parent.kill()  # the parent alone, as the kernel's OOM killer does
+        parent.wait(timeout=10)
+        left = lineage.stop_orphans()
+        assert len(left) == 2 and all("time.sleep(120)" in command for command in left)
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in tree) and time.monotonic() < deadline:
+            _live_descendants(os.getpid())
+            time.sleep(0.1)
+        assert not [pid for pid in tree if running(pid)] and bystander.poll() is None
+    finally:
+        for process in (parent, bystander):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_the_supervisor_stops_what_a_worker_that_died_at_once_left_running(tmp_path, capsys):
+    from rsample.workers.runtime.processes import Lineage
+    from rsample.workers.runtime.supervisor import Supervisor, WorkerSpec
+
+    supervisor = Supervisor([WorkerSpec("generate", (0,))], "redis://unused", "run", tmp_path, give_up_after=1)
+    child = supervisor.children[0]
+    child.log_path.parent.mkdir(parents=True)
+    child.log_path.write_text("loading the policy\n")
+    child.process = subprocess.Popen([sys.executable, "-c", PARENT])
+    child.lineage, child.started_at = Lineage(child.process, every=0), time.monotonic()
+    try:
+        deadline = time.monotonic() + 60
+        while len(_live_descendants(child.process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tree = _live_descendants(child.process.pid)
+        supervisor._poll()  # alive: its processes noted
+        child.process.kill()
+        child.process.wait(timeout=10)
+        supervisor._poll()  # dead: reaped, and what it left stopped (given up after one quick failure: not started again)
+        assert child.process is None and child.given_up
+        said = capsys.readouterr().out
+        assert "stopped what it left running: " in said and said.count(sys.executable) == 2  # the child and the grandchild
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in tree) and time.monotonic() < deadline:
+            _live_descendants(os.getpid())
+            time.sleep(0.1)
+        assert not [pid for pid in tree if running(pid)]
+    finally:
+        if child.process is not None and child.process.poll() is None:
+            child.process.kill()
+            child.process.wait()

@@ -28,7 +28,7 @@ from rsample.workers.runtime.connection import REDIS_URL_ENV, connect
 from rsample.workers.runtime.cpu_share import local_worker_roles, machine_has_gpu, sharing_environment
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, kill_with_descendants, killed_with_parent, last_words
+from rsample.workers.runtime.processes import RSAMPLE_COMMAND, Lineage, describe_exit, kill_with_descendants, killed_with_parent, last_words
 from rsample.workers.runtime.progress import StageBars
 from rsample.workers.runtime.run_state import expire_run
 
@@ -65,6 +65,8 @@ class WorkerProcesses:
         """How many workers share this machine's cores, when it has no GPU (see `cpu_share`)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
+        self.lineages: dict[int, Lineage] = {}
+        """What each worker started (its vLLM engine), stopped when the worker is gone without stopping it."""
 
     def start(self, role: str, *options: str) -> None:
         """`options` are extra `rsample worker` options, such as `--slots 2`."""
@@ -79,6 +81,7 @@ class WorkerProcesses:
                 preexec_fn=killed_with_parent,  # a killed `rsample run` leaves no orphan workers behind
             )
         self.processes.append((role, process, log_path))
+        self.lineages[process.pid] = Lineage(process)
 
     def start_for_run(self, config: RunConfig, generate_workers: int, *options: str) -> list[str]:
         """The workers `rsample run` starts for `config` on this machine (see `local_worker_roles`); returns their roles."""
@@ -91,11 +94,14 @@ class WorkerProcesses:
     def check_alive(self) -> None:
         for role, process, log_path in self.processes:
             code = process.poll()
-            if code == 0 or (code is not None and code < 0):  # stopped from outside: its last log line says nothing of why
+            if code is None:
+                self.lineages[process.pid].look()
+                continue
+            self._stop_orphans(role, process)
+            if code <= 0:  # stopped from outside: its last log line says nothing of why
                 how = "stopped (exit code 0: a Ctrl-C or SIGTERM that reached it alone?)" if code == 0 else describe_exit(code)
                 raise RsampleError(f"the {role} worker {how} before the run was done; the same command resumes it (log: {log_path})")
-            if code is not None:
-                raise RsampleError(f"the {role} worker exited with code {code}: {last_words(log_path)} (log: {log_path})")
+            raise RsampleError(f"the {role} worker exited with code {code}: {last_words(log_path)} (log: {log_path})")
 
     def stop(self, timeout: float = defaults.LOCAL_WORKER_STOP_SECONDS) -> None:
         for _, process, _ in self.processes:
@@ -107,6 +113,13 @@ class WorkerProcesses:
             except subprocess.TimeoutExpired:
                 kill_with_descendants(process)
                 process.wait()
+        for role, process, _ in self.processes:
+            self._stop_orphans(role, process)
+
+    def _stop_orphans(self, role: str, process: subprocess.Popen) -> None:
+        left = self.lineages[process.pid].stop_orphans()
+        if left:
+            log.warning("the %s worker (pid %d) left processes running; stopped them: %s", role, process.pid, ", ".join(left))
 
 
 def loads_models(config: RunConfig) -> bool:

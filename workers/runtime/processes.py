@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 RSAMPLE_COMMAND = (sys.executable, "-m", "rsample.producer")
@@ -81,6 +82,43 @@ def kill_with_descendants(process) -> None:
     descendants = descendants_to_stop(process.pid)
     process.kill()
     signal_pids(descendants, signal.SIGKILL)
+
+
+class Lineage:
+    """What a child process started, as last seen while it lived. A worker that dies at once (an OOM kill, a crash)
+    leaves its vLLM engine process running, with most of the GPU's memory: the next worker on that GPU could not
+    start. Once the child is gone, `stop_orphans` ends what it left (the self-cleaning helpers aside)."""
+
+    def __init__(self, process, every: float = 1.0):
+        self.process = process
+        self.every = every
+        self._seen: dict[int, tuple[str, str]] = {}
+        self._looked_at = float("-inf")
+
+    def look(self) -> None:
+        """Notes the child's processes, once a second at most (a worker's engine lives for as long as the worker)."""
+        if self.process.poll() is None and time.monotonic() - self._looked_at >= self.every:
+            self._looked_at = time.monotonic()
+            self._seen = {pid: identity for pid in descendants_to_stop(self.process.pid) if (identity := _identity(pid))}
+
+    def stop_orphans(self) -> list[str]:
+        """SIGKILL for what the dead child left that still runs, as it was seen (a pid taken by another process since is
+        left alone); returns their command lines."""
+        if self.process.poll() is None:
+            return []
+        left = {pid: identity[1] for pid, identity in self._seen.items() if _identity(pid) == identity}
+        signal_pids(list(left), signal.SIGKILL)
+        self._seen = {}
+        return list(left.values())
+
+
+def _identity(pid: int) -> tuple[str, str] | None:
+    """(start time, command line): a process, not just its number, which the kernel hands out again."""
+    try:
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return started, _cmdline(pid)
 
 
 def _cmdline(pid: int) -> str:

@@ -30,7 +30,7 @@ from rsample.workers.common.errors import RsampleError, first_line
 from rsample.workers.runtime.connection import REDIS_URL_ENV, connect, redact_url
 from rsample.workers.runtime.gpu_ids import pinned_devices
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.processes import RSAMPLE_COMMAND, describe_exit, die_with_parent, kill_with_descendants, last_words
+from rsample.workers.runtime.processes import RSAMPLE_COMMAND, Lineage, describe_exit, die_with_parent, kill_with_descendants, last_words
 from rsample.workers.runtime.run_state import Move, RunGone, load_run, move_from, run_to_serve
 
 
@@ -152,6 +152,8 @@ class Child:
     quick_failures: int = 0
     restart_at: float = 0.0
     given_up: bool = False
+    lineage: Lineage | None = None
+    """What its process started, for stopping what a worker that died at once left running (its vLLM engine)."""
 
 
 class Supervisor:
@@ -214,6 +216,7 @@ class Supervisor:
                 self.command(child.spec), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True, preexec_fn=die_with_parent,  # a SIGKILLed supervisor leaves no orphans
             )
+        child.lineage = Lineage(child.process)
         child.started_at = time.monotonic()
         child.starts += 1
         verb = "started" if child.starts == 1 else f"restarted (start {child.starts})"
@@ -224,6 +227,7 @@ class Supervisor:
         lived = time.monotonic() - child.started_at
         child.quick_failures = child.quick_failures + 1 if lived < defaults.QUICK_FAILURE_SECONDS else 0
         said = f"{child.spec} (pid {child.process.pid}) {describe_exit(code)} after {lived:.1f} s: {last_words(child.log_path)}"
+        said += left_running(child)
         child.process = None
         if self._run_gone():  # not the worker's failure: it starts again for the next run
             child.quick_failures, child.restart_at = 0, time.monotonic()
@@ -245,16 +249,7 @@ class Supervisor:
             self.start(child)
         checked = time.monotonic()
         while not self.signals:
-            for child in self.children:
-                if child.process is not None:
-                    code = child.process.poll()
-                    if code is not None:
-                        self.reap(child, code)
-                elif not child.given_up and time.monotonic() >= child.restart_at:
-                    if self._run_gone():
-                        child.restart_at = time.monotonic() + defaults.RUN_CHECK_SECONDS
-                    else:
-                        self.start(child)
+            self._poll()
             if all(child.given_up for child in self.children):
                 self.say("every worker has been given up: exiting")
                 return 1
@@ -271,6 +266,21 @@ class Supervisor:
             time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
         self.stop()
         return 0
+
+    def _poll(self) -> None:
+        """Each child once: a live one's processes noted, a dead one reaped, one whose restart is due started."""
+        for child in self.children:
+            if child.process is not None:
+                code = child.process.poll()
+                if code is None:
+                    child.lineage.look()
+                else:
+                    self.reap(child, code)
+            elif not child.given_up and time.monotonic() >= child.restart_at:
+                if self._run_gone():
+                    child.restart_at = time.monotonic() + defaults.RUN_CHECK_SECONDS
+                else:
+                    self.start(child)
 
     def _run_gone(self) -> bool:
         if not self.gone(self.run_id):
@@ -298,8 +308,14 @@ class Supervisor:
         for child in live:
             if child.process.poll() is None:
                 kill_with_descendants(child.process)  # SIGKILL: its jobs wait out their heartbeat TTL
-            self.say(f"stopped {child.spec} (pid {child.process.pid}): it {describe_exit(child.process.wait())}")
+            self.say(f"stopped {child.spec} (pid {child.process.pid}): it {describe_exit(child.process.wait())}{left_running(child)}")
 
+
+
+def left_running(child: Child) -> str:
+    """Stops what a worker that is gone left running, and says so (nothing, usually)."""
+    left = child.lineage.stop_orphans() if child.lineage is not None else []
+    return f"; stopped what it left running: {', '.join(left)}" if left else ""
 
 
 def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int]], gpus_per_worker: int | None,
