@@ -30,9 +30,9 @@ def _children_by_parent() -> dict[int, list[tuple[int, str]]]:
     children: dict[int, list[tuple[int, str]]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                after_name = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+            try:  # bytes: a process's name may hold half a UTF-8 character (cut at 15 bytes)
+                after_name = (entry / "stat").read_bytes().rsplit(b")", 1)[1].decode().split()
+            except (OSError, IndexError):
                 continue
             children.setdefault(int(after_name[1]), []).append((int(entry.name), after_name[0]))
     return children

@@ -109,7 +109,7 @@ CLOCK_TEMPLATES = {
     "gpt-oss": "{%- macro build_system_message() -%}{{- 'Knowledge cutoff: 2024-06\\n' }}{{- 'Current date: ' + strftime_now('%Y-%m-%d') + '\\n\\n' }}"
                "{%- endmacro -%}<|start|>system<|message|>{{- build_system_message() }}<|end|>"
                "{% for m in messages %}<|start|>{{ m['role'] }}<|message|>{{ m['content'] }}<|end|>{% endfor %}",
-    "in a macro of its own": "{% macro stamp() %}<{{ strftime_now('%A %-d %b %y, %H:%M:%S %Z %%d') }}>{% endmacro %}"
+    "in a macro of its own": "{% macro stamp() %}<{{ strftime_now('%A %-d %b %y, %H:%M:%S %Z%z %%d %-l%p %_m %^a %-e') }}>{% endmacro %}"
                              "{% for m in messages %}{{ stamp() }}{{ m['content'] }}{% endfor %}",
     "starting with a newline": "\n{{ strftime_now('%F %T %j %U %e') }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
     "starting with an indented block": "  {% if true %}{{ strftime_now('%d.%m.') }}{% endif %}\n{% for m in messages %}{{ m['content'] }}{% endfor %}",
@@ -140,10 +140,10 @@ def test_every_template_that_reads_the_clock_reads_the_run_s_moment(name, tiny_m
     finally:
         pin_run_date(None)
 
-    class Frozen(datetime.datetime):  # transformers' own strftime_now, its clock stopped at the run's moment
+    class Frozen(datetime.datetime):  # transformers' own strftime_now, its clock stopped at the run's moment (in UTC, naive)
         @classmethod
         def now(cls, tz=None):
-            return datetime.datetime.fromtimestamp(made, tz=datetime.timezone.utc)
+            return datetime.datetime.fromtimestamp(made, tz=datetime.timezone.utc).replace(tzinfo=None)
 
     monkeypatch.setattr(chat_template_utils, "datetime", Frozen)
     expected = AutoTokenizer.from_pretrained(folder).apply_chat_template(prompt, tokenize=False)

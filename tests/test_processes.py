@@ -20,8 +20,8 @@ time.sleep(120)
 
 def running(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
         return False
 
 
@@ -125,7 +125,7 @@ def test_what_a_dead_child_left_running_is_stopped_and_a_pid_taken_since_is_left
         tree = _live_descendants(parent.pid)
         lineage.look()
         assert lineage.stop_orphans() == []  # nothing is an orphan while its parent lives
-        lineage._seen[bystander.pid] = ("0", "not the process that runs under this number now")
+        lineage._seen[bystander.pid] = ("0", "a process that started at another time under this number")
         parent.kill()  # the parent alone, as the kernel's OOM killer does
         parent.wait(timeout=10)
         left = lineage.stop_orphans()
@@ -173,3 +173,40 @@ def test_the_supervisor_stops_what_a_worker_that_died_at_once_left_running(tmp_p
         if child.process is not None and child.process.poll() is None:
             child.process.kill()
             child.process.wait()
+
+
+RENAMED = """
+import os, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import os, time; time.sleep(1.5); os.execvp('sleep', ['sleep', '120'])"])
+time.sleep(120)
+"""
+
+
+def test_an_orphan_that_renamed_itself_since_it_was_seen_is_stopped_too():
+    """vLLM renames its engine process as it starts: a worker that died just after was seen with the engine under its
+    first command line."""
+    from rsample.workers.runtime.processes import Lineage
+
+    parent = subprocess.Popen([sys.executable, "-c", RENAMED])
+    try:
+        lineage = Lineage(parent, every=0)
+        deadline = time.monotonic() + 30
+        while not _live_descendants(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lineage.look()
+        [child] = _live_descendants(parent.pid)
+        deadline = time.monotonic() + 30
+        while b"sleep\0" not in Path(f"/proc/{child}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        parent.kill()
+        parent.wait(timeout=10)
+        assert len(lineage.stop_orphans()) == 1
+        deadline = time.monotonic() + 10
+        while running(child) and time.monotonic() < deadline:
+            _live_descendants(os.getpid())
+            time.sleep(0.1)
+        assert not running(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -228,3 +228,24 @@ def test_a_local_run_resumed_in_a_later_session_keeps_the_moment_it_was_made(red
     rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *echo, "--out", str(out))  # another Redis
     assert load_run(redis_client, header["rsample_run"]).created_at == header["created_at"] < time.time() - 1
     assert len(read_jsonl(out)) == before + 1
+    redis_client.flushall()  # --overwrite of the same run's files resumes them, and keeps its moment too
+    rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *echo, "--out", str(out), "--overwrite")
+    assert load_run(redis_client, header["rsample_run"]).created_at == header["created_at"]
+
+
+def test_a_run_enqueued_anew_where_its_output_began_earlier_is_said(redis_server, redis_client, tmp_path):
+    """`rsample enqueue` again after Redis lost the run makes it anew, at another moment, which chat templates show as
+    the date: the coordinator says so and how to keep the first."""
+    from conftest import read_jsonl, rsample
+
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    out = tmp_path / "pairs.jsonl"
+    echo = ["--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-model", "r", "--reward-backend", "length"]
+    rsample("run", "--redis-url", redis_server.url, *echo, "--out", str(out), "--no-progress")
+    first = read_jsonl(out.with_name("pairs.outcomes.jsonl"))[0]["created_at"]
+    redis_client.flushall()
+    time.sleep(1.1)
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, *echo).stdout.strip()
+    assert load_run(redis_client, run_id).created_at > first
+    again = rsample("run", "--redis-url", redis_server.url, *echo, "--out", str(out), "--no-progress")
+    assert f"run {run_id} in this Redis was made on " in again.stderr and "`rsample forget` it, then `rsample resume --out" in again.stderr

@@ -21,7 +21,7 @@ from rq.registry import StartedJobRegistry
 
 from rsample.producer.dataset import count_rows, fingerprint, iter_rows
 from rsample.producer.driver.collector import Collector
-from rsample.producer.driver.ledger import Ledger
+from rsample.producer.driver.ledger import Ledger, output_header
 from rsample.producer.driver.run_lock import RunLock
 from rsample.producer.driver.summary import Summary, summarize
 from rsample.producer.feeder import Feeder
@@ -41,6 +41,19 @@ log = logging.getLogger(__name__)
 OUTCOMES_PUBLISH_SECONDS = 1.0
 """The outcome counts go to `rsample status` at most this often (and at the end): publishing them costs as much as
 there are skip reasons, which may be one per row."""
+
+
+def warn_if_made_again(config: RunConfig, out) -> None:
+    """A run made anew where its output began earlier (`rsample enqueue` again after Redis lost it; `resume` and
+    `aggregate` re-create it from its files instead): the date its chat templates show changes from here on."""
+    made = output_header(Path(out)).get("created_at")
+    if isinstance(made, (int, float)) and made > 0 and made != config.created_at:
+        def day(moment: float) -> str:
+            return time.strftime("%Y-%m-%d", time.gmtime(moment))
+
+        log.warning("run %s in this Redis was made on %s, its output %s on %s: chat templates that show the date render "
+                    "the rows still to come with the first (`rsample forget` it, then `rsample resume --out %s` makes it "
+                    "again from its files)", config.run_id, day(config.created_at), out, day(made), out)
 
 
 class Coordinator:
@@ -63,6 +76,7 @@ class Coordinator:
                 self.ledger.close()
                 self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
                                      config.output_settings(), start_over=True, created_at=config.created_at)
+            warn_if_made_again(config, out)
             self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)
             if retry_failed:  # a failure committed but left in the stream by a coordinator that died must not settle a retried row
                 self.collector.drain()

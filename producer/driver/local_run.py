@@ -149,7 +149,7 @@ def run_locally(config: RunConfig, options: LocalRunOptions) -> tuple[RunConfig,
         if embedded:
             redis_url = stack.enter_context(EmbeddedRedis()).url
         client = connect(redis_url)
-        config, existed = register_run(client, config if options.overwrite else with_created_at_of(config, options.out))
+        config, existed = register_run(client, with_created_at_of(config, options.out))  # another run's files: ignored
         coordinator = Coordinator(client, config, options.out, options.scores_out, options.overwrite, options.sft_out,
                                   options.retry_failed)
         stack.callback(coordinator.close)

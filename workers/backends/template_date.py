@@ -21,8 +21,11 @@ DATE_FORMAT = "%d %b %Y"
 CLOCK_VARIABLE = "rsample_clock"
 """The template variable that carries the run's moment, formatted directive by directive."""
 
-DIRECTIVES = (*"aAbBcCdDeFgGhHIjklmMnpPrRStTuUVwWxXyYzZ", *(f"-{letter}" for letter in "dmHIMSjy"))
-"""strftime's directives (glibc's, `%-d` unpadded included) that the macro formats; any other stays as written."""
+DIRECTIVES = (*"aAbBcCdDeFfgGhHIjklmMnpPrRStTuUVwWxXyYzZ", *(f"{flag}{letter}" for flag in "-_" for letter in "dmHIMSjyelk"),
+              *(f"^{letter}" for letter in "aAbBhp"))
+"""strftime's directives (glibc's, with its `-` unpadded, `_` space-padded and `^` upper-case forms) that the macro
+formats as transformers' `strftime_now` would, on a machine whose clock is in UTC (`%Z` and `%z` empty: its moment
+knows no zone); any other stays as written."""
 
 _PERCENT = "<rsample-percent>"
 
@@ -44,7 +47,9 @@ def pin_run_date(created_at: float | None) -> None:
 
 
 def _run_moment() -> datetime:
-    return datetime.fromtimestamp(_run_created_at if _run_created_at is not None else int(time.time()), tz=timezone.utc)
+    """In UTC, naive as `datetime.now()` is."""
+    moment = _run_created_at if _run_created_at is not None else int(time.time())
+    return datetime.fromtimestamp(moment, tz=timezone.utc).replace(tzinfo=None)
 
 
 def run_date() -> str:

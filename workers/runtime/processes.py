@@ -102,23 +102,28 @@ class Lineage:
             self._seen = {pid: identity for pid in descendants_to_stop(self.process.pid) if (identity := _identity(pid))}
 
     def stop_orphans(self) -> list[str]:
-        """SIGKILL for what the dead child left that still runs, as it was seen (a pid taken by another process since is
-        left alone); returns their command lines."""
+        """SIGKILL for what the dead child left that still runs, as it was seen (a number the kernel gave to another
+        process since is left alone); returns their command lines."""
         if self.process.poll() is None:
             return []
-        left = {pid: identity[1] for pid, identity in self._seen.items() if _identity(pid) == identity}
+        left = {pid: command for pid, (started, command) in self._seen.items() if _started(pid) == started}
         signal_pids(list(left), signal.SIGKILL)
         self._seen = {}
         return list(left.values())
 
 
 def _identity(pid: int) -> tuple[str, str] | None:
-    """(start time, command line): a process, not just its number, which the kernel hands out again."""
-    try:
-        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+    """(start time, command line): the start time tells a process from another given its number since (the command
+    line may change: vLLM renames its engine process as it starts); the command line is for saying what was stopped."""
+    started = _started(pid)
+    return None if started is None else (started, _cmdline(pid))
+
+
+def _started(pid: int) -> str | None:
+    try:  # bytes: a process's name (in parentheses, cut at 15 bytes) may hold half a UTF-8 character
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError, ValueError):
         return None
-    return started, _cmdline(pid)
 
 
 def _cmdline(pid: int) -> str:

@@ -227,7 +227,7 @@ def stop_signals_exit_now():
         yield
     finally:
         for signum, handler in before.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: one C code installed
 
 
 def run_slots(make_worker, slots: int, burst: bool) -> None:
