@@ -81,7 +81,6 @@ class WorkerProcesses:
                 preexec_fn=killed_with_parent,  # a killed `rsample run` leaves no orphan workers behind
             )
         self.processes.append((role, process, log_path))
-        self.lineages[process.pid] = Lineage(process)
 
     def start_for_run(self, config: RunConfig, generate_workers: int, *options: str) -> list[str]:
         """The workers `rsample run` starts for `config` on this machine (see `local_worker_roles`); returns their roles."""
@@ -95,7 +94,7 @@ class WorkerProcesses:
         for role, process, log_path in self.processes:
             code = process.poll()
             if code is None:
-                self.lineages[process.pid].look()
+                self._lineage(process).look()
                 continue
             self._stop_orphans(role, process)
             if code <= 0:  # stopped from outside: its last log line says nothing of why
@@ -116,8 +115,11 @@ class WorkerProcesses:
         for role, process, _ in self.processes:
             self._stop_orphans(role, process)
 
+    def _lineage(self, process: subprocess.Popen) -> Lineage:
+        return self.lineages.setdefault(process.pid, Lineage(process))
+
     def _stop_orphans(self, role: str, process: subprocess.Popen) -> None:
-        left = self.lineages[process.pid].stop_orphans()
+        left = self._lineage(process).stop_orphans()
         if left:
             log.warning("the %s worker (pid %d) left processes running; stopped them: %s", role, process.pid, ", ".join(left))
 

@@ -273,7 +273,8 @@ class Supervisor:
             if child.process is not None:
                 code = child.process.poll()
                 if code is None:
-                    child.lineage.look()
+                    if child.lineage is not None:
+                        child.lineage.look()
                 else:
                     self.reap(child, code)
             elif not child.given_up and time.monotonic() >= child.restart_at:
