@@ -366,6 +366,8 @@ def test_workers_without_a_run_wait_for_one_and_move_to_the_next_when_it_is_fini
         for n, reward in (("3", "length-reward"), ("2", "length-reward"), ("4", "other-length-reward")):
             run_ids.append(rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(chat_dataset), *echo_with(reward), "--n", n)
                            .stdout.strip().splitlines()[-1])
+            if len(run_ids) > 1:  # the supervisor looks every few seconds: a run done before it looked is one it never saw
+                wait_for(lambda: f"to run {run_ids[-1]}" in log.read_text(), 60, f"the supervisor to see run {run_ids[-1]}", interval=0.2)
             out = tmp_path / f"pairs-{n}.jsonl"
             rsample("aggregate", "--redis-url", redis_server.url, "--run", run_ids[-1], "--out", str(out), "--no-progress", timeout=120)
             assert assert_exactly_once(out, None, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
