@@ -1,13 +1,14 @@
 """Stopping a child stops what it started: a vLLM worker's engine process outlived its killed worker and held the
 GPU's memory (seen on an H200, 2026-11-28)."""
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import _live_descendants
+from conftest import _cmdline, _live_descendants
 
 from rsample.workers.runtime.processes import descendant_pids, kill_with_descendants
 
@@ -16,6 +17,18 @@ import subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"])
 time.sleep(120)
 """
+
+
+@contextlib.contextmanager
+def ended(*processes: subprocess.Popen):
+    """Whatever the test's outcome, its processes do not outlive it."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def running(pid: int) -> bool:
@@ -27,7 +40,7 @@ def running(pid: int) -> bool:
 
 def test_killing_a_child_kills_its_children_and_theirs():
     parent = subprocess.Popen([sys.executable, "-c", PARENT])
-    try:
+    with ended(parent):
         deadline = time.monotonic() + 60
         while len(_live_descendants(parent.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -41,10 +54,6 @@ def test_killing_a_child_kills_its_children_and_theirs():
             _live_descendants(parent.pid)
             time.sleep(0.1)
         assert not [pid for pid in tree if running(pid)]
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
 
 
 SHARED_MEMORY = """
@@ -60,11 +69,11 @@ def test_a_killed_childs_shared_memory_is_still_cleaned_up():
     """Python's resource tracker unlinks what a killed process left in /dev/shm (vLLM's engine leaves some): killing the
     tracker with the process left the segments there for good."""
     parent = subprocess.Popen([sys.executable, "-c", SHARED_MEMORY], stdout=subprocess.PIPE, text=True)
-    try:
+    with ended(parent):
         segment = Path("/dev/shm") / parent.stdout.readline().strip().lstrip("/")
         assert segment.exists()
-        deadline = time.monotonic() + 30
-        while not descendant_pids(parent.pid) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # the tracker's own command line: forked, not yet exec'd, it is the parent's
+        while not any("resource_tracker" in _cmdline(pid) for pid in descendant_pids(parent.pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         kill_with_descendants(parent)
         parent.wait(timeout=10)
@@ -73,10 +82,6 @@ def test_a_killed_childs_shared_memory_is_still_cleaned_up():
             _live_descendants(parent.pid)
             time.sleep(0.2)
         assert not segment.exists()
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
 
 
 CLOSING = """
@@ -95,7 +100,7 @@ def test_a_stop_signal_while_the_models_shut_down_ends_the_worker_and_its_engine
     """RQ's handler raised StopRequested in the middle of closing the models, leaving vLLM's engine running (and the
     worker hanging at exit): now the worker exits at once, and tells its engine process to stop."""
     worker = subprocess.Popen([sys.executable, "-c", CLOSING], stdout=subprocess.PIPE, text=True)
-    try:
+    with ended(worker):
         engine = int(worker.stdout.readline())
         assert worker.wait(timeout=20) == 128 + 15
         assert "lost" not in worker.stdout.read()
@@ -104,10 +109,6 @@ def test_a_stop_signal_while_the_models_shut_down_ends_the_worker_and_its_engine
             _live_descendants(worker.pid)
             time.sleep(0.1)
         assert not running(engine)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
 
 
 def test_what_a_dead_child_left_running_is_stopped_and_a_pid_taken_since_is_left_alone():
@@ -117,7 +118,7 @@ def test_what_a_dead_child_left_running_is_stopped_and_a_pid_taken_since_is_left
 
     parent = subprocess.Popen([sys.executable, "-c", PARENT])
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
+    with ended(parent, bystander):
         lineage = Lineage(parent, every=0)
         deadline = time.monotonic() + 60
         while len(_live_descendants(parent.pid)) < 2 and time.monotonic() < deadline:
@@ -135,11 +136,6 @@ def test_what_a_dead_child_left_running_is_stopped_and_a_pid_taken_since_is_left
             _live_descendants(os.getpid())
             time.sleep(0.1)
         assert not [pid for pid in tree if running(pid)] and bystander.poll() is None
-    finally:
-        for process in (parent, bystander):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 def test_the_supervisor_stops_what_a_worker_that_died_at_once_left_running(tmp_path, capsys):
@@ -152,7 +148,7 @@ def test_the_supervisor_stops_what_a_worker_that_died_at_once_left_running(tmp_p
     child.log_path.write_text("loading the policy\n")
     child.process = subprocess.Popen([sys.executable, "-c", PARENT])
     child.lineage, child.started_at = Lineage(child.process, every=0), time.monotonic()
-    try:
+    with ended(child.process):
         deadline = time.monotonic() + 60
         while len(_live_descendants(child.process.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -169,10 +165,6 @@ def test_the_supervisor_stops_what_a_worker_that_died_at_once_left_running(tmp_p
             _live_descendants(os.getpid())
             time.sleep(0.1)
         assert not [pid for pid in tree if running(pid)]
-    finally:
-        if child.process is not None and child.process.poll() is None:
-            child.process.kill()
-            child.process.wait()
 
 
 RENAMED = """
@@ -188,7 +180,7 @@ def test_an_orphan_that_renamed_itself_since_it_was_seen_is_stopped_too():
     from rsample.workers.runtime.processes import Lineage
 
     parent = subprocess.Popen([sys.executable, "-c", RENAMED])
-    try:
+    with ended(parent):
         lineage = Lineage(parent, every=0)
         deadline = time.monotonic() + 30
         while not _live_descendants(parent.pid) and time.monotonic() < deadline:
@@ -206,7 +198,3 @@ def test_an_orphan_that_renamed_itself_since_it_was_seen_is_stopped_too():
             _live_descendants(os.getpid())
             time.sleep(0.1)
         assert not running(child)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()

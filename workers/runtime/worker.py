@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Callable, NoReturn
 
 from rq import SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
@@ -177,9 +177,7 @@ class MainWorker(HeartbeatWorker):
         retries: being stopped is not the job's failure (a preemptible machine may stop many times)."""
         log.warning("worker %s: second stop signal, exiting now", self.name)
         self._release_running_jobs()
-        signal_pids(descendants_to_stop(os.getpid()), signal.SIGTERM)  # vLLM's engine process shuts down on it
-        logging.shutdown()
-        os._exit(128 + signum)
+        exit_now(signum)
 
     def _release_running_jobs(self, timeout: float = defaults.RELEASE_TIMEOUT) -> None:
         """Marks this process's running jobs as abandoned and its job loops as dead, now; bounded in time, since Redis
@@ -207,6 +205,14 @@ class MainWorker(HeartbeatWorker):
         thread.join(timeout)
 
 
+def exit_now(signum: int) -> NoReturn:
+    """Ends the process without Python's exit hooks, which would join a vLLM engine process that nothing stopped:
+    that process is told to stop (SIGTERM) first."""
+    signal_pids(descendants_to_stop(os.getpid()), signal.SIGTERM)
+    logging.shutdown()
+    os._exit(128 + signum)
+
+
 @contextlib.contextmanager
 def stop_signals_exit_now():
     """While the models shut down: RQ's handlers would raise StopRequested in the middle of it (leaving an engine
@@ -215,14 +221,12 @@ def stop_signals_exit_now():
         yield
         return
 
-    def exit_now(signum, frame):
+    def on_signal(signum, frame):
         log.warning("stop signal while the models shut down: exiting now")
-        signal_pids(descendants_to_stop(os.getpid()), signal.SIGTERM)
-        logging.shutdown()
-        os._exit(128 + signum)
+        exit_now(signum)
 
     handled = [signal.SIGTERM] + ([] if MainWorker.sigint_ignored else [signal.SIGINT])
-    before = {signum: signal.signal(signum, exit_now) for signum in handled}
+    before = {signum: signal.signal(signum, on_signal) for signum in handled}
     try:
         yield
     finally:
