@@ -5,7 +5,8 @@ queues, rendering, tokenization and scoring rounds.
 
     python bench/emulated_device.py                       # H200-like: 114,000 tokens/s (bench/results), 5 ms per launch
     python bench/emulated_device.py --rate 30000 --launch-ms 2
-    python bench/emulated_device.py --overlap                # as a GPU's stream: launches overlap the device's work
+    python bench/emulated_device.py --overlap                # as a GPU's stream: 700 ops a pass, each letting go of the GIL
+    RSAMPLE_RENDER_PROCESSES=2 python bench/emulated_device.py --overlap   # the worker renders in 2 processes of its own
 
 (a) the device alone: the same conversations tokenized and globally sorted into greedy token-budget batches, their
 emulated time summed (what the direct loop of `reward_throughput.py` measures on a real GPU). (b) the pipeline: the
@@ -17,15 +18,35 @@ to the last pair written. (b)/(a) below 1 is what the host path costs; the worke
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 RATE_ENV, LAUNCH_ENV, OVERLAP_ENV = "RSAMPLE_EMULATED_TOKENS_PER_S", "RSAMPLE_EMULATED_LAUNCH_MS", "RSAMPLE_EMULATED_OVERLAP"
+
+
+OPS_PER_PASS = 700
+"""Kernels a Llama-3.2-1B-shaped forward pass launches in transformers (about 45 a layer, 16 layers)."""
+STREAM_DEPTH = 1024
+"""Launches a CUDA stream holds before the next one blocks the host."""
+RELEASING_CALL = b"x" * 8192
+"""Hashing it lets go of the GIL for a few microseconds (hashlib does for data over 2 KiB), as PyTorch's op does
+around a kernel's dispatch and launch."""
+
+
+def launch_op() -> None:
+    hashlib.sha256(RELEASING_CALL)
+
+
+def op_seconds() -> float:
+    began = time.perf_counter()
+    for _ in range(OPS_PER_PASS):
+        launch_op()
+    return (time.perf_counter() - began) / OPS_PER_PASS
 
 
 def launch_steps(seconds: float) -> int:
@@ -41,6 +62,7 @@ def emulated_reward_model_class():
     """Defined on first use: the worker entry imports this module before it swaps the class into the registry."""
     from rsample.workers.backends.batching import TokenBudget
     from rsample.workers.backends.models import load_tokenizer
+    from rsample.workers.backends.render_processes import make_renderer
     from rsample.workers.backends.scoring_rounds import ScoringRounds
     from rsample.workers.backends.transformers_reward import TransformersRewardModel
 
@@ -55,9 +77,9 @@ def emulated_reward_model_class():
             self.pad_token_id = None  # the sequences as rendered
             budget = TokenBudget(models.reward_token_budget, models.reward_micro_batch, models.reward_pass_cost)
             self.rounds = ScoringRounds(budget, self._overlapped if self.overlap else self._forward, self._read)
-            self._tokenizer_lock = threading.Lock()
+            self.renderer = make_renderer(spec, self.tokenizer, False, None)  # in processes where $RSAMPLE_RENDER_PROCESSES says
             self.gpu_free_at = 0.0
-            self.launch_steps = launch_steps(self.launch)
+            self.steps_per_op = launch_steps(max(0.0, self.launch / OPS_PER_PASS - op_seconds()))
 
         def _read(self, per_batch):
             self._wait_for_gpu()  # reading the scores waits for the device
@@ -69,15 +91,22 @@ def emulated_reward_model_class():
                 time.sleep(wait)  # the GIL released, as while waiting for a GPU; taken back after, against the slots
 
         def _overlapped(self, batch):
-            """A GPU's stream: the pass's launches (Python work, stretched when other threads hold the GIL) queue its
-            work behind what the device still runs, with no wait (the worker passes no attention mask to a decoder,
-            so nothing reads the device back before the round ends); the device ends the pass no earlier than its
-            last launch."""
-            began = time.perf_counter()
-            for _ in range(self.launch_steps):
-                pass
-            work = len(batch) * max(len(ids) for ids in batch) / self.rate
-            self.gpu_free_at = max(time.perf_counter(), max(self.gpu_free_at, began) + work)
+            """A GPU's stream: the pass is launched as `OPS_PER_PASS` ops, each Python work holding the GIL and then a
+            call that lets go of it (a thread that wants the GIL takes it then, and the launching thread waits for
+            it back, up to the interpreter's switch interval), and each queues its share of the pass's work behind
+            what the device still runs; a launch waits, the GIL let go, while the stream is full. Nothing reads
+            the device back before the round ends (the worker passes no attention mask to a decoder)."""
+            share = len(batch) * max(len(ids) for ids in batch) / self.rate / OPS_PER_PASS
+            for _ in range(OPS_PER_PASS):
+                for _ in range(self.steps_per_op):
+                    pass
+                launch_op()
+                now = time.perf_counter()
+                full = self.gpu_free_at - STREAM_DEPTH * share - now
+                if full > 0:
+                    time.sleep(full)
+                    now = time.perf_counter()
+                self.gpu_free_at = max(self.gpu_free_at, now) + share
             return [0.0] * len(batch)
 
         @classmethod

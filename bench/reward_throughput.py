@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import re
 import subprocess
@@ -47,8 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--pass-costs", action="store_true", help="also time single passes of a few shapes (the device's cost of a pass)")
     parser.add_argument("--busy-threads", type=int, default=0,
-                        help="(a) runs its passes a second time while this many threads render chat templates, as the worker's "
-                             "slots do: the host's contention (the GIL, and the cores the tokenizer takes)")
+                        help="(a) runs its passes a second time while this many threads render chat templates one at a time, "
+                             "as the worker's slots do: the host's contention (the GIL, and the cores the tokenizer takes)")
+    parser.add_argument("--render-processes", type=int, default=0,
+                        help="(b) runs a second time with the worker's templates rendered in this many processes of their "
+                             "own ($RSAMPLE_RENDER_PROCESSES), right after the first")
     parser.add_argument("--repeats", type=int, default=2, help="alternate (a) and (b) this many times; the best of each counts")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--side", choices=["direct"], help=argparse.SUPPRESS)
@@ -156,17 +160,35 @@ def direct(args, config: RunConfig) -> dict:
 
 
 @contextlib.contextmanager
+def rendering_processes(processes: int):
+    """The workers started inside the block render in `processes` processes each (they inherit the environment)."""
+    from rsample.workers.backends.render_processes import PROCESSES_ENV
+
+    before = os.environ.get(PROCESSES_ENV)
+    os.environ[PROCESSES_ENV] = str(processes)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[PROCESSES_ENV]
+        else:
+            os.environ[PROCESSES_ENV] = before
+
+
+@contextlib.contextmanager
 def rendering_meanwhile(tokenizer, every: list[list[dict]], threads: int, job: int = 256):
-    """`threads` threads render and tokenize `job` conversations at a time, round and round, until the block ends:
-    Python work that wants the GIL while the device thread launches its passes."""
-    from rsample.workers.backends.templates import render_conversations
+    """`threads` threads render and tokenize `job` conversations at a time, one thread at a time as the worker's slots
+    do (`InProcessRenderer`), round and round, until the block ends: Python work that wants the GIL while the device
+    thread launches its passes."""
+    from rsample.workers.backends.render_processes import InProcessRenderer
 
     stop = threading.Event()
+    renderer = InProcessRenderer(tokenizer, None)
 
     def render(offset: int) -> None:
         start = offset
         while not stop.is_set():
-            render_conversations(tokenizer, every[start:start + job] or every[:job])
+            renderer.render(every[start:start + job] or every[:job])
             start = (start + job) % len(every)
 
     workers = [threading.Thread(target=render, args=(index * job,), daemon=True) for index in range(threads)]
@@ -219,18 +241,28 @@ def main(argv=None) -> None:
         config = make_config(args, workdir, build_reward(args, workdir))
         (workdir / "config.json").write_text(config.to_json())
         count = len(conversations(config))
-        directs, workers = [], []
+        directs, workers, rendered_apart = [], [], []
         for attempt in range(args.repeats):  # alternating, so that a disturbance of the machine hits both sides
             process = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", "direct", "--workdir", str(workdir)],
                                      capture_output=True, text=True, cwd=REPO)
             if process.returncode:
                 sys.exit(f"side (a) failed:\n{process.stderr[-3000:]}")
             directs.append(json.loads((workdir / "direct.json").read_text()))
+            worker_args = ("--slots", str(args.worker_slots)) if args.worker_slots else ()
             with GpuMemoryPeak() as peak:
-                worker_args = ("--slots", str(args.worker_slots)) if args.worker_slots else ()
                 result = run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args)
             workers.append((result, peak.peak_mib))
             print(f"attempt {attempt}: (a) {directs[-1]['seconds']:.2f} s, (b) {result.seconds:.2f} s", flush=True)
+            if args.render_processes:
+                with rendering_processes(args.render_processes):
+                    rendered_apart.append(run_pipeline(config, workdir / f"pipeline-{attempt}-apart", worker_args=worker_args))
+                apart_logs = workdir / f"pipeline-{attempt}-apart" / "logs"
+                if not logged(apart_logs, "chat templates rendered in"):
+                    sys.exit(f"the reward worker did not render in processes of its own: see {apart_logs}")
+                print(f"    (b) again, templates rendered in {args.render_processes} processes of their own: "
+                      f"{rendered_apart[-1].seconds:.2f} s ({directs[-1]['tokens'] / rendered_apart[-1].seconds:.0f} tokens/s, "
+                      f"{directs[-1]['seconds'] / rendered_apart[-1].seconds:.3f} of (a)); "
+                      f"{rounds_line(apart_logs)}", flush=True)
             gpu, rounds = directs[-1]["gpu_pass_seconds"], rounds_line(workdir / f"pipeline-{attempt}" / "logs")
             print(f"    (a) {directs[-1]['batches']} passes, {directs[-1]['padding']:.1%} padding"
                   + (f", GPU ran passes {gpu:.2f} s" if gpu is not None else "") + f"; (b) {rounds}", flush=True)
@@ -261,6 +293,11 @@ def main(argv=None) -> None:
     figures = {"device": device, "shape": args.shape, "conversations": args.prompts * args.n, "tokens": tokens, "pass_cost": args.pass_cost,
                "direct_tokens_per_s": round(tokens / a, 1), "worker_tokens_per_s": round(tokens / b.seconds, 1),
                "ratio": round(a / b.seconds, 3)}
+    if rendered_apart:
+        apart = min(run.seconds for run in rendered_apart)
+        print(f"{'(b) the same, rendering in ' + str(args.render_processes) + ' processes':<44}{apart:>10.2f}{tokens / apart:>12.0f}")
+        figures["render_processes"] = {"processes": args.render_processes, "worker_tokens_per_s": round(tokens / apart, 1),
+                                       "ratio": round(a / apart, 3)}
     if args.busy_threads:
         figures["busy_threads"] = {"threads": args.busy_threads, "seconds_alone": directs[0]["seconds"],
                                    "seconds_with_threads": directs[0]["contended"][0], "gpu_seconds_alone": directs[0]["gpu_pass_seconds"],
@@ -272,9 +309,12 @@ def main(argv=None) -> None:
 
 def rounds_line(log_dir: Path) -> str:
     """The reward worker's own account of how it fed the device (its last `reward rounds:` log line)."""
-    lines = [line for path in sorted(log_dir.glob("*.log")) for line in path.read_text(errors="replace").splitlines()
-             if "reward rounds:" in line]
+    lines = logged(log_dir, "reward rounds: ")
     return lines[-1].split("reward rounds: ", 1)[1] if lines else "no rounds logged"
+
+
+def logged(log_dir: Path, marker: str) -> list[str]:
+    return [line for path in sorted(log_dir.glob("*.log")) for line in path.read_text(errors="replace").splitlines() if marker in line]
 
 
 def gpu_time_per_padded_token(direct: dict, worker_rounds: str) -> tuple[float, float] | None:

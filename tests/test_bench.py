@@ -34,7 +34,7 @@ def test_the_gpu_check_rehearses_on_a_cpu(tmp_path):
 def test_reward_throughput_runs_and_counts_its_conversations(tmp_path):
     out = tmp_path / "figures.json"
     printed = run_bench("reward_throughput.py", "--prompts", "8", "--n", "2", "--max-words", "40", "--batch-size", "4", "--repeats", "1",
-                        "--busy-threads", "2", "--out", str(out)).stdout
+                        "--busy-threads", "2", "--render-processes", "1", "--out", str(out)).stdout
     figures = json.loads(out.read_text())
     assert figures["conversations"] == 16 and figures["tokens"] > 16 * 8
     # the worker's log at exit accounts for every token the direct side read, fed in rounds
@@ -42,6 +42,10 @@ def test_reward_throughput_runs_and_counts_its_conversations(tmp_path):
     assert figures["direct_tokens_per_s"] > 0 and figures["worker_tokens_per_s"] > 0
     assert re.search(r"\(a\) again with 2 threads rendering meanwhile: [\d.]+ s", printed), printed
     assert figures["busy_threads"]["threads"] == 2 and figures["busy_threads"]["seconds_with_threads"] > 0
+    # again with the worker's templates rendered in a process of their own: the same tokens scored
+    assert re.search(rf"rendered in 1 processes of their own: [\d.]+ s .*; \d+ rounds of [\d.]+ jobs, \d+ passes, {figures['tokens']} tokens",
+                     printed), printed
+    assert figures["render_processes"]["processes"] == 1 and figures["render_processes"]["worker_tokens_per_s"] > 0
 
 
 def test_batching_cost_counts_least_cost_rounds_cheaper_than_greedy_ones():

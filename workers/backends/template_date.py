@@ -5,8 +5,9 @@ Granite 3's and Mistral Small 3.1's for the date in their default system prompt.
 process that renders: one prompt became other tokens on workers in other time zones, or after midnight (a vLLM
 sample's seed comes from the prompt's tokens, so re-running a job sampled other completions), and a reward model
 scored the same conversation differently. Every tokenizer rsample loads renders with a `strftime_now` of its own,
-a macro ahead of the template that formats the moment the run was registered, in UTC; and with `date_string`
-(which the Llama templates read first) set to that date, unless `--chat-template-kwargs` gives one.
+a macro ahead of the template that formats the moment the run was first made (its `created_at`, kept when the run
+is registered again), in UTC; and with `date_string` (which the Llama templates read first) set to that date,
+unless `--chat-template-kwargs` gives one.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ def pin_run_date(created_at: float | None) -> None:
     """The run this process renders for (a worker: the run it serves; None: now)."""
     global _run_created_at
     _run_created_at = created_at or None
+
+
+def pinned_run_date() -> float | None:
+    """What `pin_run_date` was given, for a process that renders on this one's behalf."""
+    return _run_created_at
 
 
 def _run_moment() -> datetime:

@@ -11,11 +11,11 @@ SDPA runs its causal kernel and the host never waits for the device between pass
 from __future__ import annotations
 
 import logging
-import threading
 
 from rsample.workers.backends.batching import TokenBudget
 from rsample.workers.backends.device_clock import pass_clock
 from rsample.workers.backends.models import check_reward_model, context_length, load_tokenizer, load_weights, resolve_device, resolve_dtype
+from rsample.workers.backends.render_processes import make_renderer
 from rsample.workers.backends.scoring_rounds import ScoringRounds
 from rsample.workers.backends.templates import render_conversations
 from rsample.workers.common import defaults
@@ -42,8 +42,8 @@ class TransformersRewardModel:
     """Conversations rendered with the reward model's own chat template, length-sorted into right-padded batches that
     fill a token budget.
 
-    Thread-safe for a worker's slots: each renders and tokenizes its job (one at a time: the tokenizer's settings
-    are shared state) and hands it to `ScoringRounds`, whose one thread runs every waiting job's sequences
+    Thread-safe for a worker's slots: each renders and tokenizes its job (or has it done in processes of their own,
+    `render_processes`) and hands it to `ScoringRounds`, whose one thread runs every waiting job's sequences
     together on the device, so the device is not left waiting for the CPU and short jobs do not batch badly.
     """
 
@@ -67,7 +67,7 @@ class TransformersRewardModel:
             self._check_output()
         self.needs_mask = self.head is None or not padding_is_invisible(self.head[0], self.device)
         self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
-        self._tokenizer_lock = threading.Lock()
+        self.renderer = make_renderer(spec, self.tokenizer, trust_remote_code, self.pad_token_id)
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> TransformersRewardModel:
@@ -77,13 +77,15 @@ class TransformersRewardModel:
                    models.reward_pass_cost, models.max_model_len)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
-        with self._tokenizer_lock:
-            encoded = render_conversations(self.tokenizer, conversations, self.pad_token_id)
+        encoded = self.renderer.render(conversations)
         fitting = [i for i, ids in enumerate(encoded) if len(ids) <= self.context]
         scores: list[float | None] = [None] * len(conversations)
         for index, value in zip(fitting, self.rounds.score([encoded[i] for i in fitting])):
             scores[index] = value
         return scores
+
+    def close(self) -> None:
+        self.renderer.close()
 
     def _check_output(self) -> None:
         """A model with its own forward must give one score per conversation: found out at load, not in every job."""

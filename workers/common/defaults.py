@@ -69,6 +69,10 @@ REWARD_PASS_COST = 1024
 """What one reward forward pass costs beyond its padded tokens (kernel launches, host work, a GPU not yet full),
 counted in padded tokens: the batch split trades padding against passes by it (`--reward-pass-cost`)."""
 
+RENDER_PROCESSES_START_SECONDS = 300.0
+"""How long the render processes may take to start (import transformers, load the tokenizer) before the worker
+says they failed."""
+
 REWARD_SLOTS_ON_GPU = 32
 """Jobs a transformers reward worker on a GPU holds at once: while a round of the waiting ones runs, the others
 tokenize theirs, so rounds pool about half of them (a job of 16 prompts x n=8 is only 128 sequences). On an H200 the
