@@ -40,7 +40,7 @@ def prompt_id_of(messages: Conversation) -> str:
 
 def _check_messages(value: Any, row_index: int, column: str = "messages") -> Conversation | RowSkip:
     if not isinstance(value, list) or not value:
-        kind = "an empty list" if isinstance(value, list) else type(value).__name__
+        kind = "an empty list" if isinstance(value, list) else "text, not a JSON list of chat turns" if isinstance(value, str) else type(value).__name__
         return RowSkip(row_index, "messages is not a non-empty list", f"row {row_index}: {column!r} is {kind}")
     conversation: Conversation = []
     for turn, message in enumerate(value):
@@ -69,7 +69,7 @@ def _check_messages(value: Any, row_index: int, column: str = "messages") -> Con
             content = "".join(part["text"] for part in content)
         if not isinstance(content, str):
             return RowSkip(row_index, "non-string content", f"{where}: content is {type(content).__name__}")
-        if not content.strip():
+        if not content.strip() and role != "system":  # an empty system turn is rendered as written (templates differ without one)
             return RowSkip(row_index, "empty content", f"{where}: {role} content is empty")
         conversation.append({"role": role, "content": content})
     return conversation
@@ -126,7 +126,7 @@ def _with_system_prompt(messages: Conversation, system_prompt: str | None) -> Co
     if not system_prompt:
         return messages
     if messages[0]["role"] == "system":
-        merged = f"{system_prompt}\n\n{messages[0]['content']}"
+        merged = f"{system_prompt}\n\n{messages[0]['content']}" if messages[0]["content"].strip() else system_prompt
         return [{"role": "system", "content": merged}, *messages[1:]]
     return [{"role": "system", "content": system_prompt}, *messages]
 
@@ -140,11 +140,22 @@ def _prompt(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple
         if row.get(column) is None:
             return RowSkip(row_index, f"no {column} field", f"row {row_index}: {_describe_fields(row)}")
     else:
-        column = next((name for name in AUTO_PROMPT_COLUMNS if row.get(name) is not None), None)
+        column = _auto_column(row)
         if column is None:
             return RowSkip(row_index, "no messages, prompt or conversations field",
                            f"row {row_index}: {_describe_fields(row)} (--prompt-column names another)")
     return _conversation(row[column], row_index, column)
+
+
+def _auto_column(row: dict) -> str | None:
+    """The first of `AUTO_PROMPT_COLUMNS` that holds a prompt (a dataset merged from two schemas leaves the other's
+    column empty), else the first the row has (its skip then says why), else None."""
+    present = [name for name in AUTO_PROMPT_COLUMNS if row.get(name) is not None]
+    return next((name for name in present if not _is_empty(row[name])), present[0] if present else None)
+
+
+def _is_empty(value: Any) -> bool:
+    return value == [] or (isinstance(value, str) and not value.strip())
 
 
 def _joined(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple[Conversation, None] | RowSkip:
@@ -178,12 +189,23 @@ def _conversation(value: Any, row_index: int, column: str) -> tuple[Conversation
         return [{"role": "user", "content": value}], None
     if not isinstance(value, list) and column not in ("messages", "conversations"):
         return RowSkip(row_index, "non-string content", f"row {row_index}: {column!r} is {type(value).__name__}")
+    if isinstance(value, str):  # a CSV (or any text-only format) holds chat turns as JSON text
+        value = _json_turns(value)
     checked = _check_messages(_without_empty_reply(value), row_index, column)
     if isinstance(checked, RowSkip):
         return checked
     if checked[-1]["role"] == "assistant":
         return checked[:-1], checked[-1]["content"]
     return checked, None
+
+
+def _json_turns(text: str) -> Any:
+    """Chat turns written as JSON text, decoded; `text` itself when it holds no JSON list (then skipped, and said)."""
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return text
+    return decoded if isinstance(decoded, list) else text
 
 
 def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
@@ -210,7 +232,7 @@ def _reference_thinking(row: dict, prompt_columns: tuple[str, ...], reference_co
     if reference_column is not None:
         turns = row.get(reference_column)
     else:
-        column = prompt_columns[0] if len(prompt_columns) == 1 else next((name for name in AUTO_PROMPT_COLUMNS if row.get(name) is not None), None)
+        column = prompt_columns[0] if len(prompt_columns) == 1 else _auto_column(row)
         turns = row.get(column) if column is not None and not prompt_columns[1:] else None
     last = turns[-1] if isinstance(turns, list) and turns and isinstance(turns[-1], dict) else {}
     thinking = last.get("thinking")

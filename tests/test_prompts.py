@@ -169,3 +169,39 @@ def test_a_tools_column_that_holds_none_in_any_spelling_is_no_tool_use():
     for none in ("None", "nan", "null", " ", float("nan")):
         record = extract_prompt({"prompt": "q", "tools": none}, 0)
         assert isinstance(record, PromptRecord), none
+
+
+def test_a_row_whose_messages_are_empty_is_read_from_its_prompt_column():
+    """A dataset merged from two schemas holds `messages: []` where its rows have a `prompt`: the prompt was skipped."""
+    record = extract_prompt({"messages": [], "prompt": "Name a river.", "conversations": None}, 4)
+    assert isinstance(record, PromptRecord) and record.messages == [{"role": "user", "content": "Name a river."}]
+    assert record.prompt_id == extract_prompt({"prompt": "Name a river."}, 0).prompt_id
+    nothing = extract_prompt({"messages": [], "prompt": "  "}, 4)  # neither holds a prompt: the first one's skip says why
+    assert (nothing.reason, nothing.detail) == ("messages is not a non-empty list", "row 4: 'messages' is an empty list")
+
+
+def test_an_empty_system_turn_is_kept_as_the_dataset_wrote_it():
+    """Many chat exports open with `{"role": "system", "content": ""}`: those rows were skipped. Kept, not dropped: a
+    template renders a conversation without a system turn differently (Llama 3.1's adds its own)."""
+    turns = [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    record = extract_prompt({"messages": turns}, 0)
+    assert isinstance(record, PromptRecord) and record.messages == turns[:2] and record.reference_completion == "hello"
+    steered = extract_prompt({"messages": turns}, 0, system_prompt="Be brief.")  # --system-prompt takes the empty turn's place
+    assert steered.messages == [{"role": "system", "content": "Be brief."}, turns[1]]
+    assert extract_prompt({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": " "}]}, 2).reason == "empty content"
+
+
+def test_chat_turns_written_as_json_text_are_read_as_turns(tmp_path):
+    """A CSV file can only hold text: its `messages` cells are JSON. They were skipped as "'messages' is str"."""
+    from rsample.producer.dataset import iter_rows
+    from rsample.workers.common.config import DataSelection
+
+    turns = [{"role": "user", "content": "Say \"hi\", then stop."}, {"role": "assistant", "content": "hi"}]
+    path = tmp_path / "chats.csv"
+    path.write_text('id,messages\n1,"' + json.dumps(turns).replace('"', '""') + '"\n2,not turns at all\n', encoding="utf-8")
+    (_, first), (_, second) = iter_rows(DataSelection(str(path)))
+    assert isinstance(first["messages"], str)  # as the file holds it
+    record, skip = extract_prompt(first, 0), extract_prompt(second, 1)
+    assert record.messages == turns[:1] and record.reference_completion == "hi"
+    assert record.prompt_id == extract_prompt({"messages": turns}, 0).prompt_id
+    assert (skip.reason, skip.detail) == ("messages is not a non-empty list", "row 1: 'messages' is text, not a JSON list of chat turns")
