@@ -130,19 +130,68 @@ sys.stdin.read()
 """
 
 
-def test_render_processes_of_a_worker_killed_outright_end_too(reward_path):
-    """SIGKILL (the OOM killer, a scheduler past its grace period) never lets the worker close its pool."""
+@pytest.mark.parametrize("when", ["while they start", "once they render"])
+def test_render_processes_of_a_worker_killed_outright_end_too(reward_path, when):
+    """SIGKILL (the OOM killer, a scheduler past its grace period) never lets the worker close its pool; killed while
+    they start, they are another parent's before they look for theirs."""
     worker = subprocess.Popen([sys.executable, "-c", WORKER, reward_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert worker.stdout.readline().strip() == "ready"
-        [child] = [pid for pid in _live_descendants(worker.pid) if "multiprocessing.spawn" in _cmdline(pid)]
+        if when == "once they render":
+            assert worker.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not (children := [pid for pid in _live_descendants(worker.pid) if "multiprocessing.spawn" in _cmdline(pid)]):
+            assert time.monotonic() < deadline, "no render process started"
+            time.sleep(0.01)
         worker.kill()
         worker.wait()
-        deadline = time.monotonic() + 20  # orphaned, it is this test process's (the suite's subreaper, conftest)
-        while child in _live_descendants(os.getpid()) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # orphaned, they are this test process's (the suite's subreaper, conftest)
+        while set(children) & set(_live_descendants(os.getpid())) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert child not in _live_descendants(os.getpid())
+        assert not set(children) & set(_live_descendants(os.getpid()))
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+NEVER_ENDS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}"
+
+
+def test_a_render_that_never_ends_does_not_keep_the_worker_from_stopping(reward_path, tmp_path):
+    import threading
+
+    spec = with_template(reward_path, tmp_path / "endless", NEVER_ENDS)
+    renderer = ProcessRenderer(spec, False, None, 1)
+    stuck = threading.Thread(target=lambda: pytest.raises(Exception, renderer.render, CONVERSATIONS[:1]), daemon=True)
+    stuck.start()
+    deadline = time.monotonic() + 60
+    while not render_processes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1)  # the render has begun
+    began = time.monotonic()
+    renderer.close(grace=1.0)
+    assert time.monotonic() - began < 10
+    deadline = time.monotonic() + 10
+    while render_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert render_processes() == []
+    stuck.join(10)
+    assert not stuck.is_alive()  # the call that waited on it ended too (the pool said it broke)
+
+
+def test_a_stop_signal_to_the_workers_whole_group_leaves_its_render_processes_to_the_worker(reward_path):
+    """systemd, Slurm and `kill -- -PGID` signal every process of the group while the worker finishes its jobs."""
+    tokenizer = AutoTokenizer.from_pretrained(reward_path)
+    expected = InProcessRenderer(tokenizer, None).render(CONVERSATIONS)
+    renderer = ProcessRenderer(reward_path, False, None, 1)
+    try:
+        renderer.check()
+        [child] = render_processes()
+        os.kill(child, signal.SIGTERM)
+        os.kill(child, signal.SIGINT)
+        time.sleep(0.5)
+        assert render_processes() == [child] and renderer.render(CONVERSATIONS) == expected
+    finally:
+        renderer.close()
+    assert render_processes() == []

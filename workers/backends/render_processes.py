@@ -18,8 +18,9 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import connection
 
 from rsample.workers.backends.template_date import pin_run_date, pinned_run_date
 from rsample.workers.backends.templates import render_conversations
@@ -69,9 +70,10 @@ class ProcessRenderer:
     def __init__(self, spec: str, trust_remote_code: bool, pad_token_id: int | None, processes: int):
         self.spec = spec
         self.pad_token_id = pad_token_id
-        self._start_args = (spec, trust_remote_code)
+        self._start_args = (spec, trust_remote_code, os.getpid())
         self._processes = processes
         self._lock = threading.Lock()
+        self._closed = False
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -86,14 +88,20 @@ class ProcessRenderer:
             return self._render_with(self._pool, conversations)
 
     def _render_with(self, pool: ProcessPoolExecutor, conversations: list[Conversation]) -> list[list[int]]:
+        call = None
         try:
-            return wait_interruptibly(pool.submit(_render, conversations, self.pad_token_id, pinned_run_date()))
+            call = pool.submit(_render, conversations, self.pad_token_id, pinned_run_date())
+            return wait_interruptibly(call)
         except BrokenProcessPool as exc:
             with self._lock:
-                if self._pool is pool:
+                if self._pool is pool and not self._closed:
                     log.warning("a render process of reward model %r died (%s): starting them again", self.spec, first_line(exc))
-                    pool.shutdown(wait=False, cancel_futures=True)
+                    _stop(pool, 0.0)
                     self._pool = self._start()
+            raise
+        except BaseException:
+            if call is not None:
+                call.cancel()  # a job whose time is up: its render, not yet begun, must not hold a process from the next jobs
             raise
 
     def check(self, timeout: float = defaults.RENDER_PROCESSES_START_SECONDS) -> None:
@@ -101,16 +109,42 @@ class ProcessRenderer:
         probe = [[{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hello!"}]]
         try:  # as many calls at once as processes: the pool starts one for each (it starts them as calls find none idle)
             probes = [self._pool.submit(_render, probe, self.pad_token_id, pinned_run_date()) for _ in range(self._processes)]
-            for probe_call in probes:
-                probe_call.result(timeout=timeout)
+            done, waiting = wait(probes, timeout=timeout)
+            if waiting:
+                raise TimeoutError(f"not ready after {timeout:.0f} s")
+            for finished in done:
+                try:
+                    finished.result()
+                except RejectedInput:  # the template refuses the probe itself: the process is up, and rendering
+                    pass
         except Exception as exc:
-            self.close()
+            _stop(self._pool, 0.0)
             reason = str(exc) if isinstance(exc, RenderFailed) else first_line(exc, with_type=True)
             raise RsampleError(f"reward model {self.spec!r}: its render processes did not start "
                                f"({reason}); set ${PROCESSES_ENV}=0 to render in the worker") from None
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, grace: float = defaults.RENDER_PROCESSES_CLOSE_SECONDS) -> None:
+        with self._lock:
+            self._closed = True  # a call that finds the pool broken now must not start another
+        _stop(self._pool, grace)
+
+
+def _stop(pool: ProcessPoolExecutor, grace: float) -> None:
+    """Shuts `pool` down, its processes killed where they do not end within `grace` seconds (a template that never
+    returns must not keep the worker from stopping). Their ends are read from their sentinels: the pool's own thread
+    reaps them meanwhile."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    running = {process.sentinel: process for process in processes}
+    deadline = time.monotonic() + grace
+    try:
+        while running and (left := deadline - time.monotonic()) > 0:
+            for ended in connection.wait(list(running), left):
+                running.pop(ended)
+    except OSError:  # a sentinel already closed: that process is gone
+        pass
+    for process in running.values():
+        process.kill()
 
 
 def make_renderer(spec: str, tokenizer, trust_remote_code: bool, pad_token_id: int | None):
@@ -126,12 +160,15 @@ def make_renderer(spec: str, tokenizer, trust_remote_code: bool, pad_token_id: i
 _tokenizer = None
 
 
-def _load_tokenizer(spec: str, trust_remote_code: bool) -> None:
+def _load_tokenizer(spec: str, trust_remote_code: bool, worker: int) -> None:
     from rsample.workers.backends.models import load_tokenizer
 
     global _tokenizer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal is the worker's to handle: it closes the pool
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="rsample-render-parent", daemon=True).start()
+    # stop signals are the worker's to handle (a Ctrl-C in the terminal, a SIGTERM to its whole group while it finishes
+    # its jobs): it closes the pool when it is done, and a render process ends by itself once the worker is gone
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(worker,), name="rsample-render-parent", daemon=True).start()
     try:
         _tokenizer = load_tokenizer(spec, "reward", trust_remote_code)
     except Exception as exc:  # said by each call (the pool would only say that a process ended)
@@ -140,7 +177,8 @@ def _load_tokenizer(spec: str, trust_remote_code: bool) -> None:
 
 def _exit_with_parent(parent: int, every: float = 1.0) -> None:
     """A worker killed outright (SIGKILL) never closes its pool, and the pool's pipes stay open in its processes (each
-    holds both ends): they would wait for work forever."""
+    holds both ends): they would wait for work forever. `parent` comes from the worker, not from `os.getppid()` here:
+    a worker killed while this process started has already left it to another parent."""
     while os.getppid() == parent:
         time.sleep(every)
     os._exit(0)
@@ -148,7 +186,7 @@ def _exit_with_parent(parent: int, every: float = 1.0) -> None:
 
 def _render(conversations: list[Conversation], pad_token_id: int | None, run_moment: float | None) -> list[list[int]]:
     if isinstance(_tokenizer, RenderFailed):
-        raise _tokenizer
+        raise RenderFailed(str(_tokenizer))
     pin_run_date(run_moment)  # the run the worker serves now: it may have moved to another since the last call
     try:
         return render_conversations(_tokenizer, conversations, pad_token_id)

@@ -73,6 +73,9 @@ RENDER_PROCESSES_START_SECONDS = 300.0
 """How long the render processes may take to start (import transformers, load the tokenizer) before the worker
 says they failed."""
 
+RENDER_PROCESSES_CLOSE_SECONDS = 10.0
+"""How long a stopping worker waits for its render processes to finish what they render before it kills them."""
+
 REWARD_SLOTS_ON_GPU = 32
 """Jobs a transformers reward worker on a GPU holds at once: while a round of the waiting ones runs, the others
 tokenize theirs, so rounds pool about half of them (a job of 16 prompts x n=8 is only 128 sequences). On an H200 the
