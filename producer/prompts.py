@@ -155,7 +155,7 @@ def _auto_column(row: dict) -> str | None:
 
 
 def _is_empty(value: Any) -> bool:
-    return value == [] or (isinstance(value, str) and not value.strip())
+    return value == [] or (isinstance(value, str) and (not value.strip() or _json_turns(value) == []))
 
 
 def _joined(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple[Conversation, None] | RowSkip:
@@ -183,14 +183,14 @@ def _describe_fields(row: dict) -> str:
 def _conversation(value: Any, row_index: int, column: str) -> tuple[Conversation, str | None] | RowSkip:
     """A prompt column's value as (prompt messages, reference): a string is one user turn; a list of chat turns is a
     conversation whose final assistant turn, if any, is the dataset's reference."""
+    if isinstance(value, str):  # a CSV (or any text-only format) holds chat turns as JSON text
+        value = _json_turns(value, strict=column not in ("messages", "conversations"))
     if isinstance(value, str) and column not in ("messages", "conversations"):
         if not value.strip():
             return RowSkip(row_index, "empty content", f"row {row_index}: {column!r} is empty")
         return [{"role": "user", "content": value}], None
     if not isinstance(value, list) and column not in ("messages", "conversations"):
         return RowSkip(row_index, "non-string content", f"row {row_index}: {column!r} is {type(value).__name__}")
-    if isinstance(value, str):  # a CSV (or any text-only format) holds chat turns as JSON text
-        value = _json_turns(value)
     checked = _check_messages(_without_empty_reply(value), row_index, column)
     if isinstance(checked, RowSkip):
         return checked
@@ -199,13 +199,21 @@ def _conversation(value: Any, row_index: int, column: str) -> tuple[Conversation
     return checked, None
 
 
-def _json_turns(text: str) -> Any:
-    """Chat turns written as JSON text, decoded; `text` itself when it holds no JSON list (then skipped, and said)."""
+def _json_turns(text: str, strict: bool = False) -> Any:
+    """Chat turns written as JSON text, decoded; else `text` itself. In a column that may hold a prompt's text, only a
+    list of turns (each with role and content, or ShareGPT's from and value) is decoded: other text is the prompt."""
+    if not text.lstrip().startswith("["):
+        return text
     try:
         decoded = json.loads(text)
     except ValueError:
         return text
-    return decoded if isinstance(decoded, list) else text
+    if not isinstance(decoded, list):
+        return text
+    if strict and not (decoded and all(isinstance(turn, dict) and ({"role", "content"} <= set(turn) or {"from", "value"} <= set(turn))
+                                       for turn in decoded)):
+        return text
+    return decoded
 
 
 def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
@@ -234,6 +242,8 @@ def _reference_thinking(row: dict, prompt_columns: tuple[str, ...], reference_co
     else:
         column = prompt_columns[0] if len(prompt_columns) == 1 else _auto_column(row)
         turns = row.get(column) if column is not None and not prompt_columns[1:] else None
+    if isinstance(turns, str):
+        turns = _json_turns(turns)
     last = turns[-1] if isinstance(turns, list) and turns and isinstance(turns[-1], dict) else {}
     thinking = last.get("thinking")
     return thinking if isinstance(thinking, str) and thinking.strip() else None

@@ -178,11 +178,13 @@ def test_a_row_whose_messages_are_empty_is_read_from_its_prompt_column():
     assert record.prompt_id == extract_prompt({"prompt": "Name a river."}, 0).prompt_id
     nothing = extract_prompt({"messages": [], "prompt": "  "}, 4)  # neither holds a prompt: the first one's skip says why
     assert (nothing.reason, nothing.detail) == ("messages is not a non-empty list", "row 4: 'messages' is an empty list")
+    as_text = extract_prompt({"messages": "[]", "prompt": "Name a river."}, 4)  # a CSV's empty list
+    assert as_text.messages == record.messages
 
 
 def test_an_empty_system_turn_is_kept_as_the_dataset_wrote_it():
-    """Many chat exports open with `{"role": "system", "content": ""}`: those rows were skipped. Kept, not dropped: a
-    template renders a conversation without a system turn differently (Llama 3.1's adds its own)."""
+    """Many chat exports open with `{"role": "system", "content": ""}`: those rows were skipped. Kept, not dropped: some
+    templates render a conversation without a system turn differently (Qwen2.5's writes its default system prompt)."""
     turns = [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     record = extract_prompt({"messages": turns}, 0)
     assert isinstance(record, PromptRecord) and record.messages == turns[:2] and record.reference_completion == "hello"
@@ -205,3 +207,11 @@ def test_chat_turns_written_as_json_text_are_read_as_turns(tmp_path):
     assert record.messages == turns[:1] and record.reference_completion == "hi"
     assert record.prompt_id == extract_prompt({"messages": turns}, 0).prompt_id
     assert (skip.reason, skip.detail) == ("messages is not a non-empty list", "row 1: 'messages' is text, not a JSON list of chat turns")
+    # the reference turn's own thinking, as from the same turns given as a list
+    thought = [turns[0], {"role": "assistant", "content": "hi", "thinking": "they asked for hi"}]
+    assert extract_prompt({"messages": json.dumps(thought)}, 0, reference_thinking=True).reference_reasoning == "they asked for hi"
+    # TRL's conversational prompt column, written to a CSV: turns; other text that merely looks like JSON stays the prompt
+    trl = extract_prompt({"prompt": json.dumps(turns[:1]), "completion": "hi"}, 0)
+    assert trl.messages == turns[:1]
+    for text in ('[1, 2, 3] is a list: what is its sum?', '["a", "b"]', '[{"x": 1}]', "[]"):
+        assert extract_prompt({"prompt": text}, 0).messages == [{"role": "user", "content": text}]
