@@ -128,7 +128,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=114_000, help="the emulated device's padded tokens per second")
-    parser.add_argument("--launch-ms", type=float, default=5.0, help="Python work per pass that holds the GIL, in ms")
+    parser.add_argument("--launch-ms", type=float, default=5.0,
+                        help="host time a pass's launches take, in ms: Python holding the GIL (with --overlap, spread over "
+                             f"{OPS_PER_PASS} ops that each let go of it once)")
     parser.add_argument("--prompts", type=int, default=512)
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--max-words", type=int, default=160)
@@ -162,6 +164,10 @@ def device_alone(args, config) -> tuple[float, int]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    shortest = OPS_PER_PASS * op_seconds() * 1000
+    if args.overlap and args.launch_ms < shortest:  # the emulation would launch slower than the device alone is charged
+        sys.exit(f"--launch-ms {args.launch_ms} is shorter than {OPS_PER_PASS} of this machine's GIL-releasing calls "
+                 f"({shortest:.1f} ms): give at least {shortest * 1.5:.1f}")
     from harness import run_pipeline
     from reward_throughput import make_config, rounds_line, write_prompts
 

@@ -249,7 +249,7 @@ def main(argv=None) -> None:
                 sys.exit(f"side (a) failed:\n{process.stderr[-3000:]}")
             directs.append(json.loads((workdir / "direct.json").read_text()))
             worker_args = ("--slots", str(args.worker_slots)) if args.worker_slots else ()
-            with GpuMemoryPeak() as peak:
+            with GpuMemoryPeak() as peak, rendering_processes(0) if args.render_processes else contextlib.nullcontext():
                 result = run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args)
             workers.append((result, peak.peak_mib))
             print(f"attempt {attempt}: (a) {directs[-1]['seconds']:.2f} s, (b) {result.seconds:.2f} s", flush=True)
@@ -272,7 +272,7 @@ def main(argv=None) -> None:
                       " (above 1: the worker's passes run slower than their padded tokens explain)", flush=True)
             if directs[-1]["contended"]:
                 busy_seconds, busy_gpu = directs[-1]["contended"]
-                print(f"    (a) again with {args.busy_threads} threads rendering meanwhile: {busy_seconds:.2f} s"
+                print(f"    (a) again with {args.busy_threads} threads rendering one at a time meanwhile: {busy_seconds:.2f} s"
                       + (f", GPU ran passes {busy_gpu:.2f} s ({busy_gpu / gpu:.3f} times alone)" if busy_gpu and gpu else ""), flush=True)
             for rows, width, ms, masked_ms in directs[-1]["pass_costs"]:
                 print(f"    one pass of {rows} x {width} tokens: {ms:.1f} ms ({rows * width / ms:.0f} tokens/ms); "
