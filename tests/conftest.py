@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no Hub here: a missing model must fail at once, not after retries
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("RSAMPLE_RENDER_PROCESSES", None)  # the reward backend renders in the worker unless a test says otherwise
+# models with their own code are copied into transformers' modules cache under a folder named after theirs: two xdist
+# workers' copies of the same test folder would write the same files while the other imports them
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="rsample-tests-hf-modules-")
+atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started as a script's background job (`(... &)`): every process the
     signal.signal(signal.SIGINT, signal.default_int_handler)  # tests start would ignore Ctrl-C too, and its tests fail
 

@@ -1,4 +1,5 @@
 import pytest
+import redis
 
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.connection import connect, redact_url
@@ -90,3 +91,25 @@ def test_a_password_given_as_query_argument_is_redacted():
     assert redact_url(url) == "redis://redis-host:6379/0?password=***"
     assert "s3cret" not in redacted_command(["aggregate", "--redis-url", url])
     assert redact_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"  # an IPv6 host keeps its brackets
+
+
+def test_an_embedded_redis_whose_free_port_was_taken_meanwhile_takes_another(tmp_path):
+    """A free port can be bound by another test session's Redis before ours binds it: our server then exits, and the
+    answer on that port was the other server's (its data, its keys), taken for ours."""
+    from rsample.workers.runtime.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis(data_dir=tmp_path / "other") as other:
+        ours = EmbeddedRedis(data_dir=tmp_path / "ours")
+        ours.port = other.port  # as if the free port it chose was taken before its server bound it
+        try:
+            ours.start()
+            assert ours.port != other.port and ours.process.poll() is None
+            client = redis.Redis.from_url(ours.url)
+            assert client.info("server")["process_id"] == ours.process.pid
+            client.close()
+        finally:
+            ours.close()
+        named = EmbeddedRedis(data_dir=tmp_path / "named", port=other.port)  # a port the caller named is not changed
+        with pytest.raises(RsampleError, match=f"embedded Redis could not bind port {other.port}: another server holds it"):
+            named.start()
+        named.close()

@@ -1,12 +1,13 @@
 """A shared Redis: passwords and TLS through the URL, secrets kept out of every output, runs kept apart."""
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, rsample, write_jsonl
+from conftest import _cmdline, _live_descendants, read_jsonl, rsample, write_jsonl
 from faults import assert_exactly_once, start
 
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
@@ -220,16 +221,9 @@ def redis_contents(client) -> str:
 
 
 def command_lines_holding(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if text.encode() in cmdline:
-                found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return found
+    """The command lines of this test's processes (this process's descendants: the tests of another xdist worker start
+    processes of their own) that hold `text`."""
+    return [line for line in map(_cmdline, _live_descendants(os.getpid())) if text in line]
 
 
 def test_a_password_in_any_form_reaches_no_key_card_log_or_process(tmp_path):

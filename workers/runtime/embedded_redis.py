@@ -41,6 +41,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _PortTaken(Exception):
+    pass
+
+
 class EmbeddedRedis:
     """A redis-server child process; `appendonly=True` makes it survive its own restart (see `restart`)."""
 
@@ -51,6 +55,7 @@ class EmbeddedRedis:
         self.data_dir = Path(data_dir or self._tmp.name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self._port_chosen_here = port is None
         self.appendonly = appendonly
         self.password = password
         self.tls_files = tls_files
@@ -64,7 +69,20 @@ class EmbeddedRedis:
         query = f"?ssl_ca_certs={self.tls_files['ca']}" if self.tls_files else ""
         return f"{scheme}://{auth}127.0.0.1:{self.port}/0{query}"
 
-    def start(self, timeout: float = defaults.EMBEDDED_REDIS_START_SECONDS) -> EmbeddedRedis:
+    def start(self, timeout: float = defaults.EMBEDDED_REDIS_START_SECONDS, tries: int = 3) -> EmbeddedRedis:
+        """Starts the server. A free port can be taken by another process before the server binds it (another test
+        session's Redis, say): the answer on that port would be that server's, so it is checked to be this one's; a
+        port this object chose is then chosen again, up to `tries` times."""
+        for attempt in range(tries):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if not self._port_chosen_here or attempt == tries - 1:
+                    raise RsampleError(f"embedded Redis could not bind port {self.port}: another server holds it") from None
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> EmbeddedRedis:
         args = [
             self.binary or find_redis_server(),
             "--port", "0" if self.tls_files else str(self.port),
@@ -82,6 +100,8 @@ class EmbeddedRedis:
                      "--tls-auth-clients", "no"]
         # a session of its own: Ctrl-C in a terminal signals the whole foreground process group, and a Redis that died
         # with it would leave the coordinator nowhere to settle its last results and give up its lock
+        log_file = self.data_dir / "redis.log"
+        logged_before = log_file.stat().st_size if log_file.exists() else 0  # a restart appends to it
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=die_with_parent,
                                         start_new_session=True)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
@@ -89,12 +109,16 @@ class EmbeddedRedis:
         while True:
             try:
                 client.ping()
+                if client.info("server").get("process_id") != self.process.pid:  # another server's answer
+                    raise redis.ConnectionError("another server answers on this port")
                 return self
-            except (redis.ConnectionError, redis.AuthenticationError):
+            except (redis.ConnectionError, redis.ResponseError):  # ResponseError: another server refused our AUTH
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.data_dir / "redis.log").read_text(errors="replace")[-500:] if (self.data_dir / "redis.log").exists() else ""
+                    log = log_file.read_bytes()[logged_before:].decode(errors="replace")[-500:] if log_file.exists() else ""
                     self.stop()
-                    raise RsampleError(f"embedded Redis did not start on port {self.port}: {log.strip()}")
+                    if "Address already in use" in log:
+                        raise _PortTaken() from None
+                    raise RsampleError(f"embedded Redis did not start on port {self.port}: {log.strip()}") from None
                 time.sleep(0.05)
             finally:
                 client.close()
