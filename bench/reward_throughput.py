@@ -249,7 +249,7 @@ def main(argv=None) -> None:
                 sys.exit(f"side (a) failed:\n{process.stderr[-3000:]}")
             directs.append(json.loads((workdir / "direct.json").read_text()))
             worker_args = ("--slots", str(args.worker_slots)) if args.worker_slots else ()
-            with GpuMemoryPeak() as peak, rendering_processes(0) if args.render_processes else contextlib.nullcontext():
+            with GpuMemoryPeak() as peak, rendering_processes(0):  # the worker's slots render, whatever the environment says
                 result = run_pipeline(config, workdir / f"pipeline-{attempt}", worker_args=worker_args)
             workers.append((result, peak.peak_mib))
             print(f"attempt {attempt}: (a) {directs[-1]['seconds']:.2f} s, (b) {result.seconds:.2f} s", flush=True)

@@ -220,10 +220,12 @@ def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
     """--reference-column's value: a string, or chat turns ending with the assistant's (TRL's `completion`)."""
     if value is None or value == [] or (isinstance(value, str) and not value.strip()):  # TRL's `completion: []` too
         return None
-    if isinstance(value, str):
-        return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):  # an answer stored as a number (AIME's)
         return str(value)
+    if isinstance(value, str):  # turns written as JSON text (TRL's conversational completion in a CSV), else the text
+        value = _json_turns(value, strict=True)
+        if isinstance(value, str):
+            return value
     if not isinstance(value, list):
         return RowSkip(row_index, "non-string reference", f"row {row_index}: {column!r} is {type(value).__name__}")
     checked = _check_messages(value, row_index, column)

@@ -50,14 +50,16 @@ INTERPRETER_HELPERS = ("multiprocessing.resource_tracker",)
 """Helpers Python starts for itself, which end with this process: not left behind by a test."""
 
 
-def _live_descendants(pid: int) -> list[int]:
-    """Descendants that still run; zombies (reparented orphans that exited) are reaped on the way."""
+def _live_descendants(pid: int, reap: bool = True) -> list[int]:
+    """Descendants that still run; zombies (reparented orphans that exited) are reaped on the way, unless `reap` is
+    false (a test that will wait on a child itself: reaped here, its exit status would be lost)."""
     tree, found, todo = _children_by_parent(), [], [pid]
     while todo:
         for child, state in tree.get(todo.pop(), []):
             if state == "Z":
                 try:
-                    os.waitpid(child, os.WNOHANG)
+                    if reap:
+                        os.waitpid(child, os.WNOHANG)
                 except ChildProcessError:
                     pass
             else:

@@ -59,7 +59,7 @@ def test_batching_cost_counts_least_cost_rounds_cheaper_than_greedy_ones():
 
 @pytest.mark.parametrize("stream", [(), ("--overlap",)], ids=["serial", "overlap"])
 def test_the_emulated_device_runs_the_real_worker_and_accounts_for_every_token(stream):
-    printed = run_bench("emulated_device.py", "--prompts", "16", "--n", "2", "--rate", "2000000", "--launch-ms", "10", *stream).stdout
+    printed = run_bench("emulated_device.py", "--prompts", "16", "--n", "2", "--rate", "2000000", "--launch-ms", "20", *stream).stdout
     figures = json.loads(printed.strip().splitlines()[-1])
     assert figures["tokens"] > 16 * 2 * 8 and figures["device_seconds"] > 0 and figures["worker_seconds"] > 0
     # the reward worker's rounds read exactly the tokens the device alone reads: same rendering, same tokenizer

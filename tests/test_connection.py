@@ -113,3 +113,11 @@ def test_an_embedded_redis_whose_free_port_was_taken_meanwhile_takes_another(tmp
         with pytest.raises(RsampleError, match=f"embedded Redis could not bind port {other.port}: another server holds it"):
             named.start()
         named.close()
+    restarted = EmbeddedRedis(data_dir=tmp_path / "restarted").start()  # nor one its clients already hold
+    url = restarted.url
+    restarted.stop()
+    with EmbeddedRedis(data_dir=tmp_path / "taker", port=restarted.port):
+        with pytest.raises(RsampleError, match="could not bind port .*: another server holds it"):
+            restarted.start()
+        assert restarted.url == url
+    restarted.close()

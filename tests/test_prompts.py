@@ -211,7 +211,9 @@ def test_chat_turns_written_as_json_text_are_read_as_turns(tmp_path):
     thought = [turns[0], {"role": "assistant", "content": "hi", "thinking": "they asked for hi"}]
     assert extract_prompt({"messages": json.dumps(thought)}, 0, reference_thinking=True).reference_reasoning == "they asked for hi"
     # TRL's conversational prompt column, written to a CSV: turns; other text that merely looks like JSON stays the prompt
-    trl = extract_prompt({"prompt": json.dumps(turns[:1]), "completion": "hi"}, 0)
-    assert trl.messages == turns[:1]
+    trl = extract_prompt({"prompt": json.dumps(turns[:1]), "completion": json.dumps([thought[1]])}, 0, reference_column="completion",
+                         reference_thinking=True)
+    assert (trl.messages, trl.reference_completion, trl.reference_reasoning) == (turns[:1], "hi", "they asked for hi")
+    assert extract_prompt({"prompt": "q", "answer": "[1, 2]"}, 0, reference_column="answer").reference_completion == "[1, 2]"
     for text in ('[1, 2, 3] is a list: what is its sum?', '["a", "b"]', '[{"x": 1}]', "[]"):
         assert extract_prompt({"prompt": text}, 0).messages == [{"role": "user", "content": text}]

@@ -223,7 +223,7 @@ def redis_contents(client) -> str:
 def command_lines_holding(text: str) -> list[str]:
     """The command lines of this test's processes (this process's descendants: the tests of another xdist worker start
     processes of their own) that hold `text`."""
-    return [line for line in map(_cmdline, _live_descendants(os.getpid())) if text in line]
+    return [line for line in map(_cmdline, _live_descendants(os.getpid(), reap=False)) if text in line]
 
 
 def test_a_password_in_any_form_reaches_no_key_card_log_or_process(tmp_path):

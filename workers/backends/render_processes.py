@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -101,7 +100,7 @@ class ProcessRenderer:
             raise
         except BaseException:
             if call is not None:
-                call.cancel()  # a job whose time is up: its render, not yet begun, must not hold a process from the next jobs
+                call.cancel()  # a job whose time is up: its render, if not yet sent to a process, is not sent
             raise
 
     def check(self, timeout: float = defaults.RENDER_PROCESSES_START_SECONDS) -> None:
@@ -141,10 +140,12 @@ def _stop(pool: ProcessPoolExecutor, grace: float) -> None:
         while running and (left := deadline - time.monotonic()) > 0:
             for ended in connection.wait(list(running), left):
                 running.pop(ended)
-    except OSError:  # a sentinel already closed: that process is gone
-        pass
-    for process in running.values():
-        process.kill()
+        for process in running.values():
+            process.kill()
+        connection.wait(list(running), 5)  # gone when this returns, as far as the kernel lets us know
+    except OSError:  # a sentinel closed under us: the pool's thread has reaped that process; the rest are killed
+        for process in running.values():
+            process.kill()
 
 
 def make_renderer(spec: str, tokenizer, trust_remote_code: bool, pad_token_id: int | None):
@@ -164,10 +165,10 @@ def _load_tokenizer(spec: str, trust_remote_code: bool, worker: int) -> None:
     from rsample.workers.backends.models import load_tokenizer
 
     global _tokenizer
-    # stop signals are the worker's to handle (a Ctrl-C in the terminal, a SIGTERM to its whole group while it finishes
-    # its jobs): it closes the pool when it is done, and a render process ends by itself once the worker is gone
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # a process group of its own: a stop signal to the worker's group (a Ctrl-C in the terminal, `kill -- -PGID`) is the
+    # worker's to handle while it finishes its jobs, then it closes the pool; a SIGTERM to this process itself (the
+    # pool's own clean-up, the worker's exit) still ends it
+    os.setpgid(0, 0)
     threading.Thread(target=_exit_with_parent, args=(worker,), name="rsample-render-parent", daemon=True).start()
     try:
         _tokenizer = load_tokenizer(spec, "reward", trust_remote_code)

@@ -71,11 +71,13 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = defaults.EMBEDDED_REDIS_START_SECONDS, tries: int = 3) -> EmbeddedRedis:
         """Starts the server. A free port can be taken by another process before the server binds it (another test
-        session's Redis, say): the answer on that port would be that server's, so it is checked to be this one's; a
-        port this object chose is then chosen again, up to `tries` times."""
+        session's Redis, say): the answer on that port would be that server's, so it is checked to be this one's (by
+        its folder); a port this object chose for its first start is then chosen again, up to `tries` times."""
         for attempt in range(tries):
             try:
-                return self._start(timeout)
+                self._start(timeout)
+                self._port_chosen_here = False  # started again (`restart`), it must come back where its clients look
+                return self
             except _PortTaken:
                 if not self._port_chosen_here or attempt == tries - 1:
                     raise RsampleError(f"embedded Redis could not bind port {self.port}: another server holds it") from None
@@ -109,7 +111,7 @@ class EmbeddedRedis:
         while True:
             try:
                 client.ping()
-                if client.info("server").get("process_id") != self.process.pid:  # another server's answer
+                if Path(client.config_get("dir").get("dir", "")).resolve() != self.data_dir.resolve():  # another server's answer
                     raise redis.ConnectionError("another server answers on this port")
                 return self
             except (redis.ConnectionError, redis.ResponseError):  # ResponseError: another server refused our AUTH
