@@ -36,7 +36,8 @@ def test_a_mistyped_relative_path_is_told_as_one_not_as_an_unreachable_hub(tmp_p
     with pytest.raises(RsampleError, match=r"cannot load dataset 'models/data' .*\(if a local path was meant: "
                        + str(tmp_path / "models" / "data") + r" does not exist\)$"):
         list(iter_rows(DataSelection("models/data")))
-    with pytest.raises(RsampleError, match="^reward model not found: models/reward/v2$"):  # no Hub id has two slashes
+    with pytest.raises(RsampleError, match=r"^reward model not found: models/reward/v2 \(relative to "  # no Hub id has two slashes
+                       + str(tmp_path) + r", the folder this runs in\)$"):  # a worker started in another folder: said
         check_reward_model("models/reward/v2")
     with pytest.raises(RsampleError) as hub_id:
         check_reward_model("nobody/no-such-rm")  # no folder `nobody` here: a Hub id, said as one

@@ -33,7 +33,8 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
 
     path = Path(spec).expanduser()
     if (surely_local(spec) or path.suffix == ".gguf") and not path.exists():
-        raise RsampleError(f"{role} model not found: {spec}")
+        relative = "" if path.is_absolute() else f" (relative to {Path.cwd()}, the folder this runs in)"
+        raise RsampleError(f"{role} model not found: {spec}{relative}")
     location, gguf_file = split_gguf(spec)
     try:
         if gguf_file:
