@@ -175,14 +175,28 @@ def _json_lines(path: Path) -> bool:
     return _head(path).lstrip(BLANK).startswith(b"{")
 
 
-def _load_with_datasets(source: str, split: str, data_files: str | None = None, subset: str | None = None):
+def _folder_cache(folder: Path) -> str:
+    """A `datasets` cache of the folder's own, named by its absolute path and every file's size and time of change.
+    `datasets` caches a folder whose card declares `configs` by the folder's name alone: another folder of the same
+    name, or this one with a file edited, gave the rows cached before, without a word."""
+    import datasets
+
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    for file in sorted(path for path in folder.rglob("*") if path.is_file() and ".cache" not in path.relative_to(folder).parts):
+        stat = file.stat()
+        digest.update(f"\0{file.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "rsample-folders" / digest.hexdigest()[:24])
+
+
+def _load_with_datasets(source: str, split: str, data_files: str | None = None, subset: str | None = None,
+                        cache_dir: str | None = None):
     import datasets
 
     try:
         if data_files:
             dataset = datasets.load_dataset(FILE_BUILDERS[_suffix(Path(data_files))], data_files=data_files, split="train")
         else:
-            dataset = datasets.load_dataset(source, subset, split=split)
+            dataset = datasets.load_dataset(source, subset, split=split, cache_dir=cache_dir)
     except Exception as exc:  # datasets raises many types; the user needs the message, not the type
         cause = exc
         while cause.__cause__ is not None or cause.__context__ is not None:  # "An error occurred while generating ...": why
@@ -229,7 +243,7 @@ def _open(selection: DataSelection):
                                "datasets reads only its commonest; keep one format per split (or name one file)")
         if files and all(_json_lines(file) for file in files):
             return files  # the files and order datasets would read, line by line
-        return _load_with_datasets(str(path), split, subset=selection.subset)
+        return _load_with_datasets(str(path), split, subset=selection.subset, cache_dir=_folder_cache(path))
     if _looks_like_path(source):
         raise RsampleError(f"dataset file not found: {source}")
     return _load_with_datasets(source, split, subset=selection.subset)

@@ -299,3 +299,20 @@ def test_a_folder_mixing_jsonl_and_tsv_is_refused(tmp_path):
 
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_two_folders_of_one_name_and_an_edited_file_each_give_their_own_rows(tmp_path):
+    """`datasets` caches a folder whose card declares `configs` by the folder's name alone: a second folder named `repo`
+    gave the first one's rows, and so did the first one after a file in it was edited, without a word."""
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.csv\n---\n# prompts\n"
+    folders = {}
+    for name, prompts in (("a", ["from folder a"]), ("b", ["from folder b", "and its second row"])):
+        repo = tmp_path / name / "repo"
+        (repo / "data").mkdir(parents=True)
+        (repo / "README.md").write_text(card)
+        (repo / "data" / "train.csv").write_text("prompt\n" + "".join(f"{prompt}\n" for prompt in prompts))
+        folders[name] = repo
+    assert _rows(folders["a"]) == [(0, {"prompt": "from folder a"})]
+    assert _rows(folders["b"]) == [(0, {"prompt": "from folder b"}), (1, {"prompt": "and its second row"})]
+    (folders["a"] / "data" / "train.csv").write_text("prompt\nedited in a\nadded to a\n")
+    assert _rows(folders["a"]) == [(0, {"prompt": "edited in a"}), (1, {"prompt": "added to a"})]
