@@ -413,3 +413,44 @@ def test_a_row_read_as_a_skip_one_time_and_as_a_prompt_the_other_is_no_edit(tmp_
     with pytest.raises(FilesChanged, match="row 2 of the dataset is not the row run run1 wrote an outcome for"):
         ledger.check_row(2, "b")
     ledger.close()
+
+
+def _delivered(client, keys, batch_id, record, texts, scores):
+    """A finished job's result as the reward worker leaves it: the generated batch and its scores, then its message."""
+    from rsample.workers.common.messages import Candidate, GeneratedBatch, GeneratedPrompt
+
+    batch = GeneratedBatch(batch_id, [GeneratedPrompt(record, [Candidate(text, [i]) for i, text in enumerate(texts)], len(texts))])
+    client.set(keys.batch(batch_id), batch.to_json())
+    client.hset(keys.scores(batch_id), "0", json.dumps({record.prompt_id: {"scores": scores}}))
+    client.xadd(keys.ready, {"batch_id": batch_id})
+
+
+@pytest.mark.parametrize("first", ["finished", "failed"])
+def test_a_row_delivered_twice_in_one_read_is_written_from_one_delivery(redis_client, tmp_path, first):
+    """A job fed again as lost (`Feeder.refeed`) whose first run finished after all: both came back in one read. Their
+    rows were mixed: one sampling's candidates with the other's (`num_candidates` 3 beside 4 score rows), or the first
+    delivery's failure recorded beside the second's pair, which `--retry-failed` then wrote a second time."""
+    from rsample.producer.driver.collector import Collector
+    from rsample.workers.common.config import DataSelection, RunConfig
+    from rsample.workers.common.messages import PromptRecord
+    from rsample.workers.runtime.keys import RunKeys
+
+    config = RunConfig(run_id="twice", data=DataSelection("d"), policy="p", reward_models=("rm",))
+    keys = RunKeys("twice")
+    record = PromptRecord("X", [{"role": "user", "content": "hi"}], row_index=2)
+    if first == "finished":
+        _delivered(redis_client, keys, "r0", record, ["a0", "a1", "a2"], [0.0, 2.0, 1.0])
+    else:
+        redis_client.xadd(keys.ready, {"batch_id": "r0", "failed": "generation failed: RuntimeError: CUDA error",
+                                       "prompts": json.dumps([[2, "X"]])})
+    _delivered(redis_client, keys, "r2-again1", record, ["b0", "b1", "b2", "b3"], [3.0, 0.0, 1.0, -4.0])
+    ledger = Ledger(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", "twice")
+    Collector(redis_client, config, ledger).step(block_ms=None)
+    assert ledger.retry_failed() == []  # the row was produced: nothing to retry
+    ledger.close()
+    [row] = lines(tmp_path / "pairs.jsonl")
+    texts = [score["completion"] for score in lines(tmp_path / "scores.jsonl")]
+    kept = ["a0", "a1", "a2"] if first == "finished" else ["b0", "b1", "b2", "b3"]  # the first delivery that produced it
+    assert texts == kept and row["num_candidates"] == len(kept)
+    assert (row["chosen"][-1]["content"], row["rejected"][-1]["content"]) == (("a1", "a0") if first == "finished" else ("b0", "b3"))
+    assert [o["outcome"] for o in lines(tmp_path / "pairs.outcomes.jsonl")[1:]] == [PAIR]

@@ -19,7 +19,7 @@ from rsample.producer.report.live import LiveNumbers
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import first_line
-from rsample.workers.common.messages import DUPLICATE, SKIPPED, UNPROCESSABLE, GeneratedBatch, Outcome
+from rsample.workers.common.messages import DUPLICATE, SKIPPED, UNPROCESSABLE, GeneratedBatch, Outcome, is_failure_reason
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 
@@ -63,7 +63,7 @@ class Collector:
             return 0, 0
         self.cursor = entries[-1][0]
         payloads = self._fetch_payloads([fields["batch_id"] for _, fields in entries if "batch_id" in fields])
-        combined, cleanup, returned, seen, said = BatchOutcome(), [], 0, set(), set()
+        deliveries, cleanup, returned, seen, said = [], [], 0, set(), set()
         for entry_id, fields in entries:
             if "batch_id" in fields and fields["batch_id"] in seen:  # delivered twice in one read: its prompts came back once
                 continue
@@ -74,13 +74,11 @@ class Collector:
                 result, batch_returned = self._settle(fields, payloads)
             except Exception as exc:  # never retried forever: set aside, reported, its prompts settled when known
                 result, batch_returned = self._set_aside(entry_id, fields, payloads, exc)
-            combined.outcomes += result.outcomes
-            combined.rows += result.rows
-            combined.score_rows += result.score_rows
-            combined.sft_rows += result.sft_rows
+            deliveries.append(result)
             returned += batch_returned
             if "batch_id" in fields:
                 cleanup += [self.keys.batch(fields["batch_id"]), self.keys.scores(fields["batch_id"])]
+        combined = one_delivery_each(deliveries, self.ledger.is_settled)
         self.before_commit()
         fresh = self.ledger.commit(combined.outcomes, combined.rows, combined.score_rows, combined.sft_rows)
         self.skips.say([outcome for outcome in fresh if outcome.outcome == SKIPPED and outcome.row_index not in said])
@@ -151,3 +149,30 @@ class Collector:
         if failure is None and any(p.needs_scoring(self.config.min_candidates_scored) for p in batch.prompts):
             verdicts = [json.loads(stored_scores[str(m).encode()]) for m in range(len(self.config.reward_models))]
         return aggregate_batch(self.config, batch, verdicts, failure), len(batch.prompts)
+
+
+def one_delivery_each(deliveries: list[BatchOutcome], settled: Callable[[Outcome], bool]) -> BatchOutcome:
+    """The deliveries of one read as one commit, each row's outcome and data rows from one delivery only.
+
+    A row may come back twice in one read: a job fed again as lost (`Feeder.refeed`) whose first run finished after
+    all. Mixed, the two samplings' candidates were written as one prompt's (`num_candidates` below its score rows),
+    or one delivery's failure was recorded beside the other's pair, which `--retry-failed` then wrote again. The
+    first delivery that produced the row wins; where none did, the first."""
+    def failed(outcome: Outcome) -> bool:
+        return outcome.outcome == SKIPPED and is_failure_reason(outcome.reason)
+
+    winner: dict[int, Outcome] = {}
+    for delivery in deliveries:
+        for outcome in delivery.outcomes:
+            best = winner.get(outcome.row_index)
+            if not settled(outcome) and (best is None or (failed(best) and not failed(outcome))):
+                winner[outcome.row_index] = outcome
+    combined = BatchOutcome()
+    for delivery in deliveries:
+        kept = [outcome for outcome in delivery.outcomes if winner.get(outcome.row_index) is outcome]
+        produced = {outcome.prompt_id for outcome in kept if outcome.outcome != DUPLICATE}
+        combined.outcomes += kept
+        combined.rows += [row for row in delivery.rows if row["prompt_id"] in produced]
+        combined.score_rows += [row for row in delivery.score_rows if row["prompt_id"] in produced]
+        combined.sft_rows += [row for row in delivery.sft_rows if row["prompt_id"] in produced]
+    return combined
