@@ -132,6 +132,14 @@ def _split_files(folder: Path, split: str) -> list[Path] | None:
     return [Path(name) for name in by_name[split]]
 
 
+def _folder_files(folder: Path, selection: DataSelection) -> list[Path] | None:
+    """The files of the selected split, in the order their rows are read; None where datasets decides. A folder whose
+    README declares its configs (a Hub repository's copy) is read by them, as `datasets` reads it."""
+    if selection.subset is None and not _declares_configs(folder):
+        return _split_files(folder, selection.split)
+    return _config_files(folder, selection.subset, selection.split)
+
+
 def _config_files(folder: Path, subset: str | None, split: str) -> list[Path] | None:
     """The JSON Lines files of `split` in the folder's configuration `subset` (or its default), as `datasets` resolves
     a card's `configs`; None where datasets must read them itself (other formats, a `field` or declared features)."""
@@ -168,11 +176,12 @@ def _declares_configs(folder: Path) -> bool:
 
 
 def _json_lines(path: Path) -> bool:
-    """A `.jsonl` file, or a `.json` file that holds one object per line (JSON Lines under another name) rather than
-    one JSON array (either gzipped or not): read line by line."""
-    if _suffix(path) != ".json":
-        return _suffix(path) == ".jsonl"
-    return _head(path).lstrip(BLANK).startswith(b"{")
+    """A `.jsonl` file, or a `.json` file that holds one object per line (JSON Lines under another name), rather than
+    one JSON array under either name (either gzipped or not): read line by line. An array read line by line was one
+    row that is no object, or a skip per line."""
+    if _suffix(path) == ".jsonl":
+        return not _head(path).lstrip(BLANK).startswith(b"[")
+    return _suffix(path) == ".json" and _head(path).lstrip(BLANK).startswith(b"{")
 
 
 def _folder_cache(folder: Path) -> str:
@@ -232,11 +241,7 @@ def _open(selection: DataSelection):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
     if path.is_dir():
-        # a folder whose README declares its configs (a Hub repository's copy) is read by them, as `datasets` reads it
-        if selection.subset is None and not _declares_configs(path):
-            files = _split_files(path, split)
-        else:
-            files = _config_files(path, selection.subset, split)
+        files = _folder_files(path, selection)
         formats = {_format(file) for file in files or ()} - {None}  # a LICENSE is none
         if len(formats) > 1:  # datasets would read the commonest format only, the others' rows lost without a word
             raise RsampleError(f"dataset folder {path} mixes file formats in split {split!r} ({', '.join(sorted(formats))}): "
@@ -315,8 +320,13 @@ def fingerprint(selection: DataSelection) -> dict[str, list] | None:
     """A local dataset's files by name: [size, hash of its first bytes]. Output rows are matched to dataset rows by
     number, so a resume must read the same rows; None for a Hub dataset (its revision is the Hub's business)."""
     path = Path(selection.dataset).expanduser()
-    if path.is_dir():  # by name, as datasets orders a folder's files
-        files = {name: path / name for name in sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())}
+    if path.is_dir():  # the other files, then those read in the order their rows are read (datasets orders them by its patterns)
+        try:
+            read = [str(Path(file).resolve().relative_to(path.resolve())) for file in _folder_files(path, selection) or ()]
+        except (RsampleError, ValueError):  # no such split: the run's own load says so
+            read = []
+        others = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and str(p.relative_to(path)) not in read)
+        files = {name: path / name for name in [*others, *read]}
     else:
         files = {path.name: path} if path.is_file() else {}
     return {name: [file.stat().st_size, _head_hash(file, FINGERPRINT_HEAD)] for name, file in files.items()} or None
@@ -327,10 +337,11 @@ def _head_hash(path: Path, size: int) -> str:
         return hashlib.sha256(handle.read(size)).hexdigest()[:16]
 
 
-def dataset_change(stored: dict[str, list], path: str) -> str | None:
+def dataset_change(stored: dict[str, list], path: str, current: dict[str, list] | None = None) -> str | None:
     """How the local dataset differs from its fingerprint (None: the same rows, perhaps with rows appended after the
-    last ones, which leaves every other row's number alone). In a folder, rows follow the files' sorted names: a file
-    that grows or appears before the last one shifts the rows after it."""
+    last ones, which leaves every other row's number alone). In a folder, rows follow the files in the fingerprint's
+    order (`current`'s, the fingerprint taken now, for files that are new): a file that grows or appears before the
+    last one shifts the rows after it."""
     root = Path(path).expanduser()
     names = list(stored)
     for position, (name, (size, head)) in enumerate(stored.items()):
@@ -346,8 +357,10 @@ def dataset_change(stored: dict[str, list], path: str) -> str | None:
             return f"{name} grew, which moves the rows of {names[position + 1]} and after"
     if root.is_dir():
         last = names[-1]
-        early = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and str(p.relative_to(root)) not in stored
-                       and str(p.relative_to(root)) < last)
+        order = list(current) if current else sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        if last not in order:
+            order.append(last)
+        early = [name for name in order[:order.index(last)] if name not in stored]
         if early:
             return f"{early[0]} is new and comes before {last}"
     return None

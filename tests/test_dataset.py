@@ -316,3 +316,34 @@ def test_two_folders_of_one_name_and_an_edited_file_each_give_their_own_rows(tmp
     assert _rows(folders["b"]) == [(0, {"prompt": "from folder b"}), (1, {"prompt": "and its second row"})]
     (folders["a"] / "data" / "train.csv").write_text("prompt\nedited in a\nadded to a\n")
     assert _rows(folders["a"]) == [(0, {"prompt": "edited in a"}), (1, {"prompt": "added to a"})]
+
+
+def test_a_resume_checks_a_folder_s_files_in_the_order_their_rows_are_read(tmp_path):
+    """`datasets` reads `train.jsonl` before `my_train.jsonl` (its split patterns, not the names' order): rows appended to
+    `train.jsonl` move every row of `my_train.jsonl`, and the check, which took the names' order, let them pass."""
+    from rsample.producer.dataset import dataset_change, fingerprint
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"prompt": f"train {i}"}) + "\n" for i in range(2)))
+    (folder / "my_train.jsonl").write_text("".join(json.dumps({"prompt": f"my_train {i}"}) + "\n" for i in range(2)))
+    (folder / "NOTES.txt").write_text("not data\n")
+    selection = DataSelection(str(folder))
+    assert [row["prompt"] for _, row in _rows(folder)] == ["train 0", "train 1", "my_train 0", "my_train 1"]
+    stored = fingerprint(selection)
+    assert list(stored)[-2:] == ["train.jsonl", "my_train.jsonl"]  # as read
+    with (folder / "my_train.jsonl").open("a") as handle:  # after the last row read: every number stays
+        handle.write(json.dumps({"prompt": "my_train 2"}) + "\n")
+    assert dataset_change(stored, str(folder), fingerprint(selection)) is None
+    with (folder / "train.jsonl").open("a") as handle:
+        handle.write(json.dumps({"prompt": "train 2"}) + "\n")
+    assert dataset_change(stored, str(folder), fingerprint(selection)) == "train.jsonl grew, which moves the rows of my_train.jsonl and after"
+
+
+@pytest.mark.parametrize("layout", ["one line", "pretty-printed"])
+def test_a_jsonl_file_that_holds_one_json_array_is_read_as_its_rows(tmp_path, layout):
+    """Read line by line, it was one row that is no object (or an invalid-JSON skip per line): every row lost."""
+    rows = [{"prompt": f"p{i}"} for i in range(3)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(rows, indent=2 if layout == "pretty-printed" else None) + "\n")
+    assert _rows(path) == list(enumerate(rows))

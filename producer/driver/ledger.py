@@ -428,7 +428,7 @@ class Ledger:
             self._record(outcome)
         data_end, committed, legacy = replay.data_end, replay.committed, replay.legacy
         if self.dataset is not None and self._dataset_seen:
-            change = dataset_change(self._dataset_seen, self.dataset[0])
+            change = dataset_change(self._dataset_seen, self.dataset[0], self.dataset[1])
             if change:
                 raise FilesChanged(f"the dataset changed since run {self.run_id} last read it ({change}): its output rows are "
                                    "matched to dataset rows by number; restore the dataset, or start over with --overwrite")
