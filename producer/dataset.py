@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import os
 import re
 import zlib
 from collections.abc import Iterator
@@ -180,8 +181,23 @@ def _json_lines(path: Path) -> bool:
     one JSON array under either name (either gzipped or not): read line by line. An array read line by line was one
     row that is no object, or a skip per line."""
     if _suffix(path) == ".jsonl":
-        return not _head(path).lstrip(BLANK).startswith(b"[")
+        return not _one_json_array(path)
     return _suffix(path) == ".json" and _head(path).lstrip(BLANK).startswith(b"{")
+
+
+def _one_json_array(path: Path) -> bool:
+    """Whether a file holds one JSON array (on one line or many) rather than JSON Lines whose first row may be a
+    list (a bad row: one skip, as before)."""
+    if not _head(path).lstrip(BLANK).startswith(b"["):
+        return False
+    with _opened(path) as handle:
+        lines = (line for line in handle if line.strip(BLANK))
+        first = next(lines, b"")
+        try:
+            json.loads(first.lstrip(BLANK))
+        except ValueError:  # `[` alone, or the start of a pretty-printed array
+            return True
+        return next(lines, None) is None  # a whole array on the only line
 
 
 def _folder_cache(folder: Path) -> str:
@@ -191,9 +207,9 @@ def _folder_cache(folder: Path) -> str:
     import datasets
 
     digest = hashlib.sha256(str(folder.resolve()).encode())
-    for file in sorted(path for path in folder.rglob("*") if path.is_file() and ".cache" not in path.relative_to(folder).parts):
-        stat = file.stat()
-        digest.update(f"\0{file.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    for name in sorted(_visible_files(folder)):  # not `.git`'s: its housekeeping changes no row
+        stat = (folder / name).stat()
+        digest.update(f"\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return str(Path(datasets.config.HF_DATASETS_CACHE) / "rsample-folders" / digest.hexdigest()[:24])
 
 
@@ -320,16 +336,35 @@ def fingerprint(selection: DataSelection) -> dict[str, list] | None:
     """A local dataset's files by name: [size, hash of its first bytes]. Output rows are matched to dataset rows by
     number, so a resume must read the same rows; None for a Hub dataset (its revision is the Hub's business)."""
     path = Path(selection.dataset).expanduser()
-    if path.is_dir():  # the other files, then those read in the order their rows are read (datasets orders them by its patterns)
-        try:
-            read = [str(Path(file).resolve().relative_to(path.resolve())) for file in _folder_files(path, selection) or ()]
-        except (RsampleError, ValueError):  # no such split: the run's own load says so
-            read = []
-        others = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and str(p.relative_to(path)) not in read)
-        files = {name: path / name for name in [*others, *read]}
+    if path.is_dir():  # the files read, in the order their rows are read (datasets orders them by its split patterns)
+        names = _read_names(path, selection) or sorted(_visible_files(path))  # else every file, by name
+        files = {name: path / name for name in names}
     else:
         files = {path.name: path} if path.is_file() else {}
     return {name: [file.stat().st_size, _head_hash(file, FINGERPRINT_HEAD)] for name, file in files.items()} or None
+
+
+def _visible_files(folder: Path) -> list[str]:
+    """A folder's files, relative, but those under a hidden folder (`.git`, `.cache`): no dataset's rows are there."""
+    names = (str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return [name for name in names if not any(part.startswith(".") for part in Path(name).parts[:-1])]
+
+
+def _read_names(folder: Path, selection: DataSelection) -> list[str]:
+    """The files of the selection that rsample reads, relative to `folder`, in the order their rows come; [] where
+    `datasets` decides. Paths are compared without following a file's link (a snapshot's files link to blobs)."""
+    try:
+        files = _folder_files(folder, selection) or ()
+    except RsampleError:  # no such split: the run's own load says so
+        return []
+    bases = dict.fromkeys((os.path.abspath(folder), os.path.realpath(folder)))
+    names = []
+    for file in files:
+        relative = next((name for base in bases if not (name := os.path.relpath(os.path.abspath(file), base)).startswith("..")), None)
+        if relative is None:
+            return []
+        names.append(relative)
+    return names
 
 
 def _head_hash(path: Path, size: int) -> str:
@@ -339,12 +374,12 @@ def _head_hash(path: Path, size: int) -> str:
 
 def dataset_change(stored: dict[str, list], path: str, current: dict[str, list] | None = None) -> str | None:
     """How the local dataset differs from its fingerprint (None: the same rows, perhaps with rows appended after the
-    last ones, which leaves every other row's number alone). In a folder, rows follow the files in the fingerprint's
-    order (`current`'s, the fingerprint taken now, for files that are new): a file that grows or appears before the
-    last one shifts the rows after it."""
+    last ones, which leaves every other row's number alone). In a folder, rows follow the files in the order they are
+    read now (`current`, the fingerprint taken now; else the stored one's): a file read that grows, or a new one that
+    comes before the last one read, shifts the rows after it."""
     root = Path(path).expanduser()
-    names = list(stored)
-    for position, (name, (size, head)) in enumerate(stored.items()):
+    order = list(current) if current else list(stored)  # the order rows are read in now
+    for name, (size, head) in stored.items():
         file = root / name if root.is_dir() else root
         if not file.is_file():
             return f"{name} is gone"
@@ -353,14 +388,14 @@ def dataset_change(stored: dict[str, list], path: str, current: dict[str, list] 
             return f"{name} shrank from {size} to {now} bytes"
         if _head_hash(file, min(size, FINGERPRINT_HEAD)) != head:
             return f"{name} has other rows at its start"
-        if now > size and position < len(names) - 1:
-            return f"{name} grew, which moves the rows of {names[position + 1]} and after"
+        later = order[order.index(name) + 1:] if name in order else []  # a file not read now (an older fingerprint's README) moves nothing
+        if now > size and later:
+            return f"{name} grew, which moves the rows of {later[0]} and after"
     if root.is_dir():
-        last = names[-1]
-        order = list(current) if current else sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        if last not in order:
-            order.append(last)
-        early = [name for name in order[:order.index(last)] if name not in stored]
-        if early:
-            return f"{early[0]} is new and comes before {last}"
+        order = order if current else sorted(_visible_files(root))
+        known = [name for name in order if name in stored]
+        if known:
+            early = [name for name in order[:order.index(known[-1])] if name not in stored]
+            if early:
+                return f"{early[0]} is new and comes before {known[-1]}"
     return None

@@ -318,26 +318,48 @@ def test_two_folders_of_one_name_and_an_edited_file_each_give_their_own_rows(tmp
     assert _rows(folders["a"]) == [(0, {"prompt": "edited in a"}), (1, {"prompt": "added to a"})]
 
 
-def test_a_resume_checks_a_folder_s_files_in_the_order_their_rows_are_read(tmp_path):
+@pytest.mark.parametrize("linked", [False, True], ids=["files", "links to blobs"])
+def test_a_resume_checks_a_folder_s_files_in_the_order_their_rows_are_read(tmp_path, linked):
     """`datasets` reads `train.jsonl` before `my_train.jsonl` (its split patterns, not the names' order): rows appended to
-    `train.jsonl` move every row of `my_train.jsonl`, and the check, which took the names' order, let them pass."""
+    `train.jsonl` move every row of `my_train.jsonl`, and the check, which took the names' order, let them pass. A
+    Hub snapshot's files are links to blobs elsewhere."""
     from rsample.producer.dataset import dataset_change, fingerprint
 
-    folder = tmp_path / "shards"
+    folder, blobs = tmp_path / "shards", tmp_path / "blobs"
     folder.mkdir()
-    (folder / "train.jsonl").write_text("".join(json.dumps({"prompt": f"train {i}"}) + "\n" for i in range(2)))
-    (folder / "my_train.jsonl").write_text("".join(json.dumps({"prompt": f"my_train {i}"}) + "\n" for i in range(2)))
+    blobs.mkdir()
+    for name, prefix in (("train.jsonl", "train"), ("my_train.jsonl", "my_train")):
+        target = blobs / name if linked else folder / name
+        target.write_text("".join(json.dumps({"prompt": f"{prefix} {i}"}) + "\n" for i in range(2)))
+        if linked:
+            (folder / name).symlink_to(target)
     (folder / "NOTES.txt").write_text("not data\n")
     selection = DataSelection(str(folder))
     assert [row["prompt"] for _, row in _rows(folder)] == ["train 0", "train 1", "my_train 0", "my_train 1"]
     stored = fingerprint(selection)
-    assert list(stored)[-2:] == ["train.jsonl", "my_train.jsonl"]  # as read
+    assert list(stored) == ["train.jsonl", "my_train.jsonl"]  # the files read, as read
+
+    def change():
+        return dataset_change(stored, str(folder), fingerprint(selection))
+
     with (folder / "my_train.jsonl").open("a") as handle:  # after the last row read: every number stays
         handle.write(json.dumps({"prompt": "my_train 2"}) + "\n")
-    assert dataset_change(stored, str(folder), fingerprint(selection)) is None
+    for unread in ("validation.jsonl", "zz_notes.txt", "NOTES.txt"):  # files the run does not read, added or edited
+        (folder / unread).write_text('{"prompt": "not in the split"}\n')
+    assert change() is None
     with (folder / "train.jsonl").open("a") as handle:
         handle.write(json.dumps({"prompt": "train 2"}) + "\n")
-    assert dataset_change(stored, str(folder), fingerprint(selection)) == "train.jsonl grew, which moves the rows of my_train.jsonl and after"
+    assert change() == "train.jsonl grew, which moves the rows of my_train.jsonl and after"
+    # a fingerprint an earlier version stored, every file by name: what is read now decides
+    older = {name: stored[name] for name in sorted(stored)}
+    assert list(older) == ["my_train.jsonl", "train.jsonl"]
+    assert dataset_change(older, str(folder), fingerprint(selection)) == "train.jsonl grew, which moves the rows of my_train.jsonl and after"
+
+
+def test_a_jsonl_file_whose_first_row_is_a_list_is_still_read_line_by_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('["a list, not a row"]\n{"prompt": "y"}\n{"prompt": "z"}\n')
+    assert _rows(path) == [(0, ["a list, not a row"]), (1, {"prompt": "y"}), (2, {"prompt": "z"})]
 
 
 @pytest.mark.parametrize("layout", ["one line", "pretty-printed"])

@@ -33,7 +33,10 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
 
     path = Path(spec).expanduser()
     if (surely_local(spec) or path.suffix == ".gguf") and not path.exists():
-        relative = "" if path.is_absolute() else f" (relative to {Path.cwd()}, the folder this runs in)"
+        try:
+            relative = "" if path.is_absolute() else f" (relative to {Path.cwd()}, the folder this runs in)"
+        except OSError:  # the folder this runs in was removed
+            relative = " (relative to the folder this runs in, which no longer exists)"
         raise RsampleError(f"{role} model not found: {spec}{relative}")
     location, gguf_file = split_gguf(spec)
     try:
