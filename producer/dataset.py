@@ -186,18 +186,23 @@ def _json_lines(path: Path) -> bool:
 
 
 def _one_json_array(path: Path) -> bool:
-    """Whether a file holds one JSON array (on one line or many) rather than JSON Lines whose first row may be a
-    list (a bad row: one skip, as before)."""
+    """Whether a file holds one JSON array (on one line, or pretty-printed over many) rather than JSON Lines whose
+    first row may be a list (a bad row: one skip, as before)."""
     if not _head(path).lstrip(BLANK).startswith(b"["):
         return False
-    with _opened(path) as handle:
-        lines = (line for line in handle if line.strip(BLANK))
-        first = next(lines, b"")
-        try:
-            json.loads(first.lstrip(BLANK))
-        except ValueError:  # `[` alone, or the start of a pretty-printed array
-            return True
-        return next(lines, None) is None  # a whole array on the only line
+    try:
+        with _opened(path) as handle:
+            lines = (line.strip(BLANK) for line in handle if line.strip(BLANK))
+            first = next(lines, b"")
+            if first == b"[" or (first.endswith(b",") and first.startswith((b"[{", b"[ {", b'["', b"[["))):
+                return True  # the opening of a pretty-printed array: no row on its own
+            try:
+                whole = json.loads(first)
+            except ValueError:  # a broken row: read line by line, it is one skip
+                return False
+            return isinstance(whole, list) and next(lines, None) is None  # a whole array on the only line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise _not_gzip(path, exc) from None
 
 
 def _folder_cache(folder: Path) -> str:
@@ -336,18 +341,24 @@ def fingerprint(selection: DataSelection) -> dict[str, list] | None:
     """A local dataset's files by name: [size, hash of its first bytes]. Output rows are matched to dataset rows by
     number, so a resume must read the same rows; None for a Hub dataset (its revision is the Hub's business)."""
     path = Path(selection.dataset).expanduser()
-    if path.is_dir():  # the files read, in the order their rows are read (datasets orders them by its split patterns)
-        names = _read_names(path, selection) or sorted(_visible_files(path))  # else every file, by name
-        files = {name: path / name for name in names}
+    if path.is_dir():  # every file by name, the card's too (it may say which files are read); what is read: `read_order`
+        files = {name: path / name for name in sorted(_visible_files(path))}
     else:
         files = {path.name: path} if path.is_file() else {}
     return {name: [file.stat().st_size, _head_hash(file, FINGERPRINT_HEAD)] for name, file in files.items()} or None
 
 
+def read_order(selection: DataSelection) -> list[str] | None:
+    """A local folder's files that the selection reads, in the order their rows come (datasets orders them by its split
+    patterns, not by name); None where that is not known here (a single file, a folder `datasets` reads itself)."""
+    path = Path(selection.dataset).expanduser()
+    return (_read_names(path, selection) or None) if path.is_dir() else None
+
+
 def _visible_files(folder: Path) -> list[str]:
     """A folder's files, relative, but those under a hidden folder (`.git`, `.cache`): no dataset's rows are there."""
     names = (str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    return [name for name in names if not any(part.startswith(".") for part in Path(name).parts[:-1])]
+    return [name for name in names if not _in_hidden_folder(name)]
 
 
 def _read_names(folder: Path, selection: DataSelection) -> list[str]:
@@ -372,30 +383,44 @@ def _head_hash(path: Path, size: int) -> str:
         return hashlib.sha256(handle.read(size)).hexdigest()[:16]
 
 
-def dataset_change(stored: dict[str, list], path: str, current: dict[str, list] | None = None) -> str | None:
+def dataset_change(stored: dict[str, list], path: str, read: list[str] | None = None) -> str | None:
     """How the local dataset differs from its fingerprint (None: the same rows, perhaps with rows appended after the
-    last ones, which leaves every other row's number alone). In a folder, rows follow the files in the order they are
-    read now (`current`, the fingerprint taken now; else the stored one's): a file read that grows, or a new one that
-    comes before the last one read, shifts the rows after it."""
+    last ones, which leaves every other row's number alone).
+
+    In a folder, `read` (`read_order` now) says which files give rows and in what order: a file read that grows or
+    appears before the last one read shifts the rows after it; the card (README.md, which may declare what is read)
+    must not change; other files do not count. Where `read` is not known, every file counts, in their names' order.
+    Files under a hidden folder (`.git`) never do: no rows are read there."""
     root = Path(path).expanduser()
-    order = list(current) if current else list(stored)  # the order rows are read in now
-    for name, (size, head) in stored.items():
+    names = [name for name in stored if not _in_hidden_folder(name)]
+    position = {name: index for index, name in enumerate(read or ())}
+    stored_read = [name for name in read or () if name in stored]
+    for index, name in enumerate(names):
+        size, head = stored[name]
         file = root / name if root.is_dir() else root
         if not file.is_file():
             return f"{name} is gone"
+        if read and name not in position and name != "README.md":
+            continue  # not read: its bytes move no row
         now = file.stat().st_size
         if now < size:
             return f"{name} shrank from {size} to {now} bytes"
         if _head_hash(file, min(size, FINGERPRINT_HEAD)) != head:
             return f"{name} has other rows at its start"
-        later = order[order.index(name) + 1:] if name in order else []  # a file not read now (an older fingerprint's README) moves nothing
-        if now > size and later:
-            return f"{name} grew, which moves the rows of {later[0]} and after"
+        if now > size:
+            later = (stored_read[stored_read.index(name) + 1:] if name in position else ["the files it declares"] if read
+                     else names[index + 1:])
+            if later:
+                return f"{name} grew, which moves the rows of {later[0]} and after"
     if root.is_dir():
-        order = order if current else sorted(_visible_files(root))
+        order = read if read else sorted(_visible_files(root))
         known = [name for name in order if name in stored]
         if known:
             early = [name for name in order[:order.index(known[-1])] if name not in stored]
             if early:
                 return f"{early[0]} is new and comes before {known[-1]}"
     return None
+
+
+def _in_hidden_folder(name: str) -> bool:
+    return any(part.startswith(".") for part in Path(name).parts[:-1])

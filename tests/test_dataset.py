@@ -261,11 +261,12 @@ def test_a_damaged_gzipped_file_is_one_clear_error(tmp_path, damage):
     import gzip
 
     lines = b"".join(json.dumps({"prompt": f"q{i}"}).encode() + b"\n" for i in range(2000))
-    data = gzip.compress(lines)
-    path = tmp_path / "rows.jsonl.gz"
-    path.write_bytes(data[: len(data) // 2] if damage == "cut short" else lines)
-    with pytest.raises(RsampleError, match=r"dataset file .*rows.jsonl.gz cannot be decompressed \((EOFError|BadGzipFile)"):
-        _rows(path)
+    for content in (lines, json.dumps([{"prompt": f"q{i}"} for i in range(2000)], indent=2).encode()):  # rows, or one array
+        data = gzip.compress(content)
+        path = tmp_path / "rows.jsonl.gz"
+        path.write_bytes(data[: len(data) // 2] if damage == "cut short" else content)
+        with pytest.raises(RsampleError, match=r"rows.jsonl.gz.*(cannot be decompressed \((EOFError|BadGzipFile)|Compressed file ended)"):
+            _rows(path)  # an array goes to datasets, whose error says it
 
 
 def test_a_gzipped_file_damaged_inside_is_one_clear_error(tmp_path):
@@ -319,14 +320,14 @@ def test_two_folders_of_one_name_and_an_edited_file_each_give_their_own_rows(tmp
 
 
 @pytest.mark.parametrize("linked", [False, True], ids=["files", "links to blobs"])
-def test_a_resume_checks_a_folder_s_files_in_the_order_their_rows_are_read(tmp_path, linked):
+def test_a_resume_judges_a_folder_s_files_in_the_order_their_rows_are_read(tmp_path, linked):
     """`datasets` reads `train.jsonl` before `my_train.jsonl` (its split patterns, not the names' order): rows appended to
     `train.jsonl` move every row of `my_train.jsonl`, and the check, which took the names' order, let them pass. A
     Hub snapshot's files are links to blobs elsewhere."""
-    from rsample.producer.dataset import dataset_change, fingerprint
+    from rsample.producer.dataset import dataset_change, fingerprint, read_order
 
     folder, blobs = tmp_path / "shards", tmp_path / "blobs"
-    folder.mkdir()
+    (folder / ".git").mkdir(parents=True)
     blobs.mkdir()
     for name, prefix in (("train.jsonl", "train"), ("my_train.jsonl", "my_train")):
         target = blobs / name if linked else folder / name
@@ -334,26 +335,50 @@ def test_a_resume_checks_a_folder_s_files_in_the_order_their_rows_are_read(tmp_p
         if linked:
             (folder / name).symlink_to(target)
     (folder / "NOTES.txt").write_text("not data\n")
+    (folder / ".git" / "index").write_text("git's own\n")
     selection = DataSelection(str(folder))
     assert [row["prompt"] for _, row in _rows(folder)] == ["train 0", "train 1", "my_train 0", "my_train 1"]
-    stored = fingerprint(selection)
-    assert list(stored) == ["train.jsonl", "my_train.jsonl"]  # the files read, as read
+    assert read_order(selection) == ["train.jsonl", "my_train.jsonl"]
+    stored = {**fingerprint(selection), ".git/index": [10, "an older version kept it"]}
 
     def change():
-        return dataset_change(stored, str(folder), fingerprint(selection))
+        return dataset_change(stored, str(folder), read_order(selection))
 
     with (folder / "my_train.jsonl").open("a") as handle:  # after the last row read: every number stays
         handle.write(json.dumps({"prompt": "my_train 2"}) + "\n")
-    for unread in ("validation.jsonl", "zz_notes.txt", "NOTES.txt"):  # files the run does not read, added or edited
+    for unread in ("validation.jsonl", "zz_notes.txt", "NOTES.txt", ".git/index"):  # files the run does not read, added or edited
         (folder / unread).write_text('{"prompt": "not in the split"}\n')
     assert change() is None
     with (folder / "train.jsonl").open("a") as handle:
         handle.write(json.dumps({"prompt": "train 2"}) + "\n")
     assert change() == "train.jsonl grew, which moves the rows of my_train.jsonl and after"
-    # a fingerprint an earlier version stored, every file by name: what is read now decides
-    older = {name: stored[name] for name in sorted(stored)}
-    assert list(older) == ["my_train.jsonl", "train.jsonl"]
-    assert dataset_change(older, str(folder), fingerprint(selection)) == "train.jsonl grew, which moves the rows of my_train.jsonl and after"
+
+
+def test_a_resume_refuses_a_card_that_reads_other_files_and_takes_a_new_shard_after_the_last(tmp_path):
+    from rsample.producer.dataset import dataset_change, fingerprint, read_order
+
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    for name in ("a.jsonl", "b.jsonl"):
+        (folder / name).write_text("".join(json.dumps({"prompt": f"{name} {i}"}) + "\n" for i in range(2)))
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: [{}]\n---\n"
+    (folder / "README.md").write_text(card.format("a.jsonl, b.jsonl"))
+    selection = DataSelection(str(folder))
+    stored = fingerprint(selection)
+    assert read_order(selection) == ["a.jsonl", "b.jsonl"]
+    (folder / "README.md").write_text(card.format("b.jsonl, a.jsonl"))  # the same files, read in another order
+    assert [row["prompt"] for _, row in _rows(folder)] == ["b.jsonl 0", "b.jsonl 1", "a.jsonl 0", "a.jsonl 1"]
+    assert dataset_change(stored, str(folder), read_order(selection)) == "README.md has other rows at its start"
+
+    shards = tmp_path / "shards"  # a stream of shards: the last one grew, and the next one came
+    shards.mkdir()
+    (shards / "train-00000.jsonl").write_text('{"prompt": "s0 0"}\n')
+    selection = DataSelection(str(shards))
+    stored = fingerprint(selection)
+    with (shards / "train-00000.jsonl").open("a") as handle:
+        handle.write('{"prompt": "s0 1"}\n')
+    (shards / "train-00001.jsonl").write_text('{"prompt": "s1 0"}\n')
+    assert dataset_change(stored, str(shards), read_order(selection)) is None
 
 
 def test_a_jsonl_file_whose_first_row_is_a_list_is_still_read_line_by_line(tmp_path):

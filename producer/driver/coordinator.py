@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 from rq.registry import StartedJobRegistry
 
-from rsample.producer.dataset import count_rows, fingerprint, iter_rows
+from rsample.producer.dataset import count_rows, fingerprint, iter_rows, read_order
 from rsample.producer.driver.collector import Collector
 from rsample.producer.driver.ledger import Ledger, output_header
 from rsample.producer.driver.run_lock import RunLock
@@ -68,13 +68,13 @@ class Coordinator:
         """Rows the output lacks wait for the work in flight, then the run is fed again from its first row."""
         self._outcomes_due, self._outcomes_published_at = False, 0.0
         try:
-            self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
+            self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data), read_order(config.data)),
                                  config.output_settings(), created_at=config.created_at)
             if overwrite and self.ledger.rows and (row := self._first_changed_row()) is not None:
                 log.warning("row %d of the dataset is not the row run %s wrote an outcome for (it was edited since); --overwrite: "
                             "the run starts over", row, config.run_id)
                 self.ledger.close()
-                self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data)),
+                self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data), read_order(config.data)),
                                      config.output_settings(), start_over=True, created_at=config.created_at)
             warn_if_made_again(config, out)
             self.collector = Collector(client, config, self.ledger, before_commit=self.lock.refresh)

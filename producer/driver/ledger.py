@@ -311,11 +311,12 @@ class Ledger:
     cut off, without parsing a single data row."""
 
     def __init__(self, out: str | Path, scores_out: str | Path | None, run_id: str, overwrite: bool = False,
-                 sft_out: str | Path | None = None, dataset: tuple[str, dict] | None = None, settings: dict | None = None,
+                 sft_out: str | Path | None = None, dataset: tuple | None = None, settings: dict | None = None,
                  start_over: bool = False, created_at: float | None = None):
         """`overwrite`: files of another run (or none) at these paths are replaced; else they make this refuse.
-        `dataset`: the local dataset's path and fingerprint, kept in the header; a resume refuses a dataset whose rows
-        changed (output rows are matched to dataset rows by number)."""
+        `dataset`: the local dataset's path and fingerprint, kept in the header, and the files it reads in their order
+        (`read_order`, optional); a resume refuses a dataset whose rows changed (output rows are matched to dataset
+        rows by number)."""
         self.out = Path(out)
         self.scores_out = Path(scores_out) if scores_out else None
         self.sft_out = Path(sft_out) if sft_out else None
@@ -428,7 +429,7 @@ class Ledger:
             self._record(outcome)
         data_end, committed, legacy = replay.data_end, replay.committed, replay.legacy
         if self.dataset is not None and self._dataset_seen:
-            change = dataset_change(self._dataset_seen, self.dataset[0], self.dataset[1])
+            change = dataset_change(self._dataset_seen, self.dataset[0], self.dataset[2] if len(self.dataset) > 2 else None)
             if change:
                 raise FilesChanged(f"the dataset changed since run {self.run_id} last read it ({change}): its output rows are "
                                    "matched to dataset rows by number; restore the dataset, or start over with --overwrite")
