@@ -395,6 +395,7 @@ def dataset_change(stored: dict[str, list], path: str, read: list[str] | None = 
     names = [name for name in stored if not _in_hidden_folder(name)]
     position = {name: index for index, name in enumerate(read or ())}
     stored_read = [name for name in read or () if name in stored]
+    next_read = dict(zip(stored_read, stored_read[1:]))  # each file read, and the next one whose rows were recorded
     for index, name in enumerate(names):
         size, head = stored[name]
         file = root / name if root.is_dir() else root
@@ -408,10 +409,10 @@ def dataset_change(stored: dict[str, list], path: str, read: list[str] | None = 
         if _head_hash(file, min(size, FINGERPRINT_HEAD)) != head:
             return f"{name} has other rows at its start"
         if now > size:
-            later = (stored_read[stored_read.index(name) + 1:] if name in position else ["the files it declares"] if read
-                     else names[index + 1:])
+            later = next_read.get(name) if name in position else "the files it declares" if read else \
+                (names[index + 1] if index + 1 < len(names) else None)
             if later:
-                return f"{name} grew, which moves the rows of {later[0]} and after"
+                return f"{name} grew, which moves the rows of {later} and after"
     if root.is_dir():
         order = read if read else sorted(_visible_files(root))
         known = [name for name in order if name in stored]
