@@ -140,12 +140,14 @@ def _stop(pool: ProcessPoolExecutor, grace: float) -> None:
         while running and (left := deadline - time.monotonic()) > 0:
             for ended in connection.wait(list(running), left):
                 running.pop(ended)
-        for process in running.values():
-            process.kill()
-        connection.wait(list(running), 5)  # gone when this returns, as far as the kernel lets us know
     except OSError:  # a sentinel closed under us: the pool's thread has reaped that process; the rest are killed
-        for process in running.values():
-            process.kill()
+        pass
+    for process in running.values():
+        process.kill()
+    try:
+        connection.wait(list(running), 5)  # gone when this returns, as far as the kernel lets us know
+    except OSError:
+        pass
 
 
 def make_renderer(spec: str, tokenizer, trust_remote_code: bool, pad_token_id: int | None):
