@@ -349,12 +349,15 @@ def test_a_push_into_a_repository_rsample_did_not_make_takes_nothing_away(tmp_pa
     config, summary, files = make_run(tmp_path)
     repo = tmp_path / "repo"
     (repo / "report").mkdir(parents=True)
-    (repo / "README.md").write_text("---\ntags:\n- mine\n---\n# My dataset\n")
+    (repo / "README.md").write_text("---\ntags: mine\n---\n# My dataset\n")  # one tag, written as YAML allows
     (repo / "sft.jsonl").write_text('{"messages": []}\n')
     (repo / "report" / "my_notes.md").write_text("notes")
     api = FolderApi(repo)
     push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
     assert {"sft.jsonl", "report/my_notes.md"} <= set(api.list_repo_files("me/pairs"))
+    from huggingface_hub import DatasetCard
+
+    assert DatasetCard((repo / "README.md").read_text()).data.tags == ["mine", "rejection-sampling", "preference", "rsample"]
     (repo / "report" / "more_notes.md").write_text("notes")  # the card is rsample's now; this file is not declared in it
     push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
     assert {"sft.jsonl", "report/my_notes.md", "report/more_notes.md"} <= set(api.list_repo_files("me/pairs"))
@@ -437,6 +440,86 @@ def test_a_config_the_user_added_to_rsamples_card_keeps_its_file(tmp_path):
     (repo / "mine" / "filtered.jsonl").write_text('{"prompt_id": "x"}\n')
     push_to_hub("me/pairs", config, summary, files, api=api)
     assert (repo / "mine" / "filtered.jsonl").exists()
+    import datasets  # and the card still declares it: the second push's card was written without it
+
+    assert datasets.load_dataset(str(repo), "filtered", split="train")[0]["prompt_id"] == "x"
+    assert datasets.load_dataset(str(repo), split="train")[0]["prompt_id"] == "x"  # the pairs, still the default
+
+
+def user_card(repo) -> str:
+    repo.mkdir(parents=True)
+    (repo / "data").mkdir()
+    (repo / "data" / "train.jsonl").write_text('{"text": "theirs"}\n')
+    card = ("---\nlicense: cc-by-4.0\nlanguage:\n- en\nconfigs:\n- config_name: default\n  default: true\n  data_files:\n"
+            "  - split: train\n    path: data/train.jsonl\n---\n# My dataset\n\nWords I wrote about it.\n")
+    (repo / "README.md").write_text(card)
+    return card
+
+
+def test_a_push_into_a_repository_with_the_users_own_card_keeps_it(tmp_path):
+    """A user's card was replaced by rsample's: their license, prose and configs lost. They stay; rsample's part is added,
+    and replaced (not added twice) at the next push."""
+    import datasets
+    import yaml
+
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    user_card(repo)
+    api = FolderApi(repo)
+    push_to_hub("me/pairs", config, summary, files, api=api)
+    push_to_hub("me/pairs", config, dataclasses.replace(summary, pairs_written=5), {"pairs": files["pairs"]}, api=api)
+
+    text = (repo / "README.md").read_text()
+    metadata = yaml.safe_load(text.split("---\n")[1])
+    assert metadata["license"] == "cc-by-4.0" and metadata["language"] == ["en"]
+    assert {c["config_name"]: c.get("default", False) for c in metadata["configs"]} == {"default": True, "pairs": False}
+    assert "rsample" in metadata["tags"] and [i["config_name"] for i in metadata["dataset_info"]] == ["pairs"]
+    assert text.count("Words I wrote about it.") == 1 and text.index("# My dataset") < text.index("# Rejection-sampling")
+    assert text.count("# Rejection-sampling preference pairs") == 1
+    assert "| pairs_written | 5 |" in text and "| pairs_written | 7 |" not in text
+    assert not (repo / "scores.jsonl").exists()  # the first push's, taken away with its config
+    assert datasets.load_dataset(str(repo), split="train")[0] == {"text": "theirs"}  # their default stays the default
+    assert datasets.load_dataset(str(repo), "pairs", split="train")[0]["prompt_id"] == "x"
+
+
+def test_a_card_rsample_wrote_before_it_marked_its_part_is_replaced_whole(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    api = FolderApi(repo)
+    push_to_hub("me/pairs", config, summary, files, api=api)
+    unmarked = (repo / "README.md").read_text().replace("<!-- rsample:begin -->\n", "").replace("<!-- rsample:end -->\n", "")
+    (repo / "README.md").write_text(unmarked.replace("| pairs_written | 7 |", "| pairs_written | 3 |"))
+    push_to_hub("me/pairs", config, summary, files, api=api)
+    card = DatasetCard((repo / "README.md").read_text())
+    assert card.text.count("# Rejection-sampling preference pairs") == 1 and "| pairs_written | 3 |" not in card.text
+    assert card.data.tags == ["rejection-sampling", "preference", "rsample"]
+
+
+@pytest.mark.parametrize("card", [None, "---\ntags:\n- mine\n---\n# Mine\n"])
+def test_a_file_rsample_would_overwrite_that_is_not_its_own_is_refused(tmp_path, card):
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "scores.jsonl").write_text('{"mine": 1}\n')
+    if card:
+        (repo / "README.md").write_text(card)
+    with pytest.raises(RsampleError, match="the Hub dataset me/pairs already holds scores.jsonl, which its card does not name as "
+                                           "rsample's: push to another repository, or delete them there first"):
+        push_to_hub("me/pairs", config, summary, files, api=FolderApi(repo))
+    assert (repo / "scores.jsonl").read_text() == '{"mine": 1}\n' and not (repo / "pairs.jsonl").exists()
+    assert (repo / "README.md").exists() == bool(card)
+
+
+def test_a_card_that_cannot_be_read_is_refused_not_replaced(tmp_path):
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README.md").write_text("---\nlicense: [mit\n---\n# Mine\n")
+    with pytest.raises(RsampleError, match="the Hub dataset me/pairs has a README.md that is no readable dataset card .*mend it"):
+        push_to_hub("me/pairs", config, summary, files, api=FolderApi(repo))
+    assert (repo / "README.md").read_text().endswith("# Mine\n") and not (repo / "pairs.jsonl").exists()
 
 
 def test_a_repository_id_the_hub_refuses_is_refused_before_the_run(monkeypatch):

@@ -1,4 +1,5 @@
-"""Publishing a run to the Hugging Face Hub: the JSONL files and a dataset card, in one commit.
+"""Publishing a run to the Hugging Face Hub: the JSONL files and a dataset card, in one commit (a card already there keeps its
+owner's parts: see card_merge).
 
 The token comes from the environment (HF_TOKEN or the cached login) through huggingface_hub and is
 never read, printed or written here. `api` is the seam tests replace.
@@ -10,6 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from rsample.producer.driver.card_merge import BEGIN, END, declared_outputs, existing_card, merged_card
 from rsample.producer.driver.summary import Summary
 from rsample.producer.parquet import has_thinking
 from rsample.producer.report.document import Report
@@ -118,6 +120,7 @@ def dataset_card(config: RunConfig, summary: Summary, files: dict[str, Path], re
     return f"""---
 {card_metadata(files, config.score_names)}
 ---
+{BEGIN}
 
 # Rejection-sampling preference pairs
 
@@ -144,34 +147,12 @@ and the `sft` config each prompt's best candidate as a supervised example: `load
 ```json
 {json.dumps(settings, indent=2)}
 ```
+{END}
 """
 
 
 OUTPUT_FILES = ("pairs.jsonl", "scores.jsonl", "sft.jsonl")
 """The files rsample pushes (one per config) beside its card and the report's figures."""
-
-
-def earlier_outputs(api, repo_id: str, pushed: set[str]) -> list[str]:
-    """The files an earlier push of rsample left that this one does not replace (a `scores.jsonl` this run did not write,
-    last run's figures): left, they would sit beside a card that no longer describes them. Only what the repository's
-    card declares, and only if rsample made it: every other file is the user's."""
-    import re
-
-    from huggingface_hub import DatasetCard
-
-    files = set(api.list_repo_files(repo_id, repo_type="dataset"))
-    if "README.md" not in files:
-        return []
-    try:
-        card = DatasetCard(Path(api.hf_hub_download(repo_id, "README.md", repo_type="dataset")).read_text(encoding="utf-8"))
-    except Exception:  # no readable card: nothing is known to be rsample's
-        return []
-    if "rsample" not in (card.data.tags or []):
-        return []
-    declared = {entry["path"] for config in (card.data.configs or []) for entry in config.get("data_files", [])
-                if isinstance(entry, dict) and entry.get("path") in OUTPUT_FILES}  # a config a user added is theirs
-    declared |= set(re.findall(r"!\[[^\]]*\]\((report/[^)\s]+)\)", card.text))  # the figures it shows, not a path in its command
-    return sorted(path for path in declared & files if path not in pushed)
 
 
 def check_visibility(api, repo_id: str, private: bool) -> None:
@@ -204,13 +185,21 @@ def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[s
     operations = [CommitOperationAdd(f"{name}.jsonl", str(path)) for name, path in files.items()]
     if report is not None:
         operations += [CommitOperationAdd(f"report/{path.name}", str(path)) for path in report.figures.values()]
-    operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
     try:
         made = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         repo_id = getattr(made, "repo_id", None) or repo_id  # a name without namespace is made under the token's user
         check_visibility(api, repo_id, private)
+        held = set(api.list_repo_files(repo_id, repo_type="dataset"))
+        existing = existing_card(api, repo_id, held)
+        earlier = declared_outputs(existing, OUTPUT_FILES)
         pushed = {operation.path_in_repo for operation in operations}
-        operations += [CommitOperationDelete(path) for path in earlier_outputs(api, repo_id, pushed)]
+        theirs = sorted(pushed & (held - earlier))
+        if theirs:
+            raise RsampleError(f"the Hub dataset {repo_id} already holds {', '.join(theirs)}, which its card does not name as "
+                               "rsample's: push to another repository, or delete them there first (the JSONL files are kept locally)")
+        removed = earlier & (held - pushed)  # left, they would sit beside a card that no longer describes them
+        operations += [CommitOperationDelete(path) for path in sorted(removed)]
+        operations.append(CommitOperationAdd("README.md", merged_card(card, existing, removed).encode("utf-8")))
         api.create_commit(repo_id, operations, commit_message=f"rsample run {config.run_id}", repo_type="dataset")
     except RsampleError:
         raise
