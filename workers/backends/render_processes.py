@@ -86,10 +86,13 @@ class ProcessRenderer:
         except BrokenProcessPool:  # one died (the OOM killer, a kill): the job should not pay for it; a second time, it does
             return self._render_with(self._pool, conversations)
 
+    def _submit(self, pool: ProcessPoolExecutor, conversations: list[Conversation]):
+        return pool.submit(_render, conversations, self.pad_token_id, pinned_run_date())  # the run's date goes with each call
+
     def _render_with(self, pool: ProcessPoolExecutor, conversations: list[Conversation]) -> list[list[int]]:
         call = None
         try:
-            call = pool.submit(_render, conversations, self.pad_token_id, pinned_run_date())
+            call = self._submit(pool, conversations)
             return wait_interruptibly(call)
         except BrokenProcessPool as exc:
             with self._lock:
@@ -107,7 +110,7 @@ class ProcessRenderer:
         """The processes start and render once, within `timeout`: a failure is said at load, not in every job."""
         probe = [[{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hello!"}]]
         try:  # as many calls at once as processes: the pool starts one for each (it starts them as calls find none idle)
-            probes = [self._pool.submit(_render, probe, self.pad_token_id, pinned_run_date()) for _ in range(self._processes)]
+            probes = [self._submit(self._pool, probe) for _ in range(self._processes)]
             done, waiting = wait(probes, timeout=timeout)
             if waiting:
                 raise TimeoutError(f"not ready after {timeout:.0f} s")
