@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,14 +209,21 @@ def _one_json_array(path: Path) -> bool:
 def _folder_cache(folder: Path) -> str:
     """A `datasets` cache of the folder's own, named by its absolute path and every file's size and time of change.
     `datasets` caches a folder whose card declares `configs` by the folder's name alone: another folder of the same
-    name, or this one with a file edited, gave the rows cached before, without a word."""
+    name, or this one with a file edited, gave the rows cached before, without a word. The copies made of this folder
+    before an edit are removed: they would never be read again, and each is as large as the folder's rows."""
     import datasets
 
-    digest = hashlib.sha256(str(folder.resolve()).encode())
+    place = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    contents = hashlib.sha256()
     for name in sorted(_visible_files(folder)):  # not `.git`'s: its housekeeping changes no row
         stat = (folder / name).stat()
-        digest.update(f"\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    return str(Path(datasets.config.HF_DATASETS_CACHE) / "rsample-folders" / digest.hexdigest()[:24])
+        contents.update(f"\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    caches = Path(datasets.config.HF_DATASETS_CACHE) / "rsample-folders"
+    cache = caches / f"{place}-{contents.hexdigest()[:16]}"
+    for earlier in caches.glob(f"{place}-*"):
+        if earlier != cache:
+            shutil.rmtree(earlier, ignore_errors=True)
+    return str(cache)
 
 
 def _load_with_datasets(source: str, split: str, data_files: str | None = None, subset: str | None = None,

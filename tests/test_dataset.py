@@ -315,8 +315,14 @@ def test_two_folders_of_one_name_and_an_edited_file_each_give_their_own_rows(tmp
         folders[name] = repo
     assert _rows(folders["a"]) == [(0, {"prompt": "from folder a"})]
     assert _rows(folders["b"]) == [(0, {"prompt": "from folder b"}), (1, {"prompt": "and its second row"})]
+    caches = tmp_path / "hf-datasets-cache" / "rsample-folders"
+    before = {path.name for path in caches.iterdir()}
     (folders["a"] / "data" / "train.csv").write_text("prompt\nedited in a\nadded to a\n")
     assert _rows(folders["a"]) == [(0, {"prompt": "edited in a"}), (1, {"prompt": "added to a"})]
+    after = {path.name for path in caches.iterdir()}  # the copy of `a` before the edit is gone; `b`'s stays
+    assert len(before) == len(after) == 2 and len(before & after) == 1
+    assert _rows(folders["b"]) == [(0, {"prompt": "from folder b"}), (1, {"prompt": "and its second row"})]
+    assert {path.name for path in caches.iterdir()} == after
 
 
 @pytest.mark.parametrize("linked", [False, True], ids=["files", "links to blobs"])
