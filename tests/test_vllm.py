@@ -327,3 +327,45 @@ def test_a_vllm_worker_shuts_its_engine_down_and_exits_when_its_work_is_done(tin
     while (left := [pid for pid in seen if pid in _live_descendants(os.getpid())]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left
+
+
+def test_a_vllm_worker_told_to_stop_while_its_engine_starts_stops(tiny_models, redis_server, redis_client, tmp_path):
+    """A SIGTERM that reached a vLLM worker while its engine started was lost (pyzmq's poll, where vLLM waits for the
+    engine, swallowed the exception the handler raised): the worker went on to serve. It holds no job yet: it exits,
+    its engine with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, _live_descendants
+
+    from rsample.workers.runtime.keys import RunKeys
+
+    dataset = write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2])
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", tiny_models["policy"],
+                     "--backend", "vllm", "--reward-model", "r", "--reward-backend", "length", "--dtype", "float32",
+                     "--n", "2", "--max-new-tokens", "8").stdout.strip()
+    log = tmp_path / "worker.log"
+    with log.open("w") as handle:
+        worker = subprocess.Popen([sys.executable, "-m", "rsample.producer", "worker", "generate", "--redis-url", redis_server.url,
+                                   "--run", run_id], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while worker.poll() is None and time.monotonic() < deadline and "EngineCore" not in log.read_text():
+            time.sleep(0.05)
+        time.sleep(0.5)  # the worker waits for its engine to start
+        engine = _live_descendants(worker.pid)
+        assert engine and worker.poll() is None and "loaded policy" not in log.read_text(), log.read_text()[-3000:]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()[-3000:]  # it served, and never exited
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert "stop signal while the models load: exiting now" in log.read_text()
+    assert "serving run" not in log.read_text() and redis_client.hget(RunKeys(run_id).stats, "rows_generated") is None
+    deadline = time.monotonic() + 30
+    while (left := [pid for pid in engine if pid in _live_descendants(os.getpid())]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, "the engine outlived its worker"

@@ -214,15 +214,17 @@ def exit_now(signum: int) -> NoReturn:
 
 
 @contextlib.contextmanager
-def stop_signals_exit_now():
-    """While the models shut down: RQ's handlers would raise StopRequested in the middle of it (leaving an engine
-    running, which keeps the process from exiting); a stop signal now ends the process at once, its engine told too."""
+def stop_signals_exit_now(while_: str = "the models shut down"):
+    """While the models load or shut down, no job is held, so nothing is lost by ending the process at once, its engine
+    told too. Raising instead fails: RQ's StopRequested in the middle of a shutdown leaves an engine running, which keeps
+    the process from exiting; and while vLLM waits for its engine to start, pyzmq's poll swallows the exception a
+    handler raises (the worker went on to serve)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_signal(signum, frame):
-        log.warning("stop signal while the models shut down: exiting now")
+        log.warning("stop signal while %s: exiting now", while_)
         exit_now(signum)
 
     handled = [signal.SIGTERM] + ([] if MainWorker.sigint_ignored else [signal.SIGINT])
@@ -370,13 +372,14 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     try:
         started = time.perf_counter()
         indices = config.served_reward_models(reward_model_indices) if role in ("reward", "both") else []
-        for index in indices:
-            context.reward_models[index] = load_reward_backend(config, index, allowed_functions(allow_functions))
-        if indices:
-            log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
-        if role in ("generate", "both"):
-            context.generator = load_generator(config)
-            log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
+        with stop_signals_exit_now("the models load"):
+            for index in indices:
+                context.reward_models[index] = load_reward_backend(config, index, allowed_functions(allow_functions))
+            if indices:
+                log.info("loaded reward models %s in %.1f s", [config.reward_models[i] for i in indices], time.perf_counter() - started)
+            if role in ("generate", "both"):
+                context.generator = load_generator(config)
+                log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
         slots = slots or default_slots(role, config.models, [config.reward_models[i] for i in indices])
         base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
         while True:
