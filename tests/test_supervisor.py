@@ -627,3 +627,34 @@ def test_a_forgotten_run_does_not_end_the_supervisor_that_follows_the_runs(redis
     finally:
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(timeout=60)
+
+
+def test_a_worker_that_dies_while_redis_is_away_is_started_again_once_it_is_back(chat_dataset, tmp_path):
+    """A worker restarted during a Redis outage exits at once (it cannot load its run): those exits counted as its
+    failures, and `rsample workers` gave up every worker and exited 17 s into the outage, serving nothing once Redis
+    was back. It waits for Redis instead, and the run completes."""
+    with EmbeddedRedis(data_dir=tmp_path / "redis", appendonly=True) as server:
+        run_id = enqueue(server.url, chat_dataset)
+        log = tmp_path / "supervisor.log"
+        supervisor = start_supervisor("--run", run_id, "--gpus", "0", "--role", "both", *FAST, "--give-up-after", "2",
+                                      "--log-dir", str(tmp_path / "logs"), log=log, redis_url=server.url)
+        try:
+            first = wait_for(lambda: pinned_workers(supervisor.pid, 1), 30, "the worker")
+            server.stop()
+            os.kill(first["0"], signal.SIGKILL)
+            wait_for(lambda: "cannot reach Redis (ConnectionError): workers that exit start again" in log.read_text(), 30,
+                     "the supervisor to wait for Redis", interval=0.1)
+            time.sleep(2 * defaults.RUN_CHECK_SECONDS)  # two failures in a row gave it up, well within this
+            assert supervisor.poll() is None and "giving up" not in log.read_text(), log.read_text()
+            assert pinned_workers(supervisor.pid, 1) is None  # none started while Redis is away
+            server.start()
+            wait_for(lambda: pinned_workers(supervisor.pid, 1), 60, "the worker to start again once Redis is back")
+            out, scores = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
+            rsample("aggregate", "--redis-url", server.url, "--run", run_id, "--out", str(out), "--scores-out", str(scores),
+                    "--no-progress", timeout=180)
+            assert assert_exactly_once(out, scores, CHAT_ROWS) == {"pair": 7, "duplicate": 1}
+            supervisor.send_signal(signal.SIGTERM)
+            assert supervisor.wait(timeout=30) == 0, log.read_text()
+        finally:
+            kill_leftovers(run_id)
+    assert f"run {run_id} can be served again: starting its workers" in log.read_text()

@@ -169,12 +169,12 @@ class Supervisor:
                  role_args: dict[str, list[str]] | None = None, restart_backoff: float = defaults.RESTART_BACKOFF,
                  give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS,
                  stops: StopSignals | None = None, next_run: Callable[[str], Move | None] | None = None,
-                 same_models: Callable[[str, str], bool] | None = None, gone: Callable[[str], bool] | None = None):
+                 same_models: Callable[[str, str], bool] | None = None, blocked: Callable[[str], str | None] | None = None):
         """`next_run`, when given, is asked every few seconds whether the workers should move from the run they serve to
         another; `same_models(run, other)` whether they may move there in their processes, their models kept (they
         follow the runs themselves, `--follow`), else they are stopped and `run` returns for the next run's workers.
-        `gone(run)`: whether the run left Redis (forgotten, say): a worker started again for it would exit at once, so
-        it waits for the next run instead of counting failures until it is given up."""
+        `blocked(run)`: why no worker can serve the run now (Redis unreachable, the run gone from it), or None: a worker
+        started then would exit at once, so it waits instead of counting failures until it is given up."""
         self.redis_url = redis_url
         self.run_id = run_id
         self.role_args = role_args or {}
@@ -186,8 +186,8 @@ class Supervisor:
         self.stops = stops or StopSignals()
         self.next_run = next_run
         self.same_models = same_models or (lambda run, other: False)
-        self.gone = gone or (lambda run: False)
-        self._said_gone: str | None = None
+        self.blocked = blocked or (lambda run: None)
+        self._said_blocked: str | None = None
         self.moved: Move | None = None
         """The run the workers were stopped for, when `run` returned to move them."""
 
@@ -229,7 +229,7 @@ class Supervisor:
         said = f"{child.spec} (pid {child.process.pid}) {describe_exit(code)} after {lived:.1f} s: {last_words(child.log_path)}"
         said += left_running(child)
         child.process = None
-        if self._run_gone():  # not the worker's failure: it starts again for the next run
+        if self._blocked():  # not the worker's failure: it starts again once the run can be served
             child.quick_failures, child.restart_at = 0, time.monotonic()
             self.say(f"{said}; it starts again once there is a run to serve")
             return
@@ -278,17 +278,21 @@ class Supervisor:
                 else:
                     self.reap(child, code)
             elif not child.given_up and time.monotonic() >= child.restart_at:
-                if self._run_gone():
+                if self._blocked():
                     child.restart_at = time.monotonic() + defaults.RUN_CHECK_SECONDS
                 else:
                     self.start(child)
 
-    def _run_gone(self) -> bool:
-        if not self.gone(self.run_id):
+    def _blocked(self) -> bool:
+        reason = self.blocked(self.run_id)
+        if reason is None:
+            if self._said_blocked is not None:
+                self.say(f"run {self.run_id} can be served again: starting its workers that are not running")
+                self._said_blocked = None
             return False
-        if self._said_gone != self.run_id:
-            self.say(f"run {self.run_id} is gone from Redis (forgotten?): workers that exit start again for the next run")
-            self._said_gone = self.run_id
+        if self._said_blocked != reason:
+            self.say(f"{reason}: workers that exit start again once there is a run to serve")
+            self._said_blocked = reason
         return True
 
     def stop(self) -> None:
@@ -342,7 +346,7 @@ def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int
         supervisor = Supervisor(specs, redis_url, config.run_id, log_dir, role_args, restart_backoff, give_up_after, stop_grace,
                                 stops, None if follower is None else follower.mover,
                                 None if follower is None else follower.same_models_for(specs, config),
-                                None if follower is None else follower.gone)
+                                lambda run: why_unservable(client, run))
         if warning:
             supervisor.say(warning)
         plan = "; ".join(f"{spec.role} on GPU {spec.devices}" for spec in specs)
@@ -352,6 +356,17 @@ def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int
             return code
         run_id = supervisor.moved.run_id
     return 0
+
+
+def why_unservable(client: redis.Redis, run_id: str) -> str | None:
+    """Why a worker started now for `run_id` would exit at once, or None. Not the worker's failure: a Redis restarted
+    empty has the run again once its coordinator makes it anew, and a forgotten run's workers follow the next one."""
+    try:
+        if client.exists(RunKeys(run_id).config):
+            return None
+    except redis.RedisError as exc:
+        return f"cannot reach Redis ({type(exc).__name__})"
+    return f"run {run_id} is gone from Redis (forgotten, or Redis lost it)"
 
 
 class RunFollower:
@@ -401,10 +416,6 @@ class RunFollower:
                 return config
             self._sleep(defaults.RUN_CHECK_SECONDS)
         return None
-
-    def gone(self, run_id: str) -> bool:
-        """Whether the run's settings left Redis (an unreachable Redis is no answer: not gone)."""
-        return bool(self._ask(lambda: not self.client.exists(RunKeys(run_id).config)))
 
     def mover(self, current: str) -> Move | None:
         return self._ask(move_from, self.client, current)
