@@ -87,6 +87,20 @@ def test_a_batch_whose_job_and_payload_are_gone_is_fed_again_while_the_run_goes_
     assert coordinator.feeder.in_flight() == 4  # the lost two were written off, and fed again
 
 
+def test_a_run_redis_lost_is_fed_again_under_batch_ids_of_its_own(coordinator, redis_client):
+    """Redis restarted empty re-fed the run under the batch ids of the first feed: a scoring job that read a batch
+    before the loss and wrote after it filed its scores under the batch made again, beside other texts."""
+    queue = make_queue(redis_client, RunKeys(coordinator.config.run_id).generate_queue)
+    coordinator.feeder.top_up()
+    before = {job.args[1]: [p["prompt_id"] for p in job.args[2]] for job in queue.jobs}
+    redis_client.flushall()  # what Redis lost
+    coordinator.ensure_run()
+    coordinator.feeder.top_up()
+    after = {job.args[1]: [p["prompt_id"] for p in job.args[2]] for job in queue.jobs}
+    assert sorted(before.values()) == sorted(after.values()) and len(before) == 2  # the same prompts, fed again
+    assert not set(before) & set(after)
+
+
 def test_a_run_redis_lost_while_no_coordinator_was_up_is_recreated_from_its_output(redis_server, redis_client, tmp_path):
     """Redis restarted empty while no coordinator ran: the output files keep the run's settings, and `resume` (or
     `aggregate`) registers the run again under its id and goes on, here with rows appended to the dataset since."""
