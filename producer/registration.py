@@ -264,11 +264,12 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
     Without `run_id`, the run whose files `out` holds, so that the same command goes on with it (a coordinator
     restarted on a Redis where someone has made a run since; a push to try again; a run Redis lost or `forget` took
     out, made again) — unless that run is finished and another is not: a new run given the last one's folder, or the
-    same command for the finished one? Refused, naming both. `overwrite` means a new run: the latest."""
+    same command for the finished one? Refused, naming both. `overwrite` means a new run: the latest. Without a run of
+    its own, never a finished run: it would be fed again whole, into a new file, and unfinished for its workers."""
     import logging
 
     from rsample.producer.driver.ledger import output_header
-    from rsample.workers.runtime.run_state import RunGone, unfinished_runs
+    from rsample.workers.runtime.run_state import RunGone, list_run_ids, unfinished_runs
 
     owner = output_header(Path(out)).get("rsample_run") if run_id is None and not overwrite else None
     if owner:
@@ -282,6 +283,9 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
             logging.getLogger(__name__).info("run %s: the one whose output %s holds (the latest is %s; --run picks another)",
                                              owner, out, latest)
         run_id = owner
+    if run_id is None and not unfinished_runs(client) and (runs := list_run_ids(client)):
+        raise RsampleError(f"every run in this Redis is finished (the newest is {runs[0]}), and {out} holds none of them: pass "
+                           f"--run {runs[0]} to write it again there (generating it all again), or enqueue a new run")
     try:
         return load_run(client, run_id)
     except RunGone:

@@ -112,6 +112,28 @@ def test_a_restarted_aggregate_goes_on_with_the_run_its_output_holds_though_anot
     assert_exactly_once(out, None, ROWS)
 
 
+def test_an_aggregate_without_a_run_of_its_own_never_takes_up_a_finished_one(redis_server, redis_client, tmp_path):
+    """With every run finished, `rsample aggregate --out new.jsonl` took the newest finished run, made it unfinished,
+    and fed all of it again to the workers, saying only that its rows were not in the new file."""
+    from rsample.workers.runtime.keys import RunKeys
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    done = tmp_path / "done" / "pairs.jsonl"
+    rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), *FAST, "--n", "2", "--out", str(done), "--no-progress",
+            timeout=120)
+    run_id = redis_client.zrevrange("rsample:runs", 0, 0)[0].decode()
+    stats = redis_client.hgetall(RunKeys(run_id).stats)
+    assert b"finished_at" in stats
+    new = tmp_path / "new" / "pairs.jsonl"
+    refused = rsample("aggregate", "--redis-url", redis_server.url, "--out", str(new), "--no-progress", check=False, timeout=60)
+    assert (refused.returncode, refused.stderr.strip().splitlines()[-1]) == (
+        2, f"error: every run in this Redis is finished (the newest is {run_id}), and {new} holds none of them: pass --run "
+           f"{run_id} to write it again there (generating it all again), or enqueue a new run")
+    assert redis_client.hgetall(RunKeys(run_id).stats) == stats and not new.exists()
+    again = rsample("aggregate", "--redis-url", redis_server.url, "--out", str(done), "--no-progress", timeout=60)
+    assert f"run {run_id}: wrote" in again.stdout  # its own output: the same command goes on with it
+
+
 def test_a_run_whose_row_count_was_lost_still_gets_its_workers(redis_server, redis_client, tmp_path):
     """Killed between saving the run and its row count (or the count lost with the run's counters), `rsample run
     --redis-url` found 0 rows to do, started no worker, and waited for ever."""
