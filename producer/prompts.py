@@ -138,13 +138,21 @@ def _prompt(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple
     if prompt_columns:
         column = prompt_columns[0]
         if row.get(column) is None:
-            return RowSkip(row_index, f"no {column} field", f"row {row_index}: {_describe_fields(row)}")
+            return _null_or_missing(row, row_index, column) or RowSkip(row_index, f"no {column} field", f"row {row_index}: {_describe_fields(row)}")
     else:
         column = _auto_column(row)
         if column is None:
-            return RowSkip(row_index, "no messages, prompt or conversations field",
-                           f"row {row_index}: {_describe_fields(row)} (--prompt-column names another)")
+            held = next((name for name in AUTO_PROMPT_COLUMNS if name in row), None)
+            return (held and _null_or_missing(row, row_index, held)) or RowSkip(
+                row_index, "no messages, prompt or conversations field", f"row {row_index}: {_describe_fields(row)} (--prompt-column names another)")
     return _conversation(row[column], row_index, column)
+
+
+def _null_or_missing(row: dict, row_index: int, column: str) -> RowSkip | None:
+    """A column the row has, left null (an empty CSV cell, a JSON null): an empty prompt, not a missing column."""
+    if column in row and row[column] is None:
+        return RowSkip(row_index, "empty content", f"row {row_index}: {column!r} is null")
+    return None
 
 
 def _auto_column(row: dict) -> str | None:
@@ -168,7 +176,7 @@ def _joined(row: dict, row_index: int, prompt_columns: tuple[str, ...]) -> tuple
         if value is not None and not isinstance(value, str):
             return RowSkip(row_index, "non-string content", f"row {row_index}: {column!r} is {type(value).__name__}, and joined columns must be strings")
         if position == 0 and value is None:
-            return RowSkip(row_index, f"no {column} field", f"row {row_index}: {_describe_fields(row)}")
+            return _null_or_missing(row, row_index, column) or RowSkip(row_index, f"no {column} field", f"row {row_index}: {_describe_fields(row)}")
         if position == 0 and not value.strip():
             return RowSkip(row_index, "empty content", f"row {row_index}: {column!r} is empty")
         if value and value.strip():

@@ -55,6 +55,10 @@ def test_the_prompt_and_reference_columns_named_are_read_as_strings_or_turns():
         "empty content": ({"question": "  "}, "row 3: 'question' is empty"),
         "non-string content": ({"question": 7}, "row 3: 'question' is int"),
     }
+    null = extract_prompt({"question": None, "answer": "4"}, 3, prompt_columns=("question",))  # an empty CSV cell
+    assert (null.reason, null.detail) == ("empty content", "row 3: 'question' is null")
+    auto = extract_prompt({"prompt": None, "answer": "4"}, 3)  # the column is there: no hint to name another
+    assert (auto.reason, auto.detail) == ("empty content", "row 3: 'prompt' is null")
     for reason, (row, detail) in cases.items():
         skip = extract_prompt(row, 3, prompt_columns=("question",))
         assert (skip.reason, skip.detail) == (reason, detail)
@@ -75,8 +79,10 @@ def test_alpaca_instruction_and_input_are_joined_into_one_user_turn():
     assert alone.prompt_id == extract_prompt({"prompt": "Name a river."}, 0).prompt_id
     empty = extract_prompt({"instruction": " ", "input": "the river"}, 2, prompt_columns=("instruction", "input"))
     assert (empty.reason, empty.detail) == ("empty content", "row 2: 'instruction' is empty")  # the input alone is no prompt
-    missing = extract_prompt({"instruction": None, "input": "the river"}, 2, prompt_columns=("instruction", "input"))
-    assert (missing.reason, missing.detail) == ("no instruction field", "row 2: fields are instruction (null), input")
+    null = extract_prompt({"instruction": None, "input": "the river"}, 2, prompt_columns=("instruction", "input"))
+    assert (null.reason, null.detail) == ("empty content", "row 2: 'instruction' is null")  # an empty CSV cell: not a missing column
+    missing = extract_prompt({"input": "the river"}, 2, prompt_columns=("instruction", "input"))
+    assert (missing.reason, missing.detail) == ("no instruction field", "row 2: fields are input")
     turns = extract_prompt({"instruction": "x", "input": [{"role": "user", "content": "y"}]}, 3, prompt_columns=("instruction", "input"))
     assert (turns.reason, turns.detail) == ("non-string content", "row 3: 'input' is list, and joined columns must be strings")
 
