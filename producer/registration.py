@@ -54,7 +54,9 @@ def check_columns(config: RunConfig) -> None:
     named += [("--answer-column" if column == config.answer_column else "--extra-column", column) for column in config.row_columns]
     auto = () if data.prompt_columns else AUTO_PROMPT_COLUMNS
     missing, present = missing_columns(data, (*auto, *(column for _, column in named)))
-    columns = ", ".join(present) or "none"
+    if not present:  # no row to judge the columns by (none is a JSON object): `check_rows` says what the first one is
+        return
+    columns = ", ".join(present)
     if auto and all(column in missing for column in auto):
         guess = next((column for column in PROMPT_LIKE_COLUMNS if column in present), None)
         hint = f" (--prompt-column {guess}?)" if guess else ""

@@ -121,6 +121,12 @@ def test_a_dataset_without_the_prompt_column_is_refused_before_any_sampling(redi
                     check=False)
     assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1] == (
         f"error: none of the first 3 rows of dataset {str(typed)!r} gives a prompt: row 0: 'question' is int (non-string content)")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a"\n{"prompt": "b"\n')  # no row parses: not a question of columns
+    unreadable = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(broken), *ZERO_COST[:-1], check=False)
+    assert unreadable.returncode == 2 and unreadable.stderr.strip().splitlines()[-1] == (
+        f"error: none of the first 2 rows of dataset {str(broken)!r} gives a prompt: row 0 (broken.jsonl line 1): Expecting ',' "
+        "delimiter at column 15 (invalid JSON)")
     no_reference = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(jsonl), *ZERO_COST[:-1], "--prompt-column",
                            "question", "--include-reference", check=False)
     assert no_reference.returncode == 2 and no_reference.stderr.strip().splitlines()[-1] == (
