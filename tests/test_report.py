@@ -420,6 +420,17 @@ def test_two_rewards_agree_on_the_best_when_one_of_them_ties_it_with_others(tmp_
     assert "same best generated candidate on 100% of prompts" in line, line
 
 
+def test_a_scores_file_of_another_run_is_refused_not_mixed_in(tmp_path):
+    """`rsample report a/pairs.jsonl --scores b/scores.jsonl` gave sections of both runs' rewards, and agreement,
+    truncation and diversity across the two, without a word."""
+    write_jsonl(tmp_path / "pairs.jsonl", [pair_row("p0", "long answer", "short", {"quality": 2.0}, {"quality": 0.0}, 2, 2)])
+    write_jsonl(tmp_path / "scores.jsonl", [score_row("p0", k, f"answer {k}", {"rm": float(k), "f": 1.0}) for k in range(2)])
+    result = rsample("report", str(tmp_path / "pairs.jsonl"), "--scores", str(tmp_path / "scores.jsonl"), check=False)
+    assert (result.returncode, result.stderr.strip()) == (2, f"error: {tmp_path / 'scores.jsonl'} holds scores of f, rm and "
+                                                             f"{tmp_path / 'pairs.jsonl'} of quality: they are not one run's files")
+    assert not (tmp_path / "report.md").exists() and not list(tmp_path.rglob("report.md"))
+
+
 @pytest.mark.parametrize("with_scores", [True, False])
 def test_diversity_counts_the_policys_samples_not_the_reference(tmp_path, with_scores):
     """--n 2 --include-reference, each prompt's two samples alike: every prompt has 1 distinct sample. The reference,

@@ -210,7 +210,9 @@ def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: s
     # thinking (they did not) and measured lengths on the thinking
     numbers = RunNumbers(reasoning_end=reasoning_end or settings.get("reasoning_end"))
     numbers.samples_per_prompt = settings.get("sampling", {}).get("n")
+    rewards_of_pairs: set[str] = set()
     for row in rows_of(pairs_path, "pairs", "--out", ("chosen", "rejected")):
+        rewards_of_pairs.update(row.get("chosen_score") or {})
         add_pair(numbers, row)
     outcomes_path = pairs_path.with_name(f"{pairs_path.stem}.outcomes.jsonl")
     if outcomes_path.exists():  # as a resume reads it: a row retried with --retry-failed counts by its last outcome
@@ -220,7 +222,17 @@ def read_run(pairs_path: Path, scores_path: Path | None = None, reasoning_end: s
                 numbers.skip_reasons[outcome.reason] += 1
     if scores_path is not None and scores_path.exists():
         numbers.has_scores = True
-        add_score_rows(numbers, rows_of(scores_path, "scores", "--scores-out", ("prompt_id", "scores")))
+        rewards_of_scores: set[str] = set()
+
+        def noting_rewards(rows: Iterable[dict]) -> Iterator[dict]:
+            for row in rows:
+                rewards_of_scores.update(row["scores"] or {})
+                yield row
+
+        add_score_rows(numbers, noting_rewards(rows_of(scores_path, "scores", "--scores-out", ("prompt_id", "scores"))))
+        if rewards_of_pairs and rewards_of_scores and rewards_of_pairs != rewards_of_scores:  # one report of two runs
+            raise RsampleError(f"{scores_path} holds scores of {', '.join(sorted(rewards_of_scores))} and {pairs_path} of "
+                               f"{', '.join(sorted(rewards_of_pairs))}: they are not one run's files")
         numbers.unique_per_prompt = Counter(numbers.distinct_samples_in_scores)  # every scored prompt's, not the pairs' alone
     # prompts dropped as identical: 1 distinct candidate; with --sft they were scored, and the scores file has them already
     unscored_identical = numbers.outcomes["dropped_identical"] - (numbers.unique_in_scores[1] if numbers.has_scores else 0)
