@@ -311,6 +311,7 @@ def forget_run(client: redis.Redis, run_id: str) -> int:
 
     from rsample.workers.runtime.processes import holder_may_live
     from rsample.workers.runtime.queues import make_queue
+    from rsample.workers.runtime.redis_clock import redis_now
     from rsample.workers.runtime.run_state import run_queue_names
 
     keys = RunKeys(run_id)
@@ -325,7 +326,8 @@ def forget_run(client: redis.Redis, run_id: str) -> int:
         raise RsampleError(f"run {run_id} has a coordinator ({holder.rsplit(':', 1)[0]}): stop it (Ctrl-C) first")
     names = set(run_queue_names(client, run_id)) | set(keys.all_queues(len(config.reward_models)) if config else ())
     queues = [make_queue(client, name) for name in sorted(names)]
-    running = sum(client.zcount(queue.started_job_registry.key, time.time(), "+inf") for queue in queues)  # live heartbeats only
+    now = redis_now(client)  # the clock the workers' claims are scored on
+    running = sum(client.zcount(queue.started_job_registry.key, now, "+inf") for queue in queues)  # live heartbeats only
     if running:
         raise RsampleError(f"run {run_id} has {running} running job{'s' * (running > 1)}: stop its workers first (or let them finish)")
     doomed = set(run_keys(client, keys))

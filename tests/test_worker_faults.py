@@ -173,3 +173,28 @@ def test_worker_maintenance_leaves_abandoned_jobs_to_the_coordinators_sweep(redi
         assert job.retries_left == config.jobs.retries - 1  # requeued once, one retry used
     finally:
         coordinator.close()
+
+
+def test_a_worker_whose_clock_is_behind_keeps_its_jobs(redis_server, redis_client, tmp_path):
+    """RQ scores a running job's claim by the worker's clock, and the coordinator's sweep judged it by its own: a worker
+    whose clock ran a heartbeat TTL behind had every job requeued as abandoned while it ran them, each losing a retry
+    (with two workers of a role, run twice). Both sides now read Redis's clock."""
+    from faults import assert_exactly_once
+
+    rows = [{"prompt": f"question number {i}"} for i in range(6)]
+    dataset = write_jsonl(tmp_path / "d.jsonl", rows)
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+                     "--backend", "echo", "--reward-backend", "length", "--batch-size", "2", "--n", "2").stdout.strip()
+    log = tmp_path / "worker.log"
+    with log.open("w") as handle:
+        worker = subprocess.Popen([sys.executable, str(REPO / "tests" / "skewed_clock.py"), "worker", "both", "--redis-url",
+                                   redis_server.url, "--run", run_id], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "RSAMPLE_TEST_SKEW": "-90", "RSAMPLE_TEST_SLOW": "2"})
+    try:
+        out = tmp_path / "pairs.jsonl"
+        done = rsample("aggregate", "--redis-url", redis_server.url, "--run", run_id, "--out", str(out), "--no-progress", timeout=120)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert "enqueued for retry" not in done.stderr and "abandoned" not in done.stderr, done.stderr  # RQ's sweep says so
+    assert assert_exactly_once(out, None, rows) == {"pair": 6}

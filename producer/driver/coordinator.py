@@ -33,6 +33,7 @@ from rsample.workers.runtime.connection import eviction_policy
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue, worker_processes
+from rsample.workers.runtime.redis_clock import redis_now
 from rsample.workers.runtime.run_state import read_stats, save_run
 from rsample.workers.runtime.safe_job import SafeJob
 
@@ -221,7 +222,7 @@ class Coordinator:
         """Requeues (or fails, when out of retries) jobs whose worker stopped sending heartbeats. One cutoff for every
         queue, taken before the first command: an outage that begins during the sweep must not let the later queues
         judge heartbeats that could not reach Redis."""
-        cutoff = time.time()
+        cutoff = redis_now(self.client)  # the clock the workers' claims are scored on
         for name in self.keys.all_queues(len(self.config.reward_models)):
             queue = make_queue(self.client, name)
             StartedJobRegistry(queue=queue, job_class=SafeJob).cleanup(timestamp=cutoff)

@@ -35,6 +35,7 @@ from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.cpu_share import take_cpu_share
 from rsample.workers.runtime.processes import descendants_to_stop, signal_pids
 from rsample.workers.runtime.queues import SLOT_SUFFIX
+from rsample.workers.runtime.redis_clock import claim_for
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class HeartbeatWorker(SimpleWorker):
 
     def execute_job(self, job, queue):
         execution = self.prepare_execution(job)
+        claim_for(self.connection, job.started_job_registry.key, execution.composite_key, self.heartbeat_ttl)  # RQ's clock: ours
         self._outlive_registry(execution)
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="rsample-heartbeat", daemon=True)
@@ -119,6 +121,7 @@ class HeartbeatWorker(SimpleWorker):
             try:
                 with self.connection.pipeline() as pipe:
                     execution.heartbeat(job.started_job_registry, self.heartbeat_ttl, pipeline=pipe)
+                    claim_for(self.connection, job.started_job_registry.key, execution.composite_key, self.heartbeat_ttl, pipe)
                     self.heartbeat(self.heartbeat_ttl + 60, pipeline=pipe)
                     pipe.execute()
                 self._outlive_registry(execution)
@@ -187,7 +190,7 @@ class MainWorker(HeartbeatWorker):
                 for worker in (self, *self.slots):
                     execution, job = worker.execution, worker.get_current_job()
                     if execution is not None and job is not None:
-                        job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0, xx=True)
+                        claim_for(self.connection, job.started_job_registry.key, execution.composite_key, 0, pipe)
                         job.retries_left = (job.retries_left or 0) + 1  # the one the sweep's requeue takes
                         job.save(pipeline=pipe, include_meta=False)
                 pipe.execute()
