@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -349,7 +350,7 @@ def test_a_push_into_a_repository_rsample_did_not_make_takes_nothing_away(tmp_pa
     config, summary, files = make_run(tmp_path)
     repo = tmp_path / "repo"
     (repo / "report").mkdir(parents=True)
-    (repo / "README.md").write_text("---\ntags: mine\n---\n# My dataset\n")  # one tag, written as YAML allows
+    (repo / "README.md").write_text("---\ntags: mine\nconfigs:\n- config_name: mine\n  data_files: sft.jsonl\n---\n# My dataset\n")
     (repo / "sft.jsonl").write_text('{"messages": []}\n')
     (repo / "report" / "my_notes.md").write_text("notes")
     api = FolderApi(repo)
@@ -357,7 +358,9 @@ def test_a_push_into_a_repository_rsample_did_not_make_takes_nothing_away(tmp_pa
     assert {"sft.jsonl", "report/my_notes.md"} <= set(api.list_repo_files("me/pairs"))
     from huggingface_hub import DatasetCard
 
-    assert DatasetCard((repo / "README.md").read_text()).data.tags == ["mine", "rejection-sampling", "preference", "rsample"]
+    card = DatasetCard((repo / "README.md").read_text())  # one tag, written as YAML allows: kept, as their config
+    assert card.data.tags == ["mine", "rejection-sampling", "preference", "rsample"]
+    assert [c["config_name"] for c in card.data.configs] == ["mine", "pairs"]
     (repo / "report" / "more_notes.md").write_text("notes")  # the card is rsample's now; this file is not declared in it
     push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
     assert {"sft.jsonl", "report/my_notes.md", "report/more_notes.md"} <= set(api.list_repo_files("me/pairs"))
@@ -533,3 +536,73 @@ def test_a_repository_id_the_hub_refuses_is_refused_before_the_run(monkeypatch):
         with pytest.raises(RsampleError, match=f"--push-to-hub '{bad}' is no Hub repository id: "):
             check_push_options(bad, False)
     check_push_options("me/good-name_1.0", False)
+
+
+def test_a_card_written_by_datasets_keeps_its_default_config_and_the_repository_loads(tmp_path):
+    """`datasets`' own push names its config `default`, with no `default: true`, which `datasets` reads as the default
+    all the same: rsample's `pairs`, also marked default, made the repository unloadable ("several default configs")."""
+    import datasets
+
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "train-00000.jsonl").write_text('{"text": "theirs"}\n')
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                    "    path: data/train-*\n---\n")
+    push_to_hub("me/pairs", config, summary, files, api=FolderApi(repo))
+    assert datasets.load_dataset(str(repo), split="train")[0] == {"text": "theirs"}
+    assert datasets.load_dataset(str(repo), "pairs", split="train")[0]["prompt_id"] == "x"
+
+
+def test_a_users_config_naming_a_file_rsample_writes_keeps_that_file_at_every_push(tmp_path):
+    """Once the card was rsample's, every config's `scores.jsonl` counted as rsample's own: the user's config `mine`
+    and its file went at the second push of a run without scores."""
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "scores.jsonl").write_text('{"mine": 1}\n')
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: mine\n  data_files: scores.jsonl\n---\n# Mine\n")
+    api = FolderApi(repo)
+    for _ in range(2):
+        push_to_hub("me/pairs", config, summary, {"pairs": files["pairs"]}, api=api)
+    assert (repo / "scores.jsonl").read_text() == '{"mine": 1}\n'
+    import datasets
+
+    assert datasets.load_dataset(str(repo), "mine", split="train")[0] == {"mine": 1}
+
+
+@pytest.mark.parametrize("card, files, refusal", [
+    ("---\nconfigs:\n- config_name: pairs\n  default: true\n  data_files: data/pairs.csv\n---\n# Mine\n", {"data/pairs.csv": "a\n1\n"},
+     "the Hub dataset me/pairs's card declares a config 'pairs' of its own (data/pairs.csv), the name of one of rsample's: "),
+    ("---\nlicense: mit\n---\n# Mine\n", {"data/train.jsonl": '{"a": 1}\n'},
+     "the Hub dataset me/pairs holds data files its card declares no configs for (data/train.jsonl): once the card declares "
+     "rsample's, `datasets` would no longer read them"),
+], ids=["a config of rsample's name", "files read without configs"])
+def test_a_push_that_would_hide_the_users_data_is_refused(tmp_path, card, files, refusal):
+    import datasets
+
+    config, summary, outputs = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    for name, text in {"README.md": card, **files}.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    with pytest.raises(RsampleError, match=re.escape(refusal)):
+        push_to_hub("me/pairs", config, summary, outputs, api=FolderApi(repo))
+    assert (repo / "README.md").read_text() == card and not (repo / "pairs.jsonl").exists()
+    assert datasets.load_dataset(str(repo), split="train").num_rows == 1  # still theirs, as it was
+
+
+def test_markers_the_users_prose_shows_are_not_taken_for_rsamples(tmp_path):
+    """The first marker anywhere in the text was taken for rsample's: a README that mentions them (in a sentence, in a
+    code block, the first on a line of its own) got rsample's part once more at each push, or lost prose."""
+    config, summary, files = make_run(tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    prose = ("# Mine\n\nrsample keeps its part between `<!-- rsample:begin -->` and `<!-- rsample:end -->`.\n\n"
+             "```\n<!-- rsample:begin -->\nan example\n<!-- rsample:end -->\n```\n\n<!-- rsample:begin -->\n\nWords after a lone marker.\n")
+    (repo / "README.md").write_text("---\nlicense: mit\n---\n" + prose)
+    api = FolderApi(repo)
+    for _ in range(3):
+        push_to_hub("me/pairs", config, summary, files, api=api)
+    text = (repo / "README.md").read_text()
+    assert text.split("---\n", 2)[2].startswith(prose.rstrip()) and text.count("# Rejection-sampling preference pairs") == 1

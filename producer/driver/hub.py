@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from rsample.producer.driver.card_merge import BEGIN, END, declared_outputs, existing_card, merged_card
+from rsample.producer.driver.card_merge import BEGIN, END, check_mergeable, declared_outputs, existing_card, merged_card
 from rsample.producer.driver.summary import Summary
 from rsample.producer.parquet import has_thinking
 from rsample.producer.report.document import Report
@@ -197,6 +197,7 @@ def push_to_hub(repo_id: str, config: RunConfig, summary: Summary, files: dict[s
         if theirs:
             raise RsampleError(f"the Hub dataset {repo_id} already holds {', '.join(theirs)}, which its card does not name as "
                                "rsample's: push to another repository, or delete them there first (the JSONL files are kept locally)")
+        check_mergeable(repo_id, existing, card, held)
         removed = earlier & (held - pushed)  # left, they would sit beside a card that no longer describes them
         operations += [CommitOperationDelete(path) for path in sorted(removed)]
         operations.append(CommitOperationAdd("README.md", merged_card(card, existing, removed).encode("utf-8")))
