@@ -175,6 +175,45 @@ def test_worker_maintenance_leaves_abandoned_jobs_to_the_coordinators_sweep(redi
         coordinator.close()
 
 
+def test_a_sweep_whose_clock_reading_waited_out_an_outage_requeues_nothing_yet(redis_client, tmp_path, monkeypatch):
+    """The sweep's cutoff comes from Redis's clock, its first command: one that waited out an outage read the time after
+    it, and every live job whose heartbeats could not reach Redis meanwhile would be requeued. It waits, as after a step
+    that waited out an outage, for the workers to beat again."""
+    import time
+
+    from rq.executions import Execution
+    from rq.job import JobStatus
+
+    import rsample.producer.driver.coordinator as coordinator_module
+    from rsample.producer.driver.coordinator import Coordinator
+    from rsample.workers.common.config import JobSettings
+
+    config = RunConfig(run_id="", data=DataSelection(str(write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2]))), policy="p",
+                       reward_models=("r",), models=ModelSettings(generation_backend="echo", reward_backend="length"),
+                       jobs=JobSettings(heartbeat_ttl=4))
+    config, _ = register_run(redis_client, config)
+    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    try:
+        coordinator.feeder.top_up()
+        queue = make_queue(redis_client, RunKeys(config.run_id).generate_queue)
+        [job] = queue.jobs
+        queue.remove(job)  # its claim expired while Redis was away: its worker's heartbeats could not reach it
+        with redis_client.pipeline() as pipe:
+            execution = Execution.create(job, ttl=60, pipeline=pipe)
+            job.set_status(JobStatus.STARTED, pipeline=pipe)
+            job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0)
+            pipe.execute()
+        clock = coordinator_module.redis_now
+        monkeypatch.setattr(coordinator_module, "redis_now", lambda client: (time.sleep(3.5), clock(client))[1])
+        assert coordinator.sweep() is False and queue.count == 0  # left to its worker, to beat again
+        monkeypatch.setattr(coordinator_module, "redis_now", clock)
+        assert coordinator.sweep() is False  # nor at once after
+        wait_for(coordinator.sweep, 10, "the postponed sweep", interval=0.5)
+        assert queue.job_ids == [job.id]  # no worker beat again: requeued
+    finally:
+        coordinator.close()
+
+
 def test_a_worker_whose_clock_is_behind_keeps_its_jobs(redis_server, redis_client, tmp_path):
     """RQ scores a running job's claim by the worker's clock, and the coordinator's sweep judged it by its own: a worker
     whose clock ran a heartbeat TTL behind had every job requeued as abandoned while it ran them, each losing a retry

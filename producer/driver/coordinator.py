@@ -218,14 +218,20 @@ class Coordinator:
         self.feeder.restart()
         self.collector.cursor = "0"
 
-    def sweep(self) -> None:
-        """Requeues (or fails, when out of retries) jobs whose worker stopped sending heartbeats. One cutoff for every
-        queue, taken before the first command: an outage that begins during the sweep must not let the later queues
-        judge heartbeats that could not reach Redis."""
-        cutoff = redis_now(self.client)  # the clock the workers' claims are scored on
+    def sweep(self) -> bool:
+        """Requeues (or fails, when out of retries) jobs whose worker stopped sending heartbeats; False where it waits.
+        One cutoff for every queue, taken first, from Redis's clock, the one the workers' claims are scored on: an
+        outage that begins during the sweep must not let the later queues judge heartbeats that could not reach Redis;
+        and one that the clock's own command waited through postpones the sweep, as one that a step waited through."""
+        asked = time.monotonic()
+        cutoff = redis_now(self.client)
+        self._note_own_outage(asked)
+        if time.monotonic() < self._sweep_not_before:
+            return False
         for name in self.keys.all_queues(len(self.config.reward_models)):
             queue = make_queue(self.client, name)
             StartedJobRegistry(queue=queue, job_class=SafeJob).cleanup(timestamp=cutoff)
+        return True
 
     def pipeline_is_idle(self) -> bool:
         """No job queued, running or waiting for a retry, and nothing ready to write: nobody can finish anything."""
@@ -320,10 +326,10 @@ class Coordinator:
         if time.monotonic() < self._sweep_not_before:
             pass
         elif time.monotonic() - self._last_sweep > min(defaults.REAPER_INTERVAL, self.config.jobs.heartbeat_ttl / 2):
-            self.sweep()
-            self.recover_lost_batches()
-            self.recover_lost_work()
-            self._last_sweep = time.monotonic()
+            if self.sweep():
+                self.recover_lost_batches()
+                self.recover_lost_work()
+                self._last_sweep = time.monotonic()
         if time.monotonic() - self._last_pace >= defaults.PACE_INTERVAL:
             record_sample(self.client, self.config.run_id, take_sample(self.client, self.config.run_id))
             self._last_pace = time.monotonic()
