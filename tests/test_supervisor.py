@@ -658,3 +658,27 @@ def test_a_worker_that_dies_while_redis_is_away_is_started_again_once_it_is_back
         finally:
             kill_leftovers(run_id)
     assert f"run {run_id} can be served again: starting its workers" in log.read_text()
+
+
+def test_a_supervisor_pinned_to_a_run_gone_from_redis_waits_for_it_then_exits(tmp_path, monkeypatch, capsys):
+    """`rsample workers --run X` whose run left Redis: a Redis restarted empty has it again once a coordinator makes it
+    anew, so its workers wait rather than count failures; a forgotten run never comes back, and the supervisor sat
+    there with no worker for ever. It waits `PINNED_RUN_GONE_SECONDS`, then exits 1."""
+    from rsample.workers.runtime.supervisor import StopSignals, Supervisor, Unservable, WorkerSpec
+
+    class NoSignals(StopSignals):  # the test process keeps its own handlers
+        def install(self):
+            return self
+
+    monkeypatch.setattr(defaults, "PINNED_RUN_GONE_SECONDS", 1.5)
+    monkeypatch.setattr(defaults, "RUN_CHECK_SECONDS", 0.1)
+    supervisor = Supervisor([WorkerSpec("generate", (0,))], "redis://unused", "gone", tmp_path, restart_backoff=0.05,
+                            give_up_after=2, stops=NoSignals(), blocked=lambda run: Unservable(f"run {run} is gone", run_gone=True))
+    monkeypatch.setattr(supervisor, "command", lambda spec: [sys.executable, "-c", "raise SystemExit(2)"])  # as a worker of no run
+    started = time.monotonic()
+    assert supervisor.run() == 1
+    output = capsys.readouterr().out
+    assert time.monotonic() - started >= 1.5 and supervisor.children[0].starts == 1  # not started again while it is gone
+    assert "run gone is gone: workers that exit start again once there is a run to serve" in output and "giving up" not in output
+    assert output.rstrip().endswith("run gone has been gone from Redis for 1.5 s (forgotten?), and these workers serve it alone "
+                                    "(--run): exiting")

@@ -113,6 +113,10 @@ requeued by the run's heartbeat check, so killing is safe, only wasteful."""
 COORDINATOR_LOCK_SECONDS = 30
 """A coordinator that stops refreshing its run's lock for this long is taken for dead, and another may take over."""
 
+PINNED_RUN_GONE_SECONDS = 300.0
+"""How long `rsample workers --run X` waits for its run while Redis no longer holds it (a coordinator makes again a
+run that a Redis restarted empty lost, at its next step; a forgotten run never comes back) before it exits."""
+
 RUN_CHECK_SECONDS = 3.0
 """How often `rsample workers` without --run looks for a run to serve, or for the next one once its run is finished."""
 

@@ -156,6 +156,14 @@ class Child:
     """What its process started, for stopping what a worker that died at once left running (its vLLM engine)."""
 
 
+@dataclass(frozen=True)
+class Unservable:
+    """Why no worker can serve a run now."""
+
+    reason: str
+    run_gone: bool = False
+
+
 class Supervisor:
     """Keeps one child per spec alive until SIGINT / SIGTERM, then stops them all and returns 0.
 
@@ -169,12 +177,13 @@ class Supervisor:
                  role_args: dict[str, list[str]] | None = None, restart_backoff: float = defaults.RESTART_BACKOFF,
                  give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS,
                  stops: StopSignals | None = None, next_run: Callable[[str], Move | None] | None = None,
-                 same_models: Callable[[str, str], bool] | None = None, blocked: Callable[[str], str | None] | None = None):
+                 same_models: Callable[[str, str], bool] | None = None, blocked: Callable[[str], Unservable | None] | None = None):
         """`next_run`, when given, is asked every few seconds whether the workers should move from the run they serve to
         another; `same_models(run, other)` whether they may move there in their processes, their models kept (they
         follow the runs themselves, `--follow`), else they are stopped and `run` returns for the next run's workers.
         `blocked(run)`: why no worker can serve the run now (Redis unreachable, the run gone from it), or None: a worker
-        started then would exit at once, so it waits instead of counting failures until it is given up."""
+        started then would exit at once, so it waits instead of counting failures until it is given up; without
+        `next_run` (pinned to its run), for a run gone from Redis no longer than `PINNED_RUN_GONE_SECONDS`."""
         self.redis_url = redis_url
         self.run_id = run_id
         self.role_args = role_args or {}
@@ -188,6 +197,7 @@ class Supervisor:
         self.same_models = same_models or (lambda run, other: False)
         self.blocked = blocked or (lambda run: None)
         self._said_blocked: str | None = None
+        self._gone_since: float | None = None
         self.moved: Move | None = None
         """The run the workers were stopped for, when `run` returned to move them."""
 
@@ -253,6 +263,12 @@ class Supervisor:
             if all(child.given_up for child in self.children):
                 self.say("every worker has been given up: exiting")
                 return 1
+            if self._gone_since is not None and time.monotonic() - self._gone_since > defaults.PINNED_RUN_GONE_SECONDS:
+                self.say(f"run {self.run_id} has been gone from Redis for {defaults.PINNED_RUN_GONE_SECONDS:g} s (forgotten?), and "
+                         "these workers serve it alone (--run): exiting")
+                if any(child.process is not None and child.process.poll() is None for child in self.children):
+                    self.stop()
+                return 1
             if self.next_run is not None and time.monotonic() - checked >= defaults.RUN_CHECK_SECONDS:
                 checked = time.monotonic()
                 self.moved = self.next_run(self.run_id)
@@ -284,15 +300,17 @@ class Supervisor:
                     self.start(child)
 
     def _blocked(self) -> bool:
-        reason = self.blocked(self.run_id)
-        if reason is None:
+        unservable = self.blocked(self.run_id)
+        pinned_and_gone = unservable is not None and unservable.run_gone and self.next_run is None
+        self._gone_since = (self._gone_since or time.monotonic()) if pinned_and_gone else None
+        if unservable is None:
             if self._said_blocked is not None:
                 self.say(f"run {self.run_id} can be served again: starting its workers that are not running")
                 self._said_blocked = None
             return False
-        if self._said_blocked != reason:
-            self.say(f"{reason}: workers that exit start again once there is a run to serve")
-            self._said_blocked = reason
+        if self._said_blocked != unservable.reason:
+            self.say(f"{unservable.reason}: workers that exit start again once there is a run to serve")
+            self._said_blocked = unservable.reason
         return True
 
     def stop(self) -> None:
@@ -358,15 +376,15 @@ def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int
     return 0
 
 
-def why_unservable(client: redis.Redis, run_id: str) -> str | None:
+def why_unservable(client: redis.Redis, run_id: str) -> Unservable | None:
     """Why a worker started now for `run_id` would exit at once, or None. Not the worker's failure: a Redis restarted
     empty has the run again once its coordinator makes it anew, and a forgotten run's workers follow the next one."""
     try:
         if client.exists(RunKeys(run_id).config):
             return None
     except redis.RedisError as exc:
-        return f"cannot reach Redis ({type(exc).__name__})"
-    return f"run {run_id} is gone from Redis (forgotten, or Redis lost it)"
+        return Unservable(f"cannot reach Redis ({type(exc).__name__})")
+    return Unservable(f"run {run_id} is gone from Redis (forgotten, or Redis lost it)", run_gone=True)
 
 
 class RunFollower:
