@@ -101,6 +101,26 @@ def test_a_run_redis_lost_is_fed_again_under_batch_ids_of_its_own(coordinator, r
     assert not set(before) & set(after)
 
 
+def test_a_run_redis_lost_while_no_coordinator_was_up_gets_batch_ids_of_its_own(redis_client, tmp_path):
+    """As above, where the run is made again from its output files (`aggregate` or `resume` after the loss)."""
+    from rsample.producer.registration import load_or_recreate
+
+    first = make_coordinator(redis_client, tmp_path)
+    queue = make_queue(redis_client, RunKeys(first.config.run_id).generate_queue)
+    first.feeder.top_up()
+    before = {job.args[1] for job in queue.jobs}
+    first.close()
+    redis_client.flushall()  # what Redis lost, while no coordinator ran
+    config = load_or_recreate(redis_client, None, tmp_path / "pairs.jsonl")
+    again = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    try:
+        again.feeder.top_up()
+        after = {job.args[1] for job in queue.jobs}
+    finally:
+        again.close()
+    assert len(before) == 2 and after and not before & after, (before, after)
+
+
 def test_a_run_redis_lost_while_no_coordinator_was_up_is_recreated_from_its_output(redis_server, redis_client, tmp_path):
     """Redis restarted empty while no coordinator ran: the output files keep the run's settings, and `resume` (or
     `aggregate`) registers the run again under its id and goes on, here with rows appended to the dataset since."""
