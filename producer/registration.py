@@ -286,8 +286,13 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
                                              owner, out, latest)
         run_id = owner
     if run_id is None and not unfinished_runs(client) and (runs := list_run_ids(client)):
-        raise RsampleError(f"every run in this Redis is finished (the newest is {runs[0]}), and {out} holds none of them: pass "
-                           f"--run {runs[0]} to write it again there (generating it all again), or enqueue a new run")
+        written = output_header(Path(out)).get("rsample_run")
+        if overwrite and written in runs:  # the same command, --overwrite added: the files' own run, written anew
+            run_id = written
+        else:
+            held = f"{out} holds none of them" if written is None else f"{out} holds run {written}"
+            raise RsampleError(f"every run in this Redis is finished (the newest is {runs[0]}), and {held}: pass --run "
+                               f"{runs[0]} to write it again there (generating it all again), or enqueue a new run")
     try:
         return load_run(client, run_id)
     except RunGone:

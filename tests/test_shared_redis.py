@@ -132,6 +132,9 @@ def test_an_aggregate_without_a_run_of_its_own_never_takes_up_a_finished_one(red
     assert redis_client.hgetall(RunKeys(run_id).stats) == stats and not new.exists()
     again = rsample("aggregate", "--redis-url", redis_server.url, "--out", str(done), "--no-progress", timeout=60)
     assert f"run {run_id}: wrote" in again.stdout  # its own output: the same command goes on with it
+    anew = rsample("aggregate", "--redis-url", redis_server.url, "--out", str(done), "--overwrite", "--no-progress", check=False,
+                   timeout=120)  # the same command, --overwrite added: the file's own run, not a refusal
+    assert "every run in this Redis is finished" not in anew.stderr and f"run {run_id}" in anew.stdout + anew.stderr
 
 
 def test_a_run_whose_row_count_was_lost_still_gets_its_workers(redis_server, redis_client, tmp_path):
