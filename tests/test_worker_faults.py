@@ -18,7 +18,7 @@ from rsample.producer.feeder import Feeder
 from rsample.producer.registration import register_run
 from rsample.workers.backends.faults import WorkerFault, is_device_fault
 from rsample.workers.backends.zero_cost import EchoGenerator
-from rsample.workers.common.config import DataSelection, ModelSettings, RunConfig, SamplingConfig
+from rsample.workers.common.config import DataSelection, JobSettings, ModelSettings, RunConfig, SamplingConfig
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import make_queue
@@ -136,32 +136,42 @@ def test_workers_count_again_after_redis_restarts_empty(redis_server, redis_clie
     assert worker_processes(queue) == 0  # and its death is registered as before
 
 
+def with_an_abandoned_job(redis_client, tmp_path, jobs: JobSettings | None = None):
+    """A coordinator of a small echo run, and its first generation job as a worker that then died left it: started,
+    its claim in the started registry expired."""
+    from rq.executions import Execution
+    from rq.job import JobStatus
+
+    from rsample.producer.driver.coordinator import Coordinator
+
+    config = RunConfig(run_id="", data=DataSelection(str(write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2]))), policy="p",
+                       reward_models=("r",), models=ModelSettings(generation_backend="echo", reward_backend="length"),
+                       jobs=jobs or JobSettings())
+    config, _ = register_run(redis_client, config)
+    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    coordinator.feeder.top_up()
+    queue = make_queue(redis_client, RunKeys(config.run_id).generate_queue)
+    [job] = queue.jobs
+    queue.remove(job)
+    with redis_client.pipeline() as pipe:
+        execution = Execution.create(job, ttl=60, pipeline=pipe)
+        job.set_status(JobStatus.STARTED, pipeline=pipe)
+        job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0)
+        pipe.execute()
+    return coordinator, queue, job
+
+
 def test_worker_maintenance_leaves_abandoned_jobs_to_the_coordinators_sweep(redis_client, tmp_path):
     """RQ's workers requeue abandoned jobs in their own maintenance (first as they start), each from its own read of the
     job's retries: beside the coordinator's sweep, a job could be requeued twice and run twice. Only the sweep does it."""
-    from rq.executions import Execution
-    from rq.job import JobStatus
     from rq.registry import StartedJobRegistry
     from rq.serializers import JSONSerializer
 
-    from rsample.producer.driver.coordinator import Coordinator
     from rsample.workers.runtime.safe_job import SafeJob
     from rsample.workers.runtime.worker import HeartbeatWorker
 
-    config = RunConfig(run_id="", data=DataSelection(str(write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2]))), policy="p",
-                       reward_models=("r",), models=ModelSettings(generation_backend="echo", reward_backend="length"))
-    config, _ = register_run(redis_client, config)
-    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    coordinator, queue, job = with_an_abandoned_job(redis_client, tmp_path)
     try:
-        coordinator.feeder.top_up()
-        queue = make_queue(redis_client, RunKeys(config.run_id).generate_queue)
-        [job] = queue.jobs
-        queue.remove(job)  # taken by a worker that then died: started, its claim expired
-        with redis_client.pipeline() as pipe:
-            execution = Execution.create(job, ttl=60, pipeline=pipe)
-            job.set_status(JobStatus.STARTED, pipeline=pipe)
-            job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0)
-            pipe.execute()
         registry = StartedJobRegistry(queue=queue, job_class=SafeJob)
         worker = HeartbeatWorker([queue.name], connection=redis_client, serializer=JSONSerializer, job_class=SafeJob)
         worker.clean_registries()  # as a worker starting up does
@@ -170,7 +180,7 @@ def test_worker_maintenance_leaves_abandoned_jobs_to_the_coordinators_sweep(redi
         coordinator.sweep()
         assert queue.job_ids == [job.id] and entries() == []
         job.refresh()
-        assert job.retries_left == config.jobs.retries - 1  # requeued once, one retry used
+        assert job.retries_left == coordinator.config.jobs.retries - 1  # requeued once, one retry used
     finally:
         coordinator.close()
 
@@ -181,28 +191,10 @@ def test_a_sweep_whose_clock_reading_waited_out_an_outage_requeues_nothing_yet(r
     that waited out an outage, for the workers to beat again."""
     import time
 
-    from rq.executions import Execution
-    from rq.job import JobStatus
-
     import rsample.producer.driver.coordinator as coordinator_module
-    from rsample.producer.driver.coordinator import Coordinator
-    from rsample.workers.common.config import JobSettings
 
-    config = RunConfig(run_id="", data=DataSelection(str(write_jsonl(tmp_path / "rows.jsonl", CHAT_ROWS[:2]))), policy="p",
-                       reward_models=("r",), models=ModelSettings(generation_backend="echo", reward_backend="length"),
-                       jobs=JobSettings(heartbeat_ttl=4))
-    config, _ = register_run(redis_client, config)
-    coordinator = Coordinator(redis_client, config, tmp_path / "pairs.jsonl")
+    coordinator, queue, job = with_an_abandoned_job(redis_client, tmp_path, JobSettings(heartbeat_ttl=4))
     try:
-        coordinator.feeder.top_up()
-        queue = make_queue(redis_client, RunKeys(config.run_id).generate_queue)
-        [job] = queue.jobs
-        queue.remove(job)  # its claim expired while Redis was away: its worker's heartbeats could not reach it
-        with redis_client.pipeline() as pipe:
-            execution = Execution.create(job, ttl=60, pipeline=pipe)
-            job.set_status(JobStatus.STARTED, pipeline=pipe)
-            job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0)
-            pipe.execute()
         clock = coordinator_module.redis_now
         monkeypatch.setattr(coordinator_module, "redis_now", lambda client: (time.sleep(3.5), clock(client))[1])
         assert coordinator.sweep() is False and queue.count == 0  # left to its worker, to beat again
