@@ -271,7 +271,7 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
     import logging
 
     from rsample.producer.driver.ledger import output_header
-    from rsample.workers.runtime.run_state import RunGone, list_run_ids, unfinished_runs
+    from rsample.workers.runtime.run_state import RunGone, list_run_ids, start_fresh_batch_ids, unfinished_runs
 
     owner = output_header(Path(out)).get("rsample_run") if run_id is None and not overwrite else None
     if owner:
@@ -301,7 +301,7 @@ def load_or_recreate(client: redis.Redis, run_id: str | None, out: Path, overwri
         if not owner or not settings or (run_id and run_id != owner):
             raise
     config, _ = register_run(client, with_created_at_of(RunConfig.from_output_settings(owner, settings), Path(out)))
-    client.hset(RunKeys(owner).stats, "feed_pass", int(time.time()))  # batch ids of its own: see `Coordinator.ensure_run`
+    start_fresh_batch_ids(client, owner)
     logging.getLogger(__name__).warning("this Redis has no run %s: re-created it from the settings kept with %s (job timeouts, "
                                         "retries and speed settings at their defaults)", owner, out)
     return config

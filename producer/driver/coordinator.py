@@ -34,7 +34,7 @@ from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.pace import record_sample, take_sample
 from rsample.workers.runtime.queues import generation_job_id, make_queue, worker_processes
 from rsample.workers.runtime.redis_clock import redis_now
-from rsample.workers.runtime.run_state import read_stats, save_run
+from rsample.workers.runtime.run_state import read_stats, save_run, start_fresh_batch_ids
 from rsample.workers.runtime.safe_job import SafeJob
 
 log = logging.getLogger(__name__)
@@ -209,9 +209,7 @@ class Coordinator:
         # Redis first (a feed cursor at the end, "feed done") would stop the rows lost in flight from being fed again.
         # Start them afresh: the ledger alone says what is written, and it ignores whatever is delivered twice.
         self.client.delete(self.keys.stats)
-        # New batch ids: a scoring job that read a batch before the loss and writes after it would file its scores under
-        # the id of the batch made again, beside other texts. By the clock, since the passes counted so far went too.
-        self.client.hset(self.keys.stats, "feed_pass", int(time.time()))
+        start_fresh_batch_ids(self.client, self.config.run_id)
         self._baseline = {}  # this session's counts: those counted from now on
         self._counters_lost = True
         save_run(self.client, self.config, rows_total=count_rows(self.config.data))  # what `rsample run` and status go by

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import redis
@@ -25,6 +26,13 @@ def save_run(client: redis.Redis, config: RunConfig, rows_total: int | None = No
 
 class RunGone(RsampleError):
     """The run's settings are not in this Redis: never made here, forgotten, expired, or lost with Redis's data."""
+
+
+def start_fresh_batch_ids(client: redis.Redis, run_id: str) -> None:
+    """A run that Redis lost, made again: its feed starts a pass of its own, so that its batch ids are none a job from
+    before the loss may still write under (a scoring job that read a batch before the loss and writes after it would
+    file its scores beside the texts of the batch made again). By the clock: the passes counted so far went too."""
+    client.hset(RunKeys(run_id).stats, "feed_pass", int(time.time()))
 
 
 def load_run(client: redis.Redis, run_id: str | None) -> RunConfig:
