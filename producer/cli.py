@@ -494,13 +494,16 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
     check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out, config.output_settings(), parquet,
                   drop_copies=True)
     coordinator = Coordinator(client, config, out, scores_out, overwrite, sft_out, retry_failed)
-    bars = StageBars(client, config.run_id, disable=no_progress)
-    try:
-        with logging_redirect_tqdm():
-            coordinator.run(on_progress=bars.update)
-        bars.update()
+    try:  # from here: a SIGTERM before `run` (while the bars start) left the run's lock held until it lapsed
+        bars = StageBars(client, config.run_id, disable=no_progress)
+        try:
+            with logging_redirect_tqdm():
+                coordinator.run(on_progress=bars.update)
+            bars.update()
+        finally:
+            bars.close()
     finally:
-        bars.close()
+        coordinator.close()
     summary = coordinator.summary()
     expire_run(client, config.run_id)
     _report(config, summary, out, scores_out, push_repo, public, sft_out, parquet)

@@ -64,11 +64,11 @@ class Coordinator:
         self.client = client
         self.config = config
         self.keys = RunKeys(config.run_id)
-        self.lock = RunLock(client, self.keys.coordinator_lock, config.run_id).acquire()  # kept alive from here on
         self._rewind_pending = False
         """Rows the output lacks wait for the work in flight, then the run is fed again from its first row."""
         self._outcomes_due, self._outcomes_published_at = False, 0.0
-        try:
+        self.lock = RunLock(client, self.keys.coordinator_lock, config.run_id).acquire()  # kept alive from here on
+        try:  # nothing between: a stop signal there would leave the lock held until it lapses
             self.ledger = Ledger(out, scores_out, config.run_id, overwrite, sft_out, (config.data.dataset, fingerprint(config.data), read_order(config.data)),
                                  config.output_settings(), created_at=config.created_at)
             if overwrite and self.ledger.rows and (row := self._first_changed_row()) is not None:

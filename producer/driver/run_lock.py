@@ -76,8 +76,12 @@ class RunLock:
                     "one `rsample run` or `rsample aggregate` per run"
                 )
             time.sleep(1)
-        self._keeper = threading.Thread(target=self._keep_alive, name="rsample-run-lock", daemon=True)
-        self._keeper.start()
+        try:
+            self._keeper = threading.Thread(target=self._keep_alive, name="rsample-run-lock", daemon=True)
+            self._keeper.start()
+        except BaseException:  # a stop signal right after the lock was taken: it is not kept
+            self.release()
+            raise
         return self
 
     def _keep_alive(self) -> None:
