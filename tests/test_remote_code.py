@@ -135,49 +135,88 @@ class LlamaForRewardModelWithGating(LlamaPreTrainedModel):
 '''
 
 
-def gated_model(directory, every_objective: bool = False) -> str:
-    """A reward model of ArmoRM's kind: its own class (no `ForSequenceClassification` in its name), 4 labels."""
+MEAN_POOLED_MODELING = '''
+import torch
+from torch import nn
+from transformers import LlamaModel, LlamaPreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+
+class MeanPooledRewardModel(LlamaPreTrainedModel):
+    """transformers' layout (`model` + a one-output `score`), read otherwise: the mean over all tokens, scaled."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.score = nn.Linear(config.hidden_size, 1, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return SequenceClassifierOutputWithPast(logits=10.0 * self.score(hidden.mean(dim=1)))
+'''
+
+
+def own_class_model(directory, modeling: str, class_name: str, num_labels: int = 1, **settings) -> str:
+    """A reward model of a class of its own, in its folder's Python file, registered for
+    `AutoModelForSequenceClassification` as ArmoRM's is on the Hub; the tokenizer and template are the tiny model's."""
     import importlib.util
 
     import torch
 
     plain = build_reward_model(directory, seed=4)  # its tokenizer and template; the weights are replaced
-    (plain / "modeling_gated.py").write_text(GATED_MODELING)
-    spec = importlib.util.spec_from_file_location("modeling_gated", plain / "modeling_gated.py")
+    (plain / "modeling_own.py").write_text(modeling)
+    spec = importlib.util.spec_from_file_location("modeling_own", plain / "modeling_own.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = json.loads((plain / "config.json").read_text())
     from transformers import LlamaConfig
 
-    llama = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "id2label", "label2id")}, num_labels=4)
-    llama.num_objectives, llama.every_objective = 4, every_objective
+    llama = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "id2label", "label2id")}, num_labels=num_labels)
+    for key, value in settings.items():
+        setattr(llama, key, value)
     torch.manual_seed(4)
-    module.LlamaForRewardModelWithGating(llama).save_pretrained(plain)
+    getattr(module, class_name)(llama).save_pretrained(plain)
     config = json.loads((plain / "config.json").read_text())
-    config.update(architectures=["LlamaForRewardModelWithGating"],
-                  auto_map={"AutoModelForSequenceClassification": "modeling_gated.LlamaForRewardModelWithGating"})
+    config.update(architectures=[class_name], auto_map={"AutoModelForSequenceClassification": f"modeling_own.{class_name}"})
     (plain / "config.json").write_text(json.dumps(config))
     return str(plain)
 
 
-def test_a_reward_model_of_its_own_class_scores_as_its_own_forward_does(tmp_path):
+def gated_model(directory, every_objective: bool = False) -> str:
+    """A reward model of ArmoRM's kind: its own class (no `ForSequenceClassification` in its name), 4 labels."""
+    return own_class_model(directory, GATED_MODELING, "LlamaForRewardModelWithGating", num_labels=4, num_objectives=4, every_objective=every_objective)
+
+
+def assert_scored_as_its_own_forward_does(model_path: str, tmp_path, read_score) -> None:
+    """A run's pair scores against the model's own forward on each conversation alone, in float32."""
     import torch
     from oracles import reward_token_ids
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    gated = gated_model(tmp_path / "gated")
     dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     out = tmp_path / "pairs.jsonl"
-    rsample(*run_args(dataset, gated, out), "--trust-remote-code", gated)
-    model = AutoModelForSequenceClassification.from_pretrained(gated, trust_remote_code=True, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(gated)
+    rsample(*run_args(dataset, model_path, out), "--trust-remote-code", model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, trust_remote_code=True, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     pairs = read_jsonl(out)
     assert pairs, "no pair written"
     for pair in pairs:
         for side in ("chosen", "rejected"):
             with torch.no_grad():
-                expected = float(model(input_ids=torch.tensor([reward_token_ids(tokenizer, pair[side])])).score[0])
-            assert pair[f"{side}_score"][gated] == pytest.approx(expected, abs=1e-5)
+                expected = read_score(model(input_ids=torch.tensor([reward_token_ids(tokenizer, pair[side])])))
+            assert pair[f"{side}_score"][model_path] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_reward_model_of_its_own_class_scores_as_its_own_forward_does(tmp_path):
+    assert_scored_as_its_own_forward_does(gated_model(tmp_path / "gated"), tmp_path, lambda output: float(output.score[0]))
+
+
+def test_a_reward_model_of_its_own_class_with_a_score_head_runs_its_own_forward(tmp_path):
+    """Its head looks like transformers' (`score`, one output, beside the trunk), but its forward pools and scales:
+    reading the head at the last token, as transformers' classes do, gave other scores and could swap the pair."""
+    pooled = own_class_model(tmp_path / "pooled", MEAN_POOLED_MODELING, "MeanPooledRewardModel")
+    assert_scored_as_its_own_forward_does(pooled, tmp_path, lambda output: float(output.logits[0, 0]))
 
 
 def test_a_reward_model_that_returns_several_values_is_refused_at_load(tmp_path):

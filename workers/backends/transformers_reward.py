@@ -27,13 +27,18 @@ log = logging.getLogger(__name__)
 
 
 def linear_score_head(model):
-    """The model's trunk and its one-output linear head, when it has the usual layout (`base_model` + `score`,
-    as every decoder `*ForSequenceClassification` of transformers); else None."""
+    """The model's trunk and its one-output linear head, when it has the usual layout (`base_model` + `score`, as
+    every decoder `*ForSequenceClassification` of transformers) and reads them as transformers' own forward does;
+    else None. A class of its own (`--trust-remote-code`) with that layout may pool, scale or pick its token otherwise
+    in a forward of its own, which must then run: only a forward that transformers defines is known to read the head
+    at the last token."""
     import torch
 
     head = getattr(model, "score", None)
     trunk = getattr(model, "base_model", None)
-    if isinstance(head, torch.nn.Linear) and head.out_features == 1 and trunk is not None and trunk is not model:
+    forward_from = getattr(type(model).forward, "__module__", "") or ""
+    if (isinstance(head, torch.nn.Linear) and head.out_features == 1 and trunk is not None and trunk is not model
+            and forward_from.startswith("transformers.")):  # remote code is loaded as `transformers_modules.…`
         return trunk, head
     return None
 
