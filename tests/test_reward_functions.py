@@ -70,6 +70,16 @@ def rounding(conversations, rows):
 def right_answer(conversations, rows):
     """A correctness reward of one's own reads the row's answer: no score without it (the marks count otherwise)"""
     return [float(c[-1]["content"].count("#")) if row and row.get("solution") else None for c, row in zip(conversations, rows)]
+
+
+def pops_its_row(conversations, rows):
+    """Changes what it is given, as a function may: the row's keyword taken out, the question rewritten."""
+    scores = []
+    for conversation, row in zip(conversations, rows):
+        keyword = row.pop("keyword", None)
+        conversation[0]["content"] = "rewritten"
+        scores.append(None if keyword is None else float(conversation[-1]["content"].count(keyword)))
+    return scores
 '''
 ROWS = [{"prompt": "count the marks", "keyword": "#"}, {"prompt": "count the stars", "keyword": "*"}, {"prompt": "no keyword"}]
 ECHO = ["--policy", "echo", "--backend", "echo", "--reward-backend", "length", "--n", "3"]
@@ -244,6 +254,17 @@ def test_numpy_scores_are_scores(reward_module):
         reward = FunctionReward.load(f"fn:my_rewards:{name}", frozenset({f"my_rewards:{name}"}))
         scores = reward.score(conversation, [None, None])
         assert scores == [2.0, 4.0] and all(type(score) is float for score in scores)
+
+
+def test_a_function_that_changes_its_inputs_changes_no_other_candidates_input(reward_module):
+    """A prompt's candidates share its row and its turns (as the scoring job passes them): a function that popped
+    the row's keyword left the prompt's other candidates without one, unscored, with no error."""
+    question = {"role": "user", "content": "count the marks"}
+    row = {"keyword": "#"}
+    conversations = [[question, {"role": "assistant", "content": "#" * marks}] for marks in (1, 2, 3)]
+    reward = FunctionReward.load("fn:my_rewards:pops_its_row", frozenset({"my_rewards:pops_its_row"}))
+    assert reward.score(conversations, [row, row, row]) == [1.0, 2.0, 3.0]
+    assert (question, row) == ({"role": "user", "content": "count the marks"}, {"keyword": "#"})  # for a retry one by one
 
 
 def test_a_function_gets_the_answer_column_it_is_given(reward_module, tmp_path):

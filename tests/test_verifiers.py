@@ -59,6 +59,10 @@ def math_verifier():
         # a float answer column: its repr `1e-05` was read as an expression in E
         (0.00001, "\\boxed{0.00001}", 1.0),
         (1e20, "\\boxed{100000000000000000000}", 1.0),
+        # a heading in bold, or numbered, is a heading: its step number was read as the answer
+        ("42", "#### **Step 1: Understand**\nWe need 6 times 7.\n\n#### **Step 2: Multiply**\n6 * 7 = 42.\n\nSo it is 42.", 1.0),
+        ("2", "#### **Step 1: Understand**\nWe need 6 times 7.\n\n#### **Step 2: Multiply**\n6 * 7 = 42.\n\nSo it is 42.", 0.0),
+        ("2", "#### 1. Understand\nWe need 6 times 7.\n\n#### 2. Multiply\n6 * 7 = 42.", 0.0),
     ],
 )
 def test_latex_answers_the_last_box_and_float_columns_are_read_as_written(math_verifier, gold, completion, expected):
@@ -230,6 +234,33 @@ def test_math_answers_are_equal_when_their_values_are(gold, completion, expected
 @pytest.mark.parametrize(
     "gold, completion, expected",
     [
+        # the question restated, which sympy evaluates to the answer: the quickstart's tiny policy was rewarded for it
+        ("19", "I don't know what 9 + 10 is.", 0.0),
+        ("19", "9 + 10 = 9 + 10, \nThis \\boxed{} is a notation.", 0.0),
+        ("42", "We need $6 \\times 7$. I am not sure.", 0.0),
+        ("120", "We need $\\binom{10}{3}$, which I cannot evaluate.", 0.0),
+        ("120", "\\boxed{\\binom{10}{3}}", 0.0),
+        ("55", "\\boxed{\\sum_{k=1}^{10} k}", 0.0),
+        ("99", "The answer is 100 - 1.", 0.0),
+        # a number as written, in its forms, is an answer
+        ("19", "9 + 10 = 19", 1.0),
+        ("1200", "\\boxed{1.2 \\times 10^{3}}", 1.0),
+        ("50", "\\boxed{50\\%}", 1.0),
+        ("5", "\\boxed{x = 5}", 1.0),
+        ("18", "She earns \\boxed{18 \\text{ dollars}}.", 1.0),
+        ("90", "\\boxed{90^\\circ}", 1.0),
+        ("3/4", "The answer is $\\frac{3}{4}$.", 1.0),
+        # where the ground truth is no number, expressions are compared as before
+        ("2\\sqrt{2}", "\\boxed{\\sqrt{8}}", 1.0),
+    ],
+)
+def test_a_numeric_answer_must_be_a_number_not_the_question_restated(math_verifier, gold, completion, expected):
+    assert math_verifier.score([answer(completion)], [{"answer": gold}]) == [expected]
+
+
+@pytest.mark.parametrize(
+    "gold, completion, expected",
+    [
         ("Paris", "The capital is \\boxed{Paris}", 1.0),
         ("Paris", "paris.", 1.0),  # case and trailing punctuation
         ("New  York", "#### new york", 1.0),
@@ -241,6 +272,9 @@ def test_math_answers_are_equal_when_their_values_are(gold, completion, expected
         ("42 #### \u22125", "#### \u22125", 1.0),
         ("\\frac{3}{4}", "#### \\frac{3}{4}\n\nOf the 4 equally likely cases.", 1.0),
         ("C", "\\boxed{C}\\boxed{ }", 1.0),
+        (42.0, "\\boxed{42}", 1.0),  # a CSV column with an empty cell is read as floats: `42.0` was no `42`
+        ("Paris", "\\boxed{\\text{Paris}}", 1.0),
+        ("42", "#### **42**", 1.0),
     ],
 )
 def test_exact_answers_compare_normalised_text(gold, completion, expected):

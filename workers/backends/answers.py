@@ -13,7 +13,12 @@ def ground_truth(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         return None  # a NaN cell is no answer (as "nan" it would verify `\\boxed{nan}`)
     # a float's repr may be scientific (1e-05), which math-verify reads as an expression in E: its plain digits instead
-    text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(value).replace("\u2212", "-")
+    # and an integral float as an integer: a CSV column with one empty cell is read as floats, and `42.0` is no `42` to
+    # verify:exact
+    if isinstance(value, float):
+        text = str(int(value)) if value.is_integer() else format(Decimal(repr(value)), "f")
+    else:
+        text = str(value).replace("\u2212", "-")
     if "####" in text:  # GSM8K: the reasoning, then `#### <answer>`
         text = text.rsplit("####", 1)[1]
     text = text.strip()
@@ -40,9 +45,11 @@ HEADING_WORDS = re.compile(r"(?:step|part|final|answer|conclusion|solution|summa
 
 
 def _heading(line: str) -> bool:
-    """A markdown heading (`#### Step 3: Final answer`, `#### Conclusion`), not GSM8K's answer line (`#### 18 dollars`,
-    `#### **42**`, `#### \\frac{3}{4}`), when more text follows it."""
-    return HEADING_WORDS.match(line.strip()) is not None or re.search(r"[\d\\]", line) is None
+    """A markdown heading (`#### Step 3: Final answer`, `#### **Step 2: Multiply**`, `#### 2. Multiply`, `#### Conclusion`),
+    not GSM8K's answer line (`#### 18 dollars`, `#### **42**`, `#### \\frac{3}{4}`), when more text follows it."""
+    text = line.strip().strip("*_ ")  # bold or italic, as chat models write their headings
+    return (HEADING_WORDS.match(text) is not None or re.match(r"\d+[.)]\s+[^\W\d_]", text) is not None
+            or re.search(r"[\d\\]", text) is None)
 
 
 def final_answer(completion: str) -> str:
@@ -60,10 +67,26 @@ def final_answer(completion: str) -> str:
 
 
 def normalized(answer: str) -> str:
-    """Case, surrounding spaces and punctuation, `$` signs, thousands separators and inner runs of spaces ignored."""
-    text = answer.replace("$", "").lower()
+    """Case, surrounding spaces and punctuation, `$` signs, thousands separators, inner runs of spaces, markdown's
+    emphasis (`**42**`) and LaTeX's text wrappers (`\\text{Paris}`) ignored."""
+    text = re.sub(r"\\(?:text|textbf|textit|mathrm|mbox)\{([^{}]*)\}", r"\1", answer)
+    text = text.replace("$", "").replace("**", "").replace("__", "").lower()
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
     text = re.sub(r"\s+", " ", text).strip()
-    return text.strip(" .,:;!\"'`")
+    return text.strip(" .,:;!\"'`*_")
 
 
+
+
+_DECORATION = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{[^{}]*\}|\\[$%,!;: ]|[$%\s]|\^\{?\\circ\}?|\{,\}|\\(?:left|right)\b")
+_NUMBER = r"[-+]?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)"
+_LITERAL = re.compile(rf"(?:[^\W\d]\w*=)?(?:{_NUMBER}(?:(?:\\times|\\cdot|\*)10\^\{{?[-+]?\d+\}}?|[eE][-+]?\d+)?"
+                      rf"|[-+]?\d+/\d+|[-+]?\\[dt]?frac(?:\{{[-+]?\d+\}}|\d)(?:\{{\d+\}}|\d))")
+
+
+def numeric_literal(answer: str) -> bool:
+    """Whether an extracted answer is a number as written (`-1,234.5`, `\\frac{3}{4}`, `3/4`, `50\\%`, `x = 5`,
+    `18 \\text{ dollars}`, `1.2 \\times 10^{3}`), not an expression still to evaluate (`9 + 10`, `6 \\times 7`,
+    `\\binom{10}{3}`): where the ground truth is a number, a completion restating the question's arithmetic is no
+    answer, or a policy learns to restate it."""
+    return _LITERAL.fullmatch(_DECORATION.sub("", answer).strip("*_").rstrip(".")) is not None  # markdown's bold too

@@ -10,6 +10,7 @@ others may write to, and must never be able to make a worker import a module.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import numbers
@@ -87,6 +88,10 @@ class FunctionReward:
         return scores
 
     def _score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
+        # each conversation and row its own copy: the candidates of one prompt share its row and its prompt's turns, and
+        # a function that changes what it was given (`row.pop("answer")`) changed every other candidate's input
+        conversations = [copy.deepcopy(conversation) for conversation in conversations]
+        columns = [copy.deepcopy(row) for row in columns]
         try:
             values = self.function(conversations, columns)
         except SystemExit as exc:  # an error like any other (the batch's prompts are tried one by one), not the worker's end

@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 
-from rsample.workers.backends.answers import final_answer, last_boxed
+from rsample.workers.backends.answers import final_answer, last_boxed, numeric_literal
 from rsample.workers.common import defaults
 from rsample.workers.runtime.processes import killed_with_parent
 
@@ -44,6 +44,12 @@ def _answer(completion: str) -> str:
         return f"$\\boxed{{{boxed}}}$"
     answer = final_answer(completion)
     return _latex(answer.strip()) if answer != completion and "\\" in answer else answer  # a `####` line in LaTeX: read whole
+
+
+def _restated(gold: list, target: list) -> bool:
+    """A ground truth that is a number answered by an expression to evaluate (`9 + 10`, `\\binom{10}{3}`), which
+    math-verify's sympy would find equal: often the question restated (`I don't know what 9 + 10 is.`)."""
+    return bool(getattr(gold[0], "is_Number", False)) and not numeric_literal(str(target[-1]))
 
 
 def serve(seconds: int) -> None:
@@ -78,7 +84,7 @@ def serve(seconds: int) -> None:
             target = parse(answer, parsing_timeout=seconds)
             if not target and answer != completion and last_boxed(completion) is None:  # `#### Final Answer`, last: a heading
                 target = parse(completion, parsing_timeout=seconds)
-            answer = bool(gold) and bool(target) and bool(verify(gold, target, timeout_seconds=seconds))
+            answer = bool(gold) and bool(target) and not _restated(gold, target) and bool(verify(gold, target, timeout_seconds=seconds))
         answers.write(json.dumps({"id": request["id"], "answer": answer}) + "\n")
 
 
