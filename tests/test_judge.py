@@ -345,3 +345,23 @@ def test_a_judge_of_such_a_template_is_read_after_its_thinking(tmp_path):
     assert greedy_reply(path, prompt, steps=4).startswith(" the</think>\n")  # it thinks, closes, then rates
     score = TransformersJudge(f"judge:{path}", "float32", template=TRIAL_RUBRIC).score([TRIAL_CONVERSATION])[0]
     assert score > 8.0, f"read at the first thinking token: {score:.3f}"
+
+
+@pytest.mark.parametrize("digits_first, warned", [(True, False), (False, True)])
+def test_a_judge_that_would_not_answer_with_a_rating_is_warned_about_at_load(tmp_path, caplog, digits_first, warned):
+    """The score renormalises over the ratings' tokens, so a judge that would write something else where it is read
+    (a rubric asking for an explanation first) still gives confident-looking scores: the worker says so once, at load."""
+    tokenizer = bytelevel_tokenizer(CHATML)
+    newline, word = one(tokenizer, "\n"), one(tokenizer, " the")
+    reply = {one(tokenizer, "9"): 0.9, one(tokenizer, "8"): 0.1} if digits_first else digits_favouring_1(tokenizer, {word: 0.97})
+    path = chain_model(tokenizer, {newline: reply}, tmp_path / "judge")
+    with caplog.at_level("WARNING", logger="rsample.workers.backends.judge"):
+        TransformersJudge(f"judge:{path}", "float32", template=TRIAL_RUBRIC)
+    warnings = [r.getMessage() for r in caplog.records if "take" in r.getMessage()]
+    if not warned:
+        assert warnings == []
+        return
+    # the digits' shares as the chain sets them: 0.02 + 8 × 0.001 of 0.998 (the other tokens' logits are 40 below)
+    assert warnings == [f"judge:{path}: on a trial conversation, the ratings 1 to 9 take 2.8% of the judge's probability for the "
+                        "first token of its reply: its rubric or chat template may not make it answer with a rating there (a rubric "
+                        "that asks for an explanation first, a judge too small), and its scores, read from those shares, would be noise"]

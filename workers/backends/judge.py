@@ -31,6 +31,8 @@ from rsample.workers.common.reasoning import THINKING_END
 log = logging.getLogger(__name__)
 
 RATINGS = tuple(range(1, 10))
+TRIAL_CONVERSATION = [{"role": "user", "content": "What is the capital of France?"},
+                      {"role": "assistant", "content": "The capital of France is Paris."}]
 """Single digits: each has a token of its own in common vocabularies, so that one forward pass reads them all."""
 
 DEFAULT_TEMPLATE = """Please act as an impartial judge of the response an AI assistant gave to the conversation below. \
@@ -158,6 +160,23 @@ class TransformersJudge:
         self.opening = reply_opening(self.tokenizer, self.template)
         self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
         self._tokenizer_lock = threading.Lock()
+        if (share := self.rating_share(TRIAL_CONVERSATION)) < defaults.JUDGE_LEAST_RATING_SHARE:
+            log.warning("%s: on a trial conversation, the ratings 1 to 9 take %.1f%% of the judge's probability for the first token "
+                        "of its reply: its rubric or chat template may not make it answer with a rating there (a rubric that asks "
+                        "for an explanation first, a judge too small), and its scores, read from those shares, would be noise",
+                        spec, 100 * share)
+
+    def rating_share(self, conversation: Conversation) -> float:
+        """The ratings' share of the judge's whole next-token probability where their shares are read: the scores
+        renormalise over the ratings alone, which hides a judge that would write something else there."""
+        import torch
+
+        text = judge_texts(self.tokenizer, self.template, self.opening, [conversation])[0]
+        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]], device=self.device)
+        with torch.inference_mode():
+            last = self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].double()
+        ratings = sorted({token for spellings in self.rating_ids for token in spellings})
+        return float(torch.exp(torch.logsumexp(last[ratings], dim=-1) - torch.logsumexp(last, dim=-1)))
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> TransformersJudge:

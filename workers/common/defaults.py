@@ -187,6 +187,9 @@ jobs hold one prompt each, no batch shows that it fails everywhere."""
 MATH_CHECK_SECONDS = 5
 """math-verify's limit for one parse or comparison of `verify:math` (its own default); its child process is killed past
 three times it."""
+JUDGE_LEAST_RATING_SHARE = 0.5
+"""Below this share of a judge's next-token probability on the ratings (on a trial conversation, at load), its worker
+warns that the judge may not answer with a rating where it is read."""
 MATH_CHECK_START_SECONDS = 120
 """How long `verify:math`'s child process may take to start (importing sympy on a loaded machine)."""
 
