@@ -160,7 +160,12 @@ class TransformersJudge:
         self.opening = reply_opening(self.tokenizer, self.template)
         self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
         self._tokenizer_lock = threading.Lock()
-        if (share := self.rating_share(TRIAL_CONVERSATION)) < defaults.JUDGE_LEAST_RATING_SHARE:
+        try:  # a warning only: a rubric that fails on the trial conversation fails on the rows with their reason
+            share = self.rating_share(TRIAL_CONVERSATION)
+        except Exception as exc:
+            log.info("%s: the ratings' share of its probability was not tried (%s)", spec, first_line(exc, with_type=True))
+            share = 1.0
+        if share < defaults.JUDGE_LEAST_RATING_SHARE:
             log.warning("%s: on a trial conversation, the ratings 1 to 9 take %.1f%% of the judge's probability for the first token "
                         "of its reply: its rubric or chat template may not make it answer with a rating there (a rubric that asks "
                         "for an explanation first, a judge too small), and its scores, read from those shares, would be noise",
