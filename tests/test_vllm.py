@@ -257,6 +257,29 @@ def test_the_vllm_judge_gives_the_transformers_judges_expected_ratings(tiny_mode
     assert len({round(s, 4) for s in scores}) == len(scores)
 
 
+def test_the_vllm_judge_warns_as_the_transformers_judge_of_ratings_it_would_not_write(tmp_path, caplog):
+    """The ratings' share where they are read, from a generation free to pick any token: a judge whose reply there
+    is a rating 7 times in 10 (a chain judge: its next token depends on the current one alone) is not warned about."""
+    from chain_judges import bytelevel_tokenizer, chain_model, one
+    from test_judge import CHATML, TRIAL_RUBRIC
+
+    from rsample.workers.backends.judge import TRIAL_CONVERSATION, TransformersJudge
+    from rsample.workers.backends.vllm_judge import VLLMJudge
+
+    tokenizer = bytelevel_tokenizer(CHATML)
+    reply = {one(tokenizer, "9"): 0.6, one(tokenizer, "8"): 0.1, one(tokenizer, " the"): 0.3}
+    path = chain_model(tokenizer, {one(tokenizer, "\n"): reply}, tmp_path / "judge")
+    with caplog.at_level("WARNING", logger="rsample.workers.backends.judge"):
+        judge = VLLMJudge(f"judge:{path}", FLOAT32, TRIAL_RUBRIC)
+        try:
+            share = judge.rating_share(TRIAL_CONVERSATION)
+        finally:
+            judge.close()
+    assert share == pytest.approx(0.7, abs=0.01)
+    assert TransformersJudge(f"judge:{path}", "float32", template=TRIAL_RUBRIC).rating_share(TRIAL_CONVERSATION) == pytest.approx(0.7, abs=0.01)
+    assert not [r for r in caplog.records if "take" in r.getMessage()]
+
+
 def test_an_aborted_or_failed_sample_is_no_completion():
     """vLLM's other finish reasons: `abort` and `error` fail the call (its prompts are then generated one at a time,
     and one that fails alone is skipped as failed), `repetition` is a cut."""

@@ -114,6 +114,21 @@ def judge_texts(tokenizer, template, opening: str, conversations: list[Conversat
             for conversation in conversations]
 
 
+def warn_if_ratings_unlikely(spec: str, rating_share) -> None:
+    """Said once, at load: the scores renormalise over the ratings, which hides a judge that would write something
+    else where they are read. `rating_share(conversation)` is the ratings' share of its next-token probability there."""
+    try:  # a warning only: a rubric that fails on the trial conversation fails on the rows, with their reason
+        share = rating_share(TRIAL_CONVERSATION)
+    except Exception as exc:
+        log.info("%s: the ratings' share of its probability was not tried (%s)", spec, first_line(exc, with_type=True))
+        return
+    if share < defaults.JUDGE_LEAST_RATING_SHARE:
+        log.warning("%s: on a trial conversation, the ratings 1 to 9 take %.1f%% of the judge's probability for the first token "
+                    "of its reply: its rubric or chat template may not make it answer with a rating there (a rubric that asks "
+                    "for an explanation first, a judge too small), and its scores, read from those shares, would be noise",
+                    spec, 100 * share)
+
+
 def expected_rating(per_rating) -> float:
     """Σ rating × p(rating) / Σ p(rating), over the ratings' probabilities (any iterable of numbers, in RATINGS order)."""
     weights = list(per_rating)
@@ -160,16 +175,7 @@ class TransformersJudge:
         self.opening = reply_opening(self.tokenizer, self.template)
         self.rounds = device_rounds(self.device, TokenBudget(token_budget, micro_batch, pass_cost), self._forward)
         self._tokenizer_lock = threading.Lock()
-        try:  # a warning only: a rubric that fails on the trial conversation fails on the rows with their reason
-            share = self.rating_share(TRIAL_CONVERSATION)
-        except Exception as exc:
-            log.info("%s: the ratings' share of its probability was not tried (%s)", spec, first_line(exc, with_type=True))
-            share = 1.0
-        if share < defaults.JUDGE_LEAST_RATING_SHARE:
-            log.warning("%s: on a trial conversation, the ratings 1 to 9 take %.1f%% of the judge's probability for the first token "
-                        "of its reply: its rubric or chat template may not make it answer with a rating there (a rubric that asks "
-                        "for an explanation first, a judge too small), and its scores, read from those shares, would be noise",
-                        spec, 100 * share)
+        warn_if_ratings_unlikely(spec, self.rating_share)
 
     def rating_share(self, conversation: Conversation) -> float:
         """The ratings' share of the judge's whole next-token probability where their shares are read: the scores

@@ -8,7 +8,14 @@ from __future__ import annotations
 import math
 import threading
 
-from rsample.workers.backends.judge import compile_template, expected_rating, judge_texts, rating_token_ids, reply_opening
+from rsample.workers.backends.judge import (
+    compile_template,
+    expected_rating,
+    judge_texts,
+    rating_token_ids,
+    reply_opening,
+    warn_if_ratings_unlikely,
+)
 from rsample.workers.backends.models import check_judge_model, context_length, load_model_config, load_tokenizer
 from rsample.workers.backends.reward_specs import model_path
 from rsample.workers.backends.vllm_llm import make_llm, shutdown_llm
@@ -35,6 +42,7 @@ class VLLMJudge:
 
         self.params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, allowed_token_ids=allowed, logprobs=len(allowed))
         self.engine = threading.Lock()  # one `LLM` call at a time: see VLLMRewardModel.engine
+        warn_if_ratings_unlikely(spec, self.rating_share)
 
     @classmethod
     def from_run(cls, config: RunConfig, model_index: int) -> VLLMJudge:
@@ -43,6 +51,20 @@ class VLLMJudge:
 
     def close(self) -> None:
         shutdown_llm(self.llm, "judge")
+
+    def rating_share(self, conversation: Conversation) -> float:
+        """The ratings' share of the judge's next-token probability where they are read, from a generation free to
+        pick any token: a lower bound, summed over the ratings among the most likely tokens vLLM returns."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        text = judge_texts(self.tokenizer, self.template, self.opening, [conversation])[0]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        free = SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, logprobs=self.params.logprobs)
+        with self.engine:
+            [output] = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], free, use_tqdm=False)
+        likeliest = output.outputs[0].logprobs[0]
+        return sum(math.exp(likeliest[token].logprob) for token in self.params.allowed_token_ids if token in likeliest)
 
     def score(self, conversations: list[Conversation]) -> list[float | None]:
         from vllm.inputs import TokensPrompt
