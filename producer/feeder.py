@@ -47,6 +47,9 @@ class Feeder:
         """Prompts handed to the workers whose rows the ledger has not settled yet: what Redis could lose."""
         self.batches: dict[str, list[int]] = {}
         """The rows of each batch this feeder handed out (since its last restart) that may not be settled yet."""
+        self.settled_here: dict[int, Outcome] = {}
+        """Rows the feeder settled itself (bad rows, duplicates) whose outcomes the ledger does not hold yet: their only
+        copy is a message on the ready stream, which a Redis that came back older may have lost."""
         done, cursor, feed_pass = self.client.hmget(self.keys.stats, "feed_done", "feed_cursor", "feed_pass")
         self.exhausted = done is not None
         cursor = int(cursor or 0)
@@ -62,9 +65,17 @@ class Feeder:
             if index in self.ledger.rows:  # by its recorded prompt: one an older rsample skipped may read now
                 if (recorded := self.ledger.recorded_prompt(index)) is not None:
                     self.seen.setdefault(recorded, index)
-            elif isinstance(record, PromptRecord) and self.seen.setdefault(record.prompt_id, index) == index:
+            elif isinstance(record, RowSkip):
+                self.settled_here[index] = Outcome(index, None, SKIPPED, record.reason)
+            elif (first := self.seen.setdefault(record.prompt_id, index)) == index:
                 if record.prompt_id not in self.ledger.prompt_ids:
                     self.handed[index] = record
+            else:
+                self.settled_here[index] = Outcome(index, record.prompt_id, DUPLICATE, f"same prompt as row {first}")
+
+    def _settled_here(self, outcome: Outcome) -> Outcome:
+        self.settled_here[outcome.row_index] = outcome
+        return outcome
 
     def _next_row(self) -> tuple[int, Any] | None:
         try:
@@ -82,6 +93,18 @@ class Feeder:
         for index in [i for i, r in self.handed.items() if i in self.ledger.rows or r.prompt_id in self.ledger.prompt_ids]:
             del self.handed[index]
         return list(self.handed.values())
+
+    def lost_outcomes(self) -> list[Outcome]:
+        """The outcomes of the rows the feeder settled itself that the ledger does not hold yet (those it holds are
+        forgotten on the way): lost, once nothing is left on the ready stream to bring them."""
+        for index in [i for i in self.settled_here if i in self.ledger.rows]:
+            del self.settled_here[index]
+        return list(self.settled_here.values())
+
+    def settle_again(self, outcomes: list[Outcome]) -> None:
+        """Puts lost outcomes of the feeder's own on the ready stream again (the ledger ignores any it holds)."""
+        if outcomes:
+            self.client.xadd(self.keys.ready, {"rows": json.dumps([o.__dict__ for o in outcomes])})
 
     def open_batches(self) -> dict[str, list[int]]:
         """The handed-out batches with rows not written yet (those fully written are forgotten on the way)."""
@@ -143,9 +166,9 @@ class Feeder:
                     self.seen.setdefault(recorded, index)
             elif isinstance(record, RowSkip):
                 self.skip_log.say_one(record.reason, record.detail)
-                settled.append(Outcome(index, None, SKIPPED, record.reason))
+                settled.append(self._settled_here(Outcome(index, None, SKIPPED, record.reason)))
             elif prompt_id in self.seen or prompt_id in self.ledger.prompt_ids:
-                settled.append(Outcome(index, prompt_id, DUPLICATE, f"same prompt as row {self.seen.get(prompt_id, '?')}"))
+                settled.append(self._settled_here(Outcome(index, prompt_id, DUPLICATE, f"same prompt as row {self.seen.get(prompt_id, '?')}")))
             else:
                 self.seen[prompt_id] = index
                 self.handed[index] = record

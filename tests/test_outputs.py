@@ -274,3 +274,32 @@ def test_sigterm_stops_a_coordinator_as_ctrl_c_does(redis_server, tmp_path):
     assert ("interrupted: the rows written so far are kept; the same `rsample aggregate` command resumes the run"
             in coordinator.stderr.read())
     assert not client.exists(RunKeys(run_id).coordinator_lock)  # released: another may take the run at once
+
+
+def test_another_out_after_a_coordinator_that_wrote_only_bad_rows_and_duplicates_finishes(redis_server, tmp_path):
+    """The first coordinator, stopped while the workers still loaded, had written only the rows its feeder settled
+    itself (a bad row, a duplicate). A coordinator with another --out wrote the prompts as the workers finished them,
+    then waited forever for those two rows: nothing was in flight, so it never fed the run again."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from faults import STARTED, outcome_rows, wait_for
+
+    rows = [{"prompt": f"question {i}"} for i in range(6)] + [{"prompt": ""}, {"prompt": "question 3"}]
+    dataset = write_jsonl(tmp_path / "data.jsonl", rows)
+    url = redis_server.url
+    run_id = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *ZERO_COST[:-1]).stdout.strip().splitlines()[-1]
+    first_out = tmp_path / "first" / "pairs.jsonl"
+    first = subprocess.Popen([sys.executable, "-m", "rsample.producer", "aggregate", "--redis-url", url, "--run", run_id,
+                              "--out", str(first_out), "--no-progress"], cwd=REPO, stderr=subprocess.DEVNULL)
+    STARTED.append(first)
+    wait_for(lambda: first_out.with_name("pairs.outcomes.jsonl").exists() and len(outcome_rows(first_out)) == 2, 60,
+             "the feeder's own rows written", interval=0.1)
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=30)
+    rsample("worker", "both", "--redis-url", url, "--run", run_id, "--burst")  # the prompts' work, done while no coordinator runs
+    out = tmp_path / "second" / "pairs.jsonl"
+    rsample("aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--no-progress", timeout=120)
+    assert sorted(row["row_index"] for row in outcome_rows(out)) == list(range(len(rows)))

@@ -17,9 +17,9 @@ from rsample.workers.runtime.queues import make_queue
 from rsample.workers.runtime.run_state import load_run
 
 
-def make_coordinator(client, tmp_path) -> Coordinator:
+def make_coordinator(client, tmp_path, rows=CHAT_ROWS) -> Coordinator:
     """A coordinator of a small echo run with a heartbeat TTL of 2 s, on `client`."""
-    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    dataset = write_jsonl(tmp_path / "chat.jsonl", rows)
     config = RunConfig(run_id="", data=DataSelection(str(dataset)), policy="p", reward_models=("r",), prompts_per_job=2,
                        jobs=JobSettings(max_in_flight=4, heartbeat_ttl=2),
                        models=ModelSettings(generation_backend="echo", reward_backend="length"))
@@ -52,6 +52,51 @@ def test_prompts_held_by_no_job_are_fed_again(coordinator, redis_client):
     assert {p["prompt_id"] for job in again for p in job.args[2]} == handed
     assert all("-again" in job.args[1] for job in again)
     assert coordinator.feeder.in_flight() == 4
+
+
+def test_rows_the_feeder_settled_itself_are_settled_again_when_redis_lost_their_outcomes(redis_client, tmp_path):
+    """A bad row's or a duplicate's outcome exists only as a message on the ready stream until it is written: a Redis
+    back from an older snapshot lost it, and with it the rows' outcomes for good (the run waited forever)."""
+    from faults import outcome_rows
+
+    coordinator = make_coordinator(redis_client, tmp_path, rows=[{"prompt": "a"}, {"prompt": ""}, {"prompt": "a"}, {"prompt": "b"}])
+    try:
+        keys = RunKeys(coordinator.config.run_id)
+        assert coordinator.feeder.top_up() == 2  # rows 0 and 3; the feeder settles rows 1 and 2 itself
+        redis_client.delete(keys.ready)  # Redis came back from a snapshot taken before all that
+        make_queue(redis_client, keys.generate_queue).empty()
+        idle_long_enough(coordinator)
+        while coordinator.collector.step(block_ms=None):
+            pass
+        outcomes = {row["row_index"]: (row["outcome"], row["reason"]) for row in outcome_rows(coordinator.ledger.out)}
+        assert outcomes == {1: ("skipped", "empty content"), 2: ("duplicate", "same prompt as row 0")}
+        assert {p["prompt_id"] for job in make_queue(redis_client, keys.generate_queue).jobs for p in job.args[2]} == {
+            coordinator.feeder.handed[0].prompt_id, coordinator.feeder.handed[3].prompt_id}  # and the prompts fed again
+    finally:
+        coordinator.close()
+
+
+def test_a_coordinator_started_after_the_loss_settles_those_rows_too(redis_client, tmp_path):
+    """The same loss found by a coordinator started afterwards: its feeder reads the rows behind the cursor again."""
+    from faults import outcome_rows
+
+    rows = [{"prompt": "a"}, {"prompt": ""}, {"prompt": "a"}, {"prompt": "b"}]
+    first = make_coordinator(redis_client, tmp_path, rows=rows)
+    first.feeder.top_up()
+    run_id = first.config.run_id
+    first.close()
+    redis_client.delete(RunKeys(run_id).ready)  # lost while no coordinator ran, with the jobs
+    make_queue(redis_client, RunKeys(run_id).generate_queue).empty()
+    coordinator = Coordinator(redis_client, load_run(redis_client, run_id), tmp_path / "pairs.jsonl")
+    try:
+        idle_long_enough(coordinator)
+        coordinator.feeder.top_up()  # a coordinator's step feeds what its recovery put back
+        while coordinator.collector.step(block_ms=None):
+            pass
+        outcomes = {row["row_index"]: row["outcome"] for row in outcome_rows(coordinator.ledger.out)}
+        assert outcomes == {1: "skipped", 2: "duplicate"}
+    finally:
+        coordinator.close()
 
 
 def test_a_window_full_of_prompts_long_written_is_set_right(coordinator, redis_client):

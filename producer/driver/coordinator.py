@@ -156,7 +156,7 @@ class Coordinator:
             reasons = Counter(outcome.reason for outcome in retried)
             log.warning("run %s: retrying %d rows skipped because their work failed (%s)", self.config.run_id, len(retried),
                         "; ".join(f"{reason}: {count}" for reason, count in reasons.most_common(3)) + ("; ..." if len(reasons) > 3 else ""))
-        lacking = len(self.feeder.handed)
+        lacking = len(self.feeder.handed) + len(self.feeder.lost_outcomes())  # prompts, and the feeder's own skips and duplicates
         if not lacking:
             return
         self._unfinish()
@@ -284,8 +284,9 @@ class Coordinator:
         flight, whatever the counters say: they are set right, and the prompts not yet written are fed again.
         Should a lost job still finish after all, the ledger keeps one result.
         """
-        lost = self.feeder.unsettled()
-        if (not lost and self.feeder.in_flight() == 0) or not self.pipeline_is_idle():
+        lost, lost_outcomes = self.feeder.unsettled(), self.feeder.lost_outcomes()
+        nothing_missing = not lost and not lost_outcomes and not self._rewind_pending
+        if (nothing_missing and self.feeder.in_flight() == 0) or not self.pipeline_is_idle():
             self._idle_since = None
             return
         if self._rewind_pending and self.feeder.in_flight() <= 0:  # the work in flight is done: the rows the output lacks
@@ -302,10 +303,15 @@ class Coordinator:
         self.client.hset(self.keys.stats, "prompts_returned", enqueued)  # idle: nothing is in flight
         if self._rewind_pending:  # every row the output lacks, through the window (not all at once)
             self._rewind()
-        elif lost:
-            log.warning("run %s: %d prompts were handed out but exist nowhere in Redis any more (it came back older than it "
-                        "was?): feeding them again", self.config.run_id, len(lost))
-            self.feeder.refeed(lost)
+        elif lost or lost_outcomes:
+            if lost:
+                log.warning("run %s: %d prompts were handed out but exist nowhere in Redis any more (it came back older than it "
+                            "was?): feeding them again", self.config.run_id, len(lost))
+                self.feeder.refeed(lost)
+            if lost_outcomes:
+                log.warning("run %s: %d rows skipped as bad or duplicate have no outcome written, and none is on its way (Redis "
+                            "came back older than it was?): settling them again", self.config.run_id, len(lost_outcomes))
+                self.feeder.settle_again(lost_outcomes)
         else:
             log.warning("run %s: nothing is in flight but the counters said otherwise (Redis came back older?): set right",
                         self.config.run_id)
