@@ -157,6 +157,26 @@ class MeanPooledRewardModel(LlamaPreTrainedModel):
 '''
 
 
+SCALED_HEAD_MODELING = '''
+from torch import nn
+from transformers import LlamaForSequenceClassification
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 10 * super().forward(x) - 3
+
+
+class ScaledHeadRewardModel(LlamaForSequenceClassification):
+    """transformers' own forward, and a head of its own: only `__init__` is overridden."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.score = ScaledLinear(config.hidden_size, 1, bias=False)
+        self.post_init()
+'''
+
+
 def own_class_model(directory, modeling: str, class_name: str, num_labels: int = 1, **settings) -> str:
     """A reward model of a class of its own, in its folder's Python file, registered for
     `AutoModelForSequenceClassification` as ArmoRM's is on the Hub; the tokenizer and template are the tiny model's."""
@@ -223,3 +243,16 @@ def test_a_reward_model_that_returns_several_values_is_refused_at_load(tmp_path)
     several = gated_model(tmp_path / "several", every_objective=True)
     with pytest.raises(RsampleError, match=r"returns logits of shape \(1, 4\) for 1 conversation\(s\); rsample needs one score per conversation"):
         TransformersRewardModel(several, "float32", trust_remote_code=True)
+
+
+def test_a_subclass_with_a_head_of_its_own_scores_as_its_forward_does(tmp_path):
+    """A subclass of a transformers class that keeps its forward but scales its head: reading the head's weights at
+    the last token skipped what the head's own forward does."""
+    scaled = own_class_model(tmp_path / "scaled", SCALED_HEAD_MODELING, "ScaledHeadRewardModel")
+    assert_scored_as_its_own_forward_does(scaled, tmp_path, lambda output: float(output.logits[0, 0]))
+
+
+def test_a_subclass_that_only_builds_its_own_trunk_keeps_the_batched_reading(remote_model):
+    """The trial at load finds the head read at the last token scores as its forward does: batches stay batched."""
+    _, remote = remote_model
+    assert TransformersRewardModel(remote, "float32", trust_remote_code=True).head is not None

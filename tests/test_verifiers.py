@@ -220,7 +220,7 @@ def test_a_ground_truth_math_verify_cannot_read_is_a_skip_with_its_reason(math_v
         ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "In all, 48 + 24 = 72", 1.0),  # GSM8K's answer field
         ("#### 1,234", "The total is 1234.", 1.0),
         ("\\frac{1}{2}", "It is \\boxed{0.5}", 1.0),
-        ("0.5", "one half: \\boxed{\\frac{2}{4}}", 1.0),
+        ("0.5", "one half: \\boxed{\\frac{1}{2}}", 1.0),
         ("$x^2+2x+1$", "\\boxed{(x+1)^2}", 1.0),  # equal as expressions, not as text
         ("7", "I do not know", 0.0),
         (12, "\\boxed{12}", 1.0),  # a number column, as JSON gives it
@@ -242,6 +242,12 @@ def test_math_answers_are_equal_when_their_values_are(gold, completion, expected
         ("120", "\\boxed{\\binom{10}{3}}", 0.0),
         ("55", "\\boxed{\\sum_{k=1}^{10} k}", 0.0),
         ("99", "The answer is 100 - 1.", 0.0),
+        ("19", "I don't know what 38/2 is.", 0.0),
+        ("19", "\\boxed{\\frac{38}{2}}", 0.0),  # a fraction in lowest terms is a number; this one is still to divide
+        ("1200", "I don't know what $12 \\times 10^{2}$ is.", 0.0),
+        ("1", "#### 2 1/2", 0.0),  # sympy reads 2 × 1/2
+        ("1024", "\\boxed{2^{10}}", 0.0),
+        ("0.5", "one half: \\boxed{\\frac{2}{4}}", 0.0),
         # a number as written, in its forms, is an answer
         ("19", "9 + 10 = 19", 1.0),
         ("1200", "\\boxed{1.2 \\times 10^{3}}", 1.0),
@@ -250,6 +256,20 @@ def test_math_answers_are_equal_when_their_values_are(gold, completion, expected
         ("18", "She earns \\boxed{18 \\text{ dollars}}.", 1.0),
         ("90", "\\boxed{90^\\circ}", 1.0),
         ("3/4", "The answer is $\\frac{3}{4}$.", 1.0),
+        # a relation's right side is its answer, as chat models end a solution
+        ("54", "Therefore, the answer is $18 \\times 3 = 54$.", 1.0),
+        ("18", "Janet sells $16 - 3 - 4 = 9$ eggs. She makes $9 \\times 2 = 18$ dollars.", 1.0),
+        ("-5", "It costs $3 - 8 = -5$.", 1.0),
+        ("19", "\\boxed{9 + 10 = 19}", 1.0),
+        ("5", "\\boxed{a_{1} = 5}", 1.0),
+        # written with what numbers are written with
+        ("2.5", "\\boxed{2\\frac{1}{2}}", 1.0),
+        ("1000000", "\\boxed{10^{6}}", 1.0),
+        ("5", "\\boxed{\\mathbf{5}}", 1.0),
+        ("42", "\\boxed{\\text{42}}", 1.0),
+        ("-5", "\\boxed{(-5)}", 1.0),
+        ("3.14", "\\boxed{\\approx 3.14}", 1.0),
+        ("12", "\\boxed{12\\text{ cm}^2}", 1.0),
         # where the ground truth is no number, expressions are compared as before
         ("2\\sqrt{2}", "\\boxed{\\sqrt{8}}", 1.0),
     ],
@@ -273,6 +293,8 @@ def test_a_numeric_answer_must_be_a_number_not_the_question_restated(math_verifi
         ("\\frac{3}{4}", "#### \\frac{3}{4}\n\nOf the 4 equally likely cases.", 1.0),
         ("C", "\\boxed{C}\\boxed{ }", 1.0),
         (42.0, "\\boxed{42}", 1.0),  # a CSV column with an empty cell is read as floats: `42.0` was no `42`
+        (6.02e23, "#### 602000000000000000000000", 1.0),  # as written, not the float's binary digits
+        ("210", "\\boxed{2**10}", 0.0),  # markdown's bold is stripped around the answer only
         ("Paris", "\\boxed{\\text{Paris}}", 1.0),
         ("42", "#### **42**", 1.0),
     ],

@@ -16,7 +16,7 @@ def ground_truth(value: Any) -> str | None:
     # and an integral float as an integer: a CSV column with one empty cell is read as floats, and `42.0` is no `42` to
     # verify:exact
     if isinstance(value, float):
-        text = str(int(value)) if value.is_integer() else format(Decimal(repr(value)), "f")
+        text = format(Decimal(repr(value)), "f").removesuffix(".0")  # its shortest digits: 6.02e23 is no 601999999999999995805696
     else:
         text = str(value).replace("\u2212", "-")
     if "####" in text:  # GSM8K: the reasoning, then `#### <answer>`
@@ -70,7 +70,7 @@ def normalized(answer: str) -> str:
     """Case, surrounding spaces and punctuation, `$` signs, thousands separators, inner runs of spaces, markdown's
     emphasis (`**42**`) and LaTeX's text wrappers (`\\text{Paris}`) ignored."""
     text = re.sub(r"\\(?:text|textbf|textit|mathrm|mbox)\{([^{}]*)\}", r"\1", answer)
-    text = text.replace("$", "").replace("**", "").replace("__", "").lower()
+    text = text.replace("$", "").lower()
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
     text = re.sub(r"\s+", " ", text).strip()
     return text.strip(" .,:;!\"'`*_")
@@ -78,15 +78,38 @@ def normalized(answer: str) -> str:
 
 
 
-_DECORATION = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{[^{}]*\}|\\[$%,!;: ]|[$%\s]|\^\{?\\circ\}?|\{,\}|\\(?:left|right)\b")
-_NUMBER = r"[-+]?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)"
-_LITERAL = re.compile(rf"(?:[^\W\d]\w*=)?(?:{_NUMBER}(?:(?:\\times|\\cdot|\*)10\^\{{?[-+]?\d+\}}?|[eE][-+]?\d+)?"
-                      rf"|[-+]?\d+/\d+|[-+]?\\[dt]?frac(?:\{{[-+]?\d+\}}|\d)(?:\{{\d+\}}|\d))")
+_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}\d]*\}(?:\^\{?\d\}?)?")
+_FORMATTING = re.compile(r"\\(?:text|textbf|textit|mathbf|mathrm|mbox|boldsymbol|bm)\{([^{}]*)\}")
+_DECORATION = re.compile(r"\\(?:textstyle|displaystyle|left|right)\b|\\[,!;: ]|\\?\$|\\?%|\^\{?\\circ\}?|\\circ|~")
+_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+"
+_FRACTION = re.compile(r"([-+]?)(?:(\d+)\s*(?=\\))?(?:\\[dt]?frac(?:\{([-+]?\d+)\}|(\d))(?:\{(\d+)\}|(\d))|(\d+)/(\d+))")
+
+
+def _bare(answer: str) -> str:
+    """An extracted answer without what a number may be written with: the left side of a relation (`x = 5`,
+    `18 \\times 3 = 54`), `\\approx`, units, bold, `$`, `%`, degrees, LaTeX spacing, markdown's bold, outer brackets."""
+    text = _UNIT.sub("", answer.replace("{,}", ","))
+    for _ in range(3):
+        text = _FORMATTING.sub(r"\1", text)
+    text = re.split(r"=|\\approx", text)[-1]
+    text = _DECORATION.sub("", text).strip().strip("*_").rstrip(".").strip()
+    while (inner := re.fullmatch(r"\((.*)\)|\{(.*)\}|\\\{(.*)\\\}", text)) and "," not in (body := next(g for g in inner.groups() if g is not None)):
+        text = body.strip()
+    return text
 
 
 def numeric_literal(answer: str) -> bool:
-    """Whether an extracted answer is a number as written (`-1,234.5`, `\\frac{3}{4}`, `3/4`, `50\\%`, `x = 5`,
-    `18 \\text{ dollars}`, `1.2 \\times 10^{3}`), not an expression still to evaluate (`9 + 10`, `6 \\times 7`,
-    `\\binom{10}{3}`): where the ground truth is a number, a completion restating the question's arithmetic is no
-    answer, or a policy learns to restate it."""
-    return _LITERAL.fullmatch(_DECORATION.sub("", answer).strip("*_").rstrip(".")) is not None  # markdown's bold too
+    """Whether an extracted answer is a number as written (`-1,234.5`, `\\frac{3}{4}`, `2\\frac{1}{2}`, `3/4`, `50\\%`,
+    `x = 5`, `18 \\times 3 = 54`, `18 \\text{ dollars}`, `1.2 \\times 10^{3}`, `10^{6}`), not an expression still to
+    evaluate (`9 + 10`, `6 \\times 7`, `\\binom{10}{3}`, `2^{10}`, `\\frac{38}{2}`, `12 \\times 10^{2}`): where the ground
+    truth is a number, a completion restating the question's arithmetic is no answer, or a policy learns to restate it."""
+    text = _bare(answer)
+    if re.fullmatch(rf"(?:{_NUMBER})(?:[eE][-+]?\d+)?", text) or re.fullmatch(r"[-+]?10\^\{?[-+]?\d+\}?", text):
+        return True
+    if scientific := re.fullmatch(rf"({_NUMBER})\s*(?:\\times|\\cdot|\*)\s*10\^\{{?[-+]?\d+\}}?", text):
+        return 1 <= abs(float(scientific[1].replace(",", ""))) < 10  # normalised, not `12 \times 10^{2}` still to multiply
+    if fraction := _FRACTION.fullmatch(text):  # in lowest terms, not `\frac{38}{2}` still to divide; a mixed number proper
+        _, whole, *parts = fraction.groups()
+        numerator, denominator = (int(next(p for p in pair if p is not None)) for pair in ((parts[0], parts[1], parts[4]), (parts[2], parts[3], parts[5])))
+        return denominator > 1 and math.gcd(numerator, denominator) == 1 and (whole is None or abs(numerator) < denominator)
+    return False

@@ -10,8 +10,8 @@ others may write to, and must never be able to make a worker import a module.
 
 from __future__ import annotations
 
-import copy
 import importlib
+import json
 import math
 import numbers
 from collections.abc import Iterable
@@ -90,8 +90,8 @@ class FunctionReward:
     def _score(self, conversations: list[Conversation], columns: list[dict[str, Any] | None]) -> list[float | None]:
         # each conversation and row its own copy: the candidates of one prompt share its row and its prompt's turns, and
         # a function that changes what it was given (`row.pop("answer")`) changed every other candidate's input
-        conversations = [copy.deepcopy(conversation) for conversation in conversations]
-        columns = [copy.deepcopy(row) for row in columns]
+        conversations = [json.loads(json.dumps(conversation)) for conversation in conversations]  # plain JSON, as they travel
+        columns = [json.loads(json.dumps(row)) for row in columns]
         try:
             values = self.function(conversations, columns)
         except SystemExit as exc:  # an error like any other (the batch's prompts are tried one by one), not the worker's end

@@ -183,9 +183,12 @@ class TransformersJudge:
         import torch
 
         text = judge_texts(self.tokenizer, self.template, self.opening, [conversation])[0]
-        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]], device=self.device)
-        with torch.inference_mode():
-            last = self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].double()
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= self.context:
+            raise ValueError(f"the trial is {len(ids)} tokens long, over the judge's context")
+        ids = torch.tensor([ids], device=self.device)
+        with torch.inference_mode():  # as `_forward` calls it
+            last = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits[0, -1].double()
         ratings = sorted({token for spellings in self.rating_ids for token in spellings})
         return float(torch.exp(torch.logsumexp(last[ratings], dim=-1) - torch.logsumexp(last, dim=-1)))
 

@@ -26,6 +26,12 @@ from rsample.workers.common.messages import Conversation
 log = logging.getLogger(__name__)
 
 
+TRIAL_CONVERSATIONS = [
+    [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hello!"}],
+    [{"role": "user", "content": "Name three rivers of Europe."}, {"role": "assistant", "content": "The Danube, the Rhine and the Seine."}],
+]
+
+
 def linear_score_head(model):
     """The model's trunk and its one-output linear head, when it has the usual layout (`base_model` + `score`, as
     every decoder `*ForSequenceClassification` of transformers) and reads them as transformers' own forward does;
@@ -66,6 +72,10 @@ class TransformersRewardModel:
         self.context = context_length(self.model.config, self.tokenizer, max_model_len)
         self.pad_token_id = self.model.config.get_text_config().pad_token_id  # where its forward stops reading
         self.head = linear_score_head(self.model)
+        if self.head is not None and not self._head_reads_as_forward():
+            log.warning("reward model %r: its own forward does not read its score head at the last token (it pools, scales or "
+                        "hooks otherwise): it scores one conversation at a time through that forward", spec)
+            self.head = None
         if self.head is None:  # unknown layout: one unpadded sequence at a time, cut after its last non-pad token
             self.model.config.pad_token_id = None
             micro_batch = 1
@@ -91,6 +101,27 @@ class TransformersRewardModel:
 
     def close(self) -> None:
         self.renderer.close()
+
+    def _head_reads_as_forward(self) -> bool:
+        """Whether the head read at the last token scores as the model's own forward does, on two trial conversations
+        (a transformers class may pool by its config, as Cohere's Compass does; remote code may subclass one and scale
+        its head or hook its output): only then may batches skip that forward."""
+        import torch
+
+        trunk, head = self.head
+        try:
+            for ids in render_conversations(self.tokenizer, TRIAL_CONVERSATIONS, self.pad_token_id):
+                input_ids = torch.tensor([ids], device=self.device)
+                with torch.inference_mode():
+                    own = one_score_each(self.model(input_ids=input_ids).logits, 1, self.spec)
+                    last = trunk(input_ids=input_ids).last_hidden_state[:, -1].float()
+                    fast = torch.nn.functional.linear(last, head.weight.float(), None if head.bias is None else head.bias.float())[:, 0]
+                if not torch.allclose(fast, own, rtol=2e-2, atol=1e-3):  # the head in float32 here, maybe bf16 in its forward
+                    return False
+        except Exception as exc:  # its own forward fails alone: `_check_output` says so
+            log.info("reward model %r: the batched reading was not tried (%s)", self.spec, first_line(exc, with_type=True))
+            return False
+        return True
 
     def _check_output(self) -> None:
         """A model with its own forward must give one score per conversation: found out at load, not in every job."""
