@@ -423,14 +423,16 @@ def enqueue(redis_url, **params) -> None:
                                          f"{defaults.REWARD_SLOTS_ON_GPU} for a transformers reward worker on a GPU, else 1).")
 @click.option("--follow", is_flag=True, hidden=True, help="With --run: then move with the runs, to runs of the same models "
                                                            "(the workers `rsample workers` starts).")
+@click.option("--wait-for-redis", "wait_for_redis", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Seconds to wait at the start for a Redis that cannot be reached yet (a container started before it).")
 @allow_reward_fn_option
 @worker_trust_option
-def worker(role, redis_url, run_id, gpu, indices, burst, slots, follow, allow_functions, trust_remote_code) -> None:
+def worker(role, redis_url, run_id, gpu, indices, burst, slots, follow, wait_for_redis, allow_functions, trust_remote_code) -> None:
     """Start a long-lived worker: loads its model(s) once, then serves the run's jobs (without --run, the runs in turn:
     the next one with the models it holds, else it exits to be started again for the next run's)."""
     from rsample.workers.runtime.worker import serve
 
-    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots, allow_functions, trust_remote_code, follow)
+    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots, allow_functions, trust_remote_code, follow, wait_for_redis)
 
 
 @main.command()

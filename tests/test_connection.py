@@ -121,3 +121,37 @@ def test_an_embedded_redis_whose_free_port_was_taken_meanwhile_takes_another(tmp
             restarted.start()
         assert restarted.url == url
     restarted.close()
+
+
+def test_a_worker_started_while_redis_restarts_waits_for_it_when_told_to(tmp_path):
+    """`rsample run` starts its workers with --wait-for-redis: a Redis restarting at that moment (the coordinator waits
+    through it) ended the worker at once, "cannot reach Redis", and the run with it."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    from rsample.workers.runtime.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    try:
+        server.stop()
+        worker = subprocess.Popen([sys.executable, "-m", "rsample.producer", "worker", "generate", "--redis-url", server.url,
+                                   "--burst", "--wait-for-redis", "60"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert worker.poll() is None  # still waiting
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not [c for c in client.client_list() if c.get("cmd") != "client|list"]:  # its own
+            time.sleep(0.2)
+        assert [c for c in client.client_list() if c.get("cmd") != "client|list"], "the worker never connected"
+        worker.terminate()
+        _, stderr = worker.communicate(timeout=30)
+        assert f"waiting up to 60 s for Redis at {server.url}" in stderr
+        refused = subprocess.run([sys.executable, "-m", "rsample.producer", "worker", "generate", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+                                  "--burst"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "cannot reach Redis" in refused.stderr  # without it, at once, as before
+    finally:
+        server.close()

@@ -71,7 +71,9 @@ class WorkerProcesses:
     def start(self, role: str, *options: str) -> None:
         """`options` are extra `rsample worker` options, such as `--slots 2`."""
         log_path = self.log_dir / f"{role}-{len(self.processes)}.log"
-        command = [*RSAMPLE_COMMAND, "worker", role, "--run", self.run_id, *options]  # the URL goes by environment: not in `ps`
+        # the URL goes by environment (not in `ps`); the coordinator reached Redis, so a worker that cannot yet waits
+        command = [*RSAMPLE_COMMAND, "worker", role, "--run", self.run_id, "--wait-for-redis", str(defaults.LOCAL_WORKER_REDIS_WAIT),
+                   *options]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", REDIS_URL_ENV: self.redis_url}
         if self.sharing_cpu:
             env.update(sharing_environment(self.sharing_cpu))

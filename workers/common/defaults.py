@@ -187,6 +187,9 @@ jobs hold one prompt each, no batch shows that it fails everywhere."""
 MATH_CHECK_SECONDS = 5
 """math-verify's limit for one parse or comparison of `verify:math` (its own default); its child process is killed past
 three times it."""
+LOCAL_WORKER_REDIS_WAIT = 300
+"""Seconds a worker `rsample run` starts waits for a Redis it cannot reach at its start (one restarting: the coordinator
+waits through such outages too) before it gives up, and the run with it."""
 JUDGE_LEAST_RATING_SHARE = 0.5
 """Below this share of a judge's next-token probability on the ratings (on a trial conversation, at load), its worker
 warns that the judge may not answer with a rating where it is read."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -118,15 +119,27 @@ class PatientRetry(Retry):
         return result
 
 
-def connect(url: str, patient: bool = True) -> redis.Redis:
+def connect(url: str, patient: bool = True, wait_seconds: float = 0) -> redis.Redis:
     """A client for `url` that has answered a PING: an unreachable server fails here, in one line.
 
     With `patient`, later commands wait through Redis restarts (workers, coordinator); without it they
-    fail at once (status, enqueue).
+    fail at once (status, enqueue). `wait_seconds`: how long a server that cannot be reached (not one that refuses
+    the credentials) is waited for first, as a worker started beside a Redis that is restarting needs.
     """
     try:
         probe = redis.Redis.from_url(url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, retry=Retry(ExponentialBackoff(), 0))
-        probe.ping()
+        deadline, said = time.monotonic() + wait_seconds, False
+        while True:
+            try:
+                probe.ping()
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if isinstance(exc, redis.AuthenticationError) or time.monotonic() >= deadline:
+                    raise
+                if not said:
+                    log.warning("waiting up to %d s for Redis at %s (%s)", wait_seconds, redact_url(url), describe_redis_error(exc))
+                    said = True
+                time.sleep(0.5)
         probe.close()
     except redis.AuthenticationError as exc:
         raise RsampleError(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None

@@ -337,11 +337,14 @@ def pin_gpu(gpu: str | None) -> None:
 
 def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
           reward_model_indices: list[int] | None = None, burst: bool = False, slots: int | None = None,
-          allow_functions: tuple[str, ...] = (), trust_remote_code: tuple[str, ...] = (), follow: bool = False) -> None:
+          allow_functions: tuple[str, ...] = (), trust_remote_code: tuple[str, ...] = (), follow: bool = False,
+          wait_for_redis: float = 0) -> None:
     """`allow_functions`: the `fn:` rewards this worker may import, besides installed `rsample.rewards` entry points.
     `trust_remote_code`: the models whose repository code this worker lets run, of those the run names. `follow`: with
     `run_id`, move on with the runs afterwards as a worker without one does, to runs of the same models (the workers of
-    `rsample workers`, whose supervisor starts them again for other models)."""
+    `rsample workers`, whose supervisor starts them again for other models). `wait_for_redis`: seconds a Redis that
+    cannot be reached is waited for at the start (`rsample run` starts its workers with it: a Redis restarting then
+    is no reason to end the run)."""
     pin_gpu(gpu)
     from rq.serializers import JSONSerializer
 
@@ -359,7 +362,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
         raise RsampleError(f"--slots must be at least 1 (got {slots})")
     MainWorker.sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # before anything installs a handler
     take_cpu_share()
-    client = connect(redis_url)
+    client = connect(redis_url, wait_seconds=wait_for_redis)
     if run_id is None and not list_run_ids(client):  # started before any run, as `rsample workers` may be: it waits
         log.info("waiting for a run: this Redis holds none yet (start one with `rsample enqueue`)")
         while not list_run_ids(client):
