@@ -682,3 +682,33 @@ def test_a_supervisor_pinned_to_a_run_gone_from_redis_waits_for_it_then_exits(tm
     assert "run gone is gone: workers that exit start again once there is a run to serve" in output and "giving up" not in output
     assert output.rstrip().endswith("run gone has been gone from Redis for 1.5 s (forgotten?), and these workers serve it alone "
                                     "(--run): exiting")
+
+
+def test_a_supervisor_pinned_to_a_run_started_while_redis_restarts_waits_for_it(tmp_path, capsys):
+    """Its settings were read with no retry: a Redis restarting then ended it with a ConnectionError's traceback."""
+    import threading
+
+    import redis
+
+    from rsample.workers.runtime.supervisor import StopSignals, pinned_settings
+
+    dataset = tmp_path / "rows.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in CHAT_ROWS))
+    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    try:
+        run_id = rsample("enqueue", "--redis-url", server.url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+                         "--backend", "echo", "--reward-backend", "length").stdout.strip().splitlines()[-1]
+        client = redis.Redis.from_url(server.url, socket_connect_timeout=1)
+        client.save()
+        server.stop()
+        found = []
+        waiting = threading.Thread(target=lambda: found.append(pinned_settings(client, run_id, StopSignals())))
+        waiting.start()
+        time.sleep(3)
+        assert not found  # still waiting
+        server.start()  # from this thread: the server dies with the thread that started it
+        waiting.join(timeout=30)
+        assert found and found[0] is not None and found[0].run_id == run_id
+        assert "cannot reach Redis" in capsys.readouterr().out
+    finally:
+        server.close()

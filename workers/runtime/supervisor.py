@@ -341,6 +341,23 @@ def left_running(child: Child) -> str:
     return f"; stopped what it left running: {', '.join(left)}" if left else ""
 
 
+def pinned_settings(client, run_id: str, stops: StopSignals) -> RunConfig | None:
+    """The `--run` run's settings, once Redis answers (a supervisor started while Redis restarts); None if stopped
+    while waiting. A run Redis does not hold is an error, in one line, as before."""
+    said = False
+    while not stops.count:
+        try:
+            return load_run(client, run_id)
+        except redis.RedisError as exc:
+            if not said:
+                say(f"cannot reach Redis ({first_line(exc)}): trying again every {defaults.RUN_CHECK_SECONDS:g} s")
+                said = True
+        deadline = time.monotonic() + defaults.RUN_CHECK_SECONDS
+        while not stops.count and time.monotonic() < deadline:
+            time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
+    return None
+
+
 def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int]], gpus_per_worker: int | None,
               role_args: dict[str, list[str]], log_dir: Path, restart_backoff: float = defaults.RESTART_BACKOFF,
               give_up_after: int = defaults.GIVE_UP_AFTER, stop_grace: float = defaults.STOP_GRACE_SECONDS,
@@ -351,7 +368,7 @@ def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int
     follower = None if run_id is not None else RunFollower(client, stops)
     run_id = run_id if follower is None else follower.first_run()
     while run_id is not None:
-        config = load_run(client, run_id) if follower is None else follower.settings_of(run_id)  # every child serves this run
+        config = pinned_settings(client, run_id, stops) if follower is None else follower.settings_of(run_id)  # every child serves this run
         if config is None:  # stopped while Redis was away
             return 0
         if "reward" in assignment:
