@@ -328,3 +328,26 @@ def test_a_run_enqueued_anew_where_its_output_began_earlier_is_said(redis_server
     assert load_run(redis_client, run_id).created_at > first
     again = rsample("run", "--redis-url", redis_server.url, *echo, "--out", str(out), "--no-progress")
     assert f"run {run_id} in this Redis was made on " in again.stderr and "`rsample forget` it, then `rsample resume --out" in again.stderr
+
+
+def test_a_job_put_back_after_its_run_finished_writes_nothing(redis_server, redis_client, tmp_path):
+    """A worker killed holding a job leaves it in RQ's intermediate list, which RQ's maintenance puts back on the queue
+    later, after the run finished: it generated again and wrote a payload and scores that nothing read nor expired."""
+    from conftest import read_jsonl, rsample
+
+    from rsample.workers.common.messages import PromptRecord
+    from rsample.workers.runtime.queues import enqueue_generation
+
+    dataset = write_jsonl(tmp_path / "chat.jsonl", CHAT_ROWS)
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+            "--backend", "echo", "--reward-backend", "length", "--out", str(out), "--no-progress")
+    run_id = read_jsonl(out.with_name("pairs.outcomes.jsonl"))[0]["rsample_run"]
+    config, keys = load_run(redis_client, run_id), RunKeys(run_id)
+    generated = redis_client.hget(keys.stats, "rows_generated")
+    stale = PromptRecord(prompt_id="stale", messages=[{"role": "user", "content": "list three numbers"}], row_index=3)
+    enqueue_generation(redis_client, config, "r3", [stale.to_dict()])
+    rsample("worker", "generate", "--redis-url", redis_server.url, "--run", run_id, "--burst")
+    assert not redis_client.exists(keys.batch("r3"), keys.scores("r3"))
+    assert redis_client.hget(keys.stats, "rows_generated") == generated
+    assert make_queue(redis_client, keys.score_queue(0)).count == 0

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 
 HAND_OFF = """
+if redis.call('hexists', KEYS[3], 'finished_at') == 1 then
+  return 2
+end
 if not redis.call('set', KEYS[1], ARGV[1], 'NX') then
   return 0
 end
@@ -38,7 +41,8 @@ end
 return 1
 """
 """A batch's result and its counts in one step (readers see the live entry or the final counts, never both): a worker
-killed between them left a result whose requeued job, finding it, counted nothing, and the run's figures short."""
+killed between them left a result whose requeued job, finding it, counted nothing, and the run's figures short. Nothing
+for a finished run (2): its every row is written, and a payload written then would never be read nor expire."""
 
 
 def batch_seed(config: RunConfig, first_row: int) -> int:
@@ -85,6 +89,9 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     context = worker_context.current(run_id)
     config, client, keys = context.config, context.client, RunKeys(run_id)
     records = [PromptRecord.from_dict(p) for p in prompts]
+    if client.hexists(keys.stats, "finished_at"):  # a job left in RQ's lists by a killed worker, put back after the run ended
+        log.info("batch %s of run %s: the run is finished, nothing to generate", batch_id, run_id)
+        return {"prompts": len(records), "completions": 0, "tokens": 0, "seconds": 0.0, "finished": True}
     started = time.perf_counter()
     live = LiveReporter(client, run_id, batch_id, "generate", len(records))
     with context.broken_by_device_faults():
@@ -100,6 +107,10 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
         keys=[keys.batch(batch_id), keys.live, keys.stats, keys.ready],
         args=[GeneratedBatch(batch_id, generated).to_json(), batch_id, len(records), completions, tokens, seconds,
               sum(not p.needs_scoring(config.min_candidates_scored) for p in generated), int(not needs_scoring)])
+    if handed_off == 2:
+        log.info("batch %s of run %s: the run finished while it was generated; nothing written", batch_id, run_id)
+        client.hdel(keys.live, batch_id)
+        return {"prompts": len(records), "completions": 0, "tokens": 0, "seconds": round(seconds, 3), "finished": True}
     if not handed_off:
         # This job ran before (its worker lost Redis past the heartbeat TTL, and the job was requeued). Sampling is
         # not bit-reproducible, so this run's texts differ: the first payload wins, and scores given to it stay right.
