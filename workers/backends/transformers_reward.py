@@ -114,8 +114,7 @@ class TransformersRewardModel:
                 input_ids = torch.tensor([ids], device=self.device)
                 with torch.inference_mode():
                     own = one_score_each(self.model(input_ids=input_ids).logits, 1, self.spec)
-                    last = trunk(input_ids=input_ids).last_hidden_state[:, -1].float()
-                    fast = torch.nn.functional.linear(last, head.weight.float(), None if head.bias is None else head.bias.float())[:, 0]
+                    fast = head_scores(head, trunk(input_ids=input_ids).last_hidden_state[:, -1])
                 if not torch.allclose(fast, own, rtol=2e-2, atol=1e-3):  # the head in float32 here, maybe bf16 in its forward
                     return False
         except Exception as exc:  # its own forward fails alone: `_check_output` says so
@@ -145,9 +144,15 @@ class TransformersRewardModel:
                 return one_score_each(self.model(input_ids=input_ids).logits, len(batch), self.spec)
             trunk, head = self.head
             hidden = trunk(input_ids=input_ids, attention_mask=attention_mask if self.needs_mask else None).last_hidden_state
-            last = hidden[torch.arange(len(batch), device=self.device), lengths - 1].float()
-            bias = None if head.bias is None else head.bias.float()
-            return torch.nn.functional.linear(last, head.weight.float(), bias)[:, 0]
+            return head_scores(head, hidden[torch.arange(len(batch), device=self.device), lengths - 1])
+
+
+def head_scores(head, last):
+    """The one-output head on each sequence's last hidden state, in float32 (see the module's docstring)."""
+    import torch
+
+    bias = None if head.bias is None else head.bias.float()
+    return torch.nn.functional.linear(last.float(), head.weight.float(), bias)[:, 0]
 
 
 def one_score_each(logits, rows: int, spec: str):
