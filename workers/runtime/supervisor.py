@@ -352,10 +352,14 @@ def pinned_settings(client, run_id: str, stops: StopSignals) -> RunConfig | None
             if not said:
                 say(f"cannot reach Redis ({first_line(exc)}): trying again every {defaults.RUN_CHECK_SECONDS:g} s")
                 said = True
-        deadline = time.monotonic() + defaults.RUN_CHECK_SECONDS
-        while not stops.count and time.monotonic() < deadline:
-            time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
+        sleep_unless_stopped(stops, defaults.RUN_CHECK_SECONDS)
     return None
+
+
+def sleep_unless_stopped(stops: StopSignals, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not stops.count and time.monotonic() < deadline:
+        time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
 
 
 def supervise(redis_url: str, run_id: str | None, assignment: dict[str, list[int]], gpus_per_worker: int | None,
@@ -482,6 +486,4 @@ class RunFollower:
         return answer
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stops.count and time.monotonic() < deadline:
-            time.sleep(defaults.SUPERVISOR_POLL_SECONDS)
+        sleep_unless_stopped(self.stops, seconds)
