@@ -76,8 +76,6 @@ def normalized(answer: str) -> str:
     return text.strip(" .,:;!\"'`*_")
 
 
-
-
 _UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}\d]*\}(?:\^\{?\d\}?)?")
 _FORMATTING = re.compile(r"\\(?:text|textbf|textit|mathbf|mathrm|mbox|boldsymbol|bm)\{([^{}]*)\}")
 _DECORATION = re.compile(r"\\(?:textstyle|displaystyle|left|right)\b|\\[,!;: ]|\\?\$|\\?%|\^\{?\\circ\}?|\\circ|~")
