@@ -37,6 +37,17 @@ def slow_models(tmp_path_factory):
             "reward": str(build_reward_model(root / "reward", hidden_size=512, layers=6))}
 
 
+@pytest.fixture(scope="module")
+def long_job_models(slow_models, tmp_path_factory):
+    """The slow models with a policy that never ends a completion early and has room for long ones: a job of
+    several seconds, whatever the sampled EOS would have done."""
+    from rsample.workers.backends.tiny_models import build_policy
+
+    root = tmp_path_factory.mktemp("long-job-models")
+    policy = build_policy(root / "policy", hidden_size=512, layers=6, max_position_embeddings=1024, eos_logit=None)
+    return {**slow_models, "policy": str(policy)}
+
+
 @pytest.fixture
 def dataset(tmp_path):
     return write_jsonl(tmp_path / "rows.jsonl", ROWS)
@@ -330,7 +341,7 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server, redis_client, slow_models, dataset, tmp_path):
+def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server, redis_client, long_job_models, dataset, tmp_path):
     """Ctrl-C in `rsample run` reaches a worker twice (its own SIGINT, then its parent's SIGTERM): it exits at once,
     and the job it leaves is requeued at the coordinator's next sweep, not after the heartbeat TTL (a minute by
     default), during which a re-run would wait and `rsample status` would count a worker that is gone."""
@@ -346,8 +357,10 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
     from rsample.workers.runtime.safe_job import SafeJob
 
     url = redis_server.url
-    command = settings(dataset, slow_models, "--heartbeat-ttl", "600")  # a claim that would outlive the test by far
-    command[command.index("--max-new-tokens") + 1] = "160"  # jobs of about a second
+    command = settings(dataset, long_job_models, "--heartbeat-ttl", "600")  # a claim that would outlive the test by far
+    # Jobs of several seconds: the signals must reach the worker while it holds one (a job that ended between the
+    # check below and the signals let the worker stop between jobs, exit 0, and the test flake).
+    command[command.index("--max-new-tokens") + 1] = "600"
     run_id = rsample("enqueue", "--redis-url", url, *command).stdout.strip()
     queue_name = RunKeys(run_id).generate_queue
     Feeder(redis_client, load_run(redis_client, run_id), Ledger(tmp_path / "pairs.jsonl", None, run_id)).top_up()  # as aggregate does
