@@ -281,6 +281,36 @@ def test_a_numeric_answer_must_be_a_number_not_the_question_restated(math_verifi
 @pytest.mark.parametrize(
     "gold, completion, expected",
     [
+        # LaTeX's thousands separators: math-verify read `1\\,000` as 1 × 000, equal to 0 and not to 1000
+        ("1000", "\\boxed{1\\,000}", 1.0),
+        ("0", "\\boxed{1\\,000}", 0.0),
+        ("1000000", "The total is $\\boxed{1\\,000\\,000}$ dollars.", 1.0),
+        ("10080", "\\boxed{10,\\!080}", 1.0),
+        ("10,\\!080", "\\boxed{10080}", 1.0),  # MATH's ground truths write them so
+        ("1000", "\\boxed{1 000}", 1.0),
+        ("1000", "#### 1\\,000", 1.0),
+        ("1000", "So she pays $1\\,000$ in all.", 1.0),
+        ("3.14159", "\\boxed{3.141\\,59}", 0.0),  # no thousands after a decimal point
+        # a percentage for a ground truth without `%`: math-verify took `50\\%` for 50, not `3.5\\%` for 3.5
+        ("3.5", "\\boxed{3.5\\%}", 1.0),
+        ("3.5", "The rate is 3.5%.", 1.0),
+        ("0.035", "\\boxed{3.5\\%}", 1.0),
+        ("3.6", "\\boxed{3.5\\%}", 0.0),
+        ("3.5\\%", "\\boxed{0.035}", 1.0),
+        # a ratio in lowest terms is a number as written (the restatement guard refused `3:1`)
+        ("3:1", "\\boxed{3:1}", 1.0),
+        ("2:3", "The ratio is $\\boxed{2 : 3}$.", 1.0),
+        ("3:1", "\\boxed{6:2}", 0.0),  # still to reduce, as `\\frac{38}{2}`
+        ("2:3", "\\boxed{3:2}", 0.0),
+    ],
+)
+def test_numbers_are_read_with_their_thousands_separators_percent_signs_and_ratios(math_verifier, gold, completion, expected):
+    assert math_verifier.score([answer(completion)], [{"answer": gold}]) == [expected]
+
+
+@pytest.mark.parametrize(
+    "gold, completion, expected",
+    [
         ("Paris", "The capital is \\boxed{Paris}", 1.0),
         ("Paris", "paris.", 1.0),  # case and trailing punctuation
         ("New  York", "#### new york", 1.0),

@@ -66,6 +66,23 @@ def final_answer(completion: str) -> str:
     return completion
 
 
+_GROUP_SEPARATOR = r"\\[,;: ]|\{,\}|,\\!|~"  # LaTeX's thin and other spaces, `{,}`, `,\!`
+
+
+def _grouped(separator: str) -> re.Pattern:
+    return re.compile(rf"(?<![\d.])\d{{1,3}}(?:(?:{separator})\d{{3}})+(?!\d)")
+
+
+_GROUPED, _SPACE_GROUPED = _grouped(_GROUP_SEPARATOR), _grouped(_GROUP_SEPARATOR + "| ")
+
+
+def joined_digit_groups(text: str, spaces: bool = False) -> str:
+    """`1\\,000`, `10,\\!080`, `1{,}000` (and with `spaces`, `1 000`) as `1000`: math-verify reads `1\\,000` as
+    1 × 000, which verified it for a ground truth of 0 and not for 1000. `spaces` for an extracted answer only: in prose
+    a space between numbers is no thousands separator."""
+    return (_SPACE_GROUPED if spaces else _GROUPED).sub(lambda match: re.sub(r"\D", "", match[0]), text)
+
+
 def normalized(answer: str) -> str:
     """Case, surrounding spaces and punctuation, `$` signs, thousands separators, inner runs of spaces, markdown's
     emphasis (`**42**`) and LaTeX's text wrappers (`\\text{Paris}`) ignored."""
@@ -106,6 +123,8 @@ def numeric_literal(answer: str) -> bool:
         return True
     if scientific := re.fullmatch(rf"({_NUMBER})\s*(?:\\times|\\cdot|\*)\s*10\^\{{?[-+]?\d+\}}?", text):
         return 1 <= abs(float(scientific[1].replace(",", ""))) < 10  # normalised, not `12 \times 10^{2}` still to multiply
+    if ratio := re.fullmatch(r"(\d+)\s*:\s*(\d+)", text):  # `3:1`, in lowest terms, as a fraction
+        return int(ratio[2]) > 0 and math.gcd(int(ratio[1]), int(ratio[2])) == 1
     if fraction := _FRACTION.fullmatch(text):  # in lowest terms, not `\frac{38}{2}` still to divide; a mixed number proper
         _, whole, *parts = fraction.groups()
         numerator, denominator = (int(next(p for p in pair if p is not None)) for pair in ((parts[0], parts[1], parts[4]), (parts[2], parts[3], parts[5])))

@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 
-from rsample.workers.backends.answers import final_answer, last_boxed, numeric_literal
+from rsample.workers.backends.answers import final_answer, joined_digit_groups, last_boxed, numeric_literal
 from rsample.workers.common import defaults
 from rsample.workers.runtime.processes import killed_with_parent
 
@@ -41,9 +41,12 @@ def _answer(completion: str) -> str:
     completion = completion.replace("\u2212", "-")
     boxed = last_boxed(completion)
     if boxed is not None:
-        return f"$\\boxed{{{boxed}}}$"
+        return f"$\\boxed{{{joined_digit_groups(boxed, spaces=True)}}}$"
     answer = final_answer(completion)
-    return _latex(answer.strip()) if answer != completion and "\\" in answer else answer  # a `####` line in LaTeX: read whole
+    if answer == completion:
+        return joined_digit_groups(completion)
+    answer = joined_digit_groups(answer.strip(), spaces=True)
+    return _latex(answer) if "\\" in answer else answer  # a `####` line in LaTeX: read whole
 
 
 def _restated(gold: list, target: list) -> bool:
@@ -69,8 +72,12 @@ def serve(seconds: int) -> None:
         if text not in golds:
             if len(golds) > 1024:
                 golds.clear()
-            golds[text] = parse(_latex(text), parsing_timeout=seconds) or parse(text, parsing_timeout=seconds)
+            joined = joined_digit_groups(text, spaces=True)
+            golds[text] = parse(_latex(joined), parsing_timeout=seconds) or parse(joined, parsing_timeout=seconds)
         return golds[text]
+
+    def equal(gold: list, target: list) -> bool:
+        return bool(gold) and bool(target) and not _restated(gold, target) and bool(verify(gold, target, timeout_seconds=seconds))
 
     answers.write(json.dumps({"id": 0, "answer": True}) + "\n")  # ready
     for line in sys.stdin:
@@ -83,8 +90,13 @@ def serve(seconds: int) -> None:
             answer = _answer(completion)
             target = parse(answer, parsing_timeout=seconds)
             if not target and answer != completion and last_boxed(completion) is None:  # `#### Final Answer`, last: a heading
-                target = parse(completion, parsing_timeout=seconds)
-            answer = bool(gold) and bool(target) and not _restated(gold, target) and bool(verify(gold, target, timeout_seconds=seconds))
+                answer = joined_digit_groups(completion)
+                target = parse(answer, parsing_timeout=seconds)
+            verified = equal(gold, target)
+            if not verified and target and "%" not in request["gold"] and (plain := re.sub(r"\s*\\?%", "", answer)) != answer:
+                # `3.5\%` for a ground truth of 3.5: math-verify reads 0.035, and takes `50\%` for 50 only when both are integers
+                verified = equal(gold, parse(plain, parsing_timeout=seconds))
+            answer = verified
         answers.write(json.dumps({"id": request["id"], "answer": answer}) + "\n")
 
 
@@ -120,7 +132,7 @@ class MathChecker:
         return self._ask({"gold": gold}, f"the ground truth {gold[:200]!r}")
 
     def _ask(self, request: dict, what: str) -> bool:
-        limit = 5 * self.seconds + 1  # the ground truth (twice), the answer (and the whole completion, where that holds none), the check
+        limit = 7 * self.seconds + 1  # the ground truth (twice), the answer (and the whole completion, where that holds none), the check, and again without `%`
         with self._lock:
             for attempt in (1, 2):  # a child that died (not one that took too long) gets one more try, in a new child
                 if self._process is None or self._process.poll() is not None:
