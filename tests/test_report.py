@@ -82,11 +82,40 @@ def test_two_reward_models_agreement_matches_the_scores_file(tmp_path, tiny_mode
     first_name, second_name = sorted(by_prompt[next(iter(by_prompt))][0])
     same_best = sum(max(range(len(c)), key=lambda i: c[i][first_name]) == max(range(len(c)), key=lambda i: c[i][second_name])
                     for c in by_prompt.values())
-    pairs = [(a, b) for c in by_prompt.values() for a, b in combinations(c, 2)]
+    pairs = [(a, b) for c in by_prompt.values() for a, b in combinations(c, 2)
+             if a[first_name] != b[first_name] and a[second_name] != b[second_name]]
     alike = sum((a[first_name] - b[first_name]) * (a[second_name] - b[second_name]) > 0 for a, b in pairs)
     assert (f"{first_name} and {second_name}: same best generated candidate on {same_best / len(by_prompt):.0%} of prompts, "
-            f"{alike / len(pairs):.0%} of candidate pairs ordered alike") in report.lines
+            f"{alike / len(pairs):.0%} of candidate pairs ordered alike (of the {len(pairs):,} neither model ties)") in report.lines
     check_png(report.figures["agreement"])
+
+
+def test_a_second_model_that_prefers_the_rejected_and_ties_are_said_with_their_shares(tmp_path):
+    """Chosen by `rm` alone: `judge` scores the rejected higher on every third pair and ties half its candidates. The
+    margin line counted such pairs nowhere (only |margin| under 0.1 std), and the pair-order share left the ties out
+    of its denominator without saying so."""
+    prompt = [{"role": "user", "content": "q"}]
+    pairs, scores = [], []
+    for p in range(30):
+        rm = [0.0, 1.0, 2.0, 3.0]
+        judge = [1.0, 1.0, 2.0, 0.0] if p % 3 == 0 else [0.0, 2.0, 2.0, 5.0]  # ties between 0 and 1, or 1 and 2
+        for index in range(4):
+            scores.append({"prompt_id": f"p{p}", "completion_index": index, "completion": f"answer {p} {index}",
+                           "scores": {"rm": rm[index], "judge": judge[index]}, "is_reference": False, "finish_reason": "stop", "num_tokens": 3})
+        pairs.append({"prompt_id": f"p{p}", "messages": prompt, "chosen": prompt + [{"role": "assistant", "content": f"answer {p} 3"}],
+                      "rejected": prompt + [{"role": "assistant", "content": f"answer {p} 0"}], "chosen_score": {"rm": 3.0, "judge": judge[3]},
+                      "rejected_score": {"rm": 0.0, "judge": judge[0]}, "num_candidates": 4, "num_unique": 4})
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "scores.jsonl", scores)
+    report = write_report(tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl", tmp_path / "report")
+    judge_margins = report.lines[report.lines.index("reward model judge:") + 1]
+    assert judge_margins.startswith("  margin mean 3.000") and "the rejected scored higher in 33% of pairs" in judge_margins  # -1 on 10 of 30, else 5
+    assert sum("the rejected scored higher" in line for line in report.lines) == 1  # rm chose: never against it
+    # each prompt: 6 candidate pairs, 1 tied by judge; of the other 5, judge reverses 0-3, 1-3 and 2-3 on a third of the
+    # prompts (2 alike) and none on the others (5 alike)
+    untied = 30 * 5
+    alike = 10 * 2 + 20 * 5
+    assert f"judge and rm: same best generated candidate on 67% of prompts, {alike / untied:.0%} of candidate pairs ordered alike (of the {untied} neither model ties)" in report.lines
 
 
 def test_few_distinct_candidates_are_reported_as_low_diversity(tmp_path):

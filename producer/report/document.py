@@ -33,8 +33,11 @@ def warnings_of(numbers: RunNumbers) -> list[str]:
 
 
 def summary_lines(numbers: RunNumbers) -> list[str]:
+    def sampled(sample) -> str:
+        return "" if sample.exact else f"from a sample of {len(sample.items):,} of {sample.seen:,}"
+
     def approx(sample) -> str:
-        return "" if sample.exact else f" (from a sample of {len(sample.items):,} of {sample.seen:,})"
+        return f" ({sampled(sample)})" if sampled(sample) else ""
 
     lines = [f"pairs {numbers.pairs:,}"]
     if numbers.outcomes:
@@ -43,9 +46,11 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
     for name, model in numbers.models.items():
         lines.append(f"reward model {name}:")
         if model.margin_moments.count:
-            small = model.small_margin_share
+            small, reversed_share = model.small_margin_share, model.reversed_share
             lines.append(f"  margin mean {model.margin_moments.mean:.3f}, std {spread(model.margin_moments)}"
-                         + (f"; {small:.0%} under {SMALL_MARGIN} score std{approx(model.margins)}" if small is not None else ""))
+                         + (f"; {small:.0%} within ±{SMALL_MARGIN} score std" if small is not None else "")
+                         + (f"; the rejected scored higher in {reversed_share:.0%} of pairs" if reversed_share else "")
+                         + (approx(model.margins) if small is not None or reversed_share else ""))
         if model.candidate_moments.count:
             lines.append(f"  generated candidates' scores mean {model.candidate_moments.mean:.3f}, std {spread(model.candidate_moments)}")
         if model.unscored:
@@ -60,7 +65,8 @@ def summary_lines(numbers: RunNumbers) -> list[str]:
     for (first, second), entry in sorted(numbers.agreement.items()):
         if entry.prompts:
             pairs, same = entry.pair_order
-            order = f", {same / pairs:.0%} of candidate pairs ordered alike{approx(entry.order_sample)}" if pairs else ""
+            within = ", ".join(filter(None, [f"of the {pairs:,} neither model ties", sampled(entry.order_sample)]))
+            order = f", {same / pairs:.0%} of candidate pairs ordered alike ({within})" if pairs else ""
             lines.append(f"{first} and {second}: same best generated candidate on {entry.same_best / entry.prompts:.0%} of prompts{order}")
     if numbers.unique_per_prompt:
         total = sum(numbers.unique_per_prompt.values())

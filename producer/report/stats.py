@@ -95,6 +95,13 @@ class ModelNumbers:
         limit = SMALL_MARGIN * self.candidate_moments.std
         return sum(1 for m in self.margins.items if abs(m) < limit) / len(self.margins.items)
 
+    @property
+    def reversed_share(self) -> float | None:
+        """Pairs whose rejected this model scored higher: another model (or the combined score) chose against it."""
+        if not self.margins.items:
+            return None
+        return sum(1 for m in self.margins.items if m < 0) / len(self.margins.items)
+
 
 @dataclass
 class Agreement:
