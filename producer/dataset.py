@@ -90,13 +90,12 @@ def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any]]:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of a JSON Lines file's rows: its lines that are not blank, the first without its byte-order
-    mark (which may stand on a line of its own)."""
+    """(line number, line) of a JSON Lines file's rows: its lines that are not blank, without a byte-order mark (which
+    may stand on a line of its own, and on any line of files joined by `cat`)."""
     try:
         with _opened(path) as handle:
             for line_number, raw in enumerate(handle, start=1):
-                if line_number == 1:
-                    raw = raw.removeprefix(BOM)
+                raw = raw.removeprefix(BOM)
                 if raw.strip():
                     yield line_number, raw
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # click would take an EOFError for Ctrl-D ("Aborted!")
@@ -113,10 +112,17 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
             yield row_index, RowSkip(row_index, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
         else:
             try:
-                yield row_index, json.loads(text.rstrip("\r\n"))  # without its line break, which JSON would read as text
+                row = json.loads(text.rstrip("\r\n"))  # without its line break, which JSON would read as text
             except json.JSONDecodeError as exc:
-                yield row_index, RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
+                row = RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
+            except (ValueError, RecursionError) as exc:  # valid JSON Python will not read: a 5,000-digit number, 1,000 levels deep
+                row = RowSkip(row_index, "invalid JSON", f"{where}: {_unreadable(exc)}")
+            yield row_index, row
         row_index += 1
+
+
+def _unreadable(exc: ValueError | RecursionError) -> str:
+    return "nested too deeply to read" if isinstance(exc, RecursionError) else first_line(exc)
 
 
 def _split_files(folder: Path, split: str) -> list[Path] | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
+from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import Conversation, PromptRecord
 
 ROLES = ("system", "user", "assistant")
@@ -53,7 +54,7 @@ def _check_messages(value: Any, row_index: int, column: str = "messages") -> Con
             return RowSkip(row_index, TOOL_USE, f"{where}: a tool's result (role {speaker!r})")
         if "role" not in present and "content" not in present and {"from", "value"} <= set(present):
             role, content = present["from"], present["value"]  # ShareGPT
-            if role not in SHAREGPT_ROLES:
+            if not isinstance(role, str) or role not in SHAREGPT_ROLES:
                 return RowSkip(row_index, "unknown role", f"{where}: from {role!r} is not one of {', '.join(SHAREGPT_ROLES)}")
             role = SHAREGPT_ROLES[role]
         elif not isinstance(message, dict) or "role" not in message or "content" not in message:
@@ -91,7 +92,7 @@ def _holds(value: Any) -> bool:
             return False
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return True
     if isinstance(value, float) and math.isnan(value):
         return False
@@ -114,7 +115,8 @@ def _without_empty_reply(messages: Any) -> Any:
     last = _present(messages[-1]) if isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict) else {}
     if _calls_tools(last):
         return messages  # a reply that calls a tool: skipped as tool use, not read as an empty reply
-    if last.get("role") == "assistant" or ("role" not in last and SHAREGPT_ROLES.get(last.get("from")) == "assistant"):
+    speaker = last.get("from")
+    if last.get("role") == "assistant" or ("role" not in last and isinstance(speaker, str) and SHAREGPT_ROLES.get(speaker) == "assistant"):
         content = last.get("content", last.get("value"))
         if content is None or (isinstance(content, str) and not content.strip()):
             return messages[:-1]
@@ -214,7 +216,7 @@ def _json_turns(text: str, strict: bool = False) -> Any:
         return text
     try:
         decoded = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or JSON Python will not read (nested 1,000 deep): the text itself
         return text
     if not isinstance(decoded, list):
         return text
@@ -277,6 +279,18 @@ def record_of(config: RunConfig, row_index: int, row: Any) -> PromptRecord | Row
 def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, columns: tuple[str, ...] = (),
                    prompt_columns: tuple[str, ...] = (), reference_column: str | None = None,
                    reference_thinking: bool = False) -> PromptRecord | RowSkip:
+    """`_extract_prompt`, where a row of a shape no check foresaw (values nested too deeply to serialise, say) is a
+    counted skip that names the row, not a coordinator that dies at it on every restart."""
+    try:
+        return _extract_prompt(row, row_index, system_prompt, columns, prompt_columns, reference_column, reference_thinking)
+    except RecursionError:
+        return RowSkip(row_index, "unreadable row", f"row {row_index}: nested too deeply to read")
+    except Exception as exc:  # noqa: BLE001 - one row's shape, never the run's
+        return RowSkip(row_index, "unreadable row", f"row {row_index}: {first_line(exc, with_type=True)}")
+
+
+def _extract_prompt(row: Any, row_index: int, system_prompt: str | None, columns: tuple[str, ...], prompt_columns: tuple[str, ...],
+                    reference_column: str | None, reference_thinking: bool) -> PromptRecord | RowSkip:
     """Reads a row's prompt from `prompt_columns` (default: `messages`, else `prompt`, else ShareGPT's `conversations`).
 
     A string is one user turn, as are several string columns joined by a blank line. Chat turns (`{role, content}`, or ShareGPT's `{from, value}`) end the prompt at its

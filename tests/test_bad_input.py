@@ -347,3 +347,23 @@ def test_new_tokens_that_fill_the_policys_context_are_refused_when_the_run_is_ma
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
         "error: --max-new-tokens 256 leaves no room for a prompt in the policy's context of 256 tokens: give fewer"), refused.stderr
     assert not out.exists()
+
+
+def test_rows_python_cannot_read_are_skipped_before_and_after_the_rows_checked_at_start(tmp_path):
+    """A 5,000-digit number in row 5 (read when the run is made) and a ShareGPT turn spoken by a list in row 1,030
+    (read by the feeder, past the 1,000 rows checked at start) each ended the run with a traceback; the second left
+    nothing written, and every restart died at the same row."""
+    rows = [json.dumps({"prompt": f"question {i}"}).encode() for i in range(1_040)]
+    rows[5] = b'{"prompt": "big", "answer": ' + b"9" * 5000 + b"}"
+    rows[1_030] = json.dumps({"conversations": [{"from": ["human"], "value": "hi"}]}).encode()
+    dataset = tmp_path / "odd.jsonl"
+    dataset.write_bytes(b"\n".join(rows) + b"\n")
+    out = tmp_path / "pairs.jsonl"
+    rsample("run", "--dataset", str(dataset), "--policy", "p", "--reward-model", "r", "--backend", "echo", "--reward-backend", "length",
+            "--n", "2", "--batch-size", "64", "--out", str(out), "--no-progress")
+    outcomes = {o["row_index"]: o for o in read_jsonl(out.with_name("pairs.outcomes.jsonl"))[1:]}
+    assert sorted(outcomes) == list(range(1_040))
+    assert (outcomes[5]["outcome"], outcomes[5]["reason"]) == ("skipped", "invalid JSON")
+    assert (outcomes[1_030]["outcome"], outcomes[1_030]["reason"]) == ("skipped", "unknown role")
+    assert sorted(json.loads(row)["prompt"] for index, row in enumerate(rows) if index not in (5, 1_030)) == sorted(
+        pair["messages"][-1]["content"] for pair in read_jsonl(out))

@@ -400,3 +400,18 @@ def test_a_jsonl_file_that_holds_one_json_array_is_read_as_its_rows(tmp_path, la
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps(rows, indent=2 if layout == "pretty-printed" else None) + "\n")
     assert _rows(path) == list(enumerate(rows))
+
+
+def test_json_python_will_not_read_is_a_skip_and_a_byte_order_mark_on_any_line_is_none(tmp_path):
+    """A 5,000-digit number and a line nested 200,000 deep are valid JSON that `json.loads` refuses with a ValueError
+    and a RecursionError: they escaped the reader and the run died at them on every restart. Files joined with `cat`
+    hold a byte-order mark at each one's first line, which lost that row as invalid JSON."""
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(b'{"prompt": "one"}\n{"prompt": "big", "answer": ' + b"9" * 5000 + b"}\n"
+                     + b"[" * 200_000 + b"\n\xef\xbb\xbf{\"prompt\": \"joined\"}\n")
+    rows = _rows(path)
+    assert [row for _, row in rows if not isinstance(row, RowSkip)] == [{"prompt": "one"}, {"prompt": "joined"}]
+    big, deep = rows[1][1], rows[2][1]
+    assert big.reason == deep.reason == "invalid JSON"
+    assert big.detail.startswith("row 1 (odd.jsonl line 2): ") and "4300 digits" in big.detail
+    assert deep.detail == "row 2 (odd.jsonl line 3): nested too deeply to read"

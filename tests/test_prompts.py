@@ -1,6 +1,6 @@
 import json
 
-from rsample.producer.prompts import RowSkip, extract_prompt, prompt_id_of
+from rsample.producer.prompts import TOOL_USE, RowSkip, extract_prompt, prompt_id_of
 from rsample.workers.common.messages import PromptRecord
 
 
@@ -217,3 +217,21 @@ def test_chat_turns_written_as_json_text_are_read_as_turns(tmp_path):
     assert extract_prompt({"prompt": "q", "answer": "[1, 2]"}, 0, reference_column="answer").reference_completion == "[1, 2]"
     for text in ('[1, 2, 3] is a list: what is its sum?', '["a", "b"]', '[{"x": 1}]', "[]"):
         assert extract_prompt({"prompt": text}, 0).messages == [{"role": "user", "content": text}]
+
+
+def test_rows_of_shapes_no_check_foresaw_are_skips_not_a_dead_coordinator():
+    """A ShareGPT turn whose `from` is a list raised TypeError (unhashable), JSON text nested too deeply in a prompt
+    cell (a CSV) raised RecursionError, and a reward column nested too deeply to serialise too: each one killed the
+    coordinator, at the same row on every restart."""
+    sharegpt = extract_prompt({"conversations": [{"from": ["human"], "value": "hi"}]}, 3)
+    assert (sharegpt.reason, sharegpt.detail) == ("unknown role", "row 3, message 0: from ['human'] is not one of system, human, user, gpt, chatgpt, assistant")
+    reply = extract_prompt({"conversations": [{"from": "human", "value": "hi"}, {"from": {"who": "gpt"}, "value": ""}]}, 4)
+    assert reply.reason == "unknown role"
+    cell = extract_prompt({"prompt": "[" * 100_000}, 5)  # not turns: the text itself is the prompt
+    assert isinstance(cell, PromptRecord) and cell.messages == [{"role": "user", "content": "[" * 100_000}]
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    column = extract_prompt({"prompt": "q", "answer": deep}, 6, columns=("answer",))
+    assert (column.reason, column.detail) == ("unreadable row", "row 6: nested too deeply to read")
+    assert extract_prompt({"prompt": "q", "tools": "[" * 100_000}, 7).reason == TOOL_USE  # text that is no JSON: it holds something
