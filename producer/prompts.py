@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from rsample.workers.backends.reward_specs import is_verifier
+from rsample.workers.backends.verifiers import ground_truth_problem
 from rsample.workers.common import defaults
 from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import first_line
@@ -266,14 +268,23 @@ def row_prompt_id(record: PromptRecord | RowSkip) -> str | None:
     return record.prompt_id if isinstance(record, PromptRecord) else None
 
 
-def record_of(config: RunConfig, row_index: int, row: Any) -> PromptRecord | RowSkip:
+def record_of(config: RunConfig, row_index: int, row: Any, check_ground_truth: bool = True) -> PromptRecord | RowSkip:
     """A dataset row as the run reads it (its prompt and reference columns, its system prompt, the columns its rewards
-    read); a row that could not be read (`RowSkip`, bad JSON say) stays one."""
+    read); a row that could not be read (`RowSkip`, bad JSON say) stays one.
+
+    `check_ground_truth`: a row without a ground truth for the run's verifier is a skip here, as its scoring would skip
+    it: its samples are never generated, and a later row with the same prompt and an answer is no duplicate of it."""
     if isinstance(row, RowSkip):
         return row
     data = config.data
-    return extract_prompt(row, row_index, data.system_prompt, config.row_columns, data.prompt_columns, data.reference_column,
-                          reference_thinking=config.include_reference)
+    record = extract_prompt(row, row_index, data.system_prompt, config.row_columns, data.prompt_columns, data.reference_column,
+                            reference_thinking=config.include_reference)
+    if check_ground_truth and isinstance(record, PromptRecord):
+        verifier = next((spec for spec in config.reward_models if is_verifier(spec)), None)
+        problem = verifier and ground_truth_problem(config.answer_column, (record.columns or {}).get(config.answer_column))
+        if problem:
+            return RowSkip(row_index, f"{verifier}: the row {problem}", f"row {row_index} {problem}")
+    return record
 
 
 def extract_prompt(row: Any, row_index: int, system_prompt: str | None = None, columns: tuple[str, ...] = (),

@@ -5,6 +5,7 @@ import json
 
 import pytest
 from conftest import read_jsonl, rsample, write_jsonl
+from faults import outcome_rows
 
 from rsample.producer.prompts import RowSkip, extract_prompt
 from rsample.workers.backends.verifiers import AnswerVerifier
@@ -422,3 +423,28 @@ def test_a_dataset_whose_answers_no_verifier_can_use_is_refused_before_any_sampl
         f"error: none of the first 3 rows of dataset {str(dataset)!r} has a ground truth for verify:math: the first row holds a "
         "list in 'answer', not one answer (a string or a number) (name its column with --answer-column)")
     assert not (tmp_path / "pairs.jsonl").exists()
+
+
+def test_a_row_without_ground_truth_is_skipped_unsampled_and_a_copy_with_one_is_no_duplicate(tmp_path):
+    """Rows without a usable ground truth were sampled, then skipped when scored; and, read first, they made every
+    later row of the same prompt a "duplicate", that with the answer included, and so too a corrected copy appended
+    to fix the dataset: the question got no pair at all."""
+    rows = [{"prompt": "what is 2+2? 4", "answer": None}, {"prompt": "what is 3+3? 6", "answer": "6"},
+            {"prompt": "what is 2+2? 4", "answer": "4"}, {"prompt": "what is 5+5? 10", "answer": [10]}]
+    dataset = write_jsonl(tmp_path / "math.jsonl", rows)
+    out = tmp_path / "pairs.jsonl"
+    command = ["run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-model", "verify:math",
+               "--reward-model", "rm=r", "--reward-backend", "length", "--n", "3", "--out", str(out), "--no-progress"]
+    result = rsample(*command)
+    outcomes = {o["row_index"]: o for o in outcome_rows(out) if "row_index" in o}
+    assert outcomes[0]["outcome"] == outcomes[3]["outcome"] == "skipped"
+    assert outcomes[0]["reason"] == "verify:math: the row has no ground truth in column 'answer'"
+    assert outcomes[3]["reason"] == "verify:math: the row holds a list in 'answer', not one answer (a string or a number)"
+    assert outcomes[2]["outcome"] == "pair" and outcomes[1]["outcome"] == "pair"  # the echo's `...? 4#` verifies; each has a pair
+    assert "completions          6" in result.stdout  # 2 prompts × 3: the rows without ground truth were never sampled
+    with dataset.open("a") as handle:  # the dataset fixed by a corrected copy at its end
+        handle.write(json.dumps({"prompt": "what is 5+5? 10", "answer": "10"}) + "\n")
+    rsample(*command)
+    outcomes = {o["row_index"]: o for o in outcome_rows(out) if "row_index" in o}
+    assert outcomes[4]["outcome"] == "pair"
+    assert sorted(pair["messages"][-1]["content"] for pair in read_jsonl(out)) == ["what is 2+2? 4", "what is 3+3? 6", "what is 5+5? 10"]
