@@ -275,6 +275,11 @@ def _open(selection: DataSelection):
         if _json_lines(path):
             return path  # line by line: one bad line is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
+    if path.is_dir() and (path / "dataset_dict.json").is_file():  # `DatasetDict.save_to_disk`, as `load_dataset(...)` gives
+        if selection.subset is not None:
+            raise RsampleError(f"--subset applies to Hub datasets and folders of files; the saved dataset {source} has splits only "
+                               "(leave --subset out)")
+        return _load_saved(path, split)
     if path.is_dir():
         files = _folder_files(path, selection)
         formats = {_format(file) for file in files or ()} - {None}  # a LICENSE is none
@@ -289,16 +294,21 @@ def _open(selection: DataSelection):
     return _load_with_datasets(source, split, subset=selection.subset)
 
 
-def _load_saved(path: Path):
+def _load_saved(path: Path, split: str | None = None):
+    """A `Dataset.save_to_disk` folder (one split), or a `DatasetDict.save_to_disk` folder's `split`."""
     import datasets
 
     try:
         dataset = datasets.load_from_disk(str(path))
     except Exception as exc:  # a damaged folder: datasets says what it lacks
         raise RsampleError(f"cannot load the saved dataset {path}: {first_line(exc)}") from None
-    if not isinstance(dataset, datasets.Dataset):  # a DatasetDict has dataset_dict.json, not state.json: never here
-        raise RsampleError(f"the saved dataset {path} is not one split")
-    return dataset
+    if split is None:
+        if not isinstance(dataset, datasets.Dataset):
+            raise RsampleError(f"the saved dataset {path} is not one split")
+        return dataset
+    if split not in dataset:
+        raise RsampleError(f"the saved dataset {path} has no split {split!r} (its splits: {', '.join(dataset)})")
+    return dataset[split]
 
 
 def _stop(selection: DataSelection, total: int | None) -> int | None:
@@ -378,6 +388,8 @@ def _visible_files(folder: Path) -> list[str]:
 def _read_names(folder: Path, selection: DataSelection) -> list[str]:
     """The files of the selection that rsample reads, relative to `folder`, in the order their rows come; [] where
     `datasets` decides. Paths are compared without following a file's link (a snapshot's files link to blobs)."""
+    if (folder / "dataset_dict.json").is_file():  # a saved DatasetDict: `datasets` reads its split's files
+        return []
     try:
         files = _folder_files(folder, selection) or ()
     except RsampleError:  # no such split: the run's own load says so

@@ -415,3 +415,15 @@ def test_json_python_will_not_read_is_a_skip_and_a_byte_order_mark_on_any_line_i
     assert big.reason == deep.reason == "invalid JSON"
     assert big.detail.startswith("row 1 (odd.jsonl line 2): ") and "4300 digits" in big.detail
     assert deep.detail == "row 2 (odd.jsonl line 3): nested too deeply to read"
+
+
+def test_a_dataset_dict_saved_to_disk_is_read_by_its_split(tmp_path):
+    """`load_dataset(...).save_to_disk(...)` writes a DatasetDict: it was refused as a folder mixing .arrow and .json."""
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "a"}, {"prompt": "b"}]),
+                          "test": datasets.Dataset.from_list([{"prompt": "c"}])}).save_to_disk(str(tmp_path / "saved"))
+    assert _rows(tmp_path / "saved") == [(0, {"prompt": "a"}), (1, {"prompt": "b"})]
+    assert _rows(tmp_path / "saved", split="test") == [(0, {"prompt": "c"})]
+    with pytest.raises(RsampleError, match=r"the saved dataset .*saved has no split 'validation' \(its splits: train, test\)"):
+        _rows(tmp_path / "saved", split="validation")
