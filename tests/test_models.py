@@ -60,6 +60,19 @@ def test_tokenizer_without_chat_template_is_refused(tiny_models, tmp_path):
         TransformersGenerator(str(copy))
 
 
+def test_a_model_folder_without_tokenizer_files_is_refused_with_the_whole_reason(tiny_models, tmp_path):
+    """transformers' message announces its list with a colon on a line of its own: the error ended at "one of:"."""
+    copy = tmp_path / "no-tokenizer"
+    copy.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(f"{tiny_models['policy']}/{name}", copy / name)
+    with pytest.raises(RsampleError) as refused:
+        TransformersGenerator(str(copy))
+    message = str(refused.value)
+    assert message.startswith(f"cannot load the tokenizer of policy model {str(copy)!r}: Couldn't instantiate the backend tokenizer from one of: (1) ")
+    assert "\n" not in message and "slow tokenizer" in message
+
+
 LLAMA_3_2_DATE = ('{%- if not date_string is defined %}{%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}'
                   '{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}{%- endif %}'
                   "<|start_header_id|>system<|end_header_id|>\n\nToday Date: {{ date_string }}<|eot_id|>"
