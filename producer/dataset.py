@@ -78,14 +78,15 @@ def _files(source: Path | list[Path]) -> list[Path]:
     return [source] if isinstance(source, Path) else source
 
 
-def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any]]:
-    """Rows of JSON Lines files one after the other, numbered on across them; a bad line is a skip of its own."""
+def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any, str]]:
+    """Rows of JSON Lines files one after the other, numbered on across them, each with its file and line; a bad line
+    is a skip of its own."""
     row_index = 0
     for path in _files(paths):
-        for _, row in _file_rows(path):
+        for line_number, row in _file_rows(path):
             if isinstance(row, RowSkip):  # numbered as every other skip (row N, from 0), with the file's own line number
                 row = RowSkip(row_index, row.reason, f"row {row_index} ({row.detail.replace(': ', '): ', 1)}")
-            yield row_index, row
+            yield row_index, row, f"{path.name} line {line_number}"
             row_index += 1
 
 
@@ -103,22 +104,21 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    row_index = 0
+    """(line number, row or RowSkip) of a JSON Lines file."""
     for line_number, raw in _lines(path):
         where = f"{path.name} line {line_number}"
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield row_index, RowSkip(row_index, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
-        else:
-            try:
-                row = json.loads(text.rstrip("\r\n"))  # without its line break, which JSON would read as text
-            except json.JSONDecodeError as exc:
-                row = RowSkip(row_index, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
-            except (ValueError, RecursionError) as exc:  # valid JSON Python will not read: a 5,000-digit number, 1,000 levels deep
-                row = RowSkip(row_index, "invalid JSON", f"{where}: {_unreadable(exc)}")
-            yield row_index, row
-        row_index += 1
+            yield line_number, RowSkip(0, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
+            continue
+        try:
+            row = json.loads(text.rstrip("\r\n"))  # without its line break, which JSON would read as text
+        except json.JSONDecodeError as exc:
+            row = RowSkip(0, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
+        except (ValueError, RecursionError) as exc:  # valid JSON Python will not read: a 5,000-digit number, 1,000 levels deep
+            row = RowSkip(0, "invalid JSON", f"{where}: {_unreadable(exc)}")
+        yield line_number, row
 
 
 def _unreadable(exc: ValueError | RecursionError) -> str:
@@ -323,12 +323,19 @@ def _stop(selection: DataSelection, total: int | None) -> int | None:
 
 def iter_rows(selection: DataSelection) -> Iterator[tuple[int, Any]]:
     """Yields (row index, row or RowSkip) for the selected slice of the dataset."""
+    for index, row, _ in iter_located_rows(selection):
+        yield index, row
+
+
+def iter_located_rows(selection: DataSelection) -> Iterator[tuple[int, Any, str | None]]:
+    """`iter_rows`, each row with where it stands in a file read line by line (`shard-2.jsonl line 7`), for a skip's
+    message: a folder's row numbers run on across its files, past blank lines. None where `datasets` reads the rows."""
     source = _open(selection)
     if isinstance(source, (Path, list)):
         yield from itertools.islice(_jsonl_rows(source), selection.start, _stop(selection, None))
         return
     for index in range(selection.start, _stop(selection, len(source))):
-        yield index, source[index]
+        yield index, source[index], None
 
 
 def count_rows(selection: DataSelection) -> int:
@@ -349,7 +356,7 @@ def missing_columns(selection: DataSelection, columns: tuple[str, ...], sample: 
     source = _open(selection)
     if isinstance(source, (Path, list)):
         present: set[str] = set()
-        for _, row in itertools.islice(_jsonl_rows(source), sample):
+        for _, row, _ in itertools.islice(_jsonl_rows(source), sample):
             if isinstance(row, dict):
                 present |= set(row)
     else:

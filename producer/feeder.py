@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from rsample.producer.dataset import iter_rows
+from rsample.producer.dataset import iter_located_rows
 from rsample.producer.driver.ledger import Ledger
 from rsample.producer.driver.skip_log import SkipLog
 from rsample.producer.prompts import RowSkip, record_of, row_prompt_id
@@ -40,7 +40,9 @@ class Feeder:
 
     def restart(self) -> None:
         """(Re)reads the dataset up to the stored cursor, remembering prompt ids for duplicate detection."""
-        self._rows: Iterator[tuple[int, Any]] = iter_rows(self.config.data)
+        self._rows: Iterator[tuple[int, Any, str | None]] = iter_located_rows(self.config.data)
+        self._where: str | None = None
+        """Where the last row read stands in its file (`shard-2.jsonl line 7`), for its skip's message."""
         self._position = 0
         self.seen: dict[str, int] = {}
         self.handed: dict[int, PromptRecord] = {}
@@ -79,11 +81,17 @@ class Feeder:
 
     def _next_row(self) -> tuple[int, Any] | None:
         try:
-            item = next(self._rows)
+            index, row, self._where = next(self._rows)
         except StopIteration:
             return None
         self._position += 1
-        return item
+        return index, row
+
+    def _located(self, skip: RowSkip) -> str:
+        """A skip's message with the file and line of its row, where the dataset is read line by line."""
+        if self._where is None or f"({self._where}" in skip.detail:  # a line that is no JSON says it already
+            return skip.detail
+        return skip.detail.replace(f"row {skip.row_index}", f"row {skip.row_index} ({self._where})", 1)
 
     def _to_record(self, index: int, row: Any) -> PromptRecord | RowSkip:
         return record_of(self.config, index, row)
@@ -165,7 +173,7 @@ class Feeder:
                 if (recorded := self.ledger.recorded_prompt(index)) is not None:  # not what it reads as now: see `restart`
                     self.seen.setdefault(recorded, index)
             elif isinstance(record, RowSkip):
-                self.skip_log.say_one(record.reason, record.detail)
+                self.skip_log.say_one(record.reason, self._located(record))
                 settled.append(self._settled_here(Outcome(index, None, SKIPPED, record.reason)))
             elif prompt_id in self.seen or prompt_id in self.ledger.prompt_ids:
                 settled.append(self._settled_here(Outcome(index, prompt_id, DUPLICATE, f"same prompt as row {self.seen.get(prompt_id, '?')}")))

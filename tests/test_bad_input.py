@@ -367,3 +367,17 @@ def test_rows_python_cannot_read_are_skipped_before_and_after_the_rows_checked_a
     assert (outcomes[1_030]["outcome"], outcomes[1_030]["reason"]) == ("skipped", "unknown role")
     assert sorted(json.loads(row)["prompt"] for index, row in enumerate(rows) if index not in (5, 1_030)) == sorted(
         pair["messages"][-1]["content"] for pair in read_jsonl(out))
+
+
+def test_a_skipped_rows_message_names_its_file_and_line(tmp_path):
+    """Row numbers run on across a folder's files and past blank lines: "skipping row 8, message 0: user content is
+    empty" left the user to count. Now the message names the file and line as well."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps({"prompt": f"first {i}"}) + "\n\n" for i in range(4)))
+    (folder / "b.jsonl").write_text("\n" + json.dumps({"prompt": "second 0"}) + "\n\n\n"
+                                    + json.dumps({"messages": [{"role": "user", "content": ""}]}) + "\n{broken\n")
+    result = rsample("run", "--dataset", str(folder), "--policy", "echo", "--backend", "echo", "--n", "2", "--reward-model", "r",
+                     "--reward-backend", "length", "--out", str(tmp_path / "pairs.jsonl"), "--no-progress")
+    assert "skipping row 5 (b.jsonl line 5), message 0: user content is empty (empty content)" in result.stderr, result.stderr
+    assert "skipping row 6 (b.jsonl line 6): Expecting property name enclosed in double quotes at column 2 (invalid JSON)" in result.stderr
