@@ -36,6 +36,7 @@ class Feeder:
         self.queue = make_queue(client, self.keys.generate_queue)
         self._refeeds = 0
         self.skip_log = SkipLog(log)
+        self._readable_now_said = False
         self.restart()
 
     def restart(self) -> None:
@@ -67,6 +68,8 @@ class Feeder:
             if index in self.ledger.rows:  # by its recorded prompt: one an older rsample skipped may read now
                 if (recorded := self.ledger.recorded_prompt(index)) is not None:
                     self.seen.setdefault(recorded, index)
+                else:
+                    self._say_if_readable_now(record)
             elif isinstance(record, RowSkip):
                 self.settled_here[index] = Outcome(index, None, SKIPPED, record.reason)
             elif (first := self.seen.setdefault(record.prompt_id, index)) == index:
@@ -86,6 +89,16 @@ class Feeder:
             return None
         self._position += 1
         return index, row
+
+    def _say_if_readable_now(self, record: PromptRecord | RowSkip) -> None:
+        """A row the run skipped unread (bad JSON, say) that reads as a prompt now keeps its outcome (`Ledger.changed`):
+        said once, for whoever fixed it in place and re-ran the command to have it produced."""
+        if isinstance(record, PromptRecord) and not self._readable_now_said:
+            self._readable_now_said = True
+            log.warning("row %d%s was skipped when run %s read it and reads as a prompt now (fixed in place?): its outcome stands, "
+                        "since output rows are matched to dataset rows by number (so for any other such row); to produce such rows, "
+                        "put them in a dataset of their own, or start over with --overwrite", record.row_index,
+                        f" ({self._where})" if self._where else "", self.config.run_id)
 
     def _located(self, skip: RowSkip) -> str:
         """A skip's message with the file and line of its row, where the dataset is read line by line."""
@@ -172,6 +185,8 @@ class Feeder:
                 already_written += 1
                 if (recorded := self.ledger.recorded_prompt(index)) is not None:  # not what it reads as now: see `restart`
                     self.seen.setdefault(recorded, index)
+                else:
+                    self._say_if_readable_now(record)
             elif isinstance(record, RowSkip):
                 self.skip_log.say_one(record.reason, self._located(record))
                 settled.append(self._settled_here(Outcome(index, None, SKIPPED, record.reason)))

@@ -381,3 +381,22 @@ def test_a_skipped_rows_message_names_its_file_and_line(tmp_path):
                      "--reward-backend", "length", "--out", str(tmp_path / "pairs.jsonl"), "--no-progress")
     assert "skipping row 5 (b.jsonl line 5), message 0: user content is empty (empty content)" in result.stderr, result.stderr
     assert "skipping row 6 (b.jsonl line 6): Expecting property name enclosed in double quotes at column 2 (invalid JSON)" in result.stderr
+
+
+def test_a_bad_row_fixed_in_place_is_said_to_keep_its_outcome(tmp_path):
+    """Output rows are matched to dataset rows by number, so a row skipped unread keeps its outcome when it reads as a
+    prompt later; the same command exited 0 without a word, as if the fix had been produced."""
+    rows = [json.dumps({"prompt": f"question number {i:04d} " + "x" * 60}) for i in range(1_000)]  # past the fingerprint's 64 KiB
+    fixed = rows[900]
+    rows[900] = fixed[:-1] + " "  # its closing brace lost, its size kept
+    dataset = tmp_path / "rows.jsonl"
+    dataset.write_text("\n".join(rows) + "\n")
+    command = ["run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--n", "2", "--reward-model", "r",
+               "--reward-backend", "length", "--out", str(tmp_path / "pairs.jsonl"), "--no-progress"]
+    rsample(*command)
+    rows[900] = fixed
+    dataset.write_text("\n".join(rows) + "\n")
+    again = rsample(*command)
+    assert ("row 900 (rows.jsonl line 901) was skipped when run " in again.stderr
+            and "reads as a prompt now (fixed in place?): its outcome stands" in again.stderr), again.stderr[-2000:]
+    assert len(read_jsonl(tmp_path / "pairs.jsonl")) == 999
