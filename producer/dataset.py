@@ -251,8 +251,30 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None, 
         if configs:  # "Config name is missing": a dataset of several subsets
             names = re.findall(r"'([^']*)'", configs.group(1))
             why = f" (name one with --subset: {', '.join(names)})"
+        decoding = "utf" in f"{exc} {cause}".lower()
+        undecodable = decoding and _first_undecodable(Path(data_files or source).expanduser())
+        if undecodable:  # Arrow says "Invalid UTF8 sequence at string index 1", of no file nor line
+            why = f" ({undecodable}: save it as UTF-8)"
         raise RsampleError(f"cannot load dataset {source!r} ({which}): {first_line(exc)}{why}{missing_here(source)}") from None
     return dataset
+
+
+def _first_undecodable(path: Path) -> str | None:
+    """Where a local dataset read by `datasets` first holds bytes that are no UTF-8 (a CSV saved by a spreadsheet in
+    Windows-1252, say): `name line N: invalid UTF-8 ...`; None when it has none, or is no local file or folder."""
+    text = (".csv", ".tsv", ".json")  # not Parquet nor Arrow: no bytes of theirs are text
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and _format(p) in text) if path.is_dir() else []
+    for file in files:
+        try:
+            with _opened(file) as handle:
+                for line_number, raw in enumerate(handle, start=1):
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        return f"{file.name} line {line_number}: invalid UTF-8, byte {raw[exc.start]:#04x} at {exc.start}"
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error):
+            continue
+    return None
 
 
 def _open(selection: DataSelection):

@@ -427,3 +427,11 @@ def test_a_dataset_dict_saved_to_disk_is_read_by_its_split(tmp_path):
     assert _rows(tmp_path / "saved", split="test") == [(0, {"prompt": "c"})]
     with pytest.raises(RsampleError, match=r"the saved dataset .*saved has no split 'validation' \(its splits: train, test\)"):
         _rows(tmp_path / "saved", split="validation")
+
+
+def test_a_csv_file_that_is_no_utf8_is_refused_with_its_file_and_line(tmp_path):
+    """`datasets` reads a CSV whole: a byte of Windows-1252 failed it with "Invalid UTF8 sequence at string index 1"."""
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(b"prompt\nhello\ncaf\xe9 au lait\nbye\n")
+    with pytest.raises(RsampleError, match=r"\(sheet\.csv line 3: invalid UTF-8, byte 0xe9 at 3: save it as UTF-8\)$"):
+        _rows(path)
