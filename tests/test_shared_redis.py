@@ -332,3 +332,60 @@ def test_a_finished_run_leaves_nothing_for_ever_and_forget_takes_what_an_expired
     assert not [member for member in redis_client.smembers("rq:queues") if b"left" in member]
     again = rsample("forget", "--redis-url", url, "--run", "left", check=False)
     assert again.returncode == 2 and "no run 'left' in this Redis" in again.stderr
+
+
+def test_a_run_forgotten_and_made_again_under_its_id_is_served_with_its_new_settings(redis_server, redis_client, tmp_path):
+    """A worker that loaded run `again` served it, once forgotten and made again with --n 3, with the n=2 it had loaded,
+    while the output's header named n=3."""
+    from faults import kill, wait_for
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    url, log = redis_server.url, tmp_path / "worker.log"
+    rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "2", "--run-id", "again")
+    worker = start("worker", "both", "--redis-url", url, "--run", "again", log=log)
+    try:
+        wait_for(lambda: "serving run again" in log.read_text(), 120, "the worker serving the first run", interval=0.2)
+        rsample("forget", "--redis-url", url, "--run", "again")
+        rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--n", "3", "--run-id", "again")
+        out = tmp_path / "pairs.jsonl"
+        rsample("aggregate", "--redis-url", url, "--run", "again", "--out", str(out), "--no-progress")
+    finally:
+        kill(worker)
+    assert_exactly_once(out, None, ROWS)
+    assert {row["num_candidates"] for row in read_jsonl(out)} == {3}
+    assert log.read_text().count("run again was made again with other settings since this worker loaded it: it serves it with them") == 1
+
+
+def test_a_worker_whose_run_was_made_again_with_other_models_stops_and_its_job_waits_untouched(redis_server, redis_client, tmp_path):
+    from faults import kill, wait_for
+    from rq.serializers import JSONSerializer
+
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.queues import make_queue
+    from rsample.workers.runtime.safe_job import SafeJob
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    url, log = redis_server.url, tmp_path / "worker.log"
+    rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *FAST, "--run-id", "again")
+    first = start("worker", "both", "--redis-url", url, "--run", "again", log=log)
+    wait_for(lambda: "serving run again" in log.read_text(), 120, "the worker serving the first run", interval=0.2)
+    rsample("forget", "--redis-url", url, "--run", "again")
+    other_policy = [item if item != "echo-policy" else "other-policy" for item in FAST]
+    rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *other_policy, "--run-id", "again")
+    out = tmp_path / "pairs.jsonl"
+    coordinator = start("aggregate", "--redis-url", url, "--run", "again", "--out", str(out), "--no-progress", log=tmp_path / "aggregate.log")
+    try:
+        assert first.wait(timeout=120) != 0
+        said = log.read_text()
+        assert "worker stopped after its run made again: run again was made again with other models since this worker loaded it" in said, said[-3000:]
+        queue = make_queue(redis_client, RunKeys("again").generate_queue)
+        jobs = [SafeJob.fetch(job_id, connection=redis_client, serializer=JSONSerializer) for job_id in queue.job_ids]
+        assert jobs and {job.retries_left for job in jobs} == {2}  # the one it took is back, as it came
+        second = start("worker", "both", "--redis-url", url, "--run", "again", log=tmp_path / "second.log")
+        assert coordinator.wait(timeout=240) == 0
+    finally:
+        for process in (first, coordinator):
+            kill(process)
+    kill(second)
+    assert_exactly_once(out, None, ROWS)
+    assert "loaded policy other-policy" in (tmp_path / "second.log").read_text()

@@ -374,7 +374,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
 
     config = allowed(load_run(client, run_id or run_to_serve(client)))  # the run `follow_the_runs` would move to
     pin_run_date(config.created_at)
-    context = worker_context.WorkerContext(client=client, config=config)
+    context = worker_context.WorkerContext(client=client, config=config, role=role, adopt=allowed)
     try:
         started = time.perf_counter()
         indices = config.served_reward_models(reward_model_indices) if role in ("reward", "both") else []
@@ -417,7 +417,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
             config = context.moving_to
             pin_run_date(config.created_at)
             context = worker_context.WorkerContext(client=client, config=config, generator=context.generator,
-                                                   reward_models=context.reward_models)
+                                                   reward_models=context.reward_models, role=role, adopt=allowed)
     finally:  # a vLLM engine nobody shuts down keeps this process from exiting, and its GPU memory held
         with stop_signals_exit_now():
             context.close_models()

@@ -7,6 +7,8 @@ installed by `rsample.workers.runtime.worker` before the first job, never reload
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -46,6 +48,41 @@ class WorkerContext:
     stopping: bool = False
     moving_to: RunConfig | None = None
     """The run this worker moves to, its models kept, once its running jobs are done (see `worker.follow_the_runs`)."""
+    role: str = "both"
+    """What this worker serves (`RunConfig.models_of`)."""
+    adopt: Callable[[RunConfig], RunConfig] = lambda config: config
+    """A run's settings as this worker takes them up (the models whose code it lets run, of those the run names)."""
+    _checking: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def check_made_as_loaded(self) -> None:
+        """Before a job: the run in Redis must be the run this worker loaded. One forgotten and made again under its id
+        with other settings (`rsample forget`, then `enqueue --run-id` the same) was served with the old ones, its
+        output header naming the new. Other settings of the same models are taken up here; other models stop this
+        worker, the job back in its queue with its retries, for a worker started for them."""
+        from rq import get_current_job
+
+        from rsample.workers.backends.template_date import pin_run_date
+        from rsample.workers.runtime.run_state import RunGone, load_run
+
+        try:
+            made = self.adopt(load_run(self.client, self.config.run_id))
+        except RunGone:  # forgotten meanwhile: the job's own writes find that out
+            return
+        with self._checking:
+            if made.output_settings() == self.config.output_settings():
+                return
+            if made.models_of(self.role) == self.config.models_of(self.role):
+                log.warning("run %s was made again with other settings since this worker loaded it: it serves it with them "
+                            "(the same models)", made.run_id)
+                pin_run_date(made.created_at)
+                self.config = made
+                return
+            reason = f"run {made.run_id} was made again with other models since this worker loaded it"
+            self.mark_broken(reason, cause="its run made again")
+        job = get_current_job()
+        if job is not None:  # the failure's retry puts it back as it came: no fault of the job's
+            job.retries_left = (job.retries_left or 0) + 1
+        raise RunMadeAgain(f"{reason}: the job goes back to its queue, for a worker started for them")
 
     def mark_broken(self, reason: str, cause: str = WorkerFault.cause) -> None:
         if self.broken is None:
@@ -66,6 +103,10 @@ class WorkerContext:
             raise
 
 
+class RunMadeAgain(RuntimeError):
+    """The job's run is no longer the one this worker loaded the models of."""
+
+
 _context: WorkerContext | None = None
 
 
@@ -83,4 +124,5 @@ def current(run_id: str) -> WorkerContext:
         raise RsampleError("rsample jobs run only in `rsample worker` processes, which load the models first")
     if _context.config.run_id != run_id:
         raise RsampleError(f"this worker serves run {_context.config.run_id}, not {run_id}")
+    _context.check_made_as_loaded()
     return _context
