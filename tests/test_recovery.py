@@ -209,6 +209,10 @@ def test_a_redis_that_evicts_is_named_as_the_cause_and_the_summary_says_what_its
             assert "evicted under maxmemory-policy allkeys-lru? set noeviction" in caplog.text
             assert "restarted without persistence" not in caplog.text
             assert "counted since Redis lost the run's counters" in "\n".join(coordinator.summary().lines())
+            from rsample.workers.runtime.status import run_status
+
+            [completions] = [line for line in run_status(redis_client, config.run_id).lines() if line.startswith("  completions")]
+            assert completions.endswith("; counted since Redis lost the run's counters 0 s ago"), completions  # `rsample status` too
         finally:
             coordinator.close()
 

@@ -213,6 +213,7 @@ class Coordinator:
         self._baseline = {}  # this session's counts: those counted from now on
         self._counters_lost = True
         save_run(self.client, self.config, rows_total=count_rows(self.config.data))  # what `rsample run` and status go by
+        self.client.hset(self.keys.stats, "counters_lost_at", time.time())  # `rsample status` says what its counts count
         self.feeder.restart()
         self.collector.cursor = "0"
 

@@ -64,6 +64,9 @@ class RunStatus:
     tokens_before: int = 0
     session_seconds: float | None = None
     """Since the coordinator started, while the run goes on; None before one did, and once it is complete."""
+    counters_lost_at: float | None = None
+    """When the coordinator found that Redis had lost the run's counters (a restart without persistence, an eviction):
+    completions, tokens and their rates count from then on."""
     failed_rows: int | None = None
     """Rows skipped because their work failed, counted by the coordinator (`skip_reasons` holds the commonest reasons
     only); None from a coordinator of an earlier version, which published every reason."""
@@ -140,7 +143,9 @@ class RunStatus:
             f"{self.in_flight} prompts in flight" + (f"; {self.restored} rows were written before this session" if self.restored else ""),
             f"  completions {self.completions} ({rows_rate(self.completions, self.completions_before)}), tokens {self.tokens} "
             f"({rows_rate(self.tokens, self.tokens_before)})"
-            + (f"; running jobs are {self.generating:.1f} rows into their work" if self.generating else ""),
+            + (f"; running jobs are {self.generating:.1f} rows into their work" if self.generating else "")
+            + (f"; counted since Redis lost the run's counters {format_duration(time.time() - self.counters_lost_at)} ago"
+               if self.counters_lost_at else ""),
         ]
         if self.recent is not None and not self.complete:
             window = format_duration(self.recent.seconds)
@@ -225,6 +230,7 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         outcomes=json.loads(stats.text("outcomes", "{}")),
         skip_reasons=json.loads(stats.text("skip_reasons", "{}")),
         failed_rows=int(stats.get("skipped_failed")) if "skipped_failed" in stats.counters else None,
+        counters_lost_at=stats.get("counters_lost_at") or None,
         queues=queues,
         unprocessable=int(stats.get("unprocessable")),
         generating=0.0 if complete else round(live.rows, 2),  # a killed job's last report, until it goes stale, is no work
