@@ -389,3 +389,24 @@ def test_a_worker_whose_run_was_made_again_with_other_models_stops_and_its_job_w
     kill(second)
     assert_exactly_once(out, None, ROWS)
     assert "loaded policy other-policy" in (tmp_path / "second.log").read_text()
+
+
+def test_a_run_made_again_by_a_version_whose_settings_this_worker_cannot_read_stops_it(redis_server, redis_client, tmp_path):
+    import json
+
+    import pytest
+
+    from rsample.workers.runtime import worker_context
+    from rsample.workers.runtime.keys import RunKeys
+    from rsample.workers.runtime.run_state import load_run
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *FAST, "--run-id", "newer")
+    context = worker_context.WorkerContext(redis_client, load_run(redis_client, "newer"))
+    context.check_made_as_loaded()  # as loaded: nothing to say
+    assert context.broken is None
+    settings = json.loads(redis_client.get(RunKeys("newer").config))
+    redis_client.set(RunKeys("newer").config, json.dumps({**settings, "a_setting_of_a_newer_version": 1}))
+    with pytest.raises(worker_context.RunMadeAgain, match="run newer was made again since this worker loaded it: run 'newer' has settings"):
+        context.check_made_as_loaded()
+    assert context.broken.startswith("run newer was made again since this worker loaded it")

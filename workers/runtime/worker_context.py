@@ -64,20 +64,24 @@ class WorkerContext:
         from rsample.workers.backends.template_date import pin_run_date
         from rsample.workers.runtime.run_state import RunGone, load_run
 
+        run_id = self.config.run_id
         try:
-            made = self.adopt(load_run(self.client, self.config.run_id))
+            made = self.adopt(load_run(self.client, run_id))
         except RunGone:  # forgotten meanwhile: the job's own writes find that out
             return
+        except RsampleError as exc:  # made again by another rsample version, whose settings this one cannot read
+            made, unreadable = None, str(exc)
         with self._checking:
-            if made.output_settings() == self.config.output_settings():
+            if made is not None and made.output_settings() == self.config.output_settings():
                 return
-            if made.models_of(self.role) == self.config.models_of(self.role):
+            if made is not None and made.models_of(self.role) == self.config.models_of(self.role):
                 log.warning("run %s was made again with other settings since this worker loaded it: it serves it with them "
-                            "(the same models)", made.run_id)
+                            "(the same models)", run_id)
                 pin_run_date(made.created_at)
                 self.config = made
                 return
-            reason = f"run {made.run_id} was made again with other models since this worker loaded it"
+            reason = (f"run {run_id} was made again with other models since this worker loaded it" if made is not None
+                      else f"run {run_id} was made again since this worker loaded it: {unreadable}")
             self.mark_broken(reason, cause="its run made again")
         job = get_current_job()
         if job is not None:  # the failure's retry puts it back as it came: no fault of the job's
