@@ -246,6 +246,8 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None, 
         while cause.__cause__ is not None or cause.__context__ is not None:  # "An error occurred while generating ...": why
             cause = cause.__cause__ or cause.__context__
         why = "" if cause is exc or " at 0x" in str(cause) else f" ({first_line(cause, with_type=True)})"  # no object reprs
+        if hasattr(cause, "table_column_names"):  # datasets' CastError: "Couldn't cast", then a schema over many lines
+            why = f" ({type(cause).__name__}: {_other_columns(cause.table_column_names, cause.requested_column_names)})"
         which = f"subset {subset!r}, split {split!r}" if subset else f"split {split!r}"
         configs = re.search(r"available configs: (\[.*?\])", str(exc))
         if configs:  # "Config name is missing": a dataset of several subsets
@@ -257,6 +259,13 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None, 
             why = f" ({undecodable}: save it as UTF-8)"
         raise RsampleError(f"cannot load dataset {source!r} ({which}): {first_line(exc)}{why}{missing_here(source)}") from None
     return dataset
+
+
+def _other_columns(found: list[str], expected: list[str]) -> str:
+    added, lacking = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+    differences = ([f"columns {', '.join(added)} that the first has not"] if added else []) + (
+        [f"not the first's columns {', '.join(lacking)}"] if lacking else [])
+    return f"one of its files has {' and '.join(differences)}: give every file the same columns"
 
 
 def _first_undecodable(path: Path) -> str | None:

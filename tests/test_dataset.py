@@ -435,3 +435,14 @@ def test_a_csv_file_that_is_no_utf8_is_refused_with_its_file_and_line(tmp_path):
     path.write_bytes(b"prompt\nhello\ncaf\xe9 au lait\nbye\n")
     with pytest.raises(RsampleError, match=r"\(sheet\.csv line 3: invalid UTF-8, byte 0xe9 at 3: save it as UTF-8\)$"):
         _rows(path)
+
+
+def test_parquet_files_of_other_columns_are_refused_with_the_columns_that_differ(tmp_path):
+    """datasets' CastError says "Couldn't cast" on its first line, and the columns that differ many lines below."""
+    import pandas as pd
+
+    (tmp_path / "shards").mkdir()
+    pd.DataFrame({"prompt": ["a", "b"]}).to_parquet(tmp_path / "shards" / "train-0.parquet")
+    pd.DataFrame({"prompt": ["c"], "source": ["web"]}).to_parquet(tmp_path / "shards" / "train-1.parquet")
+    with pytest.raises(RsampleError, match=r"\(CastError: one of its files has columns source that the first has not: give every file the same columns\)$"):
+        _rows(tmp_path / "shards")
