@@ -292,17 +292,32 @@ def test_a_numeric_answer_must_be_a_number_not_the_question_restated(math_verifi
         ("1000", "#### 1\\,000", 1.0),
         ("1000", "So she pays $1\\,000$ in all.", 1.0),
         ("3.14159", "\\boxed{3.141\\,59}", 0.0),  # no thousands after a decimal point
+        ("125", "\\boxed{0{,}125}", 0.0),  # a decimal comma: no thousands group begins with 0
+        ("0.125", "\\boxed{0{,}125}", 1.0),
+        ("125", "\\boxed{0 125}", 0.0),
         # a percentage for a ground truth without `%`: math-verify took `50\\%` for 50, not `3.5\\%` for 3.5
         ("3.5", "\\boxed{3.5\\%}", 1.0),
         ("3.5", "The rate is 3.5%.", 1.0),
         ("0.035", "\\boxed{3.5\\%}", 1.0),
         ("3.6", "\\boxed{3.5\\%}", 0.0),
         ("3.5\\%", "\\boxed{0.035}", 1.0),
-        # a ratio in lowest terms is a number as written (the restatement guard refused `3:1`)
+        ("0.5", "\\boxed{0.5\\%}", 0.0),  # under 1, a ground truth is more often a probability
+        # a ground truth written `a:b` (a ratio, a time) is answered by the same digits: math-verify read `3:1` as 3
+        # and `2:30` as 2/30, and the restatement guard refused `3:1` itself
         ("3:1", "\\boxed{3:1}", 1.0),
         ("2:3", "The ratio is $\\boxed{2 : 3}$.", 1.0),
-        ("3:1", "\\boxed{6:2}", 0.0),  # still to reduce, as `\\frac{38}{2}`
+        ("2:3", "The ratio of boys to girls is 2:3.", 1.0),
+        ("2:30", "The train leaves at 2:30.", 1.0),
+        ("3:1", "\\boxed{6:2}", 0.0),
         ("2:3", "\\boxed{3:2}", 0.0),
+        ("3:1", "\\boxed{3}", 0.0),
+        ("2:30", "\\boxed{1:15}", 0.0),
+        ("12:05", "\\boxed{12:5}", 0.0),
+        # and `a:b` answers no ground truth that is one number (times read as ratios: `10:01` was 10)
+        ("10", "\\boxed{10:01}", 0.0),
+        ("7", "\\boxed{7:01 pm}", 0.0),
+        ("0", "\\boxed{0:1}", 0.0),
+        ("0.4", "\\boxed{2:05}", 0.0),
     ],
 )
 def test_numbers_are_read_with_their_thousands_separators_percent_signs_and_ratios(math_verifier, gold, completion, expected):

@@ -70,7 +70,7 @@ _GROUP_SEPARATOR = r"\\[,;: ]|\{,\}|,\\!|~"  # LaTeX's thin and other spaces, `{
 
 
 def _grouped(separator: str) -> re.Pattern:
-    return re.compile(rf"(?<![\d.])\d{{1,3}}(?:(?:{separator})\d{{3}})+(?!\d)")
+    return re.compile(rf"(?<![\d.])[1-9]\d{{0,2}}(?:(?:{separator})\d{{3}})+(?!\d)")  # `0{,}125` is a decimal comma
 
 
 _GROUPED, _SPACE_GROUPED = _grouped(_GROUP_SEPARATOR), _grouped(_GROUP_SEPARATOR + "| ")
@@ -113,6 +113,27 @@ def _bare(answer: str) -> str:
     return text
 
 
+_RATIO = r"(\d+)\s*:\s*(\d+)"
+
+
+def ratio(text: str) -> tuple[str, str] | None:
+    """A ground truth written as `a:b` (a ratio, or a time), as its two numbers' digits; else None."""
+    found = re.fullmatch(_RATIO, _bare(text))
+    return (found[1], found[2]) if found else None
+
+
+def final_ratio(completion: str) -> tuple[str, str] | None:
+    """The completion's final answer as `a:b` (its last box, or GSM8K's answer line, written so), else the last `a:b`
+    of a completion that has neither; None where there is none. math-verify reads `3:1` as 3 and `2:30` as 1/15: a
+    ground truth written `a:b` is answered by the same digits (`6:2` is no `3:1`, `1:15` no `2:30`, `12:5` no `12:05`)."""
+    completion = completion.replace("\u2212", "-")
+    answer = final_answer(completion)
+    if answer != completion:
+        return ratio(answer)
+    found = re.findall(rf"(?<![\d:]){_RATIO}(?![\d:])", completion)
+    return found[-1] if found else None
+
+
 def numeric_literal(answer: str) -> bool:
     """Whether an extracted answer is a number as written (`-1,234.5`, `\\frac{3}{4}`, `2\\frac{1}{2}`, `3/4`, `50\\%`,
     `x = 5`, `18 \\times 3 = 54`, `18 \\text{ dollars}`, `1.2 \\times 10^{3}`, `10^{6}`), not an expression still to
@@ -123,8 +144,6 @@ def numeric_literal(answer: str) -> bool:
         return True
     if scientific := re.fullmatch(rf"({_NUMBER})\s*(?:\\times|\\cdot|\*)\s*10\^\{{?[-+]?\d+\}}?", text):
         return 1 <= abs(float(scientific[1].replace(",", ""))) < 10  # normalised, not `12 \times 10^{2}` still to multiply
-    if ratio := re.fullmatch(r"(\d+)\s*:\s*(\d+)", text):  # `3:1`, in lowest terms, as a fraction
-        return int(ratio[2]) > 0 and math.gcd(int(ratio[1]), int(ratio[2])) == 1
     if fraction := _FRACTION.fullmatch(text):  # in lowest terms, not `\frac{38}{2}` still to divide; a mixed number proper
         _, whole, *parts = fraction.groups()
         numerator, denominator = (int(next(p for p in pair if p is not None)) for pair in ((parts[0], parts[1], parts[4]), (parts[2], parts[3], parts[5])))

@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 
-from rsample.workers.backends.answers import final_answer, joined_digit_groups, last_boxed, numeric_literal
+from rsample.workers.backends.answers import final_answer, final_ratio, joined_digit_groups, last_boxed, numeric_literal, ratio
 from rsample.workers.common import defaults
 from rsample.workers.runtime.processes import killed_with_parent
 
@@ -55,6 +55,13 @@ def _restated(gold: list, target: list) -> bool:
     return bool(getattr(gold[0], "is_Number", False)) and not numeric_literal(str(target[-1]))
 
 
+def _at_least_one(gold: list) -> bool:
+    try:
+        return bool(getattr(gold[0], "is_Number", False)) and abs(float(gold[0])) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
 def serve(seconds: int) -> None:
     """The child: one JSON request a line on stdin, its answer (with the request's id) a line on the original stdout
     (anything the libraries print goes to stderr). The parent's end closing its stdin ends it; Ctrl-C in the worker's
@@ -85,6 +92,8 @@ def serve(seconds: int) -> None:
         gold = gold_of(request["gold"])
         if "completion" not in request:
             answer = bool(gold)
+        elif (written := ratio(request["gold"])) is not None:
+            answer = final_ratio(request["completion"]) == written
         else:
             completion = request["completion"].replace("\u2212", "-")
             answer = _answer(completion)
@@ -93,8 +102,10 @@ def serve(seconds: int) -> None:
                 answer = joined_digit_groups(completion)
                 target = parse(answer, parsing_timeout=seconds)
             verified = equal(gold, target)
-            if not verified and target and "%" not in request["gold"] and (plain := re.sub(r"\s*\\?%", "", answer)) != answer:
-                # `3.5\%` for a ground truth of 3.5: math-verify reads 0.035, and takes `50\%` for 50 only when both are integers
+            if (not verified and target and "%" not in request["gold"] and _at_least_one(gold)
+                    and (plain := re.sub(r"\s*\\?%", "", answer)) != answer):
+                # `3.5\%` for a ground truth of 3.5: math-verify reads 0.035, and takes `50\%` for 50 only when both are
+                # integers. Not under 1, where a ground truth is more often a probability or a share (`0.5\%` is no 0.5)
                 verified = equal(gold, parse(plain, parsing_timeout=seconds))
             answer = verified
         answers.write(json.dumps({"id": request["id"], "answer": answer}) + "\n")
