@@ -92,11 +92,13 @@ def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any, str]]:
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, line) of a JSON Lines file's rows: its lines that are not blank, without a byte-order mark (which
-    may stand on a line of its own, and on any line of files joined by `cat`)."""
+    may stand on a first line of its own, and begin a later row of files joined by `cat`; a later line of nothing else
+    stays a row, a bad one, as rsample has always numbered it)."""
     try:
         with _opened(path) as handle:
             for line_number, raw in enumerate(handle, start=1):
-                raw = raw.removeprefix(BOM)
+                if line_number == 1 or raw[len(BOM):].strip():
+                    raw = raw.removeprefix(BOM)
                 if raw.strip():
                     yield line_number, raw
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # click would take an EOFError for Ctrl-D ("Aborted!")
@@ -426,8 +428,8 @@ def _visible_files(folder: Path) -> list[str]:
 def _read_names(folder: Path, selection: DataSelection) -> list[str]:
     """The files of the selection that rsample reads, relative to `folder`, in the order their rows come; [] where
     `datasets` decides. Paths are compared without following a file's link (a snapshot's files link to blobs)."""
-    if (folder / "dataset_dict.json").is_file():  # a saved DatasetDict: `datasets` reads its split's files
-        return []
+    if (folder / "dataset_dict.json").is_file():  # a saved DatasetDict: its split's rows, not the other splits' nor its state
+        return sorted(str(file.relative_to(folder)) for file in (folder / selection.split).glob("*.arrow"))
     try:
         files = _folder_files(folder, selection) or ()
     except RsampleError:  # no such split: the run's own load says so

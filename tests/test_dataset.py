@@ -446,3 +446,33 @@ def test_parquet_files_of_other_columns_are_refused_with_the_columns_that_differ
     pd.DataFrame({"prompt": ["c"], "source": ["web"]}).to_parquet(tmp_path / "shards" / "train-1.parquet")
     with pytest.raises(RsampleError, match=r"\(CastError: one of its files has columns source that the first has not: give every file the same columns\)$"):
         _rows(tmp_path / "shards")
+
+
+def test_a_saved_dataset_dict_is_judged_by_the_split_read_for_a_resume(tmp_path):
+    """Every file of a saved DatasetDict counted: the test split saved again refused a resume of --split train, naming
+    a file the run never reads."""
+    import datasets
+
+    from rsample.producer.dataset import dataset_change, fingerprint, read_order
+
+    def save(train: int, test: str) -> None:
+        datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": f"p {i}"} for i in range(train)]),
+                              "test": datasets.Dataset.from_list([{"prompt": test}])}).save_to_disk(str(tmp_path / "saved"))
+
+    save(3, "t")
+    selection = DataSelection(str(tmp_path / "saved"))
+    assert read_order(selection) == ["train/data-00000-of-00001.arrow"]
+    stored = fingerprint(selection)
+    save(3, "another test row")
+    assert dataset_change(stored, selection.dataset, read_order(selection)) is None
+    save(4, "t")  # Arrow writes a table's length at its start: rows appended are a change, as in a Parquet file
+    assert dataset_change(stored, selection.dataset, read_order(selection)) == "train/data-00000-of-00001.arrow has other rows at its start"
+
+
+def test_a_later_line_of_nothing_but_a_byte_order_mark_keeps_its_row_number(tmp_path):
+    """Such a line was always a row (a bad one): reading it as none would move every later row of a run begun before."""
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(b'{"prompt": "a"}\n\xef\xbb\xbf\n{"prompt": "b"}\n')
+    rows = _rows(path)
+    assert [index for index, _ in rows] == [0, 1, 2] and rows[2][1] == {"prompt": "b"}
+    assert isinstance(rows[1][1], RowSkip) and rows[1][1].reason == "invalid JSON"

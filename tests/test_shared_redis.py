@@ -410,3 +410,26 @@ def test_a_run_made_again_by_a_version_whose_settings_this_worker_cannot_read_st
     with pytest.raises(worker_context.RunMadeAgain, match="run newer was made again since this worker loaded it: run 'newer' has settings"):
         context.check_made_as_loaded()
     assert context.broken.startswith("run newer was made again since this worker loaded it")
+
+
+def test_a_run_made_again_with_the_same_settings_renders_the_date_it_was_made_again(redis_server, redis_client, tmp_path):
+    """Its templates' date (`pin_run_date`) is the run's: a worker that had loaded the first kept the first's date
+    while workers started since rendered the new one."""
+    import dataclasses
+
+    from rsample.workers.backends import template_date
+    from rsample.workers.runtime import worker_context
+    from rsample.workers.runtime.run_state import load_run, save_run
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), *FAST, "--run-id", "dated")
+    first = load_run(redis_client, "dated")
+    context = worker_context.WorkerContext(redis_client, first)
+    save_run(redis_client, dataclasses.replace(first, created_at=first.created_at + 3 * 86400))  # forgotten, made again days later
+    pinned = template_date.pinned_run_date()
+    try:
+        context.check_made_as_loaded()
+        assert context.config.created_at == first.created_at + 3 * 86400 and context.broken is None
+        assert template_date.pinned_run_date() == first.created_at + 3 * 86400
+    finally:
+        template_date.pin_run_date(pinned)  # this test process's own, as it was

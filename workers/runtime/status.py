@@ -144,7 +144,7 @@ class RunStatus:
             f"  completions {self.completions} ({rows_rate(self.completions, self.completions_before)}), tokens {self.tokens} "
             f"({rows_rate(self.tokens, self.tokens_before)})"
             + (f"; running jobs are {self.generating:.1f} rows into their work" if self.generating else "")
-            + (f"; counted since Redis lost the run's counters {format_duration(time.time() - self.counters_lost_at)} ago"
+            + (f"; counted since Redis lost the run's counters {format_duration(max(0.0, time.time() - self.counters_lost_at))} ago"
                if self.counters_lost_at else ""),
         ]
         if self.recent is not None and not self.complete:

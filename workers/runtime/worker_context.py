@@ -73,6 +73,9 @@ class WorkerContext:
             made, unreadable = None, str(exc)
         with self._checking:
             if made is not None and made.output_settings() == self.config.output_settings():
+                if made.created_at != self.config.created_at:  # the same settings, made again: its templates' date is the new one's
+                    pin_run_date(made.created_at)
+                    self.config = made
                 return
             if made is not None and made.models_of(self.role) == self.config.models_of(self.role):
                 log.warning("run %s was made again with other settings since this worker loaded it: it serves it with them "
