@@ -141,7 +141,7 @@ def test_flags_that_would_be_ignored_are_refused(tmp_path):
     split = rsample("run", *echo, "--split", "test", check=False)
     assert split.returncode == 2 and f"error: --split test applies to Hub datasets and folders; the file {dataset} is one split" in split.stderr
     done = rsample("run", *echo)
-    assert "row 1: 'messages' is null (empty content)" in done.stderr  # not "no messages field", nor "--prompt-column names another"
+    assert "row 1 (rows.jsonl line 2): 'messages' is null (empty content)" in done.stderr  # not "no messages field", nor "--prompt-column names another"
 
 
 NO_SYSTEM_TEMPLATE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
