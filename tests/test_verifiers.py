@@ -318,6 +318,30 @@ def test_a_numeric_answer_must_be_a_number_not_the_question_restated(math_verifi
         ("7", "\\boxed{7:01 pm}", 0.0),
         ("0", "\\boxed{0:1}", 0.0),
         ("0.4", "\\boxed{2:05}", 0.0),
+        # the `a:b` that ends a completion without a box, not one a number follows (a ratio or time of the question,
+        # a `Step 1: 2 + 2` label, across a line break), nor a decimal's or a negative's digits
+        ("3:1", "Initially the ratio is 3:1. After adding, it becomes 5.", 0.0),
+        ("2:30", "He starts at 2:30 and works 3 hours, so he finishes at 5 30 pm.", 0.0),
+        ("1:2", "Step 1: 2 + 2 = 4\nStep 2: multiply by 3 to get 12.\nThe final ratio is 12 to 5.", 0.0),
+        ("3:1", "Case 3:\n1 way. Total 5 ways.", 0.0),
+        ("3:1", "The ratio is 1.3:1.", 0.0),
+        ("3:1", "The ratio is -3:1.", 0.0),
+        ("3:1", "The ratio is 3:1.5.", 0.0),
+        # three parts: math-verify read `1:2:3` as 1/2/3, which `\\frac{1}{6}` equals
+        ("1:2:3", "\\boxed{\\frac{1}{6}}", 0.0),
+        ("1:2:3", "\\boxed{1:1:6}", 0.0),
+        ("1:2:3", "\\boxed{1:2:3}", 1.0),
+        # `:` as LaTeX and Unicode write it, and a box that ends with the ratio
+        ("3:1", "\\boxed{3 \\colon 1}", 1.0),
+        ("3:1", "So it is $3\\!:\\!1$.", 1.0),
+        ("3:1", "The ratio is 3\u22361.", 1.0),
+        ("3:1", "#### The ratio is 3:1", 1.0),
+        ("2:30", "\\boxed{2:30 PM}", 1.0),
+        # LaTeX's spacing left between digits is no number: math-verify multiplied `01\\,000` into 0
+        ("0", "\\boxed{01\\,000}", 0.0),
+        ("0", "\\boxed{10\\,000\\,0}", 0.0),
+        ("185.319", "\\boxed{3.141\\,59}", 0.0),
+        ("125", "\\boxed{0\\,125}", 0.0),
     ],
 )
 def test_numbers_are_read_with_their_thousands_separators_percent_signs_and_ratios(math_verifier, gold, completion, expected):

@@ -113,25 +113,39 @@ def _bare(answer: str) -> str:
     return text
 
 
-_RATIO = r"(\d+)\s*:\s*(\d+)"
+_RATIO_SIGNS = re.compile(r"\\colon|\\mathbin\{:\}|\u2236|\\!")
+"""How `:` is written in LaTeX and Unicode (`3 \\colon 1`, `3\\!:\\!1`, `3∶1`), as `:` (LaTeX's negative space, gone)."""
+_RATIO = r"\d+(?:[ \t]*:[ \t]*\d+)+"
+_LAST_RATIO = re.compile(rf"(?<![\d:.\-]){_RATIO}(?![\d:]|\.\d)(?=\D*$)")
+"""An `a:b` (or `a:b:c`) with no number after it: not a decimal's, a negative's, nor a `Step 1: 2 + 2` label's."""
 
 
-def ratio(text: str) -> tuple[str, str] | None:
-    """A ground truth written as `a:b` (a ratio, or a time), as its two numbers' digits; else None."""
-    found = re.fullmatch(_RATIO, _bare(text))
-    return (found[1], found[2]) if found else None
+def _ratio_signs(text: str) -> str:
+    return _RATIO_SIGNS.sub(lambda sign: "" if sign[0] == "\\!" else ":", text)
 
 
-def final_ratio(completion: str) -> tuple[str, str] | None:
-    """The completion's final answer as `a:b` (its last box, or GSM8K's answer line, written so), else the last `a:b`
-    of a completion that has neither; None where there is none. math-verify reads `3:1` as 3 and `2:30` as 1/15: a
-    ground truth written `a:b` is answered by the same digits (`6:2` is no `3:1`, `1:15` no `2:30`, `12:5` no `12:05`)."""
-    completion = completion.replace("\u2212", "-")
+def ratio(text: str) -> tuple[str, ...] | None:
+    """A text written as `a:b` or `a:b:c` (a ratio, a time), as its numbers' digits; else None."""
+    bare = _bare(_ratio_signs(text))
+    return tuple(re.findall(r"\d+", bare)) if re.fullmatch(_RATIO, bare) else None
+
+
+def _last_ratio(text: str) -> tuple[str, ...] | None:
+    found = _LAST_RATIO.search(text)
+    return tuple(re.findall(r"\d+", found[0])) if found else None
+
+
+def final_ratio(completion: str) -> tuple[str, ...] | None:
+    """The completion's final answer as `a:b` (its last box, or GSM8K's answer line: written so, or ending so, as
+    `3:1 (boys to girls)` or `2:30 PM`), else the `a:b` that ends a completion that has neither; None where there is
+    none. math-verify reads `3:1` as 3 and `2:30` as 1/15: a ground truth written `a:b` is answered by the same digits
+    (`6:2` is no `3:1`, `1:15` no `2:30`, `12:5` no `12:05`), and by no `a:b` a number follows (`the ratio is 3:1; after
+    adding, it becomes 5`)."""
+    completion = _ratio_signs(completion.replace("\u2212", "-"))
     answer = final_answer(completion)
     if answer != completion:
-        return ratio(answer)
-    found = re.findall(rf"(?<![\d:]){_RATIO}(?![\d:])", completion)
-    return found[-1] if found else None
+        return ratio(answer) or _last_ratio(answer)
+    return _last_ratio(completion)
 
 
 def numeric_literal(answer: str) -> bool:
@@ -139,6 +153,8 @@ def numeric_literal(answer: str) -> bool:
     `x = 5`, `18 \\times 3 = 54`, `18 \\text{ dollars}`, `1.2 \\times 10^{3}`, `10^{6}`), not an expression still to
     evaluate (`9 + 10`, `6 \\times 7`, `\\binom{10}{3}`, `2^{10}`, `\\frac{38}{2}`, `12 \\times 10^{2}`): where the ground
     truth is a number, a completion restating the question's arithmetic is no answer, or a policy learns to restate it."""
+    if re.search(r"\d\s*(?:\\[,;: ]|~)\s*\d", joined_digit_groups(answer)):  # LaTeX's spacing left between digits (no thousands groups): math-verify
+        return False  # multiplies them, `01\\,000` as 01 × 000 and `3.141\\,59` as 3.141 × 59
     text = _bare(answer)
     if re.fullmatch(rf"(?:{_NUMBER})(?:[eE][-+]?\d+)?", text) or re.fullmatch(r"[-+]?10\^\{?[-+]?\d+\}?", text):
         return True
