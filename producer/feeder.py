@@ -65,11 +65,8 @@ class Feeder:
             index, row = item
             record = self._to_record(index, row)
             self.ledger.check_row(index, row_prompt_id(record))
-            if index in self.ledger.rows:  # by its recorded prompt: one an older rsample skipped may read now
-                if (recorded := self.ledger.recorded_prompt(index)) is not None:
-                    self.seen.setdefault(recorded, index)
-                else:
-                    self._say_if_readable_now(record)
+            if index in self.ledger.rows:
+                self._passed_settled(index, record)
             elif isinstance(record, RowSkip):
                 self.settled_here[index] = Outcome(index, None, SKIPPED, record.reason)
             elif (first := self.seen.setdefault(record.prompt_id, index)) == index:
@@ -89,6 +86,14 @@ class Feeder:
             return None
         self._position += 1
         return index, row
+
+    def _passed_settled(self, index: int, record: PromptRecord | RowSkip) -> None:
+        """A row the ledger settled, read again: later rows are duplicates of its recorded prompt, not of what it reads
+        as now (one an older rsample skipped may read now)."""
+        if (recorded := self.ledger.recorded_prompt(index)) is not None:
+            self.seen.setdefault(recorded, index)
+        else:
+            self._say_if_readable_now(record)
 
     def _say_if_readable_now(self, record: PromptRecord | RowSkip) -> None:
         """A row the run skipped unread (bad JSON, say) that reads as a prompt now keeps its outcome (`Ledger.changed`):
@@ -183,10 +188,7 @@ class Feeder:
             if index in self.ledger.rows:
                 self.ledger.check_row(index, prompt_id)
                 already_written += 1
-                if (recorded := self.ledger.recorded_prompt(index)) is not None:  # not what it reads as now: see `restart`
-                    self.seen.setdefault(recorded, index)
-                else:
-                    self._say_if_readable_now(record)
+                self._passed_settled(index, record)
             elif isinstance(record, RowSkip):
                 self.skip_log.say_one(record.reason, self._located(record))
                 settled.append(self._settled_here(Outcome(index, None, SKIPPED, record.reason)))
