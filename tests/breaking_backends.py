@@ -1,12 +1,16 @@
-"""A generation backend that works for a while and then breaks for good, as a GPU does after a sticky CUDA error.
+"""Generation backends that break what they run on: a GPU that breaks for good after a sticky CUDA error, and a Redis
+that restarts empty while a batch is generated.
 
-`python tests/breaking_backends.py worker generate ...` runs a real `rsample worker` whose echo backend is this one.
+`python tests/breaking_backends.py worker generate ...` runs a real `rsample worker` whose echo backend is one of them
+(`RSAMPLE_TEST_BACKEND`: BreakingGenerator by default).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+import redis
 
 from rsample.workers.backends.zero_cost import EchoGenerator
 
@@ -31,10 +35,35 @@ class BreakingGenerator(EchoGenerator):
         return super().generate(prompts, sampling, seed)
 
 
+class ForgettingGenerator(EchoGenerator):
+    """While it generates its first batch, Redis restarts empty (FLUSHALL) and the run's coordinator makes the run again,
+    as `Coordinator.ensure_run` does; then it echoes, or (RSAMPLE_TEST_THEN=fault) meets a sticky CUDA error."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.calls = run_id, 0
+
+    @classmethod
+    def from_run(cls, config) -> ForgettingGenerator:
+        return cls(config.run_id)
+
+    def generate(self, prompts, sampling, seed, progress=None):
+        from rsample.workers.runtime.run_state import load_run, save_run
+
+        self.calls += 1
+        if self.calls == 1:
+            client = redis.Redis.from_url(os.environ["RSAMPLE_REDIS_URL"])
+            config = load_run(client, self.run_id)
+            client.flushall()
+            save_run(client, config)
+            if os.environ.get("RSAMPLE_TEST_THEN") == "fault":
+                raise RuntimeError(CUDA_FAULT)
+        return super().generate(prompts, sampling, seed)
+
+
 if __name__ == "__main__":
     from rsample.producer.cli import main
     from rsample.workers.backends import registry
 
-    registry.GENERATION_BACKENDS["echo"] = f"{__name__}:BreakingGenerator"
+    registry.GENERATION_BACKENDS["echo"] = f"{__name__}:{os.environ.get('RSAMPLE_TEST_BACKEND', 'BreakingGenerator')}"
     sys.modules.setdefault("breaking_backends", sys.modules[__name__])
     main(sys.argv[1:])

@@ -123,6 +123,7 @@ def test_redis_restarted_mid_run(slow_models, dataset, tmp_path, appendonly):
     text = log.read_text()
     worker_logs = "".join(p.read_text() for p in (tmp_path / ".rsample-logs").rglob("*.log"))
     assert "waiting for Redis" in worker_logs and "is back" in worker_logs
+    assert "Traceback" not in worker_logs + text, (worker_logs + text)[-3000:]  # a job that ran through the loss: one line
     assert ("Redis lost run" in text) is not appendonly  # with AOF nothing is lost; without, the run is re-fed
     check_counts(assert_exactly_once(out, scores, ROWS))
 

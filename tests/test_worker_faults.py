@@ -111,6 +111,29 @@ def test_a_worker_whose_device_breaks_stops_and_its_job_goes_back(redis_server, 
     assert redis_client.xlen(keys.ready) == 0 or all(b"failed" not in f for _, f in redis_client.xrange(keys.ready))
 
 
+@pytest.mark.parametrize("then", ["echo", "fault"])
+def test_a_job_redis_lost_while_it_ran_is_neither_written_nor_run_again(redis_server, redis_client, tmp_path, then):
+    """Redis restarted empty while a batch was generated, and the coordinator made the run again (it feeds the rows
+    anew, under other batch ids). The job that ran through the loss wrote its batch and counts into the new Redis and
+    handed it to scoring; then RQ's bookkeeping raised InvalidJobOperation (a traceback), failed the job and retried
+    it: the batch was generated twice more. Its failure was retried too."""
+    dataset = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"question number {i}"} for i in range(4)])
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+                     "--backend", "echo", "--reward-backend", "length", "--batch-size", "2").stdout.strip()
+    Feeder(redis_client, load_run(redis_client, run_id), Ledger(tmp_path / "pairs.jsonl", None, run_id)).top_up()  # 2 jobs
+    worker = subprocess.run([sys.executable, str(REPO / "tests" / "breaking_backends.py"), "worker", "generate", "--run", run_id,
+                             "--burst"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "RSAMPLE_REDIS_URL": redis_server.url, "RSAMPLE_TEST_BACKEND": "ForgettingGenerator",
+                                 "RSAMPLE_TEST_THEN": then})
+    said = worker.stdout + worker.stderr
+    assert worker.returncode == (2 if then == "fault" else 0), said
+    assert "Redis lost it while it ran (restarted without persistence, or its run forgotten)" in said
+    assert ("Traceback" in said) is (then == "fault"), said  # the fault's own, as any job's failure; none of RQ's
+    assert load_run(redis_client, run_id).run_id == run_id  # the run made again, and nothing else:
+    left = {k.decode() for k in redis_client.keys("*") if not k.startswith(b"rq:worker")}  # RQ's own account of the worker
+    assert left == {RunKeys(run_id).config, "rsample:runs"}, left  # no batch, count, job, queue, registry or scoring job
+
+
 def test_workers_count_again_after_redis_restarts_empty(redis_server, redis_client, tmp_path):
     """Redis restarted without persistence forgets RQ's worker sets: `rsample status` would show no workers while they
     work. The workers register again at their next heartbeat, which follows their reconnection."""

@@ -16,7 +16,7 @@ from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import failure_reason, reward_label
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.queues import enqueue_generation
-from rsample.workers.runtime.safe_job import GENERATE_FUNCTION, JOB_FUNCTIONS
+from rsample.workers.runtime.safe_job import GENERATE_FUNCTION, JOB_FUNCTIONS, lost_by_redis
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _reward_label(connection, run_id: str, index: int) -> str:
 
 def on_job_failure(job: Job, connection, exc_type, exc_value, traceback) -> None:
     """RQ calls this after every failed attempt; only the last one (no retry left) acts."""
-    if job.should_retry or job.func_name not in JOB_FUNCTIONS:
+    if job.should_retry or job.func_name not in JOB_FUNCTIONS or lost_by_redis(job):  # lost: its prompts are fed again
         return
     from rsample.workers.runtime.run_state import load_run
 

@@ -43,3 +43,10 @@ class SafeJob(Job):
         if self._stopped_callback_name is not None:
             raise UnsafeJobError(f"refusing job {self.id}: stopped callback {self._stopped_callback_name!r}")
         return None
+
+
+def lost_by_redis(job: Job) -> bool:
+    """Redis no longer holds this running job: it restarted without persistence (or the run was forgotten) while the
+    job ran. Its run's coordinator feeds the prompts again under other batch ids, so nothing of this job may be written,
+    retried or given up; RQ's heartbeat alone made its hash again, without a status."""
+    return not job.connection.hexists(job.key, "status")

@@ -36,6 +36,7 @@ from rsample.workers.runtime.cpu_share import take_cpu_share
 from rsample.workers.runtime.processes import descendants_to_stop, signal_pids
 from rsample.workers.runtime.queues import SLOT_SUFFIX
 from rsample.workers.runtime.redis_clock import claim_for
+from rsample.workers.runtime.safe_job import lost_by_redis
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,27 @@ class HeartbeatWorker(SimpleWorker):
             beat.join(timeout=defaults.HEARTBEAT_JOIN_TIMEOUT)  # a beat stuck waiting for Redis must not hold the job loop
         self.set_state(WorkerStatus.IDLE)
         self._stop_if_broken()
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        if not self._dropped_if_lost(job, execution):
+            super().handle_job_success(job, queue, started_job_registry, execution)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        if not self._dropped_if_lost(job, execution):
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+
+    def _dropped_if_lost(self, job, execution) -> bool:
+        """A job that Redis lost while it ran (`lost_by_redis`) is neither finished nor failed nor retried: RQ's
+        bookkeeping failed on it with a traceback and then ran it again, where its run feeds its prompts anew."""
+        if not lost_by_redis(job):
+            return False
+        log.warning("job %s: Redis lost it while it ran (restarted without persistence, or its run forgotten); nothing of it "
+                    "is kept, its run feeds its prompts again", job.id)
+        with self.connection.pipeline() as pipe:
+            pipe.delete(job.key)  # what RQ's heartbeat made again of it: a hash of nothing else, which would never expire
+            self.cleanup_execution(job, pipe, execution)
+            pipe.execute()
+        return True
 
     def _stop_if_broken(self) -> None:
         """A job met a broken device or engine: stop every slot as SIGTERM would (the failed job is retried elsewhere)."""

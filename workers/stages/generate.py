@@ -7,6 +7,8 @@ import json
 import logging
 import time
 
+from rq import get_current_job
+
 from rsample.workers.backends.base import GenerationBackend, ProgressCallback, PromptCompletions
 from rsample.workers.backends.templates import opened_thinking
 from rsample.workers.common.config import RunConfig
@@ -23,6 +25,9 @@ log = logging.getLogger(__name__)
 
 
 HAND_OFF = """
+if KEYS[5] and redis.call('hexists', KEYS[5], 'status') == 0 then
+  return 3
+end
 if redis.call('hexists', KEYS[3], 'finished_at') == 1 then
   return 2
 end
@@ -42,7 +47,8 @@ return 1
 """
 """A batch's result and its counts in one step (readers see the live entry or the final counts, never both): a worker
 killed between them left a result whose requeued job, finding it, counted nothing, and the run's figures short. Nothing
-for a finished run (2): its every row is written, and a payload written then would never be read nor expire."""
+for a finished run (2): its every row is written, and a payload written then would never be read nor expire. Nothing
+for a job that Redis lost while it ran (3, `lost_by_redis`; KEYS[5], the job's hash, where a job runs this)."""
 
 
 def batch_seed(config: RunConfig, first_row: int) -> int:
@@ -103,10 +109,15 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
     completions = sum(len(res.completions) for res in results)
     tokens = sum(c.num_tokens for res in results for c in res.completions)
     needs_scoring = any(p.needs_scoring(config.min_candidates_scored) for p in generated)
+    job = get_current_job()
     handed_off = client.register_script(HAND_OFF)(
-        keys=[keys.batch(batch_id), keys.live, keys.stats, keys.ready],
+        keys=[keys.batch(batch_id), keys.live, keys.stats, keys.ready, *([job.key] if job is not None else [])],
         args=[GeneratedBatch(batch_id, generated).to_json(), batch_id, len(records), completions, tokens, seconds,
               sum(not p.needs_scoring(config.min_candidates_scored) for p in generated), int(not needs_scoring)])
+    if handed_off == 3:  # lost_by_redis
+        log.info("batch %s of run %s: Redis lost its job while it was generated; nothing written", batch_id, run_id)
+        client.hdel(keys.live, batch_id)
+        return {"prompts": len(records), "completions": 0, "tokens": 0, "seconds": round(seconds, 3), "lost": True}
     if handed_off == 2:
         log.info("batch %s of run %s: the run finished while it was generated; nothing written", batch_id, run_id)
         client.hdel(keys.live, batch_id)

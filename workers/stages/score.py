@@ -7,6 +7,8 @@ import logging
 import math
 import time
 
+from rq import get_current_job
+
 from rsample.workers.backends.base import RewardBackend
 from rsample.workers.backends.faults import RewardFunctionFault, WorkerFault
 from rsample.workers.common.errors import RsampleError
@@ -14,6 +16,7 @@ from rsample.workers.common.messages import Conversation, GeneratedBatch, Genera
 from rsample.workers.common.reasoning import answer_part
 from rsample.workers.runtime import worker_context
 from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.safe_job import lost_by_redis
 from rsample.workers.stages.isolation import run_isolating_failures
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,10 @@ def score_batch(run_id: str, batch_id: str, model_index: int) -> dict:
     generated = sum(p.samples_in(c) > 0 for p in to_score for c in p.candidates)
     unscored = sum(score is None and prompt.samples_in(candidate) > 0 for prompt in to_score
                    for candidate, score in zip(prompt.candidates, verdicts.get(prompt.prompt.prompt_id, {}).get("scores") or ()))
+    job = get_current_job()
+    if job is not None and lost_by_redis(job):  # its batch is fed again: scores filed now would be counted and never read
+        log.info("batch %s of run %s: Redis lost its scoring job while it ran; nothing written", batch_id, run_id)
+        return {"scored": 0, "lost": True}
     with client.pipeline() as pipe:  # MULTI: exactly one scorer sees the last model arrive
         pipe.hset(keys.scores(batch_id), str(model_index), json.dumps(verdicts))
         pipe.hlen(keys.scores(batch_id))
