@@ -378,6 +378,7 @@ def test_a_worker_whose_run_was_made_again_with_other_models_stops_and_its_job_w
         assert first.wait(timeout=120) != 0
         said = log.read_text()
         assert "worker stopped after its run made again: run again was made again with other models since this worker loaded it" in said, said[-3000:]
+        assert "Traceback" not in said and "the job goes back to its queue, for a worker started for them" in said, said[-3000:]
         queue = make_queue(redis_client, RunKeys("again").generate_queue)
         jobs = [SafeJob.fetch(job_id, connection=redis_client, serializer=JSONSerializer) for job_id in queue.job_ids]
         assert jobs and {job.retries_left for job in jobs} == {2}  # the one it took is back, as it came

@@ -112,6 +112,14 @@ class HeartbeatWorker(SimpleWorker):
         if not self._dropped_if_lost(job, execution):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
+    def handle_exception(self, job, *exc_info):
+        """A job sent back because its run was made again with other models is no error of its code: one line, not
+        RQ's traceback (the worker says why it stops)."""
+        if isinstance(exc_info[1], worker_context.RunMadeAgain):
+            log.warning("job %s: %s", job.id, exc_info[1])
+            return
+        super().handle_exception(job, *exc_info)
+
     def _dropped_if_lost(self, job, execution) -> bool:
         """A job that Redis lost while it ran (`lost_by_redis`) is neither finished nor failed nor retried: RQ's
         bookkeeping failed on it with a traceback and then ran it again, where its run feeds its prompts anew."""
