@@ -295,6 +295,16 @@ def test_a_numeric_answer_must_be_a_number_not_the_question_restated(math_verifi
         ("125", "\\boxed{0{,}125}", 0.0),  # a decimal comma: no thousands group begins with 0
         ("0.125", "\\boxed{0{,}125}", 1.0),
         ("125", "\\boxed{0 125}", 0.0),
+        # spaced LaTeX separators, and the decimal comma where no thousands group follows (math-verify read neither)
+        ("2000", "\\boxed{2 \\, 000}", 1.0),
+        ("2000", "#### 2 \\, 000", 1.0),
+        ("0.5", "\\boxed{0{,}5}", 1.0),
+        ("3.14", "The answer is $3{,}14$.", 1.0),
+        ("12.5", "\\boxed{12{,}5}", 1.0),
+        ("5", "\\boxed{0{,}5}", 0.0),
+        ("1500", "\\boxed{1{,}500}", 1.0),
+        ("1.5", "\\boxed{1{,}500}", 0.0),
+        ("1.2", "\\boxed{1{,}2{,}3}", 0.0),  # a list
         # a percentage for a ground truth without `%`: math-verify took `50\\%` for 50, not `3.5\\%` for 3.5
         ("3.5", "\\boxed{3.5\\%}", 1.0),
         ("3.5", "The rate is 3.5%.", 1.0),

@@ -66,7 +66,9 @@ def final_answer(completion: str) -> str:
     return completion
 
 
-_GROUP_SEPARATOR = r"\\[,;: ]|\{,\}|,\\!|~"  # LaTeX's thin and other spaces, `{,}`, `,\!`
+_GROUP_SEPARATOR = r"[ \t]*(?:\\[,;: ]|~)[ \t]*|\{,\}|,\\!"  # LaTeX's thin and other spaces (spaced or not), `{,}`, `,\!`
+_DECIMAL_COMMA = re.compile(r"(?<![\d.,}])(\d+)\{,\}(\d+)(?![\d{])")
+"""`0{,}5`, `3{,}14`: LaTeX's decimal comma, where no thousands group follows (a chain `1{,}2{,}3` is a list)."""
 
 
 def _grouped(separator: str) -> re.Pattern:
@@ -77,10 +79,11 @@ _GROUPED, _SPACE_GROUPED = _grouped(_GROUP_SEPARATOR), _grouped(_GROUP_SEPARATOR
 
 
 def joined_digit_groups(text: str, spaces: bool = False) -> str:
-    """`1\\,000`, `10,\\!080`, `1{,}000` (and with `spaces`, `1 000`) as `1000`: math-verify reads `1\\,000` as
-    1 × 000, which verified it for a ground truth of 0 and not for 1000. `spaces` for an extracted answer only: in prose
-    a space between numbers is no thousands separator."""
-    return (_SPACE_GROUPED if spaces else _GROUPED).sub(lambda match: re.sub(r"\D", "", match[0]), text)
+    """`1\\,000`, `2 \\, 000`, `10,\\!080`, `1{,}000` (and with `spaces`, `1 000`) as `1000`: math-verify reads `1\\,000` as
+    1 × 000, which verified it for a ground truth of 0 and not for 1000. A decimal comma, `0{,}5`, as `0.5`. `spaces`
+    for an extracted answer only: in prose a space between numbers is no thousands separator."""
+    joined = (_SPACE_GROUPED if spaces else _GROUPED).sub(lambda match: re.sub(r"\D", "", match[0]), text)
+    return _DECIMAL_COMMA.sub(r"\1.\2", joined)
 
 
 def normalized(answer: str) -> str:
