@@ -353,3 +353,21 @@ def test_a_reference_whose_answer_a_cut_sample_also_wrote_may_still_be_chosen(sh
     result = BatchOutcome()
     assert settle_prompt(config, merged, [PromptScores(scores=[42.0, 41.0])], result) == PAIR
     assert result.rows[0]["chosen"][-1]["content"] == "42" and result.rows[0]["rejected"][-1]["content"] == "41"
+
+
+def test_a_chosen_reference_reads_the_same_in_its_turn_and_in_reference_completion():
+    """A dataset's reference with whitespace around it (a trailing newline, often): the candidate was stripped, as
+    completions are, and `reference_completion` was not, so a pair that chose the reference told two texts."""
+    from rsample.workers.backends.base import Completion, PromptCompletions
+    from rsample.workers.common.messages import PromptScores
+    from rsample.workers.stages.aggregate import settle_prompt
+    from rsample.workers.stages.dedup import merge_candidates
+
+    record = PromptRecord("p", [{"role": "user", "content": "capital of France?"}], " Paris\n", row_index=0)
+    merged = merge_candidates(record, PromptCompletions([Completion("Lyon", 2, "stop")]), True)
+    result = BatchOutcome()
+    one_model = RunConfig(run_id="r", data=DataSelection("d"), policy="p", reward_models=("rm",))
+    assert settle_prompt(one_model, merged, [PromptScores(scores=[0.1, 0.9])], result) == PAIR
+    [row] = result.rows
+    assert row["chosen_finish_reason"] == "reference"
+    assert row["chosen"][-1]["content"] == row["reference_completion"] == "Paris"

@@ -44,6 +44,12 @@ class PromptRecord:
     reference_reasoning: str | None = None
     """The reference turn's own `thinking`, where the dataset gives one (gpt-oss's format): kept for a harmony policy's run."""
 
+    @property
+    def reference_text(self) -> str | None:
+        """The reference as a candidate's text and in the output: without the whitespace around it, as completions are
+        stored (a chosen reference read otherwise than its `reference_completion` column)."""
+        return None if self.reference_completion is None else self.reference_completion.strip()
+
     def to_dict(self) -> dict[str, Any]:
         return _fields_set(self)
 

@@ -35,7 +35,7 @@ def merge_candidates(record: PromptRecord, result: PromptCompletions, include_re
         # Beside a harmony policy's candidates the reference has its dataset's thinking, else an empty one: gpt-oss's
         # template renders `thinking` whenever the key is there, and `datasets` gives a missing key as None, which it cannot.
         harmony = any(completion.reasoning is not None for completion in result.completions)
-        reference = Completion(record.reference_completion.strip(), 0, "reference", (record.reference_reasoning or "") if harmony else None)
+        reference = Completion(record.reference_text, 0, "reference", (record.reference_reasoning or "") if harmony else None)
         reference_key = _key(reference, reasoning_end)
         kept, indices = groups.get(reference_key, (reference, []))
         groups[reference_key] = (kept, [*indices, total])

@@ -30,7 +30,7 @@ def pair_row(prompt: GeneratedPrompt, chosen_index: int, rejected_index: int, sc
         "rejected": [*messages, rejected.assistant_turn()],
         "chosen_score": _by_model(model_names, scores_by_model, chosen_index),
         "rejected_score": _by_model(model_names, scores_by_model, rejected_index),
-        "reference_completion": prompt.prompt.reference_completion,
+        "reference_completion": prompt.prompt.reference_text,
         "reference_completion_score": (
             _by_model(model_names, scores_by_model, reference_index) if reference_index is not None else None
         ),
