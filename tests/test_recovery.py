@@ -355,3 +355,29 @@ def test_a_job_put_back_after_its_run_finished_writes_nothing(redis_server, redi
     assert not redis_client.exists(keys.batch("r3"), keys.scores("r3"))
     assert redis_client.hget(keys.stats, "rows_generated") == generated
     assert make_queue(redis_client, keys.score_queue(0)).count == 0
+
+
+def test_a_scored_batch_whose_scores_redis_evicted_is_scored_again_not_skipped(redis_server, redis_client, tmp_path):
+    """Under an evicting maxmemory-policy, Redis dropped a ready batch's scores and kept its payload: the collector
+    set the batch aside as unprocessable (`KeyError: b'0'`), skipping its rows for good."""
+    from conftest import read_jsonl, rsample
+    from faults import outcome_rows
+
+    coordinator = make_coordinator(redis_client, tmp_path)
+    run_id, keys = coordinator.config.run_id, RunKeys(coordinator.config.run_id)
+    try:
+        coordinator.feeder.top_up()  # two jobs of two prompts
+        rsample("worker", "both", "--redis-url", redis_server.url, "--run", run_id, "--burst")
+        scored = redis_client.keys(keys.scores("*"))
+        assert len(scored) == 2 and redis_client.xlen(keys.ready) == 2
+        redis_client.delete(scored[0])  # evicted
+        assert coordinator.collector.step(block_ms=None) == 2  # the other batch's two rows
+        assert make_queue(redis_client, keys.score_queue(0)).count == 1  # the evicted one's scoring, again
+        rsample("worker", "reward", "--redis-url", redis_server.url, "--run", run_id, "--burst")
+        assert coordinator.collector.step(block_ms=None) == 2
+    finally:
+        coordinator.close()
+    outcomes = outcome_rows(tmp_path / "pairs.jsonl")
+    assert sorted(o["row_index"] for o in outcomes) == [0, 1, 2, 3]
+    assert not [o for o in outcomes if o["outcome"] == "skipped"], outcomes
+    assert len(read_jsonl(tmp_path / "pairs.jsonl")) == sum(o["outcome"] == "pair" for o in outcomes) > 0

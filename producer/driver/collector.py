@@ -21,6 +21,7 @@ from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import DUPLICATE, SKIPPED, UNPROCESSABLE, GeneratedBatch, Outcome, is_failure_reason
 from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.queues import enqueue_scoring
 from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class Collector:
                 said |= {outcome["row_index"] for outcome in json.loads(fields["rows"])}
             try:
                 result, batch_returned = self._settle(fields, payloads)
+            except ScoresLost as lost:  # the batch stays, and is scored again by the models whose scores are gone
+                self._score_again(fields["batch_id"], lost.models)
+                continue
             except Exception as exc:  # never retried forever: set aside, reported, its prompts settled when known
                 result, batch_returned = self._set_aside(entry_id, fields, payloads, exc)
             deliveries.append(result)
@@ -147,8 +151,26 @@ class Collector:
         batch = GeneratedBatch.from_dict(json.loads(raw))
         verdicts = []
         if failure is None and any(p.needs_scoring(self.config.min_candidates_scored) for p in batch.prompts):
-            verdicts = [json.loads(stored_scores[str(m).encode()]) for m in range(len(self.config.reward_models))]
+            models = range(len(self.config.reward_models))
+            if missing := [m for m in models if str(m).encode() not in stored_scores]:
+                raise ScoresLost(missing)
+            verdicts = [json.loads(stored_scores[str(m).encode()]) for m in models]
         return aggregate_batch(self.config, batch, verdicts, failure), len(batch.prompts)
+
+    def _score_again(self, batch_id: str, models: list[int]) -> None:
+        """A batch announced as scored whose scores Redis no longer holds (evicted under an evicting maxmemory-policy):
+        its rows were skipped as unprocessable. Its payload is there, so its scoring jobs run again."""
+        log.warning("run %s batch %s: Redis lost the scores of reward model(s) %s (evicted?): scoring it again",
+                    self.config.run_id, batch_id, ", ".join(map(str, models)))
+        enqueue_scoring(self.client, self.config, batch_id, models)
+
+
+class ScoresLost(Exception):
+    """A ready batch lacks some of its reward models' scores: `models`."""
+
+    def __init__(self, models: list[int]):
+        super().__init__(f"no scores of reward model(s) {models}")
+        self.models = models
 
 
 def one_delivery_each(deliveries: list[BatchOutcome], settled: Callable[[Outcome], bool]) -> BatchOutcome:

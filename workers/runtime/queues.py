@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import redis
 from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
@@ -63,9 +65,10 @@ def enqueue_generation(client: redis.Redis, config: RunConfig, batch_id: str, pr
     make_queue(client, RunKeys(config.run_id).generate_queue).enqueue_many([generation_job_data(config, batch_id, prompts)], pipeline=pipeline)
 
 
-def enqueue_scoring(client: redis.Redis, config: RunConfig, batch_id: str) -> None:
+def enqueue_scoring(client: redis.Redis, config: RunConfig, batch_id: str, models: Iterable[int] | None = None) -> None:
+    """A batch's scoring jobs: one per reward model (of `models`, default all)."""
     keys = RunKeys(config.run_id)
-    for model_index in range(len(config.reward_models)):
+    for model_index in range(len(config.reward_models)) if models is None else models:
         make_queue(client, keys.score_queue(model_index)).enqueue_call(
             SCORE_FUNCTION,
             args=[config.run_id, batch_id, model_index],
