@@ -3,7 +3,7 @@ import redis
 
 from rsample.workers.common.errors import RsampleError
 from rsample.workers.runtime.connection import connect, redact_url
-from rsample.workers.runtime.embedded_redis import free_port
+from rsample.workers.runtime.embedded_redis import EmbeddedRedis, free_port
 
 
 def test_redact_url_hides_only_the_password():
@@ -155,3 +155,21 @@ def test_a_worker_started_while_redis_restarts_waits_for_it_when_told_to(tmp_pat
         assert refused.returncode == 2 and "cannot reach Redis" in refused.stderr  # without it, at once, as before
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("database", ["3x", "abc", "0/1"])
+def test_a_database_that_is_no_number_is_refused_not_read_as_0(redis_server, database):
+    """redis-py reads `/3x` as database 0, silently: a typo put the run into another tenant's database."""
+    with pytest.raises(RsampleError, match=f"names database '{database}', which is no number"):
+        connect(f"{redis_server.url.rsplit('/', 1)[0]}/{database}", patient=False)
+    assert connect(f"{redis_server.url.rsplit('/', 1)[0]}/3").connection_pool.connection_kwargs["db"] == 3
+
+
+def test_a_redis_that_asks_for_a_password_the_url_lacks_says_so(tmp_path):
+    with EmbeddedRedis(data_dir=tmp_path / "redis", password="pw-9c1") as server:
+        without = server.url.replace(":pw-9c1@", "")
+        assert "pw-9c1" not in without
+        with pytest.raises(RsampleError, match="asks for a password, which the URL does not give"):
+            connect(without, patient=False)
+        with pytest.raises(RsampleError, match="refused the credentials"):
+            connect(server.url.replace("pw-9c1", "wrong"), patient=False)

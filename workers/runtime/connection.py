@@ -119,6 +119,16 @@ class PatientRetry(Retry):
         return result
 
 
+def _check_database(url: str) -> None:
+    """redis-py reads a database it cannot parse (`/3x`, `/abc`) as 0: a typo put a run in another tenant's database."""
+    parsed = urlsplit(url)
+    database = parsed.path.strip("/")
+    if parsed.scheme in ("redis", "rediss") and database and not database.isdigit() and "@" not in database:  # "@": a
+        # password with an unencoded "/", which the connection's own error names
+        raise RsampleError(f"the Redis URL {redact_url(url)} names database {database!r}, which is no number "
+                           "(redis://host:port/N; 0 without one)")
+
+
 def connect(url: str, patient: bool = True, wait_seconds: float = 0) -> redis.Redis:
     """A client for `url` that has answered a PING: an unreachable server fails here, in one line.
 
@@ -126,6 +136,7 @@ def connect(url: str, patient: bool = True, wait_seconds: float = 0) -> redis.Re
     fail at once (status, enqueue). `wait_seconds`: how long a server that cannot be reached (not one that refuses
     the credentials) is waited for first, as a worker started beside a Redis that is restarting needs.
     """
+    _check_database(url)
     try:
         probe = redis.Redis.from_url(url, socket_connect_timeout=defaults.REDIS_CONNECT_TIMEOUT, retry=Retry(ExponentialBackoff(), 0))
         deadline, said = time.monotonic() + wait_seconds, False
@@ -142,6 +153,9 @@ def connect(url: str, patient: bool = True, wait_seconds: float = 0) -> redis.Re
                 time.sleep(0.5)
         probe.close()
     except redis.AuthenticationError as exc:
+        if urlsplit(url).password is None and "password=" not in urlsplit(url).query:
+            raise RsampleError(f"Redis at {redact_url(url)} asks for a password, which the URL does not give "
+                               "(redis://:PASSWORD@host:port/db)") from None
         raise RsampleError(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
         raise RsampleError(f"cannot reach Redis at {redact_url(url)}: {_without_the_password(str(exc), url)}") from None
