@@ -425,6 +425,20 @@ def test_a_script_that_meets_a_full_redis_is_waited_out_and_applied_once(redis_s
         patient.hincrby("not-a-hash", "field", 1)
 
 
+def test_a_hand_off_retried_after_a_timeout_knows_its_own_result(redis_client):
+    """A hand-off that Redis applied but whose answer a timeout lost (`DEBUG SLEEP`) is retried by the client: the
+    second try found the batch written and the worker warned that it was generated twice, which it was not."""
+    from rsample.workers.stages.generate import HAND_OFF
+
+    hand_off = redis_client.register_script(HAND_OFF)
+    keys = ["b", "live", "stats", "ready"]
+    assert hand_off(keys=keys, args=['{"texts": 1}', "b1", 2, 6, 60, 0.5, 0, 1]) == 1
+    assert hand_off(keys=keys, args=['{"texts": 1}', "b1", 2, 6, 60, 0.5, 0, 1]) == 4  # its own: counted once
+    assert hand_off(keys=keys, args=['{"texts": 2}', "b1", 2, 6, 60, 0.5, 0, 1]) == 0  # another sampling: generated before
+    assert redis_client.hget("stats", "rows_generated") == b"2" and redis_client.xlen("ready") == 1
+    assert redis_client.get("b") == b'{"texts": 1}'
+
+
 def test_a_full_redis_is_waited_out_by_workers_and_coordinator_and_said_in_one_line(redis_server, redis_client, dataset, tmp_path):
     """Other tenants filled a shared Redis (maxmemory, noeviction): it refuses writes, and the coordinator and every worker
     died with a traceback (`OutOfMemoryError`). They now wait, say why, and go on once memory is freed; a command that

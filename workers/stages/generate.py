@@ -32,6 +32,9 @@ if redis.call('hexists', KEYS[3], 'finished_at') == 1 then
   return 2
 end
 if not redis.call('set', KEYS[1], ARGV[1], 'NX') then
+  if redis.call('get', KEYS[1]) == ARGV[1] then
+    return 4
+  end
   return 0
 end
 redis.call('hdel', KEYS[2], ARGV[2])
@@ -48,7 +51,8 @@ return 1
 """A batch's result and its counts in one step (readers see the live entry or the final counts, never both): a worker
 killed between them left a result whose requeued job, finding it, counted nothing, and the run's figures short. Nothing
 for a finished run (2): its every row is written, and a payload written then would never be read nor expire. Nothing
-for a job that Redis lost while it ran (3, `lost_by_redis`; KEYS[5], the job's hash, where a job runs this)."""
+for a job that Redis lost while it ran (3, `lost_by_redis`; KEYS[5], the job's hash, where a job runs this). This very
+result found written (4): the script ran before, and its answer was lost to a timeout that the client then retried."""
 
 
 def batch_seed(config: RunConfig, first_row: int) -> int:
@@ -122,7 +126,9 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
         log.info("batch %s of run %s: the run finished while it was generated; nothing written", batch_id, run_id)
         client.hdel(keys.live, batch_id)
         return {"prompts": len(records), "completions": 0, "tokens": 0, "seconds": round(seconds, 3), "finished": True}
-    if not handed_off:
+    if handed_off == 4:
+        log.info("batch %s of run %s: its result was written by a try whose answer Redis's timeout lost", batch_id, run_id)
+    elif not handed_off:
         # This job ran before (its worker lost Redis past the heartbeat TTL, and the job was requeued). Sampling is
         # not bit-reproducible, so this run's texts differ: the first payload wins, and scores given to it stay right.
         log.warning("batch %s of run %s was generated before: keeping the first result", batch_id, run_id)
