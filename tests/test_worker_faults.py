@@ -252,3 +252,23 @@ def test_a_worker_whose_clock_is_behind_keeps_its_jobs(redis_server, redis_clien
         worker.wait(timeout=60)
     assert "enqueued for retry" not in done.stderr and "abandoned" not in done.stderr, done.stderr  # RQ's sweep says so
     assert assert_exactly_once(out, None, rows) == {"pair": 6}
+
+
+def test_a_worker_restarted_in_its_container_is_not_taken_for_the_one_that_died_there(redis_server, redis_client, tmp_path):
+    """A container restarted after its worker died uncleanly (OOM killer, `docker kill`) has the same hostname and PID:
+    the worker took the dead one's name, whose key RQ keeps up to two minutes, and RQ refused it ("There exists an
+    active worker named ..."), restart after restart, each reloading the models."""
+    import socket
+
+    from rq import Worker
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"question number {i}"} for i in range(2)])
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+                     "--backend", "echo", "--reward-backend", "length").stdout.strip()
+    queue = make_queue(redis_client, RunKeys(run_id).generate_queue)
+    Worker([queue], connection=redis_client, name=f"rsample-generate-{socket.gethostname()}-4242").register_birth()  # died there
+    as_pid_4242 = "import os, sys; os.getpid = lambda: 4242; from rsample.producer.cli import main; main(sys.argv[1:])"
+    worker = subprocess.run([sys.executable, "-c", as_pid_4242, "worker", "generate", "--redis-url", redis_server.url, "--run", run_id,
+                             "--burst"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    assert "There exists an active worker" not in worker.stderr

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from typing import Callable, NoReturn
 
 from rq import SimpleWorker, worker_registration
@@ -352,6 +353,12 @@ def follow_the_runs(client, context: worker_context.WorkerContext, role: str, ex
     return thread
 
 
+def worker_name(role: str) -> str:
+    """Unique also across restarts of one container: its hostname and PID are the same each time, and RQ refused a worker
+    named as one that died uncleanly (OOM-killed, `docker kill`) while that one's key lived on (up to two minutes)."""
+    return f"rsample-{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 def pin_gpu(gpu: str | None) -> None:
     """Must run before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation."""
     if gpu is not None:
@@ -417,7 +424,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
                 context.generator = load_generator(config)
                 log.info("loaded policy %s in %.1f s", config.policy, time.perf_counter() - started)
         slots = slots or default_slots(role, config.models, [config.reward_models[i] for i in indices])
-        base_name = f"rsample-{role}-{socket.gethostname()}-{os.getpid()}"
+        base_name = worker_name(role)
         while True:
             keys = RunKeys(config.run_id)
             # scoring queues first: a batch generated is scored before the next is generated
