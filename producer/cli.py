@@ -425,14 +425,20 @@ def enqueue(redis_url, **params) -> None:
                                                            "(the workers `rsample workers` starts).")
 @click.option("--wait-for-redis", "wait_for_redis", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Seconds to wait at the start for a Redis that cannot be reached yet (a container started before it).")
+@click.option("--stop-timeout", "stop_timeout", type=click.FloatRange(min=0), envvar="RSAMPLE_STOP_TIMEOUT", show_envvar=True,
+              help="Seconds a stop signal waits for the running jobs before it releases them, unspent, and exits: set it "
+                   "under the grace period of whatever stops the worker (Docker's stop_grace_period, Kubernetes' "
+                   "terminationGracePeriodSeconds), whose SIGKILL would cost each job a retry. Default: wait for them.")
 @allow_reward_fn_option
 @worker_trust_option
-def worker(role, redis_url, run_id, gpu, indices, burst, slots, follow, wait_for_redis, allow_functions, trust_remote_code) -> None:
+def worker(role, redis_url, run_id, gpu, indices, burst, slots, follow, wait_for_redis, stop_timeout, allow_functions,
+           trust_remote_code) -> None:
     """Start a long-lived worker: loads its model(s) once, then serves the run's jobs (without --run, the runs in turn:
     the next one with the models it holds, else it exits to be started again for the next run's)."""
     from rsample.workers.runtime.worker import serve
 
-    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots, allow_functions, trust_remote_code, follow, wait_for_redis)
+    serve(role, redis_url, run_id, gpu, list(indices) or None, burst, slots, allow_functions, trust_remote_code, follow, wait_for_redis,
+          stop_timeout)
 
 
 @main.command()

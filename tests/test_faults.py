@@ -342,10 +342,12 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server, redis_client, long_job_models, dataset, tmp_path):
+@pytest.mark.parametrize("stop", ["twice", "once-with-stop-timeout"])
+def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server, redis_client, long_job_models, dataset, tmp_path, stop):
     """Ctrl-C in `rsample run` reaches a worker twice (its own SIGINT, then its parent's SIGTERM): it exits at once,
     and the job it leaves is requeued at the coordinator's next sweep, not after the heartbeat TTL (a minute by
-    default), during which a re-run would wait and `rsample status` would count a worker that is gone."""
+    default), during which a re-run would wait and `rsample status` would count a worker that is gone. Docker and
+    Kubernetes send one SIGTERM and then SIGKILL, which cost the job a retry: `--stop-timeout` is the second signal."""
     import signal
 
     from faults import running_entries
@@ -366,13 +368,14 @@ def test_a_worker_stopped_twice_releases_its_job_for_the_next_sweep(redis_server
     queue_name = RunKeys(run_id).generate_queue
     Feeder(redis_client, load_run(redis_client, run_id), Ledger(tmp_path / "pairs.jsonl", None, run_id)).top_up()  # as aggregate does
     log = tmp_path / "worker.log"
-    worker = start("worker", "generate", "--redis-url", url, log=log)
+    worker = start("worker", "generate", "--redis-url", url, *(["--stop-timeout", "1"] if stop != "twice" else []), log=log)
     try:
         wait_for(lambda: running_entries(redis_client, queue_name), 120, "a running job", interval=0.05)
         [entry] = running_entries(redis_client, queue_name)
         job = SafeJob.fetch(entry.split(":")[0], connection=redis_client, serializer=JSONSerializer)
         assert job.retries_left == 2
-        worker.send_signal(signal.SIGINT)
+        if stop == "twice":
+            worker.send_signal(signal.SIGINT)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) != 0
     finally:

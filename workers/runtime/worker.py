@@ -180,6 +180,9 @@ class MainWorker(HeartbeatWorker):
     sigint_ignored = False
     """SIGINT was ignored when this process started, as a shell's `cmd &` leaves it: Ctrl-C at the terminal is not for
     it, and RQ's handlers must not take it (the rest of its run, which ignores it too, would go on without it)."""
+    stop_timeout: float | None = None
+    """Seconds a stop waits for the running jobs before it becomes the second signal: Docker and Kubernetes send one
+    SIGTERM, then SIGKILL after their grace period, which cost every running job one of its retries."""
 
     def _install_signal_handlers(self):
         super()._install_signal_handlers()
@@ -198,7 +201,11 @@ class MainWorker(HeartbeatWorker):
                 context.stopping, context.moving_to = True, None
             if first:  # RQ says nothing at our log level: the worker seemed to ignore Ctrl-C
                 log.warning("worker %s: stopping once its running jobs are done (a second stop signal stops it now, releasing "
-                            "them)", self.name)
+                            "them%s)", self.name, f"; sent in {self.stop_timeout:g} s" if self.stop_timeout is not None else "")
+                if self.stop_timeout is not None:
+                    timer = threading.Timer(self.stop_timeout, os.kill, (os.getpid(), signal.SIGTERM))
+                    timer.daemon = True
+                    timer.start()
 
     def _keep_sigint_ignored(self) -> None:
         if self.sigint_ignored:
@@ -375,13 +382,14 @@ def pin_gpu(gpu: str | None) -> None:
 def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None = None,
           reward_model_indices: list[int] | None = None, burst: bool = False, slots: int | None = None,
           allow_functions: tuple[str, ...] = (), trust_remote_code: tuple[str, ...] = (), follow: bool = False,
-          wait_for_redis: float = 0) -> None:
+          wait_for_redis: float = 0, stop_timeout: float | None = None) -> None:
     """`allow_functions`: the `fn:` rewards this worker may import, besides installed `rsample.rewards` entry points.
     `trust_remote_code`: the models whose repository code this worker lets run, of those the run names. `follow`: with
     `run_id`, move on with the runs afterwards as a worker without one does, to runs of the same models (the workers of
     `rsample workers`, whose supervisor starts them again for other models). `wait_for_redis`: seconds a Redis that
     cannot be reached is waited for at the start (`rsample run` starts its workers with it: a Redis restarting then
-    is no reason to end the run)."""
+    is no reason to end the run). `stop_timeout`: seconds after a stop signal before a second one is sent, which
+    releases the running jobs without using their retries (`MainWorker.stop_timeout`)."""
     pin_gpu(gpu)
     from rq.serializers import JSONSerializer
 
@@ -398,6 +406,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     if slots is not None and slots < 1:
         raise RsampleError(f"--slots must be at least 1 (got {slots})")
     MainWorker.sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # before anything installs a handler
+    MainWorker.stop_timeout = stop_timeout
     take_cpu_share()
     client = connect(redis_url, wait_seconds=wait_for_redis)
     if run_id is None and not list_run_ids(client):  # started before any run, as `rsample workers` may be: it waits
