@@ -205,7 +205,7 @@ def test_compose_passes_secrets_through_from_the_environment():
     assert {"dashboard", "enqueue", "aggregate", "generate-0", "generate-1", "reward", "status"} <= set(rsample)
     for name in rsample:
         environment = resolved[name]["environment"]
-        assert environment["HF_TOKEN"] == "hf_from_the_shell", name
+        assert environment.get("HF_TOKEN") == (None if name in NO_HUB else "hf_from_the_shell"), name
         assert environment["RSAMPLE_REDIS_URL"] == "redis://:pw-from-the-shell@redis:6379/0", name
 
     elsewhere = run_compose("--env-file", os.devnull, "config", "--format", "json",
@@ -345,13 +345,36 @@ def test_enqueue_is_one_shot_and_the_coordinator_waits_for_it(services):
     assert extra[-4:] == ["--sft-out", "/data/out/run/sft.jsonl", "--push-to-hub", "me/pairs"]
     for name in ("generate-0", "generate-1", "reward"):
         assert services[name]["depends_on"]["enqueue"]["condition"] == "service_completed_successfully", name
+    # The run is named after its folder: the same name with other settings is refused by the one-shot `enqueue`,
+    # not by an `aggregate` that `restart: on-failure` would start again forever
+    for env in ({}, {"RSAMPLE_RUN_NAME": "second"}):
+        enqueue, aggregate_args = command_args(services["enqueue"], env), command_args(aggregate, env)
+        name = env.get("RSAMPLE_RUN_NAME", "run")
+        assert enqueue[enqueue.index("--run-id") + 1] == aggregate_args[aggregate_args.index("--run") + 1] == name
+
+
+def test_a_stopping_gpu_worker_releases_its_jobs_before_docker_kills_it(compose, services):
+    """Docker sends SIGTERM, then SIGKILL after stop_grace_period: a job still running then used one of its retries."""
+    for name, service in services.items():
+        if service.get("image") != compose["x-gpu-worker"]["image"]:
+            continue
+        grace = re.fullmatch(r"(\d+)([sm])", service["stop_grace_period"])
+        grace_seconds = int(grace[1]) * (60 if grace[2] == "m" else 1)
+        assert 0 < float(expand(service["environment"]["RSAMPLE_STOP_TIMEOUT"])) <= grace_seconds - 15, name
+        assert "--wait-for-redis" in service["command"], name  # after a reboot, Redis may come up after the workers
+
+
+NO_HUB = ("dashboard", "status")
+"""Services that never reach the Hub get no HF_TOKEN (the dashboard has no login)."""
 
 
 def test_redis_url_is_set_once_for_every_rsample_service(compose):
-    shared = compose["x-rsample-env"]
-    assert set(shared) == {"RSAMPLE_REDIS_URL", "HF_TOKEN"}
+    url = compose["x-redis-env"]
+    assert set(url) == {"RSAMPLE_REDIS_URL"} and compose["x-rsample-env"] == {**url, "HF_TOKEN": "${HF_TOKEN:-}"}
     for name, service in rsample_services(compose).items():
-        assert service["environment"] == shared, name
+        environment = service["environment"]
+        assert environment["RSAMPLE_REDIS_URL"] == url["RSAMPLE_REDIS_URL"], name
+        assert ("HF_TOKEN" in environment) is (name not in NO_HUB), name
         assert "--redis-url" not in service.get("command", []), name  # from the environment, not argv
     assert len(re.findall(r"^\s*RSAMPLE_REDIS_URL:", COMPOSE.read_text(), re.MULTILINE)) == 1
 
