@@ -684,6 +684,35 @@ def test_a_supervisor_pinned_to_a_run_gone_from_redis_waits_for_it_then_exits(tm
                                     "(--run): exiting")
 
 
+def test_a_supervisor_pinned_to_a_forgotten_run_exits_while_its_workers_live(tmp_path, monkeypatch, capsys):
+    """As above, where the workers live on (idle, serving the forgotten run for ever): the run was looked at only when a
+    worker exited, so the supervisor never did, as the README says it does."""
+    import threading
+
+    from rsample.workers.runtime.supervisor import StopSignals, Supervisor, Unservable, WorkerSpec
+
+    class NoSignals(StopSignals):
+        def install(self):
+            return self
+
+    monkeypatch.setattr(defaults, "PINNED_RUN_GONE_SECONDS", 1.5)
+    monkeypatch.setattr(defaults, "RUN_CHECK_SECONDS", 0.1)
+    stops = NoSignals()
+    supervisor = Supervisor([WorkerSpec("generate", (0,))], "redis://unused", "gone", tmp_path, stops=stops,
+                            blocked=lambda run: Unservable(f"run {run} is gone", run_gone=True))
+    monkeypatch.setattr(supervisor, "command", lambda spec: [sys.executable, "-c", "import time; time.sleep(120)"])  # alive, idle
+    ended = {}
+    thread = threading.Thread(target=lambda: ended.setdefault("code", supervisor.run()), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():  # the old supervisor: stopped as a Ctrl-C would
+        stops.count = 2
+        thread.join(30)
+    assert ended == {"code": 1}, capsys.readouterr().out
+    assert "has been gone from Redis for 1.5 s (forgotten?), and these workers serve it alone (--run): exiting" in capsys.readouterr().out
+    assert supervisor.children[0].process.poll() is not None  # its worker stopped with it
+
+
 def test_a_supervisor_pinned_to_a_run_started_while_redis_restarts_waits_for_it(tmp_path, capsys):
     """Its settings were read with no retry: a Redis restarting then ended it with a ConnectionError's traceback."""
     import threading

@@ -260,6 +260,9 @@ class Supervisor:
         checked = time.monotonic()
         while not self.signals:
             self._poll()
+            if self.next_run is None and time.monotonic() - checked >= defaults.RUN_CHECK_SECONDS:
+                checked = time.monotonic()
+                self._blocked()  # a pinned run's absence is timed while its workers live, too: they would serve it for ever
             if all(child.given_up for child in self.children):
                 self.say("every worker has been given up: exiting")
                 return 1
