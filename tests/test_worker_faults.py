@@ -272,3 +272,25 @@ def test_a_worker_restarted_in_its_container_is_not_taken_for_the_one_that_died_
                              "--burst"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     assert "There exists an active worker" not in worker.stderr
+
+
+def test_a_worker_without_run_waits_for_a_run_not_yet_finished(redis_server, redis_client, tmp_path):
+    """With only finished runs in Redis, `rsample worker` loaded the newest one's models to serve nothing, and then
+    exited (to be started again) once a run of other models came."""
+    from faults import start
+
+    first = write_jsonl(tmp_path / "first.jsonl", CHAT_ROWS)
+    echo = ["--policy", "p", "--reward-model", "r", "--backend", "echo", "--reward-backend", "length"]
+    rsample("run", "--redis-url", redis_server.url, "--dataset", str(first), *echo, "--out", str(tmp_path / "pairs.jsonl"), "--no-progress")
+    log = tmp_path / "worker.log"
+    worker = start("worker", "both", "--redis-url", redis_server.url, log=log)
+    try:
+        wait_for(lambda: "waiting for a run: this Redis holds none not yet finished" in log.read_text(), 60, "the worker to wait",
+                 interval=0.1)
+        assert "loaded" not in log.read_text()
+        second = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(write_jsonl(tmp_path / "second.jsonl", CHAT_ROWS[:3])),
+                         *echo).stdout.strip()
+        wait_for(lambda: f"serving run {second}" in log.read_text(), 60, "the worker to serve the new run", interval=0.1)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)

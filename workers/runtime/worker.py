@@ -360,6 +360,20 @@ def follow_the_runs(client, context: worker_context.WorkerContext, role: str, ex
     return thread
 
 
+def _wait_for_a_run(client, any_run: bool) -> None:
+    """Until this Redis holds a run not yet finished (`any_run`: a run at all, as `--burst` takes the newest): a worker
+    loaded the models of a finished run, to serve nothing, and then exited to be started again for the next run's."""
+    from rsample.workers.runtime.run_state import list_run_ids, run_to_serve
+
+    def found() -> bool:
+        return bool(list_run_ids(client)) if any_run else run_to_serve(client) is not None
+
+    if not found():
+        log.info("waiting for a run: this Redis holds none %s (start one with `rsample enqueue`)", "yet" if any_run else "not yet finished")
+        while not found():
+            time.sleep(defaults.RUN_CHECK_SECONDS)
+
+
 def worker_name(role: str) -> str:
     """Unique also across restarts of one container: its hostname and PID are the same each time, and RQ refused a worker
     named as one that died uncleanly (OOM-killed, `docker kill`) while that one's key lived on (up to two minutes)."""
@@ -398,7 +412,7 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     from rsample.workers.backends.reward_specs import same_model
     from rsample.workers.runtime.connection import connect
     from rsample.workers.runtime.keys import RunKeys
-    from rsample.workers.runtime.run_state import list_run_ids, load_run, run_to_serve
+    from rsample.workers.runtime.run_state import load_run, run_to_serve
     from rsample.workers.runtime.safe_job import SafeJob
 
     if role not in WORKER_ROLES:
@@ -409,10 +423,8 @@ def serve(role: str, redis_url: str, run_id: str | None = None, gpu: str | None 
     MainWorker.stop_timeout = stop_timeout
     take_cpu_share()
     client = connect(redis_url, wait_seconds=wait_for_redis)
-    if run_id is None and not list_run_ids(client):  # started before any run, as `rsample workers` may be: it waits
-        log.info("waiting for a run: this Redis holds none yet (start one with `rsample enqueue`)")
-        while not list_run_ids(client):
-            time.sleep(defaults.RUN_CHECK_SECONDS)
+    if run_id is None:  # started before any run, as `rsample workers` may be, or once they are finished: it waits
+        _wait_for_a_run(client, any_run=burst)
 
     def allowed(config: RunConfig) -> RunConfig:  # the models whose code runs: the run's, of those this worker allows
         return dataclasses.replace(config, trust_remote_code=tuple(
