@@ -60,6 +60,20 @@ class ForgettingGenerator(EchoGenerator):
         return super().generate(prompts, sampling, seed)
 
 
+class SlowClosingGenerator(EchoGenerator):
+    """Echo, whose shutdown takes 3 s, as a vLLM engine's does."""
+
+    @classmethod
+    def from_run(cls, config) -> SlowClosingGenerator:
+        return cls()
+
+    def close(self) -> None:
+        import time
+
+        time.sleep(3)
+        print("closed", flush=True)
+
+
 if __name__ == "__main__":
     from rsample.producer.cli import main
     from rsample.workers.backends import registry

@@ -157,12 +157,14 @@ def test_a_worker_started_while_redis_restarts_waits_for_it_when_told_to(tmp_pat
         server.close()
 
 
-@pytest.mark.parametrize("database", ["3x", "abc", "0/1"])
+@pytest.mark.parametrize("database", ["3x", "abc", "\u00b2", " 3x"])
 def test_a_database_that_is_no_number_is_refused_not_read_as_0(redis_server, database):
     """redis-py reads `/3x` as database 0, silently: a typo put the run into another tenant's database."""
     with pytest.raises(RsampleError, match=f"names database '{database}', which is no number"):
         connect(f"{redis_server.url.rsplit('/', 1)[0]}/{database}", patient=False)
-    assert connect(f"{redis_server.url.rsplit('/', 1)[0]}/3").connection_pool.connection_kwargs["db"] == 3
+    base = redis_server.url.rsplit("/", 1)[0]
+    for accepted, db in (("/3", 3), ("/%33", 3), ("/abc?db=3", 3), ("/", 0), ("", 0)):  # as redis-py reads them
+        assert connect(base + accepted).connection_pool.connection_kwargs.get("db", 0) == db, accepted
 
 
 def test_a_redis_that_asks_for_a_password_the_url_lacks_says_so(tmp_path):

@@ -305,6 +305,14 @@ def test_a_numeric_answer_must_be_a_number_not_the_question_restated(math_verifi
         ("1500", "\\boxed{1{,}500}", 1.0),
         ("1.5", "\\boxed{1{,}500}", 0.0),
         ("1.2", "\\boxed{1{,}2{,}3}", 0.0),  # a list
+        ("(1, 2)", "\\boxed{(1{,}2)}", 1.0),  # a pair, a set, an interval: no decimal comma inside brackets
+        ("1.2", "\\boxed{(1{,}2)}", 0.0),
+        ("\\{1, 2\\}", "\\boxed{\\{1{,}2\\}}", 1.0),
+        ("1.2", "\\boxed{\\{1{,}2\\}}", 0.0),
+        ("[1, 5]", "\\boxed{[1{,}5]}", 1.0),
+        ("1.5", "\\boxed{1{,}5{,}000}", 0.0),
+        ("5100", "\\boxed{5 ~ 100}", 0.0),  # spaced, only LaTeX's thin space groups digits
+        ("12345", "\\boxed{12 \\; 345}", 0.0),
         # a percentage for a ground truth without `%`: math-verify took `50\\%` for 50, not `3.5\\%` for 3.5
         ("3.5", "\\boxed{3.5\\%}", 1.0),
         ("3.5", "The rate is 3.5%.", 1.0),

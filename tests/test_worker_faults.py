@@ -127,7 +127,7 @@ def test_a_job_redis_lost_while_it_ran_is_neither_written_nor_run_again(redis_se
                                  "RSAMPLE_TEST_THEN": then})
     said = worker.stdout + worker.stderr
     assert worker.returncode == (2 if then == "fault" else 0), said
-    assert "Redis lost it while it ran (restarted without persistence, or its run forgotten)" in said
+    assert "Redis no longer holds it (restarted without persistence, its run forgotten" in said
     assert ("Traceback" in said) is (then == "fault"), said  # the fault's own, as any job's failure; none of RQ's
     assert load_run(redis_client, run_id).run_id == run_id  # the run made again, and nothing else:
     left = {k.decode() for k in redis_client.keys("*") if not k.startswith(b"rq:worker")}  # RQ's own account of the worker
@@ -294,3 +294,24 @@ def test_a_worker_without_run_waits_for_a_run_not_yet_finished(redis_server, red
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_a_stop_timeout_spares_a_worker_that_stops_in_time(redis_server, redis_client, tmp_path):
+    """`--stop-timeout` is the second stop signal for a job still running then: once the jobs were done, it still
+    fired, and cut the models' shutdown short (a vLLM engine's takes seconds), exiting 143 instead of 0."""
+    import signal
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "question"}])
+    run_id = rsample("enqueue", "--redis-url", redis_server.url, "--dataset", str(dataset), "--policy", "p", "--reward-model", "r",
+                     "--backend", "echo", "--reward-backend", "length").stdout.strip()
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, str(REPO / "tests" / "breaking_backends.py"), "worker", "generate", "--redis-url",
+                               redis_server.url, "--run", run_id, "--stop-timeout", "1"], cwd=REPO, stdout=log.open("w"),
+                              stderr=subprocess.STDOUT, env={**os.environ, "RSAMPLE_TEST_BACKEND": "SlowClosingGenerator"})
+    try:
+        wait_for(lambda: f"serving run {run_id}" in log.read_text(), 60, "the worker to serve", interval=0.1)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, log.read_text()
+    finally:
+        worker.kill()
+    assert "closed" in log.read_text() and "exiting now" not in log.read_text()

@@ -66,9 +66,17 @@ def final_answer(completion: str) -> str:
     return completion
 
 
-_GROUP_SEPARATOR = r"[ \t]*(?:\\[,;: ]|~)[ \t]*|\{,\}|,\\!"  # LaTeX's thin and other spaces (spaced or not), `{,}`, `,\!`
-_DECIMAL_COMMA = re.compile(r"(?<![\d.,}])(\d+)\{,\}(\d+)(?![\d{])")
-"""`0{,}5`, `3{,}14`: LaTeX's decimal comma, where no thousands group follows (a chain `1{,}2{,}3` is a list)."""
+_GROUP_SEPARATOR = r"\\[,;: ]|[ \t]*\\,[ \t]*|\{,\}|,\\!|~"  # LaTeX's thin (spaced or not) and other spaces, `{,}`, `,\!`
+_DECIMAL_COMMA = re.compile(r"(?<![\d.,(\[])(?<!\\\{)(?<!\{,\})(\d+)\{,\}(\d+)(?!\d|\{,\}|\\\}|[)\]])")
+"""`0{,}5`, `3{,}14`: LaTeX's decimal comma, where no thousands group follows; not in a chain (`1{,}2{,}3`) nor inside
+brackets (`(1{,}2)`, `[1{,}5]`, `\\{1{,}2\\}`), which are lists."""
+
+
+def _decimal_comma(match: re.Match) -> str:
+    whole, fraction = match[1], match[2]
+    if re.fullmatch(r"[1-9]\d{0,2}", whole) and len(fraction) == 3:  # `1{,}500`: a thousands group
+        return match[0]
+    return f"{whole}.{fraction}"
 
 
 def _grouped(separator: str) -> re.Pattern:
@@ -82,8 +90,8 @@ def joined_digit_groups(text: str, spaces: bool = False) -> str:
     """`1\\,000`, `2 \\, 000`, `10,\\!080`, `1{,}000` (and with `spaces`, `1 000`) as `1000`: math-verify reads `1\\,000` as
     1 × 000, which verified it for a ground truth of 0 and not for 1000. A decimal comma, `0{,}5`, as `0.5`. `spaces`
     for an extracted answer only: in prose a space between numbers is no thousands separator."""
-    joined = (_SPACE_GROUPED if spaces else _GROUPED).sub(lambda match: re.sub(r"\D", "", match[0]), text)
-    return _DECIMAL_COMMA.sub(r"\1.\2", joined)
+    text = _DECIMAL_COMMA.sub(_decimal_comma, text)
+    return (_SPACE_GROUPED if spaces else _GROUPED).sub(lambda match: re.sub(r"\D", "", match[0]), text)
 
 
 def normalized(answer: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -122,9 +122,10 @@ class PatientRetry(Retry):
 def _check_database(url: str) -> None:
     """redis-py reads a database it cannot parse (`/3x`, `/abc`) as 0: a typo put a run in another tenant's database."""
     parsed = urlsplit(url)
-    database = parsed.path.strip("/")
-    if parsed.scheme in ("redis", "rediss") and database and not database.isdigit() and "@" not in database:  # "@": a
-        # password with an unencoded "/", which the connection's own error names
+    database = unquote(parsed.path).replace("/", "")  # as redis-py reads it; a `db` in the query wins over the path
+    if (parsed.scheme in ("redis", "rediss") and database and "db" not in parse_qs(parsed.query)
+            and not re.fullmatch(r"\d+", database, re.ASCII) and "@" not in database):  # "@": a password with an
+        # unencoded "/", which the connection's own error names
         raise RsampleError(f"the Redis URL {redact_url(url)} names database {database!r}, which is no number "
                            "(redis://host:port/N; 0 without one)")
 

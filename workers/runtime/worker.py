@@ -126,8 +126,8 @@ class HeartbeatWorker(SimpleWorker):
         bookkeeping failed on it with a traceback and then ran it again, where its run feeds its prompts anew."""
         if not lost_by_redis(job):
             return False
-        log.warning("job %s: Redis lost it while it ran (restarted without persistence, or its run forgotten); nothing of it "
-                    "is kept, its run feeds its prompts again", job.id)
+        log.warning("job %s: Redis no longer holds it (restarted without persistence, its run forgotten, or another run of "
+                    "it finished first); nothing of this run of it is kept", job.id)
         with self.connection.pipeline() as pipe:
             pipe.delete(job.key)  # what RQ's heartbeat made again of it: a hash of nothing else, which would never expire
             self.cleanup_execution(job, pipe, execution)
@@ -203,9 +203,15 @@ class MainWorker(HeartbeatWorker):
                 log.warning("worker %s: stopping once its running jobs are done (a second stop signal stops it now, releasing "
                             "them%s)", self.name, f"; sent in {self.stop_timeout:g} s" if self.stop_timeout is not None else "")
                 if self.stop_timeout is not None:
-                    timer = threading.Timer(self.stop_timeout, os.kill, (os.getpid(), signal.SIGTERM))
+                    timer = threading.Timer(self.stop_timeout, self._stop_now_if_busy)
                     timer.daemon = True
                     timer.start()
+
+    def _stop_now_if_busy(self) -> None:
+        """`stop_timeout` after the first stop: the second, if a job still runs. Not once they are done: the models may
+        be shutting down then, which a second signal would cut short (and the exit code with it)."""
+        if any(worker.get_state() == WorkerStatus.BUSY for worker in (self, *self.slots)):
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _keep_sigint_ignored(self) -> None:
         if self.sigint_ignored:

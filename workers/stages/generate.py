@@ -126,8 +126,9 @@ def generate_batch(run_id: str, batch_id: str, prompts: list[dict]) -> dict:
         log.info("batch %s of run %s: the run finished while it was generated; nothing written", batch_id, run_id)
         client.hdel(keys.live, batch_id)
         return {"prompts": len(records), "completions": 0, "tokens": 0, "seconds": round(seconds, 3), "finished": True}
-    if handed_off == 4:
+    if handed_off == 4:  # or a run of the job again that sampled the same texts (a fixed seed on a deterministic backend)
         log.info("batch %s of run %s: its result was written by a try whose answer Redis's timeout lost", batch_id, run_id)
+        client.hdel(keys.live, batch_id)
     elif not handed_off:
         # This job ran before (its worker lost Redis past the heartbeat TTL, and the job was requeued). Sampling is
         # not bit-reproducible, so this run's texts differ: the first payload wins, and scores given to it stay right.
