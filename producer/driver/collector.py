@@ -21,7 +21,8 @@ from rsample.workers.common.config import RunConfig
 from rsample.workers.common.errors import first_line
 from rsample.workers.common.messages import DUPLICATE, SKIPPED, UNPROCESSABLE, GeneratedBatch, Outcome, is_failure_reason
 from rsample.workers.runtime.keys import RunKeys
-from rsample.workers.runtime.queues import enqueue_scoring
+from rsample.workers.runtime.queues import enqueue_scoring, score_job_id
+from rsample.workers.runtime.safe_job import SafeJob
 from rsample.workers.stages.aggregate import BatchOutcome, aggregate_batch
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,20 @@ class Collector:
 
     def _score_again(self, batch_id: str, models: list[int]) -> None:
         """A batch announced as scored whose scores Redis no longer holds (evicted under an evicting maxmemory-policy):
-        its rows were skipped as unprocessable. Its payload is there, so its scoring jobs run again."""
-        log.warning("run %s batch %s: Redis lost the scores of reward model(s) %s (evicted?): scoring it again",
-                    self.config.run_id, batch_id, ", ".join(map(str, models)))
-        enqueue_scoring(self.client, self.config, batch_id, models)
+        its rows were skipped as unprocessable. Its payload is there, so its scoring jobs run again, but for one still
+        waiting or running (the batch handed on early), which hands it on itself."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.hget(SafeJob.key_for(score_job_id(self.config.run_id, model, batch_id)), "status")
+            pending = {model for model, status in zip(models, pipe.execute()) if status in _PENDING}
+        if again := [model for model in models if model not in pending]:
+            log.warning("run %s batch %s: Redis lost the scores of reward model(s) %s (evicted?): scoring it again",
+                        self.config.run_id, batch_id, ", ".join(map(str, again)))
+            enqueue_scoring(self.client, self.config, batch_id, again)
+
+
+_PENDING = {status.encode() for status in ("queued", "started", "scheduled", "deferred")}
+"""RQ's states of a job that has yet to finish."""
 
 
 class ScoresLost(Exception):
