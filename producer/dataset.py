@@ -1,15 +1,20 @@
 """Reading dataset rows from a local file or the Hugging Face Hub.
 
-Local JSON Lines (`.jsonl`, or `.json` holding one object per line), alone or as a folder's files (picked by their
-names, or by the configurations the folder's README declares), is read line by line so that one malformed line (bad
-JSON, invalid UTF-8) becomes a counted skip with its line number instead of failing the whole file, as Arrow schema
-inference would. Everything else goes through `datasets.load_dataset`.
+Local text files (JSON Lines, a JSON array, CSV and TSV; gzipped or not), alone or as a folder's files (picked by their
+names, or by the JSON configurations the folder's README declares), are read here row by row, as written: one
+malformed row (bad JSON, invalid UTF-8, a CSV line of too many fields) becomes a counted skip with its line number
+instead of failing the whole file, and no value is retyped. `datasets` would infer one Arrow type per column (a
+CSV's `007` read as 7, `NA` as null, its 10,001st row cast to the first 10,000's types; a JSON array whose column
+mixes text and lists had its texts decoded as JSON). Parquet, Arrow, saved datasets and the Hub go through
+`datasets`.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -78,16 +83,33 @@ def _files(source: Path | list[Path]) -> list[Path]:
     return [source] if isinstance(source, Path) else source
 
 
-def _jsonl_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any, str]]:
-    """Rows of JSON Lines files one after the other, numbered on across them, each with its file and line; a bad line
-    is a skip of its own."""
+def _read_here(path: Path) -> bool:
+    """Whether rsample reads the file itself, row by row: every text format (JSON Lines, a JSON array, CSV, TSV)."""
+    return _format(path) in (".json", ".csv", ".tsv")
+
+
+def _own_rows(paths: Path | list[Path]) -> Iterator[tuple[int, Any, str]]:
+    """Rows of files read here, one file after the other, numbered on across them, each with its file and place (a
+    line, or an array's element); a bad row is a skip of its own."""
     row_index = 0
     for path in _files(paths):
-        for line_number, row in _file_rows(path):
-            if isinstance(row, RowSkip):  # numbered as every other skip (row N, from 0), with the file's own line number
+        for place, row in _rows_in(path):
+            if isinstance(row, RowSkip):  # numbered as every other skip (row N, from 0), with the file's own place
                 row = RowSkip(row_index, row.reason, f"row {row_index} ({row.detail.replace(': ', '): ', 1)}")
-            yield row_index, row, f"{path.name} line {line_number}"
+            yield row_index, row, f"{path.name} {place}"
             row_index += 1
+
+
+def _rows_in(path: Path) -> Iterator[tuple[str, Any]]:
+    """(place, row or RowSkip) of one file read here."""
+    if _format(path) in (".csv", ".tsv"):
+        return _csv_rows(path)
+    if _one_json_array(path):
+        return _json_array_rows(path)
+    if _one_json_object(path):
+        raise RsampleError(f"dataset file {path} holds one JSON object over several lines, not rows: give a JSON array of "
+                           "rows, or JSON Lines (one row per line)")
+    return _json_line_rows(path)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -105,14 +127,14 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise _not_gzip(path, exc) from None
 
 
-def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, row or RowSkip) of a JSON Lines file."""
+def _json_line_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """("line N", row or RowSkip) of a JSON Lines file."""
     for line_number, raw in _lines(path):
         where = f"{path.name} line {line_number}"
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield line_number, RowSkip(0, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
+            yield f"line {line_number}", RowSkip(0, "invalid UTF-8", f"{where}: {exc.reason} at byte {exc.start}")
             continue
         try:
             row = json.loads(text.rstrip("\r\n"))  # without its line break, which JSON would read as text
@@ -120,7 +142,83 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
             row = RowSkip(0, "invalid JSON", f"{where}: {exc.msg.removesuffix(' at')} at column {exc.colno}")
         except (ValueError, RecursionError) as exc:  # valid JSON Python will not read: a 5,000-digit number, 1,000 levels deep
             row = RowSkip(0, "invalid JSON", f"{where}: {_unreadable(exc)}")
-        yield line_number, row
+        yield f"line {line_number}", row
+
+
+def _json_array_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """("element N", row) of a file holding one JSON array (read whole: its rows have no lines of their own)."""
+    try:
+        with _opened(path) as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise _not_gzip(path, exc) from None
+    try:
+        rows = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RsampleError(f"dataset file {path} line {line}: invalid UTF-8, byte {data[exc.start]:#04x}: save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise RsampleError(f"dataset file {path} is no valid JSON array: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:
+        raise RsampleError(f"dataset file {path} cannot be read: {_unreadable(exc)}") from None
+    for number, row in enumerate(rows, start=1):
+        yield f"element {number}", row
+
+
+CSV_FIELD_LIMIT = 1 << 30
+"""The longest CSV cell read, in characters (Python's csv module stops at 131,072 by default: a long document)."""
+ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
+"""What `surrogateescape` makes of bytes that are no UTF-8: a row holding one is a skip, not a wrong text."""
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """("line N", row or RowSkip) of a CSV or TSV file: its header names the columns, every cell is text as written
+    (`007`, `NA`, `1e3`), an empty cell is null, a row of fewer cells has nulls for the rest (as pandas reads it), a
+    row of more cells, or with bytes that are no UTF-8, is a skip; blank lines are no rows."""
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    delimiter = "\t" if _format(path) == ".tsv" else ","
+    try:
+        with _opened(path) as handle:
+            text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            reader = csv.reader(text, delimiter=delimiter)
+            header: list[str] | None = None
+            ended = 0
+            while True:
+                try:
+                    cells = next(reader, None)
+                except csv.Error as exc:
+                    yield f"line {ended + 1}", RowSkip(0, "malformed CSV row", f"{path.name} line {ended + 1}: {exc}")
+                    ended = reader.line_num
+                    continue
+                if cells is None:
+                    return
+                line, ended = ended + 1, reader.line_num
+                if not cells:  # a blank line
+                    continue
+                if header is None:
+                    header = _csv_header(path, cells)
+                    continue
+                where = f"{path.name} line {line}"
+                if any(ESCAPED_BYTES.search(cell) for cell in cells):
+                    yield f"line {line}", RowSkip(0, "invalid UTF-8", f"{where}: bytes that are no UTF-8")
+                elif len(cells) > len(header):
+                    yield f"line {line}", RowSkip(0, "malformed CSV row", f"{where}: {len(cells)} cells, but the header names "
+                                                  f"{len(header)} columns (a cell with {delimiter!r} in it needs quotes)")
+                else:
+                    yield f"line {line}", {name: (cells[i] if i < len(cells) and cells[i] != "" else None) for i, name in enumerate(header)}
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise _not_gzip(path, exc) from None
+
+
+def _csv_header(path: Path, cells: list[str]) -> list[str]:
+    """A CSV's column names; an unnamed one (the index column pandas writes) is `Unnamed: N`, as pandas names it."""
+    if any(ESCAPED_BYTES.search(cell) for cell in cells):
+        raise RsampleError(f"dataset file {path}: its header holds bytes that are no UTF-8: save it as UTF-8")
+    names = [cell if cell != "" else f"Unnamed: {number}" for number, cell in enumerate(cells)]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise RsampleError(f"dataset file {path}: its header names {', '.join(map(repr, twice))} more than once: give each column its own name")
+    return names
 
 
 def _unreadable(exc: ValueError | RecursionError) -> str:
@@ -167,7 +265,7 @@ def _config_files(folder: Path, subset: str | None, split: str) -> list[Path] | 
         raise RsampleError(f"dataset folder {folder} has no split {split!r} in its {builder.config.name!r} configuration "
                            f"(its splits: {', '.join(sorted(by_split))})")
     files = [Path(name) for name in by_split[split]]
-    return files if all(_json_lines(file) for file in files) else None
+    return files if all(_read_here(file) for file in files) else None
 
 
 def _declares_configs(folder: Path) -> bool:
@@ -183,15 +281,6 @@ def _declares_configs(folder: Path) -> bool:
     except (yaml.YAMLError, ValueError):  # a README that is no dataset card (UnicodeDecodeError is a ValueError)
         return False
     return bool(metadata and metadata.get("configs"))
-
-
-def _json_lines(path: Path) -> bool:
-    """A `.jsonl` file, or a `.json` file that holds one object per line (JSON Lines under another name), rather than
-    one JSON array under either name (either gzipped or not): read line by line. An array read line by line was one
-    row that is no object, or a skip per line."""
-    if _suffix(path) == ".jsonl":
-        return not _one_json_array(path)
-    return _suffix(path) == ".json" and _head(path).lstrip(BLANK).startswith(b"{")
 
 
 def _one_json_array(path: Path) -> bool:
@@ -212,6 +301,13 @@ def _one_json_array(path: Path) -> bool:
             return isinstance(whole, list) and next(lines, None) is None  # a whole array on the only line
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise _not_gzip(path, exc) from None
+
+
+def _one_json_object(path: Path) -> bool:
+    """Whether a file holds one JSON object pretty-printed over several lines (a first line of `{` alone), which no
+    JSON Lines file begins with."""
+    first = next((line.strip(BLANK) for line in _head(path).splitlines() if line.strip(BLANK)), b"")
+    return first == b"{"
 
 
 def _folder_cache(folder: Path) -> str:
@@ -305,8 +401,8 @@ def _open(selection: DataSelection):
             return _load_saved(path)
         if not _head(path).strip(BLANK):
             raise RsampleError(f"dataset file {source} is empty")
-        if _json_lines(path):
-            return path  # line by line: one bad line is one skipped row, not a failed file
+        if _read_here(path):
+            return path  # row by row: one bad row is one skipped row, not a failed file
         return _load_with_datasets(source, split, data_files=str(path))
     if path.is_dir() and (path / "dataset_dict.json").is_file():  # `DatasetDict.save_to_disk`, as `load_dataset(...)` gives
         if selection.subset is not None:
@@ -319,12 +415,47 @@ def _open(selection: DataSelection):
         if len(formats) > 1:  # datasets would read the commonest format only, the others' rows lost without a word
             raise RsampleError(f"dataset folder {path} mixes file formats in split {split!r} ({', '.join(sorted(formats))}): "
                                "datasets reads only its commonest; keep one format per split (or name one file)")
-        if files and all(_json_lines(file) for file in files):
-            return files  # the files and order datasets would read, line by line
+        if files and all(_read_here(file) for file in files):
+            return files  # the files and order datasets would read, row by row
+        if files and formats == {".parquet"}:
+            _same_kinds_of_values(path, files)
         return _load_with_datasets(str(path), split, subset=selection.subset, cache_dir=_folder_cache(path))
     if _looks_like_path(source):
         raise RsampleError(f"dataset file not found: {source}")
     return _load_with_datasets(source, split, subset=selection.subset)
+
+
+def _value_kind(kind) -> str | None:
+    """A Parquet column's type as text or number (None: another type, whose differences `datasets` reports itself)."""
+    import pyarrow as pa
+
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return "text"
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind) or pa.types.is_boolean(kind):
+        return "number"
+    return None
+
+
+def _same_kinds_of_values(folder: Path, files: list[Path]) -> None:
+    """Parquet files of one split whose column holds text in one and numbers in another: `datasets` casts every file to
+    the first one's types, and an answer `007` of a later file became 7 without a word (or one that is no number failed
+    the load, naming no file)."""
+    import pyarrow.parquet as pq
+
+    first: dict[str, tuple[str, Any]] = {}
+    for file in files:
+        try:
+            schema = pq.read_schema(file)
+        except Exception:  # a damaged file: datasets' own load says why
+            return
+        for field in schema:
+            kind = _value_kind(field.type)
+            if kind is None:
+                continue
+            seen = first.setdefault(field.name, (file.name, field.type))
+            if _value_kind(seen[1]) != kind:
+                raise RsampleError(f"dataset folder {folder}: column {field.name!r} holds {field.type} in {file.name} but {seen[1]} in "
+                                   f"{seen[0]}, and datasets would cast every file to its first one's types: give it one type in every file")
 
 
 def _load_saved(path: Path, split: str | None = None):
@@ -365,7 +496,7 @@ def iter_located_rows(selection: DataSelection) -> Iterator[tuple[int, Any, str 
     message: a folder's row numbers run on across its files, past blank lines. None where `datasets` reads the rows."""
     source = _open(selection)
     if isinstance(source, (Path, list)):
-        yield from itertools.islice(_jsonl_rows(source), selection.start, _stop(selection, None))
+        yield from itertools.islice(_own_rows(source), selection.start, _stop(selection, None))
         return
     for index in range(selection.start, _stop(selection, len(source))):
         yield index, source[index], None
@@ -376,8 +507,9 @@ def count_rows(selection: DataSelection) -> int:
     source = _open(selection)
     if isinstance(source, (Path, list)):
         total = 0
-        for path in _files(source):
-            total += sum(1 for _ in _lines(path))
+        for path in _files(source):  # JSON Lines by their lines, unparsed
+            rows = _lines(path) if _format(path) == ".json" and not _one_json_array(path) and not _one_json_object(path) else _rows_in(path)
+            total += sum(1 for _ in rows)
     else:
         total = len(source)
     return max(0, _stop(selection, total) - selection.start)
@@ -389,7 +521,7 @@ def missing_columns(selection: DataSelection, columns: tuple[str, ...], sample: 
     source = _open(selection)
     if isinstance(source, (Path, list)):
         present: set[str] = set()
-        for _, row, _ in itertools.islice(_jsonl_rows(source), sample):
+        for _, row, _ in itertools.islice(_own_rows(source), sample):
             if isinstance(row, dict):
                 present |= set(row)
     else:

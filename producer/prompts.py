@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -120,6 +121,8 @@ def _without_empty_reply(messages: Any) -> Any:
     speaker = last.get("from")
     if last.get("role") == "assistant" or ("role" not in last and isinstance(speaker, str) and SHAREGPT_ROLES.get(speaker) == "assistant"):
         content = last.get("content", last.get("value"))
+        if isinstance(content, list) and _non_text_part(content) is None:  # parts: empty when their text is
+            content = "".join(part["text"] for part in content)
         if content is None or (isinstance(content, str) and not content.strip()):
             return messages[:-1]
     return messages
@@ -213,24 +216,43 @@ def _conversation(value: Any, row_index: int, column: str) -> tuple[Conversation
 
 def _json_turns(text: str, strict: bool = False) -> Any:
     """Chat turns written as JSON text, decoded; else `text` itself. In a column that may hold a prompt's text, only a
-    list of turns (each with role and content, or ShareGPT's from and value) is decoded: other text is the prompt."""
+    list of turns (each with role and content, or ShareGPT's from and value) is decoded: other text is the prompt.
+    Turns written as Python's repr (`[{'role': 'user', ...}]`, what `Dataset.to_csv` and pandas write of a list) are
+    read as turns too: taken as text, the repr became the prompt."""
     if not text.lstrip().startswith("["):
         return text
     try:
         decoded = json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or JSON Python will not read (nested 1,000 deep): the text itself
-        return text
+    except (ValueError, RecursionError):  # not JSON, or JSON Python will not read (nested 1,000 deep)
+        decoded = _python_turns(text)
     if not isinstance(decoded, list):
         return text
-    if strict and not (decoded and all(isinstance(turn, dict) and ({"role", "content"} <= set(turn) or {"from", "value"} <= set(turn))
-                                       for turn in decoded)):
+    if strict and not _are_turns(decoded):
         return text
     return decoded
+
+
+def _are_turns(value: list) -> bool:
+    return bool(value) and all(isinstance(turn, dict) and ({"role", "content"} <= set(turn) or {"from", "value"} <= set(turn))
+                               for turn in value)
+
+
+def _python_turns(text: str) -> list | None:
+    """Chat turns in Python's repr, read as literals (no code runs); None for any other text."""
+    if not text.lstrip()[1:].lstrip().startswith("{"):
+        return None
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, list) and _are_turns(value) else None
 
 
 def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
     """--reference-column's value: a string, or chat turns ending with the assistant's (TRL's `completion`)."""
     if value is None or value == [] or (isinstance(value, str) and not value.strip()):  # TRL's `completion: []` too
+        return None
+    if isinstance(value, float) and math.isnan(value):  # pandas' and polars' missing value
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):  # an answer stored as a number (AIME's)
         return str(value)
@@ -283,7 +305,7 @@ def record_of(config: RunConfig, row_index: int, row: Any, check_ground_truth: b
         verifier = next((spec for spec in config.reward_models if is_verifier(spec)), None)
         problem = verifier and ground_truth_problem(config.answer_column, (record.columns or {}).get(config.answer_column))
         if problem:
-            return RowSkip(row_index, f"{verifier}: the row {problem}", f"row {row_index} {problem}")
+            return RowSkip(row_index, f"{verifier}: the row {problem}", f"row {row_index}: it {problem}")
     return record
 
 

@@ -429,12 +429,96 @@ def test_a_dataset_dict_saved_to_disk_is_read_by_its_split(tmp_path):
         _rows(tmp_path / "saved", split="validation")
 
 
-def test_a_csv_file_that_is_no_utf8_is_refused_with_its_file_and_line(tmp_path):
-    """`datasets` reads a CSV whole: a byte of Windows-1252 failed it with "Invalid UTF8 sequence at string index 1"."""
+def test_a_csv_row_that_is_no_utf8_is_a_skip_with_its_line_and_the_other_rows_are_kept(tmp_path):
+    """`datasets` read a CSV whole: a byte of Windows-1252 failed it ("Invalid UTF8 sequence at string index 1")."""
     path = tmp_path / "sheet.csv"
     path.write_bytes(b"prompt\nhello\ncaf\xe9 au lait\nbye\n")
-    with pytest.raises(RsampleError, match=r"\(sheet\.csv line 3: invalid UTF-8, byte 0xe9 at 3: save it as UTF-8\)$"):
+    (_, hello), (_, skip), (_, bye) = _rows(path)
+    assert (hello, bye) == ({"prompt": "hello"}, {"prompt": "bye"})
+    assert (skip.reason, skip.detail) == ("invalid UTF-8", "row 1 (sheet.csv line 3): bytes that are no UTF-8")
+
+
+def test_csv_cells_are_read_as_written_not_retyped_by_pandas(tmp_path):
+    """datasets typed each CSV column (pandas): an answer `007` became 7, `NA`, `None` and `null` became null (a
+    prompt skipped as empty, a reference dropped), and from row 10,001 on every value was cast to the types of the
+    first 10,000 rows (`1e3` became 1000, a 23-digit number lost its digits)."""
+    import csv
+
+    path = tmp_path / "big.csv"
+    written = [[f"question {i}", f"answer text {i}"] for i in range(10_000)]
+    written += [["NA", "007"], ["None", "0.50"], ["null", "1e3"], ["#N/A", "12345678901234567890123"], ["N/A", ""]]
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["prompt", "reference"], *written])
+    rows = _rows(path, start=9_998)
+    assert [index for index, _ in rows] == list(range(9_998, 10_005))
+    expected = [{"prompt": prompt, "reference": reference or None} for prompt, reference in written[9_998:]]
+    assert [row for _, row in rows] == expected
+
+
+def test_a_csv_row_of_too_many_cells_is_a_skip_and_one_of_too_few_has_nulls(tmp_path):
+    """pandas failed the whole file at a row of too many cells ("Expected 2 fields in line 3, saw 3")."""
+    path = tmp_path / "rows.csv"
+    path.write_text('prompt,answer\r\n"What is 1+1?",2\r\nbad row,3,extra\r\n\r\n"multi\r\nline, quoted",4\r\nno answer\r\n', newline="")
+    rows = _rows(path)
+    assert [index for index, _ in rows] == [0, 1, 2, 3]  # the blank line is no row
+    assert rows[0][1] == {"prompt": "What is 1+1?", "answer": "2"}
+    assert (rows[1][1].reason, rows[1][1].detail) == (
+        "malformed CSV row", "row 1 (rows.csv line 3): 3 cells, but the header names 2 columns (a cell with ',' in it needs quotes)")
+    assert rows[2][1] == {"prompt": "multi\r\nline, quoted", "answer": "4"}
+    assert rows[3][1] == {"prompt": "no answer", "answer": None}
+    from rsample.producer.dataset import count_rows
+
+    assert count_rows(DataSelection(str(path))) == 4
+
+
+def test_a_csv_written_by_pandas_names_its_index_column_as_pandas_does(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"prompt": ["a", "b"]}).to_csv(tmp_path / "frame.csv")  # an index column with no name
+    assert [row for _, row in _rows(tmp_path / "frame.csv")] == [{"Unnamed: 0": "0", "prompt": "a"}, {"Unnamed: 0": "1", "prompt": "b"}]
+    (tmp_path / "twice.csv").write_text("prompt,prompt\na,b\n")
+    with pytest.raises(RsampleError, match=r"its header names 'prompt' more than once"):
+        _rows(tmp_path / "twice.csv")
+
+
+def test_a_json_array_whose_column_mixes_text_and_lists_keeps_its_texts(tmp_path):
+    """datasets typed a column that holds text in one row and a list in another as JSON and decoded every text that
+    was valid JSON: `"42"` became 42 (a skip, "content is int"), `"null"` a null reference, `  "quoted"  ` quoted."""
+    rows = [{"messages": [{"role": "user", "content": "What is 6*7?"}, {"role": "assistant", "content": "42"}]},
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "parts one"}]}]},
+            {"messages": [{"role": "user", "content": "Say null"}, {"role": "assistant", "content": "null"}]},
+            {"messages": [{"role": "user", "content": "true"}]},
+            {"messages": [{"role": "user", "content": '  "quoted"  '}]}]
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(rows, indent=1))
+    assert [row for _, row in _rows(path)] == rows
+    gzipped = tmp_path / "mixed.json.gz"
+    import gzip
+
+    gzipped.write_bytes(gzip.compress(b"\xef\xbb\xbf" + json.dumps(rows).encode()))
+    assert [row for _, row in _rows(gzipped, start=3)] == rows[3:]
+    path.write_text(json.dumps(rows, indent=1)[:-9])  # cut short
+    with pytest.raises(RsampleError, match=r"mixed\.json is no valid JSON array: .* at line \d+ column \d+$"):
         _rows(path)
+
+
+def test_a_pretty_printed_json_object_is_refused_as_one_object_not_read_as_bad_lines(tmp_path):
+    path = tmp_path / "object.json"
+    path.write_text(json.dumps({"version": 1, "data": [{"prompt": "a"}]}, indent=2))
+    with pytest.raises(RsampleError, match=r"object\.json holds one JSON object over several lines, not rows"):
+        _rows(path)
+
+
+def test_parquet_files_whose_column_is_text_in_one_and_numbers_in_another_are_refused(tmp_path):
+    """datasets cast every file to the first one's types: answers `007` and `0042` of a later file became 7 and 42."""
+    import pandas as pd
+
+    (tmp_path / "shards" / "data").mkdir(parents=True)
+    pd.DataFrame({"prompt": ["a", "b"], "answer": [1, 2]}).to_parquet(tmp_path / "shards" / "data" / "train-00000-of-00002.parquet")
+    pd.DataFrame({"prompt": ["c", "d"], "answer": ["007", "0042"]}).to_parquet(tmp_path / "shards" / "data" / "train-00001-of-00002.parquet")
+    with pytest.raises(RsampleError, match=r"column 'answer' holds (large_)?string in train-00001-of-00002\.parquet but int64 in "
+                                           r"train-00000-of-00002\.parquet, and datasets would cast"):
+        _rows(tmp_path / "shards")
 
 
 def test_parquet_files_of_other_columns_are_refused_with_the_columns_that_differ(tmp_path):

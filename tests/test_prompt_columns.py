@@ -185,3 +185,27 @@ def test_a_sharegpt_file_runs_without_flags(tmp_path):
         assert pair["messages"] == [{"role": "user", "content": human["value"]}]
         assert pair["reference_completion"] == gpt["value"]
         assert pair["chosen"][:-1] == pair["messages"] and pair["chosen"][-1]["role"] == "assistant"
+
+
+def test_turns_written_as_pythons_repr_are_read_as_turns_not_as_the_prompts_text():
+    """`Dataset.to_csv` and pandas write a list of turns as Python's repr: the repr became the user's prompt (TRL's
+    `prompt`/`completion` columns), its system turn folded into the text, without a word."""
+    prompt = str([{"role": "system", "content": "be brief"}, {"role": "user", "content": "What's 2+2?\nSay it."}])
+    completion = str([{"role": "assistant", "content": "4"}])
+    record = extract_prompt({"prompt": prompt, "completion": completion}, 0, reference_column="completion")
+    assert record.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What's 2+2?\nSay it."}]
+    assert record.reference_completion == "4"
+    for text in ("[{'a': 1}] is a list", "[1, 2, 3]", "[{'role': 'user'}]"):  # no turns: the prompt's own text
+        assert extract_prompt({"prompt": text}, 0).messages == [{"role": "user", "content": text}]
+
+
+def test_a_reference_of_nan_is_no_reference_and_an_empty_reply_in_parts_keeps_the_prompt():
+    """A float NaN (pandas', polars' missing value) was the reference "nan", scored as a candidate; a final assistant
+    turn of empty parts skipped its row, where an empty string left the prompt without reference."""
+    record = extract_prompt({"prompt": "q", "answer": float("nan")}, 0, reference_column="answer")
+    assert record.reference_completion is None
+    assert extract_prompt({"prompt": "q", "answer": 1.5}, 0, reference_column="answer").reference_completion == "1.5"
+    user = {"role": "user", "content": [{"type": "text", "text": "parts prompt"}]}
+    for empty in ([{"type": "text", "text": ""}], [], [{"type": "text", "text": "  "}, {"type": "text", "text": "\n"}]):
+        record = extract_prompt({"messages": [user, {"role": "assistant", "content": empty}]}, 0)
+        assert (record.messages, record.reference_completion) == ([{"role": "user", "content": "parts prompt"}], None)
