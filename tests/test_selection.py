@@ -165,3 +165,30 @@ def test_the_same_scores_pick_the_same_pair_whatever_order_the_reward_models_com
     for method in ("vote", "standardized", "mean"):
         picks = {(s.chosen, s.rejected, s.dropped) for s in (select_pair(list(order), method) for order in itertools.permutations(table))}
         assert len(picks) == 1, (method, picks)
+
+
+def test_a_huge_penalty_on_one_candidate_leaves_the_others_differences_intact():
+    """The rounding tolerance was a billionth of the prompt's largest score: a reward's -1e9 for one candidate made
+    every difference below 1 a tie, and the first candidate (0.1) the chosen over 0.4."""
+    scores = [[0.1, 0.2, 0.3, 0.4, -1e9]]
+    picked = select_pair(scores, "mean")
+    assert (picked.chosen, picked.rejected, picked.dropped) == (3, 4, None)
+    assert select_pair([[1e9, 0.4, 0.3, 0.2, 0.1]], "mean", [False, True, True, True, True]).chosen == 1
+    picked = select_pair([[0.1, 0.2, 0.3, 0.4, -1e9], [0.5, 0.5, 0.5, 0.5, 0.5]], "mean")
+    assert (picked.chosen, picked.rejected) == (3, 4)
+
+
+def test_mean_scores_a_rounding_error_apart_are_still_a_tie_in_either_model_order():
+    a, b, c = 0.1, 0.2, 0.3
+    first = [[a, c], [b, b], [c, a]]  # candidate 0 sums 0.1 + 0.2 + 0.3, candidate 1 0.3 + 0.2 + 0.1: last bits differ
+    assert sum(column[0] for column in first) != sum(column[1] for column in first)
+    assert select_pair(first, "mean").dropped == TIE
+    assert select_pair(first[::-1], "mean").dropped == TIE
+
+
+def test_lexicographic_scores_a_rounding_error_apart_are_the_same():
+    """0.1 + 0.2 against 0.3 made a pair of margin 5.6e-17 with `lexicographic`, a tie with `mean`."""
+    picked = select_pair([[0.1 + 0.2, 0.3, 0.1 + 0.2, 0.3]], "lexicographic")
+    assert picked.dropped == TIE
+    picked = select_pair([[1.0, 1.0, 1.0], [0.1 + 0.2, 0.5, 0.3]], "lexicographic")  # the second model decides, its rounding no difference
+    assert (picked.chosen, picked.dropped) == (1, None) and picked.rejected == 0 and picked.margin == 0.5 - (0.1 + 0.2)

@@ -63,15 +63,15 @@ def _best(indices: list[int], key) -> int:
     return max(indices, key=lambda i: (key(i), -i))
 
 
-def _first_best(indices: list[int], value, alike: float, votes: list[int] | None = None) -> int:
-    """The first of the indices (with the most `votes`, if given) whose value is within `alike` of the largest: scores
-    a rounding error apart are the same, and the same scores must pick the same candidate whatever order the reward
-    models come in."""
+def _first_best(indices: list[int], value, alike, votes: list[int] | None = None) -> int:
+    """The first of the indices (with the most `votes`, if given) whose value is within `alike(i, best)` of the largest:
+    scores a rounding error apart are the same, and the same scores must pick the same candidate whatever order the
+    reward models come in."""
     if votes is not None:
         most = max(votes[i] for i in indices)
         indices = [i for i in indices if votes[i] == most]
-    best = max(value(i) for i in indices)
-    return next(i for i in indices if value(i) >= best - alike)
+    best = _best(indices, value)
+    return next(i for i in indices if value(i) >= value(best) - alike(i, best))
 
 
 def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[bool] | None = None) -> Selection:
@@ -91,12 +91,12 @@ def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[
     combined = mean_scores(scores_by_model) if method == "mean" else standardized_scores(scores_by_model)
     if not candidates:
         return Selection(None, None, combined, UNFINISHED)
-    alike = SAME_SCORE * (max(abs(s) for scores in scores_by_model for s in scores) if method == "mean" else 1.0)
+    alike = _rounding(scores_by_model) if method == "mean" else lambda i, j: SAME_SCORE  # z-scores: a scale of 1
     chosen = _first_best(candidates, lambda i: combined[i], alike)
     rejected = _first_best([i for i in range(count) if i != chosen], lambda i: -combined[i], alike)
     margin = combined[chosen] - combined[rejected]
-    if margin <= alike:  # no candidate that may be chosen beats another, whatever the votes
-        return Selection(chosen, rejected, combined, TIE if abs(margin) <= alike else UNFINISHED, margin)
+    if margin <= alike(chosen, rejected):  # no candidate that may be chosen beats another, whatever the votes
+        return Selection(chosen, rejected, combined, TIE if abs(margin) <= alike(chosen, rejected) else UNFINISHED, margin)
     if method == "vote":
         best_votes, worst_votes = [0] * count, [0] * count
         for scores in scores_by_model:
@@ -105,7 +105,7 @@ def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[
         chosen = _first_best(candidates, lambda i: combined[i], alike, votes=best_votes)
         rejected = _first_best([i for i in range(count) if i != chosen], lambda i: -combined[i], alike, votes=worst_votes)
         margin = combined[chosen] - combined[rejected]
-        if abs(margin) <= alike:
+        if abs(margin) <= alike(chosen, rejected):
             return Selection(chosen, rejected, combined, TIE)
         if margin < 0:
             return Selection(chosen, rejected, combined, DISAGREEMENT, margin)
@@ -113,8 +113,26 @@ def select_pair(scores_by_model: list[list[float]], method: str, eligible: list[
 
 
 SAME_SCORE = 1e-9
-"""Combined scores closer than this, relative to the scores' scale, are the same: the same scores summed in another
-order differ in their last bits, which would turn a tie into a pair whose margin is a rounding error."""
+"""Combined scores closer than this, relative to the scale of the scores they are made of, are the same: the same
+scores summed in another order differ in their last bits, which would turn a tie into a pair whose margin is a
+rounding error."""
+
+
+def _rounding(scores_by_model: list[list[float]]):
+    """`alike(i, j)`: how far apart the mean scores of candidates i and j may be and still be the same, by the scores
+    each is the mean of. The scale of the two compared, not of the prompt's every candidate: a reward's penalty of
+    -1e9 for one candidate made every other difference below 1 a tie, and the first candidate the chosen."""
+    scale = [max(abs(score) for score in column) for column in zip(*scores_by_model)]
+    return lambda i, j: SAME_SCORE * max(scale[i], scale[j])
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= SAME_SCORE * max(abs(a), abs(b))
+
+
+def _difference(better: tuple, worse: tuple) -> float:
+    """The first difference between two candidates' scores, model by model, that is no rounding error (0.0: none)."""
+    return next((a - b for a, b in zip(better, worse) if not _same(a, b)), 0.0)
 
 
 def _lexicographic(scores_by_model: list[list[float]], candidates: list[int]) -> Selection:
@@ -123,9 +141,16 @@ def _lexicographic(scores_by_model: list[list[float]], candidates: list[int]) ->
     combined = list(scores_by_model[0])
     if not candidates:
         return Selection(None, None, combined, UNFINISHED)
-    chosen = _best(candidates, lambda i: order[i])
-    rejected = _best([i for i in range(count) if i != chosen], lambda i: tuple(-score for score in order[i]))
-    if order[chosen] == order[rejected]:
+    chosen = candidates[0]
+    for i in candidates[1:]:  # the first of the best, scores a rounding error apart being the same (`SAME_SCORE`)
+        if _difference(order[i], order[chosen]) > 0:
+            chosen = i
+    others = [i for i in range(count) if i != chosen]
+    rejected = others[0]
+    for i in others[1:]:
+        if _difference(order[i], order[rejected]) < 0:
+            rejected = i
+    margin = _difference(order[chosen], order[rejected])
+    if margin == 0.0:
         return Selection(chosen, rejected, combined, TIE)
-    margin = next(better - worse for better, worse in zip(order[chosen], order[rejected]) if better != worse)
     return Selection(chosen, rejected, combined, UNFINISHED if margin < 0 else None, margin)
