@@ -1,6 +1,8 @@
 """judge:MODEL: the expected rating under the judge's probabilities of the rating tokens, checked against a forward
 pass done here by hand; batched and pooled like the reward models, in fp32 and bf16; a broken rubric refused."""
 
+import re
+
 import pytest
 import torch
 from chain_judges import bytelevel_tokenizer, chain_model, greedy_reply, one
@@ -72,9 +74,18 @@ def test_a_run_judged_by_a_chat_model_writes_its_expected_ratings(tiny_models, t
     dataset = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": f"write a poem about the river number {i}"} for i in range(3)])
     out = tmp_path / "pairs.jsonl"
     judge = f"judge:{tiny_models['policy']}"
-    rsample("run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-model", judge,
-            "--judge-template", str(rubric), "--n", "3", "--dtype", "float32", "--out", str(out), "--no-progress")
+    result = rsample("run", "--dataset", str(dataset), "--policy", "echo", "--backend", "echo", "--reward-model", judge,
+                     "--judge-template", str(rubric), "--n", "3", "--dtype", "float32", "--out", str(out), "--no-progress")
     pairs = read_jsonl(out)
+    # a random-weight judge would not answer with a rating: its worker's warning at load reaches the run's console once
+    # (it stood in the worker's log alone, out of sight)
+    [warned] = [line for line in result.stderr.splitlines() if "on a trial conversation" in line]
+    log_text = next((out.parent / ".rsample-logs").rglob("*.log")).read_text()
+    share = re.search(r"the ratings 1 to 9 take (\d+\.\d)% of the judge's probability", log_text).group(1)
+    assert warned.endswith(f" WARNING rsample.producer.driver.local_run: both worker: {judge}: on a trial conversation, the ratings "
+                           f"1 to 9 take {share}% of the judge's probability for the first token of its reply: its rubric or chat "
+                           "template may not make it answer with a rating there (a rubric that asks for an explanation first, a judge "
+                           "too small), and its scores, read from those shares, would be noise")
     assert pairs
     for pair in pairs:
         assert pair["chosen_score"][judge] == pytest.approx(expected_rating(tiny_models["policy"], pair["chosen"]), abs=1e-5)

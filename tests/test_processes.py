@@ -198,3 +198,25 @@ def test_an_orphan_that_renamed_itself_since_it_was_seen_is_stopped_too():
             _live_descendants(os.getpid())
             time.sleep(0.1)
         assert not running(child)
+
+
+def test_a_workers_log_relays_rsamples_own_warnings_once_each_and_a_cut_line_when_it_is_whole(tmp_path):
+    from rsample.workers.runtime.log_relay import MOST_RELAYED, LogRelay
+
+    log_path = tmp_path / "both-0.log"
+    relay = LogRelay(log_path)
+    assert relay.new_warnings() == []  # no log yet
+    with log_path.open("w") as log_file:
+        log_file.write("2026-11-28 10:00:00,001 INFO rsample.workers.runtime.worker: loading\n"
+                       "2026-11-28 10:00:01,002 WARNING transformers.modeling_utils: a library's own\n"
+                       "2026-11-28 10:00:02,003 WARNING rsample.workers.backends.judge: noise ahead\n"
+                       "Traceback (most recent call last):\n"
+                       "2026-11-28 10:00:03,004 ERROR rsample.workers.runtime.worker: half a li")
+        log_file.flush()
+        assert relay.new_warnings() == ["noise ahead"]
+        log_file.write("ne\n2026-11-28 10:00:04,005 WARNING rsample.workers.backends.judge: noise ahead\n")
+        log_file.flush()
+        assert relay.new_warnings() == ["half a line"]  # the same warning again: said once
+        log_file.write("".join(f"2026-11-28 10:00:05,000 WARNING rsample.x: warning {i}\n" for i in range(30)))
+    relayed = relay.new_warnings()
+    assert relayed == [*(f"warning {i}" for i in range(MOST_RELAYED - 2)), f"more warnings only in its log, {log_path}"]

@@ -28,6 +28,7 @@ from rsample.workers.runtime.connection import REDIS_URL_ENV, connect
 from rsample.workers.runtime.cpu_share import local_worker_roles, machine_has_gpu, sharing_environment
 from rsample.workers.runtime.embedded_redis import EmbeddedRedis
 from rsample.workers.runtime.keys import RunKeys
+from rsample.workers.runtime.log_relay import LogRelay
 from rsample.workers.runtime.processes import RSAMPLE_COMMAND, Lineage, describe_exit, kill_with_descendants, killed_with_parent, last_words
 from rsample.workers.runtime.progress import StageBars
 from rsample.workers.runtime.run_state import expire_run
@@ -67,6 +68,7 @@ class WorkerProcesses:
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
         self.lineages: dict[int, Lineage] = {}
         """What each worker started (its vLLM engine), stopped when the worker is gone without stopping it."""
+        self.relays: dict[int, LogRelay] = {}
 
     def start(self, role: str, *options: str) -> None:
         """`options` are extra `rsample worker` options, such as `--slots 2`."""
@@ -83,6 +85,7 @@ class WorkerProcesses:
                 preexec_fn=killed_with_parent,  # a killed `rsample run` leaves no orphan workers behind
             )
         self.processes.append((role, process, log_path))
+        self.relays[process.pid] = LogRelay(log_path)
 
     def start_for_run(self, config: RunConfig, generate_workers: int, *options: str) -> list[str]:
         """The workers `rsample run` starts for `config` on this machine (see `local_worker_roles`); returns their roles."""
@@ -94,6 +97,8 @@ class WorkerProcesses:
 
     def check_alive(self) -> None:
         for role, process, log_path in self.processes:
+            for warning in self.relays[process.pid].new_warnings():
+                log.warning("%s worker: %s", role, warning)
             code = process.poll()
             if code is None:
                 self._lineage(process).look()
