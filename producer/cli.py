@@ -150,7 +150,8 @@ def run_options(command):
         click.option("--run-id", default="", callback=_check_run_id,
                      help="Name the run: letters, digits, '.', '_', '-' (default: a hash of its settings)."),
         click.option("--max-in-flight", type=int, default=defaults.MAX_IN_FLIGHT, show_default=True, help="Prompts handed to workers and not yet written: bounds Redis memory."),
-        click.option("--retries", type=int, default=defaults.JOB_RETRIES, show_default=True, help="Retries of a failed job before its prompts are skipped."),
+        click.option("--retries", type=int, default=defaults.JOB_RETRIES, show_default=True, help="Retries of a failed job; then a generation job of several prompts is split in two halves, each "
+                   "with these retries again, and a job that still fails has its prompts skipped."),
         click.option("--heartbeat-ttl", type=int, default=defaults.JOB_HEARTBEAT_TTL, show_default=True, help="Seconds after which a silent worker's job is requeued."),
         click.option("--generation-timeout", type=int, default=defaults.GENERATION_JOB_TIMEOUT, show_default=True, help="Seconds a generation job may run."),
         click.option("--score-timeout", type=int, default=defaults.SCORE_JOB_TIMEOUT, show_default=True, help="Seconds a scoring job may run."),
@@ -481,7 +482,11 @@ def parquet(files) -> None:
 @PARQUET_OPTION
 @overwrite_option
 @retry_failed_option
-def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no_progress, parquet, overwrite, retry_failed) -> None:
+@click.option("--wait-for-redis", "wait_for_redis", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Seconds to wait at the start for a Redis that cannot be reached yet (restarting, or a container started "
+                   "before it); once started, it waits through any outage.")
+def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no_progress, parquet, overwrite, retry_failed,
+              wait_for_redis) -> None:
     """Coordinate a run: feed its prompts to the workers and write the results; exits when every row is written.
 
     Run it where the dataset and the output live. Restarting it resumes from the output files.
@@ -496,7 +501,7 @@ def aggregate(redis_url, run_id, out, scores_out, sft_out, push_repo, public, no
     from rsample.workers.runtime.run_state import expire_run
 
     check_push_options(push_repo, public)
-    client = connect(redis_url)
+    client = connect(redis_url, wait_seconds=wait_for_redis)
     config = load_or_recreate(client, run_id, out, overwrite)
     check_sft_out(config, sft_out)
     check_outputs(config.run_id, out, scores_out, dataset_files(config), overwrite, sft_out, config.output_settings(), parquet,

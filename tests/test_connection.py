@@ -157,6 +157,34 @@ def test_a_worker_started_while_redis_restarts_waits_for_it_when_told_to(tmp_pat
         server.close()
 
 
+def test_a_coordinator_started_while_redis_restarts_waits_for_it_when_told_to(tmp_path):
+    """`rsample aggregate` started while its Redis was down or restarting ended at once, "cannot reach Redis", and the
+    run had no coordinator until something started one again."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    from rsample.workers.runtime.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    try:
+        server.stop()
+        coordinator = subprocess.Popen([sys.executable, "-m", "rsample.producer", "aggregate", "--redis-url", server.url, "--out",
+                                        str(tmp_path / "pairs.jsonl"), "--wait-for-redis", "60", "--no-progress"], cwd=REPO,
+                                       stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert coordinator.poll() is None  # still waiting
+        server.start()
+        _, stderr = coordinator.communicate(timeout=60)
+        assert f"waiting up to 60 s for Redis at {server.url}" in stderr
+        assert coordinator.returncode == 2 and stderr.strip().splitlines()[-1] == (  # it reached Redis, which holds no run
+            "error: this Redis holds no run yet: start one with `rsample enqueue` or pass --run"), stderr
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("database", ["3x", "abc", "\u00b2", " 3x"])
 def test_a_database_that_is_no_number_is_refused_not_read_as_0(redis_server, database):
     """redis-py reads `/3x` as database 0, silently: a typo put the run into another tenant's database."""

@@ -341,6 +341,7 @@ def test_enqueue_is_one_shot_and_the_coordinator_waits_for_it(services):
             path = args[args.index(option) + 1]
             assert any(path.startswith(target.rstrip("/") + "/") for target in targets), (option, path, targets)
             assert path.split("/")[-2] == env.get("RSAMPLE_RUN_NAME", "run"), path
+    assert args[args.index("--wait-for-redis") + 1] == "300"  # after a reboot, Redis may come up after the coordinator
     extra = command_args(aggregate, {"RSAMPLE_AGGREGATE_ARGS": "--sft-out /data/out/run/sft.jsonl --push-to-hub me/pairs"})
     assert extra[-4:] == ["--sft-out", "/data/out/run/sft.jsonl", "--push-to-hub", "me/pairs"]
     for name in ("generate-0", "generate-1", "reward"):
