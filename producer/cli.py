@@ -544,6 +544,7 @@ def resume(redis_url, run_id, out, scores_out, sft_out, generate_workers, no_pro
 
     config = load_or_recreate(connect(redis_url, patient=False), run_id, out)
     check_sft_out(config, sft_out)
+    check_functions_allowed(config, allow_functions)
     options = LocalRunOptions(out=out, scores_out=scores_out, sft_out=sft_out, redis_url=redis_url, generate_workers=generate_workers,
                               progress=not no_progress, overwrite=overwrite, allow_functions=allow_functions,
                               trust_remote_code=trust_remote_code, retry_failed=retry_failed, parquet=parquet)
@@ -556,6 +557,17 @@ def functions_named(config) -> tuple[str, ...]:
     from rsample.workers.backends.reward_specs import function_name, is_function
 
     return tuple(function_name(spec) for spec in config.reward_models if is_function(spec))
+
+
+def check_functions_allowed(config, allow_functions: tuple[str, ...]) -> None:
+    """`resume` starts every worker of the run itself: one whose `fn:` reward none of them may import would generate
+    every row and then write each as skipped. The run's settings come from Redis, which cannot allow code itself."""
+    from rsample.workers.backends.functions import allowed_functions
+
+    refused = [name for name in functions_named(config) if name not in allowed_functions(allow_functions)]
+    if refused:
+        raise RsampleError(f"run {config.run_id} scores with {', '.join(f'fn:{name}' for name in refused)}, which the workers this "
+                           f"command starts may not import: name it with {' '.join(f'--allow-reward-fn {name}' for name in refused)}")
 
 
 def check_sft_out(config, sft_out: Path | None) -> None:

@@ -21,6 +21,15 @@ def test_wrong_model_paths_fail_in_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_model_folder_gone_since_the_run_was_made_is_not_found_for_its_tokenizer_too(tmp_path):
+    """A worker loads its tokenizer first: a folder removed after `enqueue` (or absent on this machine) was told as
+    transformers' "Repo id must be in the form 'repo_name' or 'namespace/repo_name'"."""
+    from rsample.workers.backends.models import load_tokenizer
+
+    with pytest.raises(RsampleError, match=f"^policy model not found: {tmp_path}/policyX$"):
+        load_tokenizer(str(tmp_path / "policyX"), "policy")
+
+
 def test_a_mistyped_relative_path_is_told_as_one_not_as_an_unreachable_hub(tmp_path, monkeypatch):
     """`models/rewrd` beside `models/` read as a Hub id: the user was told the Hub could not be reached. The same for a
     dataset, and for a worker started in another folder than the run's relative paths."""

@@ -214,6 +214,23 @@ def test_a_worker_that_does_not_allow_the_function_fails_its_jobs_with_the_reaso
     assert "my_rewards" not in log.replace("fn:my_rewards:hashes", "").replace("my_rewards:hashes", "")  # never imported
 
 
+def test_resume_without_the_runs_function_allowed_is_refused_before_any_sampling(reward_module, redis_server, tmp_path):
+    """`resume` starts the run's workers itself: without --allow-reward-fn they generated every row, then wrote each
+    as skipped ("not allowed on this worker"), and the command exited 0."""
+    dataset = write_jsonl(tmp_path / "rows.jsonl", ROWS[:1])
+    url, out = redis_server.url, tmp_path / "pairs.jsonl"
+    run_id = rsample("enqueue", "--redis-url", url, "--dataset", str(dataset), *ECHO, "--reward-model", "fn:my_rewards:hashes",
+                     "--extra-column", "keyword").stdout.strip()
+    refused = rsample("resume", "--redis-url", url, "--run", run_id, "--out", str(out), "--no-progress", check=False)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: run {run_id} scores with fn:my_rewards:hashes, which the workers this command starts may not import: name it "
+        "with --allow-reward-fn my_rewards:hashes"), refused.stderr
+    assert not out.exists()
+    rsample("resume", "--redis-url", url, "--run", run_id, "--out", str(out), "--no-progress", "--allow-reward-fn", "my_rewards:hashes")
+    [pair] = read_jsonl(out)
+    assert pair["chosen_score"] == {"fn:my_rewards:hashes": 3.0}
+
+
 def test_an_installed_entry_point_allows_its_function(reward_module, tmp_path):
     """A package's `rsample.rewards` entry point, as `pip install` leaves it (a dist-info folder on the path)."""
     info = reward_module / "my_rewards-1.0.dist-info"

@@ -310,6 +310,9 @@ def test_a_stop_timeout_spares_a_worker_that_stops_in_time(redis_server, redis_c
                               stderr=subprocess.STDOUT, env={**os.environ, "RSAMPLE_TEST_BACKEND": "SlowClosingGenerator"})
     try:
         wait_for(lambda: f"serving run {run_id}" in log.read_text(), 60, "the worker to serve", interval=0.1)
+        from rq import Worker  # idle in Redis: RQ's signal handlers are in place (before them, SIGTERM is the CLI's: 143)
+
+        wait_for(lambda: any(w.get_state() == "idle" for w in Worker.all(connection=redis_client)), 60, "the worker to idle", interval=0.1)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0, log.read_text()
     finally:

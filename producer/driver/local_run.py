@@ -68,7 +68,7 @@ class WorkerProcesses:
         self.processes: list[tuple[str, subprocess.Popen, Path]] = []
         self.lineages: dict[int, Lineage] = {}
         """What each worker started (its vLLM engine), stopped when the worker is gone without stopping it."""
-        self.relays: dict[int, LogRelay] = {}
+        self.relays: dict[Path, LogRelay] = {}
 
     def start(self, role: str, *options: str) -> None:
         """`options` are extra `rsample worker` options, such as `--slots 2`."""
@@ -85,7 +85,6 @@ class WorkerProcesses:
                 preexec_fn=killed_with_parent,  # a killed `rsample run` leaves no orphan workers behind
             )
         self.processes.append((role, process, log_path))
-        self.relays[process.pid] = LogRelay(log_path)
 
     def start_for_run(self, config: RunConfig, generate_workers: int, *options: str) -> list[str]:
         """The workers `rsample run` starts for `config` on this machine (see `local_worker_roles`); returns their roles."""
@@ -97,7 +96,7 @@ class WorkerProcesses:
 
     def check_alive(self) -> None:
         for role, process, log_path in self.processes:
-            for warning in self.relays[process.pid].new_warnings():
+            for warning in self.relays.setdefault(log_path, LogRelay(log_path)).new_warnings():
                 log.warning("%s worker: %s", role, warning)
             code = process.poll()
             if code is None:

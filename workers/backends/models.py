@@ -27,10 +27,9 @@ def _needs_remote_code(exc: Exception, spec: str, role: str) -> None:
                            "(on the run, and on every worker that loads it)") from None
 
 
-def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> Any:
-    """The model's transformers config, or an error that names the role and the path."""
-    from transformers import AutoConfig
-
+def check_found(spec: str, role: str) -> None:
+    """A local model path that is not there, said as such (transformers takes it for a Hub id: "Repo id must be in the
+    form 'repo_name' or 'namespace/repo_name'")."""
     path = Path(spec).expanduser()
     if (surely_local(spec) or path.suffix == ".gguf") and not path.exists():
         try:
@@ -38,6 +37,13 @@ def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> 
         except OSError:  # the folder this runs in was removed
             relative = " (relative to the folder this runs in, which no longer exists)"
         raise RsampleError(f"{role} model not found: {spec}{relative}")
+
+
+def load_model_config(spec: str, role: str, trust_remote_code: bool = False) -> Any:
+    """The model's transformers config, or an error that names the role and the path."""
+    from transformers import AutoConfig
+
+    check_found(spec, role)
     location, gguf_file = split_gguf(spec)
     try:
         if gguf_file:
@@ -146,6 +152,7 @@ def resolve_dtype(name: str, device: str):
 def load_tokenizer(spec: str, role: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    check_found(spec, role)
     location, gguf_file = split_gguf(spec)
     try:
         if gguf_file:
