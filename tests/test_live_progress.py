@@ -89,6 +89,17 @@ def test_the_generation_bar_says_it_waits_for_a_model_to_load(redis_client):
     bars.update()
     assert "waiting for a generation worker to load its model" in str(bars.bars[0])
     bars.close()
+    # rows the coordinator settles itself (a bad row, a duplicate) hid the wait: "0 tokens, 0 tokens/s" for minutes
+    redis_client.hset(RunKeys("r4").stats, mapping={"rows_total": 16, "rows_generated": 3, "rows_scored": 3, "rows_written": 3})
+    bars = StageBars(redis_client, "r4")
+    bars.update()
+    assert bars.bars[0].n == 3 and "waiting for a generation worker to load its model" in str(bars.bars[0])
+    bars.close()
+    redis_client.hset(RunKeys("r5").stats, mapping={"rows_total": 2, "rows_generated": 2, "rows_scored": 2, "rows_written": 2})
+    bars = StageBars(redis_client, "r5")  # every row settled so: nothing waits
+    bars.update()
+    assert "waiting" not in str(bars.bars[0]) and "0 tokens" in str(bars.bars[0])
+    bars.close()
 
 
 def test_the_generation_bar_moves_with_running_jobs(redis_client):

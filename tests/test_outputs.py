@@ -303,3 +303,15 @@ def test_another_out_after_a_coordinator_that_wrote_only_bad_rows_and_duplicates
     out = tmp_path / "second" / "pairs.jsonl"
     rsample("aggregate", "--redis-url", url, "--run", run_id, "--out", str(out), "--no-progress", timeout=120)
     assert sorted(row["row_index"] for row in outcome_rows(out)) == list(range(len(rows)))
+
+
+def test_a_score_name_given_since_is_named_as_such_not_as_another_reward_model():
+    """`--reward-model X=/models/rm` against `--reward-model /models/rm` said "--reward-model was None, now ['X']": the
+    reward model is the same, its scores' name is new."""
+    from rsample.producer.driver.ledger import first_difference
+
+    before = {"reward_models": ["/models/rm"], "reward_names": None, "n": 4}
+    assert first_difference(before, {**before, "reward_names": ["X"]}) == "the reward models' names (--reward-model NAME=...) were none, now X"
+    assert first_difference({**before, "reward_names": [None, "b"]}, {**before, "reward_names": ["a", "b"]}) == (
+        "the reward models' names (--reward-model NAME=...) were (none), b, now a, b")
+    assert first_difference(before, {**before, "reward_models": ["/models/other"]}) == "--reward-model was ['/models/rm'], now ['/models/other']"

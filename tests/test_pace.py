@@ -74,6 +74,26 @@ def test_status_shows_the_recent_pace_and_the_time_left_at_it(redis_client):
     assert json.loads(json.dumps(status.to_dict()))["recent"]["tokens_per_s"] == pytest.approx(400, rel=1e-3)
 
 
+def test_the_recent_pace_runs_up_to_the_counters_as_they_are_not_to_the_last_sample(redis_client):
+    """The coordinator samples every 10 s: a status between two samples said "written 0.00/s" under a count that had
+    just gone from 43 to 99 (the samples' span ended before it), and a time left of 12 min for a run that ended 25 s on."""
+    config = RunConfig(run_id="pace5", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 600)
+    save_run(redis_client, config)
+    keys = RunKeys(config.run_id)
+    redis_client.set(keys.coordinator_lock, "a coordinator")
+    redis_client.hset(keys.stats, mapping={"rows_total": 244, "rows_generated": 100, "rows_written": 43, "tokens_generated": 9000})
+    now = time.time()
+    for at in (now - 38, now - 8):  # 30 s of samples, nothing written between them
+        record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=at))
+    redis_client.hset(keys.stats, mapping={"rows_generated": 160, "rows_written": 99, "tokens_generated": 15_000})
+    status = run_status(redis_client, config.run_id)
+    # from the oldest sample (38 s ago) to now: 56 rows written, 60 generated
+    assert status.recent.seconds == pytest.approx(38, abs=1)
+    assert status.recent.written_per_s == pytest.approx(56 / status.recent.seconds, rel=1e-6)
+    assert status.recent.generated_per_s == pytest.approx(60 / status.recent.seconds, rel=1e-6)
+    assert status.eta_seconds == pytest.approx((244 - 99) * status.recent.seconds / 56, rel=1e-6)
+
+
 def test_a_stalled_run_says_so_instead_of_a_time_left(redis_client):
     config = RunConfig(run_id="pace2", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 600)
     save_run(redis_client, config)

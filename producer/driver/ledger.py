@@ -53,7 +53,7 @@ def output_owner(out: Path) -> str | None:
     return output_header(out).get("rsample_run")
 
 
-FLAG_NAMES = {"generation_backend": "backend", "prompts_per_job": "batch-size", "reward_models": "reward-model", "reward_names": "reward-model",
+FLAG_NAMES = {"generation_backend": "backend", "prompts_per_job": "batch-size", "reward_models": "reward-model",
               "reward_micro_batch": "reward-batch-size", "extra_columns": "extra-column", "prompt_columns": "prompt-column"}
 
 
@@ -65,12 +65,18 @@ def first_difference(before: dict, now: dict) -> str | None:
             found = first_difference(old, new)
             if found:
                 return found
+        elif old != new and name == "reward_names":  # the NAME= of `--reward-model NAME=MODEL`, not the models
+            return f"the reward models' names (--reward-model NAME=...) were {_names(old)}, now {_names(new)}"
         elif old != new:
             flag = f"--{FLAG_NAMES.get(name, name.replace('_', '-'))}"
             if max(len(repr(old)), len(repr(new))) > 80:  # a judge's rubric, a system prompt: not printed whole
                 return f"{flag} changed"
             return f"{flag} was {old!r}, now {new!r}"
     return None
+
+
+def _names(names) -> str:
+    return ", ".join(str(name) if name else "(none)" for name in names) if names else "none"
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -94,7 +94,8 @@ class StageBars:
             else:  # into a file: drawn below, once a minute, at the pace since the start (update would draw too)
                 bar.n = done
             if index == 0:
-                waiting = not tokens and not done and not self._generation_workers()
+                # rows the coordinator settled itself (skipped, duplicates) are done without any worker
+                waiting = not tokens and (not total or done < total) and not self._generation_workers()
                 bar.set_postfix_str("waiting for a generation worker to load its model" if waiting
                                     else f"{tokens:,} tokens, {format_rate(rate)} tokens/s", refresh=False)
         if time.monotonic() - self._drawn_at >= self.redraw_every:
