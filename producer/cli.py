@@ -605,12 +605,26 @@ def _write_run_report(out: Path, scores_out: Path | None, reasoning_end: str | N
     from rsample.producer.report.document import write_report
 
     try:
-        result = write_report(out, scores_out, default_report_dir(out), reasoning_end)
+        result = write_report(out, scores_out or _recorded_scores(out), default_report_dir(out), reasoning_end)
     except Exception as exc:
         click.secho(f"WARNING no run report: {first_line(exc)} (try `rsample report {out}`)", fg="yellow", err=True)
         return None
     _echo_report(result)
     return result
+
+
+def _recorded_scores(out: Path) -> Path | None:
+    """The scores file the run's outcomes file records, where this session names none (a finished run aggregated again
+    without --scores-out): its report lost the figures and numbers that need the scores."""
+    from rsample.producer.driver.ledger import outcomes_path_for, replay_outcomes
+
+    outcomes = outcomes_path_for(out)
+    try:
+        recorded = replay_outcomes(outcomes).known_paths.get("scores") if outcomes.is_file() else None
+    except (OSError, ValueError):
+        return None
+    path = outcomes.parent / recorded if recorded else None
+    return path if path is not None and path.is_file() else None
 
 
 def _echo_report(result) -> None:

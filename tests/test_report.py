@@ -688,3 +688,24 @@ def test_a_coordinator_that_lost_its_lock_does_not_overwrite_the_new_owners_numb
     with pytest.raises(RsampleError, match="took over"):
         coordinator.run()
     assert redis_client.hget(keys.stats, "outcomes").decode() == theirs
+
+
+def test_a_finished_run_written_again_without_its_scores_file_keeps_its_reports_figures(tmp_path):
+    """The same command without --scores-out (a finished run aggregated again) rewrote the report without the numbers
+    and figures the scores give, and left the earlier report's truncation figure beside it."""
+    from conftest import rsample, write_jsonl
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"question {i} in words"} for i in range(6)])
+    command = ["run", "--dataset", str(dataset), "--policy", "p", "--reward-model", "r", "--backend", "echo", "--reward-backend", "length",
+               "--n", "3", "--no-progress", "--out", str(tmp_path / "o" / "pairs.jsonl")]
+    rsample(*command, "--scores-out", str(tmp_path / "o" / "scores.jsonl"))
+    report = tmp_path / "o" / "pairs.report"
+    first = (report / "report.md").read_text()
+    figures = sorted(path.name for path in report.glob("*.png"))
+    assert "truncation.png" in figures
+    rsample(*command)
+    assert (report / "report.md").read_text() == first and sorted(path.name for path in report.glob("*.png")) == figures
+    (tmp_path / "o" / "scores.jsonl").unlink()  # gone: a report of the pairs alone, and no figure of the scores left behind
+    rsample(*command, check=False)
+    left = sorted(path.name for path in report.glob("*.png"))
+    assert "truncation.png" not in left and all(f"![{name[:-4]}]({name})" in (report / "report.md").read_text() for name in left)

@@ -172,4 +172,7 @@ def draw_all(numbers: RunNumbers, directory: Path) -> dict[str, Path]:
         except Exception as exc:
             logging.getLogger(__name__).warning("report figure %r not drawn: %s", name, first_line(exc, with_type=True))
             _pyplot().close("all")
+    for name in ALL:  # an earlier report's figure that this one has not (a report drawn before without the scores)
+        if drawn.get(name) is None:
+            (directory / f"{name}.png").unlink(missing_ok=True)
     return {name: path for name, path in drawn.items() if path is not None}
