@@ -104,8 +104,10 @@ def _rows_in(path: Path) -> Iterator[tuple[str, Any]]:
     """(place, row or RowSkip) of one file read here."""
     if _format(path) in (".csv", ".tsv"):
         return _csv_rows(path)
-    if _one_json_array(path):
-        return _json_array_rows(path)
+    if _head(path).lstrip(BLANK).startswith(b"["):
+        rows = _json_array(path)
+        if rows is not None:
+            return ((f"element {number}", row) for number, row in enumerate(rows, start=1))
     if _one_json_object(path):
         raise RsampleError(f"dataset file {path} holds one JSON object over several lines, not rows: give a JSON array of "
                            "rows, or JSON Lines (one row per line)")
@@ -145,8 +147,9 @@ def _json_line_rows(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"line {line_number}", row
 
 
-def _json_array_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """("element N", row) of a file holding one JSON array (read whole: its rows have no lines of their own)."""
+def _json_array(path: Path) -> list | None:
+    """The rows of a file that holds one JSON array, in any layout (read whole: its rows have no lines of their own);
+    None for JSON Lines whose first row is a list (a bad row, one skip) or whose first line is a whole array."""
     try:
         with _opened(path) as handle:
             data = handle.read()
@@ -158,11 +161,22 @@ def _json_array_rows(path: Path) -> Iterator[tuple[str, Any]]:
         line = data.count(b"\n", 0, exc.start) + 1
         raise RsampleError(f"dataset file {path} line {line}: invalid UTF-8, byte {data[exc.start]:#04x}: save it as UTF-8") from None
     except json.JSONDecodeError as exc:
+        if _first_line_is_a_value(data):  # JSON Lines: read line by line, a bad line one skip
+            return None
         raise RsampleError(f"dataset file {path} is no valid JSON array: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except (ValueError, RecursionError) as exc:
         raise RsampleError(f"dataset file {path} cannot be read: {_unreadable(exc)}") from None
-    for number, row in enumerate(rows, start=1):
-        yield f"element {number}", row
+    return rows if isinstance(rows, list) else None
+
+
+def _first_line_is_a_value(data: bytes) -> bool:
+    """Whether a file's first line that is not blank is a JSON value of its own (a row of JSON Lines)."""
+    first = next((line.strip(BLANK) for line in io.BytesIO(data) if line.strip(BLANK)), b"")
+    try:
+        json.loads(first)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 CSV_FIELD_LIMIT = 1 << 30
@@ -180,20 +194,23 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         with _opened(path) as handle:
             text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline="")
-            reader = csv.reader(text, delimiter=delimiter)
+            reader = csv.reader(text, delimiter=delimiter, strict=True)
             header: list[str] | None = None
             ended = 0
             while True:
                 try:
                     cells = next(reader, None)
                 except csv.Error as exc:
+                    if str(exc) == "unexpected end of data":  # not strict, the rest of the file was that one cell
+                        raise RsampleError(f"dataset file {path} line {ended + 1}: a quoted cell opens here and is never closed (a stray "
+                                           "'\"'?): the rest of the file would be that cell") from None
                     yield f"line {ended + 1}", RowSkip(0, "malformed CSV row", f"{path.name} line {ended + 1}: {exc}")
                     ended = reader.line_num
                     continue
                 if cells is None:
                     return
                 line, ended = ended + 1, reader.line_num
-                if not cells:  # a blank line
+                if not cells or (len(cells) == 1 and not cells[0].strip() and ended == line):  # a blank line, as pandas skips
                     continue
                 if header is None:
                     header = _csv_header(path, cells)
@@ -211,13 +228,17 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _csv_header(path: Path, cells: list[str]) -> list[str]:
-    """A CSV's column names; an unnamed one (the index column pandas writes) is `Unnamed: N`, as pandas names it."""
+    """A CSV's column names, as pandas names them: an unnamed one (the index column pandas writes) is `Unnamed: N`,
+    one given twice gets `.1`."""
     if any(ESCAPED_BYTES.search(cell) for cell in cells):
         raise RsampleError(f"dataset file {path}: its header holds bytes that are no UTF-8: save it as UTF-8")
-    names = [cell if cell != "" else f"Unnamed: {number}" for number, cell in enumerate(cells)]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise RsampleError(f"dataset file {path}: its header names {', '.join(map(repr, twice))} more than once: give each column its own name")
+    given = [cell if cell != "" else f"Unnamed: {number}" for number, cell in enumerate(cells)]
+    names: list[str] = []
+    for name in given:  # a name given twice: `answer`, `answer.1` (or `.2` where the header names `answer.1` too)
+        again = 0
+        while (name if not again else f"{name}.{again}") in names or (again and f"{name}.{again}" in given):
+            again += 1
+        names.append(name if not again else f"{name}.{again}")
     return names
 
 
@@ -281,26 +302,6 @@ def _declares_configs(folder: Path) -> bool:
     except (yaml.YAMLError, ValueError):  # a README that is no dataset card (UnicodeDecodeError is a ValueError)
         return False
     return bool(metadata and metadata.get("configs"))
-
-
-def _one_json_array(path: Path) -> bool:
-    """Whether a file holds one JSON array (on one line, or pretty-printed over many) rather than JSON Lines whose
-    first row may be a list (a bad row: one skip, as before)."""
-    if not _head(path).lstrip(BLANK).startswith(b"["):
-        return False
-    try:
-        with _opened(path) as handle:
-            lines = (line.strip(BLANK) for line in handle if line.strip(BLANK))
-            first = next(lines, b"")
-            if first == b"[" or (first.endswith(b",") and first.startswith((b"[{", b"[ {", b'["', b"[["))):
-                return True  # the opening of a pretty-printed array: no row on its own
-            try:
-                whole = json.loads(first)
-            except ValueError:  # a broken row: read line by line, it is one skip
-                return False
-            return isinstance(whole, list) and next(lines, None) is None  # a whole array on the only line
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise _not_gzip(path, exc) from None
 
 
 def _one_json_object(path: Path) -> bool:
@@ -426,12 +427,14 @@ def _open(selection: DataSelection):
 
 
 def _value_kind(kind) -> str | None:
-    """A Parquet column's type as text or number (None: another type, whose differences `datasets` reports itself)."""
+    """A Parquet column's type as text, number or boolean (None: another type, whose differences `datasets` reports)."""
     import pyarrow as pa
 
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return "text"
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind) or pa.types.is_boolean(kind):
+    if pa.types.is_boolean(kind):  # a cast to it makes any number true
+        return "true or false"
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         return "number"
     return None
 
@@ -508,7 +511,8 @@ def count_rows(selection: DataSelection) -> int:
     if isinstance(source, (Path, list)):
         total = 0
         for path in _files(source):  # JSON Lines by their lines, unparsed
-            rows = _lines(path) if _format(path) == ".json" and not _one_json_array(path) and not _one_json_object(path) else _rows_in(path)
+            plain = _format(path) == ".json" and not _head(path).lstrip(BLANK).startswith(b"[") and not _one_json_object(path)
+            rows = _lines(path) if plain else _rows_in(path)
             total += sum(1 for _ in rows)
     else:
         total = len(source)

@@ -238,20 +238,58 @@ def _are_turns(value: list) -> bool:
 
 
 def _python_turns(text: str) -> list | None:
-    """Chat turns in Python's repr, read as literals (no code runs); None for any other text."""
-    if not text.lstrip()[1:].lstrip().startswith("{"):
+    """Chat turns in Python's repr, or numpy's (what `Dataset.to_csv` writes of a list: its elements apart by
+    whitespace alone), read as literals (no code runs); None for any other text."""
+    text = text.strip()
+    if not text[1:].lstrip().startswith("{"):
         return None
+    for literal in (text, _with_commas(text)):
+        try:
+            value = ast.literal_eval(literal)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, list) and _are_turns(value):
+            return value
+    return None
+
+
+def _with_commas(text: str) -> str:
+    """A list's repr with a comma put between two of its dicts that only whitespace parts (numpy's repr of an array of
+    objects), found by Python's tokenizer, so that no text inside a string is touched."""
+    import io
+    import tokenize
+
     try:
-        value = ast.literal_eval(text.strip())
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-    return value if isinstance(value, list) and _are_turns(value) else None
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except Exception:  # noqa: BLE001 - no Python at all: nothing to mend
+        return text
+    line_starts = [0]
+    for line in text.splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+    depth, closed, commas = 0, None, []
+    for token in tokens:
+        if token.type in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT):
+            continue
+        if token.type == tokenize.OP and token.string in "([{":
+            if depth == 1 and token.string == "{" and closed is not None:
+                commas.append(closed)
+            depth += 1
+            closed = None
+        elif token.type == tokenize.OP and token.string in ")]}":
+            depth -= 1
+            row, column = token.end
+            closed = line_starts[row - 1] + column if depth == 1 and token.string == "}" else None
+        else:
+            closed = None
+    for offset in reversed(commas):
+        text = text[:offset] + "," + text[offset:]
+    return text
 
 
 def _reference(value: Any, row_index: int, column: str) -> str | None | RowSkip:
     """--reference-column's value: a string, or chat turns ending with the assistant's (TRL's `completion`)."""
-    if value is None or value == [] or (isinstance(value, str) and not value.strip()):  # TRL's `completion: []` too
-        return None
+    if value is None or value == [] or (isinstance(value, str) and value.strip() in ("", "[]")):  # TRL's `completion: []` too,
+        return None  # as a CSV holds it
     if isinstance(value, float) and math.isnan(value):  # pandas' and polars' missing value
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):  # an answer stored as a number (AIME's)

@@ -471,14 +471,36 @@ def test_a_csv_row_of_too_many_cells_is_a_skip_and_one_of_too_few_has_nulls(tmp_
     assert count_rows(DataSelection(str(path))) == 4
 
 
-def test_a_csv_written_by_pandas_names_its_index_column_as_pandas_does(tmp_path):
+def test_a_csv_quote_never_closed_is_refused_with_its_line_not_read_as_the_rest_of_the_file(tmp_path):
+    """Python's csv module (not strict) read the rest of the file as that one cell: three rows gone, one prompt wrong."""
+    path = tmp_path / "q.csv"
+    path.write_text('prompt,answer\nWhat is one?,1\n"What is two?,2\nWhat is three?,3\nWhat is four?,4\n')
+    with pytest.raises(RsampleError, match=r"q\.csv line 3: a quoted cell opens here and is never closed"):
+        _rows(path)
+    path.write_text('prompt,answer\n"a"b,1\nc,2\n')  # a quote closed in mid-cell: that row alone
+    (_, skip), (_, row) = _rows(path)
+    assert (skip.reason, row) == ("malformed CSV row", {"prompt": "c", "answer": "2"})
+
+
+def test_csv_lines_of_spaces_are_no_rows_as_pandas_numbers_them(tmp_path):
+    """A line of spaces became a row (an empty prompt) and moved every later row: a run made before could not resume
+    ("edited since"); before the header, it was taken for the header."""
+    import pandas as pd
+
+    path = tmp_path / "ws.csv"
+    path.write_text(" \nprompt,answer\nWhat is one?,1\n  \n\t\nWhat is two?,2\n")
+    assert [row for _, row in _rows(path)] == pd.read_csv(path, dtype=str).to_dict("records") == [
+        {"prompt": "What is one?", "answer": "1"}, {"prompt": "What is two?", "answer": "2"}]
+
+
+def test_a_csv_written_by_pandas_names_its_columns_as_pandas_does(tmp_path):
     import pandas as pd
 
     pd.DataFrame({"prompt": ["a", "b"]}).to_csv(tmp_path / "frame.csv")  # an index column with no name
     assert [row for _, row in _rows(tmp_path / "frame.csv")] == [{"Unnamed: 0": "0", "prompt": "a"}, {"Unnamed: 0": "1", "prompt": "b"}]
-    (tmp_path / "twice.csv").write_text("prompt,prompt\na,b\n")
-    with pytest.raises(RsampleError, match=r"its header names 'prompt' more than once"):
-        _rows(tmp_path / "twice.csv")
+    (tmp_path / "twice.csv").write_text("prompt,answer,answer,answer.1\na,b,c,d\n")
+    expected = pd.read_csv(tmp_path / "twice.csv", dtype=str).to_dict("records")
+    assert [row for _, row in _rows(tmp_path / "twice.csv")] == expected == [{"prompt": "a", "answer": "b", "answer.2": "c", "answer.1": "d"}]
 
 
 def test_a_json_array_whose_column_mixes_text_and_lists_keeps_its_texts(tmp_path):
@@ -502,6 +524,29 @@ def test_a_json_array_whose_column_mixes_text_and_lists_keeps_its_texts(tmp_path
         _rows(path)
 
 
+@pytest.mark.parametrize("layout", [
+    '[{\n  "prompt": "a"\n}, {\n  "prompt": "b"\n}]\n',  # JavaScript's style
+    '[ {\n  "prompt" : "a"\n}, {\n  "prompt" : "b"\n} ]\n',  # Jackson's default printer
+    '[{"prompt": "a"}\n,{"prompt": "b"}\n]',  # comma first
+    '[{"prompt": "a", "tags": [\n "x"]},\n{"prompt": "b", "tags": []}]',
+    '[\t{"prompt": "a"},\n{"prompt": "b"}]',
+    '[{"prompt": "a"}, {"prompt": "b"}',  # cut: refused
+])
+def test_a_json_array_is_read_in_any_layout(tmp_path, layout):
+    """Only a first line of `[` alone, or one ending in a comma, was taken for an array: other layouts were read as
+    JSON Lines, every line "invalid JSON"."""
+    path = tmp_path / "rows.json"
+    path.write_text(layout)
+    if layout.endswith("}"):
+        with pytest.raises(RsampleError, match=r"rows\.json is no valid JSON array"):
+            _rows(path)
+        return
+    assert [row["prompt"] for _, row in _rows(path)] == ["a", "b"]
+    from rsample.producer.dataset import count_rows
+
+    assert count_rows(DataSelection(str(path))) == 2
+
+
 def test_a_pretty_printed_json_object_is_refused_as_one_object_not_read_as_bad_lines(tmp_path):
     path = tmp_path / "object.json"
     path.write_text(json.dumps({"version": 1, "data": [{"prompt": "a"}]}, indent=2))
@@ -519,6 +564,10 @@ def test_parquet_files_whose_column_is_text_in_one_and_numbers_in_another_are_re
     with pytest.raises(RsampleError, match=r"column 'answer' holds (large_)?string in train-00001-of-00002\.parquet but int64 in "
                                            r"train-00000-of-00002\.parquet, and datasets would cast"):
         _rows(tmp_path / "shards")
+    pd.DataFrame({"prompt": ["a", "b"], "answer": [True, False]}).to_parquet(tmp_path / "shards" / "data" / "train-00000-of-00002.parquet")
+    pd.DataFrame({"prompt": ["c", "d"], "answer": [5, 0]}).to_parquet(tmp_path / "shards" / "data" / "train-00001-of-00002.parquet")
+    with pytest.raises(RsampleError, match=r"column 'answer' holds int64 in train-00001-of-00002\.parquet but bool in "):
+        _rows(tmp_path / "shards")  # 5 was read as True
 
 
 def test_parquet_files_of_other_columns_are_refused_with_the_columns_that_differ(tmp_path):

@@ -217,8 +217,9 @@ def test_a_resume_refuses_a_dataset_edited_where_its_fingerprint_does_not_look(t
     edited = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--batch-size", "64", "--out", str(out), check=False)
     run_id = read_jsonl(out.with_name("pairs.outcomes.jsonl"))[0]["rsample_run"]
     assert (edited.returncode, edited.stderr.strip().splitlines()[-1]) == (2, (
-        f"error: row 1900 of the dataset is not the row run {run_id} wrote an outcome for (it was edited since): output rows are "
-        "matched to dataset rows by number; restore the dataset, or start over with --overwrite"))
+        f"error: row 1900 of the dataset is not the row run {run_id} wrote an outcome for (it was edited since, or the rsample that "
+        "wrote the run read it otherwise): output rows are matched to dataset rows by number; restore the dataset, or start over "
+        "with --overwrite"))
     over = rsample("run", "--dataset", str(dataset), *ZERO_COST, "--batch-size", "64", "--out", str(out), "--overwrite")  # as it says
     assert "row 1900 of the dataset is not the row run" in over.stderr and "--overwrite: the run starts over" in over.stderr
     pairs = {row["prompt_id"]: row["messages"][0]["content"] for row in read_jsonl(out)}

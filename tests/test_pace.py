@@ -94,6 +94,27 @@ def test_the_recent_pace_runs_up_to_the_counters_as_they_are_not_to_the_last_sam
     assert status.eta_seconds == pytest.approx((244 - 99) * status.recent.seconds / 56, rel=1e-6)
 
 
+@pytest.mark.parametrize("skew", [-15.0, 15.0])
+def test_the_recent_pace_is_measured_on_redis_clock_not_on_the_status_machines(redis_client, monkeypatch, skew):
+    """The coordinator stamps its samples; `status` runs on any machine: its own clock, 15 s behind, made 1 row/s 1.30/s."""
+    import rsample.workers.runtime.status as status_module
+    from rsample.workers.runtime.redis_clock import redis_now
+
+    config = RunConfig(run_id="pace6", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 600)
+    save_run(redis_client, config)
+    keys = RunKeys(config.run_id)
+    redis_client.set(keys.coordinator_lock, "a coordinator")
+    redis_client.hset(keys.stats, mapping={"rows_total": 1000, "rows_generated": 0, "rows_written": 0})
+    now = redis_now(redis_client)
+    record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=now - 40))
+    redis_client.hset(keys.stats, mapping={"rows_generated": 40, "rows_written": 40})
+    record_sample(redis_client, config.run_id, take_sample(redis_client, config.run_id, now=now))
+    real_time = time.time
+    monkeypatch.setattr(status_module.time, "time", lambda: real_time() + skew)
+    recent = run_status(redis_client, config.run_id).recent
+    assert recent.generated_per_s == pytest.approx(1.0, rel=0.02) and recent.seconds == pytest.approx(40, abs=0.5)
+
+
 def test_a_stalled_run_says_so_instead_of_a_time_left(redis_client):
     config = RunConfig(run_id="pace2", data=DataSelection("rows.jsonl"), policy="p", reward_models=("length",), created_at=time.time() - 600)
     save_run(redis_client, config)

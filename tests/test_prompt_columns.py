@@ -199,6 +199,22 @@ def test_turns_written_as_pythons_repr_are_read_as_turns_not_as_the_prompts_text
         assert extract_prompt({"prompt": text}, 0).messages == [{"role": "user", "content": text}]
 
 
+def test_turns_that_dataset_to_csv_writes_are_read_from_the_csv_as_turns(tmp_path):
+    """`Dataset.to_csv` writes a list of several turns as numpy's repr, the turns apart by whitespace alone: no Python
+    literal, so the repr was the prompt (or, in `messages`, the row a skip)."""
+    import datasets
+
+    from rsample.producer.dataset import iter_rows
+
+    prompt = [{"role": "system", "content": "be brief }\n {'role': 'user'}"}, {"role": "user", "content": "q0"}]
+    rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": "a0"}]},
+            {"prompt": [*prompt, {"role": "assistant", "content": "x"}, {"role": "user", "content": "q1"}], "completion": []}]
+    datasets.Dataset.from_list(rows).to_csv(tmp_path / "trl.csv", index=False)
+    assert "}\n {" in (tmp_path / "trl.csv").read_text()  # numpy's repr, as written
+    records = [extract_prompt(row, index, reference_column="completion") for index, row in iter_rows(DataSelection(str(tmp_path / "trl.csv")))]
+    assert [(r.messages, r.reference_completion) for r in records] == [(prompt, "a0"), (rows[1]["prompt"], None)]
+
+
 def test_a_reference_of_nan_is_no_reference_and_an_empty_reply_in_parts_keeps_the_prompt():
     """A float NaN (pandas', polars' missing value) was the reference "nan", scored as a candidate; a final assistant
     turn of empty parts skipped its row, where an empty string left the prompt without reference."""

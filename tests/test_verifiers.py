@@ -60,6 +60,11 @@ def math_verifier():
         # a float answer column: its repr `1e-05` was read as an expression in E
         (0.00001, "\\boxed{0.00001}", 1.0),
         (1e20, "\\boxed{100000000000000000000}", 1.0),
+        # the same as a CSV's text, which is read as written now: `1e-05`, `1e3`, `1.0e2`, `42.0`
+        ("1e-05", "\\boxed{0.00001}", 1.0),
+        ("1e3", "\\boxed{1000}", 1.0),
+        ("1.0e2", "\\boxed{100}", 1.0),
+        ("42.0", "\\boxed{42}", 1.0),
         # a heading in bold, or numbered, is a heading: its step number was read as the answer
         ("42", "#### **Step 1: Understand**\nWe need 6 times 7.\n\n#### **Step 2: Multiply**\n6 * 7 = 42.\n\nSo it is 42.", 1.0),
         ("2", "#### **Step 1: Understand**\nWe need 6 times 7.\n\n#### **Step 2: Multiply**\n6 * 7 = 42.\n\nSo it is 42.", 0.0),
@@ -385,6 +390,12 @@ def test_numbers_are_read_with_their_thousands_separators_percent_signs_and_rati
         ("210", "\\boxed{2**10}", 0.0),  # markdown's bold is stripped around the answer only
         ("Paris", "\\boxed{\\text{Paris}}", 1.0),
         ("42", "#### **42**", 1.0),
+        ("42.0", "\\boxed{42}", 1.0),  # as pandas writes a float column into a CSV, whose cells are read as text now
+        ("2.0", "\\boxed{2.0}", 1.0),
+        ("2", "#### 2.00", 1.0),
+        ("1e-05", "\\boxed{0.00001}", 1.0),
+        ("007", "\\boxed{7}", 1.0),  # numerals by their value
+        ("3.5", "\\boxed{35}", 0.0),
     ],
 )
 def test_exact_answers_compare_normalised_text(gold, completion, expected):

@@ -492,8 +492,8 @@ class Ledger:
         (past its first 64 KiB, its size unchanged) would otherwise leave rows matched to other prompts' outcomes."""
         if self.changed(row_index, prompt_id):
             raise FilesChanged(f"row {row_index} of the dataset is not the row run {self.run_id} wrote an outcome for (it was "
-                               "edited since): output rows are matched to dataset rows by number; restore the dataset, or start "
-                               "over with --overwrite")
+                               "edited since, or the rsample that wrote the run read it otherwise): output rows are matched to "
+                               "dataset rows by number; restore the dataset, or start over with --overwrite")
 
     def is_settled(self, outcome: Outcome) -> bool:
         if outcome.row_index in self.rows:

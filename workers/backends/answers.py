@@ -22,7 +22,25 @@ def ground_truth(value: Any) -> str | None:
     if "####" in text:  # GSM8K: the reasoning, then `#### <answer>`
         text = text.rsplit("####", 1)[1]
     text = text.strip()
-    return text or None
+    return _plain_number(text) or None
+
+
+SCIENTIFIC = re.compile(r"[-+]?\d+(?:\.\d+)?[eE][-+]?\d+")
+NUMERAL = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def _plain_number(text: str) -> str:
+    """A number in scientific notation as plain digits, as a float's is read (pandas writes `1e-05` into a CSV, whose
+    cells reach here as text; math-verify reads it as an expression in E)."""
+    return format(Decimal(text), "f") if SCIENTIFIC.fullmatch(text) else text
+
+
+def same_answer(answer: str, gold: str) -> bool:
+    """`verify:exact`'s comparison of normalised texts: two numerals by their value (`42.0` is `42`: a CSV column of
+    floats holds `42.0`, a float column's `42.0` is read as `42`)."""
+    if answer == gold:
+        return True
+    return bool(NUMERAL.fullmatch(answer) and NUMERAL.fullmatch(gold)) and Decimal(answer) == Decimal(gold)
 
 
 def last_boxed(text: str) -> str | None:

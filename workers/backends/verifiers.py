@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsample.workers.backends.answers import final_answer, ground_truth, normalized
+from rsample.workers.backends.answers import final_answer, ground_truth, normalized, same_answer
 from rsample.workers.backends.math_check import MathChecker
 from rsample.workers.backends.reward_specs import VERIFY_PREFIX, check_spec
 from rsample.workers.common.config import RunConfig
@@ -62,7 +62,7 @@ class AnswerVerifier:
             if gold is None:
                 raise ValueError(self.missing_reason(row))
             if self.kind == "exact":
-                scores.append(1.0 if normalized(final_answer(completion)) == normalized(gold) else 0.0)
+                scores.append(1.0 if same_answer(normalized(final_answer(completion)), normalized(gold)) else 0.0)
                 continue
             scores.append(1.0 if self.checker.equal(gold, completion) else 0.0)
         return scores

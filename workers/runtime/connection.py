@@ -149,7 +149,7 @@ def connect(url: str, patient: bool = True, wait_seconds: float = 0) -> redis.Re
                 if isinstance(exc, redis.AuthenticationError) or time.monotonic() >= deadline:
                     raise
                 if not said:
-                    log.warning("waiting up to %d s for Redis at %s (%s)", wait_seconds, redact_url(url), describe_redis_error(exc))
+                    log.warning("waiting up to %g s for Redis at %s (%s)", wait_seconds, redact_url(url), describe_redis_error(exc))
                     said = True
                 time.sleep(0.5)
         probe.close()

@@ -5,7 +5,6 @@ since the run was made, which after a night in the queue or an hour of downtime 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 
 import redis
@@ -13,6 +12,7 @@ import redis
 from rsample.workers.common import defaults
 from rsample.workers.runtime.keys import RunKeys
 from rsample.workers.runtime.live_progress import read_progress
+from rsample.workers.runtime.redis_clock import redis_now
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,11 @@ class Pace:
 
 
 def take_sample(client: redis.Redis, run_id: str, now: float | None = None) -> PaceSample:
-    """Rows a resumed run's feeder passes again because they are written already count as generated, at the speed
+    """At Redis's clock (the one every machine of a run shares: `status` runs anywhere and reads them all). Rows a resumed run's feeder passes again because they are written already count as generated, at the speed
     of reading them: left out, or the first minutes of a resume would promise it done in seconds."""
     stats, live = read_progress(client, run_id)
     generated = stats.get("rows_generated") - stats.get("rows_replayed") + live.rows
-    return PaceSample(at=time.time() if now is None else now, generated=round(generated, 3),
+    return PaceSample(at=redis_now(client) if now is None else now, generated=round(generated, 3),
                       written=int(stats.get("rows_written")), tokens=int(stats.get("tokens_generated")) + live.tokens)
 
 

@@ -15,6 +15,7 @@ from rsample.workers.runtime.live_progress import read_progress
 from rsample.workers.runtime.pace import Pace, read_samples, recent_pace, take_sample
 from rsample.workers.runtime.processes import holder_may_live
 from rsample.workers.runtime.queues import make_queue, worker_processes
+from rsample.workers.runtime.redis_clock import redis_now
 from rsample.workers.runtime.run_state import load_run
 
 
@@ -201,10 +202,11 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def _recent(client: redis.Redis, run_id: str, now: float) -> Pace | None:
+def _recent(client: redis.Redis, run_id: str) -> Pace | None:
     """The recent pace up to now: the coordinator's samples (one every 10 s), ending with the counters as they are. Up
     to the last sample only, a status said "written 0.00/s" under a count that had just gone from 43 to 99."""
     samples = read_samples(client, run_id)
+    now = redis_now(client)  # the samples' clock, not this machine's
     if not samples or now - samples[0].at > defaults.PACE_STALE:  # nobody samples now: no recent pace
         return None
     return recent_pace([take_sample(client, run_id, now), *samples], now)
@@ -246,7 +248,7 @@ def run_status(client: redis.Redis, run_id: str) -> RunStatus:
         generating=0.0 if complete else round(live.rows, 2),  # a killed job's last report, until it goes stale, is no work
         tokens=int(stats.get("tokens_generated")) + (0 if complete else live.tokens),
         report=json.loads(stats.text("report", "null")),
-        recent=None if complete else _recent(client, config.run_id, now),
+        recent=None if complete else _recent(client, config.run_id),
         # a killed coordinator's lock outlives it by up to 30 s: on its own host, its process tells at once
         coordinated=bool((holder := client.get(keys.coordinator_lock)) and holder_may_live(holder.decode())),
         restored=int(stats.get("rows_restored")),
