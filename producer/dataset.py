@@ -270,23 +270,37 @@ def _folder_files(folder: Path, selection: DataSelection) -> list[Path] | None:
 
 
 def _config_files(folder: Path, subset: str | None, split: str) -> list[Path] | None:
-    """The JSON Lines files of `split` in the folder's configuration `subset` (or its default), as `datasets` resolves
-    a card's `configs`; None where datasets must read them itself (other formats, a `field` or declared features)."""
+    """The files of `split` in the folder's configuration `subset` (or its default), as `datasets` resolves a card's
+    `configs`, where rsample reads them itself (JSON, and CSV with pandas' defaults); None where datasets must read them
+    (other formats, a JSON `field`, declared features, CSV options). Parquet files are checked for column types."""
+    import dataclasses
+
     import datasets
+    from datasets.packaged_modules.csv.csv import Csv, CsvConfig
     from datasets.packaged_modules.json.json import Json
+    from datasets.packaged_modules.parquet.parquet import Parquet
 
     try:
         builder = datasets.load_dataset_builder(str(folder), subset)
     except Exception:  # an unknown subset, say: datasets' own load says why
         return None
-    if not isinstance(builder, Json) or builder.config.field is not None or builder.config.features is not None:
+    read_here = isinstance(builder, Json) and builder.config.field is None and builder.config.features is None
+    if isinstance(builder, Csv):  # every option at its default: what rsample's reader does (a `sep`, `names`: datasets')
+        defaults = CsvConfig()
+        read_here = all(getattr(builder.config, field.name) == getattr(defaults, field.name) for field in dataclasses.fields(CsvConfig)
+                        if field.name not in ("name", "version", "data_dir", "data_files", "description"))
+    if not read_here and not isinstance(builder, Parquet):
         return None
     by_split = {str(name): files for name, files in (builder.config.data_files or {}).items()}
     if split not in by_split:
         raise RsampleError(f"dataset folder {folder} has no split {split!r} in its {builder.config.name!r} configuration "
                            f"(its splits: {', '.join(sorted(by_split))})")
     files = [Path(name) for name in by_split[split]]
-    return files if all(_read_here(file) for file in files) else None
+    if isinstance(builder, Parquet):
+        _same_kinds_of_values(folder, files)
+        return None
+    wanted = ".csv" if isinstance(builder, Csv) else ".json"
+    return files if all(_format(file) == wanted for file in files) else None
 
 
 def _declares_configs(folder: Path) -> bool:

@@ -305,24 +305,44 @@ def _write_jsonl(path, rows):
 def test_two_folders_of_one_name_and_an_edited_file_each_give_their_own_rows(tmp_path):
     """`datasets` caches a folder whose card declares `configs` by the folder's name alone: a second folder named `repo`
     gave the first one's rows, and so did the first one after a file in it was edited, without a word."""
-    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.csv\n---\n# prompts\n"
+    import pandas as pd
+
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.parquet\n---\n# prompts\n"
     folders = {}
     for name, prompts in (("a", ["from folder a"]), ("b", ["from folder b", "and its second row"])):
         repo = tmp_path / name / "repo"
         (repo / "data").mkdir(parents=True)
         (repo / "README.md").write_text(card)
-        (repo / "data" / "train.csv").write_text("prompt\n" + "".join(f"{prompt}\n" for prompt in prompts))
+        pd.DataFrame({"prompt": prompts}).to_parquet(repo / "data" / "train.parquet")  # read by datasets (CSV: by rsample)
         folders[name] = repo
     assert _rows(folders["a"]) == [(0, {"prompt": "from folder a"})]
     assert _rows(folders["b"]) == [(0, {"prompt": "from folder b"}), (1, {"prompt": "and its second row"})]
     caches = tmp_path / "hf-datasets-cache" / "rsample-folders"
     before = {path.name for path in caches.iterdir()}
-    (folders["a"] / "data" / "train.csv").write_text("prompt\nedited in a\nadded to a\n")
+    pd.DataFrame({"prompt": ["edited in a", "added to a"]}).to_parquet(folders["a"] / "data" / "train.parquet")
     assert _rows(folders["a"]) == [(0, {"prompt": "edited in a"}), (1, {"prompt": "added to a"})]
     after = {path.name for path in caches.iterdir()}  # the copy of `a` before the edit is gone; `b`'s stays
     assert len(before) == len(after) == 2 and len(before & after) == 1
     assert _rows(folders["b"]) == [(0, {"prompt": "from folder b"}), (1, {"prompt": "and its second row"})]
     assert {path.name for path in caches.iterdir()} == after
+
+
+def test_a_folder_whose_card_names_csv_files_is_read_as_written_and_its_parquet_checked(tmp_path):
+    """A Hub repository's copy whose card declares its CSV files went through pandas (`007` read as 7, `NA` as null),
+    and Parquet shards of text against numbers were not checked there."""
+    import pandas as pd
+
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*.{kind}\n---\n"
+    (tmp_path / "csv" / "data").mkdir(parents=True)
+    (tmp_path / "csv" / "README.md").write_text(card.format(kind="csv"))
+    (tmp_path / "csv" / "data" / "train-00000-of-00001.csv").write_text("prompt,answer\nq one,007\nq two,NA\n")
+    assert [row for _, row in _rows(tmp_path / "csv")] == [{"prompt": "q one", "answer": "007"}, {"prompt": "q two", "answer": "NA"}]
+    (tmp_path / "pq" / "data").mkdir(parents=True)
+    (tmp_path / "pq" / "README.md").write_text(card.format(kind="parquet"))
+    pd.DataFrame({"prompt": ["a"], "answer": [7]}).to_parquet(tmp_path / "pq" / "data" / "train-00000-of-00002.parquet")
+    pd.DataFrame({"prompt": ["b"], "answer": ["007"]}).to_parquet(tmp_path / "pq" / "data" / "train-00001-of-00002.parquet")
+    with pytest.raises(RsampleError, match=r"column 'answer' holds (large_)?string in train-00001-of-00002\.parquet but int64"):
+        _rows(tmp_path / "pq")
 
 
 @pytest.mark.parametrize("linked", [False, True], ids=["files", "links to blobs"])
