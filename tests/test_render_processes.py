@@ -115,7 +115,7 @@ def test_a_render_process_that_dies_costs_no_call(reward_path):
 
 def test_render_processes_that_cannot_start_are_said_at_load(tmp_path):
     renderer = ProcessRenderer(str(tmp_path / "gone"), False, None, 1)
-    with pytest.raises(RsampleError, match=r"'.*gone': its render processes did not start \(cannot load the tokenizer .*\$RSAMPLE_RENDER_PROCESSES=0"):
+    with pytest.raises(RsampleError, match=r"'.*gone': its render processes did not start \(reward model not found: .*gone\); set \$RSAMPLE_RENDER_PROCESSES=0"):
         renderer.check()
     assert render_processes() == []
 
