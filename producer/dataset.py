@@ -371,7 +371,7 @@ def _load_with_datasets(source: str, split: str, data_files: str | None = None, 
         if undecodable:  # Arrow says "Invalid UTF8 sequence at string index 1", of no file nor line
             why = f" ({undecodable}: save it as UTF-8)"
         raise RsampleError(f"cannot load dataset {source!r} ({which}): {first_line(exc)}{why}{missing_here(source)}") from None
-    return dataset
+    return _undecoded(dataset)
 
 
 def _other_columns(found: list[str], expected: list[str]) -> str:
@@ -475,6 +475,18 @@ def _same_kinds_of_values(folder: Path, files: list[Path]) -> None:
                                    f"{seen[0]}, and datasets would cast every file to its first one's types: give it one type in every file")
 
 
+def _undecoded(dataset):
+    """The dataset with its images, audio and video left as bytes: rsample reads no media (a prompt with an image part
+    is skipped), and `datasets` decoded every row's anyway, where one file that was no image killed the coordinator
+    at that row, at every restart."""
+    import dataclasses
+
+    for name, feature in dataset.features.items():
+        if dataclasses.is_dataclass(feature) and getattr(feature, "decode", False):
+            dataset = dataset.cast_column(name, dataclasses.replace(feature, decode=False))
+    return dataset
+
+
 def _load_saved(path: Path, split: str | None = None):
     """A `Dataset.save_to_disk` folder (one split), or a `DatasetDict.save_to_disk` folder's `split`."""
     import datasets
@@ -486,10 +498,10 @@ def _load_saved(path: Path, split: str | None = None):
     if split is None:
         if not isinstance(dataset, datasets.Dataset):
             raise RsampleError(f"the saved dataset {path} is not one split")
-        return dataset
+        return _undecoded(dataset)
     if split not in dataset:
         raise RsampleError(f"the saved dataset {path} has no split {split!r} (its splits: {', '.join(dataset)})")
-    return dataset[split]
+    return _undecoded(dataset[split])
 
 
 def _stop(selection: DataSelection, total: int | None) -> int | None:

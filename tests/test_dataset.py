@@ -629,3 +629,24 @@ def test_a_later_line_of_nothing_but_a_byte_order_mark_keeps_its_row_number(tmp_
     rows = _rows(path)
     assert [index for index, _ in rows] == [0, 1, 2] and rows[2][1] == {"prompt": "b"}
     assert isinstance(rows[1][1], RowSkip) and rows[1][1].reason == "invalid JSON"
+
+
+def test_a_media_column_is_not_decoded_so_a_broken_image_breaks_nothing(tmp_path):
+    """Every row's image was decoded for nothing, and one that was no image (`PIL.UnidentifiedImageError`) killed the
+    coordinator at its row, at every restart."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    rows = [{"prompt": f"q{i}", "image": {"bytes": png.getvalue() if i != 1 else b"not an image", "path": None}} for i in range(3)]
+    features = datasets.Features({"prompt": datasets.Value("string"), "image": datasets.Image()})
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    dataset.to_parquet(tmp_path / "images.parquet")
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    for source in (tmp_path / "images.parquet", tmp_path / "saved"):
+        read = _rows(source)
+        assert [row["prompt"] for _, row in read] == ["q0", "q1", "q2"]
+        assert read[1][1]["image"]["bytes"] == b"not an image"
