@@ -1,7 +1,7 @@
 """Reading dataset rows from a local file or the Hugging Face Hub.
 
 Local text files (JSON Lines, a JSON array, CSV and TSV; gzipped or not), alone or as a folder's files (picked by their
-names, or by the JSON configurations the folder's README declares), are read here row by row, as written: one
+names, or by the JSON or CSV configurations the folder's README declares), are read here row by row, as written: one
 malformed row (bad JSON, invalid UTF-8, a CSV line of too many fields) becomes a counted skip with its line number
 instead of failing the whole file, and no value is retyped. `datasets` would infer one Arrow type per column (a
 CSV's `007` read as 7, `NA` as null, its 10,001st row cast to the first 10,000's types; a JSON array whose column
@@ -188,7 +188,8 @@ ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
 def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """("line N", row or RowSkip) of a CSV or TSV file: its header names the columns, every cell is text as written
     (`007`, `NA`, `1e3`), an empty cell is null, a row of fewer cells has nulls for the rest (as pandas reads it), a
-    row of more cells, or with bytes that are no UTF-8, is a skip; blank lines are no rows."""
+    row of more cells, or with bytes that are no UTF-8, is a skip; blank lines and lines of spaces are no rows (as pandas
+    numbers them); a quote never closed refuses the file."""
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     delimiter = "\t" if _format(path) == ".tsv" else ","
     try:
@@ -201,7 +202,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 try:
                     cells = next(reader, None)
                 except csv.Error as exc:
-                    if str(exc) == "unexpected end of data":  # not strict, the rest of the file was that one cell
+                    if str(exc) == "unexpected end of data":  # a reader not strict gives the rest of the file as that cell
                         raise RsampleError(f"dataset file {path} line {ended + 1}: a quoted cell opens here and is never closed (a stray "
                                            "'\"'?): the rest of the file would be that cell") from None
                     yield f"line {ended + 1}", RowSkip(0, "malformed CSV row", f"{path.name} line {ended + 1}: {exc}")
