@@ -263,9 +263,9 @@ def _with_commas(text: str) -> str:
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     except Exception:  # noqa: BLE001 - no Python at all: nothing to mend
         return text
-    line_starts = [0]
-    for line in text.splitlines(keepends=True):
-        line_starts.append(line_starts[-1] + len(line))
+    line_starts = [0]  # the tokenizer's lines end at "\n" alone (`splitlines` also ends them at U+2028, inside a text)
+    for line in text.split("\n"):
+        line_starts.append(line_starts[-1] + len(line) + 1)
     depth, closed, commas = 0, None, []
     for token in tokens:
         if token.type in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT):

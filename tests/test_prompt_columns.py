@@ -213,6 +213,10 @@ def test_turns_that_dataset_to_csv_writes_are_read_from_the_csv_as_turns(tmp_pat
     assert "}\n {" in (tmp_path / "trl.csv").read_text()  # numpy's repr, as written
     records = [extract_prompt(row, index, reference_column="completion") for index, row in iter_rows(DataSelection(str(tmp_path / "trl.csv")))]
     assert [(r.messages, r.reference_completion) for r in records] == [(prompt, "a0"), (rows[1]["prompt"], None)]
+    # a line break of Unicode's own inside a text (written by hand: repr escapes it) ends no line of Python's
+    turns = "[{'role': 'system', 'content': 'a\u2028b'}\n {'role': 'user', 'content': 'q\u2028, x'}\n {'role': 'user', 'content': 'z'}]"
+    assert extract_prompt({"prompt": turns}, 0).messages == [
+        {"role": "system", "content": "a\u2028b"}, {"role": "user", "content": "q\u2028, x"}, {"role": "user", "content": "z"}]
 
 
 def test_a_reference_of_nan_is_no_reference_and_an_empty_reply_in_parts_keeps_the_prompt():

@@ -34,8 +34,9 @@ class Pace:
 
 
 def take_sample(client: redis.Redis, run_id: str, now: float | None = None) -> PaceSample:
-    """At Redis's clock (the one every machine of a run shares: `status` runs anywhere and reads them all). Rows a resumed run's feeder passes again because they are written already count as generated, at the speed
-    of reading them: left out, or the first minutes of a resume would promise it done in seconds."""
+    """At Redis's clock (the one every machine of a run shares: `status` runs anywhere and reads them all). Rows a
+    resumed run's feeder passes again because they are written already count as generated, at the speed of reading
+    them: left out, or the first minutes of a resume would promise it done in seconds."""
     stats, live = read_progress(client, run_id)
     generated = stats.get("rows_generated") - stats.get("rows_replayed") + live.rows
     return PaceSample(at=redis_now(client) if now is None else now, generated=round(generated, 3),
